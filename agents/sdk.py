@@ -1,0 +1,77 @@
+"""What an agent author writes against: a handler is an async function from a task to its
+output. Raising `TaskError` reports a failure (retryable or not); anything else raised is a
+retryable failure with the exception's text."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import msgspec
+
+from bus.protocol import Payload
+
+
+class TaskContext(msgspec.Struct, frozen=True):
+    """One attempt of one task, as the agent sees it."""
+
+    run_id: str
+    task_id: str
+    step: str
+    attempt: int
+    role: str
+    agent_id: str
+    input: Payload
+
+    @property
+    def params(self) -> dict[str, Any]:
+        params = self.input.get("params", {})
+        return params if isinstance(params, dict) else {}
+
+    @property
+    def deps(self) -> dict[str, Any]:
+        deps = self.input.get("deps", {})
+        return deps if isinstance(deps, dict) else {}
+
+
+Handler = Callable[[TaskContext], Awaitable[Payload]]
+
+
+class TaskError(Exception):
+    """A handler's way to fail an attempt on purpose, saying whether a retry could help."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class HandlerNotFound(Exception):
+    """A `module:function` or `path.py:function` that does not name an async handler."""
+
+
+def load_handler(ref: str) -> Handler:
+    """The handler named by `package.module:function` or `path/to/file.py:function`."""
+    target, sep, name = ref.rpartition(":")
+    if not sep or not target or not name:
+        raise HandlerNotFound(f"{ref!r}: expected 'module:function' or 'file.py:function'")
+    try:
+        if target.endswith(".py"):
+            path = Path(target).resolve()
+            spec = importlib.util.spec_from_file_location(f"baton_handlers_{path.stem}", path)
+            if spec is None or spec.loader is None:
+                raise HandlerNotFound(f"{ref!r}: cannot load {path}")
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[spec.name] = module
+            spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(target)
+    except (ImportError, OSError, SyntaxError) as exc:
+        raise HandlerNotFound(f"{ref!r}: {exc}") from exc
+    handler = getattr(module, name, None)
+    if handler is None or not callable(handler):
+        raise HandlerNotFound(f"{ref!r}: no callable {name!r} in {target}")
+    return cast(Handler, handler)

@@ -1,0 +1,236 @@
+"""The only module that touches nats-py: a connection with exactly the operations Baton
+needs, trace context in headers, and driver errors turned into `BusError`s.
+
+Subscription handlers run each message in its own asyncio task, because nats-py runs one
+subscription's callbacks one at a time and an agent must not serialise its work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+
+from bus import subjects, tracecontext
+from bus.codec import MAX_MESSAGE_BYTES
+from bus.errors import BusError, RequestFailed
+from bus.tracecontext import TraceContext
+
+log = logging.getLogger("baton.bus")
+
+
+class Incoming:
+    """A received message: its bytes, where it came from, its trace, and how to answer it."""
+
+    __slots__ = ("_msg", "data", "subject", "trace")
+
+    def __init__(self, msg: Msg) -> None:
+        self._msg = msg
+        self.subject: str = msg.subject
+        self.data: bytes = msg.data
+        headers = msg.headers or {}
+        self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
+
+    @property
+    def header(self) -> dict[str, str]:
+        return dict(self._msg.headers or {})
+
+    async def reply(self, payload: bytes) -> None:
+        if self._msg.reply:
+            await self._msg.respond(payload)
+
+    async def ack(self) -> None:
+        await self._msg.ack()
+
+    async def term(self) -> None:
+        """Tell JetStream never to redeliver this message (it was refused, not lost)."""
+        await self._msg.term()
+
+    @property
+    def redelivered(self) -> bool:
+        with contextlib.suppress(Exception):
+            return self._msg.metadata.num_delivered > 1
+        return False
+
+
+Handler = Callable[[Incoming], Awaitable[None]]
+
+
+def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) -> dict[str, str]:
+    headers = dict(extra or {})
+    if trace is not None:
+        headers[tracecontext.HEADER] = trace.header()
+    return headers
+
+
+class Bus:
+    """A live NATS connection with JetStream, used by the orchestrator and by agents."""
+
+    def __init__(self, nc: Client) -> None:
+        self._nc = nc
+        self._js = nc.jetstream()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._subs: list[Subscription] = []
+
+    @classmethod
+    async def connect(cls, url: str, name: str) -> Bus:
+        """Connect, retrying for a while; reconnects forever once connected."""
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=5,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.5,
+                allow_reconnect=True,
+                pending_size=64 * 1024 * 1024,
+            )
+        except (OSError, nats.errors.Error) as exc:
+            raise BusError(f"cannot connect to {url}: {exc}") from exc
+        return cls(nc)
+
+    @property
+    def connected(self) -> bool:
+        return bool(self._nc.is_connected)
+
+    async def publish(
+        self, subject: str, payload: bytes, trace: TraceContext | None = None
+    ) -> None:
+        """Fire-and-forget (core NATS, at most once): progress and heartbeats only."""
+        try:
+            await self._nc.publish(subject, payload, headers=_headers(trace) or None)
+        except nats.errors.Error as exc:
+            raise BusError(f"publish to {subject} failed: {exc}") from exc
+
+    async def request(
+        self, subject: str, payload: bytes, timeout: float, trace: TraceContext | None = None
+    ) -> bytes:
+        """One request, one reply; no responder or no reply in time is `RequestFailed`."""
+        try:
+            msg = await self._nc.request(
+                subject, payload, timeout=timeout, headers=_headers(trace) or None
+            )
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+            raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.Error as exc:
+            raise RequestFailed(f"{subject}: {exc}") from exc
+        return bytes(msg.data)
+
+    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> None:
+        """Call `handler` for every message, each in its own task; a failing handler is
+        logged and isolated, never allowed to end the subscription."""
+
+        async def dispatch(msg: Msg) -> None:
+            task = asyncio.create_task(self._guard(handler, Incoming(msg)))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=dispatch))
+
+    @staticmethod
+    async def _guard(handler: Handler, incoming: Incoming) -> None:
+        try:
+            await handler(incoming)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("handler for %s failed", incoming.subject)
+
+    async def ensure_inbox(self, replicas: int = 1) -> None:
+        """Create (or keep) the durable inbox stream that holds agents' results until the
+        orchestrator has recorded them."""
+        config = StreamConfig(
+            name=subjects.INBOX_STREAM,
+            subjects=[subjects.INBOX_ALL],
+            retention=RetentionPolicy.WORK_QUEUE,
+            storage=StorageType.FILE,
+            max_msg_size=MAX_MESSAGE_BYTES,
+            num_replicas=replicas,
+        )
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError:
+            await self._js.update_stream(config)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot create stream {subjects.INBOX_STREAM}: {exc}") from exc
+
+    async def publish_durable(
+        self,
+        subject: str,
+        payload: bytes,
+        msg_id: str,
+        trace: TraceContext | None = None,
+        attempts: int = 20,
+    ) -> None:
+        """Publish to JetStream and return only once the server acknowledged it stored
+        the message; retried on failure, deduplicated by `msg_id` on the server."""
+        headers = _headers(trace, {"Nats-Msg-Id": msg_id})
+        delay = 0.05
+        for attempt in range(attempts):
+            try:
+                await self._js.publish(subject, payload, headers=headers, timeout=5)
+                return
+            except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
+                if attempt == attempts - 1:
+                    raise BusError(f"durable publish to {subject} failed: {exc}") from exc
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+
+    async def inbox_consumer(self, durable: str) -> InboxConsumer:
+        """The orchestrator's durable pull consumer on the inbox stream."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=30,
+            max_ack_pending=50_000,
+        )
+        try:
+            sub = await self._js.pull_subscribe(
+                subjects.INBOX_ALL, durable=durable, stream=subjects.INBOX_STREAM, config=config
+            )
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot bind inbox consumer {durable}: {exc}") from exc
+        return InboxConsumer(sub)
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            await self._nc.drain()
+        with contextlib.suppress(Exception):
+            await self._nc.close()
+
+
+class InboxConsumer:
+    """Batches of durable inbox messages; a message is redelivered until acked or termed."""
+
+    def __init__(self, sub: Any) -> None:
+        self._sub = sub
+
+    async def fetch(self, batch: int, timeout: float) -> list[Incoming]:
+        """Up to `batch` messages, returning as soon as any are there; [] after `timeout`."""
+        try:
+            msgs = await self._sub.fetch(batch, timeout=timeout)
+        except (TimeoutError, nats.errors.TimeoutError):
+            return []
+        except nats.errors.Error as exc:
+            raise BusError(f"inbox fetch failed: {exc}") from exc
+        return [Incoming(m) for m in msgs]

@@ -1,0 +1,42 @@
+"""Typed errors of the bus: what crosses the wire decodes strictly or fails with one of these."""
+
+from __future__ import annotations
+
+
+class BusError(Exception):
+    """Root of every error the bus raises."""
+
+
+class InvalidSubjectToken(BusError):
+    """A subject token that would change the subject's shape (a dot, a wildcard, blank)."""
+
+    def __init__(self, token: str) -> None:
+        super().__init__(
+            f"invalid subject token {token!r}: must be non-empty, no '.', '*', '>' or space"
+        )
+        self.token = token
+
+
+class MalformedMessage(BusError):
+    """A payload that does not decode into exactly one known message type."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"malformed message: {reason}")
+        self.reason = reason
+
+
+class OversizedMessage(MalformedMessage):
+    """A payload larger than the limit the receiver accepts."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(f"{size} bytes is over the {limit}-byte limit")
+        self.size = size
+        self.limit = limit
+
+
+class ServerStartError(BusError):
+    """The embedded nats-server could not be found or did not come up."""
+
+
+class RequestFailed(BusError):
+    """A request got no reply (nobody listening, or a timeout) or an error reply."""

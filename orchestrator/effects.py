@@ -1,0 +1,118 @@
+"""`effects`: what the shell must do after events are durable, derived from state and events.
+
+Because effects are derived, a restarted orchestrator re-derives every pending one from
+the replayed state (`pending_effects`); agents deduplicate re-sent assignments by
+(task, attempt), so sending one twice is safe and sending none is impossible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from bus.protocol import Assignment, Control, Progress
+from orchestrator.events import (
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    TaskAssigned,
+    TaskAttemptFailed,
+    TaskCancelled,
+    TaskFailed,
+    TaskSucceeded,
+    type_of,
+)
+from orchestrator.state import RunState, TaskState
+
+
+class SendAssignment(msgspec.Struct, frozen=True):
+    agent_id: str
+    assignment: Assignment
+
+
+class SendControl(msgspec.Struct, frozen=True):
+    agent_id: str
+    control: Control
+
+
+class PublishProgress(msgspec.Struct, frozen=True):
+    progress: Progress
+
+
+Effect = SendAssignment | SendControl | PublishProgress
+
+
+def task_input(state: RunState, task_id: str) -> dict[str, Any]:
+    """What an agent receives: the run's input, the step's params and its dependencies' outputs."""
+    spec = state.graph[task_id]
+    return {
+        "input": state.input,
+        "params": spec.params,
+        "index": spec.index,
+        "deps": {dep: state.tasks[dep].output for dep in spec.deps},
+    }
+
+
+def _assignment(state: RunState, task: TaskState) -> SendAssignment:
+    spec = state.graph[task.task_id]
+    return SendAssignment(
+        task.agent_id,
+        Assignment(
+            run_id=state.run_id,
+            task_id=task.task_id,
+            attempt=task.attempt,
+            lease_token=task.lease_token,
+            step=spec.step,
+            role=spec.role,
+            input=task_input(state, task.task_id),
+            timeout_s=spec.timeout_s,
+        ),
+    )
+
+
+def _progress(state: RunState, event: RunEvent) -> Progress:
+    kind = type_of(event)
+    run_id = state.run_id
+    match event:
+        case TaskAssigned():
+            return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt)
+        case TaskSucceeded():
+            return Progress(
+                run_id, kind, event.task_id, event.agent_id, event.attempt, event.elapsed_s
+            )
+        case TaskAttemptFailed():
+            detail = f"{event.reason}: {event.error}"
+            return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt, 0.0, detail)
+        case TaskFailed() | TaskCancelled():
+            detail = event.error if isinstance(event, TaskFailed) else event.reason
+            return Progress(run_id, kind, event.task_id, detail=detail)
+        case RunCompleted() | RunFailed():
+            detail = event.reason if isinstance(event, RunFailed) else ""
+            elapsed = state.finished_at - state.started_at
+            return Progress(run_id, kind, elapsed_s=elapsed, detail=detail)
+    return Progress(run_id, kind)
+
+
+def effects(state: RunState, events: Sequence[RunEvent]) -> list[Effect]:
+    """What to do now that `events` are durable and folded into `state`."""
+    out: list[Effect] = []
+    for event in events:
+        if isinstance(event, TaskAssigned):
+            task = state.tasks[event.task_id]
+            if task.status == "running" and task.attempt == event.attempt:
+                out.append(_assignment(state, task))
+        elif isinstance(event, TaskCancelled) and event.agent_id:
+            task = state.tasks[event.task_id]
+            control = Control("cancel", state.run_id, event.task_id, task.attempt)
+            out.append(SendControl(event.agent_id, control))
+        out.append(PublishProgress(_progress(state, event)))
+    return out
+
+
+def pending_effects(state: RunState) -> list[Effect]:
+    """After a restart: re-send every assignment still running; nothing else is owed."""
+    if state.terminal:
+        return []
+    return [_assignment(state, t) for t in state.tasks.values() if t.status == "running"]

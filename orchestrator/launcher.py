@@ -1,0 +1,67 @@
+"""Starts and stops agent processes for `baton run`: each is `python -m agents ...`, a
+separate OS process that dies with its parent and logs to the state directory."""
+
+from __future__ import annotations
+
+import secrets
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+from bus.server import die_with_parent
+from orchestrator.workflow import AgentSpec
+
+
+def resolve_handler(ref: str, base: Path) -> str:
+    """A `file.py:function` ref made absolute relative to the workflow's folder."""
+    target, sep, name = ref.rpartition(":")
+    if sep and target.endswith(".py") and not Path(target).is_absolute():
+        return f"{(base / target).resolve()}:{name}"
+    return ref
+
+
+class AgentProcesses:
+    """The agent processes one `baton run` owns."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, spec: AgentSpec, nats_url: str, base: Path) -> list[str]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        started = []
+        for n in range(spec.count):
+            agent_id = f"{spec.role}-{n + 1}-{secrets.token_hex(2)}"
+            command = [
+                sys.executable, "-m", "agents",
+                "--role", spec.role,
+                "--id", agent_id,
+                "--handler", resolve_handler(spec.handler, base),
+                "--nats", nats_url,
+                "--capacity", str(spec.capacity),
+            ]  # fmt: skip
+            if spec.capabilities:
+                command += ["--capabilities", ",".join(spec.capabilities)]
+            with (self.log_dir / f"{agent_id}.log").open("ab") as log:
+                self.processes[agent_id] = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                )
+            started.append(agent_id)
+        return started
+
+    @staticmethod
+    def roles(specs: list[AgentSpec]) -> Counter[str]:
+        return Counter({s.role: s.count for s in specs})
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM every agent (they drain), then SIGKILL any that outlive `timeout`."""
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.terminate()
+        for process in self.processes.values():
+            try:
+                process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()

@@ -1,0 +1,72 @@
+"""Live agents, as heartbeats tell them, with the load the orchestrator knows it gave them.
+
+Liveness is not state worth recording per heartbeat: it is re-learned within one TTL
+after a restart, and every decision made from it is recorded in the event that follows.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+
+import msgspec
+
+from bus.protocol import Heartbeat
+from orchestrator.commands import AgentView
+
+
+class _Seen(msgspec.Struct):
+    heartbeat: Heartbeat
+    last_seen: float
+
+
+class Registry:
+    """Agents whose last heartbeat is younger than `ttl` seconds (monotonic time)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._agents: dict[str, _Seen] = {}
+        self._inflight: dict[str, Counter[str]] = {}
+
+    def observe(self, heartbeat: Heartbeat, now: float) -> bool:
+        """Record a heartbeat; True when the agent was not known (it joined)."""
+        seen = self._agents.get(heartbeat.agent_id)
+        if seen is None:
+            self._agents[heartbeat.agent_id] = _Seen(heartbeat, now)
+            return True
+        seen.heartbeat, seen.last_seen = heartbeat, now
+        return False
+
+    def lapsed(self, now: float) -> list[tuple[str, float]]:
+        """Forget agents silent for longer than the TTL; (agent id, silence) of each."""
+        gone = [
+            (a, now - s.last_seen) for a, s in self._agents.items() if now - s.last_seen > self.ttl
+        ]
+        for agent_id, _ in gone:
+            del self._agents[agent_id]
+        return gone
+
+    def set_inflight(self, run_id: str, running: Counter[str]) -> None:
+        """The attempts one run has out, per agent; a finished run has none."""
+        if running:
+            self._inflight[run_id] = running
+        else:
+            self._inflight.pop(run_id, None)
+
+    def load(self, agent_id: str) -> int:
+        return sum(c[agent_id] for c in self._inflight.values())
+
+    def live(self, now: float, delta: Mapping[str, int] | None = None) -> list[AgentView]:
+        """Routable agents, sorted by id, with their load adjusted by `delta`."""
+        views = []
+        for agent_id in sorted(self._agents):
+            seen = self._agents[agent_id]
+            if now - seen.last_seen > self.ttl:
+                continue
+            load = self.load(agent_id) + (delta or {}).get(agent_id, 0)
+            hb = seen.heartbeat
+            views.append(AgentView(agent_id, hb.role, hb.capacity, load))
+        return views
+
+    def heartbeats(self) -> list[Heartbeat]:
+        return [s.heartbeat for s in self._agents.values()]
