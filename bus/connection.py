@@ -214,7 +214,7 @@ class Bus:
         for task in list(self._tasks):
             task.cancel()
         with contextlib.suppress(Exception):
-            await self._nc.drain()
+            await self._nc.flush(timeout=2)
         with contextlib.suppress(Exception):
             await self._nc.close()
 

@@ -65,10 +65,10 @@ def _refusal(
         return _DUPLICATE
     if state.terminal:
         return f"run is already {state.status}"
-    if task.status != "running":
-        return f"task is {task.status}"
     if attempt != task.attempt:
         return f"stale attempt {attempt}; the current attempt is {task.attempt}"
+    if task.status != "running":
+        return f"task is {task.status}"
     if lease != task.lease_token:
         return "lease token does not match the attempt's"
     if agent_id != task.agent_id:

@@ -111,7 +111,7 @@ def effects(state: RunState, events: Sequence[RunEvent]) -> list[Effect]:
     return out
 
 
-def pending_effects(state: RunState) -> list[Effect]:
+def pending_effects(state: RunState) -> list[SendAssignment]:
     """After a restart: re-send every assignment still running; nothing else is owed."""
     if state.terminal:
         return []

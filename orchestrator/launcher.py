@@ -28,7 +28,9 @@ class AgentProcesses:
         self.log_dir = log_dir
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
-    def start(self, spec: AgentSpec, nats_url: str, base: Path) -> list[str]:
+    def start(
+        self, spec: AgentSpec, nats_url: str, base: Path, heartbeat_s: float = 0.5
+    ) -> list[str]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
         for n in range(spec.count):
@@ -40,6 +42,7 @@ class AgentProcesses:
                 "--handler", resolve_handler(spec.handler, base),
                 "--nats", nats_url,
                 "--capacity", str(spec.capacity),
+                "--heartbeat", str(heartbeat_s),
             ]  # fmt: skip
             if spec.capabilities:
                 command += ["--capabilities", ",".join(spec.capabilities)]

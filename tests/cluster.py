@@ -1,0 +1,92 @@
+"""A real Baton stack for integration tests: an embedded nats-server on a free port, a
+SQLite event store in a temporary folder, the orchestrator, and agent OS processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from bus.protocol import HeldTask
+from orchestrator.bootstrap import Stack, bootstrap
+from orchestrator.launcher import AgentProcesses
+from orchestrator.service import Orchestrator
+from orchestrator.state import RunState
+from orchestrator.workflow import AgentSpec
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLE = REPO / "examples" / "research" / "workflow.toml"
+
+
+class Cluster:
+    """What a test drives: the stack and the agent processes it started."""
+
+    def __init__(self, stack: Stack, agents: AgentProcesses) -> None:
+        self.stack = stack
+        self.agents = agents
+
+    @property
+    def orchestrator(self) -> Orchestrator:
+        return self.stack.orchestrator
+
+    async def add_agents(
+        self, specs: list[AgentSpec], base: Path = REPO, heartbeat_s: float = 0.2
+    ) -> list[str]:
+        ids: list[str] = []
+        for spec in specs:
+            ids += self.agents.start(spec, self.stack.nats_url, base, heartbeat_s=heartbeat_s)
+        await self.orchestrator.wait_for_agents(AgentProcesses.roles(specs), timeout=30)
+        return ids
+
+    def kill(self, agent_id: str) -> None:
+        """SIGKILL one agent process: no drain, no goodbye."""
+        process = self.agents.processes[agent_id]
+        os.kill(process.pid, signal.SIGKILL)
+        process.wait()
+
+    async def until_held(
+        self, agent_id: str, run_id: str, task_id: str, attempt: int, timeout: float = 30.0
+    ) -> None:
+        """Wait until the agent's own heartbeat says it holds this attempt."""
+        deadline = time.monotonic() + timeout
+        held = HeldTask(run_id, task_id, attempt)
+        while not any(
+            hb.agent_id == agent_id and held in hb.held for hb in self.orchestrator.agents()
+        ):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{agent_id} never reported holding {held}")
+            await asyncio.sleep(0.02)
+
+    async def until(
+        self, run_id: str, check: Callable[[RunState], bool], timeout: float = 30.0
+    ) -> RunState:
+        """Wait until the run's live state satisfies `check` (bounded, no fixed sleeps)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            state = self.orchestrator.run(run_id)
+            if check(state):
+                return state
+            if time.monotonic() > deadline:
+                raise AssertionError(f"run {run_id} never reached the expected state: {state}")
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def cluster(directory: Path, agent_ttl: float = 1.0) -> AsyncIterator[Cluster]:
+    stack = await bootstrap(directory, agent_ttl=agent_ttl, tick_s=0.05)
+    agents = AgentProcesses(directory / "logs")
+    try:
+        yield Cluster(stack, agents)
+    finally:
+        agents.stop()
+        await stack.close()
+
+
+def baton(*args: str) -> list[str]:
+    """argv that runs the `baton` CLI of this checkout with this interpreter."""
+    return [sys.executable, "-m", "orchestrator", *args]

@@ -1,0 +1,268 @@
+"""The pure core, scenario by scenario: routing, leases, retries, fencing, endings."""
+
+from __future__ import annotations
+
+import itertools
+import random
+from typing import Any
+
+import pytest
+from msgspec.structs import replace
+
+from bus.protocol import TaskFailure, TaskResult
+from orchestrator.commands import (
+    AgentView,
+    Command,
+    Context,
+    DeliveryFailed,
+    ReportFailure,
+    ReportResult,
+    StartRun,
+    Tick,
+)
+from orchestrator.decide import decide
+from orchestrator.effects import SendAssignment, SendControl, effects, pending_effects
+from orchestrator.errors import UnknownEvent, VersionGap
+from orchestrator.events import (
+    ResultRejected,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    TaskAssigned,
+    TaskAttemptFailed,
+    TaskFailed,
+)
+from orchestrator.state import RunState, evolve, fold, replay
+from orchestrator.workflow import StepSpec, WorkflowSpec
+
+FAN = WorkflowSpec(
+    name="fan",
+    steps=[
+        StepSpec(id="a", role="r", max_attempts=2, timeout_s=10),
+        StepSpec(id="b", role="r", needs=["a"], fan_out=3, max_attempts=2, timeout_s=10),
+        StepSpec(id="c", role="w", needs=["b"]),
+    ],
+)
+
+
+class Run:
+    """Drives one run through `decide`/`evolve`, keeping the log as the shell would."""
+
+    def __init__(self, workflow: WorkflowSpec = FAN, agents: list[AgentView] | None = None):
+        self.now = 100.0
+        self.agents = agents if agents is not None else [AgentView("x", "r", 2, 0)]
+        self.state = RunState("run1")
+        self.log: list[RunEvent] = []
+        self._tokens = itertools.count()
+        self._rng = random.Random(7)
+        self.do(StartRun("run1", workflow, {"q": 1}, "a" * 32, "test"))
+
+    def ctx(self) -> Context:
+        loads = {a.agent_id: 0 for a in self.agents}
+        for t in self.state.tasks.values():
+            if t.status == "running" and t.agent_id in loads:
+                loads[t.agent_id] += 1
+        agents = [replace(a, load=loads[a.agent_id]) for a in self.agents]
+        return Context(
+            self.now, 1e9 + self.now, agents, lambda: f"L{next(self._tokens)}", self._rng.random
+        )
+
+    def do(self, command: Command) -> list[RunEvent]:
+        events = decide(self.state, command, self.ctx())
+        self.state = fold(self.state, events)
+        self.log += events
+        return events
+
+    def succeed(self, task_id: str, output: dict[str, Any] | None = None) -> list[RunEvent]:
+        t = self.state.tasks[task_id]
+        result = TaskResult(
+            "run1", task_id, t.attempt, t.lease_token, t.agent_id, output or {}, 0.1
+        )
+        return self.do(ReportResult(result, t.agent_id))
+
+    def fail(self, task_id: str, retryable: bool = True) -> list[RunEvent]:
+        t = self.state.tasks[task_id]
+        failure = TaskFailure(
+            "run1", task_id, t.attempt, t.lease_token, t.agent_id, "boom", retryable
+        )
+        return self.do(ReportFailure(failure, t.agent_id))
+
+
+def kinds(events: list[RunEvent]) -> list[str]:
+    return [type(e).__name__ for e in events]
+
+
+def test_start_assigns_roots_to_a_live_agent_with_the_reason() -> None:
+    run = Run()
+    [assigned] = [e for e in run.log if isinstance(e, TaskAssigned)]
+    assert (assigned.task_id, assigned.attempt, assigned.agent_id) == ("a", 1, "x")
+    assert "least loaded" in assigned.reason
+    assert assigned.lease_token == "L0"
+
+
+def test_routing_prefers_least_load_and_respects_capacity_and_role() -> None:
+    agents = [AgentView("x", "r", 1, 0), AgentView("y", "r", 2, 0), AgentView("w1", "w", 1, 0)]
+    run = Run(agents=agents)
+    events = run.succeed("a")
+    owners = {e.task_id: e.agent_id for e in events if isinstance(e, TaskAssigned)}
+    assert owners == {"b[0]": "x", "b[1]": "y", "b[2]": "y"}
+    assert run.state.tasks["a"].agent_id == "x"
+
+
+def test_tasks_wait_for_capacity_then_dispatch_when_a_slot_frees() -> None:
+    run = Run(agents=[AgentView("x", "r", 1, 0), AgentView("w1", "w", 1, 0)])
+    run.succeed("a")
+    assert [t.status for t in run.state.tasks.values()][1:4] == ["running", "pending", "pending"]
+    events = run.succeed("b[0]")
+    assert kinds(events) == ["TaskSucceeded", "TaskAssigned"]
+
+
+def test_join_starts_only_after_every_fanned_out_task_succeeded() -> None:
+    run = Run(agents=[AgentView("x", "r", 5, 0), AgentView("w1", "w", 1, 0)])
+    run.succeed("a")
+    run.succeed("b[0]", {"n": 0})
+    run.succeed("b[2]", {"n": 2})
+    assert run.state.tasks["c"].status == "pending"
+    events = run.succeed("b[1]", {"n": 1})
+    assert kinds(events)[-1] == "TaskAssigned"
+    assert run.state.tasks["c"].agent_id == "w1"
+    [send] = [e for e in effects(run.state, events) if isinstance(e, SendAssignment)]
+    assert send.assignment.input["deps"] == {"b[0]": {"n": 0}, "b[1]": {"n": 1}, "b[2]": {"n": 2}}
+    assert send.assignment.input["input"] == {"q": 1}
+    run.succeed("c", {"done": True})
+    assert run.state.status == "completed"
+    assert run.state.result == {"c": {"done": True}}
+
+
+def test_no_live_agent_means_no_assignment_until_one_joins() -> None:
+    run = Run(agents=[])
+    assert run.state.tasks["a"].status == "pending"
+    assert run.do(Tick()) == []
+    run.agents = [AgentView("late", "r", 1, 0)]
+    assert kinds(run.do(Tick())) == ["TaskAssigned"]
+
+
+def test_lost_agent_ends_the_attempt_and_the_retry_avoids_it_after_backoff() -> None:
+    run = Run(agents=[AgentView("x", "r", 1, 0)])
+    run.agents = [AgentView("y", "r", 1, 0)]
+    assert run.do(Tick(check_leases=False)) == []
+    [lost] = run.do(Tick())
+    assert isinstance(lost, TaskAttemptFailed)
+    assert lost.reason == "agent_lost"
+    assert lost.retry_at is not None
+    assert 100.125 <= lost.retry_at <= 100.375
+    assert run.state.tasks["a"].status == "pending"
+    assert run.do(Tick()) == []  # still backing off
+    run.now = lost.retry_at + 0.001
+    [again] = run.do(Tick())
+    assert isinstance(again, TaskAssigned)
+    assert (again.attempt, again.agent_id) == (2, "y")
+    assert "avoided x" in again.reason
+
+
+def test_a_silent_attempt_times_out() -> None:
+    run = Run()
+    run.now += 10.5
+    events = run.do(Tick())
+    assert isinstance(events[0], TaskAttemptFailed)
+    assert events[0].reason == "timeout"
+
+
+def test_exhausted_retries_fail_the_task_cancel_the_rest_and_end_the_run() -> None:
+    run = Run(agents=[AgentView("x", "r", 3, 0)])
+    run.succeed("a")
+    run.fail("b[0]")
+    run.now += 1
+    run.do(Tick())
+    assert run.state.tasks["b[0]"].attempt == 2
+    events = run.fail("b[0]")
+    assert kinds(events) == [
+        "TaskAttemptFailed", "TaskFailed", "TaskCancelled", "TaskCancelled", "TaskCancelled",
+        "RunFailed",
+    ]  # fmt: skip
+    assert run.state.status == "failed"
+    assert "b[0]" in run.state.reason
+    statuses = {t: s.status for t, s in run.state.tasks.items()}
+    assert statuses == {
+        "a": "succeeded", "b[0]": "failed", "b[1]": "cancelled", "b[2]": "cancelled",
+        "c": "cancelled",
+    }  # fmt: skip
+    controls = [e for e in effects(run.state, events) if isinstance(e, SendControl)]
+    assert {(c.agent_id, c.control.task_id) for c in controls} == {("x", "b[1]"), ("x", "b[2]")}
+    assert run.do(Tick()) == []
+
+
+def test_a_non_retryable_failure_ends_the_task_at_once() -> None:
+    run = Run()
+    events = run.fail("a", retryable=False)
+    assert isinstance(events[1], TaskFailed)
+    assert isinstance(events[-1], RunFailed)
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"attempt": 0}, "stale attempt 0"),
+        ({"lease_token": "forged"}, "lease token does not match"),
+        ({"task_id": "zzz"}, "no task 'zzz'"),
+    ],
+)
+def test_reports_that_do_not_own_the_attempt_are_audited_and_change_nothing(
+    change: dict[str, Any], reason: str
+) -> None:
+    run = Run()
+    before = run.state
+    t = before.tasks["a"]
+    good = TaskResult("run1", "a", t.attempt, t.lease_token, t.agent_id, {}, 0.1)
+    [rejected] = run.do(ReportResult(replace(good, **change), t.agent_id))
+    assert isinstance(rejected, ResultRejected)
+    assert reason in rejected.reason
+    assert run.state == replace(before, version=before.version + 1, rejected=1)
+
+
+def test_a_sender_claiming_to_be_another_agent_is_refused() -> None:
+    run = Run()
+    t = run.state.tasks["a"]
+    forged = TaskResult("run1", "a", t.attempt, t.lease_token, t.agent_id, {}, 0.1)
+    [rejected] = run.do(ReportResult(forged, "mallory"))
+    assert isinstance(rejected, ResultRejected)
+    assert "sent by mallory" in rejected.reason
+
+
+def test_a_redelivered_result_is_a_no_op() -> None:
+    run = Run()
+    t = run.state.tasks["a"]
+    result = TaskResult("run1", "a", t.attempt, t.lease_token, t.agent_id, {}, 0.1)
+    assert run.do(ReportResult(result, "x"))
+    assert run.do(ReportResult(result, "x")) == []
+
+
+def test_delivery_failure_only_ends_the_current_attempt() -> None:
+    run = Run()
+    assert run.do(DeliveryFailed("a", 7, "no responders")) == []
+    [failed] = run.do(DeliveryFailed("a", 1, "no responders"))
+    assert isinstance(failed, TaskAttemptFailed)
+    assert failed.reason == "undeliverable"
+
+
+def test_pending_effects_resend_exactly_the_running_attempts() -> None:
+    run = Run(agents=[AgentView("x", "r", 3, 0)])
+    run.succeed("a")
+    sends = pending_effects(run.state)
+    resent = {(s.assignment.task_id, s.assignment.attempt) for s in sends}
+    assert resent == {("b[0]", 1), ("b[1]", 1), ("b[2]", 1)}
+
+
+def test_replay_rebuilds_the_live_state_and_checks_versions() -> None:
+    run = Run(agents=[AgentView("x", "r", 3, 0), AgentView("w", "w", 1, 0)])
+    for task in ("a", "b[0]", "b[1]", "b[2]", "c"):
+        run.succeed(task)
+    assert isinstance(run.log[-1], RunCompleted)
+    assert replay("run1", enumerate(run.log, start=1)) == run.state
+    with pytest.raises(VersionGap):
+        replay("run1", [(1, run.log[0]), (3, run.log[1])])
+
+
+def test_evolve_refuses_what_it_does_not_know() -> None:
+    with pytest.raises(UnknownEvent):
+        evolve(RunState("r"), object())  # type: ignore[arg-type]
