@@ -2,7 +2,7 @@
 connection class. Imports nothing else of Baton; agents and the orchestrator meet here."""
 
 from bus import subjects
-from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode, to_json
+from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus, InboxConsumer, Incoming
 from bus.errors import (
     BusError,
@@ -62,5 +62,4 @@ __all__ = [
     "find_binary",
     "new_trace",
     "subjects",
-    "to_json",
 ]

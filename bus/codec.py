@@ -1,4 +1,4 @@
-"""msgpack on the wire, JSON for people; strict decoding with a size limit.
+"""msgpack on the wire; strict decoding with a size limit.
 
 Decoding never raises a driver error: anything that is not exactly one expected message
 becomes `MalformedMessage` (or `OversizedMessage`) naming what was wrong.
@@ -21,10 +21,6 @@ _encoder = msgspec.msgpack.Encoder()
 def encode(message: Any) -> bytes:
     """The msgpack bytes of a message (or any msgpack-able value)."""
     return _encoder.encode(message)
-
-
-def to_json(message: Any) -> bytes:
-    return msgspec.json.encode(message)
 
 
 class Decoder(Generic[T]):

@@ -18,7 +18,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.aio.subscription import Subscription
+from nats.aio.subscription import Subscription as Subscription
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
@@ -48,10 +48,6 @@ class Incoming:
         headers = msg.headers or {}
         self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
 
-    @property
-    def header(self) -> dict[str, str]:
-        return dict(self._msg.headers or {})
-
     async def reply(self, payload: bytes) -> None:
         if self._msg.reply:
             await self._msg.respond(payload)
@@ -62,12 +58,6 @@ class Incoming:
     async def term(self) -> None:
         """Tell JetStream never to redeliver this message (it was refused, not lost)."""
         await self._msg.term()
-
-    @property
-    def redelivered(self) -> bool:
-        with contextlib.suppress(Exception):
-            return self._msg.metadata.num_delivered > 1
-        return False
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
@@ -87,7 +77,6 @@ class Bus:
         self._nc = nc
         self._js = nc.jetstream()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._subs: list[Subscription] = []
 
     @classmethod
     async def connect(cls, url: str, name: str) -> Bus:
@@ -105,10 +94,6 @@ class Bus:
         except (OSError, nats.errors.Error) as exc:
             raise BusError(f"cannot connect to {url}: {exc}") from exc
         return cls(nc)
-
-    @property
-    def connected(self) -> bool:
-        return bool(self._nc.is_connected)
 
     async def publish(
         self, subject: str, payload: bytes, trace: TraceContext | None = None
@@ -133,7 +118,7 @@ class Bus:
             raise RequestFailed(f"{subject}: {exc}") from exc
         return bytes(msg.data)
 
-    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> None:
+    async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> Subscription:
         """Call `handler` for every message, each in its own task; a failing handler is
         logged and isolated, never allowed to end the subscription."""
 
@@ -142,7 +127,7 @@ class Bus:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-        self._subs.append(await self._nc.subscribe(subject, queue=queue, cb=dispatch))
+        return await self._nc.subscribe(subject, queue=queue, cb=dispatch)
 
     @staticmethod
     async def _guard(handler: Handler, incoming: Incoming) -> None:

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,9 @@ from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
 from orchestrator import journal, render
 from orchestrator.bootstrap import bootstrap, open_store, state_dir, store_path
-from orchestrator.errors import OrchestratorError, UnknownStore, WorkflowError
+from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
 from orchestrator.launcher import AgentProcesses
-from orchestrator.service import new_run_id
+from orchestrator.service import Orchestrator, new_run_id
 from orchestrator.workflow import load
 
 _progress: Decoder[Progress] = Decoder(Progress)
@@ -64,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+async def _agents_ready(
+    orchestrator: Orchestrator, agents: AgentProcesses, roles: Counter[str], timeout: float
+) -> None:
+    """Wait for the agents to register, failing at once if one of their processes dies."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            await orchestrator.wait_for_agents(roles, timeout=0.25)
+            return
+        except TimeoutError:
+            pass
+        for agent_id, code in agents.exited().items():
+            log = agents.log_dir / f"{agent_id}.log"
+            tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
+            raise AgentStartError(f"agent {agent_id} exited with {code}: {' '.join(tail)}")
+        if time.monotonic() > deadline:
+            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout}s")
+
+
 async def _run(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
@@ -84,7 +104,7 @@ async def _run(args: argparse.Namespace) -> int:
         print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
         if roles:
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
-            await stack.orchestrator.wait_for_agents(roles, timeout=60)
+            await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
         run_id = new_run_id()
         started = time.monotonic()
 

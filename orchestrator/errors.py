@@ -40,3 +40,15 @@ class UnknownRun(OrchestratorError):
 
 class UnknownStore(OrchestratorError):
     """A state directory with no event store in it."""
+
+
+class AgentStartError(OrchestratorError):
+    """An agent process `baton run` started died or never registered."""
+
+
+class RunNotRecorded(OrchestratorError):
+    """A new run's first events could not be appended, so the run does not exist."""
+
+    def __init__(self, run_id: str) -> None:
+        super().__init__(f"run {run_id} could not be recorded in the event store")
+        self.run_id = run_id

@@ -13,7 +13,9 @@ from eventstore import EventStore, NewEvent, StoredEvent
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
     ResultRejected,
+    RunCompleted,
     RunEvent,
+    RunFailed,
     RunStarted,
     SystemEvent,
     TaskAttemptFailed,
@@ -28,6 +30,7 @@ from orchestrator.state import RunState, replay
 ORCHESTRATOR = "orchestrator"
 SYSTEM_STREAM = "system"
 RUN_PREFIX = "run-"
+ENDINGS = frozenset(type_of(e) for e in (RunCompleted({}, 0.0), RunFailed("", 0.0)))
 
 
 def run_stream(run_id: str) -> str:
@@ -111,6 +114,12 @@ async def load_run(store: EventStore, run_id: str, until_position: int | None = 
     if not stored:
         raise UnknownRun(run_id)
     return replay(run_id, ((s.version, decode_run_event(s)) for s in stored))
+
+
+async def has_ended(store: EventStore, stream: str) -> bool:
+    """Whether a run stream's last event ends the run (read without replaying it)."""
+    last = await store.read_stream(stream, from_version=await store.stream_version(stream))
+    return bool(last) and last[-1].type in ENDINGS
 
 
 def running_agents(state: RunState) -> Counter[str]:

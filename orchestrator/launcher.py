@@ -53,6 +53,11 @@ class AgentProcesses:
             started.append(agent_id)
         return started
 
+    def exited(self) -> dict[str, int]:
+        """Agents whose process has ended, with its exit code."""
+        codes = {a: p.poll() for a, p in self.processes.items()}
+        return {a: code for a, code in codes.items() if code is not None}
+
     @staticmethod
     def roles(specs: list[AgentSpec]) -> Counter[str]:
         return Counter({s.role: s.count for s in specs})

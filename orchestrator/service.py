@@ -19,7 +19,7 @@ from typing import Any
 
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus, InboxConsumer, Incoming
+from bus.connection import Bus, InboxConsumer, Incoming, Subscription
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
@@ -51,7 +51,7 @@ from orchestrator.effects import (
     effects,
     pending_effects,
 )
-from orchestrator.errors import WorkflowError
+from orchestrator.errors import RunNotRecorded, UnknownRun, WorkflowError
 from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
@@ -104,6 +104,7 @@ class Orchestrator:
         self._started = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
         self._consumer: InboxConsumer | None = None
+        self._subscriptions: list[Subscription] = []
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -113,25 +114,31 @@ class Orchestrator:
         self._system_version = await self._store.stream_version(journal.SYSTEM_STREAM)
         await self._bus.ensure_inbox()
         self._consumer = await self._bus.inbox_consumer(self._durable)
-        await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat)
-        await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request)
+        self._subscriptions = [
+            await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
+            await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
+        ]
         await self._recover()
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
 
     async def stop(self) -> None:
+        """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
+        for subscription in self._subscriptions:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+        self._subscriptions = []
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _recover(self) -> None:
         for stream in await self._store.streams(journal.RUN_PREFIX):
+            if await journal.has_ended(self._store, stream):
+                continue
             run_id = journal.run_id_of(stream)
             state = await journal.load_run(self._store, run_id)
             self._runs[run_id] = state
-            if state.terminal:
-                self._finished[run_id].set()
-                continue
             self._registry.set_inflight(run_id, journal.running_agents(state))
             self._perform(state, pending_effects(state))
 
@@ -143,7 +150,11 @@ class Orchestrator:
     # -- queries ---------------------------------------------------------------------
 
     def run(self, run_id: str) -> RunState:
-        return self._runs[run_id]
+        """A run this orchestrator is serving or has served since it started."""
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise UnknownRun(run_id) from None
 
     def agents(self) -> list[Heartbeat]:
         return self._registry.heartbeats()
@@ -159,6 +170,7 @@ class Orchestrator:
 
     async def wait(self, run_id: str, timeout: float | None = None) -> RunState:
         """The run's final state, once it is completed or failed."""
+        self.run(run_id)
         async with asyncio.timeout(timeout):
             await self._finished[run_id].wait()
         return self._runs[run_id]
@@ -179,10 +191,12 @@ class Orchestrator:
         command = StartRun(
             run_id, workflow, {**workflow.input, **(input or {})}, new_trace_id(), requested_by
         )
-        state = self._runs.setdefault(run_id, RunState(run_id))
-        await self._execute(run_id, [(command, Cause(f"start:{run_id}", requested_by))])
-        if self._runs[run_id] is state:
+        if run_id in self._runs or await self._store.stream_version(journal.run_stream(run_id)):
             raise WorkflowError("run_id", f"run {run_id} already exists")
+        self._runs[run_id] = RunState(run_id)
+        if not await self._execute(run_id, [(command, Cause(f"start:{run_id}", requested_by))]):
+            del self._runs[run_id]
+            raise RunNotRecorded(run_id)
         return run_id
 
     def _context(self, delta: Counter[str]) -> Context:
@@ -221,8 +235,9 @@ class Orchestrator:
                 await self._store.append(journal.run_stream(run_id), envelopes, before.version)
             except EventStoreError:
                 log.exception("append to run %s failed; reloading it from the store", run_id)
-                with contextlib.suppress(EventStoreError):
-                    self._runs[run_id] = await journal.load_run(self._store, run_id)
+                if before.version:
+                    with contextlib.suppress(EventStoreError):
+                        self._runs[run_id] = await journal.load_run(self._store, run_id)
                 return False
             self._runs[run_id] = state
             self._registry.set_inflight(run_id, journal.running_agents(state))

@@ -1,0 +1,64 @@
+"""The orchestrator keeps nothing but the log: stopped mid-run, a new instance rebuilds the
+run from the store, consumes the results agents published meanwhile, and finishes it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from bus.connection import Bus
+from orchestrator import journal
+from orchestrator.errors import UnknownRun
+from orchestrator.events import TaskAssigned, TaskSucceeded
+from orchestrator.service import Orchestrator
+from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from tests.cluster import cluster
+
+WORKFLOW = WorkflowSpec(
+    name="fan-then-join",
+    steps=[
+        StepSpec(id="fan", role="worker", fan_out=4, params={"seconds": 0.6}),
+        StepSpec(id="join", role="worker", needs=["fan"], params={"seconds": 0.1}),
+    ],
+)
+WORKERS = [AgentSpec(role="worker", handler="agents.builtin:sleep", count=2, capacity=4)]
+
+
+def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(WORKERS)
+            run_id = await c.orchestrator.start_run(WORKFLOW)
+            await c.until(run_id, lambda s: all(
+                s.tasks[f"fan[{i}]"].status == "running" for i in range(4)
+            ))  # fmt: skip
+            await c.orchestrator.stop()
+            down_at = c.orchestrator.run(run_id)
+            await asyncio.sleep(1.0)  # the agents finish and publish while nobody listens
+
+            bus = await Bus.connect(c.stack.nats_url, name="orchestrator-2")
+            second = Orchestrator(bus, c.stack.store, agent_ttl=1.0, tick_s=0.05)
+            await second.start()
+            assert second.run(run_id) == down_at, "state rebuilt from the log alone"
+            final = await second.wait(run_id, timeout=30)
+            await second.stop()
+
+            third = Orchestrator(bus, c.stack.store)
+            await third.start()
+            with pytest.raises(UnknownRun):
+                third.run(run_id)  # a finished run is not replayed on start
+            await third.stop()
+            await bus.close()
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+
+        assert final.status == "completed"
+        events = [journal.decode_run_event(s) for s in stored]
+        done = Counter(e.task_id for e in events if isinstance(e, TaskSucceeded))
+        assert done == Counter({"fan[0]": 1, "fan[1]": 1, "fan[2]": 1, "fan[3]": 1, "join": 1})
+        attempts = Counter(e.task_id for e in events if isinstance(e, TaskAssigned))
+        assert attempts == done, "nothing was re-run: the results waited in the inbox"
+
+    asyncio.run(scenario())
