@@ -1,0 +1,39 @@
+"""Baton's event store: the append-only, hash-chained log that is the single source of truth.
+
+Every state change of a run is an event appended here with an expected stream version;
+the orchestrator rebuilds its state by replaying streams, auditors walk the global order
+and `verify()` proves no stored event was changed, dropped or moved. Callers depend on the
+`EventStore` protocol; `SqliteEventStore` is the durable embedded backend and
+`MemoryEventStore` the in-memory one for pure tests. This package imports nothing else
+from the project.
+"""
+
+from eventstore.chain import GENESIS, verify_chain
+from eventstore.errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    EventStoreError,
+    InvalidEventError,
+    StorageError,
+)
+from eventstore.memory import MemoryEventStore
+from eventstore.model import EventQuery, NewEvent, StoredEvent, VerifyReport
+from eventstore.sqlite import SqliteEventStore
+from eventstore.store import EventStore
+
+__all__ = [
+    "GENESIS",
+    "ConcurrencyError",
+    "DuplicateEventError",
+    "EventQuery",
+    "EventStore",
+    "EventStoreError",
+    "InvalidEventError",
+    "MemoryEventStore",
+    "NewEvent",
+    "SqliteEventStore",
+    "StorageError",
+    "StoredEvent",
+    "VerifyReport",
+    "verify_chain",
+]

@@ -1,0 +1,224 @@
+"""The hash chain that makes the log tamper-evident.
+
+Every stored event carries the hash of its predecessor (`prev_hash`) and its own `hash`,
+computed over every field of the envelope, so changing, deleting, inserting or
+reordering a stored row breaks the chain at that row. Both backends compute hashes here
+and `verify()` walks the log through `ChainVerifier`, so the rules live in one place.
+
+The encoding is versioned, length-delimited and language-neutral (UTF-8 strings, big-endian
+integers, IEEE-754 binary64 time; see `event_hash`), so an auditor can recompute it
+without this code.
+A keyless chain detects edits that do not rewrite every later hash; to detect a
+complete rewrite, keep the head hash somewhere the writer of the file cannot change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable
+
+from eventstore.model import StoredEvent, VerifyReport
+
+__all__ = ["GENESIS", "ChainVerifier", "event_hash", "verify_chain"]
+
+GENESIS = "0" * 64
+"""The `prev_hash` of the event at position 1."""
+
+_DOMAIN = b"baton.eventstore.chain.v1"
+# After the domain tag, a fixed-size header holds every number and every variable field's
+# byte length, so the variable fields that follow it cannot be re-split another way.
+_HEADER = struct.Struct(">Q q Q q Q Q Q d Q Q Q Q Q")
+
+
+def event_hash(
+    prev_hash: str,
+    position: int,
+    stream: str,
+    version: int,
+    event_id: str,
+    type: str,
+    data: bytes,
+    recorded_at: float,
+    correlation_id: str,
+    causation_id: str,
+    actor: str,
+    trace_id: str,
+    span_id: str,
+) -> str:
+    """The SHA-256 hex digest of one event's envelope, linked to `prev_hash`.
+
+    Bytes hashed: the tag `baton.eventstore.chain.v1`; a big-endian header of
+    len(prev_hash), position, len(stream), version, len(event_id), len(type), len(data),
+    recorded_at (IEEE-754 binary64), then the lengths of correlation_id, causation_id,
+    actor, trace_id, span_id; then those fields' UTF-8 bytes (data as is) in that order.
+    """
+    fields = (
+        prev_hash.encode(),
+        stream.encode(),
+        event_id.encode(),
+        type.encode(),
+        data,
+        correlation_id.encode(),
+        causation_id.encode(),
+        actor.encode(),
+        trace_id.encode(),
+        span_id.encode(),
+    )
+    header = _HEADER.pack(
+        len(fields[0]),
+        position,
+        len(fields[1]),
+        version,
+        len(fields[2]),
+        len(fields[3]),
+        len(data),
+        recorded_at,
+        len(fields[5]),
+        len(fields[6]),
+        len(fields[7]),
+        len(fields[8]),
+        len(fields[9]),
+    )
+    return hashlib.sha256(b"".join((_DOMAIN, header, *fields))).hexdigest()
+
+
+def _recomputes(event: StoredEvent) -> bool:
+    try:
+        expected = event_hash(
+            event.prev_hash,
+            event.position,
+            event.stream,
+            event.version,
+            event.event_id,
+            event.type,
+            event.data,
+            event.recorded_at,
+            event.correlation_id,
+            event.causation_id,
+            event.actor,
+            event.trace_id,
+            event.span_id,
+        )
+    except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
+        # A tampered row may hold a value of the wrong type; that is a change, not a crash.
+        return False
+    return expected == event.hash
+
+
+class ChainVerifier:
+    """Checks a log fed to it in position order, chunk by chunk, in constant memory.
+
+    The first broken link is named at once; the reader keeps feeding so the verifier can
+    tell a reordering (the missing predecessor turns up later) from a deletion or an
+    insertion. `settled` says when more events can no longer change the report.
+    """
+
+    def __init__(self) -> None:
+        self._expected_position = 1
+        self._prev_hash = GENESIS
+        self._checked = 0
+        self._bad_position: int | None = None
+        self._reason = ""
+        # While classifying a break: what to look for in the rest of the log.
+        self._look_for_position: int | None = None
+        self._look_for_hash: str | None = None
+        self._fallback_reason = ""
+        self._settled = False
+
+    @property
+    def settled(self) -> bool:
+        """True once further events cannot change the report."""
+        return self._settled
+
+    def feed(self, events: Iterable[StoredEvent]) -> None:
+        """Check the next events of the log, in position order."""
+        for event in events:
+            if self._settled:
+                return
+            if self._bad_position is None:
+                self._check(event)
+            else:
+                self._look_ahead(event)
+
+    def finish(self) -> VerifyReport:
+        """The outcome for everything fed so far."""
+        if self._bad_position is None:
+            return VerifyReport(ok=True, checked=self._checked)
+        reason = self._reason or self._fallback_reason
+        return VerifyReport(
+            ok=False,
+            checked=self._checked,
+            first_bad_position=self._bad_position,
+            reason=reason,
+        )
+
+    def _fail(self, position: int, reason: str) -> None:
+        self._bad_position = position
+        self._reason = reason
+        self._settled = True
+
+    def _check(self, event: StoredEvent) -> None:
+        expected = self._expected_position
+        if event.position != expected:
+            if event.position > expected:
+                self._bad_position = expected
+                self._look_for_position = expected
+                self._fallback_reason = (
+                    f"deleted or inserted: position {expected} is missing "
+                    f"(the next stored position is {event.position})"
+                )
+            else:
+                self._fail(
+                    event.position,
+                    f"deleted or inserted: position {event.position} appears again "
+                    f"after position {expected - 1}",
+                )
+            return
+        if event.prev_hash != self._prev_hash:
+            if _recomputes(event) and expected > 1:
+                # The row is intact, so its predecessor was rewritten with a fresh hash.
+                self._fail(
+                    expected - 1,
+                    f"changed: the hash stored at position {expected - 1} is not the "
+                    f"prev_hash recorded by position {expected}",
+                )
+                self._checked -= 1
+                return
+            self._bad_position = expected
+            self._look_for_hash = event.prev_hash
+            self._fallback_reason = (
+                f"deleted or inserted: position {expected} does not follow position "
+                f"{expected - 1} (its predecessor is not in the log)"
+            )
+            return
+        if not _recomputes(event):
+            self._fail(expected, f"changed: the hash of position {expected} does not recompute")
+            return
+        self._checked += 1
+        self._expected_position = expected + 1
+        self._prev_hash = event.hash
+
+    def _look_ahead(self, event: StoredEvent) -> None:
+        bad = self._bad_position
+        if self._look_for_position is not None and event.position == self._look_for_position:
+            self._reason = f"reordered: position {bad} appears later, out of order"
+            self._settled = True
+        elif self._look_for_hash is not None and event.hash == self._look_for_hash:
+            self._reason = (
+                f"reordered: the predecessor of the event at position {bad} is stored "
+                f"later, at position {event.position}"
+            )
+            self._settled = True
+
+
+def verify_chain(events: Iterable[StoredEvent]) -> VerifyReport:
+    """Walk `events` (the whole log, in position order) and report the first break.
+
+    Positions must run 1, 2, 3... without a gap, each `prev_hash` must equal the hash of
+    the event before it (`GENESIS` for the first) and each hash must recompute. The
+    reason starts with "changed", "deleted or inserted" or "reordered", best judged.
+    """
+    verifier = ChainVerifier()
+    verifier.feed(events)
+    return verifier.finish()

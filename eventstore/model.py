@@ -1,0 +1,59 @@
+"""The envelope the store keeps around every event: domain-agnostic, so the store never
+needs to know what an event means, only who caused it, where it belongs and its place in
+the global, hash-chained order."""
+
+from __future__ import annotations
+
+import msgspec
+
+
+class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event on its way into the store; `data` is already encoded by its owner."""
+
+    event_id: str
+    type: str
+    data: bytes
+    correlation_id: str = ""
+    causation_id: str = ""
+    actor: str = ""
+    trace_id: str = ""
+    span_id: str = ""
+
+
+class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
+    """An event as stored: with its stream version, global position, time and hash link."""
+
+    position: int
+    stream: str
+    version: int
+    event_id: str
+    type: str
+    data: bytes
+    recorded_at: float
+    correlation_id: str
+    causation_id: str
+    actor: str
+    trace_id: str
+    span_id: str
+    prev_hash: str
+    hash: str
+
+
+class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
+    """Filters for audit reads; every field left at its default matches everything."""
+
+    stream: str | None = None
+    correlation_id: str | None = None
+    actor: str | None = None
+    type_glob: str | None = None
+    from_position: int = 1
+    limit: int | None = None
+
+
+class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
+    """Outcome of walking the hash chain: how far it held and where it first broke."""
+
+    ok: bool
+    checked: int
+    first_bad_position: int | None = None
+    reason: str = ""

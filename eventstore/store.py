@@ -1,0 +1,54 @@
+"""The one port every backend implements; callers depend on this, never on a backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from eventstore.model import EventQuery, NewEvent, StoredEvent, VerifyReport
+
+
+class EventStore(Protocol):
+    """Append-only, globally ordered, hash-chained log of streams."""
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[StoredEvent]:
+        """Append all of `events` to `stream` or none of them.
+
+        `expected_version` is the stream's current last version (0 for a new stream);
+        a mismatch raises `ConcurrencyError`. A batch whose event ids are all already
+        stored in `stream` is a retry: it returns the stored events and changes nothing.
+        Returns only once the events are durable.
+        """
+        ...
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[StoredEvent]:
+        """A stream's events in version order, optionally only up to a global position."""
+        ...
+
+    async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[StoredEvent]:
+        """Every stream's events in global order."""
+        ...
+
+    async def stream_version(self, stream: str) -> int:
+        """The stream's last version, 0 if it has no events."""
+        ...
+
+    async def streams(self, prefix: str = "") -> list[str]:
+        """Names of the streams that have events, sorted, filtered by prefix."""
+        ...
+
+    async def query(self, query: EventQuery) -> list[StoredEvent]:
+        """Events matching every filter in `query`, in global order."""
+        ...
+
+    async def verify(self) -> VerifyReport:
+        """Recompute the hash chain over the whole log."""
+        ...
+
+    async def close(self) -> None:
+        """Release the backend's resources; further calls fail."""
+        ...
