@@ -1,0 +1,89 @@
+"""Dispatch benchmark (not a test): N no-op tasks through the full stack — embedded
+nats-server with JetStream, 4 agent processes, the durable SQLite event store — as a
+fan-out of 1,000 and as a sequential chain of 200. Prints medians and one JSON line.
+
+    python -m bench.bench_dispatch [--repeats 5] [--fan-out 1000] [--chain 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from orchestrator.bootstrap import bootstrap
+from orchestrator.launcher import AgentProcesses
+from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+
+
+def fan_out(n: int) -> WorkflowSpec:
+    return WorkflowSpec(name="fan-out", steps=[StepSpec(id="t", role="noop", fan_out=n)])
+
+
+def chain(n: int) -> WorkflowSpec:
+    steps = [StepSpec(id="s0", role="noop")]
+    steps += [StepSpec(id=f"s{i}", role="noop", needs=[f"s{i - 1}"]) for i in range(1, n)]
+    return WorkflowSpec(name="chain", steps=steps)
+
+
+async def measure(args: argparse.Namespace, directory: Path) -> dict[str, float | int]:
+    stack = await bootstrap(directory)
+    agents = AgentProcesses(directory / "logs")
+    spec = AgentSpec(
+        role="noop", handler="agents.builtin:noop", count=args.agents, capacity=args.capacity
+    )
+    try:
+        agents.start(spec, stack.nats_url, Path.cwd())
+        await stack.orchestrator.wait_for_agents(AgentProcesses.roles([spec]), timeout=60)
+        figures: dict[str, list[float]] = {"fan_out": [], "chain": []}
+        for _ in range(args.repeats):
+            for kind, workflow, n in (
+                ("fan_out", fan_out(args.fan_out), args.fan_out),
+                ("chain", chain(args.chain), args.chain),
+            ):
+                started = time.perf_counter()
+                run_id = await stack.orchestrator.start_run(workflow, requested_by="bench")
+                state = await stack.orchestrator.wait(run_id, timeout=600)
+                took = time.perf_counter() - started
+                if state.status != "completed":
+                    raise SystemExit(f"{kind} run {run_id} ended {state.status}: {state.reason}")
+                figures[kind].append(took / n * 1e6)
+                print(f"  {kind:<8} n={n:<5} {took * 1000:9.1f} ms  {took / n * 1e6:8.1f} µs/task")
+    finally:
+        agents.stop()
+        await stack.close()
+    return {
+        "fan_out_tasks": args.fan_out,
+        "fan_out_us_per_task_median": round(statistics.median(figures["fan_out"]), 1),
+        "chain_steps": args.chain,
+        "chain_us_per_step_median": round(statistics.median(figures["chain"]), 1),
+        "agents": args.agents,
+        "capacity": args.capacity,
+        "repeats": args.repeats,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--fan-out", type=int, default=1000)
+    p.add_argument("--chain", type=int, default=200)
+    p.add_argument("--agents", type=int, default=4)
+    p.add_argument("--capacity", type=int, default=64, help="tasks each agent runs at once")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
+        print(f"baton dispatch benchmark: {args.agents} agent processes, real NATS, SQLite FULL")
+        result = asyncio.run(measure(args, Path(tmp)))
+    print(
+        f"median: fan-out {result['fan_out_us_per_task_median']} µs/task, "
+        f"chain {result['chain_us_per_step_median']} µs/step"
+    )
+    print(json.dumps({"bench": "dispatch", **result}))
+
+
+if __name__ == "__main__":
+    main()
