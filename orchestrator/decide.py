@@ -52,17 +52,22 @@ def load_delta(events: Sequence[RunEvent]) -> Counter[str]:
     return delta
 
 
-def _refusal(
-    state: RunState, task_id: str, attempt: int, lease: str, agent_id: str, sender: str
-) -> str:
-    """Why a report must not change state: '' if it may, `_DUPLICATE` for a re-delivery."""
+def _refusal(state: RunState, report: TaskResult | TaskFailure, sender: str) -> str:
+    """Why a report must not change state: '' if it may, `_DUPLICATE` for a re-delivery
+    of the very report that already ended its attempt."""
+    task_id, attempt, lease, agent_id = (
+        report.task_id, report.attempt, report.lease_token, report.agent_id
+    )  # fmt: skip
     if sender != agent_id:
         return f"sent by {sender} but claims to be from {agent_id}"
     task = state.tasks.get(task_id)
     if task is None:
         return f"no task {task_id!r} in this run"
-    if attempt == task.attempt and lease == task.lease_token and task.status != "running":
-        return _DUPLICATE
+    if attempt == task.attempt and lease == task.lease_token and task.ended_by:
+        same_kind = "result" if isinstance(report, TaskResult) else "error"
+        if task.ended_by == same_kind:
+            return _DUPLICATE
+        return f"attempt {attempt} already ended ({task.ended_by})"
     if state.terminal:
         return f"run is already {state.status}"
     if attempt != task.attempt:
@@ -98,9 +103,7 @@ def _attempt_failed(
 def _on_report(
     state: RunState, report: TaskResult | TaskFailure, sender: str, ctx: Context
 ) -> list[RunEvent]:
-    refusal = _refusal(
-        state, report.task_id, report.attempt, report.lease_token, report.agent_id, sender
-    )
+    refusal = _refusal(state, report, sender)
     if refusal == _DUPLICATE:
         return []
     if refusal:
@@ -233,6 +236,6 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
             if state.status != "running":
                 return []
             events = _expire_leases(state, ctx) if command.check_leases else []
-    if not events and not isinstance(command, Tick):
-        return []
+    if not isinstance(command, Tick) and all(isinstance(e, ResultRejected) for e in events):
+        return events  # nothing changed, so there is nothing to settle
     return events + _settle(fold(state, events), ctx, events)

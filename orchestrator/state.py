@@ -50,6 +50,8 @@ class TaskState(msgspec.Struct, frozen=True):
     error: str = ""
     excluded: tuple[str, ...] = ()
     not_before: float = 0.0
+    ended_by: str = ""
+    """How the latest attempt ended: '' while it runs, 'result', or an `AttemptEnd`."""
 
 
 class RunState(msgspec.Struct, frozen=True):
@@ -127,7 +129,12 @@ def _started(state: RunState, e: RunStarted) -> RunState:
 def _succeeded(state: RunState, e: TaskSucceeded) -> RunState:
     task = state.tasks[e.task_id]
     done = replace(
-        task, status="succeeded", output=e.output, finished_at=e.at, elapsed_s=e.elapsed_s
+        task,
+        status="succeeded",
+        output=e.output,
+        finished_at=e.at,
+        elapsed_s=e.elapsed_s,
+        ended_by="result",
     )
     tasks = dict(state.tasks)
     tasks[e.task_id] = done
@@ -159,6 +166,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
                 lease_token=event.lease_token,
                 assigned_mono=event.mono,
                 started_at=task.started_at or event.at,
+                ended_by="",
             )
             return _with_task(state, assigned, ready=_unready(state, event.task_id))
         case TaskSucceeded():
@@ -171,6 +179,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
                 error=event.error,
                 excluded=(*task.excluded, event.agent_id),
                 not_before=event.retry_at or 0.0,
+                ended_by=event.reason,
             )
             if event.retry_at is None:  # a TaskFailed follows in the same decision
                 return _with_task(state, ended)
