@@ -10,27 +10,36 @@ from the project.
 
 from eventstore.chain import GENESIS, verify_chain
 from eventstore.errors import (
+    CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
     EventStoreError,
     InvalidEventError,
     StorageError,
 )
+from eventstore.jetstream import JetStreamEventStore as JetStreamEventStore
 from eventstore.memory import MemoryEventStore
-from eventstore.model import EventQuery, NewEvent, StoredEvent, VerifyReport
+from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent, VerifyReport
 from eventstore.sqlite import SqliteEventStore
 from eventstore.store import EventStore
 
 __all__ = [
     "GENESIS",
+    "CheckpointConflictError",
     "ConcurrencyError",
     "DuplicateEventError",
     "EventQuery",
+    "EventRow",
     "EventStore",
     "EventStoreError",
     "InvalidEventError",
     "MemoryEventStore",
     "NewEvent",
+    "Projection",
+    "ProjectionStore",
+    "ProjectionView",
+    "Projector",
+    "Snapshot",
     "SqliteEventStore",
     "StorageError",
     "StoredEvent",

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from eventstore.errors import InvalidEventError
-from eventstore.model import EventQuery, NewEvent
+from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent
 
 MAX_STREAM_NAME = 200
 
@@ -67,6 +67,11 @@ def check_append(stream: object, events: Sequence[object], expected_version: obj
             raise InvalidEventError(f"event {event_id!r}: type must be a non-empty string")
         if not isinstance(event.data, bytes):
             raise InvalidEventError(f"event {event_id!r}: data must be bytes")
+        schema = event.schema
+        if type(schema) is not int or not 1 <= schema < 2**63:
+            raise InvalidEventError(
+                f"event {event_id!r}: schema must be an integer >= 1, got {schema!r}"
+            )
 
 
 def check_query(query: object) -> EventQuery:
@@ -74,7 +79,57 @@ def check_query(query: object) -> EventQuery:
     if not isinstance(query, EventQuery):
         raise InvalidEventError(f"expected an EventQuery, got {type(query).__name__}")
     check_limit(query.limit)
+    if query.text is not None and not isinstance(query.text, str):
+        raise InvalidEventError(f"text must be None or a str, got {query.text!r}")
+    if query.text is not None and not _encodable(query.text):
+        raise InvalidEventError("text cannot be encoded as UTF-8")
+    for name in ("since", "until"):
+        value = getattr(query, name)
+        if value is not None and (
+            not isinstance(value, int | float) or isinstance(value, bool) or value != value
+        ):
+            raise InvalidEventError(f"{name} must be None or a number, got {value!r}")
+    for name in ("from_position", "to_position"):
+        value = getattr(query, name)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise InvalidEventError(f"{name} must be an integer, got {value!r}")
     return query
+
+
+def matcher(query: EventQuery) -> Callable[[StoredEvent], bool]:
+    """A predicate equal to `query`'s filters but `limit`, for backends that filter in Python."""
+    pattern = None if query.type_glob is None else glob_to_regex(query.type_glob)
+    text = None if query.text is None else query.text.encode()
+    to_position = query.to_position
+
+    def matches(event: StoredEvent) -> bool:
+        return (
+            event.position >= query.from_position
+            and (to_position is None or event.position <= to_position)
+            and (query.stream is None or event.stream == query.stream)
+            and (query.correlation_id is None or event.correlation_id == query.correlation_id)
+            and (query.actor is None or event.actor == query.actor)
+            and (pattern is None or pattern.fullmatch(event.type) is not None)
+            and (text is None or text in event.data)
+            and (query.since is None or event.recorded_at >= query.since)
+            and (query.until is None or event.recorded_at < query.until)
+        )
+
+    return matches
+
+
+def check_snapshot(snapshot: object) -> Snapshot:
+    """Return `snapshot` if it is well formed, else raise `InvalidEventError`."""
+    if not isinstance(snapshot, Snapshot):
+        raise InvalidEventError(f"expected a Snapshot, got {type(snapshot).__name__}")
+    check_stream(snapshot.stream)
+    for name in ("version", "position", "schema"):
+        value = getattr(snapshot, name)
+        if type(value) is not int or value < (1 if name == "schema" else 0) or value >= 2**63:
+            raise InvalidEventError(f"snapshot {name} must be a non-negative integer: {value!r}")
+    if not isinstance(snapshot.data, bytes):
+        raise InvalidEventError("snapshot data must be bytes")
+    return snapshot
 
 
 def check_limit(limit: int | None) -> None:

@@ -7,7 +7,10 @@ and `verify()` walks the log through `ChainVerifier`, so the rules live in one p
 
 The encoding is versioned, length-delimited and language-neutral (UTF-8 strings, big-endian
 integers, IEEE-754 binary64 time; see `event_hash`), so an auditor can recompute it
-without this code.
+without this code. An event of shape version (`schema`) 1 is hashed exactly as chain v1
+did, so logs written before `schema` existed still verify; any other schema is hashed
+under the tag `baton.eventstore.chain.v2` with the schema in the header, so changing an
+event's schema, to or from 1, breaks its hash like any other edit.
 A keyless chain detects edits that do not rewrite every later hash; to detect a
 complete rewrite, keep the head hash somewhere the writer of the file cannot change.
 """
@@ -29,6 +32,8 @@ _DOMAIN = b"baton.eventstore.chain.v1"
 # After the domain tag, a fixed-size header holds every number and every variable field's
 # byte length, so the variable fields that follow it cannot be re-split another way.
 _HEADER = struct.Struct(">Q q Q q Q Q Q d Q Q Q Q Q")
+_DOMAIN_V2 = b"baton.eventstore.chain.v2"
+_SCHEMA = struct.Struct(">q")
 
 
 def event_hash(
@@ -45,6 +50,7 @@ def event_hash(
     actor: str,
     trace_id: str,
     span_id: str,
+    schema: int = 1,
 ) -> str:
     """The SHA-256 hex digest of one event's envelope, linked to `prev_hash`.
 
@@ -52,6 +58,8 @@ def event_hash(
     len(prev_hash), position, len(stream), version, len(event_id), len(type), len(data),
     recorded_at (IEEE-754 binary64), then the lengths of correlation_id, causation_id,
     actor, trace_id, span_id; then those fields' UTF-8 bytes (data as is) in that order.
+    When `schema` is not 1 the tag is `baton.eventstore.chain.v2` and the header is
+    followed by the schema as a signed big-endian 64-bit integer.
     """
     fields = (
         prev_hash.encode(),
@@ -80,7 +88,9 @@ def event_hash(
         len(fields[8]),
         len(fields[9]),
     )
-    return hashlib.sha256(b"".join((_DOMAIN, header, *fields))).hexdigest()
+    if schema == 1:
+        return hashlib.sha256(b"".join((_DOMAIN, header, *fields))).hexdigest()
+    return hashlib.sha256(b"".join((_DOMAIN_V2, header, _SCHEMA.pack(schema), *fields))).hexdigest()
 
 
 def _recomputes(event: StoredEvent) -> bool:
@@ -99,6 +109,7 @@ def _recomputes(event: StoredEvent) -> bool:
             event.actor,
             event.trace_id,
             event.span_id,
+            event.schema,
         )
     except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
         # A tampered row may hold a value of the wrong type; that is a change, not a crash.

@@ -34,3 +34,16 @@ class InvalidEventError(EventStoreError):
 
 class StorageError(EventStoreError):
     """The backend failed (corrupt file, disk full, read-only directory); nothing was applied."""
+
+
+class CheckpointConflictError(EventStoreError):
+    """A projection commit named a checkpoint that is not the one stored: another runner
+    (or an earlier life of this one) has moved it, so this batch must not be applied."""
+
+    def __init__(self, name: str, expected: int, actual: int) -> None:
+        super().__init__(
+            f"projection {name!r}: expected checkpoint {expected}, but it is at {actual}"
+        )
+        self.name = name
+        self.expected = expected
+        self.actual = actual

@@ -9,12 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
-from eventstore._common import check_append, check_limit, check_query, glob_to_regex
+from eventstore._common import (
+    check_append,
+    check_limit,
+    check_query,
+    check_snapshot,
+    matcher,
+)
+from eventstore._subscription import Notifier, catch_up
 from eventstore.chain import GENESIS, event_hash, verify_chain
-from eventstore.errors import ConcurrencyError, DuplicateEventError, StorageError
-from eventstore.model import EventQuery, NewEvent, StoredEvent, VerifyReport
+from eventstore.errors import (
+    CheckpointConflictError,
+    ConcurrencyError,
+    DuplicateEventError,
+    StorageError,
+)
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.projection import check_commit, check_projection_name
 
 __all__ = ["MemoryEventStore"]
 
@@ -27,7 +40,11 @@ class MemoryEventStore:
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[StoredEvent]] = {}
         self._by_id: dict[str, StoredEvent] = {}
+        self._snapshots: dict[str, dict[int, Snapshot]] = {}
         self._closed = False
+        self._notifier = Notifier()
+        self.projections = MemoryProjections(self)
+        """The projection port (`ProjectionStore`), kept beside the log."""
 
     def _check_open(self) -> None:
         if self._closed:
@@ -45,7 +62,9 @@ class MemoryEventStore:
         # Yield once, as a real backend would, so concurrent callers interleave here.
         await asyncio.sleep(0)
         self._check_open()
-        return self._append_now(stream, batch, expected_version)
+        stored = self._append_now(stream, batch, expected_version)
+        self._notifier.notify()
+        return stored
 
     def _append_now(
         self, stream: str, batch: tuple[NewEvent, ...], expected_version: int
@@ -78,6 +97,7 @@ class MemoryEventStore:
                 event.actor,
                 event.trace_id,
                 event.span_id,
+                event.schema,
             )
             stored.append(
                 StoredEvent(
@@ -87,6 +107,7 @@ class MemoryEventStore:
                     event_id=event.event_id,
                     type=event.type,
                     data=event.data,
+                    schema=event.schema,
                     recorded_at=recorded_at,
                     correlation_id=event.correlation_id,
                     causation_id=event.causation_id,
@@ -114,6 +135,13 @@ class MemoryEventStore:
             events = [e for e in events if e.position <= until_position]
         return list(events)
 
+    async def read_stream_rows(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[EventRow]:
+        """Like `read_stream`, but only (position, version, type, schema, data) per event."""
+        events = await self.read_stream(stream, from_version, until_position)
+        return [(e.position, e.version, e.type, e.schema, e.data) for e in events]
+
     async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[StoredEvent]:
         """Every stream's events in global order."""
         self._check_open()
@@ -137,19 +165,46 @@ class MemoryEventStore:
         self._check_open()
         check_query(query)
         source = self._log if query.stream is None else self._streams.get(query.stream, [])
-        pattern = None if query.type_glob is None else glob_to_regex(query.type_glob)
+        matches = matcher(query)
         found: list[StoredEvent] = []
         for event in source:
             if query.limit is not None and len(found) >= query.limit:
                 break
-            if (
-                event.position >= query.from_position
-                and (query.correlation_id is None or event.correlation_id == query.correlation_id)
-                and (query.actor is None or event.actor == query.actor)
-                and (pattern is None or pattern.fullmatch(event.type) is not None)
-            ):
+            if matches(event):
                 found.append(event)
         return found
+
+    async def last_position(self) -> int:
+        """The global position of the newest event, 0 for an empty log."""
+        self._check_open()
+        return len(self._log)
+
+    def subscribe(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
+        """History from `from_position`, then live appends (see `EventStore.subscribe`)."""
+        self._check_open()
+        return catch_up(
+            lambda position, limit: self.read_all(position, limit),
+            self._notifier,
+            from_position,
+            lambda: self._closed,
+        )
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep a snapshot (replacing one of the same stream and version)."""
+        check_snapshot(snapshot)
+        self._check_open()
+        self._snapshots.setdefault(snapshot.stream, {})[snapshot.version] = snapshot
+
+    async def load_snapshot(
+        self, stream: str, until_position: int | None = None
+    ) -> Snapshot | None:
+        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        self._check_open()
+        kept = self._snapshots.get(stream, {})
+        fitting = [
+            s for s in kept.values() if until_position is None or s.position <= until_position
+        ]
+        return max(fitting, key=lambda s: s.version, default=None)
 
     async def verify(self) -> VerifyReport:
         """Recompute the hash chain over the whole log."""
@@ -157,8 +212,65 @@ class MemoryEventStore:
         return verify_chain(self._log)
 
     async def close(self) -> None:
-        """Drop the log; further calls raise `StorageError`."""
+        """Drop the log; further calls raise `StorageError`; subscriptions end."""
         self._closed = True
         self._log = []
         self._streams = {}
         self._by_id = {}
+        self._snapshots = {}
+        self.projections.clear()
+        self._notifier.notify()
+
+
+class MemoryProjections:
+    """The projection port in dicts: a commit replaces rows and checkpoint in one step."""
+
+    def __init__(self, store: MemoryEventStore) -> None:
+        self._store = store
+        self._rows: dict[str, dict[str, bytes]] = {}
+        self._checkpoints: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self._rows = {}
+        self._checkpoints = {}
+
+    async def commit(
+        self,
+        name: str,
+        expected_checkpoint: int,
+        new_checkpoint: int,
+        upserts: Mapping[str, bytes],
+        deletes: Collection[str] = (),
+    ) -> None:
+        """Apply `upserts` and `deletes` and move the checkpoint, all at once or not at all."""
+        check_commit(name, expected_checkpoint, new_checkpoint, upserts, deletes)
+        self._store._check_open()
+        await asyncio.sleep(0)
+        self._store._check_open()
+        actual = self._checkpoints.get(name, 0)
+        if actual != expected_checkpoint:
+            raise CheckpointConflictError(name, expected_checkpoint, actual)
+        rows = self._rows.setdefault(name, {})
+        rows.update(upserts)
+        for key in deletes:
+            rows.pop(key, None)
+        self._checkpoints[name] = new_checkpoint
+
+    async def checkpoint(self, name: str) -> int:
+        """The last position the projection has applied, 0 if none."""
+        check_projection_name(name)
+        self._store._check_open()
+        return self._checkpoints.get(name, 0)
+
+    async def get(self, name: str, key: str) -> bytes | None:
+        """One row of the projection's output, `None` if absent."""
+        check_projection_name(name)
+        self._store._check_open()
+        return self._rows.get(name, {}).get(key)
+
+    async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        """The projection's rows whose key starts with `prefix`, sorted by key."""
+        check_projection_name(name)
+        self._store._check_open()
+        rows = self._rows.get(name, {})
+        return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))

@@ -13,6 +13,8 @@ class NewEvent(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     type: str
     data: bytes
+    schema: int = 1
+    """The version of `type`'s shape that `data` has; readers upcast older ones."""
     correlation_id: str = ""
     causation_id: str = ""
     actor: str = ""
@@ -29,6 +31,7 @@ class StoredEvent(msgspec.Struct, frozen=True, kw_only=True):
     event_id: str
     type: str
     data: bytes
+    schema: int
     recorded_at: float
     correlation_id: str
     causation_id: str
@@ -46,8 +49,21 @@ class EventQuery(msgspec.Struct, frozen=True, kw_only=True):
     correlation_id: str | None = None
     actor: str | None = None
     type_glob: str | None = None
+    text: str | None = None
+    """Substring of the payload bytes (UTF-8 text in msgpack or JSON payloads)."""
+    since: float | None = None
+    """Only events recorded at or after this Unix time."""
+    until: float | None = None
+    """Only events recorded before this Unix time."""
     from_position: int = 1
+    to_position: int | None = None
+    """Only events at or before this global position."""
     limit: int | None = None
+
+
+EventRow = tuple[int, int, str, int, bytes]
+"""What a fold needs of a stored event, as a plain tuple for speed:
+(position, version, type, schema, data)."""
 
 
 class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
@@ -57,3 +73,17 @@ class VerifyReport(msgspec.Struct, frozen=True, kw_only=True):
     checked: int
     first_bad_position: int | None = None
     reason: str = ""
+
+
+class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
+    """A stream's folded state at one version, so recovery need not replay from zero.
+
+    `data` is the owner's encoding; `position` is the global position of the event at
+    `version`, so time travel can pick the latest snapshot before a point.
+    """
+
+    stream: str
+    version: int
+    position: int
+    data: bytes
+    schema: int = 1

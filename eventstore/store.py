@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from eventstore.model import EventQuery, NewEvent, StoredEvent, VerifyReport
+from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent, VerifyReport
 
 
 class EventStore(Protocol):
@@ -43,6 +43,26 @@ class EventStore(Protocol):
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         """Events matching every filter in `query`, in global order."""
+        ...
+
+    async def last_position(self) -> int:
+        """The global position of the newest event, 0 for an empty log."""
+        ...
+
+    def subscribe(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every event from `from_position` on, in global order: first the history, then
+        each new append as it commits, with no gap and no duplicate at the hand-over.
+        Runs until the consumer stops iterating or the store closes."""
+        ...
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep a snapshot (replacing one of the same stream and version)."""
+        ...
+
+    async def load_snapshot(
+        self, stream: str, until_position: int | None = None
+    ) -> Snapshot | None:
+        """The stream's newest snapshot, or the newest at or before `until_position`."""
         ...
 
     async def verify(self) -> VerifyReport:

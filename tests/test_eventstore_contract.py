@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +39,7 @@ from eventstore import (
 T = TypeVar("T")
 
 
-def ev(event_id: str, type: str = "thing.happened", data: bytes = b"{}", **meta: str) -> NewEvent:
+def ev(event_id: str, type: str = "thing.happened", data: bytes = b"{}", **meta: Any) -> NewEvent:
     return NewEvent(event_id=event_id, type=type, data=data, **meta)
 
 

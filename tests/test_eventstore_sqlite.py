@@ -168,7 +168,7 @@ def test_inserted_row_is_named(tmp_path: Path) -> None:
     tamper(
         path,
         "INSERT INTO events SELECT 11, 'z', 1, 'forged', type, data, recorded_at,"
-        " correlation_id, causation_id, actor, trace_id, span_id, ?, hash"
+        " correlation_id, causation_id, actor, trace_id, span_id, ?, hash, schema"
         " FROM events WHERE position = 10",
         params=(GENESIS,),
     )

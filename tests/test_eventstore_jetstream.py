@@ -1,0 +1,381 @@
+"""The JetStream backend: the whole shared contract against a real nats-server (JetStream,
+`sync_interval: always`, a free loopback port, data under tmp), plus what only a
+distributed log can get wrong: several store objects on one log, subject encoding, and a
+server restart in the middle of appends.
+
+Run `python -m tests.test_eventstore_jetstream` to print the backend's append rate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import nats
+import pytest
+
+from bus.server import EmbeddedNats
+from eventstore import (
+    ConcurrencyError,
+    EventStore,
+    NewEvent,
+    StorageError,
+    StoredEvent,
+)
+from eventstore.jetstream import (
+    JetStreamEventStore,
+    decode_stream_token,
+    encode_stream_token,
+)
+from eventstore.model import Snapshot
+from tests.test_eventstore_contract import EventStoreContract, ev
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nats-server (JetStream, sync_interval: always) shared by this module's tests."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    assert server.sync_always
+    url = asyncio.run(server.start())
+    try:
+        yield url
+    finally:
+        server.stop()
+
+
+@contextlib.asynccontextmanager
+async def fresh_store(url: str, **kw: object) -> AsyncIterator[JetStreamEventStore]:
+    """A store on its own new JetStream stream, deleted afterwards."""
+    tag = uuid.uuid4().hex[:12]
+    name, prefix = f"T{tag}", f"t{tag}"
+    nc = await nats.connect(url)
+    store = await JetStreamEventStore.open(nc, name, subject_prefix=prefix, **kw)  # type: ignore[arg-type]
+    try:
+        yield store
+    finally:
+        await store.close()
+        js = nc.jetstream()
+        for stream in (name, f"{name}_SNAPSHOTS"):
+            with contextlib.suppress(Exception):
+                await js.delete_stream(stream)
+        await nc.close()
+
+
+class TestJetStreamEventStore(EventStoreContract):
+    max_examples = 50
+    url = ""
+
+    @pytest.fixture(autouse=True)
+    def _server(self, nats_url: str) -> None:
+        self.url = nats_url
+
+    @contextlib.asynccontextmanager
+    async def make_store(self) -> AsyncIterator[EventStore]:
+        async with fresh_store(self.url) as store:
+            yield store
+
+
+# -- what only this backend can get wrong ------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["a.b", "*", ">", "a.*.>", "100%", "ß/ü:é", "%2E", "x" * 200])
+def test_stream_names_are_one_subject_token(name: str) -> None:
+    token = encode_stream_token(name)
+    assert not any(c in token for c in ".*> ")
+    assert token.isascii()
+    assert decode_stream_token(token) == name
+
+
+def test_wildcard_and_dotted_stream_names_stay_apart(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            names = ["a", "a.b", "a.*", "a.>", "*", ">", "a%2Eb"]
+            for name in names:
+                await store.append(name, [ev(f"{name}#1")], 0)
+            for name in names:
+                assert [e.event_id for e in await store.read_stream(name)] == [f"{name}#1"]
+                assert await store.stream_version(name) == 1
+            assert await store.streams() == sorted(names)
+            assert await store.streams("a.") == ["a.*", "a.>", "a.b"]
+
+    asyncio.run(main())
+
+
+def test_two_store_objects_on_one_log_stay_consistent(nats_url: str) -> None:
+    """Two processes' views: idempotency and conflicts hold across them, with no reliance
+    on JetStream's two-minute duplicate window."""
+
+    async def main() -> None:
+        async with fresh_store(nats_url) as first:
+            nc = await nats.connect(nats_url)
+            second = await JetStreamEventStore.open(
+                nc,
+                first._name,  # the same log: a second view of it
+                subject_prefix=first._prefix,
+            )
+            try:
+                stored = await first.append("s", [ev("1"), ev("2")], 0)
+                # `second` opened before that append: its index is stale, yet it must
+                # neither duplicate the batch nor accept a stale expected version.
+                assert await second.append("s", [ev("1"), ev("2")], 0) == stored
+                with pytest.raises(ConcurrencyError) as caught:
+                    await second.append("s", [ev("3")], 0)
+                assert (caught.value.expected, caught.value.actual) == (0, 2)
+                await second.append("t", [ev("t1")], 0)
+                # `first`'s cached tail is stale now: it must retry with the fresh one.
+                await first.append("s", [ev("3")], 2)
+                results = await asyncio.gather(
+                    *(
+                        store.append(f"w{k}", [ev(f"w{k}-{n}")], n)
+                        for n in range(10)
+                        for k, store in enumerate((first, second))
+                    ),
+                    return_exceptions=True,
+                )
+                assert not [r for r in results if isinstance(r, BaseException)]
+                log = await second.read_all()
+                assert [e.position for e in log] == list(range(1, len(log) + 1))
+                assert len(log) == 4 + 20
+                assert await first.read_all() == log
+                assert (await first.verify()).ok
+            finally:
+                await second.close()
+                await nc.close()
+
+    asyncio.run(main())
+
+
+def test_subscribe_hands_over_from_history_to_live_without_gap(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            for k in range(5):
+                await store.append("s", [ev(f"h{k}")], k)
+            seen: list[StoredEvent] = []
+
+            async def follow() -> None:
+                async for event in store.subscribe(3):
+                    seen.append(event)
+                    if len(seen) == 3 + 20:
+                        return
+
+            task = asyncio.create_task(follow())
+            for k in range(10):
+                await store.append("s", [ev(f"l{k}a"), ev(f"l{k}b")], 5 + 2 * k)
+            await asyncio.wait_for(task, 10)
+            assert [e.position for e in seen] == list(range(3, 26))
+            assert seen == (await store.read_all())[2:]
+
+    asyncio.run(main())
+
+
+def test_subscription_ends_when_the_store_closes(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            await store.append("s", [ev("1")], 0)
+            seen: list[str] = []
+
+            async def follow() -> None:
+                async for event in store.subscribe():
+                    seen.append(event.event_id)
+
+            task = asyncio.create_task(follow())
+            await asyncio.sleep(0.2)
+            await store.close()
+            await asyncio.wait_for(task, 5)
+            assert seen == ["1"]
+
+    asyncio.run(main())
+
+
+def test_snapshots_are_kept_per_stream_and_version(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            assert await store.load_snapshot("s") is None
+            await store.save_snapshot(Snapshot(stream="s", version=2, position=5, data=b"two"))
+            await store.save_snapshot(Snapshot(stream="s", version=9, position=30, data=b"n"))
+            await store.save_snapshot(Snapshot(stream="s", version=9, position=30, data=b"nine"))
+            await store.save_snapshot(Snapshot(stream="s.x", version=1, position=6, data=b"x"))
+            newest = await store.load_snapshot("s")
+            assert newest is not None
+            assert (newest.version, newest.data) == (9, b"nine")
+            older = await store.load_snapshot("s", until_position=29)
+            assert older is not None
+            assert (older.version, older.data) == (2, b"two")
+            assert await store.load_snapshot("s", until_position=4) is None
+            other = await store.load_snapshot("s.x")
+            assert other is not None
+            assert other.data == b"x"
+
+    asyncio.run(main())
+
+
+def test_oversized_append_is_refused_before_storage(nats_url: str) -> None:
+    from eventstore import InvalidEventError
+
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            with pytest.raises(InvalidEventError):
+                await store.append("s", [ev(str(n)) for n in range(1001)], 0)
+            stored = await store.append("s", [ev(str(n)) for n in range(1000)], 0)
+            assert [e.position for e in stored] == list(range(1, 1001))
+            assert await store.read_all() == stored
+            with pytest.raises(StorageError):  # over the server's max_payload (1 MB)
+                await store.append("s", [ev("a"), ev("big", data=b"x" * 2_000_000)], 1000)
+            assert await store.last_position() == 1000
+
+    asyncio.run(main())
+
+
+def test_schema_is_kept_and_hashed(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            stored = await store.append("s", [ev("1"), ev("2", schema=3)], 0)
+            assert [e.schema for e in stored] == [1, 3]
+            assert await store.read_all() == stored
+            report = await store.verify()
+            assert report.ok
+            assert report.checked == 2
+
+    asyncio.run(main())
+
+
+def test_a_message_not_written_by_the_store_fails_verify(nats_url: str) -> None:
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            await store.append("s", [ev("1")], 0)
+            await store._nc.request(f"{store._log_prefix}intruder", b"not an event", timeout=2)
+            # The store cannot chain onto a message it cannot read: it refuses, loudly.
+            with pytest.raises(StorageError, match=r"message 2 .* is not a Baton event"):
+                await store.append("s", [ev("2")], 1)
+            report = await store.verify()
+            assert not report.ok
+            assert report.first_bad_position == 2
+            with pytest.raises(StorageError):
+                await store.read_all()
+
+    asyncio.run(main())
+
+
+# -- a server restart in the middle of appends --------------------------------------------
+
+
+@pytest.mark.parametrize("how", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+def test_server_restart_mid_appends_loses_nothing_acknowledged(
+    tmp_path: Path, how: signal.Signals
+) -> None:
+    async def main() -> None:
+        server = EmbeddedNats(tmp_path)  # sync_interval: always
+        url = await server.start()
+        box = {"store": await JetStreamEventStore.open(url, timeout=1.0)}
+        acked: dict[str, list[StoredEvent]] = {}
+        failures = 0
+        stop = asyncio.Event()
+
+        async def appender(k: int) -> None:
+            nonlocal failures
+            stream, version, n = f"w{k}", 0, 0
+            while not stop.is_set():
+                # Batches of 1 to 3; a failed batch is retried with the same ids.
+                batch = [
+                    NewEvent(event_id=f"{stream}-{n + i}", type="t", data=b"x")
+                    for i in range(1 + n % 3)
+                ]
+                while True:
+                    try:
+                        stored = await box["store"].append(stream, batch, version)
+                        break
+                    except StorageError:
+                        failures += 1
+                        await asyncio.sleep(0.05)
+                acked.setdefault(stream, []).extend(stored)
+                version += len(batch)
+                n += len(batch)
+
+        tasks = [asyncio.create_task(appender(k)) for k in range(4)]
+        await asyncio.sleep(0.5)
+        before = sum(map(len, acked.values()))
+        assert server.pid is not None
+        os.kill(server.pid, how)
+        await asyncio.sleep(1.5)  # appends in flight now fail or hang until their timeout
+        server.stop()
+        old = box["store"]
+        url = await server.start()  # same store directory, a new port
+        box["store"] = await JetStreamEventStore.open(url, timeout=1.0)
+        await old.close()
+        await asyncio.sleep(0.5)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        store = box["store"]
+        try:
+            log = await store.read_all()
+            after = sum(map(len, acked.values()))
+            assert before > 0
+            assert after > before
+            assert failures > 0
+            assert [e.position for e in log] == list(range(1, len(log) + 1))
+            assert len({e.event_id for e in log}) == len(log)
+            by_id = {e.event_id: e for e in log}
+            for stream, events in acked.items():
+                # Every acknowledged event is stored exactly as acknowledged, in order.
+                assert all(by_id[e.event_id] == e for e in events)
+                in_stream = await store.read_stream(stream)
+                assert in_stream == events
+                assert [e.version for e in in_stream] == list(range(1, len(in_stream) + 1))
+            assert len(log) == after
+            report = await store.verify()
+            assert report.ok, report
+            assert report.checked == len(log)
+        finally:
+            await store.close()
+            server.stop()
+
+    asyncio.run(main())
+
+
+# -- measurement -------------------------------------------------------------------------
+
+
+async def measure_append_rate(url: str, rounds: int = 3) -> dict[str, float]:
+    """Events/s appended to a fresh stream: single appends (one appender) and batches of
+    100, the median of `rounds` runs each."""
+    results: dict[str, list[float]] = {"single": [], "batch100": []}
+    for _ in range(rounds):
+        async with fresh_store(url) as store:
+            count = 500
+            start = time.perf_counter()
+            for n in range(count):
+                await store.append("single", [ev(f"s{n}")], n)
+            results["single"].append(count / (time.perf_counter() - start))
+            batches = 50
+            start = time.perf_counter()
+            for b in range(batches):
+                events = [ev(f"b{b}-{i}") for i in range(100)]
+                await store.append("batch", events, 100 * b)
+            results["batch100"].append(100 * batches / (time.perf_counter() - start))
+    return {name: statistics.median(rates) for name, rates in results.items()}
+
+
+async def _bench() -> None:
+    with tempfile.TemporaryDirectory(prefix="baton-js-bench-") as directory:
+        server = EmbeddedNats(Path(directory))  # sync_interval: always
+        url = await server.start()
+        try:
+            rates = await measure_append_rate(url)
+        finally:
+            server.stop()
+    for name, rate in rates.items():
+        print(f"jetstream append {name:>8}: {rate:10,.0f} events/s (median of 3)")
+
+
+if __name__ == "__main__":
+    asyncio.run(_bench())
+    sys.exit(0)
