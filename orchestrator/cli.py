@@ -1,4 +1,5 @@
-"""`baton`: run a workflow on the embedded defaults, run an agent, replay and audit runs."""
+"""`baton`: run a workflow on the embedded defaults, run an agent, and look into the log:
+replay, fork, export/import, audit."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+
+from msgspec.structs import replace
 
 from bus import subjects
 from bus.codec import Decoder
@@ -18,51 +21,82 @@ from bus.connection import Incoming
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import journal, render
-from orchestrator.bootstrap import bootstrap, open_store, state_dir, store_path
+from orchestrator import history, journal, render
+from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
+from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
-from orchestrator.launcher import AgentProcesses
+from orchestrator.launcher import AgentProcesses, resolve_handler
 from orchestrator.service import Orchestrator, new_run_id
-from orchestrator.workflow import load
+from orchestrator.workflow import AgentSpec, load
 
 _progress: Decoder[Progress] = Decoder(Progress)
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="baton",
-        description="Baton: coordination layer for multi-agent systems.",
+        prog="baton", description="Baton: coordination layer for multi-agent systems."
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workflow file, starting its agents and NATS")
     run.add_argument("workflow", help="workflow TOML file")
     run.add_argument("--input", default="{}", help="run input as a JSON object")
-    run.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                     help="use this NATS server instead of starting one")  # fmt: skip
-    run.add_argument("--no-agents", action="store_true",
-                     help="start no agents; wait for agents already on the bus")  # fmt: skip
-    run.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+
+    resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run")
+    resume.add_argument("run_id")
+
+    for serving in (run, resume):
+        serving.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                             help="use this NATS server instead of starting one")  # fmt: skip
+        serving.add_argument("--no-agents", action="store_true",
+                             help="start no agents; use agents already on the bus")  # fmt: skip
+        serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
 
     replay = sub.add_parser("replay", help="rebuild a run's state from the event log")
     replay.add_argument("run_id")
-    replay.add_argument("--until", type=int, help="global position to stop at (time travel)")
+    replay.add_argument("--until", metavar="POINT",
+                        help="a global position, or a time (ISO 8601 or Unix seconds)")  # fmt: skip
+    replay.add_argument("--no-snapshots", action="store_true", help="replay from the first event")
 
-    audit = sub.add_parser("audit", help="list events from the log, one line each")
+    fork = sub.add_parser("fork", help="start a new run from a past point of another")
+    fork.add_argument("run_id")
+    fork.add_argument("--at", required=True, metavar="POINT", help="a global position or a time")
+    fork.add_argument("--new-id", default="", help="id of the new run (default: generated)")
+
+    export = sub.add_parser("export", help="write a run's log as JSON lines")
+    export.add_argument("run_id")
+    export.add_argument("-o", "--output", help="file (default: standard output)")
+
+    import_ = sub.add_parser("import", help="add an exported run's log to this state directory")
+    import_.add_argument("file", help="a file written by baton export ('-' for standard input)")
+
+    audit = sub.add_parser("audit", help="list events, walk causes, verify the hash chain")
+    audit.add_argument("action", nargs="?", choices=["verify"],
+                       help="'verify': check the whole log's hash chain")  # fmt: skip
     audit.add_argument("--run", help="only this run")
-    audit.add_argument("--agent", help="only events whose actor is this agent")
+    audit.add_argument("--agent", help="only events whose actor is this agent (or 'orchestrator')")
     audit.add_argument("--type", dest="type_glob", help="event type glob, e.g. 'task.*'")
-    audit.add_argument("--limit", type=int, help="at most this many events")
+    audit.add_argument("--since", help="recorded at or after (ISO 8601 or Unix seconds)")
+    audit.add_argument("--until", help="recorded before (ISO 8601 or Unix seconds)")
+    audit.add_argument("--text", help="only events whose payload contains this text")
+    audit.add_argument("--why", metavar="EVENT",
+                       help="the causation chain of an event (position or event id)")  # fmt: skip
+    audit.add_argument("--limit", type=int, default=1000, help="events per page (default 1000)")
+    audit.add_argument("--after", type=int, default=0, metavar="POSITION",
+                       help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
-    for command in (run, replay, audit):
+    for command in (run, resume, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
     return p
+
+
+# -- serving runs ----------------------------------------------------------------------
 
 
 async def _agents_ready(
@@ -84,37 +118,36 @@ async def _agents_ready(
             raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout}s")
 
 
-async def _run(args: argparse.Namespace) -> int:
-    path = Path(args.workflow)
-    workflow = load(path)
-    try:
-        run_input = json.loads(args.input)
-        if not isinstance(run_input, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
+Starter = Callable[[Stack], Awaitable[object]]
+
+
+async def _serve(
+    args: argparse.Namespace, specs: list[AgentSpec], run_id: str, start: Starter | None
+) -> int:
+    """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
+    `start`ing it, for a new one) to its end with live progress; tear everything down."""
     directory = state_dir(args.state_dir)
     stack = await bootstrap(directory, args.nats)
     agents = AgentProcesses(directory / "logs")
     try:
-        if not args.no_agents:
-            for spec in workflow.agents:
-                agents.start(spec, stack.nats_url, path.parent)
-        roles = AgentProcesses.roles(workflow.agents) if workflow.agents else None
         print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
-        if roles:
+        if specs and not args.no_agents:
+            for spec in specs:
+                agents.start(spec, stack.nats_url, Path.cwd())
+            roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
             await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
-        run_id = new_run_id()
-        started = time.monotonic()
+        began = time.monotonic()
 
         async def show(msg: Incoming) -> None:
-            print(render.progress_line(_progress.decode(msg.data), time.monotonic() - started))
+            print(render.progress_line(_progress.decode(msg.data), time.monotonic() - began))
 
         await stack.bus.subscribe(subjects.progress(run_id), show)
-        await stack.orchestrator.start_run(workflow, run_input, run_id=run_id, requested_by="cli")
-        print(f"run {run_id}: workflow {workflow.name}, "
-              f"{len(stack.orchestrator.run(run_id).tasks)} tasks")  # fmt: skip
+        if start is not None:
+            await start(stack)
+        state = stack.orchestrator.run(run_id)
+        name = state.workflow.name if state.workflow else "?"
+        print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
         state = await stack.orchestrator.wait(run_id, timeout=args.timeout)
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
@@ -130,6 +163,44 @@ async def _run(args: argparse.Namespace) -> int:
         await stack.close()
 
 
+async def _run(args: argparse.Namespace) -> int:
+    path = Path(args.workflow)
+    workflow = load(path)
+    try:
+        run_input = json.loads(args.input)
+        if not isinstance(run_input, dict):
+            raise ValueError("not an object")
+    except ValueError as exc:
+        raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
+    # handler files are recorded by absolute path, so `baton resume` can restart agents
+    specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
+    workflow = replace(workflow, agents=specs)
+
+    run_id = new_run_id()
+
+    async def start(stack: Stack) -> str:
+        return await stack.orchestrator.start_run(workflow, run_input, run_id=run_id)
+
+    return await _serve(args, specs, run_id, start)
+
+
+async def _resume(args: argparse.Namespace) -> int:
+    store = await _existing_store(args.state_dir)
+    try:
+        state = await journal.load_run(store, args.run_id)
+    finally:
+        await store.close()
+    if state.terminal:
+        print(f"run {args.run_id} already {state.status}; nothing to resume")
+        return 0 if state.status == "completed" else 1
+    specs = state.workflow.agents if state.workflow else []
+    # no start: the orchestrator recovers the run from the log when it starts
+    return await _serve(args, specs, args.run_id, None)
+
+
+# -- looking into the log --------------------------------------------------------------
+
+
 async def _existing_store(explicit: str | None) -> SqliteEventStore:
     directory = state_dir(explicit)
     if not store_path(directory).exists():
@@ -137,14 +208,16 @@ async def _existing_store(explicit: str | None) -> SqliteEventStore:
     return await open_store(directory)
 
 
-async def _replay(args: argparse.Namespace) -> int:
-    store = await _existing_store(args.state_dir)
-    try:
-        state = await journal.load_run(store, args.run_id, until_position=args.until)
-        print(render.run_table(state))
-        report = await store.verify()
-    finally:
-        await store.close()
+async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    until = await history.position_at(store, args.run_id, args.until) if args.until else None
+    state = await journal.load_run(
+        store, args.run_id, until_position=until, snapshots=not args.no_snapshots
+    )
+    print(render.run_table(state))
+    if until is not None:
+        print(f"\nas of global position {until}; the orchestrator would now:")
+        print(render.pending(state, pending_effects(state)))
+    report = await store.verify()
     if report.ok:
         print(f"\nhash chain: ok ({report.checked} events checked)")
         return 0
@@ -152,24 +225,98 @@ async def _replay(args: argparse.Namespace) -> int:
     return 1
 
 
-async def _audit(args: argparse.Namespace) -> int:
-    store = await _existing_store(args.state_dir)
-    try:
+async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    at = await history.position_at(store, args.run_id, args.at)
+    new_id = subjects.token(args.new_id or new_run_id())
+    if await store.stream_version(journal.run_stream(new_id)):
+        raise WorkflowError("--new-id", f"run {new_id} already exists")
+    state = await history.fork(store, args.run_id, at, new_id, actor="cli")
+    done = sum(t.status == "succeeded" for t in state.tasks.values())
+    print(f"forked run {new_id} from {args.run_id} at position {at}: "
+          f"{done}/{len(state.tasks)} tasks done, status {state.status}")  # fmt: skip
+    print(f"carry it on: baton resume {new_id}")
+    return 0
+
+
+async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    stored = await store.read_stream(journal.run_stream(args.run_id))
+    if not stored:
+        raise OrchestratorError(f"no run {args.run_id!r} in the event store")
+    lines = "\n".join(history.export_lines(stored)) + "\n"
+    if args.output:
+        Path(args.output).write_text(lines)
+        print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    run_id = await history.import_lines(store, text.splitlines())
+    print(f"imported run {run_id}; see baton replay {run_id}")
+    return 0
+
+
+async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    if args.action == "verify":
+        report = await store.verify()
+        if report.ok:
+            print(f"hash chain: ok ({report.checked} events checked)")
+            return 0
+        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
+        return 1
+    if args.why:
+        stored = await history.why(store, args.why)
+        origin = stored[-1]
+        print(
+            f"why {args.why}: {len(stored)} event(s), newest first; the chain began with "
+            f"{origin.causation_id or 'nothing'} from {origin.actor}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    else:
+        if args.limit < 1:
+            raise WorkflowError("--limit", "must be at least 1")
         query = EventQuery(
             stream=journal.run_stream(args.run) if args.run else None,
             actor=args.agent,
             type_glob=args.type_glob,
-            limit=args.limit,
+            text=args.text,
+            since=history.parse_time(args.since) if args.since else None,
+            until=history.parse_time(args.until) if args.until else None,
+            from_position=args.after + 1,
+            limit=args.limit + 1,
         )
-        for stored in await store.query(query):
-            event = journal.decode_any(stored)
-            line = (
-                render.audit_json(stored, event) if args.json else render.audit_line(stored, event)
-            )
-            print(line)
+        stored = await store.query(query)
+    more = not args.why and len(stored) > args.limit
+    for event in stored[: args.limit]:
+        decoded = journal.decode_any(event)
+        print(render.audit_json(event, decoded) if args.json else render.audit_line(event, decoded))
+    if more:
+        print(f"more: --after {stored[args.limit - 1].position}", file=sys.stderr)
+    return 0
+
+
+_LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaitable[int]]] = {
+    "replay": _replay,
+    "fork": _fork,
+    "export": _export,
+    "import": _import,
+    "audit": _audit,
+}
+
+
+async def _with_store(args: argparse.Namespace) -> int:
+    if args.command == "import":
+        directory = state_dir(args.state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        store = await open_store(directory)
+    else:
+        store = await _existing_store(args.state_dir)
+    try:
+        return await _LOG_COMMANDS[args.command](args, store)
     finally:
         await store.close()
-    return 0
 
 
 def _agent(argv: list[str]) -> int:
@@ -181,15 +328,19 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
     args = _parser().parse_args(argv)
-    commands: dict[str, Any] = {"run": _run, "replay": _replay, "audit": _audit}
+    command: Callable[[argparse.Namespace], Awaitable[int]]
+    command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
     try:
-        return int(asyncio.run(commands[args.command](args)))
+        return int(asyncio.run(command(args)))
     except (OrchestratorError, EventStoreError, BusError) as exc:
         print(f"baton {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
+    except OSError as exc:  # a file named on the command line could not be read or written
+        print(f"baton {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (KeyboardInterrupt, TimeoutError):
         print(f"baton {args.command}: stopped", file=sys.stderr)
         return 130

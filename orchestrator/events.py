@@ -26,6 +26,14 @@ class RunStarted(_Event, frozen=True, tag="run.started"):
     at: float
 
 
+class RunForked(_Event, frozen=True, tag="run.forked"):
+    """This run began as a copy of another run's history up to a global position."""
+
+    origin_run_id: str
+    origin_position: int
+    at: float
+
+
 class TaskAssigned(_Event, frozen=True, tag="task.assigned"):
     """The routing decision, with the reason, fenced by attempt number and lease token."""
 
@@ -102,6 +110,7 @@ class RunFailed(_Event, frozen=True, tag="run.failed"):
 
 RunEvent = (
     RunStarted
+    | RunForked
     | TaskAssigned
     | TaskSucceeded
     | TaskAttemptFailed

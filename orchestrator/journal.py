@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from collections.abc import Sequence
+from typing import Any, TypeVar, cast
 
 import msgspec
 
 from bus.tracecontext import new_span_id
-from eventstore import EventStore, NewEvent, StoredEvent
+from eventstore import EventStore, NewEvent, Snapshot, StoredEvent
+from orchestrator import upcasting
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
     ResultRejected,
@@ -25,9 +28,17 @@ from orchestrator.events import (
     system_event_decoder,
     type_of,
 )
-from orchestrator.state import RunState, replay
+from orchestrator.state import RunState, resume
 
+T = TypeVar("T")
+log = logging.getLogger("baton.journal")
 ORCHESTRATOR = "orchestrator"
+SNAPSHOT_EVERY = 500
+"""A run's state is snapshotted each time its stream passes a multiple of this many events."""
+STATE_SCHEMA = 1
+"""Shape version of `RunState` in snapshots; a snapshot of another shape is ignored."""
+_state_encoder = msgspec.msgpack.Encoder()
+_state_decoder = msgspec.msgpack.Decoder(RunState)
 SYSTEM_STREAM = "system"
 RUN_PREFIX = "run-"
 ENDINGS = frozenset(type_of(e) for e in (RunCompleted({}, 0.0), RunFailed("", 0.0)))
@@ -64,13 +75,13 @@ def run_envelopes(
     run_id: str, first_version: int, events: Sequence[RunEvent], causes: Sequence[Cause]
 ) -> list[NewEvent]:
     """Envelopes for a decision's events, with ids that make a retried append a no-op."""
-    stream = run_stream(run_id)
     span_id = new_span_id()
     return [
         NewEvent(
-            event_id=f"{stream}@{first_version + i}",
+            event_id=event_id(run_id, first_version + i),
             type=type_of(event),
             data=encode(event),
+            schema=upcasting.current(type_of(event)),
             correlation_id=run_id,
             causation_id=cause.causation_id,
             actor=actor_of(event, cause),
@@ -86,34 +97,75 @@ def system_envelope(version: int, event: SystemEvent, actor: str) -> NewEvent:
         event_id=f"{SYSTEM_STREAM}@{version}",
         type=type_of(event),
         data=encode(event),
+        schema=upcasting.current(type_of(event)),
         actor=actor,
         span_id=new_span_id(),
     )
 
 
-def decode_run_event(stored: StoredEvent) -> RunEvent:
+def _decode(stored: StoredEvent, decoder: msgspec.msgpack.Decoder[T], union: Any) -> T:
     try:
-        return run_event_decoder.decode(stored.data)
-    except msgspec.DecodeError as exc:
+        if stored.schema == upcasting.current(stored.type):
+            return decoder.decode(stored.data)
+        fields = upcasting.upcast(stored.type, stored.schema, stored.data)
+        return cast(T, msgspec.convert(fields, union))
+    except (msgspec.DecodeError, msgspec.ValidationError, UnknownEvent) as exc:
         raise UnknownEvent(f"position {stored.position} ({stored.type}): {exc}") from exc
+
+
+def decode_run_event(stored: StoredEvent) -> RunEvent:
+    """A stored run event in today's shape (upcast if it was stored in an older one)."""
+    return _decode(stored, run_event_decoder, RunEvent)
 
 
 def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent:
     """Any stored Baton event, for audit views."""
     if stored.stream == SYSTEM_STREAM:
-        try:
-            return system_event_decoder.decode(stored.data)
-        except msgspec.DecodeError as exc:
-            raise UnknownEvent(f"position {stored.position} ({stored.type}): {exc}") from exc
+        return _decode(stored, system_event_decoder, SystemEvent)
     return decode_run_event(stored)
 
 
-async def load_run(store: EventStore, run_id: str, until_position: int | None = None) -> RunState:
-    """A run's state rebuilt from its stream alone (up to a global position, if given)."""
-    stored = await store.read_stream(run_stream(run_id), until_position=until_position)
-    if not stored:
+def event_id(run_id: str, version: int) -> str:
+    return f"{run_stream(run_id)}@{version}"
+
+
+def snapshot_of(state: RunState, position: int) -> Snapshot:
+    return Snapshot(
+        stream=run_stream(state.run_id),
+        version=state.version,
+        position=position,
+        data=_state_encoder.encode(state),
+        schema=STATE_SCHEMA,
+    )
+
+
+async def _from_snapshot(store: EventStore, run_id: str, until: int | None) -> RunState:
+    snapshot = await store.load_snapshot(run_stream(run_id), until_position=until)
+    if snapshot is None or snapshot.schema != STATE_SCHEMA:
+        return RunState(run_id)
+    try:
+        return _state_decoder.decode(snapshot.data)
+    except msgspec.DecodeError:
+        log.warning("snapshot of %s at v%d does not decode; replaying", run_id, snapshot.version)
+        return RunState(run_id)
+
+
+async def load_run(
+    store: EventStore,
+    run_id: str,
+    until_position: int | None = None,
+    *,
+    snapshots: bool = True,
+) -> RunState:
+    """A run's state rebuilt from the log (up to a global position, if given), starting
+    from the newest usable snapshot unless `snapshots` is False."""
+    start = await _from_snapshot(store, run_id, until_position) if snapshots else RunState(run_id)
+    stored = await store.read_stream(
+        run_stream(run_id), from_version=start.version + 1, until_position=until_position
+    )
+    if not stored and not start.version:
         raise UnknownRun(run_id)
-    return replay(run_id, ((s.version, decode_run_event(s)) for s in stored))
+    return resume(start, ((s.version, decode_run_event(s)) for s in stored))
 
 
 async def has_ended(store: EventStore, stream: str) -> bool:

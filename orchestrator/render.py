@@ -10,6 +10,7 @@ import msgspec
 
 from bus.protocol import Progress
 from eventstore import StoredEvent
+from orchestrator.effects import SendAssignment
 from orchestrator.events import RunEvent, SystemEvent
 from orchestrator.state import RunState
 
@@ -28,6 +29,8 @@ def progress_line(p: Progress, since_start: float) -> str:
     match p.event:
         case "run.started":
             return f"{head}run started"
+        case "run.forked":
+            return f"{head}run forked"
         case "task.assigned":
             return f"{head}{p.task_id:<16} started  on {p.agent_id} (attempt {p.attempt})"
         case "task.succeeded":
@@ -88,3 +91,20 @@ def audit_json(stored: StoredEvent, event: RunEvent | SystemEvent) -> str:
     envelope = msgspec.to_builtins(stored)
     envelope["data"] = msgspec.to_builtins(event)
     return json.dumps(envelope, separators=(",", ":"), default=str)
+
+
+def pending(state: RunState, resend: list[SendAssignment]) -> str:
+    """What an orchestrator restarted at this point would do next."""
+    if state.terminal:
+        return f"  nothing: the run is {state.status}"
+    lines = [
+        f"  re-send {s.assignment.task_id} attempt {s.assignment.attempt} to {s.agent_id}"
+        for s in resend
+    ]
+    ready = [t for tasks in state.ready.values() for t in tasks]
+    if ready:
+        lines.append(f"  assign when an agent is free: {', '.join(ready)}")
+    waiting = sorted(state.waiting)
+    if waiting:
+        lines.append(f"  then, as dependencies finish: {', '.join(waiting)}")
+    return "\n".join(lines) or "  nothing yet"

@@ -66,6 +66,32 @@ _reply_decoder: Decoder[AssignReply] = Decoder(AssignReply)
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
 
 
+def _causes(
+    state: RunState, command: Command, cause: Cause, count: int, run_trace: str
+) -> list[Cause]:
+    """Causes for one decision's events, so `baton audit --why` can walk them back.
+
+    The decision's first event is caused by what came in; a report is traced to the
+    assignment of the attempt it answers. The rest (assignments, endings) are caused by
+    that first event.
+    """
+    first = cause
+    task_id, attempt = "", 0
+    match command:
+        case ReportResult():
+            task_id, attempt = command.result.task_id, command.result.attempt
+        case ReportFailure():
+            task_id, attempt = command.failure.task_id, command.failure.attempt
+        case DeliveryFailed():
+            task_id, attempt = command.task_id, command.attempt
+    task = state.tasks.get(task_id)
+    if task is not None and task.attempt == attempt and task.assigned_event:
+        first = Cause(journal.event_id(state.run_id, task.assigned_event), cause.actor)
+    trace = cause.trace_id or run_trace
+    then = Cause(journal.event_id(state.run_id, state.version + 1), ORCHESTRATOR, trace)
+    return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -223,16 +249,18 @@ class Orchestrator:
             for command, cause in items:
                 decided = decide(state, command, self._context(delta))
                 if decided:
-                    state = fold(state, decided)
+                    after = fold(state, decided)
+                    causes += _causes(state, command, cause, len(decided), after.trace_id)
+                    state = after
                     events += decided
-                    trace = cause.trace_id or state.trace_id
-                    causes += [Cause(cause.causation_id, cause.actor, trace)] * len(decided)
                     delta.update(load_delta(decided))
             if not events:
                 return True
             envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes)
             try:
-                await self._store.append(journal.run_stream(run_id), envelopes, before.version)
+                stored = await self._store.append(
+                    journal.run_stream(run_id), envelopes, before.version
+                )
             except EventStoreError:
                 log.exception("append to run %s failed; reloading it from the store", run_id)
                 if before.version:
@@ -242,9 +270,17 @@ class Orchestrator:
             self._runs[run_id] = state
             self._registry.set_inflight(run_id, journal.running_agents(state))
             self._perform(state, effects(state, events))
+            if state.version // journal.SNAPSHOT_EVERY > before.version // journal.SNAPSHOT_EVERY:
+                self._spawn(self._snapshot(state, stored[-1].position))
             if state.terminal:
                 self._finished[run_id].set()
             return True
+
+    async def _snapshot(self, state: RunState, position: int) -> None:
+        try:
+            await self._store.save_snapshot(journal.snapshot_of(state, position))
+        except EventStoreError as exc:
+            log.warning("snapshot of run %s failed (replay still works): %s", state.run_id, exc)
 
     # -- effects ---------------------------------------------------------------------
 

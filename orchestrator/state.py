@@ -19,6 +19,7 @@ from orchestrator.events import (
     RunCompleted,
     RunEvent,
     RunFailed,
+    RunForked,
     RunStarted,
     TaskAssigned,
     TaskAttemptFailed,
@@ -50,6 +51,8 @@ class TaskState(msgspec.Struct, frozen=True):
     error: str = ""
     excluded: tuple[str, ...] = ()
     not_before: float = 0.0
+    assigned_event: int = 0
+    """Stream version of the `TaskAssigned` that started the latest attempt."""
     ended_by: str = ""
     """How the latest attempt ended: '' while it runs, 'result', or an `AttemptEnd`."""
 
@@ -73,6 +76,8 @@ class RunState(msgspec.Struct, frozen=True):
     result: dict[str, Any] | None = None
     reason: str = ""
     rejected: int = 0
+    forked_from: str = ""
+    """`<run id>@<global position>` of the history this run was forked from."""
 
     @property
     def terminal(self) -> bool:
@@ -156,6 +161,8 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
     match event:
         case RunStarted():
             return _started(state, event)
+        case RunForked():
+            return replace(state, forked_from=f"{event.origin_run_id}@{event.origin_position}")
         case TaskAssigned():
             task = state.tasks[event.task_id]
             assigned = replace(
@@ -166,6 +173,7 @@ def evolve(state: RunState, event: RunEvent) -> RunState:
                 lease_token=event.lease_token,
                 assigned_mono=event.mono,
                 started_at=task.started_at or event.at,
+                assigned_event=state.version,
                 ended_by="",
             )
             return _with_task(state, assigned, ready=_unready(state, event.task_id))
@@ -207,11 +215,15 @@ def fold(state: RunState, events: Iterable[RunEvent]) -> RunState:
     return state
 
 
-def replay(run_id: str, versioned: Iterable[tuple[int, RunEvent]]) -> RunState:
-    """A run's state from its stored events, checking their versions have no gap."""
-    state = RunState(run_id)
+def resume(state: RunState, versioned: Iterable[tuple[int, RunEvent]]) -> RunState:
+    """`state` carried forward by stored events, checking their versions have no gap."""
     for version, event in versioned:
         if version != state.version + 1:
-            raise VersionGap(run_id, state.version + 1, version)
+            raise VersionGap(state.run_id, state.version + 1, version)
         state = evolve(state, event)
     return state
+
+
+def replay(run_id: str, versioned: Iterable[tuple[int, RunEvent]]) -> RunState:
+    """A run's state from its stored events alone."""
+    return resume(RunState(run_id), versioned)

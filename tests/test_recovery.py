@@ -62,3 +62,33 @@ def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path
         assert attempts == done, "nothing was re-run: the results waited in the inbox"
 
     asyncio.run(scenario())
+
+
+def test_long_runs_are_snapshotted_and_replay_from_a_snapshot_agrees(tmp_path: Path) -> None:
+    many = WorkflowSpec(name="many", steps=[StepSpec(id="t", role="noop", fan_out=300)])
+    noop = [AgentSpec(role="noop", handler="agents.builtin:noop", count=2, capacity=50)]
+
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(noop)
+            run_id = await c.orchestrator.start_run(many)
+            live = await c.orchestrator.wait(run_id, timeout=60)
+            store = c.stack.store
+            stream = journal.run_stream(run_id)
+            snapshot = None
+            for _ in range(200):
+                snapshot = await store.load_snapshot(stream)
+                if snapshot is not None:
+                    break
+                await asyncio.sleep(0.02)
+            assert snapshot is not None, "a run past SNAPSHOT_EVERY events is snapshotted"
+            assert snapshot.version >= journal.SNAPSHOT_EVERY
+            assert await journal.load_run(store, run_id) == live
+            assert await journal.load_run(store, run_id, snapshots=False) == live
+            for until in (snapshot.position - 1, snapshot.position, snapshot.position + 7):
+                fast = await journal.load_run(store, run_id, until_position=until)
+                slow = await journal.load_run(store, run_id, until_position=until, snapshots=False)
+                assert fast == slow
+                assert fast.version == slow.version > 0
+
+    asyncio.run(scenario())

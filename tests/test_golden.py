@@ -1,0 +1,100 @@
+"""Golden logs recorded by earlier code must replay, with today's code, to the state and
+pending effects recorded beside them; a shape change needs an upcaster, never a rewrite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from eventstore import MemoryEventStore, NewEvent, StoredEvent
+from orchestrator import history, journal, upcasting
+from orchestrator.effects import pending_effects
+from orchestrator.errors import UnknownEvent
+from orchestrator.state import RunState
+
+GOLDEN = Path(__file__).parent / "golden"
+LOGS = sorted(GOLDEN.glob("*.jsonl"))
+
+
+def summary(state: RunState) -> dict[str, Any]:
+    """What a golden file pins: the whole state and the effects a restart would owe."""
+    owed = [msgspec.to_builtins(e) for e in pending_effects(state)]
+    pinned: dict[str, Any] = json.loads(
+        json.dumps({"state": msgspec.to_builtins(state), "pending": owed})
+    )
+    return pinned
+
+
+async def _imported(log: Path) -> tuple[MemoryEventStore, str]:
+    store = MemoryEventStore()
+    run_id = await history.import_lines(store, log.read_text().splitlines())
+    return store, run_id
+
+
+def test_there_are_golden_logs_of_each_ending() -> None:
+    assert {p.stem for p in LOGS} >= {"research-brief-completed", "worker-failed"}
+
+
+@pytest.mark.parametrize("log", LOGS, ids=[p.stem for p in LOGS])
+def test_golden_log_replays_to_its_recorded_state(log: Path) -> None:
+    async def scenario() -> RunState:
+        store, run_id = await _imported(log)
+        return await journal.load_run(store, run_id)
+
+    state = asyncio.run(scenario())
+    expected = json.loads(log.with_suffix(".state.json").read_text())
+    assert summary(state) == expected
+
+
+def _old_shape(stored: StoredEvent) -> NewEvent:
+    """`task.assigned` as an imagined v1 that called the agent `agent` and had no `mono`."""
+    fields = msgspec.msgpack.decode(stored.data)
+    if stored.type == "task.assigned":
+        fields["agent"] = fields.pop("agent_id")
+        del fields["mono"]
+    return NewEvent(
+        event_id=stored.event_id, type=stored.type, data=msgspec.msgpack.encode(fields),
+        schema=1, correlation_id=stored.correlation_id, causation_id=stored.causation_id,
+        actor=stored.actor, trace_id=stored.trace_id, span_id=stored.span_id,
+    )  # fmt: skip
+
+
+def _to_v2(fields: dict[str, Any]) -> dict[str, Any]:
+    fields = dict(fields)
+    fields["agent_id"] = fields.pop("agent")
+    fields["mono"] = 0.0
+    return fields
+
+
+def test_old_shapes_are_upcast_on_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    log = GOLDEN / "research-brief-completed.jsonl"
+
+    async def scenario() -> tuple[RunState, RunState]:
+        store, run_id = await _imported(log)
+        today = await journal.load_run(store, run_id)
+        stored = await store.read_stream(journal.run_stream(run_id))
+        old = MemoryEventStore()
+        await old.append(journal.run_stream(run_id), [_old_shape(s) for s in stored], 0)
+        monkeypatch.setattr(upcasting, "CURRENT", {"task.assigned": 2})
+        with pytest.raises(UnknownEvent, match=r"no upcaster for task\.assigned from v1"):
+            await journal.load_run(old, run_id)
+        monkeypatch.setattr(upcasting, "UPCASTERS", {("task.assigned", 1): _to_v2})
+        upcast = await journal.load_run(old, run_id)
+        return today, upcast
+
+    today, upcast = asyncio.run(scenario())
+    assert upcast.tasks.keys() == today.tasks.keys()
+    for task_id, task in today.tasks.items():
+        assert upcast.tasks[task_id].agent_id == task.agent_id
+        assert upcast.tasks[task_id].output == task.output
+    assert upcast.result == today.result
+
+
+def test_an_event_newer_than_the_code_is_refused() -> None:
+    with pytest.raises(UnknownEvent, match="newer than this code"):
+        upcasting.upcast("task.assigned", 2, msgspec.msgpack.encode({}))
