@@ -77,7 +77,9 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("action", nargs="?", choices=["verify"],
                        help="'verify': check the whole log's hash chain")  # fmt: skip
     audit.add_argument("--run", help="only this run")
-    audit.add_argument("--agent", help="only events whose actor is this agent (or 'orchestrator')")
+    audit.add_argument(
+        "--actor", "--agent", dest="actor", help="only events by this agent id, orchestrator, cli"
+    )
     audit.add_argument("--type", dest="type_glob", help="event type glob, e.g. 'task.*'")
     audit.add_argument("--since", help="recorded at or after (ISO 8601 or Unix seconds)")
     audit.add_argument("--until", help="recorded before (ISO 8601 or Unix seconds)")
@@ -279,7 +281,7 @@ async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
             raise WorkflowError("--limit", "must be at least 1")
         query = EventQuery(
             stream=journal.run_stream(args.run) if args.run else None,
-            actor=args.agent,
+            actor=args.actor,
             type_glob=args.type_glob,
             text=args.text,
             since=history.parse_time(args.since) if args.since else None,

@@ -12,10 +12,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import statistics
-import sys
-import tempfile
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -339,43 +335,3 @@ def test_server_restart_mid_appends_loses_nothing_acknowledged(
             server.stop()
 
     asyncio.run(main())
-
-
-# -- measurement -------------------------------------------------------------------------
-
-
-async def measure_append_rate(url: str, rounds: int = 3) -> dict[str, float]:
-    """Events/s appended to a fresh stream: single appends (one appender) and batches of
-    100, the median of `rounds` runs each."""
-    results: dict[str, list[float]] = {"single": [], "batch100": []}
-    for _ in range(rounds):
-        async with fresh_store(url) as store:
-            count = 500
-            start = time.perf_counter()
-            for n in range(count):
-                await store.append("single", [ev(f"s{n}")], n)
-            results["single"].append(count / (time.perf_counter() - start))
-            batches = 50
-            start = time.perf_counter()
-            for b in range(batches):
-                events = [ev(f"b{b}-{i}") for i in range(100)]
-                await store.append("batch", events, 100 * b)
-            results["batch100"].append(100 * batches / (time.perf_counter() - start))
-    return {name: statistics.median(rates) for name, rates in results.items()}
-
-
-async def _bench() -> None:
-    with tempfile.TemporaryDirectory(prefix="baton-js-bench-") as directory:
-        server = EmbeddedNats(Path(directory))  # sync_interval: always
-        url = await server.start()
-        try:
-            rates = await measure_append_rate(url)
-        finally:
-            server.stop()
-    for name, rate in rates.items():
-        print(f"jetstream append {name:>8}: {rate:10,.0f} events/s (median of 3)")
-
-
-if __name__ == "__main__":
-    asyncio.run(_bench())
-    sys.exit(0)
