@@ -17,9 +17,10 @@ from eventstore.errors import (
     InvalidEventError,
     StorageError,
 )
-from eventstore.jetstream import JetStreamEventStore as JetStreamEventStore
+from eventstore.jetstream import JetStreamEventStore
 from eventstore.memory import MemoryEventStore
-from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.projection import Projection, ProjectionStore, ProjectionView, Projector
 from eventstore.sqlite import SqliteEventStore
 from eventstore.store import EventStore
 
@@ -33,6 +34,7 @@ __all__ = [
     "EventStore",
     "EventStoreError",
     "InvalidEventError",
+    "JetStreamEventStore",
     "MemoryEventStore",
     "NewEvent",
     "Projection",

@@ -21,9 +21,11 @@ import hashlib
 import struct
 from collections.abc import Iterable
 
-from eventstore.model import StoredEvent, VerifyReport
+import msgspec
 
-__all__ = ["GENESIS", "ChainVerifier", "event_hash", "verify_chain"]
+from eventstore.model import NewEvent, StoredEvent, VerifyReport
+
+__all__ = ["GENESIS", "ChainVerifier", "event_hash", "hash_of", "seal", "verify_chain"]
 
 GENESIS = "0" * 64
 """The `prev_hash` of the event at position 1."""
@@ -93,24 +95,53 @@ def event_hash(
     return hashlib.sha256(b"".join((_DOMAIN_V2, header, _SCHEMA.pack(schema), *fields))).hexdigest()
 
 
+def hash_of(event: StoredEvent) -> str:
+    """The hash `event`'s fields call for (equal to `event.hash` unless it was changed)."""
+    return event_hash(
+        event.prev_hash,
+        event.position,
+        event.stream,
+        event.version,
+        event.event_id,
+        event.type,
+        event.data,
+        event.recorded_at,
+        event.correlation_id,
+        event.causation_id,
+        event.actor,
+        event.trace_id,
+        event.span_id,
+        event.schema,
+    )
+
+
+def seal(
+    event: NewEvent, *, stream: str, position: int, version: int, recorded_at: float, prev_hash: str
+) -> StoredEvent:
+    """`event` as stored at `position`, linked to `prev_hash` and carrying its own hash."""
+    unsealed = StoredEvent(
+        position=position,
+        stream=stream,
+        version=version,
+        event_id=event.event_id,
+        type=event.type,
+        data=event.data,
+        schema=event.schema,
+        recorded_at=recorded_at,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        actor=event.actor,
+        trace_id=event.trace_id,
+        span_id=event.span_id,
+        prev_hash=prev_hash,
+        hash="",
+    )
+    return msgspec.structs.replace(unsealed, hash=hash_of(unsealed))
+
+
 def _recomputes(event: StoredEvent) -> bool:
     try:
-        expected = event_hash(
-            event.prev_hash,
-            event.position,
-            event.stream,
-            event.version,
-            event.event_id,
-            event.type,
-            event.data,
-            event.recorded_at,
-            event.correlation_id,
-            event.causation_id,
-            event.actor,
-            event.trace_id,
-            event.span_id,
-            event.schema,
-        )
+        expected = hash_of(event)
     except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
         # A tampered row may hold a value of the wrong type; that is a change, not a crash.
         return False

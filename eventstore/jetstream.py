@@ -8,7 +8,7 @@ Layout
       become `%XX` (UTF-8 bytes): a stream name is always exactly one subject token.
     * The global position of an event is its JetStream stream sequence; the per-stream
       version is the `Baton-Version` header; the rest of the envelope (with the hash
-      chain's `prev_hash` and `hash`, computed by `chain.event_hash` exactly as the other
+      chain's `prev_hash` and `hash`, computed by `chain.seal` exactly as the other
       backends do) is the msgpack payload.
     * Snapshots live in a second stream, `<name>_SNAPSHOTS`, one subject per stream and
       version (`<prefix>.snap.<token>.<version>`, one message kept per subject).
@@ -81,7 +81,7 @@ from eventstore._common import (
     matcher,
 )
 from eventstore._subscription import Notifier, catch_up
-from eventstore.chain import GENESIS, ChainVerifier, event_hash
+from eventstore.chain import GENESIS, ChainVerifier, seal
 from eventstore.errors import (
     ConcurrencyError,
     DuplicateEventError,
@@ -153,24 +153,21 @@ def _storage_error(action: str, error: BaseException) -> StorageError:
     return failure
 
 
-def _hash(
-    prev_hash: str, position: int, version: int, stream: str, event: NewEvent, at: float
-) -> str:
-    return event_hash(
-        prev_hash,
-        position,
-        stream,
-        version,
-        event.event_id,
-        event.type,
-        event.data,
-        at,
-        event.correlation_id,
-        event.causation_id,
-        event.actor,
-        event.trace_id,
-        event.span_id,
-        event.schema,
+def _body_of(event: StoredEvent) -> _Body:
+    return _Body(
+        stream=event.stream,
+        event_id=event.event_id,
+        type=event.type,
+        data=event.data,
+        schema=event.schema,
+        recorded_at=event.recorded_at,
+        correlation_id=event.correlation_id,
+        causation_id=event.causation_id,
+        actor=event.actor,
+        trace_id=event.trace_id,
+        span_id=event.span_id,
+        prev_hash=event.prev_hash,
+        hash=event.hash,
     )
 
 
@@ -526,43 +523,19 @@ class JetStreamEventStore:
         stored: list[StoredEvent] = []
         payloads: list[tuple[bytes, dict[str, str]]] = []
         for offset, event in enumerate(batch, start=1):
-            digest = _hash(prev_hash, tail + offset, version + offset, stream, event, recorded_at)
-            body = _Body(
+            sealed = seal(
+                event,
                 stream=stream,
-                event_id=event.event_id,
-                type=event.type,
-                data=event.data,
-                schema=event.schema,
+                position=tail + offset,
+                version=version + offset,
                 recorded_at=recorded_at,
-                correlation_id=event.correlation_id,
-                causation_id=event.causation_id,
-                actor=event.actor,
-                trace_id=event.trace_id,
-                span_id=event.span_id,
                 prev_hash=prev_hash,
-                hash=digest,
             )
-            payloads.append((_BODY_ENCODER.encode(body), {VERSION_HEADER: str(version + offset)}))
-            stored.append(
-                StoredEvent(
-                    position=tail + offset,
-                    stream=stream,
-                    version=version + offset,
-                    event_id=event.event_id,
-                    type=event.type,
-                    data=event.data,
-                    schema=event.schema,
-                    recorded_at=recorded_at,
-                    correlation_id=event.correlation_id,
-                    causation_id=event.causation_id,
-                    actor=event.actor,
-                    trace_id=event.trace_id,
-                    span_id=event.span_id,
-                    prev_hash=prev_hash,
-                    hash=digest,
-                )
+            payloads.append(
+                (_BODY_ENCODER.encode(_body_of(sealed)), {VERSION_HEADER: str(sealed.version)})
             )
-            prev_hash = digest
+            stored.append(sealed)
+            prev_hash = sealed.hash
         first = payloads[0][1]
         first["Nats-Expected-Last-Sequence"] = str(tail)
         first["Nats-Expected-Last-Subject-Sequence"] = str(positions[-1] if positions else 0)

@@ -19,7 +19,7 @@ from eventstore._common import (
     matcher,
 )
 from eventstore._subscription import Notifier, catch_up
-from eventstore.chain import GENESIS, event_hash, verify_chain
+from eventstore.chain import GENESIS, seal, verify_chain
 from eventstore.errors import (
     CheckpointConflictError,
     ConcurrencyError,
@@ -83,42 +83,16 @@ class MemoryEventStore:
         recorded_at = time.time()
         stored: list[StoredEvent] = []
         for offset, event in enumerate(batch, start=1):
-            digest = event_hash(
-                prev_hash,
-                position + offset,
-                stream,
-                current + offset,
-                event.event_id,
-                event.type,
-                event.data,
-                recorded_at,
-                event.correlation_id,
-                event.causation_id,
-                event.actor,
-                event.trace_id,
-                event.span_id,
-                event.schema,
+            sealed = seal(
+                event,
+                stream=stream,
+                position=position + offset,
+                version=current + offset,
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
             )
-            stored.append(
-                StoredEvent(
-                    position=position + offset,
-                    stream=stream,
-                    version=current + offset,
-                    event_id=event.event_id,
-                    type=event.type,
-                    data=event.data,
-                    schema=event.schema,
-                    recorded_at=recorded_at,
-                    correlation_id=event.correlation_id,
-                    causation_id=event.causation_id,
-                    actor=event.actor,
-                    trace_id=event.trace_id,
-                    span_id=event.span_id,
-                    prev_hash=prev_hash,
-                    hash=digest,
-                )
-            )
-            prev_hash = digest
+            stored.append(sealed)
+            prev_hash = sealed.hash
         self._log.extend(stored)
         self._streams.setdefault(stream, []).extend(stored)
         for s in stored:

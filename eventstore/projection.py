@@ -161,12 +161,15 @@ class Projector:
         return self.position
 
     async def _pump(self, queue: asyncio.Queue[StoredEvent | None], start: int) -> None:
+        # `None` tells the runner the subscription ended (the store closed, or it failed:
+        # then awaiting this task raises the failure). A cancelled pump has no reader.
         try:
             async for event in self._store.subscribe(start):
                 await queue.put(event)
-        finally:
-            with contextlib.suppress(asyncio.QueueFull):
-                queue.put_nowait(None)
+        except Exception:
+            await queue.put(None)
+            raise
+        await queue.put(None)
 
     async def _commit(self, view: ProjectionView, batch: list[StoredEvent]) -> None:
         for event in batch:

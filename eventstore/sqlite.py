@@ -300,8 +300,15 @@ class SqliteEventStore:
         self._check_open()
         if not self._writer.thread.is_alive():
             raise StorageError("the event store's writer has stopped")
-        result: T = await self._writer.submit(run)
-        return result
+        future: asyncio.Future[T] = self._writer.submit(run)
+        try:
+            return await asyncio.shield(future)
+        except asyncio.CancelledError:
+            # The job may be running already: let its effect settle (done or not done)
+            # before the cancellation completes, so a cancelled caller that restarts
+            # reads a state no late write can change behind its back.
+            await asyncio.wait([future])
+            raise
 
     def _serve_writes(self) -> None:
         """The writer thread: group consecutive appends into one commit, run jobs alone."""

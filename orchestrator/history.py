@@ -13,7 +13,7 @@ import msgspec
 from msgspec.structs import replace
 
 from eventstore import EventQuery, EventStore, NewEvent, StoredEvent
-from eventstore.chain import event_hash
+from eventstore.chain import hash_of
 from orchestrator import journal
 from orchestrator.errors import OrchestratorError, UnknownRun
 from orchestrator.events import RunForked, RunStarted
@@ -21,6 +21,7 @@ from orchestrator.journal import Cause
 from orchestrator.state import RunState
 
 EXPORT_FORMAT = "baton-run-export/1"
+_ENVELOPE = frozenset(StoredEvent.__struct_fields__)
 
 
 class BadPoint(OrchestratorError):
@@ -159,22 +160,8 @@ async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
     events: list[NewEvent] = []
     for n, r in enumerate(records, start=1):
         data = base64.b64decode(r.data_b64)
-        expected = event_hash(
-            prev_hash=r.prev_hash,
-            position=r.position,
-            stream=r.stream,
-            version=r.version,
-            event_id=r.event_id,
-            type=r.type,
-            data=data,
-            recorded_at=r.recorded_at,
-            correlation_id=r.correlation_id,
-            causation_id=r.causation_id,
-            actor=r.actor,
-            trace_id=r.trace_id,
-            span_id=r.span_id,
-            schema=r.schema,
-        )
+        envelope = {k: v for k, v in msgspec.structs.asdict(r).items() if k in _ENVELOPE}
+        expected = hash_of(StoredEvent(data=data, **envelope))
         if r.stream != stream or r.version != n or expected != r.hash:
             raise BadExport(f"event {n} ({r.event_id}) was changed or is out of place")
         events.append(

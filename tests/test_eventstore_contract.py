@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import random
 import tempfile
 import time
 from collections import Counter
@@ -21,9 +22,16 @@ from typing import Any, ClassVar, TypeVar
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
 
 from eventstore import (
     GENESIS,
+    CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
     EventQuery,
@@ -31,6 +39,10 @@ from eventstore import (
     InvalidEventError,
     MemoryEventStore,
     NewEvent,
+    ProjectionStore,
+    ProjectionView,
+    Projector,
+    Snapshot,
     SqliteEventStore,
     StorageError,
     StoredEvent,
@@ -95,13 +107,27 @@ histories = st.lists(st.lists(ops, min_size=1, max_size=4), max_size=8)
 
 
 class EventStoreContract:
-    """The contract; subclasses name the backend through `make_store`."""
+    """The contract; subclasses name the backend through `make_store` (and, for a durable
+    backend, `reopen`)."""
 
     max_examples: ClassVar[int] = 200
+
+    stateful_examples: ClassVar[int] = 30
 
     def make_store(self) -> AbstractAsyncContextManager[EventStore]:
         """A fresh, empty store, closed when the context ends."""
         raise NotImplementedError
+
+    async def reopen(self, store: EventStore) -> EventStore:
+        """The same log through a new store object (a durable backend closes `store` and
+        opens its storage again); the default keeps `store`. Closing the result is
+        the test's job; closing twice is harmless."""
+        return store
+
+    def projection_port(self, store: EventStore) -> ProjectionStore | None:
+        """The backend's projection port, `None` if it has none."""
+        port = getattr(store, "projections", None)
+        return port if isinstance(port, ProjectionStore) else None
 
     def run(self, scenario: Callable[[EventStore], Awaitable[T]]) -> T:
         async def main() -> T:
@@ -575,9 +601,396 @@ class EventStoreContract:
         assert report.ok, report
         assert report.checked == len(log)
 
+    # -- schema, last position, queries -------------------------------------------------
 
-class TestMemoryEventStore(EventStoreContract):
+    def test_schema_is_kept_and_chained(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            assert await store.last_position() == 0
+            stored = await store.append(
+                "s", [ev("old"), NewEvent(event_id="new", type="t", data=b"x", schema=3)], 0
+            )
+            assert [e.schema for e in stored] == [1, 3]
+            assert [e.schema for e in await store.read_stream("s")] == [1, 3]
+            assert await store.last_position() == 2
+            assert (await store.verify()).ok
+            with pytest.raises(InvalidEventError):
+                await store.append("s", [NewEvent(event_id="z", type="t", data=b"", schema=0)], 2)
+
+        self.run(scenario)
+
+    def test_query_by_text_time_and_position_range(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            first = await store.append(
+                "run-1",
+                [
+                    ev("1", data=b'{"note": "disk is full"}'),
+                    ev("2", data="{'note': 'crème brûlée'}".encode()),
+                    ev("3", data=b"\x00\xffbinary full\x00"),
+                ],
+                0,
+            )
+            await asyncio.sleep(0.02)
+            middle = time.time()
+            await asyncio.sleep(0.02)
+            await store.append("run-2", [ev("4", data=b"FULL"), ev("5", data=b"full")], 0)
+
+            async def ids(**kw: Any) -> list[str]:
+                return [e.event_id for e in await store.query(EventQuery(**kw))]
+
+            assert await ids(text="full") == ["1", "3", "5"]
+            assert await ids(text="brûlée") == ["2"]
+            assert await ids(text="full", stream="run-2") == ["5"]
+            assert await ids(text="nowhere") == []
+            assert await ids(text="") == ["1", "2", "3", "4", "5"]
+            assert await ids(until=middle) == ["1", "2", "3"]
+            assert await ids(since=middle) == ["4", "5"]
+            assert await ids(since=first[0].recorded_at, until=first[0].recorded_at) == []
+            assert await ids(since=first[0].recorded_at, until=middle) == ["1", "2", "3"]
+            assert await ids(to_position=2) == ["1", "2"]
+            assert await ids(from_position=2, to_position=4) == ["2", "3", "4"]
+            assert await ids(from_position=3, to_position=2) == []
+            assert await ids(text="full", since=middle, to_position=4) == []
+            assert await ids(text="full", to_position=5, limit=2) == ["1", "3"]
+
+        self.run(scenario)
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def test_subscribers_see_history_then_live_appends_exactly_once_in_order(self) -> None:
+        async def consume(
+            store: EventStore, start: int, until: int, out: list[StoredEvent]
+        ) -> None:
+            async for event in store.subscribe(start):
+                out.append(event)
+                if event.position >= until:
+                    return
+
+        async def appender(store: EventStore, k: int) -> None:
+            for n in range(15):
+                await store.append(f"w{k}", [ev(f"w{k}-{n}a"), ev(f"w{k}-{n}b")], 2 * n)
+                if n % 4 == 0:
+                    await asyncio.sleep(0)
+
+        async def scenario(store: EventStore) -> None:
+            for k in range(20):
+                await store.append("history", [ev(f"h{k}")], k)
+            total = 20 + 4 * 15 * 2
+            starts = [1, 7, 20, 21, 0]
+            outs: list[list[StoredEvent]] = [[] for _ in starts]
+            readers = [
+                asyncio.create_task(consume(store, start, total, out))
+                for start, out in zip(starts, outs, strict=True)
+            ]
+            await asyncio.sleep(0)
+            await asyncio.gather(*(appender(store, k) for k in range(4)))
+            await asyncio.wait_for(asyncio.gather(*readers), timeout=30)
+            log = await store.read_all()
+            assert len(log) == total
+            for start, out in zip(starts, outs, strict=True):
+                assert out == log[max(start, 1) - 1 :]
+
+        self.run(scenario)
+
+    def test_a_subscriber_waits_for_the_next_append(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            await store.append("s", [ev("1")], 0)
+            subscription = store.subscribe(2)
+            waiting = asyncio.ensure_future(anext(subscription))
+            await asyncio.sleep(0.05)
+            assert not waiting.done()
+            await store.append("s", [ev("2")], 1)
+            event = await asyncio.wait_for(waiting, timeout=10)
+            assert (event.event_id, event.position) == ("2", 2)
+            await subscription.aclose()  # type: ignore[attr-defined]
+
+        self.run(scenario)
+
+    def test_subscriptions_end_when_the_store_closes(self) -> None:
+        async def main() -> None:
+            async with self.make_store() as store:
+                await store.append("s", [ev("1"), ev("2")], 0)
+                seen: list[str] = []
+
+                async def consume() -> None:
+                    async for event in store.subscribe():
+                        seen.append(event.event_id)
+
+                task = asyncio.create_task(consume())
+                while len(seen) < 2:
+                    await asyncio.sleep(0.01)
+                await store.close()
+                await asyncio.wait_for(task, timeout=10)
+                assert seen == ["1", "2"]
+
+        asyncio.run(main())
+
+    # -- snapshots -----------------------------------------------------------------------
+
+    def test_snapshots_save_load_replace_and_pick_by_position(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            assert await store.load_snapshot("run-1") is None
+            at3 = Snapshot(stream="run-1", version=3, position=5, data=b"three")
+            at7 = Snapshot(stream="run-1", version=7, position=12, data=b"seven", schema=2)
+            other = Snapshot(stream="run-2", version=9, position=20, data=b"other")
+            for snapshot in (at7, at3, other):
+                await store.save_snapshot(snapshot)
+            assert await store.load_snapshot("run-1") == at7
+            assert await store.load_snapshot("run-1", until_position=12) == at7
+            assert await store.load_snapshot("run-1", until_position=11) == at3
+            assert await store.load_snapshot("run-1", until_position=5) == at3
+            assert await store.load_snapshot("run-1", until_position=4) is None
+            assert await store.load_snapshot("run-2") == other
+            assert await store.load_snapshot("run-3") is None
+            replaced = Snapshot(stream="run-1", version=7, position=12, data=b"seven again")
+            await store.save_snapshot(replaced)
+            assert await store.load_snapshot("run-1") == replaced
+            with pytest.raises(InvalidEventError):
+                await store.save_snapshot(Snapshot(stream="", version=1, position=1, data=b""))
+            with pytest.raises(InvalidEventError):
+                await store.save_snapshot(Snapshot(stream="s", version=-1, position=1, data=b""))
+            again = await self.reopen(store)
+            try:
+                assert await again.load_snapshot("run-1", until_position=11) == at3
+                assert await again.load_snapshot("run-1") == replaced
+            finally:
+                await again.close()
+
+        self.run(scenario)
+
+    # -- stateful interleavings ----------------------------------------------------------
+
+    def test_stateful_interleavings_keep_the_invariants(self) -> None:
+        machine = make_machine(self)
+        run_state_machine_as_test(
+            machine,
+            settings=settings(
+                max_examples=self.stateful_examples,
+                stateful_step_count=25,
+                deadline=None,
+                suppress_health_check=[HealthCheck.too_slow],
+            ),
+        )
+
+
+class ProjectionContract(EventStoreContract):
+    """The contract of backends that also keep projections (output and checkpoint
+    committed together): the in-memory and SQLite ones."""
+
+    # -- projections ---------------------------------------------------------------------
+
+    def port_of(self, store: EventStore) -> ProjectionStore:
+        port = self.projection_port(store)
+        assert port is not None, f"{type(store).__name__} has no projection port"
+        return port
+
+    def test_projection_commit_is_all_or_nothing_and_fenced(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            port = self.port_of(store)
+            assert await port.checkpoint("p") == 0
+            await port.commit("p", 0, 3, {"a": b"1", "b": b"2", "c": b"3"})
+            await port.commit("p", 3, 5, {"a": b"10"}, ["b", "never"])
+            assert await port.checkpoint("p") == 5
+            assert await port.items("p") == [("a", b"10"), ("c", b"3")]
+            assert await port.get("p", "b") is None
+            with pytest.raises(CheckpointConflictError) as caught:
+                await port.commit("p", 3, 9, {"a": b"stale"})
+            assert (caught.value.expected, caught.value.actual) == (3, 5)
+            with pytest.raises(InvalidEventError):
+                await port.commit("p", 5, 5, {})
+            with pytest.raises(InvalidEventError):
+                await port.commit("p", 5, 6, {"a": b"x"}, ["a"])
+            assert await port.get("p", "a") == b"10"
+            assert await port.checkpoint("p") == 5
+            await port.commit("q", 0, 1, {"a/1": b"x", "a/2": b"y", "b/1": b"z"})
+            assert await port.items("q", "a/") == [("a/1", b"x"), ("a/2", b"y")]
+            assert await port.items("p", "a/") == []
+
+        self.run(scenario)
+
+    def test_projector_resumes_exactly_where_a_cancel_stopped_it(self) -> None:
+        rng = random.Random(7)
+
+        async def scenario(store: EventStore) -> None:
+            port = self.port_of(store)
+            for k in range(15):
+                await store.append(f"s{k % 3}", [ev(f"e{k}-{n}") for n in range(4)], 4 * (k // 3))
+            total = await store.last_position()
+            crashes = 0
+            while await port.checkpoint("counter") < total:
+                batch_size = rng.randint(1, 9)
+                # The crash: the task cancels itself after a random number of applies,
+                # so it lands in the middle of a batch, in a read or in a commit.
+                doomed = Counting(cancel_after=rng.randint(1, 2 * batch_size))
+                projector = Projector(store, port, doomed, batch_size=batch_size)
+                task = asyncio.create_task(projector.run(until_position=total))
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+                crashes += 1
+                await check_counter(port, await port.checkpoint("counter"))
+            assert crashes > 3
+            again = await self.reopen(store)
+            try:
+                port = self.port_of(again)
+                await check_counter(port, total)
+                await again.append("late", [ev("late")], 0)
+                done = await Projector(again, port, Counting()).run(until_position=total + 1)
+                assert done == total + 1
+                await check_counter(port, total + 1)
+            finally:
+                await again.close()
+
+        self.run(scenario)
+
+    def test_projector_follows_live_appends(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            port = self.port_of(store)
+            projector = Projector(store, port, Counting(), batch_size=4)
+            task = asyncio.create_task(projector.run())
+            for k in range(10):
+                await store.append("s", [ev(f"e{k}")], k)
+            while await port.checkpoint("counter") < 10:
+                await asyncio.sleep(0.01)
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            await check_counter(port, 10)
+
+        self.run(scenario)
+
+
+# -- helpers for the projection and stateful tests -----------------------------------------
+
+
+class Counting:
+    """A projection that is wrong if any event is applied twice or skipped: a counter, and
+    one row per position."""
+
+    name = "counter"
+
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.cancel_after = cancel_after
+        self.applied = 0
+
+    async def apply(self, event: StoredEvent, view: ProjectionView) -> None:
+        self.applied += 1
+        if self.applied == self.cancel_after:
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+        count = int(await view.get("count") or b"0")
+        view.put("count", str(count + 1).encode())
+        view.put(f"seen/{event.position:06d}", event.event_id.encode())
+
+
+async def check_counter(port: ProjectionStore, checkpoint: int) -> None:
+    """The output is exactly that of the events up to `checkpoint`: no more, no less."""
+    assert await port.checkpoint("counter") == checkpoint
+    assert int(await port.get("counter", "count") or b"0") == checkpoint
+    seen = await port.items("counter", "seen/")
+    assert [key for key, _ in seen] == [f"seen/{p:06d}" for p in range(1, checkpoint + 1)]
+
+
+async def gather_all(*work: Awaitable[T]) -> list[T | BaseException]:
+    """`asyncio.gather` with exceptions returned, started inside the running loop."""
+    return await asyncio.gather(*work, return_exceptions=True)
+
+
+def make_machine(contract: EventStoreContract) -> type[RuleBasedStateMachine]:
+    class Interleavings(RuleBasedStateMachine):
+        """Appends (fresh, conflicting, retried), reads and subscriptions, interleaved."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.loop = asyncio.new_event_loop()
+            self.context = contract.make_store()
+            self.store = self.loop.run_until_complete(self.context.__aenter__())
+            self.fresh = itertools.count()
+            self.version = {"a": 0, "b": 0, "c": 0}
+            self.acked: list[tuple[str, list[NewEvent], list[StoredEvent]]] = []
+            self.subscribers: list[tuple[int, list[StoredEvent], asyncio.Task[None]]] = []
+
+        def play(self, work: Awaitable[T]) -> T:
+            return self.loop.run_until_complete(work)
+
+        @rule(
+            stream=st.sampled_from(["a", "b", "c"]),
+            sizes=st.lists(st.integers(1, 3), min_size=1, max_size=3),
+            delta=st.sampled_from([0, 0, 0, -1, 1]),
+        )
+        def append(self, stream: str, sizes: list[int], delta: int) -> None:
+            expected = max(0, self.version[stream] + delta)
+            batches = [[ev(f"id{next(self.fresh)}") for _ in range(n)] for n in sizes]
+            results = self.play(
+                gather_all(*(self.store.append(stream, b, expected) for b in batches))
+            )
+            winners = [r for r in results if isinstance(r, list)]
+            assert len(winners) == (1 if expected == self.version[stream] else 0), results
+            for batch, result in zip(batches, results, strict=True):
+                if isinstance(result, list):
+                    assert [e.version for e in result] == list(
+                        range(expected + 1, expected + 1 + len(batch))
+                    )
+                    self.acked.append((stream, batch, result))
+                    self.version[stream] = result[-1].version
+                else:
+                    assert isinstance(result, ConcurrencyError), result
+                    assert result.actual == self.version[stream]
+
+        @precondition(lambda self: bool(self.acked))
+        @rule(which=st.integers(0, 10_000), delta=st.integers(-2, 2))
+        def retry(self, which: int, delta: int) -> None:
+            stream, batch, stored = self.acked[which % len(self.acked)]
+            expected = max(0, self.version[stream] + delta)
+            assert self.play(self.store.append(stream, batch, expected)) == stored
+
+        @rule()
+        def read(self) -> None:
+            log = self.play(self.store.read_all())
+            assert [e.position for e in log] == list(range(1, len(log) + 1))
+            assert self.play(self.store.last_position()) == len(log)
+            for stream, version in self.version.items():
+                events = self.play(self.store.read_stream(stream))
+                assert [e.version for e in events] == list(range(1, version + 1))
+
+        @rule(back=st.integers(0, 6))
+        def subscribe(self, back: int) -> None:
+            start = max(1, self.play(self.store.last_position()) + 1 - back)
+            seen: list[StoredEvent] = []
+
+            async def consume() -> None:
+                async for event in self.store.subscribe(start):
+                    seen.append(event)
+
+            self.subscribers.append((start, seen, self.loop.create_task(consume())))
+
+        def teardown(self) -> None:
+            try:
+                log = self.play(self.store.read_all())
+
+                async def caught_up() -> None:
+                    while any(
+                        len(seen) < len(log) - start + 1 for start, seen, _ in self.subscribers
+                    ):
+                        await asyncio.sleep(0.005)
+
+                self.play(asyncio.wait_for(caught_up(), timeout=30))
+                for start, seen, _ in self.subscribers:
+                    assert seen == log[start - 1 :]
+                acked = {s.event_id: s for _, _, batch in self.acked for s in batch}
+                assert {e.event_id: e for e in log} == acked
+                assert self.play(self.store.verify()).ok
+            finally:
+                self.play(self.context.__aexit__(None, None, None))
+                tasks = [task for _, _, task in self.subscribers]
+                self.play(asyncio.wait_for(gather_all(*tasks), timeout=30))
+                self.loop.close()
+
+    return Interleavings
+
+
+class TestMemoryEventStore(ProjectionContract):
     max_examples = 200
+    stateful_examples = 100
 
     @contextlib.asynccontextmanager
     async def make_store(self) -> AsyncIterator[EventStore]:
@@ -588,8 +1001,9 @@ class TestMemoryEventStore(EventStoreContract):
             await store.close()
 
 
-class TestSqliteEventStore(EventStoreContract):
+class TestSqliteEventStore(ProjectionContract):
     max_examples = 25
+    stateful_examples = 10
 
     @contextlib.asynccontextmanager
     async def make_store(self) -> AsyncIterator[EventStore]:
@@ -599,3 +1013,8 @@ class TestSqliteEventStore(EventStoreContract):
                 yield store
             finally:
                 await store.close()
+
+    async def reopen(self, store: EventStore) -> EventStore:
+        assert isinstance(store, SqliteEventStore)
+        await store.close()
+        return await SqliteEventStore.open(store.path)

@@ -617,7 +617,7 @@ def test_no_acknowledged_event_is_lost_across_kill_9(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     rng = random.Random(20261125)
     acknowledged: list[str] = []
-    for cycle in range(10):
+    for cycle in range(30):  # the bar: at least 30 kills on the same file
         acked_now = kill_while_appending(script, path, cycle, rng)
         assert acked_now
         acknowledged.extend(acked_now)
@@ -629,3 +629,46 @@ def test_no_acknowledged_event_is_lost_across_kill_9(tmp_path: Path) -> None:
         assert not missing, f"cycle {cycle}: lost {len(missing)} acknowledged events"
         assert [e.position for e in log] == list(range(1, len(log) + 1))
         assert verify(path) == VerifyReport(ok=True, checked=len(log))
+
+
+# -- upgrading a file of schema 1 ----------------------------------------------------------
+
+
+def test_a_schema_1_file_is_upgraded_and_its_chain_still_verifies(tmp_path: Path) -> None:
+    from eventstore.sqlite import _SCHEMA_V1
+
+    path = tmp_path / "events.db"
+    conn = sqlite3.connect(path)
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+    conn.execute("PRAGMA application_id = 1111577678")
+    conn.execute("PRAGMA user_version = 1")
+    prev = GENESIS
+    for n in range(1, 4):  # rows exactly as the schema-1 store wrote them (no schema column)
+        digest = event_hash(prev, n, "s", n, f"e{n}", "t", b"x", 1.5, "", "", "", "", "")
+        conn.execute(
+            "INSERT INTO events VALUES (?, 's', ?, ?, 't', x'78', 1.5, '', '', '', '', '', ?, ?)",
+            (n, n, f"e{n}", prev, digest),
+        )
+        prev = digest
+    conn.commit()
+    conn.close()
+
+    async def scenario() -> None:
+        store = await SqliteEventStore.open(path)
+        try:
+            old = await store.read_all()
+            assert [(e.event_id, e.schema) for e in old] == [("e1", 1), ("e2", 1), ("e3", 1)]
+            new = await store.append(
+                "s", [NewEvent(event_id="e4", type="t", data=b"", schema=2)], 3
+            )
+            assert new[0].prev_hash == old[-1].hash
+            assert await store.verify() == VerifyReport(ok=True, checked=4)
+        finally:
+            await store.close()
+
+    asyncio.run(scenario())
+    assert integrity(path) == "ok"
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+    conn.close()
