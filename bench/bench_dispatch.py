@@ -52,7 +52,9 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, float 
                 if state.status != "completed":
                     raise SystemExit(f"{kind} run {run_id} ended {state.status}: {state.reason}")
                 figures[kind].append(took / n * 1e6)
-                print(f"  {kind:<8} n={n:<5} {took * 1000:9.1f} ms  {took / n * 1e6:8.1f} µs/task")
+                unit = "task" if kind == "fan_out" else "step"
+                per = took / n * 1e6
+                print(f"  {kind:<8} n={n:<5} {took * 1000:9.1f} ms  {per:8.1f} µs/{unit}")
     finally:
         agents.stop()
         await stack.close()
