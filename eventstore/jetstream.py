@@ -88,7 +88,7 @@ from eventstore.errors import (
     InvalidEventError,
     StorageError,
 )
-from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
 
 __all__ = ["MAX_BATCH", "JetStreamEventStore", "decode_stream_token", "encode_stream_token"]
 
@@ -566,6 +566,13 @@ class JetStreamEventStore:
         return stored
 
     # -- reads ------------------------------------------------------------------------
+
+    async def read_stream_rows(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[EventRow]:
+        """Like `read_stream`, but only (position, version, type, schema, data) per event."""
+        events = await self.read_stream(stream, from_version, until_position)
+        return [(e.position, e.version, e.type, e.schema, e.data) for e in events]
 
     async def read_stream(
         self, stream: str, from_version: int = 1, until_position: int | None = None

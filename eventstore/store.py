@@ -5,7 +5,14 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from typing import Protocol
 
-from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import (
+    EventQuery,
+    EventRow,
+    NewEvent,
+    Snapshot,
+    StoredEvent,
+    VerifyReport,
+)
 
 
 class EventStore(Protocol):
@@ -27,6 +34,13 @@ class EventStore(Protocol):
         self, stream: str, from_version: int = 1, until_position: int | None = None
     ) -> list[StoredEvent]:
         """A stream's events in version order, optionally only up to a global position."""
+        ...
+
+    async def read_stream_rows(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[EventRow]:
+        """Like `read_stream`, but only (position, version, type, schema, data) per event:
+        the lean read a replay (decode + fold) needs."""
         ...
 
     async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[StoredEvent]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar, cast
 import msgspec
 
 from bus.tracecontext import new_span_id
-from eventstore import EventStore, NewEvent, Snapshot, StoredEvent
+from eventstore import EventRow, EventStore, NewEvent, Snapshot, StoredEvent
 from orchestrator import upcasting
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
@@ -103,25 +103,30 @@ def system_envelope(version: int, event: SystemEvent, actor: str) -> NewEvent:
     )
 
 
-def _decode(stored: StoredEvent, decoder: msgspec.msgpack.Decoder[T], union: Any) -> T:
+def _decode(row: EventRow, decoder: msgspec.msgpack.Decoder[T], union: Any) -> T:
+    position, _version, type_, schema, data = row
     try:
-        if stored.schema == upcasting.current(stored.type):
-            return decoder.decode(stored.data)
-        fields = upcasting.upcast(stored.type, stored.schema, stored.data)
+        if schema == upcasting.current(type_):
+            return decoder.decode(data)
+        fields = upcasting.upcast(type_, schema, data)
         return cast(T, msgspec.convert(fields, union))
     except (msgspec.DecodeError, msgspec.ValidationError, UnknownEvent) as exc:
-        raise UnknownEvent(f"position {stored.position} ({stored.type}): {exc}") from exc
+        raise UnknownEvent(f"position {position} ({type_}): {exc}") from exc
+
+
+def _row(stored: StoredEvent) -> EventRow:
+    return (stored.position, stored.version, stored.type, stored.schema, stored.data)
 
 
 def decode_run_event(stored: StoredEvent) -> RunEvent:
     """A stored run event in today's shape (upcast if it was stored in an older one)."""
-    return _decode(stored, run_event_decoder, RunEvent)
+    return _decode(_row(stored), run_event_decoder, RunEvent)
 
 
 def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent:
     """Any stored Baton event, for audit views."""
     if stored.stream == SYSTEM_STREAM:
-        return _decode(stored, system_event_decoder, SystemEvent)
+        return _decode(_row(stored), system_event_decoder, SystemEvent)
     return decode_run_event(stored)
 
 
@@ -160,12 +165,12 @@ async def load_run(
     """A run's state rebuilt from the log (up to a global position, if given), starting
     from the newest usable snapshot unless `snapshots` is False."""
     start = await _from_snapshot(store, run_id, until_position) if snapshots else RunState(run_id)
-    stored = await store.read_stream(
+    rows = await store.read_stream_rows(
         run_stream(run_id), from_version=start.version + 1, until_position=until_position
     )
-    if not stored and not start.version:
+    if not rows and not start.version:
         raise UnknownRun(run_id)
-    return resume(start, ((s.version, decode_run_event(s)) for s in stored))
+    return resume(start, ((row[1], _decode(row, run_event_decoder, RunEvent)) for row in rows))
 
 
 async def has_ended(store: EventStore, stream: str) -> bool:

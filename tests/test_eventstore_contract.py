@@ -399,6 +399,18 @@ class EventStoreContract:
 
         self.run(scenario)
 
+    def test_lean_rows_are_the_full_events_projected(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            await store.append("s", [ev(f"r{n}", schema=1 + n % 2) for n in range(5)], 0)
+            await store.append("other", [ev("o1")], 0)
+            for start, until in ((1, None), (3, None), (1, 3), (2, 4)):
+                full = await store.read_stream("s", start, until)
+                rows = await store.read_stream_rows("s", start, until)
+                assert rows == [(e.position, e.version, e.type, e.schema, e.data) for e in full]
+            assert await store.read_stream_rows("missing") == []
+
+        self.run(scenario)
+
     def test_read_all_from_position_and_limit(self) -> None:
         async def scenario(store: EventStore) -> None:
             for k in range(10):
