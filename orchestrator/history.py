@@ -21,7 +21,6 @@ from orchestrator.journal import Cause
 from orchestrator.state import RunState
 
 EXPORT_FORMAT = "baton-run-export/1"
-_ENVELOPE = frozenset(StoredEvent.__struct_fields__)
 
 
 class BadPoint(OrchestratorError):
@@ -123,23 +122,14 @@ def export_lines(stored: Iterable[StoredEvent]) -> Iterator[str]:
         yield json.dumps(record, separators=(",", ":"))
 
 
-class _Exported(msgspec.Struct, frozen=True):
-    position: int
-    stream: str
-    version: int
-    event_id: str
-    type: str
-    schema: int
-    recorded_at: float
-    correlation_id: str
-    causation_id: str
-    actor: str
-    trace_id: str
-    span_id: str
-    prev_hash: str
-    hash: str
-    data_b64: str
-    event: dict[str, Any]
+def _stored(line: str) -> StoredEvent:
+    """One exported event back as the envelope it was, strictly (exact bytes from base64)."""
+    fields = json.loads(line)
+    if not isinstance(fields, dict):
+        raise ValueError("an event line must be a JSON object")
+    fields.pop("event", None)  # the decoded copy, for people; the bytes are authoritative
+    data = base64.b64decode(fields.pop("data_b64", ""), validate=True)
+    return msgspec.convert({**fields, "data": data}, StoredEvent)
 
 
 async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
@@ -151,24 +141,21 @@ async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
     rows = [line for line in lines if line.strip()]
     try:
         header = json.loads(rows[0]) if rows else {}
-        records = [msgspec.json.decode(r, type=_Exported) for r in rows[1:]]
-    except (json.JSONDecodeError, msgspec.DecodeError) as exc:
+        records = [_stored(r) for r in rows[1:]]
+    except (ValueError, msgspec.ValidationError) as exc:
         raise BadExport(f"not a Baton run export: {exc}") from exc
     if header.get("format") != EXPORT_FORMAT or len(records) != header.get("events"):
         raise BadExport(f"expected a {EXPORT_FORMAT} header and {header.get('events')} events")
     stream = header["stream"]
     events: list[NewEvent] = []
     for n, r in enumerate(records, start=1):
-        data = base64.b64decode(r.data_b64)
-        envelope = {k: v for k, v in msgspec.structs.asdict(r).items() if k in _ENVELOPE}
-        expected = hash_of(StoredEvent(data=data, **envelope))
-        if r.stream != stream or r.version != n or expected != r.hash:
+        if r.stream != stream or r.version != n or hash_of(r) != r.hash:
             raise BadExport(f"event {n} ({r.event_id}) was changed or is out of place")
         events.append(
             NewEvent(
                 event_id=r.event_id,
                 type=r.type,
-                data=data,
+                data=r.data,
                 schema=r.schema,
                 correlation_id=r.correlation_id,
                 causation_id=r.causation_id,

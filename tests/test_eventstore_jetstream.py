@@ -49,12 +49,12 @@ def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @contextlib.asynccontextmanager
-async def fresh_store(url: str, **kw: object) -> AsyncIterator[JetStreamEventStore]:
+async def fresh_store(url: str) -> AsyncIterator[JetStreamEventStore]:
     """A store on its own new JetStream stream, deleted afterwards."""
     tag = uuid.uuid4().hex[:12]
     name, prefix = f"T{tag}", f"t{tag}"
     nc = await nats.connect(url)
-    store = await JetStreamEventStore.open(nc, name, subject_prefix=prefix, **kw)  # type: ignore[arg-type]
+    store = await JetStreamEventStore.open(nc, name, subject_prefix=prefix)
     try:
         yield store
     finally:

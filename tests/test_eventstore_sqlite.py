@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 
 from eventstore import (
@@ -31,7 +32,7 @@ from eventstore import (
     StoredEvent,
     VerifyReport,
 )
-from eventstore.chain import event_hash
+from eventstore.chain import event_hash, hash_of
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,21 +115,7 @@ def test_changed_hash_is_named(tmp_path: Path) -> None:
 def test_rewritten_row_with_recomputed_hash_is_named(tmp_path: Path) -> None:
     path = tmp_path / "events.db"
     original = asyncio.run(fill(path, 10))[4]
-    forged = event_hash(
-        original.prev_hash,
-        original.position,
-        original.stream,
-        original.version,
-        original.event_id,
-        original.type,
-        b"forged",
-        original.recorded_at,
-        original.correlation_id,
-        original.causation_id,
-        original.actor,
-        original.trace_id,
-        original.span_id,
-    )
+    forged = hash_of(msgspec.structs.replace(original, data=b"forged"))
     tamper(path, "UPDATE events SET data = x'00', hash = ? WHERE position = 5", params=(forged,))
     report = verify(path)
     assert (report.ok, report.first_bad_position) == (False, 5)
