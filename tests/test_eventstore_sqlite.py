@@ -563,9 +563,11 @@ CRASH_CHILD = textwrap.dedent(
 )
 
 
-def kill_while_appending(script: Path, path: Path, cycle: int, rng: random.Random) -> list[str]:
+def kill_while_appending(
+    script: Path, path: Path, cycle: int, rng: random.Random, window_s: float = 0.15
+) -> list[str]:
     """Run the child until it has acknowledged something, then SIGKILL it at a random
-    moment; return every event id it acknowledged."""
+    moment within `window_s`; return every line it wrote (what it acknowledged)."""
     errors = path.parent / f"child-{cycle}.err"
     with errors.open("wb") as stderr:
         child = subprocess.Popen(
@@ -588,7 +590,7 @@ def kill_while_appending(script: Path, path: Path, cycle: int, rng: random.Rando
     reader.start()
     try:
         assert first.wait(timeout=30), errors.read_text()
-        time.sleep(rng.uniform(0.0, 0.15))  # the fault: where in the write loop it lands
+        time.sleep(rng.uniform(0.0, window_s))  # the fault: where in the write loop it lands
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
@@ -616,6 +618,88 @@ def test_no_acknowledged_event_is_lost_across_kill_9(tmp_path: Path) -> None:
         assert not missing, f"cycle {cycle}: lost {len(missing)} acknowledged events"
         assert [e.position for e in log] == list(range(1, len(log) + 1))
         assert verify(path) == VerifyReport(ok=True, checked=len(log))
+
+
+PROJECTOR_CHILD = textwrap.dedent(
+    """
+    import asyncio, sys
+    from eventstore import Projector, SqliteEventStore
+
+    class Counting:
+        name = "counter"
+
+        async def apply(self, event, view):
+            count = int(await view.get("count") or b"0")
+            view.put("count", str(count + 1).encode())
+            view.put(f"seen/{event.position:06d}", event.event_id.encode())
+
+    class Reporting:
+        # Says each committed checkpoint, so the parent knows the child is mid-work.
+        def __init__(self, port):
+            self.port = port
+
+        async def commit(self, name, expected, position, upserts, deletes=()):
+            await self.port.commit(name, expected, position, upserts, deletes)
+            sys.stdout.write(f"{position}\\n")
+            sys.stdout.flush()
+
+        def __getattr__(self, attribute):
+            return getattr(self.port, attribute)
+
+    async def main(path):
+        store = await SqliteEventStore.open(path)
+        total = await store.last_position()
+        await Projector(store, Reporting(store.projections), Counting(), batch_size=7).run(
+            until_position=total
+        )
+        sys.stdout.write("done\\n")
+        sys.stdout.flush()
+        await asyncio.sleep(3600)  # wait for the kill like the other cycles
+
+    asyncio.run(main(sys.argv[1]))
+    """
+)
+
+
+def projection_state(path: Path) -> tuple[int, int, list[str]]:
+    """The counter projection's checkpoint, count and seen keys, read straight from SQL."""
+    with sqlite3.connect(path) as conn:
+        checkpoint = conn.execute(
+            "SELECT COALESCE(MAX(position), 0) FROM projection_checkpoints WHERE name = 'counter'"
+        ).fetchone()[0]
+        count = conn.execute(
+            "SELECT value FROM projection_rows WHERE name = 'counter' AND key = 'count'"
+        ).fetchone()
+        seen = [
+            row[0]
+            for row in conn.execute(
+                "SELECT key FROM projection_rows WHERE name = 'counter' AND key LIKE 'seen/%' "
+                "ORDER BY key"
+            )
+        ]
+    return int(checkpoint), int(count[0]) if count else 0, seen
+
+
+def test_projection_output_and_checkpoint_survive_kill_9_together(tmp_path: Path) -> None:
+    """A projector SIGKILLed mid-run never leaves output without its checkpoint (or the
+    reverse): after each kill, the rows are exactly those of the events up to it."""
+    script = tmp_path / "projector_child.py"
+    script.write_text(PROJECTOR_CHILD)
+    path = tmp_path / "events.db"
+    total = len(asyncio.run(fill(path, 8_000, batch=100)))
+    rng = random.Random(20261126)
+    kills = 0
+    checkpoint = 0
+    while checkpoint < total:
+        lines = kill_while_appending(script, path, kills, rng, window_s=0.04)
+        kills += 1
+        assert integrity(path) == "ok"
+        checkpoint, count, seen = projection_state(path)
+        reported = [int(line) for line in lines if line != "done"]
+        assert checkpoint >= max(reported, default=0), "a reported commit was lost"
+        assert count == checkpoint
+        assert seen == [f"seen/{p:06d}" for p in range(1, checkpoint + 1)]
+    assert kills >= 10, f"only {kills} kills: the fault did not land mid-run"
 
 
 # -- upgrading a file of schema 1 ----------------------------------------------------------
