@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 
 from bus.protocol import Assignment, Control, Progress
+from orchestrator import patterns
 from orchestrator.events import (
     RunCompleted,
     RunEvent,
@@ -47,12 +48,37 @@ Effect = SendAssignment | SendControl | PublishProgress
 def task_input(state: RunState, task_id: str) -> dict[str, Any]:
     """What an agent receives: the run's input, the step's params and its dependencies' outputs."""
     spec = state.graph[task_id]
-    return {
+    given: dict[str, Any] = {
         "input": state.input,
-        "params": spec.params,
+        "params": {**spec.params, **spec.params_extra} if spec.params_extra else spec.params,
         "index": spec.index,
         "deps": {dep: state.tasks[dep].output for dep in spec.deps},
     }
+    return (
+        given | extra_input(state, task_id)
+        if spec.kind != "task" or spec.round > 1 or (state.tasks[task_id].context)
+        else given
+    )
+
+
+def extra_input(state: RunState, task_id: str) -> dict[str, Any]:
+    """What the patterns add: the chat transcript for a turn, everything said before a
+    handoff, the loop round, the parent's own output for a subtask."""
+    spec = state.graph[task_id]
+    extra: dict[str, Any] = {"round": spec.round}
+    task = state.tasks[task_id]
+    if task.context:
+        extra["context"] = list(task.context)
+    if spec.kind in ("turn", "select"):
+        extra["transcript"] = patterns.transcript(state, spec.parent)
+        extra["turn"] = spec.round
+        step = state.step(spec.step)
+        if step.chat is not None:
+            extra["participants"] = step.chat.participants
+    if spec.kind == "subtask":
+        extra["parent"] = spec.parent
+        extra["parent_output"] = state.tasks[spec.parent].output
+    return extra
 
 
 def _assignment(state: RunState, task: TaskState) -> SendAssignment:
