@@ -14,7 +14,7 @@ import signal
 import time
 from collections import OrderedDict
 
-from agents.sdk import Handler, TaskContext, TaskError
+from agents.sdk import Handler, Reply, TaskContext, TaskError
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -29,6 +29,7 @@ from bus.protocol import (
     HeldTask,
     TaskFailure,
     TaskResult,
+    Usage,
 )
 from bus.tracecontext import TraceContext
 
@@ -145,14 +146,18 @@ class AgentRuntime:
                 started = time.monotonic()
                 try:
                     output = await asyncio.wait_for(self._handler(ctx), a.timeout_s)
+                    reply = output if isinstance(output, Reply) else Reply(output)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
                         a.attempt,
                         a.lease_token,
                         self.agent_id,
-                        output,
+                        reply.output,
                         time.monotonic() - started,
+                        Usage(reply.tokens) if reply.tokens else None,
+                        reply.subtasks,
+                        reply.handoff_to,
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable)

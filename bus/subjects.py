@@ -16,6 +16,8 @@ INBOX_STREAM = "BATON_INBOX"
 INBOX_ALL = "baton.inbox.>"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 API_START_RUN = "baton.api.run.start"
+API_RUN_CONTROL = "baton.api.run.control"
+"""People → orchestrator: approve, reject or retry an escalated task; cancel."""
 
 
 def token(value: str) -> str:

@@ -21,7 +21,7 @@ from bus.connection import Incoming
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import history, journal, render
+from orchestrator import control_cli, history, journal, render
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -91,6 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
+    control_cli.add_parsers(sub)
+
     for command in (run, resume, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
@@ -155,6 +157,9 @@ async def _serve(
         print()
         if state.status == "completed":
             print(f"run {run_id} completed; result:")
+            print(json.dumps(state.result, indent=2, default=str))
+        elif state.status == "stopped":
+            print(f"run {run_id} stopped ({state.limit}): {state.reason}; finished so far:")
             print(json.dumps(state.result, indent=2, default=str))
         else:
             print(f"run {run_id} failed: {state.reason}")
@@ -332,6 +337,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
+    if args.command in control_cli.ACTIONS:
+        command = control_cli.send
     try:
         return int(asyncio.run(command(args)))
     except (OrchestratorError, EventStoreError, BusError) as exc:

@@ -15,13 +15,21 @@ import msgspec
 from bus.protocol import Assignment, Control, Progress
 from orchestrator import patterns
 from orchestrator.events import (
+    BranchTaken,
+    HumanDecided,
+    LimitReached,
     RunCompleted,
     RunEvent,
     RunFailed,
+    RunStopped,
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
+    TaskEscalated,
     TaskFailed,
+    TaskHandedOff,
+    TasksAdded,
+    TaskSkipped,
     TaskSucceeded,
     type_of,
 )
@@ -118,6 +126,34 @@ def _progress(state: RunState, event: RunEvent) -> Progress:
             detail = event.reason if isinstance(event, RunFailed) else ""
             elapsed = state.finished_at - state.started_at
             return Progress(run_id, kind, elapsed_s=elapsed, detail=detail)
+    return pattern_progress(state, event)
+
+
+def pattern_progress(state: RunState, event: RunEvent) -> Progress:
+    """Progress lines for the patterns' and limits' events."""
+    kind, run_id = type_of(event), state.run_id
+    match event:
+        case RunStopped():
+            elapsed = state.finished_at - state.started_at
+            return Progress(
+                run_id, kind, elapsed_s=elapsed, detail=f"{event.limit}: {event.reason}"
+            )
+        case LimitReached():
+            return Progress(run_id, kind, event.task_id, detail=f"{event.limit}: {event.detail}")
+        case TaskSkipped() | BranchTaken():
+            return Progress(run_id, kind, event.task_id, detail=event.reason)
+        case TaskEscalated():
+            return Progress(run_id, kind, event.task_id, detail=event.error)
+        case TaskHandedOff():
+            detail = f"{event.from_role} -> {event.to_role}"
+            return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt, 0.0, detail)
+        case TasksAdded():
+            added = ", ".join(t.task_id for t in event.tasks)
+            return Progress(run_id, kind, event.parent, detail=f"{event.reason}: {added}")
+        case HumanDecided():
+            return Progress(
+                run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"
+            )
     return Progress(run_id, kind)
 
 

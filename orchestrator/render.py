@@ -43,7 +43,9 @@ def progress_line(p: Progress, since_start: float) -> str:
             return f"{head}run completed in {p.elapsed_s:.3f}s"
         case "run.failed":
             return f"{head}run failed after {p.elapsed_s:.3f}s: {p.detail}"
-    return f"{head}{p.event} {p.task_id}"
+        case "run.stopped":
+            return f"{head}run stopped after {p.elapsed_s:.3f}s: {p.detail}"
+    return f"{head}{p.event:<16} {p.task_id} {p.detail}".rstrip()
 
 
 def run_table(state: RunState) -> str:

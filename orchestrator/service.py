@@ -31,12 +31,14 @@ from bus.protocol import (
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
-from orchestrator import journal
-from orchestrator.api import RunAccepted, StartRunRequest
+from orchestrator import human, journal
+from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
+    CancelRun,
     Command,
     Context,
     DeliveryFailed,
+    HumanDecision,
     ReportFailure,
     ReportResult,
     StartRun,
@@ -51,7 +53,13 @@ from orchestrator.effects import (
     effects,
     pending_effects,
 )
-from orchestrator.errors import RunNotRecorded, UnknownRun, WorkflowError
+from orchestrator.errors import (
+    ControlRefused,
+    OrchestratorError,
+    RunNotRecorded,
+    UnknownRun,
+    WorkflowError,
+)
 from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
@@ -64,6 +72,7 @@ _inbox_decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 _reply_decoder: Decoder[AssignReply] = Decoder(AssignReply)
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
+_control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
 
 
 def _causes(
@@ -143,6 +152,7 @@ class Orchestrator:
         self._subscriptions = [
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
+            await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
         ]
         await self._recover()
         self._spawn(self._inbox_loop())
@@ -224,6 +234,25 @@ class Orchestrator:
             del self._runs[run_id]
             raise RunNotRecorded(run_id)
         return run_id
+
+    async def control(self, request: RunControlRequest) -> RunState:
+        """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
+        why one cannot apply, and then nothing changed."""
+        state = self.run(request.run_id)
+        command: HumanDecision | CancelRun
+        if request.action == "cancel":
+            command = CancelRun(request.task_id, request.actor, request.note)
+        else:
+            command = HumanDecision(
+                request.task_id, request.action, request.actor, request.note, request.output
+            )
+        refused = human.refusal(state, command)
+        if refused:
+            raise ControlRefused(refused)
+        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
+        if not await self._execute(request.run_id, [(command, cause)]):
+            raise RunNotRecorded(request.run_id)
+        return self.run(request.run_id)
 
     def _context(self, delta: Counter[str]) -> Context:
         now = self._clock()
@@ -400,6 +429,14 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(RunAccepted(run_id)))
+
+    async def _on_control_request(self, msg: Incoming) -> None:
+        try:
+            state = await self.control(_control_decoder.decode(msg.data))
+        except (BusError, OrchestratorError) as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
 
     async def _reject(self, subject: str, reason: str, size: int) -> None:
         log.warning("rejected message on %s: %s", subject, reason)
