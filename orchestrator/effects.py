@@ -25,12 +25,15 @@ from orchestrator.events import (
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
+    TaskDelegated,
     TaskEscalated,
     TaskFailed,
     TaskHandedOff,
     TasksAdded,
     TaskSkipped,
     TaskSucceeded,
+    TokensReserved,
+    UsageCharged,
     type_of,
 )
 from orchestrator.state import RunState, TaskState
@@ -99,7 +102,7 @@ def _assignment(state: RunState, task: TaskState) -> SendAssignment:
             attempt=task.attempt,
             lease_token=task.lease_token,
             step=spec.step,
-            role=spec.role,
+            role=state.role_of(task.task_id),
             input=task_input(state, task.task_id),
             timeout_s=spec.timeout_s,
         ),
@@ -150,6 +153,12 @@ def pattern_progress(state: RunState, event: RunEvent) -> Progress:
         case TasksAdded():
             added = ", ".join(t.task_id for t in event.tasks)
             return Progress(run_id, kind, event.parent, detail=f"{event.reason}: {added}")
+        case TokensReserved() | UsageCharged():
+            return Progress(
+                run_id, kind, event.task_id, "", event.attempt, 0.0, f"{event.tokens} tokens"
+            )
+        case TaskDelegated():
+            return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt)
         case HumanDecided():
             return Progress(
                 run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"
