@@ -370,7 +370,7 @@ class _Draft:
             case UsageCharged():
                 self.release(event.task_id, event.tokens)
             case LimitReached():
-                self.changes["limit"] = self.get("limit") or event.limit
+                pass  # audit: what the limit ends follows in the same decision
             case TaskDelegated():
                 task = self.tasks[event.task_id]
                 self.tasks[event.task_id] = replace(
