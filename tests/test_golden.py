@@ -40,6 +40,45 @@ def test_there_are_golden_logs_of_each_ending() -> None:
     assert {p.stem for p in LOGS} >= {"research-brief-completed", "worker-failed"}
 
 
+PATTERNS = {
+    "branch-skipped": {"branch.taken", "task.skipped"},
+    "loop-approved": {"tasks.added", "branch.taken"},
+    "chat-max-turns": {"tasks.added", "tokens.reserved"},
+    "budget-stopped": {"usage.charged", "limit.reached", "run.stopped"},
+    "subtasks-handoff": {"task.delegated", "tasks.added", "task.handed_off"},
+}
+
+
+def test_there_is_a_golden_log_of_each_pattern() -> None:
+    for name, types in PATTERNS.items():
+        lines = (GOLDEN / f"{name}.jsonl").read_text().splitlines()[1:]  # after the header
+        assert types <= {json.loads(line)["type"] for line in lines}, name
+
+
+@pytest.mark.parametrize("name", sorted(PATTERNS))
+def test_every_point_of_a_pattern_log_replays_to_the_same_state_and_effects(name: str) -> None:
+    """Time travel through a pattern's log: at each version, two replays agree, and what a
+    restart would owe is exactly the attempts running at that point."""
+
+    async def scenario() -> list[tuple[RunState, RunState]]:
+        store, run_id = await _imported(GOLDEN / f"{name}.jsonl")
+        stored = await store.read_stream(journal.run_stream(run_id))
+        return [
+            (
+                await journal.load_run(store, run_id, s.position, snapshots=False),
+                await journal.load_run(store, run_id, s.position, snapshots=False),
+            )
+            for s in stored
+        ]
+
+    for once, twice in asyncio.run(scenario()):
+        assert once == twice
+        assert pending_effects(once) == pending_effects(twice)
+        owed = {(e.assignment.task_id, e.assignment.attempt) for e in pending_effects(once)}
+        running = {(t.task_id, t.attempt) for t in once.tasks.values() if t.status == "running"}
+        assert owed == (set() if once.terminal else running)
+
+
 @pytest.mark.parametrize("log", LOGS, ids=[p.stem for p in LOGS])
 def test_golden_log_replays_to_its_recorded_state(log: Path) -> None:
     async def scenario() -> RunState:

@@ -3,7 +3,7 @@
 effects today's code replays them to. Re-record only on purpose: a golden log that stops
 replaying means old logs in the field would stop replaying too.
 
-    python -m tests.golden.record
+    python -m tests.golden.record [name ...]    # default: every log below
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -43,6 +44,37 @@ needs = ["flaky", "slow"]
 """
 
 
+BRANCHES = """
+name = "branch-skipped"
+[[agents]]
+role = "reviewer"
+handler = "agents.builtin:reviewer"
+[[agents]]
+role = "writer"
+handler = "agents.builtin:writer"
+[[steps]]
+id = "review"
+role = "reviewer"
+params = { approve_on = 9 }
+[[steps]]
+id = "publish"
+role = "writer"
+needs = ["review"]
+when = { step = "review", key = "approved", equals = true }
+[[steps]]
+id = "revise"
+role = "writer"
+needs = ["review"]
+unless = { step = "review", key = "approved", equals = true }
+[[steps]]
+id = "notify"
+role = "writer"
+needs = ["publish", "revise"]
+join = "any"
+"""
+EXAMPLES = REPO / "examples"
+
+
 def record(name: str, workflow: Path, state: Path) -> None:
     run = subprocess.run(
         baton("run", str(workflow), "--state-dir", str(state)), capture_output=True, text=True,
@@ -67,11 +99,24 @@ def record(name: str, workflow: Path, state: Path) -> None:
 
 
 def main() -> None:
+    wanted = set(sys.argv[1:])
     with tempfile.TemporaryDirectory() as tmp:
         failing = Path(tmp) / "failing.toml"
         failing.write_text(FAILING)
-        record("research-brief-completed", EXAMPLE, Path(tmp) / "a")
-        record("worker-failed", failing, Path(tmp) / "b")
+        branches = Path(tmp) / "branches.toml"
+        branches.write_text(BRANCHES)
+        logs = {
+            "research-brief-completed": EXAMPLE,
+            "worker-failed": failing,
+            "branch-skipped": branches,
+            "loop-approved": EXAMPLES / "review-loop" / "workflow.toml",
+            "chat-max-turns": EXAMPLES / "group-chat" / "workflow.toml",
+            "budget-stopped": EXAMPLES / "budget" / "workflow.toml",
+            "subtasks-handoff": EXAMPLES / "delegation" / "workflow.toml",
+        }
+        for i, (name, workflow) in enumerate(logs.items()):
+            if not wanted or name in wanted:
+                record(name, workflow, Path(tmp) / str(i))
 
 
 if __name__ == "__main__":
