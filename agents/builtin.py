@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from agents.sdk import Reply, TaskContext, TaskError
+from agents.sdk import Offer, Reply, TaskContext, TaskError
 from bus.protocol import Payload, SubtaskRequest
 
 
@@ -83,3 +83,11 @@ async def triage(task: TaskContext) -> Payload | Reply:
     if task.context:
         return {"answered_by": task.role, "context_seen": len(task.context)}
     return Reply({"note": f"{task.role} passes this on"}, handoff_to=str(task.params["to"]))
+
+
+async def bid_by_number(task: TaskContext) -> Offer:
+    """A contract-net bidder: agent `<role>-<n>-<hex>` asks cost n, so agent 1 is the
+    cheapest; a stand-in for agents that price work by what they know of it."""
+    parts = task.agent_id.rsplit("-", 2)
+    number = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 99
+    return Offer(cost=float(number), time_s=0.1 * number, confidence=0.9)

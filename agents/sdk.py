@@ -71,6 +71,24 @@ class Reply(msgspec.Struct, frozen=True):
 Handler = Callable[[TaskContext], Awaitable[Payload | Reply]]
 
 
+class Offer(msgspec.Struct, frozen=True):
+    """A bid in a contract-net round: lower cost wins, then shorter time, then higher
+    confidence (0..1)."""
+
+    cost: float
+    time_s: float = 0.0
+    confidence: float = 1.0
+
+
+Bidder = Callable[[TaskContext], Awaitable[Offer | None]]
+"""Prices a task put out to tender; None declines to bid."""
+
+
+def load_bidder(ref: str) -> Bidder:
+    """The bidder named like a handler (`module:function` or `file.py:function`)."""
+    return cast(Bidder, load_handler(ref))
+
+
 class TaskError(Exception):
     """A handler's way to fail an attempt on purpose, saying whether a retry could help."""
 

@@ -111,6 +111,32 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     retryable: bool = True
 
 
+class CallForProposals(_Message, frozen=True, tag="task.cfp"):
+    """Orchestrator → every agent of a role (contract net): bid for this attempt before
+    `deadline_s` passes; the best bid wins it, no bids means plain routing."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    step: str
+    role: str
+    input: Payload
+    deadline_s: float
+
+
+class Bid(_Message, frozen=True, tag="task.bid"):
+    """Agent → orchestrator: an offer for an attempt put out to tender. Lower cost wins,
+    then shorter time, then higher confidence."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    cost: float
+    time_s: float
+    confidence: float
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 

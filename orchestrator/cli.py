@@ -180,7 +180,14 @@ async def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
     # handler files are recorded by absolute path, so `baton resume` can restart agents
-    specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
+    specs = [
+        replace(
+            a,
+            handler=resolve_handler(a.handler, path.parent),
+            bidder=resolve_handler(a.bidder, path.parent) if a.bidder else "",
+        )
+        for a in workflow.agents
+    ]
     workflow = replace(workflow, agents=specs)
 
     run_id = new_run_id()

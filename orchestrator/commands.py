@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from bus.protocol import TaskFailure, TaskResult
+from bus.protocol import Bid, TaskFailure, TaskResult
 from orchestrator.workflow import WorkflowSpec
 
 
@@ -69,8 +69,22 @@ class CancelRun(msgspec.Struct, frozen=True):
     reason: str = ""
 
 
+class SubmitBid(msgspec.Struct, frozen=True):
+    """A contract-net bid; `sender` is the agent id of the subject it came on."""
+
+    bid: Bid
+    sender: str
+
+
 Command = (
-    StartRun | ReportResult | ReportFailure | DeliveryFailed | Tick | HumanDecision | CancelRun
+    StartRun
+    | ReportResult
+    | ReportFailure
+    | DeliveryFailed
+    | Tick
+    | HumanDecision
+    | CancelRun
+    | SubmitBid
 )
 
 

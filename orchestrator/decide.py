@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
-from orchestrator import limits, patterns
+from orchestrator import contract_net, limits, patterns
 from orchestrator.commands import (
     CancelRun,
     Command,
@@ -20,6 +20,7 @@ from orchestrator.commands import (
     ReportFailure,
     ReportResult,
     StartRun,
+    SubmitBid,
     Tick,
 )
 from orchestrator.events import (
@@ -216,15 +217,27 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
                     )
                     return limits.stop(fold(state, events), "tokens", detail, ctx)
                 continue  # wait until a running attempt gives its reservation back
+            window = state.graph[task_id].bid_window_s
+            if window and not task.cfp_until:
+                events.append(contract_net.tender(task, window, ctx))
+                continue
+            if window and ctx.now < task.cfp_until:
+                continue  # bids are still coming in
             free = [a for a in agents if loads[a.agent_id] < a.capacity]
             if not free:
                 break
             fresh = [a for a in free if a.agent_id not in task.excluded]
-            best = min(fresh or free, key=lambda a: (loads[a.agent_id], a.agent_id))
-            reason = (
-                f"role {role}: least loaded of {len(free)} free live agent(s), "
-                f"load {loads[best.agent_id]}/{best.capacity}"
-            )
+            won = contract_net.award(task, fresh or free, loads) if window else None
+            if won is not None:
+                best, reason = won
+            else:
+                best = min(fresh or free, key=lambda a: (loads[a.agent_id], a.agent_id))
+                reason = (
+                    f"role {role}: least loaded of {len(free)} free live agent(s), "
+                    f"load {loads[best.agent_id]}/{best.capacity}"
+                )
+                if window:
+                    reason = f"contract net: no usable bid; {reason}"
             if task.excluded:
                 reason += (
                     f"; avoided {', '.join(sorted(set(task.excluded)))}"
@@ -372,6 +385,8 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
             events = human_decision(state, command, ctx)
         case CancelRun():
             events = cancel(state, command, ctx)
+        case SubmitBid():
+            return contract_net.on_bid(state, command, ctx)  # nothing to settle before the award
     if not isinstance(command, Tick) and all(isinstance(e, ResultRejected) for e in events):
         return events  # nothing changed, so there is nothing to settle
     return events + _settle(fold(state, events), ctx, events)

@@ -12,12 +12,14 @@ from typing import Any
 
 import msgspec
 
-from bus.protocol import Assignment, Control, Progress
+from bus.protocol import Assignment, CallForProposals, Control, Progress
 from orchestrator import patterns
 from orchestrator.events import (
+    BidReceived,
     BranchTaken,
     HumanDecided,
     LimitReached,
+    ProposalsCalled,
     RunCompleted,
     RunEvent,
     RunFailed,
@@ -53,7 +55,11 @@ class PublishProgress(msgspec.Struct, frozen=True):
     progress: Progress
 
 
-Effect = SendAssignment | SendControl | PublishProgress
+class PublishCallForProposals(msgspec.Struct, frozen=True):
+    call: CallForProposals
+
+
+Effect = SendAssignment | SendControl | PublishProgress | PublishCallForProposals
 
 
 def task_input(state: RunState, task_id: str) -> dict[str, Any]:
@@ -159,6 +165,11 @@ def pattern_progress(state: RunState, event: RunEvent) -> Progress:
             )
         case TaskDelegated():
             return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt)
+        case ProposalsCalled():
+            return Progress(run_id, kind, event.task_id, attempt=event.attempt)
+        case BidReceived():
+            detail = f"cost {event.cost:g}, time {event.time_s:g}s, confidence {event.confidence:g}"
+            return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt, 0.0, detail)
         case HumanDecided():
             return Progress(
                 run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"
@@ -174,6 +185,13 @@ def effects(state: RunState, events: Sequence[RunEvent]) -> list[Effect]:
             task = state.tasks[event.task_id]
             if task.status == "running" and task.attempt == event.attempt:
                 out.append(_assignment(state, task))
+        elif isinstance(event, ProposalsCalled):
+            spec = state.graph[event.task_id]
+            call = CallForProposals(
+                state.run_id, event.task_id, event.attempt, spec.step,
+                state.role_of(event.task_id), task_input(state, event.task_id), spec.bid_window_s,
+            )  # fmt: skip
+            out.append(PublishCallForProposals(call))
         elif isinstance(event, TaskCancelled) and event.agent_id:
             task = state.tasks[event.task_id]
             control = Control("cancel", state.run_id, event.task_id, task.attempt)

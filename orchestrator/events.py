@@ -225,6 +225,28 @@ class RunStopped(_Event, frozen=True, tag="run.stopped"):
     at: float
 
 
+class ProposalsCalled(_Event, frozen=True, tag="proposals.called"):
+    """Contract net: attempt `attempt` of the task is put out to tender until `until`
+    (monotonic); bids are taken until then, then the best one is awarded."""
+
+    task_id: str
+    attempt: int
+    until: float
+    at: float
+
+
+class BidReceived(_Event, frozen=True, tag="bid.received"):
+    """A bid for a tendered attempt, from a live agent of the task's role."""
+
+    task_id: str
+    attempt: int
+    agent_id: str
+    cost: float
+    time_s: float
+    confidence: float
+    at: float
+
+
 RunEvent = (
     RunStarted
     | RunForked
@@ -248,6 +270,8 @@ RunEvent = (
     | HumanDecided
     | CancelRequested
     | RunStopped
+    | ProposalsCalled
+    | BidReceived
 )
 
 

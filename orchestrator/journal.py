@@ -15,6 +15,7 @@ from eventstore import EventRow, EventStore, NewEvent, Snapshot, StoredEvent
 from orchestrator import upcasting
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
+    BidReceived,
     CancelRequested,
     HumanDecided,
     ResultRejected,
@@ -74,6 +75,8 @@ def actor_of(event: RunEvent, cause: Cause) -> str:
         return event.agent_id
     if isinstance(event, HumanDecided | CancelRequested):
         return event.actor
+    if isinstance(event, BidReceived):
+        return event.agent_id
     if isinstance(event, RunStarted):
         return cause.actor
     return ORCHESTRATOR

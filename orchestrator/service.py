@@ -24,6 +24,7 @@ from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
     AssignReply,
+    Bid,
     ErrorReply,
     Heartbeat,
     InboxMessage,
@@ -31,7 +32,7 @@ from bus.protocol import (
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
-from orchestrator import human, journal
+from orchestrator import contract_net, human, journal
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
     CancelRun,
@@ -42,11 +43,13 @@ from orchestrator.commands import (
     ReportFailure,
     ReportResult,
     StartRun,
+    SubmitBid,
     Tick,
 )
 from orchestrator.decide import decide, load_delta
 from orchestrator.effects import (
     Effect,
+    PublishCallForProposals,
     PublishProgress,
     SendAssignment,
     SendControl,
@@ -73,6 +76,7 @@ _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 _reply_decoder: Decoder[AssignReply] = Decoder(AssignReply)
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
 _control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
+_bid_decoder: Decoder[Bid] = Decoder(Bid)
 
 
 def _causes(
@@ -153,6 +157,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
             await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
+            await self._bus.subscribe(subjects.BIDS_ALL, self._on_bid),
         ]
         await self._recover()
         self._spawn(self._inbox_loop())
@@ -322,6 +327,9 @@ class Orchestrator:
                 self._spawn(
                     self._publish(subjects.control(effect.agent_id), encode(effect.control))
                 )
+            elif isinstance(effect, PublishCallForProposals):
+                subject = subjects.cfp(effect.call.role)
+                self._spawn(self._publish(subject, encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
                 self._spawn(
                     self._publish(subjects.progress(state.run_id), encode(effect.progress), trace)
@@ -429,6 +437,24 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(RunAccepted(run_id)))
+
+    async def _on_bid(self, msg: Incoming) -> None:
+        """A contract-net bid: handed to the core, or refused and audited."""
+        try:
+            run_id, sender = subjects.bid_sender(msg.subject)
+            bid = _bid_decoder.decode(msg.data)
+            if bid.run_id != run_id or run_id not in self._runs:
+                raise MalformedMessage(f"bid for run {bid.run_id} sent on {msg.subject}")
+        except BusError as exc:
+            await self._reject(msg.subject, str(exc), len(msg.data))
+            return
+        command = SubmitBid(bid, sender)
+        refused = contract_net.refusal(self._runs[run_id], command, self._context(Counter()))
+        if refused:
+            await self._reject(msg.subject, f"bid refused: {refused}", len(msg.data))
+            return
+        cause = Cause(f"{bid.task_id}:{bid.attempt}:bid:{sender}", sender)
+        await self._execute(run_id, [(command, cause)])
 
     async def _on_control_request(self, msg: Incoming) -> None:
         try:

@@ -15,10 +15,12 @@ from msgspec.structs import replace
 
 from orchestrator.errors import UnknownEvent, VersionGap
 from orchestrator.events import (
+    BidReceived,
     BranchTaken,
     CancelRequested,
     HumanDecided,
     LimitReached,
+    ProposalsCalled,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -82,6 +84,9 @@ class TaskState(msgspec.Struct, frozen=True):
     """Tokens charged for this task so far."""
     context: tuple[dict[str, Any], ...] = ()
     """What earlier owners said (handoffs): the shared context the next owner receives."""
+    cfp_until: float = 0.0
+    """Contract net: bids for the next attempt are taken until then (0: none called)."""
+    bids: tuple[BidReceived, ...] = ()
 
 
 class RunState(msgspec.Struct, frozen=True):
@@ -349,6 +354,8 @@ class _Draft:
                     not_before=event.retry_at or 0.0,
                     ended_by=event.reason,
                     role=role,
+                    cfp_until=0.0,
+                    bids=(),
                 )
                 if event.retry_at is not None:  # else a TaskFailed follows in this decision
                     self.make_ready(event.task_id)
@@ -390,6 +397,8 @@ class _Draft:
                     excluded=(),
                     not_before=0.0,
                     ended_by="handoff",
+                    cfp_until=0.0,
+                    bids=(),
                 )
                 self.bump("handoffs", 1)
                 self.make_ready(event.task_id)
@@ -401,11 +410,22 @@ class _Draft:
                 if event.decision == "retry":
                     task = self.tasks[event.task_id]
                     self.tasks[event.task_id] = replace(
-                        task, status="pending", attempt_base=task.attempt, not_before=0.0
+                        task,
+                        status="pending",
+                        attempt_base=task.attempt,
+                        not_before=0.0,
+                        cfp_until=0.0,
+                        bids=(),
                     )
                     self.make_ready(event.task_id)
             case CancelRequested():
                 pass  # audit: the cancellations follow in the same decision
+            case ProposalsCalled():
+                task = self.tasks[event.task_id]
+                self.tasks[event.task_id] = replace(task, cfp_until=event.until, bids=())
+            case BidReceived():
+                task = self.tasks[event.task_id]
+                self.tasks[event.task_id] = replace(task, bids=(*task.bids, event))
             case ResultRejected():
                 self.changes["rejected"] = self.changes.get("rejected", self.base.rejected) + 1
             case RunCompleted():

@@ -25,6 +25,7 @@ MAX_FAN_OUT = 10_000
 Join = Literal["all", "any", "quorum"]
 Selector = Literal["round_robin", "rule", "agent"]
 OnExhausted = Literal["fail", "escalate"]
+Routing = Literal["plain", "contract_net"]
 
 
 class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -91,6 +92,9 @@ class StepSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     handoff_to: list[str] = []
     max_subtasks: int = 0
     on_exhausted: OnExhausted = "fail"
+    routing: Routing = "plain"
+    bid_window_s: float = 0.5
+    """Contract net: how long agents may bid before the best bid is awarded."""
 
 
 class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -112,6 +116,8 @@ class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     count: int = 1
     capacity: int = 4
     capabilities: list[str] = []
+    bidder: str = ""
+    """Contract net: how these agents price a tender, like `handler` (default: by load)."""
 
 
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -151,6 +157,8 @@ class TaskSpec(msgspec.Struct, frozen=True):
     """Loop round, chat turn, or subtask depth."""
     params_extra: dict[str, Any] = {}
     """Per-task params (a subtask's own), merged over the step's."""
+    bid_window_s: float = 0.0
+    """Contract net: seconds agents may bid (0: plain routing)."""
 
     @property
     def threshold(self) -> int:
@@ -189,6 +197,8 @@ def _check_step(where: str, step: StepSpec) -> None:
         raise WorkflowError(f"{where}.quorum", "quorum is only for join = 'quorum'")
     if step.retry is not None and step.retry.tokens < 0:
         raise WorkflowError(f"{where}.retry.tokens", "must not be negative")
+    if step.routing == "contract_net" and not 0 < step.bid_window_s <= 60:
+        raise WorkflowError(f"{where}.bid_window_s", "must be more than 0 and at most 60")
     if step.loop is not None and step.loop.max_rounds < 1:
         raise WorkflowError(f"{where}.loop.max_rounds", "must be at least 1")
     chat = step.chat
@@ -395,6 +405,7 @@ def compile_graph(spec: WorkflowSpec) -> dict[str, TaskSpec]:
                 step.max_attempts,
                 need_of(step),
                 "chat" if step.chat is not None else "task",
+                bid_window_s=step.bid_window_s if step.routing == "contract_net" else 0.0,
             )
     return graph
 

@@ -33,8 +33,8 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from bus.protocol import SubtaskRequest, TaskFailure, TaskResult, Usage
-from orchestrator import human, patterns
+from bus.protocol import Bid, SubtaskRequest, TaskFailure, TaskResult, Usage
+from orchestrator import contract_net, human, patterns
 from orchestrator.commands import (
     AgentView,
     CancelRun,
@@ -44,11 +44,13 @@ from orchestrator.commands import (
     ReportFailure,
     ReportResult,
     StartRun,
+    SubmitBid,
     Tick,
 )
 from orchestrator.decide import decide
 from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
+    BidReceived,
     BranchTaken,
     ResultRejected,
     RunCompleted,
@@ -130,7 +132,9 @@ def steps(draw: st.DrawFn, i: int, earlier: list[StepSpec]) -> StepSpec:
         role=role, fan_out=fan_out, loop=loop, retry=retry,
         max_subtasks=draw(st.integers(0, 2)),
         handoff_to=draw(st.lists(st.sampled_from(ROLES), max_size=2, unique=True)),
-        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate"))), **common,
+        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate"))),
+        routing=draw(st.sampled_from(("plain", "plain", "contract_net"))), bid_window_s=1.0,
+        **common,
     )  # fmt: skip
 
 
@@ -251,6 +255,22 @@ class Harness:
                     assert load < self.capacity[e.agent_id]
                     assert not limits.max_steps or s.steps < limits.max_steps, "max_steps"
                     assert t.not_before <= self.now
+                    if spec.bid_window_s:  # tendered first, awarded after the window
+                        assert t.cfp_until, "a contract-net task assigned without a tender"
+                        assert self.now >= t.cfp_until
+                        if e.reason.startswith("contract net: best"):
+                            running = Counter(
+                                x.agent_id for x in s.tasks.values() if x.status == "running"
+                            )
+                            free = {
+                                a for a, v in live.items()
+                                if v.role == s.role_of(e.task_id) and running[a] < v.capacity
+                            }  # fmt: skip
+                            pool = (free - set(t.excluded)) or free
+                            offers = {b.agent_id: (b.cost, b.time_s, -b.confidence, b.agent_id)
+                                      for b in t.bids if b.agent_id in pool}  # fmt: skip
+                            assert e.agent_id in offers, "awarded to an agent that did not bid"
+                            assert offers[e.agent_id] == min(offers.values()), "not the best bid"
                 case TasksAdded():
                     parent = s.graph.get(e.parent)
                     assert parent is not None
@@ -465,6 +485,29 @@ class PatternMachine(RuleBasedStateMachine):
         assert bool(events) != bool(refused)
         if not refused and not task_id:
             assert self.run.state.status == "stopped"
+
+    @rule(data=st.data(), honest=st.integers(0, 3), spoof=st.integers(0, 5))
+    def agent_bids(self, data: st.DataObject, honest: int, spoof: int) -> None:
+        """A bid, mostly by a live agent of the role for a tendered task, sometimes not."""
+        state = self.run.state
+        tasks = sorted(state.tasks)
+        tendered = [t for t in tasks if state.tasks[t].cfp_until]
+        task_id = data.draw(st.sampled_from(tendered if tendered and honest else tasks))
+        task = state.tasks[task_id]
+        fits = sorted(a for a in self.run.live if a.rsplit("-", 1)[0] == state.role_of(task_id))
+        agent = data.draw(st.sampled_from(fits if fits and honest else [*POOL, "intruder"]))
+        cost = data.draw(st.sampled_from((0.0, 1.0, 2.5, -1.0)))
+        offer = Bid(RUN, task_id, task.attempt + 1, agent, cost, 1.0, 0.5)
+        command = SubmitBid(offer, "a-0" if spoof == 0 else agent)
+        ctx = Context(self.run.now, 0.0, self.run.views(), self.run.token, self.run.rng.random)
+        refused = contract_net.refusal(self.run.state, command, ctx)
+        before = self.run.state
+        events = self.run.apply(command)
+        if refused:
+            assert events == []
+            assert self.run.state is before
+        else:
+            assert [type(e) for e in events] == [BidReceived]
 
     @rule()
     def crash_and_recover(self) -> None:

@@ -9,13 +9,15 @@ from typing import Any
 
 import pytest
 
-from bus.protocol import SubtaskRequest, TaskResult, Usage
-from orchestrator import human
-from orchestrator.commands import AgentView, CancelRun, HumanDecision, Tick
-from orchestrator.effects import SendAssignment, SendControl, effects
+from bus.protocol import Bid, SubtaskRequest, TaskResult, Usage
+from orchestrator import contract_net, human
+from orchestrator.commands import AgentView, CancelRun, HumanDecision, SubmitBid, Tick
+from orchestrator.effects import PublishCallForProposals, SendAssignment, SendControl, effects
 from orchestrator.events import (
+    BidReceived,
     BranchTaken,
     LimitReached,
+    ProposalsCalled,
     RunCompleted,
     RunEvent,
     RunFailed,
@@ -517,3 +519,92 @@ def test_a_bad_cancel_is_refused(task_id: str) -> None:
     report(run, "a[0]")
     assert human.refusal(run.state, CancelRun(task_id, "x"))
     assert run.do(CancelRun(task_id, "x")) == []
+
+
+# -- contract net ------------------------------------------------------------------------
+
+
+def tendered() -> Run:
+    run = run_of(StepSpec(id="job", role="r", routing="contract_net", bid_window_s=1.0))
+    [called] = of(run.log, ProposalsCalled)
+    assert (called.task_id, called.attempt, called.until) == ("job", 1, run.now + 1.0)
+    assert not of(run.log, TaskAssigned)
+    return run
+
+
+def bid(run: Run, agent: str, cost: float, *, sender: str = "", attempt: int = 1) -> list[RunEvent]:
+    offer = Bid("run1", "job", attempt, agent, cost, 1.0, 0.5)
+    return run.do(SubmitBid(offer, sender or agent))
+
+
+def test_contract_net_awards_the_best_bid_after_the_window() -> None:
+    run = tendered()
+    calls = [e for e in effects(run.state, run.log) if isinstance(e, PublishCallForProposals)]
+    assert [c.call.role for c in calls] == ["r"]
+    assert of(bid(run, "r1", 5.0), BidReceived)
+    assert of(bid(run, "r2", 2.0), BidReceived)
+    assert run.do(Tick()) == []  # the window is still open
+    run.now += 1.0
+    [assigned] = of(run.do(Tick()), TaskAssigned)
+    assert assigned.agent_id == "r2"
+    assert assigned.reason.startswith("contract net: best of 2 usable bid(s) of 2: cost 2")
+    replays(run)
+
+
+def test_contract_net_without_bids_falls_back_to_plain_routing() -> None:
+    run = tendered()
+    run.now += 1.5
+    [assigned] = of(run.do(Tick()), TaskAssigned)
+    assert assigned.reason.startswith("contract net: no usable bid; role r: least loaded")
+
+
+def test_a_bid_from_an_agent_that_vanished_is_not_awarded() -> None:
+    run = tendered()
+    bid(run, "r1", 1.0)
+    bid(run, "r2", 9.0)
+    run.agents = [a for a in run.agents if a.agent_id != "r1"]
+    run.now += 1.0
+    [assigned] = of(run.do(Tick()), TaskAssigned)
+    assert assigned.agent_id == "r2"
+    assert "best of 1 usable bid(s) of 2" in assigned.reason
+
+
+@pytest.mark.parametrize(
+    ("agent", "sender", "attempt", "late", "why"),
+    [
+        ("r1", "r2", 1, False, "sent by r2 but claims to be from r1"),
+        ("w1", "", 1, False, "not a live agent of role r"),
+        ("r1", "", 2, False, "not out to tender"),
+        ("r1", "", 1, True, "window has closed"),
+    ],
+)
+def test_bad_bids_are_refused_and_change_nothing(
+    agent: str, sender: str, attempt: int, late: bool, why: str
+) -> None:
+    run = tendered()
+    if late:
+        run.now += 2.0
+    command = SubmitBid(Bid("run1", "job", attempt, agent, 1.0, 1.0, 0.5), sender or agent)
+    assert why in contract_net.refusal(run.state, command, run.ctx())
+    before = run.state
+    assert run.do(command) == []
+    assert run.state == before
+
+
+def test_a_second_bid_from_the_same_agent_is_refused() -> None:
+    run = tendered()
+    bid(run, "r1", 3.0)
+    assert bid(run, "r1", 1.0) == []
+    assert [b.cost for b in run.state.tasks["job"].bids] == [3.0]
+
+
+def test_a_retry_is_put_out_to_tender_again() -> None:
+    run = tendered()
+    bid(run, "r1", 1.0)
+    run.now += 1.0
+    run.do(Tick())
+    run.fail("job")
+    assert run.state.tasks["job"].bids == ()
+    run.now += 10
+    [called] = of(run.do(Tick()), ProposalsCalled)
+    assert called.attempt == 2

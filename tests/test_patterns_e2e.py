@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from orchestrator import journal
+from orchestrator.events import BidReceived, RunEvent, TaskAssigned
 from orchestrator.state import RunState
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, load
 from tests.cluster import REPO, Cluster, baton, cluster
@@ -145,3 +146,27 @@ def test_cancel_via_the_cli_stops_the_run_and_the_agents_drop_the_work(tmp_path:
     assert live.reason == "enough"
     assert live.tasks["nap"].status == "cancelled"
     assert "cancel.requested" in types
+
+
+def test_contract_net_awards_each_task_to_the_best_bid_of_live_agents(tmp_path: Path) -> None:
+    workflow = load(EXAMPLES / "contract-net" / "workflow.toml")
+
+    async def scenario() -> tuple[RunState, list[RunEvent]]:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(workflow.agents)
+            run_id = await c.orchestrator.start_run(workflow)
+            live = await c.orchestrator.wait(run_id, timeout=60)
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+        return live, [journal.decode_run_event(s) for s in stored]
+
+    live, events = asyncio.run(scenario())
+    assert live.status == "completed"
+    bids = [e for e in events if isinstance(e, BidReceived)]
+    assert len(bids) == 9  # three agents bid for each of three tasks
+    awarded = {e.task_id: e for e in events if isinstance(e, TaskAssigned)}
+    # agent 1 bids lowest and has room for two; the third goes to the next best, agent 2
+    winners = [awarded[f"research[{i}]"].agent_id.split("-")[1] for i in range(3)]
+    assert winners == ["1", "1", "2"]
+    reasons = [awarded[f"research[{i}]"].reason for i in range(3)]
+    assert reasons[0].startswith("contract net: best of 3 usable bid(s) of 3: cost 1")
+    assert reasons[2].startswith("contract net: best of 2 usable bid(s) of 3: cost 2")
