@@ -91,3 +91,23 @@ async def bid_by_number(task: TaskContext) -> Offer:
     parts = task.agent_id.rsplit("-", 2)
     number = int(parts[1]) if len(parts) == 3 and parts[1].isdigit() else 99
     return Offer(cost=float(number), time_s=0.1 * number, confidence=0.9)
+
+
+async def planner(task: TaskContext) -> Payload:
+    """A planner for `on_exhausted = "replan"`: the failed step again, done by role
+    `params.fallback_role`, and every step that had not started, renamed for this round
+    (no fallback role: an empty plan, i.e. finish with what is done)."""
+    role = task.params.get("fallback_role")
+    failed, remaining = task.input.get("failed_step"), task.input.get("remaining", [])
+    if not role or not isinstance(failed, dict):
+        return {"steps": []}
+    rename = {s["id"]: f"{s['id']}_r{task.round}" for s in [failed, *remaining]}
+    steps = []
+    for step in [failed, *remaining]:
+        new = {k: v for k, v in step.items() if v is not None}
+        new["id"] = rename[step["id"]]
+        new["needs"] = [rename.get(n, n) for n in step.get("needs", [])]
+        if step is failed:
+            new.update(role=role, on_exhausted="fail")
+        steps.append(new)
+    return {"steps": steps}

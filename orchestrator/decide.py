@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
-from orchestrator import contract_net, limits, patterns
+from orchestrator import contract_net, limits, patterns, replan
 from orchestrator.commands import (
     CancelRun,
     Command,
@@ -26,6 +26,7 @@ from orchestrator.commands import (
 from orchestrator.events import (
     AttemptEnd,
     LimitReached,
+    ReplanRequested,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -112,8 +113,11 @@ def _attempt_failed(
     ended = TaskAttemptFailed(
         task.task_id, task.attempt, task.agent_id, reason, error, None, ctx.wall
     )
-    if not spec.parent and state.step(spec.step).on_exhausted == "escalate":
+    policy = state.step(spec.step).on_exhausted if not spec.parent else "fail"
+    if policy == "escalate":
         return [ended, TaskEscalated(task.task_id, why, ctx.wall)]
+    if policy == "replan":
+        return [ended, *replan.request(state, task, why, ctx)]
     return [ended, TaskFailed(task.task_id, why, ctx.wall)]
 
 
@@ -180,15 +184,20 @@ def _on_result(
 def _expire_leases(state: RunState, ctx: Context) -> list[RunEvent]:
     live = {a.agent_id for a in ctx.agents}
     events: list[RunEvent] = []
+    seen = state  # the run's counters as this decision changes them (replans)
     for task in state.tasks.values():
         if task.status != "running":
             continue
+        ended: list[RunEvent] = []
         if task.agent_id not in live:
             error = f"agent {task.agent_id} stopped sending heartbeats"
-            events += _attempt_failed(state, task, "agent_lost", error, True, ctx)
+            ended = _attempt_failed(seen, task, "agent_lost", error, True, ctx)
         elif ctx.now > task.assigned_mono + state.graph[task.task_id].timeout_s:
             error = f"no result within {state.graph[task.task_id].timeout_s}s"
-            events += _attempt_failed(state, task, "timeout", error, True, ctx)
+            ended = _attempt_failed(seen, task, "timeout", error, True, ctx)
+        if any(isinstance(e, ReplanRequested) for e in ended):
+            seen = fold(seen, ended)
+        events += ended
     return events
 
 

@@ -13,13 +13,16 @@ from typing import Any
 import msgspec
 
 from bus.protocol import Assignment, CallForProposals, Control, Progress
-from orchestrator import patterns
+from orchestrator import patterns, replan
 from orchestrator.events import (
     BidReceived,
     BranchTaken,
     HumanDecided,
     LimitReached,
+    PlanAdopted,
+    PlanRejected,
     ProposalsCalled,
+    ReplanRequested,
     RunCompleted,
     RunEvent,
     RunFailed,
@@ -92,6 +95,8 @@ def extra_input(state: RunState, task_id: str) -> dict[str, Any]:
         step = state.step(spec.step)
         if step.chat is not None:
             extra["participants"] = step.chat.participants
+    if spec.kind == "plan":
+        extra |= replan.planner_input(state, task_id)
     if spec.kind == "subtask":
         extra["parent"] = spec.parent
         extra["parent_output"] = state.tasks[spec.parent].output
@@ -170,6 +175,12 @@ def pattern_progress(state: RunState, event: RunEvent) -> Progress:
         case BidReceived():
             detail = f"cost {event.cost:g}, time {event.time_s:g}s, confidence {event.confidence:g}"
             return Progress(run_id, kind, event.task_id, event.agent_id, event.attempt, 0.0, detail)
+        case ReplanRequested() | PlanRejected():
+            detail = event.error if isinstance(event, ReplanRequested) else event.reason
+            return Progress(run_id, kind, event.task_id, detail=detail)
+        case PlanAdopted():
+            detail = "new steps: " + ", ".join(s.id for s in event.steps)
+            return Progress(run_id, kind, event.task_id, detail=detail)
         case HumanDecided():
             return Progress(
                 run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"

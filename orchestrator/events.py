@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from orchestrator.workflow import TaskSpec, WorkflowSpec
+from orchestrator.workflow import StepSpec, TaskSpec, WorkflowSpec
 
 
 class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -247,6 +247,32 @@ class BidReceived(_Event, frozen=True, tag="bid.received"):
     at: float
 
 
+class ReplanRequested(_Event, frozen=True, tag="replan.requested"):
+    """Retries of `task_id` are exhausted: a planner is asked for a revised remainder."""
+
+    task_id: str
+    error: str
+    at: float
+
+
+class PlanAdopted(_Event, frozen=True, tag="plan.adopted"):
+    """A planner's revised remainder, validated (acyclic, known roles, within budget):
+    its steps join the workflow and its tasks the graph; what they replace was skipped."""
+
+    task_id: str
+    steps: list[StepSpec]
+    tasks: list[TaskSpec]
+    at: float
+
+
+class PlanRejected(_Event, frozen=True, tag="plan.rejected"):
+    """A planner's proposal that failed validation; nothing of it was adopted."""
+
+    task_id: str
+    reason: str
+    at: float
+
+
 RunEvent = (
     RunStarted
     | RunForked
@@ -272,6 +298,9 @@ RunEvent = (
     | RunStopped
     | ProposalsCalled
     | BidReceived
+    | ReplanRequested
+    | PlanAdopted
+    | PlanRejected
 )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bus.protocol import TaskResult
+from orchestrator import replan
 from orchestrator.commands import Context
 from orchestrator.events import (
     BranchTaken,
@@ -26,11 +27,11 @@ from orchestrator.events import (
 from orchestrator.limits import can_reserve, limits_of, task_budget
 from orchestrator.state import TERMINAL_TASK, RunState, TaskState
 from orchestrator.workflow import (
-    _ID,
     Chat,
     Condition,
     StepSpec,
     TaskSpec,
+    known_roles,
     loop_body,
     need_of,
     task_ids,
@@ -218,6 +219,8 @@ def settle_parent(state: RunState, parent_id: str, ctx: Context) -> list[RunEven
         return []
     if state.graph[parent_id].kind == "chat":
         return settle_chat(state, parent_id, ctx)
+    if state.graph[children[-1]].kind == "plan":
+        return replan.settle(state, parent_id, ctx)
     return settle_delegated(state, parent_id, ctx)
 
 
@@ -232,10 +235,11 @@ def _subtask_refusal(state: RunState, task: TaskState, report: TaskResult) -> st
         return f"{len(report.subtasks)} subtasks asked, step {step.id} allows {step.max_subtasks}"
     if depth + 1 > limits.max_subtask_depth:
         return f"subtasks at depth {depth + 1}, the run allows {limits.max_subtask_depth}"
-    served = {a.role for a in state.workflow.agents} if state.workflow else set()
+    assert state.workflow is not None
+    known = known_roles(state.workflow)
     for req in report.subtasks:
-        if not _ID.match(req.role) or (served and req.role not in served):
-            return f"no agent serves subtask role {req.role!r}"
+        if req.role not in known:
+            return f"unknown subtask role {req.role!r}: not one of {sorted(known)}"
     return ""
 
 

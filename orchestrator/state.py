@@ -20,7 +20,10 @@ from orchestrator.events import (
     CancelRequested,
     HumanDecided,
     LimitReached,
+    PlanAdopted,
+    PlanRejected,
     ProposalsCalled,
+    ReplanRequested,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -119,6 +122,7 @@ class RunState(msgspec.Struct, frozen=True):
     tokens_spent: int = 0
     tokens_reserved: int = 0
     handoffs: int = 0
+    replans: int = 0
     started_mono: float = 0.0
     limit: str = ""
     """The limit that stopped the run, if one did."""
@@ -233,6 +237,8 @@ class _Draft:
         for dependent in self.dependents.get(task_id, ()):
             if dependent not in self.waiting or dependent in self.blocked:
                 continue
+            if self.tasks[dependent].status != "pending":
+                continue  # it already ended (replaced by a replan, cancelled)
             spec = self.graph[dependent]
             hopeful = sum(self.tasks[d].status not in UNSUCCESSFUL for d in spec.deps)
             if hopeful < spec.threshold:  # it stays in `waiting`, as a run that failed left it
@@ -420,6 +426,17 @@ class _Draft:
                     self.make_ready(event.task_id)
             case CancelRequested():
                 pass  # audit: the cancellations follow in the same decision
+            case ReplanRequested():
+                task = self.tasks[event.task_id]
+                self.tasks[event.task_id] = replace(task, status="active", error=event.error)
+                self.unready(event.task_id)
+                self.bump("replans", 1)
+            case PlanAdopted():
+                workflow = self.get("workflow")
+                self.changes["workflow"] = replace(workflow, steps=[*workflow.steps, *event.steps])
+                self.add_tasks(TasksAdded("", "replan", event.tasks, {}, event.at))
+            case PlanRejected():
+                pass  # audit: the task's failure follows in the same decision
             case ProposalsCalled():
                 task = self.tasks[event.task_id]
                 self.tasks[event.task_id] = replace(task, cfp_until=event.until, bids=())

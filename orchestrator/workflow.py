@@ -24,7 +24,9 @@ MAX_FAN_OUT = 10_000
 
 Join = Literal["all", "any", "quorum"]
 Selector = Literal["round_robin", "rule", "agent"]
-OnExhausted = Literal["fail", "escalate"]
+OnExhausted = Literal["fail", "escalate", "replan"]
+PLANNER = "planner"
+"""The role asked for a revised remainder of the graph when a `replan` step gives up."""
 Routing = Literal["plain", "contract_net"]
 
 
@@ -106,6 +108,7 @@ class Limits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_steps: int = 0
     max_handoffs: int = 10
     max_subtask_depth: int = 2
+    max_replans: int = 2
 
 
 class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -131,7 +134,7 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     limits: Limits = Limits()
 
 
-TaskKind = Literal["task", "chat", "turn", "select", "subtask"]
+TaskKind = Literal["task", "chat", "turn", "select", "subtask", "plan"]
 
 
 class TaskSpec(msgspec.Struct, frozen=True):
@@ -237,7 +240,7 @@ def _check_steps(spec: WorkflowSpec) -> None:
     limits = spec.limits
     if min(limits.tokens, limits.task_tokens, limits.max_steps, limits.max_handoffs) < 0:
         raise WorkflowError("limits", "limits must not be negative")
-    if limits.deadline_s < 0 or limits.max_subtask_depth < 0:
+    if limits.deadline_s < 0 or min(limits.max_subtask_depth, limits.max_replans) < 0:
         raise WorkflowError("limits", "limits must not be negative")
     if limits.tokens:
         for i, step in enumerate(spec.steps):
@@ -340,11 +343,20 @@ def roles_of(step: StepSpec) -> list[tuple[str, str]]:
     if step.retry is not None and step.retry.role:
         out.append(("retry.role", step.retry.role))
     out += [("handoff_to", r) for r in step.handoff_to]
+    if step.on_exhausted == "replan":
+        out.append(("on_exhausted", PLANNER))
     if step.chat is not None:
         out += [("chat.participants", r) for r in step.chat.participants]
         if step.chat.selector_role:
             out.append(("chat.selector_role", step.chat.selector_role))
     return out
+
+
+def known_roles(spec: WorkflowSpec) -> set[str]:
+    """Roles work may go to: those the workflow's agents serve, or else those its steps
+    name (a role nobody serves would leave the work waiting)."""
+    served = {a.role for a in spec.agents}
+    return served or {role for step in spec.steps for _, role in roles_of(step)}
 
 
 def _check_agents(spec: WorkflowSpec) -> None:

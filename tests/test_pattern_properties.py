@@ -52,6 +52,7 @@ from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
     BidReceived,
     BranchTaken,
+    PlanAdopted,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -74,12 +75,13 @@ from orchestrator.workflow import (
     Selector,
     StepSpec,
     WorkflowSpec,
+    known_roles,
     validate,
 )
 
 RUN = "pattern-run"
 ROLES = ("a", "b", "c")
-POOL = tuple(f"{r}-{i}" for r in ROLES for i in range(2))
+POOL = (*(f"{r}-{i}" for r in ROLES for i in range(2)), "planner-0")
 ENDS = (RunCompleted, RunFailed, RunStopped)
 Draw = Callable[[st.SearchStrategy[Any]], Any]
 
@@ -132,7 +134,7 @@ def steps(draw: st.DrawFn, i: int, earlier: list[StepSpec]) -> StepSpec:
         role=role, fan_out=fan_out, loop=loop, retry=retry,
         max_subtasks=draw(st.integers(0, 2)),
         handoff_to=draw(st.lists(st.sampled_from(ROLES), max_size=2, unique=True)),
-        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate"))),
+        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate", "replan"))),
         routing=draw(st.sampled_from(("plain", "plain", "contract_net"))), bid_window_s=1.0,
         **common,
     )  # fmt: skip
@@ -217,6 +219,17 @@ class Harness:
                 allowed = [] if spec.parent else self.state.step(spec.step).handoff_to
                 valid: bool = draw(st.booleans())
                 handoff = draw(st.sampled_from(allowed if allowed and valid else ROLES))
+        if self.state.graph[task.task_id].kind == "plan" and draw is not None:
+            new = f"re{self.issued}"
+            output = draw(st.sampled_from((
+                {"steps": []},
+                {"steps": [{"id": new, "role": "a"}]},
+                {"steps": [{"id": new, "role": "b"}, {"id": new + "x", "role": "c",
+                                                     "needs": [new]}]},
+                {"steps": [{"id": new, "role": "ghost"}]},
+                {"steps": [{"id": new, "role": "a", "needs": [new]}]},
+            )))  # fmt: skip
+            subtasks, handoff = [], ""
         r = TaskResult(
             RUN, task.task_id, task.attempt, task.lease_token, task.agent_id, output, 0.1,
             Usage(tokens) if tokens else None, subtasks, handoff,
@@ -279,6 +292,8 @@ class Harness:
                         assert chat is not None
                         turns = [t for t in e.tasks if t.kind in ("turn", "select")]
                         assert all(t.round <= chat.max_turns for t in turns), "chat over max"
+                    elif [t.kind for t in e.tasks] == ["plan"]:
+                        assert s.replans <= limits.max_replans, "a replan beyond the bound"
                     elif e.rewire:
                         loop = s.step(parent.step).loop
                         assert loop is not None
@@ -290,6 +305,13 @@ class Harness:
                 case TaskHandedOff():
                     assert s.handoffs < limits.max_handoffs
                     assert e.to_role in s.step(s.graph[e.task_id].step).handoff_to
+                case PlanAdopted():
+                    assert s.replans <= limits.max_replans
+                    known = known_roles(self.workflow)
+                    assert all(step.role in known for step in e.steps)
+                    new = {t.task_id for t in e.tasks}
+                    for added in e.tasks:
+                        assert all(d in new or s.tasks[d].status == "succeeded" for d in added.deps)
                 case BranchTaken():
                     step = s.step(s.graph[e.task_id].step)
                     assert step.when is None or patterns.holds(s, step.when)

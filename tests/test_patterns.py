@@ -17,6 +17,8 @@ from orchestrator.events import (
     BidReceived,
     BranchTaken,
     LimitReached,
+    PlanAdopted,
+    PlanRejected,
     ProposalsCalled,
     RunCompleted,
     RunEvent,
@@ -308,7 +310,7 @@ def test_subtasks_within_bounds_run_and_the_parent_gets_their_outputs() -> None:
         StepSpec(id="lead", role="p", max_subtasks=2), StepSpec(id="z", role="w", needs=["lead"])
     )
     events = report(
-        run, "lead", {"plan": 1}, subtasks=[SubtaskRequest("r", {"q": 1}), SubtaskRequest("w")]
+        run, "lead", {"plan": 1}, subtasks=[SubtaskRequest("p", {"q": 1}), SubtaskRequest("w")]
     )
     assert run.state.tasks["lead"].status == "active"
     assert {e.task_id for e in of(events, TaskAssigned)} == {"lead/0", "lead/1"}
@@ -338,8 +340,8 @@ def test_a_subtask_request_over_bounds_is_refused_and_spawns_nothing() -> None:
 
 def test_subtasks_deeper_than_the_run_allows_are_refused() -> None:
     run = run_of(StepSpec(id="lead", role="p", max_subtasks=1), limits=Limits(max_subtask_depth=1))
-    report(run, "lead", subtasks=[SubtaskRequest("r")])
-    events = report(run, "lead/0", subtasks=[SubtaskRequest("r")])
+    report(run, "lead", subtasks=[SubtaskRequest("p")])
+    events = report(run, "lead/0", subtasks=[SubtaskRequest("p")])
     [failed] = of(events, TaskAttemptFailed)
     assert "depth 2, the run allows 1" in failed.error
 
@@ -608,3 +610,111 @@ def test_a_retry_is_put_out_to_tender_again() -> None:
     run.now += 10
     [called] = of(run.do(Tick()), ProposalsCalled)
     assert called.attempt == 2
+
+
+# -- replanning --------------------------------------------------------------------------
+
+
+def replanning(limits: Limits | None = None) -> Run:
+    run = run_of(
+        StepSpec(id="gather", role="r"),
+        StepSpec(id="fetch", role="r", needs=["gather"], max_attempts=1, on_exhausted="replan",
+                 tokens=10),
+        StepSpec(id="write", role="w", needs=["fetch"], tokens=10),
+        limits=limits or Limits(tokens=100, task_tokens=10),
+        agents=[*AGENTS, AgentView("planner-1", "planner", 1, 0)],
+    )  # fmt: skip
+    report(run, "gather", {"g": 1})
+    events = run.fail("fetch")
+    assert [type(e).__name__ for e in events][:3] == [
+        "TaskAttemptFailed", "ReplanRequested", "TasksAdded",
+    ]  # fmt: skip
+    assert run.state.tasks["fetch~replan1"].agent_id == "planner-1"
+    return run
+
+
+def test_a_valid_plan_is_adopted_and_replaces_what_had_not_started() -> None:
+    run = replanning()
+    send = next(e for e in effects(run.state, run.log[-3:]) if isinstance(e, SendAssignment))
+    assert send.assignment.input["failed"]["step"] == "fetch"
+    assert send.assignment.input["done"] == {"gather": {"g": 1}}
+    plan = {"steps": [
+        {"id": "fetch2", "role": "w", "needs": ["gather"]},
+        {"id": "write2", "role": "w", "needs": ["fetch2"]},
+    ]}  # fmt: skip
+    events = report(run, "fetch~replan1", plan)
+    skipped = {e.task_id for e in of(events, TaskSkipped)}
+    assert skipped == {"fetch", "write"}
+    [adopted] = of(events, PlanAdopted)
+    assert [t.task_id for t in adopted.tasks] == ["fetch2", "write2"]
+    assert run.state.graph["fetch2"].deps == ("gather",)
+    assert run.state.tasks["fetch2"].status == "running"
+    report(run, "fetch2")
+    events = report(run, "write2", {"done": 1})
+    assert isinstance(events[-1], RunCompleted)
+    assert events[-1].result == {"write2": {"done": 1}}
+    replays(run)
+
+
+@pytest.mark.parametrize(
+    ("plan", "why"),
+    [
+        ({"nope": []}, "needs a `steps` list"),
+        ({"steps": [{"id": "x", "role": "w", "colour": 1}]}, "unknown field `colour`"),
+        ({"steps": [{"id": "a", "role": "w", "needs": ["b"]},
+                    {"id": "b", "role": "w", "needs": ["a"]}]}, "dependency cycle"),
+        ({"steps": [{"id": "x", "role": "ghost"}]}, "unknown role 'ghost'"),
+        ({"steps": [{"id": "x", "role": "w", "needs": ["write"]}]}, "neither a new step"),
+        ({"steps": [{"id": "gather", "role": "w"}]}, "already taken"),
+        ({"steps": [{"id": "x", "role": "w", "fan_out": 20}]}, "the plan needs 200 tokens"),
+    ],
+)  # fmt: skip
+def test_an_invalid_plan_is_rejected_and_nothing_of_it_adopted(plan: Any, why: str) -> None:
+    run = replanning()
+    before = set(run.state.graph)
+    events = report(run, "fetch~replan1", plan)
+    [rejected] = of(events, PlanRejected)
+    assert why in rejected.reason
+    assert not of(events, PlanAdopted)
+    assert set(run.state.graph) == before
+    assert isinstance(events[-1], RunFailed)
+    assert "replan rejected" in events[-1].reason
+
+
+def test_replans_are_bounded_per_run() -> None:
+    run = run_of(
+        StepSpec(id="a", role="r", max_attempts=1, on_exhausted="replan"),
+        limits=Limits(max_replans=0),
+        agents=[*AGENTS, AgentView("planner-1", "planner", 1, 0)],
+    )
+    events = run.fail("a")
+    assert [e.limit for e in of(events, LimitReached)] == ["max_replans"]
+    assert isinstance(events[-1], RunFailed)
+
+
+def test_a_failed_planner_fails_the_task() -> None:
+    run = replanning()
+    events = run.fail("fetch~replan1")
+    assert isinstance(events[-1], RunFailed)
+    assert "replan failed" in events[-1].reason
+
+
+def test_a_subtask_for_a_role_the_workflow_does_not_know_is_refused() -> None:
+    run = run_of(StepSpec(id="lead", role="p", max_subtasks=1))
+    events = report(run, "lead", subtasks=[SubtaskRequest("ghost")])
+    [failed] = of(events, TaskAttemptFailed)
+    assert "unknown subtask role 'ghost'" in failed.error
+
+
+def test_replans_stay_bounded_when_several_tasks_give_up_in_one_decision() -> None:
+    """Found by the pattern state machine: three copies timing out in one tick each asked
+    for a replan, all checked against the count before the tick."""
+    run = run_of(
+        StepSpec(id="a", role="r", fan_out=3, max_attempts=1, on_exhausted="replan", timeout_s=1),
+        limits=Limits(max_replans=2),
+        agents=[AgentView("r1", "r", 3, 0), AgentView("planner-1", "planner", 3, 0)],
+    )
+    run.now += 2
+    events = run.do(Tick())
+    assert run.state.replans == 2
+    assert [e.limit for e in of(events, LimitReached)] == ["max_replans"]
