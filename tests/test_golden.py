@@ -46,6 +46,8 @@ PATTERNS = {
     "chat-max-turns": {"tasks.added", "tokens.reserved"},
     "budget-stopped": {"usage.charged", "limit.reached", "run.stopped"},
     "subtasks-handoff": {"task.delegated", "tasks.added", "task.handed_off"},
+    "replan-adopted": {"replan.requested", "plan.adopted", "task.skipped"},
+    "contract-net": {"proposals.called", "bid.received"},
 }
 
 

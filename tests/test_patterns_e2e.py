@@ -170,3 +170,13 @@ def test_contract_net_awards_each_task_to_the_best_bid_of_live_agents(tmp_path: 
     reasons = [awarded[f"research[{i}]"].reason for i in range(3)]
     assert reasons[0].startswith("contract net: best of 3 usable bid(s) of 3: cost 1")
     assert reasons[2].startswith("contract net: best of 2 usable bid(s) of 3: cost 2")
+
+
+def test_a_planner_agent_replans_around_a_step_that_keeps_failing(tmp_path: Path) -> None:
+    live, _, types = asyncio.run(_run(tmp_path, load(EXAMPLES / "replan" / "workflow.toml")))
+    assert live.status == "completed"
+    assert live.replans == 1
+    assert live.tasks["fetch"].status == "skipped"
+    assert live.tasks["fetch_r1"].agent_id.startswith("steady-")
+    assert set(live.result or {}) == {"write_r1"}
+    assert types.index("replan.requested") < types.index("plan.adopted")

@@ -113,6 +113,8 @@ def main() -> None:
             "chat-max-turns": EXAMPLES / "group-chat" / "workflow.toml",
             "budget-stopped": EXAMPLES / "budget" / "workflow.toml",
             "subtasks-handoff": EXAMPLES / "delegation" / "workflow.toml",
+            "replan-adopted": EXAMPLES / "replan" / "workflow.toml",
+            "contract-net": EXAMPLES / "contract-net" / "workflow.toml",
         }
         for i, (name, workflow) in enumerate(logs.items()):
             if not wanted or name in wanted:
