@@ -31,6 +31,7 @@ from orchestrator.workflow import (
     Condition,
     StepSpec,
     TaskSpec,
+    is_conditional,
     known_roles,
     loop_body,
     need_of,
@@ -103,6 +104,8 @@ def next_round(state: RunState, task: TaskState, step: StepSpec, ctx: Context) -
             TaskSpec(
                 _round_id(member, r), member, 0, s.role, tuple(deps), s.params, s.timeout_s,
                 s.max_attempts, need_of(s), "task", "", r,
+                bid_window_s=s.bid_window_s if s.routing == "contract_net" else 0.0,
+                conditional=is_conditional(s),
             )
         )  # fmt: skip
     return TasksAdded(

@@ -32,6 +32,7 @@ from orchestrator.workflow import (
     StepSpec,
     TaskSpec,
     _check_step,
+    is_conditional,
     known_roles,
     need_of,
     task_ids,
@@ -169,6 +170,7 @@ def _compile(state: RunState, steps: list[StepSpec]) -> list[TaskSpec]:
                     task_id, step.id, index, step.role, tuple(deps), step.params,
                     step.timeout_s, step.max_attempts, need_of(step),
                     bid_window_s=step.bid_window_s if step.routing == "contract_net" else 0.0,
+                    conditional=is_conditional(step),
                 )
             )  # fmt: skip
     return tasks

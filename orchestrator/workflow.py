@@ -162,6 +162,8 @@ class TaskSpec(msgspec.Struct, frozen=True):
     """Per-task params (a subtask's own), merged over the step's."""
     bid_window_s: float = 0.0
     """Contract net: seconds agents may bid (0: plain routing)."""
+    conditional: bool = False
+    """Its step has `when`/`unless`: checked (branch taken or skipped) before dispatch."""
 
     @property
     def threshold(self) -> int:
@@ -387,6 +389,10 @@ def validate(spec: WorkflowSpec) -> WorkflowSpec:
     return spec
 
 
+def is_conditional(step: StepSpec) -> bool:
+    return step.when is not None or step.unless is not None
+
+
 def need_of(step: StepSpec) -> int:
     return {"all": -1, "any": 1, "quorum": step.quorum}[step.join]
 
@@ -418,6 +424,7 @@ def compile_graph(spec: WorkflowSpec) -> dict[str, TaskSpec]:
                 need_of(step),
                 "chat" if step.chat is not None else "task",
                 bid_window_s=step.bid_window_s if step.routing == "contract_net" else 0.0,
+                conditional=is_conditional(step),
             )
     return graph
 
