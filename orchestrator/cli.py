@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workflow file, starting its agents and NATS")
-    run.add_argument("workflow", help="workflow TOML file")
+    run.add_argument("workflow", help="workflow file: TOML, or YAML (.yaml/.yml)")
     run.add_argument("--input", default="{}", help="run input as a JSON object")
 
     resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run")

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
+import yaml
 
 from orchestrator.errors import WorkflowError
 
@@ -447,15 +448,49 @@ def parse(data: dict[str, Any]) -> WorkflowSpec:
     return validate(spec)
 
 
+class _StrictYaml(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (plain YAML keeps the last, silently)."""
+
+
+def _mapping(loader: _StrictYaml, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return dict(loader.construct_pairs(node))
+
+
+_StrictYaml.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return yaml.load(text, Loader=_StrictYaml)
+        except yaml.YAMLError as exc:
+            raise WorkflowError(str(path), f"not valid YAML: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+
+
 def load(path: str | Path) -> WorkflowSpec:
-    """A validated spec from a TOML workflow file."""
+    """A validated spec from a workflow file: TOML, or YAML for `.yaml`/`.yml`."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = _read(path)
     except FileNotFoundError as exc:
         raise WorkflowError(str(path), "no such file") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(str(path), f"not text: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowError(str(path), "a workflow file holds a mapping at the top")
     try:
         return parse(data)
     except WorkflowError as exc:

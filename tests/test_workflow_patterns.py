@@ -3,9 +3,12 @@ what could never run: unknown roles, unreachable joins and conditions, leaky loo
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
+import yaml
 
 from orchestrator.errors import WorkflowError
 from orchestrator.workflow import (
@@ -16,10 +19,12 @@ from orchestrator.workflow import (
     StepSpec,
     WorkflowSpec,
     compile_graph,
+    load,
     parse,
     validate,
 )
 
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENTS = [{"role": r, "handler": "agents.builtin:noop"} for r in ("w", "r")]
 
 
@@ -114,3 +119,29 @@ def test_join_thresholds_compile_per_mode() -> None:
     )  # fmt: skip
     graph = compile_graph(spec)
     assert [graph[t].threshold for t in ("any", "q", "all")] == [1, 3, 5]
+
+
+def test_a_yaml_workflow_is_the_same_spec_as_its_toml(tmp_path: Path) -> None:
+    toml = EXAMPLES / "review-loop" / "workflow.toml"
+    data = msgspec.to_builtins(load(toml))
+    path = tmp_path / "wf.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert load(path) == load(toml)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("name: w\nname: v\nsteps: []\n", "duplicate key 'name'"),
+        ("name: w\nsteps:\n  - id: a\n    role: r\n    retries: 2\n", "unknown field `retries`"),
+        ("name: w\nsteps: [\n", "not valid YAML"),
+        ("- just\n- a list\n", "holds a mapping at the top"),
+    ],
+)
+def test_bad_yaml_workflows_are_refused_with_a_reason(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    path = tmp_path / "wf.yml"
+    path.write_text(text)
+    with pytest.raises(WorkflowError, match=message):
+        load(path)
