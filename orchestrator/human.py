@@ -43,7 +43,11 @@ def human_decision(state: RunState, command: HumanDecision, ctx: Context) -> lis
     match command.decision:
         case "approve":
             output = command.output or {"approved_by": command.actor}
-            return [decided, TaskSucceeded(task.task_id, task.attempt, "", output, 0.0, ctx.wall)]
+            # the person is recorded as who produced the output (the audit's actor)
+            approved = TaskSucceeded(
+                task.task_id, task.attempt, command.actor, output, 0.0, ctx.wall
+            )
+            return [decided, approved]
         case "reject":
             why = f"rejected by {command.actor}" + (f": {command.note}" if command.note else "")
             return [decided, TaskFailed(task.task_id, why, ctx.wall)]

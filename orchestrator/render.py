@@ -34,7 +34,7 @@ def progress_line(p: Progress, since_start: float) -> str:
         case "task.assigned":
             return f"{head}{p.task_id:<16} started  on {p.agent_id} (attempt {p.attempt})"
         case "task.succeeded" if not p.agent_id:
-            return f"{head}{p.task_id:<16} finished (what it waited for is done)"
+            return f"{head}{p.task_id:<16} finished"
         case "task.succeeded":
             return f"{head}{p.task_id:<16} finished on {p.agent_id} in {p.elapsed_s:.3f}s"
         case "task.attempt_failed":

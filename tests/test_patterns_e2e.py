@@ -9,6 +9,7 @@ import subprocess
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from eventstore import StoredEvent
 from orchestrator import journal
 from orchestrator.events import BidReceived, RunEvent, TaskAssigned
 from orchestrator.state import RunState
@@ -16,6 +17,7 @@ from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, load
 from tests.cluster import REPO, Cluster, baton, cluster
 
 EXAMPLES = REPO / "examples"
+STORED: list[list[StoredEvent]] = []
 
 
 async def _run(
@@ -23,7 +25,8 @@ async def _run(
     workflow: WorkflowSpec,
     during: Callable[[Cluster, str], Awaitable[None]] | None = None,
 ) -> tuple[RunState, RunState, list[str]]:
-    """Start `workflow` on its agents, let `during` act on it, return (live, rebuilt, log)."""
+    """Start `workflow` on its agents, let `during` act on it; (live, rebuilt, the types of
+    its events). `STORED[-1]` keeps the stored events of the latest run for closer looks."""
     async with cluster(tmp) as c:
         await c.add_agents(workflow.agents)
         run_id = await c.orchestrator.start_run(workflow)
@@ -33,6 +36,7 @@ async def _run(
         rebuilt = await journal.load_run(c.stack.store, run_id)
         stored = await c.stack.store.read_stream(journal.run_stream(run_id))
     assert rebuilt == live
+    STORED.append(stored)
     return live, rebuilt, [s.type for s in stored]
 
 
@@ -109,6 +113,12 @@ def test_approve_reject_and_retry_go_through_the_cli_and_record_the_person(
     assert approved.status == "completed"
     assert approved.tasks["flaky"].output == {"fixed": True}
     assert approved.tasks["flaky"].attempt == 4  # two attempts, a retry, two more
+    by_person = [(e.type, e.actor) for e in STORED[-1] if e.actor == "human:tester"]
+    assert by_person == [
+        ("human.decided", "human:tester"),  # retry
+        ("human.decided", "human:tester"),  # approve
+        ("task.succeeded", "human:tester"),  # the output the person gave
+    ]
 
     rejected, _, types = asyncio.run(_run(tmp_path / "b", workflow, deciding("reject")))
     assert rejected.status == "failed"
