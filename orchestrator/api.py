@@ -37,6 +37,8 @@ class RunControlRequest(
 
 
 class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.control.accepted"):
+    """The reply once a person's decision is recorded in the run's log."""
+
     run_id: str
     status: str
     """The run's status once the decision is recorded."""

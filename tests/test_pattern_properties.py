@@ -369,7 +369,9 @@ class Harness:
         stored = [run_event_decoder.decode(encode(e)) for e in self.log]
         rebuilt = replay(RUN, enumerate(stored, start=1))
         assert rebuilt == self.state
-        assert msgspec.msgpack.encode(rebuilt) == msgspec.msgpack.encode(self.state)
+        snapshot = msgspec.msgpack.encode(self.state)  # what journal.snapshot_of stores
+        assert msgspec.msgpack.encode(rebuilt) == snapshot
+        assert msgspec.msgpack.decode(snapshot, type=RunState) == self.state, "snapshot loses"
         assert pending_effects(rebuilt) == pending_effects(self.state)
         self.state, self.log = rebuilt, stored
 
