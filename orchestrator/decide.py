@@ -216,7 +216,7 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
                 continue
             if bounded.max_steps and steps >= bounded.max_steps:
                 detail = f"{steps} steps dispatched, the run allows {bounded.max_steps}"
-                return limits.stop(fold(state, events), "max_steps", detail, ctx)
+                return limits.stop(state, "max_steps", detail, ctx)  # nothing more goes out
             tokens = limits.task_budget(state, task_id) if bounded.tokens else 0
             if tokens and not limits.can_reserve(state, tokens, reserved):
                 if state.tokens_reserved + reserved == 0:
@@ -224,7 +224,7 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
                         f"{task_id} needs {tokens} tokens; {state.tokens_spent} of "
                         f"{bounded.tokens} spent"
                     )
-                    return limits.stop(fold(state, events), "tokens", detail, ctx)
+                    return limits.stop(state, "tokens", detail, ctx)
                 continue  # wait until a running attempt gives its reservation back
             window = state.graph[task_id].bid_window_s
             if window and not task.cfp_until:

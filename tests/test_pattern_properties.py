@@ -59,6 +59,7 @@ from orchestrator.events import (
     RunFailed,
     RunStopped,
     TaskAssigned,
+    TaskCancelled,
     TaskHandedOff,
     TasksAdded,
     TokensReserved,
@@ -312,6 +313,10 @@ class Harness:
                     new = {t.task_id for t in e.tasks}
                     for added in e.tasks:
                         assert all(d in new or s.tasks[d].status == "succeeded" for d in added.deps)
+                case TaskCancelled():
+                    t = s.tasks[e.task_id]
+                    assert t.status not in TERMINAL_TASK
+                    assert e.agent_id == (t.agent_id if t.status == "running" else ""), (e, t)
                 case BranchTaken():
                     step = s.step(s.graph[e.task_id].step)
                     assert step.when is None or patterns.holds(s, step.when)

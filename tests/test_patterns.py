@@ -26,6 +26,7 @@ from orchestrator.events import (
     RunStopped,
     TaskAssigned,
     TaskAttemptFailed,
+    TaskCancelled,
     TaskEscalated,
     TaskHandedOff,
     TasksAdded,
@@ -718,3 +719,14 @@ def test_replans_stay_bounded_when_several_tasks_give_up_in_one_decision() -> No
     events = run.do(Tick())
     assert run.state.replans == 2
     assert [e.limit for e in of(events, LimitReached)] == ["max_replans"]
+
+
+def test_running_out_of_steps_mid_dispatch_sends_nothing_it_then_cancels() -> None:
+    """A limit hit halfway through a dispatch stops the run from the state before that
+    dispatch: no assignment goes out only to be cancelled, no cancel names an agent that
+    never held the task."""
+    run = run_of(StepSpec(id="a", role="r", fan_out=3), limits=Limits(max_steps=2))
+    assert not of(run.log, TaskAssigned)
+    assert all(e.agent_id == "" for e in of(run.log, TaskCancelled))
+    assert run.state.status == "stopped"
+    assert run.state.limit == "max_steps"
