@@ -48,6 +48,8 @@ PATTERNS = {
     "subtasks-handoff": {"task.delegated", "tasks.added", "task.handed_off"},
     "replan-adopted": {"replan.requested", "plan.adopted", "task.skipped"},
     "contract-net": {"proposals.called", "bid.received"},
+    "escalated-retried-approved": {"task.escalated", "human.decided"},
+    "cancelled": {"cancel.requested", "run.stopped"},
 }
 
 
@@ -55,6 +57,15 @@ def test_there_is_a_golden_log_of_each_pattern() -> None:
     for name, types in PATTERNS.items():
         lines = (GOLDEN / f"{name}.jsonl").read_text().splitlines()[1:]  # after the header
         assert types <= {json.loads(line)["type"] for line in lines}, name
+
+
+def test_people_are_the_actors_of_their_decisions_in_the_golden_logs() -> None:
+    for name in ("escalated-retried-approved", "cancelled"):
+        lines = (GOLDEN / f"{name}.jsonl").read_text().splitlines()[1:]
+        events = [json.loads(line) for line in lines]
+        by_people = [e for e in events if e["type"] in ("human.decided", "cancel.requested")]
+        assert by_people
+        assert {e["actor"] for e in by_people} == {"human:golden"}
 
 
 @pytest.mark.parametrize("name", sorted(PATTERNS))

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from eventstore import MemoryEventStore
@@ -72,15 +73,61 @@ role = "writer"
 needs = ["publish", "revise"]
 join = "any"
 """
+SLOW = """
+name = "cancelled"
+[[agents]]
+role = "sleeper"
+handler = "agents.builtin:sleep"
+[[steps]]
+id = "nap"
+role = "sleeper"
+params = { seconds = 30 }
+fan_out = 2
+"""
 EXAMPLES = REPO / "examples"
+Person = tuple[str, ...]
+"""A `baton` command a person runs while the workflow runs, `{run}` standing for its id."""
 
 
-def record(name: str, workflow: Path, state: Path) -> None:
-    run = subprocess.run(
-        baton("run", str(workflow), "--state-dir", str(state)), capture_output=True, text=True,
-        cwd=REPO,
+def _with_person(workflow: Path, state: Path, person: list[Person]) -> str:
+    """Run `workflow`; once it has an id, run each of `person`'s commands until the
+    orchestrator accepts it; return the run's output."""
+    run = subprocess.Popen(
+        baton("run", str(workflow), "--state-dir", str(state)), stdout=subprocess.PIPE,
+        text=True, cwd=REPO,
     )  # fmt: skip
-    run_id = run.stdout.split("baton replay ")[1].split()[0]
+    assert run.stdout is not None
+    lines: list[str] = []
+    for line in run.stdout:
+        lines.append(line)
+        if line.startswith("run ") and ": workflow " in line:
+            break
+    run_id = lines[-1].split()[1].rstrip(":")
+    for command in person:
+        argv = [a.replace("{run}", run_id) for a in command]
+        for _ in range(300):
+            done = subprocess.run(
+                baton(*argv, "--state-dir", str(state), "--as", "human:golden"),
+                capture_output=True, text=True, cwd=REPO,
+            )  # fmt: skip
+            if done.returncode == 0:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError(f"{argv} never accepted: {done.stderr}")
+    rest, _ = run.communicate(timeout=120)
+    return "".join(lines) + rest
+
+
+def record(name: str, workflow: Path, state: Path, person: list[Person] | None = None) -> None:
+    if person is None:
+        stdout = subprocess.run(
+            baton("run", str(workflow), "--state-dir", str(state)), capture_output=True,
+            text=True, cwd=REPO,
+        ).stdout  # fmt: skip
+    else:
+        stdout = _with_person(workflow, state, person)
+    run_id = stdout.split("baton replay ")[1].split()[0]
     log = HERE / f"{name}.jsonl"
     subprocess.run(
         baton("export", run_id, "-o", str(log), "--state-dir", str(state)), check=True, cwd=REPO
@@ -105,6 +152,15 @@ def main() -> None:
         failing.write_text(FAILING)
         branches = Path(tmp) / "branches.toml"
         branches.write_text(BRANCHES)
+        slow = Path(tmp) / "slow.toml"
+        slow.write_text(SLOW)
+        people: dict[str, list[Person]] = {
+            "escalated-retried-approved": [
+                ("retry", "{run}", "flaky"),
+                ("approve", "{run}", "flaky", "--output", '{"fixed": true}'),
+            ],
+            "cancelled": [("cancel", "{run}", "--note", "enough")],
+        }
         logs = {
             "research-brief-completed": EXAMPLE,
             "worker-failed": failing,
@@ -115,10 +171,12 @@ def main() -> None:
             "subtasks-handoff": EXAMPLES / "delegation" / "workflow.toml",
             "replan-adopted": EXAMPLES / "replan" / "workflow.toml",
             "contract-net": EXAMPLES / "contract-net" / "workflow.toml",
+            "escalated-retried-approved": EXAMPLES / "escalation" / "workflow.toml",
+            "cancelled": slow,
         }
         for i, (name, workflow) in enumerate(logs.items()):
             if not wanted or name in wanted:
-                record(name, workflow, Path(tmp) / str(i))
+                record(name, workflow, Path(tmp) / str(i), people.get(name))
 
 
 if __name__ == "__main__":
