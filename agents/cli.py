@@ -10,7 +10,7 @@ import secrets
 import sys
 
 from agents.runtime import AgentRuntime
-from agents.sdk import HandlerNotFound, load_handler
+from agents.sdk import HandlerNotFound, load_bidder, load_handler
 from bus.connection import Bus
 from bus.errors import BusError, InvalidSubjectToken
 from bus.subjects import token
@@ -33,6 +33,8 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p.add_argument("--capacity", type=int, default=4, help="tasks run at once (default: 4)")
     p.add_argument("--capabilities", default="", help="comma-separated; default: the role")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
+    p.add_argument("--bidder", default="",
+                   help="contract-net bidder, like --handler (default: bid the load)")  # fmt: skip
     return p
 
 
@@ -49,6 +51,7 @@ async def _serve(args: argparse.Namespace) -> int:
             capabilities=[c for c in args.capabilities.split(",") if c] or None,
             capacity=args.capacity,
             heartbeat_s=args.heartbeat,
+            bidder=load_bidder(args.bidder) if args.bidder else None,
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         await runtime.run()

@@ -14,7 +14,7 @@ import signal
 import time
 from collections import OrderedDict
 
-from agents.sdk import Handler, TaskContext, TaskError
+from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -23,17 +23,21 @@ from bus.protocol import (
     AgentInbound,
     AssignAck,
     Assignment,
+    Bid,
+    CallForProposals,
     Control,
     ErrorReply,
     Heartbeat,
     HeldTask,
     TaskFailure,
     TaskResult,
+    Usage,
 )
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent")
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
+_cfp: Decoder[CallForProposals] = Decoder(CallForProposals)
 _SEEN_LIMIT = 100_000
 
 Key = tuple[str, str, int]
@@ -52,6 +56,7 @@ class AgentRuntime:
         capabilities: list[str] | None = None,
         capacity: int = 4,
         heartbeat_s: float = 0.5,
+        bidder: Bidder | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
@@ -64,6 +69,7 @@ class AgentRuntime:
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._bidder = bidder
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -83,6 +89,7 @@ class AgentRuntime:
                 loop.add_signal_handler(sig, self._stopping.set)
         await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
+        await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
         beat = asyncio.create_task(self._beat())
         await self._stopping.wait()
         if self._held:
@@ -116,6 +123,36 @@ class AgentRuntime:
             return
         await msg.reply(encode(self._accept(message, msg.trace)))
 
+    async def _on_cfp(self, msg: Incoming) -> None:
+        """Contract net: bid for the attempt (by default: cost = load, confidence 1),
+        unless draining or the bidder declines."""
+        try:
+            call = _cfp.decode(msg.data)
+        except BusError as exc:
+            log.warning("refused call for proposals on %s: %s", msg.subject, exc)
+            return
+        if self._stopping.is_set():
+            return
+        ctx = TaskContext(
+            call.run_id, call.task_id, call.step, call.attempt, call.role, self.agent_id, call.input
+        )
+        if self._bidder is None:
+            offer: Offer | None = Offer(cost=float(len(self._held)))
+        else:
+            try:
+                offer = await asyncio.wait_for(self._bidder(ctx), call.deadline_s)
+            except Exception as exc:  # a failing bidder means no bid, never a dead agent
+                log.warning("bidder failed for %s: %s", call.task_id, exc)
+                return
+        if offer is None:
+            return
+        bid = Bid(call.run_id, call.task_id, call.attempt, self.agent_id,
+                  offer.cost, offer.time_s, offer.confidence)  # fmt: skip
+        try:
+            await self._bus.publish(subjects.bids(call.run_id, self.agent_id), encode(bid))
+        except BusError as exc:
+            log.warning("bid for %s not sent: %s", call.task_id, exc)
+
     def _accept(self, a: Assignment, trace: TraceContext | None) -> AssignAck:
         if self._stopping.is_set():
             return AssignAck(False, "draining")
@@ -145,14 +182,18 @@ class AgentRuntime:
                 started = time.monotonic()
                 try:
                     output = await asyncio.wait_for(self._handler(ctx), a.timeout_s)
+                    reply = output if isinstance(output, Reply) else Reply(output)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
                         a.attempt,
                         a.lease_token,
                         self.agent_id,
-                        output,
+                        reply.output,
                         time.monotonic() - started,
+                        Usage(reply.tokens) if reply.tokens else None,
+                        reply.subtasks,
+                        reply.handoff_to,
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable)

@@ -1,6 +1,7 @@
 """What an agent author writes against: a handler is an async function from a task to its
 output. Raising `TaskError` reports a failure (retryable or not); anything else raised is a
-retryable failure with the exception's text."""
+retryable failure with the exception's text. A handler that has more to say than its
+output (tokens used, subtasks wanted, a handoff) returns a `Reply` instead."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, cast
 
 import msgspec
 
-from bus.protocol import Payload
+from bus.protocol import Payload, SubtaskRequest
 
 
 class TaskContext(msgspec.Struct, frozen=True):
@@ -37,8 +38,55 @@ class TaskContext(msgspec.Struct, frozen=True):
         deps = self.input.get("deps", {})
         return deps if isinstance(deps, dict) else {}
 
+    @property
+    def transcript(self) -> list[dict[str, Any]]:
+        """A chat turn's view of the chat so far (empty outside a chat)."""
+        said = self.input.get("transcript", [])
+        return said if isinstance(said, list) else []
 
-Handler = Callable[[TaskContext], Awaitable[Payload]]
+    @property
+    def context(self) -> list[dict[str, Any]]:
+        """What earlier owners of a handed-off task said (empty if it was not handed off)."""
+        said = self.input.get("context", [])
+        return said if isinstance(said, list) else []
+
+    @property
+    def round(self) -> int:
+        """Loop round, chat turn or subtask depth (1 for a plain task)."""
+        value = self.input.get("round", 1)
+        return value if isinstance(value, int) else 1
+
+
+class Reply(msgspec.Struct, frozen=True):
+    """A handler's answer with more than an output: the tokens it used (charged to the
+    run's budget), subtasks it wants done before its task completes, or the role it
+    hands the task to (which must be one its step allows)."""
+
+    output: Payload
+    tokens: int = 0
+    subtasks: list[SubtaskRequest] = []
+    handoff_to: str = ""
+
+
+Handler = Callable[[TaskContext], Awaitable[Payload | Reply]]
+
+
+class Offer(msgspec.Struct, frozen=True):
+    """A bid in a contract-net round: lower cost wins, then shorter time, then higher
+    confidence (0..1)."""
+
+    cost: float
+    time_s: float = 0.0
+    confidence: float = 1.0
+
+
+Bidder = Callable[[TaskContext], Awaitable[Offer | None]]
+"""Prices a task put out to tender; None declines to bid."""
+
+
+def load_bidder(ref: str) -> Bidder:
+    """The bidder named like a handler (`module:function` or `file.py:function`)."""
+    return cast(Bidder, load_handler(ref))
 
 
 class TaskError(Exception):

@@ -67,8 +67,25 @@ class Control(_Message, frozen=True, tag="agent.control"):
     attempt: int = 0
 
 
-class TaskResult(_Message, frozen=True, tag="task.result"):
-    """Agent → orchestrator's durable inbox: the attempt succeeded."""
+class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What an attempt consumed, as its agent reports it; charged to the run's budget."""
+
+    tokens: int = 0
+
+
+class SubtaskRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """A result's request for one more task, done by `role` with `params`."""
+
+    role: str
+    params: Payload = {}
+
+
+class TaskResult(_Message, frozen=True, tag="task.result", omit_defaults=True):
+    """Agent → orchestrator's durable inbox: the attempt succeeded.
+
+    The optional fields are left out of the encoding when unset, so an agent that never
+    sets them speaks the protocol older orchestrators know. A result may ask for
+    subtasks (the task completes when they have) or hand the task to another role."""
 
     run_id: str
     task_id: str
@@ -77,6 +94,9 @@ class TaskResult(_Message, frozen=True, tag="task.result"):
     agent_id: str
     output: Payload
     elapsed_s: float
+    usage: Usage | None = None
+    subtasks: list[SubtaskRequest] = []
+    handoff_to: str = ""
 
 
 class TaskFailure(_Message, frozen=True, tag="task.failure"):
@@ -89,6 +109,32 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     agent_id: str
     error: str
     retryable: bool = True
+
+
+class CallForProposals(_Message, frozen=True, tag="task.cfp"):
+    """Orchestrator → every agent of a role (contract net): bid for this attempt before
+    `deadline_s` passes; the best bid wins it, no bids means plain routing."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    step: str
+    role: str
+    input: Payload
+    deadline_s: float
+
+
+class Bid(_Message, frozen=True, tag="task.bid"):
+    """Agent → orchestrator: an offer for an attempt put out to tender. Lower cost wins,
+    then shorter time, then higher confidence."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    cost: float
+    time_s: float
+    confidence: float
 
 
 class ErrorReply(_Message, frozen=True, tag="error"):

@@ -15,7 +15,10 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-:]+$")
 INBOX_STREAM = "BATON_INBOX"
 INBOX_ALL = "baton.inbox.>"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
+BIDS_ALL = "baton.bids.*.*"
 API_START_RUN = "baton.api.run.start"
+API_RUN_CONTROL = "baton.api.run.control"
+"""People → orchestrator: approve, reject or retry an escalated task; cancel."""
 
 
 def token(value: str) -> str:
@@ -61,3 +64,21 @@ def inbox_sender(subject: str) -> tuple[str, str]:
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"
+
+
+def cfp(role: str) -> str:
+    """Orchestrator → every agent of a role: a call for proposals (contract net)."""
+    return f"baton.cfp.{token(role)}"
+
+
+def bids(run_id: str, agent_id: str) -> str:
+    """Agent → orchestrator: a bid; the sender is in the subject, as for the inbox."""
+    return f"baton.bids.{token(run_id)}.{token(agent_id)}"
+
+
+def bid_sender(subject: str) -> tuple[str, str]:
+    """(run_id, agent_id) of a bids subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "bids"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[2]), token(parts[3])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -20,3 +20,25 @@ class StartRunRequest(
 
 class RunAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.accepted"):
     run_id: str
+
+
+class RunControlRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="run.control"
+):
+    """A person's decision on a run: approve/reject/retry an escalated task, or cancel a
+    task (or the whole run, with no `task_id`). `actor` is recorded as who decided."""
+
+    run_id: str
+    action: Literal["approve", "reject", "retry", "cancel"]
+    actor: str
+    task_id: str = ""
+    note: str = ""
+    output: dict[str, Any] = {}
+
+
+class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.control.accepted"):
+    """The reply once a person's decision is recorded in the run's log."""
+
+    run_id: str
+    status: str
+    """The run's status once the decision is recorded."""

@@ -21,7 +21,7 @@ from bus.connection import Incoming
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import history, journal, render
+from orchestrator import control_cli, history, journal, render
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -39,7 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = sub.add_parser("run", help="run a workflow file, starting its agents and NATS")
-    run.add_argument("workflow", help="workflow TOML file")
+    run.add_argument("workflow", help="workflow file: TOML, or YAML (.yaml/.yml)")
     run.add_argument("--input", default="{}", help="run input as a JSON object")
 
     resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run")
@@ -90,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", type=int, default=0, metavar="POSITION",
                        help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+
+    control_cli.add_parsers(sub)
 
     for command in (run, resume, replay, fork, export, import_, audit):
         command.add_argument(
@@ -156,6 +158,9 @@ async def _serve(
         if state.status == "completed":
             print(f"run {run_id} completed; result:")
             print(json.dumps(state.result, indent=2, default=str))
+        elif state.status == "stopped":
+            print(f"run {run_id} stopped ({state.limit}): {state.reason}; finished so far:")
+            print(json.dumps(state.result, indent=2, default=str))
         else:
             print(f"run {run_id} failed: {state.reason}")
         print(f"\nreplay it: baton replay {run_id}   audit it: baton audit --run {run_id}")
@@ -175,7 +180,14 @@ async def _run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
     # handler files are recorded by absolute path, so `baton resume` can restart agents
-    specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
+    specs = [
+        replace(
+            a,
+            handler=resolve_handler(a.handler, path.parent),
+            bidder=resolve_handler(a.bidder, path.parent) if a.bidder else "",
+        )
+        for a in workflow.agents
+    ]
     workflow = replace(workflow, agents=specs)
 
     run_id = new_run_id()
@@ -332,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
+    if args.command in control_cli.ACTIONS:
+        command = control_cli.send
     try:
         return int(asyncio.run(command(args)))
     except (OrchestratorError, EventStoreError, BusError) as exc:

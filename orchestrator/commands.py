@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
-from bus.protocol import TaskFailure, TaskResult
+from bus.protocol import Bid, TaskFailure, TaskResult
 from orchestrator.workflow import WorkflowSpec
 
 
@@ -51,7 +51,41 @@ class Tick(msgspec.Struct, frozen=True):
     check_leases: bool = True
 
 
-Command = StartRun | ReportResult | ReportFailure | DeliveryFailed | Tick
+class HumanDecision(msgspec.Struct, frozen=True):
+    """A person's decision on an escalated task, sent through the API subject."""
+
+    task_id: str
+    decision: Literal["approve", "reject", "retry"]
+    actor: str
+    note: str = ""
+    output: dict[str, Any] = {}
+
+
+class CancelRun(msgspec.Struct, frozen=True):
+    """Cancel one task, or the whole run when `task_id` is ''."""
+
+    task_id: str
+    actor: str
+    reason: str = ""
+
+
+class SubmitBid(msgspec.Struct, frozen=True):
+    """A contract-net bid; `sender` is the agent id of the subject it came on."""
+
+    bid: Bid
+    sender: str
+
+
+Command = (
+    StartRun
+    | ReportResult
+    | ReportFailure
+    | DeliveryFailed
+    | Tick
+    | HumanDecision
+    | CancelRun
+    | SubmitBid
+)
 
 
 class AgentView(msgspec.Struct, frozen=True):

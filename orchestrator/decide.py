@@ -10,17 +10,23 @@ from collections import Counter
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
+from orchestrator import contract_net, limits, patterns, replan
 from orchestrator.commands import (
+    CancelRun,
     Command,
     Context,
     DeliveryFailed,
+    HumanDecision,
     ReportFailure,
     ReportResult,
     StartRun,
+    SubmitBid,
     Tick,
 )
 from orchestrator.events import (
     AttemptEnd,
+    LimitReached,
+    ReplanRequested,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -29,10 +35,16 @@ from orchestrator.events import (
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
+    TaskDelegated,
+    TaskEscalated,
     TaskFailed,
+    TaskHandedOff,
     TaskSucceeded,
+    TokensReserved,
+    UsageCharged,
 )
-from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold
+from orchestrator.human import cancel, human_decision
+from orchestrator.state import TERMINAL_TASK, UNSUCCESSFUL, RunState, TaskState, fold
 
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
@@ -45,8 +57,12 @@ def load_delta(events: Sequence[RunEvent]) -> Counter[str]:
     for event in events:
         if isinstance(event, TaskAssigned):
             delta[event.agent_id] += 1
-        elif isinstance(event, TaskSucceeded | TaskAttemptFailed) or (
-            isinstance(event, TaskCancelled) and event.agent_id
+        elif (
+            isinstance(
+                event,
+                TaskSucceeded | TaskAttemptFailed | TaskDelegated | TaskHandedOff | TaskCancelled,
+            )
+            and event.agent_id
         ):
             delta[event.agent_id] -= 1
     return delta
@@ -85,7 +101,7 @@ def _attempt_failed(
     state: RunState, task: TaskState, reason: AttemptEnd, error: str, retryable: bool, ctx: Context
 ) -> list[RunEvent]:
     spec = state.graph[task.task_id]
-    if retryable and task.attempt < spec.max_attempts:
+    if retryable and task.attempt - task.attempt_base < spec.max_attempts:
         backoff = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** (task.attempt - 1))
         retry_at = ctx.now + backoff * (0.5 + ctx.random())
         return [
@@ -94,10 +110,15 @@ def _attempt_failed(
             )
         ]
     why = error if not retryable else f"{error} (after {task.attempt} attempts)"
-    return [
-        TaskAttemptFailed(task.task_id, task.attempt, task.agent_id, reason, error, None, ctx.wall),
-        TaskFailed(task.task_id, why, ctx.wall),
-    ]
+    ended = TaskAttemptFailed(
+        task.task_id, task.attempt, task.agent_id, reason, error, None, ctx.wall
+    )
+    policy = state.step(spec.step).on_exhausted if not spec.parent else "fail"
+    if policy == "escalate":
+        return [ended, TaskEscalated(task.task_id, why, ctx.wall)]
+    if policy == "replan":
+        return [ended, *replan.request(state, task, why, ctx)]
+    return [ended, TaskFailed(task.task_id, why, ctx.wall)]
 
 
 def _on_report(
@@ -114,26 +135,69 @@ def _on_report(
         ]
     task = state.tasks[report.task_id]
     if isinstance(report, TaskResult):
-        return [
-            TaskSucceeded(
-                task.task_id, task.attempt, task.agent_id, report.output, report.elapsed_s, ctx.wall
-            )
-        ]
+        return _on_result(state, task, report, ctx)
     return _attempt_failed(state, task, "error", report.error, report.retryable, ctx)
+
+
+def _on_result(
+    state: RunState, task: TaskState, report: TaskResult, ctx: Context
+) -> list[RunEvent]:
+    """A valid result: charge its usage, then grant what it asks (subtasks, a handoff, the
+    next loop round) or record it as the task's output."""
+    events: list[RunEvent] = []
+    spent = report.usage.tokens if report.usage is not None else 0
+    if spent:
+        events.append(UsageCharged(task.task_id, task.attempt, spent, ctx.wall))
+        state = fold(state, events)
+    budget = limits.task_budget(state, task.task_id)
+    if budget and spent > budget:
+        detail = f"{task.task_id} used {spent} tokens, its budget is {budget}"
+        events.append(LimitReached("task_tokens", detail, task.task_id, ctx.wall))
+        return events + _attempt_failed(state, task, "error", detail, False, ctx)
+    refused = patterns.refusal(state, task, report)
+    if refused:
+        error = f"refused: {refused}"
+        return events + _attempt_failed(state, task, "error", error, True, ctx)
+    if report.subtasks:
+        return events + patterns.delegate(state, task, report, ctx)
+    if report.handoff_to:
+        handed = patterns.hand_off(state, task, report, ctx)
+        if isinstance(handed[0], TaskHandedOff):
+            return events + handed
+        detail = handed[0].detail if isinstance(handed[0], LimitReached) else ""
+        return events + handed + _attempt_failed(state, task, "error", detail, False, ctx)
+    succeeded = TaskSucceeded(
+        task.task_id, task.attempt, task.agent_id, report.output, report.elapsed_s, ctx.wall
+    )
+    spec = state.graph[task.task_id]
+    step = state.step(spec.step) if not spec.parent and spec.kind == "task" else None
+    loop = step.loop if step is not None else None
+    if step is None or loop is None or report.output.get(loop.until) == loop.equals:
+        return [*events, succeeded]
+    if spec.round < loop.max_rounds:
+        return [*events, patterns.next_round(state, task, step, ctx), succeeded]
+    detail = f"{step.id} not done after {loop.max_rounds} rounds ({loop.until} != {loop.equals!r})"
+    events.append(LimitReached("max_loop_iterations", detail, task.task_id, ctx.wall))
+    return events + _attempt_failed(state, task, "error", detail, False, ctx)
 
 
 def _expire_leases(state: RunState, ctx: Context) -> list[RunEvent]:
     live = {a.agent_id for a in ctx.agents}
     events: list[RunEvent] = []
+    seen = state  # the run's counters as this decision changes them (replans)
     for task in state.tasks.values():
         if task.status != "running":
             continue
+        ended: list[RunEvent] = []
         if task.agent_id not in live:
             error = f"agent {task.agent_id} stopped sending heartbeats"
-            events += _attempt_failed(state, task, "agent_lost", error, True, ctx)
+            ended = _attempt_failed(seen, task, "agent_lost", error, True, ctx)
         elif ctx.now > task.assigned_mono + state.graph[task.task_id].timeout_s:
             error = f"no result within {state.graph[task.task_id].timeout_s}s"
-            events += _attempt_failed(state, task, "timeout", error, True, ctx)
+            ended = _attempt_failed(seen, task, "timeout", error, True, ctx)
+        if any(isinstance(e, ReplanRequested) for e in ended):
+            seen = fold(seen, ended)
+        events += ended
     return events
 
 
@@ -141,21 +205,48 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
     loads = Counter({a.agent_id: a.load for a in ctx.agents})
     loads.update(load_delta(earlier))
     events: list[RunEvent] = []
+    bounded = limits.limits_of(state)
+    steps = state.steps if bounded.max_steps else 0
+    reserved = 0
     for role, ready in state.ready.items():
         agents = [a for a in ctx.agents if a.role == role]
         for task_id in ready:
             task = state.tasks[task_id]
             if task.not_before > ctx.now:
                 continue
+            if bounded.max_steps and steps >= bounded.max_steps:
+                detail = f"{steps} steps dispatched, the run allows {bounded.max_steps}"
+                return limits.stop(state, "max_steps", detail, ctx)  # nothing more goes out
+            tokens = limits.task_budget(state, task_id) if bounded.tokens else 0
+            if tokens and not limits.can_reserve(state, tokens, reserved):
+                if state.tokens_reserved + reserved == 0:
+                    detail = (
+                        f"{task_id} needs {tokens} tokens; {state.tokens_spent} of "
+                        f"{bounded.tokens} spent"
+                    )
+                    return limits.stop(state, "tokens", detail, ctx)
+                continue  # wait until a running attempt gives its reservation back
+            window = state.graph[task_id].bid_window_s
+            if window and not task.cfp_until:
+                events.append(contract_net.tender(task, window, ctx))
+                continue
+            if window and ctx.now < task.cfp_until:
+                continue  # bids are still coming in
             free = [a for a in agents if loads[a.agent_id] < a.capacity]
             if not free:
                 break
             fresh = [a for a in free if a.agent_id not in task.excluded]
-            best = min(fresh or free, key=lambda a: (loads[a.agent_id], a.agent_id))
-            reason = (
-                f"role {role}: least loaded of {len(free)} free live agent(s), "
-                f"load {loads[best.agent_id]}/{best.capacity}"
-            )
+            won = contract_net.award(task, fresh or free, loads) if window else None
+            if won is not None:
+                best, reason = won
+            else:
+                best = min(fresh or free, key=lambda a: (loads[a.agent_id], a.agent_id))
+                reason = (
+                    f"role {role}: least loaded of {len(free)} free live agent(s), "
+                    f"load {loads[best.agent_id]}/{best.capacity}"
+                )
+                if window:
+                    reason = f"contract net: no usable bid; {reason}"
             if task.excluded:
                 reason += (
                     f"; avoided {', '.join(sorted(set(task.excluded)))}"
@@ -163,6 +254,10 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
                     else ("; no other agent free, reusing one that failed it")
                 )
             loads[best.agent_id] += 1
+            steps += 1
+            if tokens:
+                reserved += tokens
+                events.append(TokensReserved(task_id, task.attempt + 1, tokens, ctx.wall))
             events.append(
                 TaskAssigned(
                     task_id,
@@ -177,31 +272,89 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
     return events
 
 
-def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[RunEvent]:
-    """End the run if it is over, else hand out whatever is ready."""
-    if state.status != "running":
-        return []
-    failed = [t for t in state.tasks.values() if t.status == "failed"]
-    if failed:
-        cancels: list[RunEvent] = [
-            TaskCancelled(
-                t.task_id,
-                f"run failed: task {failed[0].task_id} failed",
-                t.agent_id if t.status == "running" else "",
-                ctx.wall,
-            )
-            for t in state.tasks.values()
-            if t.status not in TERMINAL_TASK
-        ]
-        return [
-            *cancels,
-            RunFailed(f"task {failed[0].task_id} failed: {failed[0].error}", ctx.wall),
-        ]
-    if all(t.status == "succeeded" for t in state.tasks.values()):
+def _fail_run(state: RunState, culprit: str, ctx: Context) -> list[RunEvent]:
+    task = state.tasks[culprit]
+    cancels: list[RunEvent] = [
+        TaskCancelled(
+            t.task_id,
+            f"run failed: task {culprit} {task.status}",
+            t.agent_id if t.status == "running" else "",
+            ctx.wall,
+        )
+        for t in state.tasks.values()
+        if t.status not in TERMINAL_TASK
+    ]
+    verb = "failed" if task.status == "failed" else task.status
+    return [*cancels, RunFailed(f"task {culprit} {verb}: {task.error}", ctx.wall)]
+
+
+def _unblock(state: RunState, ctx: Context) -> list[RunEvent]:
+    """Tasks whose join can no longer be met: the run fails if a failure caused it, else
+    they are skipped (every way in was skipped)."""
+    for task_id in state.blocked:
+        deps = state.graph[task_id].deps
+        culprit = next((d for d in deps if state.tasks[d].status in ("failed", "cancelled")), "")
+        if culprit:
+            return _fail_run(state, culprit, ctx)
+        return patterns.skip_blocked(state, task_id, ctx)
+    return []
+
+
+def _grow(state: RunState, ctx: Context) -> list[RunEvent]:
+    """The next decision the patterns owe: a blocked join, a gated task, a parent whose
+    added tasks have ended. [] when nothing is owed."""
+    events = _unblock(state, ctx)
+    if events:
+        return events
+    for task_id in state.gated:
+        return patterns.gate(state, task_id, ctx)
+    for parent in state.children:
+        events = patterns.settle_parent(state, parent, ctx)
+        if events:
+            return events
+    return []
+
+
+def _ending(state: RunState, ctx: Context) -> list[RunEvent]:
+    """The run's end, if it has come: a failure nothing can absorb, every task ended, or a
+    run-wide limit."""
+    done = True
+    for t in state.tasks.values():
+        if t.status not in TERMINAL_TASK:
+            done = False
+        elif t.status in UNSUCCESSFUL and t.status != "skipped":
+            spec = state.graph[t.task_id]
+            if not spec.parent and not state.dependents[t.task_id]:
+                return _fail_run(state, t.task_id, ctx)
+    if done:
         sinks = [t for t, deps in state.dependents.items() if not deps]
-        result = {t: state.tasks[t].output for t in sinks}
+        result = {
+            t: state.tasks[t].output
+            for t in sinks
+            if not state.graph[t].parent and state.tasks[t].status == "succeeded"
+        }
         return [RunCompleted(result, ctx.wall)]
-    return _dispatch(state, ctx, earlier)
+    hit = limits.run_limit_hit(state, ctx)
+    if hit is not None:
+        return limits.stop(state, hit[0], hit[1], ctx)
+    return []
+
+
+def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[RunEvent]:
+    """End the run if it is over, else grow the graph as owed and hand out what is ready."""
+    out: list[RunEvent] = []
+    while state.status == "running":
+        grown = _grow(state, ctx)
+        if not grown:
+            break
+        out += grown
+        state = fold(state, grown)
+    if state.status != "running":
+        return out
+    ending = _ending(state, ctx)
+    if ending:
+        return out + ending
+    return out + _dispatch(state, ctx, [*earlier, *out])
 
 
 def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
@@ -219,6 +372,7 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
                     command.trace_id,
                     command.requested_by,
                     ctx.wall,
+                    ctx.now,
                 )
             ]
         case ReportResult():
@@ -236,6 +390,12 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
             if state.status != "running":
                 return []
             events = _expire_leases(state, ctx) if command.check_leases else []
+        case HumanDecision():
+            events = human_decision(state, command, ctx)
+        case CancelRun():
+            events = cancel(state, command, ctx)
+        case SubmitBid():
+            return contract_net.on_bid(state, command, ctx)  # nothing to settle before the award
     if not isinstance(command, Tick) and all(isinstance(e, ResultRejected) for e in events):
         return events  # nothing changed, so there is nothing to settle
     return events + _settle(fold(state, events), ctx, events)

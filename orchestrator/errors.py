@@ -52,3 +52,7 @@ class RunNotRecorded(OrchestratorError):
     def __init__(self, run_id: str) -> None:
         super().__init__(f"run {run_id} could not be recorded in the event store")
         self.run_id = run_id
+
+
+class ControlRefused(OrchestratorError):
+    """A person's decision that cannot apply (no such task, not escalated, run ended)."""

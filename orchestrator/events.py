@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from orchestrator.workflow import WorkflowSpec
+from orchestrator.workflow import StepSpec, TaskSpec, WorkflowSpec
 
 
 class _Event(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type"):
@@ -24,6 +24,8 @@ class RunStarted(_Event, frozen=True, tag="run.started"):
     trace_id: str
     requested_by: str
     at: float
+    mono: float = 0.0
+    """Monotonic seconds at the start: the run's wall-clock deadline counts from here."""
 
 
 class RunForked(_Event, frozen=True, tag="run.forked"):
@@ -108,6 +110,169 @@ class RunFailed(_Event, frozen=True, tag="run.failed"):
     at: float
 
 
+class TaskSkipped(_Event, frozen=True, tag="task.skipped"):
+    """Terminal: a condition did not hold, or every way in was skipped."""
+
+    task_id: str
+    reason: str
+    at: float
+
+
+class BranchTaken(_Event, frozen=True, tag="branch.taken"):
+    """A conditional task's condition held: it may now be dispatched."""
+
+    task_id: str
+    reason: str
+    at: float
+
+
+class TasksAdded(_Event, frozen=True, tag="tasks.added"):
+    """The graph grew: a loop round, a chat turn, or subtasks of `parent`. Dependents of
+    each key of `rewire` now wait for its value instead (a loop's next round)."""
+
+    parent: str
+    reason: str
+    tasks: list[TaskSpec]
+    rewire: dict[str, str]
+    at: float
+
+
+class TokensReserved(_Event, frozen=True, tag="tokens.reserved"):
+    """Before dispatch: `tokens` of the run's budget set aside for this attempt."""
+
+    task_id: str
+    attempt: int
+    tokens: int
+    at: float
+
+
+class UsageCharged(_Event, frozen=True, tag="usage.charged"):
+    """An attempt's usage as its agent reported it, charged to the run's budget."""
+
+    task_id: str
+    attempt: int
+    tokens: int
+    at: float
+
+
+class LimitReached(_Event, frozen=True, tag="limit.reached"):
+    """A hard limit was hit; `task_id` is '' for a run-wide limit."""
+
+    limit: str
+    detail: str
+    task_id: str
+    at: float
+
+
+class TaskDelegated(_Event, frozen=True, tag="task.delegated"):
+    """The attempt ended asking for subtasks; the task completes when they all have."""
+
+    task_id: str
+    attempt: int
+    agent_id: str
+    output: dict[str, Any]
+    at: float
+
+
+class TaskHandedOff(_Event, frozen=True, tag="task.handed_off"):
+    """The attempt ended handing the task to `to_role`, with everything said so far."""
+
+    task_id: str
+    attempt: int
+    agent_id: str
+    from_role: str
+    to_role: str
+    output: dict[str, Any]
+    at: float
+
+
+class TaskEscalated(_Event, frozen=True, tag="task.escalated"):
+    """Dead letter: retries are exhausted and a person must approve, reject or retry."""
+
+    task_id: str
+    error: str
+    at: float
+
+
+HumanChoice = Literal["approve", "reject", "retry"]
+
+
+class HumanDecided(_Event, frozen=True, tag="human.decided"):
+    """A person's decision on an escalated task (the envelope's actor is that person)."""
+
+    task_id: str
+    decision: HumanChoice
+    actor: str
+    note: str
+    at: float
+
+
+class CancelRequested(_Event, frozen=True, tag="cancel.requested"):
+    """Someone asked to cancel a task ('' for the whole run)."""
+
+    task_id: str
+    actor: str
+    reason: str
+    at: float
+
+
+class RunStopped(_Event, frozen=True, tag="run.stopped"):
+    """Terminal: a limit or a cancellation ended the run; `result` holds what was done."""
+
+    limit: str
+    reason: str
+    result: dict[str, Any]
+    at: float
+
+
+class ProposalsCalled(_Event, frozen=True, tag="proposals.called"):
+    """Contract net: attempt `attempt` of the task is put out to tender until `until`
+    (monotonic); bids are taken until then, then the best one is awarded."""
+
+    task_id: str
+    attempt: int
+    until: float
+    at: float
+
+
+class BidReceived(_Event, frozen=True, tag="bid.received"):
+    """A bid for a tendered attempt, from a live agent of the task's role."""
+
+    task_id: str
+    attempt: int
+    agent_id: str
+    cost: float
+    time_s: float
+    confidence: float
+    at: float
+
+
+class ReplanRequested(_Event, frozen=True, tag="replan.requested"):
+    """Retries of `task_id` are exhausted: a planner is asked for a revised remainder."""
+
+    task_id: str
+    error: str
+    at: float
+
+
+class PlanAdopted(_Event, frozen=True, tag="plan.adopted"):
+    """A planner's revised remainder, validated (acyclic, known roles, within budget):
+    its steps join the workflow and its tasks the graph; what they replace was skipped."""
+
+    task_id: str
+    steps: list[StepSpec]
+    tasks: list[TaskSpec]
+    at: float
+
+
+class PlanRejected(_Event, frozen=True, tag="plan.rejected"):
+    """A planner's proposal that failed validation; nothing of it was adopted."""
+
+    task_id: str
+    reason: str
+    at: float
+
+
 RunEvent = (
     RunStarted
     | RunForked
@@ -119,6 +284,23 @@ RunEvent = (
     | ResultRejected
     | RunCompleted
     | RunFailed
+    | TaskSkipped
+    | BranchTaken
+    | TasksAdded
+    | TokensReserved
+    | UsageCharged
+    | LimitReached
+    | TaskDelegated
+    | TaskHandedOff
+    | TaskEscalated
+    | HumanDecided
+    | CancelRequested
+    | RunStopped
+    | ProposalsCalled
+    | BidReceived
+    | ReplanRequested
+    | PlanAdopted
+    | PlanRejected
 )
 
 

@@ -15,11 +15,15 @@ from eventstore import EventRow, EventStore, NewEvent, Snapshot, StoredEvent
 from orchestrator import upcasting
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
+    BidReceived,
+    CancelRequested,
+    HumanDecided,
     ResultRejected,
     RunCompleted,
     RunEvent,
     RunFailed,
     RunStarted,
+    RunStopped,
     SystemEvent,
     TaskAttemptFailed,
     TaskSucceeded,
@@ -41,7 +45,9 @@ _state_encoder = msgspec.msgpack.Encoder()
 _state_decoder = msgspec.msgpack.Decoder(RunState)
 SYSTEM_STREAM = "system"
 RUN_PREFIX = "run-"
-ENDINGS = frozenset(type_of(e) for e in (RunCompleted({}, 0.0), RunFailed("", 0.0)))
+ENDINGS = frozenset(
+    type_of(e) for e in (RunCompleted({}, 0.0), RunFailed("", 0.0), RunStopped("", "", {}, 0.0))
+)
 
 
 def run_stream(run_id: str) -> str:
@@ -63,8 +69,13 @@ class Cause(msgspec.Struct, frozen=True):
 def actor_of(event: RunEvent, cause: Cause) -> str:
     """Who did what the event records: the agent for its own reports, else who asked."""
     if isinstance(event, TaskSucceeded | ResultRejected):
-        return event.agent_id if isinstance(event, TaskSucceeded) else event.sender
+        agent = event.agent_id if isinstance(event, TaskSucceeded) else event.sender
+        return agent or ORCHESTRATOR
     if isinstance(event, TaskAttemptFailed) and event.reason == "error":
+        return event.agent_id
+    if isinstance(event, HumanDecided | CancelRequested):
+        return event.actor
+    if isinstance(event, BidReceived):
         return event.agent_id
     if isinstance(event, RunStarted):
         return cause.actor

@@ -44,6 +44,8 @@ class AgentProcesses:
                 "--capacity", str(spec.capacity),
                 "--heartbeat", str(heartbeat_s),
             ]  # fmt: skip
+            if spec.bidder:
+                command += ["--bidder", resolve_handler(spec.bidder, base)]
             if spec.capabilities:
                 command += ["--capabilities", ",".join(spec.capabilities)]
             with (self.log_dir / f"{agent_id}.log").open("ab") as log:

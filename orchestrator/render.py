@@ -33,6 +33,8 @@ def progress_line(p: Progress, since_start: float) -> str:
             return f"{head}run forked"
         case "task.assigned":
             return f"{head}{p.task_id:<16} started  on {p.agent_id} (attempt {p.attempt})"
+        case "task.succeeded" if not p.agent_id:
+            return f"{head}{p.task_id:<16} finished"
         case "task.succeeded":
             return f"{head}{p.task_id:<16} finished on {p.agent_id} in {p.elapsed_s:.3f}s"
         case "task.attempt_failed":
@@ -43,7 +45,9 @@ def progress_line(p: Progress, since_start: float) -> str:
             return f"{head}run completed in {p.elapsed_s:.3f}s"
         case "run.failed":
             return f"{head}run failed after {p.elapsed_s:.3f}s: {p.detail}"
-    return f"{head}{p.event} {p.task_id}"
+        case "run.stopped":
+            return f"{head}run stopped after {p.elapsed_s:.3f}s: {p.detail}"
+    return f"{head}{p.event:<16} {p.task_id} {p.detail}".rstrip()
 
 
 def run_table(state: RunState) -> str:

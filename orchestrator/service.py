@@ -24,6 +24,7 @@ from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
     AssignReply,
+    Bid,
     ErrorReply,
     Heartbeat,
     InboxMessage,
@@ -31,27 +32,37 @@ from bus.protocol import (
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
-from orchestrator import journal
-from orchestrator.api import RunAccepted, StartRunRequest
+from orchestrator import contract_net, human, journal
+from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
+    CancelRun,
     Command,
     Context,
     DeliveryFailed,
+    HumanDecision,
     ReportFailure,
     ReportResult,
     StartRun,
+    SubmitBid,
     Tick,
 )
 from orchestrator.decide import decide, load_delta
 from orchestrator.effects import (
     Effect,
+    PublishCallForProposals,
     PublishProgress,
     SendAssignment,
     SendControl,
     effects,
     pending_effects,
 )
-from orchestrator.errors import RunNotRecorded, UnknownRun, WorkflowError
+from orchestrator.errors import (
+    ControlRefused,
+    OrchestratorError,
+    RunNotRecorded,
+    UnknownRun,
+    WorkflowError,
+)
 from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
@@ -64,6 +75,8 @@ _inbox_decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 _reply_decoder: Decoder[AssignReply] = Decoder(AssignReply)
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
+_control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
+_bid_decoder: Decoder[Bid] = Decoder(Bid)
 
 
 def _causes(
@@ -143,6 +156,8 @@ class Orchestrator:
         self._subscriptions = [
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
+            await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
+            await self._bus.subscribe(subjects.BIDS_ALL, self._on_bid),
         ]
         await self._recover()
         self._spawn(self._inbox_loop())
@@ -225,6 +240,25 @@ class Orchestrator:
             raise RunNotRecorded(run_id)
         return run_id
 
+    async def control(self, request: RunControlRequest) -> RunState:
+        """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
+        why one cannot apply, and then nothing changed."""
+        state = self.run(request.run_id)
+        command: HumanDecision | CancelRun
+        if request.action == "cancel":
+            command = CancelRun(request.task_id, request.actor, request.note)
+        else:
+            command = HumanDecision(
+                request.task_id, request.action, request.actor, request.note, request.output
+            )
+        refused = human.refusal(state, command)
+        if refused:
+            raise ControlRefused(refused)
+        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
+        if not await self._execute(request.run_id, [(command, cause)]):
+            raise RunNotRecorded(request.run_id)
+        return self.run(request.run_id)
+
     def _context(self, delta: Counter[str]) -> Context:
         now = self._clock()
         return Context(
@@ -293,6 +327,9 @@ class Orchestrator:
                 self._spawn(
                     self._publish(subjects.control(effect.agent_id), encode(effect.control))
                 )
+            elif isinstance(effect, PublishCallForProposals):
+                subject = subjects.cfp(effect.call.role)
+                self._spawn(self._publish(subject, encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
                 self._spawn(
                     self._publish(subjects.progress(state.run_id), encode(effect.progress), trace)
@@ -400,6 +437,32 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(RunAccepted(run_id)))
+
+    async def _on_bid(self, msg: Incoming) -> None:
+        """A contract-net bid: handed to the core, or refused and audited."""
+        try:
+            run_id, sender = subjects.bid_sender(msg.subject)
+            bid = _bid_decoder.decode(msg.data)
+            if bid.run_id != run_id or run_id not in self._runs:
+                raise MalformedMessage(f"bid for run {bid.run_id} sent on {msg.subject}")
+        except BusError as exc:
+            await self._reject(msg.subject, str(exc), len(msg.data))
+            return
+        command = SubmitBid(bid, sender)
+        refused = contract_net.refusal(self._runs[run_id], command, self._context(Counter()))
+        if refused:
+            await self._reject(msg.subject, f"bid refused: {refused}", len(msg.data))
+            return
+        cause = Cause(f"{bid.task_id}:{bid.attempt}:bid:{sender}", sender)
+        await self._execute(run_id, [(command, cause)])
+
+    async def _on_control_request(self, msg: Incoming) -> None:
+        try:
+            state = await self.control(_control_decoder.decode(msg.data))
+        except (BusError, OrchestratorError) as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
 
     async def _reject(self, subject: str, reason: str, size: int) -> None:
         log.warning("rejected message on %s: %s", subject, reason)

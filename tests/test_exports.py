@@ -25,7 +25,7 @@ PINNED = {
         "UnknownEvent UnknownRun VersionGap WorkflowError WorkflowSpec bootstrap "
         "compile_graph decide effects evolve fold load parse pending_effects replay"
     ),
-    "agents": "AgentRuntime Handler HandlerNotFound TaskContext TaskError load_handler",
+    "agents": "AgentRuntime Handler HandlerNotFound Reply TaskContext TaskError load_handler",
 }
 
 

@@ -1,0 +1,566 @@
+"""Property-based tests of the coordination patterns in the pure core (DESIGN §7).
+
+A hypothesis state machine drives random workflows of every pattern (joins any/quorum,
+conditional branches, bounded loops, group chats with each selector, subtasks, handoffs,
+escalation, retry constraints) under random hard limits (token budgets, deadline, max
+steps, max handoffs, subtask depth), with agents joining and vanishing, results that ask
+for subtasks or handoffs and report usage, failures, stale and duplicate reports, time
+passing, people's decisions and cancellations, and crash-and-replay steps. After every
+decision it checks the invariants event by event, after every step the whole state, and
+at the end that the run terminates.
+
+The example count comes from the hypothesis profile (`tests/conftest.py`): a few
+thousand in CI, fewer with `HYPOTHESIS_PROFILE=dev`.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from bus.protocol import Bid, SubtaskRequest, TaskFailure, TaskResult, Usage
+from orchestrator import contract_net, human, patterns
+from orchestrator.commands import (
+    AgentView,
+    CancelRun,
+    Command,
+    Context,
+    HumanDecision,
+    ReportFailure,
+    ReportResult,
+    StartRun,
+    SubmitBid,
+    Tick,
+)
+from orchestrator.decide import decide
+from orchestrator.effects import SendAssignment, pending_effects
+from orchestrator.events import (
+    BidReceived,
+    BranchTaken,
+    PlanAdopted,
+    ResultRejected,
+    RunCompleted,
+    RunEvent,
+    RunFailed,
+    RunStopped,
+    TaskAssigned,
+    TaskCancelled,
+    TaskHandedOff,
+    TasksAdded,
+    TokensReserved,
+    encode,
+    run_event_decoder,
+)
+from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold, replay
+from orchestrator.workflow import (
+    Chat,
+    Condition,
+    Limits,
+    Loop,
+    Retry,
+    Selector,
+    StepSpec,
+    WorkflowSpec,
+    known_roles,
+    validate,
+)
+
+RUN = "pattern-run"
+ROLES = ("a", "b", "c")
+POOL = (*(f"{r}-{i}" for r in ROLES for i in range(2)), "planner-0")
+ENDS = (RunCompleted, RunFailed, RunStopped)
+Draw = Callable[[st.SearchStrategy[Any]], Any]
+
+
+# -- strategies ----------------------------------------------------------------------------
+
+
+@st.composite
+def steps(draw: st.DrawFn, i: int, earlier: list[StepSpec]) -> StepSpec:
+    sid = f"s{i}"
+    pick = [s.id for s in earlier]
+    needs = sorted(set(draw(st.lists(st.sampled_from(pick), max_size=2)))) if pick else []
+    width = sum(s.fan_out for s in earlier if s.id in needs)
+    join, quorum = "all", 0
+    if needs:
+        join = draw(st.sampled_from(("all", "all", "any", "quorum")))
+        quorum = draw(st.integers(1, width)) if join == "quorum" else 0
+    when = unless = None
+    conditional: bool = draw(st.booleans())
+    if needs and conditional:
+        cond = Condition(step=draw(st.sampled_from(needs)), key="ok", equals=draw(st.booleans()))
+        when, unless = (cond, None) if draw(st.booleans()) else (None, cond)
+    common: dict[str, Any] = {
+        "id": sid, "needs": needs, "join": join, "quorum": quorum, "when": when,
+        "unless": unless, "timeout_s": draw(st.sampled_from((1.0, 3.0))),
+        "max_attempts": draw(st.integers(1, 3)), "params": {"step": i},
+        "tokens": draw(st.sampled_from((0, 10, 30))),
+    }  # fmt: skip
+    if draw(st.integers(0, 4)) == 0:
+        participants = draw(st.lists(st.sampled_from(ROLES), min_size=1, max_size=3, unique=True))
+        selector: Selector = draw(st.sampled_from(("round_robin", "rule", "agent")))
+        rules = {}
+        if selector == "rule":
+            rules = {p: draw(st.sampled_from(participants)) for p in participants}
+        chat = Chat(
+            participants=participants, max_turns=draw(st.integers(1, 4)), selector=selector,
+            rules=rules, selector_role=draw(st.sampled_from(ROLES)) if selector == "agent" else "",
+            until="agree",
+        )  # fmt: skip
+        return StepSpec(chat=chat, **common)
+    role = draw(st.sampled_from(ROLES))
+    fan_out = draw(st.integers(1, 3))
+    loop = None
+    if fan_out == 1 and draw(st.integers(0, 3)) == 0:
+        loop = Loop(back_to=sid, until="approved", max_rounds=draw(st.integers(1, 3)))
+    retry = None
+    if draw(st.integers(0, 3)) == 0:
+        retry = Retry(role=draw(st.sampled_from(ROLES)), tokens=draw(st.sampled_from((0, 5))))
+    return StepSpec(
+        role=role, fan_out=fan_out, loop=loop, retry=retry,
+        max_subtasks=draw(st.integers(0, 2)),
+        handoff_to=draw(st.lists(st.sampled_from(ROLES), max_size=2, unique=True)),
+        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate", "replan"))),
+        routing=draw(st.sampled_from(("plain", "plain", "contract_net"))), bid_window_s=1.0,
+        **common,
+    )  # fmt: skip
+
+
+@st.composite
+def workflows(draw: st.DrawFn) -> WorkflowSpec:
+    made: list[StepSpec] = []
+    for i in range(draw(st.integers(1, 5))):
+        made.append(draw(steps(i, made)))
+    tokens = draw(st.sampled_from((0, 0, 60, 150, 400)))
+    limits = Limits(
+        tokens=tokens, task_tokens=20 if tokens else draw(st.sampled_from((0, 40))),
+        deadline_s=draw(st.sampled_from((0.0, 0.0, 0.0, 12.0, 40.0))),
+        max_steps=draw(st.sampled_from((0, 0, 6, 20))),
+        max_handoffs=draw(st.integers(0, 3)), max_subtask_depth=draw(st.integers(0, 2)),
+    )  # fmt: skip
+    return validate(WorkflowSpec(name="props", steps=made, limits=limits))
+
+
+outputs = st.fixed_dictionaries(
+    {"ok": st.booleans(), "approved": st.booleans(), "agree": st.booleans(),
+     "next": st.sampled_from((*ROLES, "nobody"))}
+)  # fmt: skip
+
+
+# -- the harness -----------------------------------------------------------------------------
+
+
+class Harness:
+    """One run through the pure core, as the shell would drive it, checking every event."""
+
+    def __init__(self, workflow: WorkflowSpec, capacity: dict[str, int], seed: int) -> None:
+        self.workflow = workflow
+        self.capacity = capacity
+        self.live: set[str] = set()
+        self.state = RunState(RUN)
+        self.log: list[RunEvent] = []
+        self.now = 100.0
+        self.issued = 0
+        self.rng = random.Random(seed)
+        self.applied: list[Command] = []
+        self.leases: list[tuple[str, int, str, str]] = []
+
+    def token(self) -> str:
+        self.issued += 1
+        return f"lease-{self.issued}"
+
+    def views(self) -> list[AgentView]:
+        load = Counter(t.agent_id for t in self.state.tasks.values() if t.status == "running")
+        return [
+            AgentView(a, a.rsplit("-", 1)[0], self.capacity[a], load[a]) for a in sorted(self.live)
+        ]
+
+    def apply(self, command: Command) -> list[RunEvent]:
+        ctx = Context(self.now, 1.7e9 + self.now, self.views(), self.token, self.rng.random)
+        before = self.state
+        events = decide(before, command, ctx)
+        self.check_events(before, command, events)
+        self.state = fold(before, events)
+        self.log += events
+        self.leases += [
+            (e.task_id, e.attempt, e.lease_token, e.agent_id)
+            for e in events
+            if isinstance(e, TaskAssigned)
+        ]
+        return events
+
+    def result(self, task: TaskState, draw: Draw | None, plain: bool = False) -> ReportResult:
+        output: dict[str, Any] = {"ok": True, "approved": True, "agree": True, "next": "a"}
+        tokens, subtasks, handoff = 0, [], ""
+        if draw is not None:
+            output = draw(outputs)
+            tokens = draw(st.sampled_from((0, 0, 5, 15, 35)))
+            if not plain and draw(st.integers(0, 2)) == 0:
+                subtasks = [
+                    SubtaskRequest(draw(st.sampled_from(ROLES)), {"n": n})
+                    for n in range(draw(st.integers(1, 3)))
+                ]
+            elif not plain and draw(st.integers(0, 1)) == 0:
+                spec = self.state.graph[task.task_id]
+                allowed = [] if spec.parent else self.state.step(spec.step).handoff_to
+                valid: bool = draw(st.booleans())
+                handoff = draw(st.sampled_from(allowed if allowed and valid else ROLES))
+        if self.state.graph[task.task_id].kind == "plan" and draw is not None:
+            new = f"re{self.issued}"
+            output = draw(st.sampled_from((
+                {"steps": []},
+                {"steps": [{"id": new, "role": "a"}]},
+                {"steps": [{"id": new, "role": "b"}, {"id": new + "x", "role": "c",
+                                                     "needs": [new]}]},
+                {"steps": [{"id": new, "role": "ghost"}]},
+                {"steps": [{"id": new, "role": "a", "needs": [new]}]},
+            )))  # fmt: skip
+            subtasks, handoff = [], ""
+        r = TaskResult(
+            RUN, task.task_id, task.attempt, task.lease_token, task.agent_id, output, 0.1,
+            Usage(tokens) if tokens else None, subtasks, handoff,
+        )  # fmt: skip
+        return ReportResult(r, task.agent_id)
+
+    # -- per-event checks (§7.5, §7.6) ----------------------------------------------------
+
+    def check_events(self, before: RunState, command: Command, events: list[RunEvent]) -> None:
+        limits = self.workflow.limits
+        live = {v.agent_id: v for v in self.views()}
+        s = before
+        for i, e in enumerate(events):
+            if s.terminal:
+                assert isinstance(e, ResultRejected), (e, "after the run ended")
+            match e:
+                case TaskAssigned():
+                    t, spec = s.tasks[e.task_id], s.graph[e.task_id]
+                    assert t.status == "pending", (e, t)
+                    assert e.task_id not in s.gated
+                    assert e.task_id not in s.blocked
+                    done = sum(s.tasks[d].status == "succeeded" for d in spec.deps)
+                    assert done >= spec.threshold, "started before its deps succeeded"
+                    if not spec.parent:
+                        step = s.step(spec.step)
+                        if step.when is not None or step.unless is not None:
+                            assert any(
+                                isinstance(x, BranchTaken) and x.task_id == e.task_id
+                                for x in self.log + events[:i]
+                            ), "a conditional task started without its branch taken"
+                    assert e.agent_id in live
+                    assert live[e.agent_id].role == s.role_of(e.task_id)
+                    load = sum(
+                        x.agent_id == e.agent_id and x.status == "running" for x in s.tasks.values()
+                    )
+                    assert load < self.capacity[e.agent_id]
+                    assert not limits.max_steps or s.steps < limits.max_steps, "max_steps"
+                    assert t.not_before <= self.now
+                    if spec.bid_window_s:  # tendered first, awarded after the window
+                        assert t.cfp_until, "a contract-net task assigned without a tender"
+                        assert self.now >= t.cfp_until
+                        if e.reason.startswith("contract net: best"):
+                            running = Counter(
+                                x.agent_id for x in s.tasks.values() if x.status == "running"
+                            )
+                            free = {
+                                a for a, v in live.items()
+                                if v.role == s.role_of(e.task_id) and running[a] < v.capacity
+                            }  # fmt: skip
+                            pool = (free - set(t.excluded)) or free
+                            offers = {b.agent_id: (b.cost, b.time_s, -b.confidence, b.agent_id)
+                                      for b in t.bids if b.agent_id in pool}  # fmt: skip
+                            assert e.agent_id in offers, "awarded to an agent that did not bid"
+                            assert offers[e.agent_id] == min(offers.values()), "not the best bid"
+                case TasksAdded():
+                    parent = s.graph.get(e.parent)
+                    assert parent is not None
+                    if parent.kind == "chat":
+                        chat = s.step(parent.step).chat
+                        assert chat is not None
+                        turns = [t for t in e.tasks if t.kind in ("turn", "select")]
+                        assert all(t.round <= chat.max_turns for t in turns), "chat over max"
+                    elif [t.kind for t in e.tasks] == ["plan"]:
+                        assert s.replans <= limits.max_replans, "a replan beyond the bound"
+                    elif e.rewire:
+                        loop = s.step(parent.step).loop
+                        assert loop is not None
+                        assert all(t.round <= loop.max_rounds for t in e.tasks), "loop over max"
+                    else:
+                        step = s.step(parent.step)
+                        assert len(e.tasks) <= step.max_subtasks
+                        assert all(t.round <= limits.max_subtask_depth for t in e.tasks)
+                case TaskHandedOff():
+                    assert s.handoffs < limits.max_handoffs
+                    assert e.to_role in s.step(s.graph[e.task_id].step).handoff_to
+                case PlanAdopted():
+                    assert s.replans <= limits.max_replans
+                    known = known_roles(self.workflow)
+                    assert all(step.role in known for step in e.steps)
+                    new = {t.task_id for t in e.tasks}
+                    for added in e.tasks:
+                        assert all(d in new or s.tasks[d].status == "succeeded" for d in added.deps)
+                case TaskCancelled():
+                    t = s.tasks[e.task_id]
+                    assert t.status not in TERMINAL_TASK
+                    assert e.agent_id == (t.agent_id if t.status == "running" else ""), (e, t)
+                case BranchTaken():
+                    step = s.step(s.graph[e.task_id].step)
+                    assert step.when is None or patterns.holds(s, step.when)
+                    assert step.unless is None or not patterns.holds(s, step.unless)
+            after = fold(s, [e])
+            if isinstance(e, TokensReserved):
+                assert after.tokens_spent + after.tokens_reserved <= limits.tokens, "overbooked"
+            if isinstance(e, TaskHandedOff):
+                said = after.tasks[e.task_id].context
+                assert said[:-1] == s.tasks[e.task_id].context, "handoff lost context"
+                assert said[-1]["output"] == e.output
+            s = after
+
+    # -- whole-state invariants -----------------------------------------------------------
+
+    def check_state(self) -> None:
+        s = self.state
+        assert s.version == len(self.log)
+        assert fold(RunState(RUN), self.log) == s, "fold(log) == live state"
+        if s.status == "new":
+            return
+        limits = self.workflow.limits
+        assert s.tokens_reserved == sum(t.reserved for t in s.tasks.values())
+        assert all(t.status == "running" for t in s.tasks.values() if t.reserved)
+        load = Counter(t.agent_id for t in s.tasks.values() if t.status == "running")
+        assert all(n <= self.capacity[a] for a, n in load.items())
+        assert s.handoffs <= limits.max_handoffs
+        for parent, children in s.children.items():
+            spec = s.graph[parent]
+            if spec.kind == "chat":
+                chat = s.step(spec.step).chat
+                assert chat is not None
+                turns = [c for c in children if s.graph[c].kind == "turn"]
+                assert len(turns) <= chat.max_turns, "a chat beyond its max turns"
+        for t in s.tasks.values():
+            if t.status == "running":
+                assert t.agent_id
+                assert t.lease_token
+            spec = s.graph[t.task_id]
+            if spec.kind == "task" and not spec.parent:
+                loop = s.step(spec.step).loop
+                assert spec.round <= (loop.max_rounds if loop else 1)
+        ends = [e for e in self.log if isinstance(e, ENDS)]
+        assert len(ends) <= 1
+        if s.terminal:
+            assert ends
+            assert all(t.status in TERMINAL_TASK for t in s.tasks.values())
+            assert pending_effects(s) == []
+        else:
+            running = {t.task_id for t in s.tasks.values() if t.status == "running"}
+            owed = pending_effects(s)
+            assert {x.assignment.task_id for x in owed if isinstance(x, SendAssignment)} == running
+
+    def crash(self) -> None:
+        stored = [run_event_decoder.decode(encode(e)) for e in self.log]
+        rebuilt = replay(RUN, enumerate(stored, start=1))
+        assert rebuilt == self.state
+        snapshot = msgspec.msgpack.encode(self.state)  # what journal.snapshot_of stores
+        assert msgspec.msgpack.encode(rebuilt) == snapshot
+        assert msgspec.msgpack.decode(snapshot, type=RunState) == self.state, "snapshot loses"
+        assert pending_effects(rebuilt) == pending_effects(self.state)
+        self.state, self.log = rebuilt, stored
+
+    def drive_to_end(self) -> None:
+        """Healthy agents of every role answer plainly, people approve, time passes: the
+        run must end (every pattern is bounded)."""
+        if self.state.status == "new":
+            self.apply(StartRun(RUN, self.workflow, {}, "0" * 32, "t"))
+        for a in POOL:
+            self.live.add(a)
+        for _ in range(400):
+            if self.state.terminal:
+                return
+            for t in list(self.state.tasks.values()):
+                current = self.state.tasks[t.task_id]
+                if current.status == "running" and not self.state.terminal:
+                    self.apply(self.result(current, None))
+                elif current.status == "escalated" and not self.state.terminal:
+                    self.apply(HumanDecision(t.task_id, "approve", "human:prop"))
+            self.now += 6.0
+            self.apply(Tick())
+        raise AssertionError(f"run still {self.state.status}: {self.state.tasks}")
+
+
+# -- the machine -------------------------------------------------------------------------------
+
+
+class PatternMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.h: Harness | None = None
+
+    @property
+    def run(self) -> Harness:
+        assert self.h is not None
+        return self.h
+
+    def running(self) -> list[TaskState]:
+        return [t for t in self.run.state.tasks.values() if t.status == "running"]
+
+    def has_running(self) -> bool:
+        return self.h is not None and any(
+            t.status == "running" for t in self.h.state.tasks.values()
+        )
+
+    @initialize(
+        workflow=workflows(),
+        caps=st.lists(st.integers(1, 3), min_size=len(POOL), max_size=len(POOL)),
+        live=st.sets(st.sampled_from(POOL)),
+        seed=st.integers(0, 2**32 - 1),
+    )
+    def setup(self, workflow: WorkflowSpec, caps: list[int], live: set[str], seed: int) -> None:
+        self.h = Harness(workflow, dict(zip(POOL, caps, strict=True)), seed)
+        self.h.live = set(live)
+        self.h.apply(StartRun(RUN, workflow, {}, "0" * 32, "t"))
+
+    @rule(agent=st.sampled_from(POOL))
+    def agent_joins(self, agent: str) -> None:
+        self.run.live.add(agent)
+        self.run.apply(Tick(check_leases=False))
+
+    @precondition(lambda self: self.h is not None and bool(self.h.live))
+    @rule(data=st.data())
+    def agent_vanishes(self, data: st.DataObject) -> None:
+        self.run.live.discard(data.draw(st.sampled_from(sorted(self.run.live))))
+
+    @precondition(has_running)
+    @rule(data=st.data(), plain=st.booleans())
+    def result(self, data: st.DataObject, plain: bool) -> None:
+        task = data.draw(st.sampled_from(self.running()))
+        command = self.run.result(task, data.draw, plain)
+        self.run.apply(command)
+        self.run.applied.append(command)
+
+    @precondition(has_running)
+    @rule(data=st.data(), retryable=st.booleans())
+    def failure(self, data: st.DataObject, retryable: bool) -> None:
+        t = data.draw(st.sampled_from(self.running()))
+        f = TaskFailure(RUN, t.task_id, t.attempt, t.lease_token, t.agent_id, "boom", retryable)
+        self.run.apply(ReportFailure(f, t.agent_id))
+
+    @precondition(lambda self: self.h is not None and bool(self.h.applied))
+    @rule(data=st.data())
+    def duplicate_or_late(self, data: st.DataObject) -> None:
+        """A re-delivered report, or one whose attempt has since ended: changes nothing."""
+        before = self.run.state
+        events = self.run.apply(data.draw(st.sampled_from(self.run.applied)))
+        assert all(isinstance(e, ResultRejected) for e in events)
+        assert self.run.state.tasks == before.tasks
+
+    @precondition(lambda self: self.h is not None and bool(self.h.leases))
+    @rule(data=st.data())
+    def stale_report(self, data: st.DataObject) -> None:
+        task_id, attempt, lease, agent = data.draw(st.sampled_from(self.run.leases))
+        current = self.run.state.tasks[task_id]
+        if (current.attempt, current.status) == (attempt, "running"):
+            return
+        r = TaskResult(RUN, task_id, attempt, lease, agent, {"late": True}, 0.1)
+        before = self.run.state
+        events = self.run.apply(ReportResult(r, agent))
+        assert all(isinstance(e, ResultRejected) for e in events)
+        assert self.run.state.tasks == before.tasks
+
+    @rule(dt=st.sampled_from((0.1, 0.5, 1.5, 4.0, 10.0)), leases=st.booleans())
+    def tick(self, dt: float, leases: bool) -> None:
+        self.run.now += dt
+        self.run.apply(Tick(check_leases=leases))
+
+    @rule(data=st.data(), decision=st.sampled_from(("approve", "reject", "retry")))
+    def person_decides(self, data: st.DataObject, decision: str) -> None:
+        """Mostly on escalated tasks; sometimes on any task, which must be refused."""
+        tasks = sorted(self.run.state.tasks)
+        waiting = [t for t in tasks if self.run.state.tasks[t].status == "escalated"]
+        mostly: bool = data.draw(st.booleans())
+        task_id = data.draw(st.sampled_from(waiting if waiting and mostly else tasks))
+        command = HumanDecision(task_id, decision, "human:prop")  # type: ignore[arg-type]
+        refused = human.refusal(self.run.state, command)
+        before = self.run.state
+        events = self.run.apply(command)
+        if refused:
+            assert events == []
+            assert self.run.state is before, "a refused decision changed state"
+        else:
+            assert events
+
+    @rule(data=st.data(), which=st.integers(0, 11))
+    def person_cancels(self, data: st.DataObject, which: int) -> None:
+        """Rarely the whole run, sometimes one task (a no-op draw otherwise)."""
+        if which > 3:
+            return
+        task_id = "" if which == 0 else data.draw(st.sampled_from(sorted(self.run.state.tasks)))
+        command = CancelRun(task_id, "human:prop")
+        refused = human.refusal(self.run.state, command)
+        events = self.run.apply(command)
+        assert bool(events) != bool(refused)
+        if not refused and not task_id:
+            assert self.run.state.status == "stopped"
+
+    @rule(data=st.data(), honest=st.integers(0, 3), spoof=st.integers(0, 5))
+    def agent_bids(self, data: st.DataObject, honest: int, spoof: int) -> None:
+        """A bid, mostly by a live agent of the role for a tendered task, sometimes not."""
+        state = self.run.state
+        tasks = sorted(state.tasks)
+        tendered = [t for t in tasks if state.tasks[t].cfp_until]
+        task_id = data.draw(st.sampled_from(tendered if tendered and honest else tasks))
+        task = state.tasks[task_id]
+        fits = sorted(a for a in self.run.live if a.rsplit("-", 1)[0] == state.role_of(task_id))
+        agent = data.draw(st.sampled_from(fits if fits and honest else [*POOL, "intruder"]))
+        cost = data.draw(st.sampled_from((0.0, 1.0, 2.5, -1.0)))
+        offer = Bid(RUN, task_id, task.attempt + 1, agent, cost, 1.0, 0.5)
+        command = SubmitBid(offer, "a-0" if spoof == 0 else agent)
+        ctx = Context(self.run.now, 0.0, self.run.views(), self.run.token, self.run.rng.random)
+        refused = contract_net.refusal(self.run.state, command, ctx)
+        before = self.run.state
+        events = self.run.apply(command)
+        if refused:
+            assert events == []
+            assert self.run.state is before
+        else:
+            assert [type(e) for e in events] == [BidReceived]
+
+    @rule()
+    def crash_and_recover(self) -> None:
+        self.run.crash()
+
+    @invariant()
+    def pattern_invariants(self) -> None:
+        if self.h is not None:
+            self.h.check_state()
+
+    def teardown(self) -> None:
+        if self.h is not None and sys.exc_info()[1] is None:
+            self.h.drive_to_end()
+            self.h.check_state()
+
+
+def test_pattern_state_machine() -> None:
+    run_state_machine_as_test(
+        PatternMachine,
+        settings=settings(
+            settings.default,
+            stateful_step_count=30,
+            deadline=None,
+            database=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+        ),
+    )
