@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 
 from agents.sdk import Handler, TaskContext, TaskError
+from agents.telemetry import AgentTelemetry, attempt_usage
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -30,6 +31,7 @@ from bus.protocol import (
     TaskFailure,
     TaskResult,
 )
+from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent")
@@ -52,6 +54,7 @@ class AgentRuntime:
         capabilities: list[str] | None = None,
         capacity: int = 4,
         heartbeat_s: float = 0.5,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
@@ -64,6 +67,9 @@ class AgentRuntime:
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._telemetry = AgentTelemetry(
+            telemetry or Telemetry("baton-agent", enabled=False), self.agent_id, role
+        )
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -125,7 +131,7 @@ class AgentRuntime:
         self._seen[key] = None
         if len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
-        self._held[key] = asyncio.create_task(self._work(a, trace))
+        self._held[key] = asyncio.create_task(self._telemetry.traced(a, trace, self._work))
         return AssignAck(True)
 
     def _control(self, control: Control) -> None:
@@ -153,6 +159,7 @@ class AgentRuntime:
                         self.agent_id,
                         output,
                         time.monotonic() - started,
+                        attempt_usage(),
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable)
@@ -165,7 +172,7 @@ class AgentRuntime:
                 subjects.inbox(a.run_id, self.agent_id),
                 encode(outcome),
                 msg_id=f"{a.run_id}:{a.task_id}:{a.attempt}:{kind}",
-                trace=trace.child() if trace else None,
+                trace=trace,
             )
         except asyncio.CancelledError:
             log.info("attempt %s of %s cancelled", a.attempt, a.task_id)
@@ -175,6 +182,7 @@ class AgentRuntime:
             self._held.pop(key, None)
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
+        self._telemetry.failed(error, retryable)  # called in the `except`: records it
         return TaskFailure(
             a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable
         )

@@ -77,6 +77,8 @@ class TaskResult(_Message, frozen=True, tag="task.result"):
     agent_id: str
     output: Payload
     elapsed_s: float
+    usage: dict[str, int] | None = None
+    """Model tokens the attempt used (`input_tokens`, `output_tokens`), if it used any."""
 
 
 class TaskFailure(_Message, frozen=True, tag="task.failure"):

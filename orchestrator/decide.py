@@ -116,7 +116,13 @@ def _on_report(
     if isinstance(report, TaskResult):
         return [
             TaskSucceeded(
-                task.task_id, task.attempt, task.agent_id, report.output, report.elapsed_s, ctx.wall
+                task.task_id,
+                task.attempt,
+                task.agent_id,
+                report.output,
+                report.elapsed_s,
+                ctx.wall,
+                usage=report.usage,
             )
         ]
     return _attempt_failed(state, task, "error", report.error, report.retryable, ctx)

@@ -53,6 +53,8 @@ class TaskSucceeded(_Event, frozen=True, tag="task.succeeded"):
     output: dict[str, Any]
     elapsed_s: float
     at: float
+    usage: dict[str, int] | None = None
+    """Model tokens the attempt reported using, charged to the run."""
 
 
 AttemptEnd = Literal["error", "agent_lost", "timeout", "undeliverable"]

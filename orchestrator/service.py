@@ -29,6 +29,7 @@ from bus.protocol import (
     InboxMessage,
     TaskResult,
 )
+from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
 from orchestrator import journal
@@ -56,6 +57,7 @@ from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEven
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
+from orchestrator.telemetry import OrchestratorTelemetry
 from orchestrator.workflow import WorkflowSpec, validate
 
 log = logging.getLogger("baton.orchestrator")
@@ -111,6 +113,7 @@ class Orchestrator:
         assign_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -131,6 +134,12 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._consumer: InboxConsumer | None = None
         self._subscriptions: list[Subscription] = []
+        self._obs = OrchestratorTelemetry(
+            telemetry or Telemetry("baton-orchestrator", enabled=False),
+            self._registry,
+            self._runs,
+            clock,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -245,22 +254,28 @@ class Orchestrator:
             before = state = self._runs[run_id]
             events: list[RunEvent] = []
             causes: list[Cause] = []
+            span_ids: list[str] = []
             delta: Counter[str] = Counter()
             for command, cause in items:
+                began = time.time_ns()
                 decided = decide(state, command, self._context(delta))
                 if decided:
                     after = fold(state, decided)
                     causes += _causes(state, command, cause, len(decided), after.trace_id)
+                    span_id = self._obs.decided(state, command, cause, decided, began)
+                    span_ids += [span_id] * len(decided)
                     state = after
                     events += decided
                     delta.update(load_delta(decided))
             if not events:
                 return True
-            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes)
+            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
             try:
+                began_s = time.perf_counter()
                 stored = await self._store.append(
                     journal.run_stream(run_id), envelopes, before.version
                 )
+                self._obs.appended("run", time.perf_counter() - began_s)
             except EventStoreError:
                 log.exception("append to run %s failed; reloading it from the store", run_id)
                 if before.version:
@@ -269,6 +284,7 @@ class Orchestrator:
                 return False
             self._runs[run_id] = state
             self._registry.set_inflight(run_id, journal.running_agents(state))
+            self._obs.recorded(before, state, events, span_ids)
             self._perform(state, effects(state, events))
             if state.version // journal.SNAPSHOT_EVERY > before.version // journal.SNAPSHOT_EVERY:
                 self._spawn(self._snapshot(state, stored[-1].position))
@@ -308,16 +324,21 @@ class Orchestrator:
         self, run_id: str, effect: SendAssignment, trace: TraceContext
     ) -> None:
         a = effect.assignment
-        try:
-            reply = await self._bus.request(
-                subjects.assign(effect.agent_id), encode(a), self._assign_timeout, trace
-            )
-            answer = _reply_decoder.decode(reply)
-            if isinstance(answer, AssignAck) and answer.accepted:
-                return
-            error = answer.error if isinstance(answer, ErrorReply) else answer.reason
-        except (RequestFailed, MalformedMessage) as exc:
-            error = str(exc)
+        with self._obs.dispatch(trace.trace_id, run_id, effect) as dispatch:
+            try:
+                reply = await self._bus.request(
+                    subjects.assign(effect.agent_id),
+                    encode(a),
+                    self._assign_timeout,
+                    dispatch.trace or trace,
+                )
+                answer = _reply_decoder.decode(reply)
+                if isinstance(answer, AssignAck) and answer.accepted:
+                    return
+                error = answer.error if isinstance(answer, ErrorReply) else answer.reason
+            except (RequestFailed, MalformedMessage) as exc:
+                error = str(exc)
+            dispatch.failed(error)
         cause = Cause(f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id)
         await self._execute(run_id, [(DeliveryFailed(a.task_id, a.attempt, error), cause)])
 
@@ -354,8 +375,8 @@ class Orchestrator:
                 command, kind = ReportResult(report, sender), "result"
             else:
                 command, kind = ReportFailure(report, sender), "failure"
-            trace_id = msg.trace.trace_id if msg.trace else ""
-            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id)
+            trace_id, span_id = (msg.trace.trace_id, msg.trace.span_id) if msg.trace else ("", "")
+            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id)
             by_run[run_id].append((command, cause))
             acks[run_id].append(msg)
         for run_id, items in by_run.items():
@@ -409,11 +430,13 @@ class Orchestrator:
         async with self._system_lock:
             version = self._system_version + 1
             try:
+                began_s = time.perf_counter()
                 await self._store.append(
                     journal.SYSTEM_STREAM,
                     [journal.system_envelope(version, event, actor)],
                     self._system_version,
                 )
+                self._obs.appended("system", time.perf_counter() - began_s)
             except EventStoreError:
                 log.exception("could not record %s", type(event).__name__)
                 self._system_version = await self._store.stream_version(journal.SYSTEM_STREAM)
