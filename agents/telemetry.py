@@ -10,6 +10,7 @@ returned to the orchestrator in `TaskResult.usage`, which charges them to the ru
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -25,6 +26,7 @@ from bus.tracecontext import TraceContext
 _usage: ContextVar[dict[str, int] | None] = ContextVar("baton_attempt_usage", default=None)
 _failed: ContextVar[list[str] | None] = ContextVar("baton_attempt_failed", default=None)
 _SCOPE = "baton.agents"
+log = logging.getLogger("baton.agent.attempts")
 _token_usage = metrics.get_meter(_SCOPE).create_histogram(
     "gen_ai.client.token.usage", "{token}", "tokens used by model calls"
 )
@@ -83,6 +85,21 @@ class AgentTelemetry:
                 await work(a, trace_context_of(span) or parent)
                 for kind, count in usage.items():
                     span.set_attribute(f"gen_ai.usage.{kind}", count)
+                log.info(
+                    "attempt %s#%d %s",
+                    a.task_id,
+                    a.attempt,
+                    "failed" if failed else "succeeded",
+                    extra={
+                        "event_type": "attempt.failed" if failed else "attempt.succeeded",
+                        "run_id": a.run_id,
+                        "task_id": a.task_id,
+                        "attempt": a.attempt,
+                        "agent_id": self._agent_id,
+                        "error": failed[0] if failed else "",
+                        "usage": dict(usage),
+                    },
+                )
         finally:
             _usage.reset(usage_token)
             _failed.reset(failed_token)

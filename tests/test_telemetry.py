@@ -1,0 +1,305 @@
+"""OpenTelemetry across processes: the example run is one trace whose spans, from the
+orchestrator (in-memory exporter) and from every agent process (a JSON-lines file the
+agents append to), form one correctly parented tree; failures are error spans with the
+exception recorded; token metrics equal the usage the log charged."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from bus.telemetry import (
+    JsonLogFormatter,
+    Telemetry,
+    TelemetryConfigError,
+    configure_logging,
+    span_processors,
+    span_record,
+)
+from orchestrator import journal
+from orchestrator.events import TaskSucceeded
+from orchestrator.state import RunState
+from orchestrator.telemetry import run_span_id, task_span_id
+from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, load
+from tests.cluster import EXAMPLE, cluster
+
+
+class Recorded:
+    """The orchestrator's in-memory exporters and the agents' span file, read together."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.reader = InMemoryMetricReader()
+        self.telemetry = Telemetry(
+            "baton-orchestrator",
+            processors=[SimpleSpanProcessor(self.exporter)],
+            readers=[self.reader],
+        )
+        self.span_file = tmp_path / "agent-spans.jsonl"
+
+    def spans(self) -> list[dict[str, Any]]:
+        ours = [span_record(s) for s in self.exporter.get_finished_spans()]
+        theirs = [json.loads(line) for line in self.span_file.read_text().splitlines()]
+        return ours + theirs
+
+    def metric_points(self, name: str) -> list[Any]:
+        data = self.reader.get_metrics_data()
+        assert data is not None
+        return [
+            point
+            for rm in data.resource_metrics
+            for sm in rm.scope_metrics
+            for metric in sm.metrics
+            if metric.name == name
+            for point in metric.data.data_points
+        ]
+
+
+@pytest.fixture
+def recorded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Recorded]:
+    rec = Recorded(tmp_path)
+    # agent processes inherit the environment: they append their spans to one file and
+    # write JSON log lines (their stdout/stderr goes to the state directory's logs)
+    monkeypatch.setenv("BATON_TRACE_FILE", str(rec.span_file))
+    monkeypatch.setenv("BATON_LOG_FORMAT", "json")
+    monkeypatch.setenv("BATON_LOG_LEVEL", "INFO")
+    yield rec
+    rec.telemetry.shutdown()
+
+
+async def _run(
+    tmp_path: Path, rec: Recorded, workflow: WorkflowSpec, base: Path
+) -> tuple[RunState, list[Any]]:
+    async with cluster(tmp_path / "state", telemetry=rec.telemetry) as c:
+        await c.add_agents(workflow.agents, base=base)
+        run_id = await c.orchestrator.start_run(workflow)
+        state = await c.orchestrator.wait(run_id, timeout=60)
+        stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+    # the agents have drained and exited here, so their spans are in the file
+    return state, stored
+
+
+def _by_id(spans: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    by_id = {s["span_id"]: s for s in spans}
+    assert len(by_id) == len(spans), "span ids are unique"
+    return by_id
+
+
+def test_example_run_is_one_trace_parented_across_processes(
+    tmp_path: Path, recorded: Recorded
+) -> None:
+    workflow = load(EXAMPLE)
+    state, stored = asyncio.run(_run(tmp_path, recorded, workflow, EXAMPLE.parent))
+    assert state.status == "completed"
+    spans = recorded.spans()
+    by_id = _by_id(spans)
+
+    assert {s["trace_id"] for s in spans} == {state.trace_id}, "one trace for the whole run"
+    roots = [s for s in spans if not s["parent_span_id"]]
+    assert [r["span_id"] for r in roots] == [run_span_id(state.trace_id)]
+    assert roots[0]["name"] == "run research-brief"
+    for s in spans:
+        if s["parent_span_id"]:
+            assert s["parent_span_id"] in by_id, f"{s['name']} has a parent in the trace"
+
+    tasks = {"plan", "research[0]", "research[1]", "research[2]", "write"}
+    task_spans = {s["attributes"]["baton.task_id"]: s for s in spans if s["name"][:5] == "task "}
+    assert set(task_spans) == tasks
+    for task_id, s in task_spans.items():
+        assert s["span_id"] == task_span_id(state.trace_id, task_id)
+        assert s["parent_span_id"] == roots[0]["span_id"]
+        assert s["status"] != "ERROR"
+
+    attempts = [s for s in spans if s["name"].startswith("attempt ")]
+    assert len(attempts) == 5
+    orchestrator_pid = roots[0]["pid"]
+    assert len({a["pid"] for a in attempts}) == 5, "five agent processes"
+    assert orchestrator_pid not in {a["pid"] for a in attempts}
+    for attempt in attempts:
+        dispatch = by_id[attempt["parent_span_id"]]
+        assert dispatch["name"] == f"dispatch {attempt['attributes']['baton.task_id']}#1"
+        assert dispatch["pid"] == orchestrator_pid
+        assert dispatch["parent_span_id"] == task_span_id(
+            state.trace_id, attempt["attributes"]["baton.task_id"]
+        )
+        decisions = [s for s in spans if s["parent_span_id"] == attempt["span_id"]]
+        assert [d["name"] for d in decisions if d["name"].startswith("decide")] == [
+            "decide ReportResult"
+        ], "the orchestrator's decision on a result is a child of the agent's attempt"
+
+    llm = [s for s in spans if s["name"] == "chat corpus-lookup"]
+    assert len(llm) == 3
+    for call in llm:
+        parent = by_id[call["parent_span_id"]]
+        assert parent["name"].startswith("attempt research[")
+        assert call["attributes"]["gen_ai.system"] == "offline"
+        assert call["attributes"]["gen_ai.request.model"] == "corpus-lookup"
+        assert call["attributes"]["gen_ai.usage.output_tokens"] > 0
+
+    # every stored event names the decision span that produced it
+    for event in stored:
+        assert event.trace_id == state.trace_id
+        assert by_id[event.span_id]["name"].startswith("decide ")
+
+    # token metrics equal the usage charged in the log
+    charged: Counter[str] = Counter()
+    for event in stored:
+        decoded = journal.decode_run_event(event)
+        if isinstance(decoded, TaskSucceeded) and decoded.usage:
+            charged.update(decoded.usage)
+    assert charged["input_tokens"] > 0
+    assert charged["output_tokens"] > 0
+    points = recorded.metric_points("baton.tokens")
+    by_type = Counter[str]()
+    for p in points:
+        assert p.attributes["baton.role"] == "researcher"
+        by_type[str(p.attributes["gen_ai.token.type"])] += p.value
+    assert by_type == {
+        "input": charged["input_tokens"],
+        "output": charged["output_tokens"],
+    }
+    started = {
+        p.attributes["baton.role"]: p.value for p in recorded.metric_points("baton.tasks.started")
+    }
+    assert started == {"planner": 1, "researcher": 3, "writer": 1}
+    succeeded = recorded.metric_points("baton.tasks.succeeded")
+    assert sum(p.value for p in succeeded) == 5
+    latency = recorded.metric_points("baton.task.duration")
+    assert sum(p.count for p in latency) == 5
+    waits = recorded.metric_points("baton.task.queue_wait")
+    assert sum(p.count for p in waits) == 5
+    appends = recorded.metric_points("baton.eventstore.append.duration")
+    # start, plan's result, the research results (one batch or more), write's result
+    assert sum(p.count for p in appends if p.attributes["baton.stream"] == "run") >= 4
+    assert all(p.min >= 0 for p in appends)
+
+
+def test_agent_processes_log_json_lines_with_the_run_trace(
+    tmp_path: Path, recorded: Recorded
+) -> None:
+    workflow = WorkflowSpec(
+        name="two",
+        agents=[AgentSpec(role="noop", handler="agents.builtin:noop")],
+        steps=[StepSpec(id="a", role="noop"), StepSpec(id="b", role="noop", needs=["a"])],
+    )
+    state, _ = asyncio.run(_run(tmp_path, recorded, workflow, tmp_path))
+    assert state.status == "completed"
+    logs = list((tmp_path / "state" / "logs").glob("noop-*.log"))
+    assert len(logs) == 1
+    lines = [json.loads(line) for line in logs[0].read_text().splitlines() if line[:1] == "{"]
+    attempts = [line for line in lines if line["logger"] == "baton.agent.attempts"]
+    assert [(a["task_id"], a["event_type"]) for a in attempts] == [
+        ("a", "attempt.succeeded"),
+        ("b", "attempt.succeeded"),
+    ]
+    spans = _by_id(recorded.spans())
+    for line in attempts:
+        assert line["trace_id"] == state.trace_id
+        assert spans[line["span_id"]]["name"] == f"attempt {line['task_id']}#1"
+
+
+def test_a_failing_task_is_an_error_span_with_its_exception(
+    tmp_path: Path, recorded: Recorded
+) -> None:
+    workflow = WorkflowSpec(
+        name="doomed",
+        agents=[AgentSpec(role="worker", handler="agents.builtin:fail", count=2)],
+        steps=[StepSpec(id="bad", role="worker", max_attempts=2)],
+    )
+    state, _ = asyncio.run(_run(tmp_path, recorded, workflow, tmp_path))
+    assert state.status == "failed"
+    spans = recorded.spans()
+
+    (task,) = [s for s in spans if s["name"] == "task bad"]
+    assert task["status"] == "ERROR"
+    assert "bad fails on purpose" in task["status_description"]
+    assert [e["name"] for e in task["events"]] == ["exception"]
+
+    attempts = sorted((s for s in spans if s["name"].startswith("attempt bad#")),
+                      key=lambda s: s["name"])  # fmt: skip
+    assert [a["name"] for a in attempts] == ["attempt bad#1", "attempt bad#2"]
+    for attempt in attempts:
+        assert attempt["status"] == "ERROR"
+        (exc,) = [e for e in attempt["events"] if e["name"] == "exception"]
+        assert exc["attributes"]["exception.type"] == "agents.sdk.TaskError"
+        assert exc["attributes"]["exception.message"] == "bad fails on purpose"
+
+    (retry,) = [s for s in spans if s["name"] == "retry bad#1"]
+    assert retry["parent_span_id"] == task["span_id"]
+    assert retry["status"] == "ERROR"
+    (run,) = [s for s in spans if not s["parent_span_id"]]
+    assert run["status"] == "ERROR"
+
+    failed = recorded.metric_points("baton.tasks.failed")
+    assert [(p.attributes["baton.role"], p.value) for p in failed] == [("worker", 1)]
+    retried = recorded.metric_points("baton.tasks.retried")
+    assert [(p.attributes["reason"], p.value) for p in retried] == [("error", 1)]
+
+
+def test_json_log_lines_carry_the_current_trace(tmp_path: Path) -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = Telemetry("t", processors=[SimpleSpanProcessor(exporter)])
+    path = tmp_path / "log.jsonl"
+    handler = configure_logging({"BATON_LOG_FORMAT": "json", "BATON_LOG_FILE": str(path)})
+    try:
+        with telemetry.tracer.start_as_current_span("work") as span:
+            logging.getLogger("baton.test").warning("inside %s", "work", extra={"k": 1})
+        logging.getLogger("baton.test").warning("outside")
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    inside, outside = (json.loads(line) for line in path.read_text().splitlines())
+    ctx = span.get_span_context()
+    assert inside["msg"] == "inside work"
+    assert inside["k"] == 1
+    assert inside["trace_id"] == format(ctx.trace_id, "032x")
+    assert inside["span_id"] == format(ctx.span_id, "016x")
+    assert "trace_id" not in outside
+    assert isinstance(JsonLogFormatter().format(logging.makeLogRecord({"msg": "x"})), str)
+
+
+def test_exporters_come_from_the_standard_environment() -> None:
+    assert span_processors({}) == []
+    console = span_processors({"OTEL_TRACES_EXPORTER": "console"})
+    assert [type(p).__name__ for p in console] == ["SimpleSpanProcessor"]
+    otlp = span_processors({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:1"})
+    assert [type(p).__name__ for p in otlp] == ["BatchSpanProcessor"]
+    for p in otlp:
+        p.shutdown()
+    assert span_processors({"OTEL_TRACES_EXPORTER": "none"}) == []
+    off = Telemetry.from_env("x", {"BATON_TELEMETRY": "off"})
+    assert not off.enabled
+    assert not off.tracer.start_span("s").get_span_context().is_valid
+    assert trace.get_current_span().get_span_context().is_valid is False
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {"OTEL_TRACES_EXPORTER": "zipkin"},
+        {"OTEL_METRICS_EXPORTER": "prometheus"},
+        {"BATON_TELEMETRY": "maybe"},
+    ],
+)
+def test_bad_telemetry_settings_are_refused(env: dict[str, str]) -> None:
+    with pytest.raises(TelemetryConfigError):
+        Telemetry.from_env("x", env)
+
+
+@pytest.mark.parametrize("env", [{"BATON_LOG_FORMAT": "xml"}, {"BATON_LOG_LEVEL": "LOUD"}])
+def test_bad_log_settings_are_refused(env: dict[str, str]) -> None:
+    before = list(logging.getLogger().handlers)
+    with pytest.raises(TelemetryConfigError):
+        configure_logging(env)
+    assert logging.getLogger().handlers == before, "nothing changed"
