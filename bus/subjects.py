@@ -16,6 +16,8 @@ INBOX_STREAM = "BATON_INBOX"
 INBOX_ALL = "baton.inbox.>"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 API_START_RUN = "baton.api.run.start"
+API_STATUS = "baton.api.status"
+API_AGENTS = "baton.api.agents"
 
 
 def token(value: str) -> str:

@@ -32,7 +32,7 @@ from bus.protocol import (
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
-from orchestrator import journal
+from orchestrator import journal, live_api
 from orchestrator.api import RunAccepted, StartRunRequest
 from orchestrator.commands import (
     Command,
@@ -153,6 +153,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
         ]
+        self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await self._recover()
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
@@ -193,6 +194,19 @@ class Orchestrator:
 
     def agents(self) -> list[Heartbeat]:
         return self._registry.heartbeats()
+
+    def runs(self) -> list[RunState]:
+        """Every run this orchestrator serves or has served since it started."""
+        return list(self._runs.values())
+
+    def agent_status(self) -> list[tuple[Heartbeat, int, float]]:
+        """Each known agent's last heartbeat, the load routing counts for it, and the
+        heartbeat's age in seconds."""
+        ages = {agent_id: age for agent_id, _, age in self._registry.ages(self._clock())}
+        return [
+            (hb, self._registry.load(hb.agent_id), ages.get(hb.agent_id, 0.0))
+            for hb in self._registry.heartbeats()
+        ]
 
     async def wait_for_agents(self, roles: Counter[str], timeout: float) -> None:
         """Until at least `roles[r]` live agents serve each role r (or TimeoutError)."""
