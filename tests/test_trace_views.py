@@ -174,7 +174,7 @@ def test_trace_works_on_an_imported_log(flaky_run: tuple[Path, str], tmp_path: P
     here, there = (
         subprocess.run(
             baton("trace", run_id, "--state-dir", str(d)), capture_output=True, text=True
-        ).stdout  # fmt: skip
+        ).stdout
         for d in (state, elsewhere)
     )
     assert "doomed #2" in there
@@ -258,10 +258,11 @@ def test_status_and_agents_show_live_runs_and_agents(tmp_path: Path) -> None:
             bus = await Bus.connect(c.stack.nats_url, name="t")
             try:
                 reply = await bus.request(subjects.API_STATUS, b"\xc1junk", 5)
-                error = Decoder(ErrorReply).decode(reply)
+                error = Decoder[ErrorReply](ErrorReply).decode(reply)
                 assert error.error == "MalformedMessage"
                 good = await bus.request(subjects.API_STATUS, encode({"kind": "status"}), 5)
-                assert [r.run_id for r in Decoder(StatusReply).decode(good).runs] == [run_id]
+                runs = Decoder[StatusReply](StatusReply).decode(good).runs
+                assert [r.run_id for r in runs] == [run_id]
             finally:
                 await bus.close()
             for agent_id in ids:  # no 30 s drain at teardown
@@ -303,4 +304,5 @@ def test_trace_model_reads_only_the_log(flaky_run: tuple[Path, str]) -> None:
         (2, "error", False),
     ]
     assert timeline.status == "failed"
-    assert timeline.finished is not None and timeline.end == timeline.finished
+    assert timeline.finished is not None
+    assert timeline.end == timeline.finished
