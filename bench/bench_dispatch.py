@@ -3,6 +3,11 @@ nats-server with JetStream, 4 agent processes, the durable SQLite event store â€
 fan-out of 1,000 and as a sequential chain of 200. Prints medians and one JSON line.
 
     python -m bench.bench_dispatch [--repeats 5] [--fan-out 1000] [--chain 200]
+                                   [--telemetry on|off|file]
+
+`--telemetry` (for the orchestrator and the agent processes): `off` is no OpenTelemetry
+SDK at all (no-op spans), `on` the default (SDK spans and metrics, no exporter), `file`
+also writes every span to a JSON-lines file (the cost of exporting each span).
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import tempfile
 import time
@@ -66,6 +72,7 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, float 
         "agents": args.agents,
         "capacity": args.capacity,
         "repeats": args.repeats,
+        "telemetry": args.telemetry,
     }
 
 
@@ -76,9 +83,15 @@ def main() -> None:
     p.add_argument("--chain", type=int, default=200)
     p.add_argument("--agents", type=int, default=4)
     p.add_argument("--capacity", type=int, default=64, help="tasks each agent runs at once")
+    p.add_argument("--telemetry", choices=["on", "off", "file"], default="on")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
-        print(f"baton dispatch benchmark: {args.agents} agent processes, real NATS, SQLite FULL")
+        # set before anything starts, so the agent processes inherit it too
+        os.environ["BATON_TELEMETRY"] = "off" if args.telemetry == "off" else "on"
+        if args.telemetry == "file":
+            os.environ["BATON_TRACE_FILE"] = str(Path(tmp) / "spans.jsonl")
+        print(f"baton dispatch benchmark: {args.agents} agent processes, real NATS, SQLite FULL, "
+              f"telemetry {args.telemetry}")  # fmt: skip
         result = asyncio.run(measure(args, Path(tmp)))
     print(
         f"median: fan-out {result['fan_out_us_per_task_median']} Âµs/task, "

@@ -7,7 +7,8 @@ run's trace id instead of random ones.
 Exporters: none by default (spans still get real ids, which events record); `console`
 and `otlp` when `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER` say so or an
 `OTEL_EXPORTER_OTLP_*ENDPOINT` is set; and a JSON-lines file when `BATON_TRACE_FILE` is
-set (one span a line, appended by every process: what tests and `jq` read).
+set (one span a line, appended by every process: what tests and `jq` read; written in
+batches, so a process killed with SIGKILL loses its last half second of spans).
 `BATON_TELEMETRY=off` turns the SDK off altogether (no-op spans).
 
 Logs: `BATON_LOG_FORMAT=json` makes every log record one JSON line carrying the current
@@ -188,7 +189,9 @@ def span_processors(env: Mapping[str, str]) -> list[SpanProcessor]:
 
             processors.append(BatchSpanProcessor(OTLPSpanExporter()))
     if env.get(TRACE_FILE_ENV):
-        processors.append(SimpleSpanProcessor(JsonLinesSpanExporter(Path(env[TRACE_FILE_ENV]))))
+        # batched on a background thread; flushed when the process shuts telemetry down
+        exporter = JsonLinesSpanExporter(Path(env[TRACE_FILE_ENV]))
+        processors.append(BatchSpanProcessor(exporter, schedule_delay_millis=500))
     return processors
 
 

@@ -191,7 +191,8 @@ class OrchestratorTelemetry:
             "baton.command": type(command).__name__,
             "baton.cause": cause.causation_id,
             "baton.actor": cause.actor,
-            "baton.events": [type_of(e) for e in events],
+            "baton.events": len(events),
+            "baton.event_types": ",".join(sorted({type_of(e) for e in events})),
         }
         if task_id:
             attributes.update({"baton.task_id": task_id, "baton.attempt": attempt})
@@ -210,7 +211,7 @@ class OrchestratorTelemetry:
         """The span around sending one assignment; its context travels in the headers."""
         a = effect.assignment
         subject = subjects.assign(effect.agent_id)
-        with self._tracer.start_as_current_span(
+        span = self._tracer.start_span(
             f"dispatch {a.task_id}#{a.attempt}",
             context=self.task_context(trace_id, a.task_id),
             kind=SpanKind.CLIENT,
@@ -224,8 +225,15 @@ class OrchestratorTelemetry:
                 "messaging.destination.name": subject,
                 "messaging.operation.type": "send",
             },
-        ) as span:
+        )
+        try:  # not made current: its context travels explicitly, in the headers
             yield Dispatch(span)
+        except BaseException as exc:
+            span.record_exception(exc)
+            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
+            raise
+        finally:
+            span.end()
 
     # -- after an append ------------------------------------------------------------------
 

@@ -185,7 +185,7 @@ def test_example_run_is_one_trace_parented_across_processes(
     assert all(p.min >= 0 for p in appends)
 
 
-def test_agent_processes_log_json_lines_with_the_run_trace(
+def test_every_process_logs_json_lines_with_the_run_trace(
     tmp_path: Path, recorded: Recorded
 ) -> None:
     workflow = WorkflowSpec(
@@ -193,12 +193,29 @@ def test_agent_processes_log_json_lines_with_the_run_trace(
         agents=[AgentSpec(role="noop", handler="agents.builtin:noop")],
         steps=[StepSpec(id="a", role="noop"), StepSpec(id="b", role="noop", needs=["a"])],
     )
-    state, _ = asyncio.run(_run(tmp_path, recorded, workflow, tmp_path))
+    ours = tmp_path / "orchestrator.log"
+    handler = configure_logging(
+        {"BATON_LOG_FORMAT": "json", "BATON_LOG_FILE": str(ours), "BATON_LOG_LEVEL": "INFO"}
+    )
+    try:
+        state, stored = asyncio.run(_run(tmp_path, recorded, workflow, tmp_path))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+        logging.getLogger().setLevel(logging.WARNING)
     assert state.status == "completed"
+    # the orchestrator: one line per recorded event, with its trace and decision span
+    lines = [json.loads(line) for line in ours.read_text().splitlines()]
+    events = [line for line in lines if line["logger"] == "baton.events"]
+    assert [(e["event_type"], e["version"]) for e in events] == [
+        (s.type, s.version) for s in stored
+    ]
+    for line, event in zip(events, stored, strict=True):
+        assert (line["trace_id"], line["span_id"]) == (event.trace_id, event.span_id)
     logs = list((tmp_path / "state" / "logs").glob("noop-*.log"))
     assert len(logs) == 1
-    lines = [json.loads(line) for line in logs[0].read_text().splitlines() if line[:1] == "{"]
-    attempts = [line for line in lines if line["logger"] == "baton.agent.attempts"]
+    agent_lines = [json.loads(x) for x in logs[0].read_text().splitlines() if x[:1] == "{"]
+    attempts = [line for line in agent_lines if line["logger"] == "baton.agent.attempts"]
     assert [(a["task_id"], a["event_type"]) for a in attempts] == [
         ("a", "attempt.succeeded"),
         ("b", "attempt.succeeded"),
