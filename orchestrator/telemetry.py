@@ -49,9 +49,26 @@ from orchestrator.state import RunState
 
 event_log = logging.getLogger("baton.events")
 RUN_SPAN = "run"
-NOTABLE = ("handoff", "escalat", "budget", "replan", "approval")
-"""Event types containing one of these get a span of their own (kinds other parts of
-Baton add: handoffs, escalations, budget events), named by their type."""
+NOTABLE = (
+    "handoff", "handed_off", "delegat", "escalat", "budget", "limit", "usage.charged",
+    "tokens.reserved", "replan", "approval", "human.decided",
+)  # fmt: skip
+"""Event types containing one of these get a span of their own, named by their type:
+handoffs, delegations, escalations, budget and limit events, human decisions (the kinds
+the coordination patterns add to the log), whatever module defines them."""
+FAILING = ("exceeded", "exhausted", "denied", "limit.reached")
+"""Of those, the ones whose span is marked failed."""
+
+
+def budget_remaining(state: RunState) -> int | None:
+    """Tokens left in the run's token budget, when its workflow sets one: read from the
+    budget fields the coordination patterns keep (`workflow.limits.tokens`, the state's
+    `tokens_spent`); None for a run without a budget, or a build without budgets."""
+    budget = getattr(getattr(state.workflow, "limits", None), "tokens", 0)
+    spent = getattr(state, "tokens_spent", None)
+    if not isinstance(budget, int) or not budget or not isinstance(spent, int):
+        return None
+    return budget - spent
 
 
 class TaskFailedError(Exception):
@@ -146,6 +163,12 @@ class OrchestratorTelemetry:
         )
         m.create_observable_gauge(
             "baton.run.tokens.used", [self._observe_tokens], "{token}", "tokens charged per run"
+        )
+        m.create_observable_gauge(
+            "baton.run.budget.remaining",
+            [self._observe_budget],
+            "{token}",
+            "tokens left in a running run's budget",
         )
 
     # -- contexts ------------------------------------------------------------------------
@@ -330,6 +353,14 @@ class OrchestratorTelemetry:
             case RunCompleted() | RunFailed():
                 for k in [k for k in self._failed_at if k[0] == state.run_id]:
                     del self._failed_at[k]
+            case _ if type_of(event) == "usage.charged":  # usage charged as its own event
+                tokens = getattr(event, "tokens", 0)
+                if isinstance(tokens, int) and tokens:
+                    role = self._role(state, getattr(event, "task_id", ""))
+                    self._token_counter.add(
+                        tokens, {"baton.role": role, "gen_ai.token.type": "total"}
+                    )
+                    self._tokens[state.run_id] += tokens
 
     def _ready_at(self, state: RunState, event: TaskAssigned) -> float | None:
         if event.attempt > 1:
@@ -368,7 +399,7 @@ class OrchestratorTelemetry:
                         if task_id in state.tasks
                         else self.run_context(trace_id)
                     )
-                    failed = any(w in kind for w in ("exceeded", "exhausted", "denied"))
+                    failed = any(w in kind for w in FAILING)
                     self._instant(kind, parent, event, error=kind if failed else "")
 
     def _instant(
@@ -450,6 +481,12 @@ class OrchestratorTelemetry:
         now = self._clock()
         for agent_id, role, age in self._registry.ages(now):
             yield Observation(age, {"baton.agent_id": agent_id, "baton.role": role})
+
+    def _observe_budget(self, options: CallbackOptions) -> Iterable[Observation]:
+        for state in list(self._runs.values()):
+            left = None if state.terminal else budget_remaining(state)
+            if left is not None:
+                yield Observation(left, {"baton.run_id": state.run_id})
 
     def _observe_tokens(self, options: CallbackOptions) -> Iterable[Observation]:
         for run_id, used in list(self._tokens.items()):

@@ -11,11 +11,13 @@ import logging
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from types import SimpleNamespace
+from typing import Any, cast
 
+import msgspec
 import pytest
 from opentelemetry import trace
-from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoint
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -28,9 +30,15 @@ from bus.telemetry import (
     span_record,
 )
 from orchestrator import journal
-from orchestrator.events import TaskSucceeded
-from orchestrator.state import RunState
-from orchestrator.telemetry import run_span_id, task_span_id
+from orchestrator.events import RunEvent, RunStarted, TaskSucceeded
+from orchestrator.registry import Registry
+from orchestrator.state import RunState, fold
+from orchestrator.telemetry import (
+    OrchestratorTelemetry,
+    budget_remaining,
+    run_span_id,
+    task_span_id,
+)
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, load
 from tests.cluster import EXAMPLE, cluster
 
@@ -320,3 +328,67 @@ def test_bad_log_settings_are_refused(env: dict[str, str]) -> None:
     with pytest.raises(TelemetryConfigError):
         configure_logging(env)
     assert logging.getLogger().handlers == before, "nothing changed"
+
+
+class _UsageCharged(msgspec.Struct, frozen=True, tag_field="type", tag="usage.charged"):
+    """Shaped like the event the coordination patterns record when they charge usage."""
+
+    task_id: str
+    attempt: int
+    tokens: int
+    at: float
+
+
+class _TaskEscalated(msgspec.Struct, frozen=True, tag_field="type", tag="task.escalated"):
+    task_id: str
+    reason: str
+    at: float
+
+
+def test_pattern_events_get_spans_and_charged_usage_counts() -> None:
+    """Events other modules add (escalations, limits, usage charged as its own event) are
+    traced and measured by their type, with no code naming them here."""
+    exporter = InMemorySpanExporter()
+    reader = InMemoryMetricReader()
+    telemetry = Telemetry("t", processors=[SimpleSpanProcessor(exporter)], readers=[reader])
+    workflow = WorkflowSpec(name="w", steps=[StepSpec(id="a", role="r")])
+    started = fold(RunState("r1"), [RunStarted("r1", workflow, {}, "ab" * 16, "cli", 10.0)])
+    obs = OrchestratorTelemetry(telemetry, Registry(1.0), {"r1": started}, lambda: 0.0)
+    events = cast(
+        list[RunEvent],
+        [_UsageCharged("a", 1, 42, 11.0), _TaskEscalated("a", "needs a human", 12.0)],
+    )
+    obs.recorded(started, started, events, ["", ""])
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    assert set(spans) == {"usage.charged", "task.escalated"}
+    span = spans["task.escalated"]
+    assert span.parent is not None
+    assert format(span.parent.span_id, "016x") == task_span_id("ab" * 16, "a")
+    assert span.attributes is not None
+    assert span.attributes["baton.event.reason"] == "needs a human"
+    data = reader.get_metrics_data()
+    assert data is not None
+    tokens = [
+        (dict(p.attributes or {}), p.value)
+        for rm in data.resource_metrics
+        for sm in rm.scope_metrics
+        for m in sm.metrics
+        if m.name == "baton.tokens"
+        for p in m.data.data_points
+        if isinstance(p, NumberDataPoint)
+    ]
+    assert tokens == [({"baton.role": "r", "gen_ai.token.type": "total"}, 42)]
+    telemetry.shutdown()
+
+
+def test_budget_remaining_reads_the_budget_fields_when_a_build_has_them() -> None:
+    workflow = WorkflowSpec(name="w", steps=[StepSpec(id="a", role="r")])
+    assert budget_remaining(RunState("r1", workflow=workflow)) is None
+    with_budget = SimpleNamespace(
+        workflow=SimpleNamespace(limits=SimpleNamespace(tokens=100)), tokens_spent=30
+    )
+    assert budget_remaining(cast(RunState, with_budget)) == 70
+    unlimited = SimpleNamespace(
+        workflow=SimpleNamespace(limits=SimpleNamespace(tokens=0)), tokens_spent=30
+    )
+    assert budget_remaining(cast(RunState, unlimited)) is None
