@@ -5,6 +5,8 @@ asked of the running orchestrator over `baton.api.*`)."""
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 import os
 from pathlib import Path
 
@@ -71,7 +73,13 @@ def _url(args: argparse.Namespace) -> str:
 
 
 async def _ask(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
-    bus = await Bus.connect(url, name="baton-cli")
+    # nats-py retries a refused connection forever, logging each try: bound it, quietly
+    logging.getLogger("nats").setLevel(logging.CRITICAL)
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await Bus.connect(url, name="baton-cli")
+    except TimeoutError:
+        raise NoOrchestrator(f"cannot reach NATS at {url} within {timeout}s") from None
     try:
         return await bus.request(subject, payload, timeout)
     except RequestFailed as exc:

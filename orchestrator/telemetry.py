@@ -210,7 +210,6 @@ class OrchestratorTelemetry:
             return ""
         task_id, attempt = _task_of(command)
         attributes: dict[str, Any] = {
-            "baton.run_id": state.run_id,
             "baton.command": type(command).__name__,
             "baton.cause": cause.causation_id,
             "baton.actor": cause.actor,
@@ -246,7 +245,6 @@ class OrchestratorTelemetry:
                 "baton.role": a.role,
                 "messaging.system": "nats",
                 "messaging.destination.name": subject,
-                "messaging.operation.type": "send",
             },
         )
         try:  # not made current: its context travels explicitly, in the headers

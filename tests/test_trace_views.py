@@ -306,3 +306,21 @@ def test_trace_model_reads_only_the_log(flaky_run: tuple[Path, str]) -> None:
     assert timeline.status == "failed"
     assert timeline.finished is not None
     assert timeline.end == timeline.finished
+
+
+def test_live_views_fail_clearly_when_nothing_answers(tmp_path: Path) -> None:
+    for command in ("status", "agents"):
+        done = subprocess.run(
+            baton(command, "--nats", "nats://127.0.0.1:1", "--timeout", "1"),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr.strip() == (
+            f"baton {command}: error: cannot reach NATS at nats://127.0.0.1:1 within 1.0s"
+        )
+    nothing = subprocess.run(
+        baton("status", "--state-dir", str(tmp_path / "empty")), capture_output=True, text=True
+    )
+    assert nothing.returncode == 2
+    assert "no orchestrator running" in nothing.stderr
+    assert not (tmp_path / "empty").exists(), "looking changed nothing"
