@@ -187,6 +187,13 @@ def test_example_run_is_one_trace_parented_across_processes(
     assert sum(p.count for p in latency) == 5
     waits = recorded.metric_points("baton.task.queue_wait")
     assert sum(p.count for p in waits) == 5
+    loads = recorded.metric_points("baton.agent.load")
+    assert len(loads) == 5
+    assert {p.attributes["baton.role"] for p in loads} == {"planner", "researcher", "writer"}
+    assert all(p.value == 0 for p in loads), "nothing held once the run is over"
+    ages = recorded.metric_points("baton.agent.heartbeat.age")
+    assert len(ages) == 5
+    assert all(0 <= p.value < 5 for p in ages)
     appends = recorded.metric_points("baton.eventstore.append.duration")
     # start, plan's result, the research results (one batch or more), write's result
     assert sum(p.count for p in appends if p.attributes["baton.stream"] == "run") >= 4
