@@ -318,7 +318,9 @@ class Orchestrator:
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
         for effect in todo:
             if isinstance(effect, SendAssignment):
-                self._spawn(self._send_assignment(state.run_id, effect, trace.child()))
+                self._spawn(
+                    self._obs.dispatching(state.run_id, effect, trace, self._send_assignment)
+                )
             elif isinstance(effect, SendControl):
                 self._spawn(
                     self._publish(subjects.control(effect.agent_id), encode(effect.control))
@@ -338,21 +340,16 @@ class Orchestrator:
         self, run_id: str, effect: SendAssignment, trace: TraceContext
     ) -> None:
         a = effect.assignment
-        with self._obs.dispatch(trace.trace_id, run_id, effect) as dispatch:
-            try:
-                reply = await self._bus.request(
-                    subjects.assign(effect.agent_id),
-                    encode(a),
-                    self._assign_timeout,
-                    dispatch.trace or trace,
-                )
-                answer = _reply_decoder.decode(reply)
-                if isinstance(answer, AssignAck) and answer.accepted:
-                    return
-                error = answer.error if isinstance(answer, ErrorReply) else answer.reason
-            except (RequestFailed, MalformedMessage) as exc:
-                error = str(exc)
-            dispatch.failed(error)
+        try:
+            reply = await self._bus.request(
+                subjects.assign(effect.agent_id), encode(a), self._assign_timeout, trace
+            )
+            answer = _reply_decoder.decode(reply)
+            if isinstance(answer, AssignAck) and answer.accepted:
+                return
+            error = answer.error if isinstance(answer, ErrorReply) else answer.reason
+        except (RequestFailed, MalformedMessage) as exc:
+            error = str(exc)
         cause = Cause(f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id)
         await self._execute(run_id, [(DeliveryFailed(a.task_id, a.attempt, error), cause)])
 

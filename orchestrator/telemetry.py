@@ -13,18 +13,17 @@ the decision that folded its report. Decisions not caused by an agent hang off t
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace import SpanKind, Status, StatusCode, use_span
 
 from bus import subjects
 from bus.telemetry import Telemetry, derived_span_id, forced_ids, span_context_of
@@ -107,17 +106,6 @@ def _scalars(event: RunEvent) -> dict[str, str | int | float | bool]:
         for k, v in fields.items()
         if isinstance(v, str | int | float | bool) and k != "type"
     }
-
-
-class Dispatch:
-    """One assignment being sent: its span, and the context its headers carry."""
-
-    def __init__(self, span: trace.Span) -> None:
-        self.span = span
-        self.trace = _trace_context_of(span)
-
-    def failed(self, error: str) -> None:
-        self.span.set_status(Status(StatusCode.ERROR, error))
 
 
 class OrchestratorTelemetry:
@@ -208,6 +196,8 @@ class OrchestratorTelemetry:
         so a tick that decides nothing costs nothing); returns its span id ('' if off)."""
         if not events:
             return ""
+        if isinstance(command, DeliveryFailed):  # inside its dispatch span: mark it
+            trace.get_current_span().set_status(Status(StatusCode.ERROR, command.error))
         task_id, attempt = _task_of(command)
         attributes: dict[str, Any] = {
             "baton.command": type(command).__name__,
@@ -228,14 +218,20 @@ class OrchestratorTelemetry:
         context = _trace_context_of(span)
         return context.span_id if context else ""
 
-    @contextlib.contextmanager
-    def dispatch(self, trace_id: str, run_id: str, effect: SendAssignment) -> Iterator[Dispatch]:
-        """The span around sending one assignment; its context travels in the headers."""
+    async def dispatching(
+        self,
+        run_id: str,
+        effect: SendAssignment,
+        trace: TraceContext,
+        send: Callable[[str, SendAssignment, TraceContext], Awaitable[None]],
+    ) -> None:
+        """`send` the assignment inside its dispatch span, whose context it puts in the
+        headers (the agent's attempt span becomes its child). If the assignment cannot be
+        delivered, the `DeliveryFailed` decision taken inside marks this span failed."""
         a = effect.assignment
-        subject = subjects.assign(effect.agent_id)
         span = self._tracer.start_span(
             f"dispatch {a.task_id}#{a.attempt}",
-            context=self.task_context(trace_id, a.task_id),
+            context=self.task_context(trace.trace_id, a.task_id),
             kind=SpanKind.CLIENT,
             attributes={
                 "baton.run_id": run_id,
@@ -244,17 +240,11 @@ class OrchestratorTelemetry:
                 "baton.agent_id": effect.agent_id,
                 "baton.role": a.role,
                 "messaging.system": "nats",
-                "messaging.destination.name": subject,
+                "messaging.destination.name": subjects.assign(effect.agent_id),
             },
         )
-        try:  # not made current: its context travels explicitly, in the headers
-            yield Dispatch(span)
-        except BaseException as exc:
-            span.record_exception(exc)
-            span.set_status(Status(StatusCode.ERROR, f"{type(exc).__name__}: {exc}"))
-            raise
-        finally:
-            span.end()
+        with use_span(span, end_on_exit=True):
+            await send(run_id, effect, _trace_context_of(span) or trace)
 
     # -- after an append ------------------------------------------------------------------
 

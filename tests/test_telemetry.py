@@ -29,8 +29,18 @@ from bus.telemetry import (
     span_processors,
     span_record,
 )
+from bus.tracecontext import TraceContext
 from orchestrator import journal
-from orchestrator.events import RunEvent, RunStarted, TaskSucceeded
+from orchestrator.commands import DeliveryFailed
+from orchestrator.effects import SendAssignment, effects
+from orchestrator.events import (
+    RunEvent,
+    RunStarted,
+    TaskAssigned,
+    TaskAttemptFailed,
+    TaskSucceeded,
+)
+from orchestrator.journal import Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
 from orchestrator.telemetry import (
@@ -399,3 +409,34 @@ def test_budget_remaining_reads_the_budget_fields_when_a_build_has_them() -> Non
         workflow=SimpleNamespace(limits=SimpleNamespace(tokens=0)), tokens_spent=30
     )
     assert budget_remaining(cast(RunState, unlimited)) is None
+
+
+def test_an_undeliverable_assignment_fails_its_dispatch_span() -> None:
+    exporter = InMemorySpanExporter()
+    telemetry = Telemetry("t", processors=[SimpleSpanProcessor(exporter)])
+    trace_id = "ab" * 16
+    workflow = WorkflowSpec(name="w", steps=[StepSpec(id="a", role="r")])
+    assigned = TaskAssigned("a", 1, "agent-1", "lease", "only one", 11.0, 0.0)
+    state = fold(RunState("r1"), [RunStarted("r1", workflow, {}, trace_id, "cli", 10.0), assigned])
+    obs = OrchestratorTelemetry(telemetry, Registry(1.0), {"r1": state}, lambda: 0.0)
+    (send_effect, _) = effects(state, [assigned])
+    assert isinstance(send_effect, SendAssignment)
+    headers: list[TraceContext] = []
+
+    async def send(run_id: str, effect: SendAssignment, trace: TraceContext) -> None:
+        headers.append(trace)  # what the request's traceparent would carry
+        failed = TaskAttemptFailed("a", 1, "agent-1", "undeliverable", "no responders", 1.0, 12.0)
+        command = DeliveryFailed("a", 1, "no responders")
+        obs.decided(state, command, Cause("a:1:undeliverable", "orchestrator"), [failed], 0)
+
+    asyncio.run(obs.dispatching("r1", send_effect, TraceContext(trace_id, "cd" * 8), send))
+    spans = {s.name: s for s in exporter.get_finished_spans()}
+    dispatch, decision = spans["dispatch a#1"], spans["decide DeliveryFailed"]
+    assert dispatch.status.status_code.name == "ERROR"
+    assert dispatch.status.description == "no responders"
+    assert headers[0].span_id == format(dispatch.context.span_id, "016x")
+    assert dispatch.parent is not None
+    assert format(dispatch.parent.span_id, "016x") == task_span_id(trace_id, "a")
+    assert decision.parent is not None
+    assert format(decision.parent.span_id, "016x") == task_span_id(trace_id, "a")
+    telemetry.shutdown()
