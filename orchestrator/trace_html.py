@@ -153,6 +153,12 @@ _JS = r"""
   document.getElementById("graph-box").appendChild(graph);
 
   var table = document.getElementById("marks");
+  if (!data.marks.length) {
+    var none = el("tr", {});
+    none.appendChild(el("td", {"colspan": "4"}, "none: no rejected results, handoffs, " +
+                        "escalations or limits in this run"));
+    table.appendChild(none);
+  }
   data.marks.forEach(function (m) {
     var tr = el("tr", {"class": "mark-row"});
     tr.appendChild(el("td", {}, "+" + secs(Math.max(0, m.at - start))));
