@@ -63,9 +63,9 @@ def _dump_dom(page: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def flaky_run() -> tuple[Path, str]:
+def flaky_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """One recorded run with a retried, then failed task, a cancelled one and a success."""
-    directory = Path(tempfile.mkdtemp(prefix="baton-trace-"))
+    directory = tmp_path_factory.mktemp("trace")
 
     async def scenario() -> str:
         async with cluster(directory / "state") as c:
