@@ -13,6 +13,7 @@ the decision that folded its report. Decisions not caused by an agent hang off t
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import defaultdict
@@ -57,6 +58,11 @@ handoffs, delegations, escalations, budget and limit events, human decisions (th
 the coordination patterns add to the log), whatever module defines them."""
 FAILING = ("exceeded", "exhausted", "denied", "limit.reached")
 """Of those, the ones whose span is marked failed."""
+
+
+@functools.cache
+def _notable(kind: str) -> bool:
+    return any(word in kind for word in NOTABLE)
 
 
 def budget_remaining(state: RunState) -> int | None:
@@ -201,7 +207,6 @@ class OrchestratorTelemetry:
         task_id, attempt = _task_of(command)
         attributes: dict[str, Any] = {
             "baton.command": type(command).__name__,
-            "baton.cause": cause.causation_id,
             "baton.actor": cause.actor,
             "baton.events": len(events),
             "baton.event_types": ",".join(sorted({type_of(e) for e in events})),
@@ -234,7 +239,6 @@ class OrchestratorTelemetry:
             context=self.task_context(trace.trace_id, a.task_id),
             kind=SpanKind.CLIENT,
             attributes={
-                "baton.run_id": run_id,
                 "baton.task_id": a.task_id,
                 "baton.attempt": a.attempt,
                 "baton.agent_id": effect.agent_id,
@@ -380,7 +384,7 @@ class OrchestratorTelemetry:
                 self._run_span(state, event)
             case _:
                 kind = type_of(event)
-                if any(word in kind for word in NOTABLE):
+                if _notable(kind):
                     task_id = getattr(event, "task_id", "")
                     parent = (
                         self.task_context(trace_id, task_id)
@@ -413,7 +417,6 @@ class OrchestratorTelemetry:
         task = state.tasks[event.task_id]
         trace_id = state.trace_id
         attributes: dict[str, Any] = {
-            "baton.run_id": state.run_id,
             "baton.task_id": task.task_id,
             "baton.role": self._role(state, task.task_id),
             "baton.status": task.status,
