@@ -178,6 +178,17 @@ def _choices(env: Mapping[str, str], variable: str, signal: str) -> list[str]:
     return [c for c in chosen if c != "none"]
 
 
+def _endpoint(env: Mapping[str, str], signal: str) -> str | None:
+    """The OTLP/HTTP URL for one signal, as the specification derives it from `env`
+    (None: the exporter's default); the exporter reads its other settings (headers,
+    certificates, timeout) from the process environment itself."""
+    specific = env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
+    if specific:
+        return specific
+    base = env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    return f"{base.rstrip('/')}/v1/{signal}" if base else None
+
+
 def span_processors(env: Mapping[str, str]) -> list[SpanProcessor]:
     """The span processors the environment asks for (none by default)."""
     processors: list[SpanProcessor] = []
@@ -187,7 +198,7 @@ def span_processors(env: Mapping[str, str]) -> list[SpanProcessor]:
         else:
             from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-            processors.append(BatchSpanProcessor(OTLPSpanExporter()))
+            processors.append(BatchSpanProcessor(OTLPSpanExporter(_endpoint(env, "traces"))))
     if env.get(TRACE_FILE_ENV):
         # batched on a background thread; flushed when the process shuts telemetry down
         exporter = JsonLinesSpanExporter(Path(env[TRACE_FILE_ENV]))
@@ -206,7 +217,8 @@ def metric_readers(env: Mapping[str, str]) -> list[MetricReader]:
                 OTLPMetricExporter,
             )
 
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+            exporter = OTLPMetricExporter(_endpoint(env, "metrics"))
+            readers.append(PeriodicExportingMetricReader(exporter))
     return readers
 
 

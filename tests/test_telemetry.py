@@ -8,8 +8,10 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import threading
 from collections import Counter
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -440,3 +442,72 @@ def test_an_undeliverable_assignment_fails_its_dispatch_span() -> None:
     assert decision.parent is not None
     assert format(decision.parent.span_id, "016x") == task_span_id(trace_id, "a")
     telemetry.shutdown()
+
+
+def test_otlp_exports_to_the_endpoint_the_standard_variables_name() -> None:
+    """A real OTLP/HTTP receiver on a free port gets the spans and the metrics."""
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+        ExportMetricsServiceRequest,
+    )
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+        ExportTraceServiceRequest,
+    )
+
+    received: dict[str, list[bytes]] = {}
+
+    class Receiver(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            received.setdefault(self.path, []).append(body)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-protobuf")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Receiver)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+        telemetry = Telemetry.from_env(
+            "baton-test", {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_SERVICE_NAME": "svc"}
+        )
+        with telemetry.tracer.start_as_current_span("exported", attributes={"k": "v"}):
+            pass
+        telemetry.meter.create_counter("baton.test.counter").add(3)
+        telemetry.shutdown()  # flushes the batch processor and the periodic reader
+    finally:
+        server.shutdown()
+        server.server_close()
+    (traces,) = received["/v1/traces"]
+    request = ExportTraceServiceRequest.FromString(traces)
+    (resource_spans,) = request.resource_spans
+    service = {a.key: a.value.string_value for a in resource_spans.resource.attributes}
+    assert service["service.name"] == "svc"
+    names = [s.name for ss in resource_spans.scope_spans for s in ss.spans]
+    assert names == ["exported"]
+    metrics_request = ExportMetricsServiceRequest.FromString(received["/v1/metrics"][-1])
+    counters = [
+        point.as_int
+        for rm in metrics_request.resource_metrics
+        for sm in rm.scope_metrics
+        for metric in sm.metrics
+        if metric.name == "baton.test.counter"
+        for point in metric.sum.data_points
+    ]
+    assert counters == [3]
+
+
+def test_console_exporter_writes_spans_to_standard_error(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    telemetry = Telemetry.from_env("svc", {"OTEL_TRACES_EXPORTER": "console"})
+    with telemetry.tracer.start_as_current_span("shown"):
+        pass
+    telemetry.shutdown()
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert json.loads(err)["name"] == "shown"
