@@ -23,6 +23,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader, NumberDataPoi
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from bus.connection import Bus
 from bus.telemetry import (
     JsonLogFormatter,
     Telemetry,
@@ -44,6 +45,7 @@ from orchestrator.events import (
 )
 from orchestrator.journal import Cause
 from orchestrator.registry import Registry
+from orchestrator.service import Orchestrator
 from orchestrator.state import RunState, fold
 from orchestrator.telemetry import (
     OrchestratorTelemetry,
@@ -511,3 +513,57 @@ def test_console_exporter_writes_spans_to_standard_error(
     out, err = capsys.readouterr()
     assert out == ""
     assert json.loads(err)["name"] == "shown"
+
+
+def test_a_run_finished_by_a_restarted_orchestrator_is_still_one_tree(
+    tmp_path: Path, recorded: Recorded
+) -> None:
+    """Run and task span ids are derived from the run's trace id, so the second
+    orchestrator parents its spans under the same run and task spans the first one did."""
+    workflow = WorkflowSpec(
+        name="restarted",
+        steps=[
+            # longer than the stopped orchestrator's last inbox fetch can wait (1 s), so no
+            # result goes to a fetch nobody reads any more (redelivered only after 30 s)
+            StepSpec(id="fan", role="worker", fan_out=2, params={"seconds": 1.5}),
+            StepSpec(id="join", role="worker", needs=["fan"], params={"seconds": 0}),
+        ],
+    )
+    workers = [AgentSpec(role="worker", handler="agents.builtin:sleep", count=2)]
+    second_exporter = InMemorySpanExporter()
+    second_telemetry = Telemetry(
+        "baton-orchestrator", processors=[SimpleSpanProcessor(second_exporter)]
+    )
+
+    async def scenario() -> RunState:
+        async with cluster(tmp_path / "state", telemetry=recorded.telemetry) as c:
+            await c.add_agents(workers)
+            run_id = await c.orchestrator.start_run(workflow)
+            state = await c.until(run_id, lambda s: s.tasks["fan[1]"].status == "running")
+            for task_id in ("fan[0]", "fan[1]"):  # the first orchestrator's dispatches landed
+                await c.until_held(state.tasks[task_id].agent_id, run_id, task_id, 1)
+            await c.orchestrator.stop()
+            bus = await Bus.connect(c.stack.nats_url, name="orchestrator-2")
+            second = Orchestrator(
+                bus, c.stack.store, agent_ttl=1.0, tick_s=0.05, telemetry=second_telemetry
+            )
+            await second.start()
+            final = await second.wait(run_id, timeout=30)
+            await second.stop()
+            await bus.close()
+            return final
+
+    final = asyncio.run(scenario())
+    assert final.status == "completed"
+    first = [span_record(s) for s in recorded.exporter.get_finished_spans()]
+    second = [span_record(s) for s in second_exporter.get_finished_spans()]
+    spans = recorded.spans() + second
+    by_id = _by_id(spans)
+    assert {s["trace_id"] for s in spans} == {final.trace_id}
+    (root,) = [s for s in spans if not s["parent_span_id"]]
+    assert root["span_id"] == run_span_id(final.trace_id)
+    assert root in second, "the orchestrator that saw the run end emitted its span"
+    assert all(s["parent_span_id"] in by_id for s in spans if s["parent_span_id"])
+    assert {s["name"] for s in first} >= {"decide StartRun", "dispatch fan[0]#1"}
+    assert {s["name"] for s in second} >= {"task fan[0]", "task join", "dispatch join#1"}
+    second_telemetry.shutdown()
