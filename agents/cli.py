@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import os
 import secrets
 import sys
@@ -14,6 +13,7 @@ from agents.sdk import HandlerNotFound, load_bidder, load_handler
 from bus.connection import Bus
 from bus.errors import BusError, InvalidSubjectToken
 from bus.subjects import token
+from bus.telemetry import Telemetry, TelemetryConfigError, configure_logging
 
 
 def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
@@ -41,6 +41,8 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace) -> int:
     handler = load_handler(args.handler)
     agent_id = args.agent_id or f"{args.role}-{secrets.token_hex(3)}"
+    telemetry = Telemetry.from_env(f"baton-agent-{args.role}")
+    telemetry.install_global()  # handler code may use opentelemetry.trace.get_tracer
     bus = await Bus.connect(args.nats, name=agent_id)
     try:
         runtime = AgentRuntime(
@@ -52,17 +54,18 @@ async def _serve(args: argparse.Namespace) -> int:
             capacity=args.capacity,
             heartbeat_s=args.heartbeat,
             bidder=load_bidder(args.bidder) if args.bidder else None,
+            telemetry=telemetry,
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         await runtime.run()
     finally:
         await bus.close()
+        telemetry.shutdown()
     return 0
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     args = parser(prog).parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     if not args.nats:
         print(f"{prog}: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
@@ -70,10 +73,11 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)
         return 2
     try:
+        configure_logging()
         token(args.role)
         if args.agent_id:
             token(args.agent_id)
         return asyncio.run(_serve(args))
-    except (HandlerNotFound, InvalidSubjectToken, BusError) as exc:
+    except (HandlerNotFound, InvalidSubjectToken, BusError, TelemetryConfigError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

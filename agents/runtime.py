@@ -15,6 +15,7 @@ import time
 from collections import OrderedDict
 
 from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
+from agents.telemetry import AgentTelemetry, attempt_usage
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -33,9 +34,21 @@ from bus.protocol import (
     TaskResult,
     Usage,
 )
+from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent")
+
+
+def _usage(reply_tokens: int, traced: dict[str, int] | None) -> Usage | None:
+    """The attempt's usage: its traced model calls plus what the handler's reply says."""
+    traced = traced or {}
+    usage = Usage(
+        traced.get("input_tokens", 0), traced.get("output_tokens", 0) + max(0, reply_tokens)
+    )
+    return usage if usage.tokens else None
+
+
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
 _cfp: Decoder[CallForProposals] = Decoder(CallForProposals)
 _SEEN_LIMIT = 100_000
@@ -57,6 +70,7 @@ class AgentRuntime:
         capacity: int = 4,
         heartbeat_s: float = 0.5,
         bidder: Bidder | None = None,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
@@ -70,6 +84,9 @@ class AgentRuntime:
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
         self._bidder = bidder
+        self._telemetry = AgentTelemetry(
+            telemetry or Telemetry("baton-agent", enabled=False), self.agent_id, role
+        )
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -162,7 +179,7 @@ class AgentRuntime:
         self._seen[key] = None
         if len(self._seen) > _SEEN_LIMIT:
             self._seen.popitem(last=False)
-        self._held[key] = asyncio.create_task(self._work(a, trace))
+        self._held[key] = asyncio.create_task(self._telemetry.traced(a, trace, self._work))
         return AssignAck(True)
 
     def _control(self, control: Control) -> None:
@@ -191,7 +208,7 @@ class AgentRuntime:
                         self.agent_id,
                         reply.output,
                         time.monotonic() - started,
-                        Usage(reply.tokens) if reply.tokens else None,
+                        _usage(reply.tokens, attempt_usage()),
                         reply.subtasks,
                         reply.handoff_to,
                     )
@@ -206,7 +223,7 @@ class AgentRuntime:
                 subjects.inbox(a.run_id, self.agent_id),
                 encode(outcome),
                 msg_id=f"{a.run_id}:{a.task_id}:{a.attempt}:{kind}",
-                trace=trace.child() if trace else None,
+                trace=trace,
             )
         except asyncio.CancelledError:
             log.info("attempt %s of %s cancelled", a.attempt, a.task_id)
@@ -216,6 +233,7 @@ class AgentRuntime:
             self._held.pop(key, None)
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
+        self._telemetry.failed(error, retryable)  # called in the `except`: records it
         return TaskFailure(
             a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable
         )

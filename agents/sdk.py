@@ -58,7 +58,8 @@ class TaskContext(msgspec.Struct, frozen=True):
 
 
 class Reply(msgspec.Struct, frozen=True):
-    """A handler's answer with more than an output: the tokens it used (charged to the
+    """A handler's answer with more than an output: the tokens it used outside the model
+    calls Baton traces (reported as output tokens, added to theirs, charged to the
     run's budget), subtasks it wants done before its task completes, or the role it
     hands the task to (which must be one its step allows)."""
 

@@ -7,7 +7,7 @@ messages that may arrive on it. An agent written in another language needs only 
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -70,7 +70,12 @@ class Control(_Message, frozen=True, tag="agent.control"):
 class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """What an attempt consumed, as its agent reports it; charged to the run's budget."""
 
-    tokens: int = 0
+    input_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+    output_tokens: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
 
 
 class SubtaskRequest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

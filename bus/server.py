@@ -118,3 +118,17 @@ class EmbeddedNats:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def running_urls(state_dir: Path) -> list[str]:
+    """URLs of the embedded servers still running for a state directory (from the ports
+    files they wrote), so `baton status` finds the bus a `baton run` started."""
+    urls = []
+    for path in sorted((state_dir / "nats" / "ports").glob("nats-server_*.ports")):
+        try:
+            pid = int(path.stem.rsplit("_", 1)[1])
+            os.kill(pid, 0)
+            urls += [str(u) for u in json.loads(path.read_text()).get("nats", [])[:1]]
+        except (ValueError, OSError, json.JSONDecodeError, AttributeError):
+            continue
+    return urls

@@ -19,6 +19,8 @@ BIDS_ALL = "baton.bids.*.*"
 API_START_RUN = "baton.api.run.start"
 API_RUN_CONTROL = "baton.api.run.control"
 """People → orchestrator: approve, reject or retry an escalated task; cancel."""
+API_STATUS = "baton.api.status"
+API_AGENTS = "baton.api.agents"
 
 
 def token(value: str) -> str:

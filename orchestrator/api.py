@@ -6,6 +6,7 @@ from typing import Any, Literal
 
 import msgspec
 
+from bus.protocol import HeldTask
 from orchestrator.workflow import WorkflowSpec
 
 
@@ -42,3 +43,53 @@ class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.co
     run_id: str
     status: str
     """The run's status once the decision is recorded."""
+
+
+class StatusRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="status"
+):
+    """`baton status`: the runs the orchestrator serves (finished ones too if `all`)."""
+
+    all: bool = False
+
+
+class RunProgress(msgspec.Struct, frozen=True):
+    run_id: str
+    workflow: str
+    status: str
+    trace_id: str
+    started_at: float
+    elapsed_s: float
+    tasks: int
+    succeeded: int
+    running: int
+    failed: int
+    pending: int
+    attempts: int
+    """Attempts made so far, over all tasks (more than `tasks` means retries)."""
+
+
+class StatusReply(msgspec.Struct, frozen=True, tag_field="kind", tag="status.reply"):
+    runs: list[RunProgress]
+
+
+class AgentsRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="agents"
+):
+    """`baton agents`: the live agents the orchestrator's registry knows."""
+
+
+class AgentStatus(msgspec.Struct, frozen=True):
+    agent_id: str
+    role: str
+    capacity: int
+    load: int
+    """Attempts the orchestrator has out on this agent."""
+    reported_load: int
+    """What the agent's last heartbeat said it runs."""
+    heartbeat_age_s: float
+    held: list[HeldTask]
+
+
+class AgentsReply(msgspec.Struct, frozen=True, tag_field="kind", tag="agents.reply"):
+    agents: list[AgentStatus]

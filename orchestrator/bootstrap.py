@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bus.connection import Bus
 from bus.server import EmbeddedNats
+from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from orchestrator.service import Orchestrator
 
@@ -37,6 +38,8 @@ class Stack:
     store: SqliteEventStore
     nats_url: str
     server: EmbeddedNats | None
+    telemetry: Telemetry | None = None
+    """Telemetry this stack owns and flushes on close (None when the caller owns it)."""
 
     async def close(self) -> None:
         await self.orchestrator.stop()
@@ -44,12 +47,22 @@ class Stack:
         await self.store.close()
         if self.server is not None:
             self.server.stop()
+        if self.telemetry is not None:
+            self.telemetry.shutdown()
 
 
 async def bootstrap(
-    directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0, tick_s: float = 0.2
+    directory: Path,
+    nats_url: str = "",
+    *,
+    agent_ttl: float = 2.0,
+    tick_s: float = 0.2,
+    telemetry: Telemetry | None = None,
 ) -> Stack:
-    """Open the store, start the embedded NATS unless `nats_url` is given, start serving."""
+    """Open the store, start the embedded NATS unless `nats_url` is given, start serving.
+    Telemetry comes from the `OTEL_*` / `BATON_*` environment unless one is given."""
+    owned = telemetry is None
+    telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
     directory.mkdir(parents=True, exist_ok=True)
     store = await open_store(directory)
     server = None
@@ -58,11 +71,14 @@ async def bootstrap(
             server = EmbeddedNats(directory)
             nats_url = await server.start()
         bus = await Bus.connect(nats_url, name="baton-orchestrator")
-        orchestrator = Orchestrator(bus, store, agent_ttl=agent_ttl, tick_s=tick_s)
+        orchestrator = Orchestrator(
+            bus, store, agent_ttl=agent_ttl, tick_s=tick_s, telemetry=telemetry
+        )
         await orchestrator.start()
     except BaseException:
         await store.close()
         if server is not None:
             server.stop()
         raise
-    return Stack(orchestrator, bus, store, nats_url, server)
+    # the stack shuts down (flushes) only the telemetry it made itself
+    return Stack(orchestrator, bus, store, nats_url, server, telemetry if owned else None)

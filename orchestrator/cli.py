@@ -20,8 +20,9 @@ from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.errors import BusError
 from bus.protocol import Progress
+from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import control_cli, history, journal, render
+from orchestrator import control_cli, history, journal, obs_cli, render
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -97,6 +98,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
+    obs_cli.add_parsers(sub)
     return p
 
 
@@ -317,6 +319,7 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaita
     "export": _export,
     "import": _import,
     "audit": _audit,
+    "trace": obs_cli.trace,
 }
 
 
@@ -343,12 +346,15 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(argv[1:])
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
-    command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
+    command = {
+        "run": _run, "resume": _resume, "status": obs_cli.status, "agents": obs_cli.agents
+    }.get(args.command, _with_store)  # fmt: skip
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:
+        configure_logging()
         return int(asyncio.run(command(args)))
-    except (OrchestratorError, EventStoreError, BusError) as exc:
+    except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError) as exc:
         print(f"baton {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # output piped into `head` and the like

@@ -145,9 +145,14 @@ def _on_result(
     """A valid result: charge its usage, then grant what it asks (subtasks, a handoff, the
     next loop round) or record it as the task's output."""
     events: list[RunEvent] = []
-    spent = report.usage.tokens if report.usage is not None else 0
-    if spent:
-        events.append(UsageCharged(task.task_id, task.attempt, spent, ctx.wall))
+    usage = report.usage
+    spent = usage.tokens if usage is not None else 0
+    if usage is not None and spent:
+        events.append(
+            UsageCharged(
+                task.task_id, task.attempt, spent, ctx.wall, usage.input_tokens, usage.output_tokens
+            )
+        )
         state = fold(state, events)
     budget = limits.task_budget(state, task.task_id)
     if budget and spent > budget:

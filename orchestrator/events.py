@@ -147,12 +147,15 @@ class TokensReserved(_Event, frozen=True, tag="tokens.reserved"):
 
 
 class UsageCharged(_Event, frozen=True, tag="usage.charged"):
-    """An attempt's usage as its agent reported it, charged to the run's budget."""
+    """An attempt's usage as its agent reported it, charged to the run's budget:
+    `tokens` in all, of which `input_tokens` and `output_tokens` as the model counted."""
 
     task_id: str
     attempt: int
     tokens: int
     at: float
+    input_tokens: int = 0
+    output_tokens: int = 0
 
 
 class LimitReached(_Event, frozen=True, tag="limit.reached"):

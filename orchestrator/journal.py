@@ -64,6 +64,8 @@ class Cause(msgspec.Struct, frozen=True):
     causation_id: str
     actor: str
     trace_id: str = ""
+    span_id: str = ""
+    """The span of the message that caused it (its `traceparent`), if it carried one."""
 
 
 def actor_of(event: RunEvent, cause: Cause) -> str:
@@ -83,9 +85,14 @@ def actor_of(event: RunEvent, cause: Cause) -> str:
 
 
 def run_envelopes(
-    run_id: str, first_version: int, events: Sequence[RunEvent], causes: Sequence[Cause]
+    run_id: str,
+    first_version: int,
+    events: Sequence[RunEvent],
+    causes: Sequence[Cause],
+    span_ids: Sequence[str] = (),
 ) -> list[NewEvent]:
-    """Envelopes for a decision's events, with ids that make a retried append a no-op."""
+    """Envelopes for a decision's events, with ids that make a retried append a no-op;
+    `span_ids` are the spans of the decisions that produced them, when traced."""
     span_id = new_span_id()
     return [
         NewEvent(
@@ -97,7 +104,7 @@ def run_envelopes(
             causation_id=cause.causation_id,
             actor=actor_of(event, cause),
             trace_id=cause.trace_id,
-            span_id=span_id,
+            span_id=span_ids[i] if i < len(span_ids) and span_ids[i] else span_id,
         )
         for i, (event, cause) in enumerate(zip(events, causes, strict=True))
     ]

@@ -68,5 +68,9 @@ class Registry:
             views.append(AgentView(agent_id, hb.role, hb.capacity, load))
         return views
 
+    def ages(self, now: float) -> list[tuple[str, str, float]]:
+        """(agent id, role, seconds since its last heartbeat) of every known agent."""
+        return [(a, s.heartbeat.role, now - s.last_seen) for a, s in self._agents.items()]
+
     def heartbeats(self) -> list[Heartbeat]:
         return [s.heartbeat for s in self._agents.values()]

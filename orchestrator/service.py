@@ -30,9 +30,10 @@ from bus.protocol import (
     InboxMessage,
     TaskResult,
 )
+from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
-from orchestrator import contract_net, human, journal
+from orchestrator import contract_net, human, journal, live_api
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
     CancelRun,
@@ -67,6 +68,7 @@ from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEven
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
+from orchestrator.telemetry import OrchestratorTelemetry
 from orchestrator.workflow import WorkflowSpec, validate
 
 log = logging.getLogger("baton.orchestrator")
@@ -124,6 +126,7 @@ class Orchestrator:
         assign_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -144,6 +147,12 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._consumer: InboxConsumer | None = None
         self._subscriptions: list[Subscription] = []
+        self._obs = OrchestratorTelemetry(
+            telemetry or Telemetry("baton-orchestrator", enabled=False),
+            self._registry,
+            self._runs,
+            clock,
+        )
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -159,6 +168,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
             await self._bus.subscribe(subjects.BIDS_ALL, self._on_bid),
         ]
+        self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await self._recover()
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
@@ -199,6 +209,19 @@ class Orchestrator:
 
     def agents(self) -> list[Heartbeat]:
         return self._registry.heartbeats()
+
+    def runs(self) -> list[RunState]:
+        """Every run this orchestrator serves or has served since it started."""
+        return list(self._runs.values())
+
+    def agent_status(self) -> list[tuple[Heartbeat, int, float]]:
+        """Each known agent's last heartbeat, the load routing counts for it, and the
+        heartbeat's age in seconds."""
+        ages = {agent_id: age for agent_id, _, age in self._registry.ages(self._clock())}
+        return [
+            (hb, self._registry.load(hb.agent_id), ages.get(hb.agent_id, 0.0))
+            for hb in self._registry.heartbeats()
+        ]
 
     async def wait_for_agents(self, roles: Counter[str], timeout: float) -> None:
         """Until at least `roles[r]` live agents serve each role r (or TimeoutError)."""
@@ -279,22 +302,28 @@ class Orchestrator:
             before = state = self._runs[run_id]
             events: list[RunEvent] = []
             causes: list[Cause] = []
+            span_ids: list[str] = []
             delta: Counter[str] = Counter()
             for command, cause in items:
+                began = time.time_ns()
                 decided = decide(state, command, self._context(delta))
                 if decided:
                     after = fold(state, decided)
                     causes += _causes(state, command, cause, len(decided), after.trace_id)
+                    span_id = self._obs.decided(state, command, cause, decided, began)
+                    span_ids += [span_id] * len(decided)
                     state = after
                     events += decided
                     delta.update(load_delta(decided))
             if not events:
                 return True
-            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes)
+            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
             try:
+                began_s = time.perf_counter()
                 stored = await self._store.append(
                     journal.run_stream(run_id), envelopes, before.version
                 )
+                self._obs.appended("run", time.perf_counter() - began_s)
             except EventStoreError:
                 log.exception("append to run %s failed; reloading it from the store", run_id)
                 if before.version:
@@ -303,6 +332,7 @@ class Orchestrator:
                 return False
             self._runs[run_id] = state
             self._registry.set_inflight(run_id, journal.running_agents(state))
+            self._obs.recorded(before, state, events, span_ids)
             self._perform(state, effects(state, events))
             if state.version // journal.SNAPSHOT_EVERY > before.version // journal.SNAPSHOT_EVERY:
                 self._spawn(self._snapshot(state, stored[-1].position))
@@ -322,7 +352,9 @@ class Orchestrator:
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
         for effect in todo:
             if isinstance(effect, SendAssignment):
-                self._spawn(self._send_assignment(state.run_id, effect, trace.child()))
+                self._spawn(
+                    self._obs.dispatching(state.run_id, effect, trace, self._send_assignment)
+                )
             elif isinstance(effect, SendControl):
                 self._spawn(
                     self._publish(subjects.control(effect.agent_id), encode(effect.control))
@@ -391,8 +423,8 @@ class Orchestrator:
                 command, kind = ReportResult(report, sender), "result"
             else:
                 command, kind = ReportFailure(report, sender), "failure"
-            trace_id = msg.trace.trace_id if msg.trace else ""
-            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id)
+            trace_id, span_id = (msg.trace.trace_id, msg.trace.span_id) if msg.trace else ("", "")
+            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id)
             by_run[run_id].append((command, cause))
             acks[run_id].append(msg)
         for run_id, items in by_run.items():
@@ -472,11 +504,13 @@ class Orchestrator:
         async with self._system_lock:
             version = self._system_version + 1
             try:
+                began_s = time.perf_counter()
                 await self._store.append(
                     journal.SYSTEM_STREAM,
                     [journal.system_envelope(version, event, actor)],
                     self._system_version,
                 )
+                self._obs.appended("system", time.perf_counter() - began_s)
             except EventStoreError:
                 log.exception("could not record %s", type(event).__name__)
                 self._system_version = await self._store.stream_version(journal.SYSTEM_STREAM)

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from bus.protocol import HeldTask
+from bus.telemetry import Telemetry
 from orchestrator.bootstrap import Stack, bootstrap
 from orchestrator.launcher import AgentProcesses
 from orchestrator.service import Orchestrator
@@ -77,8 +78,10 @@ class Cluster:
 
 
 @asynccontextmanager
-async def cluster(directory: Path, agent_ttl: float = 1.0) -> AsyncIterator[Cluster]:
-    stack = await bootstrap(directory, agent_ttl=agent_ttl, tick_s=0.05)
+async def cluster(
+    directory: Path, agent_ttl: float = 1.0, telemetry: Telemetry | None = None
+) -> AsyncIterator[Cluster]:
+    stack = await bootstrap(directory, agent_ttl=agent_ttl, tick_s=0.05, telemetry=telemetry)
     agents = AgentProcesses(directory / "logs")
     try:
         yield Cluster(stack, agents)

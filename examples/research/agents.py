@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from agents import TaskContext, TaskError
+from agents.telemetry import llm_call
 
 CORPUS: dict[str, list[str]] = {
     "state": [
@@ -47,6 +48,9 @@ async def research(task: TaskContext) -> dict[str, Any]:
     await asyncio.sleep(float(task.params.get("work_s", 0.0)))
     notes = CORPUS[angle]
     words = sum(len(re.findall(r"\w+", n)) for n in notes)
+    # an offline stand-in for a model call: traced and charged like one (GenAI conventions)
+    with llm_call(system="offline", model="corpus-lookup") as call:
+        call.record(input_tokens=len(angle) + len(plan_output["topic"]), output_tokens=words)
     return {"angle": angle, "notes": notes, "words": words, "by": task.agent_id}
 
 
