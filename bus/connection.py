@@ -34,6 +34,8 @@ from bus.errors import BusError, RequestFailed
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
+CONNECT_ATTEMPTS = 6
+"""Tries of the first connection, 0.5 s apart, before `Bus.connect` gives up."""
 
 
 class Incoming:
@@ -80,19 +82,26 @@ class Bus:
 
     @classmethod
     async def connect(cls, url: str, name: str) -> Bus:
-        """Connect, retrying for a while; reconnects forever once connected."""
+        """Connect, trying `CONNECT_ATTEMPTS` times (a wrong URL is an error within
+        seconds, not a hang); once connected, reconnect forever."""
+
+        async def quiet(exc: Exception) -> None:
+            log.debug("nats %s: %s", url, exc)
+
         try:
             nc = await nats.connect(
                 url,
                 name=name,
-                connect_timeout=5,
-                max_reconnect_attempts=-1,
+                connect_timeout=2,
+                max_reconnect_attempts=CONNECT_ATTEMPTS,
                 reconnect_time_wait=0.5,
                 allow_reconnect=True,
                 pending_size=64 * 1024 * 1024,
+                error_cb=quiet,
             )
         except (OSError, nats.errors.Error) as exc:
-            raise BusError(f"cannot connect to {url}: {exc}") from exc
+            raise BusError(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
+        nc.options["max_reconnect_attempts"] = -1  # nats-py reads it at each reconnect
         return cls(nc)
 
     async def publish(

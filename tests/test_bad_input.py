@@ -115,3 +115,16 @@ def test_wrong_cli_arguments_are_refused(tmp_path: Path) -> None:
                            capture_output=True, text=True)  # fmt: skip
     assert agent.returncode == 2
     assert "invalid subject token 'a.b'" in agent.stderr
+
+
+def test_an_unreachable_nats_url_is_a_clear_error_not_a_hang(tmp_path: Path) -> None:
+    dead = "nats://127.0.0.1:1"  # nothing listens on port 1
+    for argv in (
+        baton("run", "examples/research/workflow.toml", "--nats", dead,
+              "--state-dir", str(tmp_path / "state")),
+        baton("agent", "--role", "writer", "--nats", dead),
+    ):  # fmt: skip
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert result.returncode == 2, result.stderr
+        assert f"cannot connect to {dead}" in result.stderr
+        assert "Traceback" not in result.stderr
