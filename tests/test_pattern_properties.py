@@ -15,6 +15,7 @@ thousand in CI, fewer with `HYPOTHESIS_PROFILE=dev`.
 
 from __future__ import annotations
 
+import os
 import random
 import sys
 from collections import Counter
@@ -557,7 +558,7 @@ def test_pattern_state_machine() -> None:
     run_state_machine_as_test(
         PatternMachine,
         settings=settings(
-            settings.default,
+            settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")),
             stateful_step_count=30,
             deadline=None,
             database=None,

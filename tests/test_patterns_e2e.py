@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from bus.connection import Bus
 from eventstore import StoredEvent
 from orchestrator import journal
-from orchestrator.events import BidReceived, RunEvent, TaskAssigned
+from orchestrator.events import BidReceived, RunEvent, TaskAssigned, TaskSucceeded
+from orchestrator.service import Orchestrator
 from orchestrator.state import RunState
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, load
+from orchestrator.workflow import AgentSpec, Chat, StepSpec, WorkflowSpec, load
 from tests.cluster import REPO, Cluster, baton, cluster
 
 EXAMPLES = REPO / "examples"
@@ -190,3 +193,49 @@ def test_a_planner_agent_replans_around_a_step_that_keeps_failing(tmp_path: Path
     assert live.tasks["fetch_r1"].agent_id.startswith("steady-")
     assert set(live.result or {}) == {"write_r1"}
     assert types.index("replan.requested") < types.index("plan.adopted")
+
+
+def test_a_chat_carries_on_after_an_orchestrator_restart_without_a_turn_twice(
+    tmp_path: Path,
+) -> None:
+    """The chat's progress lives only in the log: a new orchestrator rebuilds it, takes the
+    turn its agent finished while nobody listened from the inbox, and goes on.
+
+    The turn ends well after the stopped orchestrator's last inbox pull (1 s) expired: a
+    result published while that pull is outstanding goes to it and comes back only after
+    the consumer's 30 s ack wait (a shell matter, noted for the lead)."""
+    workflow = WorkflowSpec(
+        name="chat-restart",
+        steps=[
+            StepSpec(id="talk", chat=Chat(participants=["sleeper"], max_turns=3),
+                     params={"seconds": 1.6}),
+            StepSpec(id="after", role="sleeper", needs=["talk"], params={"seconds": 0.0}),
+        ],
+        agents=[AgentSpec(role="sleeper", handler="agents.builtin:sleep", capacity=2)],
+    )  # fmt: skip
+
+    async def scenario() -> tuple[RunState, list[RunEvent]]:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(workflow.agents)
+            run_id = await c.orchestrator.start_run(workflow)
+            await c.until(run_id, lambda s: s.tasks.get("talk#2") is not None
+                          and s.tasks["talk#2"].status == "running")  # fmt: skip
+            await c.orchestrator.stop()
+            await asyncio.sleep(2.0)  # turn 2 ends and is published while nobody listens
+            bus = await Bus.connect(c.stack.nats_url, name="orchestrator-2")
+            second = Orchestrator(bus, c.stack.store, agent_ttl=1.0, tick_s=0.05)
+            await second.start()
+            final = await second.wait(run_id, timeout=30)
+            await second.stop()
+            await bus.close()
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+        return final, [journal.decode_run_event(s) for s in stored]
+
+    final, events = asyncio.run(scenario())
+    assert final.status == "completed"
+    chat = final.tasks["talk"].output or {}
+    assert (chat["turns"], chat["ended_by"]) == (3, "max_turns")
+    done = Counter(e.task_id for e in events if isinstance(e, TaskSucceeded))
+    assert done == {"talk#1": 1, "talk#2": 1, "talk#3": 1, "talk": 1, "after": 1}
+    assigned = Counter(e.task_id for e in events if isinstance(e, TaskAssigned))
+    assert assigned["talk#2"] == 1, "turn 2's result waited in the inbox; it was not re-run"
