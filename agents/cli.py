@@ -12,6 +12,7 @@ import sys
 from agents.runtime import AgentRuntime
 from agents.sdk import HandlerNotFound, load_handler
 from bus.connection import Bus
+from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
 from bus.subjects import token
 
@@ -30,13 +31,24 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         default=os.environ.get("BATON_NATS_URL", ""),
         help="NATS URL (default: $BATON_NATS_URL)",
     )
-    p.add_argument("--capacity", type=int, default=4, help="tasks run at once (default: 4)")
+    p.add_argument(
+        "--contracts",
+        default=os.environ.get("BATON_CONTRACTS", ""),
+        help="role contracts TOML file; the agent enforces and advertises its role's "
+        "contract (default: $BATON_CONTRACTS)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        help="tasks run at once (default: the contract's concurrency, else 4)",
+    )
     p.add_argument("--capabilities", default="", help="comma-separated; default: the role")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
     return p
 
 
-async def _serve(args: argparse.Namespace) -> int:
+async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int:
     handler = load_handler(args.handler)
     agent_id = args.agent_id or f"{args.role}-{secrets.token_hex(3)}"
     bus = await Bus.connect(args.nats, name=agent_id)
@@ -47,8 +59,9 @@ async def _serve(args: argparse.Namespace) -> int:
             role=args.role,
             handler=handler,
             capabilities=[c for c in args.capabilities.split(",") if c] or None,
-            capacity=args.capacity,
+            capacity=args.capacity or (contract.concurrency if contract else 4),
             heartbeat_s=args.heartbeat,
+            contract=contract,
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         await runtime.run()
@@ -63,14 +76,22 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     if not args.nats:
         print(f"{prog}: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
-    if args.capacity < 1:
+    if args.capacity < 0:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)
         return 2
     try:
         token(args.role)
         if args.agent_id:
             token(args.agent_id)
-        return asyncio.run(_serve(args))
+        contract = Contracts.load(args.contracts).get(args.role) if args.contracts else None
+        if contract is not None and args.capacity > contract.concurrency:
+            print(
+                f"{prog}: error: --capacity {args.capacity} is over the contract's "
+                f"concurrency {contract.concurrency}",
+                file=sys.stderr,
+            )
+            return 2
+        return asyncio.run(_serve(args, contract))
     except (HandlerNotFound, InvalidSubjectToken, BusError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,7 @@ from agents.sdk import Handler, TaskContext, TaskError
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
+from bus.contracts import RoleContract
 from bus.errors import BusError
 from bus.protocol import (
     AgentInbound,
@@ -52,9 +53,11 @@ class AgentRuntime:
         capabilities: list[str] | None = None,
         capacity: int = 4,
         heartbeat_s: float = 0.5,
+        contract: RoleContract | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
+        self.contract = contract
         self._bus = bus
         self._handler = handler
         self._capabilities = capabilities or [role]
@@ -73,6 +76,7 @@ class AgentRuntime:
             capacity=self._capacity,
             load=len(self._held),
             held=[HeldTask(r, t, a) for r, t, a in self._held],
+            contract_digest=self.contract.digest if self.contract else "",
         )
 
     async def run(self) -> None:
@@ -138,13 +142,17 @@ class AgentRuntime:
 
     async def _work(self, a: Assignment, trace: TraceContext | None) -> None:
         key = (a.run_id, a.task_id, a.attempt)
-        ctx = TaskContext(a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input)
+        ctx = TaskContext(
+            a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract
+        )
+        budget_s = self.contract.budget.seconds if self.contract else 0.0
+        timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
         try:
             async with self._slots:
                 started = time.monotonic()
                 try:
-                    output = await asyncio.wait_for(self._handler(ctx), a.timeout_s)
+                    output = await asyncio.wait_for(self._handler(ctx), timeout_s)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
@@ -153,11 +161,12 @@ class AgentRuntime:
                         self.agent_id,
                         output,
                         time.monotonic() - started,
+                        ctx.usage.report(),
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable)
                 except TimeoutError:
-                    outcome = self._failure(a, f"handler exceeded {a.timeout_s}s", True)
+                    outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
                     outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
             kind = "result" if isinstance(outcome, TaskResult) else "failure"

@@ -13,11 +13,38 @@ from typing import Any, cast
 
 import msgspec
 
+from bus.contracts import RoleContract
 from bus.protocol import Payload
 
 
+class Usage:
+    """Model tokens one attempt spent; the runtime reports them on its `TaskResult`."""
+
+    __slots__ = ("calls", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.calls = 0
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens += max(0, input_tokens)
+        self.output_tokens += max(0, output_tokens)
+        self.calls += 1
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def report(self) -> dict[str, int] | None:
+        """The `usage` of a `TaskResult`: None when no model was called."""
+        if not self.calls:
+            return None
+        return {"input_tokens": self.input_tokens, "output_tokens": self.output_tokens}
+
+
 class TaskContext(msgspec.Struct, frozen=True):
-    """One attempt of one task, as the agent sees it."""
+    """One attempt of one task, as the agent sees it, with the contract it runs under."""
 
     run_id: str
     task_id: str
@@ -26,6 +53,8 @@ class TaskContext(msgspec.Struct, frozen=True):
     role: str
     agent_id: str
     input: Payload
+    contract: RoleContract | None = None
+    usage: Usage = msgspec.field(default_factory=Usage)
 
     @property
     def params(self) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class Heartbeat(_Message, frozen=True, tag="agent.heartbeat"):
     capacity: int
     load: int
     held: list[HeldTask] = []
+    contract_digest: str = ""
+    """sha256 of the role contract the agent enforces on itself (`bus.contracts`)."""
 
 
 class Assignment(_Message, frozen=True, tag="task.assign"):
@@ -77,6 +79,8 @@ class TaskResult(_Message, frozen=True, tag="task.result"):
     agent_id: str
     output: Payload
     elapsed_s: float
+    usage: dict[str, int] | None = None
+    """Model tokens the attempt spent: `input_tokens`, `output_tokens` (None: no model)."""
 
 
 class TaskFailure(_Message, frozen=True, tag="task.failure"):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bus.connection import Bus
+from bus.contracts import Contracts
 from bus.server import EmbeddedNats
 from eventstore import SqliteEventStore
 from orchestrator.service import Orchestrator
@@ -47,7 +48,12 @@ class Stack:
 
 
 async def bootstrap(
-    directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0, tick_s: float = 0.2
+    directory: Path,
+    nats_url: str = "",
+    *,
+    agent_ttl: float = 2.0,
+    tick_s: float = 0.2,
+    contracts: Contracts | None = None,
 ) -> Stack:
     """Open the store, start the embedded NATS unless `nats_url` is given, start serving."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -58,7 +64,9 @@ async def bootstrap(
             server = EmbeddedNats(directory)
             nats_url = await server.start()
         bus = await Bus.connect(nats_url, name="baton-orchestrator")
-        orchestrator = Orchestrator(bus, store, agent_ttl=agent_ttl, tick_s=tick_s)
+        orchestrator = Orchestrator(
+            bus, store, agent_ttl=agent_ttl, tick_s=tick_s, contracts=contracts
+        )
         await orchestrator.start()
     except BaseException:
         await store.close()

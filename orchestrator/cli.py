@@ -18,6 +18,7 @@ from msgspec.structs import replace
 from bus import subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
+from bus.contracts import Contracts
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
@@ -27,7 +28,7 @@ from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
 from orchestrator.launcher import AgentProcesses, resolve_handler
 from orchestrator.service import Orchestrator, new_run_id
-from orchestrator.workflow import AgentSpec, load
+from orchestrator.workflow import AgentSpec, check_roles, load
 
 _progress: Decoder[Progress] = Decoder(Progress)
 
@@ -124,18 +125,23 @@ Starter = Callable[[Stack], Awaitable[object]]
 
 
 async def _serve(
-    args: argparse.Namespace, specs: list[AgentSpec], run_id: str, start: Starter | None
+    args: argparse.Namespace,
+    specs: list[AgentSpec],
+    run_id: str,
+    start: Starter | None,
+    contracts_file: str = "",
 ) -> int:
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
     `start`ing it, for a new one) to its end with live progress; tear everything down."""
     directory = state_dir(args.state_dir)
-    stack = await bootstrap(directory, args.nats)
+    contracts = Contracts.load(contracts_file) if contracts_file else None
+    stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
     try:
         print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
         if specs and not args.no_agents:
             for spec in specs:
-                agents.start(spec, stack.nats_url, Path.cwd())
+                agents.start(spec, stack.nats_url, Path.cwd(), contracts=contracts_file)
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
             await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
@@ -177,13 +183,17 @@ async def _run(args: argparse.Namespace) -> int:
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
     workflow = replace(workflow, agents=specs)
+    if workflow.contracts:
+        contracts_file = str((path.parent / workflow.contracts).resolve())
+        check_roles(workflow, Contracts.load(contracts_file))
+        workflow = replace(workflow, contracts=contracts_file)
 
     run_id = new_run_id()
 
     async def start(stack: Stack) -> str:
         return await stack.orchestrator.start_run(workflow, run_input, run_id=run_id)
 
-    return await _serve(args, specs, run_id, start)
+    return await _serve(args, specs, run_id, start, workflow.contracts)
 
 
 async def _resume(args: argparse.Namespace) -> int:
@@ -196,8 +206,9 @@ async def _resume(args: argparse.Namespace) -> int:
         print(f"run {args.run_id} already {state.status}; nothing to resume")
         return 0 if state.status == "completed" else 1
     specs = state.workflow.agents if state.workflow else []
+    contracts_file = state.workflow.contracts if state.workflow else ""
     # no start: the orchestrator recovers the run from the log when it starts
-    return await _serve(args, specs, args.run_id, None)
+    return await _serve(args, specs, args.run_id, None, contracts_file)
 
 
 # -- looking into the log --------------------------------------------------------------

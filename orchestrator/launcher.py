@@ -29,7 +29,12 @@ class AgentProcesses:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, spec: AgentSpec, nats_url: str, base: Path, heartbeat_s: float = 0.5
+        self,
+        spec: AgentSpec,
+        nats_url: str,
+        base: Path,
+        heartbeat_s: float = 0.5,
+        contracts: str = "",
     ) -> list[str]:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
@@ -46,6 +51,8 @@ class AgentProcesses:
             ]  # fmt: skip
             if spec.capabilities:
                 command += ["--capabilities", ",".join(spec.capabilities)]
+            if contracts:
+                command += ["--contracts", contracts]
             with (self.log_dir / f"{agent_id}.log").open("ab") as log:
                 self.processes[agent_id] = subprocess.Popen(
                     command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent

@@ -20,6 +20,7 @@ from typing import Any
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, InboxConsumer, Incoming, Subscription
+from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
@@ -52,7 +53,14 @@ from orchestrator.effects import (
     pending_effects,
 )
 from orchestrator.errors import RunNotRecorded, UnknownRun, WorkflowError
-from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
+from orchestrator.events import (
+    AgentJoined,
+    AgentLost,
+    AgentRefused,
+    MessageRejected,
+    RunEvent,
+    SystemEvent,
+)
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
@@ -111,8 +119,11 @@ class Orchestrator:
         assign_timeout: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        contracts: Contracts | None = None,
     ) -> None:
         self._bus = bus
+        self._contracts = contracts
+        self._refused: set[tuple[str, str, str]] = set()
         self._store = store
         self._registry = Registry(agent_ttl)
         self._tick_s = tick_s
@@ -382,6 +393,11 @@ class Orchestrator:
         except BusError as exc:
             await self._reject(msg.subject, str(exc), len(msg.data))
             return
+        contracts = self._contracts
+        why = contracts.verdict(hb.role, hb.contract_digest) if contracts is not None else ""
+        if why:
+            await self._refuse(hb, why)
+            return
         if self._registry.observe(hb, self._clock()):
             joined = AgentJoined(hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall())
             await self._record_system(joined, hb.agent_id)
@@ -400,6 +416,15 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(RunAccepted(run_id)))
+
+    async def _refuse(self, hb: Heartbeat, why: str) -> None:
+        """Never route to an agent serving a contract we do not know; audit it once."""
+        key = (hb.agent_id, hb.role, hb.contract_digest)
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning("refused agent %s: %s", hb.agent_id, why)
+            event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())
+            await self._record_system(event, hb.agent_id)
 
     async def _reject(self, subject: str, reason: str, size: int) -> None:
         log.warning("rejected message on %s: %s", subject, reason)

@@ -12,6 +12,7 @@ from typing import Any
 
 import msgspec
 
+from bus.contracts import Contracts
 from orchestrator.errors import WorkflowError
 
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -48,6 +49,9 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     input: dict[str, Any] = {}
     agents: list[AgentSpec] = []
+    contracts: str = ""
+    """Role contracts file (`bus.contracts`), relative to the workflow file; when set,
+    every role needs a contract and agents that do not advertise it are refused."""
 
 
 class TaskSpec(msgspec.Struct, frozen=True):
@@ -128,6 +132,22 @@ def validate(spec: WorkflowSpec) -> WorkflowSpec:
     _check_steps(spec)
     _check_acyclic(spec)
     _check_agents(spec)
+    return spec
+
+
+def check_roles(spec: WorkflowSpec, contracts: Contracts) -> WorkflowSpec:
+    """`spec` if every role it uses has a contract, else `WorkflowError` naming where."""
+    for i, step in enumerate(spec.steps):
+        if step.role not in contracts:
+            raise WorkflowError(f"steps[{i}].role", f"no contract for role {step.role!r}")
+    for i, agent in enumerate(spec.agents):
+        if agent.role not in contracts:
+            raise WorkflowError(f"agents[{i}].role", f"no contract for role {agent.role!r}")
+        limit = contracts.get(agent.role).concurrency
+        if agent.capacity > limit:
+            raise WorkflowError(
+                f"agents[{i}].capacity", f"{agent.capacity} is over the contract's {limit}"
+            )
     return spec
 
 
