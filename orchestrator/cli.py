@@ -28,7 +28,7 @@ from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
 from orchestrator.launcher import AgentProcesses, resolve_handler
 from orchestrator.service import Orchestrator, new_run_id
-from orchestrator.workflow import AgentSpec, check_roles, load
+from orchestrator.workflow import AgentSpec, check_roles, contracts_file, load
 
 _progress: Decoder[Progress] = Decoder(Progress)
 
@@ -52,6 +52,12 @@ def _parser() -> argparse.ArgumentParser:
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+        serving.add_argument(
+            "--contracts",
+            default="",
+            help="role contracts TOML: agents must advertise these (default: the workflow "
+            "file's `contracts`, else $BATON_CONTRACTS)",
+        )
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
@@ -129,19 +135,19 @@ async def _serve(
     specs: list[AgentSpec],
     run_id: str,
     start: Starter | None,
-    contracts_file: str = "",
+    contracts_path: str = "",
 ) -> int:
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
     `start`ing it, for a new one) to its end with live progress; tear everything down."""
     directory = state_dir(args.state_dir)
-    contracts = Contracts.load(contracts_file) if contracts_file else None
+    contracts = Contracts.load(contracts_path) if contracts_path else None
     stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
     try:
         print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
         if specs and not args.no_agents:
             for spec in specs:
-                agents.start(spec, stack.nats_url, Path.cwd(), contracts=contracts_file)
+                agents.start(spec, stack.nats_url, Path.cwd(), contracts=contracts_path)
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
             await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
@@ -183,17 +189,16 @@ async def _run(args: argparse.Namespace) -> int:
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
     workflow = replace(workflow, agents=specs)
-    if workflow.contracts:
-        contracts_file = str((path.parent / workflow.contracts).resolve())
-        check_roles(workflow, Contracts.load(contracts_file))
-        workflow = replace(workflow, contracts=contracts_file)
+    contracts = args.contracts or contracts_file(path) or os.environ.get("BATON_CONTRACTS", "")
+    if contracts:
+        check_roles(workflow, Contracts.load(contracts))
 
     run_id = new_run_id()
 
     async def start(stack: Stack) -> str:
         return await stack.orchestrator.start_run(workflow, run_input, run_id=run_id)
 
-    return await _serve(args, specs, run_id, start, workflow.contracts)
+    return await _serve(args, specs, run_id, start, contracts)
 
 
 async def _resume(args: argparse.Namespace) -> int:
@@ -206,9 +211,9 @@ async def _resume(args: argparse.Namespace) -> int:
         print(f"run {args.run_id} already {state.status}; nothing to resume")
         return 0 if state.status == "completed" else 1
     specs = state.workflow.agents if state.workflow else []
-    contracts_file = state.workflow.contracts if state.workflow else ""
     # no start: the orchestrator recovers the run from the log when it starts
-    return await _serve(args, specs, args.run_id, None, contracts_file)
+    contracts = args.contracts or os.environ.get("BATON_CONTRACTS", "")
+    return await _serve(args, specs, args.run_id, None, contracts)
 
 
 # -- looking into the log --------------------------------------------------------------

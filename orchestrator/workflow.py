@@ -49,9 +49,6 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     description: str = ""
     input: dict[str, Any] = {}
     agents: list[AgentSpec] = []
-    contracts: str = ""
-    """Role contracts file (`bus.contracts`), relative to the workflow file; when set,
-    every role needs a contract and agents that do not advertise it are refused."""
 
 
 class TaskSpec(msgspec.Struct, frozen=True):
@@ -188,13 +185,33 @@ def _location(error: msgspec.ValidationError) -> tuple[str, str]:
 
 
 def parse(data: dict[str, Any]) -> WorkflowSpec:
-    """A validated spec from already-parsed TOML/JSON data."""
+    """A validated spec from already-parsed TOML/JSON data.
+
+    A top-level `contracts` key (the role contracts file `baton run` governs by) is
+    deployment configuration, not part of the recorded spec; see `contracts_file`.
+    """
+    data = dict(data)
+    contracts = data.pop("contracts", "")
+    if not isinstance(contracts, str):
+        raise WorkflowError("contracts", "must be the path of a role contracts file")
     try:
         spec = msgspec.convert(data, WorkflowSpec)
     except msgspec.ValidationError as exc:
         location, message = _location(exc)
         raise WorkflowError(location, message) from exc
     return validate(spec)
+
+
+def contracts_file(path: str | Path) -> str:
+    """The absolute path of the role contracts file a workflow file names, or ''."""
+    path = Path(path)
+    try:
+        named = tomllib.loads(path.read_text()).get("contracts", "")
+    except (OSError, tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise WorkflowError(str(path), f"cannot read: {exc}") from exc
+    if not isinstance(named, str):
+        raise WorkflowError(f"{path}: contracts", "must be the path of a role contracts file")
+    return str((path.parent / named).resolve()) if named else ""
 
 
 def load(path: str | Path) -> WorkflowSpec:

@@ -16,7 +16,14 @@ from bus.errors import ContractError
 from orchestrator import journal
 from orchestrator.errors import WorkflowError
 from orchestrator.events import AgentJoined, AgentRefused
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, check_roles
+from orchestrator.workflow import (
+    AgentSpec,
+    StepSpec,
+    WorkflowSpec,
+    check_roles,
+    contracts_file,
+    load,
+)
 from tests.cluster import cluster
 
 ROLES = """
@@ -217,3 +224,18 @@ def test_the_orchestrator_refuses_and_audits_agents_it_has_no_contract_for(
         assert {t.agent_id for t in state.tasks.values()} == set(good)
 
     asyncio.run(scenario())
+
+
+def test_a_workflow_file_names_its_contracts_file(tmp_path: Path) -> None:
+    flow = write(
+        tmp_path,
+        'name = "w"\ncontracts = "roles.toml"\n[[steps]]\nid = "s"\nrole = "worker"\n',
+        "flow.toml",
+    )
+    assert load(flow).name == "w"
+    assert contracts_file(flow) == str((tmp_path / "roles.toml").resolve())
+    bad = write(tmp_path, 'name = "w"\ncontracts = 3\n[[steps]]\nid = "s"\nrole = "x"\n', "b.toml")
+    with pytest.raises(WorkflowError, match="contracts"):
+        load(bad)
+    with pytest.raises(WorkflowError, match="contracts"):
+        contracts_file(bad)
