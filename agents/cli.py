@@ -8,9 +8,13 @@ import logging
 import os
 import secrets
 import sys
+from collections.abc import Callable
 
+from agents.errors import AgentError, LlmConfigError
+from agents.gateway import ApprovalPolicy, BusRecorder
+from agents.llm import LlmAgent, load_registry, load_spec
 from agents.runtime import AgentRuntime
-from agents.sdk import HandlerNotFound, load_handler
+from agents.sdk import Handler, HandlerNotFound, load_handler
 from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
@@ -23,7 +27,15 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p.add_argument(
         "--handler",
         default="agents.builtin:noop",
-        help="async handler, 'module:function' or 'file.py:function' (default: %(default)s)",
+        help="async handler, 'module:function' or 'file.py:function', or an LLM agent "
+        "spec 'agent.toml' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--approval",
+        default=os.environ.get("BATON_TOOL_APPROVAL", "policy:medium"),
+        help="who approves tool calls that need it: policy[:low|medium|high], "
+        "human[:timeout_s] (baton tool approve|deny) or deny (default: $BATON_TOOL_APPROVAL "
+        "or %(default)s)",
     )
     p.add_argument("--id", dest="agent_id", help="agent id (default: <role>-<random>)")
     p.add_argument(
@@ -49,10 +61,27 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
 
 
 async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int:
-    handler = load_handler(args.handler)
     agent_id = args.agent_id or f"{args.role}-{secrets.token_hex(3)}"
+    make: Callable[[Bus], Handler]
+    if args.handler.endswith(".toml"):
+        if contract is None:
+            raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
+        spec = load_spec(args.handler)
+        registry = load_registry(spec.tools)
+
+        policy = ApprovalPolicy.parse(args.approval)
+
+        def make(bus: Bus) -> Handler:
+            return LlmAgent(spec, registry, policy.approver(bus), BusRecorder(bus))
+    else:
+        loaded = load_handler(args.handler)
+
+        def make(bus: Bus) -> Handler:
+            return loaded
+
     bus = await Bus.connect(args.nats, name=agent_id)
     try:
+        handler = make(bus)
         runtime = AgentRuntime(
             bus,
             agent_id=agent_id,
@@ -92,6 +121,6 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
             )
             return 2
         return asyncio.run(_serve(args, contract))
-    except (HandlerNotFound, InvalidSubjectToken, BusError) as exc:
+    except (HandlerNotFound, InvalidSubjectToken, BusError, AgentError, ValueError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -84,6 +84,14 @@ class HandlerNotFound(Exception):
 
 def load_handler(ref: str) -> Handler:
     """The handler named by `package.module:function` or `path/to/file.py:function`."""
+    handler = load_object(ref)
+    if not callable(handler):
+        raise HandlerNotFound(f"{ref!r}: {handler!r} is not callable")
+    return cast(Handler, handler)
+
+
+def load_object(ref: str) -> object:
+    """The object named by `package.module:name` or `path/to/file.py:name`."""
     target, sep, name = ref.rpartition(":")
     if not sep or not target or not name:
         raise HandlerNotFound(f"{ref!r}: expected 'module:function' or 'file.py:function'")
@@ -100,7 +108,7 @@ def load_handler(ref: str) -> Handler:
             module = importlib.import_module(target)
     except (ImportError, OSError, SyntaxError) as exc:
         raise HandlerNotFound(f"{ref!r}: {exc}") from exc
-    handler = getattr(module, name, None)
-    if handler is None or not callable(handler):
-        raise HandlerNotFound(f"{ref!r}: no callable {name!r} in {target}")
-    return cast(Handler, handler)
+    found = getattr(module, name, None)
+    if found is None:
+        raise HandlerNotFound(f"{ref!r}: no {name!r} in {target}")
+    return found

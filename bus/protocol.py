@@ -95,6 +95,45 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     retryable: bool = True
 
 
+ToolPhase = Literal["requested", "refused", "approved", "denied", "succeeded", "failed"]
+
+
+class ToolCallRecord(_Message, frozen=True, tag="tool.call"):
+    """Agent → orchestrator's durable inbox: one step of one governed tool call (its
+    request, the gateway's or approver's decision, its outcome), recorded as an event."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    call_id: str
+    tool: str
+    phase: ToolPhase
+    risk: str = ""
+    arguments: str = ""
+    """The arguments as the caller sent them (JSON text, cut to 2 KiB)."""
+    detail: str = ""
+    by: str = ""
+    """Who decided (`policy:<name>` or a human's name), for approved/denied."""
+
+
+class ToolDecision(_Message, frozen=True, tag="tool.decision"):
+    """A human (`baton tool approve|deny`) → the agent waiting on a tool call."""
+
+    call_id: str
+    approve: bool
+    by: str
+    reason: str = ""
+
+
+class ToolDecisionAck(_Message, frozen=True, tag="tool.decision.ack"):
+    """The waiting agent's reply: the decision was taken (False: it came too late)."""
+
+    call_id: str
+    taken: bool
+    detail: str = ""
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 
@@ -115,5 +154,5 @@ class Progress(_Message, frozen=True, tag="run.progress"):
 
 
 AgentInbound = Assignment | Control
-InboxMessage = TaskResult | TaskFailure
+InboxMessage = TaskResult | TaskFailure | ToolCallRecord
 AssignReply = AssignAck | ErrorReply

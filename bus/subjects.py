@@ -58,6 +58,19 @@ def inbox_sender(subject: str) -> tuple[str, str]:
     return token(parts[2]), token(parts[3])
 
 
+def tool_decision(call_id: str) -> str:
+    """A human → the agent holding a tool call that waits for approval (request/reply)."""
+    return f"baton.tool.decision.{token(call_id)}"
+
+
+TOOL_APPROVALS_ALL = "baton.tool.approval.*"
+
+
+def tool_approval(run_id: str) -> str:
+    """Agent → whoever watches a run: a tool call of this run waits for a human."""
+    return f"baton.tool.approval.{token(run_id)}"
+
+
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"

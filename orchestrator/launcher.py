@@ -14,7 +14,10 @@ from orchestrator.workflow import AgentSpec
 
 
 def resolve_handler(ref: str, base: Path) -> str:
-    """A `file.py:function` ref made absolute relative to the workflow's folder."""
+    """A `file.py:function` ref (or an LLM agent's `agent.toml`) made absolute relative to
+    the workflow's folder."""
+    if ref.endswith(".toml") and not Path(ref).is_absolute():
+        return str((base / ref).resolve())
     target, sep, name = ref.rpartition(":")
     if sep and target.endswith(".py") and not Path(target).is_absolute():
         return f"{(base / target).resolve()}:{name}"

@@ -29,10 +29,12 @@ from bus.protocol import (
     Heartbeat,
     InboxMessage,
     TaskResult,
+    ToolCallRecord,
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
 from orchestrator import journal
+from orchestrator.agentlog import AgentLog
 from orchestrator.api import RunAccepted, StartRunRequest
 from orchestrator.commands import (
     Command,
@@ -123,6 +125,7 @@ class Orchestrator:
     ) -> None:
         self._bus = bus
         self._contracts = contracts
+        self._agentlog = AgentLog(store)
         self._refused: set[tuple[str, str, str]] = set()
         self._store = store
         self._registry = Registry(agent_ttl)
@@ -360,6 +363,9 @@ class Orchestrator:
                 await self._reject(msg.subject, str(exc), len(msg.data))
                 await msg.term()
                 continue
+            if isinstance(report, ToolCallRecord):
+                await self._record_agent(msg, report, sender)
+                continue
             command: Command
             if isinstance(report, TaskResult):
                 command, kind = ReportResult(report, sender), "result"
@@ -372,6 +378,19 @@ class Orchestrator:
         for run_id, items in by_run.items():
             if await self._execute(run_id, items):
                 await asyncio.gather(*(m.ack() for m in acks[run_id]), return_exceptions=True)
+
+    async def _record_agent(self, msg: Incoming, record: ToolCallRecord, sender: str) -> None:
+        """An agent's audit record (agentlog): acked once durable, termed if forged."""
+        try:
+            durable = await self._agentlog.record(
+                record, sender, msg.trace.trace_id if msg.trace else ""
+            )
+        except MalformedMessage as exc:
+            await self._reject(msg.subject, str(exc), len(msg.data))
+            await msg.term()
+            return
+        if durable:
+            await msg.ack()
 
     async def _tick_loop(self) -> None:
         while True:
