@@ -171,9 +171,10 @@ class ToolGateway:
         if tool.needs_approval:
             run_id, task_id, attempt, agent_id = self._where
             request = ToolCallRecord(
-                run_id, task_id, attempt, agent_id, call_id, tool.name, "requested",
+                run_id, task_id, attempt, agent_id, call_id, tool.name, "awaiting",
                 risk=tool.risk, arguments=shown,
             )  # fmt: skip
+            await self._recorder.record(request)
             verdict = await self._approver.decide(request, tool)
             phase: ToolPhase = "approved" if verdict.approve else "denied"
             await self._record(call_id, tool.name, phase, by=verdict.by, detail=verdict.reason)

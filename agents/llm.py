@@ -60,9 +60,13 @@ class LlmSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 def _location(error: msgspec.ValidationError) -> tuple[str, str]:
     text = str(error)
+    missing = re.match(r"Object missing required field `(\w+)`", text)
     match = re.search(r" - at `\$\.?(.*)`$", text)
+    where = match.group(1) if match else ""
+    if missing:
+        return f"{where}.{missing.group(1)}" if where else missing.group(1), text
     if match:
-        return match.group(1) or "(top)", text[: match.start()]
+        return where or "(top)", text[: match.start()]
     return "(top)", text
 
 

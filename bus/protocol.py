@@ -95,7 +95,7 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     retryable: bool = True
 
 
-ToolPhase = Literal["requested", "refused", "approved", "denied", "succeeded", "failed"]
+ToolPhase = Literal["requested", "refused", "awaiting", "approved", "denied", "succeeded", "failed"]
 
 
 class ToolCallRecord(_Message, frozen=True, tag="tool.call"):

@@ -22,7 +22,7 @@ from bus.contracts import Contracts
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import history, journal, render
+from orchestrator import history, journal, render, toolcli
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("tool", help="approve, deny or list governed tool calls (baton tool --help)",
                    add_help=False)  # fmt: skip
 
     replay = sub.add_parser("replay", help="rebuild a run's state from the event log")
@@ -345,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
+    if argv[:1] == ["tool"]:
+        return toolcli.main(argv[1:])
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
