@@ -193,7 +193,8 @@ def test_model_usage_travels_back_on_the_task_result(tmp_path: Path) -> None:
                     pass
             runtime.stop()
             await serving
-            message = Decoder(InboxMessage).decode(batch[0].data)
+            decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
+            message = decoder.decode(batch[0].data)
             assert isinstance(message, TaskResult)
             return message
         finally:
