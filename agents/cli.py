@@ -18,6 +18,7 @@ from agents.sdk import Handler, HandlerNotFound, load_handler
 from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
+from bus.permissions import inbox_prefix
 from bus.subjects import token
 
 
@@ -79,7 +80,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
         def make(bus: Bus) -> Handler:
             return loaded
 
-    bus = await Bus.connect(args.nats, name=agent_id)
+    bus = await Bus.connect(args.nats, name=agent_id, inbox_prefix=inbox_prefix(agent_id))
     try:
         handler = make(bus)
         runtime = AgentRuntime(

@@ -79,21 +79,52 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> Bus:
-        """Connect, retrying for a while; reconnects forever once connected."""
+    async def connect(cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3) -> Bus:
+        """Connect, trying `tries` times (a server may be reloading its users), failing
+        with `BusError` if it cannot; once connected, it reconnects forever.
+
+        nats-py retries a failed first connect forever when reconnects are unlimited, so
+        an error during the first connect is raised from its error callback instead.
+        """
+        connected = False
+
+        async def on_error(exc: Exception) -> None:
+            if not connected:
+                raise exc
+            log.warning("nats (%s): %s", name, exc)
+
+        options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+        shown = url.rpartition("@")[2]  # never echo a password
+        for attempt in range(tries):
+            try:
+                nc = await nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=5,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    pending_size=64 * 1024 * 1024,
+                    error_cb=on_error,
+                    **options,
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                if attempt == tries - 1:
+                    raise BusError(
+                        f"cannot connect to {shown}: {exc or type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(0.3)
+                continue
+            connected = True
+            return cls(nc)
+        raise BusError(f"cannot connect to {shown}: no tries")
+
+    async def flush(self, timeout: float = 5.0) -> None:
+        """Until the server has processed everything sent so far (subscriptions too)."""
         try:
-            nc = await nats.connect(
-                url,
-                name=name,
-                connect_timeout=5,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                pending_size=64 * 1024 * 1024,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            raise BusError(f"cannot connect to {url}: {exc}") from exc
-        return cls(nc)
+            await self._nc.flush(timeout=timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError(f"flush failed: {exc}") from exc
 
     async def publish(
         self, subject: str, payload: bytes, trace: TraceContext | None = None

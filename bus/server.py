@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bus.errors import ServerStartError
+from bus.permissions import User, authorization_block
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,11 +51,43 @@ def find_binary() -> Path:
 class EmbeddedNats:
     """One nats-server child process with JetStream, owned by whoever started it."""
 
-    def __init__(self, state_dir: Path, *, sync_always: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path, *, sync_always: bool = True, users: list[User] | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.sync_always = sync_always
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
+        self._users = list(users) if users is not None else None
+
+    @property
+    def secured(self) -> bool:
+        """Whether clients must log in (and get only their users' permissions)."""
+        return self._users is not None
+
+    def add_users(self, users: list[User]) -> None:
+        """Let more users in: rewrite the config and have the server reload it (SIGHUP)."""
+        if self._users is None:
+            raise ServerStartError("this server runs without users; start it with some")
+        self._users += users
+        path = self.state_dir / "nats" / "nats-server.conf"
+        path.write_text(self._config_text())
+        if self._process is not None and self._process.poll() is None:
+            self._process.send_signal(signal.SIGHUP)
+
+    def _config_text(self) -> str:
+        nats_dir = self.state_dir / "nats"
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config = (
+            "listen: 127.0.0.1:-1\n"
+            "server_name: baton_embedded\n"
+            f"ports_file_dir: {json.dumps(str(nats_dir / 'ports'))}\n"
+            "max_payload: 1MB\n"
+            f"jetstream {{\n  store_dir: {json.dumps(str(nats_dir / 'jetstream'))}{sync}\n}}\n"
+        )
+        if self._users is not None:
+            config += authorization_block(self._users)
+        return config
 
     def _write_config(self) -> Path:
         nats_dir = self.state_dir / "nats"
@@ -63,16 +96,9 @@ class EmbeddedNats:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        sync = "\n  sync_interval: always" if self.sync_always else ""
-        config = (
-            "listen: 127.0.0.1:-1\n"
-            "server_name: baton_embedded\n"
-            f"ports_file_dir: {json.dumps(str(ports_dir))}\n"
-            "max_payload: 1MB\n"
-            f"jetstream {{\n  store_dir: {json.dumps(str(nats_dir / 'jetstream'))}{sync}\n}}\n"
-        )
         path = nats_dir / "nats-server.conf"
-        path.write_text(config)
+        path.write_text(self._config_text())
+        path.chmod(0o600)  # it holds the users' passwords
         return path
 
     async def start(self, timeout: float = 15.0) -> str:

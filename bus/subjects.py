@@ -58,6 +58,11 @@ def inbox_sender(subject: str) -> tuple[str, str]:
     return token(parts[2]), token(parts[3])
 
 
+def tool_call(tool: str) -> str:
+    """Agent → a tool served on the bus (request/reply); role permissions name these."""
+    return f"baton.tool.call.{token(tool)}"
+
+
 def tool_decision(call_id: str) -> str:
     """A human → the agent holding a tool call that waits for approval (request/reply)."""
     return f"baton.tool.decision.{token(call_id)}"

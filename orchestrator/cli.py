@@ -149,7 +149,13 @@ async def _serve(
         print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
         if specs and not args.no_agents:
             for spec in specs:
-                agents.start(spec, stack.nats_url, Path.cwd(), contracts=contracts_path)
+                agents.start(
+                    spec,
+                    stack.nats_url,
+                    Path.cwd(),
+                    contracts=contracts_path,
+                    url_for_agent=stack.agent_url,
+                )
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
             await _agents_ready(stack.orchestrator, agents, roles, timeout=60)

@@ -3,10 +3,12 @@ separate OS process that dies with its parent and logs to the state directory.""
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bus.server import die_with_parent
@@ -38,7 +40,10 @@ class AgentProcesses:
         base: Path,
         heartbeat_s: float = 0.5,
         contracts: str = "",
+        url_for_agent: Callable[[str, str], str] | None = None,
     ) -> list[str]:
+        """Start `spec.count` agents; `url_for_agent(agent_id, role)` gives each its own
+        NATS URL (its credentials), passed in the environment, never on the command line."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
         for n in range(spec.count):
@@ -48,7 +53,6 @@ class AgentProcesses:
                 "--role", spec.role,
                 "--id", agent_id,
                 "--handler", resolve_handler(spec.handler, base),
-                "--nats", nats_url,
                 "--capacity", str(spec.capacity),
                 "--heartbeat", str(heartbeat_s),
             ]  # fmt: skip
@@ -56,9 +60,15 @@ class AgentProcesses:
                 command += ["--capabilities", ",".join(spec.capabilities)]
             if contracts:
                 command += ["--contracts", contracts]
+            url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
+            env = {**os.environ, "BATON_NATS_URL": url}
             with (self.log_dir / f"{agent_id}.log").open("ab") as log:
                 self.processes[agent_id] = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                    env=env,
                 )
             started.append(agent_id)
         return started

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import json
 import os
@@ -20,10 +21,11 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import BusError, RequestFailed
+from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
 from eventstore import EventQuery, EventStoreError
 from orchestrator import agentlog
-from orchestrator.bootstrap import open_store, state_dir, store_path
+from orchestrator.bootstrap import human_url_path, open_store, state_dir, store_path
 
 _ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
 
@@ -50,7 +52,10 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
 
 
 def embedded_url(directory: Path) -> str:
-    """The URL of the embedded server a `baton run` on this state directory started."""
+    """The URL of the embedded server a `baton run` on this state directory started
+    (with the CLI's credentials when the server is governed)."""
+    with contextlib.suppress(OSError):
+        return human_url_path(directory).read_text().strip()
     for ports in sorted((directory / "nats" / "ports").glob("*.ports")):
         try:
             return str(json.loads(ports.read_text())["nats"][0])
@@ -61,7 +66,7 @@ def embedded_url(directory: Path) -> str:
 
 async def decide(url: str, decision: ToolDecision, timeout: float = 5.0) -> ToolDecisionAck:
     """Send a decision to the agent holding the call; `RequestFailed` if none is waiting."""
-    bus = await Bus.connect(url, name="baton-tool")
+    bus = await Bus.connect(url, name="human", inbox_prefix=inbox_prefix("human"))
     try:
         reply = await bus.request(
             subjects.tool_decision(decision.call_id), encode(decision), timeout

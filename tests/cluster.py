@@ -51,7 +51,12 @@ class Cluster:
         file = self.contracts if contracts is None else contracts
         for spec in specs:
             ids += self.agents.start(
-                spec, self.stack.nats_url, base, heartbeat_s=heartbeat_s, contracts=file
+                spec,
+                self.stack.nats_url,
+                base,
+                heartbeat_s=heartbeat_s,
+                contracts=file,
+                url_for_agent=self.stack.agent_url,
             )
         if wait:
             await self.orchestrator.wait_for_agents(AgentProcesses.roles(specs), timeout=30)

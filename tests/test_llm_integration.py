@@ -89,6 +89,8 @@ def test_an_llm_agent_process_records_tool_calls_and_a_human_approves_one(
 
     async def scenario() -> None:
         async with cluster(state_dir, contracts=roles) as c:
+            assert c.stack.server is not None
+            assert c.stack.server.secured, "a governed stack's server makes everyone log in"
             await c.add_agents([AgentSpec("analyst", spec, capacity=2)])
             workflow = WorkflowSpec("llm", [StepSpec("analyse", "analyst", timeout_s=60)])
             run_id = await c.orchestrator.start_run(workflow, {"topic": "NATS"})
@@ -102,14 +104,14 @@ def test_an_llm_agent_process_records_tool_calls_and_a_human_approves_one(
             approve = await asyncio.to_thread(
                 subprocess.run,
                 baton("tool", "approve", call.call_id, "--by", "alice", "--reason", "ok",
-                      "--nats", c.stack.nats_url),
+                      "--state-dir", str(state_dir)),
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             assert approve.returncode == 0, approve.stderr
             assert f"tool call {call.call_id} approved" in approve.stdout
             again = await asyncio.to_thread(
                 subprocess.run,
-                baton("tool", "deny", call.call_id, "--nats", c.stack.nats_url),
+                baton("tool", "deny", call.call_id, "--state-dir", str(state_dir)),
                 capture_output=True, text=True, timeout=60,
             )  # fmt: skip
             state = await c.orchestrator.wait(run_id, timeout=60)
