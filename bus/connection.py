@@ -119,7 +119,7 @@ class Bus:
             return cls(nc)
         raise BusError(f"cannot connect to {shown}: no tries")
 
-    async def flush(self, timeout: float = 5.0) -> None:
+    async def flush(self, timeout: int = 5) -> None:
         """Until the server has processed everything sent so far (subscriptions too)."""
         try:
             await self._nc.flush(timeout=timeout)

@@ -65,15 +65,33 @@ class EmbeddedNats:
         """Whether clients must log in (and get only their users' permissions)."""
         return self._users is not None
 
-    def add_users(self, users: list[User]) -> None:
-        """Let more users in: rewrite the config and have the server reload it (SIGHUP)."""
+    def add_users(self, users: list[User], timeout: float = 10.0) -> None:
+        """Let more users in: rewrite the config, have the server reload it (SIGHUP), and
+        return once its log says it did (usually a few milliseconds)."""
         if self._users is None:
             raise ServerStartError("this server runs without users; start it with some")
         self._users += users
         path = self.state_dir / "nats" / "nats-server.conf"
         path.write_text(self._config_text())
-        if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGHUP)
+        if self._process is None or self._process.poll() is not None:
+            return
+        log = self.state_dir / "nats" / "nats-server.log"
+        offset = log.stat().st_size if log.exists() else 0
+        self._process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not self._logged_since(log, offset, b"Reloaded server configuration"):
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"nats-server did not reload its users in {timeout}s")
+            time.sleep(0.002)
+
+    @staticmethod
+    def _logged_since(log: Path, offset: int, text: bytes) -> bool:
+        try:
+            with log.open("rb") as f:
+                f.seek(offset)
+                return text in f.read()
+        except OSError:
+            return False
 
     def _config_text(self) -> str:
         nats_dir = self.state_dir / "nats"
