@@ -27,7 +27,7 @@ from bus.permissions import (
     new_user,
     url_for,
 )
-from bus.protocol import Heartbeat
+from bus.protocol import Heartbeat, TaskResult
 from bus.server import EmbeddedNats
 
 RESEARCHER = RoleContract(name="researcher", tools=["web_search"])
@@ -192,3 +192,77 @@ def test_the_authorization_block_lists_each_users_rights() -> None:
     assert '"allow_responses": true' in block
     with pytest.raises(BusError):
         agent_permissions("a.b", RESEARCHER)
+
+
+WORKER_ROLES = """
+[[roles]]
+name = "worker"
+concurrency = 2
+"""
+
+
+def test_forged_results_are_rejected_and_audited_on_a_governed_stack(tmp_path: Path) -> None:
+    """A second agent (with its own real credentials) forges results for a task another
+    agent holds: on its own subject it is rejected and audited by the core, and on the
+    owner's subject the server never delivers it. A wrong lease token and a stale attempt
+    from the owner's subject are rejected too; the owner's real result still wins."""
+    from orchestrator import journal
+    from orchestrator.events import ResultRejected, TaskAssigned
+    from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+    from tests.cluster import cluster
+
+    roles = tmp_path / "roles.toml"
+    roles.write_text(WORKER_ROLES)
+    slow = AgentSpec("worker", "agents.builtin:sleep", capacity=2)
+
+    async def scenario() -> tuple[list[ResultRejected], str, str, dict[str, object]]:
+        async with cluster(tmp_path / "state", contracts=str(roles)) as c:
+            (owner,) = await c.add_agents([slow])
+            workflow = WorkflowSpec(
+                "w", [StepSpec("s", "worker", params={"seconds": 3.0}, timeout_s=30)]
+            )
+            run_id = await c.orchestrator.start_run(workflow)
+            await c.until_held(owner, run_id, "s", 1)
+            token = c.orchestrator.run(run_id).tasks["s"].lease_token
+            forger_id = "worker-forger"
+            forger = await Bus.connect(
+                c.stack.agent_url(forger_id, "worker"),
+                name=forger_id,
+                inbox_prefix=inbox_prefix(forger_id),
+            )
+            claim = TaskResult(run_id, "s", 1, "guessed", owner, {"forged": True}, 0.1)
+            # on the owner's subject: the server refuses it, so it never reaches the stream
+            # (attempt 7 would be audited as stale if it did)
+            as_owner = TaskResult(run_id, "s", 7, "guessed", owner, {"forged": True}, 0.1)
+            await forger.publish(subjects.inbox(run_id, owner), encode(as_owner))
+            # on the forger's own subject, after it on the same connection: delivered,
+            # rejected and audited by the core
+            await forger.publish_durable(
+                subjects.inbox(run_id, forger_id), encode(claim), msg_id="f1", attempts=1
+            )
+            await forger.close()
+            # from the owner's subject (as a confused owner would): wrong token, stale attempt
+            wrong = TaskResult(run_id, "s", 1, "not-the-token", owner, {"forged": True}, 0.1)
+            stale = TaskResult(run_id, "s", 0, token, owner, {"forged": True}, 0.1)
+            for n, report in enumerate((wrong, stale)):
+                await c.stack.bus.publish_durable(
+                    subjects.inbox(run_id, owner), encode(report), msg_id=f"o{n}", attempts=1
+                )
+            state = await c.orchestrator.wait(run_id, timeout=60)
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+            events = [journal.decode_run_event(e) for e in stored]
+            assigned = [e for e in events if isinstance(e, TaskAssigned)]
+            assert len(assigned) == 1
+            rejected = [e for e in events if isinstance(e, ResultRejected)]
+            return rejected, owner, forger_id, dict(state.result or {})
+
+    rejected, owner, forger_id, result = asyncio.run(scenario())
+    assert result == {"s": {"task": "s", "slept_s": 3.0}}, "the owner's real result won"
+    reasons = sorted((r.sender, r.reason) for r in rejected)
+    assert reasons == sorted(
+        [
+            (forger_id, f"sent by {forger_id} but claims to be from {owner}"),
+            (owner, "lease token does not match the attempt's"),
+            (owner, "stale attempt 0; the current attempt is 1"),
+        ]
+    )
