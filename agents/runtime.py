@@ -14,6 +14,7 @@ import signal
 import time
 from collections import OrderedDict
 
+from agents.memory import Memory
 from agents.sdk import Handler, TaskContext, TaskError
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -143,8 +144,9 @@ class AgentRuntime:
     async def _work(self, a: Assignment, trace: TraceContext | None) -> None:
         key = (a.run_id, a.task_id, a.attempt)
         ctx = TaskContext(
-            a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract
-        )
+            a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract,
+            memory=self._memory(a),
+        )  # fmt: skip
         budget_s = self.contract.budget.seconds if self.contract else 0.0
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
@@ -182,6 +184,18 @@ class AgentRuntime:
             log.error("could not return %s of %s: %s", a.attempt, a.task_id, exc)
         finally:
             self._held.pop(key, None)
+
+    def _memory(self, a: Assignment) -> Memory | None:
+        if self.contract is None:
+            return None
+        return Memory(
+            self._bus,
+            self.contract,
+            agent_id=self.agent_id,
+            run_id=a.run_id,
+            task_id=a.task_id,
+            attempt=a.attempt,
+        )
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
         return TaskFailure(

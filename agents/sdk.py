@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import msgspec
 
+from agents.memory import Memory
 from bus.contracts import RoleContract
 from bus.protocol import Payload
 
@@ -55,6 +56,8 @@ class TaskContext(msgspec.Struct, frozen=True):
     input: Payload
     contract: RoleContract | None = None
     usage: Usage = msgspec.field(default_factory=Usage)
+    memory: Memory | None = None
+    """Shared memory, when the agent serves a role contract."""
 
     @property
     def params(self) -> dict[str, Any]:

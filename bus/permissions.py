@@ -48,6 +48,7 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
         publish=[
             f"baton.inbox.*.{agent_id}",
             subjects.heartbeat(agent_id),
+            subjects.memory_search(agent_id),
             *(subjects.tool_call(t) for t in contract.tools),
             "baton.tool.approval.*",
         ],

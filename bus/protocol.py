@@ -134,6 +134,54 @@ class ToolDecisionAck(_Message, frozen=True, tag="tool.decision.ack"):
     detail: str = ""
 
 
+MemoryScope = Literal["run", "agent", "global"]
+SearchMode = Literal["lexical", "vector"]
+
+
+class MemoryWrite(_Message, frozen=True, tag="memory.write"):
+    """Agent → orchestrator's durable inbox: remember `text` under `key` in a scope.
+    Recorded as an event (memory is rebuilt by replay) only if the role may write there."""
+
+    write_id: str
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    role: str
+    scope: MemoryScope
+    key: str
+    text: str
+
+
+class MemorySearch(_Message, frozen=True, tag="memory.search"):
+    """Agent → memory service (request/reply on the agent's own search subject)."""
+
+    run_id: str
+    query: str
+    scopes: list[MemoryScope]
+    limit: int = 5
+    mode: SearchMode = "lexical"
+
+
+class MemoryHit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One remembered entry; `ref` (its event id) is the reference a handoff passes on."""
+
+    ref: str
+    scope: MemoryScope
+    key: str
+    text: str
+    agent_id: str
+    run_id: str
+    score: float
+
+
+class MemoryHits(_Message, frozen=True, tag="memory.hits"):
+    """The memory service's answer, best first."""
+
+    hits: list[MemoryHit]
+    mode: SearchMode
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 
@@ -154,5 +202,5 @@ class Progress(_Message, frozen=True, tag="run.progress"):
 
 
 AgentInbound = Assignment | Control
-InboxMessage = TaskResult | TaskFailure | ToolCallRecord
+InboxMessage = TaskResult | TaskFailure | ToolCallRecord | MemoryWrite
 AssignReply = AssignAck | ErrorReply

@@ -76,6 +76,23 @@ def tool_approval(run_id: str) -> str:
     return f"baton.tool.approval.{token(run_id)}"
 
 
+MEMORY_SEARCH_ALL = "baton.memory.*.search"
+
+
+def memory_search(agent_id: str) -> str:
+    """Agent → memory service: a search, on a subject only that agent may publish to, so
+    the service knows who asks from the server, not from the payload."""
+    return f"baton.memory.{token(agent_id)}.search"
+
+
+def memory_searcher(subject: str) -> str:
+    """The agent id of a memory search subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "memory"] or parts[3] != "search":
+        raise InvalidSubjectToken(subject)
+    return token(parts[2])
+
+
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"

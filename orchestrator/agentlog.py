@@ -17,13 +17,14 @@ import msgspec
 
 from bus.codec import encode
 from bus.errors import MalformedMessage
-from bus.protocol import ToolCallRecord
+from bus.protocol import MemoryWrite, ToolCallRecord
 from bus.tracecontext import new_span_id
 from eventstore import EventStore, EventStoreError, NewEvent, StoredEvent
 
 log = logging.getLogger("baton.agentlog")
 PREFIX = "agents-"
-AgentRecord = ToolCallRecord
+MEMORY_STREAM = "memory"
+AgentRecord = ToolCallRecord | MemoryWrite
 _decoder: msgspec.msgpack.Decoder[AgentRecord] = msgspec.msgpack.Decoder(AgentRecord)
 
 
@@ -31,9 +32,20 @@ def stream_of(run_id: str) -> str:
     return f"{PREFIX}{run_id}"
 
 
-def message_id(record: AgentRecord) -> str:
+def holds_records(stream: str) -> bool:
+    """Whether a stream holds agents' records (tool calls, memory writes)."""
+    return stream.startswith(PREFIX) or stream == MEMORY_STREAM
+
+
+def message_id(record: ToolCallRecord) -> str:
     """The id the agent published the record under (and the event's id)."""
     return f"{record.run_id}:{record.task_id}:{record.attempt}:tool:{record.call_id}:{record.phase}"
+
+
+def tool_calls(stored: list[StoredEvent]) -> list[ToolCallRecord]:
+    """The tool-call records among stored events."""
+    records = [decode(e) for e in stored if holds_records(e.stream)]
+    return [r for r in records if isinstance(r, ToolCallRecord)]
 
 
 def decode(stored: StoredEvent) -> AgentRecord:
@@ -51,7 +63,7 @@ class AgentLog:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._versions: dict[str, int] = {}
 
-    async def record(self, record: AgentRecord, sender: str, trace_id: str = "") -> bool:
+    async def record(self, record: ToolCallRecord, sender: str, trace_id: str = "") -> bool:
         """True once the record is durable (or was already); False if the append failed
         (the message must then not be acked). A record on another agent's subject is
         `MalformedMessage`."""

@@ -126,7 +126,7 @@ def decode_run_event(stored: StoredEvent) -> RunEvent:
 
 def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent | agentlog.AgentRecord:
     """Any stored Baton event, for audit views."""
-    if stored.stream.startswith(agentlog.PREFIX):
+    if agentlog.holds_records(stored.stream):
         try:
             return agentlog.decode(stored)
         except MalformedMessage as exc:

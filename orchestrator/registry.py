@@ -68,5 +68,10 @@ class Registry:
             views.append(AgentView(agent_id, hb.role, hb.capacity, load))
         return views
 
+    def role_of(self, agent_id: str) -> str | None:
+        """The role a known agent serves (as its last heartbeat said), else None."""
+        seen = self._agents.get(agent_id)
+        return seen.heartbeat.role if seen is not None else None
+
     def heartbeats(self) -> list[Heartbeat]:
         return [s.heartbeat for s in self._agents.values()]

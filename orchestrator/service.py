@@ -28,6 +28,7 @@ from bus.protocol import (
     ErrorReply,
     Heartbeat,
     InboxMessage,
+    MemoryWrite,
     TaskResult,
     ToolCallRecord,
 )
@@ -64,6 +65,7 @@ from orchestrator.events import (
     SystemEvent,
 )
 from orchestrator.journal import ORCHESTRATOR, Cause
+from orchestrator.memory import Embedder, MemoryService
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
 from orchestrator.workflow import WorkflowSpec, validate
@@ -126,6 +128,13 @@ class Orchestrator:
         self._bus = bus
         self._contracts = contracts
         self._agentlog = AgentLog(store)
+        self.memory = MemoryService(
+            store,
+            bus,
+            contracts=contracts,
+            role_of=self._role_of,
+            embedder=Embedder.from_env(),
+        )
         self._refused: set[tuple[str, str, str]] = set()
         self._store = store
         self._registry = Registry(agent_ttl)
@@ -159,6 +168,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
         ]
         await self._recover()
+        await self.memory.start()
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
 
@@ -168,6 +178,7 @@ class Orchestrator:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         self._subscriptions = []
+        await self.memory.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -363,7 +374,7 @@ class Orchestrator:
                 await self._reject(msg.subject, str(exc), len(msg.data))
                 await msg.term()
                 continue
-            if isinstance(report, ToolCallRecord):
+            if isinstance(report, ToolCallRecord | MemoryWrite):
                 await self._record_agent(msg, report, sender)
                 continue
             command: Command
@@ -379,12 +390,17 @@ class Orchestrator:
             if await self._execute(run_id, items):
                 await asyncio.gather(*(m.ack() for m in acks[run_id]), return_exceptions=True)
 
-    async def _record_agent(self, msg: Incoming, record: ToolCallRecord, sender: str) -> None:
-        """An agent's audit record (agentlog): acked once durable, termed if forged."""
+    async def _record_agent(
+        self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str
+    ) -> None:
+        """An agent's tool record or memory write: acked once durable, termed if forged
+        or outside its contract (and audited as a rejected message)."""
+        trace_id = msg.trace.trace_id if msg.trace else ""
         try:
-            durable = await self._agentlog.record(
-                record, sender, msg.trace.trace_id if msg.trace else ""
-            )
+            if isinstance(record, MemoryWrite):
+                durable = await self.memory.write(record, sender, trace_id)
+            else:
+                durable = await self._agentlog.record(record, sender, trace_id)
         except MalformedMessage as exc:
             await self._reject(msg.subject, str(exc), len(msg.data))
             await msg.term()
@@ -435,6 +451,9 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(RunAccepted(run_id)))
+
+    def _role_of(self, agent_id: str) -> str | None:
+        return self._registry.role_of(agent_id)
 
     async def _refuse(self, hb: Heartbeat, why: str) -> None:
         """Never route to an agent serving a contract we do not know; audit it once."""

@@ -86,7 +86,7 @@ async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRe
         stored = await store.query(EventQuery(type_glob="tool.call"))
     finally:
         await store.close()
-    records = [agentlog.decode(e) for e in stored if e.stream.startswith(agentlog.PREFIX)]
+    records = agentlog.tool_calls(stored)
     decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
     return [
         r

@@ -76,7 +76,7 @@ def files(tmp_path: Path) -> tuple[str, str]:
 
 async def records_of(store: object, run_id: str) -> list[ToolCallRecord]:
     stored = await store.read_stream(agentlog.stream_of(run_id))  # type: ignore[attr-defined]
-    return [agentlog.decode(e) for e in stored]
+    return agentlog.tool_calls(stored)
 
 
 def test_an_llm_agent_process_records_tool_calls_and_a_human_approves_one(
