@@ -29,28 +29,36 @@ from nats.js.api import (
 )
 
 from bus import subjects, tracecontext
-from bus.codec import MAX_MESSAGE_BYTES
-from bus.errors import BusError, RequestFailed
+from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack
+from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
 
 
 class Incoming:
-    """A received message: its bytes, where it came from, its trace, and how to answer it."""
+    """A received message: its bytes, where it came from, its trace, and how to answer it.
 
-    __slots__ = ("_msg", "data", "subject", "trace")
+    A message sent as JSON (header `Baton-Encoding: json`) is handed on as msgpack, so
+    every decoder stays one strict msgpack decoder, and its reply goes back as JSON.
+    """
+
+    __slots__ = ("_msg", "data", "encoding", "subject", "trace")
 
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
         self.subject: str = msg.subject
-        self.data: bytes = msg.data
         headers = msg.headers or {}
+        self.encoding: str = headers.get(ENCODING_HEADER, "")
+        try:
+            self.data: bytes = to_msgpack(msg.data, self.encoding)
+        except MalformedMessage:
+            self.data = msg.data  # left as is: the decoder refuses it, naming why
         self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
 
     async def reply(self, payload: bytes) -> None:
         if self._msg.reply:
-            await self._msg.respond(payload)
+            await self._msg.respond(from_msgpack(payload, self.encoding))
 
     async def ack(self) -> None:
         await self._msg.ack()
@@ -147,7 +155,8 @@ class Bus:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.Error as exc:
             raise RequestFailed(f"{subject}: {exc}") from exc
-        return bytes(msg.data)
+        encoding = (msg.headers or {}).get(ENCODING_HEADER, "")
+        return to_msgpack(bytes(msg.data), encoding)  # a JSON reply is decoded like msgpack
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> Subscription:
         """Call `handler` for every message, each in its own task; a failing handler is
