@@ -14,7 +14,8 @@ from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.llm import LlmAgent, load_registry, load_spec
 from agents.runtime import AgentRuntime
-from agents.sdk import Handler, HandlerNotFound, load_handler
+from agents.sdk import Handler, HandlerNotFound, load_handler, load_object
+from agents.tools import ToolRegistry
 from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
@@ -68,14 +69,16 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
         if contract is None:
             raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
         spec = load_spec(args.handler)
-        registry = load_registry(spec.tools)
-
+        llm_tools = load_registry(spec.tools)
         policy = ApprovalPolicy.parse(args.approval)
 
         def make(bus: Bus) -> Handler:
-            return LlmAgent(spec, registry, policy.approver(bus), BusRecorder(bus))
+            return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus))
+
+        registry = None
     else:
         loaded = load_handler(args.handler)
+        registry = handler_tools(args.handler)
 
         def make(bus: Bus) -> Handler:
             return loaded
@@ -92,12 +95,25 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             capacity=args.capacity or (contract.concurrency if contract else 4),
             heartbeat_s=args.heartbeat,
             contract=contract,
+            tools=registry,
+            approver=ApprovalPolicy.parse(args.approval).approver(bus),
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         await runtime.run()
     finally:
         await bus.close()
     return 0
+
+
+def handler_tools(ref: str) -> ToolRegistry | None:
+    """The `tools` registry of a handler's module, if it has one: the tools its handlers
+    may call through `task.tools` (still only those its role contract allows)."""
+    target, _, _ = ref.rpartition(":")
+    try:
+        found = load_object(f"{target}:tools")
+    except HandlerNotFound:
+        return None
+    return found if isinstance(found, ToolRegistry) else None
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:

@@ -155,9 +155,14 @@ class ToolGateway:
         record = ToolCallRecord(run_id, task_id, attempt, agent_id, call_id, tool, phase, **extra)
         await self._recorder.record(record)
 
-    async def call(self, name: str, arguments: str | bytes, call_id: str = "") -> Any:
-        """Run the tool if every check passes; else the typed refusal, after recording it."""
+    async def call(
+        self, name: str, arguments: str | bytes | dict[str, Any], call_id: str = ""
+    ) -> Any:
+        """Run the tool if every check passes; else the typed refusal, after recording it.
+        `arguments` is the JSON object text a model produced, or a dict from Python code."""
         call_id = subjects.token(call_id) if call_id else self._new_id()
+        if isinstance(arguments, dict):
+            arguments = msgspec.json.encode(arguments)
         text = arguments if isinstance(arguments, str) else arguments.decode(errors="replace")
         shown = text[:_ARGUMENTS_SHOWN]
         tool_name = name if _plain(name) else "(invalid name)"

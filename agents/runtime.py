@@ -14,8 +14,10 @@ import signal
 import time
 from collections import OrderedDict
 
+from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
 from agents.sdk import Handler, TaskContext, TaskError
+from agents.tools import ToolRegistry
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -55,10 +57,14 @@ class AgentRuntime:
         capacity: int = 4,
         heartbeat_s: float = 0.5,
         contract: RoleContract | None = None,
+        tools: ToolRegistry | None = None,
+        approver: Approver | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
         self.contract = contract
+        self._tools = tools
+        self._approver = approver or PolicyApprover()
         self._bus = bus
         self._handler = handler
         self._capabilities = capabilities or [role]
@@ -145,7 +151,7 @@ class AgentRuntime:
         key = (a.run_id, a.task_id, a.attempt)
         ctx = TaskContext(
             a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract,
-            memory=self._memory(a),
+            memory=self._memory(a), tools=self._gateway(a),
         )  # fmt: skip
         budget_s = self.contract.budget.seconds if self.contract else 0.0
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
@@ -195,6 +201,20 @@ class AgentRuntime:
             run_id=a.run_id,
             task_id=a.task_id,
             attempt=a.attempt,
+        )
+
+    def _gateway(self, a: Assignment) -> ToolGateway | None:
+        if self.contract is None or self._tools is None:
+            return None
+        return ToolGateway(
+            self._tools,
+            self.contract,
+            self._approver,
+            BusRecorder(self._bus),
+            run_id=a.run_id,
+            task_id=a.task_id,
+            attempt=a.attempt,
+            agent_id=self.agent_id,
         )
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:

@@ -4,6 +4,7 @@ retryable failure with the exception's text."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -13,6 +14,7 @@ from typing import Any, cast
 
 import msgspec
 
+from agents.gateway import ToolGateway
 from agents.memory import Memory
 from bus.contracts import RoleContract
 from bus.protocol import Payload
@@ -58,6 +60,8 @@ class TaskContext(msgspec.Struct, frozen=True):
     usage: Usage = msgspec.field(default_factory=Usage)
     memory: Memory | None = None
     """Shared memory, when the agent serves a role contract."""
+    tools: ToolGateway | None = None
+    """Governed tool calls, when the agent serves a role contract and has a registry."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -101,12 +105,22 @@ def load_object(ref: str) -> object:
     try:
         if target.endswith(".py"):
             path = Path(target).resolve()
-            spec = importlib.util.spec_from_file_location(f"baton_handlers_{path.stem}", path)
-            if spec is None or spec.loader is None:
-                raise HandlerNotFound(f"{ref!r}: cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+            module_name = f"baton_handlers_{path.stem}_{digest}"
+            loaded = sys.modules.get(module_name)
+            if loaded is not None:  # one module per file, however many names are taken
+                module = loaded
+            else:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                if spec is None or spec.loader is None:
+                    raise HandlerNotFound(f"{ref!r}: cannot load {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[spec.name]
+                    raise
         else:
             module = importlib.import_module(target)
     except (ImportError, OSError, SyntaxError) as exc:

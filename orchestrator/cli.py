@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
         serving.add_argument(
+            "--human-approval",
+            action="store_true",
+            help="agents ask you here (or baton tool approve|deny) before a tool that needs "
+            "approval runs, instead of their policy",
+        )
+        serving.add_argument(
             "--contracts",
             default="",
             help="role contracts TOML: agents must advertise these (default: the workflow "
@@ -142,11 +148,15 @@ async def _serve(
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
     `start`ing it, for a new one) to its end with live progress; tear everything down."""
     directory = state_dir(args.state_dir)
+    if args.human_approval:
+        os.environ["BATON_TOOL_APPROVAL"] = "human:600"  # the agents started below inherit it
     contracts = Contracts.load(contracts_path) if contracts_path else None
     stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
     try:
-        print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
+        shown = stack.nats_url.rpartition("@")[2]  # never print credentials
+        print(f"baton: NATS nats://{shown.removeprefix('nats://')}, event store "
+              f"{store_path(directory)}")  # fmt: skip
         if specs and not args.no_agents:
             for spec in specs:
                 agents.start(
@@ -165,6 +175,8 @@ async def _serve(
             print(render.progress_line(_progress.decode(msg.data), time.monotonic() - began))
 
         await stack.bus.subscribe(subjects.progress(run_id), show)
+        if args.human_approval:
+            await toolcli.watch_approvals(stack.bus, run_id)
         if start is not None:
             await start(stack)
         state = stack.orchestrator.run(run_id)

@@ -15,11 +15,12 @@ import getpass
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus
+from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, RequestFailed
 from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
@@ -77,6 +78,40 @@ async def decide(url: str, decision: ToolDecision, timeout: float = 5.0) -> Tool
     if isinstance(answer, ErrorReply):
         raise RequestFailed(f"{answer.error}: {answer.detail}")
     return answer
+
+
+Ask = Callable[[str], str]
+
+
+async def watch_approvals(bus: Bus, run_id: str, ask: Ask = input) -> Subscription:
+    """Prompt on this terminal for each tool call of the run that waits for a human
+    (`baton run --human-approval`); answers go to the waiting agent, one at a time."""
+    turn = asyncio.Lock()
+    record_decoder: Decoder[ToolCallRecord] = Decoder(ToolCallRecord)
+
+    async def on_request(msg: Incoming) -> None:
+        try:
+            request = record_decoder.decode(msg.data)
+        except BusError:
+            return
+        async with turn:
+            question = (
+                f"\ntool call {request.call_id}: {request.agent_id} wants {request.tool} "
+                f"({request.risk} risk) with {request.arguments}\napprove? [y/N] "
+            )
+            try:
+                answer = await asyncio.to_thread(ask, question)
+            except EOFError:
+                print(f"no terminal: baton tool approve|deny {request.call_id}")
+                return
+            approve = answer.strip().lower() in ("y", "yes")
+            decision = ToolDecision(request.call_id, approve, getpass.getuser(), "at baton run")
+            try:
+                await bus.request(subjects.tool_decision(request.call_id), encode(decision), 5.0)
+            except RequestFailed as exc:
+                print(f"decision on {request.call_id} not delivered: {exc}")
+
+    return await bus.subscribe(subjects.tool_approval(run_id), on_request)
 
 
 async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
