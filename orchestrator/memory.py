@@ -17,6 +17,7 @@ the governed NATS server lets only that agent publish to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -187,8 +188,10 @@ class MemoryService:
         self._subscription = await self._bus.subscribe(subjects.MEMORY_SEARCH_ALL, self._on_search)
 
     async def stop(self) -> None:
-        if self._subscription is not None:
-            await self._subscription.unsubscribe()
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
 
     def _check(self, role: str, scope: str, action: str, sender: str) -> None:
         if self._contracts is None:

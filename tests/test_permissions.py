@@ -175,7 +175,7 @@ def test_replies_and_requests_work_within_the_permissions(tmp_path: Path) -> Non
             reply = await orchestrator.request(subjects.assign("alice"), b"task", 5.0)
             await orchestrator.ensure_inbox()
             await alice.publish_durable(
-                subjects.inbox("run1", "alice"), b"result", msg_id="m1", attempts=1
+                subjects.inbox("run1", "alice"), b"result", msg_id="m1", attempts=5
             )
             return reply
 
