@@ -10,9 +10,12 @@ import secrets
 import sys
 from collections.abc import Callable
 
+import msgspec
+
 from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.llm import LlmAgent, load_registry, load_spec
+from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
 from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_handler, load_object
 from agents.tools import ToolRegistry
@@ -65,12 +68,20 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
 async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int:
     agent_id = args.agent_id or f"{args.role}-{secrets.token_hex(3)}"
     make: Callable[[Bus], Handler]
+    local: LocalModel | None = None
     if args.handler.endswith(".toml"):
         if contract is None:
             raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
         spec = load_spec(args.handler)
         llm_tools = load_registry(spec.tools)
         policy = ApprovalPolicy.parse(args.approval)
+        if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")):
+            gguf_path()  # no endpoint: the embedded model, if it is installed
+            local = LocalModel()
+            base_url = await local.start()
+            model = spec.model or os.environ.get("BATON_LLM_MODEL") or MODEL_ALIAS
+            spec = msgspec.structs.replace(spec, base_url=base_url, model=model)
+            print(f"agent {agent_id}: local model {model} at {base_url}", file=sys.stderr)
 
         def make(bus: Bus) -> Handler:
             return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus))
@@ -102,6 +113,8 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
         await runtime.run()
     finally:
         await bus.close()
+        if local is not None:
+            local.stop()
     return 0
 
 
