@@ -63,6 +63,7 @@ class AgentRuntime:
         self.agent_id = subjects.token(agent_id)
         self.role = role
         self.contract = contract
+        self._digest = contract.digest if contract else ""
         self._tools = tools
         self._approver = approver or PolicyApprover()
         self._bus = bus
@@ -83,7 +84,7 @@ class AgentRuntime:
             capacity=self._capacity,
             load=len(self._held),
             held=[HeldTask(r, t, a) for r, t, a in self._held],
-            contract_digest=self.contract.digest if self.contract else "",
+            contract_digest=self._digest,
         )
 
     async def run(self) -> None:
