@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import os
 import socket
 import subprocess
 import sys
@@ -52,9 +53,13 @@ def _free_port() -> int:
 class LocalModel:
     """One llama-cpp-python server process serving the bundled SmolLM2."""
 
-    def __init__(self, log: Path | None = None, context: int = 4096) -> None:
+    def __init__(self, log: Path | None = None, context: int = 4096, batch: int = 0) -> None:
         self.log = log
         self.context = context
+        self.batch = batch or int(os.environ.get("BATON_LOCAL_MODEL_BATCH", "1"))
+        """Tokens evaluated per step. 1 by default: llama.cpp 0.3.36 built natively on a
+        CPU with AVX-512/AMX crashed here (SIGSEGV) evaluating batches of more than one
+        token; one at a time is slower on long prompts but works everywhere."""
         self.base_url = ""
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -68,6 +73,7 @@ class LocalModel:
                 sys.executable, "-m", "llama_cpp.server", "--model", str(model),
                 "--model_alias", MODEL_ALIAS, "--host", "127.0.0.1", "--port", str(port),
                 "--n_ctx", str(self.context),
+                "--n_batch", str(self.batch), "--n_ubatch", str(self.batch),
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
