@@ -9,13 +9,12 @@ import os
 import secrets
 import sys
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
-from agents.llm import LlmAgent, load_registry, load_spec
-from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
 from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_handler, load_object
 from agents.tools import ToolRegistry
@@ -23,6 +22,9 @@ from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
 from bus.permissions import inbox_prefix
+
+if TYPE_CHECKING:
+    from agents.localmodel import LocalModel
 from bus.subjects import token
 
 
@@ -70,6 +72,10 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
     make: Callable[[Bus], Handler]
     local: LocalModel | None = None
     if args.handler.endswith(".toml"):
+        # imported only here: the openai client alone takes ~0.3 s to import
+        from agents.llm import LlmAgent, load_registry, load_spec
+        from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
+
         if contract is None:
             raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
         spec = load_spec(args.handler)
