@@ -43,6 +43,7 @@ log = logging.getLogger("baton.memory")
 STREAM = "memory"
 EVENT_TYPE = "memory.written"
 MAX_LIMIT = 50
+EMBED_BATCH = 64
 _search: Decoder[MemorySearch] = Decoder(MemorySearch)
 _written: msgspec.msgpack.Decoder[MemoryWrite] = msgspec.msgpack.Decoder(MemoryWrite)
 
@@ -168,6 +169,7 @@ class MemoryService:
         self._lock = asyncio.Lock()
         self._version = 0
         self._subscription: Subscription | None = None
+        self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         """Rebuild the indexes from the `memory` stream, then serve searches."""
@@ -176,18 +178,16 @@ class MemoryService:
         entries = [(_written.decode(e.data), e.event_id, e.position) for e in stored]
         for entry, ref, position in entries:
             self._index_lexical(position, entry, ref)
-        if self._embedder is not None and entries:
-            try:
-                vectors = await self._embedder.embed([e.text for e, _, _ in entries])
-            except openai.OpenAIError as exc:
-                log.warning("memory vectors not rebuilt (lexical still works): %s", exc)
-            else:
-                for (_, _, position), vector in zip(entries, vectors, strict=True):
-                    if position in self._entries:
-                        self._vectors.add(position, vector)
+        live = [
+            (position, entry.text) for entry, _, position in entries if position in self._entries
+        ]
+        for start in range(0, len(live), EMBED_BATCH):
+            self._embed_later(live[start : start + EMBED_BATCH])
         self._subscription = await self._bus.subscribe(subjects.MEMORY_SEARCH_ALL, self._on_search)
 
     async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
         subscription, self._subscription = self._subscription, None
         if subscription is not None:
             with contextlib.suppress(Exception):
@@ -231,16 +231,29 @@ class MemoryService:
             position = stored[-1].position
             if position not in self._entries:
                 self._index_lexical(position, entry, event.event_id)
-        if self._embedder is not None:
-            try:
-                (vector,) = await self._embedder.embed([entry.text])
-                if position in self._entries:
-                    self._vectors.add(position, vector)
-            except openai.OpenAIError as exc:
-                log.warning(
-                    "no vector for memory %s (lexical still works): %s", event.event_id, exc
-                )
+        self._embed_later([(position, entry.text)])
         return True
+
+    def _embed_later(self, items: list[tuple[int, str]]) -> None:
+        """Embed in the background: the inbox loop never waits for a model. A vector
+        search waits for what is pending, so it still reads every recorded write."""
+        if self._embedder is None or not items:
+            return
+        embedder = self._embedder
+
+        async def embed() -> None:
+            try:
+                vectors = await embedder.embed([text for _, text in items])
+            except openai.OpenAIError as exc:
+                log.warning("memory vectors missing (lexical still works): %s", exc)
+                return
+            for (rowid, _), vector in zip(items, vectors, strict=True):
+                if rowid in self._entries:  # not overwritten meanwhile
+                    self._vectors.add(rowid, vector)
+
+        task = asyncio.create_task(embed())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
 
     def _index_lexical(self, rowid: int, entry: MemoryWrite, ref: str) -> None:
         slot = (entry.scope, owner_of(entry), entry.key)
@@ -268,6 +281,8 @@ class MemoryService:
             if self._embedder is None:
                 raise MalformedMessage("vector search needs an embeddings endpoint")
             (vector,) = await self._embedder.embed([request.query])
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
             allowed = set(visible)
             candidates = self._vectors.search(vector, max(request.limit * 8, 32))
             ranked = [

@@ -131,6 +131,9 @@ def test_agents_share_run_memory_within_their_contracts(
             request = MemorySearch(run_id, "event log", ["run"])
             replayed = await again.orchestrator.memory.search(request, reader_again)
             assert [h.key for h in replayed.hits] == ["storage"]
+            by_vector = MemorySearch(run_id, "which log holds events", ["run"], mode="vector")
+            rebuilt = await again.orchestrator.memory.search(by_vector, reader_again)
+            assert rebuilt.hits[0].key == "storage", "vectors rebuilt from the replayed writes"
             other_run = MemorySearch("another-run", "event log", ["run"])
             assert (await again.orchestrator.memory.search(other_run, reader_again)).hits == []
         return result, written, rejected
