@@ -98,6 +98,18 @@ def test_an_llm_agent_process_records_tool_calls_and_a_human_approves_one(
                 while not (pending := await toolcli.waiting(state_dir, run_id)):
                     await asyncio.sleep(0.05)
             (call,) = pending
+            listed = await asyncio.to_thread(
+                subprocess.run,
+                baton("tool", "pending", "--json", "--state-dir", str(state_dir)),
+                capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            assert listed.returncode == 0, listed.stderr
+            (shown,) = [json.loads(line) for line in listed.stdout.splitlines()]
+            assert (shown["call_id"], shown["tool"], shown["risk"]) == (
+                call.call_id,
+                "publish",
+                "high",
+            )
             assert (call.tool, call.risk, json.loads(call.arguments)) == (
                 "publish", "high", {"text": "NATS"}
             )  # fmt: skip
