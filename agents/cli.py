@@ -90,7 +90,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             print(f"agent {agent_id}: local model {model} at {base_url}", file=sys.stderr)
 
         def make(bus: Bus) -> Handler:
-            return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus))
+            return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus), bus=bus)
 
         registry = None
     else:

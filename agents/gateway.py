@@ -25,11 +25,20 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.contracts import RoleContract
 from bus.errors import BusError
-from bus.protocol import ToolCallRecord, ToolDecision, ToolDecisionAck, ToolPhase
+from bus.protocol import (
+    ErrorReply,
+    ToolCallRecord,
+    ToolDecision,
+    ToolDecisionAck,
+    ToolInvocation,
+    ToolOutcome,
+    ToolPhase,
+)
 
 log = logging.getLogger("baton.tools")
 _ARGUMENTS_SHOWN = 2048
 _decision: Decoder[ToolDecision] = Decoder(ToolDecision)
+_outcome: Decoder[ToolOutcome | ErrorReply] = Decoder(ToolOutcome | ErrorReply)
 
 
 class Recorder(Protocol):
@@ -137,6 +146,8 @@ class ToolGateway:
         attempt: int,
         agent_id: str,
         new_id: Callable[[], str] = lambda: secrets.token_hex(8),
+        bus: Bus | None = None,
+        remote_timeout_s: float = 60.0,
     ) -> None:
         self.registry = registry
         self.contract = contract
@@ -144,6 +155,8 @@ class ToolGateway:
         self._recorder = recorder
         self._where = (run_id, task_id, attempt, agent_id)
         self._new_id = new_id
+        self._bus = bus
+        self.remote_timeout_s = remote_timeout_s
         self.calls_made = 0
 
     def offered(self) -> list[dict[str, Any]]:
@@ -186,12 +199,32 @@ class ToolGateway:
             if not verdict.approve:
                 raise ToolDenied(tool.name, f"denied by {verdict.by}: {verdict.reason}")
         try:
-            result = await tool.run(parsed)
+            if tool.remote:
+                result = await self._remote(tool, call_id, parsed)
+            else:
+                result = await tool.run(parsed)
         except Exception as exc:
             await self._record(call_id, tool.name, "failed", detail=f"{type(exc).__name__}: {exc}")
             raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}") from exc
         await self._record(call_id, tool.name, "succeeded", detail=repr(result)[:_ARGUMENTS_SHOWN])
         return result
+
+    async def _remote(self, tool: Tool, call_id: str, parsed: msgspec.Struct) -> Any:
+        if self._bus is None:
+            raise RuntimeError(f"tool {tool.name!r} is served on the bus, and no bus was given")
+        run_id, task_id, attempt, agent_id = self._where
+        invocation = ToolInvocation(
+            run_id, task_id, attempt, agent_id, call_id, msgspec.json.encode(parsed).decode()
+        )
+        reply = await self._bus.request(
+            subjects.tool_call(tool.name), encode(invocation), self.remote_timeout_s
+        )
+        outcome = _outcome.decode(reply)
+        if isinstance(outcome, ErrorReply):
+            raise RuntimeError(f"{outcome.error}: {outcome.detail}")
+        if not outcome.ok:
+            raise RuntimeError(outcome.error)
+        return outcome.result
 
     def _check(self, name: str, arguments: str | bytes) -> tuple[Tool, Any]:
         if not self.contract.allows_tool(name):

@@ -27,6 +27,7 @@ from agents.errors import LlmConfigError, ToolError
 from agents.gateway import Approver, Recorder, ToolGateway
 from agents.sdk import HandlerNotFound, TaskContext, TaskError, load_object
 from agents.tools import ToolRegistry
+from bus.connection import Bus
 from bus.protocol import Payload
 
 ResponseFormat = Literal["json_schema", "json_object", "none"]
@@ -159,6 +160,7 @@ class LlmAgent:
         approver: Approver,
         recorder: Recorder,
         client: openai.AsyncOpenAI | None = None,
+        bus: Bus | None = None,
     ) -> None:
         self.spec = validate_spec(spec)
         self.model = spec.model or os.environ.get("BATON_LLM_MODEL", "")
@@ -167,6 +169,7 @@ class LlmAgent:
         self.registry = registry
         self._approver = approver
         self._recorder = recorder
+        self._bus = bus
         self._client = client or client_for(spec)
         self._validator = (
             jsonschema.Draft202012Validator(spec.output_schema) if spec.output_schema else None
@@ -184,6 +187,7 @@ class LlmAgent:
             task_id=task.task_id,
             attempt=task.attempt,
             agent_id=task.agent_id,
+            bus=self._bus,
         )
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": self.spec.system_prompt},

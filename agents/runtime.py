@@ -216,6 +216,7 @@ class AgentRuntime:
             task_id=a.task_id,
             attempt=a.attempt,
             agent_id=self.agent_id,
+            bus=self._bus,
         )
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:

@@ -35,6 +35,9 @@ class Tool:
     arguments: type[msgspec.Struct]
     risk: Risk
     needs_approval: bool
+    remote: bool = False
+    """Served on the bus by a `ToolService` (`baton.tool.call.<name>`): the function here
+    only declares the arguments; the gateway sends the call over NATS."""
 
     def parameters(self) -> dict[str, Any]:
         """The JSON Schema of the arguments object, self-contained (nested types inlined
@@ -104,6 +107,7 @@ class ToolRegistry:
         description: str = "",
         risk: Risk = "low",
         needs_approval: bool = False,
+        remote: bool = False,
     ) -> Tool:
         name = name or function.__name__
         if not _NAME.match(name):
@@ -121,6 +125,7 @@ class ToolRegistry:
             arguments=_arguments_struct(name, function),
             risk=risk,
             needs_approval=needs_approval,
+            remote=remote,
         )
         self._tools[name] = tool
         return tool
@@ -132,17 +137,26 @@ class ToolRegistry:
         description: str = "",
         risk: Risk = "low",
         needs_approval: bool = False,
+        remote: bool = False,
     ) -> Callable[[ToolFunction], ToolFunction]:
-        """`@registry.tool(risk=..., needs_approval=...)`: register an async function as a
-        tool; the function is returned unchanged."""
+        """`@registry.tool(risk=..., needs_approval=..., remote=...)`: register an async
+        function as a tool; the function is returned unchanged."""
 
         def register(fn: ToolFunction) -> ToolFunction:
             self.add(
-                fn, name=name, description=description, risk=risk, needs_approval=needs_approval
+                fn,
+                name=name,
+                description=description,
+                risk=risk,
+                needs_approval=needs_approval,
+                remote=remote,
             )
             return fn
 
         return register
+
+    def tools(self) -> list[Tool]:
+        return [self._tools[n] for n in sorted(self._tools)]
 
     def get(self, name: str) -> Tool:
         try:

@@ -117,6 +117,29 @@ class ToolCallRecord(_Message, frozen=True, tag="tool.call"):
     """Who decided (`policy:<name>` or a human's name), for approved/denied."""
 
 
+class ToolInvocation(_Message, frozen=True, tag="tool.invoke"):
+    """Agent's gateway → a tool served on the bus (request/reply on `baton.tool.call.<tool>`),
+    sent only after the gateway's checks and approval; the server lets only roles whose
+    contract lists the tool publish there."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    call_id: str
+    arguments: str
+    """The arguments object as JSON text (validated again by the service)."""
+
+
+class ToolOutcome(_Message, frozen=True, tag="tool.outcome"):
+    """The tool service's reply: the result, or why the call failed."""
+
+    call_id: str
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
 class ToolDecision(_Message, frozen=True, tag="tool.decision"):
     """A human (`baton tool approve|deny`) → the agent waiting on a tool call."""
 

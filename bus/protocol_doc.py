@@ -27,6 +27,8 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.MemoryWrite, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
     (protocol.MemorySearch, "agent → memory service (request)", "`baton.memory.<agent_id>.search`"),
     (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
+    (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
+    (protocol.ToolOutcome, "tool service → agent (reply)", "reply to a tool invocation"),
     (protocol.ToolDecision, "human → agent (request)", "`baton.tool.decision.<call_id>`"),
     (protocol.ToolDecisionAck, "agent → human (reply)", "reply to a tool decision"),
     (protocol.ErrorReply, "any replier", "reply to a refused request"),
