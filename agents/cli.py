@@ -7,11 +7,23 @@ import asyncio
 import os
 import secrets
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import msgspec
+
+from agents.errors import AgentError, LlmConfigError
+from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
-from agents.sdk import HandlerNotFound, load_bidder, load_handler
+from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load_object
+from agents.tools import ToolRegistry
 from bus.connection import Bus
+from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError, InvalidSubjectToken
+from bus.permissions import inbox_prefix
+
+if TYPE_CHECKING:
+    from agents.localmodel import LocalModel
 from bus.subjects import token
 from bus.telemetry import Telemetry, TelemetryConfigError, configure_logging
 
@@ -22,7 +34,15 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p.add_argument(
         "--handler",
         default="agents.builtin:noop",
-        help="async handler, 'module:function' or 'file.py:function' (default: %(default)s)",
+        help="async handler, 'module:function' or 'file.py:function', or an LLM agent "
+        "spec 'agent.toml' (default: %(default)s)",
+    )
+    p.add_argument(
+        "--approval",
+        default=os.environ.get("BATON_TOOL_APPROVAL", "policy:medium"),
+        help="who approves tool calls that need it: policy[:low|medium|high], "
+        "human[:timeout_s] (baton tool approve|deny) or deny (default: $BATON_TOOL_APPROVAL "
+        "or %(default)s)",
     )
     p.add_argument("--id", dest="agent_id", help="agent id (default: <role>-<random>)")
     p.add_argument(
@@ -30,7 +50,18 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         default=os.environ.get("BATON_NATS_URL", ""),
         help="NATS URL (default: $BATON_NATS_URL)",
     )
-    p.add_argument("--capacity", type=int, default=4, help="tasks run at once (default: 4)")
+    p.add_argument(
+        "--contracts",
+        default=os.environ.get("BATON_CONTRACTS", ""),
+        help="role contracts TOML file; the agent enforces and advertises its role's "
+        "contract (default: $BATON_CONTRACTS)",
+    )
+    p.add_argument(
+        "--capacity",
+        type=int,
+        default=0,
+        help="tasks run at once (default: the contract's concurrency, else 4)",
+    )
     p.add_argument("--capabilities", default="", help="comma-separated; default: the role")
     p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
     p.add_argument("--bidder", default="",
@@ -38,30 +69,77 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     return p
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    handler = load_handler(args.handler)
+async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int:
     agent_id = args.agent_id or f"{args.role}-{secrets.token_hex(3)}"
     telemetry = Telemetry.from_env(f"baton-agent-{args.role}")
     telemetry.install_global()  # handler code may use opentelemetry.trace.get_tracer
-    bus = await Bus.connect(args.nats, name=agent_id)
+    make: Callable[[Bus], Handler]
+    local: LocalModel | None = None
+    if args.handler.endswith(".toml"):
+        # imported only here: the openai client alone takes ~0.3 s to import
+        from agents.llm import LlmAgent, load_registry, load_spec
+        from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
+
+        if contract is None:
+            raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
+        spec = load_spec(args.handler)
+        llm_tools = load_registry(spec.tools)
+        policy = ApprovalPolicy.parse(args.approval)
+        if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")):
+            gguf_path()  # no endpoint: the embedded model, if it is installed
+            local = LocalModel()
+            base_url = await local.start()
+            model = spec.model or os.environ.get("BATON_LLM_MODEL") or MODEL_ALIAS
+            spec = msgspec.structs.replace(spec, base_url=base_url, model=model)
+            print(f"agent {agent_id}: local model {model} at {base_url}", file=sys.stderr)
+
+        def make(bus: Bus) -> Handler:
+            return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus), bus=bus)
+
+        registry = None
+    else:
+        loaded = load_handler(args.handler)
+        registry = handler_tools(args.handler)
+
+        def make(bus: Bus) -> Handler:
+            return loaded
+
+    bus = await Bus.connect(args.nats, name=agent_id, inbox_prefix=inbox_prefix(agent_id))
     try:
+        handler = make(bus)
         runtime = AgentRuntime(
             bus,
             agent_id=agent_id,
             role=args.role,
             handler=handler,
             capabilities=[c for c in args.capabilities.split(",") if c] or None,
-            capacity=args.capacity,
+            capacity=args.capacity or (contract.concurrency if contract else 4),
             heartbeat_s=args.heartbeat,
             bidder=load_bidder(args.bidder) if args.bidder else None,
             telemetry=telemetry,
+            contract=contract,
+            tools=registry,
+            approver=ApprovalPolicy.parse(args.approval).approver(bus),
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         await runtime.run()
     finally:
         await bus.close()
         telemetry.shutdown()
+        if local is not None:
+            local.stop()
     return 0
+
+
+def handler_tools(ref: str) -> ToolRegistry | None:
+    """The `tools` registry of a handler's module, if it has one: the tools its handlers
+    may call through `task.tools` (still only those its role contract allows)."""
+    target, _, _ = ref.rpartition(":")
+    try:
+        found = load_object(f"{target}:tools")
+    except HandlerNotFound:
+        return None
+    return found if isinstance(found, ToolRegistry) else None
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
@@ -69,7 +147,7 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     if not args.nats:
         print(f"{prog}: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
-    if args.capacity < 1:
+    if args.capacity < 0:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)
         return 2
     try:
@@ -77,7 +155,22 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
         token(args.role)
         if args.agent_id:
             token(args.agent_id)
-        return asyncio.run(_serve(args))
-    except (HandlerNotFound, InvalidSubjectToken, BusError, TelemetryConfigError) as exc:
+        contract = Contracts.load(args.contracts).get(args.role) if args.contracts else None
+        if contract is not None and args.capacity > contract.concurrency:
+            print(
+                f"{prog}: error: --capacity {args.capacity} is over the contract's "
+                f"concurrency {contract.concurrency}",
+                file=sys.stderr,
+            )
+            return 2
+        return asyncio.run(_serve(args, contract))
+    except (
+        HandlerNotFound,
+        InvalidSubjectToken,
+        BusError,
+        AgentError,
+        ValueError,
+        TelemetryConfigError,
+    ) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -14,11 +14,15 @@ import signal
 import time
 from collections import OrderedDict
 
+from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
+from agents.memory import Memory
 from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
-from agents.telemetry import AgentTelemetry, attempt_usage
+from agents.telemetry import AgentTelemetry, attempt_meter
+from agents.tools import ToolRegistry
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
+from bus.contracts import RoleContract
 from bus.errors import BusError
 from bus.protocol import (
     AgentInbound,
@@ -32,21 +36,11 @@ from bus.protocol import (
     HeldTask,
     TaskFailure,
     TaskResult,
-    Usage,
 )
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent")
-
-
-def _usage(reply_tokens: int, traced: dict[str, int] | None) -> Usage | None:
-    """The attempt's usage: its traced model calls plus what the handler's reply says."""
-    traced = traced or {}
-    usage = Usage(
-        traced.get("input_tokens", 0), traced.get("output_tokens", 0) + max(0, reply_tokens)
-    )
-    return usage if usage.tokens else None
 
 
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
@@ -71,9 +65,16 @@ class AgentRuntime:
         heartbeat_s: float = 0.5,
         bidder: Bidder | None = None,
         telemetry: Telemetry | None = None,
+        contract: RoleContract | None = None,
+        tools: ToolRegistry | None = None,
+        approver: Approver | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.role = role
+        self.contract = contract
+        self._digest = contract.digest if contract else ""
+        self._tools = tools
+        self._approver = approver or PolicyApprover()
         self._bus = bus
         self._handler = handler
         self._capabilities = capabilities or [role]
@@ -96,6 +97,7 @@ class AgentRuntime:
             capacity=self._capacity,
             load=len(self._held),
             held=[HeldTask(r, t, a) for r, t, a in self._held],
+            contract_digest=self._digest,
         )
 
     async def run(self) -> None:
@@ -192,13 +194,18 @@ class AgentRuntime:
 
     async def _work(self, a: Assignment, trace: TraceContext | None) -> None:
         key = (a.run_id, a.task_id, a.attempt)
-        ctx = TaskContext(a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input)
+        ctx = TaskContext(
+            a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract,
+            usage=attempt_meter(), memory=self._memory(a), tools=self._gateway(a),
+        )  # fmt: skip
+        budget_s = self.contract.budget.seconds if self.contract else 0.0
+        timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
         try:
             async with self._slots:
                 started = time.monotonic()
                 try:
-                    output = await asyncio.wait_for(self._handler(ctx), a.timeout_s)
+                    output = await asyncio.wait_for(self._handler(ctx), timeout_s)
                     reply = output if isinstance(output, Reply) else Reply(output)
                     outcome = TaskResult(
                         a.run_id,
@@ -208,14 +215,14 @@ class AgentRuntime:
                         self.agent_id,
                         reply.output,
                         time.monotonic() - started,
-                        _usage(reply.tokens, attempt_usage()),
+                        ctx.usage.report(reply.tokens),
                         reply.subtasks,
                         reply.handoff_to,
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable)
                 except TimeoutError:
-                    outcome = self._failure(a, f"handler exceeded {a.timeout_s}s", True)
+                    outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
                     outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
             kind = "result" if isinstance(outcome, TaskResult) else "failure"
@@ -231,6 +238,33 @@ class AgentRuntime:
             log.error("could not return %s of %s: %s", a.attempt, a.task_id, exc)
         finally:
             self._held.pop(key, None)
+
+    def _memory(self, a: Assignment) -> Memory | None:
+        if self.contract is None:
+            return None
+        return Memory(
+            self._bus,
+            self.contract,
+            agent_id=self.agent_id,
+            run_id=a.run_id,
+            task_id=a.task_id,
+            attempt=a.attempt,
+        )
+
+    def _gateway(self, a: Assignment) -> ToolGateway | None:
+        if self.contract is None or self._tools is None:
+            return None
+        return ToolGateway(
+            self._tools,
+            self.contract,
+            self._approver,
+            BusRecorder(self._bus),
+            run_id=a.run_id,
+            task_id=a.task_id,
+            attempt=a.attempt,
+            agent_id=self.agent_id,
+            bus=self._bus,
+        )
 
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
         self._telemetry.failed(error, retryable)  # called in the `except`: records it

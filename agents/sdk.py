@@ -5,6 +5,7 @@ output (tokens used, subtasks wanted, a handoff) returns a `Reply` instead."""
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -14,11 +15,40 @@ from typing import Any, cast
 
 import msgspec
 
-from bus.protocol import Payload, SubtaskRequest
+from agents.gateway import ToolGateway
+from agents.memory import Memory
+from bus.contracts import RoleContract
+from bus.protocol import Payload, SubtaskRequest, Usage
+
+
+class UsageMeter:
+    """Model tokens one attempt spent; the runtime reports them on its `TaskResult`."""
+
+    __slots__ = ("calls", "input_tokens", "output_tokens")
+
+    def __init__(self) -> None:
+        self.input_tokens = 0
+        self.output_tokens = 0
+        self.calls = 0
+
+    def add(self, input_tokens: int, output_tokens: int) -> None:
+        self.input_tokens += max(0, input_tokens)
+        self.output_tokens += max(0, output_tokens)
+        self.calls += 1
+
+    @property
+    def total(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+    def report(self, extra_output_tokens: int = 0) -> Usage | None:
+        """The `usage` of a `TaskResult` (with tokens a handler's `Reply` adds as output
+        tokens): None when nothing was spent."""
+        usage = Usage(self.input_tokens, self.output_tokens + max(0, extra_output_tokens))
+        return usage if usage.tokens else None
 
 
 class TaskContext(msgspec.Struct, frozen=True):
-    """One attempt of one task, as the agent sees it."""
+    """One attempt of one task, as the agent sees it, with the contract it runs under."""
 
     run_id: str
     task_id: str
@@ -27,6 +57,12 @@ class TaskContext(msgspec.Struct, frozen=True):
     role: str
     agent_id: str
     input: Payload
+    contract: RoleContract | None = None
+    usage: UsageMeter = msgspec.field(default_factory=UsageMeter)
+    memory: Memory | None = None
+    """Shared memory, when the agent serves a role contract."""
+    tools: ToolGateway | None = None
+    """Governed tool calls, when the agent serves a role contract and has a registry."""
 
     @property
     def params(self) -> dict[str, Any]:
@@ -104,23 +140,41 @@ class HandlerNotFound(Exception):
 
 def load_handler(ref: str) -> Handler:
     """The handler named by `package.module:function` or `path/to/file.py:function`."""
+    handler = load_object(ref)
+    if not callable(handler):
+        raise HandlerNotFound(f"{ref!r}: {handler!r} is not callable")
+    return cast(Handler, handler)
+
+
+def load_object(ref: str) -> object:
+    """The object named by `package.module:name` or `path/to/file.py:name`."""
     target, sep, name = ref.rpartition(":")
     if not sep or not target or not name:
         raise HandlerNotFound(f"{ref!r}: expected 'module:function' or 'file.py:function'")
     try:
         if target.endswith(".py"):
             path = Path(target).resolve()
-            spec = importlib.util.spec_from_file_location(f"baton_handlers_{path.stem}", path)
-            if spec is None or spec.loader is None:
-                raise HandlerNotFound(f"{ref!r}: cannot load {path}")
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[spec.name] = module
-            spec.loader.exec_module(module)
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:8]
+            module_name = f"baton_handlers_{path.stem}_{digest}"
+            loaded = sys.modules.get(module_name)
+            if loaded is not None:  # one module per file, however many names are taken
+                module = loaded
+            else:
+                spec = importlib.util.spec_from_file_location(module_name, path)
+                if spec is None or spec.loader is None:
+                    raise HandlerNotFound(f"{ref!r}: cannot load {path}")
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[spec.name] = module
+                try:
+                    spec.loader.exec_module(module)
+                except BaseException:
+                    del sys.modules[spec.name]
+                    raise
         else:
             module = importlib.import_module(target)
     except (ImportError, OSError, SyntaxError) as exc:
         raise HandlerNotFound(f"{ref!r}: {exc}") from exc
-    handler = getattr(module, name, None)
-    if handler is None or not callable(handler):
-        raise HandlerNotFound(f"{ref!r}: no callable {name!r} in {target}")
-    return cast(Handler, handler)
+    found = getattr(module, name, None)
+    if found is None:
+        raise HandlerNotFound(f"{ref!r}: no {name!r} in {target}")
+    return found

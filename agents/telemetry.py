@@ -3,8 +3,9 @@ assignment's `traceparent`, so it joins the run's trace across processes), and h
 for what a handler does inside an attempt: model calls, following the OpenTelemetry GenAI
 semantic conventions, and governed tool calls.
 
-Tokens a handler reports through `llm_call(...).record(...)` are added up per attempt and
-returned to the orchestrator in `TaskResult.usage`, which charges them to the run.
+Tokens a handler reports through `llm_call(...).record(...)` go to the attempt's
+`UsageMeter` (`task.usage`) and are returned to the orchestrator in `TaskResult.usage`,
+which charges them to the run.
 """
 
 from __future__ import annotations
@@ -19,11 +20,12 @@ from contextvars import ContextVar
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from agents.sdk import UsageMeter
 from bus.protocol import Assignment
 from bus.telemetry import Telemetry, span_context_of, trace_context_of
 from bus.tracecontext import TraceContext
 
-_usage: ContextVar[dict[str, int] | None] = ContextVar("baton_attempt_usage", default=None)
+_meter: ContextVar[UsageMeter | None] = ContextVar("baton_attempt_usage", default=None)
 _failed: ContextVar[list[str] | None] = ContextVar("baton_attempt_failed", default=None)
 _SCOPE = "baton.agents"
 log = logging.getLogger("baton.agent.attempts")
@@ -32,10 +34,10 @@ _token_usage = metrics.get_meter(_SCOPE).create_histogram(
 )
 
 
-def attempt_usage() -> dict[str, int] | None:
-    """The tokens reported so far in the current attempt, or None if none were."""
-    usage = _usage.get()
-    return dict(usage) if usage else None
+def attempt_meter() -> UsageMeter:
+    """The current attempt's token meter (a new one outside an attempt's span)."""
+    meter = _meter.get()
+    return meter if meter is not None else UsageMeter()
 
 
 class AgentTelemetry:
@@ -71,9 +73,9 @@ class AgentTelemetry:
             "messaging.system": "nats",
             "messaging.operation.type": "process",
         }
-        usage: dict[str, int] = {}
+        meter = UsageMeter()
         failed: list[str] = []
-        usage_token, failed_token = _usage.set(usage), _failed.set(failed)
+        meter_token, failed_token = _meter.set(meter), _failed.set(failed)
         began = time.monotonic()
         try:
             with self.telemetry.tracer.start_as_current_span(
@@ -83,8 +85,10 @@ class AgentTelemetry:
                 attributes=attributes,
             ) as span:
                 await work(a, trace_context_of(span) or parent)
-                for kind, count in usage.items():
-                    span.set_attribute(f"gen_ai.usage.{kind}", count)
+                usage = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
+                if meter.calls:
+                    for kind, count in usage.items():
+                        span.set_attribute(f"gen_ai.usage.{kind}", count)
                 log.info(
                     "attempt %s#%d %s",
                     a.task_id,
@@ -97,11 +101,11 @@ class AgentTelemetry:
                         "attempt": a.attempt,
                         "agent_id": self._agent_id,
                         "error": failed[0] if failed else "",
-                        "usage": dict(usage),
+                        "usage": usage if meter.calls else {},
                     },
                 )
         finally:
-            _usage.reset(usage_token)
+            _meter.reset(meter_token)
             _failed.reset(failed_token)
             outcome = "failed" if failed else "succeeded"
             labels = {"baton.role": self._role, "baton.outcome": outcome}
@@ -126,10 +130,11 @@ class AgentTelemetry:
 class LlmCall:
     """What a handler learns from a model call, put on its span and charged to the run."""
 
-    def __init__(self, span: trace.Span, system: str, model: str) -> None:
+    def __init__(self, span: trace.Span, system: str, model: str, meter: UsageMeter | None) -> None:
         self.span = span
         self._system = system
         self._model = model
+        self._meter = meter
 
     def record(
         self,
@@ -147,10 +152,8 @@ class LlmCall:
             self.span.set_attribute("gen_ai.response.model", response_model)
         if finish_reason:
             self.span.set_attribute("gen_ai.response.finish_reasons", [finish_reason])
-        usage = _usage.get()
-        if usage is not None:
-            usage["input_tokens"] = usage.get("input_tokens", 0) + input_tokens
-            usage["output_tokens"] = usage.get("output_tokens", 0) + output_tokens
+        if self._meter is not None:
+            self._meter.add(input_tokens, output_tokens)
         for kind, count in (("input", input_tokens), ("output", output_tokens)):
             _token_usage.record(
                 count,
@@ -164,9 +167,15 @@ class LlmCall:
 
 @contextlib.contextmanager
 def llm_call(
-    *, system: str, model: str, operation: str = "chat", **attributes: str | int | float
+    *,
+    system: str,
+    model: str,
+    operation: str = "chat",
+    meter: UsageMeter | None = None,
+    **attributes: str | int | float,
 ) -> Iterator[LlmCall]:
-    """A span for one model call (`gen_ai.*` attributes); an exception marks it failed."""
+    """A span for one model call (`gen_ai.*` attributes); an exception marks it failed.
+    `record` charges `meter` (default: the current attempt's)."""
     tracer = trace.get_tracer(_SCOPE)
     with tracer.start_as_current_span(
         f"{operation} {model}",
@@ -180,7 +189,7 @@ def llm_call(
         },
     ) as span:
         try:
-            yield LlmCall(span, system, model)
+            yield LlmCall(span, system, model, meter if meter is not None else _meter.get())
         except Exception as exc:
             span.set_attribute("error.type", type(exc).__name__)
             raise

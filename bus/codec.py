@@ -14,8 +14,34 @@ from bus.errors import MalformedMessage, OversizedMessage
 
 MAX_MESSAGE_BYTES = 1024 * 1024
 T = TypeVar("T")
+ENCODING_HEADER = "Baton-Encoding"
+"""NATS header naming a message's encoding: `msgpack` (the default when absent) or `json`."""
+ENCODINGS = ("msgpack", "json")
 
 _encoder = msgspec.msgpack.Encoder()
+_json_encoder = msgspec.json.Encoder()
+
+
+def to_msgpack(data: bytes, encoding: str) -> bytes:
+    """`data` as msgpack: JSON is transcoded (so one strict decoder serves both); data
+    that is not valid JSON, or an unknown encoding, raises `MalformedMessage`."""
+    if encoding in ("", "msgpack"):
+        return data
+    if encoding != "json":
+        raise MalformedMessage(f"unknown {ENCODING_HEADER} {encoding!r}: use msgpack or json")
+    if len(data) > MAX_MESSAGE_BYTES:
+        raise OversizedMessage(len(data), MAX_MESSAGE_BYTES)
+    try:
+        return _encoder.encode(msgspec.json.decode(data))
+    except msgspec.DecodeError as exc:
+        raise MalformedMessage(f"not JSON: {exc}") from exc
+
+
+def from_msgpack(data: bytes, encoding: str) -> bytes:
+    """A msgpack payload in the encoding a peer asked in (for replies)."""
+    if encoding == "json":
+        return _json_encoder.encode(msgspec.msgpack.decode(data))
+    return data
 
 
 def encode(message: Any) -> bytes:

@@ -29,30 +29,36 @@ from nats.js.api import (
 )
 
 from bus import subjects, tracecontext
-from bus.codec import MAX_MESSAGE_BYTES
-from bus.errors import BusError, RequestFailed
+from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack
+from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
-CONNECT_ATTEMPTS = 6
-"""Tries of the first connection, 0.5 s apart, before `Bus.connect` gives up."""
 
 
 class Incoming:
-    """A received message: its bytes, where it came from, its trace, and how to answer it."""
+    """A received message: its bytes, where it came from, its trace, and how to answer it.
 
-    __slots__ = ("_msg", "data", "subject", "trace")
+    A message sent as JSON (header `Baton-Encoding: json`) is handed on as msgpack, so
+    every decoder stays one strict msgpack decoder, and its reply goes back as JSON.
+    """
+
+    __slots__ = ("_msg", "data", "encoding", "subject", "trace")
 
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
         self.subject: str = msg.subject
-        self.data: bytes = msg.data
         headers = msg.headers or {}
+        self.encoding: str = headers.get(ENCODING_HEADER, "")
+        try:
+            self.data: bytes = to_msgpack(msg.data, self.encoding)
+        except MalformedMessage:
+            self.data = msg.data  # left as is: the decoder refuses it, naming why
         self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
 
     async def reply(self, payload: bytes) -> None:
         if self._msg.reply:
-            await self._msg.respond(payload)
+            await self._msg.respond(from_msgpack(payload, self.encoding))
 
     async def ack(self) -> None:
         await self._msg.ack()
@@ -81,28 +87,52 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str, name: str) -> Bus:
-        """Connect, trying `CONNECT_ATTEMPTS` times (a wrong URL is an error within
-        seconds, not a hang); once connected, reconnect forever."""
+    async def connect(cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3) -> Bus:
+        """Connect, trying `tries` times (a server may be reloading its users), failing
+        with `BusError` if it cannot; once connected, it reconnects forever.
 
-        async def quiet(exc: Exception) -> None:
-            log.debug("nats %s: %s", url, exc)
+        nats-py retries a failed first connect forever when reconnects are unlimited, so
+        an error during the first connect is raised from its error callback instead.
+        """
+        connected = False
 
+        async def on_error(exc: Exception) -> None:
+            if not connected:
+                raise exc
+            log.warning("nats (%s): %s", name, exc)
+
+        options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+        shown = url.rpartition("@")[2]  # never echo a password
+        for attempt in range(tries):
+            try:
+                nc = await nats.connect(
+                    url,
+                    name=name,
+                    connect_timeout=5,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    allow_reconnect=True,
+                    pending_size=64 * 1024 * 1024,
+                    error_cb=on_error,
+                    **options,
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as exc:
+                if attempt == tries - 1:
+                    raise BusError(
+                        f"cannot connect to {shown}: {exc or type(exc).__name__}"
+                    ) from exc
+                await asyncio.sleep(0.3)
+                continue
+            connected = True
+            return cls(nc)
+        raise BusError(f"cannot connect to {shown}: no tries")
+
+    async def flush(self, timeout: int = 5) -> None:
+        """Until the server has processed everything sent so far (subscriptions too)."""
         try:
-            nc = await nats.connect(
-                url,
-                name=name,
-                connect_timeout=2,
-                max_reconnect_attempts=CONNECT_ATTEMPTS,
-                reconnect_time_wait=0.5,
-                allow_reconnect=True,
-                pending_size=64 * 1024 * 1024,
-                error_cb=quiet,
-            )
-        except (OSError, nats.errors.Error) as exc:
-            raise BusError(f"cannot connect to {url}: {exc or type(exc).__name__}") from exc
-        nc.options["max_reconnect_attempts"] = -1  # nats-py reads it at each reconnect
-        return cls(nc)
+            await self._nc.flush(timeout=timeout)
+        except (TimeoutError, nats.errors.Error) as exc:
+            raise BusError(f"flush failed: {exc}") from exc
 
     async def publish(
         self, subject: str, payload: bytes, trace: TraceContext | None = None
@@ -125,7 +155,8 @@ class Bus:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.Error as exc:
             raise RequestFailed(f"{subject}: {exc}") from exc
-        return bytes(msg.data)
+        encoding = (msg.headers or {}).get(ENCODING_HEADER, "")
+        return to_msgpack(bytes(msg.data), encoding)  # a JSON reply is decoded like msgpack
 
     async def subscribe(self, subject: str, handler: Handler, queue: str = "") -> Subscription:
         """Call `handler` for every message, each in its own task; a failing handler is

@@ -40,3 +40,12 @@ class ServerStartError(BusError):
 
 class RequestFailed(BusError):
     """A request got no reply (nobody listening, or a timeout) or an error reply."""
+
+
+class ContractError(BusError):
+    """A role contract that does not load or does not hold together; names where."""
+
+    def __init__(self, location: str, message: str) -> None:
+        super().__init__(f"{location}: {message}")
+        self.location = location
+        self.message = message

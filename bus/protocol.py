@@ -36,6 +36,8 @@ class Heartbeat(_Message, frozen=True, tag="agent.heartbeat"):
     capacity: int
     load: int
     held: list[HeldTask] = []
+    contract_digest: str = ""
+    """sha256 of the role contract the agent enforces on itself (`bus.contracts`)."""
 
 
 class Assignment(_Message, frozen=True, tag="task.assign"):
@@ -142,6 +144,116 @@ class Bid(_Message, frozen=True, tag="task.bid"):
     confidence: float
 
 
+ToolPhase = Literal["requested", "refused", "awaiting", "approved", "denied", "succeeded", "failed"]
+
+
+class ToolCallRecord(_Message, frozen=True, tag="tool.call"):
+    """Agent → orchestrator's durable inbox: one step of one governed tool call (its
+    request, the gateway's or approver's decision, its outcome), recorded as an event."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    call_id: str
+    tool: str
+    phase: ToolPhase
+    risk: str = ""
+    arguments: str = ""
+    """The arguments as the caller sent them (JSON text, cut to 2 KiB)."""
+    detail: str = ""
+    by: str = ""
+    """Who decided (`policy:<name>` or a human's name), for approved/denied."""
+
+
+class ToolInvocation(_Message, frozen=True, tag="tool.invoke"):
+    """Agent's gateway → a tool served on the bus (request/reply on `baton.tool.call.<tool>`),
+    sent only after the gateway's checks and approval; the server lets only roles whose
+    contract lists the tool publish there."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    call_id: str
+    arguments: str
+    """The arguments object as JSON text (validated again by the service)."""
+
+
+class ToolOutcome(_Message, frozen=True, tag="tool.outcome"):
+    """The tool service's reply: the result, or why the call failed."""
+
+    call_id: str
+    ok: bool
+    result: Any = None
+    error: str = ""
+
+
+class ToolDecision(_Message, frozen=True, tag="tool.decision"):
+    """A human (`baton tool approve|deny`) → the agent waiting on a tool call."""
+
+    call_id: str
+    approve: bool
+    by: str
+    reason: str = ""
+
+
+class ToolDecisionAck(_Message, frozen=True, tag="tool.decision.ack"):
+    """The waiting agent's reply: the decision was taken (False: it came too late)."""
+
+    call_id: str
+    taken: bool
+    detail: str = ""
+
+
+MemoryScope = Literal["run", "agent", "global"]
+SearchMode = Literal["lexical", "vector"]
+
+
+class MemoryWrite(_Message, frozen=True, tag="memory.write"):
+    """Agent → orchestrator's durable inbox: remember `text` under `key` in a scope.
+    Recorded as an event (memory is rebuilt by replay) only if the role may write there."""
+
+    write_id: str
+    run_id: str
+    task_id: str
+    attempt: int
+    agent_id: str
+    role: str
+    scope: MemoryScope
+    key: str
+    text: str
+
+
+class MemorySearch(_Message, frozen=True, tag="memory.search"):
+    """Agent → memory service (request/reply on the agent's own search subject)."""
+
+    run_id: str
+    query: str
+    scopes: list[MemoryScope]
+    limit: int = 5
+    mode: SearchMode = "lexical"
+
+
+class MemoryHit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One remembered entry; `ref` (its event id) is the reference a handoff passes on."""
+
+    ref: str
+    scope: MemoryScope
+    key: str
+    text: str
+    agent_id: str
+    run_id: str
+    score: float
+
+
+class MemoryHits(_Message, frozen=True, tag="memory.hits"):
+    """The memory service's answer, best first."""
+
+    hits: list[MemoryHit]
+    mode: SearchMode
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 
@@ -162,5 +274,5 @@ class Progress(_Message, frozen=True, tag="run.progress"):
 
 
 AgentInbound = Assignment | Control
-InboxMessage = TaskResult | TaskFailure
+InboxMessage = TaskResult | TaskFailure | ToolCallRecord | MemoryWrite
 AssignReply = AssignAck | ErrorReply

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from bus.errors import ServerStartError
+from bus.permissions import User, authorization_block
 
 _PR_SET_PDEATHSIG = 1
 
@@ -50,11 +51,61 @@ def find_binary() -> Path:
 class EmbeddedNats:
     """One nats-server child process with JetStream, owned by whoever started it."""
 
-    def __init__(self, state_dir: Path, *, sync_always: bool = True) -> None:
+    def __init__(
+        self, state_dir: Path, *, sync_always: bool = True, users: list[User] | None = None
+    ) -> None:
         self.state_dir = Path(state_dir)
         self.sync_always = sync_always
         self.url = ""
         self._process: subprocess.Popen[bytes] | None = None
+        self._users = list(users) if users is not None else None
+
+    @property
+    def secured(self) -> bool:
+        """Whether clients must log in (and get only their users' permissions)."""
+        return self._users is not None
+
+    def add_users(self, users: list[User], timeout: float = 10.0) -> None:
+        """Let more users in: rewrite the config, have the server reload it (SIGHUP), and
+        return once its log says it did (usually a few milliseconds)."""
+        if self._users is None:
+            raise ServerStartError("this server runs without users; start it with some")
+        self._users += users
+        path = self.state_dir / "nats" / "nats-server.conf"
+        path.write_text(self._config_text())
+        if self._process is None or self._process.poll() is not None:
+            return
+        log = self.state_dir / "nats" / "nats-server.log"
+        offset = log.stat().st_size if log.exists() else 0
+        self._process.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while not self._logged_since(log, offset, b"Reloaded server configuration"):
+            if time.monotonic() > deadline:
+                raise ServerStartError(f"nats-server did not reload its users in {timeout}s")
+            time.sleep(0.002)
+
+    @staticmethod
+    def _logged_since(log: Path, offset: int, text: bytes) -> bool:
+        try:
+            with log.open("rb") as f:
+                f.seek(offset)
+                return text in f.read()
+        except OSError:
+            return False
+
+    def _config_text(self) -> str:
+        nats_dir = self.state_dir / "nats"
+        sync = "\n  sync_interval: always" if self.sync_always else ""
+        config = (
+            "listen: 127.0.0.1:-1\n"
+            "server_name: baton_embedded\n"
+            f"ports_file_dir: {json.dumps(str(nats_dir / 'ports'))}\n"
+            "max_payload: 1MB\n"
+            f"jetstream {{\n  store_dir: {json.dumps(str(nats_dir / 'jetstream'))}{sync}\n}}\n"
+        )
+        if self._users is not None:
+            config += authorization_block(self._users)
+        return config
 
     def _write_config(self) -> Path:
         nats_dir = self.state_dir / "nats"
@@ -63,16 +114,9 @@ class EmbeddedNats:
         ports_dir.mkdir(exist_ok=True)
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        sync = "\n  sync_interval: always" if self.sync_always else ""
-        config = (
-            "listen: 127.0.0.1:-1\n"
-            "server_name: baton_embedded\n"
-            f"ports_file_dir: {json.dumps(str(ports_dir))}\n"
-            "max_payload: 1MB\n"
-            f"jetstream {{\n  store_dir: {json.dumps(str(nats_dir / 'jetstream'))}{sync}\n}}\n"
-        )
         path = nats_dir / "nats-server.conf"
-        path.write_text(config)
+        path.write_text(self._config_text())
+        path.chmod(0o600)  # it holds the users' passwords
         return path
 
     async def start(self, timeout: float = 15.0) -> str:

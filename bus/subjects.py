@@ -63,6 +63,41 @@ def inbox_sender(subject: str) -> tuple[str, str]:
     return token(parts[2]), token(parts[3])
 
 
+def tool_call(tool: str) -> str:
+    """Agent → a tool served on the bus (request/reply); role permissions name these."""
+    return f"baton.tool.call.{token(tool)}"
+
+
+def tool_decision(call_id: str) -> str:
+    """A human → the agent holding a tool call that waits for approval (request/reply)."""
+    return f"baton.tool.decision.{token(call_id)}"
+
+
+TOOL_APPROVALS_ALL = "baton.tool.approval.*"
+
+
+def tool_approval(run_id: str) -> str:
+    """Agent → whoever watches a run: a tool call of this run waits for a human."""
+    return f"baton.tool.approval.{token(run_id)}"
+
+
+MEMORY_SEARCH_ALL = "baton.memory.*.search"
+
+
+def memory_search(agent_id: str) -> str:
+    """Agent → memory service: a search, on a subject only that agent may publish to, so
+    the service knows who asks from the server, not from the payload."""
+    return f"baton.memory.{token(agent_id)}.search"
+
+
+def memory_searcher(subject: str) -> str:
+    """The agent id of a memory search subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "memory"] or parts[3] != "search":
+        raise InvalidSubjectToken(subject)
+    return token(parts[2])
+
+
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"

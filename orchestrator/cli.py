@@ -18,17 +18,18 @@ from msgspec.structs import replace
 from bus import subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
+from bus.contracts import Contracts
 from bus.errors import BusError
 from bus.protocol import Progress
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import control_cli, history, journal, obs_cli, render
+from orchestrator import control_cli, history, journal, obs_cli, render, toolcli
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
 from orchestrator.launcher import AgentProcesses, resolve_handler
 from orchestrator.service import Orchestrator, new_run_id
-from orchestrator.workflow import AgentSpec, load
+from orchestrator.workflow import AgentSpec, check_roles, contracts_file, load
 
 _progress: Decoder[Progress] = Decoder(Progress)
 
@@ -52,8 +53,22 @@ def _parser() -> argparse.ArgumentParser:
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+        serving.add_argument(
+            "--human-approval",
+            action="store_true",
+            help="agents ask you here (or baton tool approve|deny) before a tool that needs "
+            "approval runs, instead of their policy",
+        )
+        serving.add_argument(
+            "--contracts",
+            default="",
+            help="role contracts TOML: agents must advertise these (default: the workflow "
+            "file's `contracts`, else $BATON_CONTRACTS)",
+        )
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("tool", help="approve, deny or list governed tool calls (baton tool --help)",
                    add_help=False)  # fmt: skip
 
     replay = sub.add_parser("replay", help="rebuild a run's state from the event log")
@@ -128,18 +143,33 @@ Starter = Callable[[Stack], Awaitable[object]]
 
 
 async def _serve(
-    args: argparse.Namespace, specs: list[AgentSpec], run_id: str, start: Starter | None
+    args: argparse.Namespace,
+    specs: list[AgentSpec],
+    run_id: str,
+    start: Starter | None,
+    contracts_path: str = "",
 ) -> int:
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
     `start`ing it, for a new one) to its end with live progress; tear everything down."""
     directory = state_dir(args.state_dir)
-    stack = await bootstrap(directory, args.nats)
+    if args.human_approval:
+        os.environ["BATON_TOOL_APPROVAL"] = "human:600"  # the agents started below inherit it
+    contracts = Contracts.load(contracts_path) if contracts_path else None
+    stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
     try:
-        print(f"baton: NATS {stack.nats_url}, event store {store_path(directory)}")
+        shown = stack.nats_url.rpartition("@")[2]  # never print credentials
+        print(f"baton: NATS nats://{shown.removeprefix('nats://')}, event store "
+              f"{store_path(directory)}")  # fmt: skip
         if specs and not args.no_agents:
             for spec in specs:
-                agents.start(spec, stack.nats_url, Path.cwd())
+                agents.start(
+                    spec,
+                    stack.nats_url,
+                    Path.cwd(),
+                    contracts=contracts_path,
+                    url_for_agent=stack.agent_url,
+                )
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
             await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
@@ -149,6 +179,8 @@ async def _serve(
             print(render.progress_line(_progress.decode(msg.data), time.monotonic() - began))
 
         await stack.bus.subscribe(subjects.progress(run_id), show)
+        if args.human_approval:
+            await toolcli.watch_approvals(stack.bus, run_id)
         if start is not None:
             await start(stack)
         state = stack.orchestrator.run(run_id)
@@ -191,13 +223,16 @@ async def _run(args: argparse.Namespace) -> int:
         for a in workflow.agents
     ]
     workflow = replace(workflow, agents=specs)
+    contracts = args.contracts or contracts_file(path) or os.environ.get("BATON_CONTRACTS", "")
+    if contracts:
+        check_roles(workflow, Contracts.load(contracts))
 
     run_id = new_run_id()
 
     async def start(stack: Stack) -> str:
         return await stack.orchestrator.start_run(workflow, run_input, run_id=run_id)
 
-    return await _serve(args, specs, run_id, start)
+    return await _serve(args, specs, run_id, start, contracts)
 
 
 async def _resume(args: argparse.Namespace) -> int:
@@ -211,7 +246,8 @@ async def _resume(args: argparse.Namespace) -> int:
         return 0 if state.status == "completed" else 1
     specs = state.workflow.agents if state.workflow else []
     # no start: the orchestrator recovers the run from the log when it starts
-    return await _serve(args, specs, args.run_id, None)
+    contracts = args.contracts or os.environ.get("BATON_CONTRACTS", "")
+    return await _serve(args, specs, args.run_id, None, contracts)
 
 
 # -- looking into the log --------------------------------------------------------------
@@ -344,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
+    if argv[:1] == ["tool"]:
+        return toolcli.main(argv[1:])
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {

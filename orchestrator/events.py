@@ -330,7 +330,18 @@ class MessageRejected(_Event, frozen=True, tag="message.rejected"):
     at: float
 
 
-SystemEvent = AgentJoined | AgentLost | MessageRejected
+class AgentRefused(_Event, frozen=True, tag="agent.refused"):
+    """Audit: an agent whose role contract the orchestrator does not know, or whose
+    contract digest differs; it is never routed to."""
+
+    agent_id: str
+    role: str
+    contract_digest: str
+    reason: str
+    at: float
+
+
+SystemEvent = AgentJoined | AgentLost | MessageRejected | AgentRefused
 
 run_event_decoder: msgspec.msgpack.Decoder[RunEvent] = msgspec.msgpack.Decoder(RunEvent)
 system_event_decoder: msgspec.msgpack.Decoder[SystemEvent] = msgspec.msgpack.Decoder(SystemEvent)

@@ -10,9 +10,10 @@ from typing import Any, TypeVar, cast
 
 import msgspec
 
+from bus.errors import MalformedMessage
 from bus.tracecontext import new_span_id
 from eventstore import EventRow, EventStore, NewEvent, Snapshot, StoredEvent
-from orchestrator import upcasting
+from orchestrator import agentlog, upcasting
 from orchestrator.errors import UnknownEvent, UnknownRun
 from orchestrator.events import (
     BidReceived,
@@ -141,8 +142,13 @@ def decode_run_event(stored: StoredEvent) -> RunEvent:
     return _decode(_row(stored), run_event_decoder, RunEvent)
 
 
-def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent:
+def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent | agentlog.AgentRecord:
     """Any stored Baton event, for audit views."""
+    if agentlog.holds_records(stored.stream):
+        try:
+            return agentlog.decode(stored)
+        except MalformedMessage as exc:
+            raise UnknownEvent(str(exc)) from exc
     if stored.stream == SYSTEM_STREAM:
         return _decode(_row(stored), system_event_decoder, SystemEvent)
     return decode_run_event(stored)

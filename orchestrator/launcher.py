@@ -3,10 +3,12 @@ separate OS process that dies with its parent and logs to the state directory.""
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import sys
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 from bus.server import die_with_parent
@@ -14,7 +16,10 @@ from orchestrator.workflow import AgentSpec
 
 
 def resolve_handler(ref: str, base: Path) -> str:
-    """A `file.py:function` ref made absolute relative to the workflow's folder."""
+    """A `file.py:function` ref (or an LLM agent's `agent.toml`) made absolute relative to
+    the workflow's folder."""
+    if ref.endswith(".toml") and not Path(ref).is_absolute():
+        return str((base / ref).resolve())
     target, sep, name = ref.rpartition(":")
     if sep and target.endswith(".py") and not Path(target).is_absolute():
         return f"{(base / target).resolve()}:{name}"
@@ -29,8 +34,16 @@ class AgentProcesses:
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(
-        self, spec: AgentSpec, nats_url: str, base: Path, heartbeat_s: float = 0.5
+        self,
+        spec: AgentSpec,
+        nats_url: str,
+        base: Path,
+        heartbeat_s: float = 0.5,
+        contracts: str = "",
+        url_for_agent: Callable[[str, str], str] | None = None,
     ) -> list[str]:
+        """Start `spec.count` agents; `url_for_agent(agent_id, role)` gives each its own
+        NATS URL (its credentials), passed in the environment, never on the command line."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
         started = []
         for n in range(spec.count):
@@ -40,7 +53,6 @@ class AgentProcesses:
                 "--role", spec.role,
                 "--id", agent_id,
                 "--handler", resolve_handler(spec.handler, base),
-                "--nats", nats_url,
                 "--capacity", str(spec.capacity),
                 "--heartbeat", str(heartbeat_s),
             ]  # fmt: skip
@@ -48,9 +60,17 @@ class AgentProcesses:
                 command += ["--bidder", resolve_handler(spec.bidder, base)]
             if spec.capabilities:
                 command += ["--capabilities", ",".join(spec.capabilities)]
+            if contracts:
+                command += ["--contracts", contracts]
+            url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
+            env = {**os.environ, "BATON_NATS_URL": url}
             with (self.log_dir / f"{agent_id}.log").open("ab") as log:
                 self.processes[agent_id] = subprocess.Popen(
-                    command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+                    command,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    preexec_fn=die_with_parent,
+                    env=env,
                 )
             started.append(agent_id)
         return started

@@ -72,5 +72,10 @@ class Registry:
         """(agent id, role, seconds since its last heartbeat) of every known agent."""
         return [(a, s.heartbeat.role, now - s.last_seen) for a, s in self._agents.items()]
 
+    def role_of(self, agent_id: str) -> str | None:
+        """The role a known agent serves (as its last heartbeat said), else None."""
+        seen = self._agents.get(agent_id)
+        return seen.heartbeat.role if seen is not None else None
+
     def heartbeats(self) -> list[Heartbeat]:
         return [s.heartbeat for s in self._agents.values()]

@@ -10,6 +10,7 @@ import msgspec
 
 from bus.protocol import Progress
 from eventstore import StoredEvent
+from orchestrator.agentlog import AgentRecord
 from orchestrator.effects import SendAssignment
 from orchestrator.events import RunEvent, SystemEvent
 from orchestrator.state import RunState
@@ -79,9 +80,10 @@ def run_table(state: RunState) -> str:
     return "\n".join(lines)
 
 
-def audit_line(stored: StoredEvent, event: RunEvent | SystemEvent) -> str:
+def audit_line(stored: StoredEvent, event: RunEvent | SystemEvent | AgentRecord) -> str:
     fields = msgspec.to_builtins(event)
     fields.pop("type", None)
+    fields.pop("kind", None)
     fields.pop("at", None)
     if isinstance(fields.get("workflow"), dict):
         fields["workflow"] = fields["workflow"].get("name")
@@ -91,7 +93,7 @@ def audit_line(stored: StoredEvent, event: RunEvent | SystemEvent) -> str:
     )
 
 
-def audit_json(stored: StoredEvent, event: RunEvent | SystemEvent) -> str:
+def audit_json(stored: StoredEvent, event: RunEvent | SystemEvent | AgentRecord) -> str:
     envelope = msgspec.to_builtins(stored)
     envelope["data"] = msgspec.to_builtins(event)
     return json.dumps(envelope, separators=(",", ":"), default=str)

@@ -20,6 +20,7 @@ from typing import Any
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, InboxConsumer, Incoming, Subscription
+from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
@@ -28,12 +29,15 @@ from bus.protocol import (
     ErrorReply,
     Heartbeat,
     InboxMessage,
+    MemoryWrite,
     TaskResult,
+    ToolCallRecord,
 )
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError
 from orchestrator import contract_net, human, journal, live_api
+from orchestrator.agentlog import AgentLog
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
     CancelRun,
@@ -64,8 +68,16 @@ from orchestrator.errors import (
     UnknownRun,
     WorkflowError,
 )
-from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
+from orchestrator.events import (
+    AgentJoined,
+    AgentLost,
+    AgentRefused,
+    MessageRejected,
+    RunEvent,
+    SystemEvent,
+)
 from orchestrator.journal import ORCHESTRATOR, Cause
+from orchestrator.memory import Embedder, MemoryService
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
 from orchestrator.telemetry import OrchestratorTelemetry
@@ -127,8 +139,19 @@ class Orchestrator:
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        contracts: Contracts | None = None,
     ) -> None:
         self._bus = bus
+        self._contracts = contracts
+        self._agentlog = AgentLog(store)
+        self.memory = MemoryService(
+            store,
+            bus,
+            contracts=contracts,
+            role_of=self._role_of,
+            embedder=Embedder.from_env(),
+        )
+        self._refused: set[tuple[str, str, str]] = set()
         self._store = store
         self._registry = Registry(agent_ttl)
         self._tick_s = tick_s
@@ -170,6 +193,7 @@ class Orchestrator:
         ]
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await self._recover()
+        await self.memory.start()
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
 
@@ -179,6 +203,7 @@ class Orchestrator:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         self._subscriptions = []
+        await self.memory.stop()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -418,6 +443,9 @@ class Orchestrator:
                 await self._reject(msg.subject, str(exc), len(msg.data))
                 await msg.term()
                 continue
+            if isinstance(report, ToolCallRecord | MemoryWrite):
+                await self._record_agent(msg, report, sender)
+                continue
             command: Command
             if isinstance(report, TaskResult):
                 command, kind = ReportResult(report, sender), "result"
@@ -430,6 +458,24 @@ class Orchestrator:
         for run_id, items in by_run.items():
             if await self._execute(run_id, items):
                 await asyncio.gather(*(m.ack() for m in acks[run_id]), return_exceptions=True)
+
+    async def _record_agent(
+        self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str
+    ) -> None:
+        """An agent's tool record or memory write: acked once durable, termed if forged
+        or outside its contract (and audited as a rejected message)."""
+        trace_id = msg.trace.trace_id if msg.trace else ""
+        try:
+            if isinstance(record, MemoryWrite):
+                durable = await self.memory.write(record, sender, trace_id)
+            else:
+                durable = await self._agentlog.record(record, sender, trace_id)
+        except MalformedMessage as exc:
+            await self._reject(msg.subject, str(exc), len(msg.data))
+            await msg.term()
+            return
+        if durable:
+            await msg.ack()
 
     async def _tick_loop(self) -> None:
         while True:
@@ -450,6 +496,11 @@ class Orchestrator:
                 raise MalformedMessage(f"heartbeat for {hb.agent_id} sent on {msg.subject}")
         except BusError as exc:
             await self._reject(msg.subject, str(exc), len(msg.data))
+            return
+        contracts = self._contracts
+        why = contracts.verdict(hb.role, hb.contract_digest) if contracts is not None else ""
+        if why:
+            await self._refuse(hb, why)
             return
         if self._registry.observe(hb, self._clock()):
             joined = AgentJoined(hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall())
@@ -495,6 +546,18 @@ class Orchestrator:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
+
+    def _role_of(self, agent_id: str) -> str | None:
+        return self._registry.role_of(agent_id)
+
+    async def _refuse(self, hb: Heartbeat, why: str) -> None:
+        """Never route to an agent serving a contract we do not know; audit it once."""
+        key = (hb.agent_id, hb.role, hb.contract_digest)
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning("refused agent %s: %s", hb.agent_id, why)
+            event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())
+            await self._record_system(event, hb.agent_id)
 
     async def _reject(self, subject: str, reason: str, size: int) -> None:
         log.warning("rejected message on %s: %s", subject, reason)

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import msgspec
 import yaml
 
+from bus.contracts import Contracts
 from orchestrator.errors import WorkflowError
 
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -398,6 +399,22 @@ def need_of(step: StepSpec) -> int:
     return {"all": -1, "any": 1, "quorum": step.quorum}[step.join]
 
 
+def check_roles(spec: WorkflowSpec, contracts: Contracts) -> WorkflowSpec:
+    """`spec` if every role it uses has a contract, else `WorkflowError` naming where."""
+    for i, step in enumerate(spec.steps):
+        if step.role not in contracts:
+            raise WorkflowError(f"steps[{i}].role", f"no contract for role {step.role!r}")
+    for i, agent in enumerate(spec.agents):
+        if agent.role not in contracts:
+            raise WorkflowError(f"agents[{i}].role", f"no contract for role {agent.role!r}")
+        limit = contracts.get(agent.role).concurrency
+        if agent.capacity > limit:
+            raise WorkflowError(
+                f"agents[{i}].capacity", f"{agent.capacity} is over the contract's {limit}"
+            )
+    return spec
+
+
 def compile_graph(spec: WorkflowSpec) -> dict[str, TaskSpec]:
     """The task graph, in a topological order that replay reproduces exactly."""
     by_id = {s.id: s for s in spec.steps}
@@ -439,7 +456,15 @@ def _location(error: msgspec.ValidationError) -> tuple[str, str]:
 
 
 def parse(data: dict[str, Any]) -> WorkflowSpec:
-    """A validated spec from already-parsed TOML/JSON data."""
+    """A validated spec from already-parsed TOML/JSON data.
+
+    A top-level `contracts` key (the role contracts file `baton run` governs by) is
+    deployment configuration, not part of the recorded spec; see `contracts_file`.
+    """
+    data = dict(data)
+    contracts = data.pop("contracts", "")
+    if not isinstance(contracts, str):
+        raise WorkflowError("contracts", "must be the path of a role contracts file")
     try:
         spec = msgspec.convert(data, WorkflowSpec)
     except msgspec.ValidationError as exc:
@@ -478,6 +503,19 @@ def _read(path: Path) -> Any:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+
+
+def contracts_file(path: str | Path) -> str:
+    """The absolute path of the role contracts file a workflow file names, or ''."""
+    path = Path(path)
+    try:
+        data = _read(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowError(str(path), f"cannot read: {exc}") from exc
+    named = data.get("contracts", "") if isinstance(data, dict) else ""
+    if not isinstance(named, str):
+        raise WorkflowError(f"{path}: contracts", "must be the path of a role contracts file")
+    return str((path.parent / named).resolve()) if named else ""
 
 
 def load(path: str | Path) -> WorkflowSpec:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bus.contracts import Contracts
 from bus.protocol import HeldTask
 from bus.telemetry import Telemetry
 from orchestrator.bootstrap import Stack, bootstrap
@@ -27,21 +28,39 @@ EXAMPLE = REPO / "examples" / "research" / "workflow.toml"
 class Cluster:
     """What a test drives: the stack and the agent processes it started."""
 
-    def __init__(self, stack: Stack, agents: AgentProcesses) -> None:
+    def __init__(self, stack: Stack, agents: AgentProcesses, contracts: str = "") -> None:
         self.stack = stack
         self.agents = agents
+        self.contracts = contracts
 
     @property
     def orchestrator(self) -> Orchestrator:
         return self.stack.orchestrator
 
     async def add_agents(
-        self, specs: list[AgentSpec], base: Path = REPO, heartbeat_s: float = 0.2
+        self,
+        specs: list[AgentSpec],
+        base: Path = REPO,
+        heartbeat_s: float = 0.2,
+        *,
+        contracts: str | None = None,
+        wait: bool = True,
     ) -> list[str]:
+        """Start agent processes (with the cluster's contracts file unless told another)
+        and, if `wait`, until the orchestrator routes to them."""
         ids: list[str] = []
+        file = self.contracts if contracts is None else contracts
         for spec in specs:
-            ids += self.agents.start(spec, self.stack.nats_url, base, heartbeat_s=heartbeat_s)
-        await self.orchestrator.wait_for_agents(AgentProcesses.roles(specs), timeout=30)
+            ids += self.agents.start(
+                spec,
+                self.stack.nats_url,
+                base,
+                heartbeat_s=heartbeat_s,
+                contracts=file,
+                url_for_agent=self.stack.agent_url,
+            )
+        if wait:
+            await self.orchestrator.wait_for_agents(AgentProcesses.roles(specs), timeout=30)
         return ids
 
     def kill(self, agent_id: str) -> None:
@@ -79,12 +98,19 @@ class Cluster:
 
 @asynccontextmanager
 async def cluster(
-    directory: Path, agent_ttl: float = 1.0, telemetry: Telemetry | None = None
+    directory: Path,
+    agent_ttl: float = 1.0,
+    telemetry: Telemetry | None = None,
+    contracts: str = "",
 ) -> AsyncIterator[Cluster]:
-    stack = await bootstrap(directory, agent_ttl=agent_ttl, tick_s=0.05, telemetry=telemetry)
+    """A running stack; with a `contracts` file the orchestrator governs by its roles."""
+    known = Contracts.load(contracts) if contracts else None
+    stack = await bootstrap(
+        directory, agent_ttl=agent_ttl, tick_s=0.05, telemetry=telemetry, contracts=known
+    )
     agents = AgentProcesses(directory / "logs")
     try:
-        yield Cluster(stack, agents)
+        yield Cluster(stack, agents, contracts)
     finally:
         agents.stop()
         await stack.close()

@@ -315,9 +315,10 @@ def test_live_views_fail_clearly_when_nothing_answers(tmp_path: Path) -> None:
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         assert done.returncode == 2
-        assert done.stderr.strip() == (
-            f"baton {command}: error: cannot reach NATS at nats://127.0.0.1:1 within 1.0s"
-        )
+        said = done.stderr.strip()
+        assert said.startswith(f"baton {command}: error: cannot "), said
+        assert "nats://127.0.0.1:1" in said
+        assert "\n" not in said, "one clear line, no traceback"
     nothing = subprocess.run(
         baton("status", "--state-dir", str(tmp_path / "empty")), capture_output=True, text=True
     )

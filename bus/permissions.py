@@ -1,0 +1,100 @@
+"""Who may publish and subscribe to what on Baton's bus, so the NATS server itself refuses
+what a role contract does not allow (DESIGN §5, governance).
+
+Pure: it turns identities (the orchestrator, one agent serving one contract, a human at
+the CLI) into subject permissions and renders the server's `authorization` block. Each
+agent gets its own user, so it can publish results only on its own inbox subject (never
+as another agent), heartbeat only as itself, call only the tool subjects its contract
+lists, receive only its own assignments, and read no run's progress or other agents'
+results. Replies go to a per-user inbox prefix, so no one reads another's replies.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+
+import msgspec
+
+from bus import subjects
+from bus.contracts import RoleContract
+
+
+class Permissions(msgspec.Struct, frozen=True):
+    """Subjects a user may publish to and subscribe to (everything else is refused)."""
+
+    publish: list[str]
+    subscribe: list[str]
+    allow_responses: bool = False
+
+
+class User(msgspec.Struct, frozen=True):
+    """One NATS user of the embedded server."""
+
+    name: str
+    password: str
+    permissions: Permissions | None
+    """None: everything (the orchestrator)."""
+
+
+def inbox_prefix(name: str) -> str:
+    """The reply-inbox prefix of a user: only that user may subscribe under it."""
+    return f"_INBOX_{subjects.token(name).replace('-', '_')}"
+
+
+def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
+    agent_id = subjects.token(agent_id)
+    return Permissions(
+        publish=[
+            f"baton.inbox.*.{agent_id}",
+            subjects.heartbeat(agent_id),
+            subjects.memory_search(agent_id),
+            *(subjects.tool_call(t) for t in contract.tools),
+            "baton.tool.approval.*",
+        ],
+        subscribe=[
+            f"baton.agent.{agent_id}.>",
+            "baton.tool.decision.*",
+            f"{inbox_prefix(agent_id)}.>",
+        ],
+        allow_responses=True,
+    )
+
+
+def human_permissions(name: str) -> Permissions:
+    """`baton tool approve|deny` and watching progress: decide, read approvals, no more."""
+    return Permissions(
+        publish=["baton.tool.decision.*"],
+        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(name)}.>"],
+    )
+
+
+def new_user(name: str, permissions: Permissions | None) -> User:
+    return User(subjects.token(name), secrets.token_urlsafe(24), permissions)
+
+
+def url_for(base_url: str, user: User) -> str:
+    """`nats://user:password@host:port` for a `nats://host:port` base URL."""
+    scheme, sep, rest = base_url.partition("://")
+    if not sep:
+        raise ValueError(f"not a NATS URL: {base_url!r}")
+    return f"{scheme}://{user.name}:{user.password}@{rest}"
+
+
+def authorization_block(users: list[User]) -> str:
+    """The nats-server `authorization { users = [...] }` config for these users."""
+    lines = ["authorization {", "  users = ["]
+    for user in users:
+        entry: dict[str, object] = {"user": user.name, "password": user.password}
+        if user.permissions is not None:
+            p = user.permissions
+            permissions: dict[str, object] = {
+                "publish": {"allow": p.publish},
+                "subscribe": {"allow": p.subscribe},
+            }
+            if p.allow_responses:
+                permissions["allow_responses"] = True
+            entry["permissions"] = permissions
+        lines.append(f"    {json.dumps(entry)}")
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"

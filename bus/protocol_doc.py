@@ -1,0 +1,103 @@
+"""Renders `docs/protocol.md` from the message types themselves, so the document an agent
+author in another language reads cannot drift from the code (a test compares them).
+
+    python -m bus.protocol_doc > docs/protocol.md
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import msgspec
+
+from bus import protocol
+from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES
+
+# (message type, who sends it, on which subject)
+MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
+    (protocol.Heartbeat, "agent → orchestrator", "`baton.registry.heartbeat.<agent_id>`"),
+    (protocol.Assignment, "orchestrator → agent (request)", "`baton.agent.<agent_id>.assign`"),
+    (protocol.AssignAck, "agent → orchestrator (reply)", "reply to an assignment"),
+    (protocol.Control, "orchestrator → agent", "`baton.agent.<agent_id>.control`"),
+    (protocol.TaskResult, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (protocol.TaskFailure, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (protocol.ToolCallRecord, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (protocol.MemoryWrite, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (protocol.MemorySearch, "agent → memory service (request)", "`baton.memory.<agent_id>.search`"),
+    (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
+    (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
+    (protocol.ToolOutcome, "tool service → agent (reply)", "reply to a tool invocation"),
+    (protocol.ToolDecision, "human → agent (request)", "`baton.tool.decision.<call_id>`"),
+    (protocol.ToolDecisionAck, "agent → human (reply)", "reply to a tool decision"),
+    (protocol.ErrorReply, "any replier", "reply to a refused request"),
+    (protocol.Progress, "orchestrator → watchers", "`baton.events.<run_id>`"),
+]
+
+INTRO = f"""# Baton wire protocol
+
+Generated from `bus/protocol.py` by `python -m bus.protocol_doc`; a test fails when this
+file and the code disagree. Everything an agent needs to join a Baton bus with an
+ordinary NATS client, in any language, is here.
+
+## Encoding
+
+- Every message is one object whose `kind` field names its type (the tags below). Unknown
+  fields, missing required fields and wrong types are refused, never guessed.
+- Baton sends **msgpack**. It accepts **msgpack or JSON**: set the NATS header
+  `{ENCODING_HEADER}: json` on a JSON message (absent or `msgpack` means msgpack). A reply
+  to a JSON request is JSON and carries the same header.
+- A message over {MAX_MESSAGE_BYTES} bytes is refused.
+- Every message may carry a W3C `traceparent` header; Baton propagates it.
+- A refused request gets an `error` reply; a refused inbox message is recorded as a
+  `message.rejected` event and never redelivered.
+
+## Subjects
+
+| subject | from → to | what |
+| --- | --- | --- |
+| `baton.registry.heartbeat.<agent_id>` | agent → orchestrator | liveness, role, capacity, load, held attempts, contract digest |
+| `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt to run (request/reply) |
+| `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
+| `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to `<run>:<task>:<attempt>:<kind>` so a re-send is deduplicated |
+| `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
+| `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
+| `baton.tool.approval.<run_id>` | agent → watchers | a tool call waits for a human |
+| `baton.tool.decision.<call_id>` | human → agent | approve or deny that call (request/reply) |
+| `baton.events.<run_id>` | orchestrator → watchers | live progress of a run |
+
+Subject tokens are `[A-Za-z0-9_:-]+`. The orchestrator checks the `<agent_id>` of the
+subject a report came on, not the payload's claim; on a governed server (one started with
+role contracts) each agent logs in as its own user and may publish only on its own
+subjects and the tool subjects its contract lists.
+
+## Messages
+"""  # noqa: E501
+
+
+def _schema(message: type[msgspec.Struct]) -> dict[str, Any]:
+    (ref,), components = msgspec.json.schema_components([message], ref_template="#/$defs/{name}")
+    name = ref["$ref"].rsplit("/", 1)[-1]
+    schema = dict(components.pop(name))
+    if components:
+        schema["$defs"] = components
+    return schema
+
+
+def render() -> str:
+    """The whole document."""
+    parts = [INTRO]
+    for message, direction, subject in MESSAGES:
+        tag = message.__struct_config__.tag
+        doc = (message.__doc__ or "").strip().splitlines()[0]
+        schema = json.dumps(_schema(message), indent=2, sort_keys=True, ensure_ascii=False)
+        parts.append(
+            f"\n### `{tag}` ({message.__name__})\n\n{doc}\n\n"
+            f"- {direction}, on {subject}\n\n```json\n{schema}\n```\n"
+        )
+    return "".join(parts)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(render())

@@ -1,0 +1,317 @@
+"""Shared memory: scopes `run` (a run's agents), `agent` (private to one agent) and
+`global`, governed by each role's memory contract.
+
+Every accepted write is an event in the `memory` stream, so the indexes here are
+projections: rebuilt by replaying those events when the orchestrator starts. Retrieval
+is lexical always (SQLite FTS5, ranked by BM25) and by vector similarity when an
+embeddings endpoint is configured (`$BATON_EMBEDDINGS_MODEL`, at `$OPENAI_BASE_URL` or
+`$BATON_EMBEDDINGS_URL`), through a usearch HNSW index. usearch rather than sqlite-vec:
+the stdlib `sqlite3` of many Pythons (this one included) cannot load extensions, and
+usearch is one pip wheel with a real approximate-nearest-neighbour index.
+
+Who may read or write a scope comes from the caller's role contract; the caller's
+identity comes from the subject it used (its own inbox, its own search subject), which
+the governed NATS server lets only that agent publish to.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgspec
+import numpy as np
+import openai
+from usearch.index import Index
+
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming, Subscription
+from bus.contracts import Contracts
+from bus.errors import BusError, MalformedMessage
+from bus.protocol import ErrorReply, MemoryHit, MemoryHits, MemorySearch, MemoryWrite
+from bus.tracecontext import new_span_id
+from eventstore import EventQuery, EventStore, EventStoreError, NewEvent
+
+log = logging.getLogger("baton.memory")
+STREAM = "memory"
+EVENT_TYPE = "memory.written"
+MAX_LIMIT = 50
+EMBED_BATCH = 64
+_search: Decoder[MemorySearch] = Decoder(MemorySearch)
+_written: msgspec.msgpack.Decoder[MemoryWrite] = msgspec.msgpack.Decoder(MemoryWrite)
+
+
+class MemoryRefused(MalformedMessage):
+    """A write or read outside the caller's memory contract (audited, changes nothing)."""
+
+
+def owner_of(entry: MemoryWrite) -> str:
+    """Whose entry it is within its scope: the run, the agent, or everyone."""
+    return {"run": entry.run_id, "agent": entry.agent_id, "global": ""}[entry.scope]
+
+
+def _fts_query(text: str) -> str:
+    words = re.findall(r"\w+", text.lower())
+    return " OR ".join(f'"{w}"' for w in words)
+
+
+class LexicalIndex:
+    """FTS5 over the entries, BM25-ranked, filtered to what a caller may see."""
+
+    def __init__(self) -> None:
+        self._db = sqlite3.connect(":memory:")
+        self._db.execute(
+            "CREATE VIRTUAL TABLE entries USING fts5("
+            "key, text, scope UNINDEXED, owner UNINDEXED, ref UNINDEXED)"
+        )
+
+    def add(self, rowid: int, entry: MemoryWrite, ref: str) -> None:
+        self._db.execute(
+            "INSERT INTO entries(rowid, key, text, scope, owner, ref) VALUES (?, ?, ?, ?, ?, ?)",
+            (rowid, entry.key, entry.text, entry.scope, owner_of(entry), ref),
+        )
+
+    def remove(self, rowid: int) -> None:
+        self._db.execute("DELETE FROM entries WHERE rowid = ?", (rowid,))
+
+    def search(
+        self, query: str, visible: Sequence[tuple[str, str]], limit: int
+    ) -> list[tuple[int, float]]:
+        match = _fts_query(query)
+        if not match or not visible:
+            return []
+        where = " OR ".join("(scope = ? AND owner = ?)" for _ in visible)
+        params: list[Any] = [match, *(v for pair in visible for v in pair), limit]
+        rows = self._db.execute(
+            f"SELECT rowid, bm25(entries) FROM entries WHERE entries MATCH ? AND ({where}) "
+            "ORDER BY bm25(entries) LIMIT ?",
+            params,
+        ).fetchall()
+        return [(int(rowid), -float(rank)) for rowid, rank in rows]
+
+
+class VectorIndex:
+    """Cosine similarity over embeddings in a usearch HNSW index."""
+
+    def __init__(self) -> None:
+        self._index: Index | None = None
+
+    def add(self, rowid: int, vector: list[float]) -> None:
+        if self._index is None:
+            self._index = Index(ndim=len(vector), metric="cos")
+        self._index.add(rowid, np.asarray(vector, dtype=np.float32))
+
+    def remove(self, rowid: int) -> None:
+        if self._index is not None and rowid in self._index:
+            self._index.remove(rowid)
+
+    def search(self, vector: list[float], count: int) -> list[tuple[int, float]]:
+        if self._index is None or len(self._index) == 0:
+            return []
+        found = self._index.search(np.asarray(vector, dtype=np.float32), count)
+        return [(int(k), 1.0 - float(d)) for k, d in zip(found.keys, found.distances, strict=True)]
+
+
+class Embedder:
+    """Texts to vectors through any OpenAI-compatible embeddings endpoint."""
+
+    def __init__(self, model: str, client: openai.AsyncOpenAI) -> None:
+        self.model = model
+        self._client = client
+
+    @classmethod
+    def from_env(cls) -> Embedder | None:
+        model = os.environ.get("BATON_EMBEDDINGS_MODEL", "")
+        if not model:
+            return None
+        base = os.environ.get("BATON_EMBEDDINGS_URL") or os.environ.get("OPENAI_BASE_URL")
+        client = openai.AsyncOpenAI(
+            base_url=base or None,
+            api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
+            timeout=30.0,
+            max_retries=2,
+        )
+        return cls(model, client)
+
+    async def embed(self, texts: list[str]) -> list[list[float]]:
+        response = await self._client.embeddings.create(model=self.model, input=texts)
+        return [list(d.embedding) for d in sorted(response.data, key=lambda d: d.index)]
+
+
+class MemoryService:
+    """Records governed writes, keeps the indexes, and answers agents' searches."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        bus: Bus,
+        *,
+        contracts: Contracts | None,
+        role_of: Callable[[str], str | None],
+        embedder: Embedder | None = None,
+    ) -> None:
+        self._store = store
+        self._bus = bus
+        self._contracts = contracts
+        self._role_of = role_of
+        self._embedder = embedder
+        self._lexical = LexicalIndex()
+        self._vectors = VectorIndex()
+        self._entries: dict[int, tuple[MemoryWrite, str]] = {}
+        self._slots: dict[tuple[str, str, str], int] = {}
+        self._lock = asyncio.Lock()
+        self._version = 0
+        self._subscription: Subscription | None = None
+        self._pending: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        """Rebuild the indexes from the `memory` stream, then serve searches."""
+        stored = await self._store.read_stream(STREAM)
+        self._version = stored[-1].version if stored else 0
+        entries = [(_written.decode(e.data), e.event_id, e.position) for e in stored]
+        for entry, ref, position in entries:
+            self._index_lexical(position, entry, ref)
+        live = [
+            (position, entry.text) for entry, _, position in entries if position in self._entries
+        ]
+        for start in range(0, len(live), EMBED_BATCH):
+            self._embed_later(live[start : start + EMBED_BATCH])
+        self._subscription = await self._bus.subscribe(subjects.MEMORY_SEARCH_ALL, self._on_search)
+
+    async def stop(self) -> None:
+        for task in list(self._pending):
+            task.cancel()
+        subscription, self._subscription = self._subscription, None
+        if subscription is not None:
+            with contextlib.suppress(Exception):
+                await subscription.unsubscribe()
+
+    def _check(self, role: str, scope: str, action: str, sender: str) -> None:
+        if self._contracts is None:
+            return
+        known = self._role_of(sender)
+        if known is None or known != role:
+            raise MemoryRefused(f"{sender} is not a live agent of role {role!r}")
+        contract = self._contracts.get(role)
+        allowed = contract.may_write(scope) if action == "write" else contract.may_read(scope)
+        if not allowed:
+            raise MemoryRefused(f"role {role!r} may not {action} {scope!r} memory")
+
+    async def write(self, entry: MemoryWrite, sender: str, trace_id: str = "") -> bool:
+        """Record and index a write; False if the append failed (do not ack). A write by
+        another agent than the sender, or outside its contract, is `MalformedMessage`."""
+        if entry.agent_id != sender:
+            raise MalformedMessage(f"memory write by {entry.agent_id} sent as {sender}")
+        self._check(entry.role, entry.scope, "write", sender)
+        event = NewEvent(
+            event_id=f"memory:{entry.run_id}:{entry.task_id}:{entry.attempt}:{entry.write_id}",
+            type=EVENT_TYPE,
+            data=encode(entry),
+            correlation_id=entry.run_id,
+            causation_id=f"{entry.task_id}:{entry.attempt}",
+            actor=sender,
+            trace_id=trace_id,
+            span_id=new_span_id(),
+        )
+        async with self._lock:
+            try:
+                stored = await self._store.append(STREAM, [event], self._version)
+            except EventStoreError as exc:
+                log.warning("memory write %s not recorded: %s", event.event_id, exc)
+                self._version = await self._store.stream_version(STREAM)
+                return False
+            self._version = max(self._version, stored[-1].version)
+            position = stored[-1].position
+            if position not in self._entries:
+                self._index_lexical(position, entry, event.event_id)
+        self._embed_later([(position, entry.text)])
+        return True
+
+    def _embed_later(self, items: list[tuple[int, str]]) -> None:
+        """Embed in the background: the inbox loop never waits for a model. A vector
+        search waits for what is pending, so it still reads every recorded write."""
+        if self._embedder is None or not items:
+            return
+        embedder = self._embedder
+
+        async def embed() -> None:
+            try:
+                vectors = await embedder.embed([text for _, text in items])
+            except openai.OpenAIError as exc:
+                log.warning("memory vectors missing (lexical still works): %s", exc)
+                return
+            for (rowid, _), vector in zip(items, vectors, strict=True):
+                if rowid in self._entries:  # not overwritten meanwhile
+                    self._vectors.add(rowid, vector)
+
+        task = asyncio.create_task(embed())
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    def _index_lexical(self, rowid: int, entry: MemoryWrite, ref: str) -> None:
+        slot = (entry.scope, owner_of(entry), entry.key)
+        previous = self._slots.get(slot)
+        if previous is not None:  # a key written again: the newest value wins
+            self._lexical.remove(previous)
+            self._vectors.remove(previous)
+            del self._entries[previous]
+        self._slots[slot] = rowid
+        self._entries[rowid] = (entry, ref)
+        self._lexical.add(rowid, entry, ref)
+
+    async def search(self, request: MemorySearch, searcher: str) -> MemoryHits:
+        """Entries visible to `searcher` in the scopes it asked for and may read."""
+        role = self._role_of(searcher) or ""
+        for scope in request.scopes:
+            self._check(role, scope, "read", searcher)
+        if not 1 <= request.limit <= MAX_LIMIT:
+            raise MalformedMessage(f"limit must be between 1 and {MAX_LIMIT}")
+        owners = {"run": request.run_id, "agent": searcher, "global": ""}
+        visible = [(scope, owners[scope]) for scope in dict.fromkeys(request.scopes)]
+        if request.mode == "lexical":
+            ranked = self._lexical.search(request.query, visible, request.limit)
+        else:
+            if self._embedder is None:
+                raise MalformedMessage("vector search needs an embeddings endpoint")
+            (vector,) = await self._embedder.embed([request.query])
+            if self._pending:
+                await asyncio.gather(*self._pending, return_exceptions=True)
+            allowed = set(visible)
+            candidates = self._vectors.search(vector, max(request.limit * 8, 32))
+            ranked = [
+                (rowid, score)
+                for rowid, score in candidates
+                if rowid in self._entries
+                and (self._entries[rowid][0].scope, owner_of(self._entries[rowid][0])) in allowed
+            ][: request.limit]
+        hits = []
+        for rowid, score in ranked:
+            entry, ref = self._entries[rowid]
+            hits.append(
+                MemoryHit(
+                    ref, entry.scope, entry.key, entry.text, entry.agent_id, entry.run_id, score
+                )
+            )
+        return MemoryHits(hits, request.mode)
+
+    async def _on_search(self, msg: Incoming) -> None:
+        try:
+            searcher = subjects.memory_searcher(msg.subject)
+            request = _search.decode(msg.data)
+            answer: MemoryHits | ErrorReply = await self.search(request, searcher)
+        except (BusError, openai.OpenAIError) as exc:
+            answer = ErrorReply(type(exc).__name__, str(exc))
+        await msg.reply(encode(answer))
+
+
+async def recorded(store: EventStore) -> list[MemoryWrite]:
+    """Every recorded memory write, oldest first (for audits and tests)."""
+    stored = await store.query(EventQuery(stream=STREAM))
+    return [_written.decode(e.data) for e in stored]

@@ -1,0 +1,81 @@
+"""The governed example end to end through `baton run`: role contracts, shared memory
+read by another agent, a tool call approved by policy (or by the human at the terminal
+with --human-approval), and an LLM agent with a tool, its model being the fake OpenAI
+server (the structure is what is checked, as it would be with a real model)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.cluster import REPO, baton
+from tests.fake_openai import FakeOpenAI
+
+EXAMPLE = REPO / "examples" / "governed" / "workflow.toml"
+VERDICT = json.dumps({"verdict": "A clear two-point brief.", "words": 24})
+
+
+def run(tmp_path: Path, fake: FakeOpenAI, *extra: str, stdin: str = "") -> str:
+    fake.call("word_count", {"text": "the brief"}).reply(VERDICT)
+    env = {
+        **os.environ,
+        "OPENAI_BASE_URL": fake.base_url,
+        "OPENAI_API_KEY": "test",
+        "BATON_LLM_MODEL": "fake-model",
+        "BATON_STATE_DIR": str(tmp_path / "state"),
+    }
+    env.pop("BATON_TOOL_APPROVAL", None)
+    done = subprocess.run(
+        baton("run", str(EXAMPLE), *extra), input=stdin, capture_output=True, text=True,
+        timeout=240, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def audit(tmp_path: Path, *args: str) -> list[dict[str, Any]]:
+    done = subprocess.run(
+        baton("audit", "--json", "--state-dir", str(tmp_path / "state"), *args),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return [json.loads(line) for line in done.stdout.splitlines()]
+
+
+@pytest.mark.parametrize("human", [False, True], ids=["policy", "human"])
+def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
+    with FakeOpenAI() as fake:
+        extra = ("--human-approval",) if human else ()
+        out = run(tmp_path, fake, *extra, stdin="y\n" if human else "")
+        requests = fake.requests
+
+    assert "completed" in out
+    result = json.loads(out[out.index("result:") + len("result:") : out.index("\nreplay it")])
+    assert result["review"] == json.loads(VERDICT)
+    succeeded = {
+        e["data"]["task_id"]: e["data"] for e in audit(tmp_path, "--type", "task.succeeded")
+    }
+    edit = succeeded["edit"]["output"]
+    assert edit["title"] == "Brief: coordination in multi-agent systems"
+    assert len(edit["memory_refs"]) == 2, "the editor read both notes from memory"
+    assert "published" in edit["receipt"]
+    # the LLM agent was offered only its contract's tool, forced to call it first
+    assert [t["function"]["name"] for t in requests[0]["tools"]] == ["word_count"]
+    assert requests[0]["tool_choice"]["function"]["name"] == "word_count"
+    calls = [e["data"] for e in audit(tmp_path, "--type", "tool.call")]
+    phases = [(c["tool"], c["phase"]) for c in calls]
+    assert ("publish", "approved") in phases
+    assert ("word_count", "succeeded") in phases
+    approved = next(c for c in calls if c["phase"] == "approved")
+    if human:
+        assert "approve? [y/N]" in out
+        assert not str(approved["by"]).startswith("policy:")
+    else:
+        assert approved["by"] == "policy:risk<=medium"
+    written = audit(tmp_path, "--type", "memory.written")
+    assert sorted(str(e["data"]["key"]) for e in written) == ["note:governance", "note:state"]

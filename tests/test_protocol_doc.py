@@ -1,0 +1,108 @@
+"""The wire protocol document is generated from the message types and must match them;
+and an agent that speaks only JSON, with a plain NATS client, can join a run."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from pathlib import Path
+
+import msgspec
+import nats
+import pytest
+from nats.aio.msg import Msg
+
+from bus import protocol_doc, subjects
+from bus.codec import ENCODING_HEADER, Decoder, from_msgpack, to_msgpack
+from bus.errors import MalformedMessage
+from bus.protocol import Assignment, TaskResult, Usage
+from orchestrator.workflow import StepSpec, WorkflowSpec
+from tests.cluster import REPO, cluster
+
+DOC = REPO / "docs" / "protocol.md"
+
+
+def test_docs_protocol_md_is_generated_from_the_code() -> None:
+    assert DOC.read_text() == protocol_doc.render(), (
+        "docs/protocol.md is stale: python -m bus.protocol_doc > docs/protocol.md"
+    )
+
+
+def test_the_document_has_a_json_schema_for_every_message() -> None:
+    text = DOC.read_text()
+    for message, _, _ in protocol_doc.MESSAGES:
+        assert f"### `{message.__struct_config__.tag}` ({message.__name__})" in text
+    schemas = [json.loads(block.split("```")[0]) for block in text.split("```json\n")[1:]]
+    assert len(schemas) == len(protocol_doc.MESSAGES)
+    result = next(s for s in schemas if s.get("title") == "TaskResult")
+    assert result["properties"]["kind"] == {"enum": ["task.result"]}
+    assert result["additionalProperties"] is False
+    assert "usage" in result["properties"]
+
+
+def test_json_transcodes_to_the_same_strict_decoding() -> None:
+    result = TaskResult("r", "t", 1, "lease", "a", {"x": [1, 2]}, 0.5, Usage(3))
+    as_json = msgspec.json.encode(result)
+    decoder: Decoder[TaskResult] = Decoder(TaskResult)
+    assert decoder.decode(to_msgpack(as_json, "json")) == result
+    assert json.loads(from_msgpack(msgspec.msgpack.encode(result), "json"))["kind"] == "task.result"
+    with pytest.raises(MalformedMessage, match="not JSON"):
+        to_msgpack(b"{nope", "json")
+    with pytest.raises(MalformedMessage, match="unknown Baton-Encoding 'xml'"):
+        to_msgpack(b"<a/>", "xml")
+    with pytest.raises(MalformedMessage, match="unknown field `extra`"):
+        decoder.decode(to_msgpack(as_json[:-1] + b',"extra":1}', "json"))
+
+
+def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
+    """A 'foreign' agent written against docs/protocol.md with the plain nats-py client:
+    JSON heartbeats, a JSON reply to its assignment, a JSON result on its inbox."""
+    json_header = {ENCODING_HEADER: "json"}
+
+    async def scenario() -> dict[str, object]:
+        async with cluster(tmp_path) as c:
+            nc = await nats.connect(c.stack.nats_url)
+            agent_id = "polyglot-1"
+
+            async def on_assign(msg: Msg) -> None:
+                a = msgspec.msgpack.decode(msg.data, type=Assignment)  # Baton sends msgpack
+                await nc.publish(
+                    msg.reply,
+                    json.dumps({"kind": "task.assign.ack", "accepted": True}).encode(),
+                    headers=json_header,
+                )
+                result = {
+                    "kind": "task.result", "run_id": a.run_id, "task_id": a.task_id,
+                    "attempt": a.attempt, "lease_token": a.lease_token, "agent_id": agent_id,
+                    "output": {"said": f"hello {a.input['params']['name']}"}, "elapsed_s": 0.01,
+                }  # fmt: skip
+                await nc.jetstream().publish(
+                    subjects.inbox(a.run_id, agent_id),
+                    json.dumps(result).encode(),
+                    headers={**json_header, "Nats-Msg-Id": f"{a.run_id}:{a.task_id}:1:result"},
+                )
+
+            await nc.subscribe(subjects.assign(agent_id), cb=on_assign)
+            beat = {"kind": "agent.heartbeat", "agent_id": agent_id, "role": "polyglot",
+                    "capabilities": ["polyglot"], "capacity": 1, "load": 0}  # fmt: skip
+
+            async def heartbeat() -> None:
+                while True:
+                    await nc.publish(
+                        subjects.heartbeat(agent_id), json.dumps(beat).encode(), headers=json_header
+                    )
+                    await asyncio.sleep(0.2)
+
+            beating = asyncio.create_task(heartbeat())
+            try:
+                await c.orchestrator.wait_for_agents(Counter(polyglot=1), 30)
+                workflow = WorkflowSpec("w", [StepSpec("s", "polyglot", params={"name": "json"})])
+                run_id = await c.orchestrator.start_run(workflow)
+                state = await c.orchestrator.wait(run_id, timeout=30)
+            finally:
+                beating.cancel()
+                await nc.close()
+            return dict(state.result or {})
+
+    assert asyncio.run(scenario()) == {"s": {"said": "hello json"}}
