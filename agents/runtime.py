@@ -14,6 +14,7 @@ import signal
 import time
 from collections import OrderedDict
 
+from agents.outbox import Outbox
 from agents.sdk import Handler, TaskContext, TaskError
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -64,6 +65,7 @@ class AgentRuntime:
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._outbox = Outbox(bus, self.agent_id)
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -160,13 +162,7 @@ class AgentRuntime:
                     outcome = self._failure(a, f"handler exceeded {a.timeout_s}s", True)
                 except Exception as exc:
                     outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
-            kind = "result" if isinstance(outcome, TaskResult) else "failure"
-            await self._bus.publish_durable(
-                subjects.inbox(a.run_id, self.agent_id),
-                encode(outcome),
-                msg_id=f"{a.run_id}:{a.task_id}:{a.attempt}:{kind}",
-                trace=trace.child() if trace else None,
-            )
+            await self._outbox.send(outcome, trace)
         except asyncio.CancelledError:
             log.info("attempt %s of %s cancelled", a.attempt, a.task_id)
         except BusError as exc:

@@ -91,6 +91,17 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     retryable: bool = True
 
 
+class ReportBatch(_Message, frozen=True, tag="task.reports"):
+    """Agent → orchestrator: several outcomes of one run in one message, so one durable
+    (fsynced) inbox write carries every result that finished while the last was stored."""
+
+    reports: list[TaskResult | TaskFailure]
+
+
+class ReportAck(_Message, frozen=True, tag="task.report.ack"):
+    """Orchestrator's reply to a fast report: what it says is now durable in the log."""
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 
@@ -111,5 +122,6 @@ class Progress(_Message, frozen=True, tag="run.progress"):
 
 
 AgentInbound = Assignment | Control
-InboxMessage = TaskResult | TaskFailure
+InboxMessage = TaskResult | TaskFailure | ReportBatch
 AssignReply = AssignAck | ErrorReply
+ReportReply = ReportAck | ErrorReply

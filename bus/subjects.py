@@ -14,6 +14,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-:]+$")
 
 INBOX_STREAM = "BATON_INBOX"
 INBOX_ALL = "baton.inbox.>"
+REPORT_ALL = "baton.report.*.*"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 API_START_RUN = "baton.api.run.start"
 
@@ -54,6 +55,21 @@ def inbox_sender(subject: str) -> tuple[str, str]:
     """(run_id, agent_id) of an inbox subject, or `InvalidSubjectToken`."""
     parts = subject.split(".")
     if len(parts) != 4 or parts[:2] != ["baton", "inbox"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[2]), token(parts[3])
+
+
+def report(run_id: str, agent_id: str) -> str:
+    """Agent → orchestrator, request/reply on core NATS: an outcome, answered once the
+    orchestrator has recorded it. Unanswered, the agent sends it to the durable `inbox`
+    instead. Not covered by the inbox stream, on purpose."""
+    return f"baton.report.{token(run_id)}.{token(agent_id)}"
+
+
+def report_sender(subject: str) -> tuple[str, str]:
+    """(run_id, agent_id) of a report subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "report"]:
         raise InvalidSubjectToken(subject)
     return token(parts[2]), token(parts[3])
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus, InboxConsumer, Incoming, Subscription
+from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAck,
@@ -27,6 +27,8 @@ from bus.protocol import (
     ErrorReply,
     Heartbeat,
     InboxMessage,
+    ReportAck,
+    ReportBatch,
     TaskResult,
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
@@ -53,6 +55,7 @@ from orchestrator.effects import (
 )
 from orchestrator.errors import RunNotRecorded, UnknownRun, WorkflowError
 from orchestrator.events import AgentJoined, AgentLost, MessageRejected, RunEvent, SystemEvent
+from orchestrator.intake import Delivery, Intake, Recorded, report_id
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
@@ -92,6 +95,21 @@ def _causes(
     return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
 
 
+_RECORDED = encode(ReportAck())
+_NOT_RECORDED = encode(ErrorReply("NotRecorded", "the event store refused the append"))
+
+
+async def _answer(delivery: Delivery, recorded: bool) -> None:
+    """Acknowledge a durable report once recorded (else it is redelivered later); answer
+    a fast one either way, so its agent knows at once whether to send it durably."""
+    msg, durable = delivery
+    if durable:
+        if recorded:
+            await msg.ack()
+    else:
+        await msg.reply(_RECORDED if recorded else _NOT_RECORDED)
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -129,7 +147,8 @@ class Orchestrator:
         self._system_version = 0
         self._started = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._consumer: InboxConsumer | None = None
+        self._intake: Intake | None = None
+        self._recorded = Recorded()
         self._subscriptions: list[Subscription] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -139,12 +158,14 @@ class Orchestrator:
         self._started = self._clock()
         self._system_version = await self._store.stream_version(journal.SYSTEM_STREAM)
         await self._bus.ensure_inbox()
-        self._consumer = await self._bus.inbox_consumer(self._durable)
+        self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
         self._subscriptions = [
+            await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
         ]
         await self._recover()
+        self._spawn(self._intake.fetch_durable())
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
 
@@ -285,24 +306,26 @@ class Orchestrator:
     # -- effects ---------------------------------------------------------------------
 
     def _perform(self, state: RunState, todo: Sequence[Effect]) -> None:
+        """Send each assignment in its own task (they await replies); publish the rest
+        from one task, since a decision on a big run has thousands of them."""
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
+        notes: list[tuple[str, bytes, TraceContext | None]] = []
         for effect in todo:
             if isinstance(effect, SendAssignment):
                 self._spawn(self._send_assignment(state.run_id, effect, trace.child()))
             elif isinstance(effect, SendControl):
-                self._spawn(
-                    self._publish(subjects.control(effect.agent_id), encode(effect.control))
-                )
+                notes.append((subjects.control(effect.agent_id), encode(effect.control), None))
             elif isinstance(effect, PublishProgress):
-                self._spawn(
-                    self._publish(subjects.progress(state.run_id), encode(effect.progress), trace)
-                )
+                notes.append((subjects.progress(state.run_id), encode(effect.progress), trace))
+        if notes:
+            self._spawn(self._publish(notes))
 
-    async def _publish(self, subject: str, data: bytes, trace: TraceContext | None = None) -> None:
-        try:
-            await self._bus.publish(subject, data, trace)
-        except BusError as exc:
-            log.warning("publish to %s failed: %s", subject, exc)
+    async def _publish(self, notes: list[tuple[str, bytes, TraceContext | None]]) -> None:
+        for subject, data, trace in notes:
+            try:
+                await self._bus.publish(subject, data, trace)
+            except BusError as exc:
+                log.warning("publish to %s failed: %s", subject, exc)
 
     async def _send_assignment(
         self, run_id: str, effect: SendAssignment, trace: TraceContext
@@ -324,43 +347,57 @@ class Orchestrator:
     # -- inbound ---------------------------------------------------------------------
 
     async def _inbox_loop(self) -> None:
-        assert self._consumer is not None
+        assert self._intake is not None
         while True:
-            try:
-                batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
-            except BusError as exc:
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            await self._handle_inbox(batch)
+            await self._handle_inbox(await self._intake.next_batch())
 
-    async def _handle_inbox(self, batch: list[Incoming]) -> None:
+    async def _handle_inbox(self, batch: list[Delivery]) -> None:
+        """Decide every report in `batch` (each run's at once), skipping those already
+        recorded; once a run's events are durable, acknowledge its durable messages and
+        answer its fast ones (an agent sends a report durably if it gets no answer)."""
         by_run: dict[str, list[tuple[Command, Cause]]] = defaultdict(list)
-        acks: dict[str, list[Incoming]] = defaultdict(list)
-        for msg in batch:
+        ids: dict[str, list[str]] = defaultdict(list)
+        acks: dict[str, list[Delivery]] = defaultdict(list)
+        taken: set[str] = set()
+        for msg, durable in batch:
             try:
-                run_id, sender = subjects.inbox_sender(msg.subject)
-                report = _inbox_decoder.decode(msg.data)
-                if report.run_id != run_id:
-                    raise MalformedMessage(f"run {report.run_id} sent on {msg.subject}")
+                sender_of = subjects.inbox_sender if durable else subjects.report_sender
+                run_id, sender = sender_of(msg.subject)
+                decoded = _inbox_decoder.decode(msg.data)
+                reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+                for report in reports:
+                    if report.run_id != run_id:
+                        raise MalformedMessage(f"run {report.run_id} sent on {msg.subject}")
                 if run_id not in self._runs:
                     raise MalformedMessage(f"no run {run_id}")
             except BusError as exc:
                 await self._reject(msg.subject, str(exc), len(msg.data))
-                await msg.term()
+                if durable:
+                    await msg.term()
+                else:
+                    await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
                 continue
-            command: Command
-            if isinstance(report, TaskResult):
-                command, kind = ReportResult(report, sender), "result"
-            else:
-                command, kind = ReportFailure(report, sender), "failure"
+            acks[run_id].append(Delivery(msg, durable))
             trace_id = msg.trace.trace_id if msg.trace else ""
-            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id)
-            by_run[run_id].append((command, cause))
-            acks[run_id].append(msg)
-        for run_id, items in by_run.items():
-            if await self._execute(run_id, items):
-                await asyncio.gather(*(m.ack() for m in acks[run_id]), return_exceptions=True)
+            for report in reports:
+                rid = report_id(report)
+                if rid in taken or rid in self._recorded:
+                    continue
+                taken.add(rid)
+                command: Command
+                if isinstance(report, TaskResult):
+                    command, kind = ReportResult(report, sender), "result"
+                else:
+                    command, kind = ReportFailure(report, sender), "failure"
+                cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id)
+                by_run[run_id].append((command, cause))
+                ids[run_id].append(rid)
+        for run_id in by_run.keys() | acks.keys():
+            recorded = await self._execute(run_id, by_run.get(run_id, []))
+            if recorded:
+                self._recorded.update(ids.get(run_id, []))
+            answers = [_answer(m, recorded) for m in acks.get(run_id, [])]
+            await asyncio.gather(*answers, return_exceptions=True)
 
     async def _tick_loop(self) -> None:
         while True:
