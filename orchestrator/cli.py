@@ -21,7 +21,7 @@ from bus.connection import Incoming
 from bus.errors import BusError
 from bus.protocol import Progress
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import history, journal, render
+from orchestrator import history, journal, render, serve
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -51,6 +51,16 @@ def _parser() -> argparse.ArgumentParser:
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+
+    serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
+    serve.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                       help="use this NATS server instead of starting one")  # fmt: skip
+
+    submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
+    submit.add_argument("workflow", help="workflow TOML file")
+    submit.add_argument("--input", default="{}", help="run input as a JSON object")
+    submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                        help="the NATS server the orchestrator serves on")  # fmt: skip
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
@@ -91,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
 
-    for command in (run, resume, replay, fork, export, import_, audit):
+    for command in (run, resume, serve, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
@@ -165,15 +175,35 @@ async def _serve(
         await stack.close()
 
 
-async def _run(args: argparse.Namespace) -> int:
-    path = Path(args.workflow)
-    workflow = load(path)
+def _run_input(text: str) -> dict[str, object]:
     try:
-        run_input = json.loads(args.input)
+        run_input = json.loads(text)
         if not isinstance(run_input, dict):
             raise ValueError("not an object")
     except ValueError as exc:
         raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
+    return run_input
+
+
+async def _serve_only(args: argparse.Namespace) -> int:
+    return await serve.serve(state_dir(args.state_dir), args.nats)
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    if not args.nats:
+        raise WorkflowError("--nats", "the URL of the NATS server is required (or $BATON_NATS_URL)")
+    path = Path(args.workflow)
+    workflow = load(path)
+    run_input = _run_input(args.input)
+    run_id = await serve.submit(args.nats, workflow, run_input)
+    print(run_id)
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    path = Path(args.workflow)
+    workflow = load(path)
+    run_input = _run_input(args.input)
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [replace(a, handler=resolve_handler(a.handler, path.parent)) for a in workflow.agents]
     workflow = replace(workflow, agents=specs)
@@ -331,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(argv[1:])
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
-    command = {"run": _run, "resume": _resume}.get(args.command, _with_store)
+    commands = {"run": _run, "resume": _resume, "serve": _serve_only, "submit": _submit}
+    command = commands.get(args.command, _with_store)
     try:
         return int(asyncio.run(command(args)))
     except (OrchestratorError, EventStoreError, BusError) as exc:
