@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
-from operator import attrgetter
 
 from bus.protocol import TaskFailure, TaskResult
 from orchestrator.commands import (
@@ -38,7 +37,6 @@ from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
 _DUPLICATE = "duplicate"
-_status = attrgetter("status")
 
 
 def load_delta(events: Sequence[RunEvent]) -> Counter[str]:
@@ -183,10 +181,7 @@ def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[
     """End the run if it is over, else hand out whatever is ready."""
     if state.status != "running":
         return []
-    statuses = set(map(_status, state.tasks.values()))  # one pass in C: this runs per report
-    failed = (
-        [t for t in state.tasks.values() if t.status == "failed"] if "failed" in statuses else []
-    )
+    failed = [t for t in state.tasks.values() if t.status == "failed"]
     if failed:
         cancels: list[RunEvent] = [
             TaskCancelled(
@@ -202,7 +197,7 @@ def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[
             *cancels,
             RunFailed(f"task {failed[0].task_id} failed: {failed[0].error}", ctx.wall),
         ]
-    if statuses <= {"succeeded"}:
+    if all(t.status == "succeeded" for t in state.tasks.values()):
         sinks = [t for t, deps in state.dependents.items() if not deps]
         result = {t: state.tasks[t].output for t in sinks}
         return [RunCompleted(result, ctx.wall)]

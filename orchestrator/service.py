@@ -15,6 +15,7 @@ import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from bus import subjects
@@ -32,7 +33,7 @@ from bus.protocol import (
     TaskResult,
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
-from eventstore import EventStore, EventStoreError
+from eventstore import EventStore, EventStoreError, StoredEvent
 from orchestrator import journal
 from orchestrator.api import RunAccepted, StartRunRequest
 from orchestrator.commands import (
@@ -110,6 +111,17 @@ async def _answer(delivery: Delivery, recorded: bool) -> None:
         await msg.reply(_RECORDED if recorded else _NOT_RECORDED)
 
 
+@dataclass(frozen=True)
+class _Decision:
+    """A batch of commands decided: the events, the state after them, their append."""
+
+    run_id: str
+    before: RunState
+    state: RunState
+    events: list[RunEvent]
+    append: asyncio.Future[list[StoredEvent]]
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -142,6 +154,10 @@ class Orchestrator:
         self._rng = random.Random()
         self._runs: dict[str, RunState] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        """Held while a run is reloaded after a failed append; no decision meanwhile."""
+        self._ahead: dict[str, RunState] = {}
+        """Per run, the state once the appends in flight are durable (newest decided)."""
+        self._appending: defaultdict[str, set[asyncio.Future[list[StoredEvent]]]] = defaultdict(set)
         self._finished: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._system_lock = asyncio.Lock()
         self._system_version = 0
@@ -149,6 +165,7 @@ class Orchestrator:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._intake: Intake | None = None
         self._recorded = Recorded()
+        self._window = asyncio.Semaphore(8)
         self._subscriptions: list[Subscription] = []
 
     # -- lifecycle -------------------------------------------------------------------
@@ -262,40 +279,75 @@ class Orchestrator:
         False when the append failed: the in-memory state is reloaded from the store and
         the caller must not acknowledge what caused the commands.
         """
+        await self._unblocked(run_id)
+        decision = self._decide(run_id, items)
+        return await self._commit(decision) if decision is not None else True
+
+    async def _unblocked(self, run_id: str) -> None:
+        """Wait while the run is being reloaded after a failed append."""
+        lock = self._locks[run_id]
+        if lock.locked():
+            async with lock:
+                pass
+
+    def _decide(self, run_id: str, items: Sequence[tuple[Command, Cause]]) -> _Decision | None:
+        """Decide `items` against the run's newest state: the durable one, or the one that
+        appends still in flight will make durable. Synchronous, so decisions on one run
+        never interleave, and the next batch can be decided while this one is appended
+        (pipelining: the store commits them in order, often in one fsync)."""
+        before = state = self._ahead.get(run_id) or self._runs[run_id]
+        events: list[RunEvent] = []
+        causes: list[Cause] = []
+        delta: Counter[str] = Counter()
+        for command, cause in items:
+            decided = decide(state, command, self._context(delta))
+            if decided:
+                after = fold(state, decided)
+                causes += _causes(state, command, cause, len(decided), after.trace_id)
+                state = after
+                events += decided
+                delta.update(load_delta(decided))
+        if not events:
+            return None
+        self._ahead[run_id] = state
+        self._registry.set_inflight(run_id, journal.running_agents(state))
+        envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes)
+        append = asyncio.ensure_future(
+            self._store.append(journal.run_stream(run_id), envelopes, before.version)
+        )
+        self._appending[run_id].add(append)
+        append.add_done_callback(self._appending[run_id].discard)
+        return _Decision(run_id, before, state, events, append)
+
+    async def _commit(self, d: _Decision) -> bool:
+        """Once the decision's append is durable, act on it; on failure, reload the run."""
+        try:
+            stored = await d.append
+        except EventStoreError:
+            log.exception("append to run %s failed; reloading it from the store", d.run_id)
+            await self._reload(d.run_id)
+            return False
+        if d.state.version > self._runs[d.run_id].version:
+            self._runs[d.run_id] = d.state
+        self._perform(d.state, effects(d.state, d.events))
+        if d.state.version // journal.SNAPSHOT_EVERY > d.before.version // journal.SNAPSHOT_EVERY:
+            self._spawn(self._snapshot(d.state, stored[-1].position))
+        if d.state.terminal:
+            self._finished[d.run_id].set()
+        return True
+
+    async def _reload(self, run_id: str) -> None:
+        """After a failed append: let the appends decided after it settle (they fail too,
+        their expected version being gone), then start again from what the store holds."""
         async with self._locks[run_id]:
-            before = state = self._runs[run_id]
-            events: list[RunEvent] = []
-            causes: list[Cause] = []
-            delta: Counter[str] = Counter()
-            for command, cause in items:
-                decided = decide(state, command, self._context(delta))
-                if decided:
-                    after = fold(state, decided)
-                    causes += _causes(state, command, cause, len(decided), after.trace_id)
-                    state = after
-                    events += decided
-                    delta.update(load_delta(decided))
-            if not events:
-                return True
-            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes)
-            try:
-                stored = await self._store.append(
-                    journal.run_stream(run_id), envelopes, before.version
-                )
-            except EventStoreError:
-                log.exception("append to run %s failed; reloading it from the store", run_id)
-                if before.version:
-                    with contextlib.suppress(EventStoreError):
-                        self._runs[run_id] = await journal.load_run(self._store, run_id)
-                return False
-            self._runs[run_id] = state
-            self._registry.set_inflight(run_id, journal.running_agents(state))
-            self._perform(state, effects(state, events))
-            if state.version // journal.SNAPSHOT_EVERY > before.version // journal.SNAPSHOT_EVERY:
-                self._spawn(self._snapshot(state, stored[-1].position))
-            if state.terminal:
-                self._finished[run_id].set()
-            return True
+            await asyncio.gather(*self._appending[run_id], return_exceptions=True)
+            self._ahead.pop(run_id, None)
+            with contextlib.suppress(EventStoreError):
+                if await self._store.stream_version(journal.run_stream(run_id)):
+                    self._runs[run_id] = await journal.load_run(self._store, run_id)
+                else:
+                    self._runs[run_id] = RunState(run_id)
+            self._registry.set_inflight(run_id, journal.running_agents(self._runs[run_id]))
 
     async def _snapshot(self, state: RunState, position: int) -> None:
         try:
@@ -393,11 +445,28 @@ class Orchestrator:
                 by_run[run_id].append((command, cause))
                 ids[run_id].append(rid)
         for run_id in by_run.keys() | acks.keys():
-            recorded = await self._execute(run_id, by_run.get(run_id, []))
-            if recorded:
-                self._recorded.update(ids.get(run_id, []))
-            answers = [_answer(m, recorded) for m in acks.get(run_id, [])]
-            await asyncio.gather(*answers, return_exceptions=True)
+            await self._unblocked(run_id)
+            await self._window.acquire()  # bounds the batches decided but not yet durable
+            decision = self._decide(run_id, by_run.get(run_id, []))
+            self._spawn(self._conclude(run_id, decision, ids[run_id], acks[run_id]))
+
+    async def _conclude(
+        self, run_id: str, decision: _Decision | None, ids: list[str], answer: list[Delivery]
+    ) -> None:
+        """Answer a batch's reports once what they caused is durable. A batch that caused
+        nothing (its reports were already decided) waits for the appends in flight, since
+        those hold what its reports caused."""
+        try:
+            if decision is not None:
+                recorded = await self._commit(decision)
+            else:
+                pending = await asyncio.gather(*self._appending[run_id], return_exceptions=True)
+                recorded = not any(isinstance(p, BaseException) for p in pending)
+        finally:
+            self._window.release()
+        if recorded:
+            self._recorded.update(ids)
+        await asyncio.gather(*(_answer(m, recorded) for m in answer), return_exceptions=True)
 
     async def _tick_loop(self) -> None:
         while True:
