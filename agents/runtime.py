@@ -23,6 +23,8 @@ from bus.errors import BusError
 from bus.protocol import (
     AgentInbound,
     AssignAck,
+    AssignAcks,
+    AssignBatch,
     Assignment,
     Control,
     ErrorReply,
@@ -115,6 +117,10 @@ class AgentRuntime:
             return
         if isinstance(message, Control):
             self._control(message)
+            return
+        if isinstance(message, AssignBatch):
+            acks = [self._accept(a, msg.trace) for a in message.assignments]
+            await msg.reply(encode(AssignAcks(acks)))
             return
         await msg.reply(encode(self._accept(message, msg.trace)))
 

@@ -15,6 +15,8 @@ from bus.errors import (
 from bus.protocol import (
     AgentInbound,
     AssignAck,
+    AssignAcks,
+    AssignBatch,
     Assignment,
     AssignReply,
     Control,
@@ -37,6 +39,8 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "AgentInbound",
     "AssignAck",
+    "AssignAcks",
+    "AssignBatch",
     "AssignReply",
     "Assignment",
     "Bus",

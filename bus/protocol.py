@@ -58,6 +58,18 @@ class AssignAck(_Message, frozen=True, tag="task.assign.ack"):
     reason: str = ""
 
 
+class AssignBatch(_Message, frozen=True, tag="task.assign.batch"):
+    """Orchestrator → one agent: the assignments one decision gave it, in one message."""
+
+    assignments: list[Assignment]
+
+
+class AssignAcks(_Message, frozen=True, tag="task.assign.acks"):
+    """Agent's reply to an `AssignBatch`: one `AssignAck` per assignment, in order."""
+
+    acks: list[AssignAck]
+
+
 class Control(_Message, frozen=True, tag="agent.control"):
     """Orchestrator → agent: cancel one attempt, or drain."""
 
@@ -121,7 +133,7 @@ class Progress(_Message, frozen=True, tag="run.progress"):
     detail: str = ""
 
 
-AgentInbound = Assignment | Control
+AgentInbound = Assignment | AssignBatch | Control
 InboxMessage = TaskResult | TaskFailure | ReportBatch
-AssignReply = AssignAck | ErrorReply
+AssignReply = AssignAck | AssignAcks | ErrorReply
 ReportReply = ReportAck | ErrorReply

@@ -19,11 +19,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from bus import subjects
-from bus.codec import Decoder, encode
+from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
-    AssignAck,
+    AssignAcks,
+    AssignBatch,
+    Assignment,
     AssignReply,
     ErrorReply,
     Heartbeat,
@@ -120,6 +122,22 @@ class _Decision:
     state: RunState
     events: list[RunEvent]
     append: asyncio.Future[list[StoredEvent]]
+
+
+def _chunks(batch: list[Assignment]) -> list[list[Assignment]]:
+    """`batch` cut into messages that stay well under the size limit."""
+    if len(batch) == 1:
+        return [batch]
+    chunks: list[list[Assignment]] = [[]]
+    size = 0
+    for a in batch:
+        n = len(encode(a))
+        if chunks[-1] and size + n > MAX_MESSAGE_BYTES // 2:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(a)
+        size += n
+    return chunks
 
 
 def new_run_id() -> str:
@@ -358,17 +376,21 @@ class Orchestrator:
     # -- effects ---------------------------------------------------------------------
 
     def _perform(self, state: RunState, todo: Sequence[Effect]) -> None:
-        """Send each assignment in its own task (they await replies); publish the rest
-        from one task, since a decision on a big run has thousands of them."""
+        """Send each agent the assignments of this decision in one request (they await
+        replies); publish the rest from one task, since a big decision has thousands."""
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
         notes: list[tuple[str, bytes, TraceContext | None]] = []
+        assignments: dict[str, list[Assignment]] = defaultdict(list)
         for effect in todo:
             if isinstance(effect, SendAssignment):
-                self._spawn(self._send_assignment(state.run_id, effect, trace.child()))
+                assignments[effect.agent_id].append(effect.assignment)
             elif isinstance(effect, SendControl):
                 notes.append((subjects.control(effect.agent_id), encode(effect.control), None))
             elif isinstance(effect, PublishProgress):
                 notes.append((subjects.progress(state.run_id), encode(effect.progress), trace))
+        for agent_id, batch in assignments.items():
+            for chunk in _chunks(batch):
+                self._spawn(self._send_assignments(state.run_id, agent_id, chunk, trace.child()))
         if notes:
             self._spawn(self._publish(notes))
 
@@ -379,22 +401,37 @@ class Orchestrator:
             except BusError as exc:
                 log.warning("publish to %s failed: %s", subject, exc)
 
-    async def _send_assignment(
-        self, run_id: str, effect: SendAssignment, trace: TraceContext
+    async def _send_assignments(
+        self, run_id: str, agent_id: str, batch: list[Assignment], trace: TraceContext
     ) -> None:
-        a = effect.assignment
+        """One request for `batch`; each assignment the agent did not take (or all, when
+        the request failed) is recorded as undeliverable, which retries it."""
+        message = batch[0] if len(batch) == 1 else AssignBatch(batch)
+        errors: list[str]
         try:
             reply = await self._bus.request(
-                subjects.assign(effect.agent_id), encode(a), self._assign_timeout, trace
+                subjects.assign(agent_id), encode(message), self._assign_timeout, trace
             )
             answer = _reply_decoder.decode(reply)
-            if isinstance(answer, AssignAck) and answer.accepted:
-                return
-            error = answer.error if isinstance(answer, ErrorReply) else answer.reason
+            if isinstance(answer, ErrorReply):
+                errors = [answer.error] * len(batch)
+            else:
+                acks = answer.acks if isinstance(answer, AssignAcks) else [answer]
+                if len(acks) != len(batch):
+                    raise MalformedMessage(f"{len(acks)} answers to {len(batch)} assignments")
+                errors = ["" if ack.accepted else ack.reason or "refused" for ack in acks]
         except (RequestFailed, MalformedMessage) as exc:
-            error = str(exc)
-        cause = Cause(f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id)
-        await self._execute(run_id, [(DeliveryFailed(a.task_id, a.attempt, error), cause)])
+            errors = [str(exc)] * len(batch)
+        failed = [
+            (
+                DeliveryFailed(a.task_id, a.attempt, error),
+                Cause(f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id),
+            )
+            for a, error in zip(batch, errors, strict=True)
+            if error
+        ]
+        if failed:
+            await self._execute(run_id, failed)
 
     # -- inbound ---------------------------------------------------------------------
 

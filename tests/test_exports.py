@@ -8,8 +8,9 @@ import pytest
 
 PINNED = {
     "bus": (
-        "AgentInbound AssignAck AssignReply Assignment Bus BusError Control Decoder "
-        "EmbeddedNats ErrorReply Heartbeat HeldTask InboxConsumer InboxMessage Incoming "
+        "AgentInbound AssignAck AssignAcks AssignBatch AssignReply Assignment Bus BusError "
+        "Control Decoder EmbeddedNats ErrorReply Heartbeat HeldTask InboxConsumer InboxMessage "
+        "Incoming "
         "InvalidSubjectToken MAX_MESSAGE_BYTES MalformedMessage OversizedMessage Payload "
         "Progress ReportAck ReportBatch ReportReply RequestFailed ServerStartError TaskFailure "
         "TaskResult TraceContext "
