@@ -62,6 +62,7 @@ from orchestrator.intake import Delivery, Intake, Recorded, report_id
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
+from orchestrator.tokens import LeaseTokens
 from orchestrator.workflow import WorkflowSpec, validate
 
 log = logging.getLogger("baton.orchestrator")
@@ -170,6 +171,7 @@ class Orchestrator:
         self._clock = clock
         self._wall = wall
         self._rng = random.Random()
+        self._tokens = LeaseTokens()
         self._runs: dict[str, RunState] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         """Held while a run is reloaded after a failed append; no decision meanwhile."""
@@ -269,11 +271,14 @@ class Orchestrator:
     ) -> str:
         """Validate and record a new run; returns its id once `RunStarted` is durable."""
         validate(workflow)
+        chosen = bool(run_id)
         run_id = subjects.token(run_id or new_run_id())
         command = StartRun(
             run_id, workflow, {**workflow.input, **(input or {})}, new_trace_id(), requested_by
         )
-        if run_id in self._runs or await self._store.stream_version(journal.run_stream(run_id)):
+        # A generated id needs no look-up: the append expects an empty stream anyway.
+        exists = chosen and await self._store.stream_version(journal.run_stream(run_id))
+        if run_id in self._runs or exists:
             raise WorkflowError("run_id", f"run {run_id} already exists")
         self._runs[run_id] = RunState(run_id)
         if not await self._execute(run_id, [(command, Cause(f"start:{run_id}", requested_by))]):
@@ -287,7 +292,7 @@ class Orchestrator:
             now=now,
             wall=self._wall(),
             agents=self._registry.live(now, delta),
-            new_token=lambda: secrets.token_hex(16),
+            new_token=self._tokens,
             random=self._rng.random,
         )
 
