@@ -36,9 +36,10 @@ def report_id(report: TaskResult | TaskFailure) -> str:
 
 
 class Recorded:
-    """Ids of reports whose events are durable, the newest `limit` of them."""
+    """Ids of reports whose events are durable, the newest `limit` of them. Forgetting an
+    old one costs nothing but a decision: the core finds its second copy a duplicate."""
 
-    def __init__(self, limit: int = 200_000) -> None:
+    def __init__(self, limit: int = 50_000) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
         self._limit = limit
 
