@@ -37,7 +37,8 @@ def report_id(report: TaskResult | TaskFailure) -> str:
 
 class Recorded:
     """Ids of reports whose events are durable, the newest `limit` of them. Forgetting an
-    old one costs nothing but a decision: the core finds its second copy a duplicate."""
+    old one costs a decision and no state: the core finds its second copy a duplicate (or,
+    if its attempt was retried since, a stale report, which it records as rejected)."""
 
     def __init__(self, limit: int = 50_000) -> None:
         self._ids: OrderedDict[str, None] = OrderedDict()
