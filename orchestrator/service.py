@@ -487,8 +487,8 @@ class Orchestrator:
                 by_run[run_id].append((command, cause))
                 ids[run_id].append(rid)
         for run_id in by_run.keys() | acks.keys():
-            await self._unblocked(run_id)
             await self._window.acquire()  # bounds the batches decided but not yet durable
+            await self._unblocked(run_id)  # returns at once (no yield) unless reloading
             decision = self._decide(run_id, by_run.get(run_id, []))
             self._spawn(self._conclude(run_id, decision, ids[run_id], acks[run_id]))
 
