@@ -99,17 +99,18 @@ def _causes(
     return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
 
 
+_RETRY_S = 0.5
+"""A durable report whose events could not be stored comes back after this long."""
 _RECORDED = encode(ReportAck())
 _NOT_RECORDED = encode(ErrorReply("NotRecorded", "the event store refused the append"))
 
 
 async def _answer(delivery: Delivery, recorded: bool) -> None:
-    """Acknowledge a durable report once recorded (else it is redelivered later); answer
+    """Acknowledge a durable report once recorded (else have it redelivered soon); answer
     a fast one either way, so its agent knows at once whether to send it durably."""
     msg, durable = delivery
     if durable:
-        if recorded:
-            await msg.ack()
+        await (msg.ack() if recorded else msg.nak(_RETRY_S))
     else:
         await msg.reply(_RECORDED if recorded else _NOT_RECORDED)
 

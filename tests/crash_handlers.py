@@ -1,5 +1,6 @@
-"""The research example's handlers, each first writing down the attempt it was given, so
-the crash test can check which assignments reached agents (and when) against the log.
+"""The research example's handlers (and a no-op), each first writing down the attempt it
+was given, so fault tests can check which assignments reached agents (and when) against
+the log.
 
 Each agent process appends JSON lines to `$BATON_TEST_RECEIPTS/<pid>.jsonl`.
 """
@@ -44,3 +45,8 @@ def _recording(name: str) -> Handler:
 plan = _recording("plan")
 research = _recording("research")
 write = _recording("write")
+
+
+async def noop(task: TaskContext) -> dict[str, Any]:
+    _receipt(task)
+    return {"task": task.task_id}
