@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus
-from bus.errors import BusError, MalformedMessage, RequestFailed
+from bus.errors import BusError
 from bus.protocol import ReportAck, ReportBatch, ReportReply, TaskFailure, TaskResult
 from bus.tracecontext import TraceContext
 
@@ -117,7 +117,12 @@ class Outbox:
         while queue:
             batch = queue[:]
             queue.clear()
-            await asyncio.gather(*(send(group) for group in _grouped(batch)))
+            groups = _grouped(batch)
+            results = await asyncio.gather(*(send(g) for g in groups), return_exceptions=True)
+            for group, result in zip(groups, results, strict=True):
+                if isinstance(result, Exception):  # a bug, not the bus: fail, never hang
+                    log.error("sending %d outcome(s) failed: %r", len(group), result)
+                    _settle(group, BusError(f"outbox: {result!r}"))
 
     async def _send_direct(self, group: list[_Pending]) -> None:
         """Ask the orchestrator to record `group`; what it does not answer goes durably."""
@@ -129,7 +134,7 @@ class Outbox:
                 if isinstance(_reply_decoder.decode(reply), ReportAck):
                     _settle(members)
                     continue
-            except (RequestFailed, MalformedMessage) as exc:
+            except BusError as exc:
                 log.debug("%d report(s) not answered (%s); sending durably", len(members), exc)
             unanswered += members
         for pending in unanswered:
