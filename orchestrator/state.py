@@ -96,7 +96,8 @@ class _Draft:
         self.dependents = state.dependents
         self.tasks = dict(state.tasks)
         self.waiting = dict(state.waiting)
-        self.ready = {role: dict(ids) for role, ids in state.ready.items()}
+        self.ready = dict(state.ready)  # a role's queue is copied only once it changes
+        self.owned: set[str] = set()
         self.changes: dict[str, Any] = {}
 
     def freeze(self) -> RunState:
@@ -111,11 +112,20 @@ class _Draft:
             **self.changes,
         )
 
+    def ready_of(self, role: str) -> dict[str, None]:
+        """The role's ready queue, copied from the base state on first change."""
+        if role not in self.owned:
+            self.ready[role] = dict(self.ready.get(role, {}))
+            self.owned.add(role)
+        return self.ready[role]
+
     def unready(self, task_id: str) -> None:
-        self.ready.get(self.graph[task_id].role, {}).pop(task_id, None)
+        role = self.graph[task_id].role
+        if task_id in self.ready.get(role, {}):
+            del self.ready_of(role)[task_id]
 
     def make_ready(self, task_id: str) -> None:
-        self.ready.setdefault(self.graph[task_id].role, {})[task_id] = None
+        self.ready_of(self.graph[task_id].role)[task_id] = None
 
     def start(self, e: RunStarted) -> None:
         self.graph = compile_graph(e.workflow)
@@ -126,7 +136,7 @@ class _Draft:
         self.dependents = {t: tuple(d) for t, d in dependents.items()}
         self.tasks = {t: TaskState(t) for t in self.graph}
         self.waiting = {t: len(s.deps) for t, s in self.graph.items() if s.deps}
-        self.ready = {}
+        self.ready, self.owned = {}, set()
         for spec in self.graph.values():
             if not spec.deps:
                 self.make_ready(spec.task_id)
