@@ -197,7 +197,8 @@ def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[
             *cancels,
             RunFailed(f"task {failed[0].task_id} failed: {failed[0].error}", ctx.wall),
         ]
-    if all(t.status == "succeeded" for t in state.tasks.values()):
+    # newest tasks last: scanning from the end finds an unfinished one at once
+    if all(t.status == "succeeded" for t in reversed(state.tasks.values())):
         sinks = [t for t, deps in state.dependents.items() if not deps]
         result = {t: state.tasks[t].output for t in sinks}
         return [RunCompleted(result, ctx.wall)]
