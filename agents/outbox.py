@@ -31,7 +31,7 @@ from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent.outbox")
 MAX_BATCH = 256
-"""Outcomes in one durable message at most (and never more than the size limit allows)."""
+"""Outcomes in one message at most (and never more than the size limit allows)."""
 
 REPORT_TIMEOUT_S = 2.0
 """How long an outcome waits for the orchestrator's answer before it goes durable."""
