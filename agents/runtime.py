@@ -152,7 +152,8 @@ class AgentRuntime:
             async with self._slots:
                 started = time.monotonic()
                 try:
-                    output = await asyncio.wait_for(self._handler(ctx), a.timeout_s)
+                    async with asyncio.timeout(a.timeout_s):  # no extra task, unlike wait_for
+                        output = await self._handler(ctx)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
