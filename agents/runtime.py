@@ -16,10 +16,11 @@ from collections import OrderedDict
 
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
+from agents.outbox import Outbox
 from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
 from agents.telemetry import AgentTelemetry, attempt_meter
 from agents.tools import ToolRegistry
-from bus import subjects
+from bus import subjects, tracecontext
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.contracts import RoleContract
@@ -27,6 +28,8 @@ from bus.errors import BusError
 from bus.protocol import (
     AgentInbound,
     AssignAck,
+    AssignAcks,
+    AssignBatch,
     Assignment,
     Bid,
     CallForProposals,
@@ -88,6 +91,7 @@ class AgentRuntime:
         self._telemetry = AgentTelemetry(
             telemetry or Telemetry("baton-agent", enabled=False), self.agent_id, role
         )
+        self._outbox = Outbox(bus, self.agent_id)
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -139,6 +143,13 @@ class AgentRuntime:
             return
         if isinstance(message, Control):
             self._control(message)
+            return
+        if isinstance(message, AssignBatch):
+            acks = [
+                self._accept(a, tracecontext.parse(a.traceparent) or msg.trace)
+                for a in message.assignments
+            ]
+            await msg.reply(encode(AssignAcks(acks)))
             return
         await msg.reply(encode(self._accept(message, msg.trace)))
 
@@ -205,7 +216,8 @@ class AgentRuntime:
             async with self._slots:
                 started = time.monotonic()
                 try:
-                    output = await asyncio.wait_for(self._handler(ctx), timeout_s)
+                    async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                        output = await self._handler(ctx)
                     reply = output if isinstance(output, Reply) else Reply(output)
                     outcome = TaskResult(
                         a.run_id,
@@ -225,13 +237,7 @@ class AgentRuntime:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
                     outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
-            kind = "result" if isinstance(outcome, TaskResult) else "failure"
-            await self._bus.publish_durable(
-                subjects.inbox(a.run_id, self.agent_id),
-                encode(outcome),
-                msg_id=f"{a.run_id}:{a.task_id}:{a.attempt}:{kind}",
-                trace=trace,
-            )
+            await self._outbox.send(outcome, trace)
         except asyncio.CancelledError:
             log.info("attempt %s of %s cancelled", a.attempt, a.task_id)
         except BusError as exc:

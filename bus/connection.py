@@ -63,6 +63,11 @@ class Incoming:
     async def ack(self) -> None:
         await self._msg.ack()
 
+    async def nak(self, delay: float) -> None:
+        """Ask JetStream to redeliver this message after `delay` seconds (it could not be
+        handled now), instead of waiting out the consumer's whole ack wait."""
+        await self._msg.nak(delay=delay)
+
     async def term(self) -> None:
         """Tell JetStream never to redeliver this message (it was refused, not lost)."""
         await self._msg.term()

@@ -47,6 +47,8 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
     return Permissions(
         publish=[
             f"baton.inbox.*.{agent_id}",
+            f"baton.report.*.{agent_id}",
+            f"baton.bids.*.{agent_id}",
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
             *(subjects.tool_call(t) for t in contract.tools),
@@ -54,6 +56,7 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
         ],
         subscribe=[
             f"baton.agent.{agent_id}.>",
+            subjects.cfp(contract.name),
             "baton.tool.decision.*",
             f"{inbox_prefix(agent_id)}.>",
         ],

@@ -51,6 +51,9 @@ class Assignment(_Message, frozen=True, tag="task.assign"):
     role: str
     input: Payload
     timeout_s: float
+    traceparent: str = ""
+    """The W3C context of this assignment's dispatch span, when several travel in one
+    message (a lone assignment's is in the message's headers too)."""
 
 
 class AssignAck(_Message, frozen=True, tag="task.assign.ack"):
@@ -58,6 +61,18 @@ class AssignAck(_Message, frozen=True, tag="task.assign.ack"):
 
     accepted: bool
     reason: str = ""
+
+
+class AssignBatch(_Message, frozen=True, tag="task.assign.batch"):
+    """Orchestrator → one agent: the assignments one decision gave it, in one message."""
+
+    assignments: list[Assignment]
+
+
+class AssignAcks(_Message, frozen=True, tag="task.assign.acks"):
+    """Agent's reply to an `AssignBatch`: one `AssignAck` per assignment, in order."""
+
+    acks: list[AssignAck]
 
 
 class Control(_Message, frozen=True, tag="agent.control"):
@@ -254,6 +269,17 @@ class MemoryHits(_Message, frozen=True, tag="memory.hits"):
     mode: SearchMode
 
 
+class ReportBatch(_Message, frozen=True, tag="task.reports"):
+    """Agent → orchestrator: several outcomes of one run in one message, so one durable
+    (fsynced) inbox write carries every result that finished while the last was stored."""
+
+    reports: list[TaskResult | TaskFailure]
+
+
+class ReportAck(_Message, frozen=True, tag="task.report.ack"):
+    """Orchestrator's reply to a fast report: what it says is now durable in the log."""
+
+
 class ErrorReply(_Message, frozen=True, tag="error"):
     """Any request's reply when the request itself was refused."""
 
@@ -273,6 +299,7 @@ class Progress(_Message, frozen=True, tag="run.progress"):
     detail: str = ""
 
 
-AgentInbound = Assignment | Control
-InboxMessage = TaskResult | TaskFailure | ToolCallRecord | MemoryWrite
-AssignReply = AssignAck | ErrorReply
+AgentInbound = Assignment | AssignBatch | Control
+InboxMessage = TaskResult | TaskFailure | ReportBatch | ToolCallRecord | MemoryWrite
+AssignReply = AssignAck | AssignAcks | ErrorReply
+ReportReply = ReportAck | ErrorReply

@@ -14,6 +14,7 @@ _TOKEN = re.compile(r"^[A-Za-z0-9_\-:]+$")
 
 INBOX_STREAM = "BATON_INBOX"
 INBOX_ALL = "baton.inbox.>"
+REPORT_ALL = "baton.report.*.*"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 BIDS_ALL = "baton.bids.*.*"
 API_START_RUN = "baton.api.run.start"
@@ -96,6 +97,21 @@ def memory_searcher(subject: str) -> str:
     if len(parts) != 4 or parts[:2] != ["baton", "memory"] or parts[3] != "search":
         raise InvalidSubjectToken(subject)
     return token(parts[2])
+
+
+def report(run_id: str, agent_id: str) -> str:
+    """Agent → orchestrator, request/reply on core NATS: an outcome, answered once the
+    orchestrator has recorded it. Unanswered, the agent sends it to the durable `inbox`
+    instead. Not covered by the inbox stream, on purpose."""
+    return f"baton.report.{token(run_id)}.{token(agent_id)}"
+
+
+def report_sender(subject: str) -> tuple[str, str]:
+    """(run_id, agent_id) of a report subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "report"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[2]), token(parts[3])
 
 
 def progress(run_id: str) -> str:

@@ -23,7 +23,7 @@ from bus.errors import BusError
 from bus.protocol import Progress
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
-from orchestrator import control_cli, history, journal, obs_cli, render, toolcli
+from orchestrator import control_cli, history, journal, obs_cli, render, serve, toolcli
 from orchestrator.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.effects import pending_effects
 from orchestrator.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
@@ -65,6 +65,16 @@ def _parser() -> argparse.ArgumentParser:
             help="role contracts TOML: agents must advertise these (default: the workflow "
             "file's `contracts`, else $BATON_CONTRACTS)",
         )
+
+    serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
+    serve.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                       help="use this NATS server instead of starting one")  # fmt: skip
+
+    submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
+    submit.add_argument("workflow", help="workflow TOML file")
+    submit.add_argument("--input", default="{}", help="run input as a JSON object")
+    submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                        help="the NATS server the orchestrator serves on")  # fmt: skip
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
@@ -109,7 +119,7 @@ def _parser() -> argparse.ArgumentParser:
 
     control_cli.add_parsers(sub)
 
-    for command in (run, resume, replay, fork, export, import_, audit):
+    for command in (run, resume, serve, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
@@ -204,15 +214,35 @@ async def _serve(
         await stack.close()
 
 
-async def _run(args: argparse.Namespace) -> int:
-    path = Path(args.workflow)
-    workflow = load(path)
+def _run_input(text: str) -> dict[str, object]:
     try:
-        run_input = json.loads(args.input)
+        run_input = json.loads(text)
         if not isinstance(run_input, dict):
             raise ValueError("not an object")
     except ValueError as exc:
         raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
+    return run_input
+
+
+async def _serve_only(args: argparse.Namespace) -> int:
+    return await serve.serve(state_dir(args.state_dir), args.nats)
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    if not args.nats:
+        raise WorkflowError("--nats", "the URL of the NATS server is required (or $BATON_NATS_URL)")
+    path = Path(args.workflow)
+    workflow = load(path)
+    run_input = _run_input(args.input)
+    run_id = await serve.submit(args.nats, workflow, run_input)
+    print(run_id)
+    return 0
+
+
+async def _run(args: argparse.Namespace) -> int:
+    path = Path(args.workflow)
+    workflow = load(path)
+    run_input = _run_input(args.input)
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [
         replace(
@@ -385,8 +415,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {
-        "run": _run, "resume": _resume, "status": obs_cli.status, "agents": obs_cli.agents
-    }.get(args.command, _with_store)  # fmt: skip
+        "run": _run,
+        "resume": _resume,
+        "serve": _serve_only,
+        "submit": _submit,
+        "status": obs_cli.status,
+        "agents": obs_cli.agents,
+    }.get(args.command, _with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:

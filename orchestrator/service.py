@@ -15,27 +15,35 @@ import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
-from bus import subjects
-from bus.codec import Decoder, encode
-from bus.connection import Bus, InboxConsumer, Incoming, Subscription
+from msgspec.structs import replace
+from opentelemetry.trace import Span
+
+from bus import subjects, tracecontext
+from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
+from bus.connection import Bus, Incoming, Subscription
 from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage, RequestFailed
 from bus.protocol import (
-    AssignAck,
+    AssignAcks,
+    AssignBatch,
+    Assignment,
     AssignReply,
     Bid,
     ErrorReply,
     Heartbeat,
     InboxMessage,
     MemoryWrite,
+    ReportAck,
+    ReportBatch,
     TaskResult,
     ToolCallRecord,
 )
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
-from eventstore import EventStore, EventStoreError
+from eventstore import EventStore, EventStoreError, StoredEvent
 from orchestrator import contract_net, human, journal, live_api
 from orchestrator.agentlog import AgentLog
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
@@ -76,11 +84,13 @@ from orchestrator.events import (
     RunEvent,
     SystemEvent,
 )
+from orchestrator.intake import Delivery, Intake, Recorded, report_id
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.memory import Embedder, MemoryService
 from orchestrator.registry import Registry
 from orchestrator.state import RunState, fold
 from orchestrator.telemetry import OrchestratorTelemetry
+from orchestrator.tokens import LeaseTokens
 from orchestrator.workflow import WorkflowSpec, validate
 
 log = logging.getLogger("baton.orchestrator")
@@ -117,6 +127,60 @@ def _causes(
     trace = cause.trace_id or run_trace
     then = Cause(journal.event_id(state.run_id, state.version + 1), ORCHESTRATOR, trace)
     return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
+
+
+_RETRY_S = 0.5
+"""A durable report whose events could not be stored comes back after this long."""
+_RECORDED = encode(ReportAck())
+_NOT_RECORDED = encode(ErrorReply("NotRecorded", "the event store refused the append"))
+
+
+async def _answer(delivery: Delivery, recorded: bool) -> None:
+    """Acknowledge a durable report once recorded (else have it redelivered soon); answer
+    a fast one either way, so its agent knows at once whether to send it durably."""
+    msg, durable = delivery
+    if durable:
+        await (msg.ack() if recorded else msg.nak(_RETRY_S))
+    else:
+        await msg.reply(_RECORDED if recorded else _NOT_RECORDED)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """A batch of commands decided: the events, the state after them, their append."""
+
+    run_id: str
+    before: RunState
+    state: RunState
+    events: list[RunEvent]
+    append: asyncio.Future[list[StoredEvent]]
+    span_ids: list[str]
+    """The decision span of each event (telemetry)."""
+    appending_since: float
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An assignment on its way, with its dispatch span (ended once the agent answers)."""
+
+    assignment: Assignment
+    span: Span
+
+
+def _chunks(batch: list[Dispatch]) -> list[list[Dispatch]]:
+    """`batch` cut into messages that stay well under the size limit."""
+    if len(batch) == 1:
+        return [batch]
+    chunks: list[list[Dispatch]] = [[]]
+    size = 0
+    for d in batch:
+        n = len(encode(d.assignment))
+        if chunks[-1] and size + n > MAX_MESSAGE_BYTES // 2:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(d)
+        size += n
+    return chunks
 
 
 def new_run_id() -> str:
@@ -161,14 +225,21 @@ class Orchestrator:
         self._clock = clock
         self._wall = wall
         self._rng = random.Random()
+        self._tokens = LeaseTokens()
         self._runs: dict[str, RunState] = {}
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        """Held while a run is reloaded after a failed append; no decision meanwhile."""
+        self._ahead: dict[str, RunState] = {}
+        """Per run, the state once the appends in flight are durable (newest decided)."""
+        self._appending: defaultdict[str, set[asyncio.Future[list[StoredEvent]]]] = defaultdict(set)
         self._finished: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
         self._system_lock = asyncio.Lock()
         self._system_version = 0
         self._started = 0.0
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._consumer: InboxConsumer | None = None
+        self._intake: Intake | None = None
+        self._recorded = Recorded()
+        self._window = asyncio.Semaphore(8)
         self._subscriptions: list[Subscription] = []
         self._obs = OrchestratorTelemetry(
             telemetry or Telemetry("baton-orchestrator", enabled=False),
@@ -184,8 +255,9 @@ class Orchestrator:
         self._started = self._clock()
         self._system_version = await self._store.stream_version(journal.SYSTEM_STREAM)
         await self._bus.ensure_inbox()
-        self._consumer = await self._bus.inbox_consumer(self._durable)
+        self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
         self._subscriptions = [
+            await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
             await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
@@ -194,6 +266,7 @@ class Orchestrator:
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await self._recover()
         await self.memory.start()
+        self._spawn(self._intake.fetch_durable())
         self._spawn(self._inbox_loop())
         self._spawn(self._tick_loop())
 
@@ -276,11 +349,14 @@ class Orchestrator:
     ) -> str:
         """Validate and record a new run; returns its id once `RunStarted` is durable."""
         validate(workflow)
+        chosen = bool(run_id)
         run_id = subjects.token(run_id or new_run_id())
         command = StartRun(
             run_id, workflow, {**workflow.input, **(input or {})}, new_trace_id(), requested_by
         )
-        if run_id in self._runs or await self._store.stream_version(journal.run_stream(run_id)):
+        # A generated id needs no look-up: the append expects an empty stream anyway.
+        exists = chosen and await self._store.stream_version(journal.run_stream(run_id))
+        if run_id in self._runs or exists:
             raise WorkflowError("run_id", f"run {run_id} already exists")
         self._runs[run_id] = RunState(run_id)
         if not await self._execute(run_id, [(command, Cause(f"start:{run_id}", requested_by))]):
@@ -313,7 +389,7 @@ class Orchestrator:
             now=now,
             wall=self._wall(),
             agents=self._registry.live(now, delta),
-            new_token=lambda: secrets.token_hex(16),
+            new_token=self._tokens,
             random=self._rng.random,
         )
 
@@ -323,47 +399,81 @@ class Orchestrator:
         False when the append failed: the in-memory state is reloaded from the store and
         the caller must not acknowledge what caused the commands.
         """
+        await self._unblocked(run_id)
+        decision = self._decide(run_id, items)
+        return await self._commit(decision) if decision is not None else True
+
+    async def _unblocked(self, run_id: str) -> None:
+        """Wait while the run is being reloaded after a failed append."""
+        lock = self._locks[run_id]
+        if lock.locked():
+            async with lock:
+                pass
+
+    def _decide(self, run_id: str, items: Sequence[tuple[Command, Cause]]) -> _Decision | None:
+        """Decide `items` against the run's newest state: the durable one, or the one that
+        appends still in flight will make durable. Synchronous, so decisions on one run
+        never interleave, and the next batch can be decided while this one is appended
+        (pipelining: the store commits them in order, often in one fsync)."""
+        before = state = self._ahead.get(run_id) or self._runs[run_id]
+        events: list[RunEvent] = []
+        causes: list[Cause] = []
+        span_ids: list[str] = []
+        delta: Counter[str] = Counter()
+        for command, cause in items:
+            began = time.time_ns()
+            decided = decide(state, command, self._context(delta))
+            if decided:
+                after = fold(state, decided)
+                causes += _causes(state, command, cause, len(decided), after.trace_id)
+                span_id = self._obs.decided(state, command, cause, decided, began)
+                span_ids += [span_id] * len(decided)
+                state = after
+                events += decided
+                delta.update(load_delta(decided))
+        if not events:
+            return None
+        self._ahead[run_id] = state
+        self._registry.set_inflight(run_id, journal.running_agents(state))
+        envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
+        append = asyncio.ensure_future(
+            self._store.append(journal.run_stream(run_id), envelopes, before.version)
+        )
+        self._appending[run_id].add(append)
+        append.add_done_callback(self._appending[run_id].discard)
+        return _Decision(run_id, before, state, events, append, span_ids, time.perf_counter())
+
+    async def _commit(self, d: _Decision) -> bool:
+        """Once the decision's append is durable, act on it; on failure, reload the run."""
+        try:
+            stored = await d.append
+        except EventStoreError:
+            log.exception("append to run %s failed; reloading it from the store", d.run_id)
+            await self._reload(d.run_id)
+            return False
+        self._obs.appended("run", time.perf_counter() - d.appending_since)
+        if d.state.version > self._runs[d.run_id].version:
+            self._runs[d.run_id] = d.state
+        self._obs.recorded(d.before, d.state, d.events, d.span_ids)
+        self._perform(d.state, effects(d.state, d.events))
+        if d.state.version // journal.SNAPSHOT_EVERY > d.before.version // journal.SNAPSHOT_EVERY:
+            self._spawn(self._snapshot(d.state, stored[-1].position))
+        if d.state.terminal:
+            self._finished[d.run_id].set()
+        return True
+
+    async def _reload(self, run_id: str) -> None:
+        """After a failed append: let the appends decided after it settle (they fail too,
+        their expected version being gone), then start again from what the store holds."""
         async with self._locks[run_id]:
-            before = state = self._runs[run_id]
-            events: list[RunEvent] = []
-            causes: list[Cause] = []
-            span_ids: list[str] = []
-            delta: Counter[str] = Counter()
-            for command, cause in items:
-                began = time.time_ns()
-                decided = decide(state, command, self._context(delta))
-                if decided:
-                    after = fold(state, decided)
-                    causes += _causes(state, command, cause, len(decided), after.trace_id)
-                    span_id = self._obs.decided(state, command, cause, decided, began)
-                    span_ids += [span_id] * len(decided)
-                    state = after
-                    events += decided
-                    delta.update(load_delta(decided))
-            if not events:
-                return True
-            envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
-            try:
-                began_s = time.perf_counter()
-                stored = await self._store.append(
-                    journal.run_stream(run_id), envelopes, before.version
-                )
-                self._obs.appended("run", time.perf_counter() - began_s)
-            except EventStoreError:
-                log.exception("append to run %s failed; reloading it from the store", run_id)
-                if before.version:
-                    with contextlib.suppress(EventStoreError):
-                        self._runs[run_id] = await journal.load_run(self._store, run_id)
-                return False
-            self._runs[run_id] = state
-            self._registry.set_inflight(run_id, journal.running_agents(state))
-            self._obs.recorded(before, state, events, span_ids)
-            self._perform(state, effects(state, events))
-            if state.version // journal.SNAPSHOT_EVERY > before.version // journal.SNAPSHOT_EVERY:
-                self._spawn(self._snapshot(state, stored[-1].position))
-            if state.terminal:
-                self._finished[run_id].set()
-            return True
+            await asyncio.gather(*self._appending[run_id], return_exceptions=True)
+            self._ahead.pop(run_id, None)
+            with contextlib.suppress(EventStoreError):
+                if await self._store.stream_version(journal.run_stream(run_id)):
+                    self._runs[run_id] = await journal.load_run(self._store, run_id)
+                else:
+                    self._runs[run_id] = RunState(run_id)
+            self._registry.set_inflight(run_id, journal.running_agents(self._runs[run_id]))
 
     async def _snapshot(self, state: RunState, position: int) -> None:
         try:
@@ -374,90 +484,153 @@ class Orchestrator:
     # -- effects ---------------------------------------------------------------------
 
     def _perform(self, state: RunState, todo: Sequence[Effect]) -> None:
+        """Send each agent the assignments of this decision in one request (they await
+        replies); publish the rest from one task, since a big decision has thousands."""
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
+        notes: list[tuple[str, bytes, TraceContext | None]] = []
+        assignments: dict[str, list[Dispatch]] = defaultdict(list)
         for effect in todo:
             if isinstance(effect, SendAssignment):
-                self._spawn(
-                    self._obs.dispatching(state.run_id, effect, trace, self._send_assignment)
-                )
+                span, context = self._obs.dispatch_span(effect, trace)
+                sent = replace(effect.assignment, traceparent=context.header())
+                assignments[effect.agent_id].append(Dispatch(sent, span))
             elif isinstance(effect, SendControl):
-                self._spawn(
-                    self._publish(subjects.control(effect.agent_id), encode(effect.control))
-                )
+                notes.append((subjects.control(effect.agent_id), encode(effect.control), None))
             elif isinstance(effect, PublishCallForProposals):
-                subject = subjects.cfp(effect.call.role)
-                self._spawn(self._publish(subject, encode(effect.call), trace))
+                notes.append((subjects.cfp(effect.call.role), encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
-                self._spawn(
-                    self._publish(subjects.progress(state.run_id), encode(effect.progress), trace)
-                )
+                notes.append((subjects.progress(state.run_id), encode(effect.progress), trace))
+        for agent_id, batch in assignments.items():
+            for chunk in _chunks(batch):
+                self._spawn(self._send_assignments(state.run_id, agent_id, chunk, trace.child()))
+        if notes:
+            self._spawn(self._publish(notes))
 
-    async def _publish(self, subject: str, data: bytes, trace: TraceContext | None = None) -> None:
-        try:
-            await self._bus.publish(subject, data, trace)
-        except BusError as exc:
-            log.warning("publish to %s failed: %s", subject, exc)
+    async def _publish(self, notes: list[tuple[str, bytes, TraceContext | None]]) -> None:
+        for subject, data, trace in notes:
+            try:
+                await self._bus.publish(subject, data, trace)
+            except BusError as exc:
+                log.warning("publish to %s failed: %s", subject, exc)
 
-    async def _send_assignment(
-        self, run_id: str, effect: SendAssignment, trace: TraceContext
+    async def _send_assignments(
+        self, run_id: str, agent_id: str, batch: list[Dispatch], trace: TraceContext
     ) -> None:
-        a = effect.assignment
+        """One request for `batch`; each assignment the agent did not take (or all, when
+        the request failed) is recorded as undeliverable, which retries it. Each carries
+        its dispatch span's context, which the agent's attempt span is a child of."""
+        message: Assignment | AssignBatch
+        if len(batch) == 1:
+            message = batch[0].assignment
+            trace = tracecontext.parse(message.traceparent) or trace
+        else:
+            message = AssignBatch([d.assignment for d in batch])
+        errors: list[str]
         try:
             reply = await self._bus.request(
-                subjects.assign(effect.agent_id), encode(a), self._assign_timeout, trace
+                subjects.assign(agent_id), encode(message), self._assign_timeout, trace
             )
             answer = _reply_decoder.decode(reply)
-            if isinstance(answer, AssignAck) and answer.accepted:
-                return
-            error = answer.error if isinstance(answer, ErrorReply) else answer.reason
+            if isinstance(answer, ErrorReply):
+                errors = [answer.error] * len(batch)
+            else:
+                acks = answer.acks if isinstance(answer, AssignAcks) else [answer]
+                if len(acks) != len(batch):
+                    raise MalformedMessage(f"{len(acks)} answers to {len(batch)} assignments")
+                errors = ["" if ack.accepted else ack.reason or "refused" for ack in acks]
         except (RequestFailed, MalformedMessage) as exc:
-            error = str(exc)
-        cause = Cause(f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id)
-        await self._execute(run_id, [(DeliveryFailed(a.task_id, a.attempt, error), cause)])
+            errors = [str(exc)] * len(batch)
+        failed: list[tuple[Command, Cause]] = []
+        for d, error in zip(batch, errors, strict=True):
+            self._obs.dispatched(d.span, error)
+            if error:
+                a = d.assignment
+                cause = Cause(
+                    f"{a.task_id}:{a.attempt}:undeliverable", ORCHESTRATOR, trace.trace_id
+                )
+                failed.append((DeliveryFailed(a.task_id, a.attempt, error), cause))
+        if failed:
+            await self._execute(run_id, failed)
 
     # -- inbound ---------------------------------------------------------------------
 
     async def _inbox_loop(self) -> None:
-        assert self._consumer is not None
+        assert self._intake is not None
         while True:
-            try:
-                batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
-            except BusError as exc:
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            await self._handle_inbox(batch)
+            await self._handle_inbox(await self._intake.next_batch())
 
-    async def _handle_inbox(self, batch: list[Incoming]) -> None:
+    async def _handle_inbox(self, batch: list[Delivery]) -> None:
+        """Decide every report in `batch` (each run's at once), skipping those already
+        recorded; once a run's events are durable, acknowledge its durable messages and
+        answer its fast ones (an agent sends a report durably if it gets no answer)."""
         by_run: dict[str, list[tuple[Command, Cause]]] = defaultdict(list)
-        acks: dict[str, list[Incoming]] = defaultdict(list)
-        for msg in batch:
+        ids: dict[str, list[str]] = defaultdict(list)
+        acks: dict[str, list[Delivery]] = defaultdict(list)
+        taken: set[str] = set()
+        for msg, durable in batch:
             try:
-                run_id, sender = subjects.inbox_sender(msg.subject)
-                report = _inbox_decoder.decode(msg.data)
-                if report.run_id != run_id:
-                    raise MalformedMessage(f"run {report.run_id} sent on {msg.subject}")
+                sender_of = subjects.inbox_sender if durable else subjects.report_sender
+                run_id, sender = sender_of(msg.subject)
+                decoded = _inbox_decoder.decode(msg.data)
+                items = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+                for item in items:
+                    if item.run_id != run_id:
+                        raise MalformedMessage(f"run {item.run_id} sent on {msg.subject}")
                 if run_id not in self._runs:
                     raise MalformedMessage(f"no run {run_id}")
+                if isinstance(decoded, ToolCallRecord | MemoryWrite) and not durable:
+                    raise MalformedMessage("tool and memory records go to the durable inbox")
             except BusError as exc:
                 await self._reject(msg.subject, str(exc), len(msg.data))
-                await msg.term()
+                if durable:
+                    await msg.term()
+                else:
+                    await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
                 continue
-            if isinstance(report, ToolCallRecord | MemoryWrite):
-                await self._record_agent(msg, report, sender)
+            if isinstance(decoded, ToolCallRecord | MemoryWrite):
+                await self._record_agent(msg, decoded, sender)
                 continue
-            command: Command
-            if isinstance(report, TaskResult):
-                command, kind = ReportResult(report, sender), "result"
-            else:
-                command, kind = ReportFailure(report, sender), "failure"
+            reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+            acks[run_id].append(Delivery(msg, durable))
             trace_id, span_id = (msg.trace.trace_id, msg.trace.span_id) if msg.trace else ("", "")
-            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id)
-            by_run[run_id].append((command, cause))
-            acks[run_id].append(msg)
-        for run_id, items in by_run.items():
-            if await self._execute(run_id, items):
-                await asyncio.gather(*(m.ack() for m in acks[run_id]), return_exceptions=True)
+            for report in reports:
+                rid = report_id(report)
+                if rid in taken or rid in self._recorded:
+                    continue
+                taken.add(rid)
+                command: Command
+                if isinstance(report, TaskResult):
+                    command, kind = ReportResult(report, sender), "result"
+                else:
+                    command, kind = ReportFailure(report, sender), "failure"
+                cause = Cause(
+                    f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id
+                )
+                by_run[run_id].append((command, cause))
+                ids[run_id].append(rid)
+        for run_id in by_run.keys() | acks.keys():
+            await self._window.acquire()  # bounds the batches decided but not yet durable
+            await self._unblocked(run_id)  # returns at once (no yield) unless reloading
+            decision = self._decide(run_id, by_run.get(run_id, []))
+            self._spawn(self._conclude(run_id, decision, ids[run_id], acks[run_id]))
+
+    async def _conclude(
+        self, run_id: str, decision: _Decision | None, ids: list[str], answer: list[Delivery]
+    ) -> None:
+        """Answer a batch's reports once what they caused is durable. A batch that caused
+        nothing (its reports were already decided) waits for the appends in flight, since
+        those hold what its reports caused."""
+        try:
+            if decision is not None:
+                recorded = await self._commit(decision)
+            else:
+                pending = await asyncio.gather(*self._appending[run_id], return_exceptions=True)
+                recorded = not any(isinstance(p, BaseException) for p in pending)
+        finally:
+            self._window.release()
+        if recorded:
+            self._recorded.update(ids)
+        await asyncio.gather(*(_answer(m, recorded) for m in answer), return_exceptions=True)
 
     async def _record_agent(
         self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str

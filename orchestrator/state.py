@@ -159,7 +159,8 @@ class _Draft:
         self.dependents = state.dependents
         self.tasks = dict(state.tasks)
         self.waiting = dict(state.waiting)
-        self.ready = {role: dict(ids) for role, ids in state.ready.items()}
+        self.ready = dict(state.ready)  # a role's queue is copied only once it changes
+        self.owned: set[str] = set()
         self.gated = dict(state.gated)
         self.blocked = dict(state.blocked)
         self.children = state.children
@@ -190,8 +191,17 @@ class _Draft:
     def role(self, task_id: str) -> str:
         return self.tasks[task_id].role or self.graph[task_id].role
 
+    def ready_of(self, role: str) -> dict[str, None]:
+        """The role's ready queue, copied from the base state on first change."""
+        if role not in self.owned:
+            self.ready[role] = dict(self.ready.get(role, {}))
+            self.owned.add(role)
+        return self.ready[role]
+
     def unready(self, task_id: str) -> None:
-        self.ready.get(self.role(task_id), {}).pop(task_id, None)
+        role = self.role(task_id)
+        if task_id in self.ready.get(role, {}):
+            del self.ready_of(role)[task_id]
         self.gated.pop(task_id, None)
 
     def make_ready(self, task_id: str) -> None:
@@ -199,7 +209,7 @@ class _Draft:
         if spec.kind == "chat" or self.is_conditional(spec):
             self.gated[task_id] = None
         else:
-            self.ready.setdefault(self.role(task_id), {})[task_id] = None
+            self.ready_of(self.role(task_id))[task_id] = None
 
     def is_conditional(self, spec: TaskSpec) -> bool:
         workflow = self.get("workflow")
@@ -282,7 +292,7 @@ class _Draft:
         self.dependents = {t: tuple(d) for t, d in dependents.items()}
         self.tasks = {t: TaskState(t) for t in self.graph}
         self.waiting = {t: s.threshold for t, s in self.graph.items() if s.threshold}
-        self.ready = {}
+        self.ready, self.owned = {}, set()
         self.changes.update(
             status="running",
             workflow=e.workflow,
@@ -373,7 +383,7 @@ class _Draft:
                 self.end(event.task_id, "skipped", event.reason, event.at)
             case BranchTaken():
                 self.gated.pop(event.task_id, None)
-                self.ready.setdefault(self.role(event.task_id), {})[event.task_id] = None
+                self.ready_of(self.role(event.task_id))[event.task_id] = None
             case TasksAdded():
                 self.add_tasks(event)
             case TokensReserved():

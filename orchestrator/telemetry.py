@@ -17,14 +17,14 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import msgspec
 from opentelemetry import trace
 from opentelemetry.context import Context as OtelContext
 from opentelemetry.metrics import CallbackOptions, Observation
-from opentelemetry.trace import SpanKind, Status, StatusCode, use_span
+from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from bus import subjects
 from bus.telemetry import Telemetry, derived_span_id, forced_ids, span_context_of
@@ -198,8 +198,6 @@ class OrchestratorTelemetry:
         so a tick that decides nothing costs nothing); returns its span id ('' if off)."""
         if not events:
             return ""
-        if isinstance(command, DeliveryFailed):  # inside its dispatch span: mark it
-            trace.get_current_span().set_status(Status(StatusCode.ERROR, command.error))
         task_id, attempt = _task_of(command)
         attributes: dict[str, Any] = {
             "baton.command": type(command).__name__,
@@ -219,16 +217,11 @@ class OrchestratorTelemetry:
         context = _trace_context_of(span)
         return context.span_id if context else ""
 
-    async def dispatching(
-        self,
-        run_id: str,
-        effect: SendAssignment,
-        trace: TraceContext,
-        send: Callable[[str, SendAssignment, TraceContext], Awaitable[None]],
-    ) -> None:
-        """`send` the assignment inside its dispatch span, whose context it puts in the
-        headers (the agent's attempt span becomes its child). If the assignment cannot be
-        delivered, the `DeliveryFailed` decision taken inside marks this span failed."""
+    def dispatch_span(
+        self, effect: SendAssignment, trace: TraceContext
+    ) -> tuple[trace.Span, TraceContext]:
+        """Start one assignment's dispatch span; its context travels with the assignment
+        (the agent's attempt span becomes its child). End it with `dispatched`."""
         a = effect.assignment
         span = self._tracer.start_span(
             f"dispatch {a.task_id}#{a.attempt}",
@@ -243,8 +236,14 @@ class OrchestratorTelemetry:
                 "messaging.destination.name": subjects.assign(effect.agent_id),
             },
         )
-        with use_span(span, end_on_exit=True):
-            await send(run_id, effect, _trace_context_of(span) or trace)
+        return span, _trace_context_of(span) or trace
+
+    @staticmethod
+    def dispatched(span: trace.Span, error: str) -> None:
+        """End a dispatch span once the agent answered; failed if it did not take it."""
+        if error:
+            span.set_status(Status(StatusCode.ERROR, error))
+        span.end()
 
     # -- after an append ------------------------------------------------------------------
 

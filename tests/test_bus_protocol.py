@@ -8,7 +8,19 @@ import pytest
 from bus import subjects, tracecontext
 from bus.codec import Decoder, encode
 from bus.errors import InvalidSubjectToken, MalformedMessage, OversizedMessage
-from bus.protocol import AgentInbound, Assignment, Control, InboxMessage, TaskFailure, TaskResult
+from bus.protocol import (
+    AgentInbound,
+    AssignAck,
+    AssignAcks,
+    AssignBatch,
+    Assignment,
+    AssignReply,
+    Control,
+    InboxMessage,
+    ReportBatch,
+    TaskFailure,
+    TaskResult,
+)
 
 
 @pytest.mark.parametrize("bad", ["", "a.b", "a*", ">", "a b", "a\tb", "ä"])
@@ -33,6 +45,29 @@ def test_decoder_accepts_exactly_the_subjects_messages() -> None:
     assert inbox.decode(encode(failure)) == failure
     with pytest.raises(MalformedMessage, match=r"Invalid value 'agent\.control'"):
         inbox.decode(encode(Control("drain")))
+
+
+def test_batches_carry_their_members_and_refuse_a_stranger_among_them() -> None:
+    a = Assignment("r", "t[0]", 1, "l", "s", "role", {"i": 0}, 1.0)
+    b = Assignment("r", "t[1]", 2, "m", "s", "role", {"i": 1}, 1.0)
+    inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
+    assert inbound.decode(encode(AssignBatch([a, b]))) == AssignBatch([a, b])
+    replies: Decoder[AssignReply] = Decoder(AssignReply)
+    acks = AssignAcks([AssignAck(True), AssignAck(False, "draining")])
+    assert replies.decode(encode(acks)) == acks
+    result = TaskResult("r", "t", 1, "lease", "a", {}, 0.5)
+    failure = TaskFailure("r", "u", 1, "lease", "a", "boom")
+    inbox: Decoder[InboxMessage] = Decoder(InboxMessage)
+    assert inbox.decode(encode(ReportBatch([result, failure]))) == ReportBatch([result, failure])
+    stranger = msgspec.msgpack.encode(
+        {"kind": "task.reports", "reports": [{"kind": "agent.control", "action": "drain"}]}
+    )
+    with pytest.raises(MalformedMessage, match=r"reports\[0\]"):
+        inbox.decode(stranger)
+    subject = subjects.report("run-1", "agent_7")
+    assert subjects.report_sender(subject) == ("run-1", "agent_7")
+    with pytest.raises(InvalidSubjectToken):
+        subjects.report_sender(subjects.inbox("run-1", "agent_7"))
 
 
 @pytest.mark.parametrize(

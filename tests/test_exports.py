@@ -8,10 +8,12 @@ import pytest
 
 PINNED = {
     "bus": (
-        "AgentInbound AssignAck AssignReply Assignment Bus BusError Control Decoder "
-        "EmbeddedNats ErrorReply Heartbeat HeldTask InboxConsumer InboxMessage Incoming "
+        "AgentInbound AssignAck AssignAcks AssignBatch AssignReply Assignment Bus BusError "
+        "Control Decoder EmbeddedNats ErrorReply Heartbeat HeldTask InboxConsumer InboxMessage "
+        "Incoming "
         "InvalidSubjectToken MAX_MESSAGE_BYTES MalformedMessage OversizedMessage Payload "
-        "Progress RequestFailed ServerStartError TaskFailure TaskResult TraceContext "
+        "Progress ReportAck ReportBatch ReportReply RequestFailed ServerStartError TaskFailure "
+        "TaskResult TraceContext "
         "die_with_parent encode find_binary new_trace subjects"
     ),
     "eventstore": (

@@ -407,20 +407,17 @@ def test_an_undeliverable_assignment_fails_its_dispatch_span() -> None:
     obs = OrchestratorTelemetry(telemetry, Registry(1.0), {"r1": state}, lambda: 0.0)
     (send_effect, _) = effects(state, [assigned])
     assert isinstance(send_effect, SendAssignment)
-    headers: list[TraceContext] = []
-
-    async def send(run_id: str, effect: SendAssignment, trace: TraceContext) -> None:
-        headers.append(trace)  # what the request's traceparent would carry
-        failed = TaskAttemptFailed("a", 1, "agent-1", "undeliverable", "no responders", 1.0, 12.0)
-        command = DeliveryFailed("a", 1, "no responders")
-        obs.decided(state, command, Cause("a:1:undeliverable", "orchestrator"), [failed], 0)
-
-    asyncio.run(obs.dispatching("r1", send_effect, TraceContext(trace_id, "cd" * 8), send))
+    span, sent_with = obs.dispatch_span(send_effect, TraceContext(trace_id, "cd" * 8))
+    obs.dispatched(span, "no responders")
+    failed = TaskAttemptFailed("a", 1, "agent-1", "undeliverable", "no responders", 1.0, 12.0)
+    command = DeliveryFailed("a", 1, "no responders")
+    obs.decided(state, command, Cause("a:1:undeliverable", "orchestrator"), [failed], 0)
     spans = {s.name: s for s in exporter.get_finished_spans()}
     dispatch, decision = spans["dispatch a#1"], spans["decide DeliveryFailed"]
     assert dispatch.status.status_code.name == "ERROR"
     assert dispatch.status.description == "no responders"
-    assert headers[0].span_id == format(dispatch.context.span_id, "016x")
+    assert dispatch.context is not None
+    assert sent_with.span_id == format(dispatch.context.span_id, "016x")
     assert dispatch.parent is not None
     assert format(dispatch.parent.span_id, "016x") == task_span_id(trace_id, "a")
     assert decision.parent is not None

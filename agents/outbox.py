@@ -1,0 +1,152 @@
+"""How an agent returns its outcomes: straight to the orchestrator, else durably.
+
+An outcome goes first as a request on core NATS (`subjects.report`); the orchestrator
+answers `ReportAck` only once the events it caused are durable in its event store, the
+source of truth. Then the agent is done with it. With no answer (orchestrator down,
+restarting, overloaded, its store failing) the outcome goes to the durable JetStream
+inbox (`subjects.inbox`), which keeps it until an orchestrator has recorded it. Either
+way `send` returns only once the outcome is durable somewhere, or raises `BusError`.
+
+Both ways are batched the same way (group commit): while one message is on its way, the
+outcomes that finish meanwhile wait, and the next message carries all of them (per run,
+as a `ReportBatch`); a lone outcome goes alone, with no added wait. That matters most for
+the inbox, which fsyncs every message, but it also spares the orchestrator a message,
+and a decision, per outcome when many finish at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from bus import subjects
+from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
+from bus.connection import Bus
+from bus.errors import BusError
+from bus.protocol import ReportAck, ReportBatch, ReportReply, TaskFailure, TaskResult
+from bus.tracecontext import TraceContext
+
+log = logging.getLogger("baton.agent.outbox")
+MAX_BATCH = 256
+"""Outcomes in one message at most (and never more than the size limit allows)."""
+
+REPORT_TIMEOUT_S = 2.0
+"""How long an outcome waits for the orchestrator's answer before it goes durable."""
+Outcome = TaskResult | TaskFailure
+_reply_decoder: Decoder[ReportReply] = Decoder(ReportReply)
+
+
+def message_id(outcome: Outcome) -> str:
+    """The durable inbox's deduplication id of a lone outcome."""
+    kind = "result" if isinstance(outcome, TaskResult) else "failure"
+    return f"{outcome.run_id}:{outcome.task_id}:{outcome.attempt}:{kind}"
+
+
+@dataclass
+class _Pending:
+    outcome: Outcome
+    trace: TraceContext | None
+    done: asyncio.Future[None] = field(
+        default_factory=lambda: asyncio.get_running_loop().create_future()
+    )
+
+
+def _grouped(queued: list[_Pending]) -> list[list[_Pending]]:
+    """Per run, in order, at most `MAX_BATCH` to a group."""
+    by_run: dict[str, list[_Pending]] = {}
+    for pending in queued:
+        by_run.setdefault(pending.outcome.run_id, []).append(pending)
+    return [g[i : i + MAX_BATCH] for g in by_run.values() for i in range(0, len(g), MAX_BATCH)]
+
+
+def _messages(group: list[_Pending], batch_id: str) -> list[tuple[bytes, str, list[_Pending]]]:
+    """(bytes, message id, members) for one group: one message, or one per member when
+    together they would exceed the size limit."""
+    first = group[0]
+    if len(group) == 1:
+        return [(encode(first.outcome), message_id(first.outcome), group)]
+    data = encode(ReportBatch([p.outcome for p in group]))
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return [(data, batch_id, group)]
+    return [(encode(p.outcome), message_id(p.outcome), [p]) for p in group]
+
+
+def _settle(members: list[_Pending], error: BaseException | None = None) -> None:
+    for p in members:
+        if p.done.done():
+            continue
+        if error is None:
+            p.done.set_result(None)
+        else:
+            p.done.set_exception(error)
+
+
+class Outbox:
+    """One agent's way back to the orchestrator (see the module docstring)."""
+
+    def __init__(self, bus: Bus, agent_id: str, timeout: float = REPORT_TIMEOUT_S) -> None:
+        self._bus = bus
+        self._agent_id = agent_id
+        self._timeout = timeout
+        self._direct: list[_Pending] = []
+        self._durable: list[_Pending] = []
+        self._senders: dict[str, asyncio.Task[None]] = {}
+
+    async def send(self, outcome: Outcome, trace: TraceContext | None = None) -> None:
+        """Return once `outcome` is durable: recorded by the orchestrator, or in the inbox."""
+        pending = _Pending(outcome, trace.child() if trace else None)
+        pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._enqueue(self._direct, pending, "direct")
+        await asyncio.shield(pending.done)
+
+    def _enqueue(self, queue: list[_Pending], pending: _Pending, kind: str) -> None:
+        """Queue `pending`; one sender per kind drains its queue a batch at a time, so
+        what comes in while a batch is on its way leaves together in the next one."""
+        queue.append(pending)
+        sender = self._senders.get(kind)
+        if sender is None or sender.done():
+            drain = self._send_direct if kind == "direct" else self._send_durable
+            self._senders[kind] = asyncio.create_task(self._drain(queue, drain))
+
+    async def _drain(
+        self, queue: list[_Pending], send: Callable[[list[_Pending]], Awaitable[None]]
+    ) -> None:
+        while queue:
+            batch = queue[:]
+            queue.clear()
+            groups = _grouped(batch)
+            results = await asyncio.gather(*(send(g) for g in groups), return_exceptions=True)
+            for group, result in zip(groups, results, strict=True):
+                if isinstance(result, Exception):  # a bug, not the bus: fail, never hang
+                    log.error("sending %d outcome(s) failed: %r", len(group), result)
+                    _settle(group, BusError(f"outbox: {result!r}"))
+
+    async def _send_direct(self, group: list[_Pending]) -> None:
+        """Ask the orchestrator to record `group`; what it does not answer goes durably."""
+        subject = subjects.report(group[0].outcome.run_id, self._agent_id)
+        unanswered: list[_Pending] = []
+        for data, _, members in _messages(group, ""):
+            try:
+                reply = await self._bus.request(subject, data, self._timeout, members[0].trace)
+                if isinstance(_reply_decoder.decode(reply), ReportAck):
+                    _settle(members)
+                    continue
+            except BusError as exc:
+                log.debug("%d report(s) not answered (%s); sending durably", len(members), exc)
+            unanswered += members
+        for pending in unanswered:
+            self._enqueue(self._durable, pending, "durable")
+
+    async def _send_durable(self, group: list[_Pending]) -> None:
+        subject = subjects.inbox(group[0].outcome.run_id, self._agent_id)
+        batch_id = f"{self._agent_id}:batch:{secrets.token_hex(8)}"
+        for data, msg_id, members in _messages(group, batch_id):
+            try:
+                await self._bus.publish_durable(subject, data, msg_id, members[0].trace)
+            except BusError as exc:
+                _settle(members, exc)
+                continue
+            _settle(members)

@@ -1,0 +1,86 @@
+"""What the orchestrator takes in from agents, from two sources, handed on in batches.
+
+Agents send every outcome twice (see `agents.outbox`): a fast copy on core NATS and a
+durable copy in the JetStream inbox. The intake queues both kinds as they come and hands
+the service everything that is waiting in one batch, so one decision and one append
+serve many reports. Only durable copies are acknowledged (after their events are
+durable); `Recorded` remembers which reports are already in the log, so the second copy
+of a report is acknowledged without being decided again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import OrderedDict
+from typing import NamedTuple
+
+from bus.connection import InboxConsumer, Incoming
+from bus.errors import BusError
+from bus.protocol import TaskFailure, TaskResult
+
+log = logging.getLogger("baton.orchestrator.intake")
+
+
+class Delivery(NamedTuple):
+    """One message from an agent, and whether it is the durable (ackable) copy."""
+
+    incoming: Incoming
+    durable: bool
+
+
+def report_id(report: TaskResult | TaskFailure) -> str:
+    """Identity of one report, the same for both copies: run, task, attempt, kind."""
+    kind = "result" if isinstance(report, TaskResult) else "failure"
+    return f"{report.run_id}:{report.task_id}:{report.attempt}:{kind}"
+
+
+class Recorded:
+    """Ids of reports whose events are durable, the newest `limit` of them. Forgetting an
+    old one costs a decision and no state: the core finds its second copy a duplicate (or,
+    if its attempt was retried since, a stale report, which it records as rejected)."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._limit = limit
+
+    def __contains__(self, report: object) -> bool:
+        return report in self._ids
+
+    def update(self, ids: list[str]) -> None:
+        for rid in ids:
+            self._ids[rid] = None
+        while len(self._ids) > self._limit:
+            self._ids.popitem(last=False)
+
+
+class Intake:
+    """A queue fed by the durable inbox consumer and by the fast report subscription."""
+
+    def __init__(self, consumer: InboxConsumer, fetch_batch: int) -> None:
+        self._consumer = consumer
+        self._fetch_batch = fetch_batch
+        self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+
+    async def offer_fast(self, incoming: Incoming) -> None:
+        """Subscription handler for the fast copies."""
+        self._queue.put_nowait(Delivery(incoming, False))
+
+    async def fetch_durable(self) -> None:
+        """Pull the durable inbox forever, queueing what comes."""
+        while True:
+            try:
+                batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
+            except BusError as exc:
+                log.warning("%s; retrying", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for incoming in batch:
+                self._queue.put_nowait(Delivery(incoming, True))
+
+    async def next_batch(self) -> list[Delivery]:
+        """Everything queued, waiting for at least one delivery."""
+        batch = [await self._queue.get()]
+        while not self._queue.empty():
+            batch.append(self._queue.get_nowait())
+        return batch

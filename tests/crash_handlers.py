@@ -1,0 +1,52 @@
+"""The research example's handlers (and a no-op), each first writing down the attempt it
+was given, so fault tests can check which assignments reached agents (and when) against
+the log.
+
+Each agent process appends JSON lines to `$BATON_TEST_RECEIPTS/<pid>.jsonl`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from agents import TaskContext, load_handler
+from agents.sdk import Handler, Reply
+
+_EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "research" / "agents.py"
+
+
+def _receipt(task: TaskContext) -> None:
+    folder = Path(os.environ["BATON_TEST_RECEIPTS"])
+    line = {
+        "run_id": task.run_id,
+        "task_id": task.task_id,
+        "attempt": task.attempt,
+        "agent_id": task.agent_id,
+        "at": time.time(),
+    }
+    with (folder / f"{os.getpid()}.jsonl").open("a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
+def _recording(name: str) -> Handler:
+    inner = load_handler(f"{_EXAMPLE}:{name}")
+
+    async def handler(task: TaskContext) -> dict[str, Any] | Reply:
+        _receipt(task)
+        return await inner(task)
+
+    return handler
+
+
+plan = _recording("plan")
+research = _recording("research")
+write = _recording("write")
+
+
+async def noop(task: TaskContext) -> dict[str, Any]:
+    _receipt(task)
+    return {"task": task.task_id}

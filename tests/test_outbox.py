@@ -1,0 +1,121 @@
+"""How outcomes come back: answered straight away only once durable in the event store,
+else kept by the durable inbox, in batches, until an orchestrator records them."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+from agents.outbox import Outbox
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus
+from bus.protocol import (
+    ErrorReply,
+    InboxMessage,
+    ReportAck,
+    ReportBatch,
+    ReportReply,
+    TaskFailure,
+    TaskResult,
+)
+from bus.server import EmbeddedNats
+from orchestrator import journal
+from orchestrator.events import MessageRejected, TaskSucceeded
+from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from tests.cluster import cluster
+
+_inbox: Decoder[InboxMessage] = Decoder(InboxMessage)
+_reply: Decoder[ReportReply] = Decoder(ReportReply)
+
+
+def test_unanswered_outcomes_go_to_the_durable_inbox_batched_each_once(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        server = EmbeddedNats(tmp_path)
+        bus = await Bus.connect(await server.start(), name="agent")
+        try:
+            await bus.ensure_inbox()
+            outbox = Outbox(bus, "agent-1", timeout=1.0)  # nobody answers reports
+            outcomes: list[TaskResult | TaskFailure] = [
+                TaskResult("run-1", f"t[{i}]", 1, "lease", "agent-1", {"i": i}, 0.0)
+                for i in range(30)
+            ]
+            outcomes.append(TaskFailure("run-1", "t[99]", 2, "lease", "agent-1", "boom"))
+            await asyncio.gather(*(outbox.send(o) for o in outcomes))
+
+            consumer = await bus.inbox_consumer("test-reader")
+            messages = await consumer.fetch(100, timeout=2.0)
+        finally:
+            await bus.close()
+            server.stop()
+        reports: list[TaskResult | TaskFailure] = []
+        for msg in messages:
+            assert subjects.inbox_sender(msg.subject) == ("run-1", "agent-1")
+            decoded = _inbox.decode(msg.data)
+            assert isinstance(decoded, TaskResult | TaskFailure | ReportBatch)
+            reports += decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+        stored = Counter(encode(r) for r in reports)
+        assert stored == Counter(encode(o) for o in outcomes), "every outcome stored exactly once"
+        assert len(messages) < len(outcomes), "outcomes waiting together share one message"
+
+    asyncio.run(scenario())
+
+
+def test_a_report_is_acknowledged_only_once_its_events_are_durable(tmp_path: Path) -> None:
+    slow = WorkflowSpec(
+        name="slow", steps=[StepSpec(id="s", role="worker", params={"seconds": 3.0})]
+    )
+    workers = [AgentSpec(role="worker", handler="agents.builtin:sleep", count=1, capacity=1)]
+
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(workers)
+            run_id = await c.orchestrator.start_run(slow)
+            state = await c.until(run_id, lambda s: s.tasks["s"].status == "running")
+            task = state.tasks["s"]
+            bus = await Bus.connect(c.stack.nats_url, name="impostor")
+            try:
+                garbage = await bus.request(subjects.report(run_id, task.agent_id), b"\x01", 5.0)
+                assert isinstance(_reply.decode(garbage), ErrorReply)
+
+                # the owner's report, sent as the owner would: answered once recorded
+                result = TaskResult(
+                    run_id, "s", task.attempt, task.lease_token, task.agent_id, {"by": "me"}, 0.1
+                )
+                subject = subjects.report(run_id, task.agent_id)
+                answer = await bus.request(subject, encode(result), 5.0)
+                assert isinstance(_reply.decode(answer), ReportAck)
+                stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+                events = [journal.decode_run_event(s) for s in stored]
+                assert any(isinstance(e, TaskSucceeded) and e.task_id == "s" for e in events)
+
+                again = await bus.request(subject, encode(result), 5.0)  # the second copy
+                assert isinstance(_reply.decode(again), ReportAck)
+            finally:
+                await bus.close()
+            await c.orchestrator.wait(run_id, timeout=30)
+            # the real agent's own report comes later; it lets go of the task once answered
+            await c.until_held(task.agent_id, run_id, "s", task.attempt)
+            for _ in range(500):
+                beats = [h for h in c.orchestrator.agents() if h.agent_id == task.agent_id]
+                if beats and not beats[0].held:
+                    break
+                await asyncio.sleep(0.02)
+            else:
+                raise AssertionError("the agent never got an answer to its own report")
+            final = c.orchestrator.run(run_id)
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+            system = await c.stack.store.read_stream(journal.SYSTEM_STREAM)
+
+        assert final.status == "completed"
+        assert final.tasks["s"].output == {"by": "me"}
+        events = [journal.decode_run_event(s) for s in stored]
+        assert sum(isinstance(e, TaskSucceeded) for e in events) == 1
+        assert final.rejected == 0, "a copy of a recorded report is not a refusal"
+        rejected = [journal.decode_any(s) for s in system if s.type == "message.rejected"]
+        assert len(rejected) == 1
+        assert isinstance(rejected[0], MessageRejected)
+        assert rejected[0].subject == subjects.report(run_id, task.agent_id)
+
+    asyncio.run(scenario())

@@ -1,0 +1,57 @@
+"""`baton serve` and `baton submit` as the README shows them: a serving orchestrator
+takes a workflow file and records the run; a submit with nobody serving is a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from pathlib import Path
+
+from bus.server import EmbeddedNats
+from tests.cluster import EXAMPLE, REPO, baton
+
+
+def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+
+    async def scenario() -> None:
+        server = EmbeddedNats(tmp_path / "nats")
+        url = await server.start()
+        try:
+            nobody = subprocess.run(
+                baton("submit", str(EXAMPLE), "--nats", url),
+                capture_output=True, text=True, cwd=REPO, timeout=60,
+            )  # fmt: skip
+            assert nobody.returncode == 2
+            assert "no orchestrator answered" in nobody.stderr
+
+            serving = subprocess.Popen(
+                baton("serve", "--nats", url, "--state-dir", str(state)),
+                stdout=subprocess.PIPE, text=True, cwd=REPO,
+            )  # fmt: skip
+            try:
+                assert serving.stdout is not None
+                assert "serving on NATS" in serving.stdout.readline()
+                submitted = subprocess.run(
+                    baton("submit", str(EXAMPLE), "--nats", url, "--input", '{"topic": "x"}'),
+                    capture_output=True, text=True, cwd=REPO, timeout=60,
+                )  # fmt: skip
+                assert submitted.returncode == 0, submitted.stderr
+                run_id = submitted.stdout.strip()
+                audit = subprocess.run(
+                    baton("audit", "--run", run_id, "--state-dir", str(state), "--json"),
+                    capture_output=True, text=True, cwd=REPO, timeout=60,
+                )  # fmt: skip
+                assert audit.returncode == 0, audit.stderr
+                first = json.loads(audit.stdout.splitlines()[0])
+                assert first["type"] == "run.started"
+                assert first["data"]["input"]["topic"] == "x", "the input given to submit"
+                assert first["data"]["workflow"]["name"] == "research-brief"
+            finally:
+                serving.terminate()
+                assert serving.wait(15) == 0, "SIGTERM stops the service cleanly"
+        finally:
+            server.stop()
+
+    asyncio.run(scenario())
