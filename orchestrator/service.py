@@ -367,7 +367,7 @@ class Orchestrator:
     async def control(self, request: RunControlRequest) -> RunState:
         """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
         why one cannot apply, and then nothing changed."""
-        state = self.run(request.run_id)
+        self.run(request.run_id)  # UnknownRun before anything else
         command: HumanDecision | CancelRun
         if request.action == "cancel":
             command = CancelRun(request.task_id, request.actor, request.note)
@@ -375,11 +375,16 @@ class Orchestrator:
             command = HumanDecision(
                 request.task_id, request.action, request.actor, request.note, request.output
             )
-        refused = human.refusal(state, command)
-        if refused:
-            raise ControlRefused(refused)
         cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
-        if not await self._execute(request.run_id, [(command, cause)]):
+        await self._unblocked(request.run_id)
+        # checked and decided with no await between, against the newest state (appends
+        # still in flight included), so what is refused is exactly what the core refuses
+        state = self._ahead.get(request.run_id) or self.run(request.run_id)
+        refused = human.refusal(state, command)
+        decision = None if refused else self._decide(request.run_id, [(command, cause)])
+        if decision is None:
+            raise ControlRefused(refused or "nothing to change")
+        if not await self._commit(decision):
             raise RunNotRecorded(request.run_id)
         return self.run(request.run_id)
 
@@ -594,7 +599,7 @@ class Orchestrator:
             acks[run_id].append(Delivery(msg, durable))
             trace_id, span_id = (msg.trace.trace_id, msg.trace.span_id) if msg.trace else ("", "")
             for report in reports:
-                rid = report_id(report)
+                rid = report_id(report, sender)
                 if rid in taken or rid in self._recorded:
                     continue
                 taken.add(rid)

@@ -252,7 +252,7 @@ def test_forged_results_are_rejected_and_audited_on_a_governed_stack(tmp_path: P
             stored = await c.stack.store.read_stream(journal.run_stream(run_id))
             events = [journal.decode_run_event(e) for e in stored]
             assigned = [e for e in events if isinstance(e, TaskAssigned)]
-            assert len(assigned) == 1
+            assert len(assigned) == 1, "the owner's result was decided, not masked"
             rejected = [e for e in events if isinstance(e, ResultRejected)]
             return rejected, owner, forger_id, dict(state.result or {})
 
