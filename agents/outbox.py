@@ -68,7 +68,8 @@ def _messages(group: list[_Pending], batch_id: str) -> list[tuple[bytes, str, li
     first = group[0]
     if len(group) == 1:
         return [(encode(first.outcome), message_id(first.outcome), group)]
-    data = encode(ReportBatch([p.outcome for p in group]))
+    traces = [p.trace.header() if p.trace else "" for p in group]
+    data = encode(ReportBatch([p.outcome for p in group], traces))
     if len(data) <= MAX_MESSAGE_BYTES:
         return [(data, batch_id, group)]
     return [(encode(p.outcome), message_id(p.outcome), [p]) for p in group]
@@ -97,7 +98,7 @@ class Outbox:
 
     async def send(self, outcome: Outcome, trace: TraceContext | None = None) -> None:
         """Return once `outcome` is durable: recorded by the orchestrator, or in the inbox."""
-        pending = _Pending(outcome, trace.child() if trace else None)
+        pending = _Pending(outcome, trace)
         pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._enqueue(self._direct, pending, "direct")
         await asyncio.shield(pending.done)

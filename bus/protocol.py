@@ -274,6 +274,8 @@ class ReportBatch(_Message, frozen=True, tag="task.reports"):
     (fsynced) inbox write carries every result that finished while the last was stored."""
 
     reports: list[TaskResult | TaskFailure]
+    traceparents: list[str] = []
+    """Each report's W3C context (its attempt's span), in order; '' where none."""
 
 
 class ReportAck(_Message, frozen=True, tag="task.report.ack"):

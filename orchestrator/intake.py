@@ -33,9 +33,7 @@ def report_id(report: TaskResult | TaskFailure, sender: str) -> str:
     """Identity of one report, the same for both copies: run, task, attempt, kind, and who
     sent it under which lease, so a forged or mistaken copy never masks the real one."""
     kind = "result" if isinstance(report, TaskResult) else "failure"
-    return (
-        f"{report.run_id}:{report.task_id}:{report.attempt}:{kind}:{sender}:{report.lease_token}"
-    )
+    return f"{report.run_id}:{report.task_id}:{report.attempt}:{kind}:{sender}:{report.lease_token}"
 
 
 class Recorded:

@@ -597,8 +597,10 @@ class Orchestrator:
                 continue
             reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
             acks[run_id].append(Delivery(msg, durable))
-            trace_id, span_id = (msg.trace.trace_id, msg.trace.span_id) if msg.trace else ("", "")
-            for report in reports:
+            traces = decoded.traceparents if isinstance(decoded, ReportBatch) else []
+            for n, report in enumerate(reports):
+                trace = tracecontext.parse(traces[n] if n < len(traces) else "") or msg.trace
+                trace_id, span_id = (trace.trace_id, trace.span_id) if trace else ("", "")
                 rid = report_id(report, sender)
                 if rid in taken or rid in self._recorded:
                     continue
