@@ -44,7 +44,7 @@ from orchestrator.events import (
     UsageCharged,
 )
 from orchestrator.human import cancel, human_decision
-from orchestrator.state import TERMINAL_TASK, UNSUCCESSFUL, RunState, TaskState, fold
+from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold
 
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
@@ -154,7 +154,7 @@ def _on_result(
             )
         )
         state = fold(state, events)
-    budget = limits.task_budget(state, task.task_id)
+    budget = limits.task_budget(state, task.task_id) if spent else 0
     if budget and spent > budget:
         detail = f"{task.task_id} used {spent} tokens, its budget is {budget}"
         events.append(LimitReached("task_tokens", detail, task.task_id, ctx.wall))
@@ -175,7 +175,7 @@ def _on_result(
         task.task_id, task.attempt, task.agent_id, report.output, report.elapsed_s, ctx.wall
     )
     spec = state.graph[task.task_id]
-    step = state.step(spec.step) if not spec.parent and spec.kind == "task" else None
+    step = state.step(spec.step) if spec.looped else None
     loop = step.loop if step is not None else None
     if step is None or loop is None or report.output.get(loop.until) == loop.equals:
         return [*events, succeeded]
@@ -320,18 +320,22 @@ def _grow(state: RunState, ctx: Context) -> list[RunEvent]:
     return []
 
 
-def _ending(state: RunState, ctx: Context) -> list[RunEvent]:
+def _ending(state: RunState, ctx: Context, decided: Sequence[RunEvent]) -> list[RunEvent]:
     """The run's end, if it has come: a failure nothing can absorb, every task ended, or a
-    run-wide limit."""
-    done = True
-    for t in state.tasks.values():
-        if t.status not in TERMINAL_TASK:
-            done = False
-        elif t.status in UNSUCCESSFUL and t.status != "skipped":
-            spec = state.graph[t.task_id]
-            if not spec.parent and not state.dependents[t.task_id]:
-                return _fail_run(state, t.task_id, ctx)
-    if done:
+    run-wide limit. A failure is judged when it happens (`decided` holds this decision's
+    events): a failed or cancelled task nothing depends on and no parent answers for."""
+    for e in decided:
+        if (
+            isinstance(e, TaskFailed | TaskCancelled)
+            and not state.graph[e.task_id].parent
+            and not state.dependents[e.task_id]
+        ):
+            return _fail_run(state, e.task_id, ctx)
+    if (
+        not state.gated
+        and not any(state.ready.values())
+        and all(t.status in TERMINAL_TASK for t in state.tasks.values())
+    ):
         sinks = [t for t, deps in state.dependents.items() if not deps]
         result = {
             t: state.tasks[t].output
@@ -356,7 +360,7 @@ def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[
         state = fold(state, grown)
     if state.status != "running":
         return out
-    ending = _ending(state, ctx)
+    ending = _ending(state, ctx, [*earlier, *out])
     if ending:
         return out + ending
     return out + _dispatch(state, ctx, [*earlier, *out])

@@ -106,6 +106,7 @@ def next_round(state: RunState, task: TaskState, step: StepSpec, ctx: Context) -
                 s.max_attempts, need_of(s), "task", "", r,
                 bid_window_s=s.bid_window_s if s.routing == "contract_net" else 0.0,
                 conditional=is_conditional(s),
+                looped=s.loop is not None,
             )
         )  # fmt: skip
     return TasksAdded(

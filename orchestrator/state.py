@@ -206,17 +206,10 @@ class _Draft:
 
     def make_ready(self, task_id: str) -> None:
         spec = self.graph[task_id]
-        if spec.kind == "chat" or self.is_conditional(spec):
+        if spec.kind == "chat" or spec.conditional:
             self.gated[task_id] = None
         else:
             self.ready_of(self.role(task_id))[task_id] = None
-
-    def is_conditional(self, spec: TaskSpec) -> bool:
-        workflow = self.get("workflow")
-        if spec.parent or workflow is None:
-            return False
-        step = next(s for s in workflow.steps if s.id == spec.step)
-        return step.when is not None or step.unless is not None
 
     def retry_policy(self, task_id: str) -> Retry | None:
         workflow = self.get("workflow")

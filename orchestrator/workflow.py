@@ -166,6 +166,8 @@ class TaskSpec(msgspec.Struct, frozen=True):
     """Contract net: seconds agents may bid (0: plain routing)."""
     conditional: bool = False
     """Its step has `when`/`unless`: checked (branch taken or skipped) before dispatch."""
+    looped: bool = False
+    """Its step has a `loop`: its result may start another round."""
 
     @property
     def threshold(self) -> int:
@@ -443,6 +445,7 @@ def compile_graph(spec: WorkflowSpec) -> dict[str, TaskSpec]:
                 "chat" if step.chat is not None else "task",
                 bid_window_s=step.bid_window_s if step.routing == "contract_net" else 0.0,
                 conditional=is_conditional(step),
+                looped=step.loop is not None,
             )
     return graph
 
