@@ -429,7 +429,9 @@ class Orchestrator:
             await self._reject(msg.subject, str(exc), len(msg.data))
             return
         contracts = self._contracts
-        why = contracts.verdict(hb.role, hb.contract_digest) if contracts is not None else ""
+        why = ""
+        if contracts is not None:
+            why = contracts.verdict(hb.role, hb.contract_digest, hb.capacity)
         if why:
             await self._refuse(hb, why)
             return
