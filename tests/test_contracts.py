@@ -249,3 +249,21 @@ def test_a_workflow_file_names_its_contracts_file(tmp_path: Path) -> None:
         load(bad)
     with pytest.raises(WorkflowError, match="contracts"):
         contracts_file(bad)
+
+
+def test_the_contracts_seconds_budget_bounds_an_attempt(tmp_path: Path) -> None:
+    roles = write(tmp_path, '[[roles]]\nname = "slow"\nbudget = { seconds = 0.5 }\n')
+    spec = AgentSpec(role="slow", handler="agents.builtin:sleep", capacity=1)
+    workflow = WorkflowSpec(
+        "w", [StepSpec("s", "slow", params={"seconds": 20.0}, timeout_s=60, max_attempts=1)]
+    )
+
+    async def scenario() -> str:
+        async with cluster(tmp_path / "state", contracts=str(roles)) as c:
+            await c.add_agents([spec])
+            run_id = await c.orchestrator.start_run(workflow)
+            state = await c.orchestrator.wait(run_id, timeout=30)
+        assert state.status == "failed"
+        return state.reason
+
+    assert "handler exceeded 0.5s" in asyncio.run(scenario())
