@@ -133,6 +133,7 @@ class Orchestrator:
             bus,
             contracts=contracts,
             role_of=self._role_of,
+            works_in=self._works_in,
             embedder=Embedder.from_env(),
         )
         self._refused: set[tuple[str, str, str]] = set()
@@ -456,6 +457,11 @@ class Orchestrator:
 
     def _role_of(self, agent_id: str) -> str | None:
         return self._registry.role_of(agent_id)
+
+    def _works_in(self, run_id: str, agent_id: str) -> bool:
+        """Whether the agent holds (or held last) an attempt of a task of this live run."""
+        state = self._runs.get(run_id)
+        return state is not None and any(t.agent_id == agent_id for t in state.tasks.values())
 
     async def _refuse(self, hb: Heartbeat, why: str) -> None:
         """Never route to an agent serving a contract we do not know; audit it once."""
