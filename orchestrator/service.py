@@ -127,7 +127,7 @@ class Orchestrator:
     ) -> None:
         self._bus = bus
         self._contracts = contracts
-        self._agentlog = AgentLog(store)
+        self._agentlog = AgentLog(store, self._works_in)
         self.memory = MemoryService(
             store,
             bus,
