@@ -158,8 +158,9 @@ class Contracts:
         except KeyError:
             raise ContractError("role", f"no contract for role {role!r}") from None
 
-    def verdict(self, role: str, advertised_digest: str) -> str:
-        """'' when an agent advertising (`role`, `advertised_digest`) may join, else why not."""
+    def verdict(self, role: str, advertised_digest: str, capacity: int = 1) -> str:
+        """'' when an agent advertising (`role`, `advertised_digest`) and running up to
+        `capacity` tasks at once may join, else why not."""
         contract = self._by_name.get(role)
         if contract is None:
             return f"no contract for role {role!r}"
@@ -170,6 +171,8 @@ class Contracts:
                 f"contract digest {advertised_digest[:12]} differs from the known "
                 f"{contract.digest[:12]} for role {role!r}"
             )
+        if capacity > contract.concurrency:
+            return f"capacity {capacity} is over the contract's concurrency {contract.concurrency}"
         return ""
 
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 import msgspec
 
@@ -58,8 +59,11 @@ def decode(stored: StoredEvent) -> AgentRecord:
 class AgentLog:
     """Appends agents' records to their run's `agents-` stream, one writer per stream."""
 
-    def __init__(self, store: EventStore) -> None:
+    def __init__(
+        self, store: EventStore, works_in: Callable[[str, str], bool] = lambda r, a: True
+    ) -> None:
         self._store = store
+        self._works_in = works_in
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._versions: dict[str, int] = {}
 
@@ -69,6 +73,8 @@ class AgentLog:
         `MalformedMessage`."""
         if record.agent_id != sender:
             raise MalformedMessage(f"record by {record.agent_id} sent as {sender}")
+        if not self._works_in(record.run_id, sender):
+            raise MalformedMessage(f"{sender} has no task in run {record.run_id!r}")
         stream = stream_of(record.run_id)
         event = NewEvent(
             event_id=message_id(record),

@@ -35,7 +35,15 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage
-from bus.protocol import ErrorReply, MemoryHit, MemoryHits, MemorySearch, MemoryWrite
+from bus.protocol import (
+    ErrorReply,
+    MemoryHit,
+    MemoryHits,
+    MemoryScope,
+    MemorySearch,
+    MemoryWrite,
+    SearchMode,
+)
 from bus.tracecontext import new_span_id
 from eventstore import EventQuery, EventStore, EventStoreError, NewEvent
 
@@ -155,12 +163,14 @@ class MemoryService:
         *,
         contracts: Contracts | None,
         role_of: Callable[[str], str | None],
+        works_in: Callable[[str, str], bool],
         embedder: Embedder | None = None,
     ) -> None:
         self._store = store
         self._bus = bus
         self._contracts = contracts
         self._role_of = role_of
+        self._works_in = works_in
         self._embedder = embedder
         self._lexical = LexicalIndex()
         self._vectors = VectorIndex()
@@ -210,6 +220,8 @@ class MemoryService:
         if entry.agent_id != sender:
             raise MalformedMessage(f"memory write by {entry.agent_id} sent as {sender}")
         self._check(entry.role, entry.scope, "write", sender)
+        if not self._works_in(entry.run_id, sender):
+            raise MemoryRefused(f"{sender} has no task in run {entry.run_id!r}")
         event = NewEvent(
             event_id=f"memory:{entry.run_id}:{entry.task_id}:{entry.attempt}:{entry.write_id}",
             type=EVENT_TYPE,
@@ -267,30 +279,39 @@ class MemoryService:
         self._lexical.add(rowid, entry, ref)
 
     async def search(self, request: MemorySearch, searcher: str) -> MemoryHits:
-        """Entries visible to `searcher` in the scopes it asked for and may read."""
+        """Entries visible to `searcher` in the scopes it asked for and may read: its own
+        `agent` entries, `global` ones, and the `run` entries of a run it works in."""
         role = self._role_of(searcher) or ""
         for scope in request.scopes:
             self._check(role, scope, "read", searcher)
-        if not 1 <= request.limit <= MAX_LIMIT:
-            raise MalformedMessage(f"limit must be between 1 and {MAX_LIMIT}")
+        if "run" in request.scopes and not self._works_in(request.run_id, searcher):
+            raise MemoryRefused(f"{searcher} has no task in run {request.run_id!r}")
         owners = {"run": request.run_id, "agent": searcher, "global": ""}
         visible = [(scope, owners[scope]) for scope in dict.fromkeys(request.scopes)]
-        if request.mode == "lexical":
-            ranked = self._lexical.search(request.query, visible, request.limit)
+        return await self.query(request.query, visible, request.limit, request.mode)
+
+    async def query(
+        self, text: str, visible: list[tuple[MemoryScope, str]], limit: int, mode: SearchMode
+    ) -> MemoryHits:
+        """The best entries among (scope, owner) pairs, unchecked: for trusted callers."""
+        if not 1 <= limit <= MAX_LIMIT:
+            raise MalformedMessage(f"limit must be between 1 and {MAX_LIMIT}")
+        if mode == "lexical":
+            ranked = self._lexical.search(text, visible, limit)
         else:
             if self._embedder is None:
                 raise MalformedMessage("vector search needs an embeddings endpoint")
-            (vector,) = await self._embedder.embed([request.query])
+            (vector,) = await self._embedder.embed([text])
             if self._pending:
                 await asyncio.gather(*self._pending, return_exceptions=True)
             allowed = set(visible)
-            candidates = self._vectors.search(vector, max(request.limit * 8, 32))
+            candidates = self._vectors.search(vector, max(limit * 8, 32))
             ranked = [
                 (rowid, score)
                 for rowid, score in candidates
                 if rowid in self._entries
                 and (self._entries[rowid][0].scope, owner_of(self._entries[rowid][0])) in allowed
-            ][: request.limit]
+            ][:limit]
         hits = []
         for rowid, score in ranked:
             entry, ref = self._entries[rowid]
@@ -299,7 +320,7 @@ class MemoryService:
                     ref, entry.scope, entry.key, entry.text, entry.agent_id, entry.run_id, score
                 )
             )
-        return MemoryHits(hits, request.mode)
+        return MemoryHits(hits, mode)
 
     async def _on_search(self, msg: Incoming) -> None:
         try:

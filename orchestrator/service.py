@@ -207,12 +207,13 @@ class Orchestrator:
     ) -> None:
         self._bus = bus
         self._contracts = contracts
-        self._agentlog = AgentLog(store)
+        self._agentlog = AgentLog(store, self._works_in)
         self.memory = MemoryService(
             store,
             bus,
             contracts=contracts,
             role_of=self._role_of,
+            works_in=self._works_in,
             embedder=Embedder.from_env(),
         )
         self._refused: set[tuple[str, str, str]] = set()
@@ -678,7 +679,9 @@ class Orchestrator:
             await self._reject(msg.subject, str(exc), len(msg.data))
             return
         contracts = self._contracts
-        why = contracts.verdict(hb.role, hb.contract_digest) if contracts is not None else ""
+        why = ""
+        if contracts is not None:
+            why = contracts.verdict(hb.role, hb.contract_digest, hb.capacity)
         if why:
             await self._refuse(hb, why)
             return
@@ -729,6 +732,11 @@ class Orchestrator:
 
     def _role_of(self, agent_id: str) -> str | None:
         return self._registry.role_of(agent_id)
+
+    def _works_in(self, run_id: str, agent_id: str) -> bool:
+        """Whether the agent holds (or held last) an attempt of a task of this live run."""
+        state = self._runs.get(run_id)
+        return state is not None and any(t.agent_id == agent_id for t in state.tasks.values())
 
     async def _refuse(self, hb: Heartbeat, why: str) -> None:
         """Never route to an agent serving a contract we do not know; audit it once."""

@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
+from bus import subjects
+from bus.codec import encode
 from bus.contracts import Budget, Contracts, MemoryAccess, RoleContract
 from bus.errors import ContractError
+from bus.protocol import Heartbeat
 from orchestrator import journal
 from orchestrator.errors import WorkflowError
 from orchestrator.events import AgentJoined, AgentRefused
@@ -138,6 +141,8 @@ def test_the_verdict_names_why_an_agent_is_refused() -> None:
     assert "no contract for role 'x'" in contracts.verdict("x", good)
     assert "advertises no contract" in contracts.verdict("r", "")
     assert "differs" in contracts.verdict("r", "0" * 64)
+    assert "capacity 5 is over the contract's concurrency 4" in contracts.verdict("r", good, 5)
+    assert contracts.verdict("r", good, 4) == ""
 
 
 def test_a_workflow_whose_roles_lack_contracts_is_refused() -> None:
@@ -196,9 +201,13 @@ def test_the_orchestrator_refuses_and_audits_agents_it_has_no_contract_for(
             good = await c.add_agents([spec])
             forged = await c.add_agents([spec], contracts=str(other), wait=False)
             bare = await c.add_agents([spec], contracts="", wait=False)
+            # the right digest, but more tasks at once than the contract allows
+            digest = Contracts.load(known).get("worker").digest
+            greedy = Heartbeat("worker-greedy", "worker", ["worker"], 50, 0, [], digest)
+            await c.stack.bus.publish(subjects.heartbeat("worker-greedy"), encode(greedy))
             stored: list[AgentRefused] = []
             async with asyncio.timeout(30):
-                while len(stored) < 2:
+                while len(stored) < 3:
                     events = await c.stack.store.read_stream(journal.SYSTEM_STREAM)
                     stored = [
                         e for e in map(journal.decode_any, events) if isinstance(e, AgentRefused)
@@ -213,8 +222,9 @@ def test_the_orchestrator_refuses_and_audits_agents_it_has_no_contract_for(
             state = await c.orchestrator.wait(run_id, timeout=60)
 
         refused = {e.agent_id: e for e in decoded if isinstance(e, AgentRefused)}
-        assert set(refused) == {forged[0], bare[0]}
-        assert len([e for e in decoded if isinstance(e, AgentRefused)]) == 2
+        assert set(refused) == {forged[0], bare[0], "worker-greedy"}
+        assert len([e for e in decoded if isinstance(e, AgentRefused)]) == 3
+        assert "capacity 50 is over the contract's concurrency 2" in refused["worker-greedy"].reason
         assert "differs" in refused[forged[0]].reason
         assert "advertises no contract" in refused[bare[0]].reason
         joined = {e.agent_id for e in decoded if isinstance(e, AgentJoined)}
@@ -239,3 +249,21 @@ def test_a_workflow_file_names_its_contracts_file(tmp_path: Path) -> None:
         load(bad)
     with pytest.raises(WorkflowError, match="contracts"):
         contracts_file(bad)
+
+
+def test_the_contracts_seconds_budget_bounds_an_attempt(tmp_path: Path) -> None:
+    roles = write(tmp_path, '[[roles]]\nname = "slow"\nbudget = { seconds = 0.5 }\n')
+    spec = AgentSpec(role="slow", handler="agents.builtin:sleep", capacity=1)
+    workflow = WorkflowSpec(
+        "w", [StepSpec("s", "slow", params={"seconds": 20.0}, timeout_s=60, max_attempts=1)]
+    )
+
+    async def scenario() -> str:
+        async with cluster(tmp_path / "state", contracts=str(roles)) as c:
+            await c.add_agents([spec])
+            run_id = await c.orchestrator.start_run(workflow)
+            state = await c.orchestrator.wait(run_id, timeout=30)
+        assert state.status == "failed"
+        return state.reason
+
+    assert "handler exceeded 0.5s" in asyncio.run(scenario())

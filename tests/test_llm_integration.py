@@ -163,6 +163,10 @@ def test_a_forged_tool_record_is_refused_and_audited(tmp_path: Path) -> None:
             await bus.publish_durable(
                 subjects.inbox(run_id, "forger"), encode(forged), msg_id="forged-1"
             )
+            outsider = ToolCallRecord(run_id, "s", 1, "forger", "c2", "lookup", "succeeded")
+            await bus.publish_durable(
+                subjects.inbox(run_id, "forger"), encode(outsider), msg_id="forged-2"
+            )
             await bus.close()
             async with asyncio.timeout(30):
                 while True:
@@ -170,13 +174,14 @@ def test_a_forged_tool_record_is_refused_and_audited(tmp_path: Path) -> None:
                     rejected = [
                         e for e in map(journal.decode_any, system) if isinstance(e, MessageRejected)
                     ]
-                    if rejected:
+                    if len(rejected) == 2:
                         break
                     await asyncio.sleep(0.05)
             records = await records_of(c.stack.store, run_id)
 
         assert records == []
         assert "record by someone-else sent as forger" in rejected[0].reason
+        assert f"forger has no task in run '{run_id}'" in rejected[1].reason
 
     asyncio.run(scenario())
 

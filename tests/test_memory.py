@@ -15,7 +15,7 @@ from bus.codec import encode
 from bus.protocol import MemorySearch, MemoryWrite
 from orchestrator import journal, memory
 from orchestrator.events import MessageRejected
-from orchestrator.memory import LexicalIndex, VectorIndex
+from orchestrator.memory import LexicalIndex, MemoryRefused, VectorIndex
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
 from tests.cluster import REPO, cluster
 from tests.fake_openai import FakeOpenAI, embed
@@ -128,14 +128,14 @@ def test_agents_share_run_memory_within_their_contracts(
         # memory is rebuilt by replay: a new orchestrator over the same log finds it again
         async with cluster(state_dir, contracts=str(roles)) as again:
             (reader_again,) = await again.add_agents([AgentSpec("reader", f"{HANDLERS}:recall")])
-            request = MemorySearch(run_id, "event log", ["run"])
-            replayed = await again.orchestrator.memory.search(request, reader_again)
+            service = again.orchestrator.memory
+            replayed = await service.query("event log", [("run", run_id)], 5, "lexical")
             assert [h.key for h in replayed.hits] == ["storage"]
-            by_vector = MemorySearch(run_id, "which log holds events", ["run"], mode="vector")
-            rebuilt = await again.orchestrator.memory.search(by_vector, reader_again)
+            rebuilt = await service.query("which log holds events", [("run", run_id)], 5, "vector")
             assert rebuilt.hits[0].key == "storage", "vectors rebuilt from the replayed writes"
-            other_run = MemorySearch("another-run", "event log", ["run"])
-            assert (await again.orchestrator.memory.search(other_run, reader_again)).hits == []
+            # an agent cannot read the run memory of a run it has no task in
+            with pytest.raises(MemoryRefused, match="has no task in run"):
+                await service.search(MemorySearch(run_id, "event log", ["run"]), reader_again)
         return result, written, rejected
 
     result, written, rejected = asyncio.run(scenario())
