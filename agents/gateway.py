@@ -19,6 +19,7 @@ from typing import Any, Literal, Protocol
 import msgspec
 
 from agents.errors import ToolDenied, ToolFailed, ToolRefused
+from agents.outbox import note_inbox_write
 from agents.tools import RISKS, Risk, Tool, ToolRegistry
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -54,6 +55,7 @@ class BusRecorder:
         self._bus = bus
 
     async def record(self, record: ToolCallRecord) -> None:
+        note_inbox_write(record.call_id)
         await self._bus.publish_durable(
             subjects.inbox(record.run_id, record.agent_id),
             encode(record),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 
 from agents.errors import AgentError
+from agents.outbox import note_inbox_write
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
@@ -63,6 +64,7 @@ class Memory:
         entry = MemoryWrite(
             write_id, run_id, task_id, attempt, agent_id, self.contract.name, scope, key, text
         )
+        note_inbox_write(write_id)
         await self._bus.publish_durable(
             subjects.inbox(run_id, agent_id),
             encode(entry),

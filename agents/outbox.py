@@ -20,6 +20,7 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 
 from bus import subjects
@@ -30,6 +31,27 @@ from bus.protocol import ReportAck, ReportBatch, ReportReply, TaskFailure, TaskR
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent.outbox")
+
+_inbox_writes: ContextVar[list[str] | None] = ContextVar("baton_inbox_writes", default=None)
+
+
+def track_inbox_writes() -> list[str]:
+    """Start noting what the current attempt puts in the durable inbox (see
+    `note_inbox_write`); returns the list the notes go to."""
+    writes: list[str] = []
+    _inbox_writes.set(writes)
+    return writes
+
+
+def note_inbox_write(msg_id: str) -> None:
+    """The current attempt put a record (memory write, tool call) in the durable inbox:
+    its outcome must then follow through the inbox too, so the orchestrator records them
+    in order (a direct report could overtake the record)."""
+    writes = _inbox_writes.get()
+    if writes is not None:
+        writes.append(msg_id)
+
+
 MAX_BATCH = 256
 """Outcomes in one message at most (and never more than the size limit allows)."""
 
@@ -96,11 +118,17 @@ class Outbox:
         self._durable: list[_Pending] = []
         self._senders: dict[str, asyncio.Task[None]] = {}
 
-    async def send(self, outcome: Outcome, trace: TraceContext | None = None) -> None:
-        """Return once `outcome` is durable: recorded by the orchestrator, or in the inbox."""
+    async def send(
+        self, outcome: Outcome, trace: TraceContext | None = None, *, durable: bool = False
+    ) -> None:
+        """Return once `outcome` is durable: recorded by the orchestrator, or in the inbox
+        (straight there when `durable`, behind what the attempt already put there)."""
         pending = _Pending(outcome, trace)
         pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
-        self._enqueue(self._direct, pending, "direct")
+        if durable:
+            self._enqueue(self._durable, pending, "durable")
+        else:
+            self._enqueue(self._direct, pending, "direct")
         await asyncio.shield(pending.done)
 
     def _enqueue(self, queue: list[_Pending], pending: _Pending, kind: str) -> None:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
-from agents.outbox import Outbox
+from agents.outbox import Outbox, track_inbox_writes
 from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
 from agents.telemetry import AgentTelemetry, attempt_meter
 from agents.tools import ToolRegistry
@@ -212,6 +212,7 @@ class AgentRuntime:
         budget_s = self.contract.budget.seconds if self.contract else 0.0
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
+        inbox_writes = track_inbox_writes()
         try:
             async with self._slots:
                 started = time.monotonic()
@@ -237,7 +238,7 @@ class AgentRuntime:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
                     outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
-            await self._outbox.send(outcome, trace)
+            await self._outbox.send(outcome, trace, durable=bool(inbox_writes))
         except asyncio.CancelledError:
             log.info("attempt %s of %s cancelled", a.attempt, a.task_id)
         except BusError as exc:
