@@ -23,12 +23,9 @@ import os
 import re
 import sqlite3
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
-import numpy as np
-import openai
-from usearch.index import Index
 
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -46,6 +43,10 @@ from bus.protocol import (
 )
 from bus.tracecontext import new_span_id
 from eventstore import EventQuery, EventStore, EventStoreError, NewEvent
+
+if TYPE_CHECKING:
+    import openai
+    from usearch.index import Index
 
 log = logging.getLogger("baton.memory")
 STREAM = "memory"
@@ -106,12 +107,16 @@ class LexicalIndex:
 
 
 class VectorIndex:
-    """Cosine similarity over embeddings in a usearch HNSW index."""
+    """Cosine similarity over embeddings in a usearch HNSW index (usearch and numpy are
+    imported on the first vector: an orchestrator without embeddings never loads them)."""
 
     def __init__(self) -> None:
         self._index: Index | None = None
 
     def add(self, rowid: int, vector: list[float]) -> None:
+        import numpy as np
+        from usearch.index import Index
+
         if self._index is None:
             self._index = Index(ndim=len(vector), metric="cos")
         self._index.add(rowid, np.asarray(vector, dtype=np.float32))
@@ -123,12 +128,19 @@ class VectorIndex:
     def search(self, vector: list[float], count: int) -> list[tuple[int, float]]:
         if self._index is None or len(self._index) == 0:
             return []
+        import numpy as np
+
         found = self._index.search(np.asarray(vector, dtype=np.float32), count)
         return [(int(k), 1.0 - float(d)) for k, d in zip(found.keys, found.distances, strict=True)]
 
 
+class EmbeddingError(Exception):
+    """The embeddings endpoint failed (the openai client's error, as text)."""
+
+
 class Embedder:
-    """Texts to vectors through any OpenAI-compatible embeddings endpoint."""
+    """Texts to vectors through any OpenAI-compatible embeddings endpoint (the openai
+    client is imported only when one is configured: it takes ~0.3 s to import)."""
 
     def __init__(self, model: str, client: openai.AsyncOpenAI) -> None:
         self.model = model
@@ -140,6 +152,8 @@ class Embedder:
         if not model:
             return None
         base = os.environ.get("BATON_EMBEDDINGS_URL") or os.environ.get("OPENAI_BASE_URL")
+        import openai
+
         client = openai.AsyncOpenAI(
             base_url=base or None,
             api_key=os.environ.get("OPENAI_API_KEY") or "not-needed",
@@ -149,7 +163,12 @@ class Embedder:
         return cls(model, client)
 
     async def embed(self, texts: list[str]) -> list[list[float]]:
-        response = await self._client.embeddings.create(model=self.model, input=texts)
+        import openai
+
+        try:
+            response = await self._client.embeddings.create(model=self.model, input=texts)
+        except openai.OpenAIError as exc:
+            raise EmbeddingError(f"{type(exc).__name__}: {exc}") from exc
         return [list(d.embedding) for d in sorted(response.data, key=lambda d: d.index)]
 
 
@@ -256,7 +275,7 @@ class MemoryService:
         async def embed() -> None:
             try:
                 vectors = await embedder.embed([text for _, text in items])
-            except openai.OpenAIError as exc:
+            except EmbeddingError as exc:
                 log.warning("memory vectors missing (lexical still works): %s", exc)
                 return
             for (rowid, _), vector in zip(items, vectors, strict=True):
@@ -327,7 +346,7 @@ class MemoryService:
             searcher = subjects.memory_searcher(msg.subject)
             request = _search.decode(msg.data)
             answer: MemoryHits | ErrorReply = await self.search(request, searcher)
-        except (BusError, openai.OpenAIError) as exc:
+        except (BusError, EmbeddingError) as exc:
             answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
 
