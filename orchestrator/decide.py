@@ -334,7 +334,8 @@ def _ending(state: RunState, ctx: Context, decided: Sequence[RunEvent]) -> list[
     if (
         not state.gated
         and not any(state.ready.values())
-        and all(t.status in TERMINAL_TASK for t in state.tasks.values())
+        # newest tasks last: from the end an unfinished one is found at once
+        and all(t.status in TERMINAL_TASK for t in reversed(state.tasks.values()))
     ):
         sinks = [t for t, deps in state.dependents.items() if not deps]
         result = {
