@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import time
 from collections.abc import Callable
 from typing import Any, Literal, Protocol
 
@@ -25,7 +26,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.contracts import RoleContract
-from bus.errors import BusError
+from bus.errors import BusError, NoResponders
 from bus.protocol import (
     ErrorReply,
     ToolCallRecord,
@@ -218,15 +219,29 @@ class ToolGateway:
         invocation = ToolInvocation(
             run_id, task_id, attempt, agent_id, call_id, msgspec.json.encode(parsed).decode()
         )
-        reply = await self._bus.request(
-            subjects.tool_call(tool.name), encode(invocation), self.remote_timeout_s
-        )
+        reply = await self._request(subjects.tool_call(tool.name), encode(invocation))
         outcome = _outcome.decode(reply)
         if isinstance(outcome, ErrorReply):
             raise RuntimeError(f"{outcome.error}: {outcome.detail}")
         if not outcome.ok:
             raise RuntimeError(outcome.error)
         return outcome.result
+
+    async def _request(self, subject: str, data: bytes) -> bytes:
+        """Request within `remote_timeout_s`; while nobody serves the tool (a service
+        restarting or scaling), ask again with a short backoff rather than fail at once."""
+        assert self._bus is not None
+        deadline = time.monotonic() + self.remote_timeout_s
+        pause = 0.05
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self._bus.request(subject, data, max(left, 0.001))
+            except NoResponders:
+                if left <= pause:
+                    raise
+                await asyncio.sleep(pause)
+                pause = min(2 * pause, 1.0)
 
     def _check(self, name: str, arguments: str | bytes) -> tuple[Tool, Any]:
         if not self.contract.allows_tool(name):

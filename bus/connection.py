@@ -30,7 +30,7 @@ from nats.js.api import (
 
 from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack
-from bus.errors import BusError, MalformedMessage, RequestFailed
+from bus.errors import BusError, MalformedMessage, NoResponders, RequestFailed
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
@@ -156,7 +156,9 @@ class Bus:
             msg = await self._nc.request(
                 subject, payload, timeout=timeout, headers=_headers(trace) or None
             )
-        except (nats.errors.NoRespondersError, nats.errors.TimeoutError) as exc:
+        except nats.errors.NoRespondersError as exc:
+            raise NoResponders(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.TimeoutError as exc:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.Error as exc:
             raise RequestFailed(f"{subject}: {exc}") from exc

@@ -42,6 +42,10 @@ class RequestFailed(BusError):
     """A request got no reply (nobody listening, or a timeout) or an error reply."""
 
 
+class NoResponders(RequestFailed):
+    """Nobody listens on the subject right now (a service restarting, say)."""
+
+
 class ContractError(BusError):
     """A role contract that does not load or does not hold together; names where."""
 
