@@ -87,6 +87,13 @@ class TaskContext(msgspec.Struct, frozen=True):
         return said if isinstance(said, list) else []
 
     @property
+    def memory_refs(self) -> list[str]:
+        """Refs of the shared memory earlier owners wrote before handing the task off:
+        read them with `task.memory.read(task.memory_refs)`."""
+        refs = self.input.get("memory_refs", [])
+        return [r for r in refs if isinstance(r, str)] if isinstance(refs, list) else []
+
+    @property
     def round(self) -> int:
         """Loop round, chat turn or subtask depth (1 for a plain task)."""
         value = self.input.get("round", 1)
