@@ -112,6 +112,17 @@ class Reply(msgspec.Struct, frozen=True):
     handoff_to: str = ""
 
 
+def refuse_handoff(contract: RoleContract | None, to_role: str) -> None:
+    """A handoff the agent's own contract does not allow fails the attempt (for good),
+    before it leaves the process."""
+    if to_role and contract is not None and not contract.may_hand_off_to(to_role):
+        raise TaskError(
+            f"role {contract.name!r} may not hand off to {to_role!r} (contract allows "
+            f"{contract.handoff_to})",
+            retryable=False,
+        )
+
+
 Handler = Callable[[TaskContext], Awaitable[Payload | Reply]]
 
 

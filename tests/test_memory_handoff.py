@@ -164,3 +164,23 @@ def test_the_receiver_of_a_handoff_reads_the_memory_it_was_passed_and_forks_carr
     copies = [w for w in seen["copies"] if w.run_id == "fork-late"]
     assert sorted(w.key for w in copies) == ["claim", "source"]
     assert all(w.scope == "run" for w in copies), "private agent memory is not copied"
+
+
+def test_an_agent_refuses_a_handoff_its_contract_does_not_allow(tmp_path: Path) -> None:
+    roles = tmp_path / "roles.toml"
+    roles.write_text(ROLES.replace('handoff_to = ["checker"]', "handoff_to = []"))
+
+    async def scenario() -> tuple[Any, list[Any]]:
+        async with cluster(tmp_path / "state", contracts=str(roles)) as c:
+            await c.add_agents([AgentSpec("drafter", f"{HANDLERS}:draft")])
+            # the step allows it (start_run does not check the contracts, `baton run` does)
+            run_id = await c.orchestrator.start_run(_workflow())
+            state = await c.orchestrator.wait(run_id, timeout=60)
+            log = await c.stack.store.read_stream(journal.run_stream(run_id))
+            return state, [journal.decode_run_event(s) for s in log]
+
+    state, events = asyncio.run(scenario())
+    assert state.status == "failed"
+    assert "role 'drafter' may not hand off to 'checker'" in state.tasks["desk"].error
+    assert not [e for e in events if isinstance(e, TaskHandedOff)]
+    assert state.tasks["desk"].attempt == 1, "not retried: the contract will not change"
