@@ -239,7 +239,11 @@ class MemoryService:
         )
         async with self._lock:
             try:
-                stored = await self._store.append(STREAM, [event], self._version)
+                try:
+                    stored = await self._store.append(STREAM, [event], self._version)
+                except ConcurrencyError:  # another writer (a fork's copies): index, retry
+                    await self._catch_up()
+                    stored = await self._store.append(STREAM, [event], self._version)
             except EventStoreError as exc:
                 log.warning("memory write %s not recorded: %s", event.event_id, exc)
                 self._version = await self._store.stream_version(STREAM)
@@ -250,6 +254,18 @@ class MemoryService:
                 self._index_lexical(position, entry, event.event_id)
         self._embed_later([(position, entry.text)])
         return True
+
+    async def _catch_up(self) -> None:
+        """Index what others appended to the `memory` stream since this service's last
+        known version (`baton fork` copying a run's memory while the service runs)."""
+        newer = await self._store.read_stream(STREAM, from_version=self._version + 1)
+        fresh = [(e.position, _written.decode(e.data), e.event_id) for e in newer]
+        for position, entry, ref in fresh:
+            if position not in self._entries:
+                self._index_lexical(position, entry, ref)
+        self._embed_later([(p, entry.text) for p, entry, _ in fresh if p in self._entries])
+        if newer:
+            self._version = newer[-1].version
 
     def _embed_later(self, items: list[tuple[int, str]]) -> None:
         """Embed in the background: the inbox loop never waits for a model. A vector

@@ -133,6 +133,14 @@ def test_the_receiver_of_a_handoff_reads_the_memory_it_was_passed_and_forks_carr
             fork_log = await store.read_stream(journal.run_stream("fork-late"))
             await history.fork(store, "fork-late", fork_log[1].position, "fork-of-fork", "test")
             seen["run_id"] = run_id
+            # the live memory service was not told of the copies: its next write meets them
+            # (a version conflict) and indexes them before it is recorded
+            second = await c.orchestrator.start_run(_workflow())
+            assert (await c.orchestrator.wait(second, timeout=20)).status == "completed"
+            live = await c.orchestrator.memory.query(
+                "event log design", [("run", "fork-late")], 10, "lexical"
+            )
+            seen["live"] = sorted(h.key for h in live.hits)
         # a new orchestrator over the same log rebuilds every run's memory by replay
         async with cluster(state_dir, contracts=str(roles)) as again:
             service = again.orchestrator.memory
@@ -159,6 +167,7 @@ def test_the_receiver_of_a_handoff_reads_the_memory_it_was_passed_and_forks_carr
     # forks: the origin's run memory as of the fork point, as events of the new run
     assert seen[run_id] == ["claim", "source"]
     assert seen["fork-late"] == ["claim", "source"]
+    assert seen["live"] == ["claim", "source"], "the live service caught up with the copies"
     assert seen["fork-early"] == [], "nothing was written before the first assignment"
     assert seen["fork-of-fork"] == ["claim", "source"], "a fork of a fork carries it on"
     copies = [w for w in seen["copies"] if w.run_id == "fork-late"]
