@@ -72,6 +72,22 @@ class Memory:
         )
         return write_id
 
+    async def read(
+        self, refs: list[str], scopes: list[MemoryScope] | None = None
+    ) -> list[MemoryHit]:
+        """The entries `refs` name (e.g. `task.memory_refs` after a handoff), in that
+        order; those overwritten since, or not readable by this role, are left out."""
+        if not refs:
+            return []
+        return await self._ask(MemorySearch(self._where[1], "", self._scopes(scopes), refs=refs))
+
+    def _scopes(self, scopes: list[MemoryScope] | None) -> list[MemoryScope]:
+        wanted = scopes if scopes is not None else list(self.contract.memory.read)
+        for scope in wanted:
+            if not self.contract.may_read(scope):
+                raise MemoryDenied(f"role {self.contract.name!r} may not read {scope!r} memory")
+        return wanted
+
     async def search(
         self,
         query: str,
@@ -81,12 +97,12 @@ class Memory:
         mode: SearchMode = "lexical",
     ) -> list[MemoryHit]:
         """Best matches in `scopes` (default: every scope the contract lets it read)."""
-        wanted = scopes if scopes is not None else list(self.contract.memory.read)
-        for scope in wanted:
-            if not self.contract.may_read(scope):
-                raise MemoryDenied(f"role {self.contract.name!r} may not read {scope!r} memory")
-        agent_id, run_id, _, _ = self._where
-        request = MemorySearch(run_id, query, wanted, limit, mode)
+        return await self._ask(
+            MemorySearch(self._where[1], query, self._scopes(scopes), limit, mode)
+        )
+
+    async def _ask(self, request: MemorySearch) -> list[MemoryHit]:
+        agent_id = self._where[0]
         try:
             reply = await self._bus.request(
                 subjects.memory_search(agent_id), encode(request), self._timeout_s

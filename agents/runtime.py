@@ -17,7 +17,7 @@ from collections import OrderedDict
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
 from agents.outbox import Outbox, track_inbox_writes
-from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError
+from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError, refuse_handoff
 from agents.telemetry import AgentTelemetry, attempt_meter
 from agents.tools import ToolRegistry
 from bus import subjects, tracecontext
@@ -220,6 +220,7 @@ class AgentRuntime:
                     async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
                         output = await self._handler(ctx)
                     reply = output if isinstance(output, Reply) else Reply(output)
+                    refuse_handoff(self.contract, reply.handoff_to)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,

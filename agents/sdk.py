@@ -87,6 +87,13 @@ class TaskContext(msgspec.Struct, frozen=True):
         return said if isinstance(said, list) else []
 
     @property
+    def memory_refs(self) -> list[str]:
+        """Refs of the shared memory earlier owners wrote before handing the task off:
+        read them with `task.memory.read(task.memory_refs)`."""
+        refs = self.input.get("memory_refs", [])
+        return [r for r in refs if isinstance(r, str)] if isinstance(refs, list) else []
+
+    @property
     def round(self) -> int:
         """Loop round, chat turn or subtask depth (1 for a plain task)."""
         value = self.input.get("round", 1)
@@ -103,6 +110,17 @@ class Reply(msgspec.Struct, frozen=True):
     tokens: int = 0
     subtasks: list[SubtaskRequest] = []
     handoff_to: str = ""
+
+
+def refuse_handoff(contract: RoleContract | None, to_role: str) -> None:
+    """A handoff the agent's own contract does not allow fails the attempt (for good),
+    before it leaves the process."""
+    if to_role and contract is not None and not contract.may_hand_off_to(to_role):
+        raise TaskError(
+            f"role {contract.name!r} may not hand off to {to_role!r} (contract allows "
+            f"{contract.handoff_to})",
+            retryable=False,
+        )
 
 
 Handler = Callable[[TaskContext], Awaitable[Payload | Reply]]

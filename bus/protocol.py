@@ -241,13 +241,15 @@ class MemoryWrite(_Message, frozen=True, tag="memory.write"):
 
 
 class MemorySearch(_Message, frozen=True, tag="memory.search"):
-    """Agent → memory service (request/reply on the agent's own search subject)."""
+    """Agent → memory service (request/reply on the agent's own search subject). With
+    `refs` (e.g. those a handoff passed on), the entries they name instead of a search."""
 
     run_id: str
     query: str
     scopes: list[MemoryScope]
     limit: int = 5
     mode: SearchMode = "lexical"
+    refs: list[str] = []
 
 
 class MemoryHit(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -26,10 +26,13 @@ class StartRun(msgspec.Struct, frozen=True):
 
 
 class ReportResult(msgspec.Struct, frozen=True):
-    """A result from the inbox; `sender` is the agent id of the subject it came on."""
+    """A result from the inbox; `sender` is the agent id of the subject it came on.
+    `memory_refs`: for a handoff, the shared memory the attempt wrote (as the shell's
+    memory service recorded it), passed on to the next owner."""
 
     result: TaskResult
     sender: str
+    memory_refs: tuple[str, ...] = ()
 
 
 class ReportFailure(msgspec.Struct, frozen=True):

@@ -122,7 +122,11 @@ def _attempt_failed(
 
 
 def _on_report(
-    state: RunState, report: TaskResult | TaskFailure, sender: str, ctx: Context
+    state: RunState,
+    report: TaskResult | TaskFailure,
+    sender: str,
+    ctx: Context,
+    memory_refs: tuple[str, ...] = (),
 ) -> list[RunEvent]:
     refusal = _refusal(state, report, sender)
     if refusal == _DUPLICATE:
@@ -135,12 +139,16 @@ def _on_report(
         ]
     task = state.tasks[report.task_id]
     if isinstance(report, TaskResult):
-        return _on_result(state, task, report, ctx)
+        return _on_result(state, task, report, ctx, memory_refs)
     return _attempt_failed(state, task, "error", report.error, report.retryable, ctx)
 
 
 def _on_result(
-    state: RunState, task: TaskState, report: TaskResult, ctx: Context
+    state: RunState,
+    task: TaskState,
+    report: TaskResult,
+    ctx: Context,
+    memory_refs: tuple[str, ...] = (),
 ) -> list[RunEvent]:
     """A valid result: charge its usage, then grant what it asks (subtasks, a handoff, the
     next loop round) or record it as the task's output."""
@@ -166,7 +174,7 @@ def _on_result(
     if report.subtasks:
         return events + patterns.delegate(state, task, report, ctx)
     if report.handoff_to:
-        handed = patterns.hand_off(state, task, report, ctx)
+        handed = patterns.hand_off(state, task, report, ctx, memory_refs)
         if isinstance(handed[0], TaskHandedOff):
             return events + handed
         detail = handed[0].detail if isinstance(handed[0], LimitReached) else ""
@@ -386,7 +394,7 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
                 )
             ]
         case ReportResult():
-            events = _on_report(state, command.result, command.sender, ctx)
+            events = _on_report(state, command.result, command.sender, ctx, command.memory_refs)
         case ReportFailure():
             events = _on_report(state, command.failure, command.sender, ctx)
         case DeliveryFailed():

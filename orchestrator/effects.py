@@ -89,6 +89,9 @@ def extra_input(state: RunState, task_id: str) -> dict[str, Any]:
     task = state.tasks[task_id]
     if task.context:
         extra["context"] = list(task.context)
+        refs = [ref for said in task.context for ref in said.get("memory_refs", ())]
+        if refs:
+            extra["memory_refs"] = refs
     if spec.kind in ("turn", "select"):
         extra["transcript"] = patterns.transcript(state, spec.parent)
         extra["turn"] = spec.round

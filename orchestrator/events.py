@@ -178,7 +178,8 @@ class TaskDelegated(_Event, frozen=True, tag="task.delegated"):
 
 
 class TaskHandedOff(_Event, frozen=True, tag="task.handed_off"):
-    """The attempt ended handing the task to `to_role`, with everything said so far."""
+    """The attempt ended handing the task to `to_role`, with everything said so far and
+    the refs (event ids) of the shared memory the attempt wrote, for the next owner."""
 
     task_id: str
     attempt: int
@@ -187,6 +188,7 @@ class TaskHandedOff(_Event, frozen=True, tag="task.handed_off"):
     to_role: str
     output: dict[str, Any]
     at: float
+    memory_refs: list[str] = []
 
 
 class TaskEscalated(_Event, frozen=True, tag="task.escalated"):

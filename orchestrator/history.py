@@ -14,7 +14,7 @@ from msgspec.structs import replace
 
 from eventstore import EventQuery, EventStore, NewEvent, StoredEvent
 from eventstore.chain import hash_of
-from orchestrator import journal
+from orchestrator import journal, memory
 from orchestrator.errors import OrchestratorError, UnknownRun
 from orchestrator.events import RunForked, RunStarted
 from orchestrator.journal import Cause
@@ -88,11 +88,17 @@ async def _event(store: EventStore, ref: str, quiet: bool = False) -> StoredEven
 
 async def fork(store: EventStore, run_id: str, at: int, new_run_id: str, actor: str) -> RunState:
     """A new run whose log starts as a copy of `run_id`'s events up to global position `at`,
-    each caused by its original, with a `RunForked` event linking the two."""
+    each caused by its original, with a `RunForked` event linking the two; its `run`
+    memory starts as the origin's was at `at` (copied as events, see `copy_run_memory`)."""
     origin = await store.read_stream(journal.run_stream(run_id), until_position=at)
     if not origin:
         raise UnknownRun(run_id)
     events = [journal.decode_run_event(s) for s in origin]
+    if await store.stream_version(journal.run_stream(new_run_id)):
+        raise OrchestratorError(f"run {new_run_id} already exists")
+    # memory first: its copies then precede the fork's events, so a fork of the fork
+    # at any of its positions carries them too
+    await memory.copy_run_memory(store, run_id, at, new_run_id)
     first = events[0]
     assert isinstance(first, RunStarted)
     started = replace(first, run_id=new_run_id, requested_by=actor)

@@ -40,9 +40,10 @@ from bus.protocol import (
     MemorySearch,
     MemoryWrite,
     SearchMode,
+    TaskResult,
 )
 from bus.tracecontext import new_span_id
-from eventstore import EventQuery, EventStore, EventStoreError, NewEvent
+from eventstore import ConcurrencyError, EventQuery, EventStore, EventStoreError, NewEvent
 
 if TYPE_CHECKING:
     import openai
@@ -195,6 +196,10 @@ class MemoryService:
         self._vectors = VectorIndex()
         self._entries: dict[int, tuple[MemoryWrite, str]] = {}
         self._slots: dict[tuple[str, str, str], int] = {}
+        self._refs: dict[str, int] = {}
+        """Event id of each live entry → its row."""
+        self._shared: dict[tuple[str, str, int], list[str]] = {}
+        """(run, task, attempt) → refs of the `run`/`global` entries that attempt wrote."""
         self._lock = asyncio.Lock()
         self._version = 0
         self._subscription: Subscription | None = None
@@ -242,7 +247,7 @@ class MemoryService:
         if not self._works_in(entry.run_id, sender):
             raise MemoryRefused(f"{sender} has no task in run {entry.run_id!r}")
         event = NewEvent(
-            event_id=f"memory:{entry.run_id}:{entry.task_id}:{entry.attempt}:{entry.write_id}",
+            event_id=write_event_id(entry),
             type=EVENT_TYPE,
             data=encode(entry),
             correlation_id=entry.run_id,
@@ -253,7 +258,11 @@ class MemoryService:
         )
         async with self._lock:
             try:
-                stored = await self._store.append(STREAM, [event], self._version)
+                try:
+                    stored = await self._store.append(STREAM, [event], self._version)
+                except ConcurrencyError:  # another writer (a fork's copies): index, retry
+                    await self._catch_up()
+                    stored = await self._store.append(STREAM, [event], self._version)
             except EventStoreError as exc:
                 log.warning("memory write %s not recorded: %s", event.event_id, exc)
                 self._version = await self._store.stream_version(STREAM)
@@ -264,6 +273,18 @@ class MemoryService:
                 self._index_lexical(position, entry, event.event_id)
         self._embed_later([(position, entry.text)])
         return True
+
+    async def _catch_up(self) -> None:
+        """Index what others appended to the `memory` stream since this service's last
+        known version (`baton fork` copying a run's memory while the service runs)."""
+        newer = await self._store.read_stream(STREAM, from_version=self._version + 1)
+        fresh = [(e.position, _written.decode(e.data), e.event_id) for e in newer]
+        for position, entry, ref in fresh:
+            if position not in self._entries:
+                self._index_lexical(position, entry, ref)
+        self._embed_later([(p, entry.text) for p, entry, _ in fresh if p in self._entries])
+        if newer:
+            self._version = newer[-1].version
 
     def _embed_later(self, items: list[tuple[int, str]]) -> None:
         """Embed in the background: the inbox loop never waits for a model. A vector
@@ -292,10 +313,24 @@ class MemoryService:
         if previous is not None:  # a key written again: the newest value wins
             self._lexical.remove(previous)
             self._vectors.remove(previous)
-            del self._entries[previous]
+            del self._refs[self._entries.pop(previous)[1]]
         self._slots[slot] = rowid
         self._entries[rowid] = (entry, ref)
+        self._refs[ref] = rowid
+        if entry.scope != "agent":
+            self._shared.setdefault((entry.run_id, entry.task_id, entry.attempt), []).append(ref)
         self._lexical.add(rowid, entry, ref)
+
+    def shared_by(self, result: TaskResult) -> tuple[str, ...]:
+        """Refs of the `run` and `global` entries the attempt behind `result` wrote that
+        still hold (not since overwritten): what a handoff passes to the next owner.
+        Its writes were recorded before its result, which follows them in the inbox."""
+        written = self._shared.get((result.run_id, result.task_id, result.attempt), [])
+        return tuple(
+            ref
+            for ref in written
+            if ref in self._refs and self._entries[self._refs[ref]][0].agent_id == result.agent_id
+        )
 
     async def search(self, request: MemorySearch, searcher: str) -> MemoryHits:
         """Entries visible to `searcher` in the scopes it asked for and may read: its own
@@ -307,7 +342,31 @@ class MemoryService:
             raise MemoryRefused(f"{searcher} has no task in run {request.run_id!r}")
         owners = {"run": request.run_id, "agent": searcher, "global": ""}
         visible = [(scope, owners[scope]) for scope in dict.fromkeys(request.scopes)]
+        if request.refs:
+            return self.named(request.refs, visible, request.mode)
         return await self.query(request.query, visible, request.limit, request.mode)
+
+    def named(
+        self, refs: Sequence[str], visible: list[tuple[MemoryScope, str]], mode: SearchMode
+    ) -> MemoryHits:
+        """The live entries `refs` name among (scope, owner) pairs, in the order asked;
+        a ref that names nothing visible (overwritten, private, another run's) is left out."""
+        if len(refs) > MAX_LIMIT:
+            raise MalformedMessage(f"at most {MAX_LIMIT} refs at once")
+        allowed = set(visible)
+        hits = []
+        for ref in dict.fromkeys(refs):
+            rowid = self._refs.get(ref)
+            if rowid is None:
+                continue
+            entry, _ = self._entries[rowid]
+            if (entry.scope, owner_of(entry)) in allowed:
+                hits.append(
+                    MemoryHit(
+                        ref, entry.scope, entry.key, entry.text, entry.agent_id, entry.run_id, 1.0
+                    )
+                )
+        return MemoryHits(hits, mode)
 
     async def query(
         self, text: str, visible: list[tuple[MemoryScope, str]], limit: int, mode: SearchMode
@@ -355,3 +414,49 @@ async def recorded(store: EventStore) -> list[MemoryWrite]:
     """Every recorded memory write, oldest first (for audits and tests)."""
     stored = await store.query(EventQuery(stream=STREAM))
     return [_written.decode(e.data) for e in stored]
+
+
+def write_event_id(entry: MemoryWrite) -> str:
+    """The event id (and so the ref) of a write: one per write, so a re-sent one is a no-op."""
+    return f"memory:{entry.run_id}:{entry.task_id}:{entry.attempt}:{entry.write_id}"
+
+
+async def copy_run_memory(
+    store: EventStore, origin: str, until_position: int, run_id: str, attempts: int = 5
+) -> int:
+    """Give `run_id` (a fork) the `run`-scope memory `origin` had at global position
+    `until_position`: each write up to there is recorded again, as a `memory.written`
+    event of the new run caused by the original, so replay rebuilds the fork's memory.
+    The copies keep the original ids' parts, so copying twice changes nothing. Returns
+    how many writes were copied."""
+    stored = await store.query(
+        EventQuery(stream=STREAM, correlation_id=origin, to_position=until_position)
+    )
+    copies: list[NewEvent] = []
+    for original in stored:
+        entry = _written.decode(original.data)
+        if entry.scope != "run" or entry.run_id != origin:
+            continue
+        moved = msgspec.structs.replace(entry, run_id=run_id)
+        copies.append(
+            NewEvent(
+                event_id=write_event_id(moved),
+                type=EVENT_TYPE,
+                data=encode(moved),
+                correlation_id=run_id,
+                causation_id=original.event_id,
+                actor=original.actor,
+                trace_id=original.trace_id,
+                span_id=new_span_id(),
+            )
+        )
+    if not copies:
+        return 0
+    for tried in range(1, attempts + 1):  # a live memory service may append meanwhile
+        try:
+            await store.append(STREAM, copies, await store.stream_version(STREAM))
+            break
+        except ConcurrencyError:
+            if tried == attempts:
+                raise
+    return len(copies)

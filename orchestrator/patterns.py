@@ -8,6 +8,7 @@ replay folds the recorded graph and never recomputes it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from bus.protocol import TaskResult
@@ -288,7 +289,15 @@ def refusal(state: RunState, task: TaskState, report: TaskResult) -> str:
     return ""
 
 
-def hand_off(state: RunState, task: TaskState, report: TaskResult, ctx: Context) -> list[RunEvent]:
+def hand_off(
+    state: RunState,
+    task: TaskState,
+    report: TaskResult,
+    ctx: Context,
+    memory_refs: Sequence[str] = (),
+) -> list[RunEvent]:
+    """Ownership moves to `report.handoff_to` with everything said so far and the refs
+    of the memory the attempt wrote (known to the shell, handed in with the command)."""
     limit = limits_of(state).max_handoffs
     if state.handoffs >= limit:
         detail = f"{state.handoffs} handoffs done, the run allows {limit}"
@@ -296,6 +305,6 @@ def hand_off(state: RunState, task: TaskState, report: TaskResult, ctx: Context)
     return [
         TaskHandedOff(
             task.task_id, task.attempt, task.agent_id, state.role_of(task.task_id),
-            report.handoff_to, report.output, ctx.wall,
+            report.handoff_to, report.output, ctx.wall, list(memory_refs),
         )
     ]  # fmt: skip

@@ -608,7 +608,8 @@ class Orchestrator:
                 taken.add(rid)
                 command: Command
                 if isinstance(report, TaskResult):
-                    command, kind = ReportResult(report, sender), "result"
+                    refs = self.memory.shared_by(report) if report.handoff_to else ()
+                    command, kind = ReportResult(report, sender, refs), "result"
                 else:
                     command, kind = ReportFailure(report, sender), "failure"
                 cause = Cause(

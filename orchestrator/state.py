@@ -397,6 +397,8 @@ class _Draft:
                 self.release(event.task_id, 0)
                 task = self.tasks[event.task_id]
                 said = {"role": event.from_role, "agent_id": event.agent_id, "output": event.output}
+                if event.memory_refs:
+                    said["memory_refs"] = list(event.memory_refs)
                 self.tasks[event.task_id] = replace(
                     task,
                     status="pending",

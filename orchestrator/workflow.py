@@ -402,10 +402,23 @@ def need_of(step: StepSpec) -> int:
 
 
 def check_roles(spec: WorkflowSpec, contracts: Contracts) -> WorkflowSpec:
-    """`spec` if every role it uses has a contract, else `WorkflowError` naming where."""
+    """`spec` if every role it uses has a contract and every handoff a step allows is
+    allowed by the contract of each role that may own the step's task, else
+    `WorkflowError` naming where."""
     for i, step in enumerate(spec.steps):
         if step.role not in contracts:
             raise WorkflowError(f"steps[{i}].role", f"no contract for role {step.role!r}")
+        owners = [step.role, *step.handoff_to]
+        for j, target in enumerate(step.handoff_to):
+            if target not in contracts:
+                raise WorkflowError(f"steps[{i}].handoff_to[{j}]", f"no contract for {target!r}")
+            for owner in owners:
+                if owner != target and not contracts.get(owner).may_hand_off_to(target):
+                    raise WorkflowError(
+                        f"steps[{i}].handoff_to[{j}]",
+                        f"role {owner!r} may own this task but its contract does not allow "
+                        f"a handoff to {target!r}",
+                    )
     for i, agent in enumerate(spec.agents):
         if agent.role not in contracts:
             raise WorkflowError(f"agents[{i}].role", f"no contract for role {agent.role!r}")

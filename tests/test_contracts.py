@@ -267,3 +267,23 @@ def test_the_contracts_seconds_budget_bounds_an_attempt(tmp_path: Path) -> None:
         return state.reason
 
     assert "handler exceeded 0.5s" in asyncio.run(scenario())
+
+
+def test_a_step_may_allow_only_the_handoffs_its_owners_contracts_allow() -> None:
+    contracts = Contracts(
+        [
+            RoleContract(name="editor", handoff_to=["publisher"]),
+            RoleContract(name="publisher"),
+            RoleContract(name="boss"),
+        ]
+    )
+    ok = WorkflowSpec("w", [StepSpec("s", "editor", handoff_to=["publisher"])])
+    assert check_roles(ok, contracts) is ok
+    with pytest.raises(WorkflowError, match=r"steps\[0\]\.handoff_to\[0\]: no contract for 'x'"):
+        check_roles(WorkflowSpec("w", [StepSpec("s", "editor", handoff_to=["x"])]), contracts)
+    with pytest.raises(WorkflowError, match=r"role 'editor' .* does not allow a handoff to 'boss'"):
+        check_roles(WorkflowSpec("w", [StepSpec("s", "editor", handoff_to=["boss"])]), contracts)
+    # the publisher may own the task after a handoff, so its contract must allow the rest
+    both = WorkflowSpec("w", [StepSpec("s", "editor", handoff_to=["publisher", "editor"])])
+    with pytest.raises(WorkflowError, match=r"handoff_to\[1\]: role 'publisher'"):
+        check_roles(both, contracts)

@@ -1,5 +1,6 @@
 """The governed example end to end through `baton run`: role contracts, shared memory
-read by another agent, a tool call approved by policy (or by the human at the terminal
+read by another agent, a handoff that passes the receiver the memory refs it needs, a
+tool call approved by policy (or by the human at the terminal
 with --human-approval), and an LLM agent with a tool, its model being the fake OpenAI
 server (the structure is what is checked, as it would be with a real model)."""
 
@@ -64,6 +65,20 @@ def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
     assert edit["title"] == "Brief: coordination in multi-agent systems"
     assert len(edit["memory_refs"]) == 2, "the editor read both notes from memory"
     assert "published" in edit["receipt"]
+    # the editor handed the task to the publisher, passing the ref of its draft
+    [handed] = [e["data"] for e in audit(tmp_path, "--type", "task.handed_off")]
+    assert (handed["task_id"], handed["from_role"], handed["to_role"]) == (
+        "edit",
+        "editor",
+        "publisher",
+    )
+    assert handed["output"]["notes"] == edit["memory_refs"]
+    assert handed["memory_refs"] == [edit["draft_ref"]], "the receiver got the draft's ref"
+    assert edit["handed_off_by"] == "editor"
+    assigned = [e["data"] for e in audit(tmp_path, "--type", "task.assigned")]
+    owners = [a["agent_id"] for a in assigned if a["task_id"] == "edit"]
+    assert len(owners) == 2, "the editor's attempt, then the publisher's"
+    assert owners[0] != owners[1]
     # the LLM agent was offered only its contract's tool, forced to call it first
     assert [t["function"]["name"] for t in requests[0]["tools"]] == ["word_count"]
     assert requests[0]["tool_choice"]["function"]["name"] == "word_count"
@@ -78,4 +93,9 @@ def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
     else:
         assert approved["by"] == "policy:risk<=medium"
     written = audit(tmp_path, "--type", "memory.written")
-    assert sorted(str(e["data"]["key"]) for e in written) == ["note:governance", "note:state"]
+    keys = sorted(str(e["data"]["key"]) for e in written)
+    assert keys == ["draft:brief", "note:governance", "note:state"]
+    [draft] = [e for e in written if e["data"]["key"] == "draft:brief"]
+    assert draft["event_id"] == edit["draft_ref"]
+    assert draft["data"]["role"] == "editor"
+    assert draft["data"]["text"] == edit["text"], "the publisher published the editor's draft"
