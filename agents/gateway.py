@@ -182,12 +182,16 @@ class ToolGateway:
         text = arguments if isinstance(arguments, str) else arguments.decode(errors="replace")
         shown = text[:_ARGUMENTS_SHOWN]
         tool_name = name if _plain(name) else "(invalid name)"
+        # imported here: the telemetry module imports the sdk, which imports this one
+        from agents.telemetry import tool_call
+
         await self._record(call_id, tool_name, "requested", arguments=shown)
         try:
             tool, parsed = self._check(name, arguments)
         except ToolRefused as exc:
             await self._record(call_id, tool_name, "refused", detail=exc.reason)
-            raise
+            with tool_call(tool_name, decision="refused", reason=exc.reason, call_id=call_id):
+                raise
         self.calls_made += 1
         if tool.needs_approval:
             run_id, task_id, attempt, agent_id = self._where
@@ -200,12 +204,16 @@ class ToolGateway:
             phase: ToolPhase = "approved" if verdict.approve else "denied"
             await self._record(call_id, tool.name, phase, by=verdict.by, detail=verdict.reason)
             if not verdict.approve:
-                raise ToolDenied(tool.name, f"denied by {verdict.by}: {verdict.reason}")
+                denied = f"denied by {verdict.by}: {verdict.reason}"
+                with tool_call(tool.name, decision="denied", reason=denied, call_id=call_id):
+                    raise ToolDenied(tool.name, denied)
+        decision = "approved" if tool.needs_approval else "allowed"
         try:
-            if tool.remote:
-                result = await self._remote(tool, call_id, parsed)
-            else:
-                result = await tool.run(parsed)
+            with tool_call(tool.name, decision=decision, call_id=call_id):
+                if tool.remote:
+                    result = await self._remote(tool, call_id, parsed)
+                else:
+                    result = await tool.run(parsed)
         except Exception as exc:
             await self._record(call_id, tool.name, "failed", detail=f"{type(exc).__name__}: {exc}")
             raise ToolFailed(tool.name, f"{type(exc).__name__}: {exc}") from exc

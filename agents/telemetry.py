@@ -213,6 +213,6 @@ def tool_call(
             "baton.governance.reason": reason,
         },
     ) as span:
-        if decision != "allowed":
+        if decision in ("refused", "denied"):
             span.set_status(Status(StatusCode.ERROR, f"{decision}: {reason}"))
         yield span

@@ -6,8 +6,9 @@ fan-out of 1,000 and as a sequential chain of 200. Prints medians and one JSON l
                                    [--telemetry on|off|file]
 
 `--telemetry` (for the orchestrator and the agent processes): `off` is no OpenTelemetry
-SDK at all (no-op spans), `on` the default (SDK spans and metrics, no exporter), `file`
-also writes every span to a JSON-lines file (the cost of exporting each span).
+SDK at all (no-op spans, what the default `auto` does with no exporter configured), `on`
+the SDK's spans and metrics with no exporter (`BATON_TELEMETRY=on`), `file` also writes
+every span to a JSON-lines file (the cost of exporting each span).
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def main() -> None:
     p.add_argument("--chain", type=int, default=200)
     p.add_argument("--agents", type=int, default=4)
     p.add_argument("--capacity", type=int, default=64, help="tasks each agent runs at once")
-    p.add_argument("--telemetry", choices=["on", "off", "file"], default="on")
+    p.add_argument("--telemetry", choices=["on", "off", "file"], default="off")
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         # set before anything starts, so the agent processes inherit it too

@@ -328,6 +328,16 @@ def test_exporters_come_from_the_standard_environment() -> None:
     assert not off.enabled
     assert not off.tracer.start_span("s").get_span_context().is_valid
     assert trace.get_current_span().get_span_context().is_valid is False
+    # auto, the default: the SDK only when something exports what it records
+    assert not Telemetry.from_env("x", {}).enabled
+    assert not Telemetry.from_env("x", {"BATON_TELEMETRY": "auto"}).enabled
+    forced = Telemetry.from_env("x", {"BATON_TELEMETRY": "on"})
+    assert forced.enabled
+    assert forced.tracer.start_span("s").get_span_context().is_valid
+    forced.shutdown()
+    exporting = Telemetry.from_env("x", {"OTEL_TRACES_EXPORTER": "console"})
+    assert exporting.enabled
+    exporting.shutdown()
 
 
 @pytest.mark.parametrize(

@@ -246,3 +246,63 @@ def test_a_tool_call_record_round_trips_on_the_wire() -> None:
     record = ToolCallRecord("r", "t", 1, "a", "c", "tool", "awaiting", risk="high")
     data = msgspec.msgpack.encode(record)
     assert msgspec.msgpack.decode(data, type=ToolCallRecord) == record
+
+
+TRACED_CALLS = """
+import asyncio, json
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from agents.errors import ToolDenied, ToolRefused
+from agents.gateway import PolicyApprover, ToolGateway
+from bus.contracts import RoleContract
+from tests.test_tools import Records, registry
+
+exporter = InMemorySpanExporter()
+provider = TracerProvider()
+provider.add_span_processor(SimpleSpanProcessor(exporter))
+trace.set_tracer_provider(provider)
+contract = RoleContract(name="r", tools=["web_search", "send_email", "read_file"])
+gateway = ToolGateway(registry, contract, PolicyApprover("low"), Records(),
+                      run_id="r1", task_id="t1", attempt=1, agent_id="a1")
+
+async def main():
+    await gateway.call("web_search", {"query": "q"})
+    await gateway.call("read_file", {"path": "p"})
+    refused = ("shell", {}, ToolRefused)
+    denied = ("send_email", {"to": "x", "body": "y"}, ToolDenied)
+    for name, args, error in (refused, denied):
+        try:
+            await gateway.call(name, args)
+        except error:
+            pass
+
+asyncio.run(main())
+print(json.dumps([
+    (s.name, s.attributes["baton.governance.decision"], s.status.status_code.name)
+    for s in exporter.get_finished_spans()
+]))
+"""
+
+
+def test_every_governed_call_is_a_span_with_its_decision() -> None:
+    """Run in a child process: the gateway uses the global tracer provider, which a
+    process may set only once."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", TRACED_CALLS], capture_output=True, text=True, cwd=root, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    spans = [tuple(s) for s in json.loads(done.stdout)]
+    assert spans == [
+        ("execute_tool web_search", "allowed", "UNSET"),
+        ("execute_tool read_file", "approved", "UNSET"),
+        ("execute_tool shell", "refused", "ERROR"),
+        ("execute_tool send_email", "denied", "ERROR"),
+    ]
