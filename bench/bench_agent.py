@@ -4,8 +4,9 @@ it holds, and how many no-op tasks one agent sustains at its concurrency limit.
 Cold start: from spawning `python -m agents` (under a role contract) to its first
 heartbeat on a real nats-server, and its RSS then. Throughput: assignments sent straight to
 one agent (request/reply, as the orchestrator does) with at most `capacity` outstanding,
-until every result is stored in the durable JetStream inbox; no orchestrator, so this is
-the agent's own ceiling. Prints medians and one JSON line.
+until every result has come back on the agent's report subject and been answered as the
+orchestrator answers it once durable; no orchestrator or store, so this is the agent's own
+ceiling. Prints medians and one JSON line.
 
     python -m bench.bench_agent [--repeats 5] [--tasks 2000] [--capacity 64]
 """
@@ -24,9 +25,9 @@ import time
 from pathlib import Path
 
 from bus import subjects
-from bus.codec import encode
-from bus.connection import Bus, InboxConsumer, Incoming
-from bus.protocol import Assignment
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming
+from bus.protocol import Assignment, InboxMessage, ReportAck, ReportBatch
 from bus.server import EmbeddedNats, die_with_parent
 
 ROLES = """
@@ -83,9 +84,7 @@ async def cold_start(bus: Bus, url: str, roles: Path, n: int) -> tuple[float, fl
         process.wait(10)
 
 
-async def throughput(
-    bus: Bus, consumer: InboxConsumer, url: str, roles: Path, n: int, tasks: int, capacity: int
-) -> float:
+async def throughput(bus: Bus, url: str, roles: Path, n: int, tasks: int, capacity: int) -> float:
     agent_id = f"busy-{n}"
     seen = await first_heartbeat(bus, agent_id)
     process = spawn(agent_id, url, roles, capacity)
@@ -95,28 +94,31 @@ async def throughput(
         slots = asyncio.Semaphore(capacity)
         done = 0
         all_done = asyncio.Event()
+        reports: Decoder[InboxMessage] = Decoder(InboxMessage)
+        acked = encode(ReportAck())
 
-        async def drain() -> None:
+        async def on_report(msg: Incoming) -> None:
             nonlocal done
-            while done < tasks:
-                for msg in await consumer.fetch(512, timeout=1.0):
-                    await msg.ack()
-                    done += 1
-                    slots.release()
-            all_done.set()
+            decoded = reports.decode(msg.data)
+            count = len(decoded.reports) if isinstance(decoded, ReportBatch) else 1
+            await msg.reply(acked)
+            done += count
+            for _ in range(count):
+                slots.release()
+            if done >= tasks:
+                all_done.set()
 
         run_id = f"bench{n}"
+        await bus.subscribe(subjects.report(run_id, agent_id), on_report)
+        await bus.flush()
         started = time.perf_counter()
-        draining = asyncio.create_task(drain())
         for i in range(tasks):
             await slots.acquire()
             a = Assignment(run_id, f"t{i}", 1, "lease", "s", "noop", {}, 30.0)
             await bus.request(subjects.assign(agent_id), encode(a), 10.0)
         async with asyncio.timeout(300):
             await all_done.wait()
-        took = time.perf_counter() - started
-        await draining
-        return tasks / took
+        return tasks / (time.perf_counter() - started)
     finally:
         process.terminate()
         process.wait(10)
@@ -136,9 +138,8 @@ async def measure(args: argparse.Namespace, directory: Path) -> dict[str, float 
             starts.append(took)
             rss.append(mb)
             print(f"  cold start {took * 1000:7.1f} ms   RSS {mb:6.1f} MB")
-        consumer = await bus.inbox_consumer("bench")
         for n in range(args.repeats):
-            rate = await throughput(bus, consumer, url, roles, n, args.tasks, args.capacity)
+            rate = await throughput(bus, url, roles, n, args.tasks, args.capacity)
             rates.append(rate)
             print(f"  {args.tasks} no-op tasks at capacity {args.capacity}: {rate:8.0f} tasks/s")
     finally:
