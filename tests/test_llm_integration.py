@@ -21,7 +21,7 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.protocol import Assignment, InboxMessage, TaskResult, ToolCallRecord, Usage
 from bus.server import EmbeddedNats
-from eventstore import EventQuery
+from eventstore import EventQuery, EventStore
 from orchestrator import agentlog, journal, toolcli
 from orchestrator.events import MessageRejected
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
@@ -74,8 +74,8 @@ def files(tmp_path: Path) -> tuple[str, str]:
     return str(tmp_path / "roles.toml"), str(tmp_path / "agent.toml")
 
 
-async def records_of(store: object, run_id: str) -> list[ToolCallRecord]:
-    stored = await store.read_stream(agentlog.stream_of(run_id))  # type: ignore[attr-defined]
+async def records_of(store: EventStore, run_id: str) -> list[ToolCallRecord]:
+    stored = await store.read_stream(agentlog.stream_of(run_id))
     return agentlog.tool_calls(stored)
 
 
