@@ -2,7 +2,8 @@
 free loopback port with JetStream, its data under Baton's state directory.
 
 The server picks its own port (`-1`) and writes it to a ports file, so two servers on one
-machine never race for a port and the system's 4222 is never touched.
+machine never race for a port and the system's 4222 is never touched. Restarted, it takes
+the same port again, so connected agents and orchestrators reconnect to the URL they know.
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ class EmbeddedNats:
         self.state_dir = Path(state_dir)
         self.sync_always = sync_always
         self.url = ""
+        self._port = -1
+        """-1 (pick one) until the first start; then that port, so that after a restart
+        clients reconnect to the URL they know."""
         self._process: subprocess.Popen[bytes] | None = None
         self._users = list(users) if users is not None else None
 
@@ -97,7 +101,7 @@ class EmbeddedNats:
         nats_dir = self.state_dir / "nats"
         sync = "\n  sync_interval: always" if self.sync_always else ""
         config = (
-            "listen: 127.0.0.1:-1\n"
+            f"listen: 127.0.0.1:{self._port}\n"
             "server_name: baton_embedded\n"
             f"ports_file_dir: {json.dumps(str(nats_dir / 'ports'))}\n"
             "max_payload: 1MB\n"
@@ -120,7 +124,17 @@ class EmbeddedNats:
         return path
 
     async def start(self, timeout: float = 15.0) -> str:
-        """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens."""
+        """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens.
+        Started again, it listens on the same port (another if that one was taken)."""
+        try:
+            return await self._start(timeout)
+        except ServerStartError:
+            if self._port == -1:
+                raise
+            self._port = -1
+            return await self._start(timeout)
+
+    async def _start(self, timeout: float) -> str:
         config = self._write_config()
         log = (self.state_dir / "nats" / "nats-server.log").open("ab")
         self._process = subprocess.Popen(
@@ -142,6 +156,7 @@ class EmbeddedNats:
                 with contextlib.suppress(ValueError):
                     ports = json.loads(ports_file.read_text())
                     self.url = str(ports["nats"][0])
+                    self._port = int(self.url.rpartition(":")[2])
                     return self.url
             await asyncio.sleep(0.02)
         self.stop()

@@ -4,6 +4,8 @@ by another agent, and the killed attempt's late result changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from collections.abc import Callable
 from pathlib import Path
 
@@ -81,3 +83,33 @@ def test_killed_agent_task_is_retried_elsewhere_and_its_late_result_is_rejected(
         assert "stale attempt 1" in refusals[0].reason
 
     asyncio.run(scenario())
+
+
+def test_agents_and_the_orchestrator_carry_on_after_a_nats_server_restart(
+    tmp_path: Path,
+) -> None:
+    """SIGKILL the embedded nats-server between two runs: it comes back on the same port
+    with its JetStream data, the agent process and the orchestrator reconnect by
+    themselves, and the next run is served by the same agent."""
+
+    async def scenario() -> tuple[str, str, str, str]:
+        async with cluster(tmp_path / "state") as c:
+            (agent,) = await c.add_agents([AgentSpec("worker", "agents.builtin:echo")])
+            workflow = WorkflowSpec("w", [StepSpec("s", "worker", params={"n": 1})])
+            first = await c.orchestrator.wait(await c.orchestrator.start_run(workflow), 30)
+            server = c.stack.server
+            assert server is not None
+            assert server.pid is not None
+            url = c.stack.nats_url
+            os.kill(server.pid, signal.SIGKILL)
+            server.stop()
+            assert await server.start() == url, "the same URL after the restart"
+            second_id = await c.orchestrator.start_run(workflow)
+            second = await c.orchestrator.wait(second_id, 60)
+            assert agent in c.agents.processes
+            assert c.agents.processes[agent].poll() is None, "the agent process lived on"
+            return first.status, second.status, second.tasks["s"].agent_id, agent
+
+    first, second, served_by, agent = asyncio.run(scenario())
+    assert (first, second) == ("completed", "completed")
+    assert served_by == agent
