@@ -62,14 +62,20 @@ class Intake:
         self._consumer = consumer
         self._fetch_batch = fetch_batch
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
+        self._closed = False
+
+    def close(self) -> None:
+        """Stop pulling after the fetch in progress (which may return messages: they are
+        not acked, so the inbox redelivers them after its ack wait)."""
+        self._closed = True
 
     async def offer_fast(self, incoming: Incoming) -> None:
         """Subscription handler for the fast copies."""
         self._queue.put_nowait(Delivery(incoming, False))
 
     async def fetch_durable(self) -> None:
-        """Pull the durable inbox forever, queueing what comes."""
-        while True:
+        """Pull the durable inbox until closed, queueing what comes."""
+        while not self._closed:
             try:
                 batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
             except BusError as exc:

@@ -278,9 +278,14 @@ class Orchestrator:
                 await subscription.unsubscribe()
         self._subscriptions = []
         await self.memory.stop()
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._intake is not None:
+            self._intake.close()
+        # A cancel can be swallowed (nats-py's fetch may turn one that lands as its wait
+        # ends into a timeout and loop on): cancel again until every task has ended.
+        while pending := [t for t in self._tasks if not t.done()]:
+            for task in pending:
+                task.cancel()
+            await asyncio.wait(pending, timeout=1.0)
 
     async def _recover(self) -> None:
         for stream in await self._store.streams(journal.RUN_PREFIX):
