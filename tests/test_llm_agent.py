@@ -87,7 +87,7 @@ def agent(
     return LlmAgent(LlmSpec(**fields), tools, PolicyApprover(), records, client), records
 
 
-def task(contract: RoleContract = CONTRACT) -> TaskContext:
+def task(contract: RoleContract | None = CONTRACT) -> TaskContext:
     return TaskContext("run1", "t1", "analyse", 1, "analyst", "a1", {"topic": "NATS"}, contract)
 
 
@@ -279,7 +279,7 @@ def test_named_tool_choice_and_json_object_format_for_small_models(fake: FakeOpe
 def test_an_llm_agent_needs_a_contract(fake: FakeOpenAI) -> None:
     llm, _ = agent(fake)
     with pytest.raises(TaskError, match="role contract"):
-        asyncio.run(llm(task(contract=None)))  # type: ignore[arg-type]
+        asyncio.run(llm(task(contract=None)))
 
 
 @pytest.mark.parametrize(

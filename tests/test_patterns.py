@@ -265,12 +265,19 @@ def test_each_turn_carries_the_transcript_so_far() -> None:
     assert turn.task_id == "talk#3"
 
 
+def chat_output(run: Run) -> dict[str, Any]:
+    """The chat task's output, which a finished chat must have."""
+    output = run.state.tasks["talk"].output
+    assert output is not None, "the chat has ended"
+    return dict(output)
+
+
 def test_a_chat_ends_when_the_termination_condition_holds() -> None:
     run = chat_run(Chat(participants=["r", "w"], max_turns=9, until="agree"))
     talk(run, 1)
     talk(run, 1, {"agree": True})
-    assert run.state.tasks["talk"].output["ended_by"] == "condition"  # type: ignore[index]
-    assert run.state.tasks["talk"].output["turns"] == 2  # type: ignore[index]
+    assert chat_output(run)["ended_by"] == "condition"
+    assert chat_output(run)["turns"] == 2
 
 
 def test_a_rule_selector_follows_its_table() -> None:
@@ -278,7 +285,7 @@ def test_a_rule_selector_follows_its_table() -> None:
         Chat(participants=["r", "w", "p"], max_turns=4, selector="rule", rules={"r": "p", "p": "r"})
     )
     talk(run, 4)
-    said = run.state.tasks["talk"].output["transcript"]  # type: ignore[index]
+    said = chat_output(run)["transcript"]
     assert [t["role"] for t in said] == ["r", "p", "r", "p"]
 
 
@@ -290,7 +297,7 @@ def test_an_agent_selector_picks_each_speaker_and_a_bad_pick_falls_back() -> Non
     report(run, "talk#2-select", {"next": "nobody"})
     assert run.state.graph["talk#2"].role == "w"  # round-robin for turn 2
     talk(run, 1)
-    assert run.state.tasks["talk"].output["ended_by"] == "max_turns"  # type: ignore[index]
+    assert chat_output(run)["ended_by"] == "max_turns"
     replays(run)
 
 
