@@ -40,6 +40,10 @@ def attempt_meter() -> UsageMeter:
     return meter if meter is not None else UsageMeter()
 
 
+def _outcome(failed: list[str]) -> str:
+    return "failed" if failed else "succeeded"
+
+
 class AgentTelemetry:
     """One agent process's attempt spans and metrics."""
 
@@ -62,7 +66,34 @@ class AgentTelemetry:
         work: Callable[[Assignment, TraceContext | None], Awaitable[None]],
     ) -> None:
         """Run `work` for one attempt inside its span; `work` gets the span's context to
-        send with the outcome, so the orchestrator's decision on it joins the trace."""
+        send with the outcome, so the orchestrator's decision on it joins the trace. With
+        the SDK off there is no span to make, and `work` gets `parent` as it came."""
+        meter = UsageMeter()
+        failed: list[str] = []
+        meter_token, failed_token = _meter.set(meter), _failed.set(failed)
+        began = time.monotonic()
+        try:
+            if self.telemetry.enabled:
+                await self._in_span(a, parent, work, meter, failed)
+            else:
+                await work(a, parent)
+                self._log(a, meter, failed)
+        finally:
+            _meter.reset(meter_token)
+            _failed.reset(failed_token)
+            if self.telemetry.enabled:
+                labels = {"baton.role": self._role, "baton.outcome": _outcome(failed)}
+                self._attempts.add(1, labels)
+                self._duration.record(time.monotonic() - began, labels)
+
+    async def _in_span(
+        self,
+        a: Assignment,
+        parent: TraceContext | None,
+        work: Callable[[Assignment, TraceContext | None], Awaitable[None]],
+        meter: UsageMeter,
+        failed: list[str],
+    ) -> None:
         attributes: dict[str, str | int] = {
             "baton.run_id": a.run_id,
             "baton.task_id": a.task_id,
@@ -73,44 +104,37 @@ class AgentTelemetry:
             "messaging.system": "nats",
             "messaging.operation.type": "process",
         }
-        meter = UsageMeter()
-        failed: list[str] = []
-        meter_token, failed_token = _meter.set(meter), _failed.set(failed)
-        began = time.monotonic()
-        try:
-            with self.telemetry.tracer.start_as_current_span(
-                f"attempt {a.task_id}#{a.attempt}",
-                context=span_context_of(parent) if parent else None,
-                kind=SpanKind.CONSUMER,
-                attributes=attributes,
-            ) as span:
-                await work(a, trace_context_of(span) or parent)
-                usage = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
-                if meter.calls:
-                    for kind, count in usage.items():
-                        span.set_attribute(f"gen_ai.usage.{kind}", count)
-                log.info(
-                    "attempt %s#%d %s",
-                    a.task_id,
-                    a.attempt,
-                    "failed" if failed else "succeeded",
-                    extra={
-                        "event_type": "attempt.failed" if failed else "attempt.succeeded",
-                        "run_id": a.run_id,
-                        "task_id": a.task_id,
-                        "attempt": a.attempt,
-                        "agent_id": self._agent_id,
-                        "error": failed[0] if failed else "",
-                        "usage": usage if meter.calls else {},
-                    },
-                )
-        finally:
-            _meter.reset(meter_token)
-            _failed.reset(failed_token)
-            outcome = "failed" if failed else "succeeded"
-            labels = {"baton.role": self._role, "baton.outcome": outcome}
-            self._attempts.add(1, labels)
-            self._duration.record(time.monotonic() - began, labels)
+        with self.telemetry.tracer.start_as_current_span(
+            f"attempt {a.task_id}#{a.attempt}",
+            context=span_context_of(parent) if parent else None,
+            kind=SpanKind.CONSUMER,
+            attributes=attributes,
+        ) as span:
+            await work(a, trace_context_of(span) or parent)
+            if meter.calls:
+                span.set_attribute("gen_ai.usage.input_tokens", meter.input_tokens)
+                span.set_attribute("gen_ai.usage.output_tokens", meter.output_tokens)
+            self._log(a, meter, failed)  # inside the span: the log line carries its ids
+
+    def _log(self, a: Assignment, meter: UsageMeter, failed: list[str]) -> None:
+        if not log.isEnabledFor(logging.INFO):
+            return
+        usage = {"input_tokens": meter.input_tokens, "output_tokens": meter.output_tokens}
+        log.info(
+            "attempt %s#%d %s",
+            a.task_id,
+            a.attempt,
+            _outcome(failed),
+            extra={
+                "event_type": f"attempt.{_outcome(failed)}",
+                "run_id": a.run_id,
+                "task_id": a.task_id,
+                "attempt": a.attempt,
+                "agent_id": self._agent_id,
+                "error": failed[0] if failed else "",
+                "usage": usage if meter.calls else {},
+            },
+        )
 
     @staticmethod
     def failed(error: str, retryable: bool) -> None:

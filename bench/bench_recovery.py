@@ -66,8 +66,9 @@ async def record_run(
     cause = Cause("bench", "bench")
     envelopes = journal.run_envelopes(run_id, 1, events, [cause] * len(events))
     stored = await store.append(journal.run_stream(run_id), envelopes, 0)
-    if state.version >= journal.SNAPSHOT_EVERY:
-        snap_version = state.version // journal.SNAPSHOT_EVERY * journal.SNAPSHOT_EVERY
+    every = journal.snapshot_interval(state)  # a fan-out's tasks all exist from its start
+    if state.version >= every:
+        snap_version = state.version // every * every
         snap_state = fold(RunState(run_id), events[:snap_version])
         position = stored[snap_version - 1].position
         await store.save_snapshot(journal.snapshot_of(snap_state, position))

@@ -40,7 +40,7 @@ async def record(store: SqliteEventStore, tasks: int) -> RunState:
         envelopes = journal.run_envelopes("wide", state.version + 1, events, [cause] * len(events))
         stored = await store.append(journal.run_stream("wide"), envelopes, state.version)
         after = fold(state, events)
-        if after.version // journal.SNAPSHOT_EVERY > state.version // journal.SNAPSHOT_EVERY:
+        if journal.snapshot_due(state, after):
             await store.save_snapshot(journal.snapshot_of(after, stored[-1].position))
         return after
 

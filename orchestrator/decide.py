@@ -44,7 +44,7 @@ from orchestrator.events import (
     UsageCharged,
 )
 from orchestrator.human import cancel, human_decision
-from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold
+from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold, fold_then
 
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
@@ -377,11 +377,19 @@ def _settle(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[
 
 def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
     """The events that `command` causes in `state`; [] when it changes nothing."""
+    return decide_and_fold(state, command, ctx)[0]
+
+
+def decide_and_fold(
+    state: RunState, command: Command, ctx: Context
+) -> tuple[list[RunEvent], RunState]:
+    """`decide`, with the state after its events: what the shell needs next, folded once
+    (`fold(state, events)` equals it)."""
     events: list[RunEvent]
     match command:
         case StartRun():
             if state.status != "new":
-                return []
+                return [], state
             events = [
                 RunStarted(
                     command.run_id,
@@ -400,20 +408,22 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
         case DeliveryFailed():
             task = state.tasks.get(command.task_id)
             if state.terminal or task is None or task.status != "running":
-                return []
+                return [], state
             if task.attempt != command.attempt:
-                return []
+                return [], state
             events = _attempt_failed(state, task, "undeliverable", command.error, True, ctx)
         case Tick():
             if state.status != "running":
-                return []
+                return [], state
             events = _expire_leases(state, ctx) if command.check_leases else []
         case HumanDecision():
             events = human_decision(state, command, ctx)
         case CancelRun():
             events = cancel(state, command, ctx)
         case SubmitBid():
-            return contract_net.on_bid(state, command, ctx)  # nothing to settle before the award
+            events = contract_net.on_bid(state, command, ctx)
+            return events, fold(state, events)  # nothing to settle before the award
     if not isinstance(command, Tick) and all(isinstance(e, ResultRejected) for e in events):
-        return events  # nothing changed, so there is nothing to settle
-    return events + _settle(fold(state, events), ctx, events)
+        return events, fold(state, events)  # nothing changed, so there is nothing to settle
+    settled, after = fold_then(state, events, lambda folded: _settle(folded, ctx, events))
+    return events + settled, after

@@ -39,7 +39,7 @@ T = TypeVar("T")
 log = logging.getLogger("baton.journal")
 ORCHESTRATOR = "orchestrator"
 SNAPSHOT_EVERY = 500
-"""A run's state is snapshotted each time its stream passes a multiple of this many events."""
+"""Fewest events between two snapshots of a run (see `snapshot_interval`)."""
 STATE_SCHEMA = 1
 """Shape version of `RunState` in snapshots; a snapshot of another shape is ignored."""
 _state_encoder = msgspec.msgpack.Encoder()
@@ -156,6 +156,19 @@ def decode_any(stored: StoredEvent) -> RunEvent | SystemEvent | agentlog.AgentRe
 
 def event_id(run_id: str, version: int) -> str:
     return f"{run_stream(run_id)}@{version}"
+
+
+def snapshot_interval(state: RunState) -> int:
+    """Events between snapshots of a run: at least `SNAPSHOT_EVERY`, and at least twice
+    its tasks, since a snapshot costs O(tasks) to encode: so snapshots cost O(1) per event,
+    and replay from the newest one still reads O(tasks) events at most."""
+    return max(SNAPSHOT_EVERY, 2 * len(state.tasks))
+
+
+def snapshot_due(before: RunState, after: RunState) -> bool:
+    """Whether folding `before` into `after` passed a multiple of the snapshot interval."""
+    every = snapshot_interval(after)
+    return after.version // every > before.version // every
 
 
 def snapshot_of(state: RunState, position: int) -> Snapshot:

@@ -59,7 +59,7 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide, load_delta
+from orchestrator.decide import decide_and_fold, load_delta
 from orchestrator.effects import (
     Effect,
     PublishCallForProposals,
@@ -88,7 +88,7 @@ from orchestrator.intake import Delivery, Intake, Recorded, report_id
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.memory import Embedder, MemoryService
 from orchestrator.registry import Registry
-from orchestrator.state import RunState, fold
+from orchestrator.state import RunState
 from orchestrator.telemetry import OrchestratorTelemetry
 from orchestrator.tokens import LeaseTokens
 from orchestrator.workflow import WorkflowSpec, validate
@@ -433,9 +433,8 @@ class Orchestrator:
         delta: Counter[str] = Counter()
         for command, cause in items:
             began = time.time_ns()
-            decided = decide(state, command, self._context(delta))
+            decided, after = decide_and_fold(state, command, self._context(delta))
             if decided:
-                after = fold(state, decided)
                 causes += _causes(state, command, cause, len(decided), after.trace_id)
                 span_id = self._obs.decided(state, command, cause, decided, began)
                 span_ids += [span_id] * len(decided)
@@ -467,7 +466,7 @@ class Orchestrator:
             self._runs[d.run_id] = d.state
         self._obs.recorded(d.before, d.state, d.events, d.span_ids)
         self._perform(d.state, effects(d.state, d.events))
-        if d.state.version // journal.SNAPSHOT_EVERY > d.before.version // journal.SNAPSHOT_EVERY:
+        if journal.snapshot_due(d.before, d.state):
             self._spawn(self._snapshot(d.state, stored[-1].position))
         if d.state.terminal:
             self._finished[d.run_id].set()

@@ -7,7 +7,7 @@ beside the tasks (`waiting`, `ready`) are derived inside `evolve`, never set els
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Literal
 
 import msgspec
@@ -478,6 +478,24 @@ def fold(state: RunState, events: Iterable[RunEvent]) -> RunState:
         draft = draft or _Draft(state)
         draft.apply(event)
     return state if draft is None else draft.freeze()
+
+
+def fold_then(
+    state: RunState,
+    events: Sequence[RunEvent],
+    then: Callable[[RunState], list[RunEvent]],
+) -> tuple[list[RunEvent], RunState]:
+    """Fold `events`, ask `then` what follows from the state they make, and fold that too,
+    copying the run's containers once instead of twice (a decision on a big run is mostly
+    such copies). The state `then` is given is changed in place once `then` returns: it
+    must not outlive the call. Returns what `then` decided and the state after it all."""
+    draft = _Draft(state)
+    for event in events:
+        draft.apply(event)
+    more = then(draft.freeze())
+    for event in more:
+        draft.apply(event)
+    return more, draft.freeze()
 
 
 def resume(state: RunState, versioned: Iterable[tuple[int, RunEvent]]) -> RunState:

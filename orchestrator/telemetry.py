@@ -122,6 +122,8 @@ class OrchestratorTelemetry:
         clock: Callable[[], float],
     ) -> None:
         self.telemetry = telemetry
+        self._on = telemetry.enabled
+        """With the SDK off, spans and metrics are skipped before any work goes into them."""
         self._tracer = telemetry.tracer
         self._registry = registry
         self._runs = runs
@@ -196,7 +198,7 @@ class OrchestratorTelemetry:
     ) -> str:
         """The span of one `decide` call that produced `events` (emitted after the fact,
         so a tick that decides nothing costs nothing); returns its span id ('' if off)."""
-        if not events:
+        if not events or not self._on:
             return ""
         task_id, attempt = _task_of(command)
         attributes: dict[str, Any] = {
@@ -218,14 +220,16 @@ class OrchestratorTelemetry:
         return context.span_id if context else ""
 
     def dispatch_span(
-        self, effect: SendAssignment, trace: TraceContext
+        self, effect: SendAssignment, parent: TraceContext
     ) -> tuple[trace.Span, TraceContext]:
         """Start one assignment's dispatch span; its context travels with the assignment
         (the agent's attempt span becomes its child). End it with `dispatched`."""
+        if not self._on:
+            return trace.INVALID_SPAN, parent
         a = effect.assignment
         span = self._tracer.start_span(
             f"dispatch {a.task_id}#{a.attempt}",
-            context=self.task_context(trace.trace_id, a.task_id),
+            context=self.task_context(parent.trace_id, a.task_id),
             kind=SpanKind.CLIENT,
             attributes={
                 "baton.task_id": a.task_id,
@@ -236,7 +240,7 @@ class OrchestratorTelemetry:
                 "messaging.destination.name": subjects.assign(effect.agent_id),
             },
         )
-        return span, _trace_context_of(span) or trace
+        return span, _trace_context_of(span) or parent
 
     @staticmethod
     def dispatched(span: trace.Span, error: str) -> None:
@@ -248,7 +252,8 @@ class OrchestratorTelemetry:
     # -- after an append ------------------------------------------------------------------
 
     def appended(self, stream_kind: str, seconds: float) -> None:
-        self._append.record(seconds, {"baton.stream": stream_kind})
+        if self._on:
+            self._append.record(seconds, {"baton.stream": stream_kind})
 
     def recorded(
         self,
@@ -258,6 +263,8 @@ class OrchestratorTelemetry:
         span_ids: Sequence[str],
     ) -> None:
         """Metrics, spans and one log line for each event now durable in the run's log."""
+        if not self._on and not event_log.isEnabledFor(logging.INFO):
+            return
         try:
             self._recorded(before, after, events, span_ids)
         except Exception:  # telemetry must never stop the shell
@@ -274,8 +281,9 @@ class OrchestratorTelemetry:
         version = before.version
         for event, span_id in zip(events, span_ids, strict=True):
             version += 1
-            self._measure(after, event)
-            self._span_for(after, event)
+            if self._on:
+                self._measure(after, event)
+                self._span_for(after, event)
             if log_events:
                 event_log.info(
                     "%s %s",

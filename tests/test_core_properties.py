@@ -45,7 +45,7 @@ from orchestrator.commands import (
     StartRun,
     Tick,
 )
-from orchestrator.decide import BACKOFF_BASE_S, BACKOFF_CAP_S, decide
+from orchestrator.decide import BACKOFF_BASE_S, BACKOFF_CAP_S, decide, decide_and_fold
 from orchestrator.effects import (
     PublishProgress,
     SendAssignment,
@@ -263,7 +263,7 @@ class Harness:
         probe = decide(before, command, probe_ctx)
 
         tokens = Tokens(self.tokens)
-        events = decide(
+        events, folded = decide_and_fold(
             before, command, Context(self.now, self.wall, agents, tokens, self.rng.random)
         )
         assert events == probe, "a decision depends on (state, command, context) alone"
@@ -271,6 +271,7 @@ class Harness:
 
         self.check_decision(before, command, events, agents)
         after = fold(before, events)
+        assert folded == after, "the state decide_and_fold returns is its events folded"
         assert msgspec.msgpack.encode(before) == snapshot, "decide/evolve mutated their input"
         self.check_effects(after, events)
         if all(isinstance(e, ResultRejected) for e in events):

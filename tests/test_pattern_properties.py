@@ -48,7 +48,7 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide
+from orchestrator.decide import decide_and_fold
 from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
     BidReceived,
@@ -194,9 +194,10 @@ class Harness:
     def apply(self, command: Command) -> list[RunEvent]:
         ctx = Context(self.now, 1.7e9 + self.now, self.views(), self.token, self.rng.random)
         before = self.state
-        events = decide(before, command, ctx)
+        events, folded = decide_and_fold(before, command, ctx)
         self.check_events(before, command, events)
         self.state = fold(before, events)
+        assert folded == self.state, "the state decide_and_fold returns is its events folded"
         self.log += events
         self.leases += [
             (e.task_id, e.attempt, e.lease_token, e.agent_id)
