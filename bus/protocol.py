@@ -303,6 +303,13 @@ class Progress(_Message, frozen=True, tag="run.progress"):
     detail: str = ""
 
 
+class ProgressBatch(_Message, frozen=True, tag="run.progress.batch"):
+    """Orchestrator → watchers: the progress lines of one decision, in order (one message
+    per decision, not per event: a big fan-out decides hundreds of events at once)."""
+
+    lines: list[Progress]
+
+
 AgentInbound = Assignment | AssignBatch | Control
 InboxMessage = TaskResult | TaskFailure | ReportBatch | ToolCallRecord | MemoryWrite
 AssignReply = AssignAck | AssignAcks | ErrorReply

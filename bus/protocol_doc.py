@@ -20,11 +20,21 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.Heartbeat, "agent → orchestrator", "`baton.registry.heartbeat.<agent_id>`"),
     (protocol.Assignment, "orchestrator → agent (request)", "`baton.agent.<agent_id>.assign`"),
     (protocol.AssignAck, "agent → orchestrator (reply)", "reply to an assignment"),
+    (protocol.AssignBatch, "orchestrator → agent (request)", "`baton.agent.<agent_id>.assign`"),
+    (protocol.AssignAcks, "agent → orchestrator (reply)", "reply to an assignment batch"),
     (protocol.Control, "orchestrator → agent", "`baton.agent.<agent_id>.control`"),
     (protocol.TaskResult, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
     (protocol.TaskFailure, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (
+        protocol.ReportBatch,
+        "agent → orchestrator",
+        "`baton.report.<run_id>.<agent_id>` or the inbox",
+    ),
+    (protocol.ReportAck, "orchestrator → agent (reply)", "reply to a direct report: it is durable"),
     (protocol.ToolCallRecord, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
     (protocol.MemoryWrite, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (protocol.CallForProposals, "orchestrator → agents of a role", "`baton.cfp.<role>`"),
+    (protocol.Bid, "agent → orchestrator", "`baton.bids.<run_id>.<agent_id>`"),
     (protocol.MemorySearch, "agent → memory service (request)", "`baton.memory.<agent_id>.search`"),
     (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
     (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
@@ -32,7 +42,8 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.ToolDecision, "human → agent (request)", "`baton.tool.decision.<call_id>`"),
     (protocol.ToolDecisionAck, "agent → human (reply)", "reply to a tool decision"),
     (protocol.ErrorReply, "any replier", "reply to a refused request"),
-    (protocol.Progress, "orchestrator → watchers", "`baton.events.<run_id>`"),
+    (protocol.ProgressBatch, "orchestrator → watchers", "`baton.events.<run_id>`"),
+    (protocol.Progress, "orchestrator → watchers", "one line of a `run.progress.batch`"),
 ]
 
 INTRO = f"""# Baton wire protocol
@@ -58,9 +69,12 @@ ordinary NATS client, in any language, is here.
 | subject | from → to | what |
 | --- | --- | --- |
 | `baton.registry.heartbeat.<agent_id>` | agent → orchestrator | liveness, role, capacity, load, held attempts, contract digest |
-| `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt to run (request/reply) |
+| `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt, or a batch of them, to run (request/reply) |
 | `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
 | `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to `<run>:<task>:<attempt>:<kind>` so a re-send is deduplicated |
+| `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
+| `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
+| `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
 | `baton.tool.approval.<run_id>` | agent → watchers | a tool call waits for a human |

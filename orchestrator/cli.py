@@ -20,7 +20,7 @@ from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contracts import Contracts
 from bus.errors import BusError
-from bus.protocol import Progress
+from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
 from orchestrator import control_cli, history, journal, obs_cli, render, serve, toolcli
@@ -31,7 +31,7 @@ from orchestrator.launcher import AgentProcesses, resolve_handler
 from orchestrator.service import Orchestrator, new_run_id
 from orchestrator.workflow import AgentSpec, check_roles, contracts_file, load
 
-_progress: Decoder[Progress] = Decoder(Progress)
+_progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -186,7 +186,9 @@ async def _serve(
         began = time.monotonic()
 
         async def show(msg: Incoming) -> None:
-            print(render.progress_line(_progress.decode(msg.data), time.monotonic() - began))
+            since = time.monotonic() - began
+            for line in _progress.decode(msg.data).lines:
+                print(render.progress_line(line, since))
 
         await stack.bus.subscribe(subjects.progress(run_id), show)
         if args.human_approval:

@@ -36,6 +36,8 @@ from bus.protocol import (
     Heartbeat,
     InboxMessage,
     MemoryWrite,
+    Progress,
+    ProgressBatch,
     ReportAck,
     ReportBatch,
     TaskResult,
@@ -495,9 +497,10 @@ class Orchestrator:
 
     def _perform(self, state: RunState, todo: Sequence[Effect]) -> None:
         """Send each agent the assignments of this decision in one request (they await
-        replies); publish the rest from one task, since a big decision has thousands."""
+        replies); publish the rest from one task, the progress lines as one message."""
         trace = TraceContext(state.trace_id or new_trace_id(), new_span_id())
         notes: list[tuple[str, bytes, TraceContext | None]] = []
+        lines: list[Progress] = []
         assignments: dict[str, list[Dispatch]] = defaultdict(list)
         for effect in todo:
             if isinstance(effect, SendAssignment):
@@ -509,7 +512,9 @@ class Orchestrator:
             elif isinstance(effect, PublishCallForProposals):
                 notes.append((subjects.cfp(effect.call.role), encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
-                notes.append((subjects.progress(state.run_id), encode(effect.progress), trace))
+                lines.append(effect.progress)
+        if lines:
+            notes.append((subjects.progress(state.run_id), encode(ProgressBatch(lines)), trace))
         for agent_id, batch in assignments.items():
             for chunk in _chunks(batch):
                 self._spawn(self._send_assignments(state.run_id, agent_id, chunk, trace.child()))

@@ -12,8 +12,8 @@ PINNED = {
         "Control Decoder EmbeddedNats ErrorReply Heartbeat HeldTask InboxConsumer InboxMessage "
         "Incoming "
         "InvalidSubjectToken MAX_MESSAGE_BYTES MalformedMessage OversizedMessage Payload "
-        "Progress ReportAck ReportBatch ReportReply RequestFailed ServerStartError TaskFailure "
-        "TaskResult TraceContext "
+        "Progress ProgressBatch ReportAck ReportBatch ReportReply RequestFailed ServerStartError "
+        "TaskFailure TaskResult TraceContext "
         "die_with_parent encode find_binary new_trace subjects"
     ),
     "eventstore": (

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,9 @@ def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
         requests = fake.requests
 
     assert "completed" in out
+    assert "run started" in out, "live progress lines were printed"
+    assert "task.handed_off  edit editor -> publisher" in out, out
+    assert re.search(r"review +finished on analyst-", out), out
     result = json.loads(out[out.index("result:") + len("result:") : out.index("\nreplay it")])
     assert result["review"] == json.loads(VERDICT)
     succeeded = {

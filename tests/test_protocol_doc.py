@@ -13,7 +13,7 @@ import nats
 import pytest
 from nats.aio.msg import Msg
 
-from bus import protocol_doc, subjects
+from bus import protocol, protocol_doc, subjects
 from bus.codec import ENCODING_HEADER, Decoder, from_msgpack, to_msgpack
 from bus.errors import MalformedMessage
 from bus.protocol import Assignment, TaskResult, Usage
@@ -39,6 +39,17 @@ def test_the_document_has_a_json_schema_for_every_message() -> None:
     assert result["properties"]["kind"] == {"enum": ["task.result"]}
     assert result["additionalProperties"] is False
     assert "usage" in result["properties"]
+
+
+def test_every_message_type_is_documented() -> None:
+    """A message an agent may be sent or must send cannot be left out of the document."""
+    defined = {
+        value
+        for name, value in vars(protocol).items()
+        if isinstance(value, type) and issubclass(value, protocol._Message) and name[0] != "_"
+    }
+    documented = {message for message, _, _ in protocol_doc.MESSAGES}
+    assert defined == documented, sorted(t.__name__ for t in defined ^ documented)
 
 
 def test_json_transcodes_to_the_same_strict_decoding() -> None:
