@@ -44,7 +44,7 @@ from orchestrator.events import (
     UsageCharged,
 )
 from orchestrator.human import cancel, human_decision
-from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold, fold_then
+from orchestrator.state import TERMINAL_TASK, Folding, RunState, TaskState, fold
 
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
@@ -383,13 +383,20 @@ def decide(state: RunState, command: Command, ctx: Context) -> list[RunEvent]:
 def decide_and_fold(
     state: RunState, command: Command, ctx: Context
 ) -> tuple[list[RunEvent], RunState]:
-    """`decide`, with the state after its events: what the shell needs next, folded once
-    (`fold(state, events)` equals it)."""
+    """`decide`, with the state after its events (`fold(state, events)`), folded once."""
+    folding = Folding(state)
+    return decide_into(folding, command, ctx), folding.state
+
+
+def decide_into(folding: Folding, command: Command, ctx: Context) -> list[RunEvent]:
+    """`decide` on `folding.state`, folding the events into it: how the shell decides a
+    batch of commands with one copy of the run (see `Folding`)."""
+    state = folding.state
     events: list[RunEvent]
     match command:
         case StartRun():
             if state.status != "new":
-                return [], state
+                return []
             events = [
                 RunStarted(
                     command.run_id,
@@ -408,13 +415,13 @@ def decide_and_fold(
         case DeliveryFailed():
             task = state.tasks.get(command.task_id)
             if state.terminal or task is None or task.status != "running":
-                return [], state
+                return []
             if task.attempt != command.attempt:
-                return [], state
+                return []
             events = _attempt_failed(state, task, "undeliverable", command.error, True, ctx)
         case Tick():
             if state.status != "running":
-                return [], state
+                return []
             events = _expire_leases(state, ctx) if command.check_leases else []
         case HumanDecision():
             events = human_decision(state, command, ctx)
@@ -422,8 +429,9 @@ def decide_and_fold(
             events = cancel(state, command, ctx)
         case SubmitBid():
             events = contract_net.on_bid(state, command, ctx)
-            return events, fold(state, events)  # nothing to settle before the award
+            folding.fold(events)
+            return events  # nothing to settle before the award
     if not isinstance(command, Tick) and all(isinstance(e, ResultRejected) for e in events):
-        return events, fold(state, events)  # nothing changed, so there is nothing to settle
-    settled, after = fold_then(state, events, lambda folded: _settle(folded, ctx, events))
-    return events + settled, after
+        folding.fold(events)
+        return events  # nothing changed, so there is nothing to settle
+    return events + folding.fold_then(events, lambda folded: _settle(folded, ctx, events))

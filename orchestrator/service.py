@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import random
 import secrets
@@ -50,6 +51,7 @@ from orchestrator import contract_net, human, journal, live_api
 from orchestrator.agentlog import AgentLog
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
+    AgentView,
     CancelRun,
     Command,
     Context,
@@ -61,7 +63,7 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_and_fold, load_delta
+from orchestrator.decide import decide_into, load_delta
 from orchestrator.effects import (
     Effect,
     PublishCallForProposals,
@@ -90,7 +92,7 @@ from orchestrator.intake import Delivery, Intake, Recorded, report_id
 from orchestrator.journal import ORCHESTRATOR, Cause
 from orchestrator.memory import Embedder, MemoryService
 from orchestrator.registry import Registry
-from orchestrator.state import RunState
+from orchestrator.state import Folding, RunState
 from orchestrator.telemetry import OrchestratorTelemetry
 from orchestrator.tokens import LeaseTokens
 from orchestrator.workflow import WorkflowSpec, validate
@@ -105,16 +107,9 @@ _control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
 _bid_decoder: Decoder[Bid] = Decoder(Bid)
 
 
-def _causes(
-    state: RunState, command: Command, cause: Cause, count: int, run_trace: str
-) -> list[Cause]:
-    """Causes for one decision's events, so `baton audit --why` can walk them back.
-
-    The decision's first event is caused by what came in; a report is traced to the
-    assignment of the attempt it answers. The rest (assignments, endings) are caused by
-    that first event.
-    """
-    first = cause
+def _first_cause(state: RunState, command: Command, cause: Cause) -> Cause:
+    """What caused a decision's first event: what came in, or, for a report, the
+    assignment of the attempt it answers (so `baton audit --why` can walk it back)."""
     task_id, attempt = "", 0
     match command:
         case ReportResult():
@@ -125,10 +120,20 @@ def _causes(
             task_id, attempt = command.task_id, command.attempt
     task = state.tasks.get(task_id)
     if task is not None and task.attempt == attempt and task.assigned_event:
-        first = Cause(journal.event_id(state.run_id, task.assigned_event), cause.actor)
-    trace = cause.trace_id or run_trace
-    then = Cause(journal.event_id(state.run_id, state.version + 1), ORCHESTRATOR, trace)
+        return Cause(journal.event_id(state.run_id, task.assigned_event), cause.actor)
+    return cause
+
+
+def _causes(first: Cause, run_id: str, version: int, count: int, trace: str) -> list[Cause]:
+    """Causes for a decision's `count` events, the first at `version`: the first event's
+    is `first`; the rest (assignments, endings) are caused by that first event."""
+    then = Cause(journal.event_id(run_id, version), ORCHESTRATOR, trace)
     return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
+
+
+def _loaded(agents: Sequence[AgentView], delta: Counter[str]) -> list[AgentView]:
+    """`agents` with the load this batch's decisions so far gave them."""
+    return [replace(a, load=a.load + delta[a.agent_id]) if delta[a.agent_id] else a for a in agents]
 
 
 _RETRY_S = 0.5
@@ -428,21 +433,27 @@ class Orchestrator:
         appends still in flight will make durable. Synchronous, so decisions on one run
         never interleave, and the next batch can be decided while this one is appended
         (pipelining: the store commits them in order, often in one fsync)."""
-        before = state = self._ahead.get(run_id) or self._runs[run_id]
+        before = self._ahead.get(run_id) or self._runs[run_id]
+        folding = Folding(before)  # one copy of the run for the whole batch
         events: list[RunEvent] = []
         causes: list[Cause] = []
         span_ids: list[str] = []
         delta: Counter[str] = Counter()
+        base = self._context(delta)
         for command, cause in items:
             began = time.time_ns()
-            decided, after = decide_and_fold(state, command, self._context(delta))
+            state = folding.state  # changed in place by the decision: read it before
+            first, version = _first_cause(state, command, cause), state.version + 1
+            ctx = dataclasses.replace(base, agents=_loaded(base.agents, delta)) if delta else base
+            decided = decide_into(folding, command, ctx)
             if decided:
-                causes += _causes(state, command, cause, len(decided), after.trace_id)
+                trace = cause.trace_id or folding.state.trace_id
+                causes += _causes(first, run_id, version, len(decided), trace)
                 span_id = self._obs.decided(state, command, cause, decided, began)
                 span_ids += [span_id] * len(decided)
-                state = after
                 events += decided
                 delta.update(load_delta(decided))
+        state = folding.state
         if not events:
             return None
         self._ahead[run_id] = state

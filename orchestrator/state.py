@@ -480,22 +480,31 @@ def fold(state: RunState, events: Iterable[RunEvent]) -> RunState:
     return state if draft is None else draft.freeze()
 
 
-def fold_then(
-    state: RunState,
-    events: Sequence[RunEvent],
-    then: Callable[[RunState], list[RunEvent]],
-) -> tuple[list[RunEvent], RunState]:
-    """Fold `events`, ask `then` what follows from the state they make, and fold that too,
-    copying the run's containers once instead of twice (a decision on a big run is mostly
-    such copies). The state `then` is given is changed in place once `then` returns: it
-    must not outlive the call. Returns what `then` decided and the state after it all."""
-    draft = _Draft(state)
-    for event in events:
-        draft.apply(event)
-    more = then(draft.freeze())
-    for event in more:
-        draft.apply(event)
-    return more, draft.freeze()
+class Folding:
+    """Decisions folded one after another into one draft, so k decisions on a run of n
+    tasks copy its containers once, O(n + k), not k times (on a big run, most of what a
+    decision costs). `state` is the state after everything folded so far; it shares the
+    draft's containers, so the next fold changes it in place: keep only the last one."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+        self._draft: _Draft | None = None
+
+    def fold(self, events: Sequence[RunEvent]) -> RunState:
+        if events:
+            draft = self._draft = self._draft or _Draft(self.state)
+            for event in events:
+                draft.apply(event)
+            self.state = draft.freeze()
+        return self.state
+
+    def fold_then(
+        self, events: Sequence[RunEvent], then: Callable[[RunState], list[RunEvent]]
+    ) -> list[RunEvent]:
+        """Fold `events`, then what `then` decides from the state they make; returns that."""
+        more = then(self.fold(events))
+        self.fold(more)
+        return more
 
 
 def resume(state: RunState, versioned: Iterable[tuple[int, RunEvent]]) -> RunState:

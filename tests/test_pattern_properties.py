@@ -15,6 +15,7 @@ thousand in CI, fewer with `HYPOTHESIS_PROFILE=dev`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import sys
@@ -48,7 +49,7 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_and_fold
+from orchestrator.decide import decide_and_fold, decide_into
 from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
     BidReceived,
@@ -67,7 +68,7 @@ from orchestrator.events import (
     encode,
     run_event_decoder,
 )
-from orchestrator.state import TERMINAL_TASK, RunState, TaskState, fold, replay
+from orchestrator.state import TERMINAL_TASK, Folding, RunState, TaskState, fold, replay
 from orchestrator.workflow import (
     Chat,
     Condition,
@@ -180,6 +181,8 @@ class Harness:
         self.rng = random.Random(seed)
         self.applied: list[Command] = []
         self.leases: list[tuple[str, int, str, str]] = []
+        self.batch = Folding(self.state)
+        """The same decisions folded as the shell folds a batch: into one long-lived draft."""
 
     def token(self) -> str:
         self.issued += 1
@@ -192,12 +195,19 @@ class Harness:
         ]
 
     def apply(self, command: Command) -> list[RunEvent]:
-        ctx = Context(self.now, 1.7e9 + self.now, self.views(), self.token, self.rng.random)
+        views, rng, issued = self.views(), self.rng.getstate(), self.issued
+        ctx = Context(self.now, 1.7e9 + self.now, views, self.token, self.rng.random)
         before = self.state
         events, folded = decide_and_fold(before, command, ctx)
         self.check_events(before, command, events)
         self.state = fold(before, events)
         assert folded == self.state, "the state decide_and_fold returns is its events folded"
+        same_rng = random.Random()
+        same_rng.setstate(rng)
+        tokens = (f"lease-{n}" for n in itertools.count(issued + 1))
+        same = Context(self.now, 1.7e9 + self.now, views, tokens.__next__, same_rng.random)
+        assert decide_into(self.batch, command, same) == events, "batched: the same decision"
+        assert self.batch.state == self.state, "batched: the same state"
         self.log += events
         self.leases += [
             (e.task_id, e.attempt, e.lease_token, e.agent_id)
@@ -381,6 +391,7 @@ class Harness:
         assert msgspec.msgpack.decode(snapshot, type=RunState) == self.state, "snapshot loses"
         assert pending_effects(rebuilt) == pending_effects(self.state)
         self.state, self.log = rebuilt, stored
+        self.batch = Folding(rebuilt)
 
     def drive_to_end(self) -> None:
         """Healthy agents of every role answer plainly, people approve, time passes: the
