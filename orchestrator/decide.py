@@ -6,7 +6,6 @@ Every decision, including which agent gets a task and why, is returned as events
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
@@ -51,20 +50,18 @@ BACKOFF_CAP_S = 5.0
 _DUPLICATE = "duplicate"
 
 
-def load_delta(events: Sequence[RunEvent]) -> Counter[str]:
-    """How `events` change each agent's number of running attempts."""
-    delta: Counter[str] = Counter()
+_RELEASING = (TaskSucceeded, TaskAttemptFailed, TaskDelegated, TaskHandedOff, TaskCancelled)
+
+
+def load_delta(events: Sequence[RunEvent], into: dict[str, int] | None = None) -> dict[str, int]:
+    """How `events` change each agent's number of running attempts, added into `into`
+    (a new dict if None), which is returned."""
+    delta: dict[str, int] = {} if into is None else into
     for event in events:
         if isinstance(event, TaskAssigned):
-            delta[event.agent_id] += 1
-        elif (
-            isinstance(
-                event,
-                TaskSucceeded | TaskAttemptFailed | TaskDelegated | TaskHandedOff | TaskCancelled,
-            )
-            and event.agent_id
-        ):
-            delta[event.agent_id] -= 1
+            delta[event.agent_id] = delta.get(event.agent_id, 0) + 1
+        elif isinstance(event, _RELEASING) and event.agent_id:
+            delta[event.agent_id] = delta.get(event.agent_id, 0) - 1
     return delta
 
 
@@ -215,8 +212,7 @@ def _expire_leases(state: RunState, ctx: Context) -> list[RunEvent]:
 
 
 def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> list[RunEvent]:
-    loads = Counter({a.agent_id: a.load for a in ctx.agents})
-    loads.update(load_delta(earlier))
+    loads = load_delta(earlier, {a.agent_id: a.load for a in ctx.agents})
     events: list[RunEvent] = []
     bounded = limits.limits_of(state)
     steps = state.steps if bounded.max_steps else 0

@@ -7,7 +7,6 @@ after a restart, and every decision made from it is recorded in the event that f
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
 
 import msgspec
 
@@ -56,16 +55,15 @@ class Registry:
     def load(self, agent_id: str) -> int:
         return sum(c[agent_id] for c in self._inflight.values())
 
-    def live(self, now: float, delta: Mapping[str, int] | None = None) -> list[AgentView]:
-        """Routable agents, sorted by id, with their load adjusted by `delta`."""
+    def live(self, now: float) -> list[AgentView]:
+        """Routable agents, sorted by id, with the load the orchestrator gave them."""
         views = []
         for agent_id in sorted(self._agents):
             seen = self._agents[agent_id]
             if now - seen.last_seen > self.ttl:
                 continue
-            load = self.load(agent_id) + (delta or {}).get(agent_id, 0)
             hb = seen.heartbeat
-            views.append(AgentView(agent_id, hb.role, hb.capacity, load))
+            views.append(AgentView(agent_id, hb.role, hb.capacity, self.load(agent_id)))
         return views
 
     def ages(self, now: float) -> list[tuple[str, str, float]]:

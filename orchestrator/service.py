@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import random
 import secrets
@@ -51,7 +50,6 @@ from orchestrator import contract_net, human, journal, live_api
 from orchestrator.agentlog import AgentLog
 from orchestrator.api import ControlAccepted, RunAccepted, RunControlRequest, StartRunRequest
 from orchestrator.commands import (
-    AgentView,
     CancelRun,
     Command,
     Context,
@@ -131,9 +129,13 @@ def _causes(first: Cause, run_id: str, version: int, count: int, trace: str) -> 
     return [Cause(first.causation_id, first.actor, trace)] + [then] * (count - 1)
 
 
-def _loaded(agents: Sequence[AgentView], delta: Counter[str]) -> list[AgentView]:
-    """`agents` with the load this batch's decisions so far gave them."""
-    return [replace(a, load=a.load + delta[a.agent_id]) if delta[a.agent_id] else a for a in agents]
+def _loaded(ctx: Context, delta: dict[str, int]) -> Context:
+    """`ctx` with the load this batch's decisions so far gave each agent."""
+    agents = [
+        replace(a, load=a.load + delta[a.agent_id]) if delta.get(a.agent_id) else a
+        for a in ctx.agents
+    ]
+    return Context(ctx.now, ctx.wall, agents, ctx.new_token, ctx.random)
 
 
 _RETRY_S = 0.5
@@ -401,12 +403,12 @@ class Orchestrator:
             raise RunNotRecorded(request.run_id)
         return self.run(request.run_id)
 
-    def _context(self, delta: Counter[str]) -> Context:
+    def _context(self) -> Context:
         now = self._clock()
         return Context(
             now=now,
             wall=self._wall(),
-            agents=self._registry.live(now, delta),
+            agents=self._registry.live(now),
             new_token=self._tokens,
             random=self._rng.random,
         )
@@ -438,13 +440,13 @@ class Orchestrator:
         events: list[RunEvent] = []
         causes: list[Cause] = []
         span_ids: list[str] = []
-        delta: Counter[str] = Counter()
-        base = self._context(delta)
+        delta: dict[str, int] = {}
+        base = self._context()
         for command, cause in items:
             began = time.time_ns()
             state = folding.state  # changed in place by the decision: read it before
             first, version = _first_cause(state, command, cause), state.version + 1
-            ctx = dataclasses.replace(base, agents=_loaded(base.agents, delta)) if delta else base
+            ctx = _loaded(base, delta) if delta else base
             decided = decide_into(folding, command, ctx)
             if decided:
                 trace = cause.trace_id or folding.state.trace_id
@@ -452,7 +454,7 @@ class Orchestrator:
                 span_id = self._obs.decided(state, command, cause, decided, began)
                 span_ids += [span_id] * len(decided)
                 events += decided
-                delta.update(load_delta(decided))
+                load_delta(decided, delta)
         state = folding.state
         if not events:
             return None
@@ -736,7 +738,7 @@ class Orchestrator:
             await self._reject(msg.subject, str(exc), len(msg.data))
             return
         command = SubmitBid(bid, sender)
-        refused = contract_net.refusal(self._runs[run_id], command, self._context(Counter()))
+        refused = contract_net.refusal(self._runs[run_id], command, self._context())
         if refused:
             await self._reject(msg.subject, f"bid refused: {refused}", len(msg.data))
             return
