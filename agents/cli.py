@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import secrets
 import sys
@@ -24,6 +23,7 @@ from bus.permissions import inbox_prefix
 
 if TYPE_CHECKING:
     from agents.localmodel import LocalModel
+from bus import loop
 from bus.subjects import token
 from bus.telemetry import Telemetry, TelemetryConfigError, configure_logging
 
@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
                 file=sys.stderr,
             )
             return 2
-        return asyncio.run(_serve(args, contract))
+        return loop.run(_serve(args, contract))
     except (
         HandlerNotFound,
         InvalidSubjectToken,

@@ -7,11 +7,14 @@ restarting, overloaded, its store failing) the outcome goes to the durable JetSt
 inbox (`subjects.inbox`), which keeps it until an orchestrator has recorded it. Either
 way `send` returns only once the outcome is durable somewhere, or raises `BusError`.
 
-Both ways are batched the same way (group commit): while one message is on its way, the
+Both ways are batched the same way (group commit): while messages are on their way, the
 outcomes that finish meanwhile wait, and the next message carries all of them (per run,
 as a `ReportBatch`); a lone outcome goes alone, with no added wait. That matters most for
-the inbox, which fsyncs every message, but it also spares the orchestrator a message,
-and a decision, per outcome when many finish at once.
+the inbox, which fsyncs every message (one message at a time, in order), but it also
+spares the orchestrator a message, and a decision, per outcome when many finish at once.
+Direct reports may have two messages on their way: an outcome that finishes while one
+waits for its answer goes at once, so a chain of tasks never waits on the answer to the
+step before.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ def note_inbox_write(msg_id: str) -> None:
 
 MAX_BATCH = 256
 """Outcomes in one message at most (and never more than the size limit allows)."""
+
+IN_FLIGHT = {"direct": 2, "durable": 1}
+"""Messages of each kind on their way at once, at most."""
 
 REPORT_TIMEOUT_S = 2.0
 """How long an outcome waits for the orchestrator's answer before it goes durable."""
@@ -107,6 +113,16 @@ def _settle(members: list[_Pending], error: BaseException | None = None) -> None
             p.done.set_exception(error)
 
 
+async def _failure_of(
+    send: Callable[[list[_Pending]], Awaitable[None]], group: list[_Pending]
+) -> Exception | None:
+    try:
+        await send(group)
+    except Exception as exc:
+        return exc
+    return None
+
+
 class Outbox:
     """One agent's way back to the orchestrator (see the module docstring)."""
 
@@ -116,7 +132,7 @@ class Outbox:
         self._timeout = timeout
         self._direct: list[_Pending] = []
         self._durable: list[_Pending] = []
-        self._senders: dict[str, asyncio.Task[None]] = {}
+        self._senders: dict[str, set[asyncio.Task[None]]] = {"direct": set(), "durable": set()}
 
     async def send(
         self, outcome: Outcome, trace: TraceContext | None = None, *, durable: bool = False
@@ -132,13 +148,15 @@ class Outbox:
         await asyncio.shield(pending.done)
 
     def _enqueue(self, queue: list[_Pending], pending: _Pending, kind: str) -> None:
-        """Queue `pending`; one sender per kind drains its queue a batch at a time, so
-        what comes in while a batch is on its way leaves together in the next one."""
+        """Queue `pending`; up to `IN_FLIGHT[kind]` senders drain the queue a batch at a
+        time, so what comes in while they are busy leaves together in the next batch."""
         queue.append(pending)
-        sender = self._senders.get(kind)
-        if sender is None or sender.done():
+        senders = self._senders[kind]
+        if sum(not sender.done() for sender in senders) < IN_FLIGHT[kind]:
             drain = self._send_direct if kind == "direct" else self._send_durable
-            self._senders[kind] = asyncio.create_task(self._drain(queue, drain))
+            sender = asyncio.create_task(self._drain(queue, drain))
+            senders.add(sender)
+            sender.add_done_callback(senders.discard)
 
     async def _drain(
         self, queue: list[_Pending], send: Callable[[list[_Pending]], Awaitable[None]]
@@ -147,9 +165,12 @@ class Outbox:
             batch = queue[:]
             queue.clear()
             groups = _grouped(batch)
-            results = await asyncio.gather(*(send(g) for g in groups), return_exceptions=True)
+            if len(groups) == 1:  # the usual case: no task to gather
+                results: list[BaseException | None] = [await _failure_of(send, groups[0])]
+            else:
+                results = await asyncio.gather(*(_failure_of(send, g) for g in groups))
             for group, result in zip(groups, results, strict=True):
-                if isinstance(result, Exception):  # a bug, not the bus: fail, never hang
+                if result is not None:  # a bug, not the bus: fail, never hang
                     log.error("sending %d outcome(s) failed: %r", len(group), result)
                     _settle(group, BusError(f"outbox: {result!r}"))
 

@@ -110,7 +110,7 @@ class AgentRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stopping.set)
-        await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message)
+        await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
         beat = asyncio.create_task(self._beat())

@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bus import subjects
+from bus import loop, subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.protocol import Assignment, InboxMessage, ReportAck, ReportBatch
@@ -163,7 +163,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         print("baton agent benchmark: one agent process, real NATS + JetStream inbox")
-        result = asyncio.run(measure(args, Path(tmp)))
+        result = loop.run(measure(args, Path(tmp)))
     print(
         f"median: cold start {result['cold_start_ms_median']} ms, RSS {result['rss_mb_median']} "
         f"MB, {result['tasks_per_s_median']} tasks/s at capacity {result['capacity']}"

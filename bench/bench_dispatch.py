@@ -14,7 +14,6 @@ every span to a JSON-lines file (the cost of exporting each span).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import statistics
@@ -22,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bus import loop
 from orchestrator.bootstrap import bootstrap
 from orchestrator.launcher import AgentProcesses
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
@@ -108,7 +108,7 @@ def main() -> None:
             os.environ["BATON_TRACE_FILE"] = str(Path(tmp) / "spans.jsonl")
         print(f"baton dispatch benchmark: {args.agents} agent processes, real NATS, SQLite FULL, "
               f"telemetry {args.telemetry}")  # fmt: skip
-        result = asyncio.run(measure(args, Path(tmp)))
+        result = loop.run(measure(args, Path(tmp)))
     print(
         f"median: fan-out {result['fan_out_us_per_task_median']} µs/task, "
         f"chain {result['chain_us_per_step_median']} µs/step"

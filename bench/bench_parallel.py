@@ -9,13 +9,13 @@ several runs) and one JSON line.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import statistics
 import tempfile
 from pathlib import Path
 
 from bench._stack import agents_stack, timed_run
+from bus import loop
 from orchestrator.workflow import StepSpec, WorkflowSpec
 
 
@@ -54,7 +54,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         print(f"baton parallel benchmark: {args.agents} agent processes, real NATS, SQLite FULL")
-        result = asyncio.run(measure(args, Path(tmp)))
+        result = loop.run(measure(args, Path(tmp)))
     print(f"median: {result['run_ms_median']} ms for {args.tasks} tasks of "
           f"{result['task_ms']:.0f} ms in parallel")  # fmt: skip
     print(json.dumps({"bench": "parallel", **result}))

@@ -23,6 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bus import loop
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.protocol import AgentInbound, AssignAck, AssignAcks, AssignBatch, TaskResult
@@ -192,7 +193,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         print("baton recovery benchmark: restart on a long history, real NATS, SQLite FULL")
-        result = asyncio.run(measure(args, Path(tmp)))
+        result = loop.run(measure(args, Path(tmp)))
     print(
         f"median: first assignment {result['first_dispatch_ms_median']} ms after start "
         f"(start() {result['start_ms_median']} ms), "

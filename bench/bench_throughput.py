@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from bench._stack import agents_stack, timed_run
+from bus import loop
 from orchestrator.bootstrap import Stack
 from orchestrator.workflow import StepSpec, WorkflowSpec
 
@@ -68,7 +69,7 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory(prefix="baton-bench-") as tmp:
         print(f"baton throughput benchmark: {args.agents} agent processes, real NATS, SQLite FULL")
-        result = asyncio.run(measure(args, Path(tmp)))
+        result = loop.run(measure(args, Path(tmp)))
     print(f"median: {result['tasks_per_s_median']:,} tasks/s sustained")
     print(json.dumps({"bench": "throughput", **result}))
 

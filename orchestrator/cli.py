@@ -15,7 +15,7 @@ from pathlib import Path
 
 from msgspec.structs import replace
 
-from bus import subjects
+from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contracts import Contracts
@@ -428,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
         command = control_cli.send
     try:
         configure_logging()
-        return int(asyncio.run(command(args)))
+        return int(loop.run(command(args)))
     except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError) as exc:
         print(f"baton {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -267,7 +267,7 @@ class Orchestrator:
         await self._bus.ensure_inbox()
         self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
         self._subscriptions = [
-            await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast),
+            await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
             await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
@@ -661,7 +661,11 @@ class Orchestrator:
             self._window.release()
         if recorded:
             self._recorded.update(ids)
-        await asyncio.gather(*(_answer(m, recorded) for m in answer), return_exceptions=True)
+        for delivery in answer:  # each is one quick publish: no task per answer
+            try:
+                await _answer(delivery, recorded)
+            except Exception as exc:  # the agent resends or the inbox redelivers
+                log.warning("could not answer on %s: %s", delivery.incoming.subject, exc)
 
     async def _record_agent(
         self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str

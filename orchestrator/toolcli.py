@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from bus import subjects
+from bus import loop, subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, RequestFailed
@@ -170,7 +170,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
-        return asyncio.run(_main(args))
+        return loop.run(_main(args))
     except (BusError, EventStoreError) as exc:
         print(f"baton tool: error: {exc}", file=sys.stderr)
         return 2

@@ -10,7 +10,7 @@ from pathlib import Path
 from agents.outbox import Outbox
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus
+from bus.connection import Bus, Incoming
 from bus.protocol import (
     ErrorReply,
     InboxMessage,
@@ -119,3 +119,50 @@ def test_a_report_is_acknowledged_only_once_its_events_are_durable(tmp_path: Pat
         assert rejected[0].subject == subjects.report(run_id, task.agent_id)
 
     asyncio.run(scenario())
+
+
+def test_an_outcome_goes_at_once_while_the_last_one_waits_for_its_answer(tmp_path: Path) -> None:
+    """A chain's next result must not wait for the answer to the step before: the first
+    report is answered only once the second has arrived, which it can do only if it was
+    sent while the first was still waiting."""
+
+    async def scenario() -> list[str]:
+        server = EmbeddedNats(tmp_path)
+        url = await server.start()
+        agent = await Bus.connect(url, name="agent")
+        orchestrator = await Bus.connect(url, name="orchestrator")
+        arrived: list[str] = []
+        second = asyncio.Event()
+
+        async def answer(msg: Incoming) -> None:
+            report = _inbox.decode(msg.data)
+            assert isinstance(report, TaskResult)
+            arrived.append(report.task_id)
+            if report.task_id == "first":
+                await second.wait()
+            else:
+                second.set()
+            await msg.reply(encode(ReportAck()))
+
+        try:
+            await agent.ensure_inbox()
+            await orchestrator.subscribe(subjects.REPORT_ALL, answer)
+            await orchestrator.flush()
+            outbox = Outbox(agent, "agent-1", timeout=3.0)
+            first = asyncio.create_task(
+                outbox.send(TaskResult("run-1", "first", 1, "l", "agent-1", {}, 0.0))
+            )
+            await asyncio.sleep(0.2)  # the first report is out, waiting for its answer
+            assert not first.done()
+            async with asyncio.timeout(2.0):  # well inside the report timeout
+                await outbox.send(TaskResult("run-1", "second", 1, "l", "agent-1", {}, 0.0))
+                await first
+            consumer = await agent.inbox_consumer("test-reader")
+            assert await consumer.fetch(10, timeout=0.5) == [], "both were answered directly"
+        finally:
+            await agent.close()
+            await orchestrator.close()
+            server.stop()
+        return arrived
+
+    assert asyncio.run(scenario()) == ["first", "second"]
