@@ -219,3 +219,17 @@ async def has_ended(store: EventStore, stream: str) -> bool:
 def running_agents(state: RunState) -> Counter[str]:
     """How many of this run's attempts each agent holds now."""
     return Counter(t.agent_id for t in state.tasks.values() if t.status == "running")
+
+
+def load_change(before: RunState, after: RunState, events: Sequence[RunEvent]) -> Counter[str]:
+    """How `events`, which took `before` to `after`, changed what each agent holds: exact,
+    and O(events), since only the tasks they name can have changed."""
+    touched = {t for e in events if (t := getattr(e, "task_id", ""))}
+    change: Counter[str] = Counter()
+    for task_id in touched:
+        old, new = before.tasks.get(task_id), after.tasks[task_id]
+        if old is not None and old.status == "running":
+            change[old.agent_id] -= 1
+        if new.status == "running":
+            change[new.agent_id] += 1
+    return change

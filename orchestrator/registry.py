@@ -7,6 +7,7 @@ after a restart, and every decision made from it is recorded in the event that f
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
 
 import msgspec
 
@@ -26,6 +27,8 @@ class Registry:
         self.ttl = ttl
         self._agents: dict[str, _Seen] = {}
         self._inflight: dict[str, Counter[str]] = {}
+        self._load: Counter[str] = Counter()
+        """The sum of `_inflight` over runs, kept as it changes: routing reads it often."""
 
     def observe(self, heartbeat: Heartbeat, now: float) -> bool:
         """Record a heartbeat; True when the agent was not known (it joined)."""
@@ -45,15 +48,29 @@ class Registry:
             del self._agents[agent_id]
         return gone
 
-    def set_inflight(self, run_id: str, running: Counter[str]) -> None:
-        """The attempts one run has out, per agent; a finished run has none."""
-        if running:
-            self._inflight[run_id] = running
-        else:
-            self._inflight.pop(run_id, None)
+    def set_inflight(self, run_id: str, running: Mapping[str, int]) -> None:
+        """The attempts one run has out, per agent (a run rebuilt from the log)."""
+        self.add_inflight(run_id, {a: -n for a, n in self._inflight.get(run_id, {}).items()})
+        self.add_inflight(run_id, running)
+
+    def add_inflight(self, run_id: str, delta: Mapping[str, int]) -> None:
+        """Attempts a decision gave out (+) or ended (-), per agent; a run with none left
+        out is forgotten."""
+        counts = self._inflight.setdefault(run_id, Counter())
+        for agent_id, n in delta.items():
+            if n:
+                counts[agent_id] += n
+                self._load[agent_id] += n
+                if not counts[agent_id]:
+                    del counts[agent_id]
+                if not self._load[agent_id]:
+                    del self._load[agent_id]
+        if not counts:
+            del self._inflight[run_id]
 
     def load(self, agent_id: str) -> int:
-        return sum(c[agent_id] for c in self._inflight.values())
+        """Attempts the agent holds, over every run."""
+        return self._load[agent_id]
 
     def live(self, now: float) -> list[AgentView]:
         """Routable agents, sorted by id, with the load the orchestrator gave them."""

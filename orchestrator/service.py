@@ -459,7 +459,7 @@ class Orchestrator:
         if not events:
             return None
         self._ahead[run_id] = state
-        self._registry.set_inflight(run_id, journal.running_agents(state))
+        self._registry.add_inflight(run_id, journal.load_change(before, state, events))
         envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
         append = asyncio.ensure_future(
             self._store.append(journal.run_stream(run_id), envelopes, before.version)

@@ -36,7 +36,7 @@ from hypothesis.stateful import (
 )
 
 from bus.protocol import Bid, SubtaskRequest, TaskFailure, TaskResult, Usage
-from orchestrator import contract_net, human, patterns
+from orchestrator import contract_net, human, journal, patterns
 from orchestrator.commands import (
     AgentView,
     CancelRun,
@@ -49,7 +49,7 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_and_fold, decide_into
+from orchestrator.decide import decide_and_fold, decide_into, load_delta
 from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
     BidReceived,
@@ -202,6 +202,14 @@ class Harness:
         self.check_events(before, command, events)
         self.state = fold(before, events)
         assert folded == self.state, "the state decide_and_fold returns is its events folded"
+        running = journal.running_agents(self.state)
+        kept = journal.running_agents(before)
+        kept.update(journal.load_change(before, self.state, events))  # keeps negative counts
+        assert {a: n for a, n in kept.items() if n} == running, "loads kept by load_change"
+        routed = load_delta(events, dict(journal.running_agents(before)))
+        assert all(routed.get(a, 0) == running[a] for a in self.live), (
+            "a batch routes by load_delta: exact for every live agent"
+        )
         same_rng = random.Random()
         same_rng.setstate(rng)
         tokens = (f"lease-{n}" for n in itertools.count(issued + 1))
