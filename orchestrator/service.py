@@ -16,7 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from msgspec.structs import replace
 from opentelemetry.trace import Span
@@ -96,6 +96,7 @@ from orchestrator.tokens import LeaseTokens
 from orchestrator.workflow import WorkflowSpec, validate
 
 log = logging.getLogger("baton.orchestrator")
+T = TypeVar("T")
 
 _inbox_decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
@@ -176,18 +177,18 @@ class Dispatch:
     span: Span
 
 
-def _chunks(batch: list[Dispatch]) -> list[list[Dispatch]]:
-    """`batch` cut into messages that stay well under the size limit."""
-    if len(batch) == 1:
-        return [batch]
-    chunks: list[list[Dispatch]] = [[]]
+def _chunks(items: list[T], message: Callable[[list[T]], Any]) -> list[list[T]]:
+    """`items` cut into runs whose `message` stays well under the size limit."""
+    if len(items) == 1 or len(encode(message(items))) <= MAX_MESSAGE_BYTES // 2:
+        return [items]
+    chunks: list[list[T]] = [[]]
     size = 0
-    for d in batch:
-        n = len(encode(d.assignment))
+    for item in items:
+        n = len(encode(message([item])))
         if chunks[-1] and size + n > MAX_MESSAGE_BYTES // 2:
             chunks.append([])
             size = 0
-        chunks[-1].append(d)
+        chunks[-1].append(item)
         size += n
     return chunks
 
@@ -526,10 +527,10 @@ class Orchestrator:
                 notes.append((subjects.cfp(effect.call.role), encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
                 lines.append(effect.progress)
-        if lines:
-            notes.append((subjects.progress(state.run_id), encode(ProgressBatch(lines)), trace))
+        for part in _chunks(lines, ProgressBatch) if lines else []:
+            notes.append((subjects.progress(state.run_id), encode(ProgressBatch(part)), trace))
         for agent_id, batch in assignments.items():
-            for chunk in _chunks(batch):
+            for chunk in _chunks(batch, lambda ds: AssignBatch([d.assignment for d in ds])):
                 self._spawn(self._send_assignments(state.run_id, agent_id, chunk, trace.child()))
         if notes:
             self._spawn(self._publish(notes))

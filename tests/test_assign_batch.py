@@ -8,7 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from bus import subjects
-from bus.codec import Decoder, encode
+from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.protocol import (
     AgentInbound,
@@ -17,12 +17,15 @@ from bus.protocol import (
     AssignBatch,
     Assignment,
     Heartbeat,
+    Progress,
+    ProgressBatch,
     ReportAck,
     ReportReply,
     TaskResult,
 )
 from orchestrator import journal
 from orchestrator.events import TaskAttemptFailed, TaskSucceeded
+from orchestrator.service import _chunks
 from orchestrator.workflow import StepSpec, WorkflowSpec
 from tests.cluster import cluster
 
@@ -115,3 +118,12 @@ def test_refused_members_of_a_batch_are_retried_and_the_taken_one_runs(tmp_path:
         assert first_done[0].attempt == 1, "the member it took ran on, not retried"
 
     asyncio.run(scenario())
+
+
+def test_a_big_decision_is_cut_into_messages_under_the_size_limit() -> None:
+    lines = [Progress("run", "task.failed", f"t[{i}]", detail="x" * 2000) for i in range(600)]
+    parts = _chunks(lines, ProgressBatch)
+    assert len(parts) > 1, "1.2 MB of progress does not go as one message"
+    assert [line for part in parts for line in part] == lines, "nothing lost, order kept"
+    assert all(len(encode(ProgressBatch(part))) <= MAX_MESSAGE_BYTES // 2 for part in parts)
+    assert _chunks(lines[:3], ProgressBatch) == [lines[:3]], "a small one stays whole"
