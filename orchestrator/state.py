@@ -3,6 +3,8 @@
 State is a frozen value; `evolve` never mutates the state it is given, so the live state
 and a state rebuilt by folding the log compare equal field by field. The indexes kept
 beside the tasks (`waiting`, `ready`) are derived inside `evolve`, never set elsewhere.
+The one exception is `Folding`, which the shell uses to decide a batch: the states it
+hands out along the way share its draft and are only valid until its next fold.
 """
 
 from __future__ import annotations
