@@ -14,6 +14,7 @@ from orchestrator import journal
 from orchestrator.errors import UnknownRun
 from orchestrator.events import TaskAssigned, TaskSucceeded
 from orchestrator.service import Orchestrator
+from orchestrator.state import RunState, TaskState
 from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
 from tests.cluster import cluster
 
@@ -92,3 +93,14 @@ def test_long_runs_are_snapshotted_and_replay_from_a_snapshot_agrees(tmp_path: P
                 assert fast.version == slow.version > 0
 
     asyncio.run(scenario())
+
+
+def test_snapshots_come_at_most_every_500_events_and_at_least_twice_the_tasks() -> None:
+    def run(tasks: int, version: int) -> RunState:
+        return RunState("r", version, tasks={f"t{i}": TaskState(f"t{i}") for i in range(tasks)})
+
+    assert journal.snapshot_interval(run(10, 0)) == journal.SNAPSHOT_EVERY
+    assert journal.snapshot_interval(run(1000, 0)) == 2000, "a snapshot costs O(tasks)"
+    assert journal.snapshot_due(run(10, 499), run(10, 503))
+    assert not journal.snapshot_due(run(1000, 1000), run(1000, 1500))
+    assert journal.snapshot_due(run(1000, 1999), run(1000, 2000))
