@@ -48,6 +48,11 @@ class DeliveryFailed(msgspec.Struct, frozen=True):
     error: str
 
 
+class Resume(msgspec.Struct, frozen=True):
+    """An orchestrator took the run over after a start: if its times were recorded on
+    another boot of the host (or another host), they are moved onto this boot's clock."""
+
+
 class Tick(msgspec.Struct, frozen=True):
     """Time passed: expire lapsed leases (when the registry has warmed up) and dispatch."""
 
@@ -85,6 +90,7 @@ Command = (
     | ReportFailure
     | DeliveryFailed
     | Tick
+    | Resume
     | HumanDecision
     | CancelRun
     | SubmitBid
@@ -111,3 +117,6 @@ class Context:
     agents: Sequence[AgentView]
     new_token: Callable[[], str]
     random: Callable[[], float]
+    boot: str = ""
+    """Which boot of the host `now` counts from ('' if unknown): monotonic times recorded
+    on another boot mean nothing on this one."""

@@ -6,6 +6,7 @@ Every decision, including which agent gets a task and why, is returned as events
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
@@ -18,12 +19,14 @@ from orchestrator.commands import (
     HumanDecision,
     ReportFailure,
     ReportResult,
+    Resume,
     StartRun,
     SubmitBid,
     Tick,
 )
 from orchestrator.events import (
     AttemptEnd,
+    ClockRebased,
     LimitReached,
     ReplanRequested,
     ResultRejected,
@@ -281,6 +284,23 @@ def _dispatch(state: RunState, ctx: Context, earlier: Sequence[RunEvent]) -> lis
     return events
 
 
+def on_run_clock(state: RunState, ctx: Context) -> Context:
+    """`ctx` with `now` read on the run's own clock (see `ClockRebased`): every time the
+    run holds is on it."""
+    if not state.clock_shift:
+        return ctx
+    return dataclasses.replace(ctx, now=ctx.now - state.clock_shift)
+
+
+def _rebased(state: RunState, ctx: Context, host_now: float) -> ClockRebased:
+    """The shift that makes the run's clock go on in step with the wall clock on this
+    boot: a reading `m` of the run's clock happened at wall time `m + (started_at -
+    started_mono)`, whatever boot read it. The downtime counts (a deadline or a backoff
+    may have passed meanwhile)."""
+    run_now = ctx.wall - (state.started_at - state.started_mono)
+    return ClockRebased(ctx.boot, host_now - run_now, ctx.wall)
+
+
 def _fail_run(state: RunState, culprit: str, ctx: Context) -> list[RunEvent]:
     task = state.tasks[culprit]
     cancels: list[RunEvent] = [
@@ -388,6 +408,8 @@ def decide_into(folding: Folding, command: Command, ctx: Context) -> list[RunEve
     """`decide` on `folding.state`, folding the events into it: how the shell decides a
     batch of commands with one copy of the run (see `Folding`)."""
     state = folding.state
+    host_now = ctx.now
+    ctx = on_run_clock(state, ctx)
     events: list[RunEvent]
     match command:
         case StartRun():
@@ -402,6 +424,7 @@ def decide_into(folding: Folding, command: Command, ctx: Context) -> list[RunEve
                     command.requested_by,
                     ctx.wall,
                     ctx.now,
+                    ctx.boot,
                 )
             ]
         case ReportResult():
@@ -419,6 +442,16 @@ def decide_into(folding: Folding, command: Command, ctx: Context) -> list[RunEve
             if state.status != "running":
                 return []
             events = _expire_leases(state, ctx) if command.check_leases else []
+        case Resume():
+            if (
+                state.status != "running"
+                or not (state.boot and ctx.boot)
+                or (state.boot == ctx.boot)
+            ):
+                return []  # the same clock (or one that cannot be told apart)
+            rebased = _rebased(state, ctx, host_now)
+            ctx = dataclasses.replace(ctx, now=host_now - rebased.clock_shift)
+            events = [rebased]
         case HumanDecision():
             events = human_decision(state, command, ctx)
         case CancelRun():

@@ -17,6 +17,7 @@ from orchestrator import patterns, replan
 from orchestrator.events import (
     BidReceived,
     BranchTaken,
+    ClockRebased,
     HumanDecided,
     LimitReached,
     PlanAdopted,
@@ -188,6 +189,9 @@ def pattern_progress(state: RunState, event: RunEvent) -> Progress:
             return Progress(
                 run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"
             )
+        case ClockRebased():
+            detail = f"taken over on boot {event.boot}: run clock {event.clock_shift:+.3f}s off"
+            return Progress(run_id, kind, detail=detail)
     return Progress(run_id, kind)
 
 

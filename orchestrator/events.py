@@ -26,6 +26,19 @@ class RunStarted(_Event, frozen=True, tag="run.started"):
     at: float
     mono: float = 0.0
     """Monotonic seconds at the start: the run's wall-clock deadline counts from here."""
+    boot: str = ""
+    """The host boot whose monotonic clock `mono` is read on: the run's own clock."""
+
+
+class ClockRebased(_Event, frozen=True, tag="run.clock_rebased"):
+    """The run was taken over on another boot of the host (or another host), whose
+    monotonic clock does not continue the run's: from now on the run's clock reads this
+    boot's minus `clock_shift`, chosen so that it goes on in step with the wall clock.
+    Times recorded earlier (leases, backoffs, bid windows, the start) keep their meaning."""
+
+    boot: str
+    clock_shift: float
+    at: float
 
 
 class RunForked(_Event, frozen=True, tag="run.forked"):
@@ -280,6 +293,7 @@ class PlanRejected(_Event, frozen=True, tag="plan.rejected"):
 
 RunEvent = (
     RunStarted
+    | ClockRebased
     | RunForked
     | TaskAssigned
     | TaskSucceeded

@@ -16,6 +16,7 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 from msgspec.structs import replace
@@ -57,11 +58,12 @@ from orchestrator.commands import (
     HumanDecision,
     ReportFailure,
     ReportResult,
+    Resume,
     StartRun,
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_into, load_delta
+from orchestrator.decide import decide_into, load_delta, on_run_clock
 from orchestrator.effects import (
     Effect,
     PublishCallForProposals,
@@ -136,7 +138,7 @@ def _loaded(ctx: Context, delta: dict[str, int]) -> Context:
         replace(a, load=a.load + delta[a.agent_id]) if delta.get(a.agent_id) else a
         for a in ctx.agents
     ]
-    return Context(ctx.now, ctx.wall, agents, ctx.new_token, ctx.random)
+    return Context(ctx.now, ctx.wall, agents, ctx.new_token, ctx.random, ctx.boot)
 
 
 _RETRY_S = 0.5
@@ -193,6 +195,15 @@ def _chunks(items: list[T], message: Callable[[list[T]], Any]) -> list[list[T]]:
     return chunks
 
 
+def host_boot() -> str:
+    """This boot of the host (Linux's boot id), which the monotonic clock counts from;
+    '' where it cannot be read (then recorded times are taken to be on this clock)."""
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def new_run_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(3)
 
@@ -214,8 +225,10 @@ class Orchestrator:
         wall: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         contracts: Contracts | None = None,
+        boot: str | None = None,
     ) -> None:
         self._bus = bus
+        self._boot = host_boot() if boot is None else boot
         self._contracts = contracts
         self._agentlog = AgentLog(store, self._works_in)
         self.memory = MemoryService(
@@ -305,7 +318,9 @@ class Orchestrator:
             state = await journal.load_run(self._store, run_id)
             self._runs[run_id] = state
             self._registry.set_inflight(run_id, journal.running_agents(state))
-            self._perform(state, pending_effects(state))
+            # on another boot its times are moved onto this clock first (ClockRebased)
+            await self._execute(run_id, [(Resume(), Cause(f"resume:{run_id}", ORCHESTRATOR))])
+            self._perform(self._runs[run_id], pending_effects(self._runs[run_id]))
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -412,6 +427,7 @@ class Orchestrator:
             agents=self._registry.live(now),
             new_token=self._tokens,
             random=self._rng.random,
+            boot=self._boot,
         )
 
     async def _execute(self, run_id: str, items: Sequence[tuple[Command, Cause]]) -> bool:
@@ -743,7 +759,8 @@ class Orchestrator:
             await self._reject(msg.subject, str(exc), len(msg.data))
             return
         command = SubmitBid(bid, sender)
-        refused = contract_net.refusal(self._runs[run_id], command, self._context())
+        state = self._runs[run_id]
+        refused = contract_net.refusal(state, command, on_run_clock(state, self._context()))
         if refused:
             await self._reject(msg.subject, f"bid refused: {refused}", len(msg.data))
             return

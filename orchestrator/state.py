@@ -20,6 +20,7 @@ from orchestrator.events import (
     BidReceived,
     BranchTaken,
     CancelRequested,
+    ClockRebased,
     HumanDecided,
     LimitReached,
     PlanAdopted,
@@ -128,6 +129,10 @@ class RunState(msgspec.Struct, frozen=True):
     started_mono: float = 0.0
     limit: str = ""
     """The limit that stopped the run, if one did."""
+    boot: str = ""
+    """The host boot whose monotonic clock the run's clock is read from ('' if unknown)."""
+    clock_shift: float = 0.0
+    """The run's clock is that boot's monotonic clock minus this (see `ClockRebased`)."""
 
     @property
     def steps(self) -> int:
@@ -295,6 +300,7 @@ class _Draft:
             trace_id=e.trace_id,
             started_at=e.at,
             started_mono=e.mono,
+            boot=e.boot,
         )
         for spec in self.graph.values():
             if not spec.threshold:
@@ -331,6 +337,8 @@ class _Draft:
         match event:
             case RunStarted():
                 self.start(event)
+            case ClockRebased():
+                self.changes.update(boot=event.boot, clock_shift=event.clock_shift)
             case RunForked():
                 self.changes["forked_from"] = f"{event.origin_run_id}@{event.origin_position}"
             case TaskAssigned():

@@ -371,12 +371,13 @@ class OrchestratorTelemetry:
         match event:
             case TaskAttemptFailed():
                 name = "retry" if event.retry_at is not None else "attempt failed"
+                run_now = self._clock() - state.clock_shift  # retry_at is on the run's clock
                 self._instant(
                     f"{name} {event.task_id}#{event.attempt}",
                     self.task_context(trace_id, event.task_id),
                     event,
                     error=f"{event.reason}: {event.error}",
-                    extra={"baton.retry_in_s": max(0.0, (event.retry_at or 0) - self._clock())}
+                    extra={"baton.retry_in_s": max(0.0, (event.retry_at or 0) - run_now)}
                     if event.retry_at is not None
                     else {},
                 )

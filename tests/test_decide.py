@@ -17,6 +17,7 @@ from orchestrator.commands import (
     DeliveryFailed,
     ReportFailure,
     ReportResult,
+    Resume,
     StartRun,
     Tick,
 )
@@ -24,6 +25,7 @@ from orchestrator.decide import decide
 from orchestrator.effects import SendAssignment, SendControl, effects, pending_effects
 from orchestrator.errors import UnknownEvent, VersionGap
 from orchestrator.events import (
+    ClockRebased,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -50,6 +52,8 @@ class Run:
 
     def __init__(self, workflow: WorkflowSpec = FAN, agents: list[AgentView] | None = None):
         self.now = 100.0
+        self.wall_offset = 1e9
+        self.boot = "boot-1"
         self.agents = agents if agents is not None else [AgentView("x", "r", 2, 0)]
         self.state = RunState("run1")
         self.log: list[RunEvent] = []
@@ -64,7 +68,12 @@ class Run:
                 loads[t.agent_id] += 1
         agents = [replace(a, load=loads[a.agent_id]) for a in self.agents]
         return Context(
-            self.now, 1e9 + self.now, agents, lambda: f"L{next(self._tokens)}", self._rng.random
+            self.now,
+            self.wall_offset + self.now,
+            agents,
+            lambda: f"L{next(self._tokens)}",
+            self._rng.random,
+            self.boot,
         )
 
     def do(self, command: Command) -> list[RunEvent]:
@@ -266,3 +275,37 @@ def test_replay_rebuilds_the_live_state_and_checks_versions() -> None:
 def test_evolve_refuses_what_it_does_not_know() -> None:
     with pytest.raises(UnknownEvent):
         evolve(RunState("r"), object())  # type: ignore[arg-type]
+
+
+def test_a_run_taken_over_on_another_boot_keeps_its_times_in_wall_clock_terms() -> None:
+    """After a reboot the monotonic clock starts again near 0: the times the run recorded
+    (a retry's backoff, the run's start) are moved onto the new clock by the wall clock,
+    so the backoff, which ran out during the downtime, does not wait for the old uptime."""
+    run = Run(WorkflowSpec(name="one", steps=[StepSpec(id="a", role="r", max_attempts=3)]))
+    assert run.state.boot == "boot-1"
+    run.fail("a")
+    waiting = run.state.tasks["a"]
+    assert waiting.status == "pending"
+    assert waiting.not_before > run.now
+    assert run.do(Resume()) == [], "the same boot: nothing to move"
+
+    down_s, old_now, started = 60.0, run.now, run.state.started_mono
+    run.wall_offset += old_now + down_s - 5.0  # the wall clock went on 60 s ...
+    run.now, run.boot = 5.0, "boot-2"  # ... while the new boot's clock is at 5 s
+    events = run.do(Resume())
+    assert kinds(events) == ["ClockRebased", "TaskAssigned"], "the backoff passed meanwhile"
+    rebased = events[0]
+    assert isinstance(rebased, ClockRebased)
+    assert rebased.boot == "boot-2"
+    assert rebased.clock_shift == pytest.approx(5.0 - (old_now + down_s))
+    run_now = run.now - rebased.clock_shift
+    assert run_now == pytest.approx(old_now + down_s), "the run's clock went on with the wall"
+    assert run.state.started_mono == started, "recorded times stay as they were"
+    assert run.state.tasks["a"].assigned_mono == pytest.approx(run_now)
+    assert replay("run1", enumerate(run.log, start=1)) == run.state
+    assert run.do(Resume()) == [], "rebased once: the run is on this boot now"
+
+    run.now += run.state.graph["a"].timeout_s - 1.0  # its lease counts on the run's clock
+    assert run.do(Tick()) == []
+    run.now += 2.0
+    assert kinds(run.do(Tick()))[0] == "TaskAttemptFailed", "the lease lapsed"

@@ -45,11 +45,12 @@ from orchestrator.commands import (
     HumanDecision,
     ReportFailure,
     ReportResult,
+    Resume,
     StartRun,
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_and_fold, decide_into, load_delta
+from orchestrator.decide import decide_and_fold, decide_into, load_delta, on_run_clock
 from orchestrator.effects import SendAssignment, pending_effects
 from orchestrator.events import (
     BidReceived,
@@ -177,6 +178,9 @@ class Harness:
         self.state = RunState(RUN)
         self.log: list[RunEvent] = []
         self.now = 100.0
+        """The host's monotonic clock; the wall clock is `wall_offset + now`."""
+        self.wall_offset = 1.7e9
+        self.boot = "boot-0"
         self.issued = 0
         self.rng = random.Random(seed)
         self.applied: list[Command] = []
@@ -196,7 +200,8 @@ class Harness:
 
     def apply(self, command: Command) -> list[RunEvent]:
         views, rng, issued = self.views(), self.rng.getstate(), self.issued
-        ctx = Context(self.now, 1.7e9 + self.now, views, self.token, self.rng.random)
+        wall = self.wall_offset + self.now
+        ctx = Context(self.now, wall, views, self.token, self.rng.random, self.boot)
         before = self.state
         events, folded = decide_and_fold(before, command, ctx)
         self.check_events(before, command, events)
@@ -213,7 +218,7 @@ class Harness:
         same_rng = random.Random()
         same_rng.setstate(rng)
         tokens = (f"lease-{n}" for n in itertools.count(issued + 1))
-        same = Context(self.now, 1.7e9 + self.now, views, tokens.__next__, same_rng.random)
+        same = Context(self.now, wall, views, tokens.__next__, same_rng.random, self.boot)
         assert decide_into(self.batch, command, same) == events, "batched: the same decision"
         assert self.batch.state == self.state, "batched: the same state"
         self.log += events
@@ -288,10 +293,12 @@ class Harness:
                     )
                     assert load < self.capacity[e.agent_id]
                     assert not limits.max_steps or s.steps < limits.max_steps, "max_steps"
-                    assert t.not_before <= self.now
+                    run_now = self.now - s.clock_shift  # every time the run holds is on it
+                    assert e.mono == run_now
+                    assert t.not_before <= run_now
                     if spec.bid_window_s:  # tendered first, awarded after the window
                         assert t.cfp_until, "a contract-net task assigned without a tender"
-                        assert self.now >= t.cfp_until
+                        assert run_now >= t.cfp_until
                         if e.reason.startswith("contract net: best"):
                             running = Counter(
                                 x.agent_id for x in s.tasks.values() if x.status == "running"
@@ -550,7 +557,7 @@ class PatternMachine(RuleBasedStateMachine):
         offer = Bid(RUN, task_id, task.attempt + 1, agent, cost, 1.0, 0.5)
         command = SubmitBid(offer, "a-0" if spoof == 0 else agent)
         ctx = Context(self.run.now, 0.0, self.run.views(), self.run.token, self.run.rng.random)
-        refused = contract_net.refusal(self.run.state, command, ctx)
+        refused = contract_net.refusal(self.run.state, command, on_run_clock(self.run.state, ctx))
         before = self.run.state
         events = self.run.apply(command)
         if refused:
@@ -562,6 +569,25 @@ class PatternMachine(RuleBasedStateMachine):
     @rule()
     def crash_and_recover(self) -> None:
         self.run.crash()
+
+    @rule(new_now=st.sampled_from((0.5, 3.0, 40.0)), down_s=st.sampled_from((0.2, 1.0, 30.0)))
+    def host_reboots(self, new_now: float, down_s: float) -> None:
+        """The host restarts: the monotonic clock starts again, the wall clock goes on;
+        the orchestrator rebuilds the run and moves its times onto the new clock."""
+        run = self.run
+        run.crash()
+        run.wall_offset += run.now + down_s - new_now
+        run.now, run.boot = new_now, f"{run.boot}+"
+        run.apply(Resume())
+        state = run.state
+        if state.status != "running":
+            return
+        assert state.boot == run.boot, "a live run is read on this boot's clock"
+        wall_now = run.wall_offset + run.now
+        run_now = run.now - state.clock_shift
+        assert abs(run_now - (wall_now - (state.started_at - state.started_mono))) < 1e-6, (
+            "the run's clock goes on in step with the wall clock across the reboot"
+        )
 
     @invariant()
     def pattern_invariants(self) -> None:

@@ -4,6 +4,7 @@ run from the store, consumes the results agents published meanwhile, and finishe
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -12,10 +13,10 @@ import pytest
 from bus.connection import Bus
 from orchestrator import journal
 from orchestrator.errors import UnknownRun
-from orchestrator.events import TaskAssigned, TaskSucceeded
+from orchestrator.events import ClockRebased, RunEvent, TaskAssigned, TaskSucceeded
 from orchestrator.service import Orchestrator
 from orchestrator.state import RunState, TaskState
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
 from tests.cluster import cluster
 
 WORKFLOW = WorkflowSpec(
@@ -104,3 +105,49 @@ def test_snapshots_come_at_most_every_500_events_and_at_least_twice_the_tasks() 
     assert journal.snapshot_due(run(10, 499), run(10, 503))
     assert not journal.snapshot_due(run(1000, 1000), run(1000, 1500))
     assert journal.snapshot_due(run(1000, 1999), run(1000, 2000))
+
+
+def test_a_run_taken_over_on_another_boot_keeps_its_deadline(tmp_path: Path) -> None:
+    """The first orchestrator's monotonic clock is a million seconds ahead, as an old boot
+    with a long uptime would be; the second runs on a new boot. The run's 1.5 s deadline
+    still falls 1.5 s after its start: it is not put off by the old uptime."""
+    slow = WorkflowSpec(
+        name="slow",
+        steps=[StepSpec(id="s", role="worker", params={"seconds": 5.0})],
+        limits=Limits(deadline_s=1.5),
+    )
+    workers = [AgentSpec(role="worker", handler="agents.builtin:sleep", count=1, capacity=1)]
+
+    async def scenario() -> tuple[RunState, list[RunEvent]]:
+        async with cluster(tmp_path) as c:
+            await c.add_agents(workers)
+            await c.orchestrator.stop()
+            bus = await Bus.connect(c.stack.nats_url, name="orchestrator-old-boot")
+            old = Orchestrator(
+                bus, c.stack.store, boot="old-boot", clock=lambda: time.monotonic() + 1e6
+            )
+            await old.start()
+            await old.wait_for_agents(Counter({"worker": 1}), timeout=10)
+            run_id = await old.start_run(slow)
+            for _ in range(200):
+                if old.run(run_id).tasks["s"].status == "running":
+                    break
+                await asyncio.sleep(0.01)
+            await old.stop()
+            new = Orchestrator(bus, c.stack.store, boot="new-boot", tick_s=0.05)
+            await new.start()
+            final = await new.wait(run_id, timeout=10)
+            await new.stop()
+            await bus.close()
+            stored = await c.stack.store.read_stream(journal.run_stream(run_id))
+        return final, [journal.decode_run_event(s) for s in stored]
+
+    began = time.monotonic()
+    final, events = asyncio.run(scenario())
+    assert final.status == "stopped", "the deadline passed, on the new boot's clock"
+    assert final.limit == "deadline"
+    assert final.finished_at - final.started_at < 4.0, "well before the 5 s task's end"
+    [rebased] = [e for e in events if isinstance(e, ClockRebased)]
+    assert rebased.boot == "new-boot"
+    assert rebased.clock_shift == pytest.approx(-1e6, abs=60), "the old boot's uptime"
+    assert time.monotonic() - began < 60
