@@ -6,6 +6,7 @@ author in another language reads cannot drift from the code (a test compares the
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from typing import Any
@@ -90,13 +91,29 @@ subjects and the tool subjects its contract lists.
 """  # noqa: E501
 
 
+def _normalised(node: Any) -> Any:
+    """The schema with every description cleaned as `inspect.cleandoc` does, so the document
+    does not depend on how a msgspec or Python release strips docstring indentation."""
+    if isinstance(node, dict):
+        return {
+            key: inspect.cleandoc(value)
+            if key == "description" and isinstance(value, str)
+            else _normalised(value)
+            for key, value in node.items()
+        }
+    if isinstance(node, list):
+        return [_normalised(item) for item in node]
+    return node
+
+
 def _schema(message: type[msgspec.Struct]) -> dict[str, Any]:
     (ref,), components = msgspec.json.schema_components([message], ref_template="#/$defs/{name}")
     name = ref["$ref"].rsplit("/", 1)[-1]
     schema = dict(components.pop(name))
     if components:
         schema["$defs"] = components
-    return schema
+    normalised: dict[str, Any] = _normalised(schema)
+    return normalised
 
 
 def render() -> str:
@@ -104,7 +121,7 @@ def render() -> str:
     parts = [INTRO]
     for message, direction, subject in MESSAGES:
         tag = message.__struct_config__.tag
-        doc = (message.__doc__ or "").strip().splitlines()[0]
+        doc = inspect.cleandoc(message.__doc__ or "").splitlines()[0]
         schema = json.dumps(_schema(message), indent=2, sort_keys=True, ensure_ascii=False)
         parts.append(
             f"\n### `{tag}` ({message.__name__})\n\n{doc}\n\n"

@@ -117,3 +117,13 @@ def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
             return dict(state.result or {})
 
     assert asyncio.run(scenario()) == {"s": {"said": "hello json"}}
+
+
+def test_the_document_does_not_depend_on_how_docstrings_are_indented() -> None:
+    """msgspec 0.23 and Python 3.13 strip docstring indentation differently from older
+    releases; the generated text is cleaned so every release renders the same document."""
+    text = protocol_doc.render()
+    assert "\\n    " not in text, "a description kept its docstring indentation"
+    assert protocol_doc._normalised(
+        {"description": "First line.\n\n        More, indented.", "items": [{"description": " x"}]}
+    ) == {"description": "First line.\n\nMore, indented.", "items": [{"description": "x"}]}
