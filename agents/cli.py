@@ -17,7 +17,8 @@ from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load_object
 from agents.tools import ToolRegistry
 from bus.connection import Bus
-from bus.contracts import Contracts, RoleContract
+from bus.contract_files import load_contracts
+from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
 from bus.permissions import inbox_prefix
 
@@ -155,7 +156,7 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
         token(args.role)
         if args.agent_id:
             token(args.agent_id)
-        contract = Contracts.load(args.contracts).get(args.role) if args.contracts else None
+        contract = load_contracts(args.contracts).get(args.role) if args.contracts else None
         if contract is not None and args.capacity > contract.concurrency:
             print(
                 f"{prog}: error: --capacity {args.capacity} is over the contract's "

@@ -8,9 +8,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from orchestrator.bootstrap import Stack, bootstrap
-from orchestrator.launcher import AgentProcesses
-from orchestrator.workflow import AgentSpec, WorkflowSpec
+from orchestrator.core.workflow import AgentSpec, WorkflowSpec
+from orchestrator.service.bootstrap import Stack, bootstrap
+from orchestrator.service.launcher import AgentProcesses
 
 
 @asynccontextmanager

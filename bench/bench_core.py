@@ -20,11 +20,11 @@ import time
 from collections import deque
 
 from bus.protocol import TaskResult
-from orchestrator.commands import AgentView, Context, ReportResult, StartRun
-from orchestrator.decide import decide_into, load_delta
-from orchestrator.events import TaskAssigned
-from orchestrator.state import Folding, RunState
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
+from orchestrator.core.decide import decide_into, load_delta
+from orchestrator.core.events import TaskAssigned
+from orchestrator.core.state import Folding, RunState
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 
 
 def per_report(n: int, capacity: int, batch: int) -> float:

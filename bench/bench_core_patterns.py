@@ -16,10 +16,10 @@ import statistics
 import time
 
 from bus.protocol import TaskResult, Usage
-from orchestrator.commands import AgentView, Context, ReportResult, StartRun, Tick
-from orchestrator.decide import decide
-from orchestrator.state import RunState, fold
-from orchestrator.workflow import Chat, Limits, Loop, StepSpec, WorkflowSpec
+from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun, Tick
+from orchestrator.core.decide import decide
+from orchestrator.core.state import RunState, fold
+from orchestrator.core.workflow import Chat, Limits, Loop, StepSpec, WorkflowSpec
 
 LOOP_ROUNDS = 200
 LOOP = Loop(back_to="w", until="ok", max_rounds=LOOP_ROUNDS)

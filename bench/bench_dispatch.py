@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 from bus import loop
-from orchestrator.bootstrap import bootstrap
-from orchestrator.launcher import AgentProcesses
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service.bootstrap import bootstrap
+from orchestrator.service.launcher import AgentProcesses
 
 
 def fan_out(n: int) -> WorkflowSpec:

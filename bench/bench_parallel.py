@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench._stack import agents_stack, timed_run
 from bus import loop
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 
 
 async def measure(args: argparse.Namespace, directory: Path) -> dict[str, float | int]:

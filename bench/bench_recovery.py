@@ -29,15 +29,15 @@ from bus.connection import Bus, Incoming
 from bus.protocol import AgentInbound, AssignAck, AssignAcks, AssignBatch, TaskResult
 from bus.server import EmbeddedNats
 from eventstore import SqliteEventStore
-from orchestrator import journal
-from orchestrator.bootstrap import store_path
-from orchestrator.commands import AgentView, Context, ReportResult, StartRun
-from orchestrator.decide import decide
-from orchestrator.events import RunEvent
-from orchestrator.journal import Cause
-from orchestrator.service import Orchestrator
-from orchestrator.state import RunState, fold
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
+from orchestrator.core.decide import decide
+from orchestrator.core.events import RunEvent
+from orchestrator.core.state import RunState, fold
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.bootstrap import store_path
+from orchestrator.service.journal import Cause
+from orchestrator.service.service import Orchestrator
 
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
 FINISHED_FAN_OUT = 48

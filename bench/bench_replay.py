@@ -19,13 +19,13 @@ from pathlib import Path
 
 from bus.protocol import TaskResult
 from eventstore import SqliteEventStore
-from orchestrator import journal
-from orchestrator.commands import AgentView, Context, ReportResult, StartRun
-from orchestrator.decide import decide
-from orchestrator.events import RunEvent
-from orchestrator.journal import Cause
-from orchestrator.state import RunState, fold
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
+from orchestrator.core.decide import decide
+from orchestrator.core.events import RunEvent
+from orchestrator.core.state import RunState, fold
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.journal import Cause
 
 
 async def record(store: SqliteEventStore, tasks: int) -> RunState:

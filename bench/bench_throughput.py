@@ -18,8 +18,8 @@ from pathlib import Path
 
 from bench._stack import agents_stack, timed_run
 from bus import loop
-from orchestrator.bootstrap import Stack
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service.bootstrap import Stack
 
 
 async def window(stack: Stack, workflow: WorkflowSpec, runs: int, seconds: float) -> float:

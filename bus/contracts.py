@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
-from pathlib import Path
 from typing import Any, Literal
 
 import msgspec
@@ -184,18 +182,3 @@ class Contracts:
             location, message = _location(exc)
             raise ContractError(location, message) from exc
         return cls(contract_set.roles)
-
-    @classmethod
-    def load(cls, path: str | Path) -> Contracts:
-        """Contracts from a TOML file; errors name the file and the location in it."""
-        path = Path(path)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError as exc:
-            raise ContractError(str(path), "no such file") from exc
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-            raise ContractError(str(path), f"not valid TOML: {exc}") from exc
-        try:
-            return cls.parse(data)
-        except ContractError as exc:
-            raise ContractError(f"{path}: {exc.location}", exc.message) from exc

@@ -12,14 +12,14 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
-from bus.contracts import Contracts
+from bus.contract_files import load_contracts
 from bus.protocol import HeldTask
 from bus.telemetry import Telemetry
-from orchestrator.bootstrap import Stack, bootstrap
-from orchestrator.launcher import AgentProcesses
-from orchestrator.service import Orchestrator
-from orchestrator.state import RunState
-from orchestrator.workflow import AgentSpec
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import AgentSpec
+from orchestrator.service.bootstrap import Stack, bootstrap
+from orchestrator.service.launcher import AgentProcesses
+from orchestrator.service.service import Orchestrator
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "research" / "workflow.toml"
@@ -104,7 +104,7 @@ async def cluster(
     contracts: str = "",
 ) -> AsyncIterator[Cluster]:
     """A running stack; with a `contracts` file the orchestrator governs by its roles."""
-    known = Contracts.load(contracts) if contracts else None
+    known = load_contracts(contracts) if contracts else None
     stack = await bootstrap(
         directory, agent_ttl=agent_ttl, tick_s=0.05, telemetry=telemetry, contracts=known
     )

@@ -23,10 +23,10 @@ from bus.protocol import (
     ReportReply,
     TaskResult,
 )
-from orchestrator import journal
-from orchestrator.events import TaskAttemptFailed, TaskSucceeded
-from orchestrator.service import _chunks
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.events import TaskAttemptFailed, TaskSucceeded
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.service import _chunks
 from tests.cluster import cluster
 
 AGENT = "picky-1"

@@ -13,9 +13,9 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.protocol import AssignReply, ErrorReply, TaskResult
-from orchestrator import journal
-from orchestrator.api import RunAccepted, StartRunRequest
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.api import RunAccepted, StartRunRequest
 from tests.cluster import REPO, baton, cluster
 
 SLOW = WorkflowSpec(

@@ -13,20 +13,20 @@ import pytest
 
 from bus import subjects
 from bus.codec import encode
+from bus.contract_files import load_contracts
 from bus.contracts import Budget, Contracts, MemoryAccess, RoleContract
 from bus.errors import ContractError
 from bus.protocol import Heartbeat
-from orchestrator import journal
-from orchestrator.errors import WorkflowError
-from orchestrator.events import AgentJoined, AgentRefused
-from orchestrator.workflow import (
+from orchestrator.core.errors import WorkflowError
+from orchestrator.core.events import AgentJoined, AgentRefused
+from orchestrator.core.workflow import (
     AgentSpec,
     StepSpec,
     WorkflowSpec,
     check_roles,
-    contracts_file,
-    load,
 )
+from orchestrator.service import journal
+from orchestrator.service.workflow_files import contracts_file, load
 from tests.cluster import cluster
 
 ROLES = """
@@ -53,7 +53,7 @@ def write(tmp_path: Path, text: str, name: str = "roles.toml") -> Path:
 
 
 def test_a_contracts_file_loads_every_rule(tmp_path: Path) -> None:
-    contracts = Contracts.load(write(tmp_path, ROLES))
+    contracts = load_contracts(write(tmp_path, ROLES))
     researcher = contracts.get("researcher")
     assert researcher == RoleContract(
         name="researcher",
@@ -101,7 +101,7 @@ def test_a_bad_contract_is_refused_naming_where(
 ) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ContractError) as info:
-        Contracts.load(path)
+        load_contracts(path)
     assert str(path) in str(info.value)
     assert location in info.value.location
     assert words.lower() in str(info.value).lower()
@@ -109,7 +109,7 @@ def test_a_bad_contract_is_refused_naming_where(
 
 def test_a_missing_file_is_a_contract_error(tmp_path: Path) -> None:
     with pytest.raises(ContractError, match="no such file"):
-        Contracts.load(tmp_path / "nope.toml")
+        load_contracts(tmp_path / "nope.toml")
 
 
 def test_contracts_built_in_python_are_validated_too() -> None:
@@ -202,7 +202,7 @@ def test_the_orchestrator_refuses_and_audits_agents_it_has_no_contract_for(
             forged = await c.add_agents([spec], contracts=str(other), wait=False)
             bare = await c.add_agents([spec], contracts="", wait=False)
             # the right digest, but more tasks at once than the contract allows
-            digest = Contracts.load(known).get("worker").digest
+            digest = load_contracts(known).get("worker").digest
             greedy = Heartbeat("worker-greedy", "worker", ["worker"], 50, 0, [], digest)
             await c.stack.bus.publish(subjects.heartbeat("worker-greedy"), encode(greedy))
             stored: list[AgentRefused] = []

@@ -35,7 +35,7 @@ from hypothesis.stateful import (
 from msgspec.structs import replace
 
 from bus.protocol import TaskFailure, TaskResult
-from orchestrator.commands import (
+from orchestrator.core.commands import (
     AgentView,
     Command,
     Context,
@@ -45,16 +45,16 @@ from orchestrator.commands import (
     StartRun,
     Tick,
 )
-from orchestrator.decide import BACKOFF_BASE_S, BACKOFF_CAP_S, decide, decide_and_fold
-from orchestrator.effects import (
+from orchestrator.core.decide import BACKOFF_BASE_S, BACKOFF_CAP_S, decide, decide_and_fold
+from orchestrator.core.effects import (
     PublishProgress,
     SendAssignment,
     SendControl,
     effects,
     pending_effects,
 )
-from orchestrator.errors import VersionGap
-from orchestrator.events import (
+from orchestrator.core.errors import VersionGap
+from orchestrator.core.events import (
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -68,8 +68,8 @@ from orchestrator.events import (
     encode,
     run_event_decoder,
 )
-from orchestrator.state import TERMINAL_TASK, RunState, TaskState, evolve, fold, replay
-from orchestrator.workflow import StepSpec, WorkflowSpec, compile_graph, validate
+from orchestrator.core.state import TERMINAL_TASK, RunState, TaskState, evolve, fold, replay
+from orchestrator.core.workflow import StepSpec, WorkflowSpec, compile_graph, validate
 
 RUN_ID = "prop-run"
 ROLES = ("planner", "worker", "critic")

@@ -27,18 +27,19 @@ from msgspec.structs import replace
 from bus.errors import BusError
 from bus.server import EmbeddedNats, die_with_parent
 from eventstore import SqliteEventStore
-from orchestrator import journal
-from orchestrator.bootstrap import store_path
-from orchestrator.events import (
+from orchestrator.core.events import (
     RunEvent,
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
     TaskSucceeded,
 )
-from orchestrator.launcher import AgentProcesses
-from orchestrator.serve import RunRefused, submit
-from orchestrator.workflow import WorkflowSpec, load
+from orchestrator.core.workflow import WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.bootstrap import store_path
+from orchestrator.service.launcher import AgentProcesses
+from orchestrator.service.serve import RunRefused, submit
+from orchestrator.service.workflow_files import load
 from tests.cluster import EXAMPLE, REPO, baton
 
 SEED = int(os.environ.get("BATON_CRASH_SEED", "4242"))

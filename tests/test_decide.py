@@ -10,7 +10,7 @@ import pytest
 from msgspec.structs import replace
 
 from bus.protocol import TaskFailure, TaskResult
-from orchestrator.commands import (
+from orchestrator.core.commands import (
     AgentView,
     Command,
     Context,
@@ -21,10 +21,10 @@ from orchestrator.commands import (
     StartRun,
     Tick,
 )
-from orchestrator.decide import decide
-from orchestrator.effects import SendAssignment, SendControl, effects, pending_effects
-from orchestrator.errors import UnknownEvent, VersionGap
-from orchestrator.events import (
+from orchestrator.core.decide import decide
+from orchestrator.core.effects import SendAssignment, SendControl, effects, pending_effects
+from orchestrator.core.errors import UnknownEvent, VersionGap
+from orchestrator.core.events import (
     ClockRebased,
     ResultRejected,
     RunCompleted,
@@ -34,8 +34,8 @@ from orchestrator.events import (
     TaskAttemptFailed,
     TaskFailed,
 )
-from orchestrator.state import RunState, evolve, fold, replay
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.state import RunState, evolve, fold, replay
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 
 FAN = WorkflowSpec(
     name="fan",

@@ -13,10 +13,10 @@ from bus import subjects
 from bus.codec import encode
 from bus.connection import Bus
 from bus.protocol import TaskResult
-from orchestrator import journal
-from orchestrator.events import ResultRejected, TaskAttemptFailed, TaskSucceeded
-from orchestrator.state import RunState
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.events import ResultRejected, TaskAttemptFailed, TaskSucceeded
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
 from tests.cluster import cluster
 
 WORKFLOW = WorkflowSpec(

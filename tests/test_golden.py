@@ -12,10 +12,12 @@ import msgspec
 import pytest
 
 from eventstore import MemoryEventStore, NewEvent, StoredEvent
-from orchestrator import history, journal, upcasting
-from orchestrator.effects import pending_effects
-from orchestrator.errors import UnknownEvent
-from orchestrator.state import RunState
+from orchestrator.cli import history
+from orchestrator.core import upcasting
+from orchestrator.core.effects import pending_effects
+from orchestrator.core.errors import UnknownEvent
+from orchestrator.core.state import RunState
+from orchestrator.service import journal
 
 GOLDEN = Path(__file__).parent / "golden"
 LOGS = sorted(GOLDEN.glob("*.jsonl"))

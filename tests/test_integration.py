@@ -8,9 +8,9 @@ import subprocess
 from collections import Counter
 from pathlib import Path
 
-from orchestrator import journal
-from orchestrator.events import TaskAssigned, TaskSucceeded
-from orchestrator.workflow import load
+from orchestrator.core.events import TaskAssigned, TaskSucceeded
+from orchestrator.service import journal
+from orchestrator.service.workflow_files import load
 from tests.cluster import EXAMPLE, REPO, baton, cluster
 
 

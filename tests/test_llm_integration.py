@@ -22,9 +22,10 @@ from bus.connection import Bus
 from bus.protocol import Assignment, InboxMessage, TaskResult, ToolCallRecord, Usage
 from bus.server import EmbeddedNats
 from eventstore import EventQuery, EventStore
-from orchestrator import agentlog, journal, toolcli
-from orchestrator.events import MessageRejected
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.cli import tool as toolcli
+from orchestrator.core.events import MessageRejected
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import agentlog, journal
 from tests.cluster import baton, cluster
 from tests.fake_openai import FakeOpenAI
 

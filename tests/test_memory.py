@@ -13,10 +13,10 @@ import pytest
 from bus import subjects
 from bus.codec import encode
 from bus.protocol import MemorySearch, MemoryWrite
-from orchestrator import journal, memory
-from orchestrator.events import MessageRejected
-from orchestrator.memory import LexicalIndex, MemoryRefused, VectorIndex
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.events import MessageRejected
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal, memory
+from orchestrator.service.memory import LexicalIndex, MemoryRefused, VectorIndex
 from tests.cluster import REPO, cluster
 from tests.fake_openai import FakeOpenAI, embed
 

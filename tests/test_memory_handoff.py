@@ -14,12 +14,13 @@ import msgspec
 
 from bus.protocol import MemoryWrite, TaskResult
 from eventstore import EventQuery
-from orchestrator import history, journal, memory
-from orchestrator.commands import AgentView, ReportResult
-from orchestrator.effects import SendAssignment, effects, pending_effects
-from orchestrator.events import TaskAssigned, TaskHandedOff
-from orchestrator.state import fold
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec, validate
+from orchestrator.cli import history
+from orchestrator.core.commands import AgentView, ReportResult
+from orchestrator.core.effects import SendAssignment, effects, pending_effects
+from orchestrator.core.events import TaskAssigned, TaskHandedOff
+from orchestrator.core.state import fold
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec, validate
+from orchestrator.service import journal, memory
 from tests.cluster import REPO, cluster
 from tests.test_decide import Run
 

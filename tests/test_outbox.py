@@ -21,9 +21,9 @@ from bus.protocol import (
     TaskResult,
 )
 from bus.server import EmbeddedNats
-from orchestrator import journal
-from orchestrator.events import MessageRejected, TaskSucceeded
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.events import MessageRejected, TaskSucceeded
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
 from tests.cluster import cluster
 
 _inbox: Decoder[InboxMessage] = Decoder(InboxMessage)

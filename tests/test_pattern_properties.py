@@ -36,8 +36,8 @@ from hypothesis.stateful import (
 )
 
 from bus.protocol import Bid, SubtaskRequest, TaskFailure, TaskResult, Usage
-from orchestrator import contract_net, human, journal, patterns
-from orchestrator.commands import (
+from orchestrator.core import contract_net, human, patterns
+from orchestrator.core.commands import (
     AgentView,
     CancelRun,
     Command,
@@ -50,9 +50,9 @@ from orchestrator.commands import (
     SubmitBid,
     Tick,
 )
-from orchestrator.decide import decide_and_fold, decide_into, load_delta, on_run_clock
-from orchestrator.effects import SendAssignment, pending_effects
-from orchestrator.events import (
+from orchestrator.core.decide import decide_and_fold, decide_into, load_delta, on_run_clock
+from orchestrator.core.effects import SendAssignment, pending_effects
+from orchestrator.core.events import (
     BidReceived,
     BranchTaken,
     PlanAdopted,
@@ -69,8 +69,8 @@ from orchestrator.events import (
     encode,
     run_event_decoder,
 )
-from orchestrator.state import TERMINAL_TASK, Folding, RunState, TaskState, fold, replay
-from orchestrator.workflow import (
+from orchestrator.core.state import TERMINAL_TASK, Folding, RunState, TaskState, fold, replay
+from orchestrator.core.workflow import (
     Chat,
     Condition,
     Limits,
@@ -82,6 +82,7 @@ from orchestrator.workflow import (
     known_roles,
     validate,
 )
+from orchestrator.service import journal
 
 RUN = "pattern-run"
 ROLES = ("a", "b", "c")

@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from bus.protocol import Bid, SubtaskRequest, TaskResult, Usage
-from orchestrator import contract_net, human
-from orchestrator.commands import AgentView, CancelRun, HumanDecision, SubmitBid, Tick
-from orchestrator.effects import PublishCallForProposals, SendAssignment, SendControl, effects
-from orchestrator.events import (
+from orchestrator.core import contract_net, human
+from orchestrator.core.commands import AgentView, CancelRun, HumanDecision, SubmitBid, Tick
+from orchestrator.core.effects import PublishCallForProposals, SendAssignment, SendControl, effects
+from orchestrator.core.events import (
     BidReceived,
     BranchTaken,
     LimitReached,
@@ -33,8 +33,8 @@ from orchestrator.events import (
     TaskSkipped,
     TokensReserved,
 )
-from orchestrator.state import fold
-from orchestrator.workflow import (
+from orchestrator.core.state import fold
+from orchestrator.core.workflow import (
     Chat,
     Condition,
     Limits,
@@ -70,7 +70,7 @@ def report(
     subtasks: list[SubtaskRequest] | None = None,
     handoff_to: str = "",
 ) -> list[RunEvent]:
-    from orchestrator.commands import ReportResult
+    from orchestrator.core.commands import ReportResult
 
     t = run.state.tasks[task_id]
     result = TaskResult(

@@ -12,11 +12,12 @@ from pathlib import Path
 
 from bus.connection import Bus
 from eventstore import StoredEvent
-from orchestrator import journal
-from orchestrator.events import BidReceived, RunEvent, TaskAssigned, TaskSucceeded
-from orchestrator.service import Orchestrator
-from orchestrator.state import RunState
-from orchestrator.workflow import AgentSpec, Chat, StepSpec, WorkflowSpec, load
+from orchestrator.core.events import BidReceived, RunEvent, TaskAssigned, TaskSucceeded
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import AgentSpec, Chat, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.service import Orchestrator
+from orchestrator.service.workflow_files import load
 from tests.cluster import REPO, Cluster, baton, cluster
 
 EXAMPLES = REPO / "examples"

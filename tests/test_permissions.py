@@ -206,9 +206,9 @@ def test_forged_results_are_rejected_and_audited_on_a_governed_stack(tmp_path: P
     agent holds: on its own subject it is rejected and audited by the core, and on the
     owner's subject the server never delivers it. A wrong lease token and a stale attempt
     from the owner's subject are rejected too; the owner's real result still wins."""
-    from orchestrator import journal
-    from orchestrator.events import ResultRejected, TaskAssigned
-    from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+    from orchestrator.core.events import ResultRejected, TaskAssigned
+    from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+    from orchestrator.service import journal
     from tests.cluster import cluster
 
     roles = tmp_path / "roles.toml"

@@ -17,7 +17,7 @@ from bus import protocol, protocol_doc, subjects
 from bus.codec import ENCODING_HEADER, Decoder, from_msgpack, to_msgpack
 from bus.errors import MalformedMessage
 from bus.protocol import Assignment, TaskResult, Usage
-from orchestrator.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from tests.cluster import REPO, cluster
 
 DOC = REPO / "docs" / "protocol.md"

@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from bus.connection import Bus
-from orchestrator import journal
-from orchestrator.errors import UnknownRun
-from orchestrator.events import ClockRebased, RunEvent, TaskAssigned, TaskSucceeded
-from orchestrator.service import Orchestrator
-from orchestrator.state import RunState, TaskState
-from orchestrator.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
+from orchestrator.core.errors import UnknownRun
+from orchestrator.core.events import ClockRebased, RunEvent, TaskAssigned, TaskSucceeded
+from orchestrator.core.state import RunState, TaskState
+from orchestrator.core.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.service import Orchestrator
 from tests.cluster import cluster
 
 WORKFLOW = WorkflowSpec(

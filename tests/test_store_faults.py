@@ -17,11 +17,11 @@ import pytest
 from bus.connection import Bus
 from bus.server import EmbeddedNats
 from eventstore import NewEvent, SqliteEventStore, StorageError, StoredEvent
-from orchestrator import journal
-from orchestrator.events import TaskAssigned, TaskSucceeded
-from orchestrator.launcher import AgentProcesses
-from orchestrator.service import Orchestrator
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.core.events import TaskAssigned, TaskSucceeded
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.launcher import AgentProcesses
+from orchestrator.service.service import Orchestrator
 from tests.cluster import REPO
 
 FAIL = {2, 3, 6, 7, 8}

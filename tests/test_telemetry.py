@@ -32,10 +32,9 @@ from bus.telemetry import (
     span_record,
 )
 from bus.tracecontext import TraceContext
-from orchestrator import journal
-from orchestrator.commands import DeliveryFailed
-from orchestrator.effects import SendAssignment, effects
-from orchestrator.events import (
+from orchestrator.core.commands import DeliveryFailed
+from orchestrator.core.effects import SendAssignment, effects
+from orchestrator.core.events import (
     RunEvent,
     RunStarted,
     TaskAssigned,
@@ -43,17 +42,19 @@ from orchestrator.events import (
     TaskEscalated,
     UsageCharged,
 )
-from orchestrator.journal import Cause
-from orchestrator.registry import Registry
-from orchestrator.service import Orchestrator
-from orchestrator.state import RunState, fold
-from orchestrator.telemetry import (
+from orchestrator.core.state import RunState, fold
+from orchestrator.core.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.journal import Cause
+from orchestrator.service.registry import Registry
+from orchestrator.service.service import Orchestrator
+from orchestrator.service.telemetry import (
     OrchestratorTelemetry,
     budget_remaining,
     run_span_id,
     task_span_id,
 )
-from orchestrator.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec, load
+from orchestrator.service.workflow_files import load
 from tests.cluster import EXAMPLE, cluster
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 
-from orchestrator.tokens import LeaseTokens
+from orchestrator.service.tokens import LeaseTokens
 
 
 def test_tokens_are_distinct_32_hex_digits_across_pool_refills() -> None:

@@ -19,12 +19,13 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.protocol import ErrorReply
 from eventstore import StoredEvent
-from orchestrator import journal, trace_html, trace_view
-from orchestrator.api import StatusReply
-from orchestrator.events import RunStarted
-from orchestrator.events import encode as encode_event
-from orchestrator.trace_model import build
-from orchestrator.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.cli import trace_html, trace_view
+from orchestrator.cli.trace_model import build
+from orchestrator.core.events import RunStarted
+from orchestrator.core.events import encode as encode_event
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.api import StatusReply
 from tests.cluster import REPO, baton, cluster
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -293,7 +294,7 @@ def test_trace_model_reads_only_the_log(flaky_run: tuple[Path, str]) -> None:
     state, run_id = flaky_run
 
     async def read() -> list[StoredEvent]:
-        from orchestrator.bootstrap import open_store
+        from orchestrator.service.bootstrap import open_store
 
         store = await open_store(state)
         try:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import WorkflowError
-from orchestrator.workflow import compile_graph, load, parse
+from orchestrator.core.errors import WorkflowError
+from orchestrator.core.workflow import compile_graph, parse
+from orchestrator.service.workflow_files import load
 from tests.cluster import EXAMPLE
 
 

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 import yaml
 
-from orchestrator.errors import WorkflowError
-from orchestrator.workflow import (
+from orchestrator.core.errors import WorkflowError
+from orchestrator.core.workflow import (
     AgentSpec,
     Chat,
     Condition,
@@ -19,10 +19,10 @@ from orchestrator.workflow import (
     StepSpec,
     WorkflowSpec,
     compile_graph,
-    load,
     parse,
     validate,
 )
+from orchestrator.service.workflow_files import load
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 AGENTS = [{"role": r, "handler": "agents.builtin:noop"} for r in ("w", "r")]

@@ -17,7 +17,8 @@ import time
 from pathlib import Path
 
 from eventstore import MemoryEventStore
-from orchestrator import history, journal
+from orchestrator.cli import history
+from orchestrator.service import journal
 from tests.cluster import EXAMPLE, REPO, baton
 from tests.test_golden import summary
 

@@ -1,0 +1,146 @@
+"""The observing commands of `baton`: `trace` (a run's waterfall, in the terminal or as
+one HTML file, from the event log alone) and `status` / `agents` (live runs and agents,
+asked of the running orchestrator over `baton.api.*`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+from pathlib import Path
+
+import msgspec
+
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus
+from bus.errors import RequestFailed
+from bus.protocol import ErrorReply
+from bus.server import running_urls
+from eventstore import EventStore
+from orchestrator.cli import live_render, trace_html, trace_view
+from orchestrator.cli.trace_model import build
+from orchestrator.core.errors import OrchestratorError
+from orchestrator.service import journal
+from orchestrator.service.api import AgentsReply, AgentsRequest, StatusReply, StatusRequest
+from orchestrator.service.bootstrap import open_store, state_dir, store_path
+from orchestrator.service.live_api import progress
+
+_status_reply: Decoder[StatusReply | ErrorReply] = Decoder(StatusReply | ErrorReply)
+_agents_reply: Decoder[AgentsReply | ErrorReply] = Decoder(AgentsReply | ErrorReply)
+
+
+class NoOrchestrator(OrchestratorError):
+    """No running orchestrator could be found or reached to ask."""
+
+
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    trace = sub.add_parser("trace", help="a run's waterfall from the event log (--html: a page)")
+    trace.add_argument("run_id")
+    trace.add_argument("--html", metavar="FILE", help="write one self-contained HTML page")
+    trace.add_argument("--width", type=int, default=60, help="columns of the time axis")
+    status = sub.add_parser("status", help="live runs and their progress")
+    status.add_argument("--all", action="store_true", help="also runs that have ended")
+    agents = sub.add_parser("agents", help="live agents: role, load, heartbeat age, held work")
+    for command in (status, agents):
+        command.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+                             help="the orchestrator's NATS (default: $BATON_NATS_URL, else "
+                                  "the embedded server running for --state-dir)")  # fmt: skip
+        command.add_argument("--json", action="store_true", help="JSON instead of a table")
+        command.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+    for command in (trace, status, agents):
+        command.add_argument(
+            "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
+        )
+
+
+async def trace(args: argparse.Namespace, store: EventStore) -> int:
+    stored = await store.read_stream(journal.run_stream(args.run_id))
+    timeline = build(args.run_id, stored)
+    if args.html:
+        Path(args.html).write_text(trace_html.render(timeline))
+        print(f"wrote {args.html}: run {args.run_id}, {len(timeline.tasks)} tasks")
+    else:
+        print(trace_view.render(timeline, args.width))
+    return 0
+
+
+def _url(args: argparse.Namespace) -> str:
+    if args.nats:
+        return str(args.nats)
+    urls = running_urls(state_dir(args.state_dir))
+    return urls[0] if urls else ""
+
+
+async def _ask(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
+    # a refused connection fails fast (BusError); a server that never answers is bounded here
+    try:
+        async with asyncio.timeout(timeout):
+            bus = await Bus.connect(url, name="baton-cli")
+    except TimeoutError:
+        raise NoOrchestrator(f"cannot reach NATS at {url} within {timeout}s") from None
+    try:
+        return await bus.request(subject, payload, timeout)
+    except RequestFailed as exc:
+        raise NoOrchestrator(f"no orchestrator answered on {url}: {exc}") from exc
+    finally:
+        await bus.close()
+
+
+async def _status_from_log(args: argparse.Namespace) -> StatusReply:
+    """Unfinished runs as the log records them, when no orchestrator is running."""
+    directory = state_dir(args.state_dir)
+    if not store_path(directory).exists():
+        raise NoOrchestrator(
+            f"no orchestrator running for {directory} and no event store there "
+            "(pass --nats or --state-dir)"
+        )
+    store = await open_store(directory)
+    try:
+        runs = []
+        for stream in await store.streams(journal.RUN_PREFIX):
+            if not args.all and await journal.has_ended(store, stream):
+                continue
+            state = await journal.load_run(store, journal.run_id_of(stream))
+            runs.append(progress(state, state.finished_at or state.started_at))
+    finally:
+        await store.close()
+    return StatusReply(sorted(runs, key=lambda p: p.started_at))
+
+
+async def status(args: argparse.Namespace) -> int:
+    url = _url(args)
+    if url:
+        reply = _status_reply.decode(
+            await _ask(url, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
+        )
+        if isinstance(reply, ErrorReply):
+            raise NoOrchestrator(f"{reply.error}: {reply.detail}")
+        source = f"live, from the orchestrator on {url}"
+    else:
+        reply = await _status_from_log(args)
+        source = "no orchestrator running: as recorded in the event log"
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+    else:
+        print(live_render.status_table(reply.runs, source))
+    return 0
+
+
+async def agents(args: argparse.Namespace) -> int:
+    url = _url(args)
+    if not url:
+        raise NoOrchestrator(
+            f"no orchestrator running for {state_dir(args.state_dir)} (pass --nats or "
+            "--state-dir); live agents are known only to a running orchestrator"
+        )
+    reply = _agents_reply.decode(
+        await _ask(url, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
+    )
+    if isinstance(reply, ErrorReply):
+        raise NoOrchestrator(f"{reply.error}: {reply.detail}")
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+    else:
+        print(live_render.agents_table(reply.agents, f"live, from the orchestrator on {url}"))
+    return 0

@@ -1,0 +1,176 @@
+"""`baton tool approve|deny <call-id>` and `baton tool pending`: a human's side of a
+governed tool call that needs approval.
+
+The decision goes straight to the agent holding the call (request/reply on the call's
+decision subject), which records it as an event before it acts on it; `pending` lists,
+from the event log, the calls that wait for a decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from bus import loop, subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming, Subscription
+from bus.errors import BusError, RequestFailed
+from bus.permissions import inbox_prefix
+from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
+from eventstore import EventQuery, EventStoreError
+from orchestrator.service import agentlog
+from orchestrator.service.bootstrap import human_url_path, open_store, state_dir, store_path
+
+_ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
+
+
+def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Approve, deny or list tool calls.")
+    sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action in ("approve", "deny"):
+        decide = sub.add_parser(action, help=f"{action} a tool call that waits for a human")
+        decide.add_argument("call_id", help="the call id (see baton tool pending)")
+        decide.add_argument("--reason", default="", help="recorded with the decision")
+        decide.add_argument("--by", default="", help="your name (default: the login name)")
+        decide.add_argument(
+            "--nats",
+            default=os.environ.get("BATON_NATS_URL", ""),
+            help="NATS URL (default: $BATON_NATS_URL, else the state directory's server)",
+        )
+    pending = sub.add_parser("pending", help="tool calls waiting for a decision")
+    pending.add_argument("--run", help="only this run")
+    pending.add_argument("--json", action="store_true", help="JSON lines")
+    for command in sub.choices.values():
+        command.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR)")
+    return p
+
+
+def embedded_url(directory: Path) -> str:
+    """The URL of the embedded server a `baton run` on this state directory started
+    (with the CLI's credentials when the server is governed)."""
+    with contextlib.suppress(OSError):
+        return human_url_path(directory).read_text().strip()
+    for ports in sorted((directory / "nats" / "ports").glob("*.ports")):
+        try:
+            return str(json.loads(ports.read_text())["nats"][0])
+        except (OSError, ValueError, KeyError, IndexError):
+            continue
+    return ""
+
+
+async def decide(url: str, decision: ToolDecision, timeout: float = 5.0) -> ToolDecisionAck:
+    """Send a decision to the agent holding the call; `RequestFailed` if none is waiting."""
+    bus = await Bus.connect(url, name="human", inbox_prefix=inbox_prefix("human"))
+    try:
+        reply = await bus.request(
+            subjects.tool_decision(decision.call_id), encode(decision), timeout
+        )
+    finally:
+        await bus.close()
+    answer = _ack.decode(reply)
+    if isinstance(answer, ErrorReply):
+        raise RequestFailed(f"{answer.error}: {answer.detail}")
+    return answer
+
+
+Ask = Callable[[str], str]
+
+
+async def watch_approvals(bus: Bus, run_id: str, ask: Ask = input) -> Subscription:
+    """Prompt on this terminal for each tool call of the run that waits for a human
+    (`baton run --human-approval`); answers go to the waiting agent, one at a time."""
+    turn = asyncio.Lock()
+    record_decoder: Decoder[ToolCallRecord] = Decoder(ToolCallRecord)
+
+    async def on_request(msg: Incoming) -> None:
+        try:
+            request = record_decoder.decode(msg.data)
+        except BusError:
+            return
+        async with turn:
+            question = (
+                f"\ntool call {request.call_id}: {request.agent_id} wants {request.tool} "
+                f"({request.risk} risk) with {request.arguments}\napprove? [y/N] "
+            )
+            try:
+                answer = await asyncio.to_thread(ask, question)
+            except EOFError:
+                print(f"no terminal: baton tool approve|deny {request.call_id}")
+                return
+            approve = answer.strip().lower() in ("y", "yes")
+            decision = ToolDecision(request.call_id, approve, getpass.getuser(), "at baton run")
+            try:
+                await bus.request(subjects.tool_decision(request.call_id), encode(decision), 5.0)
+            except RequestFailed as exc:
+                print(f"decision on {request.call_id} not delivered: {exc}")
+
+    return await bus.subscribe(subjects.tool_approval(run_id), on_request)
+
+
+async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
+    """Calls recorded as awaiting approval with no decision recorded yet, oldest first."""
+    store = await open_store(directory)
+    try:
+        stored = await store.query(EventQuery(type_glob="tool.call"))
+    finally:
+        await store.close()
+    records = agentlog.tool_calls(stored)
+    decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
+    return [
+        r
+        for r in records
+        if r.phase == "awaiting"
+        and r.call_id not in decided
+        and (run_id is None or r.run_id == run_id)
+    ]
+
+
+async def _main(args: argparse.Namespace) -> int:
+    directory = state_dir(args.state_dir)
+    if args.action == "pending":
+        if not store_path(directory).exists():
+            print(f"baton tool: error: no event store at {store_path(directory)}", file=sys.stderr)
+            return 2
+        for r in await waiting(directory, args.run):
+            if args.json:
+                print(json.dumps({"call_id": r.call_id, "run_id": r.run_id, "task_id": r.task_id,
+                                  "agent_id": r.agent_id, "tool": r.tool, "risk": r.risk,
+                                  "arguments": r.arguments}))  # fmt: skip
+            else:
+                print(f"{r.call_id}  {r.run_id}  {r.task_id:<16} {r.agent_id:<22} "
+                      f"{r.tool} ({r.risk}) {r.arguments}")  # fmt: skip
+        return 0
+    url = args.nats or embedded_url(directory)
+    if not url:
+        print("baton tool: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
+        return 2
+    subjects.token(args.call_id)
+    decision = ToolDecision(
+        args.call_id, args.action == "approve", args.by or getpass.getuser(), args.reason
+    )
+    try:
+        ack = await decide(url, decision)
+    except RequestFailed:
+        print(f"baton tool: no agent is waiting on tool call {args.call_id}", file=sys.stderr)
+        return 1
+    if not ack.taken:
+        print(f"baton tool: {args.call_id}: {ack.detail}", file=sys.stderr)
+        return 1
+    print(f"tool call {args.call_id} {'approved' if decision.approve else 'denied'}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return loop.run(_main(args))
+    except (BusError, EventStoreError) as exc:
+        print(f"baton tool: error: {exc}", file=sys.stderr)
+        return 2

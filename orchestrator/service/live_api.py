@@ -1,0 +1,102 @@
+"""`baton.api.status` and `baton.api.agents`: what a running orchestrator answers when
+`baton status` / `baton agents` ask, from its live state (runs) and registry (agents)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming, Subscription
+from bus.errors import BusError
+from bus.protocol import ErrorReply, Heartbeat
+from orchestrator.core.state import RunState
+from orchestrator.service.api import (
+    AgentsReply,
+    AgentsRequest,
+    AgentStatus,
+    RunProgress,
+    StatusReply,
+    StatusRequest,
+)
+
+_status: Decoder[StatusRequest] = Decoder(StatusRequest)
+_agents: Decoder[AgentsRequest] = Decoder(AgentsRequest)
+
+
+class LiveView(Protocol):
+    """What the API reads of the orchestrator."""
+
+    def runs(self) -> list[RunState]: ...
+
+    def agent_status(self) -> list[tuple[Heartbeat, int, float]]: ...
+
+
+def progress(state: RunState, now: float) -> RunProgress:
+    """A run's progress: task counts by status, and how long it has been going."""
+    counts = {"succeeded": 0, "running": 0, "failed": 0, "pending": 0, "cancelled": 0}
+    for task in state.tasks.values():
+        counts[task.status] += 1
+    end = state.finished_at or now
+    return RunProgress(
+        run_id=state.run_id,
+        workflow=state.workflow.name if state.workflow else "?",
+        status=state.status,
+        trace_id=state.trace_id,
+        started_at=state.started_at,
+        elapsed_s=max(0.0, end - state.started_at) if state.started_at else 0.0,
+        tasks=len(state.tasks),
+        succeeded=counts["succeeded"],
+        running=counts["running"],
+        failed=counts["failed"] + counts["cancelled"],
+        pending=counts["pending"],
+        attempts=sum(t.attempt for t in state.tasks.values()),
+    )
+
+
+def status_reply(view: LiveView, request: StatusRequest, now: float) -> StatusReply:
+    runs = [s for s in view.runs() if request.all or not s.terminal]
+    return StatusReply(sorted((progress(s, now) for s in runs), key=lambda p: p.started_at))
+
+
+def agents_reply(view: LiveView) -> AgentsReply:
+    return AgentsReply(
+        sorted(
+            (
+                AgentStatus(
+                    hb.agent_id, hb.role, hb.capacity, load, hb.load, round(age, 3), hb.held
+                )
+                for hb, load, age in view.agent_status()
+            ),
+            key=lambda a: a.agent_id,
+        )
+    )
+
+
+async def serve(
+    bus: Bus, view: LiveView, wall: Callable[[], float] = time.time
+) -> list[Subscription]:
+    """Answer status and agents requests until the subscriptions are dropped."""
+
+    async def on_status(msg: Incoming) -> None:
+        try:
+            request = _status.decode(msg.data)
+        except BusError as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(status_reply(view, request, wall())))
+
+    async def on_agents(msg: Incoming) -> None:
+        try:
+            _agents.decode(msg.data)
+        except BusError as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(agents_reply(view)))
+
+    return [
+        await bus.subscribe(subjects.API_STATUS, on_status),
+        await bus.subscribe(subjects.API_AGENTS, on_agents),
+    ]

@@ -1,0 +1,75 @@
+"""Workflow files on disk: strict TOML, or YAML for `.yaml`/`.yml` (a key given twice is
+refused), parsed into the core's validated `WorkflowSpec`, with errors that name the file."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.core.errors import WorkflowError
+from orchestrator.core.workflow import WorkflowSpec, parse
+
+
+class _StrictYaml(yaml.SafeLoader):
+    """Safe YAML that refuses a key given twice (plain YAML keeps the last, silently)."""
+
+
+def _mapping(loader: _StrictYaml, node: yaml.MappingNode) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return dict(loader.construct_pairs(node))
+
+
+_StrictYaml.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _read(path: Path) -> Any:
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        try:
+            return yaml.load(text, Loader=_StrictYaml)
+        except yaml.YAMLError as exc:
+            raise WorkflowError(str(path), f"not valid YAML: {exc}") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+
+
+def contracts_file(path: str | Path) -> str:
+    """The absolute path of the role contracts file a workflow file names, or ''."""
+    path = Path(path)
+    try:
+        data = _read(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowError(str(path), f"cannot read: {exc}") from exc
+    named = data.get("contracts", "") if isinstance(data, dict) else ""
+    if not isinstance(named, str):
+        raise WorkflowError(f"{path}: contracts", "must be the path of a role contracts file")
+    return str((path.parent / named).resolve()) if named else ""
+
+
+def load(path: str | Path) -> WorkflowSpec:
+    """A validated spec from a workflow file: TOML, or YAML for `.yaml`/`.yml`."""
+    path = Path(path)
+    try:
+        data = _read(path)
+    except FileNotFoundError as exc:
+        raise WorkflowError(str(path), "no such file") from exc
+    except UnicodeDecodeError as exc:
+        raise WorkflowError(str(path), f"not text: {exc}") from exc
+    if not isinstance(data, dict):
+        raise WorkflowError(str(path), "a workflow file holds a mapping at the top")
+    try:
+        return parse(data)
+    except WorkflowError as exc:
+        raise WorkflowError(f"{path}: {exc.location}", exc.message) from exc
