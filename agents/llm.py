@@ -53,6 +53,17 @@ class LlmSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     `schema` (llama.cpp's server), or not at all."""
     first_tool: str = ""
     """Force this tool on the first turn with a named `tool_choice` (small models)."""
+    user_input: str = ""
+    """A JSON pointer into the assignment's input: the part the model is shown (e.g.
+    `/deps/edit/text`); empty: the whole input, as JSON."""
+    first_tool_arguments: dict[str, str] = {}
+    """With `first_tool`: its arguments, each a JSON pointer into the assignment's input
+    (e.g. `{text = "/deps/edit/text"}`). The agent then makes that first call itself,
+    through the gateway like any other, and shows the model the call and its result, so a
+    small model works on the real input instead of arguments it invented."""
+    first_tool_output: str = ""
+    """With `first_tool_arguments`: the output key that carries the first call's result
+    (a figure the tool measured, not one the model restates)."""
     max_iterations: int = 6
     max_tokens_per_call: int = 512
     request_timeout_s: float = 60.0
@@ -84,6 +95,14 @@ def validate_spec(spec: LlmSpec) -> LlmSpec:
         raise LlmConfigError("request_timeout_s", "must be positive")
     if spec.max_retries < 0:
         raise LlmConfigError("max_retries", "must be 0 or more")
+    if spec.first_tool_arguments and not spec.first_tool:
+        raise LlmConfigError("first_tool_arguments", "needs first_tool")
+    if spec.first_tool_output and not spec.first_tool_arguments:
+        raise LlmConfigError("first_tool_output", "needs first_tool_arguments")
+    pointers = {f"first_tool_arguments.{k}": v for k, v in spec.first_tool_arguments.items()}
+    for where, pointer in {"user_input": spec.user_input, **pointers}.items():
+        if pointer and not pointer.startswith("/"):
+            raise LlmConfigError(where, f"{pointer!r} is not a JSON pointer (/a/b)")
     if spec.output_schema:
         try:
             jsonschema.Draft202012Validator.check_schema(spec.output_schema)
@@ -144,6 +163,20 @@ def client_for(spec: LlmSpec) -> openai.AsyncOpenAI:
     )
 
 
+def _pointed(document: Any, pointer: str) -> Any:
+    """The value at an RFC 6901 JSON pointer, or `TaskError` naming what is missing."""
+    value = document
+    for raw in pointer.split("/")[1:]:
+        token = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(value, dict) and token in value:
+            value = value[token]
+        elif isinstance(value, list) and token.isdigit() and int(token) < len(value):
+            value = value[int(token)]
+        else:
+            raise TaskError(f"the input has nothing at {pointer}", retryable=False)
+    return value
+
+
 def _json(value: Any) -> str:
     try:
         return msgspec.json.encode(value).decode()
@@ -192,50 +225,78 @@ class LlmAgent:
         )
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": self.spec.system_prompt},
-            {"role": "user", "content": _json(task.input)},
+            {"role": "user", "content": self._shown(task)},
         ]
         tools = gateway.offered()
+        forced = bool(self.spec.first_tool and self.spec.first_tool_arguments)
+        measured: Any = None
+        if forced:
+            arguments = {
+                name: _pointed(task.input, pointer)
+                for name, pointer in self.spec.first_tool_arguments.items()
+            }
+            [measured] = await self._run_calls(
+                gateway, messages, "", [("call_0", self.spec.first_tool, _json(arguments))]
+            )
         for iteration in range(self.spec.max_iterations):
-            message = await self._complete(task, messages, tools, first=iteration == 0)
-            calls = message.tool_calls or []
+            message = await self._complete(
+                task, messages, tools, first=iteration == 0 and not forced
+            )
+            calls = [
+                (c.id, c.function.name, c.function.arguments)
+                for c in message.tool_calls or []
+                if c.type == "function"
+            ]
             if calls:
-                messages.append(
-                    {
-                        "role": "assistant",
-                        "content": message.content or "",
-                        "tool_calls": [
-                            {
-                                "id": c.id,
-                                "type": "function",
-                                "function": {
-                                    "name": c.function.name,
-                                    "arguments": c.function.arguments,
-                                },
-                            }
-                            for c in calls
-                            if c.type == "function"
-                        ],
-                    }
-                )
-                for call in calls:
-                    if call.type != "function":
-                        continue
-                    try:
-                        result = await gateway.call(call.function.name, call.function.arguments)
-                        content = _json({"result": result})
-                    except ToolError as exc:
-                        content = _json({"error": str(exc)})
-                    messages.append({"role": "tool", "tool_call_id": call.id, "content": content})
+                await self._run_calls(gateway, messages, message.content or "", calls)
                 continue
             answer = message.content or ""
             output, problem = self._output(answer)
             if output is not None:
+                if forced and self.spec.first_tool_output:
+                    output = {**output, self.spec.first_tool_output: measured}
                 return output
             messages.append({"role": "assistant", "content": answer})
             messages.append({"role": "user", "content": f"{problem} Answer again, JSON only."})
         raise TaskError(
             f"no valid answer within {self.spec.max_iterations} model calls", retryable=False
         )
+
+    def _shown(self, task: TaskContext) -> str:
+        if not self.spec.user_input:
+            return _json(task.input)
+        shown = _pointed(task.input, self.spec.user_input)
+        return shown if isinstance(shown, str) else _json(shown)
+
+    @staticmethod
+    async def _run_calls(
+        gateway: ToolGateway,
+        messages: list[dict[str, Any]],
+        content: str,
+        calls: list[tuple[str, str, str]],
+    ) -> list[Any]:
+        """Make the tool calls (id, name, JSON arguments) through the gateway, add them
+        and their results to the conversation, and return the results (None if refused)."""
+        messages.append(
+            {
+                "role": "assistant",
+                "content": content,
+                "tool_calls": [
+                    {"id": i, "type": "function", "function": {"name": n, "arguments": a}}
+                    for i, n, a in calls
+                ],
+            }
+        )
+        results: list[Any] = []
+        for call_id, name, arguments in calls:
+            try:
+                result = await gateway.call(name, arguments)
+                reply = _json({"result": result})
+            except ToolError as exc:
+                result, reply = None, _json({"error": str(exc)})
+            results.append(result)
+            messages.append({"role": "tool", "tool_call_id": call_id, "content": reply})
+        return results
 
     def _output(self, answer: str) -> tuple[Payload | None, str]:
         if self._validator is None:

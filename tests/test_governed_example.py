@@ -19,11 +19,11 @@ from tests.cluster import REPO, baton
 from tests.fake_openai import FakeOpenAI
 
 EXAMPLE = REPO / "examples" / "governed" / "workflow.toml"
-VERDICT = json.dumps({"verdict": "A clear two-point brief.", "words": 24})
+VERDICT = json.dumps({"verdict": "publish", "reason": "clear and short"})
 
 
 def run(tmp_path: Path, fake: FakeOpenAI, *extra: str, stdin: str = "") -> str:
-    fake.call("word_count", {"text": "the brief"}).reply(VERDICT)
+    fake.reply(VERDICT)  # the first tool call is made for the model, on the real brief
     env = {
         **os.environ,
         "OPENAI_BASE_URL": fake.base_url,
@@ -61,7 +61,6 @@ def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
     assert "task.handed_off  edit editor -> publisher" in out, out
     assert re.search(r"review +finished on analyst-", out), out
     result = json.loads(out[out.index("result:") + len("result:") : out.index("\nreplay it")])
-    assert result["review"] == json.loads(VERDICT)
     succeeded = {
         e["data"]["task_id"]: e["data"] for e in audit(tmp_path, "--type", "task.succeeded")
     }
@@ -83,9 +82,22 @@ def test_the_governed_example_runs(tmp_path: Path, human: bool) -> None:
     owners = [a["agent_id"] for a in assigned if a["task_id"] == "edit"]
     assert len(owners) == 2, "the editor's attempt, then the publisher's"
     assert owners[0] != owners[1]
-    # the LLM agent was offered only its contract's tool, forced to call it first
+    # the LLM agent was offered only its contract's tool; its first call was made for it on
+    # the real brief (the published text), and the model saw the call and its true result
     assert [t["function"]["name"] for t in requests[0]["tools"]] == ["word_count"]
-    assert requests[0]["tool_choice"]["function"]["name"] == "word_count"
+    assert "tool_choice" not in requests[0]
+    [forced] = [m for m in requests[0]["messages"] if m["role"] == "assistant"]
+    [call] = forced["tool_calls"]
+    assert call["function"]["name"] == "word_count"
+    assert json.loads(call["function"]["arguments"]) == {"text": edit["text"]}
+    [counted] = [m for m in requests[0]["messages"] if m["role"] == "tool"]
+    words = len(re.findall(r"\w+", edit["text"]))
+    assert json.loads(counted["content"]) == {"result": words}
+    assert [m["content"] for m in requests[0]["messages"] if m["role"] == "user"] == [edit["text"]]
+    # the model's verdict, with the count the tool measured (not one the model restated)
+    assert result["review"] == {**json.loads(VERDICT), "words": words}
+    answer = requests[0]["response_format"]["schema"]["properties"]
+    assert answer["verdict"]["enum"] == ["publish", "revise"], "the verdict is constrained"
     calls = [e["data"] for e in audit(tmp_path, "--type", "tool.call")]
     phases = [(c["tool"], c["phase"]) for c in calls]
     assert ("publish", "approved") in phases

@@ -276,6 +276,42 @@ def test_named_tool_choice_and_json_object_format_for_small_models(fake: FakeOpe
     assert first["response_format"] == {"type": "json_object", "schema": SCHEMA}
 
 
+def test_the_first_tool_call_can_be_made_for_the_model_on_the_real_input(
+    fake: FakeOpenAI,
+) -> None:
+    """With `first_tool_arguments` the agent calls the tool itself, through the gateway,
+    on values taken from the assignment's input, and the model sees the call and result."""
+    fake.reply(ANSWER)
+    llm, _ = agent(
+        fake,
+        first_tool="lookup",
+        first_tool_arguments={"topic": "/topic"},
+        first_tool_output="looked_up",
+        user_input="/topic",
+    )
+    ran.clear()
+    measured = {"topic": "NATS", "fact": "NATS is well studied"}
+    assert asyncio.run(llm(task())) == {**json.loads(ANSWER), "looked_up": measured}
+    assert ran == ["lookup:NATS"], "the tool ran once, on the input's topic"
+    [request] = fake.requests
+    assert "tool_choice" not in request, "no model turn is spent on forcing the call"
+    [call] = next(m for m in request["messages"] if m["role"] == "assistant")["tool_calls"]
+    assert json.loads(call["function"]["arguments"]) == {"topic": "NATS"}
+    assert [m["content"] for m in request["messages"] if m["role"] == "user"] == ["NATS"]
+    [result] = [m for m in request["messages"] if m["role"] == "tool"]
+    assert json.loads(result["content"]) == {
+        "result": {"topic": "NATS", "fact": "NATS is well studied"}
+    }
+
+
+def test_a_first_tool_argument_missing_from_the_input_fails_the_task(fake: FakeOpenAI) -> None:
+    llm, _ = agent(fake, first_tool="lookup", first_tool_arguments={"topic": "/deps/x/text"})
+    with pytest.raises(TaskError, match="nothing at /deps/x/text") as info:
+        asyncio.run(llm(task()))
+    assert not info.value.retryable
+    assert fake.requests == []
+
+
 def test_an_llm_agent_needs_a_contract(fake: FakeOpenAI) -> None:
     llm, _ = agent(fake)
     with pytest.raises(TaskError, match="role contract"):
@@ -293,6 +329,13 @@ def test_an_llm_agent_needs_a_contract(fake: FakeOpenAI) -> None:
         ({"system_prompt": "x", "output_schema": {"type": "string"}}, "output_schema.type"),
         ({"system_prompt": "x", "response_format": "xml"}, "response_format"),
         ({"system_prompt": "x", "colour": "red"}, "(top)"),
+        ({"system_prompt": "x", "first_tool_arguments": {"a": "/x"}}, "first_tool_arguments"),
+        (
+            {"system_prompt": "x", "first_tool": "t", "first_tool_arguments": {"a": "x"}},
+            "first_tool_arguments.a",
+        ),
+        ({"system_prompt": "x", "first_tool": "t", "first_tool_output": "k"}, "first_tool_output"),
+        ({"system_prompt": "x", "user_input": "deps"}, "user_input"),
     ],
 )
 def test_a_bad_llm_spec_is_refused_naming_where(data: dict[str, Any], where: str) -> None:

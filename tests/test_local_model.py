@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -116,5 +117,17 @@ def test_the_governed_example_runs_on_the_local_model(tmp_path: Path) -> None:
     result = json.loads(
         done.stdout[done.stdout.index("result:") + 7 : done.stdout.index("\nreplay")]
     )
-    assert isinstance(result["review"]["verdict"], str)
-    assert isinstance(result["review"]["words"], int)
+    review = result["review"]
+    assert review["verdict"] in ("publish", "revise"), "the grammar held the verdict to its enum"
+    assert isinstance(review["reason"], str)
+    assert len(review["reason"]) <= 60
+    published = subprocess.run(
+        baton("audit", "--json", "--type", "task.succeeded", "--state-dir", env["BATON_STATE_DIR"]),
+        capture_output=True, text=True, timeout=60, check=True,
+    ).stdout  # fmt: skip
+    edit = next(
+        e["data"]["output"]
+        for e in map(json.loads, published.splitlines())
+        if e["data"]["task_id"] == "edit"
+    )
+    assert review["words"] == len(re.findall(r"\w+", edit["text"])), "the count of the real brief"
