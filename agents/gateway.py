@@ -21,6 +21,7 @@ import msgspec
 
 from agents.errors import ToolDenied, ToolFailed, ToolRefused
 from agents.outbox import note_inbox_write
+from agents.telemetry import tool_call
 from agents.tools import RISKS, Risk, Tool, ToolRegistry
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -182,9 +183,6 @@ class ToolGateway:
         text = arguments if isinstance(arguments, str) else arguments.decode(errors="replace")
         shown = text[:_ARGUMENTS_SHOWN]
         tool_name = name if _plain(name) else "(invalid name)"
-        # imported here: the telemetry module imports the sdk, which imports this one
-        from agents.telemetry import tool_call
-
         await self._record(call_id, tool_name, "requested", arguments=shown)
         try:
             tool, parsed = self._check(name, arguments)

@@ -20,7 +20,7 @@ from contextvars import ContextVar
 from opentelemetry import metrics, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from agents.sdk import UsageMeter
+from agents.usage import UsageMeter
 from bus.protocol import Assignment
 from bus.telemetry import Telemetry, span_context_of, trace_context_of
 from bus.tracecontext import TraceContext

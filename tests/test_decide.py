@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import itertools
 import random
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from msgspec.structs import replace
 
 from bus.protocol import TaskFailure, TaskResult
+from orchestrator.core import evolve_attempts, evolve_graph, evolve_run
 from orchestrator.core.commands import (
     AgentView,
     Command,
@@ -34,7 +35,7 @@ from orchestrator.core.events import (
     TaskAttemptFailed,
     TaskFailed,
 )
-from orchestrator.core.state import RunState, evolve, fold, replay
+from orchestrator.core.state import RULES, RunState, evolve, fold, replay
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
 
 FAN = WorkflowSpec(
@@ -275,6 +276,12 @@ def test_replay_rebuilds_the_live_state_and_checks_versions() -> None:
 def test_evolve_refuses_what_it_does_not_know() -> None:
     with pytest.raises(UnknownEvent):
         evolve(RunState("r"), object())  # type: ignore[arg-type]
+
+
+def test_evolve_has_one_rule_for_each_run_event() -> None:
+    tables = [evolve_run.RULES, evolve_attempts.RULES, evolve_graph.RULES]
+    assert sum(len(t) for t in tables) == len(RULES) == len(get_args(RunEvent))
+    assert set(RULES) == set(get_args(RunEvent))
 
 
 def test_a_run_taken_over_on_another_boot_keeps_its_times_in_wall_clock_terms() -> None:
