@@ -10,7 +10,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, Final
 
-from eventstore._common import check_limit, check_query, glob_to_sqlite
+from eventstore._common import check_limit, check_open, check_query, glob_to_sqlite
 from eventstore._subscription import Notifier, catch_up
 from eventstore.chain import ChainVerifier
 from eventstore.model import EventQuery, EventRow, StoredEvent, VerifyReport
@@ -138,6 +138,7 @@ class LogReader:
         )
 
     def subscribe(self, from_position: int) -> AsyncIterator[StoredEvent]:
+        check_open(self._is_closed())
         return catch_up(
             self.read_all,
             self._notifier,

@@ -129,7 +129,6 @@ class SqliteEventStore:
 
     def subscribe(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
         """History from `from_position`, then live appends (see `EventStore.subscribe`)."""
-        check_open(self._closed)
         return self._reads.subscribe(from_position)
 
     async def verify(self) -> VerifyReport:
