@@ -1,12 +1,12 @@
-"""Rules both backends share, so memory and SQLite refuse and match exactly alike."""
+"""Rules every backend shares, so memory, SQLite and JetStream refuse and match exactly alike."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
 
-from eventstore.errors import InvalidEventError
-from eventstore.model import EventQuery, NewEvent, Snapshot, StoredEvent
+from eventstore.errors import InvalidEventError, StorageError
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent
 
 MAX_STREAM_NAME = 200
 
@@ -21,6 +21,17 @@ def _encodable(value: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
+
+
+def closed_error() -> StorageError:
+    """What every call on a closed store hears."""
+    return StorageError("the event store is closed")
+
+
+def check_open(closed: bool) -> None:
+    """Refuse a call on a closed store."""
+    if closed:
+        raise closed_error()
 
 
 def check_stream(stream: object) -> str:
@@ -116,6 +127,11 @@ def matcher(query: EventQuery) -> Callable[[StoredEvent], bool]:
         )
 
     return matches
+
+
+def event_rows(events: Sequence[StoredEvent]) -> list[EventRow]:
+    """`read_stream_rows` for backends that read whole events anyway."""
+    return [(e.position, e.version, e.type, e.schema, e.data) for e in events]
 
 
 def check_snapshot(snapshot: object) -> Snapshot:

@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from eventstore._common import (
     check_append,
     check_limit,
+    check_open,
     check_query,
     check_snapshot,
+    event_rows,
     matcher,
 )
 from eventstore._subscription import Notifier, catch_up
@@ -24,7 +26,6 @@ from eventstore.errors import (
     CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
-    StorageError,
 )
 from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
 from eventstore.projection import check_commit, check_projection_name
@@ -47,8 +48,7 @@ class MemoryEventStore:
         """The projection port (`ProjectionStore`), kept beside the log."""
 
     def _check_open(self) -> None:
-        if self._closed:
-            raise StorageError("the event store is closed")
+        check_open(self._closed)
 
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int
@@ -113,8 +113,7 @@ class MemoryEventStore:
         self, stream: str, from_version: int = 1, until_position: int | None = None
     ) -> list[EventRow]:
         """Like `read_stream`, but only (position, version, type, schema, data) per event."""
-        events = await self.read_stream(stream, from_version, until_position)
-        return [(e.position, e.version, e.type, e.schema, e.data) for e in events]
+        return event_rows(await self.read_stream(stream, from_version, until_position))
 
     async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[StoredEvent]:
         """Every stream's events in global order."""

@@ -115,8 +115,8 @@ def test_two_store_objects_on_one_log_stay_consistent(nats_url: str) -> None:
             nc = await nats.connect(nats_url)
             second = await JetStreamEventStore.open(
                 nc,
-                first._name,  # the same log: a second view of it
-                subject_prefix=first._prefix,
+                first._layout.name,  # the same log: a second view of it
+                subject_prefix=first._layout.prefix,
             )
             try:
                 stored = await first.append("s", [ev("1"), ev("2")], 0)
@@ -248,7 +248,9 @@ def test_a_message_not_written_by_the_store_fails_verify(nats_url: str) -> None:
     async def main() -> None:
         async with fresh_store(nats_url) as store:
             await store.append("s", [ev("1")], 0)
-            await store._nc.request(f"{store._log_prefix}intruder", b"not an event", timeout=2)
+            await store._nc.request(
+                f"{store._layout.log_prefix}intruder", b"not an event", timeout=2
+            )
             # The store cannot chain onto a message it cannot read: it refuses, loudly.
             with pytest.raises(StorageError, match=r"message 2 .* is not a Baton event"):
                 await store.append("s", [ev("2")], 1)

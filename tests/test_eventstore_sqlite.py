@@ -706,11 +706,11 @@ def test_projection_output_and_checkpoint_survive_kill_9_together(tmp_path: Path
 
 
 def test_a_schema_1_file_is_upgraded_and_its_chain_still_verifies(tmp_path: Path) -> None:
-    from eventstore.sqlite import _SCHEMA_V1
+    from eventstore.sqlite.schema import SCHEMA_V1
 
     path = tmp_path / "events.db"
     conn = sqlite3.connect(path)
-    for statement in _SCHEMA_V1:
+    for statement in SCHEMA_V1:
         conn.execute(statement)
     conn.execute("PRAGMA application_id = 1111577678")
     conn.execute("PRAGMA user_version = 1")

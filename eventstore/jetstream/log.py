@@ -1,0 +1,149 @@
+"""The log as JetStream messages: creating its stream, reading stored messages by sequence
+with direct gets and decoding them into events; and which NATS errors mean a failed
+request, with how they become `StorageError`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from typing import Final
+
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+
+from eventstore.errors import StorageError
+from eventstore.jetstream.schema import Layout, decode_event
+from eventstore.model import StoredEvent
+
+_READ_CHUNK: Final = 1000
+_READ_MAX_BYTES: Final = 8 * 1024 * 1024
+NATS_ERRORS: Final = (nats.errors.Error, asyncio.TimeoutError, OSError)
+"""What the client raises when the server or the network fails."""
+
+
+def storage_error(action: str, error: BaseException) -> StorageError:
+    """`error` (from the client) as the `StorageError` the caller hears."""
+    failure = StorageError(f"{action} failed: {error!r}")
+    failure.__cause__ = error
+    return failure
+
+
+class JetStreamLog:
+    """The connection `nc` to the log named by `layout`; every request waits at most
+    `timeout` seconds."""
+
+    def __init__(self, nc: NATS, layout: Layout, timeout: float) -> None:
+        self.nc = nc
+        self.js = nc.jetstream(timeout=timeout)
+        self.layout = layout
+        self.timeout = timeout
+
+    async def ensure_stream(self, replicas: int) -> None:
+        """Create the log stream if it is missing; allow atomic batches and direct gets
+        on one created before they existed."""
+        name = self.layout.name
+        try:
+            info = await self.js.stream_info(name)
+        except nats.js.errors.NotFoundError:
+            info = None
+        except NATS_ERRORS as error:
+            raise storage_error("looking up the JetStream stream", error) from error
+        try:
+            if info is None:
+                await self.js.add_stream(self.layout.log_config(replicas))
+            elif not (info.config.allow_atomic and info.config.allow_direct):
+                updated = info.config.evolve(allow_atomic=True, allow_direct=True)
+                await self.js.update_stream(updated)
+        except NATS_ERRORS as error:
+            raise storage_error("creating the JetStream stream", error) from error
+
+    def decode(self, msg: Msg) -> StoredEvent:
+        return decode_event(msg, self.layout.name)
+
+    async def direct_batch(
+        self, stream_name: str, start: int, subject: str, batch: int = _READ_CHUNK
+    ) -> list[Msg]:
+        """Up to `batch` stored messages on `subject` (wildcards allowed) from sequence
+        `start` on, in one direct-get request."""
+        inbox = self.nc.new_inbox()
+        request = {
+            "seq": max(start, 1),
+            "batch": batch,
+            "next_by_subj": subject,
+            "max_bytes": _READ_MAX_BYTES,
+        }
+        found: list[Msg] = []
+        try:
+            sub = await self.nc.subscribe(inbox)
+            try:
+                await self.nc.publish(
+                    f"$JS.API.DIRECT.GET.{stream_name}", json.dumps(request).encode(), reply=inbox
+                )
+                while True:
+                    msg = await sub.next_msg(timeout=self.timeout)
+                    status = msg.headers.get("Status") if msg.headers else None
+                    if status is None:
+                        found.append(msg)
+                    elif status in ("204", "404"):  # end of batch / nothing there
+                        return found
+                    else:
+                        description = (msg.headers or {}).get("Description", "")
+                        raise StorageError(f"direct get on {stream_name}: {status} {description}")
+            finally:
+                with contextlib.suppress(*NATS_ERRORS):
+                    await sub.unsubscribe()
+        except NATS_ERRORS as error:
+            raise storage_error(f"reading JetStream stream {stream_name}", error) from error
+
+    async def last_by_subject(self, stream_name: str, subject: str) -> Msg | None:
+        """The newest message on `subject`, `None` if there is none."""
+        try:
+            msg = await self.nc.request(
+                f"$JS.API.DIRECT.GET.{stream_name}.{subject}", b"", timeout=self.timeout
+            )
+        except nats.errors.NoRespondersError:
+            return None
+        except NATS_ERRORS as error:
+            raise storage_error(f"reading JetStream stream {stream_name}", error) from error
+        status = msg.headers.get("Status") if msg.headers else None
+        if status == "404":
+            return None
+        if status is not None:
+            raise StorageError(f"direct get on {stream_name}: {status}")
+        return msg
+
+    async def server_tail(self) -> int:
+        """The log stream's last sequence, as the server has it now."""
+        try:
+            info = await self.js.stream_info(self.layout.name)
+        except NATS_ERRORS as error:
+            raise storage_error("reading the JetStream stream's state", error) from error
+        return int(info.state.last_seq)
+
+    async def scan(
+        self, start: int, subject: str | None = None, stop: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        """The log's events on `subject` (default: all) with positions from `start` to
+        `stop` (default: the end), in order, read in chunks."""
+        subject = subject or f"{self.layout.log_prefix}>"
+        position = max(start, 1)
+        while stop is None or position <= stop:
+            msgs = await self.direct_batch(self.layout.name, position, subject)
+            if not msgs:
+                return
+            for msg in msgs:
+                event = self.decode(msg)
+                if stop is not None and event.position > stop:
+                    return
+                yield event
+                position = event.position + 1
+
+    async def collect(
+        self, start: int, subject: str | None = None, stop: int | None = None
+    ) -> list[StoredEvent]:
+        """`scan`, as a list."""
+        return [event async for event in self.scan(start, subject, stop)]

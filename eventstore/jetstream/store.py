@@ -1,0 +1,198 @@
+"""`JetStreamEventStore`: the store's public face, composing the log's connection, the
+index of what it holds, the writer, the reader and the snapshots."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+
+import nats
+from nats.aio.client import Client as NATS
+
+from eventstore._common import check_append, check_open
+from eventstore._subscription import Notifier
+from eventstore.errors import InvalidEventError
+from eventstore.jetstream.index import LogIndex
+from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
+from eventstore.jetstream.reader import LogReader
+from eventstore.jetstream.schema import Layout
+from eventstore.jetstream.snapshots import Snapshots
+from eventstore.jetstream.writer import LogWriter
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+
+__all__ = ["JetStreamEventStore"]
+
+
+class JetStreamEventStore:
+    """An `EventStore` kept in one NATS JetStream stream (see the package's docs).
+
+    Open it with `await JetStreamEventStore.open(url_or_client)`. Appends from one store
+    object are serialised (each must know the tail's hash); several processes may append
+    to the same log, JetStream's expected-sequence checks keep them consistent.
+    """
+
+    def __init__(
+        self,
+        nc: NATS,
+        *,
+        owns_connection: bool,
+        stream_name: str,
+        subject_prefix: str,
+        timeout: float,
+        replicas: int = 1,
+    ) -> None:
+        """Use `open()`; this only wires the parts onto a connected client."""
+        self._nc = nc
+        self._owns_connection = owns_connection
+        self._layout = Layout(stream_name, subject_prefix)
+        self._timeout = timeout
+        self._closed = False
+        self._notifier = Notifier()
+        is_closed = self._is_closed
+        self._log = JetStreamLog(nc, self._layout, timeout)
+        self._index = LogIndex(self._log)
+        self._writer = LogWriter(self._log, self._index, self._notifier, is_closed)
+        self._reads = LogReader(self._log, self._index, self._notifier, is_closed)
+        self._snapshots = Snapshots(self._log, replicas, is_closed)
+
+    # -- opening and closing ----------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        url_or_client: str | NATS,
+        stream_name: str = "BATON_EVENTS",
+        replicas: int = 1,
+        *,
+        subject_prefix: str = "baton",
+        timeout: float = 5.0,
+    ) -> JetStreamEventStore:
+        """Connect (or use the given connected client), create the stream if missing and
+        read the log once to build the event-id index.
+
+        A client passed in stays the caller's: `close()` leaves it open. The server must
+        run JetStream with `sync_interval: always` for acknowledged appends to be durable.
+        """
+        if not stream_name or any(c in stream_name for c in ".*> \t\r\n/\\"):
+            raise InvalidEventError(f"invalid JetStream stream name {stream_name!r}")
+        if not subject_prefix or any(c in subject_prefix for c in "*> \t\r\n"):
+            raise InvalidEventError(f"invalid subject prefix {subject_prefix!r}")
+        if replicas < 1:
+            raise InvalidEventError(f"replicas must be >= 1, got {replicas!r}")
+        owns = isinstance(url_or_client, str)
+        try:
+            if isinstance(url_or_client, str):
+                nc = await nats.connect(
+                    url_or_client,
+                    connect_timeout=max(1, int(timeout)),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                )
+            else:
+                nc = url_or_client
+        except NATS_ERRORS as error:
+            raise storage_error(f"connecting to {url_or_client!r}", error) from error
+        store = cls(
+            nc,
+            owns_connection=owns,
+            stream_name=stream_name,
+            subject_prefix=subject_prefix,
+            timeout=timeout,
+            replicas=replicas,
+        )
+        try:
+            await store._log.ensure_stream(replicas)
+            await store._index.refresh()
+        except BaseException:
+            await store.close()
+            raise
+        return store
+
+    def _is_closed(self) -> bool:
+        return self._closed
+
+    async def close(self) -> None:
+        """Stop subscriptions and, if the store opened the connection, close it."""
+        if self._closed:
+            return
+        self._closed = True
+        self._notifier.notify()
+        self._index.clear()
+        if self._owns_connection:
+            with contextlib.suppress(*NATS_ERRORS):
+                await asyncio.wait_for(self._nc.close(), self._timeout)
+
+    # -- appends ----------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, events: Sequence[NewEvent], expected_version: int
+    ) -> list[StoredEvent]:
+        """Append all of `events` to `stream` or none of them (see `EventStore.append`)."""
+        batch = tuple(events)
+        check_append(stream, batch, expected_version)
+        check_open(self._closed)
+        if not batch:
+            return []
+        return await self._writer.append(stream, batch, expected_version)
+
+    # -- reads ------------------------------------------------------------------------
+
+    async def read_stream_rows(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[EventRow]:
+        """Like `read_stream`, but only (position, version, type, schema, data) per event."""
+        return await self._reads.read_stream_rows(stream, from_version, until_position)
+
+    async def read_stream(
+        self, stream: str, from_version: int = 1, until_position: int | None = None
+    ) -> list[StoredEvent]:
+        """A stream's events in version order, optionally only up to a global position."""
+        return await self._reads.read_stream(stream, from_version, until_position)
+
+    async def read_all(self, from_position: int = 1, limit: int | None = None) -> list[StoredEvent]:
+        """Every stream's events in global order."""
+        return await self._reads.read_all(from_position, limit)
+
+    async def stream_version(self, stream: str) -> int:
+        """The stream's last version, 0 if it has no events."""
+        return await self._reads.stream_version(stream)
+
+    async def streams(self, prefix: str = "") -> list[str]:
+        """Names of the streams that have events, sorted, filtered by prefix."""
+        return await self._reads.streams(prefix)
+
+    async def query(self, query: EventQuery) -> list[StoredEvent]:
+        """Events matching every filter in `query`, in global order."""
+        return await self._reads.query(query)
+
+    async def last_position(self) -> int:
+        """The global position of the newest event, 0 for an empty log."""
+        return await self._reads.last_position()
+
+    def subscribe(self, from_position: int = 1) -> AsyncIterator[StoredEvent]:
+        """Every event from `from_position` on, in global order: the history, then each
+        new append (see `EventStore.subscribe`). Events are read by position only (direct
+        gets of the contiguous log), so nothing is skipped or repeated at the hand-over; a
+        core-NATS subscription on the log's subjects only wakes the reader when any
+        process appends, and a poll every second covers a wakeup lost in a reconnect."""
+        return self._reads.subscribe(from_position)
+
+    # -- snapshots --------------------------------------------------------------------
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        """Keep a snapshot (replacing one of the same stream and version)."""
+        await self._snapshots.save(snapshot)
+
+    async def load_snapshot(
+        self, stream: str, until_position: int | None = None
+    ) -> Snapshot | None:
+        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        return await self._snapshots.load(stream, until_position)
+
+    # -- audit ------------------------------------------------------------------------
+
+    async def verify(self) -> VerifyReport:
+        """Recompute the hash chain over the whole log, in chunks."""
+        return await self._reads.verify()

@@ -1,0 +1,209 @@
+"""The append path: one atomic batch publish per append, with the expected sequences that
+make the check and the write one step.
+
+Every append names two expectations in its (first) message: `Nats-Expected-Last-Sequence`
+(the log's tail, because the next event's `prev_hash` is the tail's hash) and
+`Nats-Expected-Last-Subject-Sequence` (the sequence of the stream's last event, 0 for a new
+stream: the per-stream optimistic-concurrency check). A batch of more than one event is a
+JetStream atomic batch (`Nats-Batch-Id`, `Nats-Batch-Sequence`, `Nats-Batch-Commit`;
+nats-server >= 2.12): the server stores all of it or none of it. When the server answers
+"wrong last sequence", the writer catches the index up with the log and decides again: a
+changed stream is a `ConcurrencyError`, a moved tail (another stream was appended to) is
+retried with the fresh tail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any, Final
+
+import nats.errors
+from nats.aio.msg import Msg
+
+from eventstore._common import check_open
+from eventstore._subscription import Notifier
+from eventstore.chain import seal
+from eventstore.errors import (
+    ConcurrencyError,
+    DuplicateEventError,
+    InvalidEventError,
+    StorageError,
+)
+from eventstore.jetstream.index import LogIndex
+from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
+from eventstore.jetstream.schema import VERSION_HEADER, body_of
+from eventstore.model import NewEvent, StoredEvent
+
+MAX_BATCH: Final = 1000
+"""The most events one append may carry: nats-server's limit for one atomic batch."""
+
+_WRONG_LAST_SEQUENCE: Final = 10071
+_MAX_TAIL_RETRIES: Final = 1000
+
+
+class LogWriter:
+    """Appends to `log`, one at a time (each must know the tail's hash), deciding against
+    `index` and keeping it current; `notifier` hears of every append."""
+
+    def __init__(
+        self,
+        log: JetStreamLog,
+        index: LogIndex,
+        notifier: Notifier,
+        is_closed: Callable[[], bool],
+    ) -> None:
+        self._log = log
+        self._index = index
+        self._notifier = notifier
+        self._is_closed = is_closed
+        self._append_lock = asyncio.Lock()
+
+    async def append(
+        self, stream: str, batch: tuple[NewEvent, ...], expected_version: int
+    ) -> list[StoredEvent]:
+        """Append a checked, non-empty batch (see `EventStore.append`)."""
+        if len(batch) > MAX_BATCH:
+            raise InvalidEventError(
+                f"an append to JetStream holds at most {MAX_BATCH} events, got {len(batch)}"
+            )
+        async with self._append_lock:
+            check_open(self._is_closed())
+            return await self._append_locked(stream, batch, expected_version)
+
+    async def _append_locked(
+        self, stream: str, batch: tuple[NewEvent, ...], expected_version: int
+    ) -> list[StoredEvent]:
+        index = self._index
+        refreshed = False
+        unknown_outcomes = 0
+        for _ in range(_MAX_TAIL_RETRIES):
+            known = [e.event_id for e in batch if e.event_id in index.ids]
+            if known:
+                return await self._stored_retry(stream, batch, known)
+            positions = index.positions.get(stream, [])
+            if len(positions) != expected_version:
+                if not refreshed:  # the index may be behind another process's appends
+                    await index.refresh()
+                    refreshed = True
+                    continue
+                raise ConcurrencyError(stream, expected_version, len(positions))
+            try:
+                return await self._publish(stream, batch, positions)
+            except _TailMoved:
+                await index.refresh()
+                refreshed = True
+            except _Unknown as unknown:
+                # The reply was lost: the batch may or may not be stored (or may still land).
+                # Catch up and go round again: either its ids are now in the log (a retry
+                # that returns them) or the same expected tail makes exactly one of the
+                # two attempts land.
+                unknown_outcomes += 1
+                try:
+                    if unknown_outcomes > 2:
+                        raise unknown.error
+                    await index.refresh()
+                except StorageError as error:
+                    raise StorageError(
+                        f"{error}; the append's outcome is unknown: retry it with the same "
+                        "event ids, which returns the stored events if it landed"
+                    ) from error
+                refreshed = True
+        raise StorageError(f"append to {stream!r}: the log's tail kept moving; try again")
+
+    async def _stored_retry(
+        self, stream: str, batch: tuple[NewEvent, ...], known: list[str]
+    ) -> list[StoredEvent]:
+        if len(known) != len(batch):
+            raise DuplicateEventError(stream, known)
+        wanted = {self._index.ids[i] for i in known}
+        found = {
+            e.position: e
+            for e in await self._log.collect(
+                min(wanted), self._log.layout.subject(stream), max(wanted)
+            )
+            if e.position in wanted
+        }
+        if len(found) != len(wanted):  # some ids are stored in another stream
+            raise DuplicateEventError(stream, known)
+        return [found[self._index.ids[e.event_id]] for e in batch]
+
+    async def _publish(
+        self, stream: str, batch: tuple[NewEvent, ...], positions: list[int]
+    ) -> list[StoredEvent]:
+        nc = self._log.nc
+        index = self._index
+        subject = self._log.layout.subject(stream)
+        tail, prev_hash = index.tail, index.tail_hash
+        version = len(positions)
+        recorded_at = time.time()
+        stored: list[StoredEvent] = []
+        payloads: list[tuple[bytes, dict[str, str]]] = []
+        for offset, event in enumerate(batch, start=1):
+            sealed = seal(
+                event,
+                stream=stream,
+                position=tail + offset,
+                version=version + offset,
+                recorded_at=recorded_at,
+                prev_hash=prev_hash,
+            )
+            payloads.append((body_of(sealed), {VERSION_HEADER: str(sealed.version)}))
+            stored.append(sealed)
+            prev_hash = sealed.hash
+        first = payloads[0][1]
+        first["Nats-Expected-Last-Sequence"] = str(tail)
+        first["Nats-Expected-Last-Subject-Sequence"] = str(positions[-1] if positions else 0)
+        if len(payloads) > 1:
+            batch_id = uuid.uuid4().hex
+            for number, (_, headers) in enumerate(payloads, start=1):
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(number)
+            payloads[-1][1]["Nats-Batch-Commit"] = "1"
+        try:
+            for data, headers in payloads[:-1]:
+                await nc.publish(subject, data, headers=headers)
+            data, headers = payloads[-1]
+            reply = await nc.request(subject, data, headers=headers, timeout=self._log.timeout)
+        except nats.errors.MaxPayloadError as error:
+            raise storage_error(f"append to {stream!r} (an event is too large)", error) from error
+        except NATS_ERRORS as error:
+            raise _Unknown(storage_error(f"append to {stream!r}", error)) from error
+        ack = _parse_ack(reply, stream)
+        if ack != tail + len(batch):
+            await index.refresh()
+            raise StorageError(
+                f"append to {stream!r}: JetStream stored it at {ack}, expected {tail + len(batch)}"
+            )
+        for entry in stored:
+            index.learn(entry)
+        self._notifier.notify()
+        return stored
+
+
+class _TailMoved(Exception):
+    """JetStream refused an append because the log or the stream moved on."""
+
+
+class _Unknown(Exception):
+    """The append's outcome is unknown (the reply was lost)."""
+
+    def __init__(self, error: StorageError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _parse_ack(reply: Msg, stream: str) -> int:
+    try:
+        answer: dict[str, Any] = json.loads(reply.data)
+    except ValueError as error:
+        raise StorageError(f"append to {stream!r}: unreadable JetStream reply") from error
+    failure = answer.get("error")
+    if failure:
+        if failure.get("err_code") == _WRONG_LAST_SEQUENCE:
+            raise _TailMoved()
+        raise StorageError(f"append to {stream!r}: JetStream refused it: {failure}")
+    return int(answer["seq"])
