@@ -92,15 +92,19 @@ subjects and the tool subjects its contract lists.
 
 
 def _normalised(node: Any) -> Any:
-    """The schema with every description cleaned as `inspect.cleandoc` does, so the document
-    does not depend on how a msgspec or Python release strips docstring indentation."""
+    """The schema in one form whatever msgspec or Python release made it: descriptions
+    cleaned as `inspect.cleandoc` does (releases strip docstring indentation differently),
+    and the alternatives of an `anyOf` in a fixed order (releases list them differently)."""
     if isinstance(node, dict):
-        return {
-            key: inspect.cleandoc(value)
-            if key == "description" and isinstance(value, str)
-            else _normalised(value)
-            for key, value in node.items()
-        }
+        out = {}
+        for key, value in node.items():
+            if key == "description" and isinstance(value, str):
+                out[key] = inspect.cleandoc(value)
+            elif key == "anyOf" and isinstance(value, list):
+                out[key] = sorted(_normalised(value), key=lambda v: json.dumps(v, sort_keys=True))
+            else:
+                out[key] = _normalised(value)
+        return out
     if isinstance(node, list):
         return [_normalised(item) for item in node]
     return node

@@ -127,3 +127,8 @@ def test_the_document_does_not_depend_on_how_docstrings_are_indented() -> None:
     assert protocol_doc._normalised(
         {"description": "First line.\n\n        More, indented.", "items": [{"description": " x"}]}
     ) == {"description": "First line.\n\nMore, indented.", "items": [{"description": "x"}]}
+    # msgspec 0.18 lists an Optional's `null` after the type, 0.23 before it
+    either = [{"type": "null"}, {"$ref": "#/$defs/Usage"}]
+    assert protocol_doc._normalised({"anyOf": either}) == protocol_doc._normalised(
+        {"anyOf": either[::-1]}
+    )
