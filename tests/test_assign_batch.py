@@ -26,7 +26,7 @@ from bus.protocol import (
 from orchestrator.core.events import TaskAttemptFailed, TaskSucceeded
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from orchestrator.service import journal
-from orchestrator.service.service import _chunks
+from orchestrator.service.outbound import _chunks
 from tests.cluster import cluster
 
 AGENT = "picky-1"

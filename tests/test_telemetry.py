@@ -46,14 +46,11 @@ from orchestrator.core.state import RunState, fold
 from orchestrator.core.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from orchestrator.service.journal import Cause
+from orchestrator.service.metrics import budget_remaining
 from orchestrator.service.registry import Registry
 from orchestrator.service.service import Orchestrator
-from orchestrator.service.telemetry import (
-    OrchestratorTelemetry,
-    budget_remaining,
-    run_span_id,
-    task_span_id,
-)
+from orchestrator.service.spans import run_span_id, task_span_id
+from orchestrator.service.telemetry import OrchestratorTelemetry
 from orchestrator.service.workflow_files import load
 from tests.cluster import EXAMPLE, cluster
 

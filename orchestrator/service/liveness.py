@@ -1,0 +1,115 @@
+"""Timers and liveness: the tick that lets the core act on time (leases, backoffs,
+deadlines), and the agents' heartbeats that keep the registry of live agents (joins and
+losses recorded in the `system` stream; an agent serving a contract we do not know is
+refused, never routed to)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+
+from bus import subjects
+from bus.codec import Decoder
+from bus.connection import Incoming
+from bus.contracts import Contracts
+from bus.errors import BusError, MalformedMessage
+from bus.protocol import Heartbeat
+from orchestrator.core.commands import Tick
+from orchestrator.core.events import AgentJoined, AgentLost, AgentRefused
+from orchestrator.service.journal import ORCHESTRATOR, Cause
+from orchestrator.service.pipeline import Pipeline
+from orchestrator.service.registry import Registry
+from orchestrator.service.system_journal import SystemJournal
+
+log = logging.getLogger("baton.orchestrator")
+
+_heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
+
+
+class Liveness:
+    """Heartbeats in, the registry kept, lost agents recorded, the runs ticked."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        pipeline: Pipeline,
+        system: SystemJournal,
+        contracts: Contracts | None,
+        *,
+        clock: Callable[[], float],
+        wall: Callable[[], float],
+        tick_s: float,
+    ) -> None:
+        self._registry = registry
+        self._pipeline = pipeline
+        self._system = system
+        self._contracts = contracts
+        self._clock = clock
+        self._wall = wall
+        self._tick_s = tick_s
+        self._refused: set[tuple[str, str, str]] = set()
+
+    def agents(self) -> list[Heartbeat]:
+        return self._registry.heartbeats()
+
+    def agent_status(self) -> list[tuple[Heartbeat, int, float]]:
+        """Each known agent's last heartbeat, the load routing counts for it, and the
+        heartbeat's age in seconds."""
+        ages = {agent_id: age for agent_id, _, age in self._registry.ages(self._clock())}
+        return [
+            (hb, self._registry.load(hb.agent_id), ages.get(hb.agent_id, 0.0))
+            for hb in self._registry.heartbeats()
+        ]
+
+    async def wait_for_agents(self, roles: Counter[str], timeout: float) -> None:
+        """Until at least `roles[r]` live agents serve each role r (or TimeoutError)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                live = Counter(a.role for a in self._registry.live(self._clock()))
+                if all(live[r] >= n for r, n in roles.items()):
+                    return
+                await asyncio.sleep(0.05)
+
+    async def tick_loop(self, started: float) -> None:
+        """Every `tick_s`: record agents lost, and tick each running run; leases are
+        checked once the registry had one TTL since `started` to learn who is alive."""
+        while True:
+            await asyncio.sleep(self._tick_s)
+            now = self._clock()
+            for agent_id, silent in self._registry.lapsed(now):
+                await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)
+            warm = now - started > self._registry.ttl
+            cause = Cause("tick", ORCHESTRATOR)
+            for run_id, state in list(self._pipeline.runs.items()):
+                if state.status == "running":
+                    await self._pipeline.execute(run_id, [(Tick(check_leases=warm), cause)])
+
+    async def on_heartbeat(self, msg: Incoming) -> None:
+        try:
+            hb = _heartbeat_decoder.decode(msg.data)
+            if subjects.heartbeat(hb.agent_id) != msg.subject:
+                raise MalformedMessage(f"heartbeat for {hb.agent_id} sent on {msg.subject}")
+        except BusError as exc:
+            await self._system.reject(msg.subject, str(exc), len(msg.data))
+            return
+        contracts = self._contracts
+        why = ""
+        if contracts is not None:
+            why = contracts.verdict(hb.role, hb.contract_digest, hb.capacity)
+        if why:
+            await self._refuse(hb, why)
+            return
+        if self._registry.observe(hb, self._clock()):
+            joined = AgentJoined(hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall())
+            await self._system.record(joined, hb.agent_id)
+
+    async def _refuse(self, hb: Heartbeat, why: str) -> None:
+        """Never route to an agent serving a contract we do not know; audit it once."""
+        key = (hb.agent_id, hb.role, hb.contract_digest)
+        if key not in self._refused:
+            self._refused.add(key)
+            log.warning("refused agent %s: %s", hb.agent_id, why)
+            event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())
+            await self._system.record(event, hb.agent_id)

@@ -1,0 +1,153 @@
+"""Requests decided one at a time, as they come: a person's start and control requests
+(`baton.api.run.start`, `baton.api.run.control`, or the same calls in process), and an
+agent's contract-net bid. Each is checked before anything is decided (a refusal changes
+nothing and is answered, or audited), then goes through the pipeline like any command."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Incoming
+from bus.errors import BusError, MalformedMessage
+from bus.protocol import Bid, ErrorReply
+from bus.tracecontext import new_trace_id
+from eventstore import EventStore
+from orchestrator.core import contract_net, human
+from orchestrator.core.commands import CancelRun, HumanDecision, StartRun, SubmitBid
+from orchestrator.core.decide import on_run_clock
+from orchestrator.core.errors import (
+    ControlRefused,
+    OrchestratorError,
+    RunNotRecorded,
+    WorkflowError,
+)
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import WorkflowSpec, validate
+from orchestrator.service import journal
+from orchestrator.service.api import (
+    ControlAccepted,
+    RunAccepted,
+    RunControlRequest,
+    StartRunRequest,
+)
+from orchestrator.service.journal import Cause
+from orchestrator.service.pipeline import Pipeline
+from orchestrator.service.system_journal import SystemJournal
+
+_start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
+_control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
+_bid_decoder: Decoder[Bid] = Decoder(Bid)
+
+
+class RunRequests:
+    """Starts runs, applies people's decisions to them, and takes agents' bids."""
+
+    def __init__(
+        self,
+        store: EventStore,
+        pipeline: Pipeline,
+        system: SystemJournal,
+        new_run_id: Callable[[], str],
+    ) -> None:
+        self._store = store
+        self._pipeline = pipeline
+        self._system = system
+        self._new_run_id = new_run_id
+
+    async def start_run(
+        self,
+        workflow: WorkflowSpec,
+        input: dict[str, Any] | None = None,
+        *,
+        run_id: str = "",
+        requested_by: str = "cli",
+    ) -> str:
+        """Validate and record a new run; returns its id once `RunStarted` is durable."""
+        validate(workflow)
+        chosen = bool(run_id)
+        run_id = subjects.token(run_id or self._new_run_id())
+        command = StartRun(
+            run_id, workflow, {**workflow.input, **(input or {})}, new_trace_id(), requested_by
+        )
+        # A generated id needs no look-up: the append expects an empty stream anyway.
+        exists = chosen and await self._store.stream_version(journal.run_stream(run_id))
+        runs = self._pipeline.runs
+        if run_id in runs or exists:
+            raise WorkflowError("run_id", f"run {run_id} already exists")
+        runs[run_id] = RunState(run_id)
+        cause = Cause(f"start:{run_id}", requested_by)
+        if not await self._pipeline.execute(run_id, [(command, cause)]):
+            del runs[run_id]
+            raise RunNotRecorded(run_id)
+        return run_id
+
+    async def control(self, request: RunControlRequest) -> RunState:
+        """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
+        why one cannot apply, and then nothing changed."""
+        self._pipeline.run(request.run_id)  # UnknownRun before anything else
+        command: HumanDecision | CancelRun
+        if request.action == "cancel":
+            command = CancelRun(request.task_id, request.actor, request.note)
+        else:
+            command = HumanDecision(
+                request.task_id, request.action, request.actor, request.note, request.output
+            )
+        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
+        await self._pipeline.unblocked(request.run_id)
+        # checked and decided with no await between, against the newest state (appends
+        # still in flight included), so what is refused is exactly what the core refuses
+        state = self._pipeline.newest(request.run_id)
+        refused = human.refusal(state, command)
+        decision = None if refused else self._pipeline.decide(request.run_id, [(command, cause)])
+        if decision is None:
+            raise ControlRefused(refused or "nothing to change")
+        if not await self._pipeline.commit(decision):
+            raise RunNotRecorded(request.run_id)
+        return self._pipeline.run(request.run_id)
+
+    async def on_start(self, msg: Incoming) -> None:
+        try:
+            request = _start_decoder.decode(msg.data)
+            run_id = await self.start_run(
+                request.workflow,
+                request.input,
+                run_id=request.run_id,
+                requested_by=request.requested_by,
+            )
+        except (BusError, WorkflowError) as exc:
+            await self._system.reject(msg.subject, str(exc), len(msg.data))
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(RunAccepted(run_id)))
+
+    async def on_control(self, msg: Incoming) -> None:
+        try:
+            state = await self.control(_control_decoder.decode(msg.data))
+        except (BusError, OrchestratorError) as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
+
+    async def on_bid(self, msg: Incoming) -> None:
+        """A contract-net bid: handed to the core, or refused and audited."""
+        runs = self._pipeline.runs
+        try:
+            run_id, sender = subjects.bid_sender(msg.subject)
+            bid = _bid_decoder.decode(msg.data)
+            if bid.run_id != run_id or run_id not in runs:
+                raise MalformedMessage(f"bid for run {bid.run_id} sent on {msg.subject}")
+        except BusError as exc:
+            await self._system.reject(msg.subject, str(exc), len(msg.data))
+            return
+        command = SubmitBid(bid, sender)
+        state = runs[run_id]
+        context = on_run_clock(state, self._pipeline.context())
+        refused = contract_net.refusal(state, command, context)
+        if refused:
+            await self._system.reject(msg.subject, f"bid refused: {refused}", len(msg.data))
+            return
+        cause = Cause(f"{bid.task_id}:{bid.attempt}:bid:{sender}", sender)
+        await self._pipeline.execute(run_id, [(command, cause)])
