@@ -96,7 +96,7 @@ def _normalised(node: Any) -> Any:
     cleaned as `inspect.cleandoc` does (releases strip docstring indentation differently),
     and the alternatives of an `anyOf` in a fixed order (releases list them differently)."""
     if isinstance(node, dict):
-        out = {}
+        out: dict[str, Any] = {}
         for key, value in node.items():
             if key == "description" and isinstance(value, str):
                 out[key] = inspect.cleandoc(value)
