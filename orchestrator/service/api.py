@@ -54,6 +54,8 @@ class StatusRequest(
 
 
 class RunProgress(msgspec.Struct, frozen=True):
+    """One run as `baton status` shows it: its status, task counts and elapsed time."""
+
     run_id: str
     workflow: str
     status: str
@@ -67,6 +69,8 @@ class RunProgress(msgspec.Struct, frozen=True):
     pending: int
     attempts: int
     """Attempts made so far, over all tasks (more than `tasks` means retries)."""
+    by_status: dict[str, int] = {}
+    """Tasks per status, for every status the core has (`TaskStatus`), zeros included."""
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag_field="kind", tag="status.reply"):
