@@ -27,11 +27,11 @@ class RunControlRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="run.control"
 ):
     """A person's decision on a run: approve/reject/retry an escalated task, or cancel a
-    task (or the whole run, with no `task_id`). `actor` is recorded as who decided."""
+    task (or the whole run, with no `task_id`). Who decided is not a field: it is the
+    person whose subject the request came on (`bus.subjects.run_control`)."""
 
     run_id: str
     action: Literal["approve", "reject", "retry", "cancel"]
-    actor: str
     task_id: str = ""
     note: str = ""
     output: dict[str, Any] = {}
@@ -43,6 +43,8 @@ class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.co
     run_id: str
     status: str
     """The run's status once the decision is recorded."""
+    actor: str = ""
+    """Who the decision is recorded as (the person the request came from)."""
 
 
 class StatusRequest(

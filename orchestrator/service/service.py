@@ -290,7 +290,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._on_start_request),
-            await self._bus.subscribe(subjects.API_RUN_CONTROL, self._on_control_request),
+            await self._bus.subscribe(subjects.API_RUN_CONTROL_ALL, self._on_control_request),
             await self._bus.subscribe(subjects.BIDS_ALL, self._on_bid),
         ]
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
@@ -401,18 +401,19 @@ class Orchestrator:
             raise RunNotRecorded(run_id)
         return run_id
 
-    async def control(self, request: RunControlRequest) -> RunState:
-        """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
-        why one cannot apply, and then nothing changed."""
+    async def control(self, request: RunControlRequest, actor: str) -> RunState:
+        """Record a person's decision (approve/reject/retry/cancel) as `actor`'s (who sent
+        it, as the server knows); `ControlRefused` says why one cannot apply, and then
+        nothing changed."""
         self.run(request.run_id)  # UnknownRun before anything else
         command: HumanDecision | CancelRun
         if request.action == "cancel":
-            command = CancelRun(request.task_id, request.actor, request.note)
+            command = CancelRun(request.task_id, actor, request.note)
         else:
             command = HumanDecision(
-                request.task_id, request.action, request.actor, request.note, request.output
+                request.task_id, request.action, actor, request.note, request.output
             )
-        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
+        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", actor)
         await self._unblocked(request.run_id)
         # checked and decided with no await between, against the newest state (appends
         # still in flight included), so what is refused is exactly what the core refuses
@@ -775,11 +776,12 @@ class Orchestrator:
 
     async def _on_control_request(self, msg: Incoming) -> None:
         try:
-            state = await self.control(_control_decoder.decode(msg.data))
+            actor = subjects.run_controller(msg.subject)  # the sender, as the server knows
+            state = await self.control(_control_decoder.decode(msg.data), actor)
         except (BusError, OrchestratorError) as exc:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
-        await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
+        await msg.reply(encode(ControlAccepted(state.run_id, state.status, actor)))
 
     def _role_of(self, agent_id: str) -> str | None:
         return self._registry.role_of(agent_id)
