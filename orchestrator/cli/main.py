@@ -7,6 +7,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -27,6 +28,7 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
+from orchestrator.cli.reach import shown
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
 from orchestrator.core.workflow import AgentSpec, check_roles
@@ -41,15 +43,17 @@ _progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="baton", description="Baton: coordination layer for multi-agent systems."
+        prog="baton", description="Baton: coordination layer for multi-agent systems.", epilog=EXITS
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a workflow file, starting its agents and NATS")
+    run = sub.add_parser(
+        "run", help="run a workflow file, starting its agents and NATS", epilog=EXITS
+    )
     run.add_argument("workflow", help="workflow file: TOML, or YAML (.yaml/.yml)")
     run.add_argument("--input", default="{}", help="run input as a JSON object")
 
-    resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run")
+    resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run", epilog=EXITS)
     resume.add_argument("run_id")
 
     for serving in (run, resume):
@@ -57,7 +61,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="use this NATS server instead of starting one")  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
-        serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+        serving.add_argument("--timeout", type=float, default=300.0,
+                             help="seconds for all of it, agents' start included (default "
+                                  "300); an unfinished run exits 4")  # fmt: skip
         serving.add_argument(
             "--human-approval",
             action="store_true",
@@ -135,6 +141,23 @@ def _parser() -> argparse.ArgumentParser:
 # -- serving runs ----------------------------------------------------------------------
 
 
+EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 3}
+"""What `baton run` and `baton resume` exit with, by how the run ended (now or before)."""
+EXIT_ERROR = 2
+EXIT_UNFINISHED = 4
+EXIT_INTERRUPTED = 130
+EXITS = (
+    "exit codes of run and resume: 0 the run completed; 1 it failed; 3 it stopped at a "
+    "limit (tokens, deadline, steps...) or was cancelled; 4 it had not ended within "
+    "--timeout (it stays recorded: baton resume <run> carries it on); 2 an error (a bad "
+    "argument, file or workflow, no NATS, no store); 130 interrupted"
+)
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
 async def _agents_ready(
     orchestrator: Orchestrator, agents: AgentProcesses, roles: Counter[str], timeout: float
 ) -> None:
@@ -142,7 +165,7 @@ async def _agents_ready(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await orchestrator.wait_for_agents(roles, timeout=0.25)
+            await orchestrator.wait_for_agents(roles, timeout=min(0.25, timeout))
             return
         except TimeoutError:
             pass
@@ -151,7 +174,24 @@ async def _agents_ready(
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
             raise AgentStartError(f"agent {agent_id} exited with {code}: {' '.join(tail)}")
         if time.monotonic() > deadline:
-            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout}s")
+            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout:g}s")
+
+
+def _where(args: argparse.Namespace) -> str:
+    """The options another `baton` command needs to find this one's orchestrator."""
+    where = f" --state-dir {shlex.quote(args.state_dir)}" if args.state_dir else ""
+    return where + (f" --nats {shown(args.nats)}" if args.nats else "")
+
+
+def escalation_hint(args: argparse.Namespace, run_id: str, task_id: str) -> str:
+    """The commands a person runs (from another terminal) to decide an escalated task."""
+    target = f"{run_id} {shlex.quote(task_id)}{_where(args)}"
+    return (
+        f"  task {task_id} waits for a person; from another terminal run one of:\n"
+        f"    baton approve {target} --output '{{}}'\n"
+        f"    baton reject {target} --note 'why'\n"
+        f"    baton retry {target}"
+    )
 
 
 Starter = Callable[[Stack], Awaitable[object]]
@@ -165,7 +205,9 @@ async def _serve(
     contracts_path: str = "",
 ) -> int:
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
-    `start`ing it, for a new one) to its end with live progress; tear everything down."""
+    `start`ing it, for a new one) to its end with live progress; tear everything down.
+    `--timeout` bounds all of it, the agents' start included."""
+    deadline = time.monotonic() + args.timeout
     directory = state_dir(args.state_dir)
     if args.human_approval:
         os.environ["BATON_TOOL_APPROVAL"] = "human:600"  # the agents started below inherit it
@@ -173,9 +215,20 @@ async def _serve(
     stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
     try:
-        shown = stack.nats_url.rpartition("@")[2]  # never print credentials
-        print(f"baton: NATS nats://{shown.removeprefix('nats://')}, event store "
-              f"{store_path(directory)}")  # fmt: skip
+        print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
+        began = [time.monotonic()]
+
+        async def show(msg: Incoming) -> None:
+            since = time.monotonic() - began[0]
+            for line in _progress.decode(msg.data).lines:
+                print(render.progress_line(line, since))
+                if line.event == "task.escalated":
+                    print(escalation_hint(args, run_id, line.task_id))
+
+        # watched from the start: a resumed run's recovery dispatches before agents are up
+        await stack.bus.subscribe(subjects.progress(run_id), show)
+        if args.human_approval:
+            await toolcli.watch_approvals(stack.bus, run_id)
         if specs and not args.no_agents:
             for spec in specs:
                 agents.start(
@@ -187,23 +240,21 @@ async def _serve(
                 )
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
-            await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
-        began = time.monotonic()
-
-        async def show(msg: Incoming) -> None:
-            since = time.monotonic() - began
-            for line in _progress.decode(msg.data).lines:
-                print(render.progress_line(line, since))
-
-        await stack.bus.subscribe(subjects.progress(run_id), show)
-        if args.human_approval:
-            await toolcli.watch_approvals(stack.bus, run_id)
+            await _agents_ready(
+                stack.orchestrator, agents, roles, timeout=min(60.0, _remaining(deadline))
+            )
         if start is not None:
+            began[0] = time.monotonic()
             await start(stack)
         state = stack.orchestrator.run(run_id)
         name = state.workflow.name if state.workflow else "?"
         print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
-        state = await stack.orchestrator.wait(run_id, timeout=args.timeout)
+        try:
+            state = await stack.orchestrator.wait(run_id, timeout=_remaining(deadline))
+        except TimeoutError:
+            print(f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout); it stays "
+                  f"recorded: carry it on with baton resume {run_id}{_where(args)}")  # fmt: skip
+            return EXIT_UNFINISHED
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
         if state.status == "completed":
@@ -215,7 +266,7 @@ async def _serve(
         else:
             print(f"run {run_id} failed: {state.reason}")
         print(f"\nreplay it: baton replay {run_id}   audit it: baton audit --run {run_id}")
-        return 0 if state.status == "completed" else 1
+        return EXIT_CODES[state.status]
     finally:
         agents.stop()
         await stack.close()
@@ -280,7 +331,7 @@ async def _resume(args: argparse.Namespace) -> int:
         await store.close()
     if state.terminal:
         print(f"run {args.run_id} already {state.status}; nothing to resume")
-        return 0 if state.status == "completed" else 1
+        return EXIT_CODES[state.status]
     specs = state.workflow.agents if state.workflow else []
     # no start: the orchestrator recovers the run from the log when it starts
     contracts = args.contracts or os.environ.get("BATON_CONTRACTS", "")
@@ -434,15 +485,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         configure_logging()
         return int(loop.run(command(args)))
-    except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError) as exc:
-        print(f"baton {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except OSError as exc:  # a file named on the command line could not be read or written
-        print(f"baton {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, TimeoutError):
+    except TimeoutError as exc:  # an OSError too: said before the one below
+        said = f": {exc}" if str(exc) else ""
+        print(f"baton {args.command}: error: timed out{said}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError, OSError) as exc:
+        # OSError: a file named on the command line could not be read or written
+        said = str(exc) or type(exc).__name__
+        print(f"baton {args.command}: error: {said}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
         print(f"baton {args.command}: stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
