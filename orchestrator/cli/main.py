@@ -20,7 +20,7 @@ from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contract_files import load_contracts
-from bus.errors import BusError
+from bus.errors import BusError, ContractError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
@@ -30,8 +30,15 @@ from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.reach import shown
 from orchestrator.core.effects import pending_effects
-from orchestrator.core.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
-from orchestrator.core.workflow import AgentSpec, check_roles
+from orchestrator.core.errors import (
+    AgentStartError,
+    OrchestratorError,
+    UnknownRun,
+    UnknownStore,
+    WorkflowError,
+)
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import AgentSpec, ContractsRef, check_roles
 from orchestrator.service import journal, serve
 from orchestrator.service.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
@@ -313,7 +320,9 @@ async def _run(args: argparse.Namespace) -> int:
     workflow = replace(workflow, agents=specs)
     contracts = args.contracts or contracts_file(path) or os.environ.get("BATON_CONTRACTS", "")
     if contracts:
-        check_roles(workflow, load_contracts(contracts))
+        # recorded with the run, so a resume (of it, or of a fork) governs by them too
+        governing = ContractsRef(str(Path(contracts).resolve()), load_contracts(contracts).digest)
+        workflow = replace(check_roles(workflow, load_contracts(contracts)), contracts=governing)
 
     run_id = new_run_id()
 
@@ -333,9 +342,41 @@ async def _resume(args: argparse.Namespace) -> int:
         print(f"run {args.run_id} already {state.status}; nothing to resume")
         return EXIT_CODES[state.status]
     specs = state.workflow.agents if state.workflow else []
+    contracts = _governing(args, state)
     # no start: the orchestrator recovers the run from the log when it starts
-    contracts = args.contracts or os.environ.get("BATON_CONTRACTS", "")
     return await _serve(args, specs, args.run_id, None, contracts)
+
+
+def _governing(args: argparse.Namespace, state: RunState) -> str:
+    """The contracts file to resume `state` under: `--contracts` or `$BATON_CONTRACTS` if
+    given, else the one the run records (which must still say what it said then). Refused
+    before anything is dispatched if it cannot be had, or lacks a role the run needs."""
+    assert state.workflow is not None
+    recorded = state.workflow.contracts
+    chosen = args.contracts or os.environ.get("BATON_CONTRACTS", "")
+    path = chosen or (recorded.path if recorded is not None else "")
+    if not path:
+        return ""
+    try:
+        contracts = load_contracts(path)
+    except ContractError as exc:
+        if chosen:
+            raise
+        raise WorkflowError(
+            "--contracts",
+            f"run {state.run_id} is governed by the role contracts in {exc}; pass "
+            "--contracts FILE with those contracts",
+        ) from None
+    if recorded is not None and not chosen and contracts.digest != recorded.digest:
+        raise WorkflowError(
+            "--contracts",
+            f"run {state.run_id} is governed by the role contracts in {path}, which no "
+            f"longer says what it said when the run started (digest {contracts.digest[:12]}, "
+            f"was {recorded.digest[:12]}); restore it, or pass --contracts FILE to govern the "
+            "run by another",
+        )
+    check_roles(state.workflow, contracts)
+    return path
 
 
 # -- looking into the log --------------------------------------------------------------
@@ -366,8 +407,8 @@ async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
 
 
 async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    new_id = subjects.token(args.new_id or new_run_id())  # the arguments first
     at = await history.position_at(store, args.run_id, args.at)
-    new_id = subjects.token(args.new_id or new_run_id())
     if await store.stream_version(journal.run_stream(new_id)):
         raise WorkflowError("--new-id", f"run {new_id} already exists")
     state = await history.fork(store, args.run_id, at, new_id, actor="cli")
@@ -379,10 +420,8 @@ async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
 
 
 async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    stored = await store.read_stream(journal.run_stream(args.run_id))
-    if not stored:
-        raise OrchestratorError(f"no run {args.run_id!r} in the event store")
-    lines = "\n".join(history.export_lines(stored)) + "\n"
+    stored = await history.run_events(store, args.run_id)
+    lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
     if args.output:
         Path(args.output).write_text(lines)
         print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
@@ -417,8 +456,10 @@ async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
     else:
         if args.limit < 1:
             raise WorkflowError("--limit", "must be at least 1")
-        query = EventQuery(
-            stream=journal.run_stream(args.run) if args.run else None,
+        if args.run and not await store.stream_version(journal.run_stream(args.run)):
+            raise UnknownRun(args.run)
+        query = EventQuery(  # a run's events: its own stream's and its agents' records
+            correlation_id=args.run or None,
             actor=args.actor,
             type_glob=args.type_glob,
             text=args.text,
