@@ -22,6 +22,7 @@ from typing import Any, NamedTuple, get_args
 import pytest
 
 from bus.permissions import person_identity
+from orchestrator.cli.main import EXIT_CODES
 from orchestrator.core.state import RunStatus, TaskStatus
 from tests.cluster import REPO, baton
 
@@ -314,6 +315,13 @@ def test_trace_replay_audit_and_export_show_the_run_as_it_is(
     assert data["events"] == sum(e["stream"] == f"run-{run_id}" for e in events)
     exported = _baton(recorded.state, "export", run_id).stdout.splitlines()
     assert len(exported) == len(events) + 1, "the export holds the events the audit shows"
+
+
+def test_resuming_an_ended_run_exits_as_running_it_did(recorded: Recorded) -> None:
+    for status, code in EXIT_CODES.items():
+        done = _baton(recorded.state, "resume", recorded.runs[status], check=False)
+        assert done.returncode == code, (status, done.stdout, done.stderr)
+        assert f"already {status}; nothing to resume" in done.stdout
 
 
 def test_a_handoff_is_drawn_ended_when_the_next_owner_starts(recorded: Recorded) -> None:

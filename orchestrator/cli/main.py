@@ -24,8 +24,8 @@ from bus.errors import BusError, ContractError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
+from orchestrator.cli import approvals, history, render
 from orchestrator.cli import control as control_cli
-from orchestrator.cli import history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.reach import shown
@@ -181,7 +181,7 @@ async def _agents_ready(
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
             raise AgentStartError(f"agent {agent_id} exited with {code}: {' '.join(tail)}")
         if time.monotonic() > deadline:
-            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout:g}s")
+            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout:.1f}s")
 
 
 def _where(args: argparse.Namespace) -> str:
@@ -221,6 +221,7 @@ async def _serve(
     contracts = load_contracts(contracts_path) if contracts_path else None
     stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
+    asking: approvals.Approvals | None = None
     try:
         print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
         began = [time.monotonic()]
@@ -235,7 +236,7 @@ async def _serve(
         # watched from the start: a resumed run's recovery dispatches before agents are up
         await stack.bus.subscribe(subjects.progress(run_id), show)
         if args.human_approval:
-            await toolcli.watch_approvals(stack.bus, run_id)
+            asking = await approvals.watch(stack.bus, run_id)
         if specs and not args.no_agents:
             for spec in specs:
                 agents.start(
@@ -275,6 +276,8 @@ async def _serve(
         print(f"\nreplay it: baton replay {run_id}   audit it: baton audit --run {run_id}")
         return EXIT_CODES[state.status]
     finally:
+        if asking is not None:
+            await asking.close()
         agents.stop()
         await stack.close()
 

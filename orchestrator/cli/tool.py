@@ -3,23 +3,20 @@ governed tool call that needs approval.
 
 The decision goes straight to the agent holding the call (request/reply on the call's
 decision subject), which records it as an event before it acts on it; `pending` lists,
-from the event log, the calls that wait for a decision.
+from the event log, the calls that wait for a decision. (`baton run --human-approval`
+asks on its own terminal: `approvals`.)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from bus import loop, subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, RequestFailed
 from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
 from eventstore import EventQuery, EventStoreError
@@ -68,40 +65,6 @@ async def decide(where: Reach, decision: ToolDecision, timeout: float = 5.0) -> 
     if isinstance(answer, ErrorReply):
         raise RequestFailed(f"{answer.error}: {answer.detail}")
     return answer
-
-
-Ask = Callable[[str], str]
-
-
-async def watch_approvals(bus: Bus, run_id: str, ask: Ask = input) -> Subscription:
-    """Prompt on this terminal for each tool call of the run that waits for a human
-    (`baton run --human-approval`); answers go to the waiting agent, one at a time."""
-    turn = asyncio.Lock()
-    record_decoder: Decoder[ToolCallRecord] = Decoder(ToolCallRecord)
-
-    async def on_request(msg: Incoming) -> None:
-        try:
-            request = record_decoder.decode(msg.data)
-        except BusError:
-            return
-        async with turn:
-            question = (
-                f"\ntool call {request.call_id}: {request.agent_id} wants {request.tool} "
-                f"({request.risk} risk) with {request.arguments}\napprove? [y/N] "
-            )
-            try:
-                answer = await asyncio.to_thread(ask, question)
-            except EOFError:
-                print(f"no terminal: baton tool approve|deny {request.call_id}")
-                return
-            approve = answer.strip().lower() in ("y", "yes")
-            decision = ToolDecision(request.call_id, approve, getpass.getuser(), "at baton run")
-            try:
-                await bus.request(subjects.tool_decision(request.call_id), encode(decision), 5.0)
-            except RequestFailed as exc:
-                print(f"decision on {request.call_id} not delivered: {exc}")
-
-    return await bus.subscribe(subjects.tool_approval(run_id), on_request)
 
 
 async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:

@@ -478,7 +478,7 @@ def _location(error: msgspec.ValidationError) -> tuple[str, str]:
     match = re.search(r" - at `\$\.?(.*)`$", text)
     if match:
         return match.group(1) or "(top)", text[: match.start()]
-    return "", text
+    return "(top)", text  # msgspec names no path for the top level itself
 
 
 def parse(data: dict[str, Any]) -> WorkflowSpec:
