@@ -55,7 +55,7 @@ async def position_at(store: EventStore, run_id: str, point: str) -> int:
     """The global position a `--until`/`--at` argument names for this run: an integer is a
     position; anything else is a time, meaning the run's last event recorded before it.
     A point before the run's first event is `BadPoint` (the run had not started then)."""
-    first = await store.read_stream(journal.run_stream(run_id), from_version=1)
+    first = await store.query(EventQuery(stream=journal.run_stream(run_id), limit=1))
     if not first:
         raise UnknownRun(run_id)
     if point.isdigit():
@@ -144,9 +144,9 @@ async def fork(
     memory starts as the origin's was at `at` (copied as events, see `copy_run_memory`).
 
     The new run starts `now` (wall clock, default the time of the call): its elapsed time
-    and its deadline count from the fork. Its run clock is moved by as much, so the clock
-    still reads in step with the wall clock, and every time copied from the origin keeps
-    its meaning on it."""
+    and its deadline count from the fork. Its start on the run's own clock moves by as
+    much, so that clock still reads in step with the wall clock and every time copied from
+    the origin keeps its meaning."""
     origin = await store.read_stream(journal.run_stream(run_id), until_position=at)
     if not origin:
         raise UnknownRun(run_id)
@@ -232,22 +232,25 @@ def _checked(header: dict[str, Any], lines: list[_Line]) -> str:
     fmt = header.get("format")
     if fmt not in FORMATS or len(lines) != header.get("events"):
         raise BadExport(f"expected a {EXPORT_FORMAT} header and {header.get('events')} events")
-    run_id = str(header["run_id"]) if fmt == EXPORT_FORMAT else journal.run_id_of(header["stream"])
+    named = header.get("run_id") if fmt == EXPORT_FORMAT else header.get("stream")
+    if not isinstance(named, str) or not named:
+        raise BadExport("the header names no run")
+    run_id = named if fmt == EXPORT_FORMAT else journal.run_id_of(named)
     own = journal.run_stream(run_id)
     versions: dict[str, int] = {}
-    for n, (r, _) in enumerate(lines, start=1):
-        said = f"event {n} ({r.event_id})"
+    for n, line in enumerate(lines, start=1):
+        r, said = line.stored, f"event {n} ({line.stored.event_id})"
         if hash_of(r) != r.hash:
             raise BadExport(f"{said} was changed: its hash no longer matches it")
-        if not _reads_as_its_data(lines[n - 1]):
+        if not _reads_as_its_data(line):
             raise BadExport(f"{said} was changed: its readable `event` differs from its data")
+        ours = r.stream == own or (fmt == EXPORT_FORMAT and r.correlation_id == run_id)
         before = versions.get(r.stream, 0)
-        if r.stream == agentlog.MEMORY_STREAM:  # a shared stream: the run's part of it
-            in_place = r.version > before and r.correlation_id == run_id
-        else:
-            in_place = r.version == before + 1 and (r.stream == own or fmt == EXPORT_FORMAT)
-            in_place = in_place and (r.stream == own or r.correlation_id == run_id)
-        if not in_place:
+        # the memory stream is shared by every run: an export holds the run's part of it
+        follows = (
+            r.version > before if r.stream == agentlog.MEMORY_STREAM else r.version == before + 1
+        )
+        if not (ours and follows):
             raise BadExport(f"{said} was changed or is out of place")
         versions[r.stream] = r.version
     if own not in versions:

@@ -323,9 +323,10 @@ async def _run(args: argparse.Namespace) -> int:
     workflow = replace(workflow, agents=specs)
     contracts = args.contracts or contracts_file(path) or os.environ.get("BATON_CONTRACTS", "")
     if contracts:
+        known = load_contracts(contracts)
         # recorded with the run, so a resume (of it, or of a fork) governs by them too
-        governing = ContractsRef(str(Path(contracts).resolve()), load_contracts(contracts).digest)
-        workflow = replace(check_roles(workflow, load_contracts(contracts)), contracts=governing)
+        governing = ContractsRef(str(Path(contracts).resolve()), known.digest)
+        workflow = replace(check_roles(workflow, known), contracts=governing)
 
     run_id = new_run_id()
 

@@ -37,8 +37,8 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
         decide.add_argument("call_id", help="the call id (see baton tool pending)")
         decide.add_argument("--reason", default="", help="recorded with the decision")
         decide.add_argument("--by", default="",
-                            help="your name (default: human:<login name>; on a governed "
-                                 "server, always who its credentials name)")  # fmt: skip
+                            help="your name (default: who the governed server's credentials "
+                                 "name, else human:<login name>)")  # fmt: skip
         decide.add_argument(
             "--nats",
             default=os.environ.get("BATON_NATS_URL", ""),
@@ -104,12 +104,8 @@ async def _main(args: argparse.Namespace) -> int:
     if where is None:
         print("baton tool: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
-    if where.identity and args.by and args.by != where.identity:
-        print(f"baton tool: error: this server is governed: you decide as {where.identity}, "
-              f"the person its credentials name, not {args.by}", file=sys.stderr)  # fmt: skip
-        return 2
     subjects.token(args.call_id)
-    by = where.identity or args.by or me()
+    by = args.by or where.identity or me()  # the agent records it as who decided
     decision = ToolDecision(args.call_id, args.action == "approve", by, args.reason)
     try:
         ack = await decide(where, decision)
