@@ -326,7 +326,7 @@ async def _run(args: argparse.Namespace) -> int:
         known = load_contracts(contracts)
         # recorded with the run, so a resume (of it, or of a fork) governs by them too
         governing = ContractsRef(str(Path(contracts).resolve()), known.digest)
-        workflow = replace(check_roles(workflow, known), contracts=governing)
+        workflow = replace(check_roles(workflow, known), governed_by=governing)
 
     run_id = new_run_id()
 
@@ -356,7 +356,7 @@ def _governing(args: argparse.Namespace, state: RunState) -> str:
     given, else the one the run records (which must still say what it said then). Refused
     before anything is dispatched if it cannot be had, or lacks a role the run needs."""
     assert state.workflow is not None
-    recorded = state.workflow.contracts
+    recorded = state.workflow.governed_by
     chosen = args.contracts or os.environ.get("BATON_CONTRACTS", "")
     path = chosen or (recorded.path if recorded is not None else "")
     if not path:

@@ -141,9 +141,9 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     input: dict[str, Any] = {}
     agents: list[AgentSpec] = []
     limits: Limits = Limits()
-    contracts: ContractsRef | None = None
-    """Set by `baton run` for a governed run (recorded with it); a file's `contracts` key
-    only names the file (see `parse`)."""
+    governed_by: ContractsRef | None = None
+    """Set by `baton run` for a governed run, so it is recorded with the run (a file's
+    `contracts` key only names the contracts file, see `parse`)."""
 
 
 TaskKind = Literal["task", "chat", "turn", "select", "subtask", "plan"]
@@ -486,7 +486,7 @@ def parse(data: dict[str, Any]) -> WorkflowSpec:
 
     A top-level `contracts` key (the role contracts file `baton run` governs by) names a
     file relative to the workflow file; `baton run` records it resolved, with its digest,
-    as the spec's `contracts` (see `contracts_file`).
+    as the spec's `governed_by` (see `contracts_file`).
     """
     data = dict(data)
     contracts = data.pop("contracts", "")
