@@ -7,6 +7,7 @@ with `sync_interval: always`, one appender, single appends and batches of 100, m
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import statistics
@@ -44,18 +45,20 @@ async def measure(url: str, rounds: int = 3) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in rates.items()}
 
 
-async def _main() -> None:
+async def _main(repeats: int) -> None:
     with tempfile.TemporaryDirectory(prefix="baton-js-bench-") as directory:
         server = EmbeddedNats(Path(directory))
         url = await server.start()
         try:
-            rates = await measure(url)
+            rates = await measure(url, repeats)
         finally:
             server.stop()
     for name, rate in rates.items():
-        print(f"jetstream append {name:>8}: {rate:10,.0f} events/s (median of 3)")
+        print(f"jetstream append {name:>8}: {rate:10,.0f} events/s (median of {repeats})")
     print(json.dumps({"bench": "eventstore_jetstream", **{k: round(v) for k, v in rates.items()}}))
 
 
 if __name__ == "__main__":
-    asyncio.run(_main())
+    parser = argparse.ArgumentParser(description="JetStream event-store append rate.")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each (median)")
+    asyncio.run(_main(parser.parse_args().repeats))

@@ -149,6 +149,13 @@ class Contracts:
     def __len__(self) -> int:
         return len(self._by_name)
 
+    @property
+    def digest(self) -> str:
+        """sha256 over every role's name and contract digest, in name order: the same
+        contracts, from any file, have the same digest."""
+        lines = sorted(f"{name} {c.digest}" for name, c in self._by_name.items())
+        return hashlib.sha256("\n".join(lines).encode()).hexdigest()
+
     def get(self, role: str) -> RoleContract:
         """The contract of `role`, or `ContractError`."""
         try:

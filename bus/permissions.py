@@ -1,7 +1,7 @@
 """Who may publish and subscribe to what on Baton's bus, so the NATS server itself refuses
 what a role contract does not allow (DESIGN §5, governance).
 
-Pure: it turns identities (the orchestrator, one agent serving one contract, a human at
+Pure: it turns identities (the orchestrator, one agent serving one contract, a person at
 the CLI) into subject permissions and renders the server's `authorization` block. Each
 agent gets its own user, so it can publish results only on its own inbox subject (never
 as another agent), heartbeat only as itself, call only the tool subjects its contract
@@ -12,6 +12,7 @@ results. Replies go to a per-user inbox prefix, so no one reads another's replie
 from __future__ import annotations
 
 import json
+import re
 import secrets
 
 import msgspec
@@ -39,7 +40,13 @@ class User(msgspec.Struct, frozen=True):
 
 def inbox_prefix(name: str) -> str:
     """The reply-inbox prefix of a user: only that user may subscribe under it."""
-    return f"_INBOX_{subjects.token(name).replace('-', '_')}"
+    return f"_INBOX_{re.sub(r'[-:]', '_', subjects.token(name))}"
+
+
+def person_identity(login: str) -> str:
+    """A person's identity on the bus, `human:<login>` (a character no subject token may
+    hold becomes '_'): what the log records as the actor of that person's decisions."""
+    return "human:" + (re.sub(r"[^A-Za-z0-9_\-]", "_", login) or "_")
 
 
 def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
@@ -64,12 +71,26 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
     )
 
 
-def human_permissions(name: str) -> Permissions:
-    """`baton tool approve|deny` and watching progress: decide, read approvals, no more."""
+def human_permissions(person: str) -> Permissions:
+    """A person at the CLI: ask the orchestrator about runs and agents (`baton status`,
+    `agents`), decide on a run as this person and no one else (`approve`, `reject`,
+    `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
+    and approvals; no more."""
     return Permissions(
-        publish=["baton.tool.decision.*"],
-        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(name)}.>"],
+        publish=[
+            subjects.API_STATUS,
+            subjects.API_AGENTS,
+            subjects.run_control(person),
+            "baton.tool.decision.*",
+        ],
+        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(person)}.>"],
     )
+
+
+def person_user(person: str) -> User:
+    """A new NATS user for a person (`human:<login>`) with `human_permissions`; its name
+    has '-' for ':', which a user name in a URL cannot hold."""
+    return new_user(person.replace(":", "-"), human_permissions(person))
 
 
 def new_user(name: str, permissions: Permissions | None) -> User:

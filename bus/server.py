@@ -21,6 +21,8 @@ import sysconfig
 import time
 from pathlib import Path
 
+import msgspec
+
 from bus.errors import ServerStartError
 from bus.permissions import User, authorization_block
 
@@ -191,3 +193,44 @@ def running_urls(state_dir: Path) -> list[str]:
         except (ValueError, OSError, json.JSONDecodeError, AttributeError):
             continue
     return urls
+
+
+class PersonCredentials(msgspec.Struct, frozen=True):
+    """How the person who started a governed embedded server reaches it from the CLI: the
+    URL with that person's own user and password, and the identity the server lets that
+    user act as (`human:<login>`)."""
+
+    identity: str
+    url: str
+
+
+def _person_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "nats" / "person.json"
+
+
+def save_person(state_dir: Path, credentials: PersonCredentials) -> None:
+    """Keep the person's credentials beside the server, readable by that OS user only."""
+    path = _person_path(state_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(msgspec.json.encode(credentials))
+
+
+def forget_person(state_dir: Path) -> None:
+    """A server without users needs no credentials: drop any a governed one left."""
+    _person_path(state_dir).unlink(missing_ok=True)
+
+
+def person_credentials(state_dir: Path) -> PersonCredentials | None:
+    """The person's credentials for the governed embedded server running for this state
+    directory, or None (no such server running, or it lets everyone in)."""
+    try:
+        credentials = msgspec.json.decode(
+            _person_path(state_dir).read_bytes(), type=PersonCredentials
+        )
+    except (OSError, msgspec.DecodeError):
+        return None
+    address = credentials.url.rpartition("@")[2]
+    running = {url.partition("://")[2] for url in running_urls(state_dir)}
+    return credentials if address in running else None

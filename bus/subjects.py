@@ -18,8 +18,9 @@ REPORT_ALL = "baton.report.*.*"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 BIDS_ALL = "baton.bids.*.*"
 API_START_RUN = "baton.api.run.start"
-API_RUN_CONTROL = "baton.api.run.control"
-"""People → orchestrator: approve, reject or retry an escalated task; cancel."""
+API_RUN_CONTROL_ALL = "baton.api.run.control.*"
+"""People → orchestrator: approve, reject or retry an escalated task; cancel (see
+`run_control`)."""
 API_STATUS = "baton.api.status"
 API_AGENTS = "baton.api.agents"
 
@@ -62,6 +63,21 @@ def inbox_sender(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[:2] != ["baton", "inbox"]:
         raise InvalidSubjectToken(subject)
     return token(parts[2]), token(parts[3])
+
+
+def run_control(person: str) -> str:
+    """A person → the orchestrator: a decision on a run (request/reply). The person is in
+    the subject, which on a governed server only that person may publish to, so the
+    orchestrator records who decided from the server, never from a claim in the payload."""
+    return f"baton.api.run.control.{token(person)}"
+
+
+def run_controller(subject: str) -> str:
+    """The person of a run control subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:4] != ["baton", "api", "run", "control"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[4])
 
 
 def tool_call(tool: str) -> str:

@@ -1,20 +1,21 @@
 """`baton approve|reject|retry <run> <task>` and `baton cancel <run> [--task T]`: a
-person's decision, sent to the running orchestrator through its API subject (so the core
-decides it and records the person as the actor), never written to the log directly."""
+person's decision, sent to the running orchestrator on that person's own API subject (so
+the core decides it and records the person as the actor), never written to the log
+directly. On a governed server the person is who the state directory's credentials say;
+elsewhere, `--as` (default `human:<login>`)."""
 
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
-from pathlib import Path
 
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus
 from bus.protocol import ErrorReply
-from orchestrator.core.errors import ControlRefused, OrchestratorError, WorkflowError
+from orchestrator.cli.observe import NoOrchestrator, connect
+from orchestrator.cli.reach import Reach, me, reach
+from orchestrator.core.errors import ControlRefused, WorkflowError
 from orchestrator.service.api import ControlAccepted, RunControlRequest
 from orchestrator.service.bootstrap import state_dir
 
@@ -40,21 +41,24 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             p.add_argument("--output", default="{}", help="the task's output, a JSON object")
         p.add_argument("--note", default="", help="why (recorded with the decision)")
         p.add_argument("--as", dest="actor", default="",
-                       help="who decides (default human:<login name>)")  # fmt: skip
+                       help="who decides (default human:<login name>); on a governed "
+                            "server, always who its credentials name")  # fmt: skip
         p.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
                        help="orchestrator NATS (default: that of --state-dir)")  # fmt: skip
         p.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
 
-def nats_of(directory: Path) -> str:
-    """The URL of the embedded NATS a `baton run` serves from `directory`."""
-    for ports in sorted((directory / "nats" / "ports").glob("*.ports")):
-        try:
-            return str(json.loads(ports.read_text())["nats"][0])
-        except (ValueError, KeyError, IndexError, OSError):
-            continue
-    raise OrchestratorError(f"no running orchestrator's NATS under {directory} (see --nats)")
+def actor_of(args: argparse.Namespace, where: Reach) -> str:
+    """Who decides: the identity a governed server's credentials name (`--as` may only
+    repeat it), else `--as`, else this login as `human:<login>`."""
+    if where.identity and args.actor and args.actor != where.identity:
+        raise WorkflowError(
+            "--as",
+            f"this orchestrator's server is governed: you decide as {where.identity}, the "
+            f"person its credentials name, and cannot decide as {args.actor}",
+        )
+    return where.identity or args.actor or me()
 
 
 def request_of(args: argparse.Namespace) -> RunControlRequest:
@@ -65,22 +69,25 @@ def request_of(args: argparse.Namespace) -> RunControlRequest:
     if not isinstance(output, dict):
         raise WorkflowError("--output", "must be a JSON object")
     task_id = args.task if args.command == "cancel" else args.task_id
-    actor = args.actor or f"human:{getpass.getuser()}"
-    return RunControlRequest(args.run_id, args.command, actor, task_id, args.note, output)
+    return RunControlRequest(args.run_id, args.command, task_id, args.note, output)
 
 
 async def send(args: argparse.Namespace) -> int:
     request = request_of(args)
-    url = args.nats or nats_of(state_dir(args.state_dir))
-    bus = await Bus.connect(url, name=f"baton-{args.command}")
+    directory = state_dir(args.state_dir)
+    where = reach(args.nats, directory)
+    if where is None:
+        raise NoOrchestrator(f"no running orchestrator's NATS under {directory} (see --nats)")
+    subject = subjects.run_control(actor_of(args, where))
+    bus = await connect(where, f"baton-{args.command}", args.timeout)
     try:
-        data = await bus.request(subjects.API_RUN_CONTROL, encode(request), args.timeout)
+        data = await bus.request(subject, encode(request), args.timeout)
     finally:
         await bus.close()
     reply = _reply.decode(data)
     if isinstance(reply, ErrorReply):
         raise ControlRefused(reply.detail or reply.error)
     what = f"task {request.task_id}" if request.task_id else "the run"
-    print(f"{args.command} of {what} recorded by {request.actor}; "
+    print(f"{args.command} of {what} recorded by {reply.actor}; "
           f"run {reply.run_id} is {reply.status}")  # fmt: skip
     return 0

@@ -5,22 +5,27 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from itertools import groupby
+from typing import Any, NamedTuple
 
 import msgspec
 from msgspec.structs import replace
 
 from eventstore import EventQuery, EventStore, NewEvent, StoredEvent
 from eventstore.chain import hash_of
-from orchestrator.core.errors import OrchestratorError, UnknownRun
-from orchestrator.core.events import RunForked, RunStarted
+from orchestrator.core.errors import OrchestratorError, UnknownEvent, UnknownRun
+from orchestrator.core.events import RunForked, RunStarted, TaskAssigned
 from orchestrator.core.state import RunState
-from orchestrator.service import journal, memory
+from orchestrator.service import agentlog, journal, memory
 from orchestrator.service.journal import Cause
 
-EXPORT_FORMAT = "baton-run-export/1"
+EXPORT_FORMAT = "baton-run-export/2"
+"""An export holds every stream's events that concern the run (`run_events`)."""
+FORMATS = ("baton-run-export/1", EXPORT_FORMAT)
+"""What `import` reads: /1 held the run's own stream only."""
 
 
 class BadPoint(OrchestratorError):
@@ -48,29 +53,43 @@ def parse_time(text: str) -> float:
 
 async def position_at(store: EventStore, run_id: str, point: str) -> int:
     """The global position a `--until`/`--at` argument names for this run: an integer is a
-    position; anything else is a time, meaning the run's last event recorded before it."""
+    position; anything else is a time, meaning the run's last event recorded before it.
+    A point before the run's first event is `BadPoint` (the run had not started then)."""
+    first = await store.query(EventQuery(stream=journal.run_stream(run_id), limit=1))
+    if not first:
+        raise UnknownRun(run_id)
     if point.isdigit():
+        if int(point) < first[0].position:
+            raise BadPoint(
+                f"run {run_id} had not started yet at position {point}: its first event is "
+                f"at position {first[0].position}"
+            )
         return int(point)
     moment = parse_time(point)
     before = await store.query(EventQuery(stream=journal.run_stream(run_id), until=moment))
     if not before:
-        raise BadPoint(f"run {run_id} had recorded nothing before {point}")
+        raise BadPoint(f"run {run_id} had not started yet: it recorded nothing before {point}")
     return before[-1].position
 
 
 async def why(store: EventStore, event_ref: str, limit: int = 1000) -> list[StoredEvent]:
     """The causation chain of an event (an event id or a global position), newest first,
-    back to the first event whose cause is not itself an event (a request, a timer)."""
+    back to the first event whose cause is not itself an event (a request, a timer).
+
+    An agent's record (a tool call, a memory write) is caused by its attempt
+    (`<task>:<attempt>`): the chain goes on from the assignment that started it."""
     chain: list[StoredEvent] = []
     current = await _event(store, event_ref)
     while current is not None and len(chain) < limit:
         chain.append(current)
-        current = await _event(store, current.causation_id, quiet=True)
+        cause = current.causation_id
+        current = await _event(store, cause, quiet=True) or await _assignment(store, current)
     return chain
 
 
 async def _event(store: EventStore, ref: str, quiet: bool = False) -> StoredEvent | None:
     found: list[StoredEvent] = []
+    recorded = agentlog.record_stream(ref)
     if ref.isdigit():
         found = await store.read_all(from_position=int(ref), limit=1)
         found = [e for e in found if e.position == int(ref)]
@@ -79,17 +98,55 @@ async def _event(store: EventStore, ref: str, quiet: bool = False) -> StoredEven
         if version.isdigit() and int(version) > 0:
             found = await store.read_stream(stream, from_version=int(version))
             found = [e for e in found[:1] if e.event_id == ref]
+    elif recorded is not None:  # a tool call's or a memory write's id
+        stream, run_id = recorded
+        found = await store.query(EventQuery(stream=stream, correlation_id=run_id))
+        found = [e for e in found if e.event_id == ref]
     if found:
         return found[0]
     if quiet:
         return None
-    raise BadPoint(f"no event {ref!r} (give a global position or an event id like run-x@3)")
+    raise BadPoint(
+        f"no event {ref!r} (give a global position, or an event id as audit --json shows "
+        "it, like run-x@3)"
+    )
 
 
-async def fork(store: EventStore, run_id: str, at: int, new_run_id: str, actor: str) -> RunState:
+async def _assignment(store: EventStore, record: StoredEvent) -> StoredEvent | None:
+    """The `task.assigned` of the attempt an agent's record names as its cause
+    (`<task>:<attempt>`, in the record's run), if there is one."""
+    if not agentlog.holds_records(record.stream):
+        return None
+    task_id, sep, attempt = record.causation_id.rpartition(":")
+    if not sep or not attempt.isdigit() or not record.correlation_id:
+        return None
+    stream = journal.run_stream(record.correlation_id)
+    for stored in await store.query(EventQuery(stream=stream, type_glob="task.assigned")):
+        event = journal.decode_run_event(stored)
+        if isinstance(event, TaskAssigned) and (event.task_id, event.attempt) == (
+            task_id,
+            int(attempt),
+        ):
+            return stored
+    return None
+
+
+async def fork(
+    store: EventStore,
+    run_id: str,
+    at: int,
+    new_run_id: str,
+    actor: str,
+    now: float | None = None,
+) -> RunState:
     """A new run whose log starts as a copy of `run_id`'s events up to global position `at`,
     each caused by its original, with a `RunForked` event linking the two; its `run`
-    memory starts as the origin's was at `at` (copied as events, see `copy_run_memory`)."""
+    memory starts as the origin's was at `at` (copied as events, see `copy_run_memory`).
+
+    The new run starts `now` (wall clock, default the time of the call): its elapsed time
+    and its deadline count from the fork. Its start on the run's own clock moves by as
+    much, so that clock still reads in step with the wall clock and every time copied from
+    the origin keeps its meaning."""
     origin = await store.read_stream(journal.run_stream(run_id), until_position=at)
     if not origin:
         raise UnknownRun(run_id)
@@ -101,8 +158,10 @@ async def fork(store: EventStore, run_id: str, at: int, new_run_id: str, actor: 
     await memory.copy_run_memory(store, run_id, at, new_run_id)
     first = events[0]
     assert isinstance(first, RunStarted)
-    started = replace(first, run_id=new_run_id, requested_by=actor)
-    linked = RunForked(run_id, at, started.at)
+    now = time.time() if now is None else now
+    moved = (first.mono + now - first.at) if first.mono else 0.0
+    started = replace(first, run_id=new_run_id, requested_by=actor, at=now, mono=moved)
+    linked = RunForked(run_id, at, now)
     copied = [started, linked, *events[1:]]
     causes = [Cause(origin[0].event_id, actor), Cause(origin[-1].event_id, actor)]
     causes += [Cause(s.event_id, s.actor, s.trace_id) for s in origin[1:]]
@@ -115,62 +174,130 @@ async def fork(store: EventStore, run_id: str, at: int, new_run_id: str, actor: 
     return await journal.load_run(store, new_run_id)
 
 
-def export_lines(stored: Iterable[StoredEvent]) -> Iterator[str]:
-    """A run's log as JSON lines: a header, then each envelope with its exact bytes
-    (`data_b64`) and, for people, the decoded event."""
-    events = list(stored)
-    yield json.dumps({"format": EXPORT_FORMAT, "stream": events[0].stream, "events": len(events)})
-    for s in events:
+async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:
+    """Everything that happened in a run, in global order: its own stream, and every
+    other stream's events that concern it (its agents' tool calls in `agents-<run>`, its
+    memory writes); `UnknownRun` if it has no stream of its own."""
+    if not await store.stream_version(journal.run_stream(run_id)):
+        raise UnknownRun(run_id)
+    return await store.query(EventQuery(correlation_id=run_id))
+
+
+def export_lines(run_id: str, stored: Sequence[StoredEvent]) -> Iterator[str]:
+    """A run's events (`run_events`) as JSON lines: a header, then each envelope with its
+    exact bytes (`data_b64`) and, for people, the decoded event (`event`)."""
+    streams = sorted({s.stream for s in stored})
+    yield json.dumps(
+        {"format": EXPORT_FORMAT, "run_id": run_id, "events": len(stored), "streams": streams}
+    )
+    for s in stored:
         record: dict[str, Any] = msgspec.to_builtins(replace(s, data=b""))
         del record["data"]
         record["data_b64"] = base64.b64encode(s.data).decode()
-        record["event"] = msgspec.to_builtins(journal.decode_run_event(s))
+        record["event"] = msgspec.to_builtins(journal.decode_any(s))
         yield json.dumps(record, separators=(",", ":"))
 
 
-def _stored(line: str) -> StoredEvent:
+class _Line(NamedTuple):
+    stored: StoredEvent
+    readable: Any
+    """The line's `event`: the decoded copy for people (None if it has none)."""
+
+
+def _line(text: str) -> _Line:
     """One exported event back as the envelope it was, strictly (exact bytes from base64)."""
-    fields = json.loads(line)
+    fields = json.loads(text)
     if not isinstance(fields, dict):
         raise ValueError("an event line must be a JSON object")
-    fields.pop("event", None)  # the decoded copy, for people; the bytes are authoritative
+    readable = fields.pop("event", None)
     data = base64.b64decode(fields.pop("data_b64", ""), validate=True)
-    return msgspec.convert({**fields, "data": data}, StoredEvent)
+    return _Line(msgspec.convert({**fields, "data": data}, StoredEvent), readable)
+
+
+def _reads_as_its_data(line: _Line) -> bool:
+    """Whether the readable `event` says what the authoritative bytes say (a field it
+    lacks reads as that field's default, as in an export from before the field existed)."""
+    if line.readable is None:
+        return True
+    try:
+        decoded = journal.decode_any(line.stored)
+        return bool(msgspec.convert(line.readable, type(decoded)) == decoded)
+    except (UnknownEvent, msgspec.ValidationError):
+        return False
+
+
+def _checked(header: dict[str, Any], lines: list[_Line]) -> str:
+    """The run id of an export whose every event is as it was exported and in its place,
+    else `BadExport` naming the first that is not."""
+    fmt = header.get("format")
+    if fmt not in FORMATS or len(lines) != header.get("events"):
+        raise BadExport(f"expected a {EXPORT_FORMAT} header and {header.get('events')} events")
+    named = header.get("run_id") if fmt == EXPORT_FORMAT else header.get("stream")
+    if not isinstance(named, str) or not named:
+        raise BadExport("the header names no run")
+    run_id = named if fmt == EXPORT_FORMAT else journal.run_id_of(named)
+    own = journal.run_stream(run_id)
+    versions: dict[str, int] = {}
+    for n, line in enumerate(lines, start=1):
+        r, said = line.stored, f"event {n} ({line.stored.event_id})"
+        if hash_of(r) != r.hash:
+            raise BadExport(f"{said} was changed: its hash no longer matches it")
+        if not _reads_as_its_data(line):
+            raise BadExport(f"{said} was changed: its readable `event` differs from its data")
+        ours = r.stream == own or (fmt == EXPORT_FORMAT and r.correlation_id == run_id)
+        before = versions.get(r.stream, 0)
+        # the memory stream is shared by every run: an export holds the run's part of it
+        follows = (
+            r.version > before if r.stream == agentlog.MEMORY_STREAM else r.version == before + 1
+        )
+        if not (ours and follows):
+            raise BadExport(f"{said} was changed or is out of place")
+        versions[r.stream] = r.version
+    if own not in versions:
+        raise BadExport(f"the export holds no event of run {run_id}'s own stream")
+    return run_id
+
+
+def _new(r: StoredEvent) -> NewEvent:
+    return NewEvent(
+        event_id=r.event_id,
+        type=r.type,
+        data=r.data,
+        schema=r.schema,
+        correlation_id=r.correlation_id,
+        causation_id=r.causation_id,
+        actor=r.actor,
+        trace_id=r.trace_id,
+        span_id=r.span_id,
+    )
 
 
 async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
-    """Append an exported run to `store` (all or nothing) and return its run id.
+    """Append an exported run to `store` and return its run id.
 
-    Every event's hash must still match its content, so an edited export is refused;
-    importing the same export twice changes nothing.
+    Every event is checked before anything is stored: its hash must still match its
+    content and its readable copy its bytes, so an export edited anywhere is refused. The
+    streams are then appended in the export's order (the run's own and its agents' from
+    version 1, its memory writes after whatever memory the store holds); importing the
+    same export again changes nothing.
     """
     rows = [line for line in lines if line.strip()]
     try:
         header = json.loads(rows[0]) if rows else {}
-        records = [_stored(r) for r in rows[1:]]
+        parsed = [_line(r) for r in rows[1:]]
     except (ValueError, msgspec.ValidationError) as exc:
         raise BadExport(f"not a Baton run export: {exc}") from exc
-    if header.get("format") != EXPORT_FORMAT or len(records) != header.get("events"):
-        raise BadExport(f"expected a {EXPORT_FORMAT} header and {header.get('events')} events")
-    stream = header["stream"]
-    events: list[NewEvent] = []
-    for n, r in enumerate(records, start=1):
-        if r.stream != stream or r.version != n or hash_of(r) != r.hash:
-            raise BadExport(f"event {n} ({r.event_id}) was changed or is out of place")
-        events.append(
-            NewEvent(
-                event_id=r.event_id,
-                type=r.type,
-                data=r.data,
-                schema=r.schema,
-                correlation_id=r.correlation_id,
-                causation_id=r.causation_id,
-                actor=r.actor,
-                trace_id=r.trace_id,
-                span_id=r.span_id,
-            )
-        )
-    await store.append(stream, events, 0)
-    run_id = journal.run_id_of(stream)
+    if not isinstance(header, dict):
+        raise BadExport("not a Baton run export: the first line is not a header object")
+    run_id = _checked(header, parsed)
+    records = [line.stored for line in parsed]
+    for _, chunk in groupby(records, key=lambda r: r.stream):
+        batch = list(chunk)
+        stream = batch[0].stream
+        if stream == agentlog.MEMORY_STREAM:
+            expected = await store.stream_version(stream)
+        else:
+            expected = batch[0].version - 1
+        await store.append(stream, [_new(r) for r in batch], expected)
     await journal.load_run(store, run_id)  # it must replay here too
     return run_id

@@ -3,6 +3,21 @@
 from __future__ import annotations
 
 from orchestrator.service.api import AgentStatus, RunProgress
+from orchestrator.service.live_api import TASK_STATUSES
+
+SHORT = {
+    "pending": "wait",
+    "running": "run",
+    "active": "actv",
+    "escalated": "esc",
+    "failed": "fail",
+    "cancelled": "canc",
+    "skipped": "skip",
+}
+"""Column heads for task statuses; a status the core adds later gets a column of its own,
+headed by its first four letters."""
+COLUMNS = [s for s in TASK_STATUSES if s != "succeeded"]
+"""One column per task status but `succeeded` (the `done` column), in the core's order."""
 
 
 def _bar(done: int, total: int, width: int = 20) -> str:
@@ -13,15 +28,17 @@ def _bar(done: int, total: int, width: int = 20) -> str:
 def status_table(runs: list[RunProgress], source: str) -> str:
     if not runs:
         return f"no live runs ({source})"
+    heads = " ".join(f"{SHORT.get(s, s[:4]):>4}" for s in COLUMNS)
     lines = [
         f"{'run':<24} {'workflow':<18} {'status':<10} {'progress':<22} {'done':>7} "
-        f"{'run':>4} {'fail':>4} {'wait':>4} {'att':>4} {'elapsed':>9}"
+        f"{heads} {'att':>4} {'elapsed':>9}"
     ]
     for r in runs:
+        counts = " ".join(f"{r.by_status.get(s, 0):>4}" for s in COLUMNS)
         lines.append(
             f"{r.run_id:<24} {r.workflow[:18]:<18} {r.status:<10} "
             f"{_bar(r.succeeded, r.tasks):<22} {f'{r.succeeded}/{r.tasks}':>7} "
-            f"{r.running:>4} {r.failed:>4} {r.pending:>4} {r.attempts:>4} {r.elapsed_s:>8.1f}s"
+            f"{counts} {r.attempts:>4} {r.elapsed_s:>8.1f}s"
         )
     lines.append(f"({source})")
     return "\n".join(lines)

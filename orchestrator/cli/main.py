@@ -1,5 +1,6 @@
-"""`baton`: run a workflow on the embedded defaults, run an agent, and look into the log:
-replay, fork, export/import, audit."""
+"""`baton`: the parser of every command, and the commands that run workflows (run,
+resume, serve, submit); looking into the log is `log_commands`, talking to a running
+orchestrator `control` and `observe`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import argparse
 import asyncio
 import json
 import os
+import shlex
 import sys
 import time
 from collections import Counter
@@ -19,19 +21,24 @@ from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contract_files import load_contracts
-from bus.errors import BusError
+from bus.errors import BusError, ContractError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
-from eventstore import EventQuery, EventStoreError, SqliteEventStore
+from eventstore import EventStoreError
+from orchestrator.cli import approvals, log_commands, render
 from orchestrator.cli import control as control_cli
-from orchestrator.cli import history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
-from orchestrator.core.effects import pending_effects
-from orchestrator.core.errors import AgentStartError, OrchestratorError, UnknownStore, WorkflowError
-from orchestrator.core.workflow import AgentSpec, check_roles
+from orchestrator.cli.reach import shown
+from orchestrator.core.errors import (
+    AgentStartError,
+    OrchestratorError,
+    WorkflowError,
+)
+from orchestrator.core.state import RunState
+from orchestrator.core.workflow import AgentSpec, ContractsRef, check_roles
 from orchestrator.service import journal, serve
-from orchestrator.service.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
+from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_path
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
 from orchestrator.service.workflow_files import contracts_file, load
@@ -41,15 +48,17 @@ _progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="baton", description="Baton: coordination layer for multi-agent systems."
+        prog="baton", description="Baton: coordination layer for multi-agent systems.", epilog=EXITS
     )
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run a workflow file, starting its agents and NATS")
+    run = sub.add_parser(
+        "run", help="run a workflow file, starting its agents and NATS", epilog=EXITS
+    )
     run.add_argument("workflow", help="workflow file: TOML, or YAML (.yaml/.yml)")
     run.add_argument("--input", default="{}", help="run input as a JSON object")
 
-    resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run")
+    resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run", epilog=EXITS)
     resume.add_argument("run_id")
 
     for serving in (run, resume):
@@ -57,7 +66,9 @@ def _parser() -> argparse.ArgumentParser:
                              help="use this NATS server instead of starting one")  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
-        serving.add_argument("--timeout", type=float, default=300.0, help="seconds (default 300)")
+        serving.add_argument("--timeout", type=float, default=300.0,
+                             help="seconds for all of it, agents' start included (default "
+                                  "300); an unfinished run exits 4")  # fmt: skip
         serving.add_argument(
             "--human-approval",
             action="store_true",
@@ -135,6 +146,23 @@ def _parser() -> argparse.ArgumentParser:
 # -- serving runs ----------------------------------------------------------------------
 
 
+EXIT_CODES = {"completed": 0, "failed": 1, "stopped": 3}
+"""What `baton run` and `baton resume` exit with, by how the run ended (now or before)."""
+EXIT_ERROR = 2
+EXIT_UNFINISHED = 4
+EXIT_INTERRUPTED = 130
+EXITS = (
+    "exit codes of run and resume: 0 the run completed; 1 it failed; 3 it stopped at a "
+    "limit (tokens, deadline, steps...) or was cancelled; 4 it had not ended within "
+    "--timeout (it stays recorded: baton resume <run> carries it on); 2 an error (a bad "
+    "argument, file or workflow, no NATS, no store); 130 interrupted"
+)
+
+
+def _remaining(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
 async def _agents_ready(
     orchestrator: Orchestrator, agents: AgentProcesses, roles: Counter[str], timeout: float
 ) -> None:
@@ -142,7 +170,7 @@ async def _agents_ready(
     deadline = time.monotonic() + timeout
     while True:
         try:
-            await orchestrator.wait_for_agents(roles, timeout=0.25)
+            await orchestrator.wait_for_agents(roles, timeout=min(0.25, timeout))
             return
         except TimeoutError:
             pass
@@ -151,7 +179,24 @@ async def _agents_ready(
             tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
             raise AgentStartError(f"agent {agent_id} exited with {code}: {' '.join(tail)}")
         if time.monotonic() > deadline:
-            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout}s")
+            raise AgentStartError(f"agents {dict(roles)} did not all register in {timeout:.1f}s")
+
+
+def _where(args: argparse.Namespace) -> str:
+    """The options another `baton` command needs to find this one's orchestrator."""
+    where = f" --state-dir {shlex.quote(args.state_dir)}" if args.state_dir else ""
+    return where + (f" --nats {shown(args.nats)}" if args.nats else "")
+
+
+def escalation_hint(args: argparse.Namespace, run_id: str, task_id: str) -> str:
+    """The commands a person runs (from another terminal) to decide an escalated task."""
+    target = f"{run_id} {shlex.quote(task_id)}{_where(args)}"
+    return (
+        f"  task {task_id} waits for a person; from another terminal run one of:\n"
+        f"    baton approve {target} --output '{{}}'\n"
+        f"    baton reject {target} --note 'why'\n"
+        f"    baton retry {target}"
+    )
 
 
 Starter = Callable[[Stack], Awaitable[object]]
@@ -165,17 +210,31 @@ async def _serve(
     contracts_path: str = "",
 ) -> int:
     """Bring up NATS, the store, the orchestrator and the agents; watch run `run_id` (after
-    `start`ing it, for a new one) to its end with live progress; tear everything down."""
+    `start`ing it, for a new one) to its end with live progress; tear everything down.
+    `--timeout` bounds all of it, the agents' start included."""
+    deadline = time.monotonic() + args.timeout
     directory = state_dir(args.state_dir)
     if args.human_approval:
         os.environ["BATON_TOOL_APPROVAL"] = "human:600"  # the agents started below inherit it
     contracts = load_contracts(contracts_path) if contracts_path else None
     stack = await bootstrap(directory, args.nats, contracts=contracts)
     agents = AgentProcesses(directory / "logs")
+    asking: approvals.Approvals | None = None
     try:
-        shown = stack.nats_url.rpartition("@")[2]  # never print credentials
-        print(f"baton: NATS nats://{shown.removeprefix('nats://')}, event store "
-              f"{store_path(directory)}")  # fmt: skip
+        print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
+        began = [time.monotonic()]
+
+        async def show(msg: Incoming) -> None:
+            since = time.monotonic() - began[0]
+            for line in _progress.decode(msg.data).lines:
+                print(render.progress_line(line, since))
+                if line.event == "task.escalated":
+                    print(escalation_hint(args, run_id, line.task_id))
+
+        # watched from the start: a resumed run's recovery dispatches before agents are up
+        await stack.bus.subscribe(subjects.progress(run_id), show)
+        if args.human_approval:
+            asking = await approvals.watch(stack.bus, run_id)
         if specs and not args.no_agents:
             for spec in specs:
                 agents.start(
@@ -187,23 +246,21 @@ async def _serve(
                 )
             roles = AgentProcesses.roles(specs)
             print(f"baton: waiting for {sum(roles.values())} agents ({', '.join(roles)})")
-            await _agents_ready(stack.orchestrator, agents, roles, timeout=60)
-        began = time.monotonic()
-
-        async def show(msg: Incoming) -> None:
-            since = time.monotonic() - began
-            for line in _progress.decode(msg.data).lines:
-                print(render.progress_line(line, since))
-
-        await stack.bus.subscribe(subjects.progress(run_id), show)
-        if args.human_approval:
-            await toolcli.watch_approvals(stack.bus, run_id)
+            await _agents_ready(
+                stack.orchestrator, agents, roles, timeout=min(60.0, _remaining(deadline))
+            )
         if start is not None:
+            began[0] = time.monotonic()
             await start(stack)
         state = stack.orchestrator.run(run_id)
         name = state.workflow.name if state.workflow else "?"
         print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
-        state = await stack.orchestrator.wait(run_id, timeout=args.timeout)
+        try:
+            state = await stack.orchestrator.wait(run_id, timeout=_remaining(deadline))
+        except TimeoutError:
+            print(f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout); it stays "
+                  f"recorded: carry it on with baton resume {run_id}{_where(args)}")  # fmt: skip
+            return EXIT_UNFINISHED
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
         if state.status == "completed":
@@ -215,8 +272,10 @@ async def _serve(
         else:
             print(f"run {run_id} failed: {state.reason}")
         print(f"\nreplay it: baton replay {run_id}   audit it: baton audit --run {run_id}")
-        return 0 if state.status == "completed" else 1
+        return EXIT_CODES[state.status]
     finally:
+        if asking is not None:
+            await asking.close()
         agents.stop()
         await stack.close()
 
@@ -262,7 +321,10 @@ async def _run(args: argparse.Namespace) -> int:
     workflow = replace(workflow, agents=specs)
     contracts = args.contracts or contracts_file(path) or os.environ.get("BATON_CONTRACTS", "")
     if contracts:
-        check_roles(workflow, load_contracts(contracts))
+        known = load_contracts(contracts)
+        # recorded with the run, so a resume (of it, or of a fork) governs by them too
+        governing = ContractsRef(str(Path(contracts).resolve()), known.digest)
+        workflow = replace(check_roles(workflow, known), governed_by=governing)
 
     run_id = new_run_id()
 
@@ -273,140 +335,50 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace) -> int:
-    store = await _existing_store(args.state_dir)
+    store = await log_commands.existing_store(args.state_dir)
     try:
         state = await journal.load_run(store, args.run_id)
     finally:
         await store.close()
     if state.terminal:
         print(f"run {args.run_id} already {state.status}; nothing to resume")
-        return 0 if state.status == "completed" else 1
+        return EXIT_CODES[state.status]
     specs = state.workflow.agents if state.workflow else []
+    contracts = _governing(args, state)
     # no start: the orchestrator recovers the run from the log when it starts
-    contracts = args.contracts or os.environ.get("BATON_CONTRACTS", "")
     return await _serve(args, specs, args.run_id, None, contracts)
 
 
-# -- looking into the log --------------------------------------------------------------
-
-
-async def _existing_store(explicit: str | None) -> SqliteEventStore:
-    directory = state_dir(explicit)
-    if not store_path(directory).exists():
-        raise UnknownStore(f"no event store at {store_path(directory)} (see --state-dir)")
-    return await open_store(directory)
-
-
-async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    until = await history.position_at(store, args.run_id, args.until) if args.until else None
-    state = await journal.load_run(
-        store, args.run_id, until_position=until, snapshots=not args.no_snapshots
-    )
-    print(render.run_table(state))
-    if until is not None:
-        print(f"\nas of global position {until}; the orchestrator would now:")
-        print(render.pending(state, pending_effects(state)))
-    report = await store.verify()
-    if report.ok:
-        print(f"\nhash chain: ok ({report.checked} events checked)")
-        return 0
-    print(f"\nhash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
-    return 1
-
-
-async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    at = await history.position_at(store, args.run_id, args.at)
-    new_id = subjects.token(args.new_id or new_run_id())
-    if await store.stream_version(journal.run_stream(new_id)):
-        raise WorkflowError("--new-id", f"run {new_id} already exists")
-    state = await history.fork(store, args.run_id, at, new_id, actor="cli")
-    done = sum(t.status == "succeeded" for t in state.tasks.values())
-    print(f"forked run {new_id} from {args.run_id} at position {at}: "
-          f"{done}/{len(state.tasks)} tasks done, status {state.status}")  # fmt: skip
-    print(f"carry it on: baton resume {new_id}")
-    return 0
-
-
-async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    stored = await store.read_stream(journal.run_stream(args.run_id))
-    if not stored:
-        raise OrchestratorError(f"no run {args.run_id!r} in the event store")
-    lines = "\n".join(history.export_lines(stored)) + "\n"
-    if args.output:
-        Path(args.output).write_text(lines)
-        print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
-    else:
-        sys.stdout.write(lines)
-    return 0
-
-
-async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    run_id = await history.import_lines(store, text.splitlines())
-    print(f"imported run {run_id}; see baton replay {run_id}")
-    return 0
-
-
-async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
-    if args.action == "verify":
-        report = await store.verify()
-        if report.ok:
-            print(f"hash chain: ok ({report.checked} events checked)")
-            return 0
-        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
-        return 1
-    if args.why:
-        stored = await history.why(store, args.why)
-        origin = stored[-1]
-        print(
-            f"why {args.why}: {len(stored)} event(s), newest first; the chain began with "
-            f"{origin.causation_id or 'nothing'} from {origin.actor}",
-            file=sys.stderr if args.json else sys.stdout,
-        )
-    else:
-        if args.limit < 1:
-            raise WorkflowError("--limit", "must be at least 1")
-        query = EventQuery(
-            stream=journal.run_stream(args.run) if args.run else None,
-            actor=args.actor,
-            type_glob=args.type_glob,
-            text=args.text,
-            since=history.parse_time(args.since) if args.since else None,
-            until=history.parse_time(args.until) if args.until else None,
-            from_position=args.after + 1,
-            limit=args.limit + 1,
-        )
-        stored = await store.query(query)
-    more = not args.why and len(stored) > args.limit
-    for event in stored[: args.limit]:
-        decoded = journal.decode_any(event)
-        print(render.audit_json(event, decoded) if args.json else render.audit_line(event, decoded))
-    if more:
-        print(f"more: --after {stored[args.limit - 1].position}", file=sys.stderr)
-    return 0
-
-
-_LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaitable[int]]] = {
-    "replay": _replay,
-    "fork": _fork,
-    "export": _export,
-    "import": _import,
-    "audit": _audit,
-    "trace": obs_cli.trace,
-}
-
-
-async def _with_store(args: argparse.Namespace) -> int:
-    if args.command == "import":
-        directory = state_dir(args.state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        store = await open_store(directory)
-    else:
-        store = await _existing_store(args.state_dir)
+def _governing(args: argparse.Namespace, state: RunState) -> str:
+    """The contracts file to resume `state` under: `--contracts` or `$BATON_CONTRACTS` if
+    given, else the one the run records (which must still say what it said then). Refused
+    before anything is dispatched if it cannot be had, or lacks a role the run needs."""
+    assert state.workflow is not None
+    recorded = state.workflow.governed_by
+    chosen = args.contracts or os.environ.get("BATON_CONTRACTS", "")
+    path = chosen or (recorded.path if recorded is not None else "")
+    if not path:
+        return ""
     try:
-        return await _LOG_COMMANDS[args.command](args, store)
-    finally:
-        await store.close()
+        contracts = load_contracts(path)
+    except ContractError as exc:
+        if chosen:
+            raise
+        raise WorkflowError(
+            "--contracts",
+            f"run {state.run_id} is governed by the role contracts in {exc}; pass "
+            "--contracts FILE with those contracts",
+        ) from None
+    if recorded is not None and not chosen and contracts.digest != recorded.digest:
+        raise WorkflowError(
+            "--contracts",
+            f"run {state.run_id} is governed by the role contracts in {path}, which no "
+            f"longer says what it said when the run started (digest {contracts.digest[:12]}, "
+            f"was {recorded.digest[:12]}); restore it, or pass --contracts FILE to govern the "
+            "run by another",
+        )
+    check_roles(state.workflow, contracts)
+    return path
 
 
 def _agent(argv: list[str]) -> int:
@@ -428,21 +400,24 @@ def main(argv: list[str] | None = None) -> int:
         "submit": _submit,
         "status": obs_cli.status,
         "agents": obs_cli.agents,
-    }.get(args.command, _with_store)
+    }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:
         configure_logging()
         return int(loop.run(command(args)))
-    except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError) as exc:
-        print(f"baton {args.command}: error: {exc}", file=sys.stderr)
-        return 2
     except BrokenPipeError:  # output piped into `head` and the like
         sys.stderr.close()
         return 0
-    except OSError as exc:  # a file named on the command line could not be read or written
-        print(f"baton {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, TimeoutError):
+    except TimeoutError as exc:  # an OSError too: said before the one below
+        said = f": {exc}" if str(exc) else ""
+        print(f"baton {args.command}: error: timed out{said}", file=sys.stderr)
+        return EXIT_ERROR
+    except (OrchestratorError, EventStoreError, BusError, TelemetryConfigError, OSError) as exc:
+        # OSError: a file named on the command line could not be read or written
+        said = str(exc) or type(exc).__name__
+        print(f"baton {args.command}: error: {said}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
         print(f"baton {args.command}: stopped", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED

@@ -15,14 +15,21 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import RequestFailed
+from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply
-from bus.server import running_urls
 from eventstore import EventStore
 from orchestrator.cli import live_render, trace_html, trace_view
+from orchestrator.cli.reach import Reach, reach, shown
 from orchestrator.cli.trace_model import build
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.service import journal
-from orchestrator.service.api import AgentsReply, AgentsRequest, StatusReply, StatusRequest
+from orchestrator.service.api import (
+    AgentsReply,
+    AgentsRequest,
+    RunProgress,
+    StatusReply,
+    StatusRequest,
+)
 from orchestrator.service.bootstrap import open_store, state_dir, store_path
 from orchestrator.service.live_api import progress
 
@@ -65,61 +72,75 @@ async def trace(args: argparse.Namespace, store: EventStore) -> int:
     return 0
 
 
-def _url(args: argparse.Namespace) -> str:
-    if args.nats:
-        return str(args.nats)
-    urls = running_urls(state_dir(args.state_dir))
-    return urls[0] if urls else ""
+def _reach(args: argparse.Namespace) -> Reach | None:
+    return reach(args.nats, state_dir(args.state_dir))
 
 
-async def _ask(url: str, subject: str, payload: bytes, timeout: float) -> bytes:
-    # a refused connection fails fast (BusError); a server that never answers is bounded here
+async def connect(where: Reach, name: str, timeout: float) -> Bus:
+    """A connection as the person `where` names (its own reply inbox on a governed
+    server); a refused connection fails fast (BusError), a silent server within `timeout`."""
+    prefix = inbox_prefix(where.identity) if where.identity else ""
     try:
         async with asyncio.timeout(timeout):
-            bus = await Bus.connect(url, name="baton-cli")
+            return await Bus.connect(where.url, name=name, inbox_prefix=prefix)
     except TimeoutError:
-        raise NoOrchestrator(f"cannot reach NATS at {url} within {timeout}s") from None
+        raise NoOrchestrator(f"cannot reach NATS at {shown(where.url)} within {timeout}s") from None
+
+
+async def _ask(where: Reach, subject: str, payload: bytes, timeout: float) -> bytes:
+    bus = await connect(where, "baton-cli", timeout)
     try:
         return await bus.request(subject, payload, timeout)
     except RequestFailed as exc:
-        raise NoOrchestrator(f"no orchestrator answered on {url}: {exc}") from exc
+        raise NoOrchestrator(f"no orchestrator answered on {shown(where.url)}: {exc}") from exc
     finally:
         await bus.close()
 
 
-async def _status_from_log(args: argparse.Namespace) -> StatusReply:
-    """Unfinished runs as the log records them, when no orchestrator is running."""
-    directory = state_dir(args.state_dir)
+async def _logged(directory: Path, ended_too: bool) -> list[RunProgress] | None:
+    """The runs as the log at `directory` records them (unfinished ones, and ended ones
+    too if asked), or None when there is no log there."""
     if not store_path(directory).exists():
-        raise NoOrchestrator(
-            f"no orchestrator running for {directory} and no event store there "
-            "(pass --nats or --state-dir)"
-        )
+        return None
     store = await open_store(directory)
     try:
         runs = []
         for stream in await store.streams(journal.RUN_PREFIX):
-            if not args.all and await journal.has_ended(store, stream):
+            if not ended_too and await journal.has_ended(store, stream):
                 continue
             state = await journal.load_run(store, journal.run_id_of(stream))
             runs.append(progress(state, state.finished_at or state.started_at))
     finally:
         await store.close()
-    return StatusReply(sorted(runs, key=lambda p: p.started_at))
+    return runs
 
 
 async def status(args: argparse.Namespace) -> int:
-    url = _url(args)
-    if url:
+    directory = state_dir(args.state_dir)
+    where = _reach(args)
+    if where is not None:
         reply = _status_reply.decode(
-            await _ask(url, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
+            await _ask(where, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
         )
         if isinstance(reply, ErrorReply):
             raise NoOrchestrator(f"{reply.error}: {reply.detail}")
-        source = f"live, from the orchestrator on {url}"
+        runs = reply.runs
+        source = f"live, from the orchestrator on {shown(where.url)}"
+        if args.all:  # it knows the runs it serves; the log, every run that ended before
+            live = {r.run_id for r in runs}
+            logged = await _logged(directory, ended_too=True) or []
+            runs = runs + [r for r in logged if r.run_id not in live]
+            source += "; runs it does not serve as recorded in the event log"
     else:
-        reply = await _status_from_log(args)
+        recorded = await _logged(directory, ended_too=args.all)
+        if recorded is None:
+            raise NoOrchestrator(
+                f"no orchestrator running for {directory} and no event store there "
+                "(pass --nats or --state-dir)"
+            )
+        runs = recorded
         source = "no orchestrator running: as recorded in the event log"
+    reply = StatusReply(sorted(runs, key=lambda p: p.started_at))
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
@@ -128,19 +149,20 @@ async def status(args: argparse.Namespace) -> int:
 
 
 async def agents(args: argparse.Namespace) -> int:
-    url = _url(args)
-    if not url:
+    where = _reach(args)
+    if where is None:
         raise NoOrchestrator(
             f"no orchestrator running for {state_dir(args.state_dir)} (pass --nats or "
             "--state-dir); live agents are known only to a running orchestrator"
         )
     reply = _agents_reply.decode(
-        await _ask(url, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
+        await _ask(where, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
     )
     if isinstance(reply, ErrorReply):
         raise NoOrchestrator(f"{reply.error}: {reply.detail}")
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
-        print(live_render.agents_table(reply.agents, f"live, from the orchestrator on {url}"))
+        source = f"live, from the orchestrator on {shown(where.url)}"
+        print(live_render.agents_table(reply.agents, source))
     return 0

@@ -64,7 +64,8 @@ def run_table(state: RunState) -> str:
         f"{'task':<18} {'status':<10} {'agent':<24} {'att':>3} {'start':>9} {'took':>8}  output",
     ]
     for task in state.tasks.values():
-        start = f"+{task.started_at - state.started_at:.3f}" if task.started_at else "-"
+        # a fork's tasks copied from its origin started before it did: a negative offset
+        start = f"{task.started_at - state.started_at:+.3f}" if task.started_at else "-"
         took_s = f"{task.elapsed_s:.3f}" if task.status == "succeeded" else "-"
         shown = _short(task.output, 48) if task.output is not None else task.error[:48]
         lines.append(

@@ -3,30 +3,28 @@ governed tool call that needs approval.
 
 The decision goes straight to the agent holding the call (request/reply on the call's
 decision subject), which records it as an event before it acts on it; `pending` lists,
-from the event log, the calls that wait for a decision.
+from the event log, the calls that wait for a decision. (`baton run --human-approval`
+asks on its own terminal: `approvals`.)
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
-import getpass
 import json
 import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 from bus import loop, subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, RequestFailed
-from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
 from eventstore import EventQuery, EventStoreError
+from orchestrator.cli.observe import connect
+from orchestrator.cli.reach import Reach, me, reach
+from orchestrator.core.errors import OrchestratorError
 from orchestrator.service import agentlog
-from orchestrator.service.bootstrap import human_url_path, open_store, state_dir, store_path
+from orchestrator.service.bootstrap import open_store, state_dir, store_path
 
 _ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
 
@@ -38,7 +36,9 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
         decide = sub.add_parser(action, help=f"{action} a tool call that waits for a human")
         decide.add_argument("call_id", help="the call id (see baton tool pending)")
         decide.add_argument("--reason", default="", help="recorded with the decision")
-        decide.add_argument("--by", default="", help="your name (default: the login name)")
+        decide.add_argument("--by", default="",
+                            help="your name (default: who the governed server's credentials "
+                                 "name, else human:<login name>)")  # fmt: skip
         decide.add_argument(
             "--nats",
             default=os.environ.get("BATON_NATS_URL", ""),
@@ -52,22 +52,9 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
     return p
 
 
-def embedded_url(directory: Path) -> str:
-    """The URL of the embedded server a `baton run` on this state directory started
-    (with the CLI's credentials when the server is governed)."""
-    with contextlib.suppress(OSError):
-        return human_url_path(directory).read_text().strip()
-    for ports in sorted((directory / "nats" / "ports").glob("*.ports")):
-        try:
-            return str(json.loads(ports.read_text())["nats"][0])
-        except (OSError, ValueError, KeyError, IndexError):
-            continue
-    return ""
-
-
-async def decide(url: str, decision: ToolDecision, timeout: float = 5.0) -> ToolDecisionAck:
+async def decide(where: Reach, decision: ToolDecision, timeout: float = 5.0) -> ToolDecisionAck:
     """Send a decision to the agent holding the call; `RequestFailed` if none is waiting."""
-    bus = await Bus.connect(url, name="human", inbox_prefix=inbox_prefix("human"))
+    bus = await connect(where, "baton-tool", timeout)
     try:
         reply = await bus.request(
             subjects.tool_decision(decision.call_id), encode(decision), timeout
@@ -78,40 +65,6 @@ async def decide(url: str, decision: ToolDecision, timeout: float = 5.0) -> Tool
     if isinstance(answer, ErrorReply):
         raise RequestFailed(f"{answer.error}: {answer.detail}")
     return answer
-
-
-Ask = Callable[[str], str]
-
-
-async def watch_approvals(bus: Bus, run_id: str, ask: Ask = input) -> Subscription:
-    """Prompt on this terminal for each tool call of the run that waits for a human
-    (`baton run --human-approval`); answers go to the waiting agent, one at a time."""
-    turn = asyncio.Lock()
-    record_decoder: Decoder[ToolCallRecord] = Decoder(ToolCallRecord)
-
-    async def on_request(msg: Incoming) -> None:
-        try:
-            request = record_decoder.decode(msg.data)
-        except BusError:
-            return
-        async with turn:
-            question = (
-                f"\ntool call {request.call_id}: {request.agent_id} wants {request.tool} "
-                f"({request.risk} risk) with {request.arguments}\napprove? [y/N] "
-            )
-            try:
-                answer = await asyncio.to_thread(ask, question)
-            except EOFError:
-                print(f"no terminal: baton tool approve|deny {request.call_id}")
-                return
-            approve = answer.strip().lower() in ("y", "yes")
-            decision = ToolDecision(request.call_id, approve, getpass.getuser(), "at baton run")
-            try:
-                await bus.request(subjects.tool_decision(request.call_id), encode(decision), 5.0)
-            except RequestFailed as exc:
-                print(f"decision on {request.call_id} not delivered: {exc}")
-
-    return await bus.subscribe(subjects.tool_approval(run_id), on_request)
 
 
 async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
@@ -147,16 +100,15 @@ async def _main(args: argparse.Namespace) -> int:
                 print(f"{r.call_id}  {r.run_id}  {r.task_id:<16} {r.agent_id:<22} "
                       f"{r.tool} ({r.risk}) {r.arguments}")  # fmt: skip
         return 0
-    url = args.nats or embedded_url(directory)
-    if not url:
+    where = reach(args.nats, directory)
+    if where is None:
         print("baton tool: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
     subjects.token(args.call_id)
-    decision = ToolDecision(
-        args.call_id, args.action == "approve", args.by or getpass.getuser(), args.reason
-    )
+    by = args.by or where.identity or me()  # the agent records it as who decided
+    decision = ToolDecision(args.call_id, args.action == "approve", by, args.reason)
     try:
-        ack = await decide(url, decision)
+        ack = await decide(where, decision)
     except RequestFailed:
         print(f"baton tool: no agent is waiting on tool call {args.call_id}", file=sys.stderr)
         return 1
@@ -171,6 +123,6 @@ def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
         return loop.run(_main(args))
-    except (BusError, EventStoreError) as exc:
+    except (BusError, EventStoreError, OrchestratorError) as exc:
         print(f"baton tool: error: {exc}", file=sys.stderr)
         return 2

@@ -9,12 +9,65 @@ import json
 
 import msgspec
 
-from orchestrator.cli.trace_model import Timeline, depths
+from orchestrator.cli.trace_model import PASSED_ON, RUN_STATUSES, TASK_STATUSES, Timeline, depths
+
+BARS = {
+    "succeeded": ("#2da44e", "attempt succeeded"),
+    "passed": ("#0969da", "attempt passed its task on (handed off, or delegated to subtasks)"),
+    "failed": ("#cf222e", "attempt failed (error, timeout, agent lost...)"),
+    "cancelled": ("#afb8c1", "attempt cancelled"),
+    "running": ("#bf8700", "attempt still running"),
+}
+"""Bar classes: colour and what the legend says of them."""
+NODES = {
+    "succeeded": ("#2da44e", "#dafbe1"),
+    "failed": ("#cf222e", "#ffebe9"),
+    "cancelled": ("#afb8c1", "#f6f8fa"),
+    "skipped": ("#8c959f", "#f6f8fa"),
+    "running": ("#bf8700", "#fff8c5"),
+    "active": ("#0969da", "#ddf4ff"),
+    "escalated": ("#8250df", "#fbefff"),
+    "pending": ("#57606a", "#ffffff"),
+}
+"""Task graph node colours (stroke, fill) per task status; a status the core adds later
+is drawn like `pending` until it gets colours of its own."""
+RUNS = {"completed": "#1a7f37", "failed": "#cf222e", "stopped": "#9a6700"}
+"""Run status colours in the heading; others (new, running) are amber."""
+
+
+def _status_css() -> str:
+    """CSS for every task and run status the core has (derived, so none is unstyled)."""
+    rules = []
+    for status in TASK_STATUSES:
+        stroke, fill = NODES.get(status, NODES["pending"])
+        rules.append(f"svg .node.{status} rect{{stroke:{stroke};fill:{fill}}}")
+    for status in RUN_STATUSES:
+        rules.append(f".status-{status}{{color:{RUNS.get(status, '#9a6700')}}}")
+    for kind, (colour, _) in BARS.items():
+        rules.append(f".bar.{kind},.swatch.{kind}{{background:{colour}}}")
+    return "\n".join(rules)
+
+
+def _legend() -> str:
+    """The legend: what each bar colour, a dashed mark and each node colour mean."""
+    bars = "".join(
+        f'<span class="key"><span class="swatch {kind}"></span>{html.escape(text)}</span>'
+        for kind, (_, text) in BARS.items()
+    )
+    nodes = ""
+    for status in TASK_STATUSES:
+        stroke, fill = NODES.get(status, NODES["pending"])
+        style = f"background:{fill};border:2px solid {stroke}"
+        nodes += (
+            f'<span class="key"><span class="swatch" style="{style}"></span>task {status}</span>'
+        )
+    mark = '<span class="key"><span class="swatch mark-key"></span>a mark (see Marks)</span>'
+    return f'<div id="legend">{bars}{mark}<br>{nodes}</div>'
+
 
 _CSS = """
 body{font:13px/1.4 system-ui,sans-serif;margin:16px;color:#222;background:#fafafa}
 h1{font-size:18px;margin:0 0 4px} .meta{color:#555;margin-bottom:12px}
-.status-completed{color:#1a7f37} .status-failed{color:#cf222e} .status-running{color:#9a6700}
 #timeline{position:relative;border:1px solid #ddd;background:#fff;padding:6px 0}
 .row{display:flex;align-items:center;height:22px}
 .row:hover{background:#f0f4ff}
@@ -22,19 +75,17 @@ h1{font-size:18px;margin:0 0 4px} .meta{color:#555;margin-bottom:12px}
   text-overflow:ellipsis;font-family:ui-monospace,monospace;font-size:12px}
 .track{position:relative;flex:1;height:14px;margin-right:12px}
 .bar{position:absolute;top:0;height:14px;border-radius:3px;min-width:2px}
-.bar.succeeded{background:#2da44e} .bar.running{background:#bf8700}
-.bar.cancelled{background:#afb8c1} .bar.failed{background:#cf222e}
 .mark{position:absolute;top:0;bottom:0;width:0;border-left:2px dashed #8250df}
 .axis{display:flex;justify-content:space-between;margin:2px 12px 0 260px;color:#666}
 h2{font-size:15px;margin:20px 0 6px}
 svg .node rect{fill:#fff;stroke:#57606a;rx:6}
-svg .node.succeeded rect{stroke:#2da44e;fill:#dafbe1}
-svg .node.failed rect{stroke:#cf222e;fill:#ffebe9}
-svg .node.cancelled rect{stroke:#afb8c1;fill:#f6f8fa}
-svg .node.running rect{stroke:#bf8700;fill:#fff8c5}
 svg .edge{stroke:#8c959f;fill:none;marker-end:url(#arrow)}
 svg text{font:12px ui-monospace,monospace}
 table{border-collapse:collapse;margin-top:6px} td,th{padding:2px 8px;text-align:left}
+#legend{margin:8px 0;color:#444} .key{display:inline-block;margin:2px 14px 2px 0}
+.swatch{display:inline-block;width:14px;height:10px;border-radius:2px;margin-right:5px;
+  vertical-align:middle;box-sizing:border-box}
+.swatch.mark-key{width:0;border-left:2px dashed #8250df;height:14px}
 """
 
 _JS = r"""
@@ -54,7 +105,7 @@ _JS = r"""
     return node;
   }
   function secs(s) { return s < 1 ? (s * 1000).toFixed(0) + " ms" : s.toFixed(2) + " s"; }
-  var start = data.started, span = Math.max(data.end - data.started, 1e-6);
+  var start = data.origin, span = Math.max(data.end - data.origin, 1e-6);
   function pct(t) { return Math.max(0, Math.min(100, (t - start) / span * 100)); }
 
   var head = document.getElementById("head");
@@ -81,12 +132,13 @@ _JS = r"""
       if (a) {
         var end = a.end === null ? data.end : a.end;
         var outcome = ["succeeded", "running", "cancelled"].indexOf(a.outcome) >= 0
-          ? a.outcome : "failed";
+          ? a.outcome : data.passed_on.indexOf(a.outcome) >= 0 ? "passed" : "failed";
         var bar = el("div", {"class": "bar " + outcome, "data-outcome": a.outcome});
         bar.style.left = pct(a.start) + "%";
         bar.style.width = Math.max(pct(end) - pct(a.start), 0.3) + "%";
         bar.title = task.task_id + " attempt " + a.attempt + " on " + a.agent_id + ": " +
-          a.outcome + " after " + secs(end - a.start) + (a.error ? " \u2014 " + a.error : "") +
+          a.outcome.replace("_", " ") + " after " + secs(end - a.start) +
+          (a.error ? " \u2014 " + a.error : "") +
           (a.retried ? " (retried)" : "") + (a.tokens ? " \u00b7 " + a.tokens + " tokens" : "") +
           "\nrouted: " + a.reason;
         track.appendChild(bar);
@@ -176,6 +228,8 @@ def _data(t: Timeline) -> str:
     """The timeline as JSON safe inside a <script> element (no '<' at all)."""
     fields = msgspec.to_builtins(t)
     fields["end"] = t.end
+    fields["origin"] = t.origin
+    fields["passed_on"] = list(PASSED_ON)
     fields["depths"] = depths(t)
     return json.dumps(fields, separators=(",", ":")).replace("<", "\\u003c")
 
@@ -187,12 +241,13 @@ def render(t: Timeline) -> str:
 <html lang="en"><head><meta charset="utf-8">
 <meta http-equiv="Content-Security-Policy"
  content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{title}</title><style>{_CSS}</style></head>
+<title>{title}</title><style>{_CSS}{_status_css()}</style></head>
 <body data-rendered="no">
 <div id="head"></div>
 <h2>Timeline</h2>
 <div id="timeline"></div>
 <div class="axis" id="axis"></div>
+{_legend()}
 <h2>Task graph</h2>
 <div id="graph-box"></div>
 <h2>Marks</h2>

@@ -6,27 +6,41 @@ works for any past run and for imported logs, because the log is all it reads.""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 
 from eventstore import StoredEvent
+from orchestrator.core.effects import pattern_progress
 from orchestrator.core.errors import UnknownEvent, UnknownRun
 from orchestrator.core.events import (
     ResultRejected,
     RunCompleted,
+    RunEvent,
     RunFailed,
     RunForked,
     RunStarted,
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
+    TaskDelegated,
     TaskFailed,
+    TaskHandedOff,
     TaskSucceeded,
     UsageCharged,
+    type_of,
 )
-from orchestrator.core.workflow import compile_graph
+from orchestrator.core.run_state import RunStatus, TaskStatus
+from orchestrator.core.state import Folding, RunState
 from orchestrator.service import journal
+
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+"""Every status a task row can show: the core's own vocabulary, never a copy of it."""
+RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
+"""Every status a run can show, likewise."""
+PASSED_ON = ("handed_off", "delegated")
+"""Outcomes of an attempt that ended well by passing its task on (to another role, or to
+the subtasks it asked for), rather than by finishing it."""
 
 
 class Attempt(msgspec.Struct, kw_only=True):
@@ -37,8 +51,10 @@ class Attempt(msgspec.Struct, kw_only=True):
     start: float
     end: float | None = None
     outcome: str = "running"
-    """succeeded, error, timeout, agent_lost, undeliverable, cancelled, or running."""
+    """succeeded, handed_off, delegated, cancelled, running, or how it failed (error,
+    timeout, agent_lost, undeliverable...)."""
     error: str = ""
+    """Why it failed or was cancelled; for a handed-off attempt, to whom."""
     retried: bool = False
     reason: str = ""
     """Why the orchestrator chose this agent."""
@@ -46,6 +62,8 @@ class Attempt(msgspec.Struct, kw_only=True):
 
 
 class TaskRow(msgspec.Struct, kw_only=True):
+    """One task of the run with its attempts, and its status as the core folds it."""
+
     task_id: str
     role: str
     deps: list[str]
@@ -65,6 +83,8 @@ class Mark(msgspec.Struct, kw_only=True):
 
 
 class Timeline(msgspec.Struct, kw_only=True):
+    """What both trace views draw: the run, its task rows, and its marks."""
+
     run_id: str
     workflow: str = "?"
     status: str = "running"
@@ -77,16 +97,25 @@ class Timeline(msgspec.Struct, kw_only=True):
     tasks: list[TaskRow] = []
     marks: list[Mark] = []
 
+    def _moments(self) -> list[float]:
+        moments = [self.started] + [m.at for m in self.marks]
+        for task in self.tasks:
+            for a in task.attempts:
+                moments += [a.start, a.end or a.start]
+        return moments
+
+    @property
+    def origin(self) -> float:
+        """The left edge of the time axis: the run's start, or, for a fork, the start of
+        the earliest attempt it copied from its origin (which began before the fork)."""
+        return min(self._moments())
+
     @property
     def end(self) -> float:
         """The right edge of the time axis: the run's end, else its last known moment."""
         if self.finished is not None:
             return self.finished
-        moments = [self.started] + [m.at for m in self.marks]
-        for task in self.tasks:
-            for a in task.attempts:
-                moments += [a.start, a.end or a.start]
-        return max(moments)
+        return max(self._moments())
 
 
 def _fields(data: bytes) -> dict[str, Any]:
@@ -97,106 +126,135 @@ def _fields(data: bytes) -> dict[str, Any]:
     return decoded if isinstance(decoded, dict) else {}
 
 
+def _readable(fields: dict[str, Any], width: int = 160) -> str:
+    """`key=value` pairs, each value as compact JSON cut on its own (never the whole text
+    cut in the middle of a value), as many as fit in `width`."""
+    parts: list[str] = []
+    for key, value in fields.items():
+        if key in {"at", "task_id", "type", "mono", "kind"}:
+            continue
+        text = msgspec.json.encode(msgspec.to_builtins(value)).decode()
+        if len(text) > 40:
+            text = text[:39] + "…"
+        part = f"{key}={text}"
+        if sum(len(p) + 2 for p in parts) + len(part) > width:
+            parts.append("…")
+            break
+        parts.append(part)
+    return ", ".join(parts)
+
+
+_DRAWN = (
+    RunStarted, TaskAssigned, TaskSucceeded, TaskAttemptFailed, TaskFailed, TaskCancelled,
+    UsageCharged, RunCompleted, RunFailed, ResultRejected,
+)  # fmt: skip
+"""Events the rows and the header show (and rejected results, marked their own way);
+every other event is a mark."""
+
+
+def _ending(event: RunEvent) -> tuple[str, str]:
+    """How an attempt ends when `event` ends it: (outcome, error or detail)."""
+    match event:
+        case TaskSucceeded():
+            return "succeeded", ""
+        case TaskAttemptFailed():
+            return event.reason, event.error
+        case TaskCancelled():
+            return "cancelled", event.reason
+        case TaskHandedOff():
+            return "handed_off", f"to {event.to_role}"
+        case TaskDelegated():
+            return "delegated", "to its subtasks"
+    return type_of(event), ""
+
+
 class _Builder:
     def __init__(self, run_id: str) -> None:
         self.t = Timeline(run_id=run_id)
-        self.rows: dict[str, TaskRow] = {}
+        self.folding = Folding(RunState(run_id))
+        """The run folded by the core itself, so rows show exactly the core's statuses."""
+        self.attempts: dict[str, list[Attempt]] = {}
+        self.open: dict[str, Attempt] = {}
+        """The attempt each task runs now, if it runs one."""
 
-    def row(self, task_id: str) -> TaskRow:
-        if task_id not in self.rows:
-            self.rows[task_id] = TaskRow(task_id=task_id, role="?", deps=[])
-        return self.rows[task_id]
-
-    def current(self, task_id: str, attempt: int) -> Attempt | None:
-        for a in reversed(self.row(task_id).attempts):
-            if a.attempt == attempt:
-                return a
-        return None
+    def mark(self, at: float, kind: str, task_id: str, text: str) -> None:
+        self.t.marks.append(Mark(at=at, kind=kind, task_id=task_id, text=text))
 
     def unknown(self, stored: StoredEvent) -> None:
         fields = _fields(stored.data)
         at = fields.get("at")
-        text = ", ".join(
-            f"{k}={v}" for k, v in fields.items() if k not in {"at", "task_id", "type"}
-        )
-        self.t.marks.append(
-            Mark(
-                at=float(at) if isinstance(at, int | float) else stored.recorded_at,
-                kind=stored.type,
-                task_id=str(fields.get("task_id", "")),
-                text=text[:200],
-            )
-        )
+        when = float(at) if isinstance(at, int | float) else stored.recorded_at
+        self.mark(when, stored.type, str(fields.get("task_id", "")), _readable(fields))
 
     def add(self, stored: StoredEvent) -> None:
         try:
             event = journal.decode_run_event(stored)
-        except UnknownEvent:
-            self.unknown(stored)
+            after = self.folding.fold([event])
+        except (UnknownEvent, KeyError):
+            self.unknown(stored)  # a log this code cannot fold still shows what it holds
             return
+        at = float(getattr(event, "at", stored.recorded_at))
         match event:
             case RunStarted():
                 self.t.workflow = event.workflow.name
                 self.t.trace_id = event.trace_id
                 self.t.started = event.at
-                self.t.status = "running"
-                for spec in compile_graph(event.workflow).values():
-                    self.rows[spec.task_id] = TaskRow(
-                        task_id=spec.task_id, role=spec.role, deps=list(spec.deps)
-                    )
             case RunForked():
                 self.t.forked_from = f"{event.origin_run_id}@{event.origin_position}"
-                self.t.marks.append(Mark(at=event.at, kind="forked", text=self.t.forked_from))
             case TaskAssigned():
-                row = self.row(event.task_id)
-                row.status = "running"
-                row.attempts.append(
-                    Attempt(
-                        attempt=event.attempt,
-                        agent_id=event.agent_id,
-                        start=event.at,
-                        reason=event.reason,
-                    )
+                attempt = Attempt(
+                    attempt=event.attempt, agent_id=event.agent_id, start=at, reason=event.reason
                 )
-            case TaskSucceeded():
-                self.row(event.task_id).status = "succeeded"
-                a = self.current(event.task_id, event.attempt)
-                if a is not None:
-                    a.end, a.outcome = event.at, "succeeded"
+                self.attempts.setdefault(event.task_id, []).append(attempt)
+                self.open[event.task_id] = attempt
             case UsageCharged():
-                a = self.current(event.task_id, event.attempt)
-                if a is not None:
-                    a.tokens += event.tokens
-            case TaskAttemptFailed():
-                a = self.current(event.task_id, event.attempt)
-                if a is not None:
-                    a.end, a.outcome, a.error = event.at, event.reason, event.error
-                    a.retried = event.retry_at is not None
-                self.row(event.task_id).status = "pending"
-            case TaskFailed():
-                row = self.row(event.task_id)
-                row.status, row.error = "failed", event.error
-            case TaskCancelled():
-                row = self.row(event.task_id)
-                row.status, row.error = "cancelled", event.reason
-                for a in row.attempts:
-                    if a.end is None:
-                        a.end, a.outcome, a.error = event.at, "cancelled", event.reason
+                for a in reversed(self.attempts.get(event.task_id, [])):
+                    if a.attempt == event.attempt:
+                        a.tokens += event.tokens
+                        break
             case ResultRejected():
-                self.t.marks.append(
-                    Mark(
-                        at=event.at,
-                        kind="rejected",
-                        task_id=event.task_id,
-                        text=f"attempt {event.attempt} from {event.sender}: {event.reason}",
-                    )
-                )
-            case RunCompleted():
-                self.t.status, self.t.finished = "completed", event.at
-            case RunFailed():
-                self.t.status, self.t.finished, self.t.reason = "failed", event.at, event.reason
-            case _:  # handoffs, escalations, budget events...: a mark with their fields
-                self.unknown(stored)
+                text = f"attempt {event.attempt} from {event.sender}: {event.reason}"
+                self.mark(at, "rejected", event.task_id, text)
+        self.end_attempts(event, after, at)
+        if not isinstance(event, _DRAWN):
+            progress = pattern_progress(after, event)
+            text = progress.detail or _readable(msgspec.to_builtins(event))
+            kind = "forked" if isinstance(event, RunForked) else type_of(event)
+            text = self.t.forked_from if isinstance(event, RunForked) else text
+            self.mark(at, kind, progress.task_id, text)
+
+    def end_attempts(self, event: RunEvent, after: RunState, at: float) -> None:
+        """Close every open attempt that `event` ended: whatever the event, an attempt
+        is over once the folded state no longer runs it."""
+        for task_id, attempt in list(self.open.items()):
+            task = after.tasks.get(task_id)
+            if task is not None and task.status == "running" and task.attempt == attempt.attempt:
+                continue
+            del self.open[task_id]
+            attempt.end = at
+            attempt.outcome, attempt.error = _ending(event)
+            if isinstance(event, TaskAttemptFailed):
+                attempt.retried = event.retry_at is not None
+
+    def finish(self, count: int) -> Timeline:
+        state, t = self.folding.state, self.t
+        t.status = state.status
+        t.reason = state.reason
+        t.finished = state.finished_at if state.terminal else None
+        t.events = count
+        t.tasks = [
+            TaskRow(
+                task_id=task_id,
+                role=state.graph[task_id].role if task_id in state.graph else "?",
+                deps=list(state.graph[task_id].deps) if task_id in state.graph else [],
+                status=task.status,
+                error=task.error,
+                attempts=self.attempts.get(task_id, []),
+            )
+            for task_id, task in state.tasks.items()
+        ]
+        t.marks.sort(key=lambda m: m.at)
+        return t
 
 
 def build(run_id: str, stored: Sequence[StoredEvent]) -> Timeline:
@@ -206,10 +264,7 @@ def build(run_id: str, stored: Sequence[StoredEvent]) -> Timeline:
     builder = _Builder(run_id)
     for event in stored:
         builder.add(event)
-    builder.t.tasks = list(builder.rows.values())
-    builder.t.events = len(stored)
-    builder.t.marks.sort(key=lambda m: m.at)
-    return builder.t
+    return builder.finish(len(stored))
 
 
 def depths(timeline: Timeline) -> dict[str, int]:

@@ -1,19 +1,32 @@
 """`baton trace <run>`: a run's waterfall in the terminal, one row per attempt on a
-shared time axis, with retries, failures, cancellations and other marks shown."""
+shared time axis, with retries, failures, handoffs, cancellations and other marks shown."""
 
 from __future__ import annotations
 
-from orchestrator.cli.trace_model import Attempt, Timeline
+from orchestrator.cli.trace_model import PASSED_ON, Attempt, Timeline
 
 BAR = {
     "succeeded": "█",
+    "handed_off": "▚",
+    "delegated": "▚",
     "running": "▒",
     "cancelled": "░",
 }
 """Bar fill per outcome; every failed ending (error, timeout, agent_lost, undeliverable)
 is drawn with `FAILED`."""
 FAILED = "▓"
-END = {"succeeded": "", "running": "…", "cancelled": " cancelled"}
+END = {
+    "succeeded": "",
+    "running": "…",
+    "cancelled": " cancelled",
+}
+LEGEND = (
+    f"legend: {BAR['succeeded']} succeeded  {BAR['handed_off']} passed on (handed off or "
+    f"delegated)  {FAILED}✗ failed attempt  {BAR['cancelled']} cancelled  "
+    f"{BAR['running']} still running"
+)
+QUIET = ("succeeded", "running", "pending")
+"""Task statuses a row says nothing more about (its attempts show them)."""
 
 
 def _seconds(value: float) -> str:
@@ -34,6 +47,8 @@ def _axis(width: int, span: float) -> str:
 def _outcome(a: Attempt) -> str:
     if a.outcome in END:
         return END[a.outcome]
+    if a.outcome in PASSED_ON:
+        return f" → {a.outcome.replace('_', ' ')} {a.error}"
     then = ", retried" if a.retried else ""
     return f" ✗ {a.outcome}: {a.error[:60]}{then}"
 
@@ -41,7 +56,8 @@ def _outcome(a: Attempt) -> str:
 def render(t: Timeline, width: int = 60) -> str:
     """The waterfall as text; `width` is the number of columns of the time axis."""
     width = max(width, 20)
-    span = max(t.end - t.started, 1e-6)
+    origin = t.origin
+    span = max(t.end - origin, 1e-6)
     took = f" in {_seconds(t.finished - t.started)}" if t.finished is not None else ""
     lines = [
         f"run {t.run_id}  workflow {t.workflow}  {t.status}{took}  "
@@ -56,7 +72,7 @@ def render(t: Timeline, width: int = 60) -> str:
     lines.append(f"{pad}{'┬' + '─' * (width - 2) + '┬'}")
 
     def col(moment: float) -> int:
-        return min(width - 1, max(0, int((moment - t.started) / span * (width - 1) + 0.5)))
+        return min(width - 1, max(0, int((moment - origin) / span * (width - 1) + 0.5)))
 
     for row in t.tasks:
         if not row.attempts:
@@ -79,18 +95,16 @@ def render(t: Timeline, width: int = 60) -> str:
                 f"  {label:<{label_w}} {a.agent_id:<{agent_w}} {''.join(bar)} "
                 f"{took_s}{tokens}{_outcome(a)}"
             )
-        if row.status == "failed":
-            lines.append(f"  {'':<{label_w}} {'':<{agent_w}} task failed: {row.error[:80]}")
+        if row.status not in QUIET:
+            said = f": {row.error[:80]}" if row.error else ""
+            lines.append(f"  {'':<{label_w}} {'':<{agent_w}} task {row.status}{said}")
     if t.marks:
         lines += ["", "marks:"]
         for m in t.marks:
             where = f" {m.task_id}" if m.task_id else ""
-            lines.append(f"  +{_seconds(max(0.0, m.at - t.started)):>8}  {m.kind}{where}: {m.text}")
+            at = _seconds(max(0.0, m.at - origin))
+            lines.append(f"  +{at:>8}  {m.kind}{where}: {m.text}")
     if t.reason:
-        lines += ["", f"failed: {t.reason}"]
-    lines += [
-        "",
-        f"legend: {BAR['succeeded']} succeeded  {FAILED}✗ failed attempt  "
-        f"{BAR['cancelled']} cancelled  {BAR['running']} still running",
-    ]
+        lines += ["", f"{t.status}: {t.reason}"]
+    lines += ["", LEGEND]
     return "\n".join(lines)

@@ -123,6 +123,15 @@ class AgentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Contract net: how these agents price a tender, like `handler` (default: by load)."""
 
 
+class ContractsRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The role contracts a run is governed by, as `baton run` found them: the file (an
+    absolute path, like the agents' handlers) and the digest of what it said then, so the
+    run (or a fork of it) is resumed under the same contracts, or refused."""
+
+    path: str
+    digest: str
+
+
 class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A named task graph, with the agents that serve it when run on the embedded defaults."""
 
@@ -132,6 +141,9 @@ class WorkflowSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     input: dict[str, Any] = {}
     agents: list[AgentSpec] = []
     limits: Limits = Limits()
+    governed_by: ContractsRef | None = None
+    """Set by `baton run` for a governed run, so it is recorded with the run (a file's
+    `contracts` key only names the contracts file, see `parse`)."""
 
 
 TaskKind = Literal["task", "chat", "turn", "select", "subtask", "plan"]
@@ -466,14 +478,15 @@ def _location(error: msgspec.ValidationError) -> tuple[str, str]:
     match = re.search(r" - at `\$\.?(.*)`$", text)
     if match:
         return match.group(1) or "(top)", text[: match.start()]
-    return "", text
+    return "(top)", text  # msgspec names no path for the top level itself
 
 
 def parse(data: dict[str, Any]) -> WorkflowSpec:
     """A validated spec from already-parsed TOML/JSON data.
 
-    A top-level `contracts` key (the role contracts file `baton run` governs by) is
-    deployment configuration, not part of the recorded spec; see `contracts_file`.
+    A top-level `contracts` key (the role contracts file `baton run` governs by) names a
+    file relative to the workflow file; `baton run` records it resolved, with its digest,
+    as the spec's `governed_by` (see `contracts_file`).
     """
     data = dict(data)
     contracts = data.pop("contracts", "")

@@ -38,6 +38,19 @@ def holds_records(stream: str) -> bool:
     return stream.startswith(PREFIX) or stream == MEMORY_STREAM
 
 
+def record_stream(event_id: str) -> tuple[str, str] | None:
+    """(stream, run id) of an agent record's event id: a memory write's
+    (`memory:<run>:...`, see `memory.write_event_id`) or a tool call's (`<run>:...`, see
+    `message_id`); None for an id of neither shape."""
+    head, sep, rest = event_id.partition(":")
+    if not sep or not head:
+        return None
+    if head == MEMORY_STREAM:
+        run_id = rest.partition(":")[0]
+        return (MEMORY_STREAM, run_id) if run_id else None
+    return stream_of(head), head
+
+
 def message_id(record: ToolCallRecord) -> str:
     """The id the agent published the record under (and the event's id)."""
     return f"{record.run_id}:{record.task_id}:{record.attempt}:tool:{record.call_id}:{record.phase}"

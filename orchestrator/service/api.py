@@ -27,11 +27,11 @@ class RunControlRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="run.control"
 ):
     """A person's decision on a run: approve/reject/retry an escalated task, or cancel a
-    task (or the whole run, with no `task_id`). `actor` is recorded as who decided."""
+    task (or the whole run, with no `task_id`). Who decided is not a field: it is the
+    person whose subject the request came on (`bus.subjects.run_control`)."""
 
     run_id: str
     action: Literal["approve", "reject", "retry", "cancel"]
-    actor: str
     task_id: str = ""
     note: str = ""
     output: dict[str, Any] = {}
@@ -43,6 +43,8 @@ class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.co
     run_id: str
     status: str
     """The run's status once the decision is recorded."""
+    actor: str = ""
+    """Who the decision is recorded as (the person the request came from)."""
 
 
 class StatusRequest(
@@ -54,6 +56,8 @@ class StatusRequest(
 
 
 class RunProgress(msgspec.Struct, frozen=True):
+    """One run as `baton status` shows it: its status, task counts and elapsed time."""
+
     run_id: str
     workflow: str
     status: str
@@ -67,6 +71,8 @@ class RunProgress(msgspec.Struct, frozen=True):
     pending: int
     attempts: int
     """Attempts made so far, over all tasks (more than `tasks` means retries)."""
+    by_status: dict[str, int] = {}
+    """Tasks per status, for every status the core has (`TaskStatus`), zeros included."""
 
 
 class StatusReply(msgspec.Struct, frozen=True, tag_field="kind", tag="status.reply"):

@@ -3,14 +3,21 @@ Everything else receives its ports as arguments; only this module decides which.
 
 from __future__ import annotations
 
+import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
-from bus.permissions import agent_permissions, human_permissions, new_user, url_for
-from bus.server import EmbeddedNats
+from bus.permissions import (
+    agent_permissions,
+    new_user,
+    person_identity,
+    person_user,
+    url_for,
+)
+from bus.server import EmbeddedNats, PersonCredentials, forget_person, save_person
 from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from orchestrator.service.service import Orchestrator
@@ -85,14 +92,16 @@ async def bootstrap(
     try:
         if not nats_url and contracts is not None:
             # governed: every client logs in, each agent gets its contract's permissions
+            # and the person who starts it gets a user of their own for the CLI
             orchestrator_user = new_user("orchestrator", None)
-            human = new_user("human", human_permissions("human"))
-            server = EmbeddedNats(directory, users=[orchestrator_user, human])
+            person = person_identity(getpass.getuser())
+            person_login = person_user(person)
+            server = EmbeddedNats(directory, users=[orchestrator_user, person_login])
             base_url = await server.start()
             nats_url = url_for(base_url, orchestrator_user)
-            write_secret(human_url_path(directory), url_for(base_url, human))
+            save_person(directory, PersonCredentials(person, url_for(base_url, person_login)))
         elif not nats_url:
-            human_url_path(directory).unlink(missing_ok=True)
+            forget_person(directory)
             server = EmbeddedNats(directory)
             nats_url = await server.start()
         bus = await Bus.connect(nats_url, name="baton-orchestrator")
@@ -114,15 +123,3 @@ async def bootstrap(
     return Stack(
         orchestrator, bus, store, nats_url, server, telemetry if owned else None, contracts
     )
-
-
-def human_url_path(directory: Path) -> Path:
-    """Where a governed embedded server's CLI credentials (`baton tool ...`) are kept."""
-    return directory / "nats" / "human.url"
-
-
-def write_secret(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)

@@ -3,15 +3,18 @@
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, get_args
 
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError
 from bus.protocol import ErrorReply, Heartbeat
+from orchestrator.core.run_state import TaskStatus
 from orchestrator.core.state import RunState
 from orchestrator.service.api import (
     AgentsReply,
@@ -22,6 +25,7 @@ from orchestrator.service.api import (
     StatusRequest,
 )
 
+log = logging.getLogger("baton.api")
 _status: Decoder[StatusRequest] = Decoder(StatusRequest)
 _agents: Decoder[AgentsRequest] = Decoder(AgentsRequest)
 
@@ -34,11 +38,15 @@ class LiveView(Protocol):
     def agent_status(self) -> list[tuple[Heartbeat, int, float]]: ...
 
 
+TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
+"""Every status a task can have, from the core's own vocabulary (so a status added there
+is counted here too, never a KeyError)."""
+
+
 def progress(state: RunState, now: float) -> RunProgress:
     """A run's progress: task counts by status, and how long it has been going."""
-    counts = {"succeeded": 0, "running": 0, "failed": 0, "pending": 0, "cancelled": 0}
-    for task in state.tasks.values():
-        counts[task.status] += 1
+    counts = Counter({status: 0 for status in TASK_STATUSES})
+    counts.update(task.status for task in state.tasks.values())
     end = state.finished_at or now
     return RunProgress(
         run_id=state.run_id,
@@ -53,6 +61,7 @@ def progress(state: RunState, now: float) -> RunProgress:
         failed=counts["failed"] + counts["cancelled"],
         pending=counts["pending"],
         attempts=sum(t.attempt for t in state.tasks.values()),
+        by_status=dict(counts),
     )
 
 
@@ -80,21 +89,27 @@ async def serve(
 ) -> list[Subscription]:
     """Answer status and agents requests until the subscriptions are dropped."""
 
-    async def on_status(msg: Incoming) -> None:
+    async def answer(msg: Incoming, make: Callable[[], StatusReply | AgentsReply]) -> None:
+        """Reply with what `make` builds; a request that does not decode, or a view that
+        fails to build, gets an error reply (never silence, which a client would wait out)."""
         try:
-            request = _status.decode(msg.data)
+            reply: StatusReply | AgentsReply | ErrorReply = make()
         except BusError as exc:
-            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
-            return
-        await msg.reply(encode(status_reply(view, request, wall())))
+            reply = ErrorReply(type(exc).__name__, str(exc))
+        except Exception as exc:  # a bug in a view must not leave people waiting
+            log.exception("answering %s failed", msg.subject)
+            reply = ErrorReply(type(exc).__name__, str(exc))
+        await msg.reply(encode(reply))
+
+    async def on_status(msg: Incoming) -> None:
+        await answer(msg, lambda: status_reply(view, _status.decode(msg.data), wall()))
 
     async def on_agents(msg: Incoming) -> None:
-        try:
+        def make() -> AgentsReply:
             _agents.decode(msg.data)
-        except BusError as exc:
-            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
-            return
-        await msg.reply(encode(agents_reply(view)))
+            return agents_reply(view)
+
+        await answer(msg, make)
 
     return [
         await bus.subscribe(subjects.API_STATUS, on_status),

@@ -84,18 +84,18 @@ class RunRequests:
             raise RunNotRecorded(run_id)
         return run_id
 
-    async def control(self, request: RunControlRequest) -> RunState:
+    async def control(self, request: RunControlRequest, actor: str) -> RunState:
         """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
         why one cannot apply, and then nothing changed."""
         self._pipeline.run(request.run_id)  # UnknownRun before anything else
         command: HumanDecision | CancelRun
         if request.action == "cancel":
-            command = CancelRun(request.task_id, request.actor, request.note)
+            command = CancelRun(request.task_id, actor, request.note)
         else:
             command = HumanDecision(
-                request.task_id, request.action, request.actor, request.note, request.output
+                request.task_id, request.action, actor, request.note, request.output
             )
-        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
+        cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", actor)
         await self._pipeline.unblocked(request.run_id)
         # checked and decided with no await between, against the newest state (appends
         # still in flight included), so what is refused is exactly what the core refuses
@@ -125,11 +125,12 @@ class RunRequests:
 
     async def on_control(self, msg: Incoming) -> None:
         try:
-            state = await self.control(_control_decoder.decode(msg.data))
+            actor = subjects.run_controller(msg.subject)  # the sender, as the server knows
+            state = await self.control(_control_decoder.decode(msg.data), actor)
         except (BusError, OrchestratorError) as exc:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
-        await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
+        await msg.reply(encode(ControlAccepted(state.run_id, state.status, actor)))
 
     async def on_bid(self, msg: Incoming) -> None:
         """A contract-net bid: handed to the core, or refused and audited."""

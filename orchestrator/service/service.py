@@ -148,7 +148,7 @@ class Orchestrator:
             await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._liveness.on_heartbeat),
             await self._bus.subscribe(subjects.API_START_RUN, self._requests.on_start),
-            await self._bus.subscribe(subjects.API_RUN_CONTROL, self._requests.on_control),
+            await self._bus.subscribe(subjects.API_RUN_CONTROL_ALL, self._requests.on_control),
             await self._bus.subscribe(subjects.BIDS_ALL, self._requests.on_bid),
         ]
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
@@ -214,10 +214,11 @@ class Orchestrator:
             workflow, input, run_id=run_id, requested_by=requested_by
         )
 
-    async def control(self, request: RunControlRequest) -> RunState:
-        """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
-        why one cannot apply, and then nothing changed."""
-        return await self._requests.control(request)
+    async def control(self, request: RunControlRequest, actor: str) -> RunState:
+        """Record a person's decision (approve/reject/retry/cancel) as `actor`'s (who sent
+        it, as the server knows); `ControlRefused` says why one cannot apply, and then
+        nothing changed."""
+        return await self._requests.control(request, actor)
 
     def _works_in(self, run_id: str, agent_id: str) -> bool:
         """Whether the agent holds (or held last) an attempt of a task of this live run."""

@@ -1,0 +1,139 @@
+"""The commands that look into the log, with no orchestrator running: replay, fork,
+export, import, audit (with `verify` and `--why`) and trace. Each opens the state
+directory's event store, does its one job and closes it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from bus import subjects
+from eventstore import EventQuery, SqliteEventStore
+from orchestrator.cli import history, render
+from orchestrator.cli import observe as obs_cli
+from orchestrator.core.effects import pending_effects
+from orchestrator.core.errors import UnknownRun, UnknownStore, WorkflowError
+from orchestrator.service import journal
+from orchestrator.service.bootstrap import open_store, state_dir, store_path
+from orchestrator.service.service import new_run_id
+
+
+async def existing_store(explicit: str | None) -> SqliteEventStore:
+    directory = state_dir(explicit)
+    if not store_path(directory).exists():
+        raise UnknownStore(f"no event store at {store_path(directory)} (see --state-dir)")
+    return await open_store(directory)
+
+
+async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    until = await history.position_at(store, args.run_id, args.until) if args.until else None
+    state = await journal.load_run(
+        store, args.run_id, until_position=until, snapshots=not args.no_snapshots
+    )
+    print(render.run_table(state))
+    if until is not None:
+        print(f"\nas of global position {until}; the orchestrator would now:")
+        print(render.pending(state, pending_effects(state)))
+    report = await store.verify()
+    if report.ok:
+        print(f"\nhash chain: ok ({report.checked} events checked)")
+        return 0
+    print(f"\nhash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
+    return 1
+
+
+async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    new_id = subjects.token(args.new_id or new_run_id())  # the arguments first
+    at = await history.position_at(store, args.run_id, args.at)
+    if await store.stream_version(journal.run_stream(new_id)):
+        raise WorkflowError("--new-id", f"run {new_id} already exists")
+    state = await history.fork(store, args.run_id, at, new_id, actor="cli")
+    done = sum(t.status == "succeeded" for t in state.tasks.values())
+    print(f"forked run {new_id} from {args.run_id} at position {at}: "
+          f"{done}/{len(state.tasks)} tasks done, status {state.status}")  # fmt: skip
+    print(f"carry it on: baton resume {new_id}")
+    return 0
+
+
+async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    stored = await history.run_events(store, args.run_id)
+    lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
+    if args.output:
+        Path(args.output).write_text(lines)
+        print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
+    else:
+        sys.stdout.write(lines)
+    return 0
+
+
+async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    run_id = await history.import_lines(store, text.splitlines())
+    print(f"imported run {run_id}; see baton replay {run_id}")
+    return 0
+
+
+async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
+    if args.action == "verify":
+        report = await store.verify()
+        if report.ok:
+            print(f"hash chain: ok ({report.checked} events checked)")
+            return 0
+        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
+        return 1
+    if args.why:
+        stored = await history.why(store, args.why)
+        origin = stored[-1]
+        print(
+            f"why {args.why}: {len(stored)} event(s), newest first; the chain began with "
+            f"{origin.causation_id or 'nothing'} from {origin.actor}",
+            file=sys.stderr if args.json else sys.stdout,
+        )
+    else:
+        if args.limit < 1:
+            raise WorkflowError("--limit", "must be at least 1")
+        if args.run and not await store.stream_version(journal.run_stream(args.run)):
+            raise UnknownRun(args.run)
+        query = EventQuery(  # a run's events: its own stream's and its agents' records
+            correlation_id=args.run or None,
+            actor=args.actor,
+            type_glob=args.type_glob,
+            text=args.text,
+            since=history.parse_time(args.since) if args.since else None,
+            until=history.parse_time(args.until) if args.until else None,
+            from_position=args.after + 1,
+            limit=args.limit + 1,
+        )
+        stored = await store.query(query)
+    more = not args.why and len(stored) > args.limit
+    for event in stored[: args.limit]:
+        decoded = journal.decode_any(event)
+        print(render.audit_json(event, decoded) if args.json else render.audit_line(event, decoded))
+    if more:
+        print(f"more: --after {stored[args.limit - 1].position}", file=sys.stderr)
+    return 0
+
+
+_LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaitable[int]]] = {
+    "replay": _replay,
+    "fork": _fork,
+    "export": _export,
+    "import": _import,
+    "audit": _audit,
+    "trace": obs_cli.trace,
+}
+
+
+async def with_store(args: argparse.Namespace) -> int:
+    if args.command == "import":
+        directory = state_dir(args.state_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        store = await open_store(directory)
+    else:
+        store = await existing_store(args.state_dir)
+    try:
+        return await _LOG_COMMANDS[args.command](args, store)
+    finally:
+        await store.close()
