@@ -69,6 +69,23 @@ def same_content(stored: StoredEvent, new: NewEvent, stream: str) -> bool:
     )
 
 
+async def lay_out(store: EventStore, streams: list[str]) -> list[StoredEvent]:
+    """Append one event to each of `streams` in turn: event n lands at position n."""
+    stored: list[StoredEvent] = []
+    for n, stream in enumerate(streams, start=1):
+        version = await store.stream_version(stream)
+        stored += await store.append(stream, [ev(f"{stream}@{version + 1}", data=b"%d" % n)], version)
+    return stored
+
+
+SNAPSHOT_LOG = [
+    *("run-2", "run-2", "run-1", "run-1", "run-1", "run-2", "run-2"),
+    *("run-1", "run-1", "run-1", "run-2", "run-1", "x", "x", "x", "x"),
+    *("run-2", "run-2", "run-2", "run-2"),
+]
+"""A log where run-1 is at v3 at position 5 and at v7 at 12, and run-2 at v9 at 20."""
+
+
 # -- random histories (the property test) ----------------------------------------------
 
 
@@ -740,6 +757,9 @@ class EventStoreContract:
 
     def test_snapshots_save_load_replace_and_pick_by_position(self) -> None:
         async def scenario(store: EventStore) -> None:
+            # a snapshot is bound to the event at its position: run-1 v3 at 5, v7 at 12,
+            # run-2 v9 at 20
+            await lay_out(store, SNAPSHOT_LOG)
             assert await store.load_snapshot("run-1") is None
             at3 = Snapshot(stream="run-1", version=3, position=5, data=b"three")
             at7 = Snapshot(stream="run-1", version=7, position=12, data=b"seven", schema=2)
