@@ -47,6 +47,7 @@ from bus.protocol import (
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
 from eventstore import EventStore, EventStoreError, StoredEvent
+from eventstore.anchor import Checkpointer
 from orchestrator.core import contract_net, human
 from orchestrator.core.commands import (
     CancelRun,
@@ -232,8 +233,11 @@ class Orchestrator:
         telemetry: Telemetry | None = None,
         contracts: Contracts | None = None,
         boot: str | None = None,
+        checkpoints: Checkpointer | None = None,
     ) -> None:
         self._bus = bus
+        self._checkpoints = checkpoints
+        """Asked for a checkpoint of the log when a run ends (see `eventstore.anchor`)."""
         self._boot = host_boot() if boot is None else boot
         self._contracts = contracts
         self._agentlog = AgentLog(store, self._works_in)
@@ -508,6 +512,8 @@ class Orchestrator:
             self._spawn(self._snapshot(d.state, stored[-1].position))
         if d.state.terminal:
             self._finished[d.run_id].set()
+            if self._checkpoints is not None:
+                self._checkpoints.request()
         return True
 
     async def _reload(self, run_id: str) -> None:
