@@ -23,8 +23,8 @@ from bus.errors import BusError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventQuery, EventStoreError, SqliteEventStore
+from orchestrator.cli import audit_verify, history, render
 from orchestrator.cli import control as control_cli
-from orchestrator.cli import history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.core.effects import pending_effects
@@ -121,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", type=int, default=0, metavar="POSITION",
                        help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    audit_verify.add_arguments(audit)
 
     control_cli.add_parsers(sub)
 
@@ -349,12 +350,8 @@ async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
 
 async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
     if args.action == "verify":
-        report = await store.verify()
-        if report.ok:
-            print(f"hash chain: ok ({report.checked} events checked)")
-            return 0
-        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
-        return 1
+        return await audit_verify.verify(args, store)
+    audit_verify.check_options(args)
     if args.why:
         stored = await history.why(store, args.why)
         origin = stored[-1]
