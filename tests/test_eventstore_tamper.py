@@ -407,3 +407,36 @@ class TestJetStreamAttacks(Attacks):
         body = SNAPSHOT_DECODER.decode(kept.data or b"")
         edited = msgspec.structs.replace(body, data=data, digest=digest or body.digest)
         await js.publish(subject, BODY_ENCODER.encode(edited), stream=self.layout.snapshot_name)
+
+
+def test_the_unbound_snapshots_of_a_schema_2_file_are_dropped_at_the_upgrade(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "events.db"
+
+    async def fill() -> None:
+        store = await SqliteEventStore.open(path)
+        try:
+            await store.append("run-a", [NewEvent(event_id="run-a@1", type="t", data=b"")], 0)
+        finally:
+            await store.close()
+
+    asyncio.run(fill())
+    with contextlib.closing(sqlite3.connect(path)) as conn, conn:  # as schema 2 had it
+        conn.execute("ALTER TABLE snapshots DROP COLUMN event_hash")
+        conn.execute("ALTER TABLE snapshots DROP COLUMN digest")
+        conn.execute("INSERT INTO snapshots VALUES ('run-a', 1, 1, 1, x'00')")
+        conn.execute("PRAGMA user_version = 2")
+
+    async def reopened() -> None:
+        store = await SqliteEventStore.open(path)
+        try:
+            assert await store.verify_snapshots() == []
+            assert await store.load_snapshot("run-a") is None
+            assert (await store.verify()).ok
+        finally:
+            await store.close()
+
+    asyncio.run(reopened())
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
