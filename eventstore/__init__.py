@@ -2,7 +2,10 @@
 
 Every state change of a run is an event appended here with an expected stream version;
 the orchestrator rebuilds its state by replaying streams, auditors walk the global order
-and `verify()` proves no stored event was changed, dropped or moved. Callers depend on the
+and `verify()` proves no stored event was changed, dropped or moved; checked against the
+signed checkpoints `eventstore.anchor` keeps outside the store, it also catches a cut tail
+and a chain rewritten with its hashes recomputed. Snapshots are bound to the chain and
+used only while they still fit it. Callers depend on the
 `EventStore` protocol; `SqliteEventStore` is the durable embedded backend and
 `MemoryEventStore` the in-memory one for pure tests. This package imports nothing else
 from the project.
@@ -10,6 +13,7 @@ from the project.
 
 from eventstore.chain import GENESIS, verify_chain
 from eventstore.errors import (
+    AnchorError,
     CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
@@ -19,13 +23,22 @@ from eventstore.errors import (
 )
 from eventstore.jetstream import JetStreamEventStore
 from eventstore.memory import MemoryEventStore
-from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import (
+    EventQuery,
+    EventRow,
+    NewEvent,
+    Snapshot,
+    SnapshotCheck,
+    StoredEvent,
+    VerifyReport,
+)
 from eventstore.projection import Projection, ProjectionStore, ProjectionView, Projector
 from eventstore.sqlite import SqliteEventStore
 from eventstore.store import EventStore
 
 __all__ = [
     "GENESIS",
+    "AnchorError",
     "CheckpointConflictError",
     "ConcurrencyError",
     "DuplicateEventError",
@@ -42,6 +55,7 @@ __all__ = [
     "ProjectionView",
     "Projector",
     "Snapshot",
+    "SnapshotCheck",
     "SqliteEventStore",
     "StorageError",
     "StoredEvent",

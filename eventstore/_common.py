@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 
+from eventstore.chain import SnapshotSeal, snapshot_problem
 from eventstore.errors import InvalidEventError, StorageError
-from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent
+from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, SnapshotCheck, StoredEvent
 
 MAX_STREAM_NAME = 200
+
+log = logging.getLogger("baton.eventstore")
 
 _METADATA = ("correlation_id", "causation_id", "actor", "trace_id", "span_id")
 
@@ -146,6 +150,33 @@ def check_snapshot(snapshot: object) -> Snapshot:
     if not isinstance(snapshot.data, bytes):
         raise InvalidEventError("snapshot data must be bytes")
     return snapshot
+
+
+def snapshot_usable(snapshot: Snapshot, seal: SnapshotSeal, event: StoredEvent | None) -> bool:
+    """Whether a stored snapshot is bound to the log as it is (`event` is the one stored at
+    its position now); one that is not is logged as a warning and must not be used."""
+    problem = snapshot_problem(snapshot, seal, event)
+    if problem:
+        log.warning(
+            "snapshot of %s v%d at position %d ignored, the state is rebuilt from events: %s",
+            snapshot.stream,
+            snapshot.version,
+            snapshot.position,
+            problem,
+        )
+    return not problem
+
+
+def snapshot_check(
+    snapshot: Snapshot, seal: SnapshotSeal, event: StoredEvent | None
+) -> SnapshotCheck:
+    """`snapshot` as `verify_snapshots` reports it."""
+    return SnapshotCheck(
+        stream=snapshot.stream,
+        version=snapshot.version,
+        position=snapshot.position,
+        problem=snapshot_problem(snapshot, seal, event),
+    )
 
 
 def check_limit(limit: int | None) -> None:

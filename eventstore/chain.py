@@ -12,20 +12,37 @@ did, so logs written before `schema` existed still verify; any other schema is h
 under the tag `baton.eventstore.chain.v2` with the schema in the header, so changing an
 event's schema, to or from 1, breaks its hash like any other edit.
 A keyless chain detects edits that do not rewrite every later hash; to detect a
-complete rewrite, keep the head hash somewhere the writer of the file cannot change.
+complete rewrite or a cut tail, keep signed checkpoints of the head outside the store
+(`eventstore.anchor`) and hand their (position, hash) pairs to `verify`.
+
+Snapshots are bound to the chain here too: `seal_snapshot` records, beside a snapshot,
+the hash of the event at its position and a digest over its content and that hash;
+`snapshot_problem` says why a stored snapshot must not be used.
 """
 
 from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
-from eventstore.model import NewEvent, StoredEvent, VerifyReport
+from eventstore.errors import InvalidEventError
+from eventstore.model import NewEvent, Snapshot, StoredEvent, VerifyReport
 
-__all__ = ["GENESIS", "ChainVerifier", "event_hash", "hash_of", "seal", "verify_chain"]
+__all__ = [
+    "GENESIS",
+    "ChainVerifier",
+    "SnapshotSeal",
+    "event_hash",
+    "hash_of",
+    "seal",
+    "seal_snapshot",
+    "snapshot_digest",
+    "snapshot_problem",
+    "verify_chain",
+]
 
 GENESIS = "0" * 64
 """The `prev_hash` of the event at position 1."""
@@ -36,6 +53,8 @@ _DOMAIN = b"baton.eventstore.chain.v1"
 _HEADER = struct.Struct(">Q q Q q Q Q Q d Q Q Q Q Q")
 _DOMAIN_V2 = b"baton.eventstore.chain.v2"
 _SCHEMA = struct.Struct(">q")
+_SNAPSHOT_DOMAIN = b"baton.eventstore.snapshot.v1"
+_SNAPSHOT_HEADER = struct.Struct(">Q q q q Q Q")
 
 
 def event_hash(
@@ -154,9 +173,17 @@ class ChainVerifier:
     The first broken link is named at once; the reader keeps feeding so the verifier can
     tell a reordering (the missing predecessor turns up later) from a deletion or an
     insertion. `settled` says when more events can no longer change the report.
+
+    `checkpoints` maps positions to the hashes that signed checkpoints, kept outside the
+    store, recorded for them: a different hash there means the log was rewritten (even
+    with every later hash recomputed), and a log that ends before the newest checkpoint
+    was cut. Events after the newest checkpoint are covered by the chain alone.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, checkpoints: Mapping[int, str] | None = None) -> None:
+        self._checkpoints = dict(checkpoints or {})
+        self._newest_checkpoint = max(self._checkpoints, default=0)
+        self._matched_checkpoint = 0
         self._expected_position = 1
         self._prev_hash = GENESIS
         self._checked = 0
@@ -186,6 +213,18 @@ class ChainVerifier:
     def finish(self) -> VerifyReport:
         """The outcome for everything fed so far."""
         if self._bad_position is None:
+            head = self._expected_position - 1
+            if self._newest_checkpoint > head:
+                return VerifyReport(
+                    ok=False,
+                    checked=self._checked,
+                    first_bad_position=head + 1,
+                    reason=(
+                        f"truncated: the log ends at position {head}, but a signed checkpoint "
+                        f"recorded position {self._newest_checkpoint}: the events after "
+                        f"position {head} were cut"
+                    ),
+                )
             return VerifyReport(ok=True, checked=self._checked)
         reason = self._reason or self._fallback_reason
         return VerifyReport(
@@ -237,6 +276,19 @@ class ChainVerifier:
         if not _recomputes(event):
             self._fail(expected, f"changed: the hash of position {expected} does not recompute")
             return
+        signed = self._checkpoints.get(expected)
+        if signed is not None:
+            if signed != event.hash:
+                since = self._matched_checkpoint
+                after = f"after position {since} (still as checkpointed) and " if since else ""
+                self._fail(
+                    expected,
+                    f"rewritten: the hash at position {expected} is not the one a signed "
+                    f"checkpoint recorded: the log was changed {after}at or before position "
+                    f"{expected}, and the hashes after the change were recomputed",
+                )
+                return
+            self._matched_checkpoint = expected
         self._checked += 1
         self._expected_position = expected + 1
         self._prev_hash = event.hash
@@ -254,13 +306,100 @@ class ChainVerifier:
             self._settled = True
 
 
-def verify_chain(events: Iterable[StoredEvent]) -> VerifyReport:
+def verify_chain(
+    events: Iterable[StoredEvent], checkpoints: Mapping[int, str] | None = None
+) -> VerifyReport:
     """Walk `events` (the whole log, in position order) and report the first break.
 
     Positions must run 1, 2, 3... without a gap, each `prev_hash` must equal the hash of
     the event before it (`GENESIS` for the first) and each hash must recompute. The
-    reason starts with "changed", "deleted or inserted" or "reordered", best judged.
+    reason starts with "changed", "deleted or inserted" or "reordered", best judged; with
+    `checkpoints` (position -> signed hash) also "rewritten" or "truncated".
     """
-    verifier = ChainVerifier()
+    verifier = ChainVerifier(checkpoints)
     verifier.feed(events)
     return verifier.finish()
+
+
+# -- snapshots bound to the chain ---------------------------------------------------------
+
+
+class SnapshotSeal(msgspec.Struct, frozen=True):
+    """What the store keeps beside a snapshot to bind it to the chain: the hash of the
+    event at the snapshot's position, and `snapshot_digest` over the snapshot and that hash.
+
+    The digest is keyless: it catches a snapshot edited in place, moved, or left behind by
+    a log rewritten under it, but someone who can write the store can recompute it; an
+    audit that refolds the events (`baton audit verify`) catches that too.
+    """
+
+    event_hash: str
+    digest: str
+
+
+def snapshot_digest(snapshot: Snapshot, event_hash: str) -> str:
+    """The SHA-256 hex digest binding `snapshot` to the event hash at its position.
+
+    Bytes hashed: the tag `baton.eventstore.snapshot.v1`; a big-endian header of
+    len(stream), version, position, schema, len(data), len(event_hash); then the stream's
+    UTF-8 bytes, the data and the event hash's ASCII bytes.
+    """
+    stream = snapshot.stream.encode()
+    link = event_hash.encode()
+    header = _SNAPSHOT_HEADER.pack(
+        len(stream),
+        snapshot.version,
+        snapshot.position,
+        snapshot.schema,
+        len(snapshot.data),
+        len(link),
+    )
+    return hashlib.sha256(
+        b"".join((_SNAPSHOT_DOMAIN, header, stream, snapshot.data, link))
+    ).hexdigest()
+
+
+def _misplaced(snapshot: Snapshot, event: StoredEvent | None) -> str:
+    if event is None or event.position != snapshot.position:
+        return f"position {snapshot.position} is not in the log"
+    if event.stream != snapshot.stream or event.version != snapshot.version:
+        return (
+            f"position {snapshot.position} holds {event.stream!r} v{event.version}, "
+            f"not {snapshot.stream!r} v{snapshot.version}"
+        )
+    return ""
+
+
+def seal_snapshot(snapshot: Snapshot, event: StoredEvent | None) -> SnapshotSeal:
+    """The seal of `snapshot`, taken at `event` (the stored event at its position);
+    `InvalidEventError` if that event is not `snapshot`'s stream at `snapshot`'s version."""
+    problem = _misplaced(snapshot, event)
+    if problem or event is None:
+        raise InvalidEventError(
+            f"snapshot of {snapshot.stream!r} v{snapshot.version} does not fit the log: {problem}"
+        )
+    return SnapshotSeal(event.hash, snapshot_digest(snapshot, event.hash))
+
+
+def snapshot_problem(snapshot: Snapshot, seal: SnapshotSeal, event: StoredEvent | None) -> str:
+    """Why a stored snapshot must not be used, given its seal and the event now stored at
+    its position; empty when it is bound to the log as it is."""
+    if not seal.digest:
+        return "not bound to the chain (it carries no digest)"
+    try:
+        intact = snapshot_digest(snapshot, seal.event_hash) == seal.digest
+    except (TypeError, ValueError, AttributeError, struct.error, OverflowError):
+        intact = False  # a tampered row may hold a value of the wrong type
+    if not intact:
+        return "changed: its content does not match its digest"
+    problem = _misplaced(snapshot, event)
+    if problem or event is None:
+        return problem
+    if event.hash != seal.event_hash:
+        return (
+            f"the event at position {snapshot.position} is not the one it was taken at "
+            "(its hash differs): the log was changed under it"
+        )
+    if not _recomputes(event):
+        return f"the event at position {snapshot.position} does not recompute its hash"
+    return ""

@@ -47,3 +47,7 @@ class CheckpointConflictError(EventStoreError):
         self.name = name
         self.expected = expected
         self.actual = actual
+
+
+class AnchorError(EventStoreError):
+    """A checkpoint key that cannot be read or made, or an anchor that cannot be written."""

@@ -19,15 +19,25 @@ from eventstore._common import (
     check_snapshot,
     event_rows,
     matcher,
+    snapshot_check,
+    snapshot_usable,
 )
 from eventstore._subscription import Notifier, catch_up
-from eventstore.chain import GENESIS, seal, verify_chain
+from eventstore.chain import GENESIS, SnapshotSeal, seal, seal_snapshot, verify_chain
 from eventstore.errors import (
     CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
 )
-from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import (
+    EventQuery,
+    EventRow,
+    NewEvent,
+    Snapshot,
+    SnapshotCheck,
+    StoredEvent,
+    VerifyReport,
+)
 from eventstore.projection import check_commit, check_projection_name
 
 __all__ = ["MemoryEventStore"]
@@ -41,7 +51,7 @@ class MemoryEventStore:
         self._log: list[StoredEvent] = []
         self._streams: dict[str, list[StoredEvent]] = {}
         self._by_id: dict[str, StoredEvent] = {}
-        self._snapshots: dict[str, dict[int, Snapshot]] = {}
+        self._snapshots: dict[str, dict[int, tuple[Snapshot, SnapshotSeal]]] = {}
         self._closed = False
         self._notifier = Notifier()
         self.projections = MemoryProjections(self)
@@ -162,27 +172,45 @@ class MemoryEventStore:
             lambda: self._closed,
         )
 
+    def _event_at(self, position: int) -> StoredEvent | None:
+        return self._log[position - 1] if 1 <= position <= len(self._log) else None
+
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep a snapshot (replacing one of the same stream and version)."""
+        """Keep a snapshot (replacing one of the same stream and version), bound to the
+        event at its position (see `EventStore.save_snapshot`)."""
         check_snapshot(snapshot)
         self._check_open()
-        self._snapshots.setdefault(snapshot.stream, {})[snapshot.version] = snapshot
+        sealed = seal_snapshot(snapshot, self._event_at(snapshot.position))
+        self._snapshots.setdefault(snapshot.stream, {})[snapshot.version] = (snapshot, sealed)
 
     async def load_snapshot(
         self, stream: str, until_position: int | None = None
     ) -> Snapshot | None:
-        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        """The stream's newest snapshot still bound to the log, or the newest at or before
+        `until_position` (see `EventStore.load_snapshot`)."""
         self._check_open()
         kept = self._snapshots.get(stream, {})
-        fitting = [
-            s for s in kept.values() if until_position is None or s.position <= until_position
-        ]
-        return max(fitting, key=lambda s: s.version, default=None)
+        for version in sorted(kept, reverse=True):
+            snapshot, sealed = kept[version]
+            if until_position is not None and snapshot.position > until_position:
+                continue
+            if snapshot_usable(snapshot, sealed, self._event_at(snapshot.position)):
+                return snapshot
+        return None
 
-    async def verify(self) -> VerifyReport:
-        """Recompute the hash chain over the whole log."""
+    async def verify_snapshots(self) -> list[SnapshotCheck]:
+        """Every stored snapshot, checked against the log as it is now."""
         self._check_open()
-        return verify_chain(self._log)
+        return [
+            snapshot_check(snapshot, sealed, self._event_at(snapshot.position))
+            for stream in sorted(self._snapshots)
+            for _, (snapshot, sealed) in sorted(self._snapshots[stream].items())
+        ]
+
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
+        """Recompute the hash chain over the whole log (see `EventStore.verify`)."""
+        self._check_open()
+        return verify_chain(self._log, checkpoints)
 
     async def close(self) -> None:
         """Drop the log; further calls raise `StorageError`; subscriptions end."""

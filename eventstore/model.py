@@ -79,7 +79,9 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     """A stream's folded state at one version, so recovery need not replay from zero.
 
     `data` is the owner's encoding; `position` is the global position of the event at
-    `version`, so time travel can pick the latest snapshot before a point.
+    `version`, so time travel can pick the latest snapshot before a point. The store binds
+    each snapshot to the hash chain when it saves it (see `chain.seal_snapshot`) and hands
+    out only snapshots that are still bound to the log as it is.
     """
 
     stream: str
@@ -87,3 +89,18 @@ class Snapshot(msgspec.Struct, frozen=True, kw_only=True):
     position: int
     data: bytes
     schema: int = 1
+
+
+class SnapshotCheck(msgspec.Struct, frozen=True, kw_only=True):
+    """One stored snapshot as `verify_snapshots` found it: where it says it belongs and,
+    when it must not be used, why (`problem`, empty when it is bound to the log)."""
+
+    stream: str
+    version: int
+    position: int
+    problem: str = ""
+
+    @property
+    def ok(self) -> bool:
+        """Whether the snapshot is bound to the log as it is now."""
+        return not self.problem

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Protocol
 
 from eventstore.model import (
@@ -10,6 +10,7 @@ from eventstore.model import (
     EventRow,
     NewEvent,
     Snapshot,
+    SnapshotCheck,
     StoredEvent,
     VerifyReport,
 )
@@ -70,17 +71,29 @@ class EventStore(Protocol):
         ...
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep a snapshot (replacing one of the same stream and version)."""
+        """Keep a snapshot (replacing one of the same stream and version), bound to the
+        chain: the store records the hash of the event at `snapshot.position` and a digest
+        over both (`chain.seal_snapshot`). `InvalidEventError` if that position does not
+        hold `snapshot.stream` at `snapshot.version`."""
         ...
 
     async def load_snapshot(
         self, stream: str, until_position: int | None = None
     ) -> Snapshot | None:
-        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        """The stream's newest snapshot, or the newest at or before `until_position`, among
+        those still bound to the log: one that does not verify (`chain.snapshot_problem`)
+        is skipped with a logged warning, so the caller rebuilds from events instead."""
         ...
 
-    async def verify(self) -> VerifyReport:
-        """Recompute the hash chain over the whole log."""
+    async def verify_snapshots(self) -> list[SnapshotCheck]:
+        """Every stored snapshot, each checked against the log as it is now."""
+        ...
+
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
+        """Recompute the hash chain over the whole log; with `checkpoints` (position ->
+        hash, from signed checkpoints kept outside the store) also fail when the hash at a
+        checkpointed position differs ("rewritten") or the log ends before the newest
+        checkpoint ("truncated")."""
         ...
 
     async def close(self) -> None:

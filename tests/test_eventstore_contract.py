@@ -28,6 +28,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from nacl.signing import SigningKey
 
 from eventstore import (
     GENESIS,
@@ -46,7 +47,10 @@ from eventstore import (
     SqliteEventStore,
     StorageError,
     StoredEvent,
+    VerifyReport,
 )
+from eventstore.anchor import Checkpointer, verify_anchored
+from eventstore.chain import seal_snapshot, snapshot_problem
 
 T = TypeVar("T")
 
@@ -67,6 +71,25 @@ def same_content(stored: StoredEvent, new: NewEvent, stream: str) -> bool:
         and stored.trace_id == new.trace_id
         and stored.span_id == new.span_id
     )
+
+
+async def lay_out(store: EventStore, streams: list[str]) -> list[StoredEvent]:
+    """Append one event to each of `streams` in turn: event n lands at position n."""
+    stored: list[StoredEvent] = []
+    for n, stream in enumerate(streams, start=1):
+        version = await store.stream_version(stream)
+        stored += await store.append(
+            stream, [ev(f"{stream}@{version + 1}", data=b"%d" % n)], version
+        )
+    return stored
+
+
+SNAPSHOT_LOG = [
+    *("run-2", "run-2", "run-1", "run-1", "run-1", "run-2", "run-2"),
+    *("run-1", "run-1", "run-1", "run-2", "run-1", "x", "x", "x", "x"),
+    *("run-2", "run-2", "run-2", "run-2"),
+]
+"""A log where run-1 is at v3 at position 5 and at v7 at 12, and run-2 at v9 at 20."""
 
 
 # -- random histories (the property test) ----------------------------------------------
@@ -740,6 +763,9 @@ class EventStoreContract:
 
     def test_snapshots_save_load_replace_and_pick_by_position(self) -> None:
         async def scenario(store: EventStore) -> None:
+            # a snapshot is bound to the event at its position: run-1 v3 at 5, v7 at 12,
+            # run-2 v9 at 20
+            await lay_out(store, SNAPSHOT_LOG)
             assert await store.load_snapshot("run-1") is None
             at3 = Snapshot(stream="run-1", version=3, position=5, data=b"three")
             at7 = Snapshot(stream="run-1", version=7, position=12, data=b"seven", schema=2)
@@ -766,6 +792,82 @@ class EventStoreContract:
                 assert await again.load_snapshot("run-1") == replaced
             finally:
                 await again.close()
+
+        self.run(scenario)
+
+    def test_a_snapshot_is_bound_to_the_event_at_its_position(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            log = await lay_out(store, SNAPSHOT_LOG)
+            for misfit in (
+                Snapshot(stream="run-1", version=3, position=6, data=b""),  # run-2's event
+                Snapshot(stream="run-1", version=4, position=5, data=b""),  # v3 is there
+                Snapshot(stream="run-1", version=8, position=21, data=b""),  # not stored
+            ):
+                with pytest.raises(InvalidEventError, match="does not fit the log"):
+                    await store.save_snapshot(misfit)
+            assert await store.verify_snapshots() == []
+            at3 = Snapshot(stream="run-1", version=3, position=5, data=b"three")
+            at9 = Snapshot(stream="run-2", version=9, position=20, data=b"nine")
+            for snapshot in (at9, at3):
+                await store.save_snapshot(snapshot)
+            checks = await store.verify_snapshots()
+            assert [(c.stream, c.version, c.position, c.ok) for c in checks] == [
+                ("run-1", 3, 5, True),
+                ("run-2", 9, 20, True),
+            ]
+            assert snapshot_problem(at3, seal_snapshot(at3, log[4]), log[4]) == ""
+
+        self.run(scenario)
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def test_verify_holds_the_log_to_its_checkpoints(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            log = await lay_out(store, ["a", "b", "a", "c", "a", "b", "a", "a", "c", "b"])
+            at = {e.position: e.hash for e in log}
+            assert await store.verify({}) == VerifyReport(ok=True, checked=10)
+            assert await store.verify({5: at[5], 10: at[10]}) == VerifyReport(ok=True, checked=10)
+
+            cut = await store.verify({5: at[5], 12: "a" * 64})
+            assert (cut.ok, cut.first_bad_position) == (False, 11)
+            assert cut.reason.startswith("truncated: the log ends at position 10")
+            assert "recorded position 12" in cut.reason
+
+            rewritten = await store.verify({3: at[3], 5: at[5], 8: "0" * 64, 10: at[10]})
+            assert (rewritten.ok, rewritten.first_bad_position) == (False, 8)
+            assert rewritten.reason.startswith("rewritten: the hash at position 8")
+            assert "after position 5 (still as checkpointed) and at or before position 8" in (
+                rewritten.reason
+            )
+            first = await store.verify({1: "0" * 64})
+            assert (first.first_bad_position, first.reason.startswith("rewritten")) == (1, True)
+
+        self.run(scenario)
+
+    def test_signed_checkpoints_of_the_head_anchor_the_log(self) -> None:
+        async def scenario(store: EventStore) -> None:
+            with tempfile.TemporaryDirectory(prefix="baton-anchor-") as directory:
+                anchor = Path(directory) / "anchor"
+                key = SigningKey.generate()
+                checkpoints = Checkpointer(store, anchor, key)
+                assert await checkpoints.checkpoint() is None, "an empty log has no head"
+                await lay_out(store, ["a", "b", "a"])
+                first = await checkpoints.checkpoint()
+                assert first is not None
+                assert (first.position, first.hash) == (3, (await store.read_all(3))[0].hash)
+                assert await checkpoints.checkpoint() is None, "the head did not move"
+                await lay_out(store, ["c", "a"])
+                await checkpoints.close()  # signs the head one last time
+                report = await verify_anchored(store, anchor, key.verify_key)
+                assert report.ok, report
+                assert (report.anchor.count, report.anchor.newest, report.chain.checked) == (
+                    2,
+                    5,
+                    5,
+                )
+                stranger = await verify_anchored(store, anchor, SigningKey.generate().verify_key)
+                assert not stranger.ok
+                assert "not the trusted key" in stranger.anchor.problems[0]
 
         self.run(scenario)
 

@@ -33,7 +33,7 @@ from eventstore.jetstream import (
     encode_stream_token,
 )
 from eventstore.model import Snapshot
-from tests.test_eventstore_contract import EventStoreContract, ev
+from tests.test_eventstore_contract import EventStoreContract, ev, lay_out
 
 
 @pytest.fixture(scope="module")
@@ -195,6 +195,9 @@ def test_subscription_ends_when_the_store_closes(nats_url: str) -> None:
 def test_snapshots_are_kept_per_stream_and_version(nats_url: str) -> None:
     async def main() -> None:
         async with fresh_store(nats_url) as store:
+            # a snapshot is bound to the event at its position: s v2 at 5, s.x v1 at 6,
+            # s v9 at 30
+            await lay_out(store, ["x", "x", "x", "s", "s", "s.x", *["x"] * 17, *["s"] * 7])
             assert await store.load_snapshot("s") is None
             await store.save_snapshot(Snapshot(stream="s", version=2, position=5, data=b"two"))
             await store.save_snapshot(Snapshot(stream="s", version=9, position=30, data=b"n"))

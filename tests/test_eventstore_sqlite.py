@@ -741,5 +741,5 @@ def test_a_schema_1_file_is_upgraded_and_its_chain_still_verifies(tmp_path: Path
     asyncio.run(scenario())
     assert integrity(path) == "ok"
     with sqlite3.connect(path) as conn:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == 3
     conn.close()

@@ -17,10 +17,11 @@ PINNED = {
         "die_with_parent encode find_binary new_trace subjects"
     ),
     "eventstore": (
-        "CheckpointConflictError ConcurrencyError DuplicateEventError EventQuery EventRow "
-        "EventStore EventStoreError GENESIS InvalidEventError JetStreamEventStore "
+        "AnchorError CheckpointConflictError ConcurrencyError DuplicateEventError EventQuery "
+        "EventRow EventStore EventStoreError GENESIS InvalidEventError JetStreamEventStore "
         "MemoryEventStore NewEvent Projection ProjectionStore ProjectionView Projector "
-        "Snapshot SqliteEventStore StorageError StoredEvent VerifyReport verify_chain"
+        "Snapshot SnapshotCheck SqliteEventStore StorageError StoredEvent VerifyReport "
+        "verify_chain"
     ),
     "orchestrator": (
         "AgentSpec Orchestrator OrchestratorError RunState Stack StepSpec TaskState "

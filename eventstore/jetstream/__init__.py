@@ -11,7 +11,8 @@ Layout
       chain's `prev_hash` and `hash`, computed by `chain.seal` exactly as the other
       backends do) is the msgpack payload.
     * Snapshots live in a second stream, `<name>_SNAPSHOTS`, one subject per stream and
-      version (`<prefix>.snap.<token>.<version>`, one message kept per subject).
+      version (`<prefix>.snap.<token>.<version>`, one message kept per subject), each
+      bound to the hash chain like the other backends' (`chain.seal_snapshot`).
 
 Appends
     Every append names two expectations in its (first) message: `Nats-Expected-Last-
@@ -48,8 +49,9 @@ Limits (see also the notes on `JetStreamEventStore`)
       leader, so a read is guaranteed to include this store's own acknowledged appends
       (it waits for them) but may miss another process's newest ones for a moment.
     * Anyone allowed to publish on `<prefix>.log.>` can put a message in the log that
-      this store did not write; `verify()` will name it. Restrict those subjects to the
-      store's credentials.
+      this store did not write; `verify()` names it unless it links correctly onto the
+      tail, which neither the chain nor a checkpoint can tell from a real append (see
+      docs/security.md). Restrict those subjects to the store's credentials.
 
 The modules, one job each
     * `store`: `JetStreamEventStore`, the public face, composing the parts below.

@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 from nats.aio.msg import Msg
 
@@ -187,10 +187,10 @@ class LogReader:
             )
         return events
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
         self._check_open()
         layout = self._log.layout
-        verifier = ChainVerifier()
+        verifier = ChainVerifier(checkpoints)
         position = 1
         while not verifier.settled:
             msgs = await self._log.direct_batch(layout.name, position, f"{layout.log_prefix}>")

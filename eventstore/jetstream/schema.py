@@ -98,13 +98,16 @@ class _Body(msgspec.Struct, array_like=True, frozen=True):
 
 
 class SnapshotBody(msgspec.Struct, array_like=True, frozen=True):
-    """The payload of one snapshot message."""
+    """The payload of one snapshot message, with its binding to the chain (empty in a
+    message written before snapshots were bound: such a snapshot is never used)."""
 
     stream: str
     version: int
     position: int
     data: bytes
     schema: int
+    event_hash: str = ""
+    digest: str = ""
 
 
 BODY_ENCODER: Final = msgspec.msgpack.Encoder()

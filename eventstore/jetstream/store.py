@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 
 import nats
 from nats.aio.client import Client as NATS
@@ -19,7 +19,15 @@ from eventstore.jetstream.reader import LogReader
 from eventstore.jetstream.schema import Layout
 from eventstore.jetstream.snapshots import Snapshots
 from eventstore.jetstream.writer import LogWriter
-from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import (
+    EventQuery,
+    EventRow,
+    NewEvent,
+    Snapshot,
+    SnapshotCheck,
+    StoredEvent,
+    VerifyReport,
+)
 
 __all__ = ["JetStreamEventStore"]
 
@@ -54,7 +62,7 @@ class JetStreamEventStore:
         self._index = LogIndex(self._log)
         self._writer = LogWriter(self._log, self._index, self._notifier, is_closed)
         self._reads = LogReader(self._log, self._index, self._notifier, is_closed)
-        self._snapshots = Snapshots(self._log, replicas, is_closed)
+        self._snapshots = Snapshots(self._log, replicas, is_closed, self._event_at)
 
     # -- opening and closing ----------------------------------------------------------
 
@@ -182,17 +190,28 @@ class JetStreamEventStore:
     # -- snapshots --------------------------------------------------------------------
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep a snapshot (replacing one of the same stream and version)."""
+        """Keep a snapshot (replacing one of the same stream and version), bound to the
+        event at its position (see `EventStore.save_snapshot`)."""
         await self._snapshots.save(snapshot)
 
     async def load_snapshot(
         self, stream: str, until_position: int | None = None
     ) -> Snapshot | None:
-        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        """The stream's newest snapshot still bound to the log, or the newest at or before
+        `until_position` (see `EventStore.load_snapshot`)."""
         return await self._snapshots.load(stream, until_position)
+
+    async def _event_at(self, position: int) -> StoredEvent | None:
+        found = await self._reads.read_all(position, 1) if position >= 1 else []
+        return found[0] if found and found[0].position == position else None
 
     # -- audit ------------------------------------------------------------------------
 
-    async def verify(self) -> VerifyReport:
-        """Recompute the hash chain over the whole log, in chunks."""
-        return await self._reads.verify()
+    async def verify_snapshots(self) -> list[SnapshotCheck]:
+        """Every stored snapshot, checked against the log as it is now."""
+        return await self._snapshots.verify()
+
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
+        """Recompute the hash chain over the whole log, in chunks; with `checkpoints`,
+        check the log against them too (see `EventStore.verify`)."""
+        return await self._reads.verify(checkpoints)

@@ -7,7 +7,7 @@ answers once; in WAL mode it sees only committed data and never waits for the wr
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Final
 
 from eventstore._common import check_limit, check_open, check_query, glob_to_sqlite
@@ -147,9 +147,9 @@ class LogReader:
             poll_seconds=_SUBSCRIPTION_POLL,
         )
 
-    async def verify(self) -> VerifyReport:
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
         end = await self.last_position()
-        verifier = ChainVerifier()
+        verifier = ChainVerifier(checkpoints)
         after = 0
         while not verifier.settled:
             chunk = await self._select(

@@ -1,4 +1,4 @@
-"""The file's layout: the tables of schema 2 (and the upgrade from schema 1), the marks that
+"""The file's layout: the tables of schema 3 (and the upgrades from 1 and 2), the marks that
 say a file is a Baton event store, and the order of the events table's columns, which every
 query, every insert and the row-to-event mapping share."""
 
@@ -13,7 +13,7 @@ from eventstore.model import StoredEvent
 from eventstore.sqlite.sql import transaction
 
 APPLICATION_ID: Final = 0x4241544E  # "BATN": marks a file as a Baton event store
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 
 _EVENTS_V1: Final = """
     CREATE TABLE IF NOT EXISTS events (
@@ -62,6 +62,14 @@ UPGRADE_V2: Final = (
         position INTEGER NOT NULL
     ) WITHOUT ROWID
     """,
+)
+# Schema 3 binds each snapshot to the hash chain (see `chain.seal_snapshot`). Snapshots
+# saved before carry no binding and are dropped: they are only shortcuts, and the events
+# rebuild the same states.
+UPGRADE_V3: Final = (
+    "DELETE FROM snapshots",
+    "ALTER TABLE snapshots ADD COLUMN event_hash TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE snapshots ADD COLUMN digest TEXT NOT NULL DEFAULT ''",
 )
 SCHEMA_V1: Final = (
     _EVENTS_V1,
@@ -126,20 +134,25 @@ def ensure_schema(conn: sqlite3.Connection, path: Path) -> None:
         if tables or app_id not in (0, APPLICATION_ID):
             raise StorageError(f"{path} is a SQLite database, but not a Baton event store")
         with transaction(conn):
-            for statement in (*SCHEMA_V1, *UPGRADE_V2):
+            for statement in (*SCHEMA_V1, *UPGRADE_V2, *UPGRADE_V3):
                 conn.execute(statement)
             conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
         return
     version = _scalar_of(conn, "PRAGMA user_version")
-    if app_id != APPLICATION_ID or version not in (1, SCHEMA_VERSION):
+    if app_id != APPLICATION_ID or version not in _UPGRADES_FROM:
         raise StorageError(
             f"{path} is not a Baton event store of schema {SCHEMA_VERSION} "
             f"(application_id={app_id}, user_version={version})"
         )
-    if version == 1:
+    if version != SCHEMA_VERSION:
         with transaction(conn):
-            if _scalar_of(conn, "PRAGMA user_version") == 1:  # nobody upgraded it meanwhile
-                for statement in UPGRADE_V2:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            # read again inside the transaction: another process may have upgraded it
+            current = _scalar_of(conn, "PRAGMA user_version")
+            for statement in _UPGRADES_FROM.get(current, ()):
+                conn.execute(statement)
+            conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+
+_UPGRADES_FROM: Final = {1: (*UPGRADE_V2, *UPGRADE_V3), 2: UPGRADE_V3, SCHEMA_VERSION: ()}
+"""The statements that bring a file of each schema this code can open up to date."""

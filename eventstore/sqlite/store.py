@@ -5,13 +5,21 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from eventstore._common import check_append, check_open
 from eventstore._subscription import Notifier
 from eventstore.errors import StorageError
-from eventstore.model import EventQuery, EventRow, NewEvent, Snapshot, StoredEvent, VerifyReport
+from eventstore.model import (
+    EventQuery,
+    EventRow,
+    NewEvent,
+    Snapshot,
+    SnapshotCheck,
+    StoredEvent,
+    VerifyReport,
+)
 from eventstore.sqlite.connection import connect
 from eventstore.sqlite.projections import SqliteProjections
 from eventstore.sqlite.reader import LogReader
@@ -131,21 +139,28 @@ class SqliteEventStore:
         """History from `from_position`, then live appends (see `EventStore.subscribe`)."""
         return self._reads.subscribe(from_position)
 
-    async def verify(self) -> VerifyReport:
-        """Recompute the hash chain over the log as it stands now, reading it in chunks."""
-        return await self._reads.verify()
+    async def verify(self, checkpoints: Mapping[int, str] | None = None) -> VerifyReport:
+        """Recompute the hash chain over the log as it stands now, reading it in chunks;
+        with `checkpoints`, check the log against them too (see `EventStore.verify`)."""
+        return await self._reads.verify(checkpoints)
 
     # -- snapshots -----------------------------------------------------------------------
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        """Keep a snapshot (replacing one of the same stream and version), durably."""
+        """Keep a snapshot (replacing one of the same stream and version), durably, bound
+        to the event at its position (see `EventStore.save_snapshot`)."""
         await self._snapshots.save(snapshot)
 
     async def load_snapshot(
         self, stream: str, until_position: int | None = None
     ) -> Snapshot | None:
-        """The stream's newest snapshot, or the newest at or before `until_position`."""
+        """The stream's newest snapshot still bound to the log, or the newest at or before
+        `until_position` (see `EventStore.load_snapshot`)."""
         return await self._snapshots.load(stream, until_position)
+
+    async def verify_snapshots(self) -> list[SnapshotCheck]:
+        """Every stored snapshot, checked against the log as it is now."""
+        return await self._snapshots.verify()
 
     # -- lifecycle -----------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bus import subjects
 from eventstore import EventQuery, SqliteEventStore
-from orchestrator.cli import history, render
+from orchestrator.cli import audit_verify, history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun, UnknownStore, WorkflowError
@@ -77,12 +77,8 @@ async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
 
 async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
     if args.action == "verify":
-        report = await store.verify()
-        if report.ok:
-            print(f"hash chain: ok ({report.checked} events checked)")
-            return 0
-        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
-        return 1
+        return await audit_verify.verify(args, store)
+    audit_verify.check_options(args)
     if args.why:
         stored = await history.why(store, args.why)
         origin = stored[-1]

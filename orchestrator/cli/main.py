@@ -25,7 +25,7 @@ from bus.errors import BusError, ContractError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import approvals, log_commands, render
+from orchestrator.cli import approvals, audit_verify, log_commands, render
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
@@ -132,6 +132,7 @@ def _parser() -> argparse.ArgumentParser:
     audit.add_argument("--after", type=int, default=0, metavar="POSITION",
                        help="the page after this global position")  # fmt: skip
     audit.add_argument("--json", action="store_true", help="JSON lines instead of a table")
+    audit_verify.add_arguments(audit)
 
     control_cli.add_parsers(sub)
 

@@ -20,6 +20,7 @@ from bus.permissions import (
 from bus.server import EmbeddedNats, PersonCredentials, forget_person, save_person
 from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
+from eventstore.anchor import Checkpointer, load_signing_key
 from orchestrator.service.service import Orchestrator
 
 DEFAULT_STATE_DIR = ".baton"
@@ -38,6 +39,19 @@ async def open_store(directory: Path) -> SqliteEventStore:
     return await SqliteEventStore.open(store_path(directory))
 
 
+def anchor_path(directory: Path) -> Path:
+    """Where signed checkpoints of the log go: `$BATON_ANCHOR` (a file, or a directory
+    that gets a `checkpoints.jsonl`), else `checkpoints.jsonl` in the state directory.
+    Point it outside what a writer of the state directory can change (see docs/security.md)."""
+    return Path(os.environ.get("BATON_ANCHOR") or directory / "checkpoints.jsonl")
+
+
+def anchor_key_path(directory: Path) -> Path:
+    """The checkpoint signing key: `$BATON_ANCHOR_KEY`, else `anchor.key` in the state
+    directory (made there, mode 0600, on first use)."""
+    return Path(os.environ.get("BATON_ANCHOR_KEY") or directory / "anchor.key")
+
+
 @dataclass
 class Stack:
     """A running orchestrator with what it owns; `close()` stops all of it in order."""
@@ -50,6 +64,8 @@ class Stack:
     telemetry: Telemetry | None = None
     """Telemetry this stack owns and flushes on close (None when the caller owns it)."""
     contracts: Contracts | None = None
+    checkpoints: Checkpointer | None = None
+    """Signs the log's head into the anchor; closed (one last checkpoint) before the store."""
 
     def agent_url(self, agent_id: str, role: str) -> str:
         """The URL an agent process connects with: on a governed embedded server, with
@@ -65,6 +81,8 @@ class Stack:
 
     async def close(self) -> None:
         await self.orchestrator.stop()
+        if self.checkpoints is not None:
+            await self.checkpoints.close()
         await self.bus.close()
         await self.store.close()
         if self.server is not None:
@@ -89,7 +107,10 @@ async def bootstrap(
     directory.mkdir(parents=True, exist_ok=True)
     store = await open_store(directory)
     server = None
+    checkpoints: Checkpointer | None = None
     try:
+        key = load_signing_key(anchor_key_path(directory))
+        checkpoints = Checkpointer(store, anchor_path(directory), key)
         if not nats_url and contracts is not None:
             # governed: every client logs in, each agent gets its contract's permissions
             # and the person who starts it gets a user of their own for the CLI
@@ -112,14 +133,25 @@ async def bootstrap(
             tick_s=tick_s,
             telemetry=telemetry,
             contracts=contracts,
+            checkpoints=checkpoints,
         )
         await orchestrator.start()
+        await checkpoints.start()
     except BaseException:
+        if checkpoints is not None:
+            await checkpoints.close()
         await store.close()
         if server is not None:
             server.stop()
         raise
     # the stack shuts down (flushes) only the telemetry it made itself
     return Stack(
-        orchestrator, bus, store, nats_url, server, telemetry if owned else None, contracts
+        orchestrator,
+        bus,
+        store,
+        nats_url,
+        server,
+        telemetry if owned else None,
+        contracts,
+        checkpoints,
     )

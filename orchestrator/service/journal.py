@@ -182,15 +182,30 @@ def snapshot_of(state: RunState, position: int) -> Snapshot:
     )
 
 
-async def _from_snapshot(store: EventStore, run_id: str, until: int | None) -> RunState:
-    snapshot = await store.load_snapshot(run_stream(run_id), until_position=until)
-    if snapshot is None or snapshot.schema != STATE_SCHEMA:
-        return RunState(run_id)
+def snapshot_state(snapshot: Snapshot) -> RunState | None:
+    """The run state a snapshot holds; `None` when it is of another shape or does not
+    decode (logged), so the caller replays the events instead."""
+    if snapshot.schema != STATE_SCHEMA:
+        return None
     try:
         return _state_decoder.decode(snapshot.data)
     except msgspec.DecodeError:
-        log.warning("snapshot of %s at v%d does not decode; replaying", run_id, snapshot.version)
-        return RunState(run_id)
+        log.warning("snapshot of %s at v%d does not decode", snapshot.stream, snapshot.version)
+        return None
+
+
+async def _from_snapshot(store: EventStore, run_id: str, until: int | None) -> RunState:
+    snapshot = await store.load_snapshot(run_stream(run_id), until_position=until)
+    state = None if snapshot is None else snapshot_state(snapshot)
+    return RunState(run_id) if state is None else state
+
+
+async def fold_run(store: EventStore, start: RunState, until_position: int | None) -> RunState:
+    """`start` carried forward by its run's stored events after it (up to a position)."""
+    rows = await store.read_stream_rows(
+        run_stream(start.run_id), from_version=start.version + 1, until_position=until_position
+    )
+    return resume(start, ((row[1], _decode(row, run_event_decoder, RunEvent)) for row in rows))
 
 
 async def load_run(
@@ -203,12 +218,10 @@ async def load_run(
     """A run's state rebuilt from the log (up to a global position, if given), starting
     from the newest usable snapshot unless `snapshots` is False."""
     start = await _from_snapshot(store, run_id, until_position) if snapshots else RunState(run_id)
-    rows = await store.read_stream_rows(
-        run_stream(run_id), from_version=start.version + 1, until_position=until_position
-    )
-    if not rows and not start.version:
+    state = await fold_run(store, start, until_position)
+    if not state.version:
         raise UnknownRun(run_id)
-    return resume(start, ((row[1], _decode(row, run_event_decoder, RunEvent)) for row in rows))
+    return state
 
 
 async def has_ended(store: EventStore, stream: str) -> bool:

@@ -23,6 +23,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from eventstore import EventStore, EventStoreError, StoredEvent
+from eventstore.anchor import Checkpointer
 from orchestrator.core.commands import (
     Command,
     Context,
@@ -110,6 +111,7 @@ class Pipeline:
         clock: Callable[[], float],
         wall: Callable[[], float],
         boot: str,
+        checkpoints: Checkpointer | None = None,
     ) -> None:
         self.runs = runs
         """Each run's durable state."""
@@ -123,6 +125,8 @@ class Pipeline:
         self._clock = clock
         self._wall = wall
         self._boot = boot
+        self._checkpoints = checkpoints
+        """Asked for a checkpoint of the log when a run ends (see `eventstore.anchor`)."""
         self._rng = random.Random()
         self._tokens = LeaseTokens()
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
@@ -230,6 +234,8 @@ class Pipeline:
             self._spawn(self._snapshot(d.state, stored[-1].position))
         if d.state.terminal:
             self.finished[d.run_id].set()
+            if self._checkpoints is not None:
+                self._checkpoints.request()
         return True
 
     async def _reload(self, run_id: str) -> None:

@@ -27,6 +27,7 @@ from bus.contracts import Contracts
 from bus.protocol import Heartbeat
 from bus.telemetry import Telemetry
 from eventstore import EventStore
+from eventstore.anchor import Checkpointer
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service import live_api
@@ -77,6 +78,7 @@ class Orchestrator:
         telemetry: Telemetry | None = None,
         contracts: Contracts | None = None,
         boot: str | None = None,
+        checkpoints: Checkpointer | None = None,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -120,6 +122,7 @@ class Orchestrator:
             clock=clock,
             wall=wall,
             boot=host_boot() if boot is None else boot,
+            checkpoints=checkpoints,
         )
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
