@@ -6,13 +6,14 @@ a case here fails `test_every_readme_command_is_run`."""
 
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import re
 import shlex
-import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -56,7 +57,6 @@ class User:
 
     def __init__(self, home: Path, fake: FakeOpenAI) -> None:
         self.home = home
-        self.ran: list[str] = []
         self.env = {
             **os.environ,
             "BATON_STATE_DIR": str(home / ".baton"),
@@ -69,22 +69,65 @@ class User:
             (home / shown).symlink_to(REPO / shown)
 
     def run(
-        self, command: str, *, code: int = 0, stdin: str = "", timeout: float = 180, **fill: str
+        self,
+        command: str,
+        *,
+        code: int = 0,
+        state: Path | None = None,
+        timeout: float = 180,
+        **fill: str,
     ) -> str:
-        self.ran.append(command)
+        env = {**self.env, "BATON_STATE_DIR": str(state)} if state else self.env
         done = subprocess.run(
-            argv(command, **fill), cwd=self.home, env=self.env, input=stdin,
-            capture_output=True, text=True, timeout=timeout,
+            argv(command, **fill), cwd=self.home, env=env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
         )  # fmt: skip
         assert done.returncode == code, f"{command}\n{done.stdout}\n{done.stderr}"
         return done.stdout + done.stderr
 
-    def start(self, command: str, **fill: str) -> subprocess.Popen[str]:
-        self.ran.append(command)
-        return subprocess.Popen(
-            argv(command, **fill), cwd=self.home, env=self.env, text=True,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    def start(self, command: str, **fill: str) -> Running:
+        process = subprocess.Popen(
+            argv(command, **fill), cwd=self.home, env=self.env, text=True, bufsize=0,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        return Running(process)
+
+
+class Running:
+    """A command left running, its output read as it comes (a prompt ends in no newline)."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        self.process = process
+        self.output: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        while chunk := self.process.stdout.read(1):
+            self.output.append(chunk)
+
+    def until(self, pattern: str, timeout: float = 120, after: int = 0) -> str:
+        """The output once `pattern` (a regex) shows in it past character `after`."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = "".join(self.output)
+            if re.search(pattern, text[after:]):
+                return text
+            if self.process.poll() is not None and not re.search(pattern, text[after:]):
+                break
+            time.sleep(0.05)
+        raise AssertionError(f"never printed {pattern!r}:\n{''.join(self.output)}")
+
+    def finish(self, code: int = 0) -> str:
+        self.process.wait(timeout=120)
+        time.sleep(0.1)  # the reader's last characters
+        text = "".join(self.output)
+        assert self.process.returncode == code, text
+        return text
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
 
 
 def run_id_of(out: str) -> str:
@@ -93,8 +136,12 @@ def run_id_of(out: str) -> str:
     return match.group(1)
 
 
-def first(commands: list[str], prefix: str) -> str:
-    return next(c for c in commands if c.startswith(prefix))
+def block(commands: list[str], first: str) -> list[str]:
+    """The commands of the README's shell block whose first command is `first`."""
+    lines = README.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if re.split(r"\s+#", line)[0].strip() == first)
+    end = lines.index("```", start)
+    return [c for c in commands if any(line.startswith(c) for line in lines[start:end])]
 
 
 @pytest.fixture(scope="module")
@@ -105,102 +152,141 @@ def readme(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[User, lis
         yield User(tmp_path_factory.mktemp("newcomer"), fake), readme_commands()
 
 
-def test_the_governed_example_and_its_tool_commands(readme: tuple[User, list[str]]) -> None:
+def test_the_governed_example_and_the_tool_commands(readme: tuple[User, list[str]]) -> None:
     user, commands = readme
-    gov = [c for c in commands if "examples/governed/workflow.toml" in c]
-    assert len(gov) == 2
-    assert "completed" in user.run(gov[0])
-    assert "approve? [y/N]" in user.run(gov[1], stdin="y\n")
-    assert "no tool call waits" in user.run(first(commands, ".venv/bin/baton tool pending"))
-    out = user.run(first(commands, ".venv/bin/baton tool approve"), code=2, call_id="nosuchcall")
-    assert "nosuchcall" in out
-    tools = user.run(first(commands, ".venv/bin/baton audit --type 'tool.*'"))
-    assert "word_count" in tools
-    assert "publish" in tools
-    assert "draft:brief" in user.run(first(commands, ".venv/bin/baton audit --type memory"))
+    policy, human, pending, approve, tools, memory = block(
+        commands, ".venv/bin/baton run examples/governed/workflow.toml"
+    )
+    assert "completed" in user.run(policy)
+    asking = user.start(human)  # nobody answers at its prompt: the call is decided elsewhere
+    asking.until(r"approve\? \[y/N\] $")
+    waiting = user.run(pending.replace("tool pending", "tool pending --json"))
+    [call] = [json.loads(line) for line in waiting.splitlines() if line.startswith("{")]
+    assert call["tool"] == "publish"
+    assert "approved" in user.run(approve, call_id=call["call_id"])
+    assert "approved elsewhere" in asking.finish()
+    assert "no tool call waits" in user.run(pending)
+    audited = user.run(tools)
+    assert re.search(r"tool\.call +analyst-", audited), "the LLM agent's word_count call"
+    decided = [json.loads(line)["data"] for line in user.run(tools + " --json").splitlines()]
+    [approved] = [d for d in decided if d["phase"] == "approved" and d["tool"] == "publish"][-1:]
+    assert (approved["by"], approved["detail"]) == ("human:" + getpass.getuser(), "looks fine")
+    assert re.search(r"memory\.written +editor-", user.run(memory)), "the editor's draft"
 
 
-def test_a_run_and_what_the_readme_does_with_its_id(readme: tuple[User, list[str]]) -> None:
+def test_a_run_and_what_the_readme_does_with_its_id(
+    readme: tuple[User, list[str]], tmp_path: Path
+) -> None:
     user, commands = readme
-    research = user.run(".venv/bin/baton run examples/research/workflow.toml")
-    run_id = run_id_of(research)
-    block = commands[commands.index(".venv/bin/baton replay <run-id>") :][:10]
-    out = {}
-    for command in block:
+    run_id = run_id_of(user.run(".venv/bin/baton run examples/research/workflow.toml"))
+    shown = block(commands, ".venv/bin/baton replay <run-id>")
+    out: dict[str, str] = {}
+    for command in shown:
         if command.startswith(".venv/bin/baton audit --agent"):
-            agent = json.loads(
-                user.run(f".venv/bin/baton audit --run {run_id} --json").split("\n")[2]
+            lines = user.run(f".venv/bin/baton audit --run {run_id} --json").splitlines()
+            agent = next(
+                e["actor"] for e in map(json.loads, lines) if e["type"] == "task.succeeded"
             )
-            out[command] = user.run(command, agent_id=agent["actor"])
+            out[command] = user.run(command, agent_id=agent)
+        elif "<position>" in command:  # a point in the middle of the run
+            lines = user.run(f".venv/bin/baton audit --run {run_id} --json").splitlines()
+            position = str(json.loads(lines[len(lines) // 2])["position"])
+            out[command] = user.run(command, run_id=run_id, position=position)
         elif command.startswith(".venv/bin/baton audit --why"):
-            out[command] = user.run(command, event_id_pos="3")
+            out[command] = user.run(command.replace("<event-id|pos>", "3"))
         elif command.startswith(".venv/bin/baton resume"):
             fork = re.search(
-                r"fork(?:ed)? (?:run )?(\S+)", out[first(block, ".venv/bin/baton fork")]
+                r"forked run (\S+)", out[".venv/bin/baton fork <run-id> --at <position>"]
             )
-            assert fork, out
+            assert fork
             out[command] = user.run(command, run_id=fork.group(1))
+        elif command.startswith(".venv/bin/baton import"):
+            out[command] = user.run(command, state=tmp_path / "elsewhere")
         else:
             out[command] = user.run(command, run_id=run_id)
     assert "completed" in out[".venv/bin/baton replay <run-id>"]
+    assert "the orchestrator would now" in out[".venv/bin/baton replay <run-id> --until <position>"]
+    assert "run.started" in out[".venv/bin/baton audit --run <run-id>"]
+    assert "the chain began with" in out[".venv/bin/baton audit --why <event-id|pos>"]
     assert "hash chain: ok" in out[".venv/bin/baton audit verify"]
+    assert "completed" in out[".venv/bin/baton resume <run-id>"]
     assert (user.home / "run.jsonl").exists()
-    assert "imported" in out[".venv/bin/baton import run.jsonl"]
+    assert f"imported run {run_id}" in out[".venv/bin/baton import run.jsonl"]
 
 
-def test_every_example_of_the_patterns_block(readme: tuple[User, list[str]]) -> None:
+def test_every_example_of_the_patterns_block_and_the_people_block(
+    readme: tuple[User, list[str]],
+) -> None:
     user, commands = readme
-    expected = {"budget": 3, "escalation": None}
-    for command in [c for c in commands if c.startswith(".venv/bin/baton run examples/")]:
+    patterns = block(commands, ".venv/bin/baton run examples/review-loop/workflow.toml")
+    people = ".venv/bin/baton approve <run-id> <task> --output '{\"fixed\": true}'"
+    approve, reject, retry, cancel = block(commands, people)
+    exits = {"budget": 3}  # stopped at a limit
+    for command in patterns:
         example = command.split("/")[3]
-        if example in ("governed", "research"):
+        if example != "escalation":
+            out = user.run(command, code=exits.get(example, 0))
+            assert re.search(r"run \S+ (completed|stopped)", out), out
             continue
-        if example == "escalation":
+        # a person decides, as the run prints: approve; retry then reject; cancel
+        for decisions, code in (([approve], 0), ([retry, reject], 1), ([cancel], 3)):
             waiting = user.start(command)
-            run_id = _wait_for_escalation(user)
-            for decision in [c for c in commands if c.startswith(".venv/bin/baton approve")]:
-                user.run(decision, run_id=run_id, task="flaky")
-            out, _ = waiting.communicate(timeout=120)
-            assert waiting.returncode == 0, out
-            assert "completed" in out
-            continue
-        out = user.run(command, code=expected.get(example) or 0)
-        assert re.search(r"run \S+ (completed|stopped)", out), out
+            printed = waiting.until(r"baton approve \S+ flaky")
+            run_id = re.findall(r"baton approve (\S+) flaky", printed)[-1]
+            for decision in decisions:
+                if decision is reject:  # the retried task escalates again first
+                    waiting.until(r"baton approve \S+ flaky", after=len(printed))
+                user.run(decision.replace(" [--task <task>]", ""), run_id=run_id, task="flaky")
+            waiting.finish(code)
 
 
-def _wait_for_escalation(user: User) -> str:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        status = user.run(".venv/bin/baton status --json")
-        for run in json.loads(status or "[]"):
-            if run.get("workflow") == "escalation" and run.get("escalated"):
-                return str(run["run_id"])
-        time.sleep(0.2)
-    raise AssertionError("the escalation example never escalated")
-
-
-def test_the_service_block(readme: tuple[User, list[str]]) -> None:
+def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> None:
     user, commands = readme
-    serve = user.start(".venv/bin/baton serve")
+    serve_line, agent_line, submit_line = block(
+        commands, ".venv/bin/baton serve --nats nats://127.0.0.1:<port>"
+    )
+    embedded = user.start(".venv/bin/baton serve")  # without --nats: it prints its URL
     try:
-        line = serve.stdout.readline() if serve.stdout else ""
-        url = re.search(r"nats://[\d.]+:\d+", line)
-        assert url, line
+        url = re.search(r"nats://[\w.:@-]+", embedded.until(r"serving on NATS \S+,"))
+        assert url
         port = url.group(0).rsplit(":", 1)[1]
-        agent_line = first(commands, ".venv/bin/baton agent").replace(
-            "--nats ...", f"--nats {url.group(0)}"
-        )
-        agents = [user.start(agent_line) for _ in range(3)]
+        agent = user.start(agent_line.replace("--nats ...", f"--nats {url.group(0)}"))
         try:
-            out = user.run(first(commands, ".venv/bin/baton submit"), port=port)
-            assert re.search(r"\d{8}-\d{6}-\w+", out), out
+            submitted = user.run(submit_line, port=port)
+            assert re.search(r"\d{8}-\d{6}-\w+", submitted), submitted
         finally:
-            for agent in agents:
-                agent.send_signal(signal.SIGTERM)
-                agent.wait(timeout=30)
+            agent.stop()
     finally:
-        serve.send_signal(signal.SIGTERM)
-        serve.wait(timeout=30)
+        embedded.stop()
+    assert serve_line.startswith(".venv/bin/baton serve --nats")
+
+
+def test_the_observability_block(readme: tuple[User, list[str]]) -> None:
+    user, commands = readme
+    run_id = run_id_of(user.run(".venv/bin/baton run examples/research/workflow.toml"))
+    trace, html, status, agents = block(commands, ".venv/bin/baton trace <run-id>")
+    assert "legend" in user.run(trace, run_id=run_id).lower() or "█" in user.run(
+        trace, run_id=run_id
+    )
+    user.run(html, run_id=run_id)
+    assert (user.home / "run.html").read_text().startswith("<!")
+    assert "no orchestrator running" in user.run(status)
+    assert "no orchestrator running" in user.run(agents, code=2)
+
+
+def test_every_readme_command_is_run() -> None:
+    """Each command of the README belongs to a block one of the tests above runs."""
+    covered = [
+        ".venv/bin/baton run examples/governed/workflow.toml",
+        ".venv/bin/baton tool", ".venv/bin/baton audit", ".venv/bin/baton replay",
+        ".venv/bin/baton fork", ".venv/bin/baton resume", ".venv/bin/baton export",
+        ".venv/bin/baton import", ".venv/bin/baton run examples/", ".venv/bin/baton approve",
+        ".venv/bin/baton reject", ".venv/bin/baton retry", ".venv/bin/baton cancel",
+        ".venv/bin/baton serve", ".venv/bin/baton agent", ".venv/bin/baton submit",
+        ".venv/bin/baton trace", ".venv/bin/baton status", ".venv/bin/baton agents",
+        ".venv/bin/python -m bench.",
+    ]  # fmt: skip
+    assert [c for c in readme_commands() if not c.startswith(tuple(covered))] == []
 
 
 SUBCOMMANDS = {"tool": {"pending", "approve", "deny"}}

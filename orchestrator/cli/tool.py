@@ -91,7 +91,10 @@ async def _main(args: argparse.Namespace) -> int:
         if not store_path(directory).exists():
             print(f"baton tool: error: no event store at {store_path(directory)}", file=sys.stderr)
             return 2
-        for r in await waiting(directory, args.run):
+        calls = await waiting(directory, args.run)
+        if not calls:
+            print("no tool call waits for a decision", file=sys.stderr)
+        for r in calls:
             if args.json:
                 print(json.dumps({"call_id": r.call_id, "run_id": r.run_id, "task_id": r.task_id,
                                   "agent_id": r.agent_id, "tool": r.tool, "risk": r.risk,
@@ -102,7 +105,8 @@ async def _main(args: argparse.Namespace) -> int:
         return 0
     where = reach(args.nats, directory)
     if where is None:
-        print("baton tool: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
+        print(f"baton tool: error: nothing is running for {directory} (see --state-dir), "
+              "and no --nats or $BATON_NATS_URL was given", file=sys.stderr)  # fmt: skip
         return 2
     subjects.token(args.call_id)
     by = args.by or where.identity or me()  # the agent records it as who decided
