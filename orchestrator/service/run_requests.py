@@ -14,7 +14,7 @@ from bus.connection import Incoming
 from bus.errors import BusError, MalformedMessage
 from bus.protocol import Bid, ErrorReply
 from bus.tracecontext import new_trace_id
-from eventstore import EventStore
+from eventstore import EventStore, EventStoreError
 from orchestrator.core import contract_net, human
 from orchestrator.core.commands import CancelRun, HumanDecision, StartRun, SubmitBid
 from orchestrator.core.decide import on_run_clock
@@ -87,13 +87,19 @@ class RunRequests:
     async def control(self, request: RunControlRequest) -> RunState:
         """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
         why one cannot apply, and then nothing changed."""
-        self._pipeline.run(request.run_id)  # UnknownRun before anything else
         command: HumanDecision | CancelRun
         if request.action == "cancel":
             command = CancelRun(request.task_id, request.actor, request.note)
         else:
             command = HumanDecision(
                 request.task_id, request.action, request.actor, request.note, request.output
+            )
+        if request.run_id not in self._pipeline.runs:
+            # a run that ended and is no longer in memory is refused for what the log says
+            # it is; a run with no log at all is `UnknownRun`
+            ended = await journal.load_run(self._store, request.run_id)
+            raise ControlRefused(
+                human.refusal(ended, command) or f"run {ended.run_id} is not served here"
             )
         cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", request.actor)
         await self._pipeline.unblocked(request.run_id)
@@ -126,7 +132,7 @@ class RunRequests:
     async def on_control(self, msg: Incoming) -> None:
         try:
             state = await self.control(_control_decoder.decode(msg.data))
-        except (BusError, OrchestratorError) as exc:
+        except (BusError, OrchestratorError, EventStoreError) as exc:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(ControlAccepted(state.run_id, state.status)))
