@@ -80,6 +80,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
     submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
                         help="the NATS server the orchestrator serves on")  # fmt: skip
+    submit.add_argument("--request-id", default="",
+                        help="makes the submit idempotent: sent again with the same id, it is "
+                             "answered with the run it started (default: a new id, which the "
+                             "command's own retries reuse)")  # fmt: skip
+    submit.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to keep trying for an answer (default 10)")  # fmt: skip
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
@@ -241,8 +247,13 @@ async def _submit(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
     run_input = _run_input(args.input)
-    run_id = await serve.submit(args.nats, workflow, run_input)
-    print(run_id)
+    answer = await serve.submit(
+        args.nats, workflow, run_input, request_id=args.request_id, timeout=args.timeout
+    )
+    if answer.earlier:
+        print(f"baton submit: run {answer.run_id} was started by an earlier try of request "
+              f"{args.request_id}; not started again", file=sys.stderr)  # fmt: skip
+    print(answer.run_id)
     return 0
 
 

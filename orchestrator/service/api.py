@@ -13,14 +13,22 @@ from orchestrator.core.workflow import WorkflowSpec
 class StartRunRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="run.start"
 ):
+    """Start a run (`baton submit`). With a `request_id` the request is idempotent: sent
+    again (after a timeout, a restart, even once the run ended) it is answered with the
+    run it started, never a second one."""
+
     workflow: WorkflowSpec
     input: dict[str, Any] = {}
     run_id: str = ""
     requested_by: str = "api"
+    request_id: str = ""
+    """Chosen by the client, the same for each retry of one request (at most 200 chars)."""
 
 
 class RunAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.accepted"):
     run_id: str
+    earlier: bool = False
+    """The run was started by an earlier try of this request (same request id), not now."""
 
 
 class RunControlRequest(

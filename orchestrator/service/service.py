@@ -228,10 +228,12 @@ class Orchestrator:
         *,
         run_id: str = "",
         requested_by: str = "cli",
+        request_id: str = "",
     ) -> str:
-        """Validate and record a new run; returns its id once `RunStarted` is durable."""
+        """Validate and record a new run; returns its id once `RunStarted` is durable.
+        With a `request_id`, a retry of the same request returns the run it started."""
         return await self._requests.start_run(
-            workflow, input, run_id=run_id, requested_by=requested_by
+            workflow, input, run_id=run_id, requested_by=requested_by, request_id=request_id
         )
 
     async def control(self, request: RunControlRequest) -> RunState:
