@@ -21,6 +21,8 @@ API_START_RUN = "baton.api.run.start"
 API_RUN_CONTROL = "baton.api.run.control"
 """People → orchestrator: approve, reject or retry an escalated task; cancel."""
 API_STATUS = "baton.api.status"
+API_HEALTH = "baton.api.health"
+"""`baton health`: the orchestrator's issues, for people and probes."""
 API_AGENTS = "baton.api.agents"
 
 

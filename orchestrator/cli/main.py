@@ -438,6 +438,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve_only,
         "submit": _submit,
         "status": obs_cli.status,
+        "health": obs_cli.health,
         "agents": obs_cli.agents,
     }.get(args.command, _with_store)
     if args.command in control_cli.ACTIONS:

@@ -26,7 +26,7 @@ from typing import Any
 
 from msgspec.structs import replace
 
-from eventstore import EventStore, EventStoreError, StoredEvent
+from eventstore import EventStore, EventStoreError, StorageError, StoredEvent
 from orchestrator.core.commands import (
     Command,
     Context,
@@ -42,6 +42,7 @@ from orchestrator.core.state import Folding, RunState
 from orchestrator.service import journal
 from orchestrator.service.background import Spawn
 from orchestrator.service.finished import KEEP_FINISHED, FinishedRuns
+from orchestrator.service.health import Health
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.registry import Registry
 from orchestrator.service.telemetry import OrchestratorTelemetry
@@ -115,11 +116,13 @@ class Pipeline:
         clock: Callable[[], float],
         wall: Callable[[], float],
         boot: str,
+        health: Health,
         keep_finished: int = KEEP_FINISHED,
     ) -> None:
         self.runs = runs
         """Each run's durable state: every unfinished run, and the newest finished ones."""
         self.finished = FinishedRuns(keep_finished)
+        self._health = health
         self._store = store
         self._registry = registry
         self._obs = obs
@@ -256,10 +259,16 @@ class Pipeline:
     async def _commit(self, d: Decision) -> bool:
         try:
             stored = await d.append
+        except StorageError as exc:  # a full disk refuses every append: one line, counted
+            self._health.storage_failed(f"append to run {d.run_id}", exc)
+            await self._reload(d.run_id)
+            return False
         except EventStoreError:
             log.exception("append to run %s failed; reloading it from the store", d.run_id)
             await self._reload(d.run_id)
             return False
+        self._health.storage.ok()
+        self._health.progressed(d.run_id)
         self._obs.appended("run", time.perf_counter() - d.appending_since)
         if d.state.version > self.runs[d.run_id].version:
             self.runs[d.run_id] = d.state
@@ -287,5 +296,7 @@ class Pipeline:
     async def _snapshot(self, state: RunState, position: int) -> None:
         try:
             await self._store.save_snapshot(journal.snapshot_of(state, position))
+        except StorageError as exc:
+            self._health.storage_failed(f"snapshot of run {state.run_id}", exc)
         except EventStoreError as exc:
             log.warning("snapshot of run %s failed (replay still works): %s", state.run_id, exc)

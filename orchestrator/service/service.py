@@ -34,9 +34,10 @@ from orchestrator.core.state import RunState
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service import journal, live_api
 from orchestrator.service.agentlog import AgentLog
-from orchestrator.service.api import RunControlRequest
+from orchestrator.service.api import HealthIssue, RunControlRequest
 from orchestrator.service.background import Background
 from orchestrator.service.finished import KEEP_FINISHED
+from orchestrator.service.health import STUCK_AFTER_S, Health
 from orchestrator.service.intake import Intake
 from orchestrator.service.liveness import Liveness
 from orchestrator.service.memory import Embedder, MemoryService
@@ -82,6 +83,7 @@ class Orchestrator:
         contracts: Contracts | None = None,
         boot: str | None = None,
         keep_finished: int = KEEP_FINISHED,
+        stuck_after_s: float = STUCK_AFTER_S,
     ) -> None:
         self._bus = bus
         self._store = store
@@ -107,7 +109,10 @@ class Orchestrator:
         )
         self._background = Background()
         spawn = self._background.spawn
-        self._system = SystemJournal(store, obs, wall)
+        self._health = Health(
+            connected=lambda: bus.connected, wall=wall, clock=clock, stuck_after_s=stuck_after_s
+        )
+        self._system = SystemJournal(store, obs, wall, self._health)
         self._outbound = Outbound(
             bus,
             obs,
@@ -125,11 +130,17 @@ class Orchestrator:
             clock=clock,
             wall=wall,
             boot=host_boot() if boot is None else boot,
+            health=self._health,
             keep_finished=keep_finished,
         )
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
-        self._pipeline.on_forget += [self._reports.forget, agentlog.forget, self.memory.forget_run]
+        self._pipeline.on_forget += [
+            self._reports.forget,
+            agentlog.forget,
+            self.memory.forget_run,
+            self._health.forget,
+        ]
         self._requests = RunRequests(store, self._pipeline, self._system, new_run_id)
         self._liveness = Liveness(
             self._registry,
@@ -161,10 +172,11 @@ class Orchestrator:
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
-        spawn = self._background.spawn
-        spawn(self._intake.fetch_durable())
-        spawn(self._reports.serve(self._intake))
-        spawn(self._liveness.tick_loop(started))
+        spawn, watch = self._background.spawn, self._health.watch
+        watch("intake", spawn(self._intake.fetch_durable()))
+        watch("reports", spawn(self._reports.serve(self._intake)))
+        watch("ticks", spawn(self._liveness.tick_loop(started)))
+        watch("bus watch", spawn(self._health.watch_bus()))
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
@@ -206,6 +218,11 @@ class Orchestrator:
             return state
         async with asyncio.timeout(timeout):
             return await self._pipeline.finished.until(run_id)
+
+    def health(self) -> list[HealthIssue]:
+        """What is wrong now (storage, bus, loops, stuck runs), with since-when; and what
+        was, until recently."""
+        return self._health.issues(self._runs.values(), self._registry.live(self._clock()))
 
     def agents(self) -> list[Heartbeat]:
         return self._liveness.agents()
