@@ -135,7 +135,7 @@ class Bus:
 
     @property
     def connected(self) -> bool:
-        """Whether the connection is up now (when it is not, it is reconnecting)."""
+        """Whether the connection is up now (not reconnecting, not closed)."""
         return bool(self._nc.is_connected)
 
     async def flush(self, timeout: int = 5) -> None:
