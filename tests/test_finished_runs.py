@@ -22,6 +22,7 @@ from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from orchestrator.service.api import RunControlRequest
 from orchestrator.service.finished import FinishedRuns
+from orchestrator.service.intake import Recorded
 from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.service import Orchestrator
 from tests.cluster import REPO
@@ -47,6 +48,21 @@ def test_finished_runs_keeps_the_newest_and_wakes_waiters() -> None:
             FinishedRuns(keep=-1)
 
     asyncio.run(scenario())
+
+
+def test_recorded_report_ids_stay_bounded_and_leave_with_their_run() -> None:
+    recorded = Recorded(limit=3)
+    recorded.update("a", ["a:1", "a:2"])
+    recorded.update("b", ["b:1", "b:2"])
+    assert "a:1" not in recorded, "the oldest id goes past the bound"
+    assert all(rid in recorded for rid in ("a:2", "b:1", "b:2"))
+    recorded.forget("b")
+    assert "b:1" not in recorded
+    assert "b:2" not in recorded
+    assert "a:2" in recorded
+    recorded.update("c", ["c:1", "c:2", "c:3"])
+    assert "a:2" not in recorded
+    assert recorded._of_run == {"c": {"c:1", "c:2", "c:3"}}, "nothing kept for a or b"
 
 
 def test_only_the_newest_finished_runs_stay_in_memory_the_rest_come_from_the_log(

@@ -44,23 +44,28 @@ class Recorded:
     rejected)."""
 
     def __init__(self, limit: int = 50_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        """Report id → its run, oldest first."""
         self._limit = limit
-        self._of_run: dict[str, list[str]] = {}
+        self._of_run: dict[str, set[str]] = {}
 
     def __contains__(self, report: object) -> bool:
         return report in self._ids
 
     def update(self, run_id: str, ids: list[str]) -> None:
+        of_run = self._of_run.setdefault(run_id, set())
         for rid in ids:
-            self._ids[rid] = None
-        self._of_run.setdefault(run_id, []).extend(ids)
+            self._ids[rid] = run_id
+            of_run.add(rid)
         while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
+            rid, run = self._ids.popitem(last=False)
+            self._of_run[run].discard(rid)
+            if not self._of_run[run]:
+                del self._of_run[run]
 
     def forget(self, run_id: str) -> None:
         """Drop the ids of a run the orchestrator no longer serves."""
-        for rid in self._of_run.pop(run_id, []):
+        for rid in self._of_run.pop(run_id, ()):
             self._ids.pop(rid, None)
 
 
