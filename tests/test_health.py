@@ -34,7 +34,7 @@ from orchestrator.service.api import (
     StatusRequest,
 )
 from orchestrator.service.bootstrap import store_path
-from orchestrator.service.health import STUCK_AFTER_S
+from orchestrator.service.health import SETTLE_S, STUCK_AFTER_S, Condition
 from orchestrator.service.intake import Intake
 from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.service import Orchestrator
@@ -146,10 +146,11 @@ def test_a_full_disk_shows_in_status_and_health_and_logs_one_line_with_a_count(
                 FullDisk.full = False  # space again: the run completes
                 final = await s.orchestrator.wait(run_id, timeout=60)
                 assert final.status == "completed"
+                await s.until(lambda i: bool(_kinds(i, "storage", going=False)))
                 after = await s.ask_health()
                 assert after.healthy, after
                 (recovered,) = _kinds(after.issues, "storage", going=False)
-                assert recovered.until >= recovered.since
+                assert recovered.until >= recovered.since + SETTLE_S
             finally:
                 agents.stop()
                 FullDisk.full = False
@@ -288,3 +289,28 @@ def test_startup_refuses_an_unwritable_state_dir_in_one_line(tmp_path: Path, wha
     assert line.startswith("baton serve: error: ")
     assert "not writable" in line
     assert str(target) in line
+
+
+def test_a_flapping_condition_is_one_condition_logged_twice(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    now = [1000.0]
+    condition = Condition("storage", "event store", wall=lambda: now[0], clock=lambda: now[0])
+    for _ in range(50):  # every other append fails, 10 a second
+        condition.fail("append failed: disk I/O error")
+        now[0] += 0.1
+        condition.ok()
+        now[0] += 0.1
+    issue = condition.issue()
+    assert issue is not None
+    assert (issue.since, issue.count, issue.until) == (1000.0, 50, 0.0)
+    now[0] += SETTLE_S
+    condition.settle()  # it has worked, with no failure, for long enough
+    ended = condition.issue()
+    assert ended is not None
+    assert ended.until == now[0]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2, lines
+    assert "failing" in lines[0]
+    assert "recovered after 50 failures" in lines[1]

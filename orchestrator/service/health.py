@@ -4,8 +4,10 @@ nothing moves any more. `baton status` shows it and `baton health` exits by it.
 
 Each failure that can repeat many times a second (a full disk refuses every append) is a
 `Condition`: logged once, in one line, when it starts; counted while it lasts, with a
-reminder line now and then; logged once more when it ends. So the log says what is
-wrong and for how long, not the same traceback four times a second.
+reminder line now and then; logged once more when it ends, which is once it has worked
+for `SETTLE_S` with no failure (so a store that fails every other append is one long
+condition, not a line per flip). So the log says what is wrong and for how long, not
+the same traceback four times a second.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ REMIND_S = 60.0
 """While a condition lasts, a reminder line at most this often."""
 RECOVERED_KEPT_S = 600.0
 """A condition that ended is still shown (as recovered) this long."""
+SETTLE_S = 3.0
+"""A condition ends once what failed has worked, with no failure, for this long."""
 
 
 class Condition:
@@ -50,10 +54,13 @@ class Condition:
         self._count = 0
         self._detail = ""
         self._reminded = 0.0
+        self._failed_at = 0.0
+        self._worked_at = 0.0
 
     def fail(self, detail: str) -> None:
         """It failed (again): the first time logs a line, the others count."""
         self._detail = detail
+        self._failed_at = self._clock()
         if not self.failing:
             self.failing = True
             self._since, self._until, self._count = self._wall(), 0.0, 1
@@ -68,8 +75,16 @@ class Condition:
                         self.subject, self._count, self._wall() - self._since, detail)  # fmt: skip
 
     def ok(self) -> None:
-        """It works (again): ends the condition, with one line, if it was failing."""
-        if not self.failing:
+        """It worked: the condition ends (one line) once it has worked for `SETTLE_S`
+        with no failure; `settle` ends it too when nothing happens meanwhile."""
+        self._worked_at = self._clock()
+        self.settle()
+
+    def settle(self) -> None:
+        """End the condition if it last worked after its last failure, `SETTLE_S` ago."""
+        if not self.failing or self._worked_at <= self._failed_at:
+            return
+        if self._clock() - self._failed_at < SETTLE_S:
             return
         self.failing = False
         self._until = self._wall()
@@ -132,13 +147,15 @@ class Health:
 
         task.add_done_callback(ended)
 
-    async def watch_bus(self, every_s: float = 0.25) -> None:
-        """Note the bus connection going down and coming back, with since-when."""
+    async def watch_conditions(self, every_s: float = 0.25) -> None:
+        """Note the bus connection going down and coming back, with since-when, and end
+        conditions that have settled while nothing happened."""
         while True:
             if self._connected():
                 self.bus.ok()
             else:
                 self.bus.fail("disconnected; reconnecting")
+            self.storage.settle()
             await asyncio.sleep(every_s)
 
     # -- what it reports -----------------------------------------------------------------

@@ -176,7 +176,7 @@ class Orchestrator:
         watch("intake", spawn(self._intake.fetch_durable()))
         watch("reports", spawn(self._reports.serve(self._intake)))
         watch("ticks", spawn(self._liveness.tick_loop(started)))
-        watch("bus watch", spawn(self._health.watch_bus()))
+        watch("health", spawn(self._health.watch_conditions()))
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
