@@ -133,6 +133,11 @@ class Bus:
             return cls(nc)
         raise BusError(f"cannot connect to {shown}: no tries")
 
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is up now (not reconnecting, not closed)."""
+        return bool(self._nc.is_connected)
+
     async def flush(self, timeout: int = 5) -> None:
         """Until the server has processed everything sent so far (subscriptions too)."""
         try:

@@ -80,6 +80,7 @@ def human_permissions(person: str) -> Permissions:
         publish=[
             subjects.API_STATUS,
             subjects.API_AGENTS,
+            subjects.API_HEALTH,
             subjects.run_control(person),
             "baton.tool.decision.*",
         ],

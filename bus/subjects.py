@@ -22,6 +22,8 @@ API_RUN_CONTROL_ALL = "baton.api.run.control.*"
 """People → orchestrator: approve, reject or retry an escalated task; cancel (see
 `run_control`)."""
 API_STATUS = "baton.api.status"
+API_HEALTH = "baton.api.health"
+"""`baton health`: the orchestrator's issues, for people and probes."""
 API_AGENTS = "baton.api.agents"
 
 

@@ -143,6 +143,18 @@ class MemoryEventStore:
         self._check_open()
         return sorted(name for name in self._streams if name.startswith(prefix))
 
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        """Streams with this prefix holding no event of a type in `closed_by`, sorted."""
+        self._check_open()
+        closing = frozenset(closed_by)
+        return sorted(
+            name
+            for name, events in self._streams.items()
+            if name.startswith(prefix)
+            and events[-1].type not in closing  # the usual closed stream ends with one
+            and not any(e.type in closing for e in events)
+        )
+
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         """Events matching every filter in `query`, in global order."""
         self._check_open()

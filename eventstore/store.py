@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Protocol
 
 from eventstore.model import (
@@ -54,6 +54,14 @@ class EventStore(Protocol):
 
     async def streams(self, prefix: str = "") -> list[str]:
         """Names of the streams that have events, sorted, filtered by prefix."""
+        ...
+
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        """Names of the streams with this prefix that hold no event of a type in
+        `closed_by`, sorted: the ones still open, for an owner whose streams end with one
+        of those types (a run's log with its ending). A backend answers it without
+        reading the streams that are closed, so the cost follows the open ones, not the
+        history."""
         ...
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:

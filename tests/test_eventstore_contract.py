@@ -475,6 +475,31 @@ class EventStoreContract:
 
         self.run(scenario)
 
+    def test_open_streams_are_those_without_a_closing_event(self) -> None:
+        ends = ["run.completed", "run.failed"]
+
+        async def scenario(store: EventStore) -> None:
+            await store.append("run-open", [ev("o1", "run.started"), ev("o2", "task")], 0)
+            await store.append("run-done", [ev("d1", "run.started"), ev("d2", "run.failed")], 0)
+            # closed, then a late event after the closing one: still closed
+            late = [ev("l1", "run.started"), ev("l2", "run.completed"), ev("l3", "rejected")]
+            await store.append("run-late", late, 0)
+            await store.append("run-new", [ev("n1", "run.started")], 0)
+            await store.append("system", [ev("s1", "agent.joined")], 0)
+            assert await store.open_streams("run-", ends) == ["run-new", "run-open"]
+            assert await store.open_streams("", ends) == ["run-new", "run-open", "system"]
+            assert await store.open_streams("run-", []) == await store.streams("run-")
+            assert await store.open_streams("zzz", ends) == []
+            await store.append("run-open", [ev("o3", "run.completed")], 2)
+            assert await store.open_streams("run-", ends) == ["run-new"]
+            reopened = await self.reopen(store)
+            try:
+                assert await reopened.open_streams("run-", ends) == ["run-new"]
+            finally:
+                await reopened.close()
+
+        self.run(scenario)
+
     def test_query_filters_combine(self) -> None:
         async def scenario(store: EventStore) -> None:
             await store.append(

@@ -11,7 +11,7 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 
 from nats.aio.msg import Msg
 
@@ -132,6 +132,20 @@ class LogReader:
         }
         names.update(self._index.positions)
         return sorted(name for name in names if name.startswith(prefix))
+
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        # One direct get per stream (its newest message): a closed stream usually ends
+        # with its closing event; only the others are read whole.
+        closing = frozenset(closed_by)
+        layout = self._log.layout
+        found: list[str] = []
+        for name in await self.streams(prefix):
+            last = await self._log.last_by_subject(layout.name, layout.subject(name))
+            if last is not None and self._log.decode(last).type in closing:
+                continue
+            if not any(e.type in closing for e in await self.read_stream(name)):
+                found.append(name)
+        return found
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         self._check_open()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 
 import nats
 from nats.aio.client import Client as NATS
@@ -170,6 +170,11 @@ class JetStreamEventStore:
     async def streams(self, prefix: str = "") -> list[str]:
         """Names of the streams that have events, sorted, filtered by prefix."""
         return await self._reads.streams(prefix)
+
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        """Streams with this prefix holding no event of a type in `closed_by`, sorted: one
+        direct get per stream, and a whole read only of those that do not end closed."""
+        return await self._reads.open_streams(prefix, closed_by)
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         """Events matching every filter in `query`, in global order."""

@@ -7,7 +7,7 @@ answers once; in WAL mode it sees only committed data and never waits for the wr
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 from eventstore._common import check_limit, check_open, check_query, glob_to_sqlite
@@ -19,6 +19,19 @@ from eventstore.sqlite.worker import Worker
 
 _VERIFY_CHUNK: Final = 20_000
 _SUBSCRIPTION_POLL: Final = 1.0  # seconds; catches appends by other processes
+_NAMES: Final = """
+    WITH RECURSIVE names(name) AS (
+        SELECT MIN(stream) FROM events WHERE stream >= ?1
+        UNION ALL
+        SELECT (SELECT MIN(stream) FROM events WHERE stream > names.name)
+        FROM names
+        WHERE names.name IS NOT NULL AND substr(names.name, 1, ?2) = ?1
+    )
+    SELECT name FROM names WHERE name IS NOT NULL AND substr(name, 1, ?2) = ?1
+"""
+"""Stream names with the prefix ?1 (of length ?2), sorted. It hops from one name to the
+next through the (stream, version) index, so the cost grows with the number of streams,
+not of events."""
 
 
 class LogReader:
@@ -90,19 +103,28 @@ class LogReader:
         return int(await self._scalar("SELECT COALESCE(MAX(position), 0) FROM events"))
 
     async def streams(self, prefix: str = "") -> list[str]:
-        # Hop from one stream name to the next through the (stream, version) index, so
-        # the cost grows with the number of streams, not of events.
-        sql = """
-            WITH RECURSIVE names(name) AS (
-                SELECT MIN(stream) FROM events WHERE stream >= ?1
-                UNION ALL
-                SELECT (SELECT MIN(stream) FROM events WHERE stream > names.name)
-                FROM names
-                WHERE names.name IS NOT NULL AND substr(names.name, 1, ?2) = ?1
-            )
-            SELECT name FROM names WHERE name IS NOT NULL AND substr(name, 1, ?2) = ?1
-        """
         params = (prefix, len(prefix))
+        return await self._thread.call(
+            lambda conn: [row[0] for row in conn.execute(_NAMES, params)]
+        )
+
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        closing = sorted(set(closed_by))
+        if not closing:
+            return await self.streams(prefix)
+        marks = ", ".join("?" for _ in closing)
+        # One statement on the reader thread: per stream, one index seek to its last
+        # event (a closed stream usually ends with its closing event, and is done with);
+        # only the others are searched for a closing event further back (`+type` keeps
+        # that search on the stream's own index rather than on all events of the type).
+        sql = f"""{_NAMES} AND (
+                SELECT type FROM events WHERE stream = name ORDER BY version DESC LIMIT 1
+            ) NOT IN ({marks})
+            AND NOT EXISTS (
+                SELECT 1 FROM events WHERE stream = name AND +type IN ({marks})
+            )
+        """
+        params = (prefix, len(prefix), *closing, *closing)
         return await self._thread.call(lambda conn: [row[0] for row in conn.execute(sql, params)])
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:

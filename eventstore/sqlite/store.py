@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
 
 from eventstore._common import check_append, check_open
@@ -130,6 +130,11 @@ class SqliteEventStore:
     async def streams(self, prefix: str = "") -> list[str]:
         """Names of the streams that have events, sorted, filtered by prefix."""
         return await self._reads.streams(prefix)
+
+    async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
+        """Streams with this prefix holding no event of a type in `closed_by`, sorted, in
+        one statement whose cost per closed stream is one index seek."""
+        return await self._reads.open_streams(prefix, closed_by)
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         """Events matching every filter in `query`, in global order."""

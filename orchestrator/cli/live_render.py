@@ -1,8 +1,11 @@
-"""Text for `baton status` and `baton agents`: aligned tables people read at a glance."""
+"""Text for `baton status`, `baton health` and `baton agents`: aligned tables people read
+at a glance."""
 
 from __future__ import annotations
 
-from orchestrator.service.api import AgentStatus, RunProgress
+import time
+
+from orchestrator.service.api import AgentStatus, HealthIssue, RunProgress
 from orchestrator.service.live_api import TASK_STATUSES
 
 SHORT = {
@@ -41,6 +44,36 @@ def status_table(runs: list[RunProgress], source: str) -> str:
             f"{counts} {r.attempts:>4} {r.elapsed_s:>8.1f}s"
         )
     lines.append(f"({source})")
+    return "\n".join(lines)
+
+
+def _clock_time(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(at))
+
+
+def _span(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def health_text(issues: list[HealthIssue], now: float) -> str:
+    """`health: ok`, or DEGRADED and one line per issue with since-when (and issues that
+    ended recently, as recovered)."""
+    going = [i for i in issues if not i.until]
+    if not issues:
+        return "health: ok"
+    lines = ["health: DEGRADED" if going else "health: ok (recovered recently)"]
+    for i in issues:
+        if i.until:
+            when = f"recovered {_clock_time(i.until)}, after {_span(i.until - i.since)}"
+        else:
+            when = f"since {_clock_time(i.since)} ({_span(now - i.since)})"
+        count = f", {i.count} failures" if i.count > 1 and i.kind == "storage" else ""
+        lines.append(f"  {i.kind:<8} {i.subject:<26} {when}{count}: {i.detail}")
     return "\n".join(lines)
 
 

@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
     submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
                         help="the NATS server the orchestrator serves on")  # fmt: skip
+    submit.add_argument("--request-id", default="",
+                        help="makes the submit idempotent: sent again with the same id, it is "
+                             "answered with the run it started (default: a new id, which the "
+                             "command's own retries reuse)")  # fmt: skip
+    submit.add_argument("--timeout", type=float, default=10.0,
+                        help="seconds to keep trying for an answer (default 10)")  # fmt: skip
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
@@ -301,8 +307,13 @@ async def _submit(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
     run_input = _run_input(args.input)
-    run_id = await serve.submit(args.nats, workflow, run_input)
-    print(run_id)
+    answer = await serve.submit(
+        args.nats, workflow, run_input, request_id=args.request_id, timeout=args.timeout
+    )
+    if answer.earlier:
+        print(f"baton submit: run {answer.run_id} was started by an earlier try of request "
+              f"{args.request_id}; not started again", file=sys.stderr)  # fmt: skip
+    print(answer.run_id)
     return 0
 
 
@@ -400,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
         "serve": _serve_only,
         "submit": _submit,
         "status": obs_cli.status,
+        "health": obs_cli.health,
         "agents": obs_cli.agents,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:

@@ -1,12 +1,14 @@
 """The observing commands of `baton`: `trace` (a run's waterfall, in the terminal or as
-one HTML file, from the event log alone) and `status` / `agents` (live runs and agents,
-asked of the running orchestrator over `baton.api.*`)."""
+one HTML file, from the event log alone) and `status` / `health` / `agents` (live runs,
+the orchestrator's health, live agents, asked of the running orchestrator over
+`baton.api.*`)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import msgspec
@@ -26,6 +28,8 @@ from orchestrator.service import journal
 from orchestrator.service.api import (
     AgentsReply,
     AgentsRequest,
+    HealthReply,
+    HealthRequest,
     RunProgress,
     StatusReply,
     StatusRequest,
@@ -35,6 +39,8 @@ from orchestrator.service.live_api import progress
 
 _status_reply: Decoder[StatusReply | ErrorReply] = Decoder(StatusReply | ErrorReply)
 _agents_reply: Decoder[AgentsReply | ErrorReply] = Decoder(AgentsReply | ErrorReply)
+_health_reply: Decoder[HealthReply | ErrorReply] = Decoder(HealthReply | ErrorReply)
+HEALTH_EXIT = "exit status: 0 healthy, 1 something is wrong now, 2 no orchestrator answered"
 
 
 class NoOrchestrator(OrchestratorError):
@@ -49,13 +55,18 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     status = sub.add_parser("status", help="live runs and their progress")
     status.add_argument("--all", action="store_true", help="also runs that have ended")
     agents = sub.add_parser("agents", help="live agents: role, load, heartbeat age, held work")
-    for command in (status, agents):
+    health = sub.add_parser(
+        "health",
+        help="the orchestrator's health: storage, bus, loops, stuck runs (for probes too)",
+        epilog=HEALTH_EXIT,
+    )
+    for command in (status, agents, health):
         command.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
                              help="the orchestrator's NATS (default: $BATON_NATS_URL, else "
                                   "the embedded server running for --state-dir)")  # fmt: skip
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
         command.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
-    for command in (trace, status, agents):
+    for command in (trace, status, agents, health):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
@@ -124,7 +135,7 @@ async def status(args: argparse.Namespace) -> int:
         )
         if isinstance(reply, ErrorReply):
             raise NoOrchestrator(f"{reply.error}: {reply.detail}")
-        runs = reply.runs
+        runs, health = reply.runs, reply.health
         source = f"live, from the orchestrator on {shown(where.url)}"
         if args.all:  # it knows the runs it serves; the log, every run that ended before
             live = {r.run_id for r in runs}
@@ -138,14 +149,35 @@ async def status(args: argparse.Namespace) -> int:
                 f"no orchestrator running for {directory} and no event store there "
                 "(pass --nats or --state-dir)"
             )
-        runs = recorded
+        runs, health = recorded, []
         source = "no orchestrator running: as recorded in the event log"
-    reply = StatusReply(sorted(runs, key=lambda p: p.started_at))
+    reply = StatusReply(sorted(runs, key=lambda p: p.started_at), health)
     if args.json:
         print(msgspec.json.encode(reply).decode())
     else:
         print(live_render.status_table(reply.runs, source))
+        if where is not None:
+            print(live_render.health_text(reply.health, time.time()))
     return 0
+
+
+async def health(args: argparse.Namespace) -> int:
+    """`baton health`: exits 0 when nothing is wrong now, 1 when something is (see
+    `HEALTH_EXIT`); no orchestrator to ask is an error (2)."""
+    where = _reach(args)
+    if where is None:
+        raise NoOrchestrator(f"no orchestrator running for {state_dir(args.state_dir)} "
+                             "(pass --nats or --state-dir)")  # fmt: skip
+    reply = _health_reply.decode(
+        await _ask(where, subjects.API_HEALTH, encode(HealthRequest()), args.timeout)
+    )
+    if isinstance(reply, ErrorReply):
+        raise NoOrchestrator(f"{reply.error}: {reply.detail}")
+    if args.json:
+        print(msgspec.json.encode(reply).decode())
+    else:
+        print(live_render.health_text(reply.issues, reply.at))
+    return 0 if reply.healthy else 1
 
 
 async def agents(args: argparse.Namespace) -> int:

@@ -80,6 +80,14 @@ class AgentLog:
         self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self._versions: dict[str, int] = {}
 
+    def forget(self, run_id: str) -> None:
+        """The run ended and is no longer served: drop its stream's writer state."""
+        stream = stream_of(run_id)
+        lock = self._locks.get(stream)
+        if lock is None or not lock.locked():
+            self._locks.pop(stream, None)
+            self._versions.pop(stream, None)
+
     async def record(self, record: ToolCallRecord, sender: str, trace_id: str = "") -> bool:
         """True once the record is durable (or was already); False if the append failed
         (the message must then not be acked). A record on another agent's subject is

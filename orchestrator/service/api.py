@@ -13,14 +13,22 @@ from orchestrator.core.workflow import WorkflowSpec
 class StartRunRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="run.start"
 ):
+    """Start a run (`baton submit`). With a `request_id` the request is idempotent: sent
+    again (after a timeout, a restart, even once the run ended) it is answered with the
+    run it started, never a second one."""
+
     workflow: WorkflowSpec
     input: dict[str, Any] = {}
     run_id: str = ""
     requested_by: str = "api"
+    request_id: str = ""
+    """Chosen by the client, the same for each retry of one request (at most 200 chars)."""
 
 
 class RunAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.accepted"):
     run_id: str
+    earlier: bool = False
+    """The run was started by an earlier try of this request (same request id), not now."""
 
 
 class RunControlRequest(
@@ -50,7 +58,8 @@ class ControlAccepted(msgspec.Struct, frozen=True, tag_field="kind", tag="run.co
 class StatusRequest(
     msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="status"
 ):
-    """`baton status`: the runs the orchestrator serves (finished ones too if `all`)."""
+    """`baton status`: the runs the orchestrator serves (and, if `all`, the newest finished
+    ones it keeps in memory), with its health."""
 
     all: bool = False
 
@@ -75,8 +84,41 @@ class RunProgress(msgspec.Struct, frozen=True):
     """Tasks per status, for every status the core has (`TaskStatus`), zeros included."""
 
 
+class HealthIssue(msgspec.Struct, frozen=True):
+    """One thing wrong with a running orchestrator (or that was, until `until`)."""
+
+    kind: str
+    """`storage` (the event store refuses writes), `bus` (the NATS connection is down),
+    `loop` (a loop of the shell stopped) or `run` (a run nothing moves any more)."""
+    subject: str
+    """What: `event store`, `nats`, the loop's name, the run's id."""
+    since: float
+    """Unix time it began (for a stuck run: the time of its last event)."""
+    detail: str
+    count: int = 1
+    """Failures since `since`."""
+    until: float = 0.0
+    """Unix time it ended; 0 while it lasts."""
+
+
 class StatusReply(msgspec.Struct, frozen=True, tag_field="kind", tag="status.reply"):
     runs: list[RunProgress]
+    health: list[HealthIssue] = []
+    """What is wrong with the orchestrator now (and what was, recently)."""
+
+
+class HealthRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="health"
+):
+    """`baton health`: is the orchestrator well? (for probes: it exits by the answer)"""
+
+
+class HealthReply(msgspec.Struct, frozen=True, tag_field="kind", tag="health.reply"):
+    healthy: bool
+    """No issue is going on (ones that ended recently are listed, and do not count)."""
+    issues: list[HealthIssue]
+    at: float
+    """Unix time of the answer."""
 
 
 class AgentsRequest(

@@ -22,6 +22,7 @@ from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
 from orchestrator.service.service import Orchestrator
+from orchestrator.service.writable import check_writable
 
 DEFAULT_STATE_DIR = ".baton"
 
@@ -104,7 +105,9 @@ async def bootstrap(
     Telemetry comes from the `OTEL_*` / `BATON_*` environment unless one is given."""
     owned = telemetry is None
     telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
-    directory.mkdir(parents=True, exist_ok=True)
+    store_file = store_path(directory)
+    wal = [store_file.with_name(store_file.name + end) for end in ("-wal", "-shm")]
+    check_writable(directory, [store_file, *wal])
     store = await open_store(directory)
     server = None
     checkpoints: Checkpointer | None = None

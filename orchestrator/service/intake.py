@@ -37,22 +37,36 @@ def report_id(report: TaskResult | TaskFailure, sender: str) -> str:
 
 
 class Recorded:
-    """Ids of reports whose events are durable, the newest `limit` of them. Forgetting an
-    old one costs a decision and no state: the core finds its second copy a duplicate (or,
-    if its attempt was retried since, a stale report, which it records as rejected)."""
+    """Ids of reports whose events are durable, the newest `limit` of them, and none of a
+    run that was forgotten (its reports are refused before they are looked up here).
+    Forgetting an old one costs a decision and no state: the core finds its second copy a
+    duplicate (or, if its attempt was retried since, a stale report, which it records as
+    rejected)."""
 
     def __init__(self, limit: int = 50_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
+        self._ids: OrderedDict[str, str] = OrderedDict()
+        """Report id → its run, oldest first."""
         self._limit = limit
+        self._of_run: dict[str, set[str]] = {}
 
     def __contains__(self, report: object) -> bool:
         return report in self._ids
 
-    def update(self, ids: list[str]) -> None:
+    def update(self, run_id: str, ids: list[str]) -> None:
+        of_run = self._of_run.setdefault(run_id, set())
         for rid in ids:
-            self._ids[rid] = None
+            self._ids[rid] = run_id
+            of_run.add(rid)
         while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
+            rid, run = self._ids.popitem(last=False)
+            self._of_run[run].discard(rid)
+            if not self._of_run[run]:
+                del self._of_run[run]
+
+    def forget(self, run_id: str) -> None:
+        """Drop the ids of a run the orchestrator no longer serves."""
+        for rid in self._of_run.pop(run_id, ()):
+            self._ids.pop(rid, None)
 
 
 class Intake:

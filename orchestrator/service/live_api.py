@@ -1,5 +1,6 @@
-"""`baton.api.status` and `baton.api.agents`: what a running orchestrator answers when
-`baton status` / `baton agents` ask, from its live state (runs) and registry (agents)."""
+"""`baton.api.status`, `baton.api.health` and `baton.api.agents`: what a running
+orchestrator answers when `baton status` / `baton health` / `baton agents` ask, from its
+live state (runs, health) and registry (agents)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from orchestrator.service.api import (
     AgentsReply,
     AgentsRequest,
     AgentStatus,
+    HealthIssue,
+    HealthReply,
+    HealthRequest,
     RunProgress,
     StatusReply,
     StatusRequest,
@@ -28,6 +32,7 @@ from orchestrator.service.api import (
 log = logging.getLogger("baton.api")
 _status: Decoder[StatusRequest] = Decoder(StatusRequest)
 _agents: Decoder[AgentsRequest] = Decoder(AgentsRequest)
+_health: Decoder[HealthRequest] = Decoder(HealthRequest)
 
 
 class LiveView(Protocol):
@@ -36,6 +41,8 @@ class LiveView(Protocol):
     def runs(self) -> list[RunState]: ...
 
     def agent_status(self) -> list[tuple[Heartbeat, int, float]]: ...
+
+    def health(self) -> list[HealthIssue]: ...
 
 
 TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
@@ -67,7 +74,14 @@ def progress(state: RunState, now: float) -> RunProgress:
 
 def status_reply(view: LiveView, request: StatusRequest, now: float) -> StatusReply:
     runs = [s for s in view.runs() if request.all or not s.terminal]
-    return StatusReply(sorted((progress(s, now) for s in runs), key=lambda p: p.started_at))
+    return StatusReply(
+        sorted((progress(s, now) for s in runs), key=lambda p: p.started_at), view.health()
+    )
+
+
+def health_reply(view: LiveView, now: float) -> HealthReply:
+    issues = view.health()
+    return HealthReply(not any(i.until == 0.0 for i in issues), issues, now)
 
 
 def agents_reply(view: LiveView) -> AgentsReply:
@@ -104,6 +118,14 @@ async def serve(
     async def on_status(msg: Incoming) -> None:
         await answer(msg, lambda: status_reply(view, _status.decode(msg.data), wall()))
 
+    async def on_health(msg: Incoming) -> None:
+        try:
+            _health.decode(msg.data)
+        except BusError as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(health_reply(view, wall())))
+
     async def on_agents(msg: Incoming) -> None:
         def make() -> AgentsReply:
             _agents.decode(msg.data)
@@ -113,5 +135,6 @@ async def serve(
 
     return [
         await bus.subscribe(subjects.API_STATUS, on_status),
+        await bus.subscribe(subjects.API_HEALTH, on_health),
         await bus.subscribe(subjects.API_AGENTS, on_agents),
     ]

@@ -321,6 +321,12 @@ class MemoryService:
             self._shared.setdefault((entry.run_id, entry.task_id, entry.attempt), []).append(ref)
         self._lexical.add(rowid, entry, ref)
 
+    def forget_run(self, run_id: str) -> None:
+        """The run ended and is no longer served: drop which of its attempts shared what
+        (the entries themselves stay searchable)."""
+        for key in [k for k in self._shared if k[0] == run_id]:
+            del self._shared[key]
+
     def shared_by(self, result: TaskResult) -> tuple[str, ...]:
         """Refs of the `run` and `global` entries the attempt behind `result` wrote that
         still hold (not since overwritten): what a handoff passes to the next owner.

@@ -6,6 +6,10 @@ effects performed: no effect for an event that is not durable. Deciding is synch
 and starts from the newest decided state, so the next batch can be decided while this
 one is appended (pipelining; the store commits them in order). A failed append reloads
 the run from the store, and no decision is made on it meanwhile.
+
+A run that has ended, with nothing of it left to commit, is handed to `FinishedRuns`,
+which keeps the newest few; the others are forgotten here with everything kept for them
+(they are in the log), so memory does not grow with the runs served.
 """
 
 from __future__ import annotations
@@ -15,14 +19,14 @@ import contextlib
 import logging
 import random
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from msgspec.structs import replace
 
-from eventstore import EventStore, EventStoreError, StoredEvent
+from eventstore import EventStore, EventStoreError, StorageError, StoredEvent
 from eventstore.anchor import Checkpointer
 from orchestrator.core.commands import (
     Command,
@@ -38,6 +42,8 @@ from orchestrator.core.events import RunEvent
 from orchestrator.core.state import Folding, RunState
 from orchestrator.service import journal
 from orchestrator.service.background import Spawn
+from orchestrator.service.finished import KEEP_FINISHED, FinishedRuns
+from orchestrator.service.health import Health
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.registry import Registry
 from orchestrator.service.telemetry import OrchestratorTelemetry
@@ -111,12 +117,14 @@ class Pipeline:
         clock: Callable[[], float],
         wall: Callable[[], float],
         boot: str,
+        health: Health,
+        keep_finished: int = KEEP_FINISHED,
         checkpoints: Checkpointer | None = None,
     ) -> None:
         self.runs = runs
-        """Each run's durable state."""
-        self.finished: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
-        """Set once a run is completed or failed."""
+        """Each run's durable state: every unfinished run, and the newest finished ones."""
+        self.finished = FinishedRuns(keep_finished)
+        self._health = health
         self._store = store
         self._registry = registry
         self._obs = obs
@@ -129,14 +137,18 @@ class Pipeline:
         """Asked for a checkpoint of the log when a run ends (see `eventstore.anchor`)."""
         self._rng = random.Random()
         self._tokens = LeaseTokens()
-        self._locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._locks: dict[str, asyncio.Lock] = {}
         """Held while a run is reloaded after a failed append; no decision meanwhile."""
         self._ahead: dict[str, RunState] = {}
         """Per run, the state once the appends in flight are durable (newest decided)."""
         self._appending: defaultdict[str, set[asyncio.Future[list[StoredEvent]]]] = defaultdict(set)
+        self._uncommitted: Counter[str] = Counter()
+        """Per run, decisions made and not yet committed: a run is forgotten only at 0."""
+        self.on_forget: list[Callable[[str], None]] = []
+        """Called with the id of each finished run forgotten, to drop what others keep."""
 
     def run(self, run_id: str) -> RunState:
-        """A run this orchestrator is serving or has served since it started."""
+        """A run this orchestrator is serving, or one of the newest it finished."""
         try:
             return self.runs[run_id]
         except KeyError:
@@ -170,21 +182,24 @@ class Pipeline:
 
     async def unblocked(self, run_id: str) -> None:
         """Wait while the run is being reloaded after a failed append."""
-        lock = self._locks[run_id]
-        if lock.locked():
+        lock = self._locks.get(run_id)
+        if lock is not None and lock.locked():
             async with lock:
                 pass
 
     def settled(self, run_id: str) -> Awaitable[list[Any]]:
         """The outcomes of the run's appends in flight (an exception for a failed one)."""
-        return asyncio.gather(*self._appending[run_id], return_exceptions=True)
+        return asyncio.gather(*self._appending.get(run_id, ()), return_exceptions=True)
 
     def decide(self, run_id: str, items: Sequence[tuple[Command, Cause]]) -> Decision | None:
         """Decide `items` against the run's newest state: the durable one, or the one that
         appends still in flight will make durable. Synchronous, so decisions on one run
         never interleave, and the next batch can be decided while this one is appended
-        (pipelining: the store commits them in order, often in one fsync)."""
-        before = self._ahead.get(run_id) or self.runs[run_id]
+        (pipelining: the store commits them in order, often in one fsync). Nothing is
+        decided for a run no longer in memory (one that ended and was forgotten since)."""
+        before = self._ahead.get(run_id) or self.runs.get(run_id)
+        if before is None:
+            return None
         folding = Folding(before)  # one copy of the run for the whole batch
         events: list[RunEvent] = []
         causes: list[Cause] = []
@@ -215,16 +230,49 @@ class Pipeline:
         )
         self._appending[run_id].add(append)
         append.add_done_callback(self._appending[run_id].discard)
+        self._uncommitted[run_id] += 1
         return Decision(run_id, before, state, events, append, span_ids, time.perf_counter())
 
     async def commit(self, d: Decision) -> bool:
-        """Once the decision's append is durable, act on it; on failure, reload the run."""
+        """Once the decision's append is durable, act on it; on failure, reload the run.
+        A run that has ended and has nothing left to commit is handed to `finished`."""
+        try:
+            return await self._commit(d)
+        finally:
+            self._uncommitted[d.run_id] -= 1
+            if not self._uncommitted[d.run_id]:
+                del self._uncommitted[d.run_id]
+                state = self.runs.get(d.run_id)
+                if state is not None and state.terminal:
+                    for old in self.finished.keep(d.run_id):
+                        self._forget(old)
+
+    def _forget(self, run_id: str) -> None:
+        """Drop a finished run and all kept for it; a decision in flight keeps it (it comes
+        back to `finished.keep` once committed)."""
+        if self._uncommitted[run_id]:
+            return
+        self.runs.pop(run_id, None)
+        self._ahead.pop(run_id, None)
+        self._locks.pop(run_id, None)
+        self._appending.pop(run_id, None)
+        self._registry.set_inflight(run_id, {})
+        for forget in self.on_forget:
+            forget(run_id)
+
+    async def _commit(self, d: Decision) -> bool:
         try:
             stored = await d.append
+        except StorageError as exc:  # a full disk refuses every append: one line, counted
+            self._health.storage_failed(f"append to run {d.run_id}", exc)
+            await self._reload(d.run_id)
+            return False
         except EventStoreError:
             log.exception("append to run %s failed; reloading it from the store", d.run_id)
             await self._reload(d.run_id)
             return False
+        self._health.storage.ok()
+        self._health.progressed(d.run_id)
         self._obs.appended("run", time.perf_counter() - d.appending_since)
         if d.state.version > self.runs[d.run_id].version:
             self.runs[d.run_id] = d.state
@@ -233,7 +281,7 @@ class Pipeline:
         if journal.snapshot_due(d.before, d.state):
             self._spawn(self._snapshot(d.state, stored[-1].position))
         if d.state.terminal:
-            self.finished[d.run_id].set()
+            self.finished.ended(d.run_id, self.runs[d.run_id])
             if self._checkpoints is not None:
                 self._checkpoints.request()
         return True
@@ -241,7 +289,7 @@ class Pipeline:
     async def _reload(self, run_id: str) -> None:
         """After a failed append: let the appends decided after it settle (they fail too,
         their expected version being gone), then start again from what the store holds."""
-        async with self._locks[run_id]:
+        async with self._locks.setdefault(run_id, asyncio.Lock()):
             await self.settled(run_id)
             self._ahead.pop(run_id, None)
             with contextlib.suppress(EventStoreError):
@@ -254,5 +302,7 @@ class Pipeline:
     async def _snapshot(self, state: RunState, position: int) -> None:
         try:
             await self._store.save_snapshot(journal.snapshot_of(state, position))
+        except StorageError as exc:
+            self._health.storage_failed(f"snapshot of run {state.run_id}", exc)
         except EventStoreError as exc:
             log.warning("snapshot of run %s failed (replay still works): %s", state.run_id, exc)

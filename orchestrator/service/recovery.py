@@ -1,6 +1,10 @@
 """Recovery: the shell keeps nothing that is not in the event store, so on start it
 rebuilds every unfinished run from its log, resumes it (moving its times onto this
-boot's clock when it was recorded on another), and performs the effects still owed."""
+boot's clock when it was recorded on another), and performs the effects still owed.
+
+Only unfinished runs are read: the store names them (`open_streams`) without reading the
+finished ones, so startup does not grow with the finished history; a finished run is
+read from the log when someone asks for it."""
 
 from __future__ import annotations
 
@@ -15,9 +19,7 @@ from orchestrator.service.registry import Registry
 
 async def recover(store: EventStore, pipeline: Pipeline, registry: Registry, act: Act) -> None:
     """Serve again every run the log holds that has not ended."""
-    for stream in await store.streams(journal.RUN_PREFIX):
-        if await journal.has_ended(store, stream):
-            continue
+    for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
         run_id = journal.run_id_of(stream)
         state = await journal.load_run(store, run_id)
         pipeline.runs[run_id] = state

@@ -154,12 +154,16 @@ class Reports:
         finally:
             self._window.release()
         if recorded:
-            self._recorded.update(ids)
+            self._recorded.update(run_id, ids)
         for delivery in answer:  # each is one quick publish: no task per answer
             try:
                 await _answer(delivery, recorded)
             except Exception as exc:  # the agent resends or the inbox redelivers
                 log.warning("could not answer on %s: %s", delivery.incoming.subject, exc)
+
+    def forget(self, run_id: str) -> None:
+        """The run ended and is no longer served: drop what was kept to answer its reports."""
+        self._recorded.forget(run_id)
 
     async def _record_agent(
         self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str

@@ -1,10 +1,18 @@
 """Requests decided one at a time, as they come: a person's start and control requests
 (`baton.api.run.start`, `baton.api.run.control`, or the same calls in process), and an
 agent's contract-net bid. Each is checked before anything is decided (a refusal changes
-nothing and is answered, or audited), then goes through the pipeline like any command."""
+nothing and is answered, or audited), then goes through the pipeline like any command.
+
+A start request may carry a client-chosen request id, which makes it idempotent: a
+request that timed out on the client may still have started the run, so its retry is
+answered with that run instead of starting another. The request id names the run (see
+`request_run_id`), so the log itself says whether it was started: the answer is the same
+after a restart, and after the run ended and left memory."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -14,7 +22,7 @@ from bus.connection import Incoming
 from bus.errors import BusError, MalformedMessage
 from bus.protocol import Bid, ErrorReply
 from bus.tracecontext import new_trace_id
-from eventstore import EventStore
+from eventstore import EventStore, EventStoreError
 from orchestrator.core import contract_net, human
 from orchestrator.core.commands import CancelRun, HumanDecision, StartRun, SubmitBid
 from orchestrator.core.decide import on_run_clock
@@ -40,6 +48,15 @@ from orchestrator.service.system_journal import SystemJournal
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
 _control_decoder: Decoder[RunControlRequest] = Decoder(RunControlRequest)
 _bid_decoder: Decoder[Bid] = Decoder(Bid)
+MAX_REQUEST_ID = 200
+"""Longest request id taken (it is recorded as the start's cause)."""
+
+
+def request_run_id(requested_by: str, request_id: str) -> str:
+    """The run id a start request with this request id gets: the same for each retry of
+    it, different for another requester's request of the same id."""
+    digest = hashlib.sha256(f"{requested_by}\0{request_id}".encode()).hexdigest()
+    return f"req-{digest[:24]}"
 
 
 class RunRequests:
@@ -56,6 +73,8 @@ class RunRequests:
         self._pipeline = pipeline
         self._system = system
         self._new_run_id = new_run_id
+        self._starting: dict[str, asyncio.Future[None]] = {}
+        """Run ids a request with a request id is starting now (its retries wait)."""
 
     async def start_run(
         self,
@@ -64,36 +83,103 @@ class RunRequests:
         *,
         run_id: str = "",
         requested_by: str = "cli",
+        request_id: str = "",
     ) -> str:
-        """Validate and record a new run; returns its id once `RunStarted` is durable."""
+        """Validate and record a new run; returns its id once `RunStarted` is durable.
+        With a `request_id`, a retry of the same request returns the run it started."""
+        started, _ = await self.start(
+            workflow, input, run_id=run_id, requested_by=requested_by, request_id=request_id
+        )
+        return started
+
+    async def start(
+        self,
+        workflow: WorkflowSpec,
+        input: dict[str, Any] | None = None,
+        *,
+        run_id: str = "",
+        requested_by: str = "cli",
+        request_id: str = "",
+    ) -> tuple[str, bool]:
+        """`start_run`, and whether the run is an earlier request's (not started now)."""
         validate(workflow)
+        if len(request_id) > MAX_REQUEST_ID:
+            raise WorkflowError("request_id", f"longer than {MAX_REQUEST_ID} characters")
+        if request_id and not run_id:
+            run_id = request_run_id(requested_by, request_id)
         chosen = bool(run_id)
         run_id = subjects.token(run_id or self._new_run_id())
-        command = StartRun(
-            run_id, workflow, {**workflow.input, **(input or {})}, new_trace_id(), requested_by
-        )
+        merged = {**workflow.input, **(input or {})}
+        if not request_id:
+            await self._record(run_id, chosen, workflow, merged, requested_by, "")
+            return run_id, False
+        while (pending := self._starting.get(run_id)) is not None:
+            await asyncio.shield(pending)  # the same request, tried again meanwhile
+        claim = self._starting[run_id] = asyncio.get_running_loop().create_future()
+        try:
+            if await self._earlier(run_id, workflow, merged, request_id):
+                return run_id, True
+            await self._record(run_id, chosen, workflow, merged, requested_by, request_id)
+            return run_id, False
+        finally:
+            del self._starting[run_id]
+            claim.set_result(None)
+
+    async def _earlier(
+        self, run_id: str, workflow: WorkflowSpec, input: dict[str, Any], request_id: str
+    ) -> bool:
+        """Whether an earlier try of this request started the run (served or in the log);
+        a run of that id with another workflow or input is refused (`WorkflowError`)."""
+        state = self._pipeline.runs.get(run_id)
+        if state is None:
+            if not await self._store.stream_version(journal.run_stream(run_id)):
+                return False
+            state = await journal.load_run(self._store, run_id)
+        if state.workflow != workflow or state.input != input:
+            raise WorkflowError(
+                "request_id",
+                f"request {request_id!r} already started run {run_id} with another workflow "
+                "or input",
+            )
+        return True
+
+    async def _record(
+        self,
+        run_id: str,
+        chosen: bool,
+        workflow: WorkflowSpec,
+        input: dict[str, Any],
+        requested_by: str,
+        request_id: str,
+    ) -> None:
+        command = StartRun(run_id, workflow, input, new_trace_id(), requested_by)
         # A generated id needs no look-up: the append expects an empty stream anyway.
         exists = chosen and await self._store.stream_version(journal.run_stream(run_id))
         runs = self._pipeline.runs
         if run_id in runs or exists:
             raise WorkflowError("run_id", f"run {run_id} already exists")
         runs[run_id] = RunState(run_id)
-        cause = Cause(f"start:{run_id}", requested_by)
+        cause = Cause(f"request:{request_id}" if request_id else f"start:{run_id}", requested_by)
         if not await self._pipeline.execute(run_id, [(command, cause)]):
             del runs[run_id]
             raise RunNotRecorded(run_id)
-        return run_id
 
     async def control(self, request: RunControlRequest, actor: str) -> RunState:
         """Record a person's decision (approve/reject/retry/cancel); `ControlRefused` says
         why one cannot apply, and then nothing changed."""
-        self._pipeline.run(request.run_id)  # UnknownRun before anything else
         command: HumanDecision | CancelRun
         if request.action == "cancel":
             command = CancelRun(request.task_id, actor, request.note)
         else:
             command = HumanDecision(
                 request.task_id, request.action, actor, request.note, request.output
+            )
+        if request.run_id not in self._pipeline.runs:
+            # a run that ended and is no longer in memory is refused for what the log says
+            # it is; a run with no log at all is `UnknownRun`
+            ended = await journal.load_run(self._store, request.run_id)
+            raise ControlRefused(
+                human.refusal(ended, command) or f"run {ended.run_id} is not served here"
             )
         cause = Cause(f"api:{request.action}:{request.run_id}:{request.task_id}", actor)
         await self._pipeline.unblocked(request.run_id)
@@ -111,23 +197,27 @@ class RunRequests:
     async def on_start(self, msg: Incoming) -> None:
         try:
             request = _start_decoder.decode(msg.data)
-            run_id = await self.start_run(
+            run_id, earlier = await self.start(
                 request.workflow,
                 request.input,
                 run_id=request.run_id,
                 requested_by=request.requested_by,
+                request_id=request.request_id,
             )
         except (BusError, WorkflowError) as exc:
             await self._system.reject(msg.subject, str(exc), len(msg.data))
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
-        await msg.reply(encode(RunAccepted(run_id)))
+        except RunNotRecorded as exc:  # the store refused: the client may retry
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await msg.reply(encode(RunAccepted(run_id, earlier)))
 
     async def on_control(self, msg: Incoming) -> None:
         try:
             actor = subjects.run_controller(msg.subject)  # the sender, as the server knows
             state = await self.control(_control_decoder.decode(msg.data), actor)
-        except (BusError, OrchestratorError) as exc:
+        except (BusError, OrchestratorError, EventStoreError) as exc:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         await msg.reply(encode(ControlAccepted(state.run_id, state.status, actor)))

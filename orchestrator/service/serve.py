@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import BusError, RequestFailed
 from bus.protocol import ErrorReply
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service.api import RunAccepted, StartRunRequest
 from orchestrator.service.bootstrap import bootstrap, store_path
@@ -49,6 +51,14 @@ async def serve(directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0) 
     return 0
 
 
+ATTEMPT_S = 2.0
+"""How long one try of a submit waits for its answer before it is sent again."""
+
+
+class SubmitUnanswered(RequestFailed):
+    """No orchestrator answered a submit in time; the run may still start."""
+
+
 async def submit(
     nats_url: str,
     workflow: WorkflowSpec,
@@ -56,18 +66,44 @@ async def submit(
     *,
     run_id: str = "",
     requested_by: str = "cli",
+    request_id: str = "",
     timeout: float = 10.0,
-) -> str:
-    """Ask a serving orchestrator to start a run; its id once `RunStarted` is durable."""
-    request = StartRunRequest(workflow, input or {}, run_id, requested_by)
-    bus = await Bus.connect(nats_url, name="baton-submit")
+) -> RunAccepted:
+    """Ask a serving orchestrator to start a run; answered once `RunStarted` is durable.
+
+    The request carries a request id (a new one unless given), so it is safe to send
+    again, and it is, until `timeout`, whenever no answer came: nobody serving yet, an
+    orchestrator paused or restarting, a store that refused the append. A try that did
+    start the run is answered with that run. `SubmitUnanswered` names the id to retry with.
+    """
+    request_id = request_id or secrets.token_hex(16)
+    request = encode(StartRunRequest(workflow, input or {}, run_id, requested_by, request_id))
+    shown = nats_url.rpartition("@")[2]  # never echo a password
+    deadline = time.monotonic() + timeout
+    pause, why = 0.2, "no try"
+    bus: Bus | None = None
     try:
-        reply = await bus.request(subjects.API_START_RUN, encode(request), timeout)
-    except RequestFailed as exc:
-        raise BusError(f"no orchestrator answered on {nats_url} ({exc})") from exc
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                if bus is None:
+                    async with asyncio.timeout(left):
+                        bus = await Bus.connect(nats_url, name="baton-submit")
+                reply = await bus.request(subjects.API_START_RUN, request, min(left, ATTEMPT_S))
+            except (BusError, TimeoutError) as exc:
+                why = str(exc) or type(exc).__name__
+            else:
+                answer = _answer.decode(reply)
+                if isinstance(answer, RunAccepted):
+                    return answer
+                if answer.error != RunNotRecorded.__name__:
+                    raise RunRefused(f"{answer.error}: {answer.detail}")
+                why = answer.detail
+            await asyncio.sleep(max(0.0, min(pause, deadline - time.monotonic())))
+            pause = min(2 * pause, 1.0)
     finally:
-        await bus.close()
-    answer = _answer.decode(reply)
-    if isinstance(answer, ErrorReply):
-        raise RunRefused(f"{answer.error}: {answer.detail}")
-    return answer.run_id
+        if bus is not None:
+            await bus.close()
+    raise SubmitUnanswered(
+        f"no orchestrator answered on {shown} within {timeout:g}s ({why}); the run may "
+        f"still start: retry with --request-id {request_id}, which never starts it twice"
+    )

@@ -6,8 +6,10 @@ wires them together behind the methods the CLI and the tests call.
     liveness (ticks) ──┘         ▲
     recovery (on start) ─────────┘
 
-It keeps nothing that is not in the event store: on start it replays every run, re-derives
-the effects still owed, and consumes whatever agents left in the durable inbox meanwhile.
+It keeps nothing that is not in the event store: on start it replays every unfinished
+run, re-derives the effects still owed, and consumes whatever agents left in the durable
+inbox meanwhile. Of the runs that end, it keeps only the newest few in memory
+(`keep_finished`); any other is read from the log when asked for (`load`, `wait`).
 """
 
 from __future__ import annotations
@@ -28,12 +30,15 @@ from bus.protocol import Heartbeat
 from bus.telemetry import Telemetry
 from eventstore import EventStore
 from eventstore.anchor import Checkpointer
+from orchestrator.core.errors import UnknownRun
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import WorkflowSpec
-from orchestrator.service import live_api
+from orchestrator.service import journal, live_api
 from orchestrator.service.agentlog import AgentLog
-from orchestrator.service.api import RunControlRequest
+from orchestrator.service.api import HealthIssue, RunControlRequest
 from orchestrator.service.background import Background
+from orchestrator.service.finished import KEEP_FINISHED
+from orchestrator.service.health import STUCK_AFTER_S, Health
 from orchestrator.service.intake import Intake
 from orchestrator.service.liveness import Liveness
 from orchestrator.service.memory import Embedder, MemoryService
@@ -78,6 +83,8 @@ class Orchestrator:
         telemetry: Telemetry | None = None,
         contracts: Contracts | None = None,
         boot: str | None = None,
+        keep_finished: int = KEEP_FINISHED,
+        stuck_after_s: float = STUCK_AFTER_S,
         checkpoints: Checkpointer | None = None,
     ) -> None:
         self._bus = bus
@@ -104,7 +111,10 @@ class Orchestrator:
         )
         self._background = Background()
         spawn = self._background.spawn
-        self._system = SystemJournal(store, obs, wall)
+        self._health = Health(
+            connected=lambda: bus.connected, wall=wall, clock=clock, stuck_after_s=stuck_after_s
+        )
+        self._system = SystemJournal(store, obs, wall, self._health)
         self._outbound = Outbound(
             bus,
             obs,
@@ -122,10 +132,18 @@ class Orchestrator:
             clock=clock,
             wall=wall,
             boot=host_boot() if boot is None else boot,
+            health=self._health,
+            keep_finished=keep_finished,
             checkpoints=checkpoints,
         )
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
+        self._pipeline.on_forget += [
+            self._reports.forget,
+            agentlog.forget,
+            self.memory.forget_run,
+            self._health.forget,
+        ]
         self._requests = RunRequests(store, self._pipeline, self._system, new_run_id)
         self._liveness = Liveness(
             self._registry,
@@ -157,10 +175,11 @@ class Orchestrator:
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
-        spawn = self._background.spawn
-        spawn(self._intake.fetch_durable())
-        spawn(self._reports.serve(self._intake))
-        spawn(self._liveness.tick_loop(started))
+        spawn, watch = self._background.spawn, self._health.watch
+        watch("intake", spawn(self._intake.fetch_durable()))
+        watch("reports", spawn(self._reports.serve(self._intake)))
+        watch("ticks", spawn(self._liveness.tick_loop(started)))
+        watch("health", spawn(self._health.watch_conditions()))
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
@@ -176,19 +195,37 @@ class Orchestrator:
     # -- queries ---------------------------------------------------------------------
 
     def run(self, run_id: str) -> RunState:
-        """A run this orchestrator is serving or has served since it started."""
+        """A run this orchestrator is serving, or one of the newest it finished (`load`
+        reads any other from the log)."""
         return self._pipeline.run(run_id)
 
     def runs(self) -> list[RunState]:
-        """Every run this orchestrator serves or has served since it started."""
+        """Every run this orchestrator serves, and the newest it finished."""
         return list(self._runs.values())
 
+    async def load(self, run_id: str) -> RunState:
+        """A run's newest state: as served, else as the log records it (`UnknownRun` if
+        it has no log)."""
+        state = self._runs.get(run_id)
+        return state if state is not None else await journal.load_run(self._store, run_id)
+
     async def wait(self, run_id: str, timeout: float | None = None) -> RunState:
-        """The run's final state, once it is completed or failed."""
-        self.run(run_id)
+        """The run's final state, once it is completed, failed or stopped; a run that
+        ended before (even before this orchestrator started) is read from the log."""
+        state = self._runs.get(run_id)
+        if state is None:
+            state = await journal.load_run(self._store, run_id)
+            if not state.terminal:
+                raise UnknownRun(run_id)  # not served here: nobody would end it
+        if state.terminal:
+            return state
         async with asyncio.timeout(timeout):
-            await self._pipeline.finished[run_id].wait()
-        return self._runs[run_id]
+            return await self._pipeline.finished.until(run_id)
+
+    def health(self) -> list[HealthIssue]:
+        """What is wrong now (storage, bus, loops, stuck runs), with since-when; and what
+        was, until recently."""
+        return self._health.issues(self._runs.values(), self._registry.live(self._clock()))
 
     def agents(self) -> list[Heartbeat]:
         return self._liveness.agents()
@@ -211,10 +248,12 @@ class Orchestrator:
         *,
         run_id: str = "",
         requested_by: str = "cli",
+        request_id: str = "",
     ) -> str:
-        """Validate and record a new run; returns its id once `RunStarted` is durable."""
+        """Validate and record a new run; returns its id once `RunStarted` is durable.
+        With a `request_id`, a retry of the same request returns the run it started."""
         return await self._requests.start_run(
-            workflow, input, run_id=run_id, requested_by=requested_by
+            workflow, input, run_id=run_id, requested_by=requested_by, request_id=request_id
         )
 
     async def control(self, request: RunControlRequest, actor: str) -> RunState:

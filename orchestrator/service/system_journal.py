@@ -9,9 +9,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from eventstore import EventStore, EventStoreError
+from eventstore import EventStore, EventStoreError, StorageError
 from orchestrator.core.events import MessageRejected, SystemEvent
 from orchestrator.service import journal
+from orchestrator.service.health import Health
 from orchestrator.service.telemetry import OrchestratorTelemetry
 
 log = logging.getLogger("baton.orchestrator")
@@ -21,9 +22,14 @@ class SystemJournal:
     """Appends to the `system` stream; a failed append is logged, never raised."""
 
     def __init__(
-        self, store: EventStore, obs: OrchestratorTelemetry, wall: Callable[[], float]
+        self,
+        store: EventStore,
+        obs: OrchestratorTelemetry,
+        wall: Callable[[], float],
+        health: Health,
     ) -> None:
         self._store = store
+        self._health = health
         self._obs = obs
         self._wall = wall
         self._lock = asyncio.Lock()
@@ -49,8 +55,20 @@ class SystemJournal:
                     self._version,
                 )
                 self._obs.appended("system", time.perf_counter() - began_s)
+            except StorageError as exc:
+                self._health.storage_failed(f"recording {type(event).__name__}", exc)
+                await self._learn_version()
+                return
             except EventStoreError:
                 log.exception("could not record %s", type(event).__name__)
-                self._version = await self._store.stream_version(journal.SYSTEM_STREAM)
+                await self._learn_version()
                 return
+            self._health.storage.ok()
             self._version = version
+
+    async def _learn_version(self) -> None:
+        """After a failed append: the version the next one expects, if the store says."""
+        try:
+            self._version = await self._store.stream_version(journal.SYSTEM_STREAM)
+        except StorageError as exc:
+            self._health.storage_failed("reading the system stream", exc)
