@@ -25,6 +25,7 @@ from bus import subjects
 from bus.connection import Bus, Subscription
 from bus.contracts import Contracts
 from bus.protocol import Heartbeat
+from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
 from eventstore import EventStore
 from orchestrator.core.state import RunState
@@ -94,12 +95,10 @@ class Orchestrator:
             works_in=self._works_in,
             embedder=Embedder.from_env(),
         )
-        obs = OrchestratorTelemetry(
-            telemetry or Telemetry("baton-orchestrator", enabled=False),
-            self._registry,
-            self._runs,
-            clock,
-        )
+        telemetry = telemetry or Telemetry("baton-orchestrator", enabled=False)
+        obs = OrchestratorTelemetry(telemetry, self._registry, self._runs, clock)
+        self.loops = Supervisor(telemetry.meter)
+        """The long-running loops (inbox, reports, tick), each restarted after a crash."""
         self._background = Background()
         spawn = self._background.spawn
         self._system = SystemJournal(store, obs, wall)
@@ -154,10 +153,11 @@ class Orchestrator:
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
-        spawn = self._background.spawn
-        spawn(self._intake.fetch_durable())
-        spawn(self._reports.serve(self._intake))
-        spawn(self._liveness.tick_loop(started))
+        spawn, run = self._background.spawn, self.loops.run
+        intake, reports, liveness = self._intake, self._reports, self._liveness
+        spawn(run("inbox", intake.fetch_durable))
+        spawn(run("reports", lambda: reports.serve(intake)))
+        spawn(run("tick", lambda: liveness.tick_loop(started)))
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
