@@ -4,7 +4,7 @@ Agents send every outcome twice (see `agents.outbox`): a fast copy on core NATS 
 durable copy in the JetStream inbox. The intake queues both kinds as they come and hands
 the service everything that is waiting in one batch, so one decision and one append
 serve many reports. Only durable copies are acknowledged (after their events are
-durable); `Recorded` remembers which reports are already in the log, so the second copy
+durable); `Reports` remembers which reports are already in the log, so the second copy
 of a report is acknowledged without being decided again.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import OrderedDict
 from typing import NamedTuple
 
 from bus.connection import InboxConsumer, Incoming
@@ -36,25 +35,6 @@ def report_id(report: TaskResult | TaskFailure, sender: str) -> str:
     return f"{report.run_id}:{report.task_id}:{report.attempt}:{kind}:{sender}:{report.lease_token}"
 
 
-class Recorded:
-    """Ids of reports whose events are durable, the newest `limit` of them. Forgetting an
-    old one costs a decision and no state: the core finds its second copy a duplicate (or,
-    if its attempt was retried since, a stale report, which it records as rejected)."""
-
-    def __init__(self, limit: int = 50_000) -> None:
-        self._ids: OrderedDict[str, None] = OrderedDict()
-        self._limit = limit
-
-    def __contains__(self, report: object) -> bool:
-        return report in self._ids
-
-    def update(self, ids: list[str]) -> None:
-        for rid in ids:
-            self._ids[rid] = None
-        while len(self._ids) > self._limit:
-            self._ids.popitem(last=False)
-
-
 class Intake:
     """A queue fed by the durable inbox consumer and by the fast report subscription."""
 
@@ -74,7 +54,8 @@ class Intake:
         self._queue.put_nowait(Delivery(incoming, False))
 
     async def fetch_durable(self) -> None:
-        """Pull the durable inbox until closed, queueing what comes."""
+        """Pull the durable inbox until closed, queueing what comes. A message that does
+        not decode is queued like any other (to be refused), so no message can stop it."""
         while not self._closed:
             try:
                 batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
