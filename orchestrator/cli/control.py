@@ -14,9 +14,10 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.protocol import ErrorReply
-from orchestrator.core.errors import ControlRefused, OrchestratorError, WorkflowError
+from orchestrator.core.errors import ControlRefused, OrchestratorError
 from orchestrator.service.api import ControlAccepted, RunControlRequest
 from orchestrator.service.bootstrap import state_dir
+from orchestrator.service.workflow_files import parse_input
 
 _reply: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 ACTIONS = ("approve", "reject", "retry", "cancel")
@@ -58,12 +59,7 @@ def nats_of(directory: Path) -> str:
 
 
 def request_of(args: argparse.Namespace) -> RunControlRequest:
-    try:
-        output = json.loads(getattr(args, "output", "{}"))
-    except ValueError as exc:
-        raise WorkflowError("--output", f"must be a JSON object: {exc}") from exc
-    if not isinstance(output, dict):
-        raise WorkflowError("--output", "must be a JSON object")
+    output = parse_input(getattr(args, "output", "{}"), "--output")
     task_id = args.task if args.command == "cancel" else args.task_id
     actor = args.actor or f"human:{getpass.getuser()}"
     return RunControlRequest(args.run_id, args.command, actor, task_id, args.note, output)

@@ -34,7 +34,7 @@ from orchestrator.service import journal, serve
 from orchestrator.service.bootstrap import Stack, bootstrap, open_store, state_dir, store_path
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
-from orchestrator.service.workflow_files import contracts_file, load
+from orchestrator.service.workflow_files import contracts_file, load, parse_input
 
 _progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
 
@@ -221,16 +221,6 @@ async def _serve(
         await stack.close()
 
 
-def _run_input(text: str) -> dict[str, object]:
-    try:
-        run_input = json.loads(text)
-        if not isinstance(run_input, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
-    return run_input
-
-
 async def _serve_only(args: argparse.Namespace) -> int:
     return await serve.serve(state_dir(args.state_dir), args.nats)
 
@@ -240,7 +230,7 @@ async def _submit(args: argparse.Namespace) -> int:
         raise WorkflowError("--nats", "the URL of the NATS server is required (or $BATON_NATS_URL)")
     path = Path(args.workflow)
     workflow = load(path)
-    run_input = _run_input(args.input)
+    run_input = parse_input(args.input)
     run_id = await serve.submit(args.nats, workflow, run_input)
     print(run_id)
     return 0
@@ -249,7 +239,7 @@ async def _submit(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
-    run_input = _run_input(args.input)
+    run_input = parse_input(args.input)
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [
         replace(
