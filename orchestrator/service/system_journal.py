@@ -4,9 +4,9 @@ with the expected version, so these events never race each other.
 
 Bad input must not become an amplifier: one event per bad message would let anyone who
 can publish fill the log as fast as they can send. So the audit of bad input (rejected
-messages, refused agents) is rate-limited per sender: a token bucket lets a burst through
-one by one, and past it the messages are counted, and recorded as one
-`MessagesSuppressed` per sender every `summary_s`, by `flush` (which the tick calls).
+messages, refused agents) is rate-limited per sender and over all senders: token buckets
+let a burst through one by one, and past it the messages are counted, and recorded as
+one `MessagesSuppressed` per sender every `summary_s`, by `flush` (which the tick calls).
 """
 
 from __future__ import annotations
@@ -52,6 +52,11 @@ class AuditLimits:
     """How often the counts of a sender over its rate are recorded."""
     senders: int = 10_000
     """Senders tracked at once (others' counts are merged under `OTHERS`)."""
+    all_burst: int = 200
+    """Events recorded one by one at once, at most, over all senders (many senders, or
+    one cycling through many names, are bounded too)."""
+    all_per_s: float = 20.0
+    """Events per second over all senders after that burst."""
 
 
 AUDIT_LIMITS = AuditLimits()
@@ -80,6 +85,15 @@ class _Budget:
     """Wall time of the first message counted since the last summary."""
     counting: float = 0.0
     """Monotonic time of the same."""
+
+    def take(self, now: float, burst: int, per_s: float) -> bool:
+        """Refill for the time since the last take, then take one token if there is one."""
+        self.tokens = min(float(burst), self.tokens + (now - self.refilled) * per_s)
+        self.refilled = now
+        if self.tokens < 1:
+            return False
+        self.tokens -= 1
+        return True
 
     @property
     def counted(self) -> bool:
@@ -112,6 +126,7 @@ class SystemJournal:
         self.limits = limits or AUDIT_LIMITS
         self._budgets: Lru[str, _Budget] = Lru(self.limits.senders)
         self._others = _Budget(0.0, 0.0)
+        self._all = _Budget(float(self.limits.all_burst), clock())
         self._lock = asyncio.Lock()
         self._version = 0
 
@@ -145,7 +160,8 @@ class SystemJournal:
         return await self.record(event, "unknown")
 
     def _admit(self, sender: str, reason: str, size: int, *, refused: bool) -> bool:
-        """Take one token of `sender`'s bucket; with none left, count the message."""
+        """Take a token of `sender`'s bucket and of the bucket of all senders; without
+        both, count the message in `sender`'s budget."""
         now, limits = self._clock(), self.limits
         budget = self._budgets.get(sender)
         if budget is None:
@@ -155,12 +171,9 @@ class SystemJournal:
                     self._others.merge(forgotten)
         else:
             self._budgets.set(sender, budget)  # the most recent again
-            budget.tokens = min(
-                limits.burst, budget.tokens + (now - budget.refilled) * limits.per_s
-            )
-            budget.refilled = now
-        if budget.tokens >= 1:
-            budget.tokens -= 1
+        if budget.take(now, limits.burst, limits.per_s) and self._all.take(
+            now, limits.all_burst, limits.all_per_s
+        ):
             return True
         if not budget.counted:
             budget.since, budget.counting = self._wall(), now
