@@ -32,6 +32,8 @@ from orchestrator.service.telemetry import OrchestratorTelemetry
 
 log = logging.getLogger("baton.orchestrator")
 
+MAX_REASON = 1000
+"""Characters of a rejection's reason kept in its record."""
 DEAD_LETTER_BYTES = 64 * 1024
 """Of a dead-lettered message, this much is kept in its record."""
 OTHERS = "*"
@@ -141,6 +143,7 @@ class SystemJournal:
     async def reject(self, subject: str, reason: str, size: int, sender: str = "") -> None:
         """Audit a message refused on `subject` (within `sender`'s audit rate; the sender
         is read from the subject unless given)."""
+        reason = reason[:MAX_REASON]  # it quotes the message, which may be huge
         if self._admit(sender or sender_of(subject), reason, size, refused=False):
             log.warning("rejected message on %s: %s", subject, reason)
             await self.record(MessageRejected(subject, reason, size, self._wall()), "unknown")
