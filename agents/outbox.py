@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus
-from bus.errors import BusError
+from bus.errors import BusError, MessageIdTaken
 from bus.protocol import ReportAck, ReportBatch, ReportReply, TaskFailure, TaskResult
 from bus.tracecontext import TraceContext
 
@@ -68,9 +68,14 @@ _reply_decoder: Decoder[ReportReply] = Decoder(ReportReply)
 
 
 def message_id(outcome: Outcome) -> str:
-    """The durable inbox's deduplication id of a lone outcome."""
+    """The durable inbox's deduplication id of a lone outcome: the attempt, its sender and
+    its lease token, so no one but the attempt's owner can take the id first (a message
+    under a taken id would be dropped as a duplicate)."""
     kind = "result" if isinstance(outcome, TaskResult) else "failure"
-    return f"{outcome.run_id}:{outcome.task_id}:{outcome.attempt}:{kind}"
+    return (
+        f"{outcome.run_id}:{outcome.task_id}:{outcome.attempt}:{kind}:"
+        f"{outcome.agent_id}:{outcome.lease_token}"
+    )
 
 
 @dataclass
@@ -194,8 +199,14 @@ class Outbox:
         subject = subjects.inbox(group[0].outcome.run_id, self._agent_id)
         batch_id = f"{self._agent_id}:batch:{secrets.token_hex(8)}"
         for data, msg_id, members in _messages(group, batch_id):
+            trace = members[0].trace
             try:
-                await self._bus.publish_durable(subject, data, msg_id, members[0].trace)
+                try:
+                    await self._bus.publish_durable(subject, data, msg_id, trace)
+                except MessageIdTaken as exc:  # dropped, not stored: send it under a new id
+                    log.warning("%s; sending it again under a new id", exc)
+                    fresh = f"{msg_id}:{secrets.token_hex(8)}"
+                    await self._bus.publish_durable(subject, data, fresh, trace)
             except BusError as exc:
                 _settle(members, exc)
                 continue

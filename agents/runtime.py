@@ -40,6 +40,7 @@ from bus.protocol import (
     TaskFailure,
     TaskResult,
 )
+from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
 from bus.tracecontext import TraceContext
 
@@ -88,9 +89,10 @@ class AgentRuntime:
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
         self._bidder = bidder
-        self._telemetry = AgentTelemetry(
-            telemetry or Telemetry("baton-agent", enabled=False), self.agent_id, role
-        )
+        telemetry = telemetry or Telemetry("baton-agent", enabled=False)
+        self._telemetry = AgentTelemetry(telemetry, self.agent_id, role)
+        self.loops = Supervisor(telemetry.meter)
+        """The agent's long-running loops (its heartbeat), restarted after a crash."""
         self._outbox = Outbox(bus, self.agent_id)
 
     def _heartbeat(self) -> Heartbeat:
@@ -113,7 +115,7 @@ class AgentRuntime:
         await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
-        beat = asyncio.create_task(self._beat())
+        beat = asyncio.create_task(self.loops.run("heartbeat", self._beat))
         await self._stopping.wait()
         if self._held:
             await asyncio.gather(*self._held.values(), return_exceptions=True)

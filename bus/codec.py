@@ -1,11 +1,15 @@
-"""msgpack on the wire; strict decoding with a size limit.
+"""msgpack on the wire; strict decoding with a size and a nesting limit.
 
-Decoding never raises a driver error: anything that is not exactly one expected message
-becomes `MalformedMessage` (or `OversizedMessage`) naming what was wrong.
+Decoding never raises anything but `MalformedMessage` (or `OversizedMessage`): whatever
+the decoder itself raises on hostile input (a `RecursionError` on deep nesting, say) is a
+malformed message, never an escaped exception that could end a receiving loop. Nesting
+deeper than `MAX_DEPTH` is refused even where the decoder would cope, because the value
+must also survive being encoded again later, from a deeper stack (into an event).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import msgspec
@@ -13,6 +17,8 @@ import msgspec
 from bus.errors import MalformedMessage, OversizedMessage
 
 MAX_MESSAGE_BYTES = 1024 * 1024
+MAX_DEPTH = 100
+"""Containers (maps, arrays, messages) nested in one another, at most, in one message."""
 T = TypeVar("T")
 ENCODING_HEADER = "Baton-Encoding"
 """NATS header naming a message's encoding: `msgpack` (the default when absent) or `json`."""
@@ -20,11 +26,50 @@ ENCODINGS = ("msgpack", "json")
 
 _encoder = msgspec.msgpack.Encoder()
 _json_encoder = msgspec.json.Encoder()
+_MSGPACK_OPENERS = bytes([*range(0x80, 0xA0), 0xDC, 0xDD, 0xDE, 0xDF])
+"""Every byte that can start a msgpack map or array (fixmap, fixarray, array/map 16/32)."""
+_MSGPACK_OTHERS = bytes(b for b in range(256) if b not in _MSGPACK_OPENERS)
+_JSON_OTHERS = bytes(b for b in range(256) if b not in b"[{")
+
+
+_CONTAINERS = (dict, list, tuple, msgspec.Struct)
+
+
+def _children(node: Any) -> list[Any]:
+    """The containers directly inside one container."""
+    if isinstance(node, dict):
+        inner: Iterable[Any] = node.values()
+    elif isinstance(node, list | tuple):
+        inner = node
+    else:
+        inner = (getattr(node, f) for f in node.__struct_fields__)
+    return [c for c in inner if isinstance(c, _CONTAINERS)]
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests more than `limit` containers (dicts, lists, tuples, Structs)
+    in one another. Level by level, not recursive, so it is safe on any depth, and it
+    stops at the first level too many."""
+    level = [value] if isinstance(value, _CONTAINERS) else []
+    for _ in range(limit):
+        level = [child for node in level for child in _children(node)]
+        if not level:
+            return False
+    return bool(level)
+
+
+def _check_depth(value: Any, data: bytes, others: bytes) -> None:
+    """`MalformedMessage` if `value`, decoded from `data`, nests more than `MAX_DEPTH`
+    deep. Data with at most `MAX_DEPTH` bytes that could open a container cannot, so the
+    usual message is never walked (counting those bytes runs at C speed)."""
+    if len(data.translate(None, others)) > MAX_DEPTH and too_deep(value):
+        raise MalformedMessage(f"nested more than {MAX_DEPTH} deep")
 
 
 def to_msgpack(data: bytes, encoding: str) -> bytes:
     """`data` as msgpack: JSON is transcoded (so one strict decoder serves both); data
-    that is not valid JSON, or an unknown encoding, raises `MalformedMessage`."""
+    that is not valid JSON (or nests too deep), or an unknown encoding, raises
+    `MalformedMessage`."""
     if encoding in ("", "msgpack"):
         return data
     if encoding != "json":
@@ -32,9 +77,14 @@ def to_msgpack(data: bytes, encoding: str) -> bytes:
     if len(data) > MAX_MESSAGE_BYTES:
         raise OversizedMessage(len(data), MAX_MESSAGE_BYTES)
     try:
-        return _encoder.encode(msgspec.json.decode(data))
-    except msgspec.DecodeError as exc:
-        raise MalformedMessage(f"not JSON: {exc}") from exc
+        value = msgspec.json.decode(data)
+    except Exception as exc:  # any failure of the decoder on hostile input is this
+        raise MalformedMessage(f"not JSON: {type(exc).__name__}: {exc}") from exc
+    _check_depth(value, data, _JSON_OTHERS)
+    try:
+        return _encoder.encode(value)
+    except Exception as exc:
+        raise MalformedMessage(f"not encodable: {type(exc).__name__}: {exc}") from exc
 
 
 def from_msgpack(data: bytes, encoding: str) -> bytes:
@@ -57,9 +107,14 @@ class Decoder(Generic[T]):
         self.max_bytes = max_bytes
 
     def decode(self, data: bytes) -> T:
+        """The one message `data` holds, else `MalformedMessage` saying why."""
         if len(data) > self.max_bytes:
             raise OversizedMessage(len(data), self.max_bytes)
         try:
-            return self._decoder.decode(data)
+            value = self._decoder.decode(data)
         except msgspec.DecodeError as exc:
             raise MalformedMessage(str(exc)) from exc
+        except Exception as exc:  # any failure of the decoder on hostile input is this
+            raise MalformedMessage(f"{type(exc).__name__}: {exc}") from exc
+        _check_depth(value, data, _MSGPACK_OTHERS)
+        return value

@@ -31,7 +31,7 @@ from nats.js.api import (
 
 from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack
-from bus.errors import BusError, MalformedMessage, NoResponders, RequestFailed
+from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
@@ -56,6 +56,15 @@ class Incoming:
         except MalformedMessage:
             self.data = msg.data  # left as is: the decoder refuses it, naming why
         self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
+
+    @property
+    def deliveries(self) -> int:
+        """How often JetStream has delivered this message (1 the first time); 0 for a
+        message that did not come from a stream."""
+        try:
+            return int(self._msg.metadata.num_delivered)
+        except Exception:  # a core NATS message has no stream metadata
+            return 0
 
     async def reply(self, payload: bytes) -> None:
         if self._msg.reply:
@@ -225,18 +234,26 @@ class Bus:
         attempts: int = 20,
     ) -> None:
         """Publish to JetStream and return only once the server acknowledged it stored
-        the message; retried on failure, deduplicated by `msg_id` on the server."""
+        the message; retried on failure, deduplicated by `msg_id` on the server.
+
+        An acknowledgement that says "duplicate" is success only if an earlier try of this
+        call may have stored the message (its answer was lost); on a first try it means
+        another publisher took the id first, and this message was dropped:
+        `MessageIdTaken`."""
         headers = _headers(trace, {"Nats-Msg-Id": msg_id})
         delay = 0.05
         for attempt in range(attempts):
             try:
-                await self._js.publish(subject, payload, headers=headers, timeout=5)
-                return
+                ack = await self._js.publish(subject, payload, headers=headers, timeout=5)
             except (TimeoutError, nats.errors.Error, nats.js.errors.Error) as exc:
                 if attempt == attempts - 1:
                     raise BusError(f"durable publish to {subject} failed: {exc}") from exc
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 1.0)
+                continue
+            if ack.duplicate and attempt == 0:
+                raise MessageIdTaken(subject, msg_id)
+            return
 
     async def inbox_consumer(self, durable: str) -> InboxConsumer:
         """The orchestrator's durable pull consumer on the inbox stream."""

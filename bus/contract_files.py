@@ -17,7 +17,7 @@ def load_contracts(path: str | Path) -> Contracts:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError as exc:
         raise ContractError(str(path), "no such file") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise ContractError(str(path), f"not valid TOML: {exc}") from exc
     try:
         return Contracts.parse(data)

@@ -26,6 +26,8 @@ SCOPES: tuple[Scope, ...] = ("run", "agent", "global")
 _NAME = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 _TOOL = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
 MAX_CONCURRENCY = 10_000
+MAX_BUDGET = {"tokens": 10**12, "seconds": 7 * 24 * 3600.0, "tool_calls": 1_000_000}
+"""The largest per-task budget of each kind a contract may give."""
 
 
 class Budget(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -107,9 +109,11 @@ def validate_contract(contract: RoleContract, where: str = "") -> RoleContract:
         if len(set(scopes)) != len(scopes):
             raise ContractError(f"{at}memory.{kind}", "a scope is listed twice")
     budget = contract.budget
-    for field in ("tokens", "seconds", "tool_calls"):
-        if getattr(budget, field) < 0:
-            raise ContractError(f"{at}budget.{field}", "must be 0 (no limit) or positive")
+    for field, most in MAX_BUDGET.items():
+        if not 0 <= getattr(budget, field) <= most:  # NaN is neither, so refused too
+            raise ContractError(
+                f"{at}budget.{field}", f"must be 0 (no limit) or positive, at most {most:g}"
+            )
     if not 1 <= contract.concurrency <= MAX_CONCURRENCY:
         raise ContractError(f"{at}concurrency", f"must be between 1 and {MAX_CONCURRENCY}")
     return contract

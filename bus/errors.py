@@ -42,6 +42,17 @@ class RequestFailed(BusError):
     """A request got no reply (nobody listening, or a timeout) or an error reply."""
 
 
+class MessageIdTaken(BusError):
+    """JetStream answered a durable publish as a duplicate of a message this publisher
+    never sent: someone else stored a message under the same `Nats-Msg-Id` first, so this
+    one was dropped. Publish it again under another id (the ids should be unguessable)."""
+
+    def __init__(self, subject: str, msg_id: str) -> None:
+        super().__init__(f"durable publish to {subject}: id {msg_id!r} was already taken")
+        self.subject = subject
+        self.msg_id = msg_id
+
+
 class NoResponders(RequestFailed):
     """Nobody listens on the subject right now (a service restarting, say)."""
 

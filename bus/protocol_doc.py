@@ -14,7 +14,7 @@ from typing import Any
 import msgspec
 
 from bus import protocol
-from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES
+from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
 
 # (message type, who sends it, on which subject)
 MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
@@ -62,8 +62,11 @@ ordinary NATS client, in any language, is here.
   to a JSON request is JSON and carries the same header.
 - A message over {MAX_MESSAGE_BYTES} bytes is refused.
 - Every message may carry a W3C `traceparent` header; Baton propagates it.
+- A message nested more than {MAX_DEPTH} deep (maps, arrays) is refused.
 - A refused request gets an `error` reply; a refused inbox message is recorded as a
-  `message.rejected` event and never redelivered.
+  `message.rejected` event (past a per-sender rate, counted in a `messages.suppressed`
+  event instead) and never redelivered. An inbox message whose handling keeps failing
+  is recorded as a `message.dead_lettered` event after a few deliveries, and removed.
 
 ## Subjects
 
@@ -72,7 +75,7 @@ ordinary NATS client, in any language, is here.
 | `baton.registry.heartbeat.<agent_id>` | agent → orchestrator | liveness, role, capacity, load, held attempts, contract digest |
 | `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt, or a batch of them, to run (request/reply) |
 | `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
-| `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to `<run>:<task>:<attempt>:<kind>` so a re-send is deduplicated |
+| `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to an id no one else can know before you send: for a lone result or failure `<run>:<task>:<attempt>:<kind>:<agent_id>:<lease_token>`, for anything else one with a random part, so a re-send is deduplicated and no one can take the id first. A publish acknowledged as a duplicate on its first try means someone did: send it again under a new id |
 | `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
 | `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |

@@ -103,7 +103,7 @@ def test_only_the_newest_finished_runs_stay_in_memory_the_rest_come_from_the_log
             for held in (pipeline._ahead, pipeline._locks, pipeline._appending):
                 assert set(held) <= kept, held
             assert not pipeline._uncommitted
-            assert set(orchestrator._reports._recorded._of_run) <= kept
+            assert set(orchestrator._reports.recorded._of_run) <= kept
         finally:
             agents.stop()
             await orchestrator.stop()

@@ -88,10 +88,12 @@ def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
                     "attempt": a.attempt, "lease_token": a.lease_token, "agent_id": agent_id,
                     "output": {"said": f"hello {a.input['params']['name']}"}, "elapsed_s": 0.01,
                 }  # fmt: skip
+                # the id the protocol asks for: attempt, sender and lease token
+                msg_id = f"{a.run_id}:{a.task_id}:{a.attempt}:result:{agent_id}:{a.lease_token}"
                 await nc.jetstream().publish(
                     subjects.inbox(a.run_id, agent_id),
                     json.dumps(result).encode(),
-                    headers={**json_header, "Nats-Msg-Id": f"{a.run_id}:{a.task_id}:1:result"},
+                    headers={**json_header, "Nats-Msg-Id": msg_id},
                 )
 
             await nc.subscribe(subjects.assign(agent_id), cb=on_assign)

@@ -7,7 +7,6 @@ elsewhere, `--as` (default `human:<login>`)."""
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
 from bus import subjects
@@ -18,6 +17,7 @@ from orchestrator.cli.reach import Reach, me, reach
 from orchestrator.core.errors import ControlRefused, WorkflowError
 from orchestrator.service.api import ControlAccepted, RunControlRequest
 from orchestrator.service.bootstrap import state_dir
+from orchestrator.service.workflow_files import parse_input
 
 _reply: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 ACTIONS = ("approve", "reject", "retry", "cancel")
@@ -62,12 +62,7 @@ def actor_of(args: argparse.Namespace, where: Reach) -> str:
 
 
 def request_of(args: argparse.Namespace) -> RunControlRequest:
-    try:
-        output = json.loads(getattr(args, "output", "{}"))
-    except ValueError as exc:
-        raise WorkflowError("--output", f"must be a JSON object: {exc}") from exc
-    if not isinstance(output, dict):
-        raise WorkflowError("--output", "must be a JSON object")
+    output = parse_input(getattr(args, "output", "{}"), "--output")
     task_id = args.task if args.command == "cancel" else args.task_id
     return RunControlRequest(args.run_id, args.command, task_id, args.note, output)
 

@@ -41,7 +41,7 @@ from orchestrator.service import journal, serve
 from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_path
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
-from orchestrator.service.workflow_files import contracts_file, load
+from orchestrator.service.workflow_files import contracts_file, load, parse_input
 
 _progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
 
@@ -287,16 +287,6 @@ async def _serve(
         await stack.close()
 
 
-def _run_input(text: str) -> dict[str, object]:
-    try:
-        run_input = json.loads(text)
-        if not isinstance(run_input, dict):
-            raise ValueError("not an object")
-    except ValueError as exc:
-        raise WorkflowError("--input", f"must be a JSON object: {exc}") from exc
-    return run_input
-
-
 async def _serve_only(args: argparse.Namespace) -> int:
     return await serve.serve(state_dir(args.state_dir), args.nats)
 
@@ -306,7 +296,7 @@ async def _submit(args: argparse.Namespace) -> int:
         raise WorkflowError("--nats", "the URL of the NATS server is required (or $BATON_NATS_URL)")
     path = Path(args.workflow)
     workflow = load(path)
-    run_input = _run_input(args.input)
+    run_input = parse_input(args.input)
     answer = await serve.submit(
         args.nats, workflow, run_input, request_id=args.request_id, timeout=args.timeout
     )
@@ -320,7 +310,7 @@ async def _submit(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
-    run_input = _run_input(args.input)
+    run_input = parse_input(args.input)
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [
         replace(

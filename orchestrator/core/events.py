@@ -357,7 +357,37 @@ class AgentRefused(_Event, frozen=True, tag="agent.refused"):
     at: float
 
 
-SystemEvent = AgentJoined | AgentLost | MessageRejected | AgentRefused
+class MessagesSuppressed(_Event, frozen=True, tag="messages.suppressed"):
+    """Audit: bad messages from one sender over its audit rate, counted here instead of
+    recorded one by one (`rejected` messages, `refused` joins, `size` bytes in all, the
+    last `reason`), from `since` to `at`. `sender` is '*' for senders the orchestrator
+    stopped tracking (there were too many)."""
+
+    sender: str
+    rejected: int
+    refused: int
+    size: int
+    reason: str
+    since: float
+    at: float
+
+
+class MessageDeadLettered(_Event, frozen=True, tag="message.dead_lettered"):
+    """Audit: a durable message whose handling failed on each of `deliveries` deliveries,
+    taken out of the inbox and kept here (its first `len(data)` bytes) for a person."""
+
+    subject: str
+    reason: str
+    deliveries: int
+    size: int
+    data: bytes
+    at: float
+
+
+SystemEvent = (
+    AgentJoined | AgentLost | MessageRejected | AgentRefused | MessagesSuppressed
+    | MessageDeadLettered
+)  # fmt: skip
 
 run_event_decoder: msgspec.msgpack.Decoder[RunEvent] = msgspec.msgpack.Decoder(RunEvent)
 system_event_decoder: msgspec.msgpack.Decoder[SystemEvent] = msgspec.msgpack.Decoder(SystemEvent)

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from bus.contracts import Contracts
+from orchestrator.core import bounds
 from orchestrator.core.errors import WorkflowError
 
 _ID = re.compile(r"^[A-Za-z0-9_\-]{1,64}$")
@@ -254,9 +255,7 @@ def _check_steps(spec: WorkflowSpec) -> None:
             if dep == step.id:
                 raise WorkflowError(f"steps[{i}].needs", f"step {dep!r} needs itself")
     limits = spec.limits
-    if min(limits.tokens, limits.task_tokens, limits.max_steps, limits.max_handoffs) < 0:
-        raise WorkflowError("limits", "limits must not be negative")
-    if limits.deadline_s < 0 or min(limits.max_subtask_depth, limits.max_replans) < 0:
+    if min(getattr(limits, field) for field in limits.__struct_fields__) < 0:
         raise WorkflowError("limits", "limits must not be negative")
     if limits.tokens:
         for i, step in enumerate(spec.steps):
@@ -396,6 +395,7 @@ def _check_agents(spec: WorkflowSpec) -> None:
 
 def validate(spec: WorkflowSpec) -> WorkflowSpec:
     """`spec` if it can run, else `WorkflowError` naming the first problem's location."""
+    bounds.check(spec)
     _check_steps(spec)
     _check_acyclic(spec)
     _check_reachable(spec)

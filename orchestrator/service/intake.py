@@ -4,7 +4,7 @@ Agents send every outcome twice (see `agents.outbox`): a fast copy on core NATS 
 durable copy in the JetStream inbox. The intake queues both kinds as they come and hands
 the service everything that is waiting in one batch, so one decision and one append
 serve many reports. Only durable copies are acknowledged (after their events are
-durable); `Recorded` remembers which reports are already in the log, so the second copy
+durable); `Reports` remembers which reports are already in the log, so the second copy
 of a report is acknowledged without being decided again.
 """
 
@@ -52,6 +52,9 @@ class Recorded:
     def __contains__(self, report: object) -> bool:
         return report in self._ids
 
+    def __len__(self) -> int:
+        return len(self._ids)
+
     def update(self, run_id: str, ids: list[str]) -> None:
         of_run = self._of_run.setdefault(run_id, set())
         for rid in ids:
@@ -88,7 +91,8 @@ class Intake:
         self._queue.put_nowait(Delivery(incoming, False))
 
     async def fetch_durable(self) -> None:
-        """Pull the durable inbox until closed, queueing what comes."""
+        """Pull the durable inbox until closed, queueing what comes. A message that does
+        not decode is queued like any other (to be refused), so no message can stop it."""
         while not self._closed:
             try:
                 batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)

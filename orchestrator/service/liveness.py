@@ -6,7 +6,6 @@ refused, never routed to)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections import Counter
 from collections.abc import Callable
 
@@ -18,14 +17,14 @@ from bus.errors import BusError, MalformedMessage
 from bus.protocol import Heartbeat
 from orchestrator.core.commands import Tick
 from orchestrator.core.events import AgentJoined, AgentLost, AgentRefused
+from orchestrator.service.bounded import Lru
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.pipeline import Pipeline
 from orchestrator.service.registry import Registry
 from orchestrator.service.system_journal import SystemJournal
 
-log = logging.getLogger("baton.orchestrator")
-
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
+REFUSED_LIMIT = 10_000
 
 
 class Liveness:
@@ -49,7 +48,9 @@ class Liveness:
         self._clock = clock
         self._wall = wall
         self._tick_s = tick_s
-        self._refused: set[tuple[str, str, str]] = set()
+        self._refused: Lru[tuple[str, str, str], None] = Lru(REFUSED_LIMIT)
+        """(agent, role, digest) already audited as refused; forgetting one audits it
+        again (within the sender's audit rate), nothing more."""
 
     def agents(self) -> list[Heartbeat]:
         return self._registry.heartbeats()
@@ -77,6 +78,7 @@ class Liveness:
         checked once the registry had one TTL since `started` to learn who is alive."""
         while True:
             await asyncio.sleep(self._tick_s)
+            await self._system.flush()
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):
                 await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)
@@ -109,7 +111,10 @@ class Liveness:
         """Never route to an agent serving a contract we do not know; audit it once."""
         key = (hb.agent_id, hb.role, hb.contract_digest)
         if key not in self._refused:
-            self._refused.add(key)
-            log.warning("refused agent %s: %s", hb.agent_id, why)
+            self._refused.set(key, None)
             event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())
-            await self._system.record(event, hb.agent_id)
+            await self._system.refuse(event)
+
+    def refused_tracked(self) -> int:
+        """How many refused (agent, role, digest) are remembered (at most `REFUSED_LIMIT`)."""
+        return len(self._refused)

@@ -44,6 +44,7 @@ from bus.protocol import (
 )
 from bus.tracecontext import new_span_id
 from eventstore import ConcurrencyError, EventQuery, EventStore, EventStoreError, NewEvent
+from orchestrator.service.bounded import Lru
 
 if TYPE_CHECKING:
     import openai
@@ -53,6 +54,9 @@ log = logging.getLogger("baton.memory")
 STREAM = "memory"
 EVENT_TYPE = "memory.written"
 MAX_LIMIT = 50
+SHARED_LIMIT = 100_000
+"""Attempts whose shared writes are remembered for a handoff, the newest this many: a
+result comes right after its attempt's writes, so an older attempt's are not asked for."""
 EMBED_BATCH = 64
 _search: Decoder[MemorySearch] = Decoder(MemorySearch)
 _written: msgspec.msgpack.Decoder[MemoryWrite] = msgspec.msgpack.Decoder(MemoryWrite)
@@ -198,7 +202,7 @@ class MemoryService:
         self._slots: dict[tuple[str, str, str], int] = {}
         self._refs: dict[str, int] = {}
         """Event id of each live entry → its row."""
-        self._shared: dict[tuple[str, str, int], list[str]] = {}
+        self._shared: Lru[tuple[str, str, int], list[str]] = Lru(SHARED_LIMIT)
         """(run, task, attempt) → refs of the `run`/`global` entries that attempt wrote."""
         self._lock = asyncio.Lock()
         self._version = 0
@@ -318,20 +322,21 @@ class MemoryService:
         self._entries[rowid] = (entry, ref)
         self._refs[ref] = rowid
         if entry.scope != "agent":
-            self._shared.setdefault((entry.run_id, entry.task_id, entry.attempt), []).append(ref)
+            attempt = (entry.run_id, entry.task_id, entry.attempt)
+            self._shared.set(attempt, [*(self._shared.get(attempt) or []), ref])
         self._lexical.add(rowid, entry, ref)
 
     def forget_run(self, run_id: str) -> None:
         """The run ended and is no longer served: drop which of its attempts shared what
         (the entries themselves stay searchable)."""
-        for key in [k for k in self._shared if k[0] == run_id]:
-            del self._shared[key]
+        for key, _ in [item for item in self._shared.items() if item[0][0] == run_id]:
+            self._shared.pop(key)
 
     def shared_by(self, result: TaskResult) -> tuple[str, ...]:
         """Refs of the `run` and `global` entries the attempt behind `result` wrote that
         still hold (not since overwritten): what a handoff passes to the next owner.
         Its writes were recorded before its result, which follows them in the inbox."""
-        written = self._shared.get((result.run_id, result.task_id, result.attempt), [])
+        written = self._shared.get((result.run_id, result.task_id, result.attempt)) or []
         return tuple(
             ref
             for ref in written

@@ -6,6 +6,11 @@ run's messages are answered once what they caused is durable: durable copies ack
 redelivered soon), fast copies answered either way, so an agent knows at once whether to
 send the durable copy. Tool records and memory writes, also from the durable inbox, go
 to the agent log and the memory service.
+
+No message can stop this: one that does not decode, or is not allowed, is refused
+(audited, terminated or answered with an error); one whose handling fails (a bug) is
+isolated from the rest of its batch and redelivered with a backoff, and on its
+`MAX_DELIVERIES`th failure recorded as a dead letter and taken out of the inbox.
 """
 
 from __future__ import annotations
@@ -13,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
+from collections.abc import Awaitable
+from typing import NamedTuple
 
 from bus import subjects, tracecontext
 from bus.codec import Decoder, encode
@@ -24,6 +31,7 @@ from bus.protocol import (
     MemoryWrite,
     ReportAck,
     ReportBatch,
+    TaskFailure,
     TaskResult,
     ToolCallRecord,
 )
@@ -42,8 +50,36 @@ _inbox_decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
 
 _RETRY_S = 0.5
 """A durable report whose events could not be stored comes back after this long."""
+MAX_DELIVERIES = 5
+"""A durable message whose handling failed this many times is dead-lettered."""
+RECORDED_LIMIT = 50_000
+"""Ids of reports known to be in the log, the newest this many. Forgetting an old one
+costs a decision and no state: the core finds its second copy a duplicate (or, if its
+attempt was retried since, a stale report, which it records as rejected)."""
 _RECORDED = encode(ReportAck())
 _NOT_RECORDED = encode(ErrorReply("NotRecorded", "the event store refused the append"))
+
+
+def failed_backoff_s(deliveries: int) -> float:
+    """How long a message whose handling failed waits before its next delivery."""
+    return float(min(0.1 * 2 ** max(deliveries - 1, 0), 5.0))
+
+
+class _Member(NamedTuple):
+    """One message's part of a run's batch: its commands and the ids of its reports."""
+
+    delivery: Delivery
+    items: list[tuple[Command, Cause]]
+    ids: list[str]
+
+
+async def _settle(answer: Awaitable[None], subject: str) -> None:
+    """Send one answer (ack, nak, term or reply); a failure to send is logged: the agent
+    resends, or the inbox redelivers."""
+    try:
+        await answer
+    except Exception as exc:
+        log.warning("could not answer on %s: %s", subject, exc)
 
 
 async def _answer(delivery: Delivery, recorded: bool) -> None:
@@ -51,9 +87,9 @@ async def _answer(delivery: Delivery, recorded: bool) -> None:
     a fast one either way, so its agent knows at once whether to send it durably."""
     msg, durable = delivery
     if durable:
-        await (msg.ack() if recorded else msg.nak(_RETRY_S))
+        await _settle(msg.ack() if recorded else msg.nak(_RETRY_S), msg.subject)
     else:
-        await msg.reply(_RECORDED if recorded else _NOT_RECORDED)
+        await _settle(msg.reply(_RECORDED if recorded else _NOT_RECORDED), msg.subject)
 
 
 class Reports:
@@ -73,7 +109,8 @@ class Reports:
         self._memory = memory
         self._agentlog = agentlog
         self._spawn = spawn
-        self._recorded = Recorded()
+        self.recorded = Recorded(RECORDED_LIMIT)
+        """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
 
     async def serve(self, intake: Intake) -> None:
@@ -85,59 +122,91 @@ class Reports:
         """Decide every report in `batch` (each run's at once), skipping those already
         recorded; once a run's events are durable, acknowledge its durable messages and
         answer its fast ones (an agent sends a report durably if it gets no answer)."""
-        by_run: dict[str, list[tuple[Command, Cause]]] = defaultdict(list)
-        ids: dict[str, list[str]] = defaultdict(list)
-        acks: dict[str, list[Delivery]] = defaultdict(list)
+        by_run: dict[str, list[_Member]] = defaultdict(list)
         taken: set[str] = set()
-        for msg, durable in batch:
+        for delivery in batch:
+            msg, durable = delivery
             try:
-                sender_of = subjects.inbox_sender if durable else subjects.report_sender
-                run_id, sender = sender_of(msg.subject)
-                decoded = _inbox_decoder.decode(msg.data)
-                items = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
-                for item in items:
-                    if item.run_id != run_id:
-                        raise MalformedMessage(f"run {item.run_id} sent on {msg.subject}")
-                if run_id not in self._runs:
-                    raise MalformedMessage(f"no run {run_id}")
-                if isinstance(decoded, ToolCallRecord | MemoryWrite) and not durable:
-                    raise MalformedMessage("tool and memory records go to the durable inbox")
+                run_id, sender, decoded = self._read(msg, durable)
             except BusError as exc:
-                await self._system.reject(msg.subject, str(exc), len(msg.data))
-                if durable:
-                    await msg.term()
-                else:
-                    await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+                await self._refuse(delivery, exc)
+                continue
+            except Exception as exc:
+                await self._failed(delivery, exc)
                 continue
             if isinstance(decoded, ToolCallRecord | MemoryWrite):
-                await self._record_agent(msg, decoded, sender)
+                await self._record_agent(delivery, decoded, sender)
                 continue
-            reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
-            acks[run_id].append(Delivery(msg, durable))
-            traces = decoded.traceparents if isinstance(decoded, ReportBatch) else []
-            for n, report in enumerate(reports):
-                trace = tracecontext.parse(traces[n] if n < len(traces) else "") or msg.trace
-                trace_id, span_id = (trace.trace_id, trace.span_id) if trace else ("", "")
-                rid = report_id(report, sender)
-                if rid in taken or rid in self._recorded:
-                    continue
-                taken.add(rid)
-                command: Command
-                if isinstance(report, TaskResult):
-                    refs = self._memory.shared_by(report) if report.handoff_to else ()
-                    command, kind = ReportResult(report, sender, refs), "result"
-                else:
-                    command, kind = ReportFailure(report, sender), "failure"
-                cause = Cause(
-                    f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id
-                )
-                by_run[run_id].append((command, cause))
-                ids[run_id].append(rid)
-        for run_id in by_run.keys() | acks.keys():
-            await self._window.acquire()  # bounds the batches decided but not yet durable
-            await self._pipeline.unblocked(run_id)  # returns at once (no yield) unless reloading
-            decision = self._pipeline.decide(run_id, by_run.get(run_id, []))
-            self._spawn(self._conclude(run_id, decision, ids[run_id], acks[run_id]))
+            try:
+                by_run[run_id].append(self._member(delivery, decoded, sender, taken))
+            except Exception as exc:
+                await self._failed(delivery, exc)
+        for run_id, members in by_run.items():
+            if not await self._decide(run_id, members) and len(members) > 1:
+                for member in members:  # one of them fails the decision: find which
+                    await self._decide(run_id, [member])
+
+    def _read(self, msg: Incoming, durable: bool) -> tuple[str, str, InboxMessage]:
+        """(run, sender, message) of a delivery, or the `BusError` it is refused for."""
+        sender_of = subjects.inbox_sender if durable else subjects.report_sender
+        run_id, sender = sender_of(msg.subject)
+        decoded = _inbox_decoder.decode(msg.data)
+        items = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+        for item in items:
+            if item.run_id != run_id:
+                raise MalformedMessage(f"run {item.run_id} sent on {msg.subject}")
+        if run_id not in self._runs:
+            raise MalformedMessage(f"no run {run_id}")
+        if isinstance(decoded, ToolCallRecord | MemoryWrite) and not durable:
+            raise MalformedMessage("tool and memory records go to the durable inbox")
+        return run_id, sender, decoded
+
+    def _member(
+        self, delivery: Delivery, decoded: TaskResult | TaskFailure | ReportBatch, sender: str,
+        taken: set[str],
+    ) -> _Member:  # fmt: skip
+        """The commands of the reports in one message not yet recorded (nor `taken` by an
+        earlier message of the batch)."""
+        msg = delivery.incoming
+        reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+        traces = decoded.traceparents if isinstance(decoded, ReportBatch) else []
+        member = _Member(delivery, [], [])
+        for n, report in enumerate(reports):
+            trace = tracecontext.parse(traces[n] if n < len(traces) else "") or msg.trace
+            trace_id, span_id = (trace.trace_id, trace.span_id) if trace else ("", "")
+            rid = report_id(report, sender)
+            if rid in taken or rid in self.recorded:
+                continue
+            taken.add(rid)
+            command: Command
+            if isinstance(report, TaskResult):
+                refs = self._memory.shared_by(report) if report.handoff_to else ()
+                command, kind = ReportResult(report, sender, refs), "result"
+            else:
+                command, kind = ReportFailure(report, sender), "failure"
+            cause = Cause(f"{report.task_id}:{report.attempt}:{kind}", sender, trace_id, span_id)
+            member.items.append((command, cause))
+            member.ids.append(rid)
+        return member
+
+    async def _decide(self, run_id: str, members: list[_Member]) -> bool:
+        """Decide the members' commands at once, and answer them once durable; False if
+        deciding raised (a lone member's message is then failed, see `_failed`)."""
+        await self._window.acquire()  # bounds the batches decided but not yet durable
+        try:
+            await self._pipeline.unblocked(run_id)  # returns at once unless reloading
+            items = [item for member in members for item in member.items]
+            decision = self._pipeline.decide(run_id, items)
+        except Exception as exc:
+            self._window.release()
+            log.error("deciding %d message(s) of run %s failed: %r", len(members), run_id, exc)
+            if len(members) == 1:
+                await self._failed(members[0].delivery, exc)
+            return False
+        ids = [rid for member in members for rid in member.ids]
+        answer = [member.delivery for member in members]
+        self._spawn(self._conclude(run_id, decision, ids, answer))
+        return True
 
     async def _conclude(
         self, run_id: str, decision: Decision | None, ids: list[str], answer: list[Delivery]
@@ -151,25 +220,26 @@ class Reports:
             else:
                 pending = await self._pipeline.settled(run_id)
                 recorded = not any(isinstance(p, BaseException) for p in pending)
+        except Exception:
+            log.exception("concluding %d report(s) of run %s failed", len(ids), run_id)
+            recorded = False
         finally:
             self._window.release()
         if recorded:
-            self._recorded.update(run_id, ids)
+            self.recorded.update(run_id, ids)
         for delivery in answer:  # each is one quick publish: no task per answer
-            try:
-                await _answer(delivery, recorded)
-            except Exception as exc:  # the agent resends or the inbox redelivers
-                log.warning("could not answer on %s: %s", delivery.incoming.subject, exc)
+            await _answer(delivery, recorded)
 
     def forget(self, run_id: str) -> None:
         """The run ended and is no longer served: drop what was kept to answer its reports."""
-        self._recorded.forget(run_id)
+        self.recorded.forget(run_id)
 
     async def _record_agent(
-        self, msg: Incoming, record: ToolCallRecord | MemoryWrite, sender: str
+        self, delivery: Delivery, record: ToolCallRecord | MemoryWrite, sender: str
     ) -> None:
         """An agent's tool record or memory write: acked once durable, termed if forged
         or outside its contract (and audited as a rejected message)."""
+        msg = delivery.incoming
         trace_id = msg.trace.trace_id if msg.trace else ""
         try:
             if isinstance(record, MemoryWrite):
@@ -177,8 +247,36 @@ class Reports:
             else:
                 durable = await self._agentlog.record(record, sender, trace_id)
         except MalformedMessage as exc:
-            await self._system.reject(msg.subject, str(exc), len(msg.data))
-            await msg.term()
+            await self._refuse(delivery, exc)
+            return
+        except Exception as exc:
+            await self._failed(delivery, exc)
             return
         if durable:
-            await msg.ack()
+            await _settle(msg.ack(), msg.subject)
+
+    async def _refuse(self, delivery: Delivery, exc: BusError) -> None:
+        """A message that is not allowed: audited, and terminated (durable) or answered
+        with the error (fast), never retried."""
+        msg, durable = delivery
+        await self._system.reject(msg.subject, str(exc), len(msg.data))
+        if durable:
+            await _settle(msg.term(), msg.subject)
+        else:
+            await _settle(msg.reply(encode(ErrorReply(type(exc).__name__, str(exc)))), msg.subject)
+
+    async def _failed(self, delivery: Delivery, exc: Exception) -> None:
+        """A message whose handling raised: a fast one is answered with the error (its
+        agent sends it durably); a durable one is redelivered after a backoff, and on its
+        `MAX_DELIVERIES`th failure recorded as a dead letter and terminated."""
+        msg, durable = delivery
+        reason = f"{type(exc).__name__}: {exc}"
+        log.error("handling a message on %s failed: %s", msg.subject, reason, exc_info=exc)
+        if not durable:
+            await _settle(msg.reply(encode(ErrorReply("HandlingFailed", reason))), msg.subject)
+        elif msg.deliveries >= MAX_DELIVERIES and await self._system.dead_letter(
+            msg.subject, reason, msg.deliveries, msg.data
+        ):
+            await _settle(msg.term(), msg.subject)
+        else:
+            await _settle(msg.nak(failed_backoff_s(msg.deliveries)), msg.subject)

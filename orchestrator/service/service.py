@@ -27,6 +27,7 @@ from bus import subjects
 from bus.connection import Bus, Subscription
 from bus.contracts import Contracts
 from bus.protocol import Heartbeat
+from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
 from eventstore import EventStore
 from eventstore.anchor import Checkpointer
@@ -103,12 +104,10 @@ class Orchestrator:
             works_in=self._works_in,
             embedder=Embedder.from_env(),
         )
-        obs = OrchestratorTelemetry(
-            telemetry or Telemetry("baton-orchestrator", enabled=False),
-            self._registry,
-            self._runs,
-            clock,
-        )
+        telemetry = telemetry or Telemetry("baton-orchestrator", enabled=False)
+        obs = OrchestratorTelemetry(telemetry, self._registry, self._runs, clock)
+        self.loops = Supervisor(telemetry.meter)
+        """The long-running loops (inbox, reports, tick), each restarted after a crash."""
         self._background = Background()
         spawn = self._background.spawn
         self._health = Health(
@@ -175,10 +174,11 @@ class Orchestrator:
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
-        spawn, watch = self._background.spawn, self._health.watch
-        watch("intake", spawn(self._intake.fetch_durable()))
-        watch("reports", spawn(self._reports.serve(self._intake)))
-        watch("ticks", spawn(self._liveness.tick_loop(started)))
+        spawn, run, watch = self._background.spawn, self.loops.run, self._health.watch
+        intake, reports, liveness = self._intake, self._reports, self._liveness
+        watch("intake", spawn(run("inbox", intake.fetch_durable)))
+        watch("reports", spawn(run("reports", lambda: reports.serve(intake))))
+        watch("ticks", spawn(run("tick", lambda: liveness.tick_loop(started))))
         watch("health", spawn(self._health.watch_conditions()))
 
     async def stop(self) -> None:

@@ -1,14 +1,19 @@
 """Workflow files on disk: strict TOML, or YAML for `.yaml`/`.yml` (a key given twice is
-refused), parsed into the core's validated `WorkflowSpec`, with errors that name the file."""
+refused), parsed into the core's validated `WorkflowSpec`, with errors that name the file;
+and a run's `--input` JSON. Nesting too deep for the parsers (or deeper than the wire
+allows) is a `WorkflowError` like any other, never a `RecursionError`."""
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from bus.codec import MAX_DEPTH
+from orchestrator.core import bounds
 from orchestrator.core.errors import WorkflowError
 from orchestrator.core.workflow import WorkflowSpec, parse
 
@@ -34,15 +39,35 @@ _StrictYaml.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _map
 
 def _read(path: Path) -> Any:
     text = path.read_text()
-    if path.suffix in (".yaml", ".yml"):
-        try:
-            return yaml.load(text, Loader=_StrictYaml)
-        except yaml.YAMLError as exc:
-            raise WorkflowError(str(path), f"not valid YAML: {exc}") from exc
     try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+        if path.suffix in (".yaml", ".yml"):
+            try:
+                data = yaml.load(text, Loader=_StrictYaml)
+            except yaml.YAMLError as exc:
+                raise WorkflowError(str(path), f"not valid YAML: {exc}") from exc
+        else:
+            try:
+                data = tomllib.loads(text)
+            except tomllib.TOMLDecodeError as exc:
+                raise WorkflowError(str(path), f"not valid TOML: {exc}") from exc
+    except RecursionError as exc:
+        raise WorkflowError(str(path), f"nested more than {MAX_DEPTH} deep") from exc
+    bounds.nesting(str(path), data)
+    return data
+
+
+def parse_input(text: str, where: str = "--input") -> dict[str, Any]:
+    """A run's input from JSON text: an object, nested at most `MAX_DEPTH` deep."""
+    try:
+        value = json.loads(text)
+    except RecursionError as exc:
+        raise WorkflowError(where, f"nested more than {MAX_DEPTH} deep") from exc
+    except ValueError as exc:
+        raise WorkflowError(where, f"must be a JSON object: {exc}") from exc
+    if not isinstance(value, dict):
+        raise WorkflowError(where, "must be a JSON object: not an object")
+    bounds.nesting(where, value)
+    return value
 
 
 def contracts_file(path: str | Path) -> str:
