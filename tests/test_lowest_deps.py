@@ -48,6 +48,7 @@ def test_the_constraints_hold_every_runtime_floor_of_pyproject() -> None:
 
 
 @pytest.mark.lowest_deps
+@pytest.mark.timeout(2400)  # a new venv, then the whole suite
 def test_the_suite_passes_on_the_lowest_supported_releases(tmp_path: Path) -> None:
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
