@@ -22,7 +22,7 @@ from tests.cluster import REPO, baton
 from tests.fake_openai import FakeOpenAI
 
 EXAMPLE = REPO / "examples" / "governed" / "workflow.toml"
-VERDICT = json.dumps({"verdict": "A clear two-point brief.", "words": 24})
+VERDICT = json.dumps({"verdict": "publish", "reason": "clear and short"})
 
 
 class Governed(NamedTuple):
@@ -54,7 +54,7 @@ def governed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Governed]:
     shutil.copy(EXAMPLE.parent / "roles.toml", roles)
     with FakeOpenAI() as fake:
         for _ in range(3):  # the run, and a resumed fork of it (one spare)
-            fake.call("word_count", {"text": "the brief"}).reply(VERDICT)
+            fake.reply(VERDICT)  # the word count is made for the model
         env = {
             **os.environ,
             "OPENAI_BASE_URL": fake.base_url,

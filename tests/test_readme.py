@@ -253,7 +253,7 @@ def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> No
         agent = user.start(agent_line.replace("--nats ...", f"--nats {url.group(0)}"))
         try:
             submitted = user.run(submit_line, port=port)
-            assert re.search(r"\d{8}-\d{6}-\w+", submitted), submitted
+            assert re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M), submitted
         finally:
             agent.stop()
     finally:

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
+from bus.supervise import LoopHealth
 from orchestrator.core.commands import AgentView
 from orchestrator.core.state import RunState
 from orchestrator.service.api import HealthIssue
@@ -100,6 +101,10 @@ class Condition:
         )
 
 
+RECENT_CRASH_S = 60.0
+"""How long after its last crash a supervised loop is still shown as a condition."""
+
+
 class Health:
     """The orchestrator's conditions, its watched loops and its runs' progress."""
 
@@ -110,8 +115,13 @@ class Health:
         wall: Callable[[], float],
         clock: Callable[[], float],
         stuck_after_s: float = STUCK_AFTER_S,
+        supervised: Callable[[], Mapping[str, LoopHealth]] = dict,
     ) -> None:
         self._connected = connected
+        self._supervised = supervised
+        self._crashes: dict[str, tuple[int, float]] = {}
+        """Each supervised loop's crash count as last seen, and when it last grew."""
+        self._crashing: dict[str, HealthIssue] = {}
         self._wall = wall
         self._clock = clock
         self._stuck_after_s = stuck_after_s
@@ -156,7 +166,24 @@ class Health:
             else:
                 self.bus.fail("disconnected; reconnecting")
             self.storage.settle()
+            self._note_crashes()
             await asyncio.sleep(every_s)
+
+    def _note_crashes(self) -> None:
+        """A supervised loop that crashed within `RECENT_CRASH_S` is a condition: it is
+        restarted each time, but something keeps breaking it."""
+        now = self._wall()
+        for name, loop in self._supervised().items():
+            seen, at = self._crashes.get(name, (0, 0.0))
+            if loop.crashes > seen:
+                self._crashes[name] = (loop.crashes, now)
+                issue = self._crashing.get(name)
+                self._crashing[name] = HealthIssue(
+                    "loop", name, issue.since if issue else now,
+                    f"crashed {loop.crashes} time(s), restarted; last: {loop.last_error}",
+                )  # fmt: skip
+            elif name in self._crashing and now - at > RECENT_CRASH_S:
+                del self._crashing[name]
 
     # -- what it reports -----------------------------------------------------------------
 
@@ -164,6 +191,7 @@ class Health:
         """Everything wrong now (and conditions that ended recently), oldest first."""
         found = [i for c in (self.storage, self.bus) if (i := c.issue()) is not None]
         found += self._loops.values()
+        found += self._crashing.values()
         found += self._stuck(runs, live)
         return sorted(found, key=lambda i: i.since)
 

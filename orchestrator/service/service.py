@@ -111,7 +111,11 @@ class Orchestrator:
         self._background = Background()
         spawn = self._background.spawn
         self._health = Health(
-            connected=lambda: bus.connected, wall=wall, clock=clock, stuck_after_s=stuck_after_s
+            connected=lambda: bus.connected,
+            wall=wall,
+            clock=clock,
+            stuck_after_s=stuck_after_s,
+            supervised=self.loops.health,
         )
         self._system = SystemJournal(store, obs, wall, self._health)
         self._outbound = Outbound(
