@@ -148,8 +148,14 @@ class Bus:
         return bool(self._nc.is_connected)
 
     async def flush(self, timeout: int = 5) -> None:
-        """Until the server has processed everything sent so far (subscriptions too)."""
+        """Until the server has processed everything sent so far (subscriptions too).
+
+        nats-py (2.16) writes a flush's PING straight to the socket, ahead of commands
+        still queued for its flusher task, so its PONG can come back before a queued SUB
+        or PUB was even sent; the queue is written out first, then the PING goes."""
         try:
+            async with asyncio.timeout(timeout):
+                await self._nc._flush_pending(force_flush=True)
             await self._nc.flush(timeout=timeout)
         except (TimeoutError, nats.errors.Error) as exc:
             raise BusError(f"flush failed: {exc}") from exc
