@@ -49,8 +49,14 @@ def person_identity(login: str) -> str:
     return "human:" + (re.sub(r"[^A-Za-z0-9_\-]", "_", login) or "_")
 
 
-def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
+def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissions:
+    """What one agent may do: under a role contract, only that role's calls for proposals
+    and that contract's tools; without contracts (open mode) any role's calls and any
+    tool. In both, it receives only its own assignments and publishes only as itself."""
     agent_id = subjects.token(agent_id)
+    tools = (
+        [subjects.tool_call(t) for t in contract.tools] if contract else [subjects.TOOL_CALL_ALL]
+    )
     return Permissions(
         publish=[
             f"baton.inbox.*.{agent_id}",
@@ -58,12 +64,12 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
             f"baton.bids.*.{agent_id}",
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
-            *(subjects.tool_call(t) for t in contract.tools),
+            *tools,
             "baton.tool.approval.*",
         ],
         subscribe=[
             f"baton.agent.{agent_id}.>",
-            subjects.cfp(contract.name),
+            subjects.cfp(contract.name) if contract else subjects.CFP_ALL,
             "baton.tool.decision.*",
             f"{inbox_prefix(agent_id)}.>",
         ],
@@ -73,7 +79,8 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
 
 def human_permissions(person: str) -> Permissions:
     """A person at the CLI: ask the orchestrator about runs and agents (`baton status`,
-    `agents`), decide on a run as this person and no one else (`approve`, `reject`,
+    `agents`, `health`), start runs (`submit`), get credentials for an agent started by
+    hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
     and approvals; no more."""
     return Permissions(
@@ -81,6 +88,8 @@ def human_permissions(person: str) -> Permissions:
             subjects.API_STATUS,
             subjects.API_AGENTS,
             subjects.API_HEALTH,
+            subjects.API_START_RUN,
+            subjects.API_ADMIT,
             subjects.run_control(person),
             "baton.tool.decision.*",
         ],
@@ -104,6 +113,12 @@ def url_for(base_url: str, user: User) -> str:
     if not sep:
         raise ValueError(f"not a NATS URL: {base_url!r}")
     return f"{scheme}://{user.name}:{user.password}@{rest}"
+
+
+def shown_url(url: str) -> str:
+    """A URL fit to print: never with the user and password it may carry."""
+    scheme, _, rest = url.rpartition("://")
+    return f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
 
 
 def authorization_block(users: list[User]) -> str:

@@ -71,6 +71,11 @@ class EmbeddedNats:
         """Whether clients must log in (and get only their users' permissions)."""
         return self._users is not None
 
+    @property
+    def users(self) -> list[User]:
+        """The users it lets in now ([] when it lets everyone in)."""
+        return list(self._users or [])
+
     def add_users(self, users: list[User], timeout: float = 10.0) -> None:
         """Let more users in: rewrite the config, have the server reload it (SIGHUP), and
         return once its log says it did (usually a few milliseconds)."""
@@ -215,11 +220,6 @@ def save_person(state_dir: Path, credentials: PersonCredentials) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(msgspec.json.encode(credentials))
-
-
-def forget_person(state_dir: Path) -> None:
-    """A server without users needs no credentials: drop any a governed one left."""
-    _person_path(state_dir).unlink(missing_ok=True)
 
 
 def person_credentials(state_dir: Path) -> PersonCredentials | None:

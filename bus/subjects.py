@@ -25,6 +25,9 @@ API_STATUS = "baton.api.status"
 API_HEALTH = "baton.api.health"
 """`baton health`: the orchestrator's issues, for people and probes."""
 API_AGENTS = "baton.api.agents"
+API_ADMIT = "baton.api.admit"
+"""A person → the orchestrator that owns the embedded server: credentials for an agent
+started by hand (`baton admit`)."""
 
 
 def token(value: str) -> str:
@@ -82,6 +85,9 @@ def run_controller(subject: str) -> str:
     return token(parts[4])
 
 
+TOOL_CALL_ALL = "baton.tool.call.*"
+
+
 def tool_call(tool: str) -> str:
     """Agent → a tool served on the bus (request/reply); role permissions name these."""
     return f"baton.tool.call.{token(tool)}"
@@ -135,6 +141,9 @@ def report_sender(subject: str) -> tuple[str, str]:
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"
+
+
+CFP_ALL = "baton.cfp.*"
 
 
 def cfp(role: str) -> str:

@@ -98,7 +98,7 @@ async def connect(where: Reach, name: str, timeout: float) -> Bus:
         raise NoOrchestrator(f"cannot reach NATS at {shown(where.url)} within {timeout}s") from None
 
 
-async def _ask(where: Reach, subject: str, payload: bytes, timeout: float) -> bytes:
+async def ask(where: Reach, subject: str, payload: bytes, timeout: float) -> bytes:
     bus = await connect(where, "baton-cli", timeout)
     try:
         return await bus.request(subject, payload, timeout)
@@ -131,7 +131,7 @@ async def status(args: argparse.Namespace) -> int:
     where = _reach(args)
     if where is not None:
         reply = _status_reply.decode(
-            await _ask(where, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
+            await ask(where, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
         )
         if isinstance(reply, ErrorReply):
             raise NoOrchestrator(f"{reply.error}: {reply.detail}")
@@ -169,7 +169,7 @@ async def health(args: argparse.Namespace) -> int:
         raise NoOrchestrator(f"no orchestrator running for {state_dir(args.state_dir)} "
                              "(pass --nats or --state-dir)")  # fmt: skip
     reply = _health_reply.decode(
-        await _ask(where, subjects.API_HEALTH, encode(HealthRequest()), args.timeout)
+        await ask(where, subjects.API_HEALTH, encode(HealthRequest()), args.timeout)
     )
     if isinstance(reply, ErrorReply):
         raise NoOrchestrator(f"{reply.error}: {reply.detail}")
@@ -188,7 +188,7 @@ async def agents(args: argparse.Namespace) -> int:
             "--state-dir); live agents are known only to a running orchestrator"
         )
     reply = _agents_reply.decode(
-        await _ask(where, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
+        await ask(where, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
     )
     if isinstance(reply, ErrorReply):
         raise NoOrchestrator(f"{reply.error}: {reply.detail}")

@@ -12,7 +12,7 @@ import getpass
 from pathlib import Path
 from typing import NamedTuple
 
-from bus.permissions import person_identity
+from bus.permissions import person_identity, shown_url
 from bus.server import person_credentials, running_urls
 
 
@@ -41,7 +41,5 @@ def reach(nats: str, directory: Path) -> Reach | None:
     return Reach(urls[0], "") if urls else None
 
 
-def shown(url: str) -> str:
-    """A URL fit to print: never with the password it may carry."""
-    scheme, _, rest = url.rpartition("://")
-    return f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
+shown = shown_url
+"""A URL fit to print: never with the password it may carry."""

@@ -141,3 +141,20 @@ class AgentStatus(msgspec.Struct, frozen=True):
 
 class AgentsReply(msgspec.Struct, frozen=True, tag_field="kind", tag="agents.reply"):
     agents: list[AgentStatus]
+
+
+class AdmitRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="admit"
+):
+    """A person asks for credentials for an agent they start by hand (`baton admit`)."""
+
+    agent_id: str
+    role: str
+
+
+class Admitted(msgspec.Struct, frozen=True, tag_field="kind", tag="admitted"):
+    """The agent's own login: `url` is `nats://<user>:<password>@host:port`, its
+    `BATON_NATS_URL`; the server lets it act only as `agent_id`."""
+
+    agent_id: str
+    url: str

@@ -21,6 +21,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import BusError, RequestFailed
+from bus.permissions import shown_url
 from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
@@ -43,8 +44,8 @@ async def serve(directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0) 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        print(f"baton: serving on NATS {stack.nats_url}, event store {store_path(directory)}",
-              flush=True)  # fmt: skip
+        print(f"baton: serving on NATS {shown_url(stack.nats_url)}, "
+              f"event store {store_path(directory)}", flush=True)  # fmt: skip
         await stop.wait()
     finally:
         await stack.close()
@@ -68,6 +69,7 @@ async def submit(
     requested_by: str = "cli",
     request_id: str = "",
     timeout: float = 10.0,
+    inbox_prefix: str = "",
 ) -> RunAccepted:
     """Ask a serving orchestrator to start a run; answered once `RunStarted` is durable.
 
@@ -87,7 +89,9 @@ async def submit(
             try:
                 if bus is None:
                     async with asyncio.timeout(left):
-                        bus = await Bus.connect(nats_url, name="baton-submit")
+                        bus = await Bus.connect(
+                            nats_url, name="baton-submit", inbox_prefix=inbox_prefix
+                        )
                 reply = await bus.request(subjects.API_START_RUN, request, min(left, ATTEMPT_S))
             except (BusError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
