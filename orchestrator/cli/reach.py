@@ -1,10 +1,10 @@
 """How a person's CLI reaches the running orchestrator, and as whom.
 
-One rule for every command that talks to it (`status`, `agents`, `approve`, `reject`,
-`retry`, `cancel`, `tool approve|deny`): `--nats URL` if given; else the embedded server
-running for the state directory, with the person's own credentials when that server is
-governed (every client logs in; the server then lets the person act only as the identity
-its credentials name, which is what the log records)."""
+One rule for every command that talks to it (`status`, `agents`, `health`, `submit`,
+`admit`, `approve`, `reject`, `retry`, `cancel`, `tool approve|deny`): `--nats URL` if
+given; else the embedded server running for the state directory, with the person's own
+credentials (every client logs in; the server then lets the person act only as the
+identity its credentials name, which is what the log records)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from bus.server import person_credentials, running_urls
 
 class Reach(NamedTuple):
     """Where to connect, and the identity the server lets this connection act as ('' when
-    the server lets anyone claim any identity, i.e. it is not governed, or unknown)."""
+    unknown: a bus given with `--nats`)."""
 
     url: str
     identity: str
@@ -31,7 +31,8 @@ def me() -> str:
 
 def reach(nats: str, directory: Path) -> Reach | None:
     """`--nats` if given, else the running embedded server of `directory` (with the
-    person's credentials when it is governed), else None: nothing is running there."""
+    person's credentials; without them, e.g. as another OS user, the server will refuse
+    the login and say so), else None: nothing is running there."""
     if nats:
         return Reach(nats, "")
     credentials = person_credentials(directory)
