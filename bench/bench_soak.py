@@ -95,8 +95,8 @@ async def wait_for_agents(bus: Bus, count: int) -> None:
 
 
 async def one_run(bus: Bus, ends: Ends, workflow: WorkflowSpec) -> None:
-    request = StartRunRequest(workflow, requested_by="bench")
-    answer = _accepted.decode(await bus.request(subjects.API_START_RUN, encode(request), 30))
+    request = StartRunRequest(workflow)
+    answer = _accepted.decode(await bus.request(subjects.run_start("bench"), encode(request), 30))
     if isinstance(answer, ErrorReply):
         raise SystemExit(f"run refused: {answer.detail}")
     if await ends.end_of(answer.run_id) != "run.completed":

@@ -88,7 +88,7 @@ def human_permissions(person: str) -> Permissions:
             subjects.API_STATUS,
             subjects.API_AGENTS,
             subjects.API_HEALTH,
-            subjects.API_START_RUN,
+            subjects.run_start(person),
             subjects.API_ADMIT,
             subjects.run_control(person),
             "baton.tool.decision.*",

@@ -17,7 +17,8 @@ INBOX_ALL = "baton.inbox.>"
 REPORT_ALL = "baton.report.*.*"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 BIDS_ALL = "baton.bids.*.*"
-API_START_RUN = "baton.api.run.start"
+API_START_RUN_ALL = "baton.api.run.start.*"
+"""People and tools → orchestrator: start a run (see `run_start`)."""
 API_RUN_CONTROL_ALL = "baton.api.run.control.*"
 """People → orchestrator: approve, reject or retry an escalated task; cancel (see
 `run_control`)."""
@@ -75,6 +76,21 @@ def run_control(person: str) -> str:
     the subject, which on a governed server only that person may publish to, so the
     orchestrator records who decided from the server, never from a claim in the payload."""
     return f"baton.api.run.control.{token(person)}"
+
+
+def run_start(requester: str) -> str:
+    """A person (or tool) → the orchestrator: start a run (request/reply). As for
+    `run_control`, the requester is in the subject, which on the embedded server only
+    that login may publish to, so the log's `requested_by` comes from the server."""
+    return f"baton.api.run.start.{token(requester)}"
+
+
+def run_starter(subject: str) -> str:
+    """The requester of a run start subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:4] != ["baton", "api", "run", "start"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[4])
 
 
 def run_controller(subject: str) -> str:

@@ -367,6 +367,7 @@ def test_a_person_decides_a_run_from_the_cli_as_themselves(recorded: Recorded) -
         ("cancel.requested", ME, None),
     ]
 
+
 def _escalated_again(recorded: Recorded, run_id: str) -> bool:
     out = _baton(recorded.state, "audit", "--run", run_id, "--type", "task.*", "--json").stdout
     types = [(e["type"], e["data"].get("task_id")) for e in map(json.loads, out.splitlines())]

@@ -142,7 +142,7 @@ def targets_of(run_id: str, agents: list[str]) -> list[Target]:
         (subjects.cfp(ROLE), "cfp"),
         (subjects.tool_decision("call-1"), "decision"),
         (subjects.progress(run_id), "events"),
-        (subjects.API_START_RUN, "start"),
+        (subjects.run_start("human:rogue"), "start"),
         (subjects.run_control("human:rogue"), "control"),
         (subjects.API_STATUS, "status"),
         (subjects.API_AGENTS, "agents"),

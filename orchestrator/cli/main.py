@@ -31,7 +31,7 @@ from orchestrator.cli import approvals, audit_verify, log_commands, render
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
-from orchestrator.cli.reach import reach, shown
+from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.errors import (
     AgentStartError,
     OrchestratorError,
@@ -308,6 +308,7 @@ async def _submit(args: argparse.Namespace) -> int:
         where.url,
         workflow,
         run_input,
+        requested_by=where.identity or me(),
         request_id=args.request_id,
         timeout=args.timeout,
         inbox_prefix=inbox_prefix(where.identity) if where.identity else "",

@@ -15,12 +15,12 @@ class StartRunRequest(
 ):
     """Start a run (`baton submit`). With a `request_id` the request is idempotent: sent
     again (after a timeout, a restart, even once the run ended) it is answered with the
-    run it started, never a second one."""
+    run it started, never a second one. Who asked is not a field: it is the requester
+    whose subject the request came on (`bus.subjects.run_start`)."""
 
     workflow: WorkflowSpec
     input: dict[str, Any] = {}
     run_id: str = ""
-    requested_by: str = "api"
     request_id: str = ""
     """Chosen by the client, the same for each retry of one request (at most 200 chars)."""
 

@@ -77,9 +77,12 @@ async def submit(
     again, and it is, until `timeout`, whenever no answer came: nobody serving yet, an
     orchestrator paused or restarting, a store that refused the append. A try that did
     start the run is answered with that run. `SubmitUnanswered` names the id to retry with.
+    `requested_by` is the requester's subject token: on the embedded server, the identity
+    of the login (`human:<login>`), the only one it may publish as.
     """
     request_id = request_id or secrets.token_hex(16)
-    request = encode(StartRunRequest(workflow, input or {}, run_id, requested_by, request_id))
+    request = encode(StartRunRequest(workflow, input or {}, run_id, request_id))
+    subject = subjects.run_start(requested_by)
     shown = nats_url.rpartition("@")[2]  # never echo a password
     deadline = time.monotonic() + timeout
     pause, why = 0.2, "no try"
@@ -92,7 +95,7 @@ async def submit(
                         bus = await Bus.connect(
                             nats_url, name="baton-submit", inbox_prefix=inbox_prefix
                         )
-                reply = await bus.request(subjects.API_START_RUN, request, min(left, ATTEMPT_S))
+                reply = await bus.request(subject, request, min(left, ATTEMPT_S))
             except (BusError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             else:

@@ -171,7 +171,7 @@ class Orchestrator:
         self._subscriptions = [
             await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._liveness.on_heartbeat),
-            await self._bus.subscribe(subjects.API_START_RUN, self._requests.on_start),
+            await self._bus.subscribe(subjects.API_START_RUN_ALL, self._requests.on_start),
             await self._bus.subscribe(subjects.API_RUN_CONTROL_ALL, self._requests.on_control),
             await self._bus.subscribe(subjects.BIDS_ALL, self._requests.on_bid),
         ]
