@@ -79,7 +79,6 @@ class Approvals:
             await self._bus.subscribe(subjects.tool_approval(self._run_id), self._on_request),
             await self._bus.subscribe("baton.tool.decision.*", self._on_decision),
         ]
-        await self._bus.flush()  # the server has them: no prompt sent after this is missed
         self._task = asyncio.create_task(self._ask_loop())
         return self
 
