@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+import private
 from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
@@ -144,6 +145,7 @@ def handler_tools(ref: str) -> ToolRegistry | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
+    private.restrict_umask()  # whatever this process or a library makes: never for others
     args = parser(prog).parse_args(argv)
     if not args.nats:
         print(f"{prog}: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
