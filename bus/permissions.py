@@ -4,9 +4,10 @@ what a role contract does not allow (DESIGN §5, governance).
 Pure: it turns identities (the orchestrator, one agent serving one contract, a person at
 the CLI) into subject permissions and renders the server's `authorization` block. Each
 agent gets its own user, so it can publish results only on its own inbox subject (never
-as another agent), heartbeat only as itself, call only the tool subjects its contract
-lists, receive only its own assignments, and read no run's progress or other agents'
-results. Replies go to a per-user inbox prefix, so no one reads another's replies.
+as another agent), heartbeat and ask for a tool call's approval only as itself, call only
+the tool subjects its contract lists, receive only its own assignments and the decisions
+on its own tool calls, and read no run's progress or other agents' results. Replies go to
+a per-user inbox prefix, so no one reads another's replies.
 """
 
 from __future__ import annotations
@@ -59,12 +60,12 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
             *(subjects.tool_call(t) for t in contract.tools),
-            "baton.tool.approval.*",
+            f"baton.tool.approval.*.{agent_id}",
         ],
         subscribe=[
             f"baton.agent.{agent_id}.>",
             subjects.cfp(contract.name),
-            "baton.tool.decision.*",
+            f"baton.tool.decision.{agent_id}.*",
             f"{inbox_prefix(agent_id)}.>",
         ],
         allow_responses=True,
@@ -75,16 +76,16 @@ def human_permissions(person: str) -> Permissions:
     """A person at the CLI: ask the orchestrator about runs and agents (`baton status`,
     `agents`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
-    and approvals; no more."""
+    and the tool calls the orchestrator passes on for approval; no more."""
     return Permissions(
         publish=[
             subjects.API_STATUS,
             subjects.API_AGENTS,
             subjects.API_HEALTH,
             subjects.run_control(person),
-            "baton.tool.decision.*",
+            subjects.TOOL_DECISIONS_ALL,
         ],
-        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(person)}.>"],
+        subscribe=["baton.events.*", "baton.tool.prompt.*", f"{inbox_prefix(person)}.>"],
     )
 
 
