@@ -9,6 +9,7 @@ afterwards on the same connection arrives, so a delivered refusal would have too
 from __future__ import annotations
 
 import asyncio
+import subprocess
 from pathlib import Path
 
 from bus import subjects
@@ -65,6 +66,8 @@ def test_an_agent_asks_for_approval_only_as_itself(tmp_path: Path) -> None:
             await alice.subscribe(subjects.tool_prompt("run1"), alice_reads.on)
             await human.subscribe(subjects.TOOL_APPROVALS_ALL, human_reads.on)
             await human.subscribe(subjects.tool_prompt("run1"), human_reads.on)
+            await alice.subscribe(subjects.assign("alice"), alice_reads.on)  # controls
+            await human.subscribe(subjects.progress("run1"), human_reads.on)
             for bus in (orchestrator, alice, human):
                 await bus.flush()
             request = awaiting("run1", "s", 1, "bob", "c1")
@@ -76,18 +79,21 @@ def test_an_agent_asks_for_approval_only_as_itself(tmp_path: Path) -> None:
             await alice.publish(subjects.tool_approval("run1", "alice"), b"control")
             await human.publish(subjects.tool_decision("alice", "c1"), b"control")
             await orchestrator.publish(subjects.tool_prompt("run1"), b"passed on")
+            await orchestrator.publish(subjects.assign("alice"), b"control")
+            await orchestrator.publish(subjects.progress("run1"), b"control")
             await taps.until(subjects.tool_approval("run1", "alice"))
             await taps.until(subjects.tool_decision("alice", "c1"))
-            await human_reads.until(subjects.tool_prompt("run1"))
-            await taps.until(subjects.tool_prompt("run1"))
-            await asyncio.sleep(0.2)  # a late delivery to alice would show up now
+            await alice_reads.until(subjects.assign("alice"))
+            await human_reads.until(subjects.progress("run1"))
             return taps.seen, alice_reads.seen, human_reads.seen
 
     seen, alice_reads, human_reads = asyncio.run(scenario())
     assert seen.count(subjects.tool_approval("run1", "bob")) == 1, "the orchestrator's only"
     assert seen.count(subjects.tool_prompt("run1")) == 1, "the orchestrator's only"
-    assert alice_reads == [], "an agent reads no one's requests, nor what is passed on"
-    assert human_reads == [subjects.tool_prompt("run1")], "a person: only what is passed on"
+    assert alice_reads == [subjects.assign("alice")], "no one's requests, nor the prompts"
+    assert human_reads == [subjects.tool_prompt("run1"), subjects.progress("run1")], (
+        "a person reads only what the orchestrator passes on"
+    )
 
 
 def test_a_request_for_an_attempt_the_agent_does_not_hold_is_refused_and_audited(
@@ -149,7 +155,6 @@ def test_a_request_for_an_attempt_the_agent_does_not_hold_is_refused_and_audited
             )
             async with asyncio.timeout(10):
                 await arrived.wait()
-            await asyncio.sleep(0.2)
             await watcher.close()
             reasons = sorted(r.reason for r in rejected)
             return shown, reasons, owner
@@ -171,3 +176,59 @@ async def _rejected(c: Cluster, subject: str) -> list[MessageRejected]:
     stored = await c.stack.store.read_stream(journal.SYSTEM_STREAM)
     events = [journal.decode_any(s) for s in stored if s.type == "message.rejected"]
     return [e for e in events if isinstance(e, MessageRejected) and e.subject == subject]
+
+
+def run(argv: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=60, cwd=cwd)
+
+
+def test_baton_tool_decides_for_the_agent_it_is_told(tmp_path: Path) -> None:
+    """Without a log that records the call, `baton tool approve` needs `--agent`: it says
+    so (exit 1, nobody is known to wait), and with it reaches the waiting agent."""
+    from agents.gateway import HumanApprover
+    from agents.tools import ToolRegistry
+    from bus.server import EmbeddedNats
+    from tests.cluster import baton
+
+    tools = ToolRegistry()
+
+    @tools.tool(risk="high", needs_approval=True)
+    async def publish(title: str) -> str:
+        return title
+
+    record = ToolCallRecord("run1", "s", 1, "agent-1", "c1", "publish", "awaiting", "high")
+
+    async def scenario() -> tuple[subprocess.CompletedProcess[str], ...]:
+        server = EmbeddedNats(tmp_path / "server")
+        url = await server.start()
+        agent = await Bus.connect(url, name="agent-1")
+        watcher = await Bus.connect(url, name="watcher")
+        asked = Taps()
+        await watcher.subscribe(subjects.TOOL_APPROVALS_ALL, asked.on)
+        await watcher.flush()
+        try:
+            waiting = asyncio.create_task(
+                HumanApprover(agent, timeout_s=30).decide(record, tools.get("publish"))
+            )
+            await asked.until(subjects.tool_approval("run1", "agent-1"))  # it subscribed first
+            cwd = tmp_path / "elsewhere"
+            cwd.mkdir()
+            args = ("tool", "approve", "c1", "--nats", url, "--by", "human:op")
+            unnamed, named = [
+                await asyncio.to_thread(run, baton(*args, *extra), cwd)
+                for extra in ((), ("--agent", "agent-1"))
+            ]
+            verdict = await waiting
+            assert (verdict.approve, verdict.by) == (True, "human:op")
+            return unnamed, named
+        finally:
+            await watcher.close()
+            await agent.close()
+            server.stop()
+
+    unnamed, named = asyncio.run(scenario())
+    assert unnamed.returncode == 1
+    assert "no agent is waiting on tool call c1" in unnamed.stderr
+    assert "name it with --agent" in unnamed.stderr
+    assert named.returncode == 0, named.stderr
+    assert "tool call c1 approved" in named.stdout
