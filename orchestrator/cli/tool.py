@@ -131,9 +131,9 @@ async def _main(args: argparse.Namespace) -> int:
     subjects.token(args.call_id)
     agent_id = args.agent or await _caller(directory, args.call_id)
     if not agent_id:
-        print(f"baton tool: no agent is waiting on tool call {args.call_id} (the log at "
-              f"{store_path(directory)} records none; for an agent it does not know, name "
-              "it with --agent)", file=sys.stderr)  # fmt: skip
+        print(f"baton tool: no agent is waiting on tool call {args.call_id} as far as "
+              f"{store_path(directory)} says (it names no single agent asking for it: "
+              "name it with --agent)", file=sys.stderr)  # fmt: skip
         return 1
     by = args.by or where.identity or me()  # the agent records it as who decided
     decision = ToolDecision(args.call_id, args.action == "approve", by, args.reason)

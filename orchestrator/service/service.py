@@ -53,7 +53,6 @@ from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
 from orchestrator.service.system_journal import SystemJournal
 from orchestrator.service.telemetry import OrchestratorTelemetry
-from orchestrator.service.tool_prompts import ToolPrompts
 
 
 def host_boot() -> str:
@@ -151,7 +150,7 @@ class Orchestrator:
             self._health.forget,
         ]
         self._requests = RunRequests(store, self._pipeline, self._system, new_run_id)
-        self._prompts = ToolPrompts(
+        self._prompts = tool_prompts.ToolPrompts(
             bus, partial(tool_prompts.refusal, self._runs), self._system.reject
         )
         self._liveness = Liveness(
