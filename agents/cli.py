@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+import private
 from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
@@ -151,6 +152,7 @@ def handler_tools(ref: str) -> ToolRegistry | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
+    private.restrict_umask()  # whatever this process or a library makes: never for others
     args = parser(prog).parse_args(argv)
     if args.nats_file:
         try:

@@ -4,9 +4,10 @@ what a role contract does not allow (DESIGN §5, governance).
 Pure: it turns identities (the orchestrator, one agent serving one contract, a person at
 the CLI) into subject permissions and renders the server's `authorization` block. Each
 agent gets its own user, so it can publish results only on its own inbox subject (never
-as another agent), heartbeat only as itself, call only the tool subjects its contract
-lists, receive only its own assignments, and read no run's progress or other agents'
-results. Replies go to a per-user inbox prefix, so no one reads another's replies.
+as another agent), heartbeat and ask for a tool call's approval only as itself, call only
+the tool subjects its contract lists, receive only its own assignments and the decisions
+on its own tool calls, and read no run's progress or other agents' results. Replies go to
+a per-user inbox prefix, so no one reads another's replies.
 """
 
 from __future__ import annotations
@@ -54,9 +55,9 @@ def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissio
     and that contract's tools; without contracts (open mode) any role's calls and any
     tool. In both, it receives only its own assignments and publishes only as itself."""
     agent_id = subjects.token(agent_id)
-    tools = (
-        [subjects.tool_call(t) for t in contract.tools] if contract else [subjects.TOOL_CALL_ALL]
-    )
+    tools = [subjects.TOOL_CALL_ALL]
+    if contract is not None:
+        tools = [subjects.tool_call(t) for t in contract.tools]
     return Permissions(
         publish=[
             f"baton.inbox.*.{agent_id}",
@@ -65,12 +66,12 @@ def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissio
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
             *tools,
-            "baton.tool.approval.*",
+            f"baton.tool.approval.*.{agent_id}",
         ],
         subscribe=[
             f"baton.agent.{agent_id}.>",
-            subjects.cfp(contract.name) if contract else subjects.CFP_ALL,
-            "baton.tool.decision.*",
+            subjects.cfp(contract.name) if contract is not None else subjects.CFP_ALL,
+            f"baton.tool.decision.{agent_id}.*",
             f"{inbox_prefix(agent_id)}.>",
         ],
         allow_responses=True,
@@ -82,7 +83,7 @@ def human_permissions(person: str) -> Permissions:
     `agents`, `health`), start runs (`submit`), get credentials for an agent started by
     hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
-    and approvals; no more."""
+    and the tool calls the orchestrator passes on for approval; no more."""
     return Permissions(
         publish=[
             subjects.API_STATUS,
@@ -91,9 +92,9 @@ def human_permissions(person: str) -> Permissions:
             subjects.run_start(person),
             subjects.API_ADMIT,
             subjects.run_control(person),
-            "baton.tool.decision.*",
+            subjects.TOOL_DECISIONS_ALL,
         ],
-        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(person)}.>"],
+        subscribe=["baton.events.*", "baton.tool.prompt.*", f"{inbox_prefix(person)}.>"],
     )
 
 

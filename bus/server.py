@@ -23,6 +23,7 @@ from pathlib import Path
 
 import msgspec
 
+import private
 from bus.errors import ServerStartError
 from bus.permissions import User, authorization_block
 
@@ -82,8 +83,7 @@ class EmbeddedNats:
         if self._users is None:
             raise ServerStartError("this server runs without users; start it with some")
         self._users += users
-        path = self.state_dir / "nats" / "nats-server.conf"
-        path.write_text(self._config_text())
+        private.write_atomic(self._config_path, self._config_text().encode())
         if self._process is None or self._process.poll() is not None:
             return
         log = self.state_dir / "nats" / "nats-server.log"
@@ -104,6 +104,10 @@ class EmbeddedNats:
         except OSError:
             return False
 
+    @property
+    def _config_path(self) -> Path:
+        return self.state_dir / "nats" / "nats-server.conf"
+
     def _config_text(self) -> str:
         nats_dir = self.state_dir / "nats"
         sync = "\n  sync_interval: always" if self.sync_always else ""
@@ -119,16 +123,13 @@ class EmbeddedNats:
         return config
 
     def _write_config(self) -> Path:
-        nats_dir = self.state_dir / "nats"
-        nats_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = nats_dir / "ports"
-        ports_dir.mkdir(exist_ok=True)
+        nats_dir = private.make_dir(self.state_dir / "nats")
+        ports_dir = private.make_dir(nats_dir / "ports")
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        path = nats_dir / "nats-server.conf"
-        path.write_text(self._config_text())
-        path.chmod(0o600)  # it holds the users' passwords
-        return path
+        private.make_dir(nats_dir / "jetstream")
+        # it holds the users' passwords: 0600 from its creation, renamed into place
+        return private.write_atomic(self._config_path, self._config_text().encode())
 
     async def start(self, timeout: float = 15.0) -> str:
         """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens.
@@ -143,12 +144,13 @@ class EmbeddedNats:
 
     async def _start(self, timeout: float) -> str:
         config = self._write_config()
-        log = (self.state_dir / "nats" / "nats-server.log").open("ab")
+        log = private.append(self.state_dir / "nats" / "nats-server.log")
         self._process = subprocess.Popen(
             [str(find_binary()), "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
+            umask=private.CHILD_UMASK,  # its JetStream store and ports file are private too
         )
         log.close()
         ports_file = self.state_dir / "nats" / "ports" / f"nats-server_{self._process.pid}.ports"
@@ -216,10 +218,8 @@ def _person_path(state_dir: Path) -> Path:
 def save_person(state_dir: Path, credentials: PersonCredentials) -> None:
     """Keep the person's credentials beside the server, readable by that OS user only."""
     path = _person_path(state_dir)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(credentials))
+    private.make_dir(path.parent)
+    private.write_atomic(path, msgspec.json.encode(credentials))
 
 
 def person_credentials(state_dir: Path) -> PersonCredentials | None:

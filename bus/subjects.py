@@ -109,17 +109,37 @@ def tool_call(tool: str) -> str:
     return f"baton.tool.call.{token(tool)}"
 
 
-def tool_decision(call_id: str) -> str:
-    """A human → the agent holding a tool call that waits for approval (request/reply)."""
-    return f"baton.tool.decision.{token(call_id)}"
+def tool_decision(agent_id: str, call_id: str) -> str:
+    """A human → the agent holding a tool call that waits for approval (request/reply).
+    The agent is in the subject, so on a governed server each agent can subscribe to the
+    decisions addressed to it and to no one else's."""
+    return f"baton.tool.decision.{token(agent_id)}.{token(call_id)}"
 
 
-TOOL_APPROVALS_ALL = "baton.tool.approval.*"
+TOOL_DECISIONS_ALL = "baton.tool.decision.*.*"
+TOOL_APPROVALS_ALL = "baton.tool.approval.*.*"
 
 
-def tool_approval(run_id: str) -> str:
-    """Agent → whoever watches a run: a tool call of this run waits for a human."""
-    return f"baton.tool.approval.{token(run_id)}"
+def tool_approval(run_id: str, agent_id: str) -> str:
+    """Agent → orchestrator: a tool call of this run waits for a human. The sender is in
+    the subject, which on a governed server only that agent may publish to; the
+    orchestrator checks that it holds the attempt the call is made for, then passes it
+    on to whoever watches the run (`tool_prompt`), or refuses and audits it."""
+    return f"baton.tool.approval.{token(run_id)}.{token(agent_id)}"
+
+
+def tool_approval_sender(subject: str) -> tuple[str, str]:
+    """(run_id, agent_id) of a tool approval subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:3] != ["baton", "tool", "approval"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[3]), token(parts[4])
+
+
+def tool_prompt(run_id: str) -> str:
+    """Orchestrator → whoever watches a run (`baton run --human-approval`): a tool call of
+    this run, checked against the run's assignments, waits for a human."""
+    return f"baton.tool.prompt.{token(run_id)}"
 
 
 MEMORY_SEARCH_ALL = "baton.memory.*.search"

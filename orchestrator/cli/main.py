@@ -17,6 +17,7 @@ from pathlib import Path
 
 from msgspec.structs import replace
 
+import private
 from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
@@ -401,6 +402,7 @@ def _agent(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    private.restrict_umask()  # whatever this process or a library makes: never for others
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+import private
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
@@ -76,7 +77,7 @@ async def trace(args: argparse.Namespace, store: EventStore) -> int:
     stored = await store.read_stream(journal.run_stream(args.run_id))
     timeline = build(args.run_id, stored)
     if args.html:
-        Path(args.html).write_text(trace_html.render(timeline))
+        private.write(Path(args.html), trace_html.render(timeline).encode())  # 0600 if new
         print(f"wrote {args.html}: run {args.run_id}, {len(timeline.tasks)} tasks")
     else:
         print(trace_view.render(timeline, args.width))

@@ -11,6 +11,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import private
 from bus.server import die_with_parent
 from orchestrator.core.workflow import AgentSpec
 
@@ -44,7 +45,7 @@ class AgentProcesses:
     ) -> list[str]:
         """Start `spec.count` agents; `url_for_agent(agent_id, role)` gives each its own
         NATS URL (its credentials), passed in the environment, never on the command line."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private.make_dir(self.log_dir)
         started = []
         for n in range(spec.count):
             agent_id = f"{spec.role}-{n + 1}-{secrets.token_hex(2)}"
@@ -64,13 +65,14 @@ class AgentProcesses:
                 command += ["--contracts", contracts]
             url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
             env = {**os.environ, "BATON_NATS_URL": url}
-            with (self.log_dir / f"{agent_id}.log").open("ab") as log:
+            with private.append(self.log_dir / f"{agent_id}.log") as log:
                 self.processes[agent_id] = subprocess.Popen(
                     command,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=die_with_parent,
                     env=env,
+                    umask=private.CHILD_UMASK,
                 )
             started.append(agent_id)
         return started
