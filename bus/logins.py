@@ -3,16 +3,16 @@
 A `baton serve` killed and started again on the same state directory must let in every
 agent and person the last one let in (they keep retrying with the credentials they
 have), so the users outlive the process: one JSON file, private to the OS user from
-the moment it exists, replaced whole (write a private temporary file, then rename).
+the moment it exists, replaced whole (`private.write_atomic`).
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
+import private
 from bus.errors import ServerStartError
 from bus.permissions import User
 
@@ -37,11 +37,5 @@ def load_logins(state_dir: Path) -> list[User]:
 def save_logins(state_dir: Path, users: list[User]) -> None:
     """Replace the saved users with `users`; the file is 0600 from birth."""
     path = logins_path(state_dir)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(msgspec.json.encode(users))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(temporary, path)
+    private.make_dir(path.parent)
+    private.write_atomic(path, msgspec.json.encode(users))

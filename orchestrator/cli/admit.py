@@ -13,6 +13,7 @@ import argparse
 import os
 from pathlib import Path
 
+import private
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.protocol import ErrorReply
@@ -35,13 +36,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
 
-def write_private(path: Path, text: str) -> None:
-    """Create `path` readable by this OS user only, from the first byte; never overwrite."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
 async def admit(args: argparse.Namespace) -> int:
     directory = state_dir(args.state_dir)
     where = reach("", directory)
@@ -55,7 +49,8 @@ async def admit(args: argparse.Namespace) -> int:
     reply = _reply.decode(await ask(where, subjects.API_ADMIT, request, args.timeout))
     if isinstance(reply, ErrorReply):
         raise AdmissionRefused(reply.detail or reply.error)
-    write_private(out, reply.url + "\n")
+    with os.fdopen(private.create(out), "w") as f:  # never over an existing file
+        f.write(reply.url + "\n")
     print(f"admitted agent {reply.agent_id} (role {args.role}); its NATS URL is in {out}: baton "
           f"agent --id {reply.agent_id} --role {args.role} --nats-file {out} ...")  # fmt: skip
     return 0
