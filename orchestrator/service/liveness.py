@@ -1,20 +1,25 @@
 """Timers and liveness: the tick that lets the core act on time (leases, backoffs,
 deadlines), and the agents' heartbeats that keep the registry of live agents (joins and
 losses recorded in the `system` stream; an agent serving a contract we do not know is
-refused, never routed to)."""
+refused, never routed to, and so is a second process with a live agent's id).
+
+Each heartbeat is answered (`HeartbeatAck`) with the sender's verdict on its id and the
+interval and TTL to keep. Each tick looks at the orchestrator's own bus connection: while
+it is down, and for a grace period after it is back, no agent is lost and no lease is
+checked, since the silence was the orchestrator's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bus import subjects
-from bus.codec import Decoder
+from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage
-from bus.protocol import Heartbeat
+from bus.protocol import Heartbeat, HeartbeatAck
 from orchestrator.core.commands import Tick
 from orchestrator.core.events import AgentJoined, AgentLost, AgentRefused
 from orchestrator.service.bounded import Lru
@@ -25,6 +30,8 @@ from orchestrator.service.system_journal import SystemJournal
 
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 REFUSED_LIMIT = 10_000
+Send = Callable[[str, bytes], Awaitable[None]]
+"""Publishes one message (fire and forget); a `BusError` is logged, nothing more."""
 
 
 class Liveness:
@@ -40,8 +47,12 @@ class Liveness:
         clock: Callable[[], float],
         wall: Callable[[], float],
         tick_s: float,
+        send: Send,
+        connected: Callable[[], bool],
     ) -> None:
         self._registry = registry
+        self._send = send
+        self._connected = connected
         self._pipeline = pipeline
         self._system = system
         self._contracts = contracts
@@ -73,16 +84,22 @@ class Liveness:
                     return
                 await asyncio.sleep(0.05)
 
-    async def tick_loop(self, started: float) -> None:
-        """Every `tick_s`: record agents lost, and tick each running run; leases are
-        checked once the registry had one TTL since `started` to learn who is alive."""
+    def look_at_connection(self) -> None:
+        """Note the orchestrator's own bus connection now (it starts each grace)."""
+        self._registry.connection(self._connected(), self._clock())
+
+    async def tick_loop(self) -> None:
+        """Every `tick_s`: note the bus connection, record agents lost, and tick each
+        running run; leases are checked only once the orchestrator has been connected
+        for the registry's grace (after its start, or after it was cut off)."""
         while True:
             await asyncio.sleep(self._tick_s)
+            self.look_at_connection()
             await self._system.flush()
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):
                 await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)
-            warm = now - started > self._registry.ttl
+            warm = self._registry.settled(now)
             cause = Cause("tick", ORCHESTRATOR)
             for run_id, state in list(self._pipeline.runs.items()):
                 if state.status == "running":
@@ -103,13 +120,31 @@ class Liveness:
         if why:
             await self._refuse(hb, why)
             return
-        if self._registry.observe(hb, self._clock()):
-            joined = AgentJoined(hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall())
-            await self._system.record(joined, hb.agent_id)
+        joined, verdict = self._registry.observe(hb, self._clock())
+        detail = ""
+        if verdict != "owner":
+            detail = (
+                f"agent id {hb.agent_id!r} is in use by another live process; stop that one "
+                "or give this one another --id"
+            )
+        if verdict == "refused":
+            await self._refuse(hb, f"duplicate agent id: {detail}", ("duplicate", hb.instance))
+        ack = HeartbeatAck(
+            hb.instance, verdict, self._registry.heartbeat_s, self._registry.ttl, detail
+        )
+        await self._send(subjects.registry(hb.agent_id), encode(ack))
+        if joined:
+            joined_event = AgentJoined(
+                hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall()
+            )
+            await self._system.record(joined_event, hb.agent_id)
 
-    async def _refuse(self, hb: Heartbeat, why: str) -> None:
-        """Never route to an agent serving a contract we do not know; audit it once."""
-        key = (hb.agent_id, hb.role, hb.contract_digest)
+    async def _refuse(self, hb: Heartbeat, why: str, what: tuple[str, str] | None = None) -> None:
+        """Never route to an agent serving a contract we do not know, nor to a second
+        process with a live agent's id; audit each once (per `what`: by default its role
+        and contract digest)."""
+        first, second = what or (hb.role, hb.contract_digest)
+        key = (hb.agent_id, first, second)
         if key not in self._refused:
             self._refused.set(key, None)
             event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())

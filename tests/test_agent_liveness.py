@@ -1,0 +1,289 @@
+"""Agent liveness against a real nats-server and real agent processes (issue 13,
+findings 5 and 7): an agent id is owned by one live process (a second `baton agent
+--id` with it is refused, audited, and runs nothing, while the first keeps working; a
+restarted agent gets its id back), an orchestrator cut off from the bus for longer
+than the TTL does not declare the agents lost nor re-run their work, and the heartbeat
+interval and TTL options of `baton serve` take effect."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import IO
+
+import pytest
+
+from agents.runtime import AgentRuntime
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming
+from bus.protocol import Heartbeat, HeartbeatAck
+from bus.server import die_with_parent
+from orchestrator.core.events import AgentLost, AgentRefused, TaskAttemptFailed
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from tests.cluster import REPO, Cluster, baton, cluster
+
+SLOW = "tests.crash_handlers:slow"
+_ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
+
+
+def _agent(c: Cluster, agent_id: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
+    """`baton agent --id <agent_id>` as its own process, as a person would start it."""
+    command = baton("agent", "--role", "worker", "--id", agent_id, "--handler", SLOW,
+                    "--capacity", "2", "--heartbeat", "0.2",
+                    "--nats", c.stack.nats_url)  # fmt: skip
+    return subprocess.Popen(
+        command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+    )
+
+
+def _receipts(folder: Path) -> list[dict[str, object]]:
+    """Every attempt a handler started, with the process that ran it."""
+    lines = []
+    for file in folder.glob("*.jsonl"):
+        for line in file.read_text().splitlines():
+            lines.append({**json.loads(line), "pid": int(file.stem)})
+    return lines
+
+
+async def _system(c: Cluster) -> list[object]:
+    return [journal.decode_any(e) for e in await c.stack.store.read_stream(journal.SYSTEM_STREAM)]
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def test_a_second_process_with_a_live_agents_id_is_refused_and_runs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    monkeypatch.setenv("BATON_TEST_RECEIPTS", str(receipts))
+    workflow = WorkflowSpec("dup", [StepSpec("t", "worker", fan_out=16, params={"seconds": 0.4})])
+
+    async def scenario() -> None:
+        async with cluster(tmp_path / "state") as c:
+            with (
+                (tmp_path / "first.log").open("wb") as log1,
+                (tmp_path / "second.log").open("wb") as log2,
+            ):
+                first = _agent(c, "dup", log1)
+                second: subprocess.Popen[bytes] | None = None
+                try:
+                    await c.orchestrator.wait_for_agents(Counter(worker=1), 30)
+                    run_id = await c.orchestrator.start_run(workflow)
+                    await c.until(run_id, lambda s: s.tasks["t[0]"].status != "pending")
+                    second = _agent(c, "dup", log2)  # while the first has work going out
+                    code = await asyncio.to_thread(second.wait, 30)
+                    assert first.poll() is None, "the first process keeps working"
+                    state = await c.orchestrator.wait(run_id, timeout=60)
+                    system = await _system(c)
+                    run_events = await c.stack.store.read_stream(journal.run_stream(run_id))
+                finally:
+                    _stop(first)
+                    if second is not None:
+                        _stop(second)
+
+        assert code != 0
+        said = (tmp_path / "second.log").read_text().splitlines()
+        errors = [line for line in said if line.startswith("baton agent: error:")]
+        assert errors == [
+            "baton agent: error: agent id 'dup' is in use by another live agent process "
+            "(refused by the orchestrator); stop that one or give this one another --id"
+        ], said
+        refused = [e for e in system if isinstance(e, AgentRefused)]
+        assert len(refused) == 1, refused
+        assert refused[0].agent_id == "dup"
+        assert "duplicate agent id" in refused[0].reason
+        assert state.status == "completed"
+        assert all(t.attempt == 1 for t in state.tasks.values())
+        failed = [
+            e for e in map(journal.decode_any, run_events) if isinstance(e, TaskAttemptFailed)
+        ]
+        assert not failed
+        ran = _receipts(receipts)
+        assert Counter(str(r["task_id"]) for r in ran) == Counter(f"t[{i}]" for i in range(16))
+        assert {r["pid"] for r in ran} == {first.pid}, "the refused process ran nothing"
+
+    asyncio.run(scenario())
+
+
+def test_a_restarted_agent_gets_its_id_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Killed, and started again at once (within the TTL): the new process waits until
+    the old one is lost, then owns the id and works (a guard: refusing duplicates must
+    not refuse a restart)."""
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    monkeypatch.setenv("BATON_TEST_RECEIPTS", str(receipts))
+    workflow = WorkflowSpec("again", [StepSpec("t", "worker", fan_out=2, params={"seconds": 0.1})])
+
+    async def scenario() -> None:
+        async with cluster(tmp_path / "state") as c:
+            with (
+                (tmp_path / "old.log").open("wb") as log1,
+                (tmp_path / "new.log").open("wb") as log2,
+            ):
+                old = _agent(c, "again", log1)
+                await c.orchestrator.wait_for_agents(Counter(worker=1), 30)
+                (was,) = {hb.instance for hb in c.orchestrator.agents()}
+                os.kill(old.pid, signal.SIGKILL)
+                old.wait()
+                new = _agent(c, "again", log2)
+                try:
+                    async with asyncio.timeout(30):  # the new process owns the id
+                        while {hb.instance for hb in c.orchestrator.agents()} in ({was}, set()):
+                            await asyncio.sleep(0.02)
+                    run_id = await c.orchestrator.start_run(workflow)
+                    state = await c.orchestrator.wait(run_id, timeout=60)
+                    assert new.poll() is None, (tmp_path / "new.log").read_text()
+                finally:
+                    _stop(new)
+        assert state.status == "completed", (state.reason, state.tasks)
+        assert {r["pid"] for r in _receipts(receipts)} == {new.pid}
+
+    asyncio.run(scenario())
+
+
+def test_an_orchestrator_cut_off_longer_than_the_ttl_loses_no_agent_and_reruns_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The bus goes away (the nats-server stops) for several TTLs while four attempts are
+    in flight, and comes back on the same port: everyone reconnects, the agents are heard
+    again within the grace, and each attempt's result is the one recorded."""
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    monkeypatch.setenv("BATON_TEST_RECEIPTS", str(receipts))
+    spec = AgentSpec(role="worker", handler=SLOW, count=2, capacity=2)
+    workflow = WorkflowSpec("cut", [StepSpec("t", "worker", fan_out=4, params={"seconds": 5})])
+
+    async def scenario() -> None:
+        async with cluster(tmp_path / "state", agent_ttl=1.0) as c:
+            await c.add_agents([spec], heartbeat_s=0.2)
+            run_id = await c.orchestrator.start_run(workflow)
+            state = await c.until(run_id, lambda s: all(t.agent_id for t in s.tasks.values()))
+            for task in state.tasks.values():  # every attempt is in its agent's hands
+                await c.until_held(task.agent_id, run_id, task.task_id, 1)
+            assert c.stack.server is not None
+            c.stack.server.stop()
+            async with asyncio.timeout(30):
+                while c.stack.bus.connected:
+                    await asyncio.sleep(0.02)
+            await asyncio.sleep(3.0)  # three TTLs with no heartbeat heard
+            await c.stack.server.start()
+            state = await c.orchestrator.wait(run_id, timeout=60)
+            system = await _system(c)
+            run_events = await c.stack.store.read_stream(journal.run_stream(run_id))
+
+        assert not [e for e in system if isinstance(e, AgentLost)]
+        assert state.status == "completed"
+        events = [journal.decode_any(e) for e in run_events]
+        assert not [e for e in events if isinstance(e, TaskAttemptFailed)]
+        assert {t.task_id: t.attempt for t in state.tasks.values()} == {
+            f"t[{i}]": 1 for i in range(4)
+        }, [(type(e).__name__, getattr(e, "task_id", "")) for e in events]
+        ran = Counter(str(r["task_id"]) for r in _receipts(receipts))
+        assert ran == Counter(f"t[{i}]" for i in range(4)), "no attempt ran twice"
+
+    asyncio.run(scenario())
+
+
+def _serve(state: Path, *options: str, env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    """`baton serve` with these options, and its NATS URL once it serves."""
+    process = subprocess.Popen(
+        baton("serve", "--state-dir", str(state), *options),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env},
+        preexec_fn=die_with_parent,
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if "serving on NATS" not in line:
+        process.kill()
+        raise AssertionError(f"baton serve did not start: {line}{process.stdout.read()}")
+    return process, line.split("serving on NATS ", 1)[1].split(",", 1)[0]
+
+
+def test_the_heartbeat_interval_and_ttl_options_take_effect(tmp_path: Path) -> None:
+    """`--agent-ttl` and `$BATON_HEARTBEAT_S` reach what the orchestrator tells agents in
+    its answer to a heartbeat, and an agent given no interval keeps the one it is told."""
+    process, url = _serve(tmp_path, "--agent-ttl", "1.5", env={"BATON_HEARTBEAT_S": "0.3"})
+
+    async def scenario() -> tuple[HeartbeatAck, float]:
+        bus = await Bus.connect(url, name="probe")
+        agent_bus = await Bus.connect(url, name="follower")
+        runtime = AgentRuntime(agent_bus, agent_id="follower", role="worker", handler=_noop)
+        serving = asyncio.create_task(runtime.run())
+        try:
+            answers: asyncio.Queue[HeartbeatAck] = asyncio.Queue()
+
+            async def on_ack(msg: Incoming) -> None:
+                await answers.put(_ack.decode(msg.data))
+
+            await bus.subscribe(subjects.registry("probe"), on_ack)
+            await bus.flush()
+            beat = Heartbeat("probe", "worker", ["worker"], 1, 0, instance="probe-1")
+            await bus.publish(subjects.heartbeat("probe"), encode(beat))
+            ack = await asyncio.wait_for(answers.get(), 30)
+            async with asyncio.timeout(30):
+                while runtime.verdict != "owner":
+                    await asyncio.sleep(0.02)
+            return ack, runtime.heartbeat_s
+        finally:
+            runtime.stop()
+            await serving
+            await agent_bus.close()
+            await bus.close()
+
+    try:
+        ack, followed = asyncio.run(scenario())
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert ack == HeartbeatAck("probe-1", "owner", heartbeat_s=0.3, ttl_s=1.5)
+    assert followed == 0.3
+
+
+async def _noop(task: object) -> dict[str, object]:
+    return {}
+
+
+@pytest.mark.parametrize(
+    ("options", "said"),
+    [
+        (["--agent-ttl", "0.4", "--heartbeat", "0.5"], "must be longer than the heartbeat"),
+        (["--heartbeat", "0"], "heartbeat interval must be a positive number"),
+    ],
+)
+def test_timings_that_cannot_work_are_refused_in_one_line(
+    tmp_path: Path, options: list[str], said: str
+) -> None:
+    done = subprocess.run(
+        baton("serve", "--state-dir", str(tmp_path), *options),
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("baton serve: error:")
+    assert said in lines[0]
