@@ -181,9 +181,9 @@ class AgentRuntime:
         if ack.instance != self.instance:
             return
         if ack.verdict != self.verdict and ack.verdict != "owner":
-            log.warning("%s: %s", ack.verdict, ack.detail)
+            log.warning("agent id %s %s: %s", self.agent_id, ack.verdict, ack.detail)
         self.verdict = ack.verdict
-        if self._follow and ack.heartbeat_s > 0:
+        if self._follow and 0 < ack.heartbeat_s <= 3600:
             self._heartbeat_s = ack.heartbeat_s
         if ack.verdict == "refused":
             self._stopping.set()

@@ -19,11 +19,13 @@ from typing import IO
 import pytest
 
 from agents.runtime import AgentRuntime
+from agents.sdk import TaskContext
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
-from bus.protocol import Heartbeat, HeartbeatAck
-from bus.server import die_with_parent
+from bus.errors import NoResponders, RequestFailed
+from bus.protocol import AssignAck, Assignment, Heartbeat, HeartbeatAck
+from bus.server import EmbeddedNats, die_with_parent
 from orchestrator.core.events import AgentLost, AgentRefused, TaskAttemptFailed
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
@@ -31,6 +33,7 @@ from tests.cluster import REPO, Cluster, baton, cluster
 
 SLOW = "tests.crash_handlers:slow"
 _ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
+_assign_ack: Decoder[AssignAck] = Decoder(AssignAck)
 
 
 def _agent(c: Cluster, agent_id: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -287,3 +290,57 @@ def test_timings_that_cannot_work_are_refused_in_one_line(
     assert len(lines) == 1, done.stderr
     assert lines[0].startswith("baton serve: error:")
     assert said in lines[0]
+
+
+def test_a_process_takes_and_answers_only_what_is_sent_to_its_own_instance(
+    tmp_path: Path,
+) -> None:
+    """Two processes share an id's subjects until one is refused: an assignment for the
+    owner's instance must be answered by the owner alone, or its reply (and its work) could
+    come from the other."""
+    ran: list[str] = []
+
+    async def handler(task: TaskContext) -> dict[str, object]:
+        ran.append(task.task_id)
+        return {}
+
+    async def scenario() -> tuple[AssignAck | None, AssignAck | None]:
+        server = EmbeddedNats(tmp_path / "nats")
+        url = await server.start()
+        agent_bus = await Bus.connect(url, name="one")
+        bus = await Bus.connect(url, name="sender")
+        await bus.ensure_inbox()  # where the result goes, with no orchestrator to ask
+        runtime = AgentRuntime(agent_bus, agent_id="one", role="worker", handler=handler)
+        serving = asyncio.create_task(runtime.run())
+        try:
+
+            async def assign(task_id: str, instance: str) -> AssignAck | None:
+                a = Assignment("r", task_id, 1, "lease", "s", "worker", {}, 5.0, instance=instance)
+                async with asyncio.timeout(30):
+                    while True:
+                        try:
+                            reply = await bus.request(subjects.assign("one"), encode(a), 1.0)
+                        except NoResponders:  # the agent has not subscribed yet
+                            await asyncio.sleep(0.02)
+                        except RequestFailed:  # subscribed, and silent
+                            return None
+                        else:
+                            return _assign_ack.decode(reply)
+
+            foreign = await assign("for-another", "someone-else")
+            own = await assign("for-me", runtime.instance)
+            async with asyncio.timeout(30):
+                while not ran:
+                    await asyncio.sleep(0.02)
+            return foreign, own
+        finally:
+            runtime.stop()
+            await serving
+            await agent_bus.close()
+            await bus.close()
+            server.stop()
+
+    foreign, own = asyncio.run(scenario())
+    assert foreign is None, "no answer for another instance"
+    assert own == AssignAck(True)
+    assert ran == ["for-me"]

@@ -20,6 +20,7 @@ from orchestrator.core.liveness import (
     lost,
     observe_link,
     settled,
+    stalled,
 )
 
 TTL = 2.0
@@ -165,3 +166,15 @@ def test_timings_that_cannot_work_are_refused(ttl: float, heartbeat: float, said
     with pytest.raises(LivenessConfigError, match=said):
         check_timing(ttl, heartbeat)
     check_timing(3.0, 0.5)
+
+
+def test_an_orchestrator_that_did_not_run_for_a_while_gives_the_agents_a_grace_again() -> None:
+    """Paused (SIGSTOP, a swap storm) for longer than a heartbeat may be old, it cannot
+    tell who went silent: that counts as an outage that just ended."""
+    assert not stalled(TTL - HEARTBEAT, TTL, HEARTBEAT)
+    assert stalled(TTL - HEARTBEAT + 0.01, TTL, HEARTBEAT)
+    link = observe_link(UP, True, 100.0, stalled=True)
+    assert link == Link(100.0)
+    assert not lost(90.0, 100.0 + GRACE, TTL, link, GRACE)
+    assert lost(90.0, 100.0 + GRACE + 0.01, TTL, link, GRACE)
+    assert observe_link(UP, True, 100.0) == UP

@@ -9,8 +9,9 @@ newcomer takes the id over. So a restarted agent gets its id back and a second p
 with the same id never runs anything.
 
 An agent is lost when it has been silent for longer than the TTL *while the orchestrator
-could have heard it*: not while the orchestrator itself is cut off from the bus, and not
-within a grace period after it reconnects (the agents reconnect and heartbeat again).
+could have heard it*: not while the orchestrator itself is cut off from the bus (or was
+not running: paused, starved), and not within a grace period after it reconnects (the
+agents reconnect and heartbeat again).
 """
 
 from __future__ import annotations
@@ -80,11 +81,19 @@ class Link(msgspec.Struct, frozen=True):
     up_since: float | None
 
 
-def observe_link(link: Link, connected: bool, now: float) -> Link:
-    """The link after looking at the connection at `now`."""
+def observe_link(link: Link, connected: bool, now: float, stalled: bool = False) -> Link:
+    """The link after looking at the connection at `now`. `stalled`: the orchestrator
+    itself did not run for a while (paused, starved), so heartbeats may wait unread in
+    its socket; that counts as a disconnection that just ended."""
     if not connected:
         return Link(None)
-    return link if link.up_since is not None else Link(now)
+    return link if link.up_since is not None and not stalled else Link(now)
+
+
+def stalled(gap: float, ttl: float, heartbeat_s: float) -> bool:
+    """Whether `gap` seconds between two of the orchestrator's ticks were long enough for
+    a live agent's last heartbeat it read to look older than the TTL."""
+    return gap > ttl - heartbeat_s
 
 
 def settled(link: Link, now: float, grace: float) -> bool:

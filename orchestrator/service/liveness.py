@@ -84,17 +84,22 @@ class Liveness:
                     return
                 await asyncio.sleep(0.05)
 
-    def look_at_connection(self) -> None:
-        """Note the orchestrator's own bus connection now (it starts each grace)."""
-        self._registry.connection(self._connected(), self._clock())
+    def look_at_connection(self, gap: float = 0.0) -> None:
+        """Note the orchestrator's own bus connection now (it starts each grace), `gap`
+        seconds after the last look."""
+        self._registry.connection(self._connected(), self._clock(), gap)
 
     async def tick_loop(self) -> None:
         """Every `tick_s`: note the bus connection, record agents lost, and tick each
         running run; leases are checked only once the orchestrator has been connected
-        for the registry's grace (after its start, or after it was cut off)."""
+        for the registry's grace (after its start, after it was cut off, or after it
+        did not run for longer than a live agent's heartbeat may be old)."""
+        last = self._clock()
         while True:
             await asyncio.sleep(self._tick_s)
-            self.look_at_connection()
+            now = self._clock()
+            self.look_at_connection(now - last - self._tick_s)
+            last = now
             await self._system.flush()
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):

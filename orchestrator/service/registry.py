@@ -24,6 +24,7 @@ from orchestrator.core.liveness import (
     grace_s,
     lost,
     observe_link,
+    stalled,
 )
 from orchestrator.core.liveness import settled as link_settled
 
@@ -55,9 +56,11 @@ class Registry:
         self._load: Counter[str] = Counter()
         """The sum of `_inflight` over runs, kept as it changes: routing reads it often."""
 
-    def connection(self, connected: bool, now: float) -> None:
-        """What the orchestrator's own bus connection is at `now` (looked at every tick)."""
-        self._link = observe_link(self._link, connected, now)
+    def connection(self, connected: bool, now: float, gap: float = 0.0) -> None:
+        """What the orchestrator's own bus connection is at `now` (looked at every tick,
+        `gap` seconds after the tick before: a long one starts a grace too)."""
+        stall = stalled(gap, self.ttl, self.heartbeat_s)
+        self._link = observe_link(self._link, connected, now, stall)
 
     def settled(self, now: float) -> bool:
         """Whether the orchestrator has been connected long enough (`grace`) that an
