@@ -172,10 +172,10 @@ def test_an_orchestrator_cut_off_longer_than_the_ttl_loses_no_agent_and_reruns_n
     receipts.mkdir()
     monkeypatch.setenv("BATON_TEST_RECEIPTS", str(receipts))
     spec = AgentSpec(role="worker", handler=SLOW, count=2, capacity=2)
-    workflow = WorkflowSpec("cut", [StepSpec("t", "worker", fan_out=4, params={"seconds": 5})])
+    workflow = WorkflowSpec("cut", [StepSpec("t", "worker", fan_out=4, params={"seconds": 6})])
 
     async def scenario() -> None:
-        async with cluster(tmp_path / "state", agent_ttl=1.0) as c:
+        async with cluster(tmp_path / "state", agent_ttl=1.5) as c:
             await c.add_agents([spec], heartbeat_s=0.2)
             run_id = await c.orchestrator.start_run(workflow)
             state = await c.until(run_id, lambda s: all(t.agent_id for t in s.tasks.values()))
@@ -186,7 +186,7 @@ def test_an_orchestrator_cut_off_longer_than_the_ttl_loses_no_agent_and_reruns_n
             async with asyncio.timeout(30):
                 while c.stack.bus.connected:
                     await asyncio.sleep(0.02)
-            await asyncio.sleep(3.0)  # three TTLs with no heartbeat heard
+            await asyncio.sleep(4.0)  # over two TTLs with no heartbeat heard
             await c.stack.server.start()
             state = await c.orchestrator.wait(run_id, timeout=60)
             system = await _system(c)
