@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 from collections import Counter
 from pathlib import Path
@@ -29,11 +30,14 @@ from bus.server import EmbeddedNats, die_with_parent
 from orchestrator.core.events import AgentLost, AgentRefused, TaskAttemptFailed
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
+from orchestrator.service.api import AgentsReply, AgentsRequest
+from orchestrator.service.serve import submit
 from tests.cluster import REPO, Cluster, baton, cluster
 
 SLOW = "tests.crash_handlers:slow"
 _ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
 _assign_ack: Decoder[AssignAck] = Decoder(AssignAck)
+_agents: Decoder[AgentsReply] = Decoder(AgentsReply)
 
 
 def _agent(c: Cluster, agent_id: str, log: IO[bytes]) -> subprocess.Popen[bytes]:
@@ -344,3 +348,81 @@ def test_a_process_takes_and_answers_only_what_is_sent_to_its_own_instance(
     assert foreign is None, "no answer for another instance"
     assert own == AssignAck(True)
     assert ran == ["for-me"]
+
+
+def _types(db: Path, stream: str) -> list[str]:
+    with sqlite3.connect(db, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT type FROM events WHERE stream = ? ORDER BY version", (stream,)
+        ).fetchall()
+    return [str(r[0]) for r in rows]
+
+
+def test_an_orchestrator_paused_longer_than_the_ttl_loses_no_agent_and_reruns_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`baton serve` stopped (SIGSTOP) for over two TTLs while four attempts are in flight,
+    then continued: the agents' heartbeats wait unread in its socket meanwhile, so their
+    silence is its own, and nothing is lost or run again."""
+    receipts = tmp_path / "receipts"
+    receipts.mkdir()
+    monkeypatch.setenv("BATON_TEST_RECEIPTS", str(receipts))
+    state = tmp_path / "state"
+    workflow = WorkflowSpec("paused", [StepSpec("t", "worker", fan_out=4, params={"seconds": 6})])
+    out = (tmp_path / "serve.log").open("wb")
+    serve = subprocess.Popen(
+        baton("serve", "--state-dir", str(state), "--agent-ttl", "1.5", "--heartbeat", "0.3"),
+        cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
+    )  # fmt: skip
+    agents: list[subprocess.Popen[bytes]] = []
+
+    async def scenario() -> str:
+        async with asyncio.timeout(60):
+            while "serving on NATS" not in (said := (tmp_path / "serve.log").read_text()):
+                await asyncio.sleep(0.05)
+        url = said.split("serving on NATS ", 1)[1].split(",", 1)[0]
+        for n in (1, 2):
+            command = baton("agent", "--role", "worker", "--id", f"w{n}", "--handler", SLOW,
+                            "--capacity", "2", "--nats", url)  # fmt: skip
+            agents.append(subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT,
+                                           preexec_fn=die_with_parent))  # fmt: skip
+        accepted = await _submit_when_served(url, workflow)
+        async with asyncio.timeout(60):  # every attempt is in its agent's hands
+            while len(_receipts(receipts)) < 4:
+                await asyncio.sleep(0.05)
+        serve.send_signal(signal.SIGSTOP)
+        await asyncio.sleep(4.0)  # over two TTLs in which it hears nothing
+        serve.send_signal(signal.SIGCONT)
+        db = state / "events.db"
+        async with asyncio.timeout(60):
+            while _types(db, journal.run_stream(accepted))[-1:] != ["run.completed"]:
+                await asyncio.sleep(0.1)
+        return accepted
+
+    try:
+        run_id = asyncio.run(scenario())
+    finally:
+        serve.send_signal(signal.SIGCONT)
+        for process in [*agents, serve]:
+            _stop(process)
+        out.close()
+    db = state / "events.db"
+    assert "agent.lost" not in _types(db, journal.SYSTEM_STREAM)
+    assert "task.attempt_failed" not in _types(db, journal.run_stream(run_id))
+    ran = Counter(str(r["task_id"]) for r in _receipts(receipts))
+    assert ran == Counter(f"t[{i}]" for i in range(4)), "no attempt ran twice"
+
+
+async def _submit_when_served(url: str, workflow: WorkflowSpec) -> str:
+    """Submit once the agents are there to take the run's tasks."""
+    async with asyncio.timeout(60):
+        bus = await Bus.connect(url, name="probe")
+        try:
+            while True:
+                reply = await bus.request(subjects.API_AGENTS, encode(AgentsRequest()), 5)
+                if len(_agents.decode(reply).agents) == 2:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await bus.close()
+    return (await submit(url, workflow)).run_id
