@@ -4,9 +4,10 @@ losses recorded in the `system` stream; an agent serving a contract we do not kn
 refused, never routed to, and so is a second process with a live agent's id).
 
 Each heartbeat is answered (`HeartbeatAck`) with the sender's verdict on its id and the
-interval and TTL to keep. Each tick looks at the orchestrator's own bus connection: while
-it is down, and for a grace period after it is back, no agent is lost and no lease is
-checked, since the silence was the orchestrator's."""
+interval and TTL to keep. A loop of its own looks at the orchestrator's bus connection
+every `LOOK_S`, and so does each tick before it judges: while the connection is down,
+and for a grace period after it is back (or after this process did not run for a while),
+no agent is lost and no lease is checked, since the silence was the orchestrator's."""
 
 from __future__ import annotations
 
@@ -30,6 +31,9 @@ from orchestrator.service.system_journal import SystemJournal
 
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 REFUSED_LIMIT = 10_000
+LOOK_S = 0.1
+"""How often the orchestrator looks at its own bus connection (and notices it was not
+running)."""
 Send = Callable[[str, bytes], Awaitable[None]]
 """Publishes one message (fire and forget); a `BusError` is logged, nothing more."""
 
@@ -53,6 +57,7 @@ class Liveness:
         self._registry = registry
         self._send = send
         self._connected = connected
+        self._looked: float | None = None
         self._pipeline = pipeline
         self._system = system
         self._contracts = contracts
@@ -84,23 +89,30 @@ class Liveness:
                     return
                 await asyncio.sleep(0.05)
 
-    def look_at_connection(self, gap: float = 0.0) -> None:
-        """Note the orchestrator's own bus connection now (it starts each grace), `gap`
-        seconds after the last look."""
-        self._registry.connection(self._connected(), self._clock(), gap)
+    def look_at_connection(self) -> None:
+        """Note the orchestrator's own bus connection now, and how long since the last
+        look: a look that comes late means this process did not run (paused, starved),
+        so heartbeats may be waiting unread. Either starts a grace."""
+        now = self._clock()
+        late = now - self._looked - LOOK_S if self._looked is not None else 0.0
+        self._looked = now
+        self._registry.connection(self._connected(), now, late)
+
+    async def look_loop(self) -> None:
+        """Look at the connection every `LOOK_S`, whatever else the orchestrator does."""
+        while True:
+            await asyncio.sleep(LOOK_S)
+            self.look_at_connection()
 
     async def tick_loop(self) -> None:
-        """Every `tick_s`: note the bus connection, record agents lost, and tick each
-        running run; leases are checked only once the orchestrator has been connected
-        for the registry's grace (after its start, after it was cut off, or after it
-        did not run for longer than a live agent's heartbeat may be old)."""
-        last = self._clock()
+        """Every `tick_s`: record agents lost, and tick each running run; leases are
+        checked only once the orchestrator has been connected for the registry's grace
+        (after its start, after it was cut off, or after it did not run for longer than
+        a live agent's heartbeat may be old)."""
         while True:
             await asyncio.sleep(self._tick_s)
-            now = self._clock()
-            self.look_at_connection(now - last - self._tick_s)
-            last = now
             await self._system.flush()
+            self.look_at_connection()  # just before judging: a pause may have ended now
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):
                 await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)

@@ -187,6 +187,7 @@ class Orchestrator:
         watch("intake", spawn(run("inbox", intake.fetch_durable)))
         watch("reports", spawn(run("reports", lambda: reports.serve(intake))))
         watch("ticks", spawn(run("tick", liveness.tick_loop)))
+        watch("link", spawn(run("link", liveness.look_loop)))
         watch("health", spawn(self._health.watch_conditions()))
 
     async def stop(self) -> None:
