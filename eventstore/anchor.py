@@ -352,10 +352,11 @@ class Checkpointer:
             if not found:
                 return None
             event = found[0]
+            taken = self._clock()  # before the line exists: whoever sees it sees this time
             checkpoint = sign_checkpoint(self._key, event.position, event.hash, self._wall())
             await asyncio.to_thread(append_checkpoint, self._anchor, checkpoint)
             self._signed = event.position
-            self._since = self._clock()
+            self._since = taken
             return checkpoint
 
     async def _due(self) -> bool:

@@ -183,8 +183,13 @@ def _workflow(directory: Path, name: str, text: str, governed: bool) -> Path:
 
 
 def _live_status(state: Path) -> dict[str, Any]:
-    out = _baton(state, "status", "--json").stdout
-    runs = json.loads(out)["runs"]
+    """The live run as `baton status` shows it; {} while its orchestrator is not up yet
+    (exit status 2: none is running, or the one found has not answered yet)."""
+    done = _baton(state, "status", "--json", check=False)
+    if done.returncode == 2:
+        return {}
+    assert done.returncode == 0, done.stdout + done.stderr
+    runs = json.loads(done.stdout)["runs"]
     return runs[0] if runs else {}
 
 
@@ -217,7 +222,7 @@ def recorded(
         while True:
             if live.poll() is not None:
                 raise AssertionError(live_out.read_text())
-            shown = _live_status(state) if (state / "nats" / "ports").exists() else {}
+            shown = _live_status(state)
             counts = {s: n for s, n in shown.get("by_status", {}).items() if n}
             if counts == wanted:
                 break
