@@ -239,3 +239,107 @@ def test_baton_admit_writes_a_private_file_and_refuses_to_overwrite(tmp_path: Pa
             if process is not None:
                 process.terminate()
                 process.wait(30)
+
+
+PERSON = "human:PERSON"
+"""Stands for the person's identity in the tables below (known once the stack runs)."""
+
+PUBLISH = [  # subject, (agent alice may, the person may), the same in both modes
+    (subjects.inbox("run1", "alice"), (True, False)),
+    (subjects.inbox("run1", "bob"), (False, False)),
+    (subjects.report("run1", "alice"), (True, False)),
+    (subjects.report("run1", "bob"), (False, False)),
+    (subjects.bids("run1", "alice"), (True, False)),
+    (subjects.bids("run1", "bob"), (False, False)),
+    (subjects.heartbeat("bob"), (False, False)),
+    (subjects.memory_search("alice"), (True, False)),
+    (subjects.memory_search("bob"), (False, False)),
+    (subjects.tool_approval("run1", "alice"), (True, False)),
+    (subjects.tool_approval("run1", "bob"), (False, False)),
+    (subjects.tool_decision("bob", "c1"), (False, True)),
+    (subjects.assign("bob"), (False, False)),
+    (subjects.progress("run1"), (False, False)),
+    (subjects.run_control(PERSON), (False, True)),
+    (subjects.run_control("human:someone_else"), (False, False)),
+    (subjects.run_start(PERSON), (False, True)),
+    (subjects.run_start("human:someone_else"), (False, False)),
+    (subjects.API_ADMIT, (False, True)),
+    (subjects.API_AGENTS, (False, True)),
+]
+SUBSCRIBE = [  # subject, (agent alice may read it, the person may)
+    (subjects.assign("bob"), (False, False)),
+    (subjects.control("bob"), (False, False)),
+    (subjects.inbox("run1", "bob"), (False, False)),
+    (subjects.report("run1", "bob"), (False, False)),
+    (subjects.heartbeat("bob"), (False, False)),
+    (subjects.tool_decision("bob", "c1"), (False, False)),
+    (subjects.tool_decision("alice", "c1"), (True, False)),
+    (subjects.tool_approval("run1", "bob"), (False, False)),
+    (subjects.tool_prompt("run1"), (False, True)),
+    (subjects.progress("run1"), (False, True)),
+    (subjects.run_control(PERSON), (False, False)),
+    (subjects.API_ADMIT, (False, False)),
+]
+
+
+def mine(subject: str, me: str) -> str:
+    return subject.replace(PERSON, me)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_every_identity_and_subject_in_every_mode(tmp_path: Path, mode: str) -> None:
+    """The whole table: what an agent and the person may publish and read, on the
+    embedded server with contracts and without (the governed worker's contract lists no
+    tools, so the only difference between the modes is the tool calls, checked apart)."""
+
+    async def scenario() -> tuple[str, dict[str, tuple[list[str], list[str]]]]:
+        async with stack_in(tmp_path, mode) as stack:
+            me, person = await as_person(tmp_path)
+            clients = {"alice": await as_agent(stack, "alice"), "person": person}
+            controls = {"alice": subjects.heartbeat("alice"), "person": subjects.API_STATUS}
+            seen: dict[str, tuple[list[str], list[str]]] = {}
+            for who, bus in clients.items():
+                published, got = Taps(), Taps()
+                for subject, _ in SUBSCRIBE:
+                    await bus.subscribe(mine(subject, me), got.on)
+                readable = subjects.assign("alice") if who == "alice" else subjects.progress("r2")
+                await bus.subscribe(readable, got.on)
+                for subject, _ in SUBSCRIBE:
+                    await stack.bus.publish(mine(subject, me), b"x")
+                await stack.bus.publish(readable, b"control")
+                await got.until(readable)
+                await stack.bus.subscribe("baton.>", published.on)  # from here on: theirs
+                for subject, _ in PUBLISH:
+                    await bus.publish(mine(subject, me), b"x")
+                await bus.publish(controls[who], b"control")
+                await published.until(controls[who])
+                seen[who] = (list(published.seen), list(got.seen))  # taps go on listening
+            for bus in clients.values():
+                await bus.close()
+            return me, seen
+
+    me, seen = asyncio.run(scenario())
+    for column, who in enumerate(("alice", "person")):
+        published, got = seen[who]
+        allowed = {mine(subject, me) for subject, may in PUBLISH if may[column]}
+        assert {s for s in published if s in {mine(m, me) for m, _ in PUBLISH}} == allowed, who
+        readable = {mine(subject, me) for subject, may in SUBSCRIBE if may[column]}
+        assert {s for s in got if s in {mine(m, me) for m, _ in SUBSCRIBE}} == readable, who
+
+
+@pytest.mark.parametrize(("mode", "may"), [("open", True), ("governed", False)])
+def test_tool_calls_are_any_tool_without_contracts_and_the_contracts_with(
+    tmp_path: Path, mode: str, may: bool
+) -> None:
+    async def scenario() -> list[str]:
+        async with stack_in(tmp_path, mode) as stack:
+            alice = await as_agent(stack, "alice")
+            taps = Taps()
+            await stack.bus.subscribe("baton.>", taps.on)
+            await alice.publish(subjects.tool_call("shell"), b"{}")
+            await alice.publish(subjects.heartbeat("alice"), b"control")
+            await taps.until(subjects.heartbeat("alice"))
+            await alice.close()
+            return taps.seen
+
+    assert (subjects.tool_call("shell") in asyncio.run(scenario())) is may
