@@ -3,6 +3,8 @@ Everything else receives its ports as arguments; only this module decides which.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import getpass
 import os
 from dataclasses import dataclass
@@ -67,6 +69,8 @@ class Stack:
     contracts: Contracts | None = None
     checkpoints: Checkpointer | None = None
     """Signs the log's head into the anchor; closed (one last checkpoint) before the store."""
+    server_watch: asyncio.Task[None] | None = None
+    """Restarts the embedded server whenever it exits (`EmbeddedNats.supervise`)."""
 
     def agent_url(self, agent_id: str, role: str) -> str:
         """The URL an agent process connects with: on a governed embedded server, with
@@ -81,13 +85,18 @@ class Stack:
         return url_for(self.server.url, user)
 
     async def close(self) -> None:
+        """Stop it all; bounded whatever the bus's state (a server gone, reconnecting)."""
+        if self.server_watch is not None:
+            self.server_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.server_watch
         await self.orchestrator.stop()
         if self.checkpoints is not None:
             await self.checkpoints.close()
         await self.bus.close()
         await self.store.close()
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(timeout=2.0)
         if self.telemetry is not None:
             self.telemetry.shutdown()
 
@@ -157,4 +166,5 @@ async def bootstrap(
         telemetry if owned else None,
         contracts,
         checkpoints,
+        asyncio.create_task(server.supervise()) if server is not None else None,
     )
