@@ -50,6 +50,9 @@ log = logging.getLogger("baton.agent")
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
 _cfp: Decoder[CallForProposals] = Decoder(CallForProposals)
 _SEEN_LIMIT = 100_000
+OFFLINE_DRAIN_S = 1.0
+"""How long a draining agent waits on held work while the bus is down before it gives the
+work up (the orchestrator runs it again): an outcome it cannot return is lost anyway."""
 
 Key = tuple[str, str, int]
 
@@ -88,6 +91,7 @@ class AgentRuntime:
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._abandon = asyncio.Event()
         self._bidder = bidder
         telemetry = telemetry or Telemetry("baton-agent", enabled=False)
         self._telemetry = AgentTelemetry(telemetry, self.agent_id, role)
@@ -107,24 +111,52 @@ class AgentRuntime:
         )
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit."""
+        """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit.
+        The drain gives held work up on a second signal, or once the bus has been down
+        `OFFLINE_DRAIN_S` (see `_drain`)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopping.set)
+                loop.add_signal_handler(sig, self._on_signal)
         await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
         beat = asyncio.create_task(self.loops.run("heartbeat", self._beat))
         await self._stopping.wait()
-        if self._held:
-            await asyncio.gather(*self._held.values(), return_exceptions=True)
+        await self._drain()
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
 
     def stop(self) -> None:
+        """Stop taking work and drain."""
         self._stopping.set()
+
+    def _on_signal(self) -> None:
+        """The first SIGTERM/SIGINT drains; a second one gives held work up."""
+        if self._stopping.is_set():
+            self._abandon.set()
+        self._stopping.set()
+
+    async def _drain(self) -> None:
+        """Wait for held work while its outcomes can still be returned; give up what is
+        left (cancelled: the orchestrator runs it again) when told to, or once the bus
+        has been down `OFFLINE_DRAIN_S`, so a stop is prompt even while reconnecting."""
+        offline_since = 0.0
+        while self._held and not self._abandon.is_set():
+            await asyncio.wait(list(self._held.values()), timeout=0.1)
+            if self._bus.connected:
+                offline_since = 0.0
+            elif not offline_since:
+                offline_since = time.monotonic()
+            elif time.monotonic() - offline_since >= OFFLINE_DRAIN_S:
+                break
+        if self._held:
+            log.warning("stopping: %d attempt(s) given up, to be run again", len(self._held))
+            held = list(self._held.values())
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
 
     async def _beat(self) -> None:
         while True:

@@ -7,11 +7,12 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
-from bus.server import die_with_parent
+from bus.server import PARENT_ENV, die_with_parent
 from orchestrator.core.workflow import AgentSpec
 
 
@@ -63,7 +64,7 @@ class AgentProcesses:
             if contracts:
                 command += ["--contracts", contracts]
             url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
-            env = {**os.environ, "BATON_NATS_URL": url}
+            env = {**os.environ, "BATON_NATS_URL": url, PARENT_ENV: str(os.getpid())}
             with (self.log_dir / f"{agent_id}.log").open("ab") as log:
                 self.processes[agent_id] = subprocess.Popen(
                     command,
@@ -85,13 +86,16 @@ class AgentProcesses:
         return Counter({s.role: s.count for s in specs})
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every agent (they drain), then SIGKILL any that outlive `timeout`."""
+        """SIGTERM every agent at once (they drain), then SIGKILL those still running
+        `timeout` seconds later: all of it takes `timeout` at most, however many."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
+        deadline = time.monotonic() + timeout
         for process in self.processes.values():
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+        for process in self.processes.values():
+            process.wait()
