@@ -40,8 +40,8 @@ PORT_WAIT_S = 10.0
 may still be shutting down) before it takes another one."""
 RESTART_BACKOFF_S = (0.05, 5.0)
 """First and longest wait before restarting a server that exited; doubling in between
-while it keeps exiting within `STEADY_S` of its start."""
-STEADY_S = 30.0
+while it keeps exiting within `STEADY_S` of its start (a crash loop, not a kill)."""
+STEADY_S = 1.0
 
 
 PARENT_ENV = "BATON_PARENT_PID"
