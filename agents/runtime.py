@@ -53,6 +53,9 @@ _SEEN_LIMIT = 100_000
 OFFLINE_DRAIN_S = 1.0
 """How long a draining agent waits on held work while the bus is down before it gives the
 work up (the orchestrator runs it again): an outcome it cannot return is lost anyway."""
+REPEAT_SIGNAL_S = 0.5
+"""A second SIGTERM/SIGINT gives held work up only this long after the first: the kernel
+sends the parent-death signal once per thread of a dying parent, all within a moment."""
 
 Key = tuple[str, str, int]
 
@@ -92,6 +95,7 @@ class AgentRuntime:
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
         self._abandon = asyncio.Event()
+        self._signalled_at = 0.0
         self._bidder = bidder
         telemetry = telemetry or Telemetry("baton-agent", enabled=False)
         self._telemetry = AgentTelemetry(telemetry, self.agent_id, role)
@@ -133,8 +137,12 @@ class AgentRuntime:
         self._stopping.set()
 
     def _on_signal(self) -> None:
-        """The first SIGTERM/SIGINT drains; a second one gives held work up."""
-        if self._stopping.is_set():
+        """The first SIGTERM/SIGINT drains; another one (`REPEAT_SIGNAL_S` later or
+        more) gives held work up."""
+        now = time.monotonic()
+        if not self._signalled_at:
+            self._signalled_at = now
+        elif now - self._signalled_at >= REPEAT_SIGNAL_S:
             self._abandon.set()
         self._stopping.set()
 

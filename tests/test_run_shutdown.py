@@ -63,6 +63,7 @@ def test_agents_die_with_a_baton_run_killed_mid_task(tmp_path: Path) -> None:
     run = start_baton(tmp_path / "run.log", "run", str(workflow), "--state-dir", str(state))
     try:
         until(lambda: research_running(state), 60, "the research tasks to start")
+        time.sleep(0.5)  # recorded as assigned: the agents hold them a moment later
         started = children(run.pid)  # nats-server and five agents, three of them busy
         assert len(started) == 6, started
         os.kill(run.pid, signal.SIGKILL)
