@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from bus.server import EmbeddedNats
-from orchestrator.cli.main import EXIT_UNFINISHED
+from orchestrator.cli.main import EXIT_INTERRUPTED, EXIT_UNFINISHED
 from tests.processes import (
     alive,
     children,
@@ -75,3 +75,22 @@ def test_agents_die_with_a_baton_run_killed_mid_task(tmp_path: Path) -> None:
         )
     finally:
         terminate(run)
+
+
+def test_an_interrupted_run_says_how_to_resume_it(tmp_path: Path) -> None:
+    workflow = slow_research(tmp_path, work_s=60)
+    state = tmp_path / "state"
+    log = tmp_path / "run.log"
+    run = start_baton(log, "run", str(workflow), "--state-dir", str(state))
+    try:
+        until(lambda: research_running(state), 60, "the research tasks to start")
+        started = children(run.pid)
+        os.kill(run.pid, signal.SIGINT)
+        code = run.wait(60)
+    finally:
+        terminate(run)
+    output = log.read_text()
+    assert code == EXIT_INTERRUPTED, output
+    run_id = output.split("\nrun ", 1)[1].split(":", 1)[0]
+    assert f"run {run_id} interrupted; it stays recorded: carry it on with baton resume " in output
+    assert not [pid for pid in started if alive(pid)]

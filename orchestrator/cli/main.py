@@ -275,6 +275,10 @@ async def _serve(
         except TimeoutError:
             print(_unfinished(args, run_id, stack), flush=True)
             return EXIT_UNFINISHED
+        except asyncio.CancelledError:  # Ctrl-C: asyncio cancels the command
+            print(f"\nrun {run_id} interrupted; it stays recorded: carry it on with "
+                  f"baton resume {run_id}{_where(args)}", flush=True)  # fmt: skip
+            raise
         grace = AGENT_GRACE_S
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
