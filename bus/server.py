@@ -199,7 +199,7 @@ class EmbeddedNats:
             backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
             try:
                 await self.start()
-            except ServerStartError as exc:
+            except (ServerStartError, OSError) as exc:  # OSError: its config not written
                 log.error("nats-server did not start again (retrying): %s", exc)
                 self._process = process  # still the dead one: the loop tries again
                 continue
