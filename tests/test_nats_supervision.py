@@ -10,12 +10,16 @@ import asyncio
 import os
 import re
 import signal
+import socket
 import stat
 import subprocess
 import time
 from pathlib import Path
 
-from bus.server import EmbeddedNats, saved_port
+import pytest
+
+from bus import server as server_module
+from bus.server import EmbeddedNats, save_port, saved_port
 from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.workflow_files import load
 from tests.cluster import REPO, baton
@@ -50,6 +54,43 @@ def test_the_port_is_chosen_once_per_state_dir_and_kept_privately(tmp_path: Path
     assert stat.S_IMODE(port_file.stat().st_mode) == 0o600
 
 
+def test_a_new_server_waits_for_its_port_and_takes_another_if_it_stays_taken(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(server_module, "PORT_WAIT_S", 1.0)
+    holder = socket.socket()
+    holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    port = holder.getsockname()[1]
+    save_port(tmp_path, port)
+
+    async def start_when_freed() -> str:
+        asyncio.get_running_loop().call_later(0.3, holder.close)  # the old one shutting down
+        server = EmbeddedNats(tmp_path)
+        try:
+            return await server.start()
+        finally:
+            server.stop()
+
+    assert asyncio.run(start_when_freed()) == f"nats://127.0.0.1:{port}"
+
+    async def start_while_taken() -> str:
+        server = EmbeddedNats(tmp_path)
+        try:
+            return await server.start()
+        finally:
+            server.stop()
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", port))
+        squatter.listen()
+        url = asyncio.run(start_while_taken())
+    other = int(url.rpartition(":")[2])
+    assert other != port
+    assert saved_port(tmp_path) == other  # kept from now on
+
+
 def test_a_run_completes_after_its_embedded_nats_is_killed(tmp_path: Path) -> None:
     workflow = slow_research(tmp_path, work_s=3)
     state = tmp_path / "state"
@@ -65,6 +106,9 @@ def test_a_run_completes_after_its_embedded_nats_is_killed(tmp_path: Path) -> No
     output = log.read_text()
     assert code == 0, output
     assert f"nats-server (pid {killed}) exited with -9" in output
+    # the outage is one line each way, not a line per try to reconnect
+    assert output.count("nats (baton-orchestrator): disconnected; reconnecting") == 1, output
+    assert "nats (baton-orchestrator): reconnected after" in output
     assert "completed; result:" in output
     verified = audit_verify(state)
     assert verified.returncode == 0, verified.stdout + verified.stderr
