@@ -9,10 +9,12 @@ import os
 import secrets
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import msgspec
 
+import private
 from agents.errors import AgentError, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
@@ -53,6 +55,12 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         "--nats",
         default=os.environ.get("BATON_NATS_URL", ""),
         help="NATS URL (default: $BATON_NATS_URL)",
+    )
+    p.add_argument(
+        "--nats-file",
+        default="",
+        metavar="FILE",
+        help="read the NATS URL (with this agent's login) from FILE, as `baton admit` wrote it",
     )
     p.add_argument(
         "--contracts",
@@ -160,9 +168,17 @@ def handler_tools(ref: str) -> ToolRegistry | None:
 
 
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
+    private.restrict_umask()  # whatever this process or a library makes: never for others
     args = parser(prog).parse_args(argv)
+    if args.nats_file:
+        try:
+            args.nats = Path(args.nats_file).read_text().strip()
+        except OSError as exc:
+            print(f"{prog}: error: --nats-file: {exc}", file=sys.stderr)
+            return 2
     if not args.nats:
-        print(f"{prog}: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
+        print(f"{prog}: error: --nats, --nats-file or $BATON_NATS_URL is required",
+              file=sys.stderr)  # fmt: skip
         return 2
     if args.capacity < 0:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)

@@ -99,9 +99,10 @@ class PolicyApprover:
 
 
 class HumanApprover:
-    """Waits for `baton tool approve|deny <call-id>` on the call's decision subject;
-    announces the wait on the run's approval subject so `baton run` can prompt. Nobody
-    answering within `timeout_s` is a denial."""
+    """Waits for `baton tool approve|deny <call-id>` on the call's decision subject (which
+    names this agent: no other agent can read it); asks for approval on its own approval
+    subject, which the orchestrator checks against the run's assignments and passes on to
+    `baton run`'s prompt. Nobody answering within `timeout_s` is a denial."""
 
     def __init__(self, bus: Bus, timeout_s: float = 300.0) -> None:
         self._bus = bus
@@ -123,10 +124,12 @@ class HumanApprover:
             await msg.reply(encode(ToolDecisionAck(request.call_id, taken, detail)))
 
         subscription = await self._bus.subscribe(
-            subjects.tool_decision(request.call_id), on_decision
+            subjects.tool_decision(request.agent_id, request.call_id), on_decision
         )
         try:
-            await self._bus.publish(subjects.tool_approval(request.run_id), encode(request))
+            await self._bus.publish(
+                subjects.tool_approval(request.run_id, request.agent_id), encode(request)
+            )
             async with asyncio.timeout(self.timeout_s):
                 return await answer
         except TimeoutError:

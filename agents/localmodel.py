@@ -20,6 +20,7 @@ from pathlib import Path
 
 import openai
 
+import private
 from agents.errors import LlmConfigError
 from bus.server import die_with_parent
 
@@ -67,7 +68,7 @@ class LocalModel:
         """Start the server; its `http://127.0.0.1:<port>/v1` once it answers."""
         model = gguf_path()
         port = _free_port()
-        out = self.log.open("ab") if self.log else subprocess.DEVNULL
+        out = private.append(self.log) if self.log else subprocess.DEVNULL
         self._process = subprocess.Popen(
             [
                 sys.executable, "-m", "llama_cpp.server", "--model", str(model),
@@ -78,6 +79,7 @@ class LocalModel:
             stdout=out,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
+            umask=private.CHILD_UMASK,
         )  # fmt: skip
         self.base_url = f"http://127.0.0.1:{port}/v1"
         client = openai.AsyncOpenAI(base_url=self.base_url, api_key="local", max_retries=0)

@@ -24,16 +24,20 @@ import signal
 import sqlite3
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
-from bench.bench_soak import start_serving
 from bus import loop
+from bus.permissions import inbox_prefix
+from bus.server import PersonCredentials, person_credentials
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.serve import submit
+
+REPO = Path(__file__).resolve().parent.parent
 
 WORKFLOW = WorkflowSpec(name="recovery", steps=[StepSpec(id="t", role="worker")])
 
@@ -59,10 +63,32 @@ def completed(directory: Path, run_id: str) -> bool:
     return row is not None
 
 
-async def one_run(directory: Path, url: str, n: int) -> None:
+async def start_serving(directory: Path) -> tuple[subprocess.Popen[str], str]:
+    """`baton serve` on its embedded server; with the server's address (no login)."""
+    command = [sys.executable, "-m", "orchestrator", "serve", "--state-dir", str(directory)]
+    serving = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert serving.stdout is not None
+    line = await asyncio.to_thread(serving.stdout.readline)
+    if "serving on NATS" not in line:
+        serving.kill()
+        raise SystemExit(f"baton serve did not start: {line!r}")
+    return serving, line.split("serving on NATS ")[1].split(",")[0]
+
+
+def admit(directory: Path, agent_id: str, role: str) -> str:
+    """The agent's own login, from `baton admit` (kept across restarts of the server)."""
+    out = directory / f"{agent_id}.url"
+    command = [sys.executable, "-m", "orchestrator", "admit", agent_id, "--role", role,
+               "-o", str(out), "--state-dir", str(directory)]  # fmt: skip
+    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
+    return out.read_text().strip()
+
+
+async def one_run(directory: Path, person: PersonCredentials, n: int) -> None:
     """Submit a run (retrying until an orchestrator takes it) and wait until it completed."""
     run_id = f"recovery-{n}"
-    await submit(url, WORKFLOW, run_id=run_id, requested_by="bench", timeout=120)
+    await submit(person.url, WORKFLOW, run_id=run_id, requested_by=person.identity,
+                 inbox_prefix=inbox_prefix(person.identity), timeout=120)  # fmt: skip
     deadline = time.monotonic() + 120
     while not completed(directory, run_id):
         if time.monotonic() > deadline:
@@ -74,12 +100,16 @@ async def measure(
     kinds: list[str], repeats: int, settle: float, directory: Path
 ) -> dict[str, list[float]]:
     serving, url = await start_serving(directory)
+    person = person_credentials(directory)  # its login stays valid across restarts
+    if person is None:
+        raise SystemExit("baton serve saved no credentials for this user")
     agents = AgentProcesses(directory / "logs")
-    agents.start(AgentSpec(role="worker", handler="agents.builtin:noop"), url, Path.cwd())
+    spec = AgentSpec(role="worker", handler="agents.builtin:noop")
+    agents.start(spec, url, REPO, url_for_agent=lambda agent, role: admit(directory, agent, role))
     samples: dict[str, list[float]] = {kind: [] for kind in kinds}
     runs = 0
     try:
-        await one_run(directory, url, runs)  # everything up before the first kill
+        await one_run(directory, person, runs)  # everything up before the first kill
         for kind in samples:
             for _ in range(repeats):
                 runs += 1
@@ -94,7 +124,7 @@ async def measure(
                     serving, again = await start_serving(directory)
                     if again != url:
                         raise SystemExit(f"baton serve came back on {again}, not {url}")
-                await one_run(directory, url, runs)
+                await one_run(directory, person, runs)
                 took = time.perf_counter() - began
                 samples[kind].append(took)
                 print(f"  kill -9 {kind:5}  #{len(samples[kind]):2}  serving again in "

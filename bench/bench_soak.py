@@ -25,6 +25,7 @@ from bus import loop, subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.protocol import ErrorReply, ProgressBatch
+from bus.server import EmbeddedNats
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service.api import AgentsReply, AgentsRequest, RunAccepted, StartRunRequest
 from orchestrator.service.launcher import AgentProcesses
@@ -68,15 +69,19 @@ class Ends:
                     waiter.set_result(line.event)
 
 
-async def start_serving(directory: Path) -> tuple[subprocess.Popen[str], str]:
-    command = [sys.executable, "-m", "orchestrator", "serve", "--state-dir", str(directory)]
+async def start_serving(directory: Path, url: str) -> subprocess.Popen[str]:
+    """`baton serve` on a bus of the benchmark's own (so the agents and the benchmark's
+    client need no logins; the embedded server is a child process of its own anyway, so
+    it was never in the orchestrator's RSS)."""
+    command = [sys.executable, "-m", "orchestrator", "serve", "--state-dir", str(directory),
+               "--nats", url]  # fmt: skip
     serving = subprocess.Popen(command, stdout=subprocess.PIPE, text=True)
     assert serving.stdout is not None
     line = await asyncio.to_thread(serving.stdout.readline)
     if "serving on NATS" not in line:
         serving.kill()
         raise SystemExit(f"baton serve did not start: {line!r}")
-    return serving, line.split("serving on NATS ")[1].split(",")[0]
+    return serving
 
 
 async def wait_for_agents(bus: Bus, count: int) -> None:
@@ -90,8 +95,8 @@ async def wait_for_agents(bus: Bus, count: int) -> None:
 
 
 async def one_run(bus: Bus, ends: Ends, workflow: WorkflowSpec) -> None:
-    request = StartRunRequest(workflow, requested_by="bench")
-    answer = _accepted.decode(await bus.request(subjects.API_START_RUN, encode(request), 30))
+    request = StartRunRequest(workflow)
+    answer = _accepted.decode(await bus.request(subjects.run_start("bench"), encode(request), 30))
     if isinstance(answer, ErrorReply):
         raise SystemExit(f"run refused: {answer.detail}")
     if await ends.end_of(answer.run_id) != "run.completed":
@@ -99,7 +104,9 @@ async def one_run(bus: Bus, ends: Ends, workflow: WorkflowSpec) -> None:
 
 
 async def soak(args: argparse.Namespace, directory: Path) -> dict[str, object]:
-    serving, url = await start_serving(directory)
+    server = EmbeddedNats(directory / "bench-nats")
+    url = await server.start()
+    serving = await start_serving(directory, url)
     agents = AgentProcesses(directory / "logs")
     workflow = WorkflowSpec(
         name="soak", steps=[StepSpec(id="t", role="worker", fan_out=args.tasks)]
@@ -131,6 +138,7 @@ async def soak(args: argparse.Namespace, directory: Path) -> dict[str, object]:
         agents.stop()
         serving.terminate()
         serving.wait(30)
+        server.stop()
     first = samples.get(args.baseline, samples[min(k for k in samples if k)])
     last = samples[max(samples)]
     return {

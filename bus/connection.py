@@ -241,7 +241,11 @@ class Bus:
         """Call `handler` for every message, each in its own task; a failing handler is
         logged and isolated, never allowed to end the subscription. `inline` runs it in
         the subscription's own task instead, one message after another: for a handler
-        that never waits on anything slow, a hop less per message."""
+        that never waits on anything slow, a hop less per message.
+
+        Returns once the server has the subscription (a flush), so a message another
+        connection publishes afterwards reaches it; while disconnected, once it is queued
+        (nats-py subscribes again on reconnect)."""
 
         async def dispatch(msg: Msg) -> None:
             task = asyncio.create_task(self._guard(handler, Incoming(msg)))
@@ -251,7 +255,12 @@ class Bus:
         async def run_inline(msg: Msg) -> None:
             await self._guard(handler, Incoming(msg))
 
-        return await self._nc.subscribe(subject, queue=queue, cb=run_inline if inline else dispatch)
+        subscription = await self._nc.subscribe(
+            subject, queue=queue, cb=run_inline if inline else dispatch
+        )
+        with contextlib.suppress(BusError):
+            await self.flush()
+        return subscription
 
     @staticmethod
     async def _guard(handler: Handler, incoming: Incoming) -> None:

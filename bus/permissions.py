@@ -4,9 +4,10 @@ what a role contract does not allow (DESIGN §5, governance).
 Pure: it turns identities (the orchestrator, one agent serving one contract, a person at
 the CLI) into subject permissions and renders the server's `authorization` block. Each
 agent gets its own user, so it can publish results only on its own inbox subject (never
-as another agent), heartbeat only as itself, call only the tool subjects its contract
-lists, receive only its own assignments, and read no run's progress or other agents'
-results. Replies go to a per-user inbox prefix, so no one reads another's replies.
+as another agent), heartbeat and ask for a tool call's approval only as itself, call only
+the tool subjects its contract lists, receive only its own assignments and the decisions
+on its own tool calls, and read no run's progress or other agents' results. Replies go to
+a per-user inbox prefix, so no one reads another's replies.
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ def person_identity(login: str) -> str:
     return "human:" + (re.sub(r"[^A-Za-z0-9_\-]", "_", login) or "_")
 
 
-def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
+def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissions:
+    """What one agent may do: under a role contract, only that role's calls for proposals
+    and that contract's tools; without contracts (open mode) any role's calls and any
+    tool. In both, it receives only its own assignments and publishes only as itself."""
     agent_id = subjects.token(agent_id)
+    tools = [subjects.TOOL_CALL_ALL]
+    if contract is not None:
+        tools = [subjects.tool_call(t) for t in contract.tools]
     return Permissions(
         publish=[
             f"baton.inbox.*.{agent_id}",
@@ -58,13 +65,13 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
             f"baton.bids.*.{agent_id}",
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
-            *(subjects.tool_call(t) for t in contract.tools),
-            "baton.tool.approval.*",
+            *tools,
+            f"baton.tool.approval.*.{agent_id}",
         ],
         subscribe=[
             f"baton.agent.{agent_id}.>",
-            subjects.cfp(contract.name),
-            "baton.tool.decision.*",
+            subjects.cfp(contract.name) if contract is not None else subjects.CFP_ALL,
+            f"baton.tool.decision.{agent_id}.*",
             f"{inbox_prefix(agent_id)}.>",
         ],
         allow_responses=True,
@@ -73,18 +80,21 @@ def agent_permissions(agent_id: str, contract: RoleContract) -> Permissions:
 
 def human_permissions(person: str) -> Permissions:
     """A person at the CLI: ask the orchestrator about runs and agents (`baton status`,
-    `agents`), decide on a run as this person and no one else (`approve`, `reject`,
+    `agents`, `health`), start runs (`submit`), get credentials for an agent started by
+    hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
-    and approvals; no more."""
+    and the tool calls the orchestrator passes on for approval; no more."""
     return Permissions(
         publish=[
             subjects.API_STATUS,
             subjects.API_AGENTS,
             subjects.API_HEALTH,
+            subjects.run_start(person),
+            subjects.API_ADMIT,
             subjects.run_control(person),
-            "baton.tool.decision.*",
+            subjects.TOOL_DECISIONS_ALL,
         ],
-        subscribe=["baton.events.*", "baton.tool.approval.*", f"{inbox_prefix(person)}.>"],
+        subscribe=["baton.events.*", "baton.tool.prompt.*", f"{inbox_prefix(person)}.>"],
     )
 
 
@@ -104,6 +114,12 @@ def url_for(base_url: str, user: User) -> str:
     if not sep:
         raise ValueError(f"not a NATS URL: {base_url!r}")
     return f"{scheme}://{user.name}:{user.password}@{rest}"
+
+
+def shown_url(url: str) -> str:
+    """A URL fit to print: never with the user and password it may carry."""
+    scheme, _, rest = url.rpartition("://")
+    return f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
 
 
 def authorization_block(users: list[User]) -> str:

@@ -32,7 +32,12 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
         "`baton.report.<run_id>.<agent_id>` or the inbox",
     ),
     (protocol.ReportAck, "orchestrator → agent (reply)", "reply to a direct report: it is durable"),
-    (protocol.ToolCallRecord, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
+    (
+        protocol.ToolCallRecord,
+        "agent → orchestrator, durable; for approval: agent → orchestrator → watchers",
+        "`baton.inbox.<run_id>.<agent_id>`; `baton.tool.approval.<run_id>.<agent_id>`, "
+        "passed on to `baton.tool.prompt.<run_id>`",
+    ),
     (protocol.MemoryWrite, "agent → orchestrator, durable", "`baton.inbox.<run_id>.<agent_id>`"),
     (protocol.CallForProposals, "orchestrator → agents of a role", "`baton.cfp.<role>`"),
     (protocol.Bid, "agent → orchestrator", "`baton.bids.<run_id>.<agent_id>`"),
@@ -40,7 +45,11 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
     (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
     (protocol.ToolOutcome, "tool service → agent (reply)", "reply to a tool invocation"),
-    (protocol.ToolDecision, "human → agent (request)", "`baton.tool.decision.<call_id>`"),
+    (
+        protocol.ToolDecision,
+        "human → agent (request)",
+        "`baton.tool.decision.<agent_id>.<call_id>`",
+    ),
     (protocol.ToolDecisionAck, "agent → human (reply)", "reply to a tool decision"),
     (protocol.ErrorReply, "any replier", "reply to a refused request"),
     (protocol.ProgressBatch, "orchestrator → watchers", "`baton.events.<run_id>`"),
@@ -81,8 +90,9 @@ ordinary NATS client, in any language, is here.
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
-| `baton.tool.approval.<run_id>` | agent → watchers | a tool call waits for a human |
-| `baton.tool.decision.<call_id>` | human → agent | approve or deny that call (request/reply) |
+| `baton.tool.approval.<run_id>.<agent_id>` | agent → orchestrator | a tool call waits for a human (a `tool.call` record in phase `awaiting`): passed on to the run's watchers only if the agent holds that attempt of that task now; else refused and recorded as a `message.rejected` event |
+| `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |
+| `baton.tool.decision.<agent_id>.<call_id>` | human → agent | approve or deny that agent's call (request/reply); on a governed server an agent receives only its own |
 | `baton.events.<run_id>` | orchestrator → watchers | live progress of a run |
 
 Subject tokens are `[A-Za-z0-9_:-]+`. The orchestrator checks the `<agent_id>` of the

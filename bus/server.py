@@ -29,6 +29,7 @@ from pathlib import Path
 
 import msgspec
 
+import private
 from bus.errors import ServerStartError
 from bus.permissions import User, authorization_block
 
@@ -101,14 +102,18 @@ class EmbeddedNats:
         """Whether clients must log in (and get only their users' permissions)."""
         return self._users is not None
 
+    @property
+    def users(self) -> list[User]:
+        """The users it lets in now ([] when it lets everyone in)."""
+        return list(self._users or [])
+
     def add_users(self, users: list[User], timeout: float = 10.0) -> None:
         """Let more users in: rewrite the config, have the server reload it (SIGHUP), and
         return once its log says it did (usually a few milliseconds)."""
         if self._users is None:
             raise ServerStartError("this server runs without users; start it with some")
         self._users += users
-        path = self.state_dir / "nats" / "nats-server.conf"
-        path.write_text(self._config_text())
+        private.write_atomic(self._config_path, self._config_text().encode())
         if self._process is None or self._process.poll() is not None:
             return
         log = self.state_dir / "nats" / "nats-server.log"
@@ -129,6 +134,10 @@ class EmbeddedNats:
         except OSError:
             return False
 
+    @property
+    def _config_path(self) -> Path:
+        return self.state_dir / "nats" / "nats-server.conf"
+
     def _config_text(self) -> str:
         nats_dir = self.state_dir / "nats"
         sync = "\n  sync_interval: always" if self.sync_always else ""
@@ -144,16 +153,13 @@ class EmbeddedNats:
         return config
 
     def _write_config(self) -> Path:
-        nats_dir = self.state_dir / "nats"
-        nats_dir.mkdir(parents=True, exist_ok=True)
-        ports_dir = nats_dir / "ports"
-        ports_dir.mkdir(exist_ok=True)
+        nats_dir = private.make_dir(self.state_dir / "nats")
+        ports_dir = private.make_dir(nats_dir / "ports")
         for stale in ports_dir.glob("*.ports"):
             stale.unlink()
-        path = nats_dir / "nats-server.conf"
-        path.write_text(self._config_text())
-        path.chmod(0o600)  # it holds the users' passwords
-        return path
+        private.make_dir(nats_dir / "jetstream")
+        # it holds the users' passwords: 0600 from its creation, renamed into place
+        return private.write_atomic(self._config_path, self._config_text().encode())
 
     async def start(self, timeout: float = 15.0) -> str:
         """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens:
@@ -208,12 +214,13 @@ class EmbeddedNats:
 
     async def _start(self, timeout: float) -> str:
         config = self._write_config()
-        log = (self.state_dir / "nats" / "nats-server.log").open("ab")
+        log = private.append(self.state_dir / "nats" / "nats-server.log")
         self._process = subprocess.Popen(
             [str(find_binary()), "-c", str(config)],
             stdout=log,
             stderr=subprocess.STDOUT,
             preexec_fn=die_with_parent,
+            umask=private.CHILD_UMASK,  # its JetStream store and ports file are private too
         )
         log.close()
         ports_file = self.state_dir / "nats" / "ports" / f"nats-server_{self._process.pid}.ports"
@@ -266,22 +273,9 @@ def saved_port(state_dir: Path) -> int:
 
 def save_port(state_dir: Path, port: int) -> None:
     """Keep the directory's port, in a file created readable by this OS user only."""
-    write_private(_port_path(state_dir), f"{port}\n".encode())
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` atomically, in a file created with mode 0600 (never
-    readable by others, not even for a moment)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
+    path = _port_path(state_dir)
+    private.make_dir(path.parent)
+    private.write_atomic(path, f"{port}\n".encode())
 
 
 def _free(port: int) -> bool:
@@ -335,12 +329,9 @@ def _person_path(state_dir: Path) -> Path:
 
 def save_person(state_dir: Path, credentials: PersonCredentials) -> None:
     """Keep the person's credentials beside the server, readable by that OS user only."""
-    write_private(_person_path(state_dir), msgspec.json.encode(credentials))
-
-
-def forget_person(state_dir: Path) -> None:
-    """A server without users needs no credentials: drop any a governed one left."""
-    _person_path(state_dir).unlink(missing_ok=True)
+    path = _person_path(state_dir)
+    private.make_dir(path.parent)
+    private.write_atomic(path, msgspec.json.encode(credentials))
 
 
 def person_credentials(state_dir: Path) -> PersonCredentials | None:

@@ -17,7 +17,8 @@ INBOX_ALL = "baton.inbox.>"
 REPORT_ALL = "baton.report.*.*"
 HEARTBEAT_ALL = "baton.registry.heartbeat.*"
 BIDS_ALL = "baton.bids.*.*"
-API_START_RUN = "baton.api.run.start"
+API_START_RUN_ALL = "baton.api.run.start.*"
+"""People and tools → orchestrator: start a run (see `run_start`)."""
 API_RUN_CONTROL_ALL = "baton.api.run.control.*"
 """People → orchestrator: approve, reject or retry an escalated task; cancel (see
 `run_control`)."""
@@ -25,6 +26,9 @@ API_STATUS = "baton.api.status"
 API_HEALTH = "baton.api.health"
 """`baton health`: the orchestrator's issues, for people and probes."""
 API_AGENTS = "baton.api.agents"
+API_ADMIT = "baton.api.admit"
+"""A person → the orchestrator that owns the embedded server: credentials for an agent
+started by hand (`baton admit`)."""
 
 
 def token(value: str) -> str:
@@ -74,6 +78,21 @@ def run_control(person: str) -> str:
     return f"baton.api.run.control.{token(person)}"
 
 
+def run_start(requester: str) -> str:
+    """A person (or tool) → the orchestrator: start a run (request/reply). As for
+    `run_control`, the requester is in the subject, which on the embedded server only
+    that login may publish to, so the log's `requested_by` comes from the server."""
+    return f"baton.api.run.start.{token(requester)}"
+
+
+def run_starter(subject: str) -> str:
+    """The requester of a run start subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:4] != ["baton", "api", "run", "start"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[4])
+
+
 def run_controller(subject: str) -> str:
     """The person of a run control subject, or `InvalidSubjectToken`."""
     parts = subject.split(".")
@@ -82,22 +101,45 @@ def run_controller(subject: str) -> str:
     return token(parts[4])
 
 
+TOOL_CALL_ALL = "baton.tool.call.*"
+
+
 def tool_call(tool: str) -> str:
     """Agent → a tool served on the bus (request/reply); role permissions name these."""
     return f"baton.tool.call.{token(tool)}"
 
 
-def tool_decision(call_id: str) -> str:
-    """A human → the agent holding a tool call that waits for approval (request/reply)."""
-    return f"baton.tool.decision.{token(call_id)}"
+def tool_decision(agent_id: str, call_id: str) -> str:
+    """A human → the agent holding a tool call that waits for approval (request/reply).
+    The agent is in the subject, so on a governed server each agent can subscribe to the
+    decisions addressed to it and to no one else's."""
+    return f"baton.tool.decision.{token(agent_id)}.{token(call_id)}"
 
 
-TOOL_APPROVALS_ALL = "baton.tool.approval.*"
+TOOL_DECISIONS_ALL = "baton.tool.decision.*.*"
+TOOL_APPROVALS_ALL = "baton.tool.approval.*.*"
 
 
-def tool_approval(run_id: str) -> str:
-    """Agent → whoever watches a run: a tool call of this run waits for a human."""
-    return f"baton.tool.approval.{token(run_id)}"
+def tool_approval(run_id: str, agent_id: str) -> str:
+    """Agent → orchestrator: a tool call of this run waits for a human. The sender is in
+    the subject, which on a governed server only that agent may publish to; the
+    orchestrator checks that it holds the attempt the call is made for, then passes it
+    on to whoever watches the run (`tool_prompt`), or refuses and audits it."""
+    return f"baton.tool.approval.{token(run_id)}.{token(agent_id)}"
+
+
+def tool_approval_sender(subject: str) -> tuple[str, str]:
+    """(run_id, agent_id) of a tool approval subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:3] != ["baton", "tool", "approval"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[3]), token(parts[4])
+
+
+def tool_prompt(run_id: str) -> str:
+    """Orchestrator → whoever watches a run (`baton run --human-approval`): a tool call of
+    this run, checked against the run's assignments, waits for a human."""
+    return f"baton.tool.prompt.{token(run_id)}"
 
 
 MEMORY_SEARCH_ALL = "baton.memory.*.search"
@@ -135,6 +177,9 @@ def report_sender(subject: str) -> tuple[str, str]:
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"
+
+
+CFP_ALL = "baton.cfp.*"
 
 
 def cfp(role: str) -> str:

@@ -50,6 +50,7 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags
 
+import private
 from bus.tracecontext import TraceContext
 
 TRACE_FILE_ENV = "BATON_TRACE_FILE"
@@ -153,12 +154,8 @@ class JsonLinesSpanExporter(SpanExporter):
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         data = "".join(json.dumps(span_record(s), default=str) + "\n" for s in spans)
-        with self._lock:
-            fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-            try:
-                os.write(fd, data.encode())
-            finally:
-                os.close(fd)
+        with self._lock, private.append(self._path) as f:  # 0600 if new: spans hold task data
+            f.write(data.encode())
         return SpanExportResult.SUCCESS
 
     def force_flush(self, timeout_millis: int = 30000) -> bool:
@@ -337,7 +334,7 @@ def configure_logging(
     if level not in logging.getLevelNamesMapping():
         raise TelemetryConfigError(f"{LOG_LEVEL_ENV}={level!r}: not a log level")
     stream: IO[str] = (
-        open(env[LOG_FILE_ENV], "a", buffering=1)  # noqa: SIM115 - lives as long as the process
+        private.append_text(Path(env[LOG_FILE_ENV]))  # lives as long as the process
         if env.get(LOG_FILE_ENV)
         else sys.stderr
     )

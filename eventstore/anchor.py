@@ -40,6 +40,7 @@ import msgspec
 from nacl.exceptions import BadSignatureError
 from nacl.signing import SigningKey, VerifyKey
 
+import private
 from eventstore._common import log
 from eventstore.errors import AnchorError
 from eventstore.model import VerifyReport
@@ -147,8 +148,8 @@ def load_signing_key(path: Path, *, create: bool = True) -> SigningKey:
     key = SigningKey.generate()
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(8)}")
     try:
-        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        private.make_dir(path.parent)
+        fd = private.create(temporary)
         with os.fdopen(fd, "w", encoding="ascii") as f:
             f.write(bytes(key).hex() + "\n")
             f.flush()
@@ -195,13 +196,10 @@ def append_checkpoint(anchor: Path, checkpoint: Checkpoint) -> None:
     """Append `checkpoint` to the anchor as one line, durably; a file made here is 0600
     from its creation (and a directory made for it 0700)."""
     file = anchor_file(anchor)
-    file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        os.write(fd, _encoder.encode(checkpoint) + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    private.make_dir(file.parent)
+    with private.append(file) as f:
+        f.write(_encoder.encode(checkpoint) + b"\n")
+        os.fsync(f.fileno())
 
 
 class Anchor(msgspec.Struct, frozen=True, kw_only=True):
@@ -352,10 +350,11 @@ class Checkpointer:
             if not found:
                 return None
             event = found[0]
+            taken = self._clock()  # before the line exists: whoever sees it sees this time
             checkpoint = sign_checkpoint(self._key, event.position, event.hash, self._wall())
             await asyncio.to_thread(append_checkpoint, self._anchor, checkpoint)
             self._signed = event.position
-            self._since = self._clock()
+            self._since = taken
             return checkpoint
 
     async def _due(self) -> bool:

@@ -14,7 +14,7 @@ import grimp
 
 from tests.cluster import REPO
 
-PACKAGES = ("bus", "eventstore", "orchestrator", "agents")
+PACKAGES = ("private", "bus", "eventstore", "orchestrator", "agents")
 MAX_MODULE_LINES = 500
 MAX_CLASS_LINES = 300
 

@@ -141,7 +141,7 @@ def test_sender_of_reads_the_sender_from_an_agents_own_subjects() -> None:
     assert sender_of(subjects.bids("r", "a3")) == "a3"
     assert sender_of(subjects.heartbeat("a4")) == "a4"
     assert sender_of(subjects.memory_search("a5")) == "a5"
-    assert sender_of(subjects.API_START_RUN) == subjects.API_START_RUN
+    assert sender_of(subjects.API_STATUS) == subjects.API_STATUS
     assert sender_of("baton.inbox..") == "baton.inbox.."
 
 

@@ -48,7 +48,7 @@ def test_malformed_messages_are_refused_audited_and_change_nothing(tmp_path: Pat
             reply = await bus.request(subjects.assign(agent_id), b"garbage", timeout=5)
             agent_answer = _assign_replies.decode(reply)
 
-            api = await bus.request(subjects.API_START_RUN, b"\x92\x01\x02", timeout=5)
+            api = await bus.request(subjects.run_start("tester"), b"\x92\x01\x02", timeout=5)
             cyclic = StartRunRequest(
                 WorkflowSpec(
                     name="loop",
@@ -58,7 +58,7 @@ def test_malformed_messages_are_refused_audited_and_change_nothing(tmp_path: Pat
                     ],
                 )
             )
-            api_cycle = await bus.request(subjects.API_START_RUN, encode(cyclic), timeout=5)
+            api_cycle = await bus.request(subjects.run_start("tester"), encode(cyclic), timeout=5)
             await bus.close()
 
             final = await c.orchestrator.wait(run_id, timeout=30)

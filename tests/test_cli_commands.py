@@ -14,6 +14,7 @@ from pathlib import Path
 
 from agents.gateway import HumanApprover, Verdict
 from agents.tools import ToolRegistry
+from bus import subjects
 from bus.connection import Bus
 from bus.protocol import ToolCallRecord, ToolDecision
 from bus.server import EmbeddedNats
@@ -22,6 +23,7 @@ from orchestrator.cli.main import EXIT_CODES, EXIT_UNFINISHED, EXITS
 from orchestrator.cli.reach import Reach
 from orchestrator.cli.tool import decide
 from orchestrator.core.run_state import TERMINAL_RUN
+from orchestrator.service.tool_prompts import ToolPrompts
 from tests.cluster import REPO, baton
 
 ESCALATION = REPO / "examples" / "escalation" / "workflow.toml"
@@ -116,12 +118,20 @@ def test_human_approval_asks_only_about_calls_that_still_wait(tmp_path: Path) ->
                     await asyncio.sleep(0.01)
 
         asking = await approvals.watch(cli, "run1", Typed(), said.append)
+
+        async def refuse(subject: str, reason: str, size: int, sender: str) -> None:
+            raise AssertionError(f"refused {subject}: {reason}")
+
+        # the orchestrator's relay, here with no run to check the requests against
+        relay = ToolPrompts(cli, lambda sender, run_id, record: "", refuse)
+        await cli.subscribe(subjects.TOOL_APPROVALS_ALL, relay.on_request)
+        await cli.flush()
         approver = HumanApprover(agent, timeout_s=30)
         tool = tools.get("publish")
         try:
             first = asyncio.create_task(approver.decide(call("c1", 1), tool))
             await until("tool call c1: agent-1 wants publish")
-            await decide(Reach(url, ""), ToolDecision("c1", True, "human:other", "fine"))
+            await decide(Reach(url, ""), "agent-1", ToolDecision("c1", True, "human:other", "ok"))
             await until("tool call c1 approved elsewhere, by human:other")
             second = asyncio.create_task(approver.decide(call("c2", 1), tool))
             await until("tool call c2: ")

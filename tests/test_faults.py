@@ -100,7 +100,7 @@ def test_agents_and_the_orchestrator_carry_on_after_a_nats_server_restart(
             server = c.stack.server
             assert server is not None
             assert server.pid is not None
-            url = c.stack.nats_url
+            url = server.url  # c.stack.nats_url carries the orchestrator's login
             os.kill(server.pid, signal.SIGKILL)
             server.stop()
             assert await server.start() == url, "the same URL after the restart"

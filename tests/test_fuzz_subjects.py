@@ -126,7 +126,7 @@ def targets_of(run_id: str, agents: list[str]) -> list[Target]:
         (subjects.bids(run_id, ROGUE), "bids"),
         (subjects.memory_search(ROGUE), "memory"),
         (subjects.tool_call("echo"), "tool"),
-        (subjects.tool_approval(run_id), "approval"),
+        (subjects.tool_approval(run_id, ROGUE), "approval"),
         (subjects.inbox(run_id, agents[0]), "inbox"),  # refused by the server
     ]
     root = [
@@ -140,9 +140,10 @@ def targets_of(run_id: str, agents: list[str]) -> list[Target]:
         (subjects.inbox("other-run", ROGUE), "inbox"),
         (subjects.report("other-run", "nobody"), "report"),
         (subjects.cfp(ROLE), "cfp"),
-        (subjects.tool_decision("call-1"), "decision"),
+        (subjects.tool_decision(agents[0], "call-1"), "decision"),
+        (subjects.tool_approval(run_id, agents[0]), "approval"),
         (subjects.progress(run_id), "events"),
-        (subjects.API_START_RUN, "start"),
+        (subjects.run_start("human:rogue"), "start"),
         (subjects.run_control("human:rogue"), "control"),
         (subjects.API_STATUS, "status"),
         (subjects.API_AGENTS, "agents"),

@@ -126,9 +126,22 @@ def _serving_url(log: Path, process: subprocess.Popen[bytes]) -> str:
     return found[0]
 
 
-def _submit(workflow: Path, url: str) -> str:
+def _baton(*args: str) -> str:
+    done = subprocess.run(baton(*args), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def _admitted(state: Path, agent_id: str, role: str) -> str:
+    """The agent's own login (`baton admit`), kept across restarts of the server."""
+    out = state.parent / f"{agent_id}.url"
+    _baton("admit", agent_id, "--role", role, "-o", str(out), "--state-dir", str(state))
+    return out.read_text().strip()
+
+
+def _submit(workflow: Path, state: Path) -> str:
     done = subprocess.run(
-        baton("submit", str(workflow), "--nats", url),
+        baton("submit", str(workflow), "--state-dir", str(state)),
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -149,8 +162,10 @@ def test_baton_serve_killed_and_started_again_keeps_its_port_and_the_run_complet
     try:
         url = _serving_url(tmp_path / "serve-1.log", first)
         for spec in load(workflow).agents:  # agents of their own, not the service's
-            agents.start(spec, url, REPO)
-        run_id = _submit(workflow, url)
+            agents.start(
+                spec, url, REPO, url_for_agent=lambda agent, role: _admitted(state, agent, role)
+            )
+        run_id = _submit(workflow, state)
         until(lambda: research_running(state), 60, "the research tasks to start")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()

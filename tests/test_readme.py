@@ -242,23 +242,22 @@ def test_every_example_of_the_patterns_block_and_the_people_block(
 
 def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> None:
     user, commands = readme
-    serve_line, agent_line, submit_line = block(
-        commands, ".venv/bin/baton serve --nats nats://127.0.0.1:<port>"
-    )
-    embedded = user.start(".venv/bin/baton serve")  # without --nats: it prints its URL
+    serve_line, admit_line, agent_line, submit_line = block(commands, ".venv/bin/baton serve")
+    embedded = user.start(serve_line)
     try:
-        url = re.search(r"nats://[\w.:@-]+", embedded.until(r"serving on NATS \S+,"))
-        assert url
-        port = url.group(0).rsplit(":", 1)[1]
-        agent = user.start(agent_line.replace("--nats ...", f"--nats {url.group(0)}"))
+        address = embedded.until(r"serving on NATS \S+,")
+        assert "@" not in address, "it never prints a password"
+        user.run(admit_line)
+        url_file = user.home / "researcher-1.url"
+        assert url_file.stat().st_mode & 0o077 == 0, "the agent's login is private"
+        agent = user.start(agent_line)
         try:
-            submitted = user.run(submit_line, port=port)
+            submitted = user.run(submit_line)
             assert re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M), submitted
         finally:
             agent.stop()
     finally:
         embedded.stop()
-    assert serve_line.startswith(".venv/bin/baton serve --nats")
 
 
 def test_the_observability_block(readme: tuple[User, list[str]]) -> None:
@@ -282,7 +281,8 @@ def test_every_readme_command_is_run() -> None:
         ".venv/bin/baton fork", ".venv/bin/baton resume", ".venv/bin/baton export",
         ".venv/bin/baton import", ".venv/bin/baton run examples/", ".venv/bin/baton approve",
         ".venv/bin/baton reject", ".venv/bin/baton retry", ".venv/bin/baton cancel",
-        ".venv/bin/baton serve", ".venv/bin/baton agent", ".venv/bin/baton submit",
+        ".venv/bin/baton serve", ".venv/bin/baton admit", ".venv/bin/baton agent",
+        ".venv/bin/baton submit",
         ".venv/bin/baton trace", ".venv/bin/baton status", ".venv/bin/baton agents",
         ".venv/bin/python -m bench.",
     ]  # fmt: skip

@@ -131,7 +131,7 @@ def test_the_api_refuses_a_nan_timeout_and_a_fork_bomb(tmp_path: Path) -> None:
                 answers = [
                     replies.decode(
                         await bus.request(
-                            subjects.API_START_RUN, encode(StartRunRequest(spec)), timeout=10
+                            subjects.run_start("tester"), encode(StartRunRequest(spec)), timeout=10
                         )
                     )
                     for spec in (nan_step, bomb)

@@ -8,6 +8,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from pathlib import Path
 
+import private
 from eventstore._common import check_append, check_open
 from eventstore._subscription import Notifier
 from eventstore.errors import StorageError
@@ -77,9 +78,14 @@ class SqliteEventStore:
         """
         path = Path(path)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            private.make_dir(path.parent)
         except OSError as e:
             raise StorageError(f"cannot create directory {path.parent}: {e}") from e
+        try:
+            # made 0600 here, not by SQLite (0644): its -wal and -shm take the file's mode
+            private.touch(path)
+        except OSError as e:
+            raise StorageError(f"cannot open event store {path}: {e}") from e
         writer, reader = await asyncio.to_thread(connect, path, busy_timeout_ms, max_size_bytes)
         return cls(path, writer, reader)
 

@@ -1,6 +1,7 @@
 """`baton run --human-approval`: this terminal asks the person about each tool call of the
 run that waits for a human, one question at a time, and sends the answer to the waiting
-agent.
+agent. The calls come from the orchestrator, which passes on only those an agent makes
+for an attempt it holds (`tool_prompts`).
 
 The question always concerns a call that still waits: a call decided elsewhere (`baton
 tool approve|deny` from another terminal) is dropped, and said so, even while its question
@@ -76,8 +77,8 @@ class Approvals:
 
     async def start(self) -> Approvals:
         self._subscriptions = [
-            await self._bus.subscribe(subjects.tool_approval(self._run_id), self._on_request),
-            await self._bus.subscribe("baton.tool.decision.*", self._on_decision),
+            await self._bus.subscribe(subjects.tool_prompt(self._run_id), self._on_request),
+            await self._bus.subscribe(subjects.TOOL_DECISIONS_ALL, self._on_decision),
         ]
         self._task = asyncio.create_task(self._ask_loop())
         return self
@@ -133,7 +134,7 @@ class Approvals:
             if call_id not in self._pending:  # decided or retried while it was asked
                 continue
             del self._pending[call_id]
-            await self._send(call_id, answer)
+            await self._send(request, answer)
 
     async def _answer(self, call_id: str) -> bool | None:
         """The person's answer to the question about `call_id` (True: approve), False at
@@ -154,10 +155,12 @@ class Approvals:
             if call_id not in self._pending:
                 return False
 
-    async def _send(self, call_id: str, approve: bool) -> None:
+    async def _send(self, request: ToolCallRecord, approve: bool) -> None:
+        call_id = request.call_id
         decision = ToolDecision(call_id, approve, me(), "at baton run")
+        subject = subjects.tool_decision(request.agent_id, call_id)
         try:
-            await self._bus.request(subjects.tool_decision(call_id), encode(decision), 5.0)
+            await self._bus.request(subject, encode(decision), 5.0)
         except RequestFailed as exc:
             self._say(f"decision on {call_id} not delivered: {exc}")
 

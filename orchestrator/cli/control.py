@@ -1,8 +1,8 @@
 """`baton approve|reject|retry <run> <task>` and `baton cancel <run> [--task T]`: a
 person's decision, sent to the running orchestrator on that person's own API subject (so
 the core decides it and records the person as the actor), never written to the log
-directly. On a governed server the person is who the state directory's credentials say;
-elsewhere, `--as` (default `human:<login>`)."""
+directly. On the embedded server the person is who the state directory's credentials
+say; on a bus given with `--nats`, `--as` (default `human:<login>`)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
             p.add_argument("--output", default="{}", help="the task's output, a JSON object")
         p.add_argument("--note", default="", help="why (recorded with the decision)")
         p.add_argument("--as", dest="actor", default="",
-                       help="who decides (default human:<login name>); on a governed "
+                       help="who decides (default human:<login name>); on the embedded "
                             "server, always who its credentials name")  # fmt: skip
         p.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
                        help="orchestrator NATS (default: that of --state-dir)")  # fmt: skip
@@ -50,12 +50,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 
 
 def actor_of(args: argparse.Namespace, where: Reach) -> str:
-    """Who decides: the identity a governed server's credentials name (`--as` may only
+    """Who decides: the identity the embedded server's credentials name (`--as` may only
     repeat it), else `--as`, else this login as `human:<login>`."""
     if where.identity and args.actor and args.actor != where.identity:
         raise WorkflowError(
             "--as",
-            f"this orchestrator's server is governed: you decide as {where.identity}, the "
+            f"this orchestrator's server knows you: you decide as {where.identity}, the "
             f"person its credentials name, and cannot decide as {args.actor}",
         )
     return where.identity or args.actor or me()

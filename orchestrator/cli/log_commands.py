@@ -9,6 +9,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import private
 from bus import subjects
 from eventstore import EventQuery, SqliteEventStore
 from orchestrator.cli import audit_verify, history, render
@@ -61,7 +62,7 @@ async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
     stored = await history.run_events(store, args.run_id)
     lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
     if args.output:
-        Path(args.output).write_text(lines)
+        private.write(Path(args.output), lines.encode())  # 0600 if new: it is the log
         print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
     else:
         sys.stdout.write(lines)
@@ -125,7 +126,7 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaita
 async def with_store(args: argparse.Namespace) -> int:
     if args.command == "import":
         directory = state_dir(args.state_dir)
-        directory.mkdir(parents=True, exist_ok=True)
+        private.make_state_dir(directory)
         store = await open_store(directory)
     else:
         store = await existing_store(args.state_dir)

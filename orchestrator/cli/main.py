@@ -17,19 +17,22 @@ from pathlib import Path
 
 from msgspec.structs import replace
 
+import private
 from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contract_files import load_contracts
 from bus.errors import BusError, ContractError
+from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
+from orchestrator.cli import admit as admit_cli
 from orchestrator.cli import approvals, audit_verify, log_commands, render
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
-from orchestrator.cli.reach import shown
+from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.errors import (
     AgentStartError,
     OrchestratorError,
@@ -90,7 +93,9 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("workflow", help="workflow TOML file")
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
     submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                        help="the NATS server the orchestrator serves on")  # fmt: skip
+                        help="the NATS server the orchestrator serves on (default: "
+                             "$BATON_NATS_URL, else the embedded server of --state-dir, "
+                             "as you)")  # fmt: skip
     submit.add_argument("--request-id", default="",
                         help="makes the submit idempotent: sent again with the same id, it is "
                              "answered with the run it started (default: a new id, which the "
@@ -141,8 +146,9 @@ def _parser() -> argparse.ArgumentParser:
     audit_verify.add_arguments(audit)
 
     control_cli.add_parsers(sub)
+    admit_cli.add_parser(sub)
 
-    for command in (run, resume, serve, replay, fork, export, import_, audit):
+    for command in (run, resume, serve, submit, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
@@ -317,13 +323,21 @@ async def _serve_only(args: argparse.Namespace) -> int:
 
 
 async def _submit(args: argparse.Namespace) -> int:
-    if not args.nats:
-        raise WorkflowError("--nats", "the URL of the NATS server is required (or $BATON_NATS_URL)")
+    where = reach(args.nats, state_dir(args.state_dir))
+    if where is None:
+        raise WorkflowError("--nats", "no orchestrator's NATS running for the state directory: "
+                            "give its URL (or $BATON_NATS_URL)")  # fmt: skip
     path = Path(args.workflow)
     workflow = load(path)
     run_input = parse_input(args.input)
     answer = await serve.submit(
-        args.nats, workflow, run_input, request_id=args.request_id, timeout=args.timeout
+        where.url,
+        workflow,
+        run_input,
+        requested_by=where.identity or me(),
+        request_id=args.request_id,
+        timeout=args.timeout,
+        inbox_prefix=inbox_prefix(where.identity) if where.identity else "",
     )
     if answer.earlier:
         print(f"baton submit: run {answer.run_id} was started by an earlier try of request "
@@ -413,6 +427,7 @@ def _agent(argv: list[str]) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    private.restrict_umask()  # whatever this process or a library makes: never for others
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["agent"]:
         return _agent(argv[1:])
@@ -428,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         "status": obs_cli.status,
         "health": obs_cli.health,
         "agents": obs_cli.agents,
+        "admit": admit_cli.admit,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 
+import private
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
@@ -76,7 +77,7 @@ async def trace(args: argparse.Namespace, store: EventStore) -> int:
     stored = await store.read_stream(journal.run_stream(args.run_id))
     timeline = build(args.run_id, stored)
     if args.html:
-        Path(args.html).write_text(trace_html.render(timeline))
+        private.write(Path(args.html), trace_html.render(timeline).encode())  # 0600 if new
         print(f"wrote {args.html}: run {args.run_id}, {len(timeline.tasks)} tasks")
     else:
         print(trace_view.render(timeline, args.width))
@@ -98,7 +99,7 @@ async def connect(where: Reach, name: str, timeout: float) -> Bus:
         raise NoOrchestrator(f"cannot reach NATS at {shown(where.url)} within {timeout}s") from None
 
 
-async def _ask(where: Reach, subject: str, payload: bytes, timeout: float) -> bytes:
+async def ask(where: Reach, subject: str, payload: bytes, timeout: float) -> bytes:
     bus = await connect(where, "baton-cli", timeout)
     try:
         return await bus.request(subject, payload, timeout)
@@ -131,7 +132,7 @@ async def status(args: argparse.Namespace) -> int:
     where = _reach(args)
     if where is not None:
         reply = _status_reply.decode(
-            await _ask(where, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
+            await ask(where, subjects.API_STATUS, encode(StatusRequest(args.all)), args.timeout)
         )
         if isinstance(reply, ErrorReply):
             raise NoOrchestrator(f"{reply.error}: {reply.detail}")
@@ -169,7 +170,7 @@ async def health(args: argparse.Namespace) -> int:
         raise NoOrchestrator(f"no orchestrator running for {state_dir(args.state_dir)} "
                              "(pass --nats or --state-dir)")  # fmt: skip
     reply = _health_reply.decode(
-        await _ask(where, subjects.API_HEALTH, encode(HealthRequest()), args.timeout)
+        await ask(where, subjects.API_HEALTH, encode(HealthRequest()), args.timeout)
     )
     if isinstance(reply, ErrorReply):
         raise NoOrchestrator(f"{reply.error}: {reply.detail}")
@@ -188,7 +189,7 @@ async def agents(args: argparse.Namespace) -> int:
             "--state-dir); live agents are known only to a running orchestrator"
         )
     reply = _agents_reply.decode(
-        await _ask(where, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
+        await ask(where, subjects.API_AGENTS, encode(AgentsRequest()), args.timeout)
     )
     if isinstance(reply, ErrorReply):
         raise NoOrchestrator(f"{reply.error}: {reply.detail}")

@@ -1,10 +1,10 @@
 """How a person's CLI reaches the running orchestrator, and as whom.
 
-One rule for every command that talks to it (`status`, `agents`, `approve`, `reject`,
-`retry`, `cancel`, `tool approve|deny`): `--nats URL` if given; else the embedded server
-running for the state directory, with the person's own credentials when that server is
-governed (every client logs in; the server then lets the person act only as the identity
-its credentials name, which is what the log records)."""
+One rule for every command that talks to it (`status`, `agents`, `health`, `submit`,
+`admit`, `approve`, `reject`, `retry`, `cancel`, `tool approve|deny`): `--nats URL` if
+given; else the embedded server running for the state directory, with the person's own
+credentials (every client logs in; the server then lets the person act only as the
+identity its credentials name, which is what the log records)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,13 @@ import getpass
 from pathlib import Path
 from typing import NamedTuple
 
-from bus.permissions import person_identity
+from bus.permissions import person_identity, shown_url
 from bus.server import person_credentials, running_urls
 
 
 class Reach(NamedTuple):
     """Where to connect, and the identity the server lets this connection act as ('' when
-    the server lets anyone claim any identity, i.e. it is not governed, or unknown)."""
+    unknown: a bus given with `--nats`)."""
 
     url: str
     identity: str
@@ -31,7 +31,8 @@ def me() -> str:
 
 def reach(nats: str, directory: Path) -> Reach | None:
     """`--nats` if given, else the running embedded server of `directory` (with the
-    person's credentials when it is governed), else None: nothing is running there."""
+    person's credentials; without them, e.g. as another OS user, the server will refuse
+    the login and say so), else None: nothing is running there."""
     if nats:
         return Reach(nats, "")
     credentials = person_credentials(directory)
@@ -41,7 +42,5 @@ def reach(nats: str, directory: Path) -> Reach | None:
     return Reach(urls[0], "") if urls else None
 
 
-def shown(url: str) -> str:
-    """A URL fit to print: never with the password it may carry."""
-    scheme, _, rest = url.rpartition("://")
-    return f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
+shown = shown_url
+"""A URL fit to print: never with the password it may carry."""

@@ -2,7 +2,8 @@
 governed tool call that needs approval.
 
 The decision goes straight to the agent holding the call (request/reply on the call's
-decision subject), which records it as an event before it acts on it; `pending` lists,
+decision subject, which names that agent: `--agent`, else the agent the log records as
+waiting on the call), which records it as an event before it acts on it; `pending` lists,
 from the event log, the calls that wait for a decision. (`baton run --human-approval`
 asks on its own terminal: `approvals`.)
 """
@@ -36,6 +37,9 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
         decide = sub.add_parser(action, help=f"{action} a tool call that waits for a human")
         decide.add_argument("call_id", help="the call id (see baton tool pending)")
         decide.add_argument("--reason", default="", help="recorded with the decision")
+        decide.add_argument("--agent", default="",
+                            help="the agent waiting on the call (default: the one the state "
+                                 "directory's log records; see baton tool pending)")  # fmt: skip
         decide.add_argument("--by", default="",
                             help="your name (default: who the governed server's credentials "
                                  "name, else human:<login name>)")  # fmt: skip
@@ -52,13 +56,14 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
     return p
 
 
-async def decide(where: Reach, decision: ToolDecision, timeout: float = 5.0) -> ToolDecisionAck:
-    """Send a decision to the agent holding the call; `RequestFailed` if none is waiting."""
+async def decide(
+    where: Reach, agent_id: str, decision: ToolDecision, timeout: float = 5.0
+) -> ToolDecisionAck:
+    """Send a decision to the agent holding the call; `RequestFailed` if it is not waiting."""
     bus = await connect(where, "baton-tool", timeout)
     try:
-        reply = await bus.request(
-            subjects.tool_decision(decision.call_id), encode(decision), timeout
-        )
+        subject = subjects.tool_decision(agent_id, decision.call_id)
+        reply = await bus.request(subject, encode(decision), timeout)
     finally:
         await bus.close()
     answer = _ack.decode(reply)
@@ -85,6 +90,21 @@ async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRe
     ]
 
 
+async def _caller(directory: Path, call_id: str) -> str:
+    """The one agent the log records as having asked for approval of `call_id` (waiting
+    still, or decided: it then says it takes no second decision), else ''."""
+    if not store_path(directory).exists():
+        return ""
+    store = await open_store(directory)
+    try:
+        stored = await store.query(EventQuery(type_glob="tool.call"))
+    finally:
+        await store.close()
+    records = agentlog.tool_calls(stored)
+    agents = {r.agent_id for r in records if r.call_id == call_id and r.phase == "awaiting"}
+    return agents.pop() if len(agents) == 1 else ""
+
+
 async def _main(args: argparse.Namespace) -> int:
     directory = state_dir(args.state_dir)
     if args.action == "pending":
@@ -109,10 +129,16 @@ async def _main(args: argparse.Namespace) -> int:
               "and no --nats or $BATON_NATS_URL was given", file=sys.stderr)  # fmt: skip
         return 2
     subjects.token(args.call_id)
+    agent_id = args.agent or await _caller(directory, args.call_id)
+    if not agent_id:
+        print(f"baton tool: no agent is waiting on tool call {args.call_id} as far as "
+              f"{store_path(directory)} says (it names no single agent asking for it: "
+              "name it with --agent)", file=sys.stderr)  # fmt: skip
+        return 1
     by = args.by or where.identity or me()  # the agent records it as who decided
     decision = ToolDecision(args.call_id, args.action == "approve", by, args.reason)
     try:
-        ack = await decide(where, decision)
+        ack = await decide(where, subjects.token(agent_id), decision)
     except RequestFailed:
         print(f"baton tool: no agent is waiting on tool call {args.call_id}", file=sys.stderr)
         return 1

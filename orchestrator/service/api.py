@@ -15,12 +15,12 @@ class StartRunRequest(
 ):
     """Start a run (`baton submit`). With a `request_id` the request is idempotent: sent
     again (after a timeout, a restart, even once the run ended) it is answered with the
-    run it started, never a second one."""
+    run it started, never a second one. Who asked is not a field: it is the requester
+    whose subject the request came on (`bus.subjects.run_start`)."""
 
     workflow: WorkflowSpec
     input: dict[str, Any] = {}
     run_id: str = ""
-    requested_by: str = "api"
     request_id: str = ""
     """Chosen by the client, the same for each retry of one request (at most 200 chars)."""
 
@@ -141,3 +141,20 @@ class AgentStatus(msgspec.Struct, frozen=True):
 
 class AgentsReply(msgspec.Struct, frozen=True, tag_field="kind", tag="agents.reply"):
     agents: list[AgentStatus]
+
+
+class AdmitRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="admit"
+):
+    """A person asks for credentials for an agent they start by hand (`baton admit`)."""
+
+    agent_id: str
+    role: str
+
+
+class Admitted(msgspec.Struct, frozen=True, tag_field="kind", tag="admitted"):
+    """The agent's own login: `url` is `nats://<user>:<password>@host:port`, its
+    `BATON_NATS_URL`; the server lets it act only as `agent_id`."""
+
+    agent_id: str
+    url: str

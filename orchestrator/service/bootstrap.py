@@ -5,24 +5,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from bus.connection import Bus
-from bus.contracts import Contracts, RoleContract
-from bus.permissions import (
-    agent_permissions,
-    new_user,
-    person_identity,
-    person_user,
-    url_for,
-)
-from bus.server import EmbeddedNats, PersonCredentials, forget_person, save_person
+from bus.contracts import Contracts
+from bus.server import EmbeddedNats
 from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
+from orchestrator.service.logins import Logins
 from orchestrator.service.service import Orchestrator
 from orchestrator.service.writable import check_writable
 
@@ -69,20 +62,15 @@ class Stack:
     contracts: Contracts | None = None
     checkpoints: Checkpointer | None = None
     """Signs the log's head into the anchor; closed (one last checkpoint) before the store."""
+    logins: Logins | None = None
+    """Who may log in to the embedded server (None on an external bus)."""
     server_watch: asyncio.Task[None] | None = None
     """Restarts the embedded server whenever it exits (`EmbeddedNats.supervise`)."""
 
     def agent_url(self, agent_id: str, role: str) -> str:
-        """The URL an agent process connects with: on a governed embedded server, with
-        its own new user whose permissions its role's contract decides; else `nats_url`."""
-        if self.server is None or not self.server.secured or self.contracts is None:
-            return self.nats_url
-        if role in self.contracts:
-            user = new_user(agent_id, agent_permissions(agent_id, self.contracts.get(role)))
-        else:  # it will be refused anyway; let it in with no rights beyond heartbeating
-            user = new_user(agent_id, agent_permissions(agent_id, RoleContract(name=role)))
-        self.server.add_users([user])
-        return url_for(self.server.url, user)
+        """The URL an agent process connects with: on the embedded server, with its own
+        new user (see `Logins`); else `nats_url`."""
+        return self.logins.agent_url(agent_id, role) if self.logins else self.nats_url
 
     async def close(self) -> None:
         """Stop it all; bounded whatever the bus's state (a server gone, reconnecting)."""
@@ -119,24 +107,15 @@ async def bootstrap(
     check_writable(directory, [store_file, *wal])
     store = await open_store(directory)
     server = None
+    logins: Logins | None = None
     checkpoints: Checkpointer | None = None
     try:
         key = load_signing_key(anchor_key_path(directory))
         checkpoints = Checkpointer(store, anchor_path(directory), key)
-        if not nats_url and contracts is not None:
-            # governed: every client logs in, each agent gets its contract's permissions
-            # and the person who starts it gets a user of their own for the CLI
-            orchestrator_user = new_user("orchestrator", None)
-            person = person_identity(getpass.getuser())
-            person_login = person_user(person)
-            server = EmbeddedNats(directory, users=[orchestrator_user, person_login])
-            base_url = await server.start()
-            nats_url = url_for(base_url, orchestrator_user)
-            save_person(directory, PersonCredentials(person, url_for(base_url, person_login)))
-        elif not nats_url:
-            forget_person(directory)
-            server = EmbeddedNats(directory)
-            nats_url = await server.start()
+        if not nats_url:
+            logins = Logins(directory, contracts)
+            server = logins.server
+            nats_url = await logins.start()
         bus = await Bus.connect(nats_url, name="baton-orchestrator")
         orchestrator = Orchestrator(
             bus,
@@ -149,6 +128,8 @@ async def bootstrap(
         )
         await orchestrator.start()
         await checkpoints.start()
+        if logins is not None:
+            await logins.serve(bus)
     except BaseException:
         if checkpoints is not None:
             await checkpoints.close()
@@ -166,5 +147,6 @@ async def bootstrap(
         telemetry if owned else None,
         contracts,
         checkpoints,
+        logins,
         asyncio.create_task(server.supervise()) if server is not None else None,
     )

@@ -12,6 +12,7 @@ from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
+import private
 from bus.server import PARENT_ENV, die_with_parent
 from orchestrator.core.workflow import AgentSpec
 
@@ -45,7 +46,7 @@ class AgentProcesses:
     ) -> list[str]:
         """Start `spec.count` agents; `url_for_agent(agent_id, role)` gives each its own
         NATS URL (its credentials), passed in the environment, never on the command line."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
+        private.make_dir(self.log_dir)
         started = []
         for n in range(spec.count):
             agent_id = f"{spec.role}-{n + 1}-{secrets.token_hex(2)}"
@@ -65,13 +66,14 @@ class AgentProcesses:
                 command += ["--contracts", contracts]
             url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
             env = {**os.environ, "BATON_NATS_URL": url, PARENT_ENV: str(os.getpid())}
-            with (self.log_dir / f"{agent_id}.log").open("ab") as log:
+            with private.append(self.log_dir / f"{agent_id}.log") as log:
                 self.processes[agent_id] = subprocess.Popen(
                     command,
                     stdout=log,
                     stderr=subprocess.STDOUT,
                     preexec_fn=die_with_parent,
                     env=env,
+                    umask=private.CHILD_UMASK,
                 )
             started.append(agent_id)
         return started

@@ -196,12 +196,13 @@ class RunRequests:
 
     async def on_start(self, msg: Incoming) -> None:
         try:
+            requester = subjects.run_starter(msg.subject)  # the sender, as the server knows
             request = _start_decoder.decode(msg.data)
             run_id, earlier = await self.start(
                 request.workflow,
                 request.input,
                 run_id=request.run_id,
-                requested_by=request.requested_by,
+                requested_by=requester,
                 request_id=request.request_id,
             )
         except (BusError, WorkflowError) as exc:

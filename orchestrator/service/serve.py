@@ -21,6 +21,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus
 from bus.errors import BusError, RequestFailed
+from bus.permissions import shown_url
 from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
@@ -43,8 +44,8 @@ async def serve(directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0) 
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
-        print(f"baton: serving on NATS {stack.nats_url}, event store {store_path(directory)}",
-              flush=True)  # fmt: skip
+        print(f"baton: serving on NATS {shown_url(stack.nats_url)}, "
+              f"event store {store_path(directory)}", flush=True)  # fmt: skip
         await stop.wait()
     finally:
         await stack.close()
@@ -68,6 +69,7 @@ async def submit(
     requested_by: str = "cli",
     request_id: str = "",
     timeout: float = 10.0,
+    inbox_prefix: str = "",
 ) -> RunAccepted:
     """Ask a serving orchestrator to start a run; answered once `RunStarted` is durable.
 
@@ -75,9 +77,12 @@ async def submit(
     again, and it is, until `timeout`, whenever no answer came: nobody serving yet, an
     orchestrator paused or restarting, a store that refused the append. A try that did
     start the run is answered with that run. `SubmitUnanswered` names the id to retry with.
+    `requested_by` is the requester's subject token: on the embedded server, the identity
+    of the login (`human:<login>`), the only one it may publish as.
     """
     request_id = request_id or secrets.token_hex(16)
-    request = encode(StartRunRequest(workflow, input or {}, run_id, requested_by, request_id))
+    request = encode(StartRunRequest(workflow, input or {}, run_id, request_id))
+    subject = subjects.run_start(requested_by)
     shown = nats_url.rpartition("@")[2]  # never echo a password
     deadline = time.monotonic() + timeout
     pause, why = 0.2, "no try"
@@ -87,8 +92,10 @@ async def submit(
             try:
                 if bus is None:
                     async with asyncio.timeout(left):
-                        bus = await Bus.connect(nats_url, name="baton-submit")
-                reply = await bus.request(subjects.API_START_RUN, request, min(left, ATTEMPT_S))
+                        bus = await Bus.connect(
+                            nats_url, name="baton-submit", inbox_prefix=inbox_prefix
+                        )
+                reply = await bus.request(subject, request, min(left, ATTEMPT_S))
             except (BusError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             else:

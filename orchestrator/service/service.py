@@ -5,6 +5,7 @@ wires them together behind the methods the CLI and the tests call.
     run_requests ──────┼─► pipeline (decide, append, act) ─► outbound (effects on the bus)
     liveness (ticks) ──┘         ▲
     recovery (on start) ─────────┘
+    tool_prompts: agents' requests for a tool call's approval, checked, to the run's watchers
 
 It keeps nothing that is not in the event store: on start it replays every unfinished
 run, re-derives the effects still owed, and consumes whatever agents left in the durable
@@ -20,6 +21,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,7 @@ from eventstore.anchor import Checkpointer
 from orchestrator.core.errors import UnknownRun
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import WorkflowSpec
-from orchestrator.service import journal, live_api
+from orchestrator.service import journal, live_api, tool_prompts
 from orchestrator.service.agentlog import AgentLog
 from orchestrator.service.api import HealthIssue, RunControlRequest
 from orchestrator.service.background import Background
@@ -148,6 +150,9 @@ class Orchestrator:
             self._health.forget,
         ]
         self._requests = RunRequests(store, self._pipeline, self._system, new_run_id)
+        self._prompts = tool_prompts.ToolPrompts(
+            bus, partial(tool_prompts.refusal, self._runs), self._system.reject
+        )
         self._liveness = Liveness(
             self._registry,
             self._pipeline,
@@ -171,9 +176,10 @@ class Orchestrator:
         self._subscriptions = [
             await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
             await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._liveness.on_heartbeat),
-            await self._bus.subscribe(subjects.API_START_RUN, self._requests.on_start),
+            await self._bus.subscribe(subjects.API_START_RUN_ALL, self._requests.on_start),
             await self._bus.subscribe(subjects.API_RUN_CONTROL_ALL, self._requests.on_control),
             await self._bus.subscribe(subjects.BIDS_ALL, self._requests.on_bid),
+            await self._bus.subscribe(subjects.TOOL_APPROVALS_ALL, self._prompts.on_request),
         ]
         self._subscriptions += await live_api.serve(self._bus, self, self._wall)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)

@@ -1,4 +1,5 @@
-"""A state directory the orchestrator cannot write is refused at startup, in one line.
+"""A state directory the orchestrator cannot write is refused at startup, in one line;
+one that other users may enter is made private (0700) first, or refused if it cannot be.
 
 SQLite opens a file it may not write read-only, and serves reads from it: without this
 check an orchestrator on a read-only state directory (or event store file) starts, says
@@ -8,9 +9,11 @@ it is serving, and fails at the first append of the first run.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Iterable
 from pathlib import Path
 
+import private
 from orchestrator.core.errors import OrchestratorError
 
 
@@ -18,13 +21,25 @@ class StateDirUnwritable(OrchestratorError):
     """The state directory, or a file of the event store in it, cannot be written."""
 
 
+class StateDirNotPrivate(OrchestratorError):
+    """The state directory lets other users in, and cannot be made private."""
+
+
 def check_writable(directory: Path, files: Iterable[Path] = ()) -> None:
-    """Create the directory if need be, write and remove a file in it, and open each of
-    `files` that exists for writing; `StateDirUnwritable` names the first that fails."""
-    probe = directory / f".baton-write-check-{os.getpid()}"
+    """Create the directory (0700) if need be, or tighten it to 0700, write and remove a
+    file in it, and open each of `files` that exists for writing; `StateDirNotPrivate` or
+    `StateDirUnwritable` names the first that fails."""
+    probe = directory / f".baton-write-check-{os.getpid()}-{secrets.token_hex(4)}"
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        private.make_state_dir(directory)
+    except private.NotPrivate as exc:
+        raise StateDirNotPrivate(exc.strerror or str(exc)) from exc
+    except OSError as exc:
+        raise StateDirUnwritable(
+            f"state directory {directory} is not writable: {exc.strerror or exc}"
+        ) from exc
+    try:
+        fd = private.create(probe)
         try:
             os.write(fd, b"ok")
             os.fsync(fd)
