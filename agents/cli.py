@@ -75,7 +75,13 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         help="tasks run at once (default: the contract's concurrency, else 4)",
     )
     p.add_argument("--capabilities", default="", help="comma-separated; default: the role")
-    p.add_argument("--heartbeat", type=float, default=0.5, help="seconds between heartbeats")
+    p.add_argument(
+        "--heartbeat",
+        type=float,
+        default=None,
+        help="seconds between heartbeats (default: the interval the orchestrator names in "
+        "its answer to each heartbeat; 0.5 until it answers)",
+    )
     p.add_argument("--bidder", default="",
                    help="contract-net bidder, like --handler (default: bid the load)")  # fmt: skip
     return p
@@ -179,6 +185,9 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     if not args.nats:
         print(f"{prog}: error: --nats, --nats-file or $BATON_NATS_URL is required",
               file=sys.stderr)  # fmt: skip
+        return 2
+    if args.heartbeat is not None and not 0 < args.heartbeat < 3600:
+        print(f"{prog}: error: --heartbeat must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
     if args.capacity < 0:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)

@@ -47,3 +47,14 @@ class LlmConfigError(AgentError):
         super().__init__(f"{location}: {message}")
         self.location = location
         self.message = message
+
+
+class AgentIdTaken(AgentError):
+    """The orchestrator refused this process its agent id: another live process has it."""
+
+    def __init__(self, agent_id: str) -> None:
+        super().__init__(
+            f"agent id {agent_id!r} is in use by another live agent process (refused by the "
+            "orchestrator); stop that one or give this one another --id"
+        )
+        self.agent_id = agent_id

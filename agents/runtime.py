@@ -2,6 +2,11 @@
 own subject, runs up to `capacity` of them at once, and returns every outcome through the
 durable inbox, so a result survives an orchestrator restart.
 
+Its agent id is owned by one process at a time: each heartbeat carries this process's
+random `instance`, the orchestrator answers each with a verdict, and a process refused
+(another live one has the id) finishes what it holds and exits with `AgentIdTaken`.
+What is sent to the id for another instance is not this process's to take or answer.
+
 It knows only the wire protocol (`bus`), never the orchestrator or the event store.
 """
 
@@ -10,10 +15,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import signal
 import time
 from collections import OrderedDict
 
+from agents.errors import AgentIdTaken
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
 from agents.outbox import Outbox, track_inbox_writes
@@ -36,7 +43,9 @@ from bus.protocol import (
     Control,
     ErrorReply,
     Heartbeat,
+    HeartbeatAck,
     HeldTask,
+    IdVerdict,
     TaskFailure,
     TaskResult,
 )
@@ -49,6 +58,9 @@ log = logging.getLogger("baton.agent")
 
 _inbound: Decoder[AgentInbound] = Decoder(AgentInbound)
 _cfp: Decoder[CallForProposals] = Decoder(CallForProposals)
+_ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
+HEARTBEAT_S = 0.5
+"""The interval until the orchestrator says which it expects."""
 _SEEN_LIMIT = 100_000
 OFFLINE_DRAIN_S = 1.0
 """How long a draining agent waits on held work while the bus is down before it gives the
@@ -58,6 +70,13 @@ REPEAT_SIGNAL_S = 0.5
 sends the parent-death signal once per thread of a dying parent, all within a moment."""
 
 Key = tuple[str, str, int]
+
+
+def _sent_to(message: AgentInbound) -> str:
+    """The process (instance) a message to an agent id is for; '' for any."""
+    if isinstance(message, AssignBatch):
+        return message.assignments[0].instance if message.assignments else ""
+    return message.instance
 
 
 class AgentRuntime:
@@ -72,7 +91,7 @@ class AgentRuntime:
         handler: Handler,
         capabilities: list[str] | None = None,
         capacity: int = 4,
-        heartbeat_s: float = 0.5,
+        heartbeat_s: float | None = None,
         bidder: Bidder | None = None,
         telemetry: Telemetry | None = None,
         contract: RoleContract | None = None,
@@ -89,7 +108,12 @@ class AgentRuntime:
         self._handler = handler
         self._capabilities = capabilities or [role]
         self._capacity = capacity
-        self._heartbeat_s = heartbeat_s
+        self._heartbeat_s = heartbeat_s or HEARTBEAT_S
+        self._follow = heartbeat_s is None
+        """Whether to take the interval the orchestrator's answers name."""
+        self.instance = secrets.token_hex(8)
+        self.verdict: IdVerdict | None = None
+        """What the orchestrator last said of this process's claim on its id."""
         self._slots = asyncio.Semaphore(capacity)
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
@@ -112,16 +136,19 @@ class AgentRuntime:
             load=len(self._held),
             held=[HeldTask(r, t, a) for r, t, a in self._held],
             contract_digest=self._digest,
+            instance=self.instance,
         )
 
     async def run(self) -> None:
-        """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit.
+        """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit;
+        `AgentIdTaken` after the drain if the orchestrator refused this process its id.
         The drain gives held work up on a second signal, or once the bus has been down
         `OFFLINE_DRAIN_S` (see `_drain`)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal)
+        await self._bus.subscribe(subjects.registry(self.agent_id), self._on_ack, inline=True)
         await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
@@ -131,10 +158,17 @@ class AgentRuntime:
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
+        if self.verdict == "refused":
+            raise AgentIdTaken(self.agent_id)
 
     def stop(self) -> None:
         """Stop taking work and drain."""
         self._stopping.set()
+
+    @property
+    def heartbeat_s(self) -> float:
+        """The interval kept now: the one given, else the orchestrator's once it answered."""
+        return self._heartbeat_s
 
     def _on_signal(self) -> None:
         """The first SIGTERM/SIGINT drains; another one (`REPEAT_SIGNAL_S` later or
@@ -176,6 +210,28 @@ class AgentRuntime:
                 log.warning("heartbeat failed: %s", exc)
             await asyncio.sleep(self._heartbeat_s)
 
+    async def _on_ack(self, msg: Incoming) -> None:
+        """The orchestrator's answer to a heartbeat (of this process, or of another with
+        the same id, which is not ours to act on)."""
+        try:
+            ack = _ack.decode(msg.data)
+        except BusError as exc:
+            log.warning("refused message on %s: %s", msg.subject, exc)
+            return
+        if ack.instance != self.instance:
+            return
+        if ack.verdict != self.verdict and ack.verdict != "owner":
+            log.warning("agent id %s %s: %s", self.agent_id, ack.verdict, ack.detail)
+        self.verdict = ack.verdict
+        if self._follow and 0 < ack.heartbeat_s <= 3600:
+            self._heartbeat_s = ack.heartbeat_s
+        if ack.verdict == "refused":
+            self._stopping.set()
+
+    def _for_us(self, instance: str) -> bool:
+        """Whether a message sent to this agent id is this process's to act on."""
+        return not instance or instance == self.instance
+
     async def _on_message(self, msg: Incoming) -> None:
         try:
             message = _inbound.decode(msg.data)
@@ -183,6 +239,8 @@ class AgentRuntime:
             log.warning("refused message on %s: %s", msg.subject, exc)
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
+        if not self._for_us(_sent_to(message)):
+            return  # the id's owner answers; a word from here would be taken instead
         if isinstance(message, Control):
             self._control(message)
             return
@@ -203,7 +261,7 @@ class AgentRuntime:
         except BusError as exc:
             log.warning("refused call for proposals on %s: %s", msg.subject, exc)
             return
-        if self._stopping.is_set():
+        if self._stopping.is_set() or self.verdict in ("waiting", "refused"):
             return
         ctx = TaskContext(
             call.run_id, call.task_id, call.step, call.attempt, call.role, self.agent_id, call.input

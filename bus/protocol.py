@@ -38,10 +38,40 @@ class Heartbeat(_Message, frozen=True, tag="agent.heartbeat"):
     held: list[HeldTask] = []
     contract_digest: str = ""
     """sha256 of the role contract the agent enforces on itself (`bus.contracts`)."""
+    instance: str = ""
+    """A random id of this agent process, new at each start, the same in all its heartbeats:
+    one process owns an agent id while it is live, and another with the same id is
+    refused (see `agent.heartbeat.ack`). Empty: the sender cannot be told apart from
+    another process with its id, and gets assignments sent to any of them."""
 
 
-class Assignment(_Message, frozen=True, tag="task.assign"):
-    """Orchestrator → the chosen agent: run this attempt, fenced by its lease token."""
+IdVerdict = Literal["owner", "waiting", "refused"]
+"""`owner`: the id is this process's, it is routed to. `waiting`: another live process
+owns the id; nothing is routed to this one, it keeps heartbeating, and gets the id once
+the owner has been silent for the TTL. `refused`: the owner is alive too, so this process
+must stop (finish what it holds, take nothing new, exit)."""
+
+
+class HeartbeatAck(_Message, frozen=True, tag="agent.heartbeat.ack"):
+    """Orchestrator → agent, for each heartbeat: whether this process owns its agent id,
+    and the heartbeat interval and TTL the orchestrator keeps."""
+
+    instance: str
+    """The `instance` of the heartbeat this answers; a process ignores the others'."""
+    verdict: IdVerdict
+    heartbeat_s: float
+    """Send heartbeats at least this often (unless the agent was given an interval)."""
+    ttl_s: float
+    """Silent for longer than this (while the orchestrator is connected), an agent is
+    lost and its attempts are given to others."""
+    detail: str = ""
+
+
+class Assignment(_Message, frozen=True, tag="task.assign", omit_defaults=True):
+    """Orchestrator → the chosen agent: run this attempt, fenced by its lease token.
+
+    The optional fields are left out when unset (an agent that sends no `instance` never
+    sees one)."""
 
     run_id: str
     task_id: str
@@ -54,6 +84,9 @@ class Assignment(_Message, frozen=True, tag="task.assign"):
     traceparent: str = ""
     """The W3C context of this assignment's dispatch span, when several travel in one
     message (a lone assignment's is in the message's headers too)."""
+    instance: str = ""
+    """The `instance` that owns the agent id: any other process with that id must not
+    take it, nor answer (it answers nothing). Empty: whoever has the id takes it."""
 
 
 class AssignAck(_Message, frozen=True, tag="task.assign.ack"):
@@ -75,13 +108,15 @@ class AssignAcks(_Message, frozen=True, tag="task.assign.acks"):
     acks: list[AssignAck]
 
 
-class Control(_Message, frozen=True, tag="agent.control"):
+class Control(_Message, frozen=True, tag="agent.control", omit_defaults=True):
     """Orchestrator → agent: cancel one attempt, or drain."""
 
     action: Literal["cancel", "drain"]
     run_id: str = ""
     task_id: str = ""
     attempt: int = 0
+    instance: str = ""
+    """As an assignment's: only that process of the agent id acts on it ('' any)."""
 
 
 class Usage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -19,6 +19,7 @@ from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
 # (message type, who sends it, on which subject)
 MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.Heartbeat, "agent → orchestrator", "`baton.registry.heartbeat.<agent_id>`"),
+    (protocol.HeartbeatAck, "orchestrator → agent", "`baton.agent.<agent_id>.registry`"),
     (protocol.Assignment, "orchestrator → agent (request)", "`baton.agent.<agent_id>.assign`"),
     (protocol.AssignAck, "agent → orchestrator (reply)", "reply to an assignment"),
     (protocol.AssignBatch, "orchestrator → agent (request)", "`baton.agent.<agent_id>.assign`"),
@@ -82,6 +83,7 @@ ordinary NATS client, in any language, is here.
 | subject | from → to | what |
 | --- | --- | --- |
 | `baton.registry.heartbeat.<agent_id>` | agent → orchestrator | liveness, role, capacity, load, held attempts, contract digest |
+| `baton.agent.<agent_id>.registry` | orchestrator → agent | the answer to each heartbeat: whether this process (its `instance`) owns the agent id, and the heartbeat interval and TTL to keep |
 | `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt, or a batch of them, to run (request/reply) |
 | `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
 | `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to an id no one else can know before you send: for a lone result or failure `<run>:<task>:<attempt>:<kind>:<agent_id>:<lease_token>`, for anything else one with a random part, so a re-send is deduplicated and no one can take the id first. A publish acknowledged as a duplicate on its first try means someone did: send it again under a new id |
@@ -94,6 +96,15 @@ ordinary NATS client, in any language, is here.
 | `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |
 | `baton.tool.decision.<agent_id>.<call_id>` | human → agent | approve or deny that agent's call (request/reply); on a governed server an agent receives only its own |
 | `baton.events.<run_id>` | orchestrator → watchers | live progress of a run |
+
+An agent id is owned by one process at a time. Send a random `instance` (new at each
+start) in every heartbeat, subscribe to `baton.agent.<agent_id>.registry`, and act on the
+`agent.heartbeat.ack` that names your instance: `waiting` means another live process has
+the id (take nothing, keep heartbeating: you get the id once it has been silent for the
+TTL), `refused` means it is alive too (finish what you hold, take nothing new, exit).
+Ignore (and do not answer) an assignment or control whose `instance` is not yours; one
+with no `instance` is for whoever has the id. An agent that sends no `instance` works as
+before but cannot be told apart from a second process with its id.
 
 Subject tokens are `[A-Za-z0-9_:-]+`. The orchestrator checks the `<agent_id>` of the
 subject a report came on, not the payload's claim; on a governed server (one started with

@@ -48,6 +48,12 @@ def control(agent_id: str) -> str:
     return f"baton.agent.{token(agent_id)}.control"
 
 
+def registry(agent_id: str) -> str:
+    """Orchestrator → every process with this agent id: the answer to each heartbeat
+    (whether that process owns the id, the interval and TTL to keep)."""
+    return f"baton.agent.{token(agent_id)}.registry"
+
+
 def heartbeat(agent_id: str) -> str:
     """Agent → registry: liveness, role, capacity and load."""
     return f"baton.registry.heartbeat.{token(agent_id)}"

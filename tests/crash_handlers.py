@@ -7,6 +7,7 @@ Each agent process appends JSON lines to `$BATON_TEST_RECEIPTS/<pid>.jsonl`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import time
@@ -50,3 +51,10 @@ write = _recording("write")
 async def noop(task: TaskContext) -> dict[str, Any]:
     _receipt(task)
     return {"task": task.task_id}
+
+
+async def slow(task: TaskContext) -> dict[str, Any]:
+    """Writes its receipt, then takes `params.seconds` (default 0.3): work in flight."""
+    _receipt(task)
+    await asyncio.sleep(float(task.params.get("seconds", 0.3)))
+    return {"task": task.task_id, "pid": os.getpid()}

@@ -28,7 +28,7 @@ from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
 from orchestrator.cli import admit as admit_cli
-from orchestrator.cli import approvals, audit_verify, log_commands, render
+from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
@@ -148,6 +148,9 @@ def _parser() -> argparse.ArgumentParser:
     control_cli.add_parsers(sub)
     admit_cli.add_parser(sub)
 
+    for serving in (run, resume, serve):
+        liveness_options.add_arguments(serving)
+
     for command in (run, resume, serve, submit, replay, fork, export, import_, audit):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
@@ -236,7 +239,10 @@ async def _serve(
     if args.human_approval:
         os.environ["BATON_TOOL_APPROVAL"] = "human:600"  # the agents started below inherit it
     contracts = load_contracts(contracts_path) if contracts_path else None
-    stack = await bootstrap(directory, args.nats, contracts=contracts)
+    ttl, heartbeat_s = liveness_options.timing(args)
+    stack = await bootstrap(
+        directory, args.nats, contracts=contracts, agent_ttl=ttl, heartbeat_s=heartbeat_s
+    )
     agents = AgentProcesses(directory / "logs")
     asking: approvals.Approvals | None = None
     grace = CUT_SHORT_GRACE_S  # until the run has ended
@@ -261,6 +267,7 @@ async def _serve(
                     spec,
                     stack.nats_url,
                     Path.cwd(),
+                    heartbeat_s=heartbeat_s,
                     contracts=contracts_path,
                     url_for_agent=stack.agent_url,
                 )
@@ -319,7 +326,10 @@ def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
 
 
 async def _serve_only(args: argparse.Namespace) -> int:
-    return await serve.serve(state_dir(args.state_dir), args.nats)
+    ttl, heartbeat_s = liveness_options.timing(args)
+    return await serve.serve(
+        state_dir(args.state_dir), args.nats, agent_ttl=ttl, heartbeat_s=heartbeat_s
+    )
 
 
 async def _submit(args: argparse.Namespace) -> int:

@@ -56,3 +56,8 @@ class RunNotRecorded(OrchestratorError):
 
 class ControlRefused(OrchestratorError):
     """A person's decision that cannot apply (no such task, not escalated, run ended)."""
+
+
+class LivenessConfigError(OrchestratorError):
+    """A heartbeat interval or agent TTL that cannot work (not a positive number, or a TTL
+    not longer than the interval: every agent would be lost between two heartbeats)."""

@@ -16,6 +16,7 @@ from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
 from orchestrator.service.logins import Logins
+from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 from orchestrator.service.service import Orchestrator
 from orchestrator.service.writable import check_writable
 
@@ -93,7 +94,8 @@ async def bootstrap(
     directory: Path,
     nats_url: str = "",
     *,
-    agent_ttl: float = 2.0,
+    agent_ttl: float = AGENT_TTL,
+    heartbeat_s: float = HEARTBEAT_S,
     tick_s: float = 0.2,
     telemetry: Telemetry | None = None,
     contracts: Contracts | None = None,
@@ -121,6 +123,7 @@ async def bootstrap(
             bus,
             store,
             agent_ttl=agent_ttl,
+            heartbeat_s=heartbeat_s,
             tick_s=tick_s,
             telemetry=telemetry,
             contracts=contracts,

@@ -1,20 +1,26 @@
 """Timers and liveness: the tick that lets the core act on time (leases, backoffs,
 deadlines), and the agents' heartbeats that keep the registry of live agents (joins and
 losses recorded in the `system` stream; an agent serving a contract we do not know is
-refused, never routed to)."""
+refused, never routed to, and so is a second process with a live agent's id).
+
+Each heartbeat is answered (`HeartbeatAck`) with the sender's verdict on its id and the
+interval and TTL to keep. A loop of its own looks at the orchestrator's bus connection
+every `LOOK_S`, and so does each tick before it judges: while the connection is down,
+and for a grace period after it is back (or after this process did not run for a while),
+no agent is lost and no lease is checked, since the silence was the orchestrator's."""
 
 from __future__ import annotations
 
 import asyncio
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from bus import subjects
-from bus.codec import Decoder
+from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage
-from bus.protocol import Heartbeat
+from bus.protocol import Heartbeat, HeartbeatAck
 from orchestrator.core.commands import Tick
 from orchestrator.core.events import AgentJoined, AgentLost, AgentRefused
 from orchestrator.service.bounded import Lru
@@ -25,6 +31,11 @@ from orchestrator.service.system_journal import SystemJournal
 
 _heartbeat_decoder: Decoder[Heartbeat] = Decoder(Heartbeat)
 REFUSED_LIMIT = 10_000
+LOOK_S = 0.1
+"""How often the orchestrator looks at its own bus connection (and notices it was not
+running)."""
+Send = Callable[[str, bytes], Awaitable[None]]
+"""Publishes one message (fire and forget); a `BusError` is logged, nothing more."""
 
 
 class Liveness:
@@ -40,8 +51,13 @@ class Liveness:
         clock: Callable[[], float],
         wall: Callable[[], float],
         tick_s: float,
+        send: Send,
+        connected: Callable[[], bool],
     ) -> None:
         self._registry = registry
+        self._send = send
+        self._connected = connected
+        self._looked: float | None = None
         self._pipeline = pipeline
         self._system = system
         self._contracts = contracts
@@ -73,16 +89,34 @@ class Liveness:
                     return
                 await asyncio.sleep(0.05)
 
-    async def tick_loop(self, started: float) -> None:
+    def look_at_connection(self) -> None:
+        """Note the orchestrator's own bus connection now, and how long since the last
+        look: a look that comes late means this process did not run (paused, starved),
+        so heartbeats may be waiting unread. Either starts a grace."""
+        now = self._clock()
+        late = now - self._looked - LOOK_S if self._looked is not None else 0.0
+        self._looked = now
+        self._registry.connection(self._connected(), now, late)
+
+    async def look_loop(self) -> None:
+        """Look at the connection every `LOOK_S`, whatever else the orchestrator does."""
+        while True:
+            await asyncio.sleep(LOOK_S)
+            self.look_at_connection()
+
+    async def tick_loop(self) -> None:
         """Every `tick_s`: record agents lost, and tick each running run; leases are
-        checked once the registry had one TTL since `started` to learn who is alive."""
+        checked only once the orchestrator has been connected for the registry's grace
+        (after its start, after it was cut off, or after it did not run for longer than
+        a live agent's heartbeat may be old)."""
         while True:
             await asyncio.sleep(self._tick_s)
             await self._system.flush()
+            self.look_at_connection()  # just before judging: a pause may have ended now
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):
                 await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)
-            warm = now - started > self._registry.ttl
+            warm = self._registry.settled(now)
             cause = Cause("tick", ORCHESTRATOR)
             for run_id, state in list(self._pipeline.runs.items()):
                 if state.status == "running":
@@ -103,13 +137,31 @@ class Liveness:
         if why:
             await self._refuse(hb, why)
             return
-        if self._registry.observe(hb, self._clock()):
-            joined = AgentJoined(hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall())
-            await self._system.record(joined, hb.agent_id)
+        joined, verdict = self._registry.observe(hb, self._clock())
+        detail = ""
+        if verdict != "owner":
+            detail = (
+                f"agent id {hb.agent_id!r} is in use by another live process; stop that one "
+                "or give this one another --id"
+            )
+        if verdict == "refused":
+            await self._refuse(hb, f"duplicate agent id: {detail}", ("duplicate", hb.instance))
+        ack = HeartbeatAck(
+            hb.instance, verdict, self._registry.heartbeat_s, self._registry.ttl, detail
+        )
+        await self._send(subjects.registry(hb.agent_id), encode(ack))
+        if joined:
+            joined_event = AgentJoined(
+                hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall()
+            )
+            await self._system.record(joined_event, hb.agent_id)
 
-    async def _refuse(self, hb: Heartbeat, why: str) -> None:
-        """Never route to an agent serving a contract we do not know; audit it once."""
-        key = (hb.agent_id, hb.role, hb.contract_digest)
+    async def _refuse(self, hb: Heartbeat, why: str, what: tuple[str, str] | None = None) -> None:
+        """Never route to an agent serving a contract we do not know, nor to a second
+        process with a live agent's id; audit each once (per `what`: by default its role
+        and contract digest)."""
+        first, second = what or (hb.role, hb.contract_digest)
+        key = (hb.agent_id, first, second)
         if key not in self._refused:
             self._refused.set(key, None)
             event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())

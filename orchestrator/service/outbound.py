@@ -86,8 +86,11 @@ class Outbound:
         spawn: Spawn,
         undeliverable: Undeliverable,
         assign_timeout: float,
+        instance_of: Callable[[str], str] = lambda agent_id: "",
     ) -> None:
         self._bus = bus
+        self._instance_of = instance_of
+        """The process that owns an agent id: only it may act on what is sent to the id."""
         self._obs = obs
         self._spawn = spawn
         self._undeliverable = undeliverable
@@ -103,10 +106,12 @@ class Outbound:
         for effect in todo:
             if isinstance(effect, SendAssignment):
                 span, context = self._obs.dispatch_span(effect, trace)
-                sent = replace(effect.assignment, traceparent=context.header())
+                instance = self._instance_of(effect.agent_id)
+                sent = replace(effect.assignment, traceparent=context.header(), instance=instance)
                 assignments[effect.agent_id].append(Dispatch(sent, span))
             elif isinstance(effect, SendControl):
-                notes.append((subjects.control(effect.agent_id), encode(effect.control), None))
+                control = replace(effect.control, instance=self._instance_of(effect.agent_id))
+                notes.append((subjects.control(effect.agent_id), encode(control), None))
             elif isinstance(effect, PublishCallForProposals):
                 notes.append((subjects.cfp(effect.call.role), encode(effect.call), trace))
             elif isinstance(effect, PublishProgress):
@@ -118,6 +123,11 @@ class Outbound:
                 self._spawn(self._send_assignments(state.run_id, agent_id, chunk, trace.child()))
         if notes:
             self._spawn(self._publish(notes))
+
+    async def send(self, subject: str, data: bytes) -> None:
+        """Publish one message now; a failure is logged (the next heartbeat's answer
+        will go)."""
+        await self._publish([(subject, data, None)])
 
     async def _publish(self, notes: list[tuple[str, bytes, TraceContext | None]]) -> None:
         for subject, data, trace in notes:

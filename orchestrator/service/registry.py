@@ -1,7 +1,10 @@
-"""Live agents, as heartbeats tell them, with the load the orchestrator knows it gave them.
+"""Live agents, as heartbeats tell them, with the load the orchestrator knows it gave them,
+which process owns each agent id, and whether the orchestrator could hear them lately.
 
 Liveness is not state worth recording per heartbeat: it is re-learned within one TTL
 after a restart, and every decision made from it is recorded in the event that follows.
+The decisions themselves (who owns an id, when silence means lost) are the pure
+`orchestrator.core.liveness`; this keeps their state.
 """
 
 from __future__ import annotations
@@ -11,8 +14,24 @@ from collections.abc import Mapping
 
 import msgspec
 
-from bus.protocol import Heartbeat
+from bus.protocol import Heartbeat, IdVerdict
 from orchestrator.core.commands import AgentView
+from orchestrator.core.liveness import (
+    IdOwner,
+    Link,
+    check_timing,
+    claim,
+    grace_s,
+    lost,
+    observe_link,
+    stalled,
+)
+from orchestrator.core.liveness import settled as link_settled
+
+HEARTBEAT_S = 0.5
+"""The heartbeat interval agents are told to keep, unless configured otherwise."""
+AGENT_TTL = 2.0
+"""How long an agent may be silent before it is lost, unless configured otherwise."""
 
 
 class _Seen(msgspec.Struct):
@@ -21,31 +40,66 @@ class _Seen(msgspec.Struct):
 
 
 class Registry:
-    """Agents whose last heartbeat is younger than `ttl` seconds (monotonic time)."""
+    """Agents whose last heartbeat is younger than `ttl` seconds (monotonic time), each
+    id owned by one agent process (`Heartbeat.instance`)."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float = AGENT_TTL, heartbeat_s: float = HEARTBEAT_S) -> None:
+        check_timing(ttl, heartbeat_s)
         self.ttl = ttl
+        self.heartbeat_s = heartbeat_s
+        self.grace = grace_s(ttl, heartbeat_s)
+        """After the orchestrator (re)connects, no agent is lost and no lease checked."""
+        self._link = Link(None)
+        self._owners: dict[str, IdOwner] = {}
         self._agents: dict[str, _Seen] = {}
         self._inflight: dict[str, Counter[str]] = {}
         self._load: Counter[str] = Counter()
         """The sum of `_inflight` over runs, kept as it changes: routing reads it often."""
 
-    def observe(self, heartbeat: Heartbeat, now: float) -> bool:
-        """Record a heartbeat; True when the agent was not known (it joined)."""
-        seen = self._agents.get(heartbeat.agent_id)
+    def connection(self, connected: bool, now: float, gap: float = 0.0) -> None:
+        """What the orchestrator's own bus connection is at `now` (looked at every tick,
+        `gap` seconds after the tick before: a long one starts a grace too)."""
+        stall = stalled(gap, self.ttl, self.heartbeat_s)
+        self._link = observe_link(self._link, connected, now, stall)
+
+    def settled(self, now: float) -> bool:
+        """Whether the orchestrator has been connected long enough (`grace`) that an
+        agent's silence is the agent's: only then are agents lost and leases checked."""
+        return link_settled(self._link, now, self.grace)
+
+    def observe(self, heartbeat: Heartbeat, now: float) -> tuple[bool, IdVerdict]:
+        """Record a heartbeat: whether the agent joined (its id was not known), and the
+        sender's verdict; only the owner's heartbeats count."""
+        agent_id = heartbeat.agent_id
+        current = self._owners.get(agent_id)
+        gone = current is not None and self._lost(current.last_seen, now)
+        self._owners[agent_id], verdict = claim(current, heartbeat.instance, now, gone)
+        if verdict != "owner":
+            return False, verdict
+        seen = self._agents.get(agent_id)
         if seen is None:
-            self._agents[heartbeat.agent_id] = _Seen(heartbeat, now)
-            return True
+            self._agents[agent_id] = _Seen(heartbeat, now)
+            return True, verdict
         seen.heartbeat, seen.last_seen = heartbeat, now
-        return False
+        return False, verdict
+
+    def instance_of(self, agent_id: str) -> str:
+        """The instance that owns the id ('' if none, or an agent that sends none)."""
+        owner = self._owners.get(agent_id)
+        return owner.instance if owner is not None else ""
+
+    def _lost(self, last_seen: float, now: float) -> bool:
+        return lost(last_seen, now, self.ttl, self._link, self.grace)
 
     def lapsed(self, now: float) -> list[tuple[str, float]]:
-        """Forget agents silent for longer than the TTL; (agent id, silence) of each."""
+        """Forget agents lost (silent for longer than the TTL while the orchestrator could
+        hear them); (agent id, silence) of each."""
         gone = [
-            (a, now - s.last_seen) for a, s in self._agents.items() if now - s.last_seen > self.ttl
+            (a, now - s.last_seen) for a, s in self._agents.items() if self._lost(s.last_seen, now)
         ]
         for agent_id, _ in gone:
             del self._agents[agent_id]
+            self._owners.pop(agent_id, None)
         return gone
 
     def set_inflight(self, run_id: str, running: Mapping[str, int]) -> None:

@@ -27,6 +27,7 @@ from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service.api import RunAccepted, StartRunRequest
 from orchestrator.service.bootstrap import bootstrap, store_path
+from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 
 _answer: Decoder[RunAccepted | ErrorReply] = Decoder(RunAccepted | ErrorReply)
 
@@ -35,9 +36,15 @@ class RunRefused(OrchestratorError):
     """The orchestrator service answered a run request with an error."""
 
 
-async def serve(directory: Path, nats_url: str = "", *, agent_ttl: float = 2.0) -> int:
+async def serve(
+    directory: Path,
+    nats_url: str = "",
+    *,
+    agent_ttl: float = AGENT_TTL,
+    heartbeat_s: float = HEARTBEAT_S,
+) -> int:
     """Serve until SIGTERM/SIGINT; prints one line with the NATS URL once serving."""
-    stack = await bootstrap(directory, nats_url, agent_ttl=agent_ttl)
+    stack = await bootstrap(directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

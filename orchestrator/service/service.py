@@ -48,7 +48,7 @@ from orchestrator.service.memory import Embedder, MemoryService
 from orchestrator.service.outbound import Outbound
 from orchestrator.service.pipeline import Pipeline
 from orchestrator.service.recovery import recover
-from orchestrator.service.registry import Registry
+from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S, Registry
 from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
 from orchestrator.service.system_journal import SystemJournal
@@ -76,7 +76,8 @@ class Orchestrator:
         bus: Bus,
         store: EventStore,
         *,
-        agent_ttl: float = 2.0,
+        agent_ttl: float = AGENT_TTL,
+        heartbeat_s: float = HEARTBEAT_S,
         tick_s: float = 0.2,
         fetch_batch: int = 512,
         durable: str = "orchestrator",
@@ -97,7 +98,7 @@ class Orchestrator:
         self._clock = clock
         self._wall = wall
         self._runs: dict[str, RunState] = {}
-        self._registry = Registry(agent_ttl)
+        self._registry = Registry(agent_ttl, heartbeat_s)
         self.memory = MemoryService(
             store,
             bus,
@@ -126,6 +127,7 @@ class Orchestrator:
             spawn=spawn,
             undeliverable=lambda run_id, failed: self._pipeline.execute(run_id, failed),
             assign_timeout=assign_timeout,
+            instance_of=self._registry.instance_of,
         )
         self._pipeline = Pipeline(
             store,
@@ -161,6 +163,8 @@ class Orchestrator:
             clock=clock,
             wall=wall,
             tick_s=tick_s,
+            send=self._outbound.send,
+            connected=lambda: bus.connected,
         )
         self._intake: Intake | None = None
         self._subscriptions: list[Subscription] = []
@@ -169,7 +173,7 @@ class Orchestrator:
 
     async def start(self) -> None:
         """Recover every run from the store, then serve the inbox, heartbeats and the API."""
-        started = self._clock()
+        self._liveness.look_at_connection()
         await self._system.open()
         await self._bus.ensure_inbox()
         self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
@@ -188,7 +192,8 @@ class Orchestrator:
         intake, reports, liveness = self._intake, self._reports, self._liveness
         watch("intake", spawn(run("inbox", intake.fetch_durable)))
         watch("reports", spawn(run("reports", lambda: reports.serve(intake))))
-        watch("ticks", spawn(run("tick", lambda: liveness.tick_loop(started))))
+        watch("ticks", spawn(run("tick", liveness.tick_loop)))
+        watch("link", spawn(run("link", liveness.look_loop)))
         watch("health", spawn(self._health.watch_conditions()))
 
     async def stop(self) -> None:
