@@ -182,17 +182,17 @@ class EmbeddedNats:
     async def supervise(self) -> None:
         """Until cancelled: whenever the server exits (crashed, killed), start it again,
         on the same port with the same store and users, so clients reconnect by
-        themselves. A server that keeps exiting is started again less and less often."""
+        themselves. A server that keeps exiting is started again less and less often.
+        One its owner stops is left stopped (until the owner starts it again)."""
         backoff = RESTART_BACKOFF_S[0]
         while True:
             process = self._process
-            if process is None:
-                return  # stopped
             started = time.monotonic()
-            while process.poll() is None:
+            while process is None or (process.poll() is None and self._process is process):
                 await asyncio.sleep(0.05)
+                process = process or self._process
             if self._process is not process:
-                return  # stopped (or restarted) by its owner
+                continue  # stopped, or started again, by its owner: watch what it has now
             if time.monotonic() - started >= STEADY_S:
                 backoff = RESTART_BACKOFF_S[0]
             log.warning(
