@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -134,6 +135,38 @@ def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) ->
     return headers
 
 
+CREDS_ENV = "BATON_NATS_CREDS"
+NKEY_ENV = "BATON_NATS_NKEY"
+
+
+def login_options() -> dict[str, Any]:
+    """How to log in to a bus the operator runs, beyond the user and password a URL may
+    carry: `$BATON_NATS_CREDS`, a NATS creds file (a user JWT and its nkey seed, as `nsc`
+    writes it), or `$BATON_NATS_NKEY`, a file holding a user's nkey seed (`SU...`). TLS
+    comes with a `tls://` URL (the system's certificate authorities)."""
+    options: dict[str, Any] = {}
+    if creds := os.environ.get(CREDS_ENV):
+        _check_login_file(CREDS_ENV, creds, (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"))
+        options["user_credentials"] = creds
+    if nkey := os.environ.get(NKEY_ENV):
+        _check_login_file(NKEY_ENV, nkey, (b"SU",))
+        options["nkeys_seed"] = nkey
+    return options
+
+
+def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> None:
+    """A clear error for a login file that is missing or not of its kind (nats-py would
+    wait forever for a JWT line that never comes)."""
+    try:
+        with open(path, "rb") as f:
+            text = f.read(64 * 1024)
+    except OSError as exc:
+        raise BusError(f"${variable}: cannot read {path}: {exc.strerror}") from exc
+    if not all(mark in text for mark in marks):
+        kind = "a NATS creds file" if variable == CREDS_ENV else "a user nkey seed (SU...)"
+        raise BusError(f"${variable}: {path} is not {kind}")
+
+
 class Bus:
     """A live NATS connection with JetStream, used by the orchestrator and by agents."""
 
@@ -164,6 +197,7 @@ class Bus:
             outage.error(exc)
 
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+        options |= login_options()
         shown = url.rpartition("@")[2]  # never echo a password
         for attempt in range(tries):
             try:

@@ -231,7 +231,11 @@ def _serve(state: Path, *options: str, env: dict[str, str]) -> tuple[subprocess.
 def test_the_heartbeat_interval_and_ttl_options_take_effect(tmp_path: Path) -> None:
     """`--agent-ttl` and `$BATON_HEARTBEAT_S` reach what the orchestrator tells agents in
     its answer to a heartbeat, and an agent given no interval keeps the one it is told."""
-    process, url = _serve(tmp_path, "--agent-ttl", "1.5", env={"BATON_HEARTBEAT_S": "0.3"})
+    server = EmbeddedNats(tmp_path / "nats")  # an open bus: the probe heartbeats as anyone
+    process, url = _serve(
+        tmp_path, "--nats", asyncio.run(server.start()), "--agent-ttl", "1.5",
+        env={"BATON_HEARTBEAT_S": "0.3"},
+    )  # fmt: skip
 
     async def scenario() -> tuple[HeartbeatAck, float]:
         bus = await Bus.connect(url, name="probe")
@@ -264,6 +268,7 @@ def test_the_heartbeat_interval_and_ttl_options_take_effect(tmp_path: Path) -> N
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(30)
+        server.stop()
     assert ack == HeartbeatAck("probe-1", "owner", heartbeat_s=0.3, ttl_s=1.5)
     assert followed == 0.3
 
@@ -370,8 +375,10 @@ def test_an_orchestrator_paused_longer_than_the_ttl_loses_no_agent_and_reruns_no
     state = tmp_path / "state"
     workflow = WorkflowSpec("paused", [StepSpec("t", "worker", fan_out=4, params={"seconds": 6})])
     out = (tmp_path / "serve.log").open("wb")
+    server = EmbeddedNats(tmp_path / "nats")  # a bus of its own: the agents join it by hand
     serve = subprocess.Popen(
-        baton("serve", "--state-dir", str(state), "--agent-ttl", "1.5", "--heartbeat", "0.3"),
+        baton("serve", "--state-dir", str(state), "--agent-ttl", "1.5", "--heartbeat", "0.3",
+              "--nats", asyncio.run(server.start())),
         cwd=REPO, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent,
     )  # fmt: skip
     agents: list[subprocess.Popen[bytes]] = []
@@ -405,6 +412,7 @@ def test_an_orchestrator_paused_longer_than_the_ttl_loses_no_agent_and_reruns_no
         serve.send_signal(signal.SIGCONT)
         for process in [*agents, serve]:
             _stop(process)
+        server.stop()
         out.close()
     db = state / "events.db"
     assert "agent.lost" not in _types(db, journal.SYSTEM_STREAM)
