@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import os
 import secrets
 import sys
@@ -23,6 +25,7 @@ from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
 from bus.permissions import inbox_prefix
+from bus.server import PARENT_ENV, parent_gone
 
 if TYPE_CHECKING:
     from agents.localmodel import LocalModel
@@ -137,13 +140,26 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             approver=ApprovalPolicy.parse(args.approval).approver(bus),
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
-        await runtime.run()
+        watch = asyncio.create_task(_stop_with_parent(runtime))
+        try:
+            await runtime.run()
+        finally:
+            watch.cancel()
     finally:
         await bus.close()
         telemetry.shutdown()
         if local is not None:
             local.stop()
     return 0
+
+
+async def _stop_with_parent(runtime: AgentRuntime) -> None:
+    """Stop (drain) when the process that started this agent (`PARENT_ENV`) is gone."""
+    with contextlib.suppress(ValueError):
+        await parent_gone(int(os.environ.pop(PARENT_ENV, "")))
+        print(f"agent {runtime.agent_id}: the process that started it is gone; stopping",
+              file=sys.stderr, flush=True)  # fmt: skip
+        runtime.stop()
 
 
 def handler_tools(ref: str) -> ToolRegistry | None:

@@ -62,6 +62,12 @@ _ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
 HEARTBEAT_S = 0.5
 """The interval until the orchestrator says which it expects."""
 _SEEN_LIMIT = 100_000
+OFFLINE_DRAIN_S = 1.0
+"""How long a draining agent waits on held work while the bus is down before it gives the
+work up (the orchestrator runs it again): an outcome it cannot return is lost anyway."""
+REPEAT_SIGNAL_S = 0.5
+"""A second SIGTERM/SIGINT gives held work up only this long after the first: the kernel
+sends the parent-death signal once per thread of a dying parent, all within a moment."""
 
 Key = tuple[str, str, int]
 
@@ -112,6 +118,8 @@ class AgentRuntime:
         self._held: dict[Key, asyncio.Task[None]] = {}
         self._seen: OrderedDict[Key, None] = OrderedDict()
         self._stopping = asyncio.Event()
+        self._abandon = asyncio.Event()
+        self._signalled_at = 0.0
         self._bidder = bidder
         telemetry = telemetry or Telemetry("baton-agent", enabled=False)
         self._telemetry = AgentTelemetry(telemetry, self.agent_id, role)
@@ -133,19 +141,20 @@ class AgentRuntime:
 
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit;
-        `AgentIdTaken` after the drain if the orchestrator refused this process its id."""
+        `AgentIdTaken` after the drain if the orchestrator refused this process its id.
+        The drain gives held work up on a second signal, or once the bus has been down
+        `OFFLINE_DRAIN_S` (see `_drain`)."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stopping.set)
+                loop.add_signal_handler(sig, self._on_signal)
         await self._bus.subscribe(subjects.registry(self.agent_id), self._on_ack, inline=True)
         await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
         await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
         await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
         beat = asyncio.create_task(self.loops.run("heartbeat", self._beat))
         await self._stopping.wait()
-        if self._held:
-            await asyncio.gather(*self._held.values(), return_exceptions=True)
+        await self._drain()
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
@@ -153,12 +162,43 @@ class AgentRuntime:
             raise AgentIdTaken(self.agent_id)
 
     def stop(self) -> None:
+        """Stop taking work and drain."""
         self._stopping.set()
 
     @property
     def heartbeat_s(self) -> float:
         """The interval kept now: the one given, else the orchestrator's once it answered."""
         return self._heartbeat_s
+
+    def _on_signal(self) -> None:
+        """The first SIGTERM/SIGINT drains; another one (`REPEAT_SIGNAL_S` later or
+        more) gives held work up."""
+        now = time.monotonic()
+        if not self._signalled_at:
+            self._signalled_at = now
+        elif now - self._signalled_at >= REPEAT_SIGNAL_S:
+            self._abandon.set()
+        self._stopping.set()
+
+    async def _drain(self) -> None:
+        """Wait for held work while its outcomes can still be returned; give up what is
+        left (cancelled: the orchestrator runs it again) when told to, or once the bus
+        has been down `OFFLINE_DRAIN_S`, so a stop is prompt even while reconnecting."""
+        offline_since = 0.0
+        while self._held and not self._abandon.is_set():
+            await asyncio.wait(list(self._held.values()), timeout=0.1)
+            if self._bus.connected:
+                offline_since = 0.0
+            elif not offline_since:
+                offline_since = time.monotonic()
+            elif time.monotonic() - offline_since >= OFFLINE_DRAIN_S:
+                break
+        if self._held:
+            log.warning("stopping: %d attempt(s) given up, to be run again", len(self._held))
+            held = list(self._held.values())
+            for task in held:
+                task.cancel()
+            await asyncio.gather(*held, return_exceptions=True)
 
     async def _beat(self) -> None:
         while True:

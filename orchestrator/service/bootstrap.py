@@ -3,6 +3,8 @@ Everything else receives its ports as arguments; only this module decides which.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +65,8 @@ class Stack:
     """Signs the log's head into the anchor; closed (one last checkpoint) before the store."""
     logins: Logins | None = None
     """Who may log in to the embedded server (None on an external bus)."""
+    server_watch: asyncio.Task[None] | None = None
+    """Restarts the embedded server whenever it exits (`EmbeddedNats.supervise`)."""
 
     def agent_url(self, agent_id: str, role: str) -> str:
         """The URL an agent process connects with: on the embedded server, with its own
@@ -70,13 +74,18 @@ class Stack:
         return self.logins.agent_url(agent_id, role) if self.logins else self.nats_url
 
     async def close(self) -> None:
+        """Stop it all; bounded whatever the bus's state (a server gone, reconnecting)."""
+        if self.server_watch is not None:
+            self.server_watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.server_watch
         await self.orchestrator.stop()
         if self.checkpoints is not None:
             await self.checkpoints.close()
         await self.bus.close()
         await self.store.close()
         if self.server is not None:
-            self.server.stop()
+            self.server.stop(timeout=2.0)
         if self.telemetry is not None:
             self.telemetry.shutdown()
 
@@ -142,4 +151,5 @@ async def bootstrap(
         contracts,
         checkpoints,
         logins,
+        asyncio.create_task(server.supervise()) if server is not None else None,
     )

@@ -7,12 +7,13 @@ import os
 import secrets
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
 import private
-from bus.server import die_with_parent
+from bus.server import PARENT_ENV, die_with_parent
 from orchestrator.core.workflow import AgentSpec
 
 
@@ -64,7 +65,7 @@ class AgentProcesses:
             if contracts:
                 command += ["--contracts", contracts]
             url = url_for_agent(agent_id, spec.role) if url_for_agent else nats_url
-            env = {**os.environ, "BATON_NATS_URL": url}
+            env = {**os.environ, "BATON_NATS_URL": url, PARENT_ENV: str(os.getpid())}
             with private.append(self.log_dir / f"{agent_id}.log") as log:
                 self.processes[agent_id] = subprocess.Popen(
                     command,
@@ -87,13 +88,16 @@ class AgentProcesses:
         return Counter({s.role: s.count for s in specs})
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM every agent (they drain), then SIGKILL any that outlive `timeout`."""
+        """SIGTERM every agent at once (they drain), then SIGKILL those still running
+        `timeout` seconds later: all of it takes `timeout` at most, however many."""
         for process in self.processes.values():
             if process.poll() is None:
                 process.terminate()
+        deadline = time.monotonic() + timeout
         for process in self.processes.values():
             try:
-                process.wait(timeout)
+                process.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 process.kill()
-                process.wait()
+        for process in self.processes.values():
+            process.wait()
