@@ -33,6 +33,7 @@ from orchestrator.service import journal
 from orchestrator.service.api import AgentsReply, AgentsRequest
 from orchestrator.service.serve import submit
 from tests.cluster import REPO, Cluster, baton, cluster
+from tests.processes import terminate
 
 SLOW = "tests.crash_handlers:slow"
 _ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
@@ -63,16 +64,6 @@ async def _system(c: Cluster) -> list[object]:
     return [journal.decode_any(e) for e in await c.stack.store.read_stream(journal.SYSTEM_STREAM)]
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-
 def test_a_second_process_with_a_live_agents_id_is_refused_and_runs_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -100,9 +91,9 @@ def test_a_second_process_with_a_live_agents_id_is_refused_and_runs_nothing(
                     system = await _system(c)
                     run_events = await c.stack.store.read_stream(journal.run_stream(run_id))
                 finally:
-                    _stop(first)
+                    terminate(first)
                     if second is not None:
-                        _stop(second)
+                        terminate(second)
 
         assert code != 0
         said = (tmp_path / "second.log").read_text().splitlines()
@@ -159,7 +150,7 @@ def test_a_restarted_agent_gets_its_id_back(
                     state = await c.orchestrator.wait(run_id, timeout=60)
                     assert new.poll() is None, (tmp_path / "new.log").read_text()
                 finally:
-                    _stop(new)
+                    terminate(new)
         assert state.status == "completed", (state.reason, state.tasks)
         assert {r["pid"] for r in _receipts(receipts)} == {new.pid}
 
@@ -411,7 +402,7 @@ def test_an_orchestrator_paused_longer_than_the_ttl_loses_no_agent_and_reruns_no
     finally:
         serve.send_signal(signal.SIGCONT)
         for process in [*agents, serve]:
-            _stop(process)
+            terminate(process)
         server.stop()
         out.close()
     db = state / "events.db"

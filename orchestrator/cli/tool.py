@@ -72,14 +72,19 @@ async def decide(
     return answer
 
 
-async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
-    """Calls recorded as awaiting approval with no decision recorded yet, oldest first."""
+async def _tool_calls(directory: Path) -> list[ToolCallRecord]:
+    """Every tool call record in the log, oldest first."""
     store = await open_store(directory)
     try:
         stored = await store.query(EventQuery(type_glob="tool.call"))
     finally:
         await store.close()
-    records = agentlog.tool_calls(stored)
+    return agentlog.tool_calls(stored)
+
+
+async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
+    """Calls recorded as awaiting approval with no decision recorded yet, oldest first."""
+    records = await _tool_calls(directory)
     decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
     return [
         r
@@ -95,12 +100,7 @@ async def _caller(directory: Path, call_id: str) -> str:
     still, or decided: it then says it takes no second decision), else ''."""
     if not store_path(directory).exists():
         return ""
-    store = await open_store(directory)
-    try:
-        stored = await store.query(EventQuery(type_glob="tool.call"))
-    finally:
-        await store.close()
-    records = agentlog.tool_calls(stored)
+    records = await _tool_calls(directory)
     agents = {r.agent_id for r in records if r.call_id == call_id and r.phase == "awaiting"}
     return agents.pop() if len(agents) == 1 else ""
 
