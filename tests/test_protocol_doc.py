@@ -68,13 +68,17 @@ def test_json_transcodes_to_the_same_strict_decoding() -> None:
 
 def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
     """A 'foreign' agent written against docs/protocol.md with the plain nats-py client:
-    JSON heartbeats, a JSON reply to its assignment, a JSON result on its inbox."""
+    its own login (as `baton admit` gives it) and reply inboxes under `_INBOX_<id>`, JSON
+    heartbeats, a JSON reply to its assignment, a JSON result on its inbox."""
     json_header = {ENCODING_HEADER: "json"}
 
     async def scenario() -> dict[str, object]:
         async with cluster(tmp_path) as c:
-            nc = await nats.connect(c.stack.nats_url)
             agent_id = "polyglot-1"
+            assert c.stack.logins is not None
+            login = c.stack.logins.admit(agent_id, "polyglot")
+            acked: list[object] = []  # the stream's acks reach only its own reply inboxes
+            nc = await nats.connect(login, inbox_prefix="_INBOX_polyglot_1")
 
             async def on_assign(msg: Msg) -> None:
                 a = msgspec.msgpack.decode(msg.data, type=Assignment)  # Baton sends msgpack
@@ -90,10 +94,12 @@ def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
                 }  # fmt: skip
                 # the id the protocol asks for: attempt, sender and lease token
                 msg_id = f"{a.run_id}:{a.task_id}:{a.attempt}:result:{agent_id}:{a.lease_token}"
-                await nc.jetstream().publish(
-                    subjects.inbox(a.run_id, agent_id),
-                    json.dumps(result).encode(),
-                    headers={**json_header, "Nats-Msg-Id": msg_id},
+                acked.append(
+                    await nc.jetstream().publish(
+                        subjects.inbox(a.run_id, agent_id),
+                        json.dumps(result).encode(),
+                        headers={**json_header, "Nats-Msg-Id": msg_id},
+                    )
                 )
 
             await nc.subscribe(subjects.assign(agent_id), cb=on_assign)
@@ -113,6 +119,9 @@ def test_an_agent_speaking_only_json_runs_a_task(tmp_path: Path) -> None:
                 workflow = WorkflowSpec("w", [StepSpec("s", "polyglot", params={"name": "json"})])
                 run_id = await c.orchestrator.start_run(workflow)
                 state = await c.orchestrator.wait(run_id, timeout=30)
+                async with asyncio.timeout(10):  # the stream's ack comes back to its inbox
+                    while not acked:
+                        await asyncio.sleep(0.01)
             finally:
                 beating.cancel()
                 await nc.close()
