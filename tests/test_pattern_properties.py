@@ -485,13 +485,8 @@ class Harness:
             if isinstance(e, LimitReached):
                 seen.add(f"limit reached: {e.limit}")
             elif isinstance(e, PlanRejected):
-                why = (
-                    "cycle"
-                    if "cycle" in e.reason
-                    else "unknown role"
-                    if "role" in e.reason
-                    else "other"
-                )
+                kinds = {"cycle": "cycle", "unknown role": "unknown role", "tokens": "budget"}
+                why = next((k for word, k in kinds.items() if word in e.reason), "other")
                 seen.add(f"plan rejected: {why}")
             elif isinstance(e, PlanAdopted):
                 seen.add("plan adopted")
@@ -520,12 +515,23 @@ class Harness:
         for _ in range(400):
             if self.state.terminal:
                 return
-            for t in list(self.state.tasks.values()):
-                current = self.state.tasks[t.task_id]
-                if current.status == "running" and not self.state.terminal:
+            # Tasks started by an answer are answered before time moves on (a planner
+            # asked mid-way would otherwise time out); each attempt once per pass.
+            answered: set[tuple[str, int, str]] = set()
+            while not self.state.terminal:
+                todo = [
+                    t for t in self.state.tasks.values()
+                    if t.status in ("running", "escalated")
+                    and (t.task_id, t.attempt, t.status) not in answered
+                ]  # fmt: skip
+                if not todo:
+                    break
+                current = todo[0]
+                answered.add((current.task_id, current.attempt, current.status))
+                if current.status == "running":
                     self.apply(self.plain_answer(current))
-                elif current.status == "escalated" and not self.state.terminal:
-                    self.apply(HumanDecision(t.task_id, "approve", "human:prop"))
+                else:
+                    self.apply(HumanDecision(current.task_id, "approve", "human:prop"))
             self.now += 6.0
             self.apply(Tick())
         raise AssertionError(f"run still {self.state.status}: {self.state.tasks}")
