@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from eventstore import GENESIS, MemoryEventStore, NewEvent, StoredEvent, verify_chain
-from eventstore.chain import ChainVerifier, event_hash
+from eventstore.chain import ChainVerifier, event_hash, hash_of
 
 
 def make_log(sizes: list[int]) -> list[StoredEvent]:
@@ -31,6 +31,36 @@ def make_log(sizes: list[int]) -> list[StoredEvent]:
 logs = st.lists(st.integers(1, 4), min_size=2, max_size=12).map(make_log)
 
 
+def make_full_log(sizes: list[int]) -> list[StoredEvent]:
+    """Like `make_log`, but every optional envelope field holds a value of its own."""
+
+    async def build() -> list[StoredEvent]:
+        store = MemoryEventStore()
+        for n, size in enumerate(sizes):
+            stream = f"s{n % 3}"
+            batch = [
+                NewEvent(
+                    event_id=f"{n}.{k}",
+                    type="t",
+                    data=bytes([n % 256, k]),
+                    schema=1 + k % 2,
+                    correlation_id=f"corr-{n}",
+                    causation_id=f"cause-{n}.{k}",
+                    actor=f"agent-{k}",
+                    trace_id=f"trace-{n}",
+                    span_id=f"span-{n}.{k}",
+                )
+                for k in range(size)
+            ]
+            await store.append(stream, batch, await store.stream_version(stream))
+        return await store.read_all()
+
+    return asyncio.run(build())
+
+
+full_logs = st.lists(st.integers(1, 4), min_size=2, max_size=12).map(make_full_log)
+
+
 def test_fields_cannot_bleed_into_each_other() -> None:
     def digest(stream: str, event_id: str, type: str = "t", data: bytes = b"") -> str:
         return event_hash(GENESIS, 1, stream, 1, event_id, type, data, 1.5, "", "", "", "", "")
@@ -44,24 +74,60 @@ def test_an_empty_log_verifies() -> None:
     assert (report.ok, report.checked, report.first_bad_position) == (True, 0, None)
 
 
-@settings(max_examples=100, deadline=None)
-@given(log=logs, data=st.data())
-def test_a_changed_event_is_named(log: list[StoredEvent], data: st.DataObject) -> None:
+ENVELOPE = [f.name for f in msgspec.structs.fields(StoredEvent)]
+# Position and prev_hash are also checked as links (a changed one reads as a gap); every
+# other field is content, so changing it reads as a change.
+LINKS = {"position", "prev_hash"}
+
+
+def edited(value: object) -> object:
+    """A different value of the same type, so only the hash can tell it apart."""
+    if isinstance(value, bool):
+        raise TypeError("no envelope field is a bool")
+    if isinstance(value, str):
+        return value + "!"
+    if isinstance(value, bytes):
+        return value + b"!"
+    if isinstance(value, int):
+        return value + 1000
+    if isinstance(value, float):
+        return value + 1e-3
+    raise TypeError(f"add an edit for {type(value).__name__} envelope fields")
+
+
+def test_the_tamper_property_edits_every_envelope_field() -> None:
+    # A field added to the envelope is covered by the properties below without a change
+    # here; this pins the list so a field cannot disappear from them unnoticed either.
+    assert set(ENVELOPE) >= {
+        "correlation_id", "causation_id", "trace_id", "span_id", "event_id", "version",
+        "schema", "position", "stream", "data", "type", "actor", "recorded_at",
+        "prev_hash", "hash",
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("field", [f for f in ENVELOPE if f != "hash"])
+@settings(max_examples=20, deadline=None)
+@given(log=full_logs, data=st.data())
+def test_every_envelope_field_is_in_the_hash(
+    field: str, log: list[StoredEvent], data: st.DataObject
+) -> None:
+    original = log[data.draw(st.integers(0, len(log) - 1))]
+    assert hash_of(original) == original.hash
+    changed = msgspec.structs.replace(original, **{field: edited(getattr(original, field))})
+    assert hash_of(changed) != original.hash, f"{field} is not in the hash"
+
+
+@pytest.mark.parametrize("field", ENVELOPE)
+@settings(max_examples=20, deadline=None)
+@given(log=full_logs, data=st.data())
+def test_a_changed_event_is_named(field: str, log: list[StoredEvent], data: st.DataObject) -> None:
     i = data.draw(st.integers(0, len(log) - 1))
-    field = data.draw(st.sampled_from(["data", "type", "actor", "recorded_at", "hash", "stream"]))
     original = log[i]
-    value: object = {
-        "data": original.data + b"!",
-        "type": original.type + "!",
-        "actor": "mallory",
-        "recorded_at": original.recorded_at + 1e-6,
-        "hash": "f" * 64,
-        "stream": original.stream + "!",
-    }[field]
-    log[i] = msgspec.structs.replace(original, **{field: value})
+    log[i] = msgspec.structs.replace(original, **{field: edited(getattr(original, field))})
     report = verify_chain(log)
     assert (report.ok, report.first_bad_position, report.checked) == (False, i + 1, i)
-    assert report.reason.startswith("changed")
+    kind = "deleted or inserted" if field in LINKS else "changed"
+    assert report.reason.startswith(kind), report.reason
 
 
 @settings(max_examples=100, deadline=None)

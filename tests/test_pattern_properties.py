@@ -9,6 +9,12 @@ passing, people's decisions and cancellations, and crash-and-replay steps. After
 decision it checks the invariants event by event, after every step the whole state, and
 at the end that the run terminates.
 
+Each run has a `Temper` for its plain answers: agents that disagree, reviews that never
+approve, planners that propose cyclic plans or unknown roles, handoffs relayed until
+max_handoffs, tasks that give up so a replan is asked for; so the bounds are reached in
+many examples, not only by luck. The bounds each run reached are `hypothesis.event`s:
+`pytest tests/test_pattern_properties.py --hypothesis-show-statistics` counts them.
+
 The example count comes from the hypothesis profile (`tests/conftest.py`): a few
 thousand in CI, fewer with `HYPOTHESIS_PROFILE=dev`.
 """
@@ -24,15 +30,15 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     RuleBasedStateMachine,
+    get_state_machine_test,
     initialize,
     invariant,
     precondition,
     rule,
-    run_state_machine_as_test,
 )
 
 from bus.protocol import Bid, SubtaskRequest, TaskFailure, TaskResult, Usage
@@ -55,7 +61,10 @@ from orchestrator.core.effects import SendAssignment, pending_effects
 from orchestrator.core.events import (
     BidReceived,
     BranchTaken,
+    LimitReached,
     PlanAdopted,
+    PlanRejected,
+    ReplanRequested,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -65,12 +74,14 @@ from orchestrator.core.events import (
     TaskCancelled,
     TaskHandedOff,
     TasksAdded,
+    TaskSucceeded,
     TokensReserved,
     encode,
     run_event_decoder,
 )
 from orchestrator.core.state import TERMINAL_TASK, Folding, RunState, TaskState, fold, replay
 from orchestrator.core.workflow import (
+    PLANNER,
     Chat,
     Condition,
     Limits,
@@ -130,7 +141,7 @@ def steps(draw: st.DrawFn, i: int, earlier: list[StepSpec]) -> StepSpec:
     role = draw(st.sampled_from(ROLES))
     fan_out = draw(st.integers(1, 3))
     loop = None
-    if fan_out == 1 and draw(st.integers(0, 3)) == 0:
+    if fan_out == 1 and draw(st.booleans()):
         loop = Loop(back_to=sid, until="approved", max_rounds=draw(st.integers(1, 3)))
     retry = None
     if draw(st.integers(0, 3)) == 0:
@@ -139,7 +150,7 @@ def steps(draw: st.DrawFn, i: int, earlier: list[StepSpec]) -> StepSpec:
         role=role, fan_out=fan_out, loop=loop, retry=retry,
         max_subtasks=draw(st.integers(0, 2)),
         handoff_to=draw(st.lists(st.sampled_from(ROLES), max_size=2, unique=True)),
-        on_exhausted=draw(st.sampled_from(("fail", "fail", "escalate", "replan"))),
+        on_exhausted=draw(st.sampled_from(("fail", "escalate", "replan"))),
         routing=draw(st.sampled_from(("plain", "plain", "contract_net"))), bid_window_s=1.0,
         **common,
     )  # fmt: skip
@@ -160,6 +171,51 @@ def workflows(draw: st.DrawFn) -> WorkflowSpec:
     return validate(WorkflowSpec(name="props", steps=made, limits=limits))
 
 
+PLANS = ("valid", "chain", "no steps", "unknown role", "self cycle", "cycle", "over budget")
+
+
+def plan(kind: str, new: str, roles: list[str]) -> dict[str, Any]:
+    """A planner's proposal of `kind`, adding steps with ids starting with `new`, for
+    `roles` (the workflow's own, but for "unknown role")."""
+    a, b = roles[0], roles[-1]
+    proposals: dict[str, dict[str, Any]] = {
+        "valid": {"steps": [{"id": new, "role": a}]},
+        "chain": {"steps": [{"id": new, "role": b},
+                            {"id": new + "x", "role": a, "needs": [new]}]},
+        "no steps": {"steps": []},
+        "unknown role": {"steps": [{"id": new, "role": "ghost"}]},
+        "self cycle": {"steps": [{"id": new, "role": a, "needs": [new]}]},
+        "cycle": {"steps": [{"id": new, "role": a, "needs": [new + "x"]},
+                            {"id": new + "x", "role": b, "needs": [new]}]},
+        "over budget": {"steps": [{"id": new, "role": a, "tokens": 100_000}]},
+    }  # fmt: skip
+    return proposals[kind]
+
+
+class Temper(msgspec.Struct, frozen=True):
+    """How a run's agents answer when they answer plainly (as in `drive_to_end`): so the
+    bounds that only a stubborn run reaches (chat max_turns, loop max_rounds, rejected
+    plans, repeated handoffs up to max_handoffs) are reached in many examples."""
+
+    agree: bool = True
+    approve: bool = True
+    planner: str = "valid"
+    relay: bool = False
+    """Hand every task on to a role its step allows, as long as the run lets it."""
+    give_up: bool = False
+    """Fail for good every workflow task whose step has a fallback (escalate or replan),
+    so the fallback acts: a planner is asked, and its proposal adopted or rejected."""
+
+
+tempers = st.builds(
+    Temper,
+    agree=st.booleans(),
+    approve=st.booleans(),
+    planner=st.sampled_from(PLANS),
+    relay=st.integers(0, 2).map(lambda n: n == 0),
+    give_up=st.integers(0, 3).map(lambda n: n == 0),
+)
+
 outputs = st.fixed_dictionaries(
     {"ok": st.booleans(), "approved": st.booleans(), "agree": st.booleans(),
      "next": st.sampled_from((*ROLES, "nobody"))}
@@ -172,8 +228,11 @@ outputs = st.fixed_dictionaries(
 class Harness:
     """One run through the pure core, as the shell would drive it, checking every event."""
 
-    def __init__(self, workflow: WorkflowSpec, capacity: dict[str, int], seed: int) -> None:
+    def __init__(
+        self, workflow: WorkflowSpec, capacity: dict[str, int], seed: int, temper: Temper
+    ) -> None:
         self.workflow = workflow
+        self.temper = temper
         self.capacity = capacity
         self.live: set[str] = set()
         self.state = RunState(RUN)
@@ -231,8 +290,14 @@ class Harness:
         return events
 
     def result(self, task: TaskState, draw: Draw | None, plain: bool = False) -> ReportResult:
-        output: dict[str, Any] = {"ok": True, "approved": True, "agree": True, "next": "a"}
+        temper = self.temper
+        output: dict[str, Any] = {
+            "ok": True, "approved": temper.approve, "agree": temper.agree, "next": "a"
+        }  # fmt: skip
         tokens, subtasks, handoff = 0, [], ""
+        spec = self.state.graph[task.task_id]
+        if draw is None and temper.relay and not spec.parent:
+            handoff = next(iter(self.state.step(spec.step).handoff_to), "")
         if draw is not None:
             output = draw(outputs)
             tokens = draw(st.sampled_from((0, 0, 5, 15, 35)))
@@ -242,26 +307,29 @@ class Harness:
                     for n in range(draw(st.integers(1, 3)))
                 ]
             elif not plain and draw(st.integers(0, 1)) == 0:
-                spec = self.state.graph[task.task_id]
                 allowed = [] if spec.parent else self.state.step(spec.step).handoff_to
                 valid: bool = draw(st.booleans())
                 handoff = draw(st.sampled_from(allowed if allowed and valid else ROLES))
-        if self.state.graph[task.task_id].kind == "plan" and draw is not None:
-            new = f"re{self.issued}"
-            output = draw(st.sampled_from((
-                {"steps": []},
-                {"steps": [{"id": new, "role": "a"}]},
-                {"steps": [{"id": new, "role": "b"}, {"id": new + "x", "role": "c",
-                                                     "needs": [new]}]},
-                {"steps": [{"id": new, "role": "ghost"}]},
-                {"steps": [{"id": new, "role": "a", "needs": [new]}]},
-            )))  # fmt: skip
-            subtasks, handoff = [], ""
+        if spec.kind == "plan":
+            kind = temper.planner if draw is None else draw(st.sampled_from(PLANS))
+            roles = sorted(known_roles(self.workflow) - {PLANNER})
+            output, subtasks, handoff = plan(kind, f"re{self.issued}", roles), [], ""
         r = TaskResult(
             RUN, task.task_id, task.attempt, task.lease_token, task.agent_id, output, 0.1,
             Usage(tokens) if tokens else None, subtasks, handoff,
         )  # fmt: skip
         return ReportResult(r, task.agent_id)
+
+    def plain_answer(self, task: TaskState) -> ReportResult | ReportFailure:
+        """What an agent of this run's temper answers without being drawn."""
+        spec = self.state.graph[task.task_id]
+        gives_up = self.temper.give_up and spec.kind == "task" and not spec.parent
+        if gives_up and self.state.step(spec.step).on_exhausted != "fail":
+            f = TaskFailure(
+                RUN, task.task_id, task.attempt, task.lease_token, task.agent_id, "no", False
+            )
+            return ReportFailure(f, task.agent_id)
+        return self.result(task, None)
 
     # -- per-event checks (§7.5, §7.6) ----------------------------------------------------
 
@@ -398,6 +466,34 @@ class Harness:
             owed = pending_effects(s)
             assert {x.assignment.task_id for x in owed if isinstance(x, SendAssignment)} == running
 
+    def reached(self) -> set[str]:
+        """The bounds and refusals this run reached, named for `hypothesis.event`."""
+        t = self.temper
+        seen = {
+            "answers disagree" if not t.agree else "answers agree",
+            "reviews never approve" if not t.approve else "reviews approve",
+            f"planner proposes: {t.planner}",
+        }
+        if t.give_up:
+            seen.add("tasks give up")
+        if any(isinstance(e, ReplanRequested) for e in self.log):
+            seen.add("replan requested")
+        handed = Counter(e.task_id for e in self.log if isinstance(e, TaskHandedOff))
+        if handed:
+            seen.add("handed off: twice or more" if max(handed.values()) > 1 else "handed off")
+        for e in self.log:
+            if isinstance(e, LimitReached):
+                seen.add(f"limit reached: {e.limit}")
+            elif isinstance(e, PlanRejected):
+                kinds = {"cycle": "cycle", "unknown role": "unknown role", "tokens": "budget"}
+                why = next((k for word, k in kinds.items() if word in e.reason), "other")
+                seen.add(f"plan rejected: {why}")
+            elif isinstance(e, PlanAdopted):
+                seen.add("plan adopted")
+            elif isinstance(e, TaskSucceeded) and self.state.graph[e.task_id].kind == "chat":
+                seen.add(f"chat ended by {(e.output or {}).get('ended_by')}")
+        return seen
+
     def crash(self) -> None:
         stored = [run_event_decoder.decode(encode(e)) for e in self.log]
         rebuilt = replay(RUN, enumerate(stored, start=1))
@@ -419,12 +515,23 @@ class Harness:
         for _ in range(400):
             if self.state.terminal:
                 return
-            for t in list(self.state.tasks.values()):
-                current = self.state.tasks[t.task_id]
-                if current.status == "running" and not self.state.terminal:
-                    self.apply(self.result(current, None))
-                elif current.status == "escalated" and not self.state.terminal:
-                    self.apply(HumanDecision(t.task_id, "approve", "human:prop"))
+            # Tasks started by an answer are answered before time moves on (a planner
+            # asked mid-way would otherwise time out); each attempt once per pass.
+            answered: set[tuple[str, int, str]] = set()
+            while not self.state.terminal:
+                todo = [
+                    t for t in self.state.tasks.values()
+                    if t.status in ("running", "escalated")
+                    and (t.task_id, t.attempt, t.status) not in answered
+                ]  # fmt: skip
+                if not todo:
+                    break
+                current = todo[0]
+                answered.add((current.task_id, current.attempt, current.status))
+                if current.status == "running":
+                    self.apply(self.plain_answer(current))
+                else:
+                    self.apply(HumanDecision(current.task_id, "approve", "human:prop"))
             self.now += 6.0
             self.apply(Tick())
         raise AssertionError(f"run still {self.state.status}: {self.state.tasks}")
@@ -456,9 +563,12 @@ class PatternMachine(RuleBasedStateMachine):
         caps=st.lists(st.integers(1, 3), min_size=len(POOL), max_size=len(POOL)),
         live=st.sets(st.sampled_from(POOL)),
         seed=st.integers(0, 2**32 - 1),
+        temper=tempers,
     )
-    def setup(self, workflow: WorkflowSpec, caps: list[int], live: set[str], seed: int) -> None:
-        self.h = Harness(workflow, dict(zip(POOL, caps, strict=True)), seed)
+    def setup(
+        self, workflow: WorkflowSpec, caps: list[int], live: set[str], seed: int, temper: Temper
+    ) -> None:
+        self.h = Harness(workflow, dict(zip(POOL, caps, strict=True)), seed, temper)
         self.h.live = set(live)
         self.h.apply(StartRun(RUN, workflow, {}, "0" * 32, "t"))
 
@@ -599,16 +709,19 @@ class PatternMachine(RuleBasedStateMachine):
         if self.h is not None and sys.exc_info()[1] is None:
             self.h.drive_to_end()
             self.h.check_state()
+            for reached in sorted(self.h.reached()):
+                event(reached)
 
 
-def test_pattern_state_machine() -> None:
-    run_state_machine_as_test(
-        PatternMachine,
-        settings=settings(
-            settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")),
-            stateful_step_count=30,
-            deadline=None,
-            database=None,
-            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
-        ),
-    )
+# A test made by `get_state_machine_test` is a `@given` test, so pytest's
+# `--hypothesis-show-statistics` reports the bounds each run reached (see `reached`).
+test_pattern_state_machine = get_state_machine_test(
+    PatternMachine,
+    settings=settings(
+        settings.get_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci")),
+        stateful_step_count=30,
+        deadline=None,
+        database=None,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+    ),
+)
