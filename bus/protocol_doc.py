@@ -94,7 +94,7 @@ ordinary NATS client, in any language, is here.
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
 | `baton.tool.approval.<run_id>.<agent_id>` | agent → orchestrator | a tool call waits for a human (a `tool.call` record in phase `awaiting`): passed on to the run's watchers only if the agent holds that attempt of that task now; else refused and recorded as a `message.rejected` event |
 | `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |
-| `baton.tool.decision.<agent_id>.<call_id>` | human → agent | approve or deny that agent's call (request/reply); on a governed server an agent receives only its own |
+| `baton.tool.decision.<agent_id>.<call_id>` | human → agent | approve or deny that agent's call (request/reply); on the embedded server an agent receives only its own |
 | `baton.events.<run_id>` | orchestrator → watchers | live progress of a run |
 
 An agent id is owned by one process at a time. Send a random `instance` (new at each

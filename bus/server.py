@@ -335,8 +335,8 @@ def save_person(state_dir: Path, credentials: PersonCredentials) -> None:
 
 
 def person_credentials(state_dir: Path) -> PersonCredentials | None:
-    """The person's credentials for the governed embedded server running for this state
-    directory, or None (no such server running, or it lets everyone in)."""
+    """The person's credentials for the embedded server running for this state directory,
+    or None (no such server running, or it was started by a Baton that saved none)."""
     try:
         credentials = msgspec.json.decode(
             _person_path(state_dir).read_bytes(), type=PersonCredentials

@@ -79,7 +79,7 @@ def inbox_sender(subject: str) -> tuple[str, str]:
 
 def run_control(person: str) -> str:
     """A person → the orchestrator: a decision on a run (request/reply). The person is in
-    the subject, which on a governed server only that person may publish to, so the
+    the subject, which on the embedded server only that person may publish to, so the
     orchestrator records who decided from the server, never from a claim in the payload."""
     return f"baton.api.run.control.{token(person)}"
 
@@ -117,7 +117,7 @@ def tool_call(tool: str) -> str:
 
 def tool_decision(agent_id: str, call_id: str) -> str:
     """A human → the agent holding a tool call that waits for approval (request/reply).
-    The agent is in the subject, so on a governed server each agent can subscribe to the
+    The agent is in the subject, so on the embedded server each agent can subscribe to the
     decisions addressed to it and to no one else's."""
     return f"baton.tool.decision.{token(agent_id)}.{token(call_id)}"
 
@@ -128,7 +128,7 @@ TOOL_APPROVALS_ALL = "baton.tool.approval.*.*"
 
 def tool_approval(run_id: str, agent_id: str) -> str:
     """Agent → orchestrator: a tool call of this run waits for a human. The sender is in
-    the subject, which on a governed server only that agent may publish to; the
+    the subject, which on the embedded server only that agent may publish to; the
     orchestrator checks that it holds the attempt the call is made for, then passes it
     on to whoever watches the run (`tool_prompt`), or refuses and audits it."""
     return f"baton.tool.approval.{token(run_id)}.{token(agent_id)}"

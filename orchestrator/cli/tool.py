@@ -41,7 +41,7 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
                             help="the agent waiting on the call (default: the one the state "
                                  "directory's log records; see baton tool pending)")  # fmt: skip
         decide.add_argument("--by", default="",
-                            help="your name (default: who the governed server's credentials "
+                            help="your name (default: who the embedded server's credentials "
                                  "name, else human:<login name>)")  # fmt: skip
         decide.add_argument(
             "--nats",

@@ -1,7 +1,7 @@
 """Agents' requests for a human's approval of a tool call, checked before anyone is asked.
 
 An agent asks on its own approval subject (`baton.tool.approval.<run>.<agent>`, which on a
-governed server only it may publish to). A person must only ever be asked about a call
+embedded server only it may publish to). A person must only ever be asked about a call
 that an agent makes for an attempt it holds: so the request is passed on to whoever
 watches the run (`baton.tool.prompt.<run>`) only if the sender is the agent the record
 names and holds that attempt of that task, now; anything else (another run, another
