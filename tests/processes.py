@@ -1,9 +1,11 @@
 """Helpers for tests that drive real `baton` processes and kill them: a slower copy of
 the research example, the events a state directory's log holds (read with sqlite3, as an
-operator would), the processes a process started, and bounded waits."""
+operator would), the processes a process started, bounded waits, and a `baton serve`
+with hand-started agents (its address, an agent's admitted login, a submitted run)."""
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import subprocess
 import time
@@ -120,3 +122,43 @@ def terminate(process: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def serving_url(log: Path, process: subprocess.Popen[bytes]) -> str:
+    """The address `baton serve` (logging to `log`) says it serves on, once it does."""
+    found: list[str] = []
+
+    def serving() -> bool:
+        assert process.poll() is None, log.read_text()
+        found[:] = re.findall(r"serving on NATS (nats://\S+),", log.read_text())
+        return bool(found)
+
+    until(serving, 60, f"baton serve to serve ({log})")
+    return found[0]
+
+
+def _baton_ok(*args: str) -> str:
+    """A `baton` command that must succeed; its output."""
+    done = subprocess.run(baton(*args), capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def admitted(state: Path, agent_id: str, role: str) -> str:
+    """The agent's own login (`baton admit`), kept across restarts of the server."""
+    out = state.parent / f"{agent_id}.url"
+    _baton_ok("admit", agent_id, "--role", role, "-o", str(out), "--state-dir", str(state))
+    return out.read_text().strip()
+
+
+def submit_run(workflow: Path, state: Path) -> str:
+    """`baton submit` to the orchestrator of `state`, as its person; the run id."""
+    done = subprocess.run(
+        baton("submit", str(workflow), "--state-dir", str(state)),
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout.strip().splitlines()[-1]

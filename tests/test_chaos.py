@@ -27,15 +27,17 @@ from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.workflow_files import load
 from tests.cluster import REPO, baton
 from tests.processes import (
+    admitted,
     audit_verify,
     event_types,
     nats_pid,
+    serving_url,
     slow_research,
     start_baton,
+    submit_run,
     terminate,
     until,
 )
-from tests.test_nats_supervision import _admitted, _serving_url, _submit
 
 FAULTS = int(os.environ.get("BATON_CHAOS_FAULTS", "12"))
 SEED = int(os.environ.get("BATON_CHAOS_SEED", "20261204"))
@@ -73,11 +75,11 @@ def test_runs_of_every_pattern_survive_random_kills(tmp_path: Path) -> None:
     runs: list[str] = []
     kills: Counter[str] = Counter()
     try:
-        url = _serving_url(log, serve)
+        url = serving_url(log, serve)
 
         def start(spec: AgentSpec) -> None:
             for agent in agents.start(
-                spec, url, REPO, url_for_agent=lambda a, role: _admitted(state, a, role)
+                spec, url, REPO, url_for_agent=lambda a, role: admitted(state, a, role)
             ):
                 specs[agent] = msgspec.structs.replace(spec, count=1)
 
@@ -85,14 +87,14 @@ def test_runs_of_every_pattern_survive_random_kills(tmp_path: Path) -> None:
             for spec in load(path).agents:
                 start(spec)
         for _ in range(FAULTS):
-            runs.append(_submit(rng.choice(workflows), state))
+            runs.append(submit_run(rng.choice(workflows), state))
             time.sleep(rng.uniform(0.1, 1.5))
             kind = rng.choice(["orchestrator", "nats", "agent"])
             if kind == "orchestrator":
                 os.kill(serve.pid, signal.SIGKILL)
                 serve.wait()
                 serve = start_baton(log := next(logs), "serve", "--state-dir", str(state))
-                assert _serving_url(log, serve) == url, "the same port after a restart"
+                assert serving_url(log, serve) == url, "the same port after a restart"
             elif kind == "nats":
                 os.kill(nats_pid(state), signal.SIGKILL)
             else:
@@ -117,5 +119,8 @@ def test_runs_of_every_pattern_survive_random_kills(tmp_path: Path) -> None:
     print(f"chaos seed {SEED}: kills {dict(kills)}, runs {len(runs)} {dict(ended)}, "
           f"tasks succeeded {tasks}, twice {len(twice)}")  # fmt: skip
     assert twice == {}, "no task succeeded twice"
+    completed = [r for r in runs if "run.completed" in event_types(state, r)]
+    assert completed, "some runs completed"
+    assert all(succeeded[r] for r in completed), "a completed run's successes were all read"
     verified = audit_verify(state)
     assert verified.returncode == 0, verified.stdout + verified.stderr

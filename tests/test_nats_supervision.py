@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import socket
 import stat
@@ -22,14 +21,17 @@ from bus import server as server_module
 from bus.server import EmbeddedNats, save_port, saved_port
 from orchestrator.service.launcher import AgentProcesses
 from orchestrator.service.workflow_files import load
-from tests.cluster import REPO, baton
+from tests.cluster import REPO
 from tests.processes import (
+    admitted,
     audit_verify,
     event_types,
     nats_pid,
     research_running,
+    serving_url,
     slow_research,
     start_baton,
+    submit_run,
     terminate,
     until,
 )
@@ -114,43 +116,6 @@ def test_a_run_completes_after_its_embedded_nats_is_killed(tmp_path: Path) -> No
     assert verified.returncode == 0, verified.stdout + verified.stderr
 
 
-def _serving_url(log: Path, process: subprocess.Popen[bytes]) -> str:
-    found: list[str] = []
-
-    def serving() -> bool:
-        assert process.poll() is None, log.read_text()
-        found[:] = re.findall(r"serving on NATS (nats://\S+),", log.read_text())
-        return bool(found)
-
-    until(serving, 60, f"baton serve to serve ({log})")
-    return found[0]
-
-
-def _baton(*args: str) -> str:
-    done = subprocess.run(baton(*args), capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout
-
-
-def _admitted(state: Path, agent_id: str, role: str) -> str:
-    """The agent's own login (`baton admit`), kept across restarts of the server."""
-    out = state.parent / f"{agent_id}.url"
-    _baton("admit", agent_id, "--role", role, "-o", str(out), "--state-dir", str(state))
-    return out.read_text().strip()
-
-
-def _submit(workflow: Path, state: Path) -> str:
-    done = subprocess.run(
-        baton("submit", str(workflow), "--state-dir", str(state)),
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
 def test_baton_serve_killed_and_started_again_keeps_its_port_and_the_run_completes(
     tmp_path: Path,
 ) -> None:
@@ -160,18 +125,18 @@ def test_baton_serve_killed_and_started_again_keeps_its_port_and_the_run_complet
     agents = AgentProcesses(tmp_path / "agents")
     second: subprocess.Popen[bytes] | None = None
     try:
-        url = _serving_url(tmp_path / "serve-1.log", first)
+        url = serving_url(tmp_path / "serve-1.log", first)
         for spec in load(workflow).agents:  # agents of their own, not the service's
             agents.start(
-                spec, url, REPO, url_for_agent=lambda agent, role: _admitted(state, agent, role)
+                spec, url, REPO, url_for_agent=lambda agent, role: admitted(state, agent, role)
             )
-        run_id = _submit(workflow, state)
+        run_id = submit_run(workflow, state)
         until(lambda: research_running(state), 60, "the research tasks to start")
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
         began = time.monotonic()
         second = start_baton(tmp_path / "serve-2.log", "serve", "--state-dir", str(state))
-        assert _serving_url(tmp_path / "serve-2.log", second) == url
+        assert serving_url(tmp_path / "serve-2.log", second) == url
         until(
             lambda: "run.completed" in event_types(state, run_id),
             90,
