@@ -17,13 +17,15 @@ from bus.contract_files import load_contracts
 from bus.contracts import Budget, Contracts, MemoryAccess, RoleContract
 from bus.errors import ContractError
 from bus.protocol import Heartbeat
+from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import WorkflowError
 from orchestrator.core.events import AgentJoined, AgentRefused
 from orchestrator.core.workflow import (
     AgentSpec,
+    Chat,
+    Retry,
     StepSpec,
     WorkflowSpec,
-    check_roles,
 )
 from orchestrator.service import journal
 from orchestrator.service.workflow_files import contracts_file, load
@@ -156,6 +158,17 @@ def test_a_workflow_whose_roles_lack_contracts_is_refused() -> None:
             WorkflowSpec("w", [StepSpec("s", "worker")], agents=[AgentSpec("boss", "m:f")]),
             contracts,
         )
+    chat = Chat(["worker", "critic"], max_turns=4, selector="agent", selector_role="chair")
+    talk = WorkflowSpec("w", [StepSpec("talk", chat=chat)])
+    with pytest.raises(WorkflowError, match=r"steps\[0\]\.chat\.participants\[1\].*'critic'"):
+        check_roles(talk, contracts)
+    with pytest.raises(WorkflowError, match=r"steps\[0\]\.chat\.selector_role.*'chair'"):
+        check_roles(talk, Contracts([RoleContract(name="worker"), RoleContract(name="critic")]))
+    every = Contracts([RoleContract(name=r) for r in ("worker", "critic", "chair")])
+    assert check_roles(talk, every) is talk, "a group chat has no role of its own"
+    retried = WorkflowSpec("w", [StepSpec("s", "worker", retry=Retry(role="senior"))])
+    with pytest.raises(WorkflowError, match=r"steps\[0\]\.retry\.role.*'senior'"):
+        check_roles(retried, contracts)
     with pytest.raises(WorkflowError, match=r"agents\[0\]\.capacity: 5 is over"):
         check_roles(
             WorkflowSpec("w", [StepSpec("s", "worker")], agents=[AgentSpec("worker", "m:f", 1, 5)]),

@@ -33,13 +33,14 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.reach import me, reach, shown
+from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
     AgentStartError,
     OrchestratorError,
     WorkflowError,
 )
 from orchestrator.core.state import RunState
-from orchestrator.core.workflow import AgentSpec, ContractsRef, check_roles
+from orchestrator.core.workflow import AgentSpec, ContractsRef
 from orchestrator.service import journal, serve
 from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_path
 from orchestrator.service.launcher import AgentProcesses, resolve_handler

@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import msgspec
 
-from bus.contracts import Contracts
 from orchestrator.core import bounds
 from orchestrator.core.errors import WorkflowError
 
@@ -409,35 +408,6 @@ def is_conditional(step: StepSpec) -> bool:
 
 def need_of(step: StepSpec) -> int:
     return {"all": -1, "any": 1, "quorum": step.quorum}[step.join]
-
-
-def check_roles(spec: WorkflowSpec, contracts: Contracts) -> WorkflowSpec:
-    """`spec` if every role it uses has a contract and every handoff a step allows is
-    allowed by the contract of each role that may own the step's task, else
-    `WorkflowError` naming where."""
-    for i, step in enumerate(spec.steps):
-        if step.role not in contracts:
-            raise WorkflowError(f"steps[{i}].role", f"no contract for role {step.role!r}")
-        owners = [step.role, *step.handoff_to]
-        for j, target in enumerate(step.handoff_to):
-            if target not in contracts:
-                raise WorkflowError(f"steps[{i}].handoff_to[{j}]", f"no contract for {target!r}")
-            for owner in owners:
-                if owner != target and not contracts.get(owner).may_hand_off_to(target):
-                    raise WorkflowError(
-                        f"steps[{i}].handoff_to[{j}]",
-                        f"role {owner!r} may own this task but its contract does not allow "
-                        f"a handoff to {target!r}",
-                    )
-    for i, agent in enumerate(spec.agents):
-        if agent.role not in contracts:
-            raise WorkflowError(f"agents[{i}].role", f"no contract for role {agent.role!r}")
-        limit = contracts.get(agent.role).concurrency
-        if agent.capacity > limit:
-            raise WorkflowError(
-                f"agents[{i}].capacity", f"{agent.capacity} is over the contract's {limit}"
-            )
-    return spec
 
 
 def compile_graph(spec: WorkflowSpec) -> dict[str, TaskSpec]:
