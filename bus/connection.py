@@ -392,6 +392,12 @@ class InboxConsumer:
     def __init__(self, sub: Any) -> None:
         self._sub = sub
 
+    async def close(self) -> None:
+        """Unbind: a pull still waiting on the server gets nothing more (the durable
+        consumer stays, for the next orchestrator)."""
+        with contextlib.suppress(Exception):
+            await self._sub.unsubscribe()
+
     async def fetch(self, batch: int, timeout: float) -> list[Incoming]:
         """Up to `batch` messages, returning as soon as any are there; [] after `timeout`."""
         try:

@@ -12,8 +12,19 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import nats
+
+from bus.codec import Decoder
 from bus.contract_files import load_contracts
-from bus.protocol import HeldTask
+from bus.protocol import (
+    HeldTask,
+    MemoryWrite,
+    ReportBatch,
+    TaskFailure,
+    TaskResult,
+    ToolCallRecord,
+)
+from bus.subjects import INBOX_STREAM
 from bus.telemetry import Telemetry
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import AgentSpec
@@ -94,6 +105,36 @@ class Cluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"run {run_id} never reached the expected state: {state}")
             await asyncio.sleep(0.02)
+
+
+async def until_inbox_holds(url: str, run_id: str, count: int, timeout: float = 30.0) -> int:
+    """Wait until the durable inbox holds at least `count` task outcomes of `run_id` (read
+    by sequence, not consumed: they leave the work queue only once acknowledged), so a
+    test that stops the orchestrator knows its agents' reports arrived while it was down."""
+    outcome: Decoder[TaskResult | TaskFailure | ReportBatch | ToolCallRecord | MemoryWrite] = (
+        Decoder(TaskResult | TaskFailure | ReportBatch | ToolCallRecord | MemoryWrite)
+    )
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            held = 0
+            state = (await js.stream_info(INBOX_STREAM)).state
+            for seq in range(state.first_seq or 1, state.last_seq + 1):
+                msg = await js.get_msg(INBOX_STREAM, seq)
+                if (msg.subject or "").split(".")[2] == run_id and msg.data:
+                    got = outcome.decode(msg.data)
+                    held += len(got.reports) if isinstance(got, ReportBatch) else (
+                        isinstance(got, TaskResult | TaskFailure)
+                    )  # fmt: skip
+            if held >= count:
+                return held
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the inbox held {held} outcomes of {run_id}, not {count}")
+            await asyncio.sleep(0.05)
+    finally:
+        await nc.close()
 
 
 @asynccontextmanager

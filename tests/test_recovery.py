@@ -17,7 +17,7 @@ from orchestrator.core.state import RunState, TaskState
 from orchestrator.core.workflow import AgentSpec, Limits, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from orchestrator.service.service import Orchestrator
-from tests.cluster import cluster
+from tests.cluster import cluster, until_inbox_holds
 
 WORKFLOW = WorkflowSpec(
     name="fan-then-join",
@@ -34,12 +34,16 @@ def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path
         async with cluster(tmp_path) as c:
             await c.add_agents(WORKERS)
             run_id = await c.orchestrator.start_run(WORKFLOW)
-            await c.until(run_id, lambda s: all(
+            running = await c.until(run_id, lambda s: all(
                 s.tasks[f"fan[{i}]"].status == "running" for i in range(4)
             ))  # fmt: skip
+            for t in (f"fan[{i}]" for i in range(4)):  # sent, not only recorded as assigned
+                await c.until_held(running.tasks[t].agent_id, run_id, t, 1)
             await c.orchestrator.stop()
             down_at = c.orchestrator.run(run_id)
-            await asyncio.sleep(1.0)  # the agents finish and publish while nobody listens
+            # the agents finish and publish while nobody listens
+            await until_inbox_holds(c.stack.nats_url, run_id, 4)
+            assert c.orchestrator.run(run_id) == down_at, "nothing read them meanwhile"
 
             bus = await Bus.connect(c.stack.nats_url, name="orchestrator-2")
             second = Orchestrator(bus, c.stack.store, agent_ttl=1.0, tick_s=0.05)

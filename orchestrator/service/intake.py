@@ -1,16 +1,17 @@
 """What the orchestrator takes in from agents, from two sources, handed on in batches.
 
-Agents send every outcome twice (see `agents.outbox`): a fast copy on core NATS and a
-durable copy in the JetStream inbox. The intake queues both kinds as they come and hands
-the service everything that is waiting in one batch, so one decision and one append
-serve many reports. Only durable copies are acknowledged (after their events are
-durable); `Reports` remembers which reports are already in the log, so the second copy
-of a report is acknowledged without being decided again.
+Agents send an outcome as a request on core NATS, and into the durable JetStream inbox
+when nobody answers it (see `agents.outbox`). The intake queues both kinds as they come
+and hands the service everything that is waiting in one batch, so one decision and one
+append serve many reports. Inbox messages are acknowledged once their events are
+durable; `Reports` remembers which reports are already in the log, so a report that
+arrives both ways is acknowledged without being decided again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import OrderedDict
 from typing import NamedTuple
@@ -20,6 +21,9 @@ from bus.errors import BusError
 from bus.protocol import TaskFailure, TaskResult
 
 log = logging.getLogger("baton.orchestrator.intake")
+
+CLOSE_WAIT_S = 1.5
+"""How long closing waits for the inbox fetch in progress (it ends within 1 s)."""
 
 
 class Delivery(NamedTuple):
@@ -80,11 +84,25 @@ class Intake:
         self._fetch_batch = fetch_batch
         self._queue: asyncio.Queue[Delivery] = asyncio.Queue()
         self._closed = False
+        self._pulling = asyncio.Event()
 
-    def close(self) -> None:
-        """Stop pulling after the fetch in progress (which may return messages: they are
-        not acked, so the inbox redelivers them after its ack wait)."""
+    async def close(self) -> None:
+        """Stop pulling and hand back what this orchestrator took but did not handle: the
+        fetch in progress ends (within its 1 s), what it and the queue still hold is
+        nak'ed for redelivery at once (else the next orchestrator would wait out the
+        inbox's ack wait for it), and the consumer is unbound, so the server delivers
+        nothing more to a pull of this one."""
         self._closed = True
+        if self._pulling.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CLOSE_WAIT_S):
+                    while self._pulling.is_set():
+                        await asyncio.sleep(0.01)
+        while not self._queue.empty():
+            delivery = self._queue.get_nowait()
+            if delivery.durable:
+                await _hand_back(delivery.incoming)
+        await self._consumer.close()
 
     async def offer_fast(self, incoming: Incoming) -> None:
         """Subscription handler for the fast copies."""
@@ -93,15 +111,22 @@ class Intake:
     async def fetch_durable(self) -> None:
         """Pull the durable inbox until closed, queueing what comes. A message that does
         not decode is queued like any other (to be refused), so no message can stop it."""
-        while not self._closed:
-            try:
-                batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
-            except BusError as exc:
-                log.warning("%s; retrying", exc)
-                await asyncio.sleep(0.5)
-                continue
-            for incoming in batch:
-                self._queue.put_nowait(Delivery(incoming, True))
+        self._pulling.set()
+        try:
+            while not self._closed:
+                try:
+                    batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
+                except BusError as exc:
+                    log.warning("%s; retrying", exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for incoming in batch:
+                    if self._closed:
+                        await _hand_back(incoming)
+                    else:
+                        self._queue.put_nowait(Delivery(incoming, True))
+        finally:
+            self._pulling.clear()
 
     async def next_batch(self) -> list[Delivery]:
         """Everything queued, waiting for at least one delivery."""
@@ -109,3 +134,8 @@ class Intake:
         while not self._queue.empty():
             batch.append(self._queue.get_nowait())
         return batch
+
+
+async def _hand_back(incoming: Incoming) -> None:
+    with contextlib.suppress(Exception):  # the bus gone: the ack wait redelivers it
+        await incoming.nak(0)

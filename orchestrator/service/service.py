@@ -204,7 +204,7 @@ class Orchestrator:
         self._subscriptions = []
         await self.memory.stop()
         if self._intake is not None:
-            self._intake.close()
+            await self._intake.close()
         await self._background.stop()
 
     # -- queries ---------------------------------------------------------------------
