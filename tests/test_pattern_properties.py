@@ -24,9 +24,11 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import signal
 import sys
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import msgspec
@@ -89,6 +91,7 @@ from orchestrator.core.workflow import (
     Retry,
     Selector,
     StepSpec,
+    TaskSpec,
     WorkflowSpec,
     known_roles,
     validate,
@@ -225,6 +228,23 @@ outputs = st.fixed_dictionaries(
 # -- the harness -----------------------------------------------------------------------------
 
 
+@contextmanager
+def returns_within(seconds: float) -> Iterator[None]:
+    """A decision that never returns (a loop over a cyclic plan, say) fails the example
+    instead of hanging the suite until its timeout."""
+
+    def hang(signum: int, frame: object) -> None:
+        raise AssertionError(f"a decision did not return within {seconds}s")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 class Harness:
     """One run through the pure core, as the shell would drive it, checking every event."""
 
@@ -247,6 +267,55 @@ class Harness:
         self.leases: list[tuple[str, int, str, str]] = []
         self.batch = Folding(self.state)
         """The same decisions folded as the shell folds a batch: into one long-lived draft."""
+        self.started_wall: float | None = None
+        self.applied_last: Command | None = None
+
+    def wall(self) -> float:
+        return self.wall_offset + self.now
+
+    def count(self, kind: type[RunEvent], pending: list[RunEvent] | None = None) -> int:
+        """Events of `kind` in the log (and `pending`, decided but not yet in it)."""
+        return sum(isinstance(e, kind) for e in (*self.log, *(pending or ())))
+
+    def past_deadline(self) -> bool:
+        """The run's deadline has passed on the harness's own wall clock (which goes on
+        across reboots), not on the run's clock the core keeps."""
+        deadline = self.workflow.limits.deadline_s
+        if not deadline or self.started_wall is None:
+            return False
+        return self.wall() - self.started_wall > deadline + 1e-6
+
+    def declared_need(self, spec: TaskSpec, pending: list[RunEvent]) -> int:
+        """How many of a task's deps must have succeeded, from its step's join as the
+        workflow (or an adopted plan) declares it, never from the graph the core built."""
+        if spec.parent or spec.kind not in ("task", "chat"):
+            return len(spec.deps)  # turns, selections, subtasks and plans wait for all
+        declared = {s.id: s for s in self.workflow.steps}
+        planned = {
+            s.id: s for e in (*self.log, *pending) if isinstance(e, PlanAdopted) for s in e.steps
+        }  # fmt: skip
+        step = declared.get(spec.step) or planned[spec.step]
+        width = len(spec.deps)
+        if spec.step in declared:
+            width = sum(declared[n].fan_out for n in step.needs)
+            looped_back = any(s.loop and s.loop.back_to == spec.step for s in declared.values())
+            width += spec.round > 1 and looped_back  # a later round waits for the one before
+            assert len(spec.deps) == width, (spec, "a dep for each task of each needed step")
+        return {"all": width, "any": 1, "quorum": step.quorum}[step.join]
+
+    def check_context(self) -> None:
+        """DESIGN §7.6: a task carries everything said before each of its handoffs, in
+        order, and so does the assignment its next owner gets (taken from the log)."""
+        said: dict[str, list[dict[str, Any]]] = {}
+        for e in self.log:
+            if isinstance(e, TaskHandedOff):
+                said.setdefault(e.task_id, []).append(e.output)
+        for t in self.state.tasks.values():
+            assert [c["output"] for c in t.context] == said.get(t.task_id, []), "context lost"
+        for effect in pending_effects(self.state):
+            if isinstance(effect, SendAssignment) and effect.assignment.task_id in said:
+                given = effect.assignment.input.get("context", [])
+                assert [c["output"] for c in given] == said[effect.assignment.task_id]
 
     def token(self) -> str:
         self.issued += 1
@@ -259,11 +328,18 @@ class Harness:
         ]
 
     def apply(self, command: Command) -> list[RunEvent]:
+        with returns_within(5.0):
+            return self._apply(command)
+
+    def _apply(self, command: Command) -> list[RunEvent]:
         views, rng, issued = self.views(), self.rng.getstate(), self.issued
         wall = self.wall_offset + self.now
         ctx = Context(self.now, wall, views, self.token, self.rng.random, self.boot)
         before = self.state
+        self.applied_last = command
         events, folded = decide_and_fold(before, command, ctx)
+        if before.status == "new" and events:
+            self.started_wall = wall
         self.check_events(before, command, events)
         self.state = fold(before, events)
         assert folded == self.state, "the state decide_and_fold returns is its events folded"
@@ -347,7 +423,7 @@ class Harness:
                     assert e.task_id not in s.gated
                     assert e.task_id not in s.blocked
                     done = sum(s.tasks[d].status == "succeeded" for d in spec.deps)
-                    assert done >= spec.threshold, "started before its deps succeeded"
+                    assert done >= self.declared_need(spec, events[:i]), "started before its deps"
                     if not spec.parent:
                         step = s.step(spec.step)
                         if step.when is not None or step.unless is not None:
@@ -361,7 +437,9 @@ class Harness:
                         x.agent_id == e.agent_id and x.status == "running" for x in s.tasks.values()
                     )
                     assert load < self.capacity[e.agent_id]
-                    assert not limits.max_steps or s.steps < limits.max_steps, "max_steps"
+                    dispatched = self.count(TaskAssigned, events[:i])
+                    assert not limits.max_steps or dispatched < limits.max_steps, "max_steps"
+                    assert not self.past_deadline(), "assigned after the run's deadline"
                     run_now = self.now - s.clock_shift  # every time the run holds is on it
                     assert e.mono == run_now
                     assert t.not_before <= run_now
@@ -400,7 +478,7 @@ class Harness:
                         assert len(e.tasks) <= step.max_subtasks
                         assert all(t.round <= limits.max_subtask_depth for t in e.tasks)
                 case TaskHandedOff():
-                    assert s.handoffs < limits.max_handoffs
+                    assert self.count(TaskHandedOff, events[:i]) < limits.max_handoffs
                     assert e.to_role in s.step(s.graph[e.task_id].step).handoff_to
                 case PlanAdopted():
                     assert s.replans <= limits.max_replans
@@ -439,14 +517,19 @@ class Harness:
         assert all(t.status == "running" for t in s.tasks.values() if t.reserved)
         load = Counter(t.agent_id for t in s.tasks.values() if t.status == "running")
         assert all(n <= self.capacity[a] for a, n in load.items())
-        assert s.handoffs <= limits.max_handoffs
-        for parent, children in s.children.items():
-            spec = s.graph[parent]
-            if spec.kind == "chat":
-                chat = s.step(spec.step).chat
-                assert chat is not None
-                turns = [c for c in children if s.graph[c].kind == "turn"]
-                assert len(turns) <= chat.max_turns, "a chat beyond its max turns"
+        assert self.count(TaskHandedOff) <= limits.max_handoffs
+        assert not limits.max_steps or self.count(TaskAssigned) <= limits.max_steps
+        turns = Counter(
+            e.parent for e in self.log if isinstance(e, TasksAdded)
+            for t in e.tasks if t.kind == "turn"
+        )  # fmt: skip
+        for chat_id, n in turns.items():
+            chat = s.step(s.graph[chat_id].step).chat
+            assert chat is not None
+            assert n <= chat.max_turns, "a chat beyond its max turns"
+        if self.past_deadline() and isinstance(self.applied_last, Tick):
+            assert s.terminal, "the run goes on after its deadline passed"
+        self.check_context()
         for t in s.tasks.values():
             if t.status == "running":
                 assert t.agent_id
@@ -482,6 +565,10 @@ class Harness:
         if handed:
             seen.add("handed off: twice or more" if max(handed.values()) > 1 else "handed off")
         for e in self.log:
+            if isinstance(e, TaskAssigned) and not self.state.graph[e.task_id].parent:
+                join = self.state.step(self.state.graph[e.task_id].step).join
+                if join != "all":
+                    seen.add(f"join {join}: a task started")
             if isinstance(e, LimitReached):
                 seen.add(f"limit reached: {e.limit}")
             elif isinstance(e, PlanRejected):
