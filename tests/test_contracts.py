@@ -7,12 +7,14 @@ from __future__ import annotations
 import asyncio
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from bus import subjects
 from bus.codec import encode
+from bus.connection import Incoming
 from bus.contract_files import load_contracts
 from bus.contracts import Budget, Contracts, MemoryAccess, RoleContract
 from bus.errors import ContractError
@@ -226,7 +228,18 @@ def test_the_orchestrator_refuses_and_audits_agents_it_has_no_contract_for(
                         e for e in map(journal.decode_any, events) if isinstance(e, AgentRefused)
                     ]
                     await asyncio.sleep(0.05)
-            await asyncio.sleep(0.5)  # more heartbeats: the refusal is audited once per agent
+            # more heartbeats from each refused agent: the refusal is audited once per agent
+            beats: Counter[str] = Counter()
+
+            async def count(msg: Incoming) -> None:
+                beats[msg.subject.rsplit(".", 1)[1]] += 1
+
+            heard = await c.stack.bus.subscribe(subjects.HEARTBEAT_ALL, count)
+            await c.stack.bus.publish(subjects.heartbeat("worker-greedy"), encode(greedy))
+            async with asyncio.timeout(30):
+                while beats["worker-greedy"] < 1 or min(beats[forged[0]], beats[bare[0]]) < 3:
+                    await asyncio.sleep(0.05)
+            await heard.unsubscribe()
             events = await c.stack.store.read_stream(journal.SYSTEM_STREAM)
             decoded = [journal.decode_any(e) for e in events]
             routable = {a.agent_id for a in c.orchestrator.agents()}
