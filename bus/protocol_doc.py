@@ -32,7 +32,11 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
         "agent → orchestrator",
         "`baton.report.<run_id>.<agent_id>` or the inbox",
     ),
-    (protocol.ReportAck, "orchestrator → agent (reply)", "reply to a direct report: it is durable"),
+    (
+        protocol.ReportAck,
+        "orchestrator → agent (reply)",
+        "reply to a direct report: it is durable, accepted or refused",
+    ),
     (
         protocol.ToolCallRecord,
         "agent → orchestrator, durable; for approval: agent → orchestrator → watchers",
@@ -87,7 +91,7 @@ ordinary NATS client, in any language, is here.
 | `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt, or a batch of them, to run (request/reply) |
 | `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
 | `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to an id no one else can know before you send: for a lone result or failure `<run>:<task>:<attempt>:<kind>:<agent_id>:<lease_token>`, for anything else one with a random part, so a re-send is deduplicated and no one can take the id first. A publish acknowledged as a duplicate on its first try means someone did: send it again under a new id |
-| `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
+| `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log, and says whether it was accepted (`accepted`, `code`, `reason`; per report of a batch in `verdicts`): a refused outcome is recorded as rejected, do not send it again; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
 | `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |

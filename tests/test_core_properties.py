@@ -912,8 +912,8 @@ def test_refused_report_changes_nothing_but_the_audit_count() -> None:
 
 def test_late_result_for_a_timed_out_attempt_is_audited() -> None:
     """§5: a result for a stale attempt is rejected *and audited*. After a lease timeout the
-    task is pending with the same (attempt, lease), so `_refusal` calls the late result a
-    duplicate re-delivery and `decide` drops it without a ResultRejected."""
+    task is pending with the same (attempt, lease), so `report_check.refusal` calls the late
+    result a duplicate re-delivery and `decide` drops it without a ResultRejected."""
     wf = validate(WorkflowSpec(name="w", steps=[StepSpec(id="s", role="r", timeout_s=1.0)]))
     state = RunState("run")
     start = StartRun("run", wf, {}, "t", "me")
