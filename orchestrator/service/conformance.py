@@ -47,6 +47,7 @@ from bus.protocol import (
     InboxMessage,
     ReportAck,
     ReportBatch,
+    ReportVerdict,
     TaskFailure,
     TaskResult,
 )
@@ -74,7 +75,8 @@ CASES = (
 
 MAX_COPIES = 2
 """Copies of one outcome an agent may send at most: a direct report and, unanswered or
-refused by an error, its durable copy. More is a retry loop."""
+answered with an error, its durable copy. More is a retry loop (and after a refusal in a
+`task.report.ack`, any copy is one too many)."""
 
 _heartbeat: Decoder[Heartbeat] = Decoder(Heartbeat)
 _reports: Decoder[InboxMessage] = Decoder(InboxMessage)
@@ -119,12 +121,14 @@ class Settings:
 
 @dataclass
 class _Seen:
-    """One outcome as it arrived."""
+    """One outcome as it arrived, and what the kit answered."""
 
     outcome: Outcome
     via: Literal["report", "inbox"]
     reply_to: str
     at: float
+    verdict: ReportVerdict | None = None
+    """The kit's answer to a direct report (None for the inbox, which answers nothing)."""
 
 
 @dataclass
@@ -140,7 +144,7 @@ class _Watch:
     outcomes: list[_Seen] = field(default_factory=list)
     oversized: list[str] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
-    refuse: dict[Key, str] = field(default_factory=dict)
+    refuse: dict[Key, ReportVerdict] = field(default_factory=dict)
     leases: dict[Key, str] = field(default_factory=dict)
 
 
@@ -152,10 +156,17 @@ def _key(o: Outcome | Assignment) -> Key:
     return (o.run_id, o.task_id, o.attempt)
 
 
-def refusal(reason: str) -> bytes:
-    """The answer to a report the orchestrator will not record: `task.report.ack` with
-    `accepted` false and the reason."""
-    return encode({"kind": ReportAck.__struct_config__.tag, "accepted": False, "reason": reason})
+def answer(verdicts: list[ReportVerdict], batch: bool) -> ReportAck:
+    """The orchestrator's `task.report.ack` for reports with these verdicts: a lone
+    report's verdict in the ack itself; a batch's, one per report, with `accepted` false
+    (and the first refusal's code and reason) if any was refused."""
+    refused = next((v for v in verdicts if not v.accepted), None)
+    if not batch:
+        v = verdicts[0]
+        return ReportAck(v.accepted, v.code, v.reason)
+    if refused is None:
+        return ReportAck(verdicts=verdicts)
+    return ReportAck(False, refused.code, refused.reason, verdicts)
 
 
 class Kit:
@@ -222,19 +233,43 @@ class Kit:
                 await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
         items = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
-        refused = ""
+        verdicts: list[ReportVerdict] = []
         for item in items:
             if not isinstance(item, TaskResult | TaskFailure):
                 continue
-            w.outcomes.append(_Seen(item, via, msg.reply_to, self._clock()))
-            key = _key(item)
-            if key in w.refuse:
-                refused = w.refuse[key]
-            elif w.leases.get(key) not in (None, item.lease_token):
-                refused = f"stale lease for attempt {item.attempt} of {item.task_id}"
+            verdict = self._verdict(item) if via == "report" else None
+            w.outcomes.append(_Seen(item, via, msg.reply_to, self._clock(), verdict))
+            verdicts += [verdict] if verdict else []
         self._changed.set()
-        if via == "report":
-            await msg.reply(refusal(refused) if refused else encode(ReportAck()))
+        if via == "report" and verdicts:
+            batch = isinstance(decoded, ReportBatch)
+            await msg.reply(encode(answer(verdicts, batch)))
+
+    def _verdict(self, item: Outcome) -> ReportVerdict:
+        """What the orchestrator would answer (`bus.protocol.REPORT_CODES`)."""
+        key = _key(item)
+        if item.agent_id != self._watch.agent_id:
+            return ReportVerdict(False, "forged", f"claims to be from {item.agent_id}")
+        if key in self._watch.refuse:
+            return self._watch.refuse[key]
+        lease = self._watch.leases.get(key)
+        if lease is None:
+            return ReportVerdict(False, "unknown_task", f"no task {item.task_id!r} in this run")
+        if lease != item.lease_token:
+            return ReportVerdict(
+                False, "lease_mismatch", "lease token does not match the attempt's"
+            )
+        if any(s.verdict and s.verdict.accepted for s in self._copies(key)):
+            return ReportVerdict(True, "duplicate", "duplicate: already recorded")
+        return ReportVerdict()
+
+    def _after_refusal(self, key: Key) -> list[_Seen]:
+        """Copies of an outcome that came after a refusal of it (each is one too many)."""
+        copies = self._copies(key)
+        first = next(
+            (n for n, s in enumerate(copies) if s.verdict and not s.verdict.accepted), None
+        )
+        return [] if first is None else copies[first + 1 :]
 
     # -- helpers ----------------------------------------------------------------------
 
@@ -338,6 +373,15 @@ class Kit:
             return None
         return any((h.run_id, h.task_id, h.attempt) == key for h in after[-1].held)
 
+    def _not_again(self, key: Key) -> None:
+        """`CaseFailed` if an outcome was sent again after its refusal, or too often."""
+        again = self._after_refusal(key)
+        if again:
+            raise CaseFailed(f"it sent the refused report again ({len(again)} more time(s), "
+                             f"through the {again[0].via})")  # fmt: skip
+        if len(self._copies(key)) > MAX_COPIES:
+            raise CaseFailed(f"it sent one report {len(self._copies(key))} times")
+
     async def _control(self, control: Control) -> None:
         await self._bus.publish(subjects.control(self._watch.agent_id), encode(control))
 
@@ -437,7 +481,9 @@ class Kit:
         hold = timeout_s + 1.0
         a = self._assignment("lease", seconds=hold, timeout_s=timeout_s)
         key = _key(a)
-        self._watch.refuse[key] = "lease expired: the attempt ran past its timeout_s"
+        self._watch.refuse[key] = ReportVerdict(
+            False, "stale_attempt", "the attempt timed out (its timeout_s passed)"
+        )
         started = self._clock()
         self._accepted(await self._ask(a), 1)
         await asyncio.sleep(hold + 1.0)
@@ -446,26 +492,23 @@ class Kit:
             raise CaseFailed(f"it still holds the attempt {hold + 1.0:g}s after its "
                              f"timeout_s of {timeout_s:g}s")  # fmt: skip
         copies = self._copies(key)
-        if len(copies) > MAX_COPIES:
-            raise CaseFailed(f"it sent the refused report {len(copies)} times")
+        self._not_again(key)
         if not copies:
             return "stopped at timeout_s and reported nothing"
         kind = "failure" if isinstance(copies[0].outcome, TaskFailure) else "late result"
-        return f"its {kind} was refused (stale lease); sent {len(copies)} time(s), then let go"
+        return f"its {kind} was refused (stale_attempt) and not sent again"
 
     async def _refused_report(self) -> str:
         a = self._assignment("refused")
         key = _key(a)
-        self._watch.refuse[key] = "refused by the conformance kit"
+        self._watch.refuse[key] = ReportVerdict(False, "run_ended", "the conformance kit ended it")
         self._accepted(await self._ask(a), 1)
         seen = await self._outcome(a, self.settings.result_timeout)
         await asyncio.sleep(1.0)
-        copies = self._copies(key)
-        if len(copies) > MAX_COPIES:
-            raise CaseFailed(f"it sent the refused report {len(copies)} times")
+        self._not_again(key)
         if seen.via == "inbox":
             return "sent durably (the inbox has no refusal to give) and not again"
-        return f"the refusal was taken: sent {len(copies)} time(s), not retried"
+        return "the refusal (run_ended) was taken: the report was not sent again"
 
     async def _credentials(self) -> str:
         login = self.settings.login
