@@ -121,6 +121,7 @@ const held = new Map(); // "run|task|attempt" -> {assignment, abort}
 const seen = new Set(); // attempts taken, so a re-sent assignment is not run twice
 let heartbeatS = DEFAULT_HEARTBEAT_S;
 let draining = false;
+let online = true; // whether the bus is connected now (see main)
 let nc;
 
 const keyOf = (a) => `${a.run_id}|${a.task_id}|${a.attempt}`;
@@ -263,13 +264,28 @@ async function report(outcome) {
   }
 }
 
+const OFFLINE_DRAIN_MS = 1000; // held work is given up once the bus has been gone this long
+
+// Drain: take nothing new, finish what is held (its outcomes returned), then leave. A
+// second signal, or a bus that stays away, gives held work up (the orchestrator runs it
+// again after the lease passes).
 let drained;
 function drain() {
-  if (draining) return drained;
+  if (draining) {
+    process.exit(1);
+  }
   draining = true;
   drained = (async () => {
-    while (held.size) await new Promise((r) => setTimeout(r, 50)); // held work finishes
-    await nc.drain();
+    let offlineSince = 0;
+    while (held.size) {
+      await new Promise((r) => setTimeout(r, 50));
+      if (online) offlineSince = 0;
+      else if (!offlineSince) offlineSince = Date.now();
+      else if (Date.now() - offlineSince > OFFLINE_DRAIN_MS) break;
+    }
+    const gone = new Promise((r) => setTimeout(r, OFFLINE_DRAIN_MS));
+    await Promise.race([nc.drain().catch(() => {}), gone]);
+    process.exit(0);
   })();
   return drained;
 }
@@ -280,7 +296,13 @@ async function main() {
   nc.subscribe(`baton.agent.${agentId}.assign`, { callback: onAssign });
   nc.subscribe(`baton.agent.${agentId}.control`, { callback: onControl });
   await nc.flush();
-  for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, drain);
+  (async () => {
+    for await (const s of nc.status()) {
+      if (s.type === "disconnect") online = false;
+      else if (s.type === "reconnect") online = true;
+    }
+  })().catch(() => {});
+  for (const signal of ["SIGTERM", "SIGINT"]) process.on(signal, () => drain());
   console.error(`agent ${agentId} serving role ${role}`);
   beat().catch(() => {});
   await nc.closed();
