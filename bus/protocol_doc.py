@@ -131,6 +131,50 @@ yourself, its own accounts apply.
 """  # noqa: E501
 
 
+CONFORMANCE = f"""
+## Checking an agent: the conformance kit
+
+`baton conformance --role <role> --nats <url>` plays the orchestrator's side of this
+protocol against one agent on a real bus and prints, for each case, `PASS`, `FAIL` or
+`SKIP` and the reason (what the agent did instead); `--json` prints one JSON object.
+It exits 0 only if no case failed, 1 if one did, 2 on an error (no bus, a bad option).
+
+1. Start a NATS server (with JetStream) that **no orchestrator serves**: the kit answers
+   the heartbeats and reports an orchestrator would. It creates the `BATON_INBOX` stream
+   if there is none, and purges what its own runs (`conf-<hex>-<case>`) left in it.
+2. Start your agent on it, serving `<role>`, with a handler that waits
+   `params.seconds` (absent: none) before it answers, as `agents.builtin:sleep` does:
+   the cancel, lease and drain cases need an attempt that is still running. Each
+   assignment's `input` is `{{"input": {{}}, "params": {{...}}, "index": 0, "deps": {{}}}}`.
+3. `baton conformance --role <role> --nats <url>` (`--agent <id>` to pick one agent,
+   `--case <case>` to run some cases only, `--contracts FILE` to require the role's
+   contract digest, `--login FILE` for the credentials case). Drain runs last and ends
+   the agent.
+
+The kit answers each heartbeat with `heartbeat_s` 0.5 and `ttl_s` 2.0, waits 2 s for the
+answer to an assignment and 5 s for an outcome, and checks every message against the
+{MAX_MESSAGE_BYTES}-byte limit itself (a server with a larger `max_payload` lets it see
+an oversized one).
+
+| case | passes when |
+| --- | --- |
+| `join` | a heartbeat comes within `--join-timeout` (10 s), on the subject of its `agent_id`, with the role asked for and a capacity of at least 1 (with `--contracts`: the role's `contract_digest`) |
+| `heartbeat` | no silence between heartbeats (or since the last) is longer than `ttl_s` |
+| `single` | a `task.assign` is acked (`accepted`), and its result echoes `run_id`, `task_id`, `attempt`, `lease_token` and the sender's `agent_id`, on the report subject or the inbox; the same assignment sent again is acked and not run again |
+| `batch` | a `task.assign.batch` of 3 gets one `task.assign.acks` with 3 accepted acks, and 3 results (alone or in a `task.reports`) |
+| `json` | a JSON assignment (`{ENCODING_HEADER}: json`) gets a JSON ack with that header, and a result |
+| `cancel` | after `agent.control` cancel, the attempt is no longer in the heartbeats' `held` (within `ttl_s`) and no result comes (a `task.failure`, or nothing, is fine) |
+| `lease-expiry` | an attempt given `timeout_s` 0.5 and asked to take 1.5 s is no longer held soon after its timeout; an outcome sent for it is refused (`task.report.ack` with `accepted` false, code `stale_attempt`) and not sent again |
+| `refused-report` | a result refused in its `task.report.ack` (code `run_ended`) is not sent again, neither to the report subject nor to the inbox |
+| `credentials` | with `--login FILE` (the agent's `baton admit` URL file, creds or nkey seed file): the server refuses a client without a login, and the agent's requests want their answers under `_INBOX_<agent_id>`; skipped without `--login` |
+| `reply-size` | nothing the agent sent (heartbeats, acks, reports) was over {MAX_MESSAGE_BYTES} bytes |
+| `drain` | after `agent.control` drain, the attempt it held still reports its result, and a new assignment is refused (`accepted` false) or finds no one |
+
+An outcome may come twice at most (a direct report, then its durable copy when the
+report was unanswered or answered with an `error`); after a refusal, never again.
+"""  # noqa: E501
+
+
 def _normalised(node: Any) -> Any:
     """The schema in one form whatever msgspec or Python release made it: descriptions
     cleaned as `inspect.cleandoc` does (releases strip docstring indentation differently),
@@ -171,6 +215,7 @@ def render() -> str:
             f"\n### `{tag}` ({message.__name__})\n\n{doc}\n\n"
             f"- {direction}, on {subject}\n\n```json\n{schema}\n```\n"
         )
+    parts.append(CONFORMANCE)
     return "".join(parts)
 
 

@@ -97,8 +97,9 @@ def node_command(folder: Path, agent_id: str, role: str = "worker") -> list[str]
 
 
 def test_baton_python_agent_passes_every_case(tmp_path: Path) -> None:
-    with nats_server(tmp_path / "nats") as url, process(
-        tmp_path / "agent.log", python_agent("py-1", url)
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(tmp_path / "agent.log", python_agent("py-1", url)),
     ):
         code, cases = conformance(url, "--role", "worker")
     assert code == 0, cases
@@ -111,8 +112,9 @@ def test_baton_python_agent_passes_every_case(tmp_path: Path) -> None:
 def test_the_node_example_passes_every_case(tmp_path: Path, node_agent: Path) -> None:
     """Speaking JSON itself (its heartbeats, acks and reports), msgpack where asked."""
     env = {"BATON_NATS_URL": "", "BATON_ENCODING": "json"}
-    with nats_server(tmp_path / "nats") as url, process(
-        tmp_path / "agent.log", [*node_command(node_agent, "node-1"), "--nats", url], env
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(tmp_path / "agent.log", [*node_command(node_agent, "node-1"), "--nats", url], env),
     ):
         code, cases = conformance(url, "--role", "worker")
     log = (tmp_path / "agent.log").read_text()
@@ -120,7 +122,7 @@ def test_the_node_example_passes_every_case(tmp_path: Path, node_agent: Path) ->
     assert all(v["status"] == "pass" for c, v in cases.items() if c != "credentials"), cases
 
 
-BROKEN_AGENT = r'''
+BROKEN_AGENT = r"""
 import asyncio, sys, msgspec, nats
 
 mode, url, agent, role = sys.argv[1:5]
@@ -156,7 +158,7 @@ async def main():
         await asyncio.sleep(0.2)
 
 asyncio.run(main())
-'''
+"""
 
 CONTRACTS = """
 [[roles]]
@@ -183,8 +185,11 @@ def test_the_kit_names_the_case_a_broken_agent_fails(
     script.write_text(BROKEN_AGENT)
     (tmp_path / "roles.toml").write_text(CONTRACTS)
     args = [a.format(contracts=tmp_path / "roles.toml") for a in args]
-    with nats_server(tmp_path / "nats") as url, process(
-        tmp_path / "agent.log", [sys.executable, str(script), mode, url, "bad-1", "worker"]
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(
+            tmp_path / "agent.log", [sys.executable, str(script), mode, url, "bad-1", "worker"]
+        ),
     ):
         code, cases = conformance(url, "--role", "worker", "--case", "single", *args)
     assert code == 1
@@ -224,8 +229,9 @@ def test_credentials_on_a_server_that_lets_only_logins_in(
 
 def test_credentials_fail_on_a_server_that_lets_anyone_in(tmp_path: Path) -> None:
     login = tmp_path / "py-1.url"
-    with nats_server(tmp_path / "nats") as url, process(
-        tmp_path / "agent.log", python_agent("py-1", url)
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(tmp_path / "agent.log", python_agent("py-1", url)),
     ):
         login.write_text(url.replace("nats://", "nats://py-1:secret@") + "\n")
         code, cases = conformance(url, "--role", "worker", "--login", str(login),
@@ -290,3 +296,16 @@ def test_the_node_agent_does_a_real_run(tmp_path: Path, node_agent: Path, govern
     assert "completed; result:" in text, text
     assert '"said": "hello again from node"' in text, text
     assert '"by": "node-1"' in text, text
+
+
+def test_every_case_is_documented_and_offered() -> None:
+    """docs/protocol.md's table and `baton conformance --help` name every case."""
+    doc = (REPO / "docs" / "protocol.md").read_text()
+    table = doc.split("## Checking an agent: the conformance kit", 1)[1]
+    helped = subprocess.run(
+        baton("conformance", "--help"), capture_output=True, text=True, cwd=REPO, timeout=60,
+        env={**os.environ, "COLUMNS": "400"},
+    ).stdout  # fmt: skip
+    for case in CASES:
+        assert f"| `{case}` |" in table, case
+        assert case in helped, case
