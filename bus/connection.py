@@ -183,7 +183,9 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3) -> Bus:
+    async def connect(
+        cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3, *, login: bool = True
+    ) -> Bus:
         """Connect, trying `tries` times (a server may be reloading its users), failing
         with `BusError` if it cannot; once connected, it reconnects forever by itself
         (every `RECONNECT_WAIT_S`, to the same URL: an embedded server comes back on its
@@ -203,7 +205,8 @@ class Bus:
             outage.error(exc)
 
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
-        options |= login_options()
+        if login:  # False: nothing but what the URL carries (to probe a server)
+            options |= login_options()
         shown = url.rpartition("@")[2]  # never echo a password
         for attempt in range(tries):
             try:

@@ -122,7 +122,7 @@ def test_the_node_example_passes_every_case(tmp_path: Path, node_agent: Path) ->
     assert all(v["status"] == "pass" for c, v in cases.items() if c != "credentials"), cases
 
 
-BROKEN_AGENT = r"""
+SCRIPTED_AGENT = r"""
 import asyncio, sys, msgspec, nats
 
 mode, url, agent, role = sys.argv[1:5]
@@ -130,7 +130,9 @@ encode, decode = msgspec.msgpack.encode, msgspec.msgpack.decode
 
 async def main():
     nc = await nats.connect(url)
+    js = nc.jetstream()
     previous = ["a-lease-of-long-ago"]
+    taken = set()
 
     async def on_assign(msg):
         message = decode(msg.data)
@@ -140,12 +142,20 @@ async def main():
         acks = [{"kind": "task.assign.ack", "accepted": True, "reason": reason} for _ in items]
         await msg.respond(encode({"kind": "task.assign.acks", "acks": acks} if batch else acks[0]))
         for a in items:
+            if (a["run_id"], a["task_id"], a["attempt"]) in taken:
+                continue  # a re-sent assignment: taken already
+            taken.add((a["run_id"], a["task_id"], a["attempt"]))
             lease = a["lease_token"]
             if mode == "stale-lease":  # echoes the lease of the assignment before
                 lease, previous[0] = previous[0], lease
             result = {"kind": "task.result", "run_id": a["run_id"], "task_id": a["task_id"],
                       "attempt": a["attempt"], "lease_token": lease, "agent_id": agent,
                       "output": {}, "elapsed_s": 0.0}
+            if mode == "inbox":  # durably only, as the protocol allows
+                msg_id = f"{a['run_id']}:{a['task_id']}:{a['attempt']}:result:{agent}:{lease}"
+                subject = f"baton.inbox.{a['run_id']}.{agent}"
+                await js.publish(subject, encode(result), headers={"Nats-Msg-Id": msg_id})
+                continue
             await nc.request(f"baton.report.{a['run_id']}.{agent}", encode(result), timeout=2)
 
     await nc.subscribe(f"baton.agent.{agent}.assign", cb=on_assign)
@@ -182,7 +192,7 @@ def test_the_kit_names_the_case_a_broken_agent_fails(
     tmp_path: Path, mode: str, args: list[str], failed: str, because: str
 ) -> None:
     script = tmp_path / "broken.py"
-    script.write_text(BROKEN_AGENT)
+    script.write_text(SCRIPTED_AGENT)
     (tmp_path / "roles.toml").write_text(CONTRACTS)
     args = [a.format(contracts=tmp_path / "roles.toml") for a in args]
     with (
@@ -197,6 +207,25 @@ def test_the_kit_names_the_case_a_broken_agent_fails(
     assert because in cases[failed]["reason"], cases[failed]
     if mode == "oversized":
         assert "1500" in cases["single"]["reason"], cases["single"]  # its ack, named
+
+
+def test_results_through_the_durable_inbox_alone_pass(tmp_path: Path) -> None:
+    """An agent that sends its outcomes only to the durable inbox (the stream the kit
+    makes) passes; the inbox has no refusal to give, so a refused report is one copy."""
+    script = tmp_path / "inbox.py"
+    script.write_text(SCRIPTED_AGENT)
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(
+            tmp_path / "agent.log",
+            [sys.executable, str(script), "inbox", url, "durable-1", "worker"],
+        ),
+    ):
+        code, cases = conformance(url, "--role", "worker", "--case", "single",
+                                  "--case", "batch", "--case", "refused-report")  # fmt: skip
+    assert code == 0, cases
+    assert "through the inbox" in cases["single"]["reason"]
+    assert "sent durably" in cases["refused-report"]["reason"]
 
 
 @pytest.mark.parametrize("agent", ["python", "node"])

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 
 from bus.connection import Bus
 from bus.contract_files import load_contracts
@@ -67,7 +68,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 async def conformance(args: argparse.Namespace) -> int:
     if not args.nats:
-        print("baton conformance: error: --nats or $BATON_NATS_URL is required")
+        print("baton conformance: error: --nats or $BATON_NATS_URL is required", file=sys.stderr)
         return 2
     settings = Settings(
         role=args.role,

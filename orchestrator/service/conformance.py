@@ -515,7 +515,7 @@ class Kit:
         kind = _login_kind(login)
         anonymous = _without_login(self.settings.nats_url)
         try:
-            other = await Bus.connect(anonymous, name="conformance-anonymous", tries=1)
+            other = await Bus.connect(anonymous, "conformance-anonymous", tries=1, login=False)
         except BusError:
             pass
         else:
