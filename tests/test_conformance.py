@@ -15,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import nkeys
 import pytest
 
+from bus.connection import NKEY_ENV
 from bus.contract_files import load_contracts
 from bus.permissions import User, agent_permissions, new_user, url_for
 from bus.server import EmbeddedNats
@@ -254,6 +256,52 @@ def test_credentials_on_a_server_that_lets_only_logins_in(
     assert code == 0, (cases, (tmp_path / "agent.log").read_text())
     assert "refuses anonymous clients" in cases["credentials"]["reason"]
     assert "replies under _INBOX_gov_1" in cases["credentials"]["reason"]
+
+
+class _NkeyNats(_RoomyNats):
+    """A server whose users are the kit (user and password) and one agent that logs in
+    with a user nkey, allowed what Baton allows an agent."""
+
+    def __init__(self, state: Path, kit: User, agent_id: str, nkey: str) -> None:
+        super().__init__(state, sync_always=False)
+        allowed = agent_permissions(agent_id, None)
+        permissions = {"publish": {"allow": allowed.publish},
+                       "subscribe": {"allow": allowed.subscribe},
+                       "allow_responses": allowed.allow_responses}  # fmt: skip
+        users = [{"user": kit.name, "password": kit.password},
+                 {"nkey": nkey, "permissions": permissions}]  # fmt: skip
+        self._block = f"authorization {{\n  users = {json.dumps(users)}\n}}\n"
+
+    def _config_text(self) -> str:
+        return super()._config_text() + self._block
+
+
+@pytest.mark.parametrize("agent", ["python", "node"])
+def test_credentials_with_a_user_nkey_seed(
+    tmp_path: Path, agent: str, request: pytest.FixtureRequest
+) -> None:
+    """The agent logs in with the seed file `$BATON_NATS_NKEY` names, on a server that
+    knows it only by its public key."""
+    keys = nkeys.from_seed(nkeys.encode_seed(os.urandom(32), nkeys.PREFIX_BYTE_USER))
+    seed = tmp_path / "nk-1.nk"
+    seed.write_bytes(keys.seed)
+    kit = new_user("conformance", None)
+    server = _NkeyNats(tmp_path / "nats", kit, "nk-1", keys.public_key.decode())
+    base = asyncio.run(server.start())
+    try:
+        if agent == "python":
+            command = python_agent("nk-1", base)
+        else:
+            command = [*node_command(request.getfixturevalue("node_agent"), "nk-1"), "--nats", base]
+        with process(tmp_path / "agent.log", command, {NKEY_ENV: str(seed)}):
+            code, cases = conformance(
+                url_for(base, kit), "--role", "worker", "--login", str(seed),
+                "--case", "single", "--case", "credentials",
+            )  # fmt: skip
+    finally:
+        server.stop()
+    assert code == 0, (cases, (tmp_path / "agent.log").read_text())
+    assert "joined with its nkey seed as nk-1" in cases["credentials"]["reason"]
 
 
 def test_credentials_fail_on_a_server_that_lets_anyone_in(tmp_path: Path) -> None:
