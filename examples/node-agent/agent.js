@@ -33,7 +33,11 @@ if (!/^[A-Za-z0-9_\-:]+$/.test(role)) {
   process.exit(2);
 }
 const agentId = option("id", "BATON_AGENT_ID", `${role}-node-${crypto.randomBytes(3).toString("hex")}`);
-const natsUrl = option("nats", "BATON_NATS_URL", "nats://127.0.0.1:4222");
+const natsUrl = option("nats", "BATON_NATS_URL", "");
+if (!natsUrl) {
+  console.error("node agent.js: --nats or $BATON_NATS_URL is required");
+  process.exit(2);
+}
 const capacity = Number(option("capacity", "BATON_CAPACITY", "4"));
 const contractDigest = option("contract-digest", "BATON_CONTRACT_DIGEST", "");
 const sendEncoding = option("encoding", "BATON_ENCODING", "msgpack"); // what this agent sends
