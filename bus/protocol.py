@@ -11,6 +11,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+PROTOCOL_VERSION = 1
+"""The protocol these messages are: v1 is the `baton.` subjects and the messages below.
+An incompatible change is a new version on subjects of its own (see docs/protocol.md)."""
+
 Payload = dict[str, Any]
 """Task input or output: user data, any msgpack/JSON value under string keys."""
 
@@ -20,7 +24,8 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
 
 
 class HeldTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An attempt an agent is working on; listing it in a heartbeat renews its lease."""
+    """An attempt an agent is working on, as its heartbeats list it (shown by `baton
+    agents`). Listing it does not extend it: the attempt still ends at its `timeout_s`."""
 
     run_id: str
     task_id: str
@@ -320,7 +325,8 @@ REPORT_CODES: dict[str, str] = {
     "duplicate": "accepted earlier: this copy changed nothing (accepted stays true)",
     "forged": "the payload's agent_id is not the sender's (its subject's) agent id",
     "unknown_task": "the run has no task with this id",
-    "attempt_ended": "the attempt already ended with the other kind of report",
+    "attempt_ended": "the attempt already ended another way (the other kind of report, "
+    "its timeout, its agent lost, undeliverable, handed off)",
     "run_ended": "the run has ended",
     "stale_attempt": "not the task's current attempt (it timed out, or was retried)",
     "not_running": "the task is not running (waiting for a retry, cancelled, ended)",

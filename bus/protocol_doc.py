@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bus import protocol
+from bus import protocol, protocol_guide
 from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
 
 # (message type, who sends it, on which subject)
@@ -63,9 +63,9 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
 
 INTRO = f"""# Baton wire protocol
 
-Generated from `bus/protocol.py` by `python -m bus.protocol_doc`; a test fails when this
-file and the code disagree. Everything an agent needs to join a Baton bus with an
-ordinary NATS client, in any language, is here.
+Generated from `bus/protocol.py` and `bus/protocol_guide.py` by `python -m
+bus.protocol_doc`; a test fails when this file and the code disagree. Everything an agent
+needs to join a Baton bus with an ordinary NATS client, in any language, is here.
 
 ## Encoding
 
@@ -129,6 +129,8 @@ yourself, its own accounts apply.
 
 ## Messages
 """  # noqa: E501
+MESSAGES_HEADING = "\n## Messages\n"
+ENCODING_HEADING = "\n## Encoding\n"
 
 
 CONFORMANCE = f"""
@@ -206,7 +208,15 @@ def _schema(message: type[msgspec.Struct]) -> dict[str, Any]:
 
 def render() -> str:
     """The whole document."""
-    parts = [INTRO]
+    head, rest = INTRO.removesuffix(MESSAGES_HEADING).split(ENCODING_HEADING, 1)
+    parts = [
+        head,
+        protocol_guide.VERSION,
+        ENCODING_HEADING,
+        rest,
+        protocol_guide.render(),
+        MESSAGES_HEADING,
+    ]
     for message, direction, subject in MESSAGES:
         tag = message.__struct_config__.tag
         doc = inspect.cleandoc(message.__doc__ or "").splitlines()[0]

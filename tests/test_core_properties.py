@@ -408,10 +408,18 @@ class Harness:
             if isinstance(x, SendAssignment)
         }
         assert sent == {assignment_key(e) for e in events if isinstance(e, TaskAssigned)}
-        cancels = [(x.agent_id, x.control.task_id) for x in out if isinstance(x, SendControl)]
-        assert cancels == [
-            (e.agent_id, e.task_id) for e in events if isinstance(e, TaskCancelled) and e.agent_id
+        cancels = [
+            (x.agent_id, x.control.task_id, x.control.attempt)
+            for x in out
+            if isinstance(x, SendControl)
         ]
+        owed = []  # a cancel for each attempt the orchestrator ended that its agent may hold
+        for e in events:
+            if isinstance(e, TaskCancelled) and e.agent_id:
+                owed.append((e.agent_id, e.task_id, after.tasks[e.task_id].attempt))
+            elif isinstance(e, TaskAttemptFailed) and e.reason != "error":
+                owed.append((e.agent_id, e.task_id, e.attempt))
+        assert cancels == owed
         assert sum(isinstance(x, PublishProgress) for x in out) == len(events)
 
     def check_work_conserving(self, state: RunState) -> None:

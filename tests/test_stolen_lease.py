@@ -28,8 +28,11 @@ from bus.protocol import (
     TaskResult,
 )
 from orchestrator.core.events import ResultRejected, TaskSucceeded
+from orchestrator.core.report_check import ACCEPTED, DUPLICATE_VERDICT
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from orchestrator.service import journal
+from orchestrator.service.intake import Recorded
+from orchestrator.service.reports import Seen, _ack
 from tests.cluster import cluster
 
 HOLDER, THIEF = "holder-1", "thief-1"
@@ -171,3 +174,29 @@ def test_a_batch_is_answered_report_by_report_and_a_copy_is_a_duplicate(tmp_path
     assert again == ReportAck(False, refused.code, refused.reason, [refused, duplicate])
     assert lone == ReportAck(True, "duplicate", "duplicate: already recorded")
     assert rejected == 1, "a copy of a refused report is answered from the log, not re-audited"
+
+
+def test_each_copy_of_a_report_is_answered_by_what_was_made_of_the_first() -> None:
+    """The answer table of `Reports`: a report decided now gets its verdict; a copy of it
+    in the same batch, or of one recorded before, is a duplicate if it was accepted and
+    refused again if it was refused; where nothing is known, a plain acceptance."""
+    refused = ReportVerdict(False, "lease_mismatch", "lease token does not match")
+    recorded = Recorded()
+    recorded.update("r", ["old-ok", "old-refused", "old-unknown"], [ACCEPTED, refused, None])
+    decided = {"ok": ACCEPTED, "bad": refused}
+    seen: list[tuple[str, Seen]] = [
+        ("ok", "new"), ("ok", "copy"), ("bad", "new"), ("bad", "copy"),
+        ("old-ok", "recorded"), ("old-refused", "recorded"), ("old-unknown", "recorded"),
+        ("gone", "new"), ("gone", "copy"),
+    ]  # fmt: skip
+    answer = _reply.decode(_ack(seen, decided, recorded))
+    assert isinstance(answer, ReportAck)
+    dup = DUPLICATE_VERDICT
+    assert answer.verdicts == [
+        ACCEPTED, dup, refused, refused, dup, refused, dup, ACCEPTED, ACCEPTED
+    ]  # fmt: skip
+    assert (answer.accepted, answer.code) == (False, "lease_mismatch")
+    assert _ack([("ok", "new")], decided, recorded) == encode(ReportAck())
+    assert _reply.decode(_ack([("ok", "copy")], decided, recorded)) == ReportAck(
+        True, dup.code, dup.reason
+    )

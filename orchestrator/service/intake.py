@@ -61,7 +61,7 @@ class Recorded:
         return known[1] if known is not None else None
 
     def update(
-        self, run_id: str, ids: list[str], verdicts: list[ReportVerdict] | None = None
+        self, run_id: str, ids: list[str], verdicts: list[ReportVerdict | None] | None = None
     ) -> None:
         """Note the reports `ids` of `run_id` as durable, each with its verdict."""
         of_run = self._of_run.setdefault(run_id, set())

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from bus import subjects, tracecontext
 from bus.codec import Decoder, encode
@@ -74,26 +74,31 @@ class _Member(NamedTuple):
     items: list[tuple[Command, Cause]]
     ids: list[str]
     """The ids of the reports decided in this batch, one per item."""
-    reports: list[tuple[str, bool]]
-    """Every report of the message, in order: its id, and whether this message is the
-    first of the batch to carry it (a later copy is a duplicate of it)."""
+    reports: list[tuple[str, Seen]]
+    """Every report of the message, in order: its id, and how it was seen."""
+
+
+Seen = Literal["new", "copy", "recorded"]
+"""A report decided for this message (`new`), carried first by another message of the
+same batch (`copy`), or recorded before the batch (`recorded`)."""
 
 
 def _ack(
-    reports: list[tuple[str, bool]], decided: dict[str, ReportVerdict], recorded: Recorded
+    reports: list[tuple[str, Seen]], decided: dict[str, ReportVerdict], recorded: Recorded
 ) -> bytes:
     """The `ReportAck` of one fast message: each report's verdict, from this batch's
     decision, or from the log for a report recorded before (a copy of an accepted
-    report is a duplicate; of a refused one, refused again)."""
+    report is a duplicate; of a refused one, refused again). Where nothing is known (the
+    run was no longer in memory to decide on), a plain acceptance, as before verdicts."""
     verdicts: list[ReportVerdict] = []
-    for rid, first in reports:
-        verdict = decided.get(rid)
-        if verdict is None:  # recorded before this batch
-            verdict = recorded.verdict(rid) or ACCEPTED
-            first = False
-        if verdict.accepted and not first:
-            verdict = DUPLICATE_VERDICT
-        verdicts.append(verdict)
+    for rid, seen in reports:
+        known = recorded.verdict(rid) if seen == "recorded" else decided.get(rid)
+        if known is not None and (seen == "new" or not known.accepted):
+            verdicts.append(known)
+        elif known is None and seen != "recorded":
+            verdicts.append(ACCEPTED)
+        else:  # a copy of a report accepted earlier
+            verdicts.append(DUPLICATE_VERDICT)
     if len(verdicts) == 1:
         [only] = verdicts
         if only == ACCEPTED:
@@ -207,9 +212,10 @@ class Reports:
             trace = tracecontext.parse(traces[n] if n < len(traces) else "") or msg.trace
             trace_id, span_id = (trace.trace_id, trace.span_id) if trace else ("", "")
             rid = report_id(report, sender)
-            member.reports.append((rid, rid not in taken))
             if rid in taken or rid in self.recorded:
+                member.reports.append((rid, "copy" if rid in taken else "recorded"))
                 continue
+            member.reports.append((rid, "new"))
             taken.add(rid)
             command: Command
             if isinstance(report, TaskResult):
@@ -265,7 +271,7 @@ class Reports:
             self._window.release()
         decided = dict(zip(ids, verdicts, strict=False))  # none if the run was forgotten
         if recorded:
-            self.recorded.update(run_id, ids, [decided.get(rid, ACCEPTED) for rid in ids])
+            self.recorded.update(run_id, ids, [decided.get(rid) for rid in ids])
         for member in members:  # each is one quick publish: no task per answer
             fast = recorded and not member.delivery.durable
             ack = _ack(member.reports, decided, self.recorded) if fast else _RECORDED
