@@ -153,7 +153,7 @@ It exits 0 only if no case failed, 1 if one did, 2 on an error (no bus, a bad op
    contract digest, `--login FILE` for the credentials case). Drain runs last and ends
    the agent.
 
-The kit answers each heartbeat with `heartbeat_s` 0.5 and `ttl_s` 2.0, waits 2 s for the
+The kit answers each heartbeat with `heartbeat_s` 0.5 and `ttl_s` 2.0, waits 5 s for the
 answer to an assignment and 5 s for an outcome, and checks every message against the
 {MAX_MESSAGE_BYTES}-byte limit itself (a server with a larger `max_payload` lets it see
 an oversized one).
@@ -165,8 +165,8 @@ an oversized one).
 | `single` | a `task.assign` is acked (`accepted`), and its result echoes `run_id`, `task_id`, `attempt`, `lease_token` and the sender's `agent_id`, on the report subject or the inbox; the same assignment sent again is acked and not run again |
 | `batch` | a `task.assign.batch` of 3 gets one `task.assign.acks` with 3 accepted acks, and 3 results (alone or in a `task.reports`) |
 | `json` | a JSON assignment (`{ENCODING_HEADER}: json`) gets a JSON ack with that header, and a result |
-| `cancel` | after `agent.control` cancel, the attempt is no longer in the heartbeats' `held` (within `ttl_s`) and no result comes (a `task.failure`, or nothing, is fine) |
-| `lease-expiry` | an attempt given `timeout_s` 0.5 and asked to take 1.5 s is no longer held soon after its timeout; an outcome sent for it is refused (`task.report.ack` with `accepted` false, code `stale_attempt`) and not sent again |
+| `cancel` | after `agent.control` cancel, the attempt is no longer in the heartbeats' `held` (within `ttl_s`) and no result comes: nothing should (a `task.failure` sent anyway is refused, `attempt_ended`, and must not be sent again) |
+| `lease-expiry` | an attempt given `timeout_s` 0.5 and asked to take 1.5 s is no longer held soon after its timeout (the kit sends a cancel one tick after it, as the orchestrator does; the reason says whether the agent stopped by itself); an outcome sent for it is refused (`task.report.ack` with `accepted` false, code `stale_attempt`) and not sent again |
 | `refused-report` | a result refused in its `task.report.ack` (code `run_ended`) is not sent again, neither to the report subject nor to the inbox |
 | `credentials` | with `--login FILE` (the agent's `baton admit` URL file, creds or nkey seed file): the server refuses a client without a login, and the agent's requests want their answers under `_INBOX_<agent_id>`; skipped without `--login` |
 | `reply-size` | nothing the agent sent (heartbeats, acks, reports) was over {MAX_MESSAGE_BYTES} bytes |

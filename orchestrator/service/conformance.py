@@ -83,8 +83,8 @@ class Settings:
     nats_url: str = ""
     """The URL the kit connected with (the `credentials` case tries it without a login)."""
     join_timeout: float = 10.0
-    reply_timeout: float = 2.0
-    """For the answer to an assignment (the orchestrator's default is 2 s too)."""
+    reply_timeout: float = 5.0
+    """For the answer to an assignment (as long as the orchestrator waits)."""
     result_timeout: float = 5.0
     heartbeat_s: float = HEARTBEAT_S
     ttl_s: float = AGENT_TTL
@@ -189,6 +189,7 @@ class Kit:
             raise CaseFailed(f"it reported before the cancel, though asked to take {hold:g}s "
                              "(run it with a handler that waits params.seconds)")  # fmt: skip
         sent = self.watch.clock()
+        self.watch.refuse[key] = ReportVerdict(False, "attempt_ended", "the attempt was cancelled")
         await self.send.control(
             Control("cancel", a.run_id, a.task_id, a.attempt, self.watch.instance)
         )
@@ -202,11 +203,12 @@ class Kit:
         results = [s for s in self.watch.copies(key) if isinstance(s.outcome, TaskResult)]
         if results:
             raise CaseFailed("the cancelled attempt went on and reported a result")
-        said = "a failure" if self.watch.copies(key) else "nothing"
+        self.send.not_again(key)
+        said = "a failure (refused: the attempt is over)" if self.watch.copies(key) else "nothing"
         return f"stopped the attempt (no longer held) and reported {said}"
 
     async def _lease_expiry(self) -> str:
-        """An attempt past its `timeout_s` is let go of; its refused outcome is not resent."""
+        """An attempt past its `timeout_s` is let go of; what it sends is refused, once."""
         timeout_s = 0.5
         hold = timeout_s + 1.0
         a = self.send.assignment("lease", seconds=hold, timeout_s=timeout_s)
@@ -216,17 +218,24 @@ class Kit:
         )
         started = self.watch.clock()
         accepted(await self.send.ask(a), 1)
-        await asyncio.sleep(hold + 1.0)
-        still = self.watch.holds(key, started + timeout_s + 3 * self.settings.heartbeat_s)
-        if still:
+        tick = 0.2  # the orchestrator sees a timeout up to one tick late
+        await asyncio.sleep(max(0.0, started + timeout_s + tick - self.watch.clock()))
+        by_itself = bool(self.watch.copies(key))  # it stopped at timeout_s and said so
+        # as the orchestrator does once the timeout has passed: a cancel (at most once)
+        await self.send.control(
+            Control("cancel", a.run_id, a.task_id, a.attempt, self.watch.instance)
+        )
+        await asyncio.sleep(max(0.0, started + hold + 1.0 - self.watch.clock()))
+        if self.watch.holds(key, started + timeout_s + 3 * self.settings.heartbeat_s):
             raise CaseFailed(f"it still holds the attempt {hold + 1.0:g}s after its "
-                             f"timeout_s of {timeout_s:g}s")  # fmt: skip
-        copies = self.watch.copies(key)
+                             f"timeout_s of {timeout_s:g}s and a cancel")  # fmt: skip
         self.send.not_again(key)
+        copies = self.watch.copies(key)
         if not copies:
-            return "stopped at timeout_s and reported nothing"
+            return "let the attempt go (at timeout_s or on the cancel) and reported nothing"
         kind = "failure" if isinstance(copies[0].outcome, TaskFailure) else "late result"
-        return f"its {kind} was refused (stale_attempt) and not sent again"
+        when = "stopped at timeout_s by itself; its" if by_itself else "its"
+        return f"{when} {kind} was refused (stale_attempt) and not sent again"
 
     async def _refused_report(self) -> str:
         """A result refused in its ack is not sent again, not even durably."""
