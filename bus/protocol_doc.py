@@ -161,7 +161,7 @@ an oversized one).
 | case | passes when |
 | --- | --- |
 | `join` | a heartbeat comes within `--join-timeout` (10 s), on the subject of its `agent_id`, with the role asked for and a capacity of at least 1 (with `--contracts`: the role's `contract_digest`) |
-| `heartbeat` | no silence between heartbeats (or since the last) is longer than `ttl_s` |
+| `heartbeat` | no silence between heartbeats (or since the last) is longer than `ttl_s`; and no one but the kit answers them (an orchestrator on the same bus fails it) |
 | `single` | a `task.assign` is acked (`accepted`), and its result echoes `run_id`, `task_id`, `attempt`, `lease_token` and the sender's `agent_id`, on the report subject or the inbox; the same assignment sent again is acked and not run again |
 | `batch` | a `task.assign.batch` of 3 gets one `task.assign.acks` with 3 accepted acks, and 3 results (alone or in a `task.reports`) |
 | `json` | a JSON assignment (`{ENCODING_HEADER}: json`) gets a JSON ack with that header, and a result |

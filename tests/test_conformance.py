@@ -15,12 +15,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
+import nats
 import nkeys
 import pytest
+from nats.aio.msg import Msg
 
 from bus.connection import NKEY_ENV
 from bus.contract_files import load_contracts
 from bus.permissions import User, agent_permissions, new_user, url_for
+from bus.protocol import Heartbeat, HeartbeatAck
 from bus.server import EmbeddedNats
 from orchestrator.service.conformance import CASES
 from tests.cluster import REPO, baton
@@ -209,6 +213,38 @@ def test_the_kit_names_the_case_a_broken_agent_fails(
     assert because in cases[failed]["reason"], cases[failed]
     if mode == "oversized":
         assert "1500" in cases["single"]["reason"], cases["single"]  # its ack, named
+
+
+def test_the_kit_tells_when_an_orchestrator_serves_the_bus_too(tmp_path: Path) -> None:
+    """Someone else answering the agent's heartbeats (as an orchestrator does) fails the
+    heartbeat case, saying so, instead of leaving the other cases to fail obscurely."""
+
+    async def answering(url: str, code: list[int], cases: dict[str, dict[str, str]]) -> None:
+        nc = await nats.connect(url)
+
+        async def on_beat(msg: Msg) -> None:
+            beat = msgspec.msgpack.decode(msg.data, type=Heartbeat)
+            ack = HeartbeatAck(beat.instance, "owner", 0.5, 2.0)
+            await nc.publish(f"baton.agent.{beat.agent_id}.registry", msgspec.msgpack.encode(ack))
+
+        await nc.subscribe("baton.registry.heartbeat.*", cb=on_beat)
+        try:
+            found = await asyncio.to_thread(conformance, url, "--role", "worker",
+                                            "--case", "heartbeat")  # fmt: skip
+            code.append(found[0])
+            cases.update(found[1])
+        finally:
+            await nc.close()
+
+    code: list[int] = []
+    cases: dict[str, dict[str, str]] = {}
+    with (
+        nats_server(tmp_path / "nats") as url,
+        process(tmp_path / "agent.log", python_agent("py-1", url)),
+    ):
+        asyncio.run(answering(url, code, cases))
+    assert code == [1]
+    assert "an orchestrator serves this bus" in cases["heartbeat"]["reason"], cases
 
 
 def test_results_through_the_durable_inbox_alone_pass(tmp_path: Path) -> None:

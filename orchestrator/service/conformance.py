@@ -146,6 +146,9 @@ class Kit:
         if longest > self.settings.ttl_s:
             raise CaseFailed(f"silent for {longest:.2f}s, over the {self.settings.ttl_s:g}s TTL: "
                              "the orchestrator would take it for lost")  # fmt: skip
+        if (others := w.acks_seen - w.acks_sent) > 0:
+            raise CaseFailed(f"someone else answered {others} of its heartbeats: an "
+                             "orchestrator serves this bus; use one where none does")  # fmt: skip
         typical = sorted(gaps)[len(gaps) // 2]
         return (f"{len(times)} heartbeats, about every {typical:.2f}s (longest silence "
                 f"{longest:.2f}s; TTL {self.settings.ttl_s:g}s)")  # fmt: skip

@@ -48,6 +48,7 @@ answered with an error, its durable copy. More is a retry loop (and after a refu
 `task.report.ack`, any copy is one too many)."""
 
 _heartbeat: Decoder[Heartbeat] = Decoder(Heartbeat)
+_heartbeat_ack: Decoder[HeartbeatAck] = Decoder(HeartbeatAck)
 _reports: Decoder[InboxMessage] = Decoder(InboxMessage)
 _assign_reply: Decoder[AssignReply] = Decoder(AssignReply, max_bytes=2**31)
 """The size is checked by the kit itself (see `reply-size`), so it can name it."""
@@ -109,6 +110,10 @@ class AgentWatch:
     """Attempts whose reports are refused with this verdict (the cases set them)."""
     leases: dict[Key, str] = field(default_factory=dict)
     """The lease token of every attempt the kit handed out."""
+    acks_sent: int = 0
+    acks_seen: int = 0
+    """`agent.heartbeat.ack`s for the agent's instance on the bus, the kit's own included:
+    more than it sent means an orchestrator serves this bus too."""
     clock: Callable[[], float] = time.monotonic
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -119,7 +124,14 @@ class AgentWatch:
             await self.bus.subscribe(beats, self._on_heartbeat, inline=True),
             await self.bus.subscribe(subjects.REPORT_ALL, self._on_report),
             await self.bus.subscribe(subjects.INBOX_ALL, self._on_inbox, inline=True),
+            await self.bus.subscribe("baton.agent.*.registry", self._on_ack, inline=True),
         ]
+
+    async def _on_ack(self, msg: Incoming) -> None:
+        with contextlib.suppress(BusError):
+            ack = _heartbeat_ack.decode(msg.data)
+            if self.instance and ack.instance == self.instance:
+                self.acks_seen += 1
 
     async def _on_heartbeat(self, msg: Incoming) -> None:
         subject_id = msg.subject.rsplit(".", 1)[-1]
@@ -145,6 +157,7 @@ class AgentWatch:
         ack = HeartbeatAck(beat.instance, "owner", self.heartbeat_s, self.ttl_s)
         with contextlib.suppress(BusError):
             await self.bus.publish(subjects.registry(subject_id), encode(ack))
+            self.acks_sent += 1
         self.changed.set()
 
     async def _on_report(self, msg: Incoming) -> None:
