@@ -2,10 +2,13 @@
 
 An outcome goes first as a request on core NATS (`subjects.report`); the orchestrator
 answers `ReportAck` only once the events it caused are durable in its event store, the
-source of truth. Then the agent is done with it. With no answer (orchestrator down,
-restarting, overloaded, its store failing) the outcome goes to the durable JetStream
-inbox (`subjects.inbox`), which keeps it until an orchestrator has recorded it. Either
-way `send` returns only once the outcome is durable somewhere, or raises `BusError`.
+source of truth, and says whether each outcome was accepted: a refused one (a stale
+attempt, a lease no longer held, a run that ended) is logged once, as a warning with the
+orchestrator's reason, and never sent again. Then the agent is done with it. With no
+answer (orchestrator down, restarting, overloaded, its store failing) the outcome goes to
+the durable JetStream inbox (`subjects.inbox`), which keeps it until an orchestrator has
+recorded it. Either way `send` returns only once the outcome is durable somewhere, or
+raises `BusError`.
 
 Both ways are batched the same way (group commit): while messages are on their way, the
 outcomes that finish meanwhile wait, and the next message carries all of them (per run,
@@ -30,7 +33,14 @@ from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus
 from bus.errors import BusError, MessageIdTaken
-from bus.protocol import ReportAck, ReportBatch, ReportReply, TaskFailure, TaskResult
+from bus.protocol import (
+    ReportAck,
+    ReportBatch,
+    ReportReply,
+    ReportVerdict,
+    TaskFailure,
+    TaskResult,
+)
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.agent.outbox")
@@ -82,7 +92,7 @@ def message_id(outcome: Outcome) -> str:
 class _Pending:
     outcome: Outcome
     trace: TraceContext | None
-    done: asyncio.Future[None] = field(
+    done: asyncio.Future[ReportVerdict | None] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
 
@@ -108,14 +118,40 @@ def _messages(group: list[_Pending], batch_id: str) -> list[tuple[bytes, str, li
     return [(encode(p.outcome), message_id(p.outcome), [p]) for p in group]
 
 
-def _settle(members: list[_Pending], error: BaseException | None = None) -> None:
-    for p in members:
+def _settle(
+    members: list[_Pending],
+    error: BaseException | None = None,
+    verdicts: list[ReportVerdict | None] | None = None,
+) -> None:
+    for n, p in enumerate(members):
         if p.done.done():
             continue
         if error is None:
-            p.done.set_result(None)
+            p.done.set_result(verdicts[n] if verdicts is not None else None)
         else:
             p.done.set_exception(error)
+
+
+def verdicts_of(ack: ReportAck, count: int) -> list[ReportVerdict | None]:
+    """The verdict on each of the `count` reports a `ReportAck` answers: its `verdicts`
+    (a batch's), else the ack's own; None where an older orchestrator said nothing."""
+    if ack.verdicts:
+        return [*ack.verdicts[:count], *[None] * (count - len(ack.verdicts))]
+    if count == 1:
+        return [ReportVerdict(ack.accepted, ack.code, ack.reason)]
+    return [None] * count
+
+
+def _warn_refused(members: list[_Pending], verdicts: list[ReportVerdict | None]) -> None:
+    """Log each refused outcome once: it is recorded as rejected, never sent again."""
+    for p, verdict in zip(members, verdicts, strict=True):
+        if verdict is not None and not verdict.accepted:
+            o = p.outcome
+            kind = "result" if isinstance(o, TaskResult) else "failure"
+            log.warning(
+                "%s of attempt %s of %s refused (%s): %s; not sent again",
+                kind, o.attempt, o.task_id, verdict.code, verdict.reason,
+            )  # fmt: skip
 
 
 async def _failure_of(
@@ -141,16 +177,18 @@ class Outbox:
 
     async def send(
         self, outcome: Outcome, trace: TraceContext | None = None, *, durable: bool = False
-    ) -> None:
+    ) -> ReportVerdict | None:
         """Return once `outcome` is durable: recorded by the orchestrator, or in the inbox
-        (straight there when `durable`, behind what the attempt already put there)."""
+        (straight there when `durable`, behind what the attempt already put there).
+        Returns what the orchestrator made of it (a refused outcome is logged here, once),
+        or None when it went to the inbox, which answers nothing."""
         pending = _Pending(outcome, trace)
         pending.done.add_done_callback(lambda f: f.cancelled() or f.exception())
         if durable:
             self._enqueue(self._durable, pending, "durable")
         else:
             self._enqueue(self._direct, pending, "direct")
-        await asyncio.shield(pending.done)
+        return await asyncio.shield(pending.done)
 
     def _enqueue(self, queue: list[_Pending], pending: _Pending, kind: str) -> None:
         """Queue `pending`; up to `IN_FLIGHT[kind]` senders drain the queue a batch at a
@@ -186,8 +224,11 @@ class Outbox:
         for data, _, members in _messages(group, ""):
             try:
                 reply = await self._bus.request(subject, data, self._timeout, members[0].trace)
-                if isinstance(_reply_decoder.decode(reply), ReportAck):
-                    _settle(members)
+                answer = _reply_decoder.decode(reply)
+                if isinstance(answer, ReportAck):
+                    verdicts = verdicts_of(answer, len(members))
+                    _warn_refused(members, verdicts)
+                    _settle(members, verdicts=verdicts)
                     continue
             except BusError as exc:
                 log.debug("%d report(s) not answered (%s); sending durably", len(members), exc)

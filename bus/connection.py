@@ -60,6 +60,12 @@ class Incoming:
         self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
 
     @property
+    def reply_to(self) -> str:
+        """The subject a request wants its answer on ('' for a plain message): under the
+        sender's own inbox prefix on a server that enforces one."""
+        return self._msg.reply or ""
+
+    @property
     def deliveries(self) -> int:
         """How often JetStream has delivered this message (1 the first time); 0 for a
         message that did not come from a stream."""
@@ -177,7 +183,9 @@ class Bus:
         self._tasks: set[asyncio.Task[None]] = set()
 
     @classmethod
-    async def connect(cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3) -> Bus:
+    async def connect(
+        cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3, *, login: bool = True
+    ) -> Bus:
         """Connect, trying `tries` times (a server may be reloading its users), failing
         with `BusError` if it cannot; once connected, it reconnects forever by itself
         (every `RECONNECT_WAIT_S`, to the same URL: an embedded server comes back on its
@@ -197,7 +205,8 @@ class Bus:
             outage.error(exc)
 
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
-        options |= login_options()
+        if login:  # False: nothing but what the URL carries (to probe a server)
+            options |= login_options()
         shown = url.rpartition("@")[2]  # never echo a password
         for attempt in range(tries):
             try:
@@ -269,6 +278,24 @@ class Bus:
         encoding = (msg.headers or {}).get(ENCODING_HEADER, "")
         return to_msgpack(bytes(msg.data), encoding)  # a JSON reply is decoded like msgpack
 
+    async def request_as(
+        self, subject: str, payload: bytes, timeout: float, encoding: str
+    ) -> tuple[bytes, str, int]:
+        """One request sent in `encoding` (`payload` already in it; the header says so):
+        (the reply as msgpack, the encoding its header named, its size on the wire), for
+        a peer that must answer in the encoding it was asked in. Failures as `request`."""
+        headers = {ENCODING_HEADER: encoding} if encoding and encoding != "msgpack" else None
+        try:
+            msg = await self._nc.request(subject, payload, timeout=timeout, headers=headers)
+        except nats.errors.NoRespondersError as exc:
+            raise NoResponders(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.TimeoutError as exc:
+            raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.Error as exc:
+            raise RequestFailed(f"{subject}: {exc}") from exc
+        answered_in = (msg.headers or {}).get(ENCODING_HEADER, "")
+        return to_msgpack(bytes(msg.data), answered_in), answered_in, len(msg.data)
+
     async def subscribe(
         self, subject: str, handler: Handler, queue: str = "", *, inline: bool = False
     ) -> Subscription:
@@ -322,6 +349,15 @@ class Bus:
             await self._js.update_stream(config)
         except nats.errors.Error as exc:
             raise BusError(f"cannot create stream {subjects.INBOX_STREAM}: {exc}") from exc
+
+    async def purge_inbox(self, run_id: str) -> None:
+        """Drop whatever the durable inbox holds for one run (a run no orchestrator will
+        read, such as a conformance check's)."""
+        subject = f"baton.inbox.{subjects.token(run_id)}.>"
+        try:
+            await self._js.purge_stream(subjects.INBOX_STREAM, subject=subject)
+        except nats.errors.Error as exc:
+            raise BusError(f"cannot purge {subject}: {exc}") from exc
 
     async def publish_durable(
         self,

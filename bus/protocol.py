@@ -11,6 +11,10 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+PROTOCOL_VERSION = 1
+"""The protocol these messages are: v1 is the `baton.` subjects and the messages below.
+An incompatible change is a new version on subjects of its own (see docs/protocol.md)."""
+
 Payload = dict[str, Any]
 """Task input or output: user data, any msgpack/JSON value under string keys."""
 
@@ -20,7 +24,8 @@ class _Message(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_fiel
 
 
 class HeldTask(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """An attempt an agent is working on; listing it in a heartbeat renews its lease."""
+    """An attempt an agent is working on, as its heartbeats list it (shown by `baton
+    agents`). Listing it does not extend it: the attempt still ends at its `timeout_s`."""
 
     run_id: str
     task_id: str
@@ -315,8 +320,48 @@ class ReportBatch(_Message, frozen=True, tag="task.reports"):
     """Each report's W3C context (its attempt's span), in order; '' where none."""
 
 
-class ReportAck(_Message, frozen=True, tag="task.report.ack"):
-    """Orchestrator's reply to a fast report: what it says is now durable in the log."""
+REPORT_CODES: dict[str, str] = {
+    "": "accepted: the report is the attempt's outcome",
+    "duplicate": "accepted earlier: this copy changed nothing (accepted stays true)",
+    "forged": "the payload's agent_id is not the sender's (its subject's) agent id",
+    "unknown_task": "the run has no task with this id",
+    "attempt_ended": "the attempt already ended another way (the other kind of report, "
+    "its timeout, its agent lost, undeliverable, handed off)",
+    "run_ended": "the run has ended",
+    "stale_attempt": "not the task's current attempt (it timed out, or was retried)",
+    "not_running": "the task is not running (waiting for a retry, cancelled, ended)",
+    "lease_mismatch": "the lease token is not the attempt's",
+    "not_holder": "the sender does not hold the attempt",
+}
+"""Every `ReportVerdict.code`, with its meaning. A code not listed here (a newer
+orchestrator's) is read by its `accepted` flag."""
+
+
+class ReportVerdict(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """What the orchestrator made of one report. `accepted` false: the report was refused
+    (and audited as `result.rejected`); the agent must not send it again."""
+
+    accepted: bool = True
+    code: str = ""
+    """Machine-readable: one of `REPORT_CODES` ('' for a plain acceptance)."""
+    reason: str = ""
+    """For people: why it was refused, or that it was a duplicate."""
+
+
+class ReportAck(_Message, frozen=True, tag="task.report.ack", omit_defaults=True):
+    """Orchestrator's reply to a fast report, once what it caused is durable in the log:
+    whether it was accepted. Unset fields are left out, so a plain acceptance is the same
+    bytes as before these fields existed.
+
+    For a `task.reports` batch, `verdicts` has one entry per report, in order, and
+    `accepted` is false if any report was refused (`code`/`reason` then repeat the first
+    refusal's)."""
+
+    accepted: bool = True
+    code: str = ""
+    """As `ReportVerdict.code`."""
+    reason: str = ""
+    verdicts: list[ReportVerdict] = []
 
 
 class ErrorReply(_Message, frozen=True, tag="error"):

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bus import protocol
+from bus import protocol, protocol_guide
 from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
 
 # (message type, who sends it, on which subject)
@@ -32,7 +32,11 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
         "agent → orchestrator",
         "`baton.report.<run_id>.<agent_id>` or the inbox",
     ),
-    (protocol.ReportAck, "orchestrator → agent (reply)", "reply to a direct report: it is durable"),
+    (
+        protocol.ReportAck,
+        "orchestrator → agent (reply)",
+        "reply to a direct report: it is durable, accepted or refused",
+    ),
     (
         protocol.ToolCallRecord,
         "agent → orchestrator, durable; for approval: agent → orchestrator → watchers",
@@ -59,9 +63,9 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
 
 INTRO = f"""# Baton wire protocol
 
-Generated from `bus/protocol.py` by `python -m bus.protocol_doc`; a test fails when this
-file and the code disagree. Everything an agent needs to join a Baton bus with an
-ordinary NATS client, in any language, is here.
+Generated from `bus/protocol.py` and `bus/protocol_guide.py` by `python -m
+bus.protocol_doc`; a test fails when this file and the code disagree. Everything an agent
+needs to join a Baton bus with an ordinary NATS client, in any language, is here.
 
 ## Encoding
 
@@ -87,7 +91,7 @@ ordinary NATS client, in any language, is here.
 | `baton.agent.<agent_id>.assign` | orchestrator → agent | an attempt, or a batch of them, to run (request/reply) |
 | `baton.agent.<agent_id>.control` | orchestrator → agent | cancel an attempt, or drain |
 | `baton.inbox.<run_id>.<agent_id>` | agent → orchestrator | results, failures, tool-call records, memory writes: a JetStream stream (`BATON_INBOX`); set `Nats-Msg-Id` to an id no one else can know before you send: for a lone result or failure `<run>:<task>:<attempt>:<kind>:<agent_id>:<lease_token>`, for anything else one with a random part, so a re-send is deduplicated and no one can take the id first. A publish acknowledged as a duplicate on its first try means someone did: send it again under a new id |
-| `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
+| `baton.report.<run_id>.<agent_id>` | agent → orchestrator | the fast way back for results and failures (request/reply): the `task.report.ack` reply means the outcome is durable in the log, and says whether it was accepted (`accepted`, `code`, `reason`; per report of a batch in `verdicts`): a refused outcome is recorded as rejected, do not send it again; with no such reply in time, send it to the inbox instead. Tool-call records and memory writes, and the outcome of an attempt that made any, go to the inbox only |
 | `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
@@ -125,6 +129,52 @@ yourself, its own accounts apply.
 
 ## Messages
 """  # noqa: E501
+MESSAGES_HEADING = "\n## Messages\n"
+ENCODING_HEADING = "\n## Encoding\n"
+
+
+CONFORMANCE = f"""
+## Checking an agent: the conformance kit
+
+`baton conformance --role <role> --nats <url>` plays the orchestrator's side of this
+protocol against one agent on a real bus and prints, for each case, `PASS`, `FAIL` or
+`SKIP` and the reason (what the agent did instead); `--json` prints one JSON object.
+It exits 0 only if no case failed, 1 if one did, 2 on an error (no bus, a bad option).
+
+1. Start a NATS server (with JetStream) that **no orchestrator serves**: the kit answers
+   the heartbeats and reports an orchestrator would. It creates the `BATON_INBOX` stream
+   if there is none, and purges what its own runs (`conf-<hex>-<case>`) left in it.
+2. Start your agent on it, serving `<role>`, with a handler that waits
+   `params.seconds` (absent: none) before it answers, as `agents.builtin:sleep` does:
+   the cancel, lease and drain cases need an attempt that is still running. Each
+   assignment's `input` is `{{"input": {{}}, "params": {{...}}, "index": 0, "deps": {{}}}}`.
+3. `baton conformance --role <role> --nats <url>` (`--agent <id>` to pick one agent,
+   `--case <case>` to run some cases only, `--contracts FILE` to require the role's
+   contract digest, `--login FILE` for the credentials case). Drain runs last and ends
+   the agent.
+
+The kit answers each heartbeat with `heartbeat_s` 0.5 and `ttl_s` 2.0, waits 5 s for the
+answer to an assignment and 5 s for an outcome, and checks every message against the
+{MAX_MESSAGE_BYTES}-byte limit itself (a server with a larger `max_payload` lets it see
+an oversized one).
+
+| case | passes when |
+| --- | --- |
+| `join` | a heartbeat comes within `--join-timeout` (10 s), on the subject of its `agent_id`, with the role asked for and a capacity of at least 1 (with `--contracts`: the role's `contract_digest`) |
+| `heartbeat` | no silence between heartbeats (or since the last) is longer than `ttl_s`; and no one but the kit answers them (an orchestrator on the same bus fails it) |
+| `single` | a `task.assign` is acked (`accepted`), and its result echoes `run_id`, `task_id`, `attempt`, `lease_token` and the sender's `agent_id`, on the report subject or the inbox; the same assignment sent again is acked and not run again |
+| `batch` | a `task.assign.batch` of 3 gets one `task.assign.acks` with 3 accepted acks, and 3 results (alone or in a `task.reports`) |
+| `json` | a JSON assignment (`{ENCODING_HEADER}: json`) gets a JSON ack with that header, and a result |
+| `cancel` | after `agent.control` cancel, the attempt is no longer in the heartbeats' `held` (within `ttl_s`) and no result comes: nothing should (a `task.failure` sent anyway is refused, `attempt_ended`, and must not be sent again) |
+| `lease-expiry` | an attempt given `timeout_s` 0.5 and asked to take 1.5 s is no longer held soon after its timeout (the kit sends a cancel one tick after it, as the orchestrator does; the reason says whether the agent stopped by itself); an outcome sent for it is refused (`task.report.ack` with `accepted` false, code `stale_attempt`) and not sent again |
+| `refused-report` | a result refused in its `task.report.ack` (code `run_ended`) is not sent again, neither to the report subject nor to the inbox |
+| `credentials` | with `--login FILE` (the agent's `baton admit` URL file, creds or nkey seed file): the server refuses a client without a login, and the agent's requests want their answers under `_INBOX_<agent_id>`; skipped without `--login` |
+| `reply-size` | nothing the agent sent (heartbeats, acks, reports) was over {MAX_MESSAGE_BYTES} bytes |
+| `drain` | after `agent.control` drain, the attempt it held still reports its result, and a new assignment is refused (`accepted` false) or finds no one |
+
+An outcome may come twice at most (a direct report, then its durable copy when the
+report was unanswered or answered with an `error`); after a refusal, never again.
+"""  # noqa: E501
 
 
 def _normalised(node: Any) -> Any:
@@ -158,7 +208,15 @@ def _schema(message: type[msgspec.Struct]) -> dict[str, Any]:
 
 def render() -> str:
     """The whole document."""
-    parts = [INTRO]
+    head, rest = INTRO.removesuffix(MESSAGES_HEADING).split(ENCODING_HEADING, 1)
+    parts = [
+        head,
+        protocol_guide.VERSION,
+        ENCODING_HEADING,
+        rest,
+        protocol_guide.render(),
+        MESSAGES_HEADING,
+    ]
     for message, direction, subject in MESSAGES:
         tag = message.__struct_config__.tag
         doc = inspect.cleandoc(message.__doc__ or "").splitlines()[0]
@@ -167,6 +225,7 @@ def render() -> str:
             f"\n### `{tag}` ({message.__name__})\n\n{doc}\n\n"
             f"- {direction}, on {subject}\n\n```json\n{schema}\n```\n"
         )
+    parts.append(CONFORMANCE)
     return "".join(parts)
 
 

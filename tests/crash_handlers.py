@@ -58,3 +58,17 @@ async def slow(task: TaskContext) -> dict[str, Any]:
     _receipt(task)
     await asyncio.sleep(float(task.params.get("seconds", 0.3)))
     return {"task": task.task_id, "pid": os.getpid()}
+
+
+async def lingering(task: TaskContext) -> dict[str, Any]:
+    """Works `params.seconds` (default 60); the first time it is cancelled (its own
+    timeout, or the orchestrator's cancel) it cleans up for `params.cleanup_s` (default
+    60) before it gives in, and only a second cancel cuts that short: an attempt its
+    agent still holds after it timed out, unless the orchestrator tells it to drop it."""
+    _receipt(task)
+    try:
+        await asyncio.sleep(float(task.params.get("seconds", 60.0)))
+    except asyncio.CancelledError:
+        await asyncio.sleep(float(task.params.get("cleanup_s", 60.0)))
+        raise
+    return {"task": task.task_id}

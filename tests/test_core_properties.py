@@ -408,10 +408,18 @@ class Harness:
             if isinstance(x, SendAssignment)
         }
         assert sent == {assignment_key(e) for e in events if isinstance(e, TaskAssigned)}
-        cancels = [(x.agent_id, x.control.task_id) for x in out if isinstance(x, SendControl)]
-        assert cancels == [
-            (e.agent_id, e.task_id) for e in events if isinstance(e, TaskCancelled) and e.agent_id
+        cancels = [
+            (x.agent_id, x.control.task_id, x.control.attempt)
+            for x in out
+            if isinstance(x, SendControl)
         ]
+        owed = []  # a cancel for each attempt the orchestrator ended that its agent may hold
+        for e in events:
+            if isinstance(e, TaskCancelled) and e.agent_id:
+                owed.append((e.agent_id, e.task_id, after.tasks[e.task_id].attempt))
+            elif isinstance(e, TaskAttemptFailed) and e.reason != "error":
+                owed.append((e.agent_id, e.task_id, e.attempt))
+        assert cancels == owed
         assert sum(isinstance(x, PublishProgress) for x in out) == len(events)
 
     def check_work_conserving(self, state: RunState) -> None:
@@ -912,8 +920,8 @@ def test_refused_report_changes_nothing_but_the_audit_count() -> None:
 
 def test_late_result_for_a_timed_out_attempt_is_audited() -> None:
     """§5: a result for a stale attempt is rejected *and audited*. After a lease timeout the
-    task is pending with the same (attempt, lease), so `_refusal` calls the late result a
-    duplicate re-delivery and `decide` drops it without a ResultRejected."""
+    task is pending with the same (attempt, lease), so `report_check.refusal` calls the late
+    result a duplicate re-delivery and `decide` drops it without a ResultRejected."""
     wf = validate(WorkflowSpec(name="w", steps=[StepSpec(id="s", role="r", timeout_s=1.0)]))
     state = RunState("run")
     start = StartRun("run", wf, {}, "t", "me")

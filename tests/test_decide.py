@@ -9,7 +9,7 @@ from typing import Any, get_args
 import pytest
 from msgspec.structs import replace
 
-from bus.protocol import TaskFailure, TaskResult
+from bus.protocol import Control, TaskFailure, TaskResult
 from orchestrator.core import evolve_attempts, evolve_graph, evolve_run
 from orchestrator.core.commands import (
     AgentView,
@@ -176,6 +176,56 @@ def test_a_silent_attempt_times_out() -> None:
     events = run.do(Tick())
     assert isinstance(events[0], TaskAttemptFailed)
     assert events[0].reason == "timeout"
+
+
+def _cancels(state: RunState, events: list[RunEvent]) -> list[tuple[str, Control]]:
+    return [(e.agent_id, e.control) for e in effects(state, events) if isinstance(e, SendControl)]
+
+
+def test_a_timed_out_attempt_is_cancelled_at_its_agent_and_replay_owes_the_same() -> None:
+    """The agent may still be working on an attempt the orchestrator ended: it is told to
+    drop it (that attempt only), and the effect is derived from state, so a replayed log
+    gives the same cancel."""
+    run = Run(agents=[AgentView("x", "r", 1, 0), AgentView("y", "r", 1, 0)])
+    run.now += 10.5
+    events = run.do(Tick())
+    [timed_out] = events
+    assert isinstance(timed_out, TaskAttemptFailed)
+    assert timed_out.reason == "timeout"
+    assert _cancels(run.state, events) == [("x", Control("cancel", "run1", "a", 1))]
+    replayed = replay("run1", enumerate(run.log, start=1))
+    assert effects(replayed, events) == effects(run.state, events)
+
+    run.now = (timed_out.retry_at or 0) + 0.001
+    [again] = run.do(Tick())
+    assert isinstance(again, TaskAssigned)
+    assert (again.attempt, again.agent_id) == (2, "y")
+    assert _cancels(run.state, [again]) == [], "a new attempt is not cancelled"
+    run.now += 10.5
+    again_timed_out = run.do(Tick())
+    assert _cancels(run.state, again_timed_out) == [("y", Control("cancel", "run1", "a", 2))]
+
+
+def test_a_lost_agent_and_an_undelivered_assignment_are_cancelled_too() -> None:
+    run = Run(agents=[AgentView("x", "r", 2, 0), AgentView("w1", "w", 1, 0)])
+    run.succeed("a")
+    undelivered = run.do(DeliveryFailed("b[0]", 1, "no ack in time"))
+    assert _cancels(run.state, undelivered) == [("x", Control("cancel", "run1", "b[0]", 1))]
+    run.agents = [AgentView("w1", "w", 1, 0)]  # x stops sending heartbeats
+    lost = run.do(Tick())
+    ended = [(e.reason, e.task_id) for e in lost if isinstance(e, TaskAttemptFailed)]
+    assert ended == [("agent_lost", "b[1]"), ("agent_lost", "b[2]")]  # b[2] took b[0]'s slot
+    assert _cancels(run.state, lost) == [
+        ("x", Control("cancel", "run1", "b[1]", 1)),
+        ("x", Control("cancel", "run1", "b[2]", 1)),
+    ]
+
+
+def test_an_attempt_its_agent_failed_is_not_cancelled() -> None:
+    run = Run()
+    events = run.fail("a")
+    assert kinds(events) == ["TaskAttemptFailed"]
+    assert _cancels(run.state, events) == []
 
 
 def test_exhausted_retries_fail_the_task_cancel_the_rest_and_end_the_run() -> None:

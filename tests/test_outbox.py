@@ -4,10 +4,13 @@ else kept by the durable inbox, in batches, until an orchestrator records them."
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections import Counter
 from pathlib import Path
 
-from agents.outbox import Outbox
+import pytest
+
+from agents.outbox import Outbox, verdicts_of
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
@@ -17,6 +20,7 @@ from bus.protocol import (
     ReportAck,
     ReportBatch,
     ReportReply,
+    ReportVerdict,
     TaskFailure,
     TaskResult,
 )
@@ -85,13 +89,15 @@ def test_a_report_is_acknowledged_only_once_its_events_are_durable(tmp_path: Pat
                 )
                 subject = subjects.report(run_id, task.agent_id)
                 answer = await bus.request(subject, encode(result), 5.0)
-                assert isinstance(_reply.decode(answer), ReportAck)
+                assert _reply.decode(answer) == ReportAck(), "accepted, the plain ack"
+                assert answer == encode(ReportAck()), "the same bytes as before verdicts"
                 stored = await c.stack.store.read_stream(journal.run_stream(run_id))
                 events = [journal.decode_run_event(s) for s in stored]
                 assert any(isinstance(e, TaskSucceeded) and e.task_id == "s" for e in events)
 
                 again = await bus.request(subject, encode(result), 5.0)  # the second copy
-                assert isinstance(_reply.decode(again), ReportAck)
+                dup = ReportAck(True, "duplicate", "duplicate: already recorded")
+                assert _reply.decode(again) == dup
             finally:
                 await bus.close()
             await c.orchestrator.wait(run_id, timeout=30)
@@ -166,3 +172,57 @@ def test_an_outcome_goes_at_once_while_the_last_one_waits_for_its_answer(tmp_pat
         return arrived
 
     assert asyncio.run(scenario()) == ["first", "second"]
+
+
+def test_a_refused_report_is_logged_once_and_not_sent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An orchestrator that refuses a report (here a stale attempt) answers so: the outbox
+    returns the verdict, warns once with the reason, and sends nothing to the inbox."""
+    refusal = ReportAck(False, "stale_attempt", "stale attempt 1; the current attempt is 2")
+
+    async def scenario() -> tuple[ReportVerdict | None, int, list[object]]:
+        server = EmbeddedNats(tmp_path)
+        url = await server.start()
+        agent = await Bus.connect(url, name="agent")
+        orchestrator = await Bus.connect(url, name="orchestrator")
+        asked = 0
+
+        async def answer(msg: Incoming) -> None:
+            nonlocal asked
+            asked += 1
+            await msg.reply(encode(refusal))
+
+        try:
+            await agent.ensure_inbox()
+            await orchestrator.subscribe(subjects.REPORT_ALL, answer)
+            await orchestrator.flush()
+            outbox = Outbox(agent, "agent-1", timeout=2.0)
+            verdict = await outbox.send(TaskResult("run-1", "t", 1, "l", "agent-1", {}, 0.0))
+            consumer = await agent.inbox_consumer("test-reader")
+            stored = await consumer.fetch(10, timeout=0.5)
+        finally:
+            await agent.close()
+            await orchestrator.close()
+            server.stop()
+        return verdict, asked, list(stored)
+
+    with caplog.at_level(logging.WARNING, logger="baton.agent.outbox"):
+        verdict, asked, stored = asyncio.run(scenario())
+    assert verdict == ReportVerdict(False, refusal.code, refusal.reason)
+    assert (asked, stored) == (1, []), "asked once, never sent durably"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "result of attempt 1 of t refused (stale_attempt): stale attempt 1; the current "
+        "attempt is 2; not sent again"
+    ]
+
+
+def test_a_batch_ack_gives_each_report_its_verdict() -> None:
+    refused = ReportVerdict(False, "not_holder", "x does not hold attempt 1")
+    batch = ReportAck(False, refused.code, refused.reason, [ReportVerdict(), refused])
+    assert verdicts_of(batch, 2) == [ReportVerdict(), refused]
+    assert verdicts_of(ReportAck(), 3) == [None, None, None], "an old batch ack says nothing"
+    assert verdicts_of(ReportAck(False, "run_ended", "r"), 1) == [
+        ReportVerdict(False, "run_ended", "r")
+    ]

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shlex
+import socket
 import subprocess
 import sys
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from bus.server import find_binary
 from tests.cluster import REPO, baton
 from tests.fake_openai import FakeOpenAI
 
@@ -260,6 +262,47 @@ def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> No
         embedded.stop()
 
 
+def test_the_conformance_block(readme: tuple[User, list[str]]) -> None:
+    """The bus on a free port instead of 4333 (and its JetStream files in the scratch
+    directory): the Python agent passes every case the kit runs without a login."""
+    user, commands = readme
+    server_line, agent_line, kit_line = block(
+        commands, ".venv/bin/nats-server -a 127.0.0.1 -p 4333 -js &"
+    )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    def here(command: str) -> str:
+        return command.replace("4333", str(port)).removesuffix("&").strip()
+
+    words = shlex.split(here(server_line))
+    assert words[0] == ".venv/bin/nats-server"
+    store = ["-sd", str(user.home / "conformance-js")]
+    server = subprocess.Popen([str(find_binary()), *words[1:], *store],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "nats-server did not listen"
+                time.sleep(0.05)
+        agent = user.start(here(agent_line))
+        try:
+            out = user.run(here(kit_line))
+        finally:
+            agent.stop()
+    finally:
+        server.terminate()
+        server.wait(30)
+    assert "FAIL" not in out, out
+    assert "\nconformant" in out, out
+    assert re.search(r"^PASS +drain", out, re.M), out
+
+
 def test_the_observability_block(readme: tuple[User, list[str]]) -> None:
     user, commands = readme
     run_id = run_id_of(user.run(".venv/bin/baton run examples/research/workflow.toml"))
@@ -282,7 +325,7 @@ def test_every_readme_command_is_run() -> None:
         ".venv/bin/baton import", ".venv/bin/baton run examples/", ".venv/bin/baton approve",
         ".venv/bin/baton reject", ".venv/bin/baton retry", ".venv/bin/baton cancel",
         ".venv/bin/baton serve", ".venv/bin/baton admit", ".venv/bin/baton agent",
-        ".venv/bin/baton submit",
+        ".venv/bin/baton submit", ".venv/bin/baton conformance", ".venv/bin/nats-server",
         ".venv/bin/baton trace", ".venv/bin/baton status", ".venv/bin/baton agents",
         ".venv/bin/python -m bench.",
     ]  # fmt: skip

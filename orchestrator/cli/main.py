@@ -29,6 +29,7 @@ from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
 from orchestrator.cli import admit as admit_cli
 from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
+from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
@@ -148,6 +149,7 @@ def _parser() -> argparse.ArgumentParser:
 
     control_cli.add_parsers(sub)
     admit_cli.add_parser(sub)
+    conformance_cli.add_parser(sub)
 
     for serving in (run, resume, serve):
         liveness_options.add_arguments(serving)
@@ -455,6 +457,7 @@ def main(argv: list[str] | None = None) -> int:
         "health": obs_cli.health,
         "agents": obs_cli.agents,
         "admit": admit_cli.admit,
+        "conformance": conformance_cli.conformance,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send

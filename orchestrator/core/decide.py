@@ -10,7 +10,7 @@ import dataclasses
 from collections.abc import Sequence
 
 from bus.protocol import TaskFailure, TaskResult
-from orchestrator.core import contract_net, limits, patterns, replan
+from orchestrator.core import contract_net, limits, patterns, replan, report_check
 from orchestrator.core.commands import (
     CancelRun,
     Command,
@@ -50,8 +50,6 @@ from orchestrator.core.state import TERMINAL_TASK, Folding, RunState, TaskState,
 
 BACKOFF_BASE_S = 0.25
 BACKOFF_CAP_S = 5.0
-_DUPLICATE = "duplicate"
-
 
 _RELEASING = (TaskSucceeded, TaskAttemptFailed, TaskDelegated, TaskHandedOff, TaskCancelled)
 
@@ -66,35 +64,6 @@ def load_delta(events: Sequence[RunEvent], into: dict[str, int] | None = None) -
         elif isinstance(event, _RELEASING) and event.agent_id:
             delta[event.agent_id] = delta.get(event.agent_id, 0) - 1
     return delta
-
-
-def _refusal(state: RunState, report: TaskResult | TaskFailure, sender: str) -> str:
-    """Why a report must not change state: '' if it may, `_DUPLICATE` for a re-delivery
-    of the very report that already ended its attempt."""
-    task_id, attempt, lease, agent_id = (
-        report.task_id, report.attempt, report.lease_token, report.agent_id
-    )  # fmt: skip
-    if sender != agent_id:
-        return f"sent by {sender} but claims to be from {agent_id}"
-    task = state.tasks.get(task_id)
-    if task is None:
-        return f"no task {task_id!r} in this run"
-    if attempt == task.attempt and lease == task.lease_token and task.ended_by:
-        same_kind = "result" if isinstance(report, TaskResult) else "error"
-        if task.ended_by == same_kind:
-            return _DUPLICATE
-        return f"attempt {attempt} already ended ({task.ended_by})"
-    if state.terminal:
-        return f"run is already {state.status}"
-    if attempt != task.attempt:
-        return f"stale attempt {attempt}; the current attempt is {task.attempt}"
-    if task.status != "running":
-        return f"task is {task.status}"
-    if lease != task.lease_token:
-        return "lease token does not match the attempt's"
-    if agent_id != task.agent_id:
-        return f"{agent_id} does not hold attempt {attempt}"
-    return ""
 
 
 def _attempt_failed(
@@ -128,13 +97,13 @@ def _on_report(
     ctx: Context,
     memory_refs: tuple[str, ...] = (),
 ) -> list[RunEvent]:
-    refusal = _refusal(state, report, sender)
-    if refusal == _DUPLICATE:
+    code, reason = report_check.refusal(state, report, sender)
+    if code == report_check.DUPLICATE:
         return []
-    if refusal:
+    if code:
         return [
             ResultRejected(
-                report.task_id, report.attempt, report.agent_id, sender, refusal, ctx.wall
+                report.task_id, report.attempt, report.agent_id, sender, reason, ctx.wall
             )
         ]
     task = state.tasks[report.task_id]

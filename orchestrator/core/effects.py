@@ -2,7 +2,9 @@
 
 Because effects are derived, a restarted orchestrator re-derives every pending one from
 the replayed state (`pending_effects`); agents deduplicate re-sent assignments by
-(task, attempt), so sending one twice is safe and sending none is impossible.
+(task, attempt), so sending one twice is safe and sending none is impossible. Cancels
+(`agent.control`) go for every attempt the orchestrator ends while its agent may still
+hold it; they are sent once, after the events that ended the attempt are durable.
 """
 
 from __future__ import annotations
@@ -64,6 +66,13 @@ class PublishCallForProposals(msgspec.Struct, frozen=True):
 
 
 Effect = SendAssignment | SendControl | PublishProgress | PublishCallForProposals
+
+
+ENDED_FOR_THE_AGENT = frozenset({"timeout", "agent_lost", "undeliverable"})
+"""The ways the orchestrator ends an attempt without its agent's word: the agent may
+still hold it (working past `timeout_s`, silent but alive, or it took an assignment whose
+ack was lost), so it is sent a cancel and drops the dead attempt from its load. An
+attempt that ended with the agent's own failure report (`error`) is no longer held."""
 
 
 def task_input(state: RunState, task_id: str) -> dict[str, Any]:
@@ -213,6 +222,9 @@ def effects(state: RunState, events: Sequence[RunEvent]) -> list[Effect]:
         elif isinstance(event, TaskCancelled) and event.agent_id:
             task = state.tasks[event.task_id]
             control = Control("cancel", state.run_id, event.task_id, task.attempt)
+            out.append(SendControl(event.agent_id, control))
+        elif isinstance(event, TaskAttemptFailed) and event.reason in ENDED_FOR_THE_AGENT:
+            control = Control("cancel", state.run_id, event.task_id, event.attempt)
             out.append(SendControl(event.agent_id, control))
         out.append(PublishProgress(_progress(state, event)))
     return out

@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 from bus.connection import InboxConsumer, Incoming
 from bus.errors import BusError
-from bus.protocol import TaskFailure, TaskResult
+from bus.protocol import ReportVerdict, TaskFailure, TaskResult
 
 log = logging.getLogger("baton.orchestrator.intake")
 
@@ -48,8 +48,8 @@ class Recorded:
     rejected)."""
 
     def __init__(self, limit: int = 50_000) -> None:
-        self._ids: OrderedDict[str, str] = OrderedDict()
-        """Report id → its run, oldest first."""
+        self._ids: OrderedDict[str, tuple[str, ReportVerdict | None]] = OrderedDict()
+        """Report id → its run and what was made of it, oldest first."""
         self._limit = limit
         self._of_run: dict[str, set[str]] = {}
 
@@ -59,13 +59,21 @@ class Recorded:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def update(self, run_id: str, ids: list[str]) -> None:
+    def verdict(self, report: str) -> ReportVerdict | None:
+        """What was made of a recorded report (None: not known, or not said)."""
+        known = self._ids.get(report)
+        return known[1] if known is not None else None
+
+    def update(
+        self, run_id: str, ids: list[str], verdicts: list[ReportVerdict | None] | None = None
+    ) -> None:
+        """Note the reports `ids` of `run_id` as durable, each with its verdict."""
         of_run = self._of_run.setdefault(run_id, set())
-        for rid in ids:
-            self._ids[rid] = run_id
+        for n, rid in enumerate(ids):
+            self._ids[rid] = (run_id, verdicts[n] if verdicts is not None else None)
             of_run.add(rid)
         while len(self._ids) > self._limit:
-            rid, run = self._ids.popitem(last=False)
+            rid, (run, _) = self._ids.popitem(last=False)
             self._of_run[run].discard(rid)
             if not self._of_run[run]:
                 del self._of_run[run]

@@ -26,8 +26,10 @@ from typing import Any
 
 from msgspec.structs import replace
 
+from bus.protocol import ReportVerdict
 from eventstore import EventStore, EventStoreError, StorageError, StoredEvent
 from eventstore.anchor import Checkpointer
+from orchestrator.core import report_check
 from orchestrator.core.commands import (
     Command,
     Context,
@@ -191,12 +193,18 @@ class Pipeline:
         """The outcomes of the run's appends in flight (an exception for a failed one)."""
         return asyncio.gather(*self._appending.get(run_id, ()), return_exceptions=True)
 
-    def decide(self, run_id: str, items: Sequence[tuple[Command, Cause]]) -> Decision | None:
+    def decide(
+        self,
+        run_id: str,
+        items: Sequence[tuple[Command, Cause]],
+        verdicts: list[ReportVerdict] | None = None,
+    ) -> Decision | None:
         """Decide `items` against the run's newest state: the durable one, or the one that
         appends still in flight will make durable. Synchronous, so decisions on one run
         never interleave, and the next batch can be decided while this one is appended
         (pipelining: the store commits them in order, often in one fsync). Nothing is
-        decided for a run no longer in memory (one that ended and was forgotten since)."""
+        decided for a run no longer in memory (one that ended and was forgotten since).
+        `verdicts`, if given, gets what the core made of each item's report, in order."""
         before = self._ahead.get(run_id) or self.runs.get(run_id)
         if before is None:
             return None
@@ -211,6 +219,8 @@ class Pipeline:
             state = folding.state  # changed in place by the decision: read it before
             first, version = _first_cause(state, command, cause), state.version + 1
             ctx = _loaded(base, delta) if delta else base
+            if verdicts is not None:
+                verdicts.append(report_check.verdict(state, command))
             decided = decide_into(folding, command, ctx)
             if decided:
                 trace = cause.trace_id or folding.state.trace_id

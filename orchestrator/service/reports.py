@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 from bus import subjects, tracecontext
 from bus.codec import Decoder, encode
@@ -31,11 +31,13 @@ from bus.protocol import (
     MemoryWrite,
     ReportAck,
     ReportBatch,
+    ReportVerdict,
     TaskFailure,
     TaskResult,
     ToolCallRecord,
 )
 from orchestrator.core.commands import Command, ReportFailure, ReportResult
+from orchestrator.core.report_check import ACCEPTED, DUPLICATE_VERDICT
 from orchestrator.service.agentlog import AgentLog
 from orchestrator.service.background import Spawn
 from orchestrator.service.intake import Delivery, Intake, Recorded, report_id
@@ -71,6 +73,40 @@ class _Member(NamedTuple):
     delivery: Delivery
     items: list[tuple[Command, Cause]]
     ids: list[str]
+    """The ids of the reports decided in this batch, one per item."""
+    reports: list[tuple[str, Seen]]
+    """Every report of the message, in order: its id, and how it was seen."""
+
+
+Seen = Literal["new", "copy", "recorded"]
+"""A report decided for this message (`new`), carried first by another message of the
+same batch (`copy`), or recorded before the batch (`recorded`)."""
+
+
+def _ack(
+    reports: list[tuple[str, Seen]], decided: dict[str, ReportVerdict], recorded: Recorded
+) -> bytes:
+    """The `ReportAck` of one fast message: each report's verdict, from this batch's
+    decision, or from the log for a report recorded before (a copy of an accepted
+    report is a duplicate; of a refused one, refused again). Where nothing is known (the
+    run was no longer in memory to decide on), a plain acceptance, as before verdicts."""
+    verdicts: list[ReportVerdict] = []
+    for rid, seen in reports:
+        known = recorded.verdict(rid) if seen == "recorded" else decided.get(rid)
+        if known is not None and (seen == "new" or not known.accepted):
+            verdicts.append(known)
+        elif known is None and seen != "recorded":
+            verdicts.append(ACCEPTED)
+        else:  # a copy of a report accepted earlier
+            verdicts.append(DUPLICATE_VERDICT)
+    if len(verdicts) == 1:
+        [only] = verdicts
+        if only == ACCEPTED:
+            return _RECORDED
+        return encode(ReportAck(only.accepted, only.code, only.reason))
+    refused = [v for v in verdicts if not v.accepted]
+    head = refused[0] if refused else ACCEPTED
+    return encode(ReportAck(not refused, head.code, head.reason, verdicts))
 
 
 async def _settle(answer: Awaitable[None], subject: str) -> None:
@@ -82,14 +118,15 @@ async def _settle(answer: Awaitable[None], subject: str) -> None:
         log.warning("could not answer on %s: %s", subject, exc)
 
 
-async def _answer(delivery: Delivery, recorded: bool) -> None:
+async def _answer(delivery: Delivery, recorded: bool, ack: bytes = _RECORDED) -> None:
     """Acknowledge a durable report once recorded (else have it redelivered soon); answer
-    a fast one either way, so its agent knows at once whether to send it durably."""
+    a fast one either way (`ack`: what was made of its reports), so its agent knows at
+    once whether to send it durably."""
     msg, durable = delivery
     if durable:
         await _settle(msg.ack() if recorded else msg.nak(_RETRY_S), msg.subject)
     else:
-        await _settle(msg.reply(_RECORDED if recorded else _NOT_RECORDED), msg.subject)
+        await _settle(msg.reply(ack if recorded else _NOT_RECORDED), msg.subject)
 
 
 class Reports:
@@ -170,13 +207,15 @@ class Reports:
         msg = delivery.incoming
         reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
         traces = decoded.traceparents if isinstance(decoded, ReportBatch) else []
-        member = _Member(delivery, [], [])
+        member = _Member(delivery, [], [], [])
         for n, report in enumerate(reports):
             trace = tracecontext.parse(traces[n] if n < len(traces) else "") or msg.trace
             trace_id, span_id = (trace.trace_id, trace.span_id) if trace else ("", "")
             rid = report_id(report, sender)
             if rid in taken or rid in self.recorded:
+                member.reports.append((rid, "copy" if rid in taken else "recorded"))
                 continue
+            member.reports.append((rid, "new"))
             taken.add(rid)
             command: Command
             if isinstance(report, TaskResult):
@@ -196,7 +235,8 @@ class Reports:
         try:
             await self._pipeline.unblocked(run_id)  # returns at once unless reloading
             items = [item for member in members for item in member.items]
-            decision = self._pipeline.decide(run_id, items)
+            verdicts: list[ReportVerdict] = []
+            decision = self._pipeline.decide(run_id, items, verdicts)
         except Exception as exc:
             self._window.release()
             log.error("deciding %d message(s) of run %s failed: %r", len(members), run_id, exc)
@@ -204,12 +244,16 @@ class Reports:
                 await self._failed(members[0].delivery, exc)
             return False
         ids = [rid for member in members for rid in member.ids]
-        answer = [member.delivery for member in members]
-        self._spawn(self._conclude(run_id, decision, ids, answer))
+        self._spawn(self._conclude(run_id, decision, ids, verdicts, members))
         return True
 
     async def _conclude(
-        self, run_id: str, decision: Decision | None, ids: list[str], answer: list[Delivery]
+        self,
+        run_id: str,
+        decision: Decision | None,
+        ids: list[str],
+        verdicts: list[ReportVerdict],
+        members: list[_Member],
     ) -> None:
         """Answer a batch's reports once what they caused is durable. A batch that caused
         nothing (its reports were already decided) waits for the appends in flight, since
@@ -225,10 +269,13 @@ class Reports:
             recorded = False
         finally:
             self._window.release()
+        decided = dict(zip(ids, verdicts, strict=False))  # none if the run was forgotten
         if recorded:
-            self.recorded.update(run_id, ids)
-        for delivery in answer:  # each is one quick publish: no task per answer
-            await _answer(delivery, recorded)
+            self.recorded.update(run_id, ids, [decided.get(rid) for rid in ids])
+        for member in members:  # each is one quick publish: no task per answer
+            fast = recorded and not member.delivery.durable
+            ack = _ack(member.reports, decided, self.recorded) if fast else _RECORDED
+            await _answer(member.delivery, recorded, ack)
 
     def forget(self, run_id: str) -> None:
         """The run ended and is no longer served: drop what was kept to answer its reports."""
