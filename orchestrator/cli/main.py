@@ -421,7 +421,9 @@ def _governing(args: argparse.Namespace, state: RunState) -> str:
             f"run {state.run_id} is governed by the role contracts in {exc}; pass "
             "--contracts FILE with those contracts",
         ) from None
-    if recorded is not None and not chosen and contracts.digest != recorded.digest:
+    # a run started before protocol v1 recorded the digest taken the old way
+    known = (contracts.digest, contracts.legacy_digest)
+    if recorded is not None and not chosen and recorded.digest not in known:
         raise WorkflowError(
             "--contracts",
             f"run {state.run_id} is governed by the role contracts in {path}, which no "
