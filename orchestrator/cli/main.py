@@ -27,9 +27,9 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import admit as admit_cli
 from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
 from orchestrator.cli import control as control_cli
+from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.reach import me, reach, shown
@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_verify.add_arguments(audit)
 
     control_cli.add_parsers(sub)
-    admit_cli.add_parser(sub)
+    creds_cli.add_parser(sub)
 
     for serving in (run, resume, serve):
         liveness_options.add_arguments(serving)
@@ -456,7 +456,8 @@ def main(argv: list[str] | None = None) -> int:
         "status": obs_cli.status,
         "health": obs_cli.health,
         "agents": obs_cli.agents,
-        "admit": admit_cli.admit,
+        "admit": creds_cli.admit,
+        "creds": creds_cli.creds,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
