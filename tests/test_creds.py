@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import getpass
 import json
+import os
 import re
 import stat
 import subprocess
@@ -23,6 +24,8 @@ from typing import Any
 import nats
 import pytest
 
+import private
+from agents import cli as agent_cli
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import NKEY_ENV, Bus
@@ -34,7 +37,7 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply
 from orchestrator.core.events import CredentialsIssued, CredentialsRevoked
 from orchestrator.service import journal
-from orchestrator.service.api import CredsReply, CredsRequest
+from orchestrator.service.api import AdmitRequest, Admitted, CredsReply, CredsRequest
 from orchestrator.service.bootstrap import Stack, bootstrap
 from tests.cluster import REPO, baton
 from tests.processes import event_types, serving_url, start_baton, terminate, until
@@ -264,3 +267,53 @@ def test_baton_creds_end_to_end_issue_run_revoke_audit(tmp_path: Path) -> None:
 
 def _login() -> str:
     return re.sub(r"[^A-Za-z0-9_\-]", "_", getpass.getuser())
+
+
+def test_a_password_login_from_baton_admit_is_revoked_the_same_way(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], str]:
+        async with governed(tmp_path) as stack:
+            me, person = await as_person(tmp_path / "state")
+            admitted = await person.request(
+                subjects.API_ADMIT, encode(AdmitRequest("w2", "critic")), 10
+            )
+            reply: Admitted = Decoder(Admitted).decode(admitted)
+            agent = await Bus.connect(reply.url, name="w2", inbox_prefix=inbox_prefix("w2"))
+            listed = _reply.decode(
+                await person.request(subjects.creds(me), encode(CredsRequest("list")), 10)
+            )
+            assert isinstance(listed, CredsReply)
+            logins = [f"{c.agent_id}:{c.role}:{c.login}" for c in listed.credentials]
+            revoked = await person.request(
+                subjects.creds(me), encode(CredsRequest("revoke", "w2")), 10
+            )
+            assert isinstance(_reply.decode(revoked), CredsReply)
+            async with asyncio.timeout(10):
+                while agent.connected:
+                    await asyncio.sleep(0.02)
+            with pytest.raises(BusError, match=r"(?i)authorization"):
+                await Bus.connect(reply.url, name="w2", tries=1)
+            stored = await stack.store.read_stream(journal.SYSTEM_STREAM)
+            audited = " ".join(
+                f"{s.type}:{s.actor}" for s in stored if s.type.startswith("credentials.")
+            )
+            await agent.close()
+            await person.close()
+            return logins, audited.replace(me, "ME")
+
+    logins, audited = asyncio.run(scenario())
+    assert logins == ["w2:critic:password"]
+    assert audited == "credentials.issued:ME credentials.revoked:ME"
+
+
+def test_baton_agent_with_a_seed_file_needs_the_address(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    seed, _ = seed_file(tmp_path / "w1.nk")
+    monkeypatch.delenv("BATON_NATS_URL", raising=False)
+    monkeypatch.setenv(NKEY_ENV, "")  # restored (to unset) after the test: main sets it
+    monkeypatch.setattr(private, "restrict_umask", lambda: 0o077)  # not this test process's
+    assert agent_cli.main(["--role", "noop", "--nats-file", str(seed)]) == 2
+    assert "holds a user nkey seed, which says no address: give --nats URL" in (
+        capsys.readouterr().err
+    )
+    assert os.environ[NKEY_ENV] == str(seed), "the seed is what it logs in with"
