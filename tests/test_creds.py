@@ -317,3 +317,24 @@ def test_baton_agent_with_a_seed_file_needs_the_address(
         capsys.readouterr().err
     )
     assert os.environ[NKEY_ENV] == str(seed), "the seed is what it logs in with"
+
+
+def test_an_issued_nkey_outlives_a_restart_of_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed, key = seed_file(tmp_path / "w1.nk")
+
+    async def scenario() -> None:
+        async with governed(tmp_path):
+            me, person = await as_person(tmp_path / "state")
+            request = encode(CredsRequest("issue", "w1", "writer", key))
+            assert isinstance(
+                _reply.decode(await person.request(subjects.creds(me), request, 10)), CredsReply
+            )
+            await person.close()
+        async with governed(tmp_path) as again:  # a new orchestrator and server, same state
+            assert again.server is not None
+            agent = await as_nkey(again.server.url, "w1", seed, monkeypatch)
+            await agent.close()
+
+    asyncio.run(scenario())
