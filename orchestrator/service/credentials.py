@@ -11,7 +11,7 @@ the reply goes out after both; a request whose event cannot be recorded changes 
 
 from __future__ import annotations
 
-import logging
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 
@@ -31,7 +31,6 @@ from orchestrator.service.api import (
 )
 from orchestrator.service.logins import AdmissionRefused, Logins
 
-log = logging.getLogger("baton.logins")
 _creds: Decoder[CredsRequest] = Decoder(CredsRequest)
 _admit: Decoder[AdmitRequest] = Decoder(AdmitRequest)
 
@@ -52,41 +51,44 @@ class Credentials:
         self._logins = logins
         self._record = record
         self._wall = wall
+        self._lock = asyncio.Lock()
+        """One change at a time: two issues of one id must not both pass the check."""
 
     async def issue(self, person: str, agent_id: str, role: str, public_key: str = "") -> User:
         """Let `agent_id` in as `role` (with the user nkey `public_key`, else a new
         password), recorded as `person`'s doing; `AdmissionRefused` says why not."""
-        self._logins.check_role(role)
-        user = self._logins.agent_user(agent_id, role, public_key)
-        event = CredentialsIssued(
-            agent_id, role, "nkey" if public_key else "password", public_key, self._wall()
-        )
-        if not await self._record(event, person):
-            raise AdmissionRefused("the log could not record it; nothing was issued")
-        self._logins.let_in(user)
-        return user
+        async with self._lock:
+            self._logins.check_role(role)
+            user = self._logins.agent_user(agent_id, role, public_key)
+            login = "nkey" if public_key else "password"
+            event = CredentialsIssued(agent_id, role, login, public_key, self._wall())
+            if not await self._record(event, person):
+                raise AdmissionRefused("the log could not record it; nothing was issued")
+            self._logins.let_in(user)
+            return user
 
     async def revoke(self, person: str, agent_id: str) -> User:
         """Take `agent_id`'s login away (the server closes its connections), recorded as
         `person`'s doing; `AdmissionRefused` if it has none given by hand."""
-        user = self._logins.revocable(agent_id)
-        login = "nkey" if user.nkey else "password"
-        event = CredentialsRevoked(agent_id, login, user.nkey, self._wall())
-        if not await self._record(event, person):
-            raise AdmissionRefused("the log could not record it; nothing was revoked")
-        self._logins.revoke(user)
-        return user
+        async with self._lock:
+            user = self._logins.revocable(agent_id)
+            login = "nkey" if user.nkey else "password"
+            event = CredentialsRevoked(agent_id, login, user.nkey, self._wall())
+            if not await self._record(event, person):
+                raise AdmissionRefused("the log could not record it; nothing was revoked")
+            self._logins.revoke(user)
+            return user
 
     async def answer(self, person: str, request: CredsRequest) -> CredsReply:
         if request.action == "issue":
             if not request.public_key:
                 raise AdmissionRefused("an issue request carries the agent's public user nkey")
-            issued = [await self.issue(person, request.agent_id, request.role, request.public_key)]
+            done = [await self.issue(person, request.agent_id, request.role, request.public_key)]
         elif request.action == "revoke":
-            issued = [await self.revoke(person, request.agent_id)]
+            done = [await self.revoke(person, request.agent_id)]
         else:
-            issued = self._logins.admitted()
-        return CredsReply(request.action, [credential(u) for u in issued], self._logins.server.url)
+            done = self._logins.admitted()
+        return CredsReply(request.action, [credential(u) for u in done], self._logins.server.url)
 
     async def serve(self, bus: Bus) -> list[Subscription]:
         """Answer `baton.api.creds.<person>` and `baton.api.admit`."""
