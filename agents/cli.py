@@ -20,7 +20,7 @@ from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load_object
 from agents.tools import ToolRegistry
-from bus.connection import Bus
+from bus.connection import NKEY_ENV, Bus
 from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
@@ -60,7 +60,8 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         "--nats-file",
         default="",
         metavar="FILE",
-        help="read the NATS URL (with this agent's login) from FILE, as `baton admit` wrote it",
+        help="this agent's login: a NATS URL with its user and password (`baton admit`), or "
+        "a user nkey seed (`baton creds issue`; then --nats gives the address)",
     )
     p.add_argument(
         "--contracts",
@@ -178,10 +179,19 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     args = parser(prog).parse_args(argv)
     if args.nats_file:
         try:
-            args.nats = Path(args.nats_file).read_text().strip()
+            login = Path(args.nats_file).read_text().strip()
         except OSError as exc:
             print(f"{prog}: error: --nats-file: {exc}", file=sys.stderr)
             return 2
+        if login.startswith("SU"):  # a user nkey seed (`baton creds issue`): no address in it
+            os.environ[NKEY_ENV] = str(Path(args.nats_file).absolute())
+            if not args.nats:
+                print(f"{prog}: error: --nats-file holds a user nkey seed, which says no "
+                      "address: give --nats URL too (baton creds issue printed it)",
+                      file=sys.stderr)  # fmt: skip
+                return 2
+        else:
+            args.nats = login
     if not args.nats:
         print(f"{prog}: error: --nats, --nats-file or $BATON_NATS_URL is required",
               file=sys.stderr)  # fmt: skip

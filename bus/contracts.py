@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal
 
 import msgspec
 
+from bus import jcs
 from bus.errors import ContractError
 
 Scope = Literal["run", "agent", "global"]
@@ -59,7 +60,7 @@ class RoleContract(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def digest(self) -> str:
-        """sha256 of the canonical JSON of the contract: equal contracts, equal digests."""
+        """sha256 of the contract's RFC 8785 canonical JSON: equal contracts, equal digests."""
         return digest(self)
 
     def allows_tool(self, tool: str) -> bool:
@@ -81,9 +82,25 @@ class ContractSet(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     roles: list[RoleContract]
 
 
+def canonical(contract: RoleContract) -> bytes:
+    """The bytes a contract's digest is taken over: its JSON with every field present
+    (defaults filled in), canonicalised by RFC 8785 (`bus.jcs`), so any language that
+    writes the same JSON and canonicalises it gets the same bytes (docs/protocol.md,
+    "Contract digest")."""
+    return jcs.canonicalize(msgspec.to_builtins(contract))
+
+
 def digest(contract: RoleContract) -> str:
-    canonical = msgspec.json.encode(msgspec.to_builtins(contract, order="sorted"), order="sorted")
-    return hashlib.sha256(canonical).hexdigest()
+    """The lowercase hex sha256 of `canonical(contract)`: what an agent advertises."""
+    return hashlib.sha256(canonical(contract)).hexdigest()
+
+
+def legacy_digest(contract: RoleContract) -> str:
+    """The digest Baton took before protocol v1 (msgspec's compact JSON, sorted keys,
+    `budget.seconds` as `0.0`), which logs written then still hold (a run's
+    `governed_by`): recognised when resuming such a run, never advertised."""
+    old = msgspec.json.encode(msgspec.to_builtins(contract, order="sorted"), order="sorted")
+    return hashlib.sha256(old).hexdigest()
 
 
 def _check_names(where: str, names: Iterable[str], pattern: re.Pattern[str], what: str) -> None:
@@ -157,7 +174,15 @@ class Contracts:
     def digest(self) -> str:
         """sha256 over every role's name and contract digest, in name order: the same
         contracts, from any file, have the same digest."""
-        lines = sorted(f"{name} {c.digest}" for name, c in self._by_name.items())
+        return self._digest_of(digest)
+
+    @property
+    def legacy_digest(self) -> str:
+        """`digest` as Baton took it before protocol v1 (see `legacy_digest`)."""
+        return self._digest_of(legacy_digest)
+
+    def _digest_of(self, role_digest: Callable[[RoleContract], str]) -> str:
+        lines = sorted(f"{name} {role_digest(c)}" for name, c in self._by_name.items())
         return hashlib.sha256("\n".join(lines).encode()).hexdigest()
 
     def get(self, role: str) -> RoleContract:

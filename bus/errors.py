@@ -64,3 +64,7 @@ class ContractError(BusError):
         super().__init__(f"{location}: {message}")
         self.location = location
         self.message = message
+
+
+class NotAnNkey(BusError):
+    """Text that is not a valid NATS user nkey (a public key `U...` or a seed `SU...`)."""

@@ -20,6 +20,7 @@ import msgspec
 
 from bus import subjects
 from bus.contracts import RoleContract
+from bus.nkey import check_public_user_key
 
 
 class Permissions(msgspec.Struct, frozen=True):
@@ -31,12 +32,17 @@ class Permissions(msgspec.Struct, frozen=True):
 
 
 class User(msgspec.Struct, frozen=True):
-    """One NATS user of the embedded server."""
+    """One NATS user of the embedded server: a name and password, or (with `nkey`) the
+    public key of a user nkey whose seed only the agent holds (`baton creds issue`)."""
 
     name: str
     password: str
     permissions: Permissions | None
     """None: everything (the orchestrator)."""
+    nkey: str = ""
+    """The public user nkey (`U...`) it logs in with; then `password` is empty."""
+    role: str = ""
+    """For an agent's user, the role it was let in for."""
 
 
 def inbox_prefix(name: str) -> str:
@@ -82,7 +88,8 @@ def human_permissions(person: str) -> Permissions:
     """A person at the CLI: ask the orchestrator about runs and agents (`baton status`,
     `agents`, `health`), start runs (`submit`), get credentials for an agent started by
     hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
-    `retry`, `cancel`), decide tool calls (`baton tool approve|deny`), and watch progress
+    `retry`, `cancel`), issue, revoke and list agents' credentials as this person
+    (`creds`), decide tool calls (`baton tool approve|deny`), and watch progress
     and the tool calls the orchestrator passes on for approval; no more."""
     return Permissions(
         publish=[
@@ -91,6 +98,7 @@ def human_permissions(person: str) -> Permissions:
             subjects.API_HEALTH,
             subjects.run_start(person),
             subjects.API_ADMIT,
+            subjects.creds(person),
             subjects.run_control(person),
             subjects.TOOL_DECISIONS_ALL,
         ],
@@ -106,6 +114,12 @@ def person_user(person: str) -> User:
 
 def new_user(name: str, permissions: Permissions | None) -> User:
     return User(subjects.token(name), secrets.token_urlsafe(24), permissions)
+
+
+def nkey_user(agent_id: str, public_key: str, permissions: Permissions, role: str) -> User:
+    """An agent's user that logs in with the user nkey `public_key` (checked: it goes into
+    the server's configuration), with `permissions`."""
+    return User(subjects.token(agent_id), "", permissions, check_public_user_key(public_key), role)
 
 
 def url_for(base_url: str, user: User) -> str:
@@ -126,7 +140,9 @@ def authorization_block(users: list[User]) -> str:
     """The nats-server `authorization { users = [...] }` config for these users."""
     lines = ["authorization {", "  users = ["]
     for user in users:
-        entry: dict[str, object] = {"user": user.name, "password": user.password}
+        entry: dict[str, object] = (
+            {"nkey": user.nkey} if user.nkey else {"user": user.name, "password": user.password}
+        )
         if user.permissions is not None:
             p = user.permissions
             permissions: dict[str, object] = {

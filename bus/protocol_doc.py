@@ -15,6 +15,7 @@ import msgspec
 
 from bus import protocol, protocol_guide
 from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
+from bus.protocol_doc_governed import LOGGING_IN, contract_digest
 
 # (message type, who sends it, on which subject)
 MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
@@ -112,22 +113,6 @@ before but cannot be told apart from a second process with its id.
 
 Subject tokens are `[A-Za-z0-9_:-]+`. The orchestrator checks the `<agent_id>` of the
 subject a report came on, not the payload's claim.
-
-## Logging in
-
-Baton's embedded server lets no one in without a login. An agent gets its own from the
-person running Baton: `baton admit <agent_id> --role <role> -o FILE` writes one line, a
-`nats://<user>:<password>@host:port` URL, to a new file only that person can read; connect
-with it (user and password from the URL) and serve as exactly that `<agent_id>`. The
-server lets that login publish only on its own subjects (inbox, report, bids, heartbeat,
-memory search, tool approval: each with its `<agent_id>`), subscribe only to
-`baton.agent.<agent_id>.>`, calls for proposals and its own tool decisions, and use
-request/reply inboxes only under `_INBOX_<agent_id>` (every `-` and `:` of the id as `_`):
-set your client's inbox prefix to that. With role contracts, it may call only the tools
-its contract lists and hear only its role's calls for proposals. On a bus you run
-yourself, its own accounts apply.
-
-## Messages
 """  # noqa: E501
 MESSAGES_HEADING = "\n## Messages\n"
 ENCODING_HEADING = "\n## Encoding\n"
@@ -208,13 +193,15 @@ def _schema(message: type[msgspec.Struct]) -> dict[str, Any]:
 
 def render() -> str:
     """The whole document."""
-    head, rest = INTRO.removesuffix(MESSAGES_HEADING).split(ENCODING_HEADING, 1)
+    head, rest = INTRO.split(ENCODING_HEADING, 1)
     parts = [
         head,
         protocol_guide.VERSION,
         ENCODING_HEADING,
         rest,
         protocol_guide.render(),
+        LOGGING_IN,
+        contract_digest(),
         MESSAGES_HEADING,
     ]
     for message, direction, subject in MESSAGES:

@@ -113,6 +113,23 @@ class EmbeddedNats:
         if self._users is None:
             raise ServerStartError("this server runs without users; start it with some")
         self._users += users
+        self._reload(timeout)
+
+    def remove_users(self, names: set[str], timeout: float = 10.0) -> list[User]:
+        """Let these users in no more: rewrite the config and have the server reload it,
+        as `add_users` does. nats-server closes the connections of a user it no longer
+        lists as it reloads, and refuses that user's reconnects. The users removed."""
+        if self._users is None:
+            raise ServerStartError("this server runs without users; start it with some")
+        removed = [u for u in self._users if u.name in names]
+        self._users = [u for u in self._users if u.name not in names]
+        if removed:
+            self._reload(timeout)
+        return removed
+
+    def _reload(self, timeout: float) -> None:
+        """Write the config with today's users; a running server reloads it (SIGHUP) and
+        this returns once its log says it did (usually a few milliseconds)."""
         private.write_atomic(self._config_path, self._config_text().encode())
         if self._process is None or self._process.poll() is not None:
             return

@@ -29,6 +29,9 @@ API_AGENTS = "baton.api.agents"
 API_ADMIT = "baton.api.admit"
 """A person → the orchestrator that owns the embedded server: credentials for an agent
 started by hand (`baton admit`)."""
+API_CREDS_ALL = "baton.api.creds.*"
+"""People → the orchestrator that owns the embedded server: issue, revoke and list
+agents' credentials (`baton creds`; see `creds`)."""
 
 
 def token(value: str) -> str:
@@ -89,6 +92,21 @@ def run_start(requester: str) -> str:
     `run_control`, the requester is in the subject, which on the embedded server only
     that login may publish to, so the log's `requested_by` comes from the server."""
     return f"baton.api.run.start.{token(requester)}"
+
+
+def creds(person: str) -> str:
+    """A person → the orchestrator that owns the embedded server: issue, revoke or list
+    agents' credentials (request/reply). As for `run_control`, the person is in the
+    subject, so the log records who issued or revoked from the server, not the payload."""
+    return f"baton.api.creds.{token(person)}"
+
+
+def creds_requester(subject: str) -> str:
+    """The person of a credentials subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:3] != ["baton", "api", "creds"]:
+        raise InvalidSubjectToken(subject)
+    return token(parts[3])
 
 
 def run_starter(subject: str) -> str:

@@ -264,6 +264,8 @@ PUBLISH = [  # subject, (agent alice may, the person may), the same in both mode
     (subjects.run_start(PERSON), (False, True)),
     (subjects.run_start("human:someone_else"), (False, False)),
     (subjects.API_ADMIT, (False, True)),
+    (subjects.creds(PERSON), (False, True)),
+    (subjects.creds("human:someone_else"), (False, False)),
     (subjects.API_AGENTS, (False, True)),
 ]
 SUBSCRIBE = [  # subject, (agent alice may read it, the person may)
@@ -279,6 +281,7 @@ SUBSCRIBE = [  # subject, (agent alice may read it, the person may)
     (subjects.progress("run1"), (False, True)),
     (subjects.run_control(PERSON), (False, False)),
     (subjects.API_ADMIT, (False, False)),
+    (subjects.creds(PERSON), (False, False)),
 ]
 
 

@@ -33,7 +33,8 @@ def test_the_document_has_a_json_schema_for_every_message() -> None:
     text = DOC.read_text()
     for message, _, _ in protocol_doc.MESSAGES:
         assert f"### `{message.__struct_config__.tag}` ({message.__name__})" in text
-    schemas = [json.loads(block.split("```")[0]) for block in text.split("```json\n")[1:]]
+    messages = text.split("\n## Messages\n")[1]  # the JSON before it is not a schema
+    schemas = [json.loads(block.split("```")[0]) for block in messages.split("```json\n")[1:]]
     assert len(schemas) == len(protocol_doc.MESSAGES)
     result = next(s for s in schemas if s.get("title") == "TaskResult")
     assert result["properties"]["kind"] == {"enum": ["task.result"]}

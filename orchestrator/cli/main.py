@@ -27,10 +27,10 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import admit as admit_cli
 from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
 from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import control as control_cli
+from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.reach import me, reach, shown
@@ -148,7 +148,7 @@ def _parser() -> argparse.ArgumentParser:
     audit_verify.add_arguments(audit)
 
     control_cli.add_parsers(sub)
-    admit_cli.add_parser(sub)
+    creds_cli.add_parser(sub)
     conformance_cli.add_parser(sub)
 
     for serving in (run, resume, serve):
@@ -423,7 +423,9 @@ def _governing(args: argparse.Namespace, state: RunState) -> str:
             f"run {state.run_id} is governed by the role contracts in {exc}; pass "
             "--contracts FILE with those contracts",
         ) from None
-    if recorded is not None and not chosen and contracts.digest != recorded.digest:
+    # a run started before protocol v1 recorded the digest taken the old way
+    known = (contracts.digest, contracts.legacy_digest)
+    if recorded is not None and not chosen and recorded.digest not in known:
         raise WorkflowError(
             "--contracts",
             f"run {state.run_id} is governed by the role contracts in {path}, which no "
@@ -456,7 +458,8 @@ def main(argv: list[str] | None = None) -> int:
         "status": obs_cli.status,
         "health": obs_cli.health,
         "agents": obs_cli.agents,
-        "admit": admit_cli.admit,
+        "admit": creds_cli.admit,
+        "creds": creds_cli.creds,
         "conformance": conformance_cli.conformance,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:

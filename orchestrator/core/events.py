@@ -384,9 +384,32 @@ class MessageDeadLettered(_Event, frozen=True, tag="message.dead_lettered"):
     at: float
 
 
+class CredentialsIssued(_Event, frozen=True, tag="credentials.issued"):
+    """Audit: a person let an agent started by hand onto the embedded server (`baton
+    creds issue`, `baton admit`); the event's actor is that person. `login` is `nkey`
+    (it logs in with the user nkey `public_key`, whose seed only its file holds) or
+    `password` (a login URL)."""
+
+    agent_id: str
+    role: str
+    login: str
+    public_key: str
+    at: float
+
+
+class CredentialsRevoked(_Event, frozen=True, tag="credentials.revoked"):
+    """Audit: a person took an agent's credentials away (`baton creds revoke`); the
+    server no longer lets that login in, and closed its connections as it reloaded."""
+
+    agent_id: str
+    login: str
+    public_key: str
+    at: float
+
+
 SystemEvent = (
     AgentJoined | AgentLost | MessageRejected | AgentRefused | MessagesSuppressed
-    | MessageDeadLettered
+    | MessageDeadLettered | CredentialsIssued | CredentialsRevoked
 )  # fmt: skip
 
 run_event_decoder: msgspec.msgpack.Decoder[RunEvent] = msgspec.msgpack.Decoder(RunEvent)

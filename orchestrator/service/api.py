@@ -158,3 +158,39 @@ class Admitted(msgspec.Struct, frozen=True, tag_field="kind", tag="admitted"):
 
     agent_id: str
     url: str
+
+
+class CredsRequest(
+    msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="kind", tag="creds"
+):
+    """A person asks about agents' credentials on the embedded server (`baton creds`):
+    `issue` lets `agent_id` in, serving `role`, with the user nkey `public_key` (the CLI
+    made the key pair and keeps the seed in the person's file: only the public half is
+    sent); `revoke` takes `agent_id`'s login away; `list` names the agents let in by
+    hand. Who asked is not a field: it is the person whose subject the request came on
+    (`bus.subjects.creds`)."""
+
+    action: Literal["issue", "revoke", "list"]
+    agent_id: str = ""
+    role: str = ""
+    public_key: str = ""
+
+
+class Credential(msgspec.Struct, frozen=True):
+    """One agent's login on the embedded server: how it logs in (`nkey`, with its public
+    key, or `password`) and the role it was let in for."""
+
+    agent_id: str
+    role: str
+    login: str
+    public_key: str = ""
+
+
+class CredsReply(msgspec.Struct, frozen=True, tag_field="kind", tag="creds.reply"):
+    """What a `CredsRequest` did, once it is recorded in the log: the credentials issued
+    or revoked, or (for `list`) every agent's let in by hand; `url` is the server's
+    address (without any login), which an nkey login connects to."""
+
+    action: str
+    credentials: list[Credential]
+    url: str

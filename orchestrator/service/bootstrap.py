@@ -15,6 +15,7 @@ from bus.server import EmbeddedNats
 from bus.telemetry import Telemetry
 from eventstore import SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
+from orchestrator.service.credentials import Credentials
 from orchestrator.service.logins import Logins
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 from orchestrator.service.service import Orchestrator
@@ -132,7 +133,7 @@ async def bootstrap(
         await orchestrator.start()
         await checkpoints.start()
         if logins is not None:
-            await logins.serve(bus)
+            await Credentials(logins, orchestrator.audit).serve(bus)
     except BaseException:
         if checkpoints is not None:
             await checkpoints.close()

@@ -3,7 +3,8 @@
 The embedded server never lets anyone in anonymously. Its users: the orchestrator (all
 subjects), the person who started it (`human:<login>`: the CLI's commands, acting only
 as that person), each agent `baton run` starts (its own user, made when it starts), and
-each agent a person admits by hand (`baton admit`, answered here on `baton.api.admit`).
+each agent a person lets in by hand (`baton creds issue`, `baton admit`; the requests are
+answered by `orchestrator.service.credentials`), until revoked (`baton creds revoke`).
 An agent's user lets it act only as its own id; under role contracts also only in its
 role, with its contract's tools. The orchestrator's, the person's and the admitted users
 are saved beside the server, so a restarted `baton serve` lets them all in again.
@@ -15,27 +16,24 @@ import getpass
 import logging
 from pathlib import Path
 
-from bus import subjects
-from bus.codec import Decoder, encode
-from bus.connection import Bus, Incoming, Subscription
+from msgspec.structs import replace
+
 from bus.contracts import Contracts, RoleContract
-from bus.errors import BusError, InvalidSubjectToken
+from bus.errors import InvalidSubjectToken, NotAnNkey
 from bus.logins import load_logins, save_logins
 from bus.permissions import (
     User,
     agent_permissions,
     new_user,
+    nkey_user,
     person_identity,
     person_user,
     url_for,
 )
-from bus.protocol import ErrorReply
 from bus.server import EmbeddedNats, PersonCredentials, save_person
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.service.api import AdmitRequest, Admitted
 
 log = logging.getLogger("baton.logins")
-_admit: Decoder[AdmitRequest] = Decoder(AdmitRequest)
 
 
 class AdmissionRefused(OrchestratorError):
@@ -77,13 +75,30 @@ class Logins:
             return self.contracts.get(role)
         return RoleContract(name=role)  # refused anyway; it may heartbeat, nothing more
 
-    def _new_agent(self, agent_id: str, role: str) -> User:
+    def agent_user(self, agent_id: str, role: str, public_key: str = "") -> User:
+        """A new user for `agent_id` serving `role` (logging in with the user nkey
+        `public_key` if given, else a new password), not yet let in; `AdmissionRefused`
+        if the id is not valid, already has a login here, or (admitted by hand under
+        contracts) the role has no contract."""
         try:
-            user = new_user(agent_id, agent_permissions(agent_id, self._contract(role)))
+            permissions = agent_permissions(agent_id, self._contract(role))
+            if public_key:
+                user = nkey_user(agent_id, public_key, permissions, role)
+            else:
+                user = replace(new_user(agent_id, permissions), role=role)
         except InvalidSubjectToken as exc:
             raise AdmissionRefused(f"{agent_id!r} is not a valid agent id: {exc}") from exc
-        if any(u.name == user.name for u in self.server.users):
-            raise AdmissionRefused(f"agent id {agent_id} already has credentials on this server")
+        except NotAnNkey as exc:
+            raise AdmissionRefused(str(exc)) from exc
+        for known in self.server.users:
+            if known.name == user.name:
+                raise AdmissionRefused(f"agent id {agent_id} already has credentials here")
+            if public_key and known.nkey == public_key:
+                raise AdmissionRefused(f"that key is already the login of {known.name}")
+        return user
+
+    def _new_agent(self, agent_id: str, role: str) -> User:
+        user = self.agent_user(agent_id, role)
         self.server.add_users([user])
         return user
 
@@ -91,27 +106,42 @@ class Logins:
         """A new user for an agent `baton run` starts (for this server's life only)."""
         return url_for(self.server.url, self._new_agent(agent_id, role))
 
-    def admit(self, agent_id: str, role: str) -> str:
-        """A new user for an agent started by hand, saved so that it outlives a restart."""
+    def check_role(self, role: str) -> None:
+        """`AdmissionRefused` unless an agent admitted by hand may serve `role` here."""
         if self.contracts is not None and role not in self.contracts:
             raise AdmissionRefused(f"no role contract for {role!r} on this server")
-        user = self._new_agent(agent_id, role)
+
+    def let_in(self, user: User) -> None:
+        """Let an agent's user (`agent_user`) in, and save it so that it outlives a restart."""
+        self.server.add_users([user])
         self._saved[user.name] = user
         save_logins(self.directory, list(self._saved.values()))
-        log.info("admitted agent %s (role %s)", agent_id, role)
+        log.info("let in agent %s (role %s, by %s)", user.name, user.role, user.nkey or "password")
+
+    def admit(self, agent_id: str, role: str) -> str:
+        """A new user for an agent started by hand, saved so that it outlives a restart;
+        its URL with its password."""
+        self.check_role(role)
+        user = self.agent_user(agent_id, role)
+        self.let_in(user)
         return url_for(self.server.url, user)
 
-    async def serve(self, bus: Bus) -> Subscription:
-        """Answer `baton.api.admit` (the server lets only people publish there)."""
+    def admitted(self) -> list[User]:
+        """The agents' users let in by hand (saved), in the order they were."""
+        own = {self.orchestrator.name, self._person.name}
+        return [u for u in self._saved.values() if u.name not in own]
 
-        async def on_admit(msg: Incoming) -> None:
-            try:
-                request = _admit.decode(msg.data)
-                reply: Admitted | ErrorReply = Admitted(
-                    request.agent_id, self.admit(request.agent_id, request.role)
-                )
-            except (BusError, AdmissionRefused) as exc:
-                reply = ErrorReply(type(exc).__name__, str(exc))
-            await msg.reply(encode(reply))
+    def revocable(self, agent_id: str) -> User:
+        """The login of the agent `agent_id` let in by hand, or `AdmissionRefused`."""
+        for user in self.admitted():
+            if user.name == agent_id:
+                return user
+        raise AdmissionRefused(f"agent id {agent_id} has no credentials given by hand here")
 
-        return await bus.subscribe(subjects.API_ADMIT, on_admit)
+    def revoke(self, user: User) -> None:
+        """Let `user` in no more, now and after a restart: the server reloads its users
+        and closes that user's connections."""
+        self._saved.pop(user.name, None)
+        save_logins(self.directory, list(self._saved.values()))
+        self.server.remove_users({user.name})
+        log.info("revoked the credentials of agent %s", user.name)

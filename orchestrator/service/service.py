@@ -34,6 +34,7 @@ from bus.telemetry import Telemetry
 from eventstore import EventStore
 from eventstore.anchor import Checkpointer
 from orchestrator.core.errors import UnknownRun
+from orchestrator.core.events import SystemEvent
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service import journal, live_api, tool_prompts
@@ -276,6 +277,11 @@ class Orchestrator:
         it, as the server knows); `ControlRefused` says why one cannot apply, and then
         nothing changed."""
         return await self._requests.control(request, actor)
+
+    async def audit(self, event: SystemEvent, actor: str) -> bool:
+        """Record `event` in the `system` stream as done by `actor`; True once it is
+        durable (a failure is logged, and False)."""
+        return await self._system.record(event, actor)
 
     def _works_in(self, run_id: str, agent_id: str) -> bool:
         """Whether the agent holds (or held last) an attempt of a task of this live run."""
