@@ -246,12 +246,13 @@ says why, for people. The codes:
 | `RunNotRecorded` | `baton.api.run.start.*` | the event store refused the new run: retry with the same `request_id` |
 | `UnknownRun` | `baton.api.run.control.*` | no such run |
 | `ControlRefused` | `baton.api.run.control.*` | the decision does not apply (no such task, not escalated, the run already over) |
-| `AdmissionRefused` | `baton.api.admit` | not a valid agent id, the id already has credentials, or no role contract for the role |
+| `AdmissionRefused` | `baton.api.admit`, `baton.api.creds.*` | not a valid agent id, the id already has credentials, or no role contract for the role |
 | `ConcurrencyError`, `StorageError` | `baton.api.run.control.*` | the event store refused the decision: retry |
 
 Other names can appear because they share a base class with the above, though no
 request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`,
-`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError` (bus errors);
+`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`
+(bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`
 (orchestrator errors); `EventStoreError`, `DuplicateEventError`, `InvalidEventError`,
@@ -274,10 +275,11 @@ publish here (agents may not). Each reply is the listed kind or an `error`.
 | `{subjects.API_HEALTH}` | `health` | `health.reply` (`healthy`, `issues`, `at`) | `baton health` |
 | `{subjects.API_AGENTS}` | `agents` | `agents.reply` (`agents`: `agent_id`, `role`, `capacity`, `load`, `reported_load`, `heartbeat_age_s`, `held`) | `baton agents` |
 | `{subjects.API_ADMIT}` | `admit` (`agent_id`, `role`) | `admitted` (`agent_id`, `url`) | `baton admit`: an agent's own login on the embedded server |
+| `baton.api.creds.<person>` | `creds` (`action`: issue, revoke, list; `agent_id`, `role`, `public_key`) | `creds.reply` (`action`, `credentials`: `agent_id`, `role`, `login`, `public_key`; `url`) | `baton creds`: an outside agent's nkey login, issued or revoked as that person, recorded in the log |
 
 The orchestrator itself listens on `{subjects.HEARTBEAT_ALL}`, `{subjects.REPORT_ALL}`,
 `{subjects.BIDS_ALL}`, `{subjects.TOOL_APPROVALS_ALL}`, `{subjects.MEMORY_SEARCH_ALL}`,
-`{subjects.API_START_RUN_ALL}`, `{subjects.API_RUN_CONTROL_ALL}` and consumes
+`{subjects.API_START_RUN_ALL}`, `{subjects.API_RUN_CONTROL_ALL}`, `{subjects.API_CREDS_ALL}` and consumes
 `{subjects.INBOX_ALL}`; agents listen on their own `baton.agent.<agent_id>.>`,
 `{subjects.CFP_ALL}` (their role's) and `{subjects.TOOL_DECISIONS_ALL}` (their own);
 tool services on `{subjects.TOOL_CALL_ALL}`.
