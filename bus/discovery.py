@@ -133,6 +133,7 @@ class Endpoint:
             "last_error": self.last_error,
             "processing_time": self.processing_ns,
             "average_processing_time": average,
+            "data": None,  # ADR-32 makes it optional; some clients' parsers require the key
         }
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import nats
+import nats.micro.service as micro
 import pytest
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
-from bus import discovery, subjects
+from bus import discovery, protocol_doc, subjects
 from bus.codec import encode
 from bus.connection import Bus, Incoming
 from bus.contract_files import load_contracts
@@ -106,8 +107,16 @@ def test_the_answers_have_the_shape_adr_32_gives_them() -> None:
     assert str(stats["started"]).endswith("Z")
     assert set(stats["endpoints"][0]) == {  # type: ignore[index]
         "name", "subject", "queue_group", "num_requests", "num_errors", "last_error",
-        "processing_time", "average_processing_time",
+        "processing_time", "average_processing_time", "data",
     }  # fmt: skip
+    # another implementation's reading of them: nats-py's own micro client types
+    wire = {
+        k: json.loads(json.dumps(v)) for k, v in (("ping", ping), ("info", info), ("stats", stats))
+    }
+    assert micro.ServicePing.from_dict(wire["ping"]).metadata["load"] == "2"
+    assert micro.ServiceInfo.from_dict(wire["info"]).endpoints[0].subject == "baton.agent.a1.assign"
+    read = micro.ServiceStats.from_dict(wire["stats"])
+    assert (read.id, read.endpoints[0].num_requests) == ("a1", 0)
     assert discovery.baton_version().count(".") >= 2, "a semantic version"
     with pytest.raises(ValueError, match="not a micro service name"):
         discovery.Service("baton agent", "a1", dict)
@@ -236,6 +245,10 @@ def test_the_orchestrator_and_every_agent_answer_discovery(tmp_path: Path, mode:
             assert reports > _endpoint(before, "report")["num_requests"]
             assert after["metadata"]["agents"] == "2"
             assert after["metadata"]["runs"] == "0"
+            # docs/protocol.md names every endpoint and metadata key the processes use
+            for service in [after, *after_agents.values()]:
+                for key in [*service["metadata"], *(e["name"] for e in service["endpoints"])]:
+                    assert f"`{key}`" in protocol_doc.DISCOVERY, key
 
     asyncio.run(scenario())
 
