@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -34,6 +35,7 @@ from bus.server import EmbeddedNats, person_credentials
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service.api import StatusRequest
 from tests.cluster import cluster
+from tests.processes import admitted, serving_url, start_baton, submit_run, terminate
 
 CONTRACTS = """
 [[roles]]
@@ -323,3 +325,55 @@ def test_a_failing_answer_is_logged_and_the_next_one_served(tmp_path: Path) -> N
             server.stop()
 
     asyncio.run(scenario())
+
+
+def test_baton_serve_and_baton_agent_answer_as_the_cli_starts_them(tmp_path: Path) -> None:
+    """The processes as a person starts them: `baton serve` (its embedded server, open
+    mode) and `baton agent` with the login `baton admit` gave it; a submitted run shows
+    in both processes' STATS."""
+    state = tmp_path / "state"
+    workflow = tmp_path / "one.toml"
+    workflow.write_text('name = "one"\n[[steps]]\nid = "only"\nrole = "noop"\n')
+    serving = start_baton(tmp_path / "serve.log", "serve", "--state-dir", str(state))
+    agent: subprocess.Popen[bytes] | None = None
+    try:
+        serving_url(tmp_path / "serve.log", serving)
+        url_file = tmp_path / "w1.url"
+        url_file.write_text(admitted(state, "w1", "noop"))
+        agent = start_baton(
+            tmp_path / "agent.log", "agent", "--id", "w1", "--role", "noop",
+            "--nats-file", str(url_file), "--handler", "agents.builtin:noop",
+        )  # fmt: skip
+
+        async def ask() -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+            async with as_person(state) as person:
+                async with asyncio.timeout(60):  # until the agent process is up
+                    while True:
+                        try:
+                            await person.request("$SRV.PING.baton-agent.w1", b"", timeout=5)
+                            break
+                        except nats.errors.NoRespondersError:
+                            await asyncio.sleep(0.1)
+                pings = await collect(person, "$SRV.PING", until=2)
+                run_id = await asyncio.to_thread(submit_run, workflow, state)
+                assert run_id
+                one = subjects.discovery("STATS", "baton-agent", "w1")
+                async with asyncio.timeout(60):
+                    while True:  # the agent's report is counted once the orchestrator took it
+                        [orchestrator] = await collect(person, "$SRV.STATS.baton-orchestrator", 1)
+                        if _endpoint(orchestrator, "report")["num_requests"] >= 1:
+                            break
+                        await asyncio.sleep(0.1)
+                stats = json.loads((await person.request(one, b"", timeout=5)).data)
+                return pings, stats, orchestrator
+
+        pings, stats, orchestrator = asyncio.run(ask())
+    finally:
+        for process in (agent, serving):
+            if process is not None:
+                terminate(process)
+    assert sorted(p["name"] for p in pings) == ["baton-agent", "baton-orchestrator"]
+    assert _endpoint(stats, "assign")["num_requests"] == 1
+    assert _endpoint(stats, "assign")["num_errors"] == 0
+    assert stats["metadata"]["role"] == "noop"
+    assert _endpoint(orchestrator, "run-start")["num_requests"] == 1
