@@ -27,7 +27,7 @@ from agents.outbox import Outbox, track_inbox_writes
 from agents.sdk import Bidder, Handler, Offer, Reply, TaskContext, TaskError, refuse_handoff
 from agents.telemetry import AgentTelemetry, attempt_meter
 from agents.tools import ToolRegistry
-from bus import subjects, tracecontext
+from bus import discovery, subjects, tracecontext
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming
 from bus.contracts import RoleContract
@@ -126,6 +126,14 @@ class AgentRuntime:
         self.loops = Supervisor(telemetry.meter)
         """The agent's long-running loops (its heartbeat), restarted after a crash."""
         self._outbox = Outbox(bus, self.agent_id)
+        self.discovery = discovery.Service(
+            discovery.AGENT,
+            self.agent_id,
+            lambda: discovery.agent_metadata(self._heartbeat(), self._state()),
+            description=f"Baton agent ({role})",
+        )
+        """This process as a NATS micro service (`nats micro ls`): its endpoints count the
+        assignments, controls and calls for proposals it handles."""
 
     def _heartbeat(self) -> Heartbeat:
         return Heartbeat(
@@ -139,6 +147,11 @@ class AgentRuntime:
             instance=self.instance,
         )
 
+    def _state(self) -> str:
+        if self._stopping.is_set():
+            return "draining"
+        return self.verdict if self.verdict in ("waiting", "refused") else "serving"
+
     async def run(self) -> None:
         """Serve until SIGTERM/SIGINT or `stop()`, then drain: finish held work, exit;
         `AgentIdTaken` after the drain if the orchestrator refused this process its id.
@@ -148,13 +161,16 @@ class AgentRuntime:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._on_signal)
-        await self._bus.subscribe(subjects.registry(self.agent_id), self._on_ack, inline=True)
-        await self._bus.subscribe(subjects.assign(self.agent_id), self._on_message, inline=True)
-        await self._bus.subscribe(subjects.control(self.agent_id), self._on_message)
-        await self._bus.subscribe(subjects.cfp(self.role), self._on_cfp)
+        serve, bus, me = self.discovery.serve, self._bus, self.agent_id
+        await bus.subscribe(subjects.registry(me), self._on_ack, inline=True)
+        await serve(bus, "assign", subjects.assign(me), self._on_message, inline=True)
+        await serve(bus, "control", subjects.control(me), self._on_message)
+        await serve(bus, "cfp", subjects.cfp(self.role), self._on_cfp)
+        await self.discovery.start(bus)
         beat = asyncio.create_task(self.loops.run("heartbeat", self._beat))
         await self._stopping.wait()
         await self._drain()
+        await self.discovery.stop()
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await beat
@@ -307,7 +323,8 @@ class AgentRuntime:
         key = (a.run_id, a.task_id, a.attempt)
         ctx = TaskContext(
             a.run_id, a.task_id, a.step, a.attempt, a.role, self.agent_id, a.input, self.contract,
-            usage=attempt_meter(), memory=self._memory(a), tools=self._gateway(a),
+            usage=attempt_meter(), memory=_memory(self._bus, self.contract, self.agent_id, a),
+            tools=_gateway(self._bus, self.contract, self._tools, self._approver, self.agent_id, a),
         )  # fmt: skip
         budget_s = self.contract.budget.seconds if self.contract else 0.0
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
@@ -347,35 +364,41 @@ class AgentRuntime:
         finally:
             self._held.pop(key, None)
 
-    def _memory(self, a: Assignment) -> Memory | None:
-        if self.contract is None:
-            return None
-        return Memory(
-            self._bus,
-            self.contract,
-            agent_id=self.agent_id,
-            run_id=a.run_id,
-            task_id=a.task_id,
-            attempt=a.attempt,
-        )
-
-    def _gateway(self, a: Assignment) -> ToolGateway | None:
-        if self.contract is None or self._tools is None:
-            return None
-        return ToolGateway(
-            self._tools,
-            self.contract,
-            self._approver,
-            BusRecorder(self._bus),
-            run_id=a.run_id,
-            task_id=a.task_id,
-            attempt=a.attempt,
-            agent_id=self.agent_id,
-            bus=self._bus,
-        )
-
     def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
         self._telemetry.failed(error, retryable)  # called in the `except`: records it
         return TaskFailure(
             a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable
         )
+
+
+def _memory(bus: Bus, contract: RoleContract | None, agent_id: str, a: Assignment) -> Memory | None:
+    """An attempt's shared memory: only under a role contract (which names its scopes)."""
+    if contract is None:
+        return None
+    return Memory(
+        bus, contract, agent_id=agent_id, run_id=a.run_id, task_id=a.task_id, attempt=a.attempt
+    )
+
+
+def _gateway(
+    bus: Bus,
+    contract: RoleContract | None,
+    tools: ToolRegistry | None,
+    approver: Approver,
+    agent_id: str,
+    a: Assignment,
+) -> ToolGateway | None:
+    """An attempt's tool gateway: only under a role contract, and with tools to call."""
+    if contract is None or tools is None:
+        return None
+    return ToolGateway(
+        tools,
+        contract,
+        approver,
+        BusRecorder(bus),
+        run_id=a.run_id,
+        task_id=a.task_id,
+        attempt=a.attempt,
+        agent_id=agent_id,
+        bus=bus,
+    )

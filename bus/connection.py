@@ -32,8 +32,9 @@ from nats.js.api import (
 )
 
 from bus import subjects, tracecontext
-from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, from_msgpack, to_msgpack
+from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
 from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
+from bus.protocol import ErrorReply
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
@@ -46,10 +47,13 @@ class Incoming:
     every decoder stays one strict msgpack decoder, and its reply goes back as JSON.
     """
 
-    __slots__ = ("_msg", "data", "encoding", "subject", "trace")
+    __slots__ = ("_msg", "data", "encoding", "refused", "subject", "trace")
 
     def __init__(self, msg: Msg) -> None:
         self._msg = msg
+        self.refused = ""
+        """Set once this message was answered with an `error` reply: what was refused
+        (discovery counts it as the endpoint's error)."""
         self.subject: str = msg.subject
         headers = msg.headers or {}
         self.encoding: str = headers.get(ENCODING_HEADER, "")
@@ -75,8 +79,16 @@ class Incoming:
             return 0
 
     async def reply(self, payload: bytes) -> None:
+        if payload[1:12] == _ERROR_MARK:
+            self.refused = _refusal(payload)
         if self._msg.reply:
             await self._msg.respond(from_msgpack(payload, self.encoding))
+
+    async def answer(self, data: bytes) -> None:
+        """Reply with exactly these bytes, whatever Baton encoding was asked for: the
+        answer of another protocol (NATS micro's JSON)."""
+        if self._msg.reply:
+            await self._msg.respond(data)
 
     async def ack(self) -> None:
         await self._msg.ack()
@@ -92,6 +104,20 @@ class Incoming:
 
 
 Handler = Callable[[Incoming], Awaitable[None]]
+
+_ERROR_MARK = b"\xa4kind\xa5error"
+"""What follows the map header of an encoded `error` reply (its tag comes first)."""
+_error: Decoder[ErrorReply] = Decoder(ErrorReply)
+
+
+def _refusal(payload: bytes) -> str:
+    """`<error>: <detail>` of an encoded `error` reply."""
+    try:
+        refused = _error.decode(payload)
+    except MalformedMessage:
+        return "error"
+    return f"{refused.error}: {refused.detail}" if refused.detail else refused.error
+
 
 RECONNECT_WAIT_S = 0.5
 """Between two tries to reconnect to a server that went away."""

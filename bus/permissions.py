@@ -22,6 +22,19 @@ from bus import subjects
 from bus.contracts import RoleContract
 from bus.nkey import check_public_user_key
 
+_SERVICES = (subjects.AGENT_SERVICE, subjects.ORCHESTRATOR_SERVICE)
+DISCOVERY_ASKS = [
+    subject
+    for verb in subjects.DISCOVERY_VERBS
+    for subject in (
+        subjects.discovery(verb),
+        *(subjects.discovery(verb, name) for name in _SERVICES),
+        *(f"{subjects.discovery(verb, name)}.*" for name in _SERVICES),
+    )
+]
+"""What a person may ask of Baton's micro services (`nats micro ls`, `info`, `stats`):
+PING, INFO and STATS of all services, of Baton's two kinds, and of one instance of them."""
+
 
 class Permissions(msgspec.Struct, frozen=True):
     """Subjects a user may publish to and subscribe to (everything else is refused)."""
@@ -59,7 +72,9 @@ def person_identity(login: str) -> str:
 def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissions:
     """What one agent may do: under a role contract, only that role's calls for proposals
     and that contract's tools; without contracts (open mode) any role's calls and any
-    tool. In both, it receives only its own assignments and publishes only as itself."""
+    tool. In both, it receives only its own assignments and publishes only as itself;
+    it hears the discovery requests for all services, for `baton-agent`, and for itself
+    by its id (never another agent's), and answers them as replies."""
     agent_id = subjects.token(agent_id)
     tools = [subjects.TOOL_CALL_ALL]
     if contract is not None:
@@ -79,6 +94,7 @@ def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissio
             subjects.cfp(contract.name) if contract is not None else subjects.CFP_ALL,
             f"baton.tool.decision.{agent_id}.*",
             f"{inbox_prefix(agent_id)}.>",
+            *subjects.discovery_all(subjects.AGENT_SERVICE, agent_id),
         ],
         allow_responses=True,
     )
@@ -89,8 +105,9 @@ def human_permissions(person: str) -> Permissions:
     `agents`, `health`), start runs (`submit`), get credentials for an agent started by
     hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), issue, revoke and list agents' credentials as this person
-    (`creds`), decide tool calls (`baton tool approve|deny`), and watch progress
-    and the tool calls the orchestrator passes on for approval; no more."""
+    (`creds`), decide tool calls (`baton tool approve|deny`), watch progress and the
+    tool calls the orchestrator passes on for approval, and ask Baton's micro services
+    who is there (`nats micro ls`, `DISCOVERY_ASKS`); no more."""
     return Permissions(
         publish=[
             subjects.API_STATUS,
@@ -101,6 +118,7 @@ def human_permissions(person: str) -> Permissions:
             subjects.creds(person),
             subjects.run_control(person),
             subjects.TOOL_DECISIONS_ALL,
+            *DISCOVERY_ASKS,
         ],
         subscribe=["baton.events.*", "baton.tool.prompt.*", f"{inbox_prefix(person)}.>"],
     )

@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from bus import protocol, protocol_guide
+from bus import discovery, protocol, protocol_guide, subjects
 from bus.codec import ENCODING_HEADER, MAX_DEPTH, MAX_MESSAGE_BYTES
 from bus.protocol_doc_governed import LOGGING_IN, contract_digest
 
@@ -162,6 +162,65 @@ report was unanswered or answered with an `error`); after a refusal, never again
 """  # noqa: E501
 
 
+DISCOVERY = f"""
+## Discovery (NATS micro services)
+
+Every agent process and every orchestrator is also a NATS micro service (NATS ADR-32,
+`io.nats.micro.v1`), so the NATS ecosystem's own tools list them. `<VERB>` is one of
+{", ".join(f"`{v}`" for v in subjects.DISCOVERY_VERBS)}; a request's payload is ignored;
+each service replies once, in JSON whatever `{ENCODING_HEADER}` says, with a
+`{discovery.PING_TYPE}`, `{discovery.INFO_TYPE}` or `{discovery.STATS_TYPE}`.
+
+| subject | who answers |
+| --- | --- |
+| `$SRV.<VERB>` | every service on the bus, Baton's and others' |
+| `$SRV.<VERB>.{subjects.AGENT_SERVICE}` | every agent process |
+| `$SRV.<VERB>.{subjects.AGENT_SERVICE}.<agent_id>` | that agent: its service id is its agent id |
+| `$SRV.<VERB>.{subjects.ORCHESTRATOR_SERVICE}` | every orchestrator |
+| `$SRV.<VERB>.{subjects.ORCHESTRATOR_SERVICE}.<id>` | that orchestrator: a random id per process |
+
+`version` is Baton's release. `metadata` (strings only) always holds `protocol`:
+`"{discovery.PROTOCOL_VERSION}"`, the version of this document's protocol; and
+
+- an agent's: `role`, `agent_id`, `instance` (as in its heartbeats), `contract_digest`
+  (`""` without contracts), `capacity`, `load` (attempts it holds now) and `state`
+  (`serving`, `draining`, or `waiting` / `refused` while another process owns its id);
+- an orchestrator's: `role` (`orchestrator`), `runs` (the unfinished runs it serves)
+  and `agents` (the live agents it routes to).
+
+`load`, `state`, `runs` and `agents` are read at each answer: ADR-32 calls metadata
+immutable, and these four are live on purpose; the rest never change in a process's life.
+
+`INFO` and `STATS` list as endpoints the subjects the process really serves, with
+`queue_group` `""` (plain subscriptions): an agent's `assign`, `control` and `cfp`; an
+orchestrator's `report`, `heartbeat`, `run-start`, `run-control`, `bids`,
+`tool-approval`, `status`, `health` and `agents`. Their statistics count the messages
+the handler took (`num_requests`), those it failed on or answered with an `error` reply
+(`num_errors`, `last_error`), and the nanoseconds spent in the handler
+(`processing_time`): for an assignment until its ack, not the attempt's work; for a
+report until it is queued (its `task.report.ack` follows once it is durable). Counts
+start at zero with the process.
+
+Discovery says who is there and how busy; it is no authority. Routing and ownership go
+by heartbeats and by the login a message came from, never by a discovery reply.
+
+On Baton's embedded server an agent's login may subscribe to `$SRV.<VERB>`,
+`$SRV.<VERB>.{subjects.AGENT_SERVICE}` and `$SRV.<VERB>.{subjects.AGENT_SERVICE}.<its own agent_id>`, and answer
+what comes there; the person's login may ask `$SRV.<VERB>`, and
+`$SRV.<VERB>.{subjects.AGENT_SERVICE}` or `$SRV.<VERB>.{subjects.ORCHESTRATOR_SERVICE}`, each with or without
+an `.<id>`. An agent in another language should answer discovery the same way; one that
+does not still joins and works. With the person's login (the `url` in
+`.baton/nats/person.json`; its inbox prefix is `_INBOX_human_<login>`):
+
+```sh
+nats --server "$URL" --inbox-prefix _INBOX_human_<login> micro ls
+nats --server "$URL" --inbox-prefix _INBOX_human_<login> micro info {subjects.AGENT_SERVICE} <agent_id>
+nats --server "$URL" --inbox-prefix _INBOX_human_<login> micro stats {subjects.ORCHESTRATOR_SERVICE}
+```
+"""  # noqa: E501
+"""The Discovery section, rendered after the messages."""
+
+
 def _normalised(node: Any) -> Any:
     """The schema in one form whatever msgspec or Python release made it: descriptions
     cleaned as `inspect.cleandoc` does (releases strip docstring indentation differently),
@@ -212,6 +271,7 @@ def render() -> str:
             f"\n### `{tag}` ({message.__name__})\n\n{doc}\n\n"
             f"- {direction}, on {subject}\n\n```json\n{schema}\n```\n"
         )
+    parts.append(DISCOVERY)
     parts.append(CONFORMANCE)
     return "".join(parts)
 

@@ -222,3 +222,34 @@ def bid_sender(subject: str) -> tuple[str, str]:
     if len(parts) != 4 or parts[:2] != ["baton", "bids"]:
         raise InvalidSubjectToken(subject)
     return token(parts[2]), token(parts[3])
+
+
+DISCOVERY_PREFIX = "$SRV"
+DISCOVERY_VERBS = ("PING", "INFO", "STATS")
+AGENT_SERVICE = "baton-agent"
+"""The NATS micro service name every agent process answers discovery to."""
+ORCHESTRATOR_SERVICE = "baton-orchestrator"
+"""The NATS micro service name every orchestrator process answers discovery to."""
+
+
+def discovery(verb: str, name: str = "", service_id: str = "") -> str:
+    """Anyone → micro services (request, replies from each; NATS ADR-32): `$SRV.<verb>`
+    reaches every service, `$SRV.<verb>.<name>` every one of that name, and
+    `$SRV.<verb>.<name>.<id>` one instance; the verbs are PING, INFO and STATS."""
+    if verb not in DISCOVERY_VERBS:
+        raise InvalidSubjectToken(verb)
+    subject = f"{DISCOVERY_PREFIX}.{verb}"
+    if name:
+        subject += f".{token(name)}"
+        if service_id:
+            subject += f".{token(service_id)}"
+    return subject
+
+
+def discovery_all(name: str, service_id: str) -> list[str]:
+    """Every subject one micro service instance answers on: three per verb."""
+    return [
+        discovery(verb, *scope)
+        for verb in DISCOVERY_VERBS
+        for scope in ((), (name,), (name, service_id))
+    ]

@@ -267,6 +267,13 @@ PUBLISH = [  # subject, (agent alice may, the person may), the same in both mode
     (subjects.creds(PERSON), (False, True)),
     (subjects.creds("human:someone_else"), (False, False)),
     (subjects.API_AGENTS, (False, True)),
+    # discovery (NATS micro): the person asks, as `nats micro ls` does; agents only answer
+    (subjects.discovery("PING"), (False, True)),
+    (subjects.discovery("INFO", subjects.AGENT_SERVICE), (False, True)),
+    (subjects.discovery("STATS", subjects.AGENT_SERVICE, "bob"), (False, True)),
+    (subjects.discovery("PING", subjects.ORCHESTRATOR_SERVICE, "o1"), (False, True)),
+    (subjects.discovery("INFO", "someone-elses-service"), (False, False)),
+    (subjects.discovery("STATS", subjects.AGENT_SERVICE, "bob") + ".deeper", (False, False)),
 ]
 SUBSCRIBE = [  # subject, (agent alice may read it, the person may)
     (subjects.assign("bob"), (False, False)),
@@ -282,6 +289,13 @@ SUBSCRIBE = [  # subject, (agent alice may read it, the person may)
     (subjects.run_control(PERSON), (False, False)),
     (subjects.API_ADMIT, (False, False)),
     (subjects.creds(PERSON), (False, False)),
+    # discovery requests: an agent hears those for all, for agents, and for itself
+    (subjects.discovery("PING"), (True, False)),
+    (subjects.discovery("INFO", subjects.AGENT_SERVICE), (True, False)),
+    (subjects.discovery("STATS", subjects.AGENT_SERVICE, "alice"), (True, False)),
+    (subjects.discovery("STATS", subjects.AGENT_SERVICE, "bob"), (False, False)),
+    (subjects.discovery("INFO", subjects.ORCHESTRATOR_SERVICE), (False, False)),
+    (subjects.discovery("PING", "someone-elses-service"), (False, False)),
 ]
 
 
@@ -312,6 +326,7 @@ def test_every_identity_and_subject_in_every_mode(tmp_path: Path, mode: str) -> 
                 await stack.bus.publish(readable, b"control")
                 await got.until(readable)
                 await stack.bus.subscribe("baton.>", published.on)  # from here on: theirs
+                await stack.bus.subscribe("$SRV.>", published.on)
                 for subject, _ in PUBLISH:
                     await bus.publish(mine(subject, me), b"x")
                 await bus.publish(controls[who], b"control")

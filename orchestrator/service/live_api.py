@@ -10,9 +10,9 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Protocol, get_args
 
-from bus import subjects
+from bus import discovery, subjects
 from bus.codec import Decoder, encode
-from bus.connection import Bus, Incoming, Subscription
+from bus.connection import Bus, Handler, Incoming, Subscription
 from bus.errors import BusError
 from bus.protocol import ErrorReply, Heartbeat
 from orchestrator.core.run_state import TaskStatus
@@ -99,9 +99,16 @@ def agents_reply(view: LiveView) -> AgentsReply:
 
 
 async def serve(
-    bus: Bus, view: LiveView, wall: Callable[[], float] = time.time
+    bus: Bus,
+    view: LiveView,
+    wall: Callable[[], float] = time.time,
+    service: discovery.Service | None = None,
 ) -> list[Subscription]:
-    """Answer status and agents requests until the subscriptions are dropped."""
+    """Answer status and agents requests until the subscriptions are dropped; with a
+    discovery `service`, as its endpoints (counted)."""
+
+    def counted(name: str, subject: str, handler: Handler) -> Handler:
+        return service.endpoint(name, subject, handler) if service is not None else handler
 
     async def answer(msg: Incoming, make: Callable[[], StatusReply | AgentsReply]) -> None:
         """Reply with what `make` builds; a request that does not decode, or a view that
@@ -134,7 +141,7 @@ async def serve(
         await answer(msg, make)
 
     return [
-        await bus.subscribe(subjects.API_STATUS, on_status),
-        await bus.subscribe(subjects.API_HEALTH, on_health),
-        await bus.subscribe(subjects.API_AGENTS, on_agents),
+        await bus.subscribe(subjects.API_STATUS, counted("status", subjects.API_STATUS, on_status)),
+        await bus.subscribe(subjects.API_HEALTH, counted("health", subjects.API_HEALTH, on_health)),
+        await bus.subscribe(subjects.API_AGENTS, counted("agents", subjects.API_AGENTS, on_agents)),
     ]

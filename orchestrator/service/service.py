@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bus import subjects
+from bus import discovery, subjects
 from bus.connection import Bus, Subscription
 from bus.contracts import Contracts
 from bus.protocol import Heartbeat
@@ -169,6 +169,23 @@ class Orchestrator:
         )
         self._intake: Intake | None = None
         self._subscriptions: list[Subscription] = []
+        self.discovery = discovery.Service(
+            discovery.ORCHESTRATOR,
+            secrets.token_hex(8),
+            self._described,
+            description="Baton orchestrator",
+        )
+        """This process as a NATS micro service (`nats micro ls`): its endpoints count the
+        reports, heartbeats and API requests it handles."""
+
+    def _described(self) -> dict[str, str]:
+        """Discovery metadata: what this orchestrator serves now."""
+        now = self._clock()
+        return {
+            "role": "orchestrator",
+            "runs": str(sum(not state.terminal for state in self._runs.values())),
+            "agents": str(len(self._registry.live(now))),
+        }
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -178,15 +195,17 @@ class Orchestrator:
         await self._system.open()
         await self._bus.ensure_inbox()
         self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
+        serve = partial(self.discovery.serve, self._bus)
         self._subscriptions = [
-            await self._bus.subscribe(subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
-            await self._bus.subscribe(subjects.HEARTBEAT_ALL, self._liveness.on_heartbeat),
-            await self._bus.subscribe(subjects.API_START_RUN_ALL, self._requests.on_start),
-            await self._bus.subscribe(subjects.API_RUN_CONTROL_ALL, self._requests.on_control),
-            await self._bus.subscribe(subjects.BIDS_ALL, self._requests.on_bid),
-            await self._bus.subscribe(subjects.TOOL_APPROVALS_ALL, self._prompts.on_request),
+            await serve("report", subjects.REPORT_ALL, self._intake.offer_fast, inline=True),
+            await serve("heartbeat", subjects.HEARTBEAT_ALL, self._liveness.on_heartbeat),
+            await serve("run-start", subjects.API_START_RUN_ALL, self._requests.on_start),
+            await serve("run-control", subjects.API_RUN_CONTROL_ALL, self._requests.on_control),
+            await serve("bids", subjects.BIDS_ALL, self._requests.on_bid),
+            await serve("tool-approval", subjects.TOOL_APPROVALS_ALL, self._prompts.on_request),
         ]
-        self._subscriptions += await live_api.serve(self._bus, self, self._wall)
+        self._subscriptions += await live_api.serve(self._bus, self, self._wall, self.discovery)
+        await self.discovery.start(self._bus)
         await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
         spawn, run, watch = self._background.spawn, self.loops.run, self._health.watch
@@ -203,6 +222,7 @@ class Orchestrator:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
         self._subscriptions = []
+        await self.discovery.stop()
         await self.memory.stop()
         if self._intake is not None:
             await self._intake.close()
