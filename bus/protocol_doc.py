@@ -166,7 +166,9 @@ DISCOVERY = f"""
 ## Discovery (NATS micro services)
 
 Every agent process and every orchestrator is also a NATS micro service (NATS ADR-32,
-`io.nats.micro.v1`), so the NATS ecosystem's own tools list them. `<VERB>` is one of
+`io.nats.micro.v1`, subjects under `{subjects.DISCOVERY_PREFIX}`), named
+`{subjects.AGENT_SERVICE}` and `{subjects.ORCHESTRATOR_SERVICE}`, so the NATS ecosystem's
+own tools list them. `<VERB>` is one of
 {", ".join(f"`{v}`" for v in subjects.DISCOVERY_VERBS)}; a request's payload is ignored;
 each service replies once, in JSON whatever `{ENCODING_HEADER}` says, with a
 `{discovery.PING_TYPE}`, `{discovery.INFO_TYPE}` or `{discovery.STATS_TYPE}`.
