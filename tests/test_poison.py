@@ -22,7 +22,7 @@ from agents.sdk import TaskContext
 from bus import subjects
 from bus.codec import ENCODING_HEADER, encode
 from bus.connection import Bus
-from bus.protocol import TaskResult
+from bus.protocol import ReportVerdict, TaskResult
 from orchestrator.core.commands import Command, ReportResult
 from orchestrator.core.events import (
     AgentLost,
@@ -156,12 +156,16 @@ def test_a_message_whose_handling_keeps_failing_is_dead_lettered(
             pipeline = c.orchestrator._pipeline
             decide = pipeline.decide
 
-            def failing(run: str, items: Sequence[tuple[Command, Cause]]) -> Decision | None:
+            def failing(
+                run: str,
+                items: Sequence[tuple[Command, Cause]],
+                verdicts: list[ReportVerdict] | None = None,
+            ) -> Decision | None:
                 """A bug in deciding, that only a poisoned report triggers."""
                 for command, _ in items:
                     if isinstance(command, ReportResult) and command.result.output.get("poison"):
                         raise RuntimeError("boom")
-                return decide(run, items)
+                return decide(run, items, verdicts)
 
             monkeypatch.setattr(pipeline, "decide", failing)
             inbox = subjects.inbox(run_id, agent_id)
