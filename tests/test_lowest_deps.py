@@ -69,7 +69,7 @@ def test_the_suite_passes_on_the_lowest_supported_releases(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     suite = subprocess.run(
         [
-            python, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
+            python, "-m", "pytest", "-q", "-x", "-n", "2", "-p", "no:cacheprovider",
             "-m", "not local_llm and not lowest_deps", "--deselect", "tests/test_lint.py",
         ],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=1800,
