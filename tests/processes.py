@@ -5,6 +5,7 @@ with hand-started agents (its address, an agent's admitted login, a submitted ru
 
 from __future__ import annotations
 
+import json
 import re
 import sqlite3
 import subprocess
@@ -58,6 +59,19 @@ def until(check: Callable[[], bool], timeout: float, what: str) -> None:
 def research_running(state: Path) -> bool:
     """Whether the plan and all three research tasks have been handed out."""
     return event_types(state).count("task.assigned") >= 4
+
+
+def research_held(state: Path) -> bool:
+    """Whether the agents themselves say (in their heartbeats, as `baton agents` shows)
+    that they hold the three research tasks: sent and taken, not only recorded."""
+    done = subprocess.run(
+        baton("agents", "--json", "--state-dir", str(state)),
+        capture_output=True, text=True, cwd=REPO, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        return False
+    held: list[str] = [h["task_id"] for a in json.loads(done.stdout)["agents"] for h in a["held"]]
+    return sum(task.startswith("research") for task in held) >= 3
 
 
 def children(pid: int) -> list[int]:

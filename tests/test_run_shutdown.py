@@ -15,6 +15,7 @@ from orchestrator.cli.main import EXIT_INTERRUPTED, EXIT_UNFINISHED
 from tests.processes import (
     alive,
     children,
+    research_held,
     research_running,
     slow_research,
     start_baton,
@@ -62,8 +63,7 @@ def test_agents_die_with_a_baton_run_killed_mid_task(tmp_path: Path) -> None:
     state = tmp_path / "state"
     run = start_baton(tmp_path / "run.log", "run", str(workflow), "--state-dir", str(state))
     try:
-        until(lambda: research_running(state), 60, "the research tasks to start")
-        time.sleep(0.5)  # recorded as assigned: the agents hold them a moment later
+        until(lambda: research_held(state), 60, "the agents to hold the research tasks")
         started = children(run.pid)  # nats-server and five agents, three of them busy
         assert len(started) == 6, started
         os.kill(run.pid, signal.SIGKILL)
