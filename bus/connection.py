@@ -291,16 +291,7 @@ class Bus:
         self, subject: str, payload: bytes, timeout: float, trace: TraceContext | None = None
     ) -> bytes:
         """One request, one reply; no responder or no reply in time is `RequestFailed`."""
-        try:
-            msg = await self._nc.request(
-                subject, payload, timeout=timeout, headers=_headers(trace) or None
-            )
-        except nats.errors.NoRespondersError as exc:
-            raise NoResponders(f"{subject}: {type(exc).__name__}") from exc
-        except nats.errors.TimeoutError as exc:
-            raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
-        except nats.errors.Error as exc:
-            raise RequestFailed(f"{subject}: {exc}") from exc
+        msg = await self._request(subject, payload, timeout, _headers(trace) or None)
         encoding = (msg.headers or {}).get(ENCODING_HEADER, "")
         return to_msgpack(bytes(msg.data), encoding)  # a JSON reply is decoded like msgpack
 
@@ -311,16 +302,21 @@ class Bus:
         (the reply as msgpack, the encoding its header named, its size on the wire), for
         a peer that must answer in the encoding it was asked in. Failures as `request`."""
         headers = {ENCODING_HEADER: encoding} if encoding and encoding != "msgpack" else None
+        msg = await self._request(subject, payload, timeout, headers)
+        answered_in = (msg.headers or {}).get(ENCODING_HEADER, "")
+        return to_msgpack(bytes(msg.data), answered_in), answered_in, len(msg.data)
+
+    async def _request(
+        self, subject: str, payload: bytes, timeout: float, headers: dict[str, str] | None
+    ) -> Msg:
         try:
-            msg = await self._nc.request(subject, payload, timeout=timeout, headers=headers)
+            return await self._nc.request(subject, payload, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.TimeoutError as exc:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.Error as exc:
             raise RequestFailed(f"{subject}: {exc}") from exc
-        answered_in = (msg.headers or {}).get(ENCODING_HEADER, "")
-        return to_msgpack(bytes(msg.data), answered_in), answered_in, len(msg.data)
 
     async def subscribe(
         self, subject: str, handler: Handler, queue: str = "", *, inline: bool = False
