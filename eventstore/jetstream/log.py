@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Final
 
@@ -14,6 +16,7 @@ import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 
 from eventstore.errors import StorageError
 from eventstore.jetstream.schema import Layout, decode_event
@@ -32,6 +35,52 @@ def storage_error(action: str, error: BaseException) -> StorageError:
     return failure
 
 
+STREAM_WAIT_S: Final = 30.0
+"""How long creating a stream waits for a JetStream cluster to have a quorum."""
+_NOT_CLUSTERED: Final = 10074
+_INSUFFICIENT_RESOURCES: Final = 10023
+log = logging.getLogger("baton.eventstore")
+
+
+async def create_stream(js: JetStreamContext, config: api.StreamConfig, wait_s: float) -> None:
+    """Add the stream `config` describes. A cluster without a JetStream quorum, or with
+    fewer servers up than its replicas, is waited for (one log line says so) for at most
+    `wait_s` seconds; replicas a server can never hold (it is not clustered) are refused at
+    once with a `StorageError` that says so."""
+    deadline = time.monotonic() + wait_s
+    said = False
+    while True:
+        try:
+            await js.add_stream(config)
+            return
+        except nats.js.errors.APIError as error:
+            if error.err_code == _NOT_CLUSTERED:
+                raise StorageError(
+                    f"cannot create stream {config.name} with {config.num_replicas} "
+                    f"replicas: the NATS server is not a JetStream cluster ({error.description})"
+                ) from error
+            waitable = error.err_code == _INSUFFICIENT_RESOURCES or error.code == 503
+            failure: BaseException = error
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            waitable, failure = True, e
+        left = deadline - time.monotonic()
+        if not waitable or left <= 0:
+            if said:
+                raise StorageError(
+                    f"cannot create stream {config.name} ({config.num_replicas} replicas): "
+                    f"no JetStream quorum within {wait_s:g}s ({failure!r})"
+                ) from failure
+            raise failure
+        if not said:
+            log.warning(
+                "waiting up to %gs for a JetStream quorum to create stream %s with %d "
+                "replicas (%r)",
+                wait_s, config.name, config.num_replicas, failure,
+            )  # fmt: skip
+            said = True
+        await asyncio.sleep(min(1.0, left))
+
+
 class JetStreamLog:
     """The connection `nc` to the log named by `layout`; every request waits at most
     `timeout` seconds."""
@@ -42,9 +91,10 @@ class JetStreamLog:
         self.layout = layout
         self.timeout = timeout
 
-    async def ensure_stream(self, replicas: int) -> None:
-        """Create the log stream if it is missing; allow atomic batches and direct gets
-        on one created before they existed."""
+    async def ensure_stream(self, replicas: int, wait_s: float = STREAM_WAIT_S) -> None:
+        """Create the log stream if it is missing (waiting up to `wait_s` for a cluster's
+        quorum, see `create_stream`); allow atomic batches and direct gets on one created
+        before they existed."""
         name = self.layout.name
         try:
             info = await self.js.stream_info(name)
@@ -54,7 +104,7 @@ class JetStreamLog:
             raise storage_error("looking up the JetStream stream", error) from error
         try:
             if info is None:
-                await self.js.add_stream(self.layout.log_config(replicas))
+                await create_stream(self.js, self.layout.log_config(replicas), wait_s)
             elif not (info.config.allow_atomic and info.config.allow_direct):
                 updated = info.config.evolve(allow_atomic=True, allow_direct=True)
                 await self.js.update_stream(updated)
