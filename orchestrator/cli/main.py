@@ -27,7 +27,14 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
+from orchestrator.cli import (
+    approvals,
+    audit_verify,
+    configured,
+    liveness_options,
+    log_commands,
+    render,
+)
 from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
@@ -43,7 +50,7 @@ from orchestrator.core.errors import (
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import AgentSpec, ContractsRef
 from orchestrator.service import journal, serve
-from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_path
+from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_name
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
 from orchestrator.service.workflow_files import contracts_file, load, parse_input
@@ -67,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id")
 
     for serving in (run, resume):
-        serving.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+        serving.add_argument("--nats", default=None,
                              help="use this NATS server instead of starting one")  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
@@ -88,13 +95,13 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
-    serve.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+    serve.add_argument("--nats", default=None,
                        help="use this NATS server instead of starting one")  # fmt: skip
 
     submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
     submit.add_argument("workflow", help="workflow TOML file")
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
-    submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+    submit.add_argument("--nats", default=None,
                         help="the NATS server the orchestrator serves on (default: "
                              "$BATON_NATS_URL, else the embedded server of --state-dir, "
                              "as you)")  # fmt: skip
@@ -159,6 +166,9 @@ def _parser() -> argparse.ArgumentParser:
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
     obs_cli.add_parsers(sub)
+    for name, command in sub.choices.items():
+        if name not in ("agent", "tool"):  # they parse their own flags
+            configured.add_flags(command)
     return p
 
 
@@ -244,13 +254,20 @@ async def _serve(
     contracts = load_contracts(contracts_path) if contracts_path else None
     ttl, heartbeat_s = liveness_options.timing(args)
     stack = await bootstrap(
-        directory, args.nats, contracts=contracts, agent_ttl=ttl, heartbeat_s=heartbeat_s
+        directory,
+        args.nats,
+        contracts=contracts,
+        agent_ttl=ttl,
+        heartbeat_s=heartbeat_s,
+        config=args.config,
     )
     agents = AgentProcesses(directory / "logs")
     asking: approvals.Approvals | None = None
     grace = CUT_SHORT_GRACE_S  # until the run has ended
     try:
-        print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
+        print(
+            f"baton: NATS {shown(stack.nats_url)}, event store {store_name(directory, args.config)}"
+        )
         began = [time.monotonic()]
 
         async def show(msg: Incoming) -> None:
@@ -331,7 +348,11 @@ def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
 async def _serve_only(args: argparse.Namespace) -> int:
     ttl, heartbeat_s = liveness_options.timing(args)
     return await serve.serve(
-        state_dir(args.state_dir), args.nats, agent_ttl=ttl, heartbeat_s=heartbeat_s
+        state_dir(args.state_dir),
+        args.nats,
+        agent_ttl=ttl,
+        heartbeat_s=heartbeat_s,
+        config=args.config,
     )
 
 
@@ -389,7 +410,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace) -> int:
-    store = await log_commands.existing_store(args.state_dir)
+    store = await log_commands.existing_store(args)
     try:
         state = await journal.load_run(store, args.run_id)
     finally:
@@ -465,6 +486,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:
+        configured.configure(args)  # a bad baton.toml, variable or flag: exit 2, nothing done
         configure_logging()
         return int(loop.run(command(args)))
     except BrokenPipeError:  # output piped into `head` and the like
