@@ -363,34 +363,38 @@ class Bus:
         said = False
         while True:
             try:
-                try:
-                    await self._js.add_stream(config)
-                except nats.js.errors.BadRequestError as exc:
-                    if replicas > 1 and exc.err_code == NOT_CLUSTERED:
-                        raise
-                    await self._js.update_stream(config)
+                await self._add_or_update(config)
                 return
-            except nats.js.errors.BadRequestError as exc:
+            except (nats.errors.Error, TimeoutError) as exc:
+                failure: Exception = exc
+            if isinstance(failure, nats.js.errors.APIError) and failure.err_code == NOT_CLUSTERED:
                 raise BusError(
                     f"cannot create stream {subjects.INBOX_STREAM} with {replicas} replicas: "
-                    f"the NATS server is not a JetStream cluster ({exc.description})"
-                ) from exc
-            except (nats.errors.Error, TimeoutError) as exc:
-                left = deadline - time.monotonic()
-                if not quorum_wait(exc) or left <= 0:
-                    raise BusError(
-                        f"cannot create stream {subjects.INBOX_STREAM} ({replicas} replicas): "
-                        f"{exc or type(exc).__name__}"
-                        + (f"; no JetStream quorum within {wait_s:g}s" if said else "")
-                    ) from exc
-                if not said:
-                    log.warning(
-                        "waiting up to %gs for a JetStream quorum to create stream %s with "
-                        "%d replicas (%s)", wait_s, subjects.INBOX_STREAM, replicas,
-                        exc or type(exc).__name__,
-                    )  # fmt: skip
-                    said = True
-                await asyncio.sleep(min(1.0, max(0.0, left)))
+                    f"the NATS server is not a JetStream cluster ({failure.description})"
+                ) from failure
+            left = deadline - time.monotonic()
+            if not quorum_wait(failure) or left <= 0:
+                waited = f"; no JetStream quorum within {wait_s:g}s" if left <= 0 else ""
+                raise BusError(
+                    f"cannot create stream {subjects.INBOX_STREAM} ({replicas} replicas): "
+                    f"{failure or type(failure).__name__}{waited}"
+                ) from failure
+            if not said:
+                log.warning(
+                    "waiting up to %gs for a JetStream quorum to create stream %s with %d "
+                    "replicas (%s)", wait_s, subjects.INBOX_STREAM, replicas,
+                    failure or type(failure).__name__,
+                )  # fmt: skip
+                said = True
+            await asyncio.sleep(min(1.0, left))
+
+    async def _add_or_update(self, config: StreamConfig) -> None:
+        try:
+            await self._js.add_stream(config)
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == NOT_CLUSTERED:
+                raise
+            await self._js.update_stream(config)  # it is there, made otherwise
 
     async def purge_inbox(self, run_id: str) -> None:
         """Drop whatever the durable inbox holds for one run (a run no orchestrator will

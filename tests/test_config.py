@@ -21,7 +21,8 @@ def test_nothing_configured_is_todays_default() -> None:
     config = merge(None, {}, {})
     assert config == Config()
     assert (config.store, config.replicas, config.nats, config.jetstream) == ("", 1, (), False)
-    assert config.sqlite_path == "" and config.nats_url == ""
+    assert config.sqlite_path == ""
+    assert config.nats_url == ""
 
 
 def test_a_full_file() -> None:
@@ -35,7 +36,8 @@ def test_a_full_file() -> None:
         {},
         {},
     )
-    assert config.jetstream and config.replicas == 3
+    assert config.jetstream
+    assert config.replicas == 3
     assert config.nats == ("nats://a:4222", "tls://b:4222")
     assert config.nats_url == "nats://a:4222,tls://b:4222"
     assert config.environ() == {
@@ -68,7 +70,7 @@ def test_an_empty_variable_is_not_set() -> None:
         ('store = "postgres:x"\n', f"{FILE} line 1", "store"),
         ('store = "sqlite:"\n', f"{FILE} line 1", "store"),
         ('nats = ["http://a:80"]\n', f"{FILE} line 1", "nats"),
-        ('nats = [1]\n', f"{FILE} line 1", "nats"),
+        ("nats = [1]\n", f"{FILE} line 1", "nats"),
         ('store = "jetstream"\n', f"{FILE} line 1", "store"),
         ('tls_cert = "c.pem"\n', f"{FILE} line 1", "tls_cert"),
         ('creds = "a"\nnkey = "b"\n', f"{FILE} line 2", "nkey"),
@@ -107,7 +109,8 @@ def test_a_bad_variable_or_flag_names_itself(
 def test_a_later_source_can_mend_an_earlier_ones_combination() -> None:
     # the file alone is refused (jetstream needs servers); the flag completes it
     config = merge(_file('store = "jetstream"\n'), {}, {"nats": "nats://a:1"})
-    assert config.jetstream and config.nats == ("nats://a:1",)
+    assert config.jetstream
+    assert config.nats == ("nats://a:1",)
 
 
 _VALUES = {

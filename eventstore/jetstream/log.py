@@ -9,7 +9,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import nats.errors
@@ -43,15 +43,23 @@ log = logging.getLogger("baton.eventstore")
 
 
 async def create_stream(js: JetStreamContext, config: api.StreamConfig, wait_s: float) -> None:
-    """Add the stream `config` describes. A cluster without a JetStream quorum, or with
-    fewer servers up than its replicas, is waited for (one log line says so) for at most
-    `wait_s` seconds; replicas a server can never hold (it is not clustered) are refused at
-    once with a `StorageError` that says so."""
+    """Add the stream `config` describes (see `until_quorum`)."""
+    await until_quorum(lambda: js.add_stream(config), config, wait_s)
+
+
+async def until_quorum(
+    action: Callable[[], Awaitable[object]], config: api.StreamConfig, wait_s: float
+) -> None:
+    """Do `action` (look up, create the stream `config` describes). A cluster without a
+    JetStream quorum, or with fewer servers up than its replicas, is waited for (one log
+    line says so) for at most `wait_s` seconds; replicas a server can never hold (it is
+    not clustered) are refused at once. Both with a `StorageError` that says so; any
+    other failure is raised as it is."""
     deadline = time.monotonic() + wait_s
-    said = False
+    said = False  # the one line that says it waits
     while True:
         try:
-            await js.add_stream(config)
+            await action()
             return
         except nats.js.errors.APIError as error:
             if error.err_code == _NOT_CLUSTERED:
@@ -64,18 +72,17 @@ async def create_stream(js: JetStreamContext, config: api.StreamConfig, wait_s: 
         except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
             waitable, failure = True, e
         left = deadline - time.monotonic()
-        if not waitable or left <= 0:
-            if said:
-                raise StorageError(
-                    f"cannot create stream {config.name} ({config.num_replicas} replicas): "
-                    f"no JetStream quorum within {wait_s:g}s ({failure!r})"
-                ) from failure
+        if not waitable:
             raise failure
+        if left <= 0:
+            raise StorageError(
+                f"cannot create stream {config.name} ({config.num_replicas} replicas): "
+                f"no JetStream quorum within {wait_s:g}s ({failure!r})"
+            ) from failure
         if not said:
             log.warning(
                 "waiting up to %gs for a JetStream quorum to create stream %s with %d "
-                "replicas (%r)",
-                wait_s, config.name, config.num_replicas, failure,
+                "replicas (%r)", wait_s, config.name, config.num_replicas, failure,
             )  # fmt: skip
             said = True
         await asyncio.sleep(min(1.0, left))
@@ -96,18 +103,20 @@ class JetStreamLog:
         quorum, see `create_stream`); allow atomic batches and direct gets on one created
         before they existed."""
         name = self.layout.name
-        try:
-            info = await self.js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            info = None
-        except NATS_ERRORS as error:
-            raise storage_error("looking up the JetStream stream", error) from error
-        try:
-            if info is None:
-                await create_stream(self.js, self.layout.log_config(replicas), wait_s)
-            elif not (info.config.allow_atomic and info.config.allow_direct):
+        config = self.layout.log_config(replicas)
+
+        async def ensure() -> None:
+            try:
+                info = await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(config)
+                return
+            if not (info.config.allow_atomic and info.config.allow_direct):
                 updated = info.config.evolve(allow_atomic=True, allow_direct=True)
                 await self.js.update_stream(updated)
+
+        try:
+            await until_quorum(ensure, config, wait_s)
         except NATS_ERRORS as error:
             raise storage_error("creating the JetStream stream", error) from error
 

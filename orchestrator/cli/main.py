@@ -27,19 +27,13 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import (
-    approvals,
-    audit_verify,
-    configured,
-    liveness_options,
-    log_commands,
-    render,
-)
+from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
 from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
+from orchestrator.cli.configured import add_flags, configure
 from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
@@ -168,7 +162,7 @@ def _parser() -> argparse.ArgumentParser:
     obs_cli.add_parsers(sub)
     for name, command in sub.choices.items():
         if name not in ("agent", "tool"):  # they parse their own flags
-            configured.add_flags(command)
+            add_flags(command)
     return p
 
 
@@ -486,7 +480,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:
-        configured.configure(args)  # a bad baton.toml, variable or flag: exit 2, nothing done
+        configure(args)  # a bad baton.toml, variable or flag: exit 2, nothing done
         configure_logging()
         return int(loop.run(command(args)))
     except BrokenPipeError:  # output piped into `head` and the like

@@ -73,7 +73,8 @@ def store_name(directory: Path, config: Config = DEFAULT_CONFIG) -> str:
     """Where the log is, as a person reads it."""
     if config.jetstream:
         shown = ",".join(u.rpartition("@")[2] for u in config.nats)
-        return f"JetStream stream {JETSTREAM_STREAM} ({config.replicas} replicas) on {shown}"
+        copies = f"{config.replicas} replica{'s' if config.replicas > 1 else ''}"
+        return f"JetStream stream {JETSTREAM_STREAM} ({copies}) on {shown}"
     return str(store_path(directory, config))
 
 
