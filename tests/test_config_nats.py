@@ -135,7 +135,16 @@ def test_a_run_keeps_its_log_on_jetstream_as_baton_toml_says(tmp_path: Path) -> 
 
 def test_a_bad_baton_toml_is_exit_2_and_changes_nothing(tmp_path: Path) -> None:
     (tmp_path / "baton.toml").write_text('store = "jetstream"\nreplica = 3\n')
-    for args in (("run", str(EXAMPLE)), ("audit", "verify"), ("status",), ("import", "x")):
+    commands = (
+        ("run", str(EXAMPLE)),
+        ("audit", "verify"),
+        ("status",),
+        ("import", "x"),
+        ("tool", "pending"),
+        ("agent", "--role", "greeter", "--handler", "agents.builtin:echo"),
+        ("conformance", "--role", "greeter"),
+    )
+    for args in commands:
         done = _baton(tmp_path, *args, timeout=60)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert "configuration baton.toml line 2: replica: unknown key" in done.stderr
@@ -256,3 +265,56 @@ def test_on_a_three_node_cluster_every_stream_gets_three_replicas(tmp_path: Path
         assert streams["BATON_EVENTS"] == 3
         assert streams[INBOX_STREAM] == 3
         assert all(replicas == 3 for replicas in streams.values()), streams
+
+
+def test_serve_agent_and_submit_all_take_the_cluster_from_baton_toml(tmp_path: Path) -> None:
+    """`baton serve`, `baton agent` and `baton submit` started with no NATS flag in a
+    directory whose baton.toml lists a dead server before the live one: all three reach
+    the live one, and the run's log is on JetStream."""
+    dead = f"nats://127.0.0.1:{_free_port()}"
+    with _server(tmp_path / "nats") as url:
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "baton.toml").write_text(f'store = "jetstream"\nnats = ["{dead}", "{url}"]\n')
+        (work / "wf.toml").write_text(
+            'name = "one"\n[[agents]]\nrole = "worker"\nhandler = "agents.builtin:echo"\n'
+            '[[steps]]\nid = "s"\nrole = "worker"\nparams = { n = 1 }\n'
+        )
+        clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
+        logs = [(work / "serve.log").open("wb"), (work / "agent.log").open("wb")]
+        started = [
+            subprocess.Popen(argv, cwd=work, stdout=log, stderr=subprocess.STDOUT, env=clean)
+            for argv, log in zip(
+                (
+                    baton("serve"),
+                    baton("agent", "--role", "worker", "--handler", "agents.builtin:echo"),
+                ),
+                logs,
+                strict=True,
+            )
+        ]
+        try:
+            deadline = time.monotonic() + 60
+            while "serving on NATS" not in (work / "serve.log").read_text():
+                assert started[0].poll() is None, (work / "serve.log").read_text()
+                assert time.monotonic() < deadline, "baton serve did not serve"
+                time.sleep(0.1)
+            assert "event store JetStream stream BATON_EVENTS" in (work / "serve.log").read_text()
+            submitted = _baton(work, "submit", "wf.toml", timeout=60)
+            assert submitted.returncode == 0, submitted.stderr
+            run_id = submitted.stdout.strip().splitlines()[-1]
+            while True:
+                audit = _baton(work, "audit", "--run", run_id, timeout=60)
+                assert audit.returncode == 0, audit.stderr
+                if "run.completed" in audit.stdout:
+                    break
+                assert started[1].poll() is None, (work / "agent.log").read_text()
+                assert time.monotonic() < deadline + 60, audit.stdout
+                time.sleep(0.3)
+        finally:
+            for process in started:
+                process.terminate()
+                process.wait(15)
+            for log in logs:
+                log.close()
+        assert not (work / ".baton" / "events.db").exists()

@@ -10,7 +10,10 @@ import os
 from bus.config import Config
 from orchestrator.service.bootstrap import load_config, state_dir
 
-PRECEDENCE = "flags over environment over baton.toml (the state directory's, else ./baton.toml)"
+SERVE_NATS_HELP = (
+    "use these NATS servers (comma-separated) instead of starting one (default: "
+    "$BATON_NATS_URL, else baton.toml's nats)"
+)
 
 
 def add_flags(parser: argparse.ArgumentParser) -> None:

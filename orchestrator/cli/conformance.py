@@ -28,7 +28,8 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument(
         "--nats",
         default=None,
-        help="NATS URL, with a login that may act as the orchestrator (default: $BATON_NATS_URL)",
+        help="NATS URL, with a login that may act as the orchestrator (default: "
+        "$BATON_NATS_URL, else baton.toml's nats)",
     )
     p.add_argument(
         "--agent",

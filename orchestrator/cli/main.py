@@ -33,7 +33,7 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
-from orchestrator.cli.configured import add_flags, configure
+from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags, configure
 from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
 
     for serving in (run, resume):
         serving.add_argument("--nats", default=None,
-                             help="use this NATS server instead of starting one")  # fmt: skip
+                             help=SERVE_NATS_HELP)  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0,
@@ -90,15 +90,15 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
     serve.add_argument("--nats", default=None,
-                       help="use this NATS server instead of starting one")  # fmt: skip
+                       help=SERVE_NATS_HELP)  # fmt: skip
 
     submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
     submit.add_argument("workflow", help="workflow TOML file")
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
     submit.add_argument("--nats", default=None,
-                        help="the NATS server the orchestrator serves on (default: "
-                             "$BATON_NATS_URL, else the embedded server of --state-dir, "
-                             "as you)")  # fmt: skip
+                        help="the NATS servers the orchestrator serves on (default: "
+                             "$BATON_NATS_URL, baton.toml's nats, else the embedded "
+                             "server of --state-dir, as you)")  # fmt: skip
     submit.add_argument("--request-id", default="",
                         help="makes the submit idempotent: sent again with the same id, it is "
                              "answered with the run it started (default: a new id, which the "

@@ -64,6 +64,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for command in (status, agents, health):
         command.add_argument("--nats", default=None,
                              help="the orchestrator's NATS (default: $BATON_NATS_URL, else "
+                                  "baton.toml's nats, else "
                                   "the embedded server running for --state-dir)")  # fmt: skip
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
         command.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")

@@ -54,7 +54,8 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
         decide.add_argument(
             "--nats",
             default=None,
-            help="NATS URL (default: $BATON_NATS_URL, else the state directory's server)",
+            help="NATS URLs (default: $BATON_NATS_URL, else baton.toml's nats, else the "
+            "state directory's server)",
         )
     pending = sub.add_parser("pending", help="tool calls waiting for a decision")
     pending.add_argument("--run", help="only this run")

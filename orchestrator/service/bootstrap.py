@@ -10,7 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from bus.config import Config, ConfigError, FileSource, merge
+from bus import config_files
+from bus.config import Config
 from bus.connection import Bus
 from bus.contracts import Contracts
 from bus.nats_options import login_options
@@ -34,33 +35,15 @@ def state_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("BATON_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-CONFIG_FILE = "baton.toml"
-
-
-def config_file(directory: Path) -> Path | None:
-    """The `baton.toml` that configures commands on `directory`: the state directory's,
-    else the working directory's (None: neither has one)."""
-    for candidate in (directory / CONFIG_FILE, Path(CONFIG_FILE)):
-        if candidate.is_file():
-            return candidate
-    return None
-
-
 def load_config(
     directory: Path,
     flags: Mapping[str, str | None] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> Config:
-    """The configuration of a command on `directory`: its `baton.toml` (`config_file`),
-    then the environment, then the command's `flags` (see `bus.config`)."""
-    found = config_file(directory)
-    source = None
-    if found is not None:
-        try:
-            source = FileSource(str(found), found.read_text())
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(str(found), "", f"cannot read it: {exc}") from exc
-    return merge(source, os.environ if environ is None else environ, flags or {})
+    """The configuration of a command on `directory`: the state directory's
+    `baton.toml`, else the working directory's; then the environment, then the command's
+    `flags` (see `bus.config`)."""
+    return config_files.load((directory, Path(".")), flags or {}, environ)
 
 
 def store_path(directory: Path, config: Config = DEFAULT_CONFIG) -> Path:
