@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
@@ -318,3 +319,54 @@ def test_serve_agent_and_submit_all_take_the_cluster_from_baton_toml(tmp_path: P
             for log in logs:
                 log.close()
         assert not (work / ".baton" / "events.db").exists()
+
+
+def _certificates(directory: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
+    directory.mkdir()
+    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
+
+    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=baton-test-ca")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
+        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
+            *(["-extfile", "san.ext"] if name == "server" else []))  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
+def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificate(
+    tmp_path: Path,
+) -> None:
+    pki = tmp_path / "pki"
+    _certificates(pki)
+    tls = (
+        f"tls {{\n  cert_file: {json.dumps(str(pki / 'server.pem'))}\n"
+        f"  key_file: {json.dumps(str(pki / 'server.key'))}\n"
+        f"  ca_file: {json.dumps(str(pki / 'ca.pem'))}\n  verify: true\n}}\n"
+    )
+    with _server(tmp_path / "nats", tls) as url:
+        tls_url = url.replace("nats://", "tls://")
+        work = tmp_path / "work"
+        work.mkdir()
+        settings = f'store = "jetstream"\nnats = ["{tls_url}"]\ntls_ca = "{pki / "ca.pem"}"\n'
+        (work / "baton.toml").write_text(settings)
+        without = _baton(work, "audit", timeout=60)  # the server wants a client certificate
+        assert without.returncode == 2, without.stdout + without.stderr
+        assert "error: connecting to ['tls://" in without.stderr
+        assert "Traceback" not in without.stderr
+        (work / "baton.toml").write_text(
+            settings + f'tls_cert = "{pki / "client.pem"}"\ntls_key = "{pki / "client.key"}"\n'
+        )
+        audit = _baton(work, "audit", timeout=60)
+        assert audit.returncode == 0, audit.stderr
+        verify = _baton(work, "audit", "verify", timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+        served = _baton(work, "status", timeout=60)  # the bus too: no orchestrator answers
+        assert served.returncode == 2
+        assert "no orchestrator answered" in served.stderr, served.stderr  # not a TLS error

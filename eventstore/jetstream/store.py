@@ -33,6 +33,33 @@ from eventstore.model import (
 __all__ = ["JetStreamEventStore"]
 
 
+async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
+    """A client that reconnects forever once connected, but whose first connect fails
+    (with the last error) once every server has refused it: nats-py would otherwise retry
+    a wrong address or login forever."""
+    failed = 0
+    connected = False
+
+    async def on_error(error: Exception) -> None:
+        nonlocal failed
+        if not connected:
+            failed += 1
+            if failed >= len(servers):
+                raise error
+
+    client = await nats.connect(
+        servers,
+        connect_timeout=max(1, int(timeout)),
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        **options,
+    )
+    connected = True
+    return client
+
+
 class JetStreamEventStore:
     """An `EventStore` kept in one NATS JetStream stream (see the package's docs).
 
@@ -97,14 +124,7 @@ class JetStreamEventStore:
         try:
             if not isinstance(url_or_client, NATS):
                 servers = [url_or_client] if isinstance(url_or_client, str) else url_or_client
-                nc = await nats.connect(
-                    list(servers),
-                    connect_timeout=max(1, int(timeout)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                    **(connect_options or {}),
-                )
+                nc = await _connect(list(servers), timeout, connect_options or {})
             else:
                 nc = url_or_client
         except NATS_ERRORS as error:
