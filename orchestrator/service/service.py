@@ -220,6 +220,7 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
+        self._health.stopping()
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
