@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from collections.abc import Mapping
 
 from bus.config import Config
 from orchestrator.service.bootstrap import load_config, state_dir
@@ -16,8 +17,39 @@ SERVE_NATS_HELP = (
 )
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """`--store` and `--replicas`, and `--nats` unless the command has it already."""
+STORE_COMMANDS = frozenset(
+    ("run", "resume", "serve", "replay", "fork", "export", "import", "audit", "trace", "status")
+)
+"""The commands that open the event log (and `baton tool pending`); the others only talk
+to a running orchestrator over NATS."""
+OWN_BUS = frozenset(("agent", "tool", "admit", "creds"))
+"""Commands that parse their own flags, or reach only the state directory's embedded
+server (admit, creds): no configuration flags, though a bad configuration stops them too."""
+
+
+def add_flags_to(commands: Mapping[str, argparse.ArgumentParser]) -> None:
+    """The configuration flags of each `baton` command (by name) that takes them."""
+    for name, command in commands.items():
+        if name not in OWN_BUS:
+            add_flags(command, store=name in STORE_COMMANDS)
+
+
+def add_flags(parser: argparse.ArgumentParser, *, store: bool = True) -> None:
+    """`--store` and `--replicas` (for a command that opens the log), and `--nats` unless
+    the command has it already."""
+    if store:
+        _store_flags(parser)
+    if not any("--nats" in action.option_strings for action in parser._actions):
+        parser.add_argument(
+            "--nats",
+            default=None,
+            metavar="URLS",
+            help="NATS server URLs, comma-separated (default: $BATON_NATS_URL, else "
+            "baton.toml's nats, else the state directory's embedded server)",
+        )
+
+
+def _store_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--store",
         default=None,
@@ -32,14 +64,6 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
         help="replicas of every JetStream stream Baton creates (default: $BATON_REPLICAS, "
         "else baton.toml's replicas, else 1)",
     )
-    if not any("--nats" in action.option_strings for action in parser._actions):
-        parser.add_argument(
-            "--nats",
-            default=None,
-            metavar="URLS",
-            help="NATS server URLs, comma-separated (default: $BATON_NATS_URL, else "
-            "baton.toml's nats, else the state directory's embedded server)",
-        )
 
 
 def configure(args: argparse.Namespace) -> Config:

@@ -33,7 +33,7 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
-from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags, configure
+from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
 from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
@@ -160,9 +160,7 @@ def _parser() -> argparse.ArgumentParser:
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
     obs_cli.add_parsers(sub)
-    for name, command in sub.choices.items():
-        if name not in ("agent", "tool"):  # they parse their own flags
-            add_flags(command)
+    add_flags_to(sub.choices)
     return p
 
 
