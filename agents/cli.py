@@ -20,6 +20,8 @@ from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load_object
 from agents.tools import ToolRegistry
+from bus import config_files
+from bus.config import ConfigError
 from bus.connection import NKEY_ENV, Bus
 from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
@@ -53,8 +55,8 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p.add_argument("--id", dest="agent_id", help="agent id (default: <role>-<random>)")
     p.add_argument(
         "--nats",
-        default=os.environ.get("BATON_NATS_URL", ""),
-        help="NATS URL (default: $BATON_NATS_URL)",
+        default=None,
+        help="NATS URLs, comma-separated (default: $BATON_NATS_URL, else ./baton.toml's nats)",
     )
     p.add_argument(
         "--nats-file",
@@ -177,6 +179,13 @@ def handler_tools(ref: str) -> ToolRegistry | None:
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     private.restrict_umask()  # whatever this process or a library makes: never for others
     args = parser(prog).parse_args(argv)
+    try:  # ./baton.toml, then the environment, then --nats (see bus.config)
+        config = config_files.load([Path(".")], {"nats": args.nats})
+    except ConfigError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    args.nats = config.nats_url
+    os.environ.update({name: value for name, value in config.environ().items() if value})
     if args.nats_file:
         try:
             login = Path(args.nats_file).read_text().strip()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -34,6 +33,19 @@ from nats.js.api import (
 from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
 from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
+from bus.nats_options import (
+    CREDS_ENV as CREDS_ENV,
+)
+from bus.nats_options import (
+    NKEY_ENV as NKEY_ENV,
+)
+from bus.nats_options import (
+    NOT_CLUSTERED,
+    STREAM_WAIT_S,
+    login_options,
+    quorum_wait,
+    servers,
+)
 from bus.protocol import ErrorReply
 from bus.tracecontext import TraceContext
 
@@ -167,38 +179,6 @@ def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) ->
     return headers
 
 
-CREDS_ENV = "BATON_NATS_CREDS"
-NKEY_ENV = "BATON_NATS_NKEY"
-
-
-def login_options() -> dict[str, Any]:
-    """How to log in to a bus the operator runs, beyond the user and password a URL may
-    carry: `$BATON_NATS_CREDS`, a NATS creds file (a user JWT and its nkey seed, as `nsc`
-    writes it), or `$BATON_NATS_NKEY`, a file holding a user's nkey seed (`SU...`). TLS
-    comes with a `tls://` URL (the system's certificate authorities)."""
-    options: dict[str, Any] = {}
-    if creds := os.environ.get(CREDS_ENV):
-        _check_login_file(CREDS_ENV, creds, (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"))
-        options["user_credentials"] = creds
-    if nkey := os.environ.get(NKEY_ENV):
-        _check_login_file(NKEY_ENV, nkey, (b"SU",))
-        options["nkeys_seed"] = nkey
-    return options
-
-
-def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> None:
-    """A clear error for a login file that is missing or not of its kind (nats-py would
-    wait forever for a JWT line that never comes)."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(64 * 1024)
-    except OSError as exc:
-        raise BusError(f"${variable}: cannot read {path}: {exc.strerror}") from exc
-    if not all(mark in text for mark in marks):
-        kind = "a NATS creds file" if variable == CREDS_ENV else "a user nkey seed (SU...)"
-        raise BusError(f"${variable}: {path} is not {kind}")
-
-
 class Bus:
     """A live NATS connection with JetStream, used by the orchestrator and by agents."""
 
@@ -212,7 +192,8 @@ class Bus:
     async def connect(
         cls, url: str, name: str, inbox_prefix: str = "", tries: int = 3, *, login: bool = True
     ) -> Bus:
-        """Connect, trying `tries` times (a server may be reloading its users), failing
+        """Connect to `url` (one server, or several comma-separated: the first that
+        answers), trying `tries` times (a server may be reloading its users), failing
         with `BusError` if it cannot; once connected, it reconnects forever by itself
         (every `RECONNECT_WAIT_S`, to the same URL: an embedded server comes back on its
         port), re-subscribing and sending what was queued meanwhile.
@@ -224,20 +205,25 @@ class Bus:
         """
         connected = False
         outage = _Outage(name)
+        urls = servers(url)
+        failed = [0]
 
         async def on_error(exc: Exception) -> None:
             if not connected:
-                raise exc
+                failed[0] += 1
+                if failed[0] >= len(urls):  # each server tried (nats-py goes round them)
+                    raise exc
+                return
             outage.error(exc)
 
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
         if login:  # False: nothing but what the URL carries (to probe a server)
             options |= login_options()
-        shown = url.rpartition("@")[2]  # never echo a password
+        shown = ",".join(u.rpartition("@")[2] for u in servers(url))  # never echo a password
         for attempt in range(tries):
             try:
                 nc = await nats.connect(
-                    url,
+                    urls,
                     name=name,
                     connect_timeout=5,
                     max_reconnect_attempts=-1,
@@ -250,6 +236,7 @@ class Bus:
                     **options,
                 )
             except (OSError, TimeoutError, nats.errors.Error) as exc:
+                failed[0] = 0
                 if attempt == tries - 1:
                     raise BusError(
                         f"cannot connect to {shown}: {exc or type(exc).__name__}"
@@ -354,9 +341,12 @@ class Bus:
         except Exception:
             log.exception("handler for %s failed", incoming.subject)
 
-    async def ensure_inbox(self, replicas: int = 1) -> None:
+    async def ensure_inbox(self, replicas: int = 1, wait_s: float = STREAM_WAIT_S) -> None:
         """Create (or keep) the durable inbox stream that holds agents' results until the
-        orchestrator has recorded them."""
+        orchestrator has recorded them, with `replicas` copies. A cluster without a
+        JetStream quorum (or with fewer servers than `replicas`) is waited for, with one
+        line saying so, for at most `wait_s` seconds; a server that can never hold the
+        replicas (not clustered) is refused at once."""
         config = StreamConfig(
             name=subjects.INBOX_STREAM,
             subjects=[subjects.INBOX_ALL],
@@ -365,12 +355,42 @@ class Bus:
             max_msg_size=MAX_MESSAGE_BYTES,
             num_replicas=replicas,
         )
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
+            try:
+                await self._add_or_update(config)
+                return
+            except (nats.errors.Error, TimeoutError) as exc:
+                failure: Exception = exc
+            if isinstance(failure, nats.js.errors.APIError) and failure.err_code == NOT_CLUSTERED:
+                raise BusError(
+                    f"cannot create stream {subjects.INBOX_STREAM} with {replicas} replicas: "
+                    f"the NATS server is not a JetStream cluster ({failure.description})"
+                ) from failure
+            left = deadline - time.monotonic()
+            if not quorum_wait(failure) or left <= 0:
+                waited = f"; no JetStream quorum within {wait_s:g}s" if left <= 0 else ""
+                raise BusError(
+                    f"cannot create stream {subjects.INBOX_STREAM} ({replicas} replicas): "
+                    f"{failure or type(failure).__name__}{waited}"
+                ) from failure
+            if not said:
+                log.warning(
+                    "waiting up to %gs for a JetStream quorum to create stream %s with %d "
+                    "replicas (%s)", wait_s, subjects.INBOX_STREAM, replicas,
+                    failure or type(failure).__name__,
+                )  # fmt: skip
+                said = True
+            await asyncio.sleep(min(1.0, left))
+
+    async def _add_or_update(self, config: StreamConfig) -> None:
         try:
             await self._js.add_stream(config)
-        except nats.js.errors.BadRequestError:
-            await self._js.update_stream(config)
-        except nats.errors.Error as exc:
-            raise BusError(f"cannot create stream {subjects.INBOX_STREAM}: {exc}") from exc
+        except nats.js.errors.BadRequestError as exc:
+            if exc.err_code == NOT_CLUSTERED:
+                raise
+            await self._js.update_stream(config)  # it is there, made otherwise
 
     async def purge_inbox(self, run_id: str) -> None:
         """Drop whatever the durable inbox holds for one run (a run no orchestrator will

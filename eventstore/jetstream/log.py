@@ -7,13 +7,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 import nats.errors
 import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext, api
 
 from eventstore.errors import StorageError
 from eventstore.jetstream.schema import Layout, decode_event
@@ -32,6 +35,59 @@ def storage_error(action: str, error: BaseException) -> StorageError:
     return failure
 
 
+STREAM_WAIT_S: Final = 30.0
+"""How long creating a stream waits for a JetStream cluster to have a quorum."""
+_NOT_CLUSTERED: Final = 10074
+_INSUFFICIENT_RESOURCES: Final = 10023
+log = logging.getLogger("baton.eventstore")
+
+
+async def create_stream(js: JetStreamContext, config: api.StreamConfig, wait_s: float) -> None:
+    """Add the stream `config` describes (see `until_quorum`)."""
+    await until_quorum(lambda: js.add_stream(config), config, wait_s)
+
+
+async def until_quorum(
+    action: Callable[[], Awaitable[object]], config: api.StreamConfig, wait_s: float
+) -> None:
+    """Do `action` (look up, create the stream `config` describes). A cluster without a
+    JetStream quorum, or with fewer servers up than its replicas, is waited for (one log
+    line says so) for at most `wait_s` seconds; replicas a server can never hold (it is
+    not clustered) are refused at once. Both with a `StorageError` that says so; any
+    other failure is raised as it is."""
+    deadline = time.monotonic() + wait_s
+    said = False  # the one line that says it waits
+    while True:
+        try:
+            await action()
+            return
+        except nats.js.errors.APIError as error:
+            if error.err_code == _NOT_CLUSTERED:
+                raise StorageError(
+                    f"cannot create stream {config.name} with {config.num_replicas} "
+                    f"replicas: the NATS server is not a JetStream cluster ({error.description})"
+                ) from error
+            waitable = error.err_code == _INSUFFICIENT_RESOURCES or error.code == 503
+            failure: BaseException = error
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as e:
+            waitable, failure = True, e
+        left = deadline - time.monotonic()
+        if not waitable:
+            raise failure
+        if left <= 0:
+            raise StorageError(
+                f"cannot create stream {config.name} ({config.num_replicas} replicas): "
+                f"no JetStream quorum within {wait_s:g}s ({failure!r})"
+            ) from failure
+        if not said:
+            log.warning(
+                "waiting up to %gs for a JetStream quorum to create stream %s with %d "
+                "replicas (%r)", wait_s, config.name, config.num_replicas, failure,
+            )  # fmt: skip
+            said = True
+        await asyncio.sleep(min(1.0, left))
+
+
 class JetStreamLog:
     """The connection `nc` to the log named by `layout`; every request waits at most
     `timeout` seconds."""
@@ -42,22 +98,25 @@ class JetStreamLog:
         self.layout = layout
         self.timeout = timeout
 
-    async def ensure_stream(self, replicas: int) -> None:
-        """Create the log stream if it is missing; allow atomic batches and direct gets
-        on one created before they existed."""
+    async def ensure_stream(self, replicas: int, wait_s: float = STREAM_WAIT_S) -> None:
+        """Create the log stream if it is missing (waiting up to `wait_s` for a cluster's
+        quorum, see `create_stream`); allow atomic batches and direct gets on one created
+        before they existed."""
         name = self.layout.name
-        try:
-            info = await self.js.stream_info(name)
-        except nats.js.errors.NotFoundError:
-            info = None
-        except NATS_ERRORS as error:
-            raise storage_error("looking up the JetStream stream", error) from error
-        try:
-            if info is None:
-                await self.js.add_stream(self.layout.log_config(replicas))
-            elif not (info.config.allow_atomic and info.config.allow_direct):
+        config = self.layout.log_config(replicas)
+
+        async def ensure() -> None:
+            try:
+                info = await self.js.stream_info(name)
+            except nats.js.errors.NotFoundError:
+                await self.js.add_stream(config)
+                return
+            if not (info.config.allow_atomic and info.config.allow_direct):
                 updated = info.config.evolve(allow_atomic=True, allow_direct=True)
                 await self.js.update_stream(updated)
+
+        try:
+            await until_quorum(ensure, config, wait_s)
         except NATS_ERRORS as error:
             raise storage_error("creating the JetStream stream", error) from error
 

@@ -18,7 +18,13 @@ from eventstore._common import (
     snapshot_usable,
 )
 from eventstore.chain import SnapshotSeal, seal_snapshot
-from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
+from eventstore.jetstream.log import (
+    NATS_ERRORS,
+    STREAM_WAIT_S,
+    JetStreamLog,
+    create_stream,
+    storage_error,
+)
 from eventstore.jetstream.schema import (
     BODY_ENCODER,
     SNAPSHOT_DECODER,
@@ -55,7 +61,7 @@ class Snapshots:
         try:
             await self._log.js.stream_info(layout.snapshot_name)
         except nats.js.errors.NotFoundError:
-            await self._log.js.add_stream(layout.snapshot_config(self._replicas))
+            await create_stream(self._log.js, layout.snapshot_config(self._replicas), STREAM_WAIT_S)
         self._ready = True
 
     async def save(self, snapshot: Snapshot) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any
 
 import nats
 from nats.aio.client import Client as NATS
@@ -14,7 +15,7 @@ from eventstore._common import check_append, check_open
 from eventstore._subscription import Notifier
 from eventstore.errors import InvalidEventError
 from eventstore.jetstream.index import LogIndex
-from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
+from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
 from eventstore.jetstream.reader import LogReader
 from eventstore.jetstream.schema import Layout
 from eventstore.jetstream.snapshots import Snapshots
@@ -30,6 +31,33 @@ from eventstore.model import (
 )
 
 __all__ = ["JetStreamEventStore"]
+
+
+async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
+    """A client that reconnects forever once connected, but whose first connect fails
+    (with the last error) once every server has refused it: nats-py would otherwise retry
+    a wrong address or login forever."""
+    failed = 0
+    connected = False
+
+    async def on_error(error: Exception) -> None:
+        nonlocal failed
+        if not connected:
+            failed += 1
+            if failed >= len(servers):
+                raise error
+
+    client = await nats.connect(
+        servers,
+        connect_timeout=max(1, int(timeout)),
+        allow_reconnect=True,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        error_cb=on_error,
+        **options,
+    )
+    connected = True
+    return client
 
 
 class JetStreamEventStore:
@@ -69,15 +97,19 @@ class JetStreamEventStore:
     @classmethod
     async def open(
         cls,
-        url_or_client: str | NATS,
+        url_or_client: str | Sequence[str] | NATS,
         stream_name: str = "BATON_EVENTS",
         replicas: int = 1,
         *,
         subject_prefix: str = "baton",
         timeout: float = 5.0,
+        connect_options: Mapping[str, Any] | None = None,
+        wait_s: float = STREAM_WAIT_S,
     ) -> JetStreamEventStore:
-        """Connect (or use the given connected client), create the stream if missing and
-        read the log once to build the event-id index.
+        """Connect (to a URL, or the first of several that answers, with
+        `connect_options` added: a login, TLS; or use the given connected client), create
+        the stream if missing (waiting up to `wait_s` for a cluster's quorum) and read the
+        log once to build the event-id index.
 
         A client passed in stays the caller's: `close()` leaves it open. The server must
         run JetStream with `sync_interval: always` for acknowledged appends to be durable.
@@ -88,16 +120,11 @@ class JetStreamEventStore:
             raise InvalidEventError(f"invalid subject prefix {subject_prefix!r}")
         if replicas < 1:
             raise InvalidEventError(f"replicas must be >= 1, got {replicas!r}")
-        owns = isinstance(url_or_client, str)
+        owns = not isinstance(url_or_client, NATS)
         try:
-            if isinstance(url_or_client, str):
-                nc = await nats.connect(
-                    url_or_client,
-                    connect_timeout=max(1, int(timeout)),
-                    allow_reconnect=True,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=0.5,
-                )
+            if not isinstance(url_or_client, NATS):
+                servers = [url_or_client] if isinstance(url_or_client, str) else url_or_client
+                nc = await _connect(list(servers), timeout, connect_options or {})
             else:
                 nc = url_or_client
         except NATS_ERRORS as error:
@@ -111,7 +138,7 @@ class JetStreamEventStore:
             replicas=replicas,
         )
         try:
-            await store._log.ensure_stream(replicas)
+            await store._log.ensure_stream(replicas, wait_s)
             await store._index.refresh()
         except BaseException:
             await store.close()

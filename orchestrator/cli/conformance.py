@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from bus.connection import Bus
@@ -28,8 +27,9 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--role", required=True, help="the role the agent serves")
     p.add_argument(
         "--nats",
-        default=os.environ.get("BATON_NATS_URL", ""),
-        help="NATS URL, with a login that may act as the orchestrator (default: $BATON_NATS_URL)",
+        default=None,
+        help="NATS URL, with a login that may act as the orchestrator (default: "
+        "$BATON_NATS_URL, else baton.toml's nats)",
     )
     p.add_argument(
         "--agent",

@@ -7,7 +7,6 @@ say; on a bus given with `--nats`, `--as` (default `human:<login>`)."""
 from __future__ import annotations
 
 import argparse
-import os
 
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -43,8 +42,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         p.add_argument("--as", dest="actor", default="",
                        help="who decides (default human:<login name>); on the embedded "
                             "server, always who its credentials name")  # fmt: skip
-        p.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                       help="orchestrator NATS (default: that of --state-dir)")  # fmt: skip
+        p.add_argument("--nats", default=None,
+                       help="orchestrator NATS (default: $BATON_NATS_URL, else "
+                            "baton.toml's nats, else that of --state-dir)")  # fmt: skip
         p.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 

@@ -11,24 +11,27 @@ from pathlib import Path
 
 import private
 from bus import subjects
-from eventstore import EventQuery, SqliteEventStore
+from eventstore import EventQuery, EventStore
 from orchestrator.cli import audit_verify, history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun, UnknownStore, WorkflowError
 from orchestrator.service import journal
-from orchestrator.service.bootstrap import open_store, state_dir, store_path
+from orchestrator.service.bootstrap import open_store, state_dir, store_exists, store_path
 from orchestrator.service.service import new_run_id
 
 
-async def existing_store(explicit: str | None) -> SqliteEventStore:
-    directory = state_dir(explicit)
-    if not store_path(directory).exists():
-        raise UnknownStore(f"no event store at {store_path(directory)} (see --state-dir)")
-    return await open_store(directory)
+async def existing_store(args: argparse.Namespace) -> EventStore:
+    """The event log the command's configuration names (`args.config`), which must be
+    there already."""
+    directory = state_dir(args.state_dir)
+    if not store_exists(directory, args.config):
+        raise UnknownStore(f"no event store at {store_path(directory, args.config)} "
+                           "(see --state-dir, --store)")  # fmt: skip
+    return await open_store(directory, args.config)
 
 
-async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
+async def _replay(args: argparse.Namespace, store: EventStore) -> int:
     until = await history.position_at(store, args.run_id, args.until) if args.until else None
     state = await journal.load_run(
         store, args.run_id, until_position=until, snapshots=not args.no_snapshots
@@ -45,7 +48,7 @@ async def _replay(args: argparse.Namespace, store: SqliteEventStore) -> int:
     return 1
 
 
-async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
+async def _fork(args: argparse.Namespace, store: EventStore) -> int:
     new_id = subjects.token(args.new_id or new_run_id())  # the arguments first
     at = await history.position_at(store, args.run_id, args.at)
     if await store.stream_version(journal.run_stream(new_id)):
@@ -58,7 +61,7 @@ async def _fork(args: argparse.Namespace, store: SqliteEventStore) -> int:
     return 0
 
 
-async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
+async def _export(args: argparse.Namespace, store: EventStore) -> int:
     stored = await history.run_events(store, args.run_id)
     lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
     if args.output:
@@ -69,14 +72,14 @@ async def _export(args: argparse.Namespace, store: SqliteEventStore) -> int:
     return 0
 
 
-async def _import(args: argparse.Namespace, store: SqliteEventStore) -> int:
+async def _import(args: argparse.Namespace, store: EventStore) -> int:
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
     run_id = await history.import_lines(store, text.splitlines())
     print(f"imported run {run_id}; see baton replay {run_id}")
     return 0
 
 
-async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
+async def _audit(args: argparse.Namespace, store: EventStore) -> int:
     if args.action == "verify":
         return await audit_verify.verify(args, store)
     audit_verify.check_options(args)
@@ -113,7 +116,7 @@ async def _audit(args: argparse.Namespace, store: SqliteEventStore) -> int:
     return 0
 
 
-_LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaitable[int]]] = {
+_LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[int]]] = {
     "replay": _replay,
     "fork": _fork,
     "export": _export,
@@ -126,10 +129,11 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, SqliteEventStore], Awaita
 async def with_store(args: argparse.Namespace) -> int:
     if args.command == "import":
         directory = state_dir(args.state_dir)
-        private.make_state_dir(directory)
-        store = await open_store(directory)
+        if not args.config.store:  # the log goes into the state directory
+            private.make_state_dir(directory)
+        store = await open_store(directory, args.config)
     else:
-        store = await existing_store(args.state_dir)
+        store = await existing_store(args)
     try:
         return await _LOG_COMMANDS[args.command](args, store)
     finally:

@@ -33,6 +33,7 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import tool as toolcli
+from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
 from orchestrator.cli.reach import me, reach, shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
@@ -43,7 +44,7 @@ from orchestrator.core.errors import (
 from orchestrator.core.state import RunState
 from orchestrator.core.workflow import AgentSpec, ContractsRef
 from orchestrator.service import journal, serve
-from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_path
+from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_name
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
 from orchestrator.service.workflow_files import contracts_file, load, parse_input
@@ -67,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("run_id")
 
     for serving in (run, resume):
-        serving.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                             help="use this NATS server instead of starting one")  # fmt: skip
+        serving.add_argument("--nats", default=None,
+                             help=SERVE_NATS_HELP)  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
         serving.add_argument("--timeout", type=float, default=300.0,
@@ -88,16 +89,16 @@ def _parser() -> argparse.ArgumentParser:
         )
 
     serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
-    serve.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                       help="use this NATS server instead of starting one")  # fmt: skip
+    serve.add_argument("--nats", default=None,
+                       help=SERVE_NATS_HELP)  # fmt: skip
 
     submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
     submit.add_argument("workflow", help="workflow TOML file")
     submit.add_argument("--input", default="{}", help="run input as a JSON object")
-    submit.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
-                        help="the NATS server the orchestrator serves on (default: "
-                             "$BATON_NATS_URL, else the embedded server of --state-dir, "
-                             "as you)")  # fmt: skip
+    submit.add_argument("--nats", default=None,
+                        help="the NATS servers the orchestrator serves on (default: "
+                             "$BATON_NATS_URL, baton.toml's nats, else the embedded "
+                             "server of --state-dir, as you)")  # fmt: skip
     submit.add_argument("--request-id", default="",
                         help="makes the submit idempotent: sent again with the same id, it is "
                              "answered with the run it started (default: a new id, which the "
@@ -159,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )
     obs_cli.add_parsers(sub)
+    add_flags_to(sub.choices)
     return p
 
 
@@ -244,13 +246,20 @@ async def _serve(
     contracts = load_contracts(contracts_path) if contracts_path else None
     ttl, heartbeat_s = liveness_options.timing(args)
     stack = await bootstrap(
-        directory, args.nats, contracts=contracts, agent_ttl=ttl, heartbeat_s=heartbeat_s
+        directory,
+        args.nats,
+        contracts=contracts,
+        agent_ttl=ttl,
+        heartbeat_s=heartbeat_s,
+        config=args.config,
     )
     agents = AgentProcesses(directory / "logs")
     asking: approvals.Approvals | None = None
     grace = CUT_SHORT_GRACE_S  # until the run has ended
     try:
-        print(f"baton: NATS {shown(stack.nats_url)}, event store {store_path(directory)}")
+        print(
+            f"baton: NATS {shown(stack.nats_url)}, event store {store_name(directory, args.config)}"
+        )
         began = [time.monotonic()]
 
         async def show(msg: Incoming) -> None:
@@ -331,7 +340,11 @@ def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
 async def _serve_only(args: argparse.Namespace) -> int:
     ttl, heartbeat_s = liveness_options.timing(args)
     return await serve.serve(
-        state_dir(args.state_dir), args.nats, agent_ttl=ttl, heartbeat_s=heartbeat_s
+        state_dir(args.state_dir),
+        args.nats,
+        agent_ttl=ttl,
+        heartbeat_s=heartbeat_s,
+        config=args.config,
     )
 
 
@@ -389,7 +402,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _resume(args: argparse.Namespace) -> int:
-    store = await log_commands.existing_store(args.state_dir)
+    store = await log_commands.existing_store(args)
     try:
         state = await journal.load_run(store, args.run_id)
     finally:
@@ -465,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
     try:
+        configure(args)  # a bad baton.toml, variable or flag: exit 2, nothing done
         configure_logging()
         return int(loop.run(command(args)))
     except BrokenPipeError:  # output piped into `head` and the like

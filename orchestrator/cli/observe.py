@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import msgspec
 import private
 from bus import subjects
 from bus.codec import Decoder, encode
+from bus.config import Config
 from bus.connection import Bus
 from bus.errors import RequestFailed
 from bus.permissions import inbox_prefix
@@ -35,7 +35,7 @@ from orchestrator.service.api import (
     StatusReply,
     StatusRequest,
 )
-from orchestrator.service.bootstrap import open_store, state_dir, store_path
+from orchestrator.service.bootstrap import DEFAULT_CONFIG, open_store, state_dir, store_exists
 from orchestrator.service.live_api import progress
 
 _status_reply: Decoder[StatusReply | ErrorReply] = Decoder(StatusReply | ErrorReply)
@@ -62,8 +62,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         epilog=HEALTH_EXIT,
     )
     for command in (status, agents, health):
-        command.add_argument("--nats", default=os.environ.get("BATON_NATS_URL", ""),
+        command.add_argument("--nats", default=None,
                              help="the orchestrator's NATS (default: $BATON_NATS_URL, else "
+                                  "baton.toml's nats, else "
                                   "the embedded server running for --state-dir)")  # fmt: skip
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
         command.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
@@ -109,12 +110,14 @@ async def ask(where: Reach, subject: str, payload: bytes, timeout: float) -> byt
         await bus.close()
 
 
-async def _logged(directory: Path, ended_too: bool) -> list[RunProgress] | None:
-    """The runs as the log at `directory` records them (unfinished ones, and ended ones
-    too if asked), or None when there is no log there."""
-    if not store_path(directory).exists():
+async def _logged(
+    directory: Path, ended_too: bool, config: Config = DEFAULT_CONFIG
+) -> list[RunProgress] | None:
+    """The runs as the log at `directory` (or the one `config` names) records them
+    (unfinished ones, and ended ones too if asked), or None when there is no log there."""
+    if not store_exists(directory, config):
         return None
-    store = await open_store(directory)
+    store = await open_store(directory, config)
     try:
         runs = []
         for stream in await store.streams(journal.RUN_PREFIX):
@@ -140,11 +143,11 @@ async def status(args: argparse.Namespace) -> int:
         source = f"live, from the orchestrator on {shown(where.url)}"
         if args.all:  # it knows the runs it serves; the log, every run that ended before
             live = {r.run_id for r in runs}
-            logged = await _logged(directory, ended_too=True) or []
+            logged = await _logged(directory, ended_too=True, config=args.config) or []
             runs = runs + [r for r in logged if r.run_id not in live]
             source += "; runs it does not serve as recorded in the event log"
     else:
-        recorded = await _logged(directory, ended_too=args.all)
+        recorded = await _logged(directory, ended_too=args.all, config=args.config)
         if recorded is None:
             raise NoOrchestrator(
                 f"no orchestrator running for {directory} and no event store there "

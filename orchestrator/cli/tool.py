@@ -12,20 +12,28 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from bus import loop, subjects
 from bus.codec import Decoder, encode
+from bus.config import Config
 from bus.errors import BusError, RequestFailed
 from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
 from eventstore import EventQuery, EventStoreError
+from orchestrator.cli import configured
 from orchestrator.cli.observe import connect
 from orchestrator.cli.reach import Reach, me, reach
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.service import agentlog
-from orchestrator.service.bootstrap import open_store, state_dir, store_path
+from orchestrator.service.bootstrap import (
+    DEFAULT_CONFIG,
+    open_store,
+    state_dir,
+    store_exists,
+    store_name,
+    store_path,
+)
 
 _ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
 
@@ -45,14 +53,16 @@ def parser(prog: str = "baton tool") -> argparse.ArgumentParser:
                                  "name, else human:<login name>)")  # fmt: skip
         decide.add_argument(
             "--nats",
-            default=os.environ.get("BATON_NATS_URL", ""),
-            help="NATS URL (default: $BATON_NATS_URL, else the state directory's server)",
+            default=None,
+            help="NATS URLs (default: $BATON_NATS_URL, else baton.toml's nats, else the "
+            "state directory's server)",
         )
     pending = sub.add_parser("pending", help="tool calls waiting for a decision")
     pending.add_argument("--run", help="only this run")
     pending.add_argument("--json", action="store_true", help="JSON lines")
     for command in sub.choices.values():
         command.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR)")
+        configured.add_flags(command)
     return p
 
 
@@ -72,9 +82,9 @@ async def decide(
     return answer
 
 
-async def _tool_calls(directory: Path) -> list[ToolCallRecord]:
+async def _tool_calls(directory: Path, config: Config) -> list[ToolCallRecord]:
     """Every tool call record in the log, oldest first."""
-    store = await open_store(directory)
+    store = await open_store(directory, config)
     try:
         stored = await store.query(EventQuery(type_glob="tool.call"))
     finally:
@@ -82,9 +92,11 @@ async def _tool_calls(directory: Path) -> list[ToolCallRecord]:
     return agentlog.tool_calls(stored)
 
 
-async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRecord]:
+async def waiting(
+    directory: Path, run_id: str | None = None, config: Config = DEFAULT_CONFIG
+) -> list[ToolCallRecord]:
     """Calls recorded as awaiting approval with no decision recorded yet, oldest first."""
-    records = await _tool_calls(directory)
+    records = await _tool_calls(directory, config)
     decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
     return [
         r
@@ -95,23 +107,25 @@ async def waiting(directory: Path, run_id: str | None = None) -> list[ToolCallRe
     ]
 
 
-async def _caller(directory: Path, call_id: str) -> str:
+async def _caller(directory: Path, call_id: str, config: Config) -> str:
     """The one agent the log records as having asked for approval of `call_id` (waiting
     still, or decided: it then says it takes no second decision), else ''."""
-    if not store_path(directory).exists():
+    if not store_exists(directory, config):
         return ""
-    records = await _tool_calls(directory)
+    records = await _tool_calls(directory, config)
     agents = {r.agent_id for r in records if r.call_id == call_id and r.phase == "awaiting"}
     return agents.pop() if len(agents) == 1 else ""
 
 
 async def _main(args: argparse.Namespace) -> int:
     directory = state_dir(args.state_dir)
+    config: Config = args.config
     if args.action == "pending":
-        if not store_path(directory).exists():
-            print(f"baton tool: error: no event store at {store_path(directory)}", file=sys.stderr)
+        if not store_exists(directory, config):
+            print(f"baton tool: error: no event store at {store_path(directory, config)}",
+                  file=sys.stderr)  # fmt: skip
             return 2
-        calls = await waiting(directory, args.run)
+        calls = await waiting(directory, args.run, config)
         if not calls:
             print("no tool call waits for a decision", file=sys.stderr)
         for r in calls:
@@ -129,10 +143,10 @@ async def _main(args: argparse.Namespace) -> int:
               "and no --nats or $BATON_NATS_URL was given", file=sys.stderr)  # fmt: skip
         return 2
     subjects.token(args.call_id)
-    agent_id = args.agent or await _caller(directory, args.call_id)
+    agent_id = args.agent or await _caller(directory, args.call_id, config)
     if not agent_id:
         print(f"baton tool: no agent is waiting on tool call {args.call_id} as far as "
-              f"{store_path(directory)} says (it names no single agent asking for it: "
+              f"{store_name(directory, config)} says (it names no single agent asking for it: "
               "name it with --agent)", file=sys.stderr)  # fmt: skip
         return 1
     by = args.by or where.identity or me()  # the agent records it as who decided
@@ -152,6 +166,7 @@ async def _main(args: argparse.Namespace) -> int:
 def main(argv: list[str]) -> int:
     args = parser().parse_args(argv)
     try:
+        configured.configure(args)
         return loop.run(_main(args))
     except (BusError, EventStoreError, OrchestratorError) as exc:
         print(f"baton tool: error: {exc}", file=sys.stderr)

@@ -6,14 +6,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from bus import config_files
+from bus.config import Config
 from bus.connection import Bus
 from bus.contracts import Contracts
+from bus.nats_options import login_options
 from bus.server import EmbeddedNats
 from bus.telemetry import Telemetry
-from eventstore import SqliteEventStore
+from eventstore import EventStore, JetStreamEventStore, SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
 from orchestrator.service.credentials import Credentials
 from orchestrator.service.logins import Logins
@@ -22,6 +26,8 @@ from orchestrator.service.service import Orchestrator
 from orchestrator.service.writable import check_writable
 
 DEFAULT_STATE_DIR = ".baton"
+DEFAULT_CONFIG = Config()
+JETSTREAM_STREAM = "BATON_EVENTS"
 
 
 def state_dir(explicit: str | None = None) -> Path:
@@ -29,12 +35,47 @@ def state_dir(explicit: str | None = None) -> Path:
     return Path(explicit or os.environ.get("BATON_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
-def store_path(directory: Path) -> Path:
-    return directory / "events.db"
+def load_config(
+    directory: Path,
+    flags: Mapping[str, str | None] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """The configuration of a command on `directory`: the state directory's
+    `baton.toml`, else the working directory's; then the environment, then the command's
+    `flags` (see `bus.config`)."""
+    return config_files.load((directory, Path(".")), flags or {}, environ)
 
 
-async def open_store(directory: Path) -> SqliteEventStore:
-    return await SqliteEventStore.open(store_path(directory))
+def store_path(directory: Path, config: Config = DEFAULT_CONFIG) -> Path:
+    """The SQLite file of the log: `store = "sqlite:PATH"`, else `events.db` in the
+    state directory (not used when the log is on JetStream)."""
+    return Path(config.sqlite_path) if config.sqlite_path else directory / "events.db"
+
+
+def store_name(directory: Path, config: Config = DEFAULT_CONFIG) -> str:
+    """Where the log is, as a person reads it."""
+    if config.jetstream:
+        shown = ",".join(u.rpartition("@")[2] for u in config.nats)
+        copies = f"{config.replicas} replica{'s' if config.replicas > 1 else ''}"
+        return f"JetStream stream {JETSTREAM_STREAM} ({copies}) on {shown}"
+    return str(store_path(directory, config))
+
+
+def store_exists(directory: Path, config: Config = DEFAULT_CONFIG) -> bool:
+    """Whether there is a log to read (one on JetStream is asked for when opened)."""
+    return config.jetstream or store_path(directory, config).exists()
+
+
+async def open_store(directory: Path, config: Config = DEFAULT_CONFIG) -> EventStore:
+    """The event log `config` names: every command opens its store here."""
+    if config.jetstream:
+        return await JetStreamEventStore.open(
+            list(config.nats),
+            JETSTREAM_STREAM,
+            config.replicas,
+            connect_options=login_options(),
+        )
+    return await SqliteEventStore.open(store_path(directory, config))
 
 
 def anchor_path(directory: Path) -> Path:
@@ -56,7 +97,7 @@ class Stack:
 
     orchestrator: Orchestrator
     bus: Bus
-    store: SqliteEventStore
+    store: EventStore
     nats_url: str
     server: EmbeddedNats | None
     telemetry: Telemetry | None = None
@@ -100,15 +141,18 @@ async def bootstrap(
     tick_s: float = 0.2,
     telemetry: Telemetry | None = None,
     contracts: Contracts | None = None,
+    config: Config = DEFAULT_CONFIG,
 ) -> Stack:
-    """Open the store, start the embedded NATS unless `nats_url` is given, start serving.
-    Telemetry comes from the `OTEL_*` / `BATON_*` environment unless one is given."""
+    """Open the store `config` names, start the embedded NATS unless `nats_url` is given,
+    start serving (the inbox with `config.replicas`). Telemetry comes from the `OTEL_*` /
+    `BATON_*` environment unless one is given."""
     owned = telemetry is None
     telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
-    store_file = store_path(directory)
-    wal = [store_file.with_name(store_file.name + end) for end in ("-wal", "-shm")]
-    check_writable(directory, [store_file, *wal])
-    store = await open_store(directory)
+    if not config.jetstream:
+        store_file = store_path(directory, config)
+        wal = [store_file.with_name(store_file.name + end) for end in ("-wal", "-shm")]
+        check_writable(directory, [store_file, *wal])
+    store = await open_store(directory, config)
     server = None
     logins: Logins | None = None
     checkpoints: Checkpointer | None = None
@@ -129,6 +173,7 @@ async def bootstrap(
             telemetry=telemetry,
             contracts=contracts,
             checkpoints=checkpoints,
+            replicas=config.replicas,
         )
         await orchestrator.start()
         await checkpoints.start()

@@ -129,6 +129,7 @@ class Health:
         self.storage = Condition("storage", "event store", wall=wall, clock=clock)
         self.bus = Condition("bus", "nats", wall=wall, clock=clock)
         self._loops: dict[str, HealthIssue] = {}
+        self._stopping = False
         self._progress: dict[str, float] = {}
 
     # -- what the shell tells it ---------------------------------------------------------
@@ -143,6 +144,10 @@ class Health:
     def forget(self, run_id: str) -> None:
         self._progress.pop(run_id, None)
 
+    def stopping(self) -> None:
+        """The orchestrator stops: a loop that returns from now on was asked to."""
+        self._stopping = True
+
     def watch(self, name: str, task: asyncio.Task[Any]) -> None:
         """A loop that must run as long as the orchestrator does: if it ends (other than
         by being cancelled), it is reported dead, with its error, logged once."""
@@ -151,6 +156,8 @@ class Health:
             if task.cancelled():
                 return
             error = task.exception()
+            if error is None and self._stopping:
+                return  # it was asked to end (the intake's pull ends when it is closed)
             detail = f"{type(error).__name__}: {error}" if error else "returned"
             self._loops[name] = HealthIssue("loop", name, self._wall(), f"stopped: {detail}")
             log.error("loop %s stopped: %s", name, detail, exc_info=error)

@@ -19,6 +19,7 @@ from typing import Any
 
 from bus import subjects
 from bus.codec import Decoder, encode
+from bus.config import Config
 from bus.connection import Bus
 from bus.errors import BusError, RequestFailed
 from bus.permissions import shown_url
@@ -26,7 +27,7 @@ from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service.api import RunAccepted, StartRunRequest
-from orchestrator.service.bootstrap import bootstrap, store_path
+from orchestrator.service.bootstrap import DEFAULT_CONFIG, bootstrap, store_name
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 
 _answer: Decoder[RunAccepted | ErrorReply] = Decoder(RunAccepted | ErrorReply)
@@ -42,9 +43,12 @@ async def serve(
     *,
     agent_ttl: float = AGENT_TTL,
     heartbeat_s: float = HEARTBEAT_S,
+    config: Config = DEFAULT_CONFIG,
 ) -> int:
     """Serve until SIGTERM/SIGINT; prints one line with the NATS URL once serving."""
-    stack = await bootstrap(directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s)
+    stack = await bootstrap(
+        directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s, config=config
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -52,7 +56,7 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     try:
         print(f"baton: serving on NATS {shown_url(stack.nats_url)}, "
-              f"event store {store_path(directory)}", flush=True)  # fmt: skip
+              f"event store {store_name(directory, config)}", flush=True)  # fmt: skip
         await stop.wait()
     finally:
         await stack.close()

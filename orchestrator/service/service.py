@@ -91,8 +91,10 @@ class Orchestrator:
         keep_finished: int = KEEP_FINISHED,
         stuck_after_s: float = STUCK_AFTER_S,
         checkpoints: Checkpointer | None = None,
+        replicas: int = 1,
     ) -> None:
         self._bus = bus
+        self._replicas = replicas
         self._store = store
         self._fetch_batch = fetch_batch
         self._durable = durable
@@ -193,7 +195,7 @@ class Orchestrator:
         """Recover every run from the store, then serve the inbox, heartbeats and the API."""
         self._liveness.look_at_connection()
         await self._system.open()
-        await self._bus.ensure_inbox()
+        await self._bus.ensure_inbox(self._replicas)
         self._intake = Intake(await self._bus.inbox_consumer(self._durable), self._fetch_batch)
         serve = partial(self.discovery.serve, self._bus)
         self._subscriptions = [
@@ -218,6 +220,7 @@ class Orchestrator:
 
     async def stop(self) -> None:
         """Stop serving: no more inbox, heartbeats, API or timers; the log keeps the rest."""
+        self._health.stopping()
         for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
                 await subscription.unsubscribe()
