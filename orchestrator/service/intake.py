@@ -135,7 +135,6 @@ class Intake:
                         self._queue.put_nowait(Delivery(incoming, True))
         finally:
             self._pulling.clear()
-        await asyncio.Event().wait()  # closed: a watched loop ends only by being cancelled
 
     async def next_batch(self) -> list[Delivery]:
         """Everything queued, waiting for at least one delivery."""
