@@ -251,7 +251,7 @@ says why, for people. The codes:
 
 Other names can appear because they share a base class with the above, though no
 request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`,
-`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`
+`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`
 (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`
