@@ -112,9 +112,11 @@ SHA-256 of its role contract in RFC 8785 canonical JSON (the JSON Canonicalizati
 Scheme, JCS). The orchestrator computes the same over its own copy and never routes to an
 agent whose digest differs. To compute it:
 
-1. Take the role's contract (a `[[roles]]` table of the contracts file) as a JSON object
-   with **every** field present: a field left out takes its default. These are the
-   fields and defaults (`name` has none):
+1. Take the role's contract (a `[[roles]]` table of the contracts file, which is TOML) as
+   a JSON object with **every** field present: a field left out takes its default. `baton
+   contracts show <file> --role <role>` prints the table as JSON as written (defaults
+   left out), for the person running Baton to hand over with the agent's login. These
+   are the fields and defaults (`name` has none):
 
 ```json
 {defaults}
@@ -132,7 +134,8 @@ agent whose digest differs. To compute it:
 4. Encode the result as UTF-8 and take its SHA-256, in lowercase hex.
 
 In JavaScript, `JSON.stringify` of the object with its keys sorted at every level is the
-canonical form (contract keys are ASCII); Python's `json.dumps(..., sort_keys=True,
+canonical form (contract keys are ASCII): `examples/node-agent/contract.js` does all four
+steps with no package but `node:crypto`. Python's `json.dumps(..., sort_keys=True,
 separators=(",", ":"), ensure_ascii=False)` is not (it writes `90.0` and sorts by code
 point): use an RFC 8785 library, or Baton's `bus.jcs`. Baton before protocol v1 took the
 digest over another form (`budget.seconds` written `0.0`); runs recorded then keep

@@ -12,7 +12,7 @@ import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import msgspec
@@ -28,7 +28,7 @@ from bus.protocol import Heartbeat, HeartbeatAck
 from bus.server import EmbeddedNats
 from orchestrator.service.conformance import CASES
 from tests.cluster import REPO, baton
-from tests.processes import admitted, start_baton, terminate, until
+from tests.processes import admitted, event_types, start_baton, terminate, until
 
 NODE_EXAMPLE = REPO / "examples" / "node-agent"
 
@@ -383,13 +383,29 @@ concurrency = 2
 """
 
 
+def node_digest(folder: Path, contract_json: str, role: str) -> str:
+    """The digest the Node agent computes itself (`--print-digest`) from its contract."""
+    node = shutil.which("node")
+    assert node is not None
+    done = subprocess.run(
+        [node, str(folder / "agent.js"), "--role", role, "--print-digest"],
+        env={**os.environ, "BATON_CONTRACT": contract_json},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.mark.parametrize("governed", [False, True], ids=["open", "governed"])
 def test_the_node_agent_does_a_real_run(tmp_path: Path, node_agent: Path, governed: bool) -> None:
     """`baton run --no-agents` on its embedded server; the Node agent joins with the login
-    `baton admit` gives it (under contracts, advertising its contract's digest)."""
+    `baton admit` gives it. Under contracts it advertises the digest it computes itself
+    from its contract as `baton contracts show` prints it; another, given that contract
+    changed in one field, is refused (`agent.refused`) and never given work."""
     workflow = tmp_path / "workflow.toml"
     workflow.write_text(WORKFLOW.format(contracts='contracts = "roles.toml"' if governed else ""))
-    (tmp_path / "roles.toml").write_text(GREETER)
+    roles = tmp_path / "roles.toml"
+    roles.write_text(GREETER)
     state, log = tmp_path / "state", tmp_path / "run.log"
     run = start_baton(log, "run", str(workflow), "--no-agents", "--timeout", "60",
                       "--state-dir", str(state))  # fmt: skip
@@ -398,10 +414,26 @@ def test_the_node_agent_does_a_real_run(tmp_path: Path, node_agent: Path, govern
               f"the run to start ({log})")  # fmt: skip
         assert run.poll() is None, log.read_text()
         env = {"BATON_NATS_URL": admitted(state, "node-1", "greeter"), "BATON_CAPACITY": "2"}
-        if governed:
-            digest = load_contracts(tmp_path / "roles.toml").get("greeter").digest
-            env["BATON_CONTRACT_DIGEST"] = digest
-        with process(tmp_path / "agent.log", node_command(node_agent, "node-1", "greeter"), env):
+        with ExitStack() as agents:
+            if governed:
+                shown = subprocess.run(
+                    baton("contracts", "show", str(roles), "--role", "greeter"),
+                    capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+                ).stdout  # fmt: skip
+                digest = load_contracts(roles).get("greeter").digest
+                assert node_digest(node_agent, shown, "greeter") == digest
+                env["BATON_CONTRACT"] = shown
+                changed = json.dumps({**json.loads(shown), "description": "Greets twice."})
+                assert node_digest(node_agent, changed, "greeter") != digest
+                bad = {"BATON_NATS_URL": admitted(state, "node-bad", "greeter"),
+                       "BATON_CAPACITY": "2", "BATON_CONTRACT": changed}  # fmt: skip
+                agents.enter_context(process(tmp_path / "bad.log",
+                    node_command(node_agent, "node-bad", "greeter"), bad))  # fmt: skip
+                until(lambda: "agent.refused" in event_types(state), 60,
+                      "the agent with the changed contract to be refused")  # fmt: skip
+            agents.enter_context(
+                process(tmp_path / "agent.log", node_command(node_agent, "node-1", "greeter"), env)
+            )
             assert run.wait(60) == 0, log.read_text()
     finally:
         terminate(run)
@@ -409,6 +441,19 @@ def test_the_node_agent_does_a_real_run(tmp_path: Path, node_agent: Path, govern
     assert "completed; result:" in text, text
     assert '"said": "hello again from node"' in text, text
     assert '"by": "node-1"' in text, text
+    if governed:
+        audit = subprocess.run(
+            baton("audit", "--type", "agent.*", "--json", "--state-dir", str(state)),
+            capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
+        ).stdout  # fmt: skip
+        events = [json.loads(line) for line in audit.splitlines() if line.strip()]
+        refused = [e for e in events if e["type"] == "agent.refused"]
+        assert refused, events
+        assert all("node-bad" in json.dumps(e) for e in refused), events
+        assert "differs from the known" in json.dumps(refused), refused
+        joined = [e for e in events if e["type"] == "agent.joined"]
+        assert joined, events
+        assert all("node-bad" not in json.dumps(e) for e in joined), events
 
 
 def test_every_case_is_documented_and_offered() -> None:

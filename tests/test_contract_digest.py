@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -84,6 +85,87 @@ for (const w of vectors) {
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [hexdigest for _, _, hexdigest in vectors]
+
+
+NODE_AGENT = REPO / "examples" / "node-agent" / "agent.js"
+TRICKY: list[dict[str, Any]] = [
+    {"name": "tiny", "budget": {"seconds": 1e-7, "tokens": 10**12}, "concurrency": 10_000},
+    {"name": "big", "budget": {"seconds": 604800.0, "tool_calls": 1_000_000}},
+    {"name": "third", "budget": {"seconds": 0.1 + 0.2}, "memory": {"read": ["agent"]}},
+    {
+        "name": "odd",
+        "description": '\u0001\u001f\u007f \u2028 \U0001f600 \\ / "',
+        "tools": ["b", "a"],
+    },
+]
+
+
+def node_digest(written: dict[str, Any], role: str, how: str, tmp_path: Path) -> str:
+    """The digest the Node example computes (`agent.js --print-digest`) for the contract
+    given as JSON text in `$BATON_CONTRACT`, or in a file (`--contract`)."""
+    text = json.dumps(written, indent=2, ensure_ascii=False)
+    args, env = ["--role", role, "--print-digest"], {"PATH": os.environ.get("PATH", "")}
+    if how == "file":
+        (tmp_path / "contract.json").write_text(text)
+        args += ["--contract", str(tmp_path / "contract.json")]
+    else:
+        env["BATON_CONTRACT"] = text
+    node = shutil.which("node")
+    assert node is not None
+    done = subprocess.run([node, str(NODE_AGENT), *args], env=env,
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
+@pytest.mark.parametrize("how", ["env", "file"])
+def test_the_node_agent_computes_the_documents_digests(tmp_path: Path, how: str) -> None:
+    """The Node example's own digest (examples/node-agent/contract.js, no npm packages)
+    is the document's for its vectors and the code's for contracts at the edges."""
+    for written, _, hexdigest in doc_vectors():
+        assert node_digest(written, written["name"], how, tmp_path) == hexdigest
+    for written in TRICKY:
+        contract = msgspec.convert(written, RoleContract)
+        assert node_digest(written, contract.name, how, tmp_path) == contract.digest, written
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
+def test_the_node_agent_refuses_a_contract_baton_would_not_load(tmp_path: Path) -> None:
+    node = shutil.which("node")
+    assert node is not None
+    for written, role, said in [
+        ({"name": "w", "budgets": {}}, "w", "budgets: no such field"),
+        ({"name": "w", "budget": {"toString": 1}}, "w", "budget.toString: no such field"),
+        ({"name": "w", "concurrency": 1.5}, "w", "concurrency: must be an integer"),
+        ({"name": "w", "memory": {"read": ["all"]}}, "w", "memory.read: scopes are"),
+        ({"name": "w"}, "other", "not role other's"),
+    ]:
+        done = subprocess.run(
+            [node, str(NODE_AGENT), "--role", role, "--print-digest"],
+            env={"PATH": os.environ.get("PATH", ""), "BATON_CONTRACT": json.dumps(written)},
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stdout
+        assert said in done.stderr, done.stderr
+
+
+def test_baton_contracts_show_prints_a_role_as_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """What a person hands an agent in another language: the role's table as JSON, the
+    defaults left to the agent to fill in."""
+    roles = tmp_path / "roles.toml"
+    roles.write_text('[[roles]]\nname = "writer"\n\n[[roles]]\nname = "critic"\n'
+                     'description = "café"\nbudget = { seconds = 90.0 }\n')  # fmt: skip
+    assert cli_main.main(["contracts", "show", str(roles), "--role", "critic"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown == {"name": "critic", "description": "café", "budget": {"seconds": 90.0}}
+    assert msgspec.convert(shown, RoleContract).digest == load_contracts(roles).get("critic").digest
+    assert cli_main.main(["contracts", "show", str(roles)]) == 0
+    assert [r["name"] for r in json.loads(capsys.readouterr().out)["roles"]] == ["writer", "critic"]
+    assert cli_main.main(["contracts", "show", str(roles), "--role", "nobody"]) == 2
+    assert "no contract for role 'nobody'" in capsys.readouterr().err
 
 
 names = st.from_regex(r"[A-Za-z0-9_\-]{1,12}", fullmatch=True)

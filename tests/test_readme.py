@@ -332,7 +332,11 @@ def test_every_readme_command_is_run() -> None:
     assert [c for c in readme_commands() if not c.startswith(tuple(covered))] == []
 
 
-SUBCOMMANDS = {"tool": {"pending", "approve", "deny"}, "creds": {"issue", "revoke", "list"}}
+SUBCOMMANDS = {
+    "tool": {"pending", "approve", "deny"},
+    "creds": {"issue", "revoke", "list"},
+    "contracts": {"show"},
+}
 """Commands whose next word names a subcommand with a `--help` of its own."""
 
 

@@ -7,13 +7,7 @@
 
 const crypto = require("node:crypto");
 const fs = require("node:fs");
-const {
-  connect,
-  headers: natsHeaders,
-  credsAuthenticator,
-  nkeyAuthenticator,
-} = require("nats");
-const { encode: packEncode, decode: packDecode } = require("@msgpack/msgpack");
+const contracts = require("./contract.js");
 
 const ENCODING_HEADER = "Baton-Encoding";
 const REPORT_TIMEOUT_MS = 2000; // how long a direct report waits for its answer
@@ -29,9 +23,37 @@ function option(name, env, fallback) {
 
 const role = option("role", "BATON_ROLE", "");
 if (!/^[A-Za-z0-9_\-:]+$/.test(role)) {
-  console.error("usage: node agent.js --role ROLE [--id ID] [--nats URL]  (or $BATON_ROLE)");
+  console.error("usage: node agent.js --role ROLE [--id ID] [--nats URL] [--contract FILE] " +
+    "[--print-digest]  (or $BATON_ROLE)");
   process.exit(2);
 }
+
+// Under role contracts: its role's contract (`--contract FILE`, or `$BATON_CONTRACT`), as
+// JSON; the digest it advertises is computed here (contract.js), as docs/protocol.md says.
+let contractDigest = "";
+try {
+  const contract = contracts.loadContract(role, option("contract", "BATON_CONTRACT_FILE", ""));
+  if (contract) contractDigest = contracts.digest(contract);
+} catch (e) {
+  console.error(`node agent.js: ${e.message}`);
+  process.exit(2);
+}
+if (process.argv.includes("--print-digest")) { // the digest alone, and no bus
+  if (!contractDigest) {
+    console.error("node agent.js --print-digest: give the contract (--contract or $BATON_CONTRACT)");
+    process.exit(2);
+  }
+  console.log(contractDigest);
+  process.exit(0);
+}
+
+const {
+  connect,
+  headers: natsHeaders,
+  credsAuthenticator,
+  nkeyAuthenticator,
+} = require("nats");
+const { encode: packEncode, decode: packDecode } = require("@msgpack/msgpack");
 const agentId = option("id", "BATON_AGENT_ID", `${role}-node-${crypto.randomBytes(3).toString("hex")}`);
 const natsUrl = option("nats", "BATON_NATS_URL", "");
 if (!natsUrl) {
@@ -39,7 +61,6 @@ if (!natsUrl) {
   process.exit(2);
 }
 const capacity = Number(option("capacity", "BATON_CAPACITY", "4"));
-const contractDigest = option("contract-digest", "BATON_CONTRACT_DIGEST", "");
 const sendEncoding = option("encoding", "BATON_ENCODING", "msgpack"); // what this agent sends
 const instance = crypto.randomBytes(8).toString("hex"); // new at each start
 

@@ -29,6 +29,7 @@ from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
 from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
 from orchestrator.cli import conformance as conformance_cli
+from orchestrator.cli import contracts as contracts_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
@@ -151,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     control_cli.add_parsers(sub)
     creds_cli.add_parser(sub)
     conformance_cli.add_parser(sub)
+    contracts_cli.add_parser(sub)
 
     for serving in (run, resume, serve):
         liveness_options.add_arguments(serving)
@@ -474,6 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         "admit": creds_cli.admit,
         "creds": creds_cli.creds,
         "conformance": conformance_cli.conformance,
+        "contracts": contracts_cli.contracts,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send
