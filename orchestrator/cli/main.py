@@ -1,6 +1,6 @@
 """`baton`: the parser of every command, and the commands that run workflows (run,
-resume, serve, submit); looking into the log is `log_commands`, talking to a running
-orchestrator `control` and `observe`."""
+resume, serve); handing one to a serving orchestrator is `submit`, looking into the log
+`log_commands`, talking to a running orchestrator `control` and `observe`."""
 
 from __future__ import annotations
 
@@ -23,7 +23,6 @@ from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contract_files import load_contracts
 from bus.errors import BusError, ContractError
-from bus.permissions import inbox_prefix
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
@@ -33,9 +32,10 @@ from orchestrator.cli import contracts as contracts_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
+from orchestrator.cli import submit as submit_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
-from orchestrator.cli.reach import me, reach, shown
+from orchestrator.cli.reach import shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
     AgentStartError,
@@ -350,30 +350,6 @@ async def _serve_only(args: argparse.Namespace) -> int:
     )
 
 
-async def _submit(args: argparse.Namespace) -> int:
-    where = reach(args.nats, state_dir(args.state_dir))
-    if where is None:
-        raise WorkflowError("--nats", "no orchestrator's NATS running for the state directory: "
-                            "give its URL (or $BATON_NATS_URL)")  # fmt: skip
-    path = Path(args.workflow)
-    workflow = load(path)
-    run_input = parse_input(args.input)
-    answer = await serve.submit(
-        where.url,
-        workflow,
-        run_input,
-        requested_by=where.identity or me(),
-        request_id=args.request_id,
-        timeout=args.timeout,
-        inbox_prefix=inbox_prefix(where.identity) if where.identity else "",
-    )
-    if answer.earlier:
-        print(f"baton submit: run {answer.run_id} was started by an earlier try of request "
-              f"{args.request_id}; not started again", file=sys.stderr)  # fmt: skip
-    print(answer.run_id)
-    return 0
-
-
 async def _run(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
@@ -469,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
         "run": _run,
         "resume": _resume,
         "serve": _serve_only,
-        "submit": _submit,
+        "submit": submit_cli.submit,
         "status": obs_cli.status,
         "health": obs_cli.health,
         "agents": obs_cli.agents,
