@@ -67,8 +67,9 @@ class Recorded:
             readers=[self.reader],
         )
         self.span_file = tmp_path / "agent-spans.jsonl"
-        self.loads_at_end: list[Any] = []
-        """The agent-load gauge read once the run ended, while every agent still beats."""
+        self.agents_at_end: dict[str, list[Any]] = {}
+        """The agents' gauges (load, heartbeat age) read once the run ended, while every
+        agent still beats: they report the agents the orchestrator knows at that moment."""
 
     def spans(self) -> list[dict[str, Any]]:
         ours = [span_record(s) for s in self.exporter.get_finished_spans()]
@@ -108,11 +109,11 @@ async def _run(
         run_id = await c.orchestrator.start_run(workflow)
         state = await c.orchestrator.wait(run_id, timeout=60)
         stored = await c.stack.store.read_stream(journal.run_stream(run_id))
-        # the gauge reports the agents the orchestrator knows now: read it before they go
         async with asyncio.timeout(30):
             while any(a.load for a in c.orchestrator.agents()):
                 await asyncio.sleep(0.05)
-        rec.loads_at_end = rec.metric_points("baton.agent.load")
+        for gauge in ("baton.agent.load", "baton.agent.heartbeat.age"):
+            rec.agents_at_end[gauge] = rec.metric_points(gauge)
     # the agents have drained and exited here, so their spans are in the file
     return state, stored
 
@@ -206,11 +207,11 @@ def test_example_run_is_one_trace_parented_across_processes(
     assert sum(p.count for p in latency) == 5
     waits = recorded.metric_points("baton.task.queue_wait")
     assert sum(p.count for p in waits) == 5
-    loads = recorded.loads_at_end
+    loads = recorded.agents_at_end["baton.agent.load"]
     assert len(loads) == 5
     assert {p.attributes["baton.role"] for p in loads} == {"planner", "researcher", "writer"}
     assert all(p.value == 0 for p in loads), "nothing held once the run is over"
-    ages = recorded.metric_points("baton.agent.heartbeat.age")
+    ages = recorded.agents_at_end["baton.agent.heartbeat.age"]
     assert len(ages) == 5
     assert all(0 <= p.value < 5 for p in ages)
     appends = recorded.metric_points("baton.eventstore.append.duration")
