@@ -33,8 +33,10 @@ def login_options() -> dict[str, Any]:
         _check_login_file(CREDS_ENV, creds, (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"))
         options["user_credentials"] = creds
     if nkey := os.environ.get(NKEY_ENV):
-        _check_login_file(NKEY_ENV, nkey, (b"SU",))
-        options["nkeys_seed"] = nkey
+        seed = _check_login_file(NKEY_ENV, nkey, (b"SU",))
+        # the seed itself, not the path: nats-py 2.14 hands the file's bytes, newline and
+        # all, to nkeys, which refuses a seed that ends in one
+        options["nkeys_seed_str"] = seed.strip().decode()
     return options
 
 
@@ -58,9 +60,9 @@ def servers(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
-def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> None:
-    """A clear error for a login file that is missing or not of its kind (nats-py would
-    wait forever for a JWT line that never comes)."""
+def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> bytes:
+    """The login file's text, or a clear error for a file that is missing or not of its
+    kind (nats-py would wait forever for a JWT line that never comes)."""
     try:
         with open(path, "rb") as f:
             text = f.read(64 * 1024)
@@ -69,6 +71,7 @@ def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> Non
     if not all(mark in text for mark in marks):
         kind = "a NATS creds file" if variable == CREDS_ENV else "a user nkey seed (SU...)"
         raise BusError(f"${variable}: {path} is not {kind}")
+    return text
 
 
 STREAM_WAIT_S = 30.0

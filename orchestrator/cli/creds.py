@@ -129,7 +129,7 @@ async def _issue(args: argparse.Namespace, where: Reach) -> int:
     out = Path(args.out)
     seed = new_user_seed()
     with os.fdopen(_new_file(out), "wb") as f:
-        f.write(seed + b"\n")
+        f.write(seed)  # no newline: nats-py before 2.16 passes it on to nkeys, which refuses it
     request = CredsRequest("issue", args.agent_id, args.role, public_key(seed))
     try:
         reply = await _ask(where, request, args.timeout)
