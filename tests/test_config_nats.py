@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import socket
 import subprocess
 import time
@@ -28,6 +27,7 @@ from bus.server import find_binary
 from bus.subjects import INBOX_STREAM
 from eventstore import JetStreamEventStore, StorageError
 from tests.cluster import EXAMPLE, baton
+from tests.programs import need
 
 
 def _free_port() -> int:
@@ -104,7 +104,9 @@ def test_a_run_keeps_its_log_on_jetstream_as_baton_toml_says(tmp_path: Path) -> 
         ran = _baton(work, "run", str(EXAMPLE), "--timeout", "120")
         assert ran.returncode == 0, ran.stdout + ran.stderr
         assert f"event store JetStream stream BATON_EVENTS (1 replica) on {url}" in ran.stdout
-        run_id = re.search(r"^run (\S+): workflow", ran.stdout, re.M).group(1)  # type: ignore[union-attr]
+        started = re.search(r"^run (\S+): workflow", ran.stdout, re.M)
+        assert started is not None, ran.stdout
+        run_id = started.group(1)
 
         audit = _baton(work, "audit", "--run", run_id)
         assert audit.returncode == 0, audit.stderr
@@ -339,10 +341,10 @@ def _certificates(directory: Path) -> None:
             *(["-extfile", "san.ext"] if name == "server" else []))  # fmt: skip
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl to make certificates")
 def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificate(
     tmp_path: Path,
 ) -> None:
+    need("openssl", "the test certificates cannot be made here")
     pki = tmp_path / "pki"
     _certificates(pki)
     tls = (

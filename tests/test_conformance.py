@@ -29,6 +29,7 @@ from bus.server import EmbeddedNats
 from orchestrator.service.conformance import CASES
 from tests.cluster import REPO, baton
 from tests.processes import admitted, event_types, start_baton, terminate, until
+from tests.programs import need
 
 NODE_EXAMPLE = REPO / "examples" / "node-agent"
 
@@ -84,10 +85,8 @@ def python_agent(agent_id: str, url: str) -> list[str]:
 @pytest.fixture(scope="module")
 def node_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The Node example, installed (`npm ci`, from its lock file) into a copy."""
-    node, npm = shutil.which("node"), shutil.which("npm")
-    if node is None:
-        pytest.skip("node is not installed: the Node.js example agent cannot run here")
-    assert npm is not None, "node is installed but npm is not"
+    need("node", "the Node.js example agent cannot run here")
+    npm = need("npm", "the Node.js example agent cannot be installed here")
     copy = tmp_path_factory.mktemp("node") / "node-agent"
     shutil.copytree(NODE_EXAMPLE, copy, ignore=shutil.ignore_patterns("node_modules"))
     done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=copy,
@@ -97,8 +96,7 @@ def node_agent(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def node_command(folder: Path, agent_id: str, role: str = "worker") -> list[str]:
-    node = shutil.which("node")
-    assert node is not None
+    node = need("node", "the Node.js example agent cannot run here")
     return [node, str(folder / "agent.js"), "--role", role, "--id", agent_id]
 
 
@@ -385,8 +383,7 @@ concurrency = 2
 
 def node_digest(folder: Path, contract_json: str, role: str) -> str:
     """The digest the Node agent computes itself (`--print-digest`) from its contract."""
-    node = shutil.which("node")
-    assert node is not None
+    node = need("node", "the Node.js example agent cannot run here")
     done = subprocess.run(
         [node, str(folder / "agent.js"), "--role", role, "--print-digest"],
         env={**os.environ, "BATON_CONTRACT": contract_json},

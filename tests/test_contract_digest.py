@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from orchestrator.cli import main as cli_main
 from orchestrator.core.errors import WorkflowError
 from orchestrator.core.workflow import ContractsRef, StepSpec, WorkflowSpec
 from tests.cluster import REPO
+from tests.programs import need
 
 DOC = (REPO / "docs" / "protocol.md").read_text()
 VECTOR = re.compile(
@@ -58,7 +58,6 @@ def test_the_documents_vectors_are_what_the_code_computes() -> None:
         assert digest(contract) == hexdigest == contract.digest
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
 def test_json_stringify_with_sorted_keys_gives_the_documents_digests() -> None:
     """An outside implementer's way, in another language: fill in the defaults (from the
     document's table), sort the keys, `JSON.stringify`, sha256."""
@@ -78,10 +77,11 @@ for (const w of vectors) {
   console.log(crypto.createHash("sha256").update(text, "utf8").digest("hex"));
 }
 """
+    node = need("node", "the document's digests cannot be computed in JavaScript here")
     vectors = doc_vectors()
     given_in = json.dumps([defaults, [w for w, _, _ in vectors]])
     done = subprocess.run(
-        ["node", "-e", script], input=given_in, capture_output=True, text=True, timeout=60
+        [node, "-e", script], input=given_in, capture_output=True, text=True, timeout=60
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [hexdigest for _, _, hexdigest in vectors]
@@ -110,15 +110,13 @@ def node_digest(written: dict[str, Any], role: str, how: str, tmp_path: Path) ->
         args += ["--contract", str(tmp_path / "contract.json")]
     else:
         env["BATON_CONTRACT"] = text
-    node = shutil.which("node")
-    assert node is not None
+    node = need("node", "the Node.js example agent cannot run here")
     done = subprocess.run([node, str(NODE_AGENT), *args], env=env,
                           capture_output=True, text=True, timeout=60)  # fmt: skip
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
 @pytest.mark.parametrize("how", ["env", "file"])
 def test_the_node_agent_computes_the_documents_digests(tmp_path: Path, how: str) -> None:
     """The Node example's own digest (examples/node-agent/contract.js, no npm packages)
@@ -130,10 +128,8 @@ def test_the_node_agent_computes_the_documents_digests(tmp_path: Path, how: str)
         assert node_digest(written, contract.name, how, tmp_path) == contract.digest, written
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="no node on this machine")
 def test_the_node_agent_refuses_a_contract_baton_would_not_load(tmp_path: Path) -> None:
-    node = shutil.which("node")
-    assert node is not None
+    node = need("node", "the Node.js example agent cannot run here")
     for written, role, said in [
         ({"name": "w", "budgets": {}}, "w", "budgets: no such field"),
         ({"name": "w", "budget": {"toString": 1}}, "w", "budget.toString: no such field"),
