@@ -22,10 +22,11 @@ from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load
 from agents.tools import ToolRegistry
 from bus import config_files
 from bus.config import ConfigError
-from bus.connection import NKEY_ENV, Bus
+from bus.connection import Bus
 from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
+from bus.nats_options import NKEY_ENV
 from bus.permissions import inbox_prefix
 from bus.server import PARENT_ENV, parent_gone
 

@@ -34,12 +34,6 @@ from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
 from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
 from bus.nats_options import (
-    CREDS_ENV as CREDS_ENV,
-)
-from bus.nats_options import (
-    NKEY_ENV as NKEY_ENV,
-)
-from bus.nats_options import (
     NOT_CLUSTERED,
     STREAM_WAIT_S,
     login_options,

@@ -21,8 +21,8 @@ import nkeys
 import pytest
 from nats.aio.msg import Msg
 
-from bus.connection import NKEY_ENV
 from bus.contract_files import load_contracts
+from bus.nats_options import NKEY_ENV
 from bus.permissions import User, agent_permissions, new_user, url_for
 from bus.protocol import Heartbeat, HeartbeatAck
 from bus.server import EmbeddedNats

@@ -28,10 +28,11 @@ import private
 from agents import cli as agent_cli
 from bus import subjects
 from bus.codec import Decoder, encode
-from bus.connection import NKEY_ENV, Bus
+from bus.connection import Bus
 from bus.contracts import Contracts, RoleContract
 from bus.errors import BusError
 from bus.logins import load_logins
+from bus.nats_options import NKEY_ENV
 from bus.nkey import new_user_seed, public_key
 from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply

@@ -18,8 +18,9 @@ from pathlib import Path
 import nkeys
 import pytest
 
-from bus.connection import CREDS_ENV, NKEY_ENV, Bus
+from bus.connection import Bus
 from bus.errors import BusError
+from bus.nats_options import CREDS_ENV, NKEY_ENV
 from bus.server import find_binary
 
 

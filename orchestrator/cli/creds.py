@@ -44,21 +44,26 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
 
 
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("admit", help="a login URL for an agent you start by hand (see creds)")
+def _login_for_one(p: argparse.ArgumentParser, writes: str) -> None:
+    """The arguments of a command that makes one agent's login and writes it to a file."""
     p.add_argument("agent_id", help="the id the agent will run as (baton agent --id)")
     p.add_argument("--role", required=True, help="the role it serves")
     p.add_argument("-o", "--out", required=True, metavar="FILE",
-                   help="write its NATS URL here (created 0600; must not exist)")  # fmt: skip
+                   help=f"write its {writes} here (created 0600; must not exist)")  # fmt: skip
     _common(p)
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    _login_for_one(
+        sub.add_parser("admit", help="a login URL for an agent you start by hand (see creds)"),
+        "NATS URL",
+    )
     creds = sub.add_parser("creds", help="issue, revoke, list agents' credentials (nkeys)")
     actions = creds.add_subparsers(dest="creds_action", required=True, metavar="ACTION")
-    issue = actions.add_parser("issue", help="a user nkey seed file for an agent started by hand")
-    issue.add_argument("agent_id", help="the id the agent will run as (baton agent --id)")
-    issue.add_argument("--role", required=True, help="the role it serves")
-    issue.add_argument("-o", "--out", required=True, metavar="FILE",
-                       help="write its nkey seed here (created 0600; must not exist)")  # fmt: skip
-    _common(issue)
+    _login_for_one(
+        actions.add_parser("issue", help="a user nkey seed file for an agent started by hand"),
+        "nkey seed",
+    )
     revoke = actions.add_parser("revoke", help="take an agent's credentials away")
     revoke.add_argument("agent_id", help="the agent whose login to revoke")
     _common(revoke)
