@@ -72,3 +72,14 @@ async def lingering(task: TaskContext) -> dict[str, Any]:
         await asyncio.sleep(float(task.params.get("cleanup_s", 60.0)))
         raise
     return {"task": task.task_id}
+
+
+async def gated(task: TaskContext) -> dict[str, Any]:
+    """The tasks listed in `params.gated` wait (up to 60 s) until the file `params.gate`
+    exists, so a test decides when those attempts end; every other task returns at once."""
+    if task.task_id in task.params.get("gated", []):
+        gate = Path(str(task.params["gate"]))
+        deadline = time.monotonic() + 60.0
+        while not gate.exists() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+    return {"task": task.task_id}

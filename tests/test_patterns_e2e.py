@@ -201,14 +201,15 @@ def test_a_chat_carries_on_after_an_orchestrator_restart_without_a_turn_twice(
 ) -> None:
     """The chat's progress lives only in the log: a new orchestrator rebuilds it, takes the
     turn its agent finished while nobody listened from the inbox, and goes on."""
+    gate = tmp_path / "turn-2-may-end"
     workflow = WorkflowSpec(
         name="chat-restart",
         steps=[
             StepSpec(id="talk", chat=Chat(participants=["sleeper"], max_turns=3),
-                     params={"seconds": 1.6}),
-            StepSpec(id="after", role="sleeper", needs=["talk"], params={"seconds": 0.0}),
+                     params={"gated": ["talk#2"], "gate": str(gate)}),
+            StepSpec(id="after", role="sleeper", needs=["talk"]),
         ],
-        agents=[AgentSpec(role="sleeper", handler="agents.builtin:sleep", capacity=2)],
+        agents=[AgentSpec(role="sleeper", handler="tests.crash_handlers:gated", capacity=2)],
     )  # fmt: skip
 
     async def scenario() -> tuple[RunState, list[RunEvent]]:
@@ -220,7 +221,7 @@ def test_a_chat_carries_on_after_an_orchestrator_restart_without_a_turn_twice(
             turn = running.tasks["talk#2"]
             await c.until_held(turn.agent_id, run_id, "talk#2", turn.attempt)
             await c.orchestrator.stop()
-            # turn 2 ends and is published while nobody listens
+            gate.touch()  # turn 2 ends and is published while nobody listens
             await until_inbox_holds(c.stack.nats_url, run_id, 1)
             bus = await Bus.connect(c.stack.nats_url, name="orchestrator-2")
             second = Orchestrator(bus, c.stack.store, agent_ttl=1.0, tick_s=0.05)

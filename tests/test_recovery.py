@@ -19,21 +19,22 @@ from orchestrator.service import journal
 from orchestrator.service.service import Orchestrator
 from tests.cluster import cluster, until_inbox_holds
 
-WORKFLOW = WorkflowSpec(
-    name="fan-then-join",
-    steps=[
-        StepSpec(id="fan", role="worker", fan_out=4, params={"seconds": 0.6}),
-        StepSpec(id="join", role="worker", needs=["fan"], params={"seconds": 0.1}),
-    ],
-)
-WORKERS = [AgentSpec(role="worker", handler="agents.builtin:sleep", count=2, capacity=4)]
-
-
 def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path) -> None:
+    gate = tmp_path / "the-fan-may-end"
+    workflow = WorkflowSpec(
+        name="fan-then-join",
+        steps=[
+            StepSpec(id="fan", role="worker", fan_out=4,
+                     params={"gated": [f"fan[{i}]" for i in range(4)], "gate": str(gate)}),
+            StepSpec(id="join", role="worker", needs=["fan"]),
+        ],
+    )  # fmt: skip
+    workers = [AgentSpec(role="worker", handler="tests.crash_handlers:gated", count=2, capacity=4)]
+
     async def scenario() -> None:
         async with cluster(tmp_path) as c:
-            await c.add_agents(WORKERS)
-            run_id = await c.orchestrator.start_run(WORKFLOW)
+            await c.add_agents(workers)
+            run_id = await c.orchestrator.start_run(workflow)
             running = await c.until(run_id, lambda s: all(
                 s.tasks[f"fan[{i}]"].status == "running" for i in range(4)
             ))  # fmt: skip
@@ -41,7 +42,7 @@ def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path
                 await c.until_held(running.tasks[t].agent_id, run_id, t, 1)
             await c.orchestrator.stop()
             down_at = c.orchestrator.run(run_id)
-            # the agents finish and publish while nobody listens
+            gate.touch()  # the agents finish and publish while nobody listens
             await until_inbox_holds(c.stack.nats_url, run_id, 4)
             assert c.orchestrator.run(run_id) == down_at, "nothing read them meanwhile"
 
