@@ -19,6 +19,7 @@ from orchestrator.service import journal
 from orchestrator.service.service import Orchestrator
 from tests.cluster import cluster, until_inbox_holds
 
+
 def test_results_sent_while_the_orchestrator_is_down_are_not_lost(tmp_path: Path) -> None:
     gate = tmp_path / "the-fan-may-end"
     workflow = WorkflowSpec(
