@@ -33,6 +33,7 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import submit as submit_cli
+from orchestrator.cli.console import command as console_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
 from orchestrator.cli.reach import shown
@@ -153,6 +154,7 @@ def _parser() -> argparse.ArgumentParser:
     creds_cli.add_parser(sub)
     conformance_cli.add_parser(sub)
     contracts_cli.add_parser(sub)
+    console_cli.add_parser(sub)
 
     for serving in (run, resume, serve):
         liveness_options.add_arguments(serving)
@@ -453,6 +455,7 @@ def main(argv: list[str] | None = None) -> int:
         "creds": creds_cli.creds,
         "conformance": conformance_cli.conformance,
         "contracts": contracts_cli.contracts,
+        "ui": console_cli.ui,
     }.get(args.command, log_commands.with_store)
     if args.command in control_cli.ACTIONS:
         command = control_cli.send

@@ -1,0 +1,172 @@
+"""`baton ui`: open the state directory's event store (or the configured one), reach the
+running orchestrator as the CLI does, and serve the console on loopback, printing the
+one-time login URL. Any other address needs `--allow-remote` (the console speaks plain
+HTTP: put it behind TLS, see docs/security.md)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ipaddress
+import socket
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from eventstore import EventStore
+from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
+from orchestrator.cli.console.live import Live
+from orchestrator.cli.control import actor_of
+from orchestrator.cli.log_commands import existing_store
+from orchestrator.cli.reach import Reach, reach
+from orchestrator.service.bootstrap import state_dir, store_name
+
+if TYPE_CHECKING:
+    from orchestrator.cli.console.app import Console
+
+DEFAULT_PORT = 8765
+START_S = 10.0
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    ui = sub.add_parser(
+        "ui",
+        help="the operator's console: runs, a run live, approvals, agents, audit, time travel "
+        "in a browser (needs the ui extra)",
+    )
+    ui.add_argument("--host", default="127.0.0.1",
+                    help="address to listen on (default 127.0.0.1; another needs "
+                         "--allow-remote)")  # fmt: skip
+    ui.add_argument("--port", type=int, default=DEFAULT_PORT,
+                    help=f"port (default {DEFAULT_PORT}; 0: any free one)")  # fmt: skip
+    ui.add_argument("--allow-remote", action="store_true",
+                    help="listen on an address other than loopback (plain HTTP: put TLS in "
+                         "front of it)")  # fmt: skip
+    ui.add_argument("--as", dest="actor", default="",
+                    help="who decides, on a bus given with --nats (default human:<login>); "
+                         "on the embedded server, always who its credentials name")  # fmt: skip
+    ui.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def bind(host: str, port: int, allow_remote: bool) -> socket.socket:
+    """A listening socket on `host:port`; `UnsafeBind` for a non-loopback host without
+    `allow_remote`."""
+    if not is_loopback(host) and not allow_remote:
+        raise UnsafeBind(
+            f"--host {host} is not a loopback address: anyone who can reach it could try the "
+            "console; pass --allow-remote to mean it (and put TLS in front, docs/security.md)"
+        )
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)
+    sock.setblocking(False)
+    return sock
+
+
+@dataclass
+class Running:
+    """A console being served: where, and the one-time login URL."""
+
+    console: Console
+    host: str
+    port: int
+    task: asyncio.Task[None]
+    """The server; it ends when it is told to stop (Ctrl-C, or the block's end)."""
+
+    @property
+    def base(self) -> str:
+        shown = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{shown}:{self.port}"
+
+    @property
+    def login_url(self) -> str:
+        return f"{self.base}/login?token={self.console.guard.token}"
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    store: EventStore,
+    where: Reach | None,
+    actor: str,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    allow_remote: bool = False,
+    shown_store: str = "",
+) -> AsyncIterator[Running]:
+    """The console served in this event loop until the block ends."""
+    try:
+        import uvicorn
+
+        from orchestrator.cli.console.app import Console, secured
+        from orchestrator.cli.console.guard import Guard
+    except ImportError as exc:
+        raise NotInstalled(
+            f"baton ui needs the ui extra (pip install 'batonbus[ui]'): {exc}"
+        ) from None
+    sock = bind(host, port, allow_remote)
+    bound = sock.getsockname()[1]
+    live = Live(where, actor)
+    await live.start()
+    guard = Guard.for_address(host, bound)
+    where_text = f"{shown_store}; acting as {actor}" + (
+        f" on {live.url}" if live.bus is not None else f" (read-only: {live.problem})"
+    )
+    console = Console(store, live, guard, where=where_text)
+    config = uvicorn.Config(
+        secured(console), lifespan="off", log_level="warning", timeout_graceful_shutdown=1
+    )
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    try:
+        deadline = time.monotonic() + START_S
+        while not server.started:  # uvicorn says so only by this flag
+            if task.done():
+                task.result()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the console did not start in {START_S:g}s")
+            await asyncio.sleep(0.01)
+        yield Running(console, host, bound, task)
+    finally:
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await live.close()
+        sock.close()
+
+
+async def ui(args: argparse.Namespace) -> int:
+    directory: Path = state_dir(args.state_dir)
+    bind(args.host, 0, args.allow_remote).close()  # refused before the store is opened
+    store = await existing_store(args)
+    try:
+        where = reach(args.nats, directory)
+        actor = actor_of(args, where) if where is not None else (args.actor or "")
+        async with serving(
+            store,
+            where,
+            actor or actor_of(args, Reach("", "")),
+            args.host,
+            args.port,
+            args.allow_remote,
+            store_name(directory, args.config),
+        ) as running:
+            print(f"baton ui: {running.console.where}")
+            print(f"open {running.login_url}  (the link logs in once)", flush=True)
+            await running.task
+    finally:
+        await store.close()
+    return 0

@@ -1,0 +1,139 @@
+"""The console's connection to the running orchestrator's bus, as the person who started
+it: progress pushed on `baton.events.<run>` wakes the pages that watch that run (no
+polling), and every action goes out exactly as the CLI sends it (`baton approve|reject|
+retry|cancel` on the person's `baton.api.run.control.<person>`, `baton tool approve|deny`
+to the waiting agent, `baton agents` on `baton.api.agents`), so the orchestrator decides
+it, validates it and records the person as its actor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+
+from bus import subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus, Incoming, Subscription
+from bus.errors import BusError, RequestFailed
+from bus.protocol import ErrorReply, ToolDecision, ToolDecisionAck
+from orchestrator.cli.console.errors import NotReachable
+from orchestrator.cli.observe import connect
+from orchestrator.cli.reach import Reach, shown
+from orchestrator.core.errors import ControlRefused, OrchestratorError
+from orchestrator.service.api import AgentsReply, AgentsRequest, ControlAccepted, RunControlRequest
+
+_control: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
+_agents: Decoder[AgentsReply | ErrorReply] = Decoder(AgentsReply | ErrorReply)
+_ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
+TIMEOUT_S = 10.0
+
+
+class Live:
+    """The bus side of the console; without a reachable orchestrator (`where` None, or
+    the connection refused) the console still shows the log, and says that actions and
+    live updates need `baton serve` or `baton run` running."""
+
+    def __init__(self, where: Reach | None, actor: str) -> None:
+        self.where = where
+        self.actor = actor
+        """Who the console acts as: the person the server's credentials name."""
+        self.bus: Bus | None = None
+        self.problem = "" if where is not None else "no running orchestrator found"
+        self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
+        self._subscription: Subscription | None = None
+        self.received: dict[str, float] = {}
+        """Wall time the newest progress of each watched run arrived (for the figures)."""
+
+    @property
+    def url(self) -> str:
+        return shown(self.where.url) if self.where is not None else ""
+
+    async def start(self) -> None:
+        if self.where is None:
+            return
+        try:
+            self.bus = await connect(self.where, "baton-ui", TIMEOUT_S)
+            self._subscription = await self.bus.subscribe(
+                "baton.events.*", self._on_progress, inline=True
+            )
+        except (BusError, OrchestratorError, OSError) as exc:
+            self.problem = f"cannot reach the orchestrator's NATS at {self.url}: {exc}"
+            self.bus = None
+
+    async def close(self) -> None:
+        if self._subscription is not None:
+            with contextlib.suppress(Exception):
+                await self._subscription.unsubscribe()
+        if self.bus is not None:
+            await self.bus.close()
+
+    async def _on_progress(self, msg: Incoming) -> None:
+        run_id = msg.subject.rpartition(".")[2]
+        watchers = self._watchers.get(run_id)
+        if watchers:
+            self.received[run_id] = time.time()
+            for changed in watchers:
+                changed.set()
+
+    @contextlib.contextmanager
+    def watch(self, run_id: str) -> Iterator[asyncio.Event]:
+        """An event set whenever progress of `run_id` arrives, while the block runs."""
+        changed = asyncio.Event()
+        self._watchers[run_id].add(changed)
+        try:
+            yield changed
+        finally:
+            self._watchers[run_id].discard(changed)
+            if not self._watchers[run_id]:
+                del self._watchers[run_id]
+
+    def _bus(self) -> Bus:
+        if self.bus is None:
+            raise NotReachable(
+                f"{self.problem or 'not connected'}: actions need the orchestrator "
+                "(baton serve, or baton run) running on this state directory or --nats"
+            )
+        return self.bus
+
+    async def control(self, request: RunControlRequest) -> ControlAccepted:
+        """A person's decision on a run, as `baton approve|reject|retry|cancel` sends it."""
+        subject = subjects.run_control(self.actor)
+        try:
+            data = await self._bus().request(subject, encode(request), TIMEOUT_S)
+        except RequestFailed as exc:
+            raise NotReachable(f"no orchestrator answered: {exc}") from exc
+        reply = _control.decode(data)
+        if isinstance(reply, ErrorReply):
+            raise ControlRefused(reply.detail or reply.error)
+        return reply
+
+    async def decide_tool(
+        self, agent_id: str, call_id: str, approve: bool, reason: str
+    ) -> ToolDecisionAck:
+        """A tool call's decision, to the agent waiting on it (`baton tool approve|deny`)."""
+        decision = ToolDecision(call_id, approve, self.actor, reason)
+        subject = subjects.tool_decision(subjects.token(agent_id), subjects.token(call_id))
+        try:
+            data = await self._bus().request(subject, encode(decision), TIMEOUT_S)
+        except RequestFailed as exc:
+            raise NotReachable(f"no agent is waiting on tool call {call_id}: {exc}") from exc
+        reply = _ack.decode(data)
+        if isinstance(reply, ErrorReply):
+            raise ControlRefused(f"{reply.error}: {reply.detail}")
+        if not reply.taken:
+            raise ControlRefused(f"{call_id}: {reply.detail}")
+        return reply
+
+    async def agents(self) -> AgentsReply:
+        try:
+            data = await self._bus().request(
+                subjects.API_AGENTS, encode(AgentsRequest()), TIMEOUT_S
+            )
+        except RequestFailed as exc:
+            raise NotReachable(f"no orchestrator answered: {exc}") from exc
+        reply = _agents.decode(data)
+        if isinstance(reply, ErrorReply):
+            raise NotReachable(f"{reply.error}: {reply.detail}")
+        return reply

@@ -1,0 +1,398 @@
+"""The console's pages as HTML, built on the server from what `reads` and `live` return:
+every value is escaped here, the pages hold no script of their own (the one script,
+`static/console.js`, only listens for a run's updates and moves the time-travel slider)
+and no secret but the session's CSRF token, which every form sends back."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from html import escape
+from urllib.parse import quote, urlencode
+
+from eventstore import VerifyReport
+from orchestrator.cli.console.reads import (
+    RUN_STATUSES,
+    Approvals,
+    AuditQuery,
+    EventLine,
+    RunFilter,
+    RunsPage,
+)
+from orchestrator.core.state import RunState
+from orchestrator.service.api import AgentsReply
+
+NAV = (("/", "Runs"), ("/approvals", "Approvals"), ("/agents", "Agents"), ("/audit", "Audit"))
+
+
+def _e(value: object) -> str:
+    return escape(str(value), quote=True)
+
+
+def clock(unix: float) -> str:
+    if not unix:
+        return "-"
+    return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def layout(title: str, body: str, csrf: str, said: str = "", where: str = "") -> str:
+    nav = " ".join(f'<a href="{href}">{name}</a>' for href, name in NAV)
+    note = f'<p class="said" role="status">{_e(said)}</p>' if said else ""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="csrf" content="{_e(csrf)}"><title>{_e(title)} · Baton</title>'
+        '<link rel="stylesheet" href="/static/console.css">'
+        '<script src="/static/console.js" defer></script></head>'
+        f'<body><header><b>Baton</b> {nav}<span class="where">{_e(where)}</span></header>'
+        f"<main><h1>{_e(title)}</h1>{note}{body}</main></body></html>"
+    )
+
+
+def _form(action: str, csrf: str, fields: str, button: str, cls: str = "") -> str:
+    return (
+        f'<form method="post" action="{_e(action)}" class="{cls}">'
+        f'<input type="hidden" name="csrf" value="{_e(csrf)}">{fields}'
+        f"<button>{_e(button)}</button></form>"
+    )
+
+
+def _table(head: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
+    th = "".join(f"<th>{_e(h)}</th>" for h in head)
+    return (
+        f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    )
+
+
+def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
+    options = "".join(
+        f'<option value="{s}"{" selected" if s == wanted.status else ""}>{s or "any"}</option>'
+        for s in ("", *RUN_STATUSES)
+    )
+    since = clock(wanted.since) if wanted.since else ""
+    form = (
+        '<form method="get" action="/" class="filters">'
+        f'<label>status <select name="status">{options}</select></label>'
+        f'<label>workflow <input name="workflow" value="{_e(wanted.workflow)}"></label>'
+        f'<label>text <input name="text" value="{_e(wanted.text)}"></label>'
+        f'<label>started since <input name="since" value="{_e(since)}" '
+        'placeholder="ISO 8601 or Unix s"></label><button>Filter</button></form>'
+    )
+    rows = [
+        f'<tr data-run="{_e(r.run_id)}">'
+        f'<td><a href="/runs/{quote(r.run_id)}">{_e(r.run_id)}</a></td>'
+        f'<td>{_e(r.workflow)}</td><td class="st {_e(r.status)}">{_e(r.status)}</td>'
+        f"<td>{clock(r.started_at)}</td><td>{r.duration_s:.3f}s</td>"
+        f"<td>{r.done}/{r.total}</td><td>{r.tokens}</td></tr>"
+        for r in page.rows
+    ]
+    table = _table(
+        ("run", "workflow", "status", "started (UTC)", "duration", "tasks done", "tokens"),
+        rows,
+        "runs",
+    )
+    more = ""
+    if page.next_before:
+        query = {
+            "status": wanted.status,
+            "workflow": wanted.workflow,
+            "text": wanted.text,
+            "since": since,
+            "size": str(size),
+            "before": page.next_before,
+        }
+        more = f'<p><a class="next" href="/?{_e(urlencode(query))}">older runs</a></p>'
+    empty = "" if page.rows else "<p>no run matches</p>"
+    return form + table + empty + more
+
+
+def _task_rows(state: RunState) -> list[str]:
+    rows = []
+    for task_id, task in state.tasks.items():
+        spec = state.graph.get(task_id)
+        needs = ", ".join(spec.deps) if spec is not None else ""
+        shown = json.dumps(task.output, default=str)[:200] if task.output is not None else ""
+        rows.append(
+            f'<tr data-task="{_e(task_id)}"><td>{_e(task_id)}</td>'
+            f"<td>{_e(state.role_of(task_id) if spec else task.role)}</td>"
+            f"<td>{_e(needs)}</td>"
+            f'<td class="st {_e(task.status)}">{_e(task.status)}</td>'
+            f'<td class="attempt">{task.attempt}</td><td class="agent">{_e(task.agent_id)}</td>'
+            f'<td class="tokens">{task.tokens}</td>'
+            f'<td class="out">{_e(shown or task.error[:200])}</td></tr>'
+        )
+    return rows
+
+
+def _usage(state: RunState) -> str:
+    by_agent: Counter[str] = Counter()
+    by_role: Counter[str] = Counter()
+    for task_id, task in state.tasks.items():
+        by_agent[task.agent_id or "-"] += task.tokens
+        by_role[state.role_of(task_id) if task_id in state.graph else task.role] += task.tokens
+    rows = [f"<tr><td>agent</td><td>{_e(a)}</td><td>{n}</td></tr>" for a, n in by_agent.items()]
+    rows += [f"<tr><td>role</td><td>{_e(r)}</td><td>{n}</td></tr>" for r, n in by_role.items()]
+    return _table(("by", "who", "tokens"), rows, "usage")
+
+
+def _decide_forms(state: RunState, csrf: str) -> str:
+    out = []
+    for task_id, task in state.tasks.items():
+        if task.status == "escalated":
+            out.append(decide_task(state.run_id, task_id, csrf))
+    return "".join(out)
+
+
+def decide_task(run_id: str, task_id: str, csrf: str) -> str:
+    """The approve / reject / retry forms of an escalated task."""
+    action = f"/runs/{quote(run_id)}/tasks/{quote(task_id)}/decide"
+    note = '<input name="note" placeholder="reason" required>'
+    output = '<input name="output" value="{}" title="the task\'s output, a JSON object">'
+    return (
+        f'<div class="decide" data-task="{_e(task_id)}">{_e(task_id)} waits for a person: '
+        + _form(
+            action,
+            csrf,
+            note + output + '<input type="hidden" name="action" value="approve">',
+            "Approve",
+            "approve",
+        )
+        + _form(
+            action,
+            csrf,
+            note + '<input type="hidden" name="action" value="reject">',
+            "Reject",
+            "reject",
+        )
+        + _form(
+            action,
+            csrf,
+            note + '<input type="hidden" name="action" value="retry">',
+            "Retry",
+            "retry",
+        )
+        + "</div>"
+    )
+
+
+def event_rows(lines: Iterable[EventLine]) -> list[str]:
+    rows = []
+    for e in lines:
+        cause = (
+            f'<a href="/why?ref={quote(e.causation_id)}">{_e(e.causation_id)}</a>'
+            if e.cause_is_event
+            else _e(e.causation_id)
+        )
+        rows.append(
+            f'<tr id="ev{e.position}"><td><a href="/why?ref={e.position}">{e.position}</a></td>'
+            f"<td>{clock(e.recorded_at)}</td><td>{_e(e.stream)}</td><td>{_e(e.type)}</td>"
+            f"<td>{_e(e.actor)}</td><td>{cause}</td><td><code>{_e(e.summary)}</code></td></tr>"
+        )
+    return rows
+
+
+EVENT_HEAD = ("pos", "recorded (UTC)", "stream", "type", "actor", "caused by", "data")
+
+
+def run(
+    state: RunState,
+    at: int,
+    positions: list[int],
+    events: list[EventLine],
+    csrf: str,
+    live: bool,
+) -> str:
+    run_id = state.run_id
+    head_pos = positions[-1] if positions else 0
+    first_pos = positions[0] if positions else 0
+    shown_at = at or head_pos
+    took = (state.finished_at or 0.0) - state.started_at if state.finished_at else 0.0
+    facts = (
+        f'<p class="facts">workflow <b>{_e(state.workflow.name if state.workflow else "?")}</b>, '
+        f'status <b class="st {_e(state.status)}" id="run-status">{_e(state.status)}</b>, '
+        f"started {clock(state.started_at)} UTC"
+        + (f", took {took:.3f}s" if took else "")
+        + f', tokens <b id="run-tokens">{state.tokens_spent}</b>'
+        + (
+            f', forked from <a href="/runs/{quote(state.forked_from.partition("@")[0])}">'
+            f"{_e(state.forked_from)}</a>"
+            if state.forked_from
+            else ""
+        )
+        + (f"; {_e(state.reason)}" if state.reason else "")
+        + "</p>"
+    )
+    as_of = f'<p class="asof">as of global position {at} (time travel)</p>' if at else ""
+    slider = (
+        f'<form method="get" action="/runs/{quote(run_id)}" class="travel">'
+        f'<label>position <input type="range" name="at" id="travel" min="{first_pos}" '
+        f'max="{head_pos}" value="{shown_at}" list="stops"></label>'
+        f'<output id="travel-at">{shown_at}</output>'
+        '<datalist id="stops">'
+        + "".join(f'<option value="{p}">' for p in positions)
+        + "</datalist>"
+        "<button>Show</button>"
+        f'<a href="/runs/{quote(run_id)}">now</a></form>'
+    )
+    fork = _form(
+        f"/runs/{quote(run_id)}/fork",
+        csrf,
+        f'<input type="hidden" name="at" value="{shown_at}">',
+        f"Fork from position {shown_at}",
+        "fork",
+    )
+    tasks = _table(
+        ("task", "role", "needs", "status", "attempt", "agent", "tokens", "output / error"),
+        _task_rows(state),
+        "tasks",
+    )
+    decide = "" if at else _decide_forms(state, csrf)
+    cancel = (
+        _form(
+            f"/runs/{quote(run_id)}/cancel",
+            csrf,
+            '<input name="note" placeholder="reason" required>',
+            "Cancel run",
+            "cancel",
+        )
+        if not at and not state.terminal
+        else ""
+    )
+    result = (
+        f"<h2>Result</h2><pre>{_e(json.dumps(state.result, indent=2, default=str))}</pre>"
+        if state.result is not None
+        else ""
+    )
+    live_attr = "1" if live and not at and not state.terminal else "0"
+    return (
+        f'<section id="run" data-run="{_e(run_id)}" data-live="{live_attr}" '
+        f'data-version="{state.version}">'
+        + facts + as_of + slider + fork + decide + cancel
+        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + _usage(state) + result
+        + f"<h2>Events ({len(events)})</h2>"
+        + _table(EVENT_HEAD, event_rows(events), "events")
+        + "</section>"
+    )  # fmt: skip
+
+
+def approvals(found: Approvals, csrf: str) -> str:
+    tasks = [
+        f'<tr data-task="{_e(t.task_id)}">'
+        f'<td><a href="/runs/{quote(t.run_id)}">{_e(t.run_id)}</a></td>'
+        f"<td>{_e(t.workflow)}</td><td>{_e(t.task_id)}</td><td>{t.attempt}</td>"
+        f"<td>{_e(t.error[:200])}</td><td>{decide_task(t.run_id, t.task_id, csrf)}</td></tr>"
+        for t in found.tasks
+    ]
+    calls = []
+    for c in found.calls:
+        action = f"/tools/{quote(c.call_id)}/decide"
+        fields = (
+            '<input name="reason" placeholder="reason" required>'
+            f'<input type="hidden" name="agent" value="{_e(c.agent_id)}">'
+        )
+        calls.append(
+            f'<tr data-call="{_e(c.call_id)}"><td>{_e(c.call_id)}</td>'
+            f'<td><a href="/runs/{quote(c.run_id)}">{_e(c.run_id)}</a></td>'
+            f"<td>{_e(c.task_id)}</td><td>{_e(c.agent_id)}</td><td>{_e(c.tool)} ({_e(c.risk)})</td>"
+            f"<td><code>{_e(c.arguments[:300])}</code></td><td>"
+            + _form(
+                action,
+                csrf,
+                fields + '<input type="hidden" name="approve" value="1">',
+                "Approve",
+                "approve",
+            )
+            + _form(
+                action,
+                csrf,
+                fields + '<input type="hidden" name="approve" value="0">',
+                "Deny",
+                "deny",
+            )
+            + "</td></tr>"
+        )
+    return (
+        "<h2>Escalated tasks</h2>"
+        + (
+            _table(("run", "workflow", "task", "attempts", "error", "decide"), tasks, "escalated")
+            if tasks
+            else "<p>no task waits for a person</p>"
+        )
+        + "<h2>Tool calls awaiting approval</h2>"
+        + (
+            _table(("call", "run", "task", "agent", "tool", "arguments", "decide"), calls, "calls")
+            if calls
+            else "<p>no tool call waits for a decision</p>"
+        )
+    )
+
+
+def agents(reply: AgentsReply | None, problem: str, system: list[EventLine]) -> str:
+    if reply is None:
+        live = f"<p>live agents are known only to a running orchestrator: {_e(problem)}</p>"
+    else:
+        rows = [
+            f'<tr data-agent="{_e(a.agent_id)}"><td>{_e(a.agent_id)}</td><td>{_e(a.role)}</td>'
+            f"<td>{a.load}/{a.capacity}</td><td>{a.reported_load}</td>"
+            f"<td>{a.heartbeat_age_s:.3f}s</td>"
+            f"<td>{_e(', '.join(f'{h.run_id}/{h.task_id}#{h.attempt}' for h in a.held))}</td></tr>"
+            for a in reply.agents
+        ]
+        live = _table(
+            ("agent", "role", "load/capacity", "reported load", "heartbeat age", "holds"),
+            rows,
+            "agents",
+        )
+    return (
+        live
+        + "<h2>Joins, losses and refusals (newest first)</h2>"
+        + _table(EVENT_HEAD, event_rows(system), "events")
+    )
+
+
+def audit(q: AuditQuery, lines: list[EventLine], next_after: int, report: VerifyReport | None,
+          csrf: str) -> str:  # fmt: skip
+    def field(name: str, value: object, hint: str = "") -> str:
+        return (
+            f'<label>{name} <input name="{name}" value="{_e(value)}" placeholder="{hint}"></label>'
+        )
+
+    form = (
+        '<form method="get" action="/audit" class="filters">'
+        + field("run", q.run) + field("actor", q.actor) + field("type", q.type_glob, "task.*")
+        + field("text", q.text) + field("since", q.since, "ISO 8601 or Unix s")
+        + field("until", q.until, "ISO 8601 or Unix s") + field("limit", q.limit)
+        + "<button>Search</button></form>"
+    )  # fmt: skip
+    verify = _form("/audit/verify", csrf, "", "Verify the hash chain", "verify")
+    if report is not None:
+        verdict = (
+            f"hash chain: ok ({report.checked} events checked)"
+            if report.ok
+            else f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}"
+        )
+        verify += f'<p class="verdict {"ok" if report.ok else "bad"}">{_e(verdict)}</p>'
+    more = ""
+    if next_after:
+        query = {
+            "run": q.run, "actor": q.actor, "type": q.type_glob, "text": q.text,
+            "since": q.since, "until": q.until, "limit": str(q.limit), "after": str(next_after),
+        }  # fmt: skip
+        more = f'<p><a class="next" href="/audit?{_e(urlencode(query))}">next page</a></p>'
+    return form + verify + _table(EVENT_HEAD, event_rows(lines), "events") + more
+
+
+def why(ref: str, chain: list[EventLine]) -> str:
+    origin = chain[-1] if chain else None
+    began = (
+        f"<p>the chain began with {_e(origin.causation_id or 'nothing')} "
+        f"from {_e(origin.actor)}</p>"
+        if origin
+        else ""
+    )
+    return began + _table(EVENT_HEAD, event_rows(chain), "events")
+
+
+def problem(message: str) -> str:
+    return f'<p class="problem" role="alert">{_e(message)}</p>'

@@ -1,0 +1,294 @@
+"""What the console shows, read from the event store alone (either backend), with the
+same queries and folds the CLI uses: the runs list (`baton status --all`, paged and
+filtered), one run's state at its head or at any position (`baton replay [--until]`),
+its events with their causes (`baton audit --run`, `--why`), the approvals that wait
+(`baton tool pending`, escalated tasks) and audit search (`baton audit`).
+
+The only thing kept between requests is `Summaries`: the row of each run that has
+ended, which can no longer change (a bounded cache, never a second source of truth:
+an evicted row is folded again from the log)."""
+
+from __future__ import annotations
+
+import fnmatch
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Literal
+
+import msgspec
+
+from bus.protocol import ToolCallRecord
+from eventstore import EventQuery, EventStore, StoredEvent
+from orchestrator.cli import history
+from orchestrator.cli.console.errors import BadInput
+from orchestrator.core.errors import UnknownRun
+from orchestrator.core.state import RunState
+from orchestrator.service import agentlog, journal
+
+RUN_STATUSES = ("new", "running", "completed", "failed", "stopped")
+StatusFilter = Literal["", "new", "running", "completed", "failed", "stopped"]
+PAGE_MAX = 200
+EVENTS_MAX = 2000
+"""At most this many of a run's events on its page (then a link to audit search)."""
+
+
+class RunRow(msgspec.Struct, frozen=True):
+    """One line of the runs list."""
+
+    run_id: str
+    workflow: str
+    status: str
+    started_at: float
+    duration_s: float
+    done: int
+    total: int
+    tokens: int
+    forked_from: str = ""
+
+
+def row_of(state: RunState) -> RunRow:
+    """A run's line, from its folded state."""
+    end = state.finished_at
+    return RunRow(
+        run_id=state.run_id,
+        workflow=state.workflow.name if state.workflow else "?",
+        status=state.status,
+        started_at=state.started_at,
+        duration_s=max(0.0, end - state.started_at) if end and state.started_at else 0.0,
+        done=sum(t.status == "succeeded" for t in state.tasks.values()),
+        total=len(state.tasks),
+        tokens=state.tokens_spent,
+        forked_from=state.forked_from,
+    )
+
+
+@dataclass
+class Summaries:
+    """The rows of ended runs (they never change again), newest use last, at most
+    `limit`; a run still going is folded from the log on every read."""
+
+    limit: int = 20000
+    rows: OrderedDict[str, RunRow] = field(default_factory=OrderedDict)
+
+    async def row(self, store: EventStore, run_id: str) -> RunRow:
+        kept = self.rows.get(run_id)
+        if kept is not None:
+            self.rows.move_to_end(run_id)
+            return kept
+        made = row_of(await journal.load_run(store, run_id))
+        if made.status in ("completed", "failed", "stopped"):
+            self.rows[run_id] = made
+            while len(self.rows) > self.limit:
+                self.rows.popitem(last=False)
+        return made
+
+
+class RunFilter(msgspec.Struct, frozen=True):
+    """The runs list's filters; every field at its default matches every run."""
+
+    status: StatusFilter = ""
+    workflow: str = ""
+    text: str = ""
+    """A substring of the run id or of the workflow's name."""
+    since: float = 0.0
+    """Only runs started at or after this Unix time."""
+
+    def matches(self, row: RunRow) -> bool:
+        return (
+            (not self.status or row.status == self.status)
+            and (not self.workflow or row.workflow == self.workflow)
+            and (not self.text or self.text in row.run_id or self.text in row.workflow)
+            and row.started_at >= self.since
+        )
+
+
+class RunsPage(msgspec.Struct, frozen=True):
+    rows: list[RunRow]
+    next_before: str
+    """The cursor of the next (older) page: pass it as `before`; '' on the last page."""
+    scanned: int
+
+
+async def runs_page(
+    store: EventStore,
+    summaries: Summaries,
+    wanted: RunFilter,
+    before: str = "",
+    size: int = 50,
+) -> RunsPage:
+    """Newest runs first (run ids begin with their start time), `size` of those that
+    match, older than the run `before`. Runs still open are found without reading the
+    ended ones (`open_streams`), so a status filter of `running` costs what is running."""
+    if not 1 <= size <= PAGE_MAX:
+        raise BadInput("size", f"must be 1 to {PAGE_MAX}")
+    if wanted.status in ("running", "new"):
+        names = await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS)
+    else:
+        names = await store.streams(journal.RUN_PREFIX)
+    ids = sorted((journal.run_id_of(n) for n in names), reverse=True)
+    if before:
+        ids = [i for i in ids if i < before]
+    rows: list[RunRow] = []
+    for scanned, run_id in enumerate(ids, start=1):
+        row = await summaries.row(store, run_id)
+        if wanted.matches(row):
+            rows.append(row)
+            if len(rows) == size:
+                return RunsPage(rows, run_id if scanned < len(ids) else "", scanned)
+    return RunsPage(rows, "", len(ids))
+
+
+async def run_state(store: EventStore, run_id: str, at: str = "") -> tuple[RunState, int]:
+    """A run's state, at its head or as of `at` (a global position or a time, as
+    `baton replay --until` takes it), and the position it is as of (0: the head)."""
+    if at:
+        position = await history.position_at(store, run_id, at)
+        return await journal.load_run(store, run_id, until_position=position), position
+    return await journal.load_run(store, run_id), 0
+
+
+class EventLine(msgspec.Struct, frozen=True):
+    """One event of a run as its page lists it, with the event that caused it (when the
+    cause is an event of the log: its id links to it)."""
+
+    position: int
+    event_id: str
+    stream: str
+    type: str
+    actor: str
+    recorded_at: float
+    causation_id: str
+    cause_is_event: bool
+    summary: str
+
+
+def _summary(stored: StoredEvent) -> str:
+    fields = msgspec.to_builtins(journal.decode_any(stored))
+    for noise in ("type", "kind", "at", "workflow", "run_id"):
+        if isinstance(fields, dict):
+            fields.pop(noise, None)
+    text = msgspec.json.encode(fields).decode()
+    return text if len(text) <= 160 else text[:159] + "…"
+
+
+def line_of(stored: StoredEvent) -> EventLine:
+    cause = stored.causation_id
+    linked = "@" in cause and cause.rpartition("@")[2].isdigit()
+    return EventLine(
+        stored.position,
+        stored.event_id,
+        stored.stream,
+        stored.type,
+        stored.actor,
+        stored.recorded_at,
+        cause,
+        linked,
+        _summary(stored),
+    )
+
+
+async def run_events(store: EventStore, run_id: str, until: int = 0) -> list[EventLine]:
+    """The run's events (its own stream and its agents' records), oldest first, up to
+    `until` if given, at most `EVENTS_MAX` (the newest)."""
+    if not await store.stream_version(journal.run_stream(run_id)):
+        raise UnknownRun(run_id)
+    found = await store.query(EventQuery(correlation_id=run_id, to_position=until or None))
+    return [line_of(s) for s in found[-EVENTS_MAX:]]
+
+
+async def run_positions(store: EventStore, run_id: str) -> list[int]:
+    """The global positions of the run's own events: the stops of the time-travel slider."""
+    rows = await store.read_stream_rows(journal.run_stream(run_id))
+    return [row[0] for row in rows]
+
+
+async def why(store: EventStore, ref: str) -> list[EventLine]:
+    """The causation chain of an event, newest first (`baton audit --why`)."""
+    return [line_of(s) for s in await history.why(store, ref)]
+
+
+class Escalated(msgspec.Struct, frozen=True):
+    """A task that waits for a person (`baton approve|reject|retry`)."""
+
+    run_id: str
+    task_id: str
+    workflow: str
+    error: str
+    attempt: int
+
+
+class Approvals(msgspec.Struct, frozen=True):
+    tasks: list[Escalated]
+    calls: list[ToolCallRecord]
+
+
+async def approvals(store: EventStore) -> Approvals:
+    """What waits for a person now: escalated tasks of runs still open, and tool calls
+    recorded as awaiting approval with no decision recorded (`baton tool pending`)."""
+    tasks: list[Escalated] = []
+    for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
+        state = await journal.load_run(store, journal.run_id_of(stream))
+        name = state.workflow.name if state.workflow else "?"
+        tasks += [
+            Escalated(state.run_id, t.task_id, name, t.error, t.attempt)
+            for t in state.tasks.values()
+            if t.status == "escalated"
+        ]
+    records = agentlog.tool_calls(await store.query(EventQuery(type_glob="tool.call")))
+    decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
+    calls = [r for r in records if r.phase == "awaiting" and r.call_id not in decided]
+    return Approvals(tasks, calls)
+
+
+def caller_of(records: list[ToolCallRecord], call_id: str) -> ToolCallRecord | None:
+    """The one waiting call with this id, if there is exactly one."""
+    found = [r for r in records if r.call_id == call_id]
+    return found[0] if len(found) == 1 else None
+
+
+class AuditQuery(msgspec.Struct, frozen=True):
+    """The `baton audit` filters, validated."""
+
+    run: str = ""
+    actor: str = ""
+    type_glob: str = ""
+    text: str = ""
+    since: str = ""
+    until: str = ""
+    after: int = 0
+    limit: int = 100
+
+
+async def audit(store: EventStore, q: AuditQuery) -> tuple[list[EventLine], int]:
+    """A page of matching events, and the position to pass as `after` for the next page
+    (0 on the last one)."""
+    if not 1 <= q.limit <= 1000:
+        raise BadInput("limit", "must be 1 to 1000")
+    if q.after < 0:
+        raise BadInput("after", "must be a position (0 or more)")
+    if q.type_glob and len(q.type_glob) > 100:
+        raise BadInput("type", "at most 100 characters")
+    if q.run and not await store.stream_version(journal.run_stream(q.run)):
+        raise UnknownRun(q.run)
+    fnmatch.translate(q.type_glob)
+    query = EventQuery(
+        correlation_id=q.run or None,
+        actor=q.actor or None,
+        type_glob=q.type_glob or None,
+        text=q.text or None,
+        since=history.parse_time(q.since) if q.since else None,
+        until=history.parse_time(q.until) if q.until else None,
+        from_position=q.after + 1,
+        limit=q.limit + 1,
+    )
+    found = await store.query(query)
+    more = len(found) > q.limit
+    lines = [line_of(s) for s in found[: q.limit]]
+    return lines, (lines[-1].position if more else 0)
+
+
+async def system_events(store: EventStore, limit: int = 50) -> list[EventLine]:
+    """The newest agent joins, losses and refusals (the `system` stream)."""
+    version = await store.stream_version(journal.SYSTEM_STREAM)
+    found = await store.read_stream(journal.SYSTEM_STREAM, from_version=max(1, version - limit + 1))
+    return [line_of(s) for s in reversed(found)]

@@ -1,0 +1,71 @@
+// The console's one script: a run's page follows the run live (server-sent events the
+// console pushes when the bus says the run moved), and the time-travel slider shows the
+// run at the position it is moved to. Everything else is plain HTML forms.
+"use strict";
+
+window.batonDelays = [];
+
+function esc(text) {
+  const span = document.createElement("span");
+  span.textContent = String(text);
+  return span.innerHTML;
+}
+
+function updateRun(section, state) {
+  const runStatus = document.getElementById("run-status");
+  if (runStatus) {
+    runStatus.textContent = state.status;
+    runStatus.className = "st " + state.status;
+  }
+  const tokens = document.getElementById("run-tokens");
+  if (tokens) tokens.textContent = state.tokens;
+  const body = section.querySelector("table.tasks tbody");
+  for (const [taskId, task] of Object.entries(state.tasks)) {
+    let row = body.querySelector('tr[data-task="' + CSS.escape(taskId) + '"]');
+    if (!row) {
+      row = document.createElement("tr");
+      row.dataset.task = taskId;
+      row.innerHTML = "<td>" + esc(taskId) + "</td><td>" + esc(task.role) + "</td><td></td>" +
+        '<td class="st"></td><td class="attempt"></td><td class="agent"></td>' +
+        '<td class="tokens"></td><td class="out"></td>';
+      body.appendChild(row);
+    }
+    const cell = row.querySelector("td.st");
+    cell.textContent = task.status;
+    cell.className = "st " + task.status;
+    row.querySelector("td.attempt").textContent = task.attempt;
+    row.querySelector("td.agent").textContent = task.agent;
+    row.querySelector("td.tokens").textContent = task.tokens;
+  }
+  section.dataset.version = state.version;
+  section.dataset.status = state.status;
+  if (state.recorded_at) window.batonDelays.push(Date.now() / 1000 - state.recorded_at);
+}
+
+function followRun(section) {
+  const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) + "/live");
+  source.addEventListener("state", (message) => {
+    const state = JSON.parse(message.data);
+    updateRun(section, state);
+    if (["completed", "failed", "stopped"].includes(state.status)) {
+      source.close();
+      section.dataset.live = "ended";
+    }
+  });
+  source.onerror = () => { section.dataset.live = "lost"; };
+  section.dataset.live = "following";
+}
+
+function travel() {
+  const slider = document.getElementById("travel");
+  if (!slider) return;
+  const shown = document.getElementById("travel-at");
+  slider.addEventListener("input", () => { shown.textContent = slider.value; });
+  slider.addEventListener("change", () => { slider.form.submit(); });
+}
+
+document.addEventListener("DOMContentLoaded", () => {
+  const section = document.getElementById("run");
+  if (section && section.dataset.live === "1") followRun(section);
+  travel();
+});
