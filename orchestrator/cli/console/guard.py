@@ -80,6 +80,12 @@ class Guard:
             del self.sessions[next(iter(self.sessions))]
         return session
 
+    def renew(self) -> str:
+        """A new one-time login token (the old one, if unspent, no longer works): a
+        login link for another browser."""
+        self.token = secrets.token_urlsafe(32)
+        return self.token
+
     def session(self, cookie: str, now: float | None = None) -> Session | None:
         found = self.sessions.get(cookie) if cookie else None
         if found is None:

@@ -1,0 +1,156 @@
+"""A real stack for the console's tests: the embedded nats-server, the orchestrator and
+its SQLite log (`tests.cluster`), and `baton ui`'s server on a free loopback port with
+its own store opened the way the command opens it, all in one event loop on a thread of
+its own, so a test drives it over real HTTP (and a real browser) from the main thread."""
+
+from __future__ import annotations
+
+import asyncio
+import http.client
+import re
+import threading
+from collections.abc import Coroutine, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple, TypeVar
+from urllib.parse import urlencode
+
+from orchestrator.cli.console.command import Running, serving
+from orchestrator.cli.reach import reach
+from orchestrator.core.workflow import WorkflowSpec
+from orchestrator.service.bootstrap import open_store, store_name
+from orchestrator.service.workflow_files import load
+from tests.cluster import REPO, Cluster, cluster
+
+T = TypeVar("T")
+RESEARCH = REPO / "examples" / "research"
+ESCALATION = REPO / "examples" / "escalation"
+
+
+class Reply(NamedTuple):
+    status: int
+    headers: dict[str, str]
+    text: str
+
+
+class ConsoleEnv:
+    """The stack and the console, started on `start()`, stopped on `close()`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._stop: asyncio.Event | None = None
+        self._main: asyncio.Future[None] | None = None
+        self.cluster: Cluster
+        self.running: Running
+        self.cookie = ""
+        self.csrf = ""
+
+    def call(self, work: Coroutine[Any, Any, T], timeout: float = 60.0) -> T:
+        """Run `work` in the stack's loop and wait for its result (bounded)."""
+        return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
+
+    def start(self) -> ConsoleEnv:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._ready(), self.loop).result(60)
+        self.cookie = self.login(self.running.login_url)
+        self.csrf = self.csrf_of(self.get("/").text)
+        return self
+
+    async def _ready(self) -> None:
+        started = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._main = asyncio.ensure_future(self._serve(started))
+        waiting = asyncio.ensure_future(started.wait())
+        await asyncio.wait({self._main, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        if self._main.done():
+            self._main.result()
+
+    async def _serve(self, started: asyncio.Event) -> None:
+        assert self._stop is not None
+        async with cluster(self.directory) as c:
+            store = await open_store(self.directory)
+            try:
+                where = reach("", self.directory)
+                assert where is not None, "the embedded server runs"
+                assert where.identity, "the person's credentials"
+                async with serving(
+                    store, where, where.identity, shown_store=store_name(self.directory)
+                ) as running:
+                    self.cluster, self.running = c, running
+                    started.set()
+                    await self._stop.wait()
+            finally:
+                await store.close()
+
+    def close(self) -> None:
+        if self._stop is not None:
+            self.loop.call_soon_threadsafe(self._stop.set)
+            if self._main is not None:
+                asyncio.run_coroutine_threadsafe(asyncio.wait({self._main}), self.loop).result(60)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+
+    # -- HTTP ------------------------------------------------------------------------
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        form: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        *,
+        cookie: str | None = None,
+    ) -> Reply:
+        """One request on a new connection; the session's cookie unless told another."""
+        sent = {"Host": f"127.0.0.1:{self.running.port}"}
+        jar = self.cookie if cookie is None else cookie
+        if jar:
+            sent["Cookie"] = f"baton_console={jar}"
+        body = None
+        if form is not None:
+            body = urlencode(form)
+            sent["Content-Type"] = "application/x-www-form-urlencoded"
+        sent.update(headers or {})
+        connection = http.client.HTTPConnection("127.0.0.1", self.running.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=sent)
+            response = connection.getresponse()
+            got = {k.lower(): v for k, v in response.getheaders()}
+            return Reply(response.status, got, response.read().decode())
+        finally:
+            connection.close()
+
+    def get(self, path: str, **kwargs: Any) -> Reply:
+        return self.request("GET", path, **kwargs)
+
+    def post(self, path: str, form: Mapping[str, str], **kwargs: Any) -> Reply:
+        return self.request("POST", path, {"csrf": self.csrf, **form}, **kwargs)
+
+    def login(self, url: str) -> str:
+        """The session cookie a login URL gives (AssertionError if it gives none)."""
+        path = url.partition(f":{self.running.port}")[2]
+        reply = self.get(path, cookie="")
+        assert reply.status == 303, reply
+        match = re.match(r"baton_console=([^;]+);", reply.headers.get("set-cookie", ""))
+        assert match, reply.headers
+        return match.group(1)
+
+    @staticmethod
+    def csrf_of(page: str) -> str:
+        match = re.search(r'<meta name="csrf" content="([^"]+)">', page)
+        assert match, page[:500]
+        return match.group(1)
+
+    # -- runs ------------------------------------------------------------------------
+
+    def example(self, folder: Path) -> WorkflowSpec:
+        return load(folder / "workflow.toml")
+
+    def start_agents(self, folder: Path) -> None:
+        workflow = self.example(folder)
+        self.call(self.cluster.add_agents(workflow.agents, base=folder))
+
+    def start_run(self, folder: Path) -> str:
+        workflow = self.example(folder)
+        return self.call(self.cluster.orchestrator.start_run(workflow, workflow.input))

@@ -1,0 +1,262 @@
+"""`baton ui` over real HTTP against a real stack (tests/console_env.py): the login token,
+the session and CSRF checks on every route and action, the refusals of bad input (each
+changes nothing), and a person's decision on an escalated task sent from the console
+through the orchestrator's API and recorded with that person as its actor."""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip(
+    "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
+)
+
+from eventstore import EventQuery
+from orchestrator.cli.console.command import bind, is_loopback
+from orchestrator.cli.console.errors import UnsafeBind
+from orchestrator.cli.console.guard import HEADERS
+from orchestrator.service import journal
+from tests.cluster import baton
+from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+
+PAGES = ("/", "/runs/{run}", "/runs/{run}/live", "/approvals", "/agents", "/audit",
+         "/why?ref=1")  # fmt: skip
+ACTIONS = {
+    "/runs/{run}/tasks/flaky/decide": {"action": "approve", "note": "x", "output": "{}"},
+    "/runs/{run}/cancel": {"note": "x"},
+    "/runs/{run}/fork": {"at": "{at}"},
+    "/tools/call1/decide": {"agent": "agent-1", "approve": "1", "reason": "x"},
+    "/audit/verify": {},
+}
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleEnv]:
+    started = ConsoleEnv(tmp_path_factory.mktemp("console") / "state").start()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="module")
+def escalated(env: ConsoleEnv) -> str:
+    """A run of examples/escalation whose `flaky` task waits for a person."""
+    env.start_agents(ESCALATION)
+    run_id = env.start_run(ESCALATION)
+    env.call(env.cluster.until(run_id, lambda s: s.tasks["flaky"].status == "escalated"))
+    return run_id
+
+
+def _version(env: ConsoleEnv, run_id: str) -> int:
+    return env.call(env.cluster.stack.store.stream_version(journal.run_stream(run_id)))
+
+
+def _fill(path: str, run_id: str) -> str:
+    return path.replace("{run}", run_id)
+
+
+def test_the_login_token_works_once_and_nothing_is_served_without_a_session(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    token = env.running.console.guard.renew()
+    wrong = env.get("/login?token=" + "x" * len(token), cookie="")
+    assert wrong.status == 403
+    assert "set-cookie" not in wrong.headers
+    cookie = env.login(env.running.login_url)
+    assert cookie
+    assert cookie != env.cookie
+    again = env.get(f"/login?token={token}", cookie="")
+    assert again.status == 403, "a login token is spent by its first use"
+    for page in PAGES:
+        reply = env.get(_fill(page, escalated), cookie="")
+        assert reply.status == 401, (page, reply.status)
+        assert "open the login URL" in reply.text
+        forged = env.get(_fill(page, escalated), cookie="forged-session")
+        assert forged.status == 401, page
+    for action, form in ACTIONS.items():
+        reply = env.post(_fill(action, escalated), form, cookie="")
+        assert reply.status == 401, action
+    static = env.get("/static/console.js", cookie="")
+    assert static.status == 200
+    assert "EventSource" in static.text
+
+
+def test_every_response_has_the_security_headers_and_a_foreign_host_is_refused(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    for page in ("/", f"/runs/{escalated}", "/static/console.css", "/login"):
+        reply = env.get(page)
+        for name, value in HEADERS.items():
+            assert reply.headers.get(name) == value, (page, name)
+    rebound = env.get("/", headers={"Host": "evil.example:80"})
+    assert rebound.status == 400
+    assert "own address" in rebound.text
+    page = env.get(f"/runs/{escalated}").text
+    assert "<script>" not in page
+    assert 'src="/static/console.js"' in page
+    token = env.running.console.guard.renew()
+    page = env.get(f"/runs/{escalated}").text
+    assert token not in page, "no login token in a page"
+    where = env.running.console.live.where
+    assert where is not None
+    assert "@" in where.url
+    password = where.url.rpartition("@")[0].rpartition(":")[2]
+    assert len(password) > 8
+    assert password not in page, "no NATS password in a page"
+    assert where.url.rpartition("@")[2] in page, "the server it acts on is shown"
+
+
+def test_every_action_needs_the_sessions_csrf_token_and_origin_and_changes_nothing(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    before = _version(env, escalated)
+    at = str(env.call(env.cluster.stack.store.last_position()))
+    for action, form in ACTIONS.items():
+        path = _fill(action, escalated)
+        filled = {k: v.replace("{at}", at) for k, v in form.items()}
+        missing = env.request("POST", path, filled)
+        assert missing.status == 403, (action, missing.status)
+        assert "CSRF" in missing.text, action
+        wrong = env.request("POST", path, {**filled, "csrf": "not-the-token"})
+        assert wrong.status == 403, action
+        foreign = env.post(path, filled, headers={"Origin": "http://evil.example"})
+        assert foreign.status == 403, action
+        assert "not sent from the console" in foreign.text, action
+        other = env.request("POST", path, None, {"Content-Type": "application/json"})
+        assert other.status == 400, action
+        assert "x-www-form-urlencoded" in other.text, action
+        read_only = env.get(path)
+        assert read_only.status == 405, action
+    assert _version(env, escalated) == before
+    runs = env.call(env.cluster.stack.store.streams(journal.RUN_PREFIX))
+    assert len(runs) == 1, "no fork was made"
+
+
+BAD_PAGES = {
+    "/?status=bogus": "status: one of",
+    "/?size=0": "size: must be 1 to 200",
+    "/?size=abc": "size: 'abc' is not a whole number",
+    "/?since=yesterday": "neither a position",
+    "/runs/no-such-run": "no run 'no-such-run'",
+    "/runs/a.b": "invalid subject token",
+    "/runs/{run}?at=1": "had not started yet",
+    "/runs/{run}?at=soon": "neither a position",
+    "/audit?limit=0": "limit: must be 1 to 1000",
+    "/audit?after=-1": "after: '-1' is not a whole number",
+    "/audit?run=nope": "no run 'nope'",
+    "/audit?since=never": "neither a position",
+    "/why": "ref: an event id or a global position",
+    "/why?ref=999999": "no event '999999'",
+    "/runs/no-such-run/live": "no run 'no-such-run'",
+}
+
+
+def test_bad_input_on_every_page_is_a_clear_refusal(env: ConsoleEnv, escalated: str) -> None:
+    for page, said in BAD_PAGES.items():
+        reply = env.get(_fill(page, escalated))
+        assert reply.status in (400, 404), (page, reply.status)
+        assert said.replace("'", "&#x27;") in reply.text, (page, reply.text[-600:])
+
+
+def test_bad_input_on_every_action_is_refused_and_changes_nothing(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    before = _version(env, escalated)
+    decide = f"/runs/{escalated}/tasks/flaky/decide"
+    refused = {
+        (decide, "action=bogus"): ({"action": "bogus", "note": "x"}, 400, "action: one of"),
+        (decide, "output"): ({"action": "approve", "output": "[1]"}, 400, "output"),
+        (decide, "no JSON"): ({"action": "approve", "output": "{"}, 400, "output"),
+        (f"/runs/{escalated}/tasks/finish/decide", "task"): (
+            {"action": "approve", "note": "x"}, 409, "finish"),
+        (f"/runs/{escalated}/tasks/a.b/decide", "token"): (
+            {"action": "approve"}, 400, "invalid subject token"),
+        (f"/runs/{escalated}/fork", "at"): ({"at": "abc"}, 400, "at: a global position"),
+        (f"/runs/{escalated}/fork", "before"): ({"at": "1"}, 400, "had not started yet"),
+        ("/runs/nope/fork", "run"): ({"at": "5"}, 404, "no run"),
+        ("/tools/c1/decide", "approve"): ({"agent": "a", "approve": "2"}, 400, "approve: 1"),
+        ("/tools/c1/decide", "agent"): ({"agent": "a.b", "approve": "1"}, 400, "invalid subject"),
+        ("/tools/c1/decide", "waiting"): ({"agent": "ghost", "approve": "1"}, 503, "no agent"),
+    }  # fmt: skip
+    for (path, what), (form, status, said) in refused.items():
+        reply = env.post(path, form)
+        assert reply.status == status, (what, reply.status, reply.text[-500:])
+        assert said in reply.text, (what, reply.text[-500:])
+    big = env.post(decide, {"action": "approve", "note": "n" * 70000})
+    assert big.status == 400
+    assert "body: at most" in big.text
+    assert _version(env, escalated) == before, "a refused action changed nothing"
+    assert len(env.call(env.cluster.stack.store.streams(journal.RUN_PREFIX))) == 1
+
+
+def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    person = env.running.console.live.actor
+    assert person.startswith("human:")
+    approvals = env.get("/approvals").text
+    assert 'data-task="flaky"' in approvals
+    assert escalated in approvals
+    reply = env.post(
+        f"/runs/{escalated}/tasks/flaky/decide",
+        {"action": "approve", "note": "checked by hand", "output": '{"fixed": true}'},
+    )
+    assert reply.status == 303
+    assert reply.headers["location"] == f"/runs/{escalated}"
+    state = env.call(env.cluster.until(escalated, lambda s: s.status == "completed"))
+    assert state.tasks["flaky"].output == {"fixed": True}
+    page = env.get(f"/runs/{escalated}").text
+    assert f"approve of task flaky recorded by {person}" in page
+    decided = env.call(
+        env.cluster.stack.store.query(
+            EventQuery(stream=journal.run_stream(escalated), type_glob="human.decided")
+        )
+    )
+    assert [e.actor for e in decided] == [person]
+    assert b"checked by hand" in decided[0].data
+    again = env.post(f"/runs/{escalated}/tasks/flaky/decide", {"action": "retry", "note": "x"})
+    assert again.status == 409, "the run is over: the orchestrator refuses, and says why"
+
+
+def test_the_runs_list_filters_and_pages(env: ConsoleEnv, escalated: str) -> None:
+    env.start_agents(RESEARCH)
+    second = env.start_run(RESEARCH)
+    env.call(env.cluster.until(second, lambda s: s.status == "completed"))
+    both = env.get("/").text
+    assert both.index(second) < both.index(escalated), "newest first"
+    assert "5/5" in both
+    assert "research-brief" in both
+    only = env.get("/?workflow=escalation").text
+    assert escalated in only
+    assert second not in only
+    assert second in env.get(f"/?text={second[-6:]}").text
+    assert "no run matches" in env.get("/?status=failed").text
+    first_page = env.get("/?size=1").text
+    assert second in first_page
+    assert escalated not in first_page
+    assert f"before={second}" in first_page
+    older = env.get(f"/?size=1&before={second}").text
+    assert escalated in older
+    assert "older runs" not in older
+
+
+def test_a_non_loopback_bind_needs_the_flag(tmp_path: Path) -> None:
+    assert is_loopback("127.0.0.1")
+    assert is_loopback("::1")
+    assert is_loopback("localhost")
+    assert not is_loopback("0.0.0.0")
+    assert not is_loopback("10.1.2.3")
+    with pytest.raises(UnsafeBind):
+        bind("0.0.0.0", 0, allow_remote=False)
+    out = subprocess.run(
+        baton("ui", "--host", "0.0.0.0", "--port", "0", "--state-dir", str(tmp_path)),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2
+    assert "not a loopback address" in out.stderr
+    assert "--allow-remote" in out.stderr
