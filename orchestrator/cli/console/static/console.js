@@ -39,7 +39,12 @@ function updateRun(section, state) {
   }
   section.dataset.version = state.version;
   section.dataset.status = state.status;
-  if (state.recorded_at) window.batonDelays.push(Date.now() / 1000 - state.recorded_at);
+  // the first state is the one at connection: its event may be old; each later one is
+  // pushed because an event was just appended, so its age is the append-to-page delay
+  if (section.dataset.seen && state.recorded_at) {
+    window.batonDelays.push(Date.now() / 1000 - state.recorded_at);
+  }
+  section.dataset.seen = "1";
 }
 
 function followRun(section) {

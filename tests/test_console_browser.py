@@ -1,0 +1,201 @@
+"""The console in a real headless Chromium (Debian's, driven by Playwright with the system
+browser): a live run of examples/research turns succeeded on the page without a reload;
+an escalated task of examples/escalation is approved from the page and the run
+completes; the time-travel slider shows what `baton replay --until` shows, and the page
+forks from there; audit search, verify and the agents page. A screenshot of each page is
+saved in the test's temporary directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import pytest
+
+pytest.importorskip("starlette", reason="the console needs the ui extra (pip install '.[ui]')")
+
+from tests.cluster import baton
+from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+
+CHROMIUM = Path("/usr/bin/chromium")
+REQUIRE_BROWSER = os.environ.get("BATON_REQUIRE_BROWSER") == "1"
+WAIT_MS = 30_000
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleEnv]:
+    if not CHROMIUM.exists():
+        missing = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)"
+        if REQUIRE_BROWSER:
+            pytest.fail(f"{missing}; BATON_REQUIRE_BROWSER=1 says the browser tests must run")
+        pytest.skip(f"{missing} to run the browser tests")
+    started = ConsoleEnv(tmp_path_factory.mktemp("console-browser") / "state").start()
+    try:
+        yield started
+    finally:
+        started.close()
+
+
+@pytest.fixture(scope="module")
+def page(env: ConsoleEnv) -> Iterator[Any]:
+    """A logged-in page of headless Chromium (its own one-time login link)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
+        try:
+            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            env.running.console.guard.renew()
+            tab.goto(env.running.login_url)
+            assert tab.url == f"{env.running.base}/", "the login lands on the runs list"
+            yield tab
+        finally:
+            browser.close()
+
+
+def _until_completed(page: Any) -> None:
+    """Until the page itself says the run completed (the live update, no reload)."""
+    from playwright.sync_api import expect
+
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=WAIT_MS)
+
+
+class Watched(NamedTuple):
+    run_id: str
+    statuses: dict[str, str]
+    reloaded: bool
+    delays: list[float]
+
+
+def _statuses(page: Any) -> dict[str, str]:
+    found: dict[str, str] = page.eval_on_selector_all(
+        "table.tasks tbody tr",
+        "rows => Object.fromEntries(rows.map(r => [r.dataset.task, "
+        "r.querySelector('td.st').textContent]))",
+    )
+    return found
+
+
+@pytest.fixture(scope="module")
+def watched(env: ConsoleEnv, page: Any, tmp_path_factory: pytest.TempPathFactory) -> Watched:
+    """A research run opened before its agents exist, then watched to its end."""
+    run_id = env.start_run(RESEARCH)
+    page.goto(f"{env.running.base}/runs/{run_id}")
+    page.wait_for_selector('#run[data-live="following"]', timeout=WAIT_MS)
+    assert set(_statuses(page).values()) <= {"pending"}, "no agent has started yet"
+    page.evaluate("window.sameDocument = true")
+    env.start_agents(RESEARCH)
+    _until_completed(page)
+    shots = tmp_path_factory.mktemp("screenshots")
+    page.screenshot(path=str(shots / "run-live.png"), full_page=True)
+    reloaded = page.evaluate("window.sameDocument !== true")
+    delays = [float(d) for d in page.evaluate("window.batonDelays")]
+    return Watched(run_id, _statuses(page), reloaded, delays)
+
+
+def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path: Path) -> None:
+    assert not watched.reloaded, "the page was updated in place"
+    assert len(watched.statuses) == 5
+    assert set(watched.statuses.values()) == {"succeeded"}
+    assert watched.delays, "states were pushed after the page opened"
+    figures = {
+        "pushes": len(watched.delays),
+        "median_append_to_page_ms": round(statistics.median(watched.delays) * 1000, 1),
+        "max_ms": round(max(watched.delays) * 1000, 1),
+    }
+    (tmp_path / "append-to-page.json").write_text(json.dumps(figures))
+    print(f"append-to-page delay: {figures}")
+
+
+def test_an_escalated_task_is_approved_from_the_page(
+    env: ConsoleEnv, page: Any, tmp_path: Path
+) -> None:
+    env.start_agents(ESCALATION)
+    run_id = env.start_run(ESCALATION)
+    env.call(env.cluster.until(run_id, lambda s: s.tasks["flaky"].status == "escalated"))
+    page.goto(f"{env.running.base}/approvals")
+    row = page.locator(f'table.escalated tr:has(a[href="/runs/{run_id}"])')
+    approve = row.locator("form.approve")
+    approve.locator('input[name="note"]').fill("looked at it: fine")
+    approve.locator('input[name="output"]').fill('{"fixed": true}')
+    page.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
+    approve.locator("button").click()
+    page.wait_for_url(f"{env.running.base}/runs/{run_id}", timeout=WAIT_MS)
+    said = page.locator(".said").text_content() or ""
+    assert re.match(r"approve of task flaky recorded by human:\S+; run \S+ is running", said)
+    _until_completed(page)
+    assert _statuses(page) == {"flaky": "succeeded", "finish": "succeeded"}
+    page.screenshot(path=str(tmp_path / "approved.png"), full_page=True)
+
+
+def _replayed(env: ConsoleEnv, run_id: str, at: int) -> dict[str, str]:
+    out = subprocess.run(
+        baton("replay", run_id, "--until", str(at), "--state-dir", str(env.directory)),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    table = out.stdout.split("output\n", 1)[1].split("\n\n", 1)[0]
+    return {line.split()[0]: line.split()[1] for line in table.splitlines() if line.strip()}
+
+
+def test_the_time_travel_slider_shows_what_replay_until_shows_and_forks_from_there(
+    env: ConsoleEnv, page: Any, watched: Watched, tmp_path: Path
+) -> None:
+    page.goto(f"{env.running.base}/runs/{watched.run_id}")
+    stops = [
+        int(v) for v in page.eval_on_selector_all("#stops option", "os => os.map(o => o.value)")
+    ]
+    assert len(stops) > 10
+    middle = stops[len(stops) // 2]
+    page.eval_on_selector(
+        "#travel", "(el, at) => { el.value = at; el.dispatchEvent(new Event('change')); }", middle
+    )
+    page.wait_for_url(re.compile(rf"/runs/{watched.run_id}\?at={middle}$"), timeout=WAIT_MS)
+    shown = _statuses(page)
+    assert f"as of global position {middle}" in (page.locator(".asof").text_content() or "")
+    assert shown == _replayed(env, watched.run_id, middle)
+    assert set(shown.values()) != {"succeeded"}, "the past differs from the end"
+    page.screenshot(path=str(tmp_path / "time-travel.png"), full_page=True)
+    page.locator("form.fork button").click()
+    page.wait_for_url(re.compile(r"/runs/(?!" + watched.run_id + r")[\w-]+$"), timeout=WAIT_MS)
+    forked = page.url.rpartition("/")[2]
+    said = page.locator(".said").text_content() or ""
+    assert said.startswith(f"forked run {forked} from {watched.run_id} at position {middle}")
+    assert f"{watched.run_id}@{middle}" in (page.locator(".facts").text_content() or "")
+    assert _statuses(page) == shown, "the fork starts as the run was at that position"
+    page.screenshot(path=str(tmp_path / "forked.png"), full_page=True)
+
+
+def test_audit_search_verify_and_the_agents_page(
+    env: ConsoleEnv, page: Any, watched: Watched, tmp_path: Path
+) -> None:
+    page.goto(f"{env.running.base}/audit")
+    page.fill('input[name="run"]', watched.run_id)
+    page.fill('input[name="type"]', "task.*")
+    page.locator("form.filters button").click()
+    page.wait_for_url(re.compile(r"/audit\?"), timeout=WAIT_MS)
+    types = page.eval_on_selector_all(
+        "table.events tbody tr", "rows => rows.map(r => r.children[3].textContent)"
+    )
+    assert types
+    assert all(t.startswith("task.") for t in types)
+    assert "task.succeeded" in types
+    page.screenshot(path=str(tmp_path / "audit.png"), full_page=True)
+    page.locator("form.verify button").click()
+    verdict = page.locator(".verdict").text_content() or ""
+    assert re.match(r"hash chain: ok \(\d+ events checked\)", verdict)
+    page.goto(f"{env.running.base}/agents")
+    roles = page.eval_on_selector_all(
+        "table.agents tbody tr", "rows => rows.map(r => r.children[1].textContent)"
+    )
+    assert {"planner", "researcher", "writer", "flaky", "finisher"} <= set(roles)
+    page.screenshot(path=str(tmp_path / "agents.png"), full_page=True)
+    page.goto(f"{env.running.base}/")
+    assert watched.run_id in (page.locator("table.runs").text_content() or "")
+    page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
