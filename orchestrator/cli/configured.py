@@ -18,8 +18,8 @@ SERVE_NATS_HELP = (
 
 
 STORE_COMMANDS = frozenset(
-    ("run", "resume", "serve", "replay", "fork", "export", "import", "audit", "trace", "status", "ui")
-)
+    ("run", "resume", "serve", "replay", "fork", "export", "import", "audit", "trace")
+) | {"status", "ui"}
 """The commands that open the event log (and `baton tool pending`); the others only talk
 to a running orchestrator over NATS."""
 OWN_BUS = frozenset(("agent", "tool", "admit", "creds"))

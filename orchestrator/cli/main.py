@@ -33,9 +33,9 @@ from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import submit as submit_cli
-from orchestrator.cli.console import command as console_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
+from orchestrator.cli.console import command as console_cli
 from orchestrator.cli.reach import shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
