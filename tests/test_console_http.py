@@ -5,7 +5,12 @@ through the orchestrator's API and recorded with that person as its actor."""
 
 from __future__ import annotations
 
+import http.client
+import queue
+import re
 import subprocess
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -260,3 +265,45 @@ def test_a_non_loopback_bind_needs_the_flag(tmp_path: Path) -> None:
     assert out.returncode == 2
     assert "not a loopback address" in out.stderr
     assert "--allow-remote" in out.stderr
+
+
+def test_baton_serve_ui_serves_the_console_beside_the_orchestrator(tmp_path: Path) -> None:
+    server = subprocess.Popen(
+        baton("serve", "--ui", "--ui-port", "0", "--state-dir", str(tmp_path / "state")),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        lines: list[str] = []
+        heard: queue.Queue[str] = queue.Queue()
+        out = server.stdout
+
+        def read() -> None:
+            for line in out:
+                heard.put(line)
+
+        threading.Thread(target=read, daemon=True).start()
+        deadline = time.monotonic() + 60
+        while not any(line.startswith("open http") for line in lines):
+            assert server.poll() is None, f"baton serve --ui exited: {lines}"
+            lines.append(heard.get(timeout=max(0.0, deadline - time.monotonic())))
+        said = "".join(lines)
+        assert "baton: serving on NATS" in said
+        assert re.search(r"acting as human:\S+ on nats://127\.0\.0\.1:\d+\n", said), said
+        url = re.search(r"open (http://127\.0\.0\.1:(\d+)/login\?token=\S+)", said)
+        assert url, said
+        port = int(url.group(2))
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        connection.request("GET", url.group(1).partition(f":{port}")[2])
+        login = connection.getresponse()
+        login.read()
+        assert login.status == 303
+        cookie = (login.getheader("set-cookie") or "").partition(";")[0]
+        connection.request("GET", "/agents", headers={"Cookie": cookie})
+        page = connection.getresponse()
+        assert page.status == 200
+        assert "<h1>Agents</h1>" in page.read().decode(), "the live agents, asked of the bus"
+        connection.close()
+    finally:
+        server.terminate()
+        server.wait(30)

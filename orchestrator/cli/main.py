@@ -93,6 +93,7 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
     serve.add_argument("--nats", default=None,
                        help=SERVE_NATS_HELP)  # fmt: skip
+    console_cli.add_serve_flags(serve)
 
     submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
     submit.add_argument("workflow", help="workflow TOML file")
@@ -349,6 +350,7 @@ async def _serve_only(args: argparse.Namespace) -> int:
         agent_ttl=ttl,
         heartbeat_s=heartbeat_s,
         config=args.config,
+        beside=console_cli.beside_serve(args) if args.ui else None,
     )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import secrets
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service.api import RunAccepted, StartRunRequest
-from orchestrator.service.bootstrap import DEFAULT_CONFIG, bootstrap, store_name
+from orchestrator.service.bootstrap import DEFAULT_CONFIG, Stack, bootstrap, store_name
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 
 _answer: Decoder[RunAccepted | ErrorReply] = Decoder(RunAccepted | ErrorReply)
@@ -44,8 +45,11 @@ async def serve(
     agent_ttl: float = AGENT_TTL,
     heartbeat_s: float = HEARTBEAT_S,
     config: Config = DEFAULT_CONFIG,
+    beside: Callable[[Stack], Awaitable[object]] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT; prints one line with the NATS URL once serving."""
+    """Serve until SIGTERM/SIGINT; prints one line with the NATS URL once serving. With
+    `beside`, that runs too once the stack is up (`baton serve --ui`: the console), and
+    is stopped first; if it ends on its own, serving ends too."""
     stack = await bootstrap(
         directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s, config=config
     )
@@ -57,10 +61,28 @@ async def serve(
     try:
         print(f"baton: serving on NATS {shown_url(stack.nats_url)}, "
               f"event store {store_name(directory, config)}", flush=True)  # fmt: skip
-        await stop.wait()
+        if beside is None:
+            await stop.wait()
+        else:
+            await _with(beside(stack), stop)
     finally:
         await stack.close()
     return 0
+
+
+async def _with(work: Awaitable[object], stop: asyncio.Event) -> None:
+    """Until `stop` is set or `work` ends (its error raised); `work` is cancelled first."""
+    running = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        if running.done():
+            running.result()
+    finally:
+        for task in (running, stopping):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
 
 ATTEMPT_S = 2.0

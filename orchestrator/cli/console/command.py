@@ -11,7 +11,7 @@ import contextlib
 import ipaddress
 import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,8 +21,8 @@ from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.control import actor_of
 from orchestrator.cli.log_commands import existing_store
-from orchestrator.cli.reach import Reach, reach
-from orchestrator.service.bootstrap import state_dir, store_name
+from orchestrator.cli.reach import Reach, me, reach
+from orchestrator.service.bootstrap import Stack, state_dir, store_name
 
 if TYPE_CHECKING:
     from orchestrator.cli.console.app import Console
@@ -49,6 +49,22 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     help="who decides, on a bus given with --nats (default human:<login>); "
                          "on the embedded server, always who its credentials name")  # fmt: skip
     ui.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
+
+
+def add_serve_flags(serve: argparse.ArgumentParser) -> None:
+    """`baton serve --ui`: the console in the same process, on the orchestrator's own
+    store and bus."""
+    serve.add_argument("--ui", action="store_true",
+                       help="also serve the operator's console (as baton ui; needs the ui "
+                            "extra)")  # fmt: skip
+    serve.add_argument("--ui-host", default="127.0.0.1",
+                       help="the console's address (default 127.0.0.1; another needs "
+                            "--allow-remote)")  # fmt: skip
+    serve.add_argument("--ui-port", type=int, default=DEFAULT_PORT,
+                       help=f"the console's port (default {DEFAULT_PORT}; 0: any free "
+                            "one)")  # fmt: skip
+    serve.add_argument("--allow-remote", action="store_true",
+                       help="let the console listen on an address other than loopback")  # fmt: skip
 
 
 def is_loopback(host: str) -> bool:
@@ -86,6 +102,8 @@ class Running:
     port: int
     task: asyncio.Task[None]
     """The server; it ends when it is told to stop (Ctrl-C, or the block's end)."""
+    warming: asyncio.Task[None]
+    """Folds every run's row once, in the background (`Summaries.warm`)."""
 
     @property
     def base(self) -> str:
@@ -131,6 +149,7 @@ async def serving(
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
+    warming = asyncio.create_task(console.summaries.warm(store))
     try:
         deadline = time.monotonic() + START_S
         while not server.started:  # uvicorn says so only by this flag
@@ -139,8 +158,11 @@ async def serving(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the console did not start in {START_S:g}s")
             await asyncio.sleep(0.01)
-        yield Running(console, host, bound, task)
+        yield Running(console, host, bound, task, warming)
     finally:
+        warming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await warming
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
@@ -170,3 +192,23 @@ async def ui(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 0
+
+
+def beside_serve(args: argparse.Namespace) -> Callable[[Stack], Awaitable[object]]:
+    """What `baton serve --ui` runs once its stack is up: the console on the stack's own
+    store, reaching the bus as `baton ui` would (the person's credentials)."""
+    bind(args.ui_host, 0, args.allow_remote).close()  # refused before anything starts
+
+    async def console(stack: Stack) -> None:
+        directory = state_dir(args.state_dir)
+        where = reach(args.nats or "", directory) or Reach(stack.nats_url, "")
+        actor = where.identity or me()  # as baton approve decides on this bus
+        shown = store_name(directory, args.config)
+        async with serving(
+            stack.store, where, actor, args.ui_host, args.ui_port, args.allow_remote, shown
+        ) as running:
+            print(f"baton ui: {running.console.where}")
+            print(f"open {running.login_url}  (the link logs in once)", flush=True)
+            await running.task
+
+    return console

@@ -10,6 +10,7 @@ an evicted row is folded again from the log)."""
 
 from __future__ import annotations
 
+import asyncio
 import fnmatch
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -69,18 +70,38 @@ class Summaries:
 
     limit: int = 20000
     rows: OrderedDict[str, RunRow] = field(default_factory=OrderedDict)
+    folding: dict[str, asyncio.Future[RunRow]] = field(default_factory=dict)
+    warmed: int = 0
+    """Runs folded by `warm` so far."""
 
     async def row(self, store: EventStore, run_id: str) -> RunRow:
         kept = self.rows.get(run_id)
         if kept is not None:
             self.rows.move_to_end(run_id)
             return kept
+        folding = self.folding.get(run_id)
+        if folding is None:  # one fold per run at a time, however many pages ask
+            folding = asyncio.ensure_future(self._fold(store, run_id))
+            self.folding[run_id] = folding
+            folding.add_done_callback(lambda _: self.folding.pop(run_id, None))
+        return await asyncio.shield(folding)
+
+    async def _fold(self, store: EventStore, run_id: str) -> RunRow:
         made = row_of(await journal.load_run(store, run_id))
         if made.status in ("completed", "failed", "stopped"):
             self.rows[run_id] = made
             while len(self.rows) > self.limit:
                 self.rows.popitem(last=False)
         return made
+
+    async def warm(self, store: EventStore) -> None:
+        """Fold every run once, newest first (up to `limit`), so that the runs list, its
+        filters and its older pages are answered from rows already made; a page asked
+        for meanwhile folds the rows it needs itself."""
+        names = await store.streams(journal.RUN_PREFIX)
+        for run_id in sorted((journal.run_id_of(n) for n in names), reverse=True)[: self.limit]:
+            await self.row(store, run_id)
+            self.warmed += 1
 
 
 class RunFilter(msgspec.Struct, frozen=True):

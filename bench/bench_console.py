@@ -1,0 +1,174 @@
+"""Console benchmark (not a test): the server time of the runs list and of one big run's
+page on a large SQLite log, over real HTTP to `baton ui`'s server (read-only: no bus).
+
+The log holds `--runs` runs of `--tasks` tasks each (a fan-out, every task assigned and
+succeeded), recorded by the pure core and appended one run per batch, with the
+snapshots the orchestrator would have taken: 500 runs of 1,000 tasks is about
+1,000,000 events.
+
+    python -m bench.bench_console [--runs 500] [--tasks 1000] [--repeats 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import http.client
+import itertools
+import json
+import random
+import re
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from bus.protocol import TaskResult
+from eventstore import SqliteEventStore
+from orchestrator.cli.console import reads
+from orchestrator.cli.console.command import Running, serving
+from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
+from orchestrator.core.decide import decide
+from orchestrator.core.events import RunEvent
+from orchestrator.core.state import RunState, fold
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.journal import Cause
+
+
+async def record_run(store: SqliteEventStore, run_id: str, tasks: int, name: str) -> int:
+    """One run of `tasks` tasks, appended in one batch; returns its events."""
+    workflow = WorkflowSpec(name=name, steps=[StepSpec(id="t", role="r", fan_out=tasks)])
+    tokens = itertools.count()
+    rng = random.Random(1)
+    ctx = Context(0.0, 0.0, [AgentView("a", "r", tasks, 0)], lambda: f"L{next(tokens)}", rng.random)
+    state = RunState(run_id)
+    events: list[RunEvent] = []
+    snapshots: list[RunState] = []
+
+    def apply(new: list[RunEvent]) -> None:
+        nonlocal state
+        after = fold(state, new)
+        if journal.snapshot_due(state, after):
+            snapshots.append(after)
+        events.extend(new)
+        state = after
+
+    apply(decide(state, StartRun(run_id, workflow, {}, "0" * 32, "bench"), ctx))
+    for task in list(state.tasks.values()):
+        result = TaskResult(run_id, task.task_id, 1, task.lease_token, "a", {"i": 1}, 0.0)
+        apply(decide(state, ReportResult(result, "a"), ctx))
+    cause = Cause("bench", "bench")
+    envelopes = journal.run_envelopes(run_id, 1, events, [cause] * len(events))
+    stored = await store.append(journal.run_stream(run_id), envelopes, 0)
+    for snap in snapshots:
+        await store.save_snapshot(journal.snapshot_of(snap, stored[snap.version - 1].position))
+    return len(stored)
+
+
+def _get(running: Running, cookie: str, path: str) -> tuple[float, str]:
+    connection = http.client.HTTPConnection(running.host, running.port, timeout=120)
+    started = time.perf_counter()
+    try:
+        connection.request(
+            "GET", path, headers={"Host": f"127.0.0.1:{running.port}", "Cookie": cookie}
+        )
+        response = connection.getresponse()
+        body = response.read().decode()
+    finally:
+        connection.close()
+    took = time.perf_counter() - started
+    if response.status != 200:
+        raise SystemExit(f"GET {path}: {response.status} {body[-300:]}")
+    return took, body
+
+
+async def timed(running: Running, cookie: str, path: str, repeats: int) -> list[float]:
+    return [(await asyncio.to_thread(_get, running, cookie, path))[0] for _ in range(repeats)]
+
+
+def _ms(samples: list[float]) -> float:
+    return round(statistics.median(samples) * 1000, 1)
+
+
+async def measure(runs: int, tasks: int, repeats: int, directory: Path) -> dict[str, object]:
+    store = await SqliteEventStore.open(directory / "events.db")
+    try:
+        began = time.perf_counter()
+        events = 0
+        for i in range(runs):
+            name = "wide" if i % 10 else "narrow"
+            events += await record_run(store, f"20261201-{i:06d}-bench", tasks, name)
+        built_s = time.perf_counter() - began
+        print(f"log: {runs} runs of {tasks} tasks, {events} events, built in {built_s:.1f}s")
+        async with serving(store, None, "human:bench", shown_store="bench") as running:
+            login = running.login_url.partition(f":{running.port}")[2]
+            reply = await asyncio.to_thread(_session, running, login)
+            cookie = f"baton_console={reply}"
+            first = (await timed(running, cookie, "/", 1))[0]  # while the rows are warmed
+            began = time.perf_counter()
+            await running.warming
+            warm_s = time.perf_counter() - began + first
+            runs_list = await timed(running, cookie, "/", repeats)
+            page_two = await timed(running, cookie, f"/?before=20261201-{runs - 50:06d}-bench", 1)
+            running_only = await timed(running, cookie, "/?status=running", repeats)
+            big = f"/runs/20261201-{runs - 1:06d}-bench"
+            run_page = await timed(running, cookie, big, repeats)
+            travel = await timed(running, cookie, f"{big}?at={events - tasks}", repeats)
+            audit = await timed(running, cookie, "/audit?type=run.*&limit=100", repeats)
+        # what a page costs without HTTP: the cold list (a new cache), folded from the log
+        started = time.perf_counter()
+        await reads.runs_page(store, reads.Summaries(), reads.RunFilter())
+        cold_fold = time.perf_counter() - started
+    finally:
+        await store.close()
+    return {
+        "runs": runs,
+        "tasks_per_run": tasks,
+        "events": events,
+        "runs_list_first_load_ms": round(first * 1000, 1),
+        "rows_warmed_in_s": round(warm_s, 1),
+        "runs_list_ms": _ms(runs_list),
+        "runs_list_cold_fold_ms": round(cold_fold * 1000, 1),
+        "runs_list_older_page_ms": _ms(page_two),
+        "runs_list_status_running_ms": _ms(running_only),
+        "run_page_ms": _ms(run_page),
+        "run_page_time_travel_ms": _ms(travel),
+        "audit_page_ms": _ms(audit),
+    }
+
+
+def _session(running: Running, login: str) -> str:
+    connection = http.client.HTTPConnection(running.host, running.port, timeout=30)
+    try:
+        connection.request("GET", login, headers={"Host": f"127.0.0.1:{running.port}"})
+        response = connection.getresponse()
+        response.read()
+        match = re.match(r"baton_console=([^;]+);", response.getheader("set-cookie") or "")
+    finally:
+        connection.close()
+    if match is None:
+        raise SystemExit("login refused")
+    return match.group(1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Console page times on a large log.")
+    parser.add_argument("--runs", type=int, default=500)
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dir", default="", help="keep the log here (default: a temp dir)")
+    args = parser.parse_args()
+    if args.dir:
+        Path(args.dir).mkdir(parents=True, exist_ok=True)
+        result = asyncio.run(measure(args.runs, args.tasks, args.repeats, Path(args.dir)))
+    else:
+        with tempfile.TemporaryDirectory(prefix="baton-console-") as directory:
+            result = asyncio.run(measure(args.runs, args.tasks, args.repeats, Path(directory)))
+    for key, value in result.items():
+        print(f"{key:>32}: {value}")
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
