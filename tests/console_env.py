@@ -32,6 +32,43 @@ class Reply(NamedTuple):
     text: str
 
 
+def fetch(
+    port: int,
+    method: str,
+    path: str,
+    form: Mapping[str, str] | None = None,
+    headers: Mapping[str, str] | None = None,
+    *,
+    cookie: str = "",
+) -> Reply:
+    """One request to the console on `port`, on a new connection."""
+    sent = {"Host": f"127.0.0.1:{port}"}
+    if cookie:
+        sent["Cookie"] = f"baton_console={cookie}"
+    body = None
+    if form is not None:
+        body = urlencode(form)
+        sent["Content-Type"] = "application/x-www-form-urlencoded"
+    sent.update(headers or {})
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request(method, path, body=body, headers=sent)
+        response = connection.getresponse()
+        got = {k.lower(): v for k, v in response.getheaders()}
+        return Reply(response.status, got, response.read().decode())
+    finally:
+        connection.close()
+
+
+def login(port: int, url: str) -> str:
+    """The session cookie a login URL gives (AssertionError if it gives none)."""
+    reply = fetch(port, "GET", url.partition(f":{port}")[2])
+    assert reply.status == 303, reply
+    match = re.match(r"baton_console=([^;]+);", reply.headers.get("set-cookie", ""))
+    assert match, reply.headers
+    return match.group(1)
+
+
 class ConsoleEnv:
     """The stack and the console, started on `start()`, stopped on `close()`."""
 
@@ -103,23 +140,8 @@ class ConsoleEnv:
         cookie: str | None = None,
     ) -> Reply:
         """One request on a new connection; the session's cookie unless told another."""
-        sent = {"Host": f"127.0.0.1:{self.running.port}"}
         jar = self.cookie if cookie is None else cookie
-        if jar:
-            sent["Cookie"] = f"baton_console={jar}"
-        body = None
-        if form is not None:
-            body = urlencode(form)
-            sent["Content-Type"] = "application/x-www-form-urlencoded"
-        sent.update(headers or {})
-        connection = http.client.HTTPConnection("127.0.0.1", self.running.port, timeout=30)
-        try:
-            connection.request(method, path, body=body, headers=sent)
-            response = connection.getresponse()
-            got = {k.lower(): v for k, v in response.getheaders()}
-            return Reply(response.status, got, response.read().decode())
-        finally:
-            connection.close()
+        return fetch(self.running.port, method, path, form, headers, cookie=jar)
 
     def get(self, path: str, **kwargs: Any) -> Reply:
         return self.request("GET", path, **kwargs)
@@ -128,13 +150,7 @@ class ConsoleEnv:
         return self.request("POST", path, {"csrf": self.csrf, **form}, **kwargs)
 
     def login(self, url: str) -> str:
-        """The session cookie a login URL gives (AssertionError if it gives none)."""
-        path = url.partition(f":{self.running.port}")[2]
-        reply = self.get(path, cookie="")
-        assert reply.status == 303, reply
-        match = re.match(r"baton_console=([^;]+);", reply.headers.get("set-cookie", ""))
-        assert match, reply.headers
-        return match.group(1)
+        return login(self.running.port, url)
 
     @staticmethod
     def csrf_of(page: str) -> str:

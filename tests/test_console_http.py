@@ -5,6 +5,7 @@ through the orchestrator's API and recorded with that person as its actor."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import queue
 import re
@@ -20,13 +21,16 @@ pytest.importorskip(
     "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
 )
 
-from eventstore import EventQuery
-from orchestrator.cli.console.command import bind, is_loopback
+from bus.server import EmbeddedNats
+from eventstore import EventQuery, JetStreamEventStore
+from orchestrator.cli import history
+from orchestrator.cli.console import reads
+from orchestrator.cli.console.command import bind, is_loopback, serving
 from orchestrator.cli.console.errors import UnsafeBind
 from orchestrator.cli.console.guard import HEADERS
 from orchestrator.service import journal
 from tests.cluster import baton
-from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
 
 PAGES = ("/", "/runs/{run}", "/runs/{run}/live", "/approvals", "/agents", "/audit",
          "/why?ref=1")  # fmt: skip
@@ -307,3 +311,58 @@ def test_baton_serve_ui_serves_the_console_beside_the_orchestrator(tmp_path: Pat
     finally:
         server.terminate()
         server.wait(30)
+
+
+def test_the_same_pages_on_the_jetstream_store(
+    env: ConsoleEnv, escalated: str, tmp_path: Path
+) -> None:
+    """The escalated run, exported and imported into a JetStream store on its own
+    nats-server, read by a console on that store: every page, time travel and a fork."""
+    server = EmbeddedNats(tmp_path / "nats")
+
+    async def scenario() -> None:
+        url = await server.start()
+        store = await JetStreamEventStore.open(url, timeout=5.0)
+        try:
+            origin = await history.run_events(env.cluster.stack.store, escalated)
+            await history.import_lines(store, list(history.export_lines(escalated, origin)))
+            positions = await reads.run_positions(store, escalated)
+            async with serving(store, None, "human:tester", shown_store="jetstream") as running:
+                port = running.port
+                cookie = await asyncio.to_thread(login, port, running.login_url)
+
+                def get(path: str) -> Reply:
+                    return fetch(port, "GET", path, cookie=cookie)
+
+                listed = await asyncio.to_thread(get, "/")
+                assert escalated in listed.text
+                assert "2/2" in listed.text
+                page = await asyncio.to_thread(get, f"/runs/{escalated}")
+                assert 'class="st completed"' in page.text
+                middle = positions[len(positions) // 2]
+                past = await asyncio.to_thread(get, f"/runs/{escalated}?at={middle}")
+                assert f"as of global position {middle}" in past.text
+                audit = await asyncio.to_thread(get, f"/audit?run={escalated}&type=human.*")
+                assert "human.decided" in audit.text
+                why = await asyncio.to_thread(get, f"/why?ref={positions[-1]}")
+                assert why.status == 200
+                csrf = ConsoleEnv.csrf_of(page.text)
+                verified = await asyncio.to_thread(
+                    fetch, port, "POST", "/audit/verify", {"csrf": csrf}, cookie=cookie
+                )
+                assert "hash chain: ok" in verified.text
+                fork = {"csrf": csrf, "at": str(middle)}
+                forked = await asyncio.to_thread(
+                    fetch, port, "POST", f"/runs/{escalated}/fork", fork, cookie=cookie
+                )
+                assert forked.status == 303
+                new_id = forked.headers["location"].rpartition("/")[2]
+                state = await journal.load_run(store, new_id)
+                assert state.forked_from == f"{escalated}@{middle}"
+        finally:
+            await store.close()
+
+    try:
+        env.call(scenario())
+    finally:
+        server.stop()
