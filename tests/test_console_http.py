@@ -21,6 +21,8 @@ pytest.importorskip(
     "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
 )
 
+from bus.connection import Bus
+from bus.protocol import ToolCallRecord
 from bus.server import EmbeddedNats
 from eventstore import EventQuery, JetStreamEventStore
 from orchestrator.cli import history
@@ -366,3 +368,42 @@ def test_the_same_pages_on_the_jetstream_store(
         env.call(scenario())
     finally:
         server.stop()
+
+
+def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv) -> None:
+    """The decision goes to the waiting agent as `baton tool approve` sends it, and the
+    agent receives the console's person as the one who decided."""
+    from agents.gateway import HumanApprover, Verdict
+    from agents.tools import ToolRegistry
+
+    tools = ToolRegistry()
+
+    @tools.tool(risk="high", needs_approval=True)
+    async def publish(title: str) -> str:
+        return title
+
+    record = ToolCallRecord("run-t", "s", 1, "agent-t", "call-t1", "publish", "awaiting", "high")
+
+    async def waiting() -> tuple[Bus, asyncio.Task[Verdict]]:
+        agent = await Bus.connect(env.cluster.stack.agent_url("agent-t", "publisher"), "agent-t")
+        asked = HumanApprover(agent, timeout_s=30).decide(record, tools.get("publish"))
+        return agent, asyncio.create_task(asked)
+
+    agent, verdict = env.call(waiting())
+    try:
+        form = {"agent": "agent-t", "approve": "1", "reason": "fine by me"}
+        deadline = time.monotonic() + 10
+        reply = env.post("/tools/call-t1/decide", form)
+        while reply.status == 503 and time.monotonic() < deadline:  # until it subscribed
+            reply = env.post("/tools/call-t1/decide", form)
+        assert reply.status == 303, reply
+        assert reply.headers["location"] == "/approvals"
+        decided = env.call(asyncio.wait_for(asyncio.shield(verdict), 10))
+        assert decided.approve
+        assert decided.by == env.running.console.live.actor
+        assert decided.reason == "fine by me"
+        assert "tool call call-t1 approved" in env.get("/approvals").text
+        again = env.post("/tools/call-t1/decide", form)
+        assert again.status in (409, 503), "decided once: no second decision is taken"
+    finally:
+        env.call(agent.close())
