@@ -223,6 +223,8 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     assert state.tasks["flaky"].output == {"fixed": True}
     page = env.get(f"/runs/{escalated}").text
     assert f"approve of task flaky recorded by {person}" in page
+    assert page.count('<g class="failed" data-task="flaky">') == 2, "two failed attempts drawn"
+    assert page.count('<g class="succeeded" data-task="finish">') == 1
     decided = env.call(
         env.cluster.stack.store.query(
             EventQuery(stream=journal.run_stream(escalated), type_glob="human.decided")

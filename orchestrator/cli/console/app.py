@@ -28,7 +28,7 @@ from bus import subjects
 from bus.errors import BusError, InvalidSubjectToken
 from eventstore import EventStore, EventStoreError
 from orchestrator.cli import history
-from orchestrator.cli.console import pages, reads
+from orchestrator.cli.console import pages, reads, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
     CSRF_FIELD,
@@ -39,6 +39,7 @@ from orchestrator.cli.console.guard import (
     cookie_header,
 )
 from orchestrator.cli.console.live import Live
+from orchestrator.cli.trace_model import build as build_timeline
 from orchestrator.core.errors import ControlRefused, OrchestratorError, UnknownRun, WorkflowError
 from orchestrator.service import journal
 from orchestrator.service.api import RunControlRequest
@@ -208,9 +209,10 @@ async def run_page(console: Console, request: Request) -> Response:
     run_id = _run_id(request)
     state, at = await reads.run_state(console.store, run_id, _text(request.query_params, "at", 40))
     positions = await reads.run_positions(console.store, run_id)
-    events = await reads.run_events(console.store, run_id, at)
+    events, own = await reads.run_events(console.store, run_id, at)
     live = console.live.bus is not None
-    body = pages.run(state, at, positions, events, _session(request).csrf, live)
+    drawn = waterfall.render(build_timeline(run_id, own))
+    body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn)
     return _page(console, request, f"Run {run_id}", body)
 
 

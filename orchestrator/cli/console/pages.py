@@ -202,6 +202,7 @@ def run(
     events: list[EventLine],
     csrf: str,
     live: bool,
+    drawn: str = "",
 ) -> str:
     run_id = state.run_id
     head_pos = positions[-1] if positions else 0
@@ -269,6 +270,8 @@ def run(
         f'<section id="run" data-run="{_e(run_id)}" data-live="{live_attr}" '
         f'data-version="{state.version}">'
         + facts + as_of + slider + fork + decide + cancel
+        + "<h2>Timeline</h2>"
+        + drawn
         + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + _usage(state) + result
         + f"<h2>Events ({len(events)})</h2>"
         + _table(EVENT_HEAD, event_rows(events), "events")

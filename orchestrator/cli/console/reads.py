@@ -208,13 +208,17 @@ def line_of(stored: StoredEvent) -> EventLine:
     )
 
 
-async def run_events(store: EventStore, run_id: str, until: int = 0) -> list[EventLine]:
+async def run_events(
+    store: EventStore, run_id: str, until: int = 0
+) -> tuple[list[EventLine], list[StoredEvent]]:
     """The run's events (its own stream and its agents' records), oldest first, up to
-    `until` if given, at most `EVENTS_MAX` (the newest)."""
+    `until` if given: at most `EVENTS_MAX` (the newest) as lines, and every event of
+    its own stream (what its timeline is built from)."""
     if not await store.stream_version(journal.run_stream(run_id)):
         raise UnknownRun(run_id)
     found = await store.query(EventQuery(correlation_id=run_id, to_position=until or None))
-    return [line_of(s) for s in found[-EVENTS_MAX:]]
+    own = journal.run_stream(run_id)
+    return [line_of(s) for s in found[-EVENTS_MAX:]], [s for s in found if s.stream == own]
 
 
 async def run_positions(store: EventStore, run_id: str) -> list[int]:
