@@ -113,6 +113,11 @@ def test_every_response_has_the_security_headers_and_a_foreign_host_is_refused(
     token = env.running.console.guard.renew()
     page = env.get(f"/runs/{escalated}").text
     assert token not in page, "no login token in a page"
+    assert "lease_token&quot;:&quot;(hidden)" in page.replace('"', "&quot;")
+    state = env.call(journal.load_run(env.cluster.stack.store, escalated))
+    leases = [t.lease_token for t in state.tasks.values() if t.lease_token]
+    assert leases, "an attempt holds a lease"
+    assert not any(lease in page for lease in leases), "no lease token in a page"
     where = env.running.console.live.where
     assert where is not None
     assert "@" in where.url

@@ -29,6 +29,8 @@ from orchestrator.service import agentlog, journal
 RUN_STATUSES = ("new", "running", "completed", "failed", "stopped")
 StatusFilter = Literal["", "new", "running", "completed", "failed", "stopped"]
 PAGE_MAX = 200
+SECRET_FIELDS = frozenset({"lease_token"})
+"""Fields a page never shows: an attempt's lease token fences its ownership."""
 EVENTS_MAX = 2000
 """At most this many of a run's events on its page (then a link to audit search)."""
 
@@ -185,9 +187,11 @@ class EventLine(msgspec.Struct, frozen=True):
 
 def _summary(stored: StoredEvent) -> str:
     fields = msgspec.to_builtins(journal.decode_any(stored))
-    for noise in ("type", "kind", "at", "workflow", "run_id"):
-        if isinstance(fields, dict):
+    if isinstance(fields, dict):
+        for noise in ("type", "kind", "at", "workflow", "run_id"):
             fields.pop(noise, None)
+        for secret in SECRET_FIELDS & fields.keys():
+            fields[secret] = "(hidden)"
     text = msgspec.json.encode(fields).decode()
     return text if len(text) <= 160 else text[:159] + "…"
 
