@@ -273,7 +273,7 @@ publish here (agents may not). Each reply is the listed kind or an `error`.
 | `baton.api.run.control.<person>` | `run.control` (`run_id`, `action`: approve, reject, retry, cancel; `task_id`, `note`, `output`) | `run.control.accepted` (`run_id`, `status`, `actor`) | a person's decision, recorded as that person |
 | `{subjects.API_STATUS}` | `status` (`all`) | `status.reply` (`runs`, `health`) | `baton status` |
 | `{subjects.API_HEALTH}` | `health` | `health.reply` (`healthy`, `issues`, `at`) | `baton health` |
-| `{subjects.API_AGENTS}` | `agents` | `agents.reply` (`agents`: `agent_id`, `role`, `capacity`, `load`, `reported_load`, `heartbeat_age_s`, `held`) | `baton agents` |
+| `{subjects.API_AGENTS}` | `agents` | `agents.reply` (`agents`: `agent_id`, `role`, `capacity`, `load`, `reported_load`, `heartbeat_age_s`, `held`, `contract_digest`) | `baton agents`, the console |
 | `{subjects.API_ADMIT}` | `admit` (`agent_id`, `role`) | `admitted` (`agent_id`, `url`) | `baton admit`: an agent's own login on the embedded server |
 | `baton.api.creds.<person>` | `creds` (`action`: issue, revoke, list; `agent_id`, `role`, `public_key`) | `creds.reply` (`action`, `credentials`: `agent_id`, `role`, `login`, `public_key`; `url`) | `baton creds`: an outside agent's nkey login, issued or revoked as that person, recorded in the log |
 

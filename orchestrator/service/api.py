@@ -137,6 +137,8 @@ class AgentStatus(msgspec.Struct, frozen=True):
     """What the agent's last heartbeat said it runs."""
     heartbeat_age_s: float
     held: list[HeldTask]
+    contract_digest: str = ""
+    """The digest of the role contract its heartbeats advertise ('' when it serves none)."""
 
 
 class AgentsReply(msgspec.Struct, frozen=True, tag_field="kind", tag="agents.reply"):

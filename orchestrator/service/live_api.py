@@ -89,7 +89,14 @@ def agents_reply(view: LiveView) -> AgentsReply:
         sorted(
             (
                 AgentStatus(
-                    hb.agent_id, hb.role, hb.capacity, load, hb.load, round(age, 3), hb.held
+                    hb.agent_id,
+                    hb.role,
+                    hb.capacity,
+                    load,
+                    hb.load,
+                    round(age, 3),
+                    hb.held,
+                    hb.contract_digest,
                 )
                 for hb, load, age in view.agent_status()
             ),

@@ -337,13 +337,22 @@ def agents(reply: AgentsReply | None, problem: str, system: list[EventLine]) -> 
     else:
         rows = [
             f'<tr data-agent="{_e(a.agent_id)}"><td>{_e(a.agent_id)}</td><td>{_e(a.role)}</td>'
+            f"<td>{_e(a.contract_digest[:12] or '-')}</td>"
             f"<td>{a.load}/{a.capacity}</td><td>{a.reported_load}</td>"
             f"<td>{a.heartbeat_age_s:.3f}s</td>"
             f"<td>{_e(', '.join(f'{h.run_id}/{h.task_id}#{h.attempt}' for h in a.held))}</td></tr>"
             for a in reply.agents
         ]
         live = _table(
-            ("agent", "role", "load/capacity", "reported load", "heartbeat age", "holds"),
+            (
+                "agent",
+                "role",
+                "contract",
+                "load/capacity",
+                "reported load",
+                "heartbeat age",
+                "holds",
+            ),
             rows,
             "agents",
         )
