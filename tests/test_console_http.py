@@ -42,6 +42,7 @@ ACTIONS = {
     "/runs/{run}/fork": {"at": "{at}"},
     "/tools/call1/decide": {"agent": "agent-1", "approve": "1", "reason": "x"},
     "/audit/verify": {},
+    "/logout": {},
 }
 
 
@@ -95,6 +96,17 @@ def test_the_login_token_works_once_and_nothing_is_served_without_a_session(
     static = env.get("/static/console.js", cookie="")
     assert static.status == 200
     assert "EventSource" in static.text
+
+
+def test_logging_out_ends_that_session_only(env: ConsoleEnv) -> None:
+    env.running.console.guard.renew()
+    other = env.login(env.running.login_url)
+    csrf = env.csrf_of(env.get("/", cookie=other).text)
+    out = env.request("POST", "/logout", {"csrf": csrf}, cookie=other)
+    assert out.status == 200
+    assert "Max-Age=0" in out.headers["set-cookie"]
+    assert env.get("/", cookie=other).status == 401
+    assert env.get("/").status == 200, "the other session goes on"
 
 
 def test_every_response_has_the_security_headers_and_a_foreign_host_is_refused(

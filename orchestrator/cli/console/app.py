@@ -31,6 +31,7 @@ from orchestrator.cli import history
 from orchestrator.cli.console import pages, reads, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
+    COOKIE,
     CSRF_FIELD,
     CSRF_HEADER,
     Guard,
@@ -165,6 +166,7 @@ def routes(console: Console) -> list[Route | Mount]:
         Route("/audit", bound(audit)),
         Route("/audit/verify", bound(verify), methods=["POST"]),
         Route("/why", bound(why)),
+        Route("/logout", bound(logout), methods=["POST"]),
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
@@ -251,7 +253,12 @@ async def run_live(console: Console, request: Request) -> Response:
         with console.live.watch(run_id) as changed:
             while True:
                 changed.clear()
-                yield b"event: state\ndata: " + await live_state(console.store, run_id) + b"\n\n"
+                try:
+                    state = await live_state(console.store, run_id)
+                except (OrchestratorError, EventStoreError) as exc:  # said, then the end
+                    yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
+                    return
+                yield b"event: state\ndata: " + state + b"\n\n"
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         await changed.wait()
@@ -366,6 +373,15 @@ async def why(console: Console, request: Request) -> Response:
         raise BadInput("ref", "an event id or a global position")
     chain = await reads.why(console.store, ref)
     return _page(console, request, f"Why {ref}", pages.why(ref, chain))
+
+
+async def logout(console: Console, request: Request) -> Response:
+    """End this session (the cookie no longer lets anyone in)."""
+    await _form(console, request)
+    console.guard.end(_session(request))
+    response = PlainTextResponse("logged out: run baton ui again for a new login link")
+    response.headers["set-cookie"] = f"{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
+    return response
 
 
 def build(console: Console) -> Starlette:

@@ -95,6 +95,9 @@ class Guard:
             return None
         return found
 
+    def end(self, session: Session) -> None:
+        self.sessions.pop(session.sid, None)
+
     def csrf_ok(self, session: Session, offered: str) -> bool:
         return bool(offered) and hmac.compare_digest(offered.encode(), session.csrf.encode())
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections import defaultdict
 from collections.abc import Iterator
 
@@ -43,8 +42,6 @@ class Live:
         self.problem = "" if where is not None else "no running orchestrator found"
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._subscription: Subscription | None = None
-        self.received: dict[str, float] = {}
-        """Wall time the newest progress of each watched run arrived (for the figures)."""
 
     @property
     def url(self) -> str:
@@ -73,7 +70,6 @@ class Live:
         run_id = msg.subject.rpartition(".")[2]
         watchers = self._watchers.get(run_id)
         if watchers:
-            self.received[run_id] = time.time()
             for changed in watchers:
                 changed.set()
 

@@ -45,8 +45,10 @@ def layout(title: str, body: str, csrf: str, said: str = "", where: str = "") ->
         f'<meta name="csrf" content="{_e(csrf)}"><title>{_e(title)} · Baton</title>'
         '<link rel="stylesheet" href="/static/console.css">'
         '<script src="/static/console.js" defer></script></head>'
-        f'<body><header><b>Baton</b> {nav}<span class="where">{_e(where)}</span></header>'
-        f"<main><h1>{_e(title)}</h1>{note}{body}</main></body></html>"
+        f'<body><header><b>Baton</b> {nav}<span class="where">{_e(where)}</span>'
+        + _form("/logout", csrf, "", "Log out", "logout")
+        + "</header>"
+        + f"<main><h1>{_e(title)}</h1>{note}{body}</main></body></html>"
     )
 
 

@@ -57,6 +57,11 @@ function followRun(section) {
       section.dataset.live = "ended";
     }
   });
+  source.addEventListener("problem", (message) => {
+    source.close();
+    section.dataset.live = "lost";
+    section.dataset.problem = JSON.parse(message.data);
+  });
   source.onerror = () => { section.dataset.live = "lost"; };
   section.dataset.live = "following";
 }
