@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlencode
 
+from msgspec.structs import replace
+
 from orchestrator.cli.console.command import Running, serving
 from orchestrator.cli.reach import reach
 from orchestrator.core.workflow import WorkflowSpec
@@ -164,8 +166,12 @@ class ConsoleEnv:
         return load(folder / "workflow.toml")
 
     def start_agents(self, folder: Path) -> None:
-        workflow = self.example(folder)
-        self.call(self.cluster.add_agents(workflow.agents, base=folder))
+        """The example's agents, one process per role (with the capacity of all of the
+        role's), so the suite starts fewer processes."""
+        specs = [
+            replace(a, count=1, capacity=a.count * a.capacity) for a in self.example(folder).agents
+        ]
+        self.call(self.cluster.add_agents(specs, base=folder))
 
     def start_run(self, folder: Path) -> str:
         workflow = self.example(folder)
