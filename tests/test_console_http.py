@@ -170,6 +170,7 @@ BAD_PAGES = {
     "/?size=0": "size: must be 1 to 200",
     "/?size=abc": "size: 'abc' is not a whole number",
     "/?since=yesterday": "neither a position",
+    "/?until=tomorrow": "neither a position",
     "/runs/no-such-run": "no run 'no-such-run'",
     "/runs/a.b": "invalid subject token",
     "/runs/{run}?at=1": "had not started yet",
@@ -266,6 +267,11 @@ def test_the_runs_list_filters_and_pages(env: ConsoleEnv, escalated: str) -> Non
     assert second not in only
     assert second in env.get(f"/?text={second[-6:]}").text
     assert "no run matches" in env.get("/?status=failed").text
+    state = env.call(journal.load_run(env.cluster.stack.store, second))
+    assert "no run matches" in env.get(f"/?since={state.started_at + 1}").text
+    before = env.get(f"/?until={state.started_at}").text
+    assert escalated in before
+    assert second not in before
     first_page = env.get("/?size=1").text
     assert second in first_page
     assert escalated not in first_page

@@ -190,11 +190,13 @@ async def runs_list(console: Console, request: Request) -> Response:
     if status and status not in reads.RUN_STATUSES:
         raise BadInput("status", f"one of {', '.join(reads.RUN_STATUSES)}")
     since = _text(q, "since", 40)
+    until = _text(q, "until", 40)
     wanted = reads.RunFilter(
         status=status,  # type: ignore[arg-type]  # checked against RUN_STATUSES above
         workflow=_text(q, "workflow", 200),
         text=_text(q, "text", 200),
         since=history.parse_time(since) if since else 0.0,
+        until=history.parse_time(until) if until else 0.0,
     )
     size = _number(q, "size", 50)
     page = await reads.runs_page(

@@ -37,6 +37,11 @@ def clock(unix: float) -> str:
     return datetime.fromtimestamp(unix, UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def iso(unix: float) -> str:
+    """A time as a form shows it, read back the same (UTC, ISO 8601, to the microsecond)."""
+    return datetime.fromtimestamp(unix, UTC).isoformat().replace("+00:00", "Z")
+
+
 def layout(title: str, body: str, csrf: str, said: str = "", where: str = "") -> str:
     nav = " ".join(f'<a href="{href}">{name}</a>' for href, name in NAV)
     note = f'<p class="said" role="status">{_e(said)}</p>' if said else ""
@@ -72,13 +77,16 @@ def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
         f'<option value="{s}"{" selected" if s == wanted.status else ""}>{s or "any"}</option>'
         for s in ("", *RUN_STATUSES)
     )
-    since = clock(wanted.since) if wanted.since else ""
+    since = iso(wanted.since) if wanted.since else ""
+    until = iso(wanted.until) if wanted.until else ""
     form = (
         '<form method="get" action="/" class="filters">'
         f'<label>status <select name="status">{options}</select></label>'
         f'<label>workflow <input name="workflow" value="{_e(wanted.workflow)}"></label>'
         f'<label>text <input name="text" value="{_e(wanted.text)}"></label>'
         f'<label>started since <input name="since" value="{_e(since)}" '
+        'placeholder="ISO 8601 or Unix s"></label>'
+        f'<label>before <input name="until" value="{_e(until)}" '
         'placeholder="ISO 8601 or Unix s"></label><button>Filter</button></form>'
     )
     rows = [
@@ -101,6 +109,7 @@ def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
             "workflow": wanted.workflow,
             "text": wanted.text,
             "since": since,
+            "until": until,
             "size": str(size),
             "before": page.next_before,
         }

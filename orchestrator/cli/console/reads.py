@@ -115,6 +115,8 @@ class RunFilter(msgspec.Struct, frozen=True):
     """A substring of the run id or of the workflow's name."""
     since: float = 0.0
     """Only runs started at or after this Unix time."""
+    until: float = 0.0
+    """Only runs started before this Unix time (0: no bound)."""
 
     def matches(self, row: RunRow) -> bool:
         return (
@@ -122,6 +124,7 @@ class RunFilter(msgspec.Struct, frozen=True):
             and (not self.workflow or row.workflow == self.workflow)
             and (not self.text or self.text in row.run_id or self.text in row.workflow)
             and row.started_at >= self.since
+            and (not self.until or row.started_at < self.until)
         )
 
 
