@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,15 +50,15 @@ class RunRow(msgspec.Struct, frozen=True):
     forked_from: str = ""
 
 
-def row_of(state: RunState) -> RunRow:
-    """A run's line, from its folded state."""
-    end = state.finished_at
+def row_of(state: RunState, now: float) -> RunRow:
+    """A run's line, from its folded state; a run not ended has lasted until `now`."""
+    end = state.finished_at or now
     return RunRow(
         run_id=state.run_id,
         workflow=state.workflow.name if state.workflow else "?",
         status=state.status,
         started_at=state.started_at,
-        duration_s=max(0.0, end - state.started_at) if end and state.started_at else 0.0,
+        duration_s=max(0.0, end - state.started_at) if state.started_at else 0.0,
         done=sum(t.status == "succeeded" for t in state.tasks.values()),
         total=len(state.tasks),
         tokens=state.tokens_spent,
@@ -89,7 +90,7 @@ class Summaries:
         return await asyncio.shield(folding)
 
     async def _fold(self, store: EventStore, run_id: str) -> RunRow:
-        made = row_of(await journal.load_run(store, run_id))
+        made = row_of(await journal.load_run(store, run_id), time.time())
         if made.status in ("completed", "failed", "stopped"):
             self.rows[run_id] = made
             while len(self.rows) > self.limit:
