@@ -92,6 +92,8 @@ def watched(env: ConsoleEnv, page: Any, tmp_path_factory: pytest.TempPathFactory
     page.evaluate("window.sameDocument = true")
     env.start_agents(RESEARCH)
     _until_completed(page)
+    # once ended, the rest of the run's section is read again in place
+    page.wait_for_selector('#run[data-live="ended"] svg.waterfall g.succeeded', timeout=WAIT_MS)
     shots = tmp_path_factory.mktemp("screenshots")
     page.screenshot(path=str(shots / "run-live.png"), full_page=True)
     reloaded = page.evaluate("window.sameDocument !== true")

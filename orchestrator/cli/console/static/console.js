@@ -55,6 +55,7 @@ function followRun(section) {
     if (["completed", "failed", "stopped"].includes(state.status)) {
       source.close();
       section.dataset.live = "ended";
+      refreshSection(section);
     }
   });
   source.addEventListener("problem", (message) => {
@@ -64,6 +65,21 @@ function followRun(section) {
   });
   source.onerror = () => { section.dataset.live = "lost"; };
   section.dataset.live = "following";
+}
+
+// Once the run has ended, its timeline, token use, result and events are read again
+// (the page's own HTML, fetched from the console) and put in place: no reload.
+function refreshSection(section) {
+  fetch(window.location.href, { credentials: "same-origin" })
+    .then((response) => response.text())
+    .then((html) => {
+      const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("run");
+      if (!fresh) return;
+      fresh.dataset.live = "ended";
+      fresh.dataset.status = section.dataset.status;
+      section.replaceWith(fresh);
+      travel();
+    });
 }
 
 function travel() {
