@@ -29,7 +29,7 @@ from orchestrator.cli import history
 from orchestrator.cli.console import reads
 from orchestrator.cli.console.command import bind, is_loopback, serving
 from orchestrator.cli.console.errors import UnsafeBind
-from orchestrator.cli.console.guard import HEADERS
+from orchestrator.cli.console.guard import HEADERS, SESSION_S, Guard
 from orchestrator.service import journal
 from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
@@ -432,3 +432,32 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         assert again.status in (409, 503), "decided once: no second decision is taken"
     finally:
         env.call(agent.close())
+
+
+def test_the_guard_alone_tokens_sessions_hosts_and_origins() -> None:
+    guard = Guard.for_address("127.0.0.1", 8765)
+    assert guard.host_ok("127.0.0.1:8765")
+    assert guard.host_ok("localhost:8765")
+    assert not guard.host_ok("evil.example:8765")
+    assert not guard.host_ok("127.0.0.1:8766")
+    assert not guard.host_ok("")
+    token = guard.token
+    assert len(token) >= 40
+    assert guard.login("wrong", now=0.0) is None
+    session = guard.login(token, now=0.0)
+    assert session is not None
+    assert guard.login(token, now=0.0) is None, "spent"
+    assert guard.session(session.sid, now=1.0) == session
+    assert guard.session(session.sid, now=SESSION_S + 1) is None, "it ends"
+    assert guard.session(session.sid, now=1.0) is None, "and stays ended"
+    assert guard.csrf_ok(session, session.csrf)
+    assert not guard.csrf_ok(session, "")
+    assert not guard.csrf_ok(session, session.csrf[:-1])
+    assert guard.origin_ok("", "127.0.0.1:8765"), "no Origin: same-origin GET-like"
+    assert guard.origin_ok("http://127.0.0.1:8765", "127.0.0.1:8765")
+    assert not guard.origin_ok("http://evil.example", "127.0.0.1:8765")
+    assert not guard.origin_ok("null", "127.0.0.1:8765")
+    remote = Guard.for_address("0.0.0.0", 8765, remote=True)
+    assert remote.host_ok("console.example:8765"), "let out: any name its operator uses"
+    assert remote.origin_ok("https://console.example", "console.example")
+    assert not remote.origin_ok("https://evil.example", "console.example")

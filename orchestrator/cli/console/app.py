@@ -83,7 +83,7 @@ async def _form(console: Console, request: Request) -> dict[str, str]:
     """The POSTed form, once its CSRF token and origin are this session's; `BadInput`
     (403 for CSRF) otherwise."""
     session = _session(request)
-    if not console.guard.origin_ok(request.headers.get("origin", "")):
+    if not console.guard.origin_ok(request.headers.get("origin", ""), request.headers["host"]):
         raise Forbidden("origin", "this action was not sent from the console's own page")
     kind = request.headers.get("content-type", "").partition(";")[0].strip()
     if kind != "application/x-www-form-urlencoded":

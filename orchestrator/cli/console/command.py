@@ -139,13 +139,17 @@ async def serving(
     bound = sock.getsockname()[1]
     live = Live(where, actor)
     await live.start()
-    guard = Guard.for_address(host, bound)
+    guard = Guard.for_address(host, bound, remote=not is_loopback(host))
     where_text = f"{shown_store}; acting as {actor}" + (
         f" on {live.url}" if live.bus is not None else f" (read-only: {live.problem})"
     )
     console = Console(store, live, guard, where=where_text)
     config = uvicorn.Config(
-        secured(console), lifespan="off", log_level="warning", timeout_graceful_shutdown=1
+        secured(console),
+        lifespan="off",
+        log_level="warning",
+        timeout_graceful_shutdown=1,
+        server_header=False,
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))

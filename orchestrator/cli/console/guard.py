@@ -55,14 +55,18 @@ class Guard:
     """The login token (until spent), the live sessions and the hosts this console
     answers as."""
 
-    hosts: frozenset[str]
+    hosts: frozenset[str] | None
+    """The `Host` values accepted; None: any (a console let out with `--allow-remote`,
+    whose names only its operator knows; its session and CSRF checks still hold)."""
     token: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     sessions: dict[str, Session] = field(default_factory=dict)
 
     @classmethod
-    def for_address(cls, host: str, port: int) -> Guard:
+    def for_address(cls, host: str, port: int, remote: bool = False) -> Guard:
         """The hosts a browser may call this console by: the bound address, and the
-        loopback names when bound to loopback or to every address."""
+        loopback names when bound to loopback or to every address; any, if `remote`."""
+        if remote:
+            return cls(None)
         names = {host}
         if host in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "::"):
             names |= {"127.0.0.1", "localhost", "[::1]"}
@@ -101,12 +105,13 @@ class Guard:
     def csrf_ok(self, session: Session, offered: str) -> bool:
         return bool(offered) and hmac.compare_digest(offered.encode(), session.csrf.encode())
 
-    def origin_ok(self, origin: str) -> bool:
-        """An `Origin` header, when there is one, must be this console."""
-        return not origin or any(origin == f"http://{h}" for h in self.hosts)
+    def origin_ok(self, origin: str, host: str) -> bool:
+        """An `Origin` header, when there is one, must be this console: the host the
+        request was sent to (which `host_ok` accepted), by HTTP or by a TLS proxy."""
+        return not origin or origin in (f"http://{host}", f"https://{host}")
 
     def host_ok(self, host: str) -> bool:
-        return host in self.hosts
+        return bool(host) and (self.hosts is None or host in self.hosts)
 
 
 def cookie_header(session: Session) -> str:
