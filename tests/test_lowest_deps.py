@@ -5,7 +5,8 @@ supported release (`constraints/lowest.txt`) and runs the suite there.
 
     python -m pytest -m lowest_deps
 
-The linters are left out of the inner run: ruff and mypy (test tools, newest in both
+The `ui` extra (the console) is installed there too, at its newest: it is optional, so
+its floors are not held here. The linters are left out of the inner run: ruff and mypy (test tools, newest in both
 venvs) check the code against the newest type stubs, which is what `test_lint` does."""
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ def test_the_suite_passes_on_the_lowest_supported_releases(tmp_path: Path) -> No
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
     python = str(venv / "bin" / "python")
     install = subprocess.run(
-        [python, "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), f"{REPO}[test]"],
+        [python, "-m", "pip", "install", "-q", "-c", str(CONSTRAINTS), f"{REPO}[test,ui]"],
         capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
