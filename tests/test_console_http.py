@@ -295,6 +295,9 @@ def test_a_non_loopback_bind_needs_the_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert out.returncode == 2
     assert "not a loopback address" in out.stderr
+    bad = subprocess.run(baton("ui", "--port", "99999"), capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert "'99999' is not a port (0 to 65535)" in bad.stderr
     assert "--allow-remote" in out.stderr
 
 

@@ -6,8 +6,9 @@ supported release (`constraints/lowest.txt`) and runs the suite there.
     python -m pytest -m lowest_deps
 
 The `ui` extra (the console) is installed there too, at its newest: it is optional, so
-its floors are not held here. The linters are left out of the inner run: ruff and mypy (test tools, newest in both
-venvs) check the code against the newest type stubs, which is what `test_lint` does."""
+its floors are not held here. The linters are left out of the inner run: ruff and mypy
+(test tools, newest in both venvs) check the code against the newest type stubs, which
+is what `test_lint` does."""
 
 from __future__ import annotations
 

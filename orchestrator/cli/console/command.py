@@ -40,7 +40,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     ui.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; another needs "
                          "--allow-remote)")  # fmt: skip
-    ui.add_argument("--port", type=int, default=DEFAULT_PORT,
+    ui.add_argument("--port", type=port, default=DEFAULT_PORT,
                     help=f"port (default {DEFAULT_PORT}; 0: any free one)")  # fmt: skip
     ui.add_argument("--allow-remote", action="store_true",
                     help="listen on an address other than loopback (plain HTTP: put TLS in "
@@ -49,6 +49,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                     help="who decides, on a bus given with --nats (default human:<login>); "
                          "on the embedded server, always who its credentials name")  # fmt: skip
     ui.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
+
+
+def port(text: str) -> int:
+    """A TCP port (0: any free one), for argparse."""
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port (0 to 65535)")
+    return int(text)
 
 
 def add_serve_flags(serve: argparse.ArgumentParser) -> None:
@@ -60,7 +67,7 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
     serve.add_argument("--ui-host", default="127.0.0.1",
                        help="the console's address (default 127.0.0.1; another needs "
                             "--allow-remote)")  # fmt: skip
-    serve.add_argument("--ui-port", type=int, default=DEFAULT_PORT,
+    serve.add_argument("--ui-port", type=port, default=DEFAULT_PORT,
                        help=f"the console's port (default {DEFAULT_PORT}; 0: any free "
                             "one)")  # fmt: skip
     serve.add_argument("--allow-remote", action="store_true",
