@@ -464,3 +464,33 @@ def test_the_guard_alone_tokens_sessions_hosts_and_origins() -> None:
     assert remote.host_ok("console.example:8765"), "let out: any name its operator uses"
     assert remote.origin_ok("https://console.example", "console.example")
     assert not remote.origin_ok("https://evil.example", "console.example")
+
+
+def test_a_console_started_before_the_orchestrator_connects_when_it_appears(
+    env: ConsoleEnv,
+) -> None:
+    """`find` is how `baton ui` looks for the bus again: nothing at first, then the
+    state directory's running server, found with the person's credentials."""
+    from orchestrator.cli.console.live import Live
+    from orchestrator.cli.reach import reach
+
+    running = [False]
+
+    async def scenario() -> tuple[str, str, str, int]:
+        live = Live(None, "human:someone", lambda: reach("", env.directory) if running[0] else None)
+        await live.start()
+        before = live.problem
+        await live.ensure()
+        assert live.bus is None, "nothing to find yet"
+        running[0] = True
+        await live.ensure()
+        try:
+            agents = await live.agents()
+            return before, live.actor, live.problem, len(agents.agents)
+        finally:
+            await live.close()
+
+    before, actor, problem, _ = env.call(scenario())
+    assert before == "no running orchestrator found"
+    assert actor == env.running.console.live.actor, "the identity its credentials name"
+    assert problem == ""

@@ -63,7 +63,15 @@ class Console:
     summaries: reads.Summaries = field(default_factory=reads.Summaries)
     said: dict[str, str] = field(default_factory=dict)
     """A message for each session's next page (what its last action did)."""
-    where: str = ""
+    store_name: str = ""
+
+    def where(self) -> str:
+        """What the console reads and whom it acts as, for the top of each page."""
+        live = self.live
+        acting = f"; acting as {live.actor}"
+        if live.bus is not None:
+            return f"{self.store_name}{acting} on {live.url}"
+        return f"{self.store_name}{acting} (read-only: {live.problem})"
 
 
 def _session(request: Request) -> Session:
@@ -75,7 +83,7 @@ def _session(request: Request) -> Session:
 def _page(console: Console, request: Request, title: str, body: str, status: int = 200) -> Response:
     session = _session(request)
     said = console.said.pop(session.sid, "")
-    html = pages.layout(title, body, session.csrf, said, console.where)
+    html = pages.layout(title, body, session.csrf, said, console.where())
     return HTMLResponse(html, status_code=status)
 
 
@@ -214,6 +222,7 @@ async def run_page(console: Console, request: Request) -> Response:
     state, at = await reads.run_state(console.store, run_id, _text(request.query_params, "at", 40))
     positions = await reads.run_positions(console.store, run_id)
     events, own = await reads.run_events(console.store, run_id, at)
+    await console.live.ensure()
     live = console.live.bus is not None
     drawn = waterfall.render(build_timeline(run_id, own))
     body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn)
@@ -248,6 +257,7 @@ async def run_live(console: Console, request: Request) -> Response:
     run_id = _run_id(request)
     if not await console.store.stream_version(journal.run_stream(run_id)):
         raise UnknownRun(run_id)
+    await console.live.ensure()
     if console.live.bus is None:
         raise NotReachable(console.live.problem)
 
@@ -331,6 +341,7 @@ async def decide_tool(console: Console, request: Request) -> Response:
 
 
 async def agents(console: Console, request: Request) -> Response:
+    await console.live.ensure()
     problem = console.live.problem
     reply = None
     if console.live.bus is not None:

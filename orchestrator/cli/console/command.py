@@ -131,6 +131,7 @@ async def serving(
     port: int = 0,
     allow_remote: bool = False,
     shown_store: str = "",
+    find: Callable[[], Reach | None] | None = None,
 ) -> AsyncIterator[Running]:
     """The console served in this event loop until the block ends."""
     try:
@@ -144,13 +145,10 @@ async def serving(
         ) from None
     sock = bind(host, port, allow_remote)
     bound = sock.getsockname()[1]
-    live = Live(where, actor)
+    live = Live(where, actor, find)
     await live.start()
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
-    where_text = f"{shown_store}; acting as {actor}" + (
-        f" on {live.url}" if live.bus is not None else f" (read-only: {live.problem})"
-    )
-    console = Console(store, live, guard, where=where_text)
+    console = Console(store, live, guard, store_name=shown_store)
     config = uvicorn.Config(
         secured(console),
         lifespan="off",
@@ -196,8 +194,9 @@ async def ui(args: argparse.Namespace) -> int:
             args.port,
             args.allow_remote,
             store_name(directory, args.config),
+            find=lambda: reach(args.nats, directory),
         ) as running:
-            print(f"baton ui: {running.console.where}")
+            print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)
             await running.task
     finally:
@@ -218,7 +217,7 @@ def beside_serve(args: argparse.Namespace) -> Callable[[Stack], Awaitable[object
         async with serving(
             stack.store, where, actor, args.ui_host, args.ui_port, args.allow_remote, shown
         ) as running:
-            print(f"baton ui: {running.console.where}")
+            print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)
             await running.task
 

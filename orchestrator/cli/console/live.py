@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from bus import subjects
 from bus.codec import Decoder, encode
@@ -34,8 +34,13 @@ class Live:
     the connection refused) the console still shows the log, and says that actions and
     live updates need `baton serve` or `baton run` running."""
 
-    def __init__(self, where: Reach | None, actor: str) -> None:
+    def __init__(
+        self, where: Reach | None, actor: str, find: Callable[[], Reach | None] | None = None
+    ) -> None:
         self.where = where
+        self._find = find
+        """Looks for the orchestrator's bus again (`reach`), for a console started
+        before the orchestrator was."""
         self.actor = actor
         """Who the console acts as: the person the server's credentials name."""
         self.bus: Bus | None = None
@@ -58,6 +63,19 @@ class Live:
         except (BusError, OrchestratorError, OSError) as exc:
             self.problem = f"cannot reach the orchestrator's NATS at {self.url}: {exc}"
             self.bus = None
+
+    async def ensure(self) -> None:
+        """Connect now if the console is not connected yet and the bus can be found (an
+        orchestrator started after the console): actions and live pages then work."""
+        if self.bus is not None or self._find is None:
+            return
+        found = self._find()
+        if found is None:
+            return
+        self.where = found
+        self.actor = found.identity or self.actor
+        self.problem = ""
+        await self.start()
 
     async def close(self) -> None:
         if self._subscription is not None:
@@ -95,6 +113,7 @@ class Live:
 
     async def control(self, request: RunControlRequest) -> ControlAccepted:
         """A person's decision on a run, as `baton approve|reject|retry|cancel` sends it."""
+        await self.ensure()
         subject = subjects.run_control(self.actor)
         try:
             data = await self._bus().request(subject, encode(request), TIMEOUT_S)
@@ -109,6 +128,7 @@ class Live:
         self, agent_id: str, call_id: str, approve: bool, reason: str
     ) -> ToolDecisionAck:
         """A tool call's decision, to the agent waiting on it (`baton tool approve|deny`)."""
+        await self.ensure()
         decision = ToolDecision(call_id, approve, self.actor, reason)
         subject = subjects.tool_decision(subjects.token(agent_id), subjects.token(call_id))
         try:
@@ -123,6 +143,7 @@ class Live:
         return reply
 
     async def agents(self) -> AgentsReply:
+        await self.ensure()
         try:
             data = await self._bus().request(
                 subjects.API_AGENTS, encode(AgentsRequest()), TIMEOUT_S
