@@ -120,7 +120,15 @@ def test_an_escalated_task_is_approved_from_the_page(
 ) -> None:
     env.start_agents(ESCALATION)
     run_id = env.start_run(ESCALATION)
-    env.call(env.cluster.until(run_id, lambda s: s.tasks["flaky"].status == "escalated"))
+    page.goto(f"{env.running.base}/runs/{run_id}")
+    page.evaluate("window.sameDocument = true")
+    # the task fails twice and escalates while the page is open: its decision forms come
+    page.wait_for_selector(
+        '#run[data-live="following"] .decide[data-task="flaky"]', timeout=WAIT_MS
+    )
+    assert page.evaluate("window.sameDocument === true"), "no reload"
+    assert _statuses(page)["flaky"] == "escalated"
+    page.screenshot(path=str(tmp_path / "escalated.png"), full_page=True)
     page.goto(f"{env.running.base}/approvals")
     row = page.locator(f'table.escalated tr:has(a[href="/runs/{run_id}"])')
     approve = row.locator("form.approve")

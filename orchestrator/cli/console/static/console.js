@@ -5,13 +5,22 @@
 
 window.batonDelays = [];
 
+const ENDED = ["completed", "failed", "stopped"];
+
 function esc(text) {
   const span = document.createElement("span");
   span.textContent = String(text);
   return span.innerHTML;
 }
 
-function updateRun(section, state) {
+function runSection() {
+  return document.getElementById("run");
+}
+
+// The task table, the run's status and tokens, from one pushed state; true when a task
+// now waits for a person that did not before (its decision forms come with the HTML).
+function updateRun(state) {
+  const section = runSection();
   const runStatus = document.getElementById("run-status");
   if (runStatus) {
     runStatus.textContent = state.status;
@@ -20,6 +29,7 @@ function updateRun(section, state) {
   const tokens = document.getElementById("run-tokens");
   if (tokens) tokens.textContent = state.tokens;
   const body = section.querySelector("table.tasks tbody");
+  let escalated = false;
   for (const [taskId, task] of Object.entries(state.tasks)) {
     let row = body.querySelector('tr[data-task="' + CSS.escape(taskId) + '"]');
     if (!row) {
@@ -31,6 +41,7 @@ function updateRun(section, state) {
       body.appendChild(row);
     }
     const cell = row.querySelector("td.st");
+    if (task.status === "escalated" && cell.textContent !== "escalated") escalated = true;
     cell.textContent = task.status;
     cell.className = "st " + task.status;
     row.querySelector("td.attempt").textContent = task.attempt;
@@ -45,41 +56,46 @@ function updateRun(section, state) {
     window.batonDelays.push(Date.now() / 1000 - state.recorded_at);
   }
   section.dataset.seen = "1";
+  return escalated;
+}
+
+// The run's section read again from the console (its timeline, token use, result,
+// events, decision forms) and put in place: no reload.
+function refreshSection(live) {
+  return fetch(window.location.href, { credentials: "same-origin" })
+    .then((response) => response.text())
+    .then((html) => {
+      const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("run");
+      const section = runSection();
+      if (!fresh || !section) return;
+      fresh.dataset.live = live;
+      fresh.dataset.seen = "1";
+      fresh.dataset.status = section.dataset.status || fresh.dataset.status;
+      section.replaceWith(fresh);
+      travel();
+    });
 }
 
 function followRun(section) {
   const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) + "/live");
   source.addEventListener("state", (message) => {
     const state = JSON.parse(message.data);
-    updateRun(section, state);
-    if (["completed", "failed", "stopped"].includes(state.status)) {
+    const escalated = updateRun(state);
+    if (ENDED.includes(state.status)) {
       source.close();
-      section.dataset.live = "ended";
-      refreshSection(section);
+      runSection().dataset.live = "ended";
+      refreshSection("ended");
+    } else if (escalated) {
+      refreshSection("following");
     }
   });
   source.addEventListener("problem", (message) => {
     source.close();
-    section.dataset.live = "lost";
-    section.dataset.problem = JSON.parse(message.data);
+    runSection().dataset.live = "lost";
+    runSection().dataset.problem = JSON.parse(message.data);
   });
-  source.onerror = () => { section.dataset.live = "lost"; };
+  source.onerror = () => { runSection().dataset.live = "lost"; };
   section.dataset.live = "following";
-}
-
-// Once the run has ended, its timeline, token use, result and events are read again
-// (the page's own HTML, fetched from the console) and put in place: no reload.
-function refreshSection(section) {
-  fetch(window.location.href, { credentials: "same-origin" })
-    .then((response) => response.text())
-    .then((html) => {
-      const fresh = new DOMParser().parseFromString(html, "text/html").getElementById("run");
-      if (!fresh) return;
-      fresh.dataset.live = "ended";
-      fresh.dataset.status = section.dataset.status;
-      section.replaceWith(fresh);
-      travel();
-    });
 }
 
 function travel() {
@@ -91,7 +107,7 @@ function travel() {
 }
 
 document.addEventListener("DOMContentLoaded", () => {
-  const section = document.getElementById("run");
+  const section = runSection();
   if (section && section.dataset.live === "1") followRun(section);
   travel();
 });
