@@ -444,3 +444,19 @@ def test_a_console_started_before_the_orchestrator_connects_when_it_appears(
     assert before == "no running orchestrator found"
     assert actor == env.running.console.live.actor, "the identity its credentials name"
     assert problem == ""
+
+
+def test_audit_search_filters_and_pages(env: ConsoleEnv, escalated: str) -> None:
+    def positions(page: str) -> list[int]:
+        return [int(p) for p in re.findall(r'<tr id="ev(\d+)">', page)]
+
+    first = env.get(f"/audit?run={escalated}&limit=2").text
+    assert len(positions(first)) == 2
+    after = re.search(r'href="/audit\?[^"]*after=(\d+)"', first)
+    assert after, "a next page"
+    assert int(after.group(1)) == positions(first)[-1]
+    second = env.get(f"/audit?run={escalated}&limit=2&after={after.group(1)}").text
+    assert min(positions(second)) > positions(first)[-1]
+    typed = env.get(f"/audit?run={escalated}&type=task.escalated").text
+    assert len(positions(typed)) == 1
+    assert ">task.escalated<" in typed
