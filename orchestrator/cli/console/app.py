@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,7 @@ from orchestrator.service.workflow_files import parse_input
 
 STATIC = Path(__file__).parent / "static"
 BODY_MAX = 64 * 1024
+PASTS = 32
 KEEPALIVE_S = 15.0
 """A comment line on an idle live stream this often, so proxies and the browser keep it."""
 
@@ -64,6 +66,16 @@ class Console:
     said: dict[str, str] = field(default_factory=dict)
     """A message for each session's next page (what its last action did)."""
     store_name: str = ""
+    pasts: OrderedDict[tuple[str, int], tuple[list[reads.EventLine], str]] = field(
+        default_factory=OrderedDict
+    )
+    """A run's event lines and drawn timeline at a past position, or at the end of a run
+    that ended: they never change, so a page read again reuses them (at most `PASTS`)."""
+
+    def remember(self, key: tuple[str, int], value: tuple[list[reads.EventLine], str]) -> None:
+        self.pasts[key] = value
+        while len(self.pasts) > PASTS:
+            self.pasts.popitem(last=False)
 
     def where(self) -> str:
         """What the console reads and whom it acts as, for the top of each page."""
@@ -221,10 +233,16 @@ async def run_page(console: Console, request: Request) -> Response:
     run_id = _run_id(request)
     state, at = await reads.run_state(console.store, run_id, _text(request.query_params, "at", 40))
     positions = await reads.run_positions(console.store, run_id)
-    events, own = await reads.run_events(console.store, run_id, at)
+    fixed = console.pasts.get((run_id, at))
+    if fixed is not None:
+        events, drawn = fixed
+    else:
+        events, own = await reads.run_events(console.store, run_id, at)
+        drawn = waterfall.render(build_timeline(run_id, own))
+        if at or state.terminal:  # a past, or a run that has ended: it never changes
+            console.remember((run_id, at), (events, drawn))
     await console.live.ensure()
     live = console.live.bus is not None
-    drawn = waterfall.render(build_timeline(run_id, own))
     body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn)
     return _page(console, request, f"Run {run_id}", body)
 
