@@ -14,6 +14,7 @@ from urllib.parse import quote, urlencode
 
 from eventstore import VerifyReport
 from orchestrator.cli.console.reads import (
+    EVENTS_MAX,
     RUN_STATUSES,
     Approvals,
     AuditQuery,
@@ -285,6 +286,12 @@ def run(
         + drawn
         + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + _usage(state) + result
         + f"<h2>Events ({len(events)})</h2>"
+        + (
+            f'<p>the newest {len(events)}; every one in <a href="/audit?run={quote(run_id)}">'
+            "audit search</a></p>"
+            if len(events) >= EVENTS_MAX
+            else ""
+        )
         + _table(EVENT_HEAD, event_rows(events), "events")
         + "</section>"
     )  # fmt: skip

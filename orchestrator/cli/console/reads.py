@@ -31,7 +31,7 @@ StatusFilter = Literal["", "new", "running", "completed", "failed", "stopped"]
 PAGE_MAX = 200
 SECRET_FIELDS = frozenset({"lease_token"})
 """Fields a page never shows: an attempt's lease token fences its ownership."""
-EVENTS_MAX = 2000
+EVENTS_MAX = 500
 """At most this many of a run's events on its page (then a link to audit search)."""
 
 
