@@ -14,6 +14,9 @@ from eventstore import StoredEvent
 from orchestrator.core.effects import pattern_progress
 from orchestrator.core.errors import UnknownEvent, UnknownRun
 from orchestrator.core.events import (
+    BidReceived,
+    HumanDecided,
+    ProposalsCalled,
     ResultRejected,
     RunCompleted,
     RunEvent,
@@ -24,9 +27,12 @@ from orchestrator.core.events import (
     TaskAttemptFailed,
     TaskCancelled,
     TaskDelegated,
+    TaskEscalated,
     TaskFailed,
     TaskHandedOff,
+    TaskSkipped,
     TaskSucceeded,
+    TokensReserved,
     UsageCharged,
     type_of,
 )
@@ -39,6 +45,13 @@ TASK_STATUSES: tuple[str, ...] = get_args(TaskStatus)
 RUN_STATUSES: tuple[str, ...] = get_args(RunStatus)
 """Every status a run can show, likewise."""
 PASSED_ON = ("handed_off", "delegated")
+OWN_TASK_ONLY = (
+    TaskAssigned, TaskSucceeded, TaskAttemptFailed, TaskFailed, TaskCancelled, TaskSkipped,
+    TokensReserved, UsageCharged, TaskHandedOff, TaskEscalated, HumanDecided, ProposalsCalled,
+    BidReceived,
+)  # fmt: skip
+"""Events whose rule (`core/evolve_attempts.py`) changes no task but the one they name: only
+that task's attempt can end with them, so a wide run is not scanned at each of them."""
 """Outcomes of an attempt that ended well by passing its task on (to another role, or to
 the subtasks it asked for), rather than by finishing it."""
 
@@ -226,7 +239,11 @@ class _Builder:
     def end_attempts(self, event: RunEvent, after: RunState, at: float) -> None:
         """Close every open attempt that `event` ended: whatever the event, an attempt
         is over once the folded state no longer runs it."""
-        for task_id, attempt in list(self.open.items()):
+        named = [event.task_id] if isinstance(event, OWN_TASK_ONLY) else list(self.open)
+        for task_id in named:
+            attempt = self.open.get(task_id)
+            if attempt is None:
+                continue
             task = after.tasks.get(task_id)
             if task is not None and task.status == "running" and task.attempt == attempt.attempt:
                 continue
