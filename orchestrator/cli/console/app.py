@@ -43,6 +43,7 @@ from orchestrator.cli.console.guard import (
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.trace_model import build as build_timeline
 from orchestrator.core.errors import ControlRefused, OrchestratorError, UnknownRun, WorkflowError
+from orchestrator.core.state import RunState
 from orchestrator.service import journal
 from orchestrator.service.api import RunControlRequest
 from orchestrator.service.service import new_run_id
@@ -247,26 +248,34 @@ async def run_page(console: Console, request: Request) -> Response:
     return _page(console, request, f"Run {run_id}", body)
 
 
-async def live_state(store: EventStore, run_id: str) -> bytes:
-    """What a run's page updates itself with: the run's and every task's state now, and
-    when the newest event it folds was recorded."""
-    state = await journal.load_run(store, run_id)
+async def live_state(
+    store: EventStore, run_id: str, before: RunState | None = None
+) -> tuple[RunState, bytes]:
+    """What a run's page updates itself with: the run's state now (folded on from
+    `before`, the state last sent, by the events appended since: the log only grows) with
+    the tasks that changed since `before` (all of them the first time), and when the
+    newest event it folds was recorded."""
+    if before is None:
+        state = await journal.load_run(store, run_id)
+        changed = list(state.tasks.items())
+    else:
+        state = await journal.fold_run(store, before, None)
+        changed = [(i, t) for i, t in state.tasks.items() if before.tasks.get(i) is not t]
     last = await store.read_stream(journal.run_stream(run_id), from_version=state.version)
     tasks = {
         task_id: {"status": t.status, "attempt": t.attempt, "agent": t.agent_id,
                   "tokens": t.tokens, "role": t.role or (state.graph[task_id].role
                                                          if task_id in state.graph else "")}
-        for task_id, t in state.tasks.items()
+        for task_id, t in changed
     }  # fmt: skip
-    return json.dumps(
-        {
-            "status": state.status,
-            "version": state.version,
-            "tokens": state.tokens_spent,
-            "recorded_at": last[0].recorded_at if last else 0.0,
-            "tasks": tasks,
-        }
-    ).encode()
+    sent = {
+        "status": state.status,
+        "version": state.version,
+        "tokens": state.tokens_spent,
+        "recorded_at": last[0].recorded_at if last else 0.0,
+        "tasks": tasks,
+    }
+    return state, json.dumps(sent).encode()
 
 
 async def run_live(console: Console, request: Request) -> Response:
@@ -280,15 +289,16 @@ async def run_live(console: Console, request: Request) -> Response:
         raise NotReachable(console.live.problem)
 
     async def stream() -> AsyncIterator[bytes]:
+        state: RunState | None = None
         with console.live.watch(run_id) as changed:
             while True:
                 changed.clear()
                 try:
-                    state = await live_state(console.store, run_id)
+                    state, sent = await live_state(console.store, run_id, state)
                 except (OrchestratorError, EventStoreError) as exc:  # said, then the end
                     yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
                     return
-                yield b"event: state\ndata: " + state + b"\n\n"
+                yield b"event: state\ndata: " + sent + b"\n\n"
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         await changed.wait()
