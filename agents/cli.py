@@ -106,6 +106,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
         spec = load_spec(args.handler)
         llm_tools = load_registry(spec.tools)
+        await llm_tools.resolve()  # the tools of the MCP servers it declares
         policy = ApprovalPolicy.parse(args.approval)
         if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")):
             gguf_path()  # no endpoint: the embedded model, if it is installed
@@ -122,6 +123,8 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
     else:
         loaded = load_handler(args.handler)
         registry = handler_tools(args.handler)
+        if registry is not None:
+            await registry.resolve()  # the tools of the MCP servers it declares
 
         def make(bus: Bus) -> Handler:
             return loaded

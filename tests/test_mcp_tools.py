@@ -1,0 +1,80 @@
+"""MCP tools under governance (issue 19): a real MCP server, built with the official `mcp`
+SDK and served over stdio (tests/mcp_server.py), offers two tools; an agent whose role's
+contract allows one of them calls both through its gateway. The allowed call reaches the
+server and is recorded in the run's `agents-` stream; the other is refused by the gateway
+and never reaches the server (the server leaves a file per call it runs). Arguments are
+checked against the schema the server gave, before the server sees them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from agents.mcp_tools import McpServer, McpServerError
+from agents.tools import ToolRegistry
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from tests.cluster import REPO, cluster
+
+ROLES = """
+[[roles]]
+name = "librarian"
+capabilities = ["librarian"]
+tools = ["lookup"]
+budget = { tool_calls = 5 }
+"""
+
+
+def test_an_mcp_tool_outside_the_contract_never_reaches_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = tmp_path / "calls"
+    calls.mkdir()
+    monkeypatch.setenv("MCP_CALLS_DIR", str(calls))
+    roles = tmp_path / "roles.toml"
+    roles.write_text(ROLES)
+
+    async def scenario() -> tuple[dict[str, object], list[tuple[str, str, str]]]:
+        async with cluster(tmp_path / "state", contracts=str(roles)) as c:
+            spec = AgentSpec("librarian", "tests/mcp_handlers.py:use_both")
+            await c.add_agents([spec], base=REPO)
+            workflow = WorkflowSpec("mcp", [StepSpec("ask", "librarian", timeout_s=60)])
+            run_id = await c.orchestrator.start_run(workflow)
+            state = await c.until(run_id, lambda s: s.status != "running", timeout=60)
+            assert state.status == "completed", state.reason
+            assert state.result is not None
+            stored = await c.stack.store.read_stream(f"agents-{run_id}")
+            records = [msgspec.msgpack.decode(e.data) for e in stored if e.type == "tool.call"]
+            return state.result["ask"], [
+                (r["tool"], r["phase"], r.get("detail", "")) for r in records
+            ]
+
+    output, records = asyncio.run(scenario())
+    assert output["lookup"] == {"result": "lease: a word (3 senses)"}
+    assert str(output["wipe"]).startswith("ToolRefused: not allowed by the 'librarian' contract")
+    assert "invalid arguments at term" in str(output["bad"])
+    ran = sorted(p.name.split("-")[0] for p in calls.iterdir())
+    assert ran == ["lookup"], "one call reached the server: the allowed one with good arguments"
+    assert [(tool, phase) for tool, phase, _ in records] == [
+        ("lookup", "requested"),
+        ("lookup", "succeeded"),
+        ("wipe", "requested"),
+        ("wipe", "refused"),
+        ("lookup", "requested"),
+        ("lookup", "refused"),
+    ]
+
+
+def test_an_mcp_server_that_dies_is_a_clear_error_not_a_hang() -> None:
+    dead = McpServer(command=sys.executable, args=["-c", "import sys; sys.exit(3)"], timeout_s=10)
+    registry = ToolRegistry()
+    registry.mcp(dead)
+    started = time.monotonic()
+    with pytest.raises(McpServerError, match=r"MCP server .*python"):
+        asyncio.run(registry.resolve())
+    assert time.monotonic() - started < 10, "failed at once, not at its timeout"
+    assert registry.names() == []
