@@ -20,6 +20,8 @@ from agents.tools import ToolRegistry
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from tests.cluster import REPO, cluster
 
+pytestmark = pytest.mark.interop
+
 ROLES = """
 [[roles]]
 name = "librarian"
