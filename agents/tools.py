@@ -17,15 +17,12 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, get_type_hints
+from typing import Any, Literal, Protocol, get_type_hints
 
 import jsonschema
 import msgspec
 
 from agents.errors import ToolArgumentsInvalid, ToolDefinitionError, ToolRefused
-
-if TYPE_CHECKING:
-    from agents.mcp_tools import McpServer
 
 Risk = Literal["low", "medium", "high"]
 RISKS: tuple[Risk, ...] = ("low", "medium", "high")
@@ -121,6 +118,14 @@ def checked_schema(name: str, schema: object) -> dict[str, Any]:
     return schema
 
 
+class ToolSource(Protocol):
+    """Another server's tools (an MCP server: `agents.mcp_tools.McpServer`)."""
+
+    async def offered(self) -> list[Tool]:
+        """Its tools, each with the argument schema the server gives."""
+        ...
+
+
 def check_name(name: str) -> str:
     """A tool name: 1-64 letters, digits, '-' or '_' (it is a NATS subject token)."""
     if not _NAME.match(name):
@@ -152,9 +157,9 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
-        self._servers: list[McpServer] = []
+        self._servers: list[ToolSource] = []
 
-    def mcp(self, server: McpServer) -> McpServer:
+    def mcp(self, server: ToolSource) -> ToolSource:
         """Declare an MCP server whose tools join this registry (no I/O here: `await
         resolve()` asks the server for its tools and their schemas; the agent does that
         as it starts). Needs the `interop` extra."""

@@ -171,6 +171,9 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     agent_id: str
     error: str
     retryable: bool = True
+    escalate: bool = False
+    """The attempt needs a person (a remote A2A agent asked for input): the task is
+    escalated at once, whatever its step's `on_exhausted`, and waits for a decision."""
 
 
 class CallForProposals(_Message, frozen=True, tag="task.cfp"):

@@ -1,0 +1,156 @@
+"""A2A agents join Baton runs (issue 19): real A2A agents built with the official `a2a-sdk`
+(tests/a2a_agents.py, HTTP on loopback ports) serve workflow steps through bridge agents,
+`baton agent --a2a URL`, each an ordinary agent process on the cluster's bus.
+
+One cluster serves four runs at once: a step whose first A2A agent fails is retried on
+another (which answers by polling, its card offers no streaming) and completes, with the
+artifacts and the token usage the remote reported, recorded with the bridge as the actor;
+a step whose agent asks for input is escalated and `baton approve` resolves it; a cancel
+of a run reaches the A2A agent working on it. A card whose skills do not cover the role,
+or no card at all, stops the bridge at start with a clear error."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections import Counter
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import pytest
+
+from bus.server import PARENT_ENV, die_with_parent
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service.api import RunControlRequest
+from tests.cluster import Cluster, baton, cluster
+
+pytestmark = pytest.mark.interop
+
+
+def bridge(c: Cluster, agent_id: str, role: str, url: str, log: Path) -> None:
+    """Start `baton agent --a2a URL` as the cluster's own agent processes are started."""
+    env = {**os.environ, "BATON_NATS_URL": c.stack.agent_url(agent_id, role)}
+    env[PARENT_ENV] = str(os.getpid())
+    command = [sys.executable, "-m", "agents", "--role", role, "--id", agent_id,
+               "--a2a", url, "--heartbeat", "0.2"]  # fmt: skip
+    with log.open("ab") as out:
+        c.agents.processes[agent_id] = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=die_with_parent
+        )
+
+
+def test_a2a_agents_serve_steps_under_baton(tmp_path: Path) -> None:
+    from tests.a2a_agents import a2a_agent
+
+    state_dir = tmp_path / "state"
+
+    async def scenario() -> dict[str, Any]:
+        async with AsyncExitStack() as stack:
+            c = await stack.enter_async_context(cluster(state_dir))
+            failing, _ = await stack.enter_async_context(a2a_agent("fail", ["write"]))
+            polled, polled_seen = await stack.enter_async_context(
+                a2a_agent("complete", ["write"], streaming=False)
+            )
+            asking, _ = await stack.enter_async_context(a2a_agent("input", ["ask"]))
+            slow, slow_seen = await stack.enter_async_context(a2a_agent("hang", ["dawdle"]))
+            logs = tmp_path / "logs"
+            logs.mkdir()
+            # the failing one's id sorts first, so it gets the first attempt (least load, id)
+            for agent_id, role, url in [
+                ("w-a", "write", failing), ("w-b", "write", polled),
+                ("q-1", "ask", asking), ("d-1", "dawdle", slow),
+            ]:  # fmt: skip
+                bridge(c, agent_id, role, url, logs / f"{agent_id}.log")
+            await c.orchestrator.wait_for_agents(
+                Counter({"write": 2, "ask": 1, "dawdle": 1}), timeout=30
+            )
+            write = WorkflowSpec(
+                "w", [StepSpec("draft", "write", max_attempts=2, params={"topic": "leases"})]
+            )
+            ask = WorkflowSpec("q", [StepSpec("ask", "ask")])
+            dawdle = WorkflowSpec("d", [StepSpec("wait", "dawdle", timeout_s=60)])
+            written = await c.orchestrator.start_run(write)
+            asked = await c.orchestrator.start_run(ask)
+            dawdled = await c.orchestrator.start_run(dawdle)
+
+            done = await c.until(written, lambda s: s.status != "running")
+            escalated = await c.until(asked, lambda s: s.tasks["ask"].status == "escalated")
+            approve = await asyncio.create_subprocess_exec(
+                *baton("approve", asked, "ask", "--output", '{"year": 2026}',
+                       "--state-dir", str(state_dir)),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            approved_out, _ = await asyncio.wait_for(approve.communicate(), 60)
+            answered = await c.until(asked, lambda s: s.status != "running")
+
+            await asyncio.wait_for(slow_seen.started.wait(), 30)
+            await c.orchestrator.control(RunControlRequest(dawdled, "cancel"), "human:tester")
+            await asyncio.wait_for(slow_seen.cancelled.wait(), 30)
+            cancelled = await c.until(dawdled, lambda s: s.status != "running")
+
+            events = await c.stack.store.read_stream(f"run-{written}")
+            return {
+                "done": done,
+                "escalated": escalated,
+                "approve": (approve.returncode, approved_out.decode()),
+                "answered": answered,
+                "cancelled": cancelled,
+                "polled_inputs": polled_seen.inputs,
+                "polled_ids": polled_seen.message_ids,
+                "events": [(e.type, e.actor, msgspec.msgpack.decode(e.data)) for e in events],
+            }
+
+    got = asyncio.run(scenario())
+    done = got["done"]
+    assert done.status == "completed", done.reason
+    draft = done.tasks["draft"]
+    assert (draft.attempt, draft.agent_id) == (2, "w-b"), "retried on the other agent"
+    [artifact] = done.result["draft"]["artifacts"]
+    assert artifact["name"] == "answer"
+    assert artifact["data"][0]["answer"] == 42
+    assert got["polled_inputs"][0]["input"]["params"] == {"topic": "leases"}
+    assert got["polled_ids"] == [f"baton-{done.run_id}-draft-2"], "the attempt's message id"
+    assert done.tokens_spent == 42, "the usage the remote reported is charged"
+    failed = [d for t, a, d in got["events"] if t == "task.attempt_failed"]
+    assert [(f["agent_id"], "the index is down" in f["error"]) for f in failed] == [("w-a", True)]
+    [(actor, data)] = [(a, d) for t, a, d in got["events"] if t == "task.succeeded"]
+    assert actor == "w-b", "the audit log names the bridge as the actor"
+    assert data["output"]["artifacts"][0]["data"][0]["answer"] == 42
+
+    escalated = got["escalated"].tasks["ask"]
+    assert "input-required: which year do you mean?" in escalated.error
+    assert got["approve"][0] == 0, got["approve"][1]
+    answered = got["answered"]
+    assert answered.status == "completed"
+    assert answered.result == {"ask": {"year": 2026}}
+
+    assert got["cancelled"].status == "stopped", "the run was cancelled"
+
+
+def test_a_card_that_does_not_fit_the_role_stops_the_bridge(tmp_path: Path) -> None:
+    from tests.a2a_agents import a2a_agent
+
+    async def scenario() -> list[subprocess.CompletedProcess[str]]:
+        async with a2a_agent("complete", ["write"]) as (url, _):
+            outs = []
+            for role, target in (("review", url), ("write", f"{url}/no-card-here")):
+                command = [sys.executable, "-m", "agents", "--role", role, "--a2a", target,
+                           "--nats", "nats://127.0.0.1:1"]  # fmt: skip
+                done = await asyncio.create_subprocess_exec(
+                    *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+                )
+                _, err = await asyncio.wait_for(done.communicate(), 60)
+                outs.append(
+                    subprocess.CompletedProcess(command, done.returncode or 0, "", err.decode())
+                )
+            return outs
+
+    wrong_skill, no_card = asyncio.run(scenario())
+    assert wrong_skill.returncode == 2
+    assert "offers no skill for review (its skills: write)" in wrong_skill.stderr
+    assert no_card.returncode == 2
+    assert "no usable Agent Card" in no_card.stderr
