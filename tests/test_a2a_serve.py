@@ -1,0 +1,160 @@
+"""Baton serves as an A2A agent (issue 19): the official `a2a-sdk` client calls `baton a2a
+serve` (a real process, on a loopback port, against a real cluster): it discovers the
+card (a skill per workflow, a bearer scheme), is refused without the token, starts the
+research example and streams its progress, gets the outputs as artifacts, sends the same
+message again and gets the same run, reads a run's task from the log by its run id, and
+cancels a second run, which the orchestrator then stops."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncGenerator
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+
+from orchestrator.core.workflow import AgentSpec
+from orchestrator.service.workflow_files import load
+from tests.cluster import EXAMPLE, baton, cluster
+
+pytestmark = pytest.mark.interop
+
+SLOW = """
+name = "slow"
+description = "One long nap, to be cancelled."
+[[steps]]
+id = "nap"
+role = "sleeper"
+timeout_s = 120
+params = { seconds = 60 }
+"""
+
+
+def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> None:
+    from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
+    from a2a.helpers import get_data_parts, get_text_parts, new_data_part
+    from a2a.types import (
+        CancelTaskRequest,
+        GetTaskRequest,
+        Message,
+        Role,
+        SendMessageRequest,
+        StreamResponse,
+        TaskState,
+    )
+
+    state_dir = tmp_path / "state"
+    slow = tmp_path / "slow.toml"
+    slow.write_text(SLOW)
+
+    def message(message_id: str, skill: str, run_input: dict[str, Any]) -> SendMessageRequest:
+        part = new_data_part({"skill": skill, "input": run_input})
+        return SendMessageRequest(
+            message=Message(message_id=message_id, role=Role.ROLE_USER, parts=[part])
+        )
+
+    async def scenario() -> dict[str, Any]:
+        async with cluster(state_dir) as c:
+            research = load(EXAMPLE)
+            await c.add_agents(
+                [*research.agents, AgentSpec("sleeper", "agents.builtin:sleep")],
+                base=EXAMPLE.parent,
+            )
+            server = await asyncio.create_subprocess_exec(
+                *baton("a2a", "serve", str(EXAMPLE), str(slow), "--port", "0",
+                       "--state-dir", str(state_dir)),
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                env={**os.environ, "BATON_A2A_TOKEN": "s3cret"},
+            )  # fmt: skip
+            try:
+                assert server.stdout is not None
+                first = await asyncio.wait_for(server.stdout.readline(), 60)
+                url = first.decode().split(" at ")[1].split(" ")[0]
+                got: dict[str, Any] = {"url": url}
+                async with httpx.AsyncClient() as anyone:
+                    got["no_token"] = (await anyone.post(url, json={})).status_code
+                http = httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}, timeout=30)
+                card = await A2ACardResolver(http, url).get_agent_card()
+                config = ClientConfig(streaming=True, httpx_client=http)
+                client = ClientFactory(config).create(card)
+                got["skills"] = sorted(s.id for s in card.skills)
+                got["schemes"] = list(card.security_schemes)
+                ask = message("m-research-1", "research-brief", {"topic": "leases"})
+                events: list[StreamResponse] = [e async for e in client.send_message(ask)]
+                again: list[StreamResponse] = [e async for e in client.send_message(ask)]
+                got["events"], got["again"] = events, again
+                run_id = _run_of(events)
+                got["run"] = c.orchestrator.run(run_id)
+                got["from_log"] = await client.get_task(GetTaskRequest(id=run_id))
+
+                napping = cast(
+                    AsyncGenerator[StreamResponse, None],
+                    client.send_message(message("m-slow-1", "slow", {})),
+                )
+                async for event in napping:
+                    if event.WhichOneof("payload") == "status_update" and _meta(event):
+                        break
+                task_id = event.status_update.task_id
+                got["cancel"] = await client.cancel_task(CancelTaskRequest(id=task_id))
+                stopped = _meta(event)
+                got["stopped"] = await c.until(stopped, lambda s: s.status != "running")
+                await napping.aclose()
+                await client.close()
+                await http.aclose()
+                return got
+            finally:
+                server.terminate()
+                _, err = await asyncio.wait_for(server.communicate(), 30)
+                print(err.decode()[-3000:])
+
+    got = asyncio.run(scenario())
+    assert got["url"].startswith("http://127.0.0.1:")
+    assert got["no_token"] == 401
+    assert got["skills"] == ["research-brief", "slow"]
+    assert got["schemes"] == ["bearer"]
+
+    events = got["events"]
+    kinds = [e.WhichOneof("payload") for e in events]
+    assert kinds[0] == "task"
+    said = [get_text_parts(e.status_update.status.message.parts) for e in events
+            if e.WhichOneof("payload") == "status_update"]  # fmt: skip
+    progress = [line for lines in said for line in lines]
+    assert any("research[2]" in line and "finished" in line for line in progress), progress
+    assert any("run completed" in line for line in progress), progress
+    last = events[-1].status_update.status
+    assert last.state == TaskState.TASK_STATE_COMPLETED
+    written = [
+        e.artifact_update.artifact for e in events if e.WhichOneof("payload") == "artifact_update"
+    ]
+    [brief] = [a for a in written if a.name == "write"]
+    assert "leases" in str(get_data_parts(brief.parts)[0])
+
+    run = got["run"]
+    assert run.status == "completed"
+    assert run.input["topic"] == "leases"
+    assert _run_of(got["again"]) == run.run_id, "the same message is the same run"
+
+    from_log = got["from_log"]
+    assert from_log.status.state == TaskState.TASK_STATE_COMPLETED
+    assert sorted(a.name for a in from_log.artifacts) == sorted(run.result)
+
+    assert got["cancel"].status.state == TaskState.TASK_STATE_CANCELED
+    stopped = got["stopped"]
+    assert (stopped.status, stopped.limit) == ("stopped", "cancelled")
+    assert stopped.tasks["nap"].status == "cancelled"
+
+
+def _meta(event: Any) -> str:
+    """The Baton run a status update names, '' if none."""
+    fields = event.status_update.status.message.metadata.fields
+    run = fields.get("baton_run")
+    return run.string_value if run is not None else ""
+
+
+def _run_of(events: list[Any]) -> str:
+    runs = {_meta(e) for e in events if e.WhichOneof("payload") == "status_update"} - {""}
+    assert len(runs) == 1, runs
+    return runs.pop()
