@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shlex
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
@@ -18,7 +19,8 @@ import pytest
 
 from orchestrator.core.workflow import AgentSpec
 from orchestrator.service.workflow_files import load
-from tests.cluster import EXAMPLE, baton, cluster
+from tests.cluster import EXAMPLE, REPO, cluster
+from tests.test_readme import README, argv, readme_commands
 
 pytestmark = pytest.mark.interop
 
@@ -63,9 +65,13 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 [*research.agents, AgentSpec("sleeper", "agents.builtin:sleep")],
                 base=EXAMPLE.parent,
             )
+            # the README's command, with the test's workflow added and any free port
+            [serve_line] = [c for c in readme_commands() if " a2a serve " in c]
+            command = argv(serve_line)
+            command.insert(command.index("--port"), str(slow))
             server = await asyncio.create_subprocess_exec(
-                *baton("a2a", "serve", str(EXAMPLE), str(slow), "--port", "0",
-                       "--state-dir", str(state_dir)),
+                *command, "--port", "0", "--state-dir", str(state_dir),
+                cwd=REPO,
                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
                 env={**os.environ, "BATON_A2A_TOKEN": "s3cret"},
             )  # fmt: skip
@@ -76,6 +82,14 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 got: dict[str, Any] = {"url": url}
                 async with httpx.AsyncClient() as anyone:
                     got["no_token"] = (await anyone.post(url, json={})).status_code
+                    # the README's curl, as it is there (its port aside)
+                    curl = shlex.split(next(line for line in _readme_sh() if "SendMessage" in line))
+                    headers = dict(
+                        curl[i + 1].split(": ", 1) for i, w in enumerate(curl) if w == "-H"
+                    )
+                    body = curl[curl.index("-d") + 1]
+                    sent = await anyone.post(url, headers=headers, content=body, timeout=60)
+                    got["curl"] = sent.json()
                 http = httpx.AsyncClient(headers={"Authorization": "Bearer s3cret"}, timeout=30)
                 card = await A2ACardResolver(http, url).get_agent_card()
                 config = ClientConfig(streaming=True, httpx_client=http)
@@ -106,13 +120,17 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 await http.aclose()
                 return got
             finally:
-                server.terminate()
+                if server.returncode is None:
+                    server.terminate()
                 _, err = await asyncio.wait_for(server.communicate(), 30)
                 print(err.decode()[-3000:])
 
     got = asyncio.run(scenario())
     assert got["url"].startswith("http://127.0.0.1:")
     assert got["no_token"] == 401
+    curl = got["curl"]["result"]["task"]
+    assert curl["status"]["state"] == "TASK_STATE_COMPLETED", got["curl"]
+    assert [a["name"] for a in curl["artifacts"]] == ["write"], "the run's result: its last step"
     assert got["skills"] == ["research-brief", "slow"]
     assert got["schemes"] == ["bearer"]
 
@@ -145,6 +163,17 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     stopped = got["stopped"]
     assert (stopped.status, stopped.limit) == ("stopped", "cancelled")
     assert stopped.tasks["nap"].status == "cancelled"
+
+
+def _readme_sh() -> list[str]:
+    """The lines of the README's shell blocks (commands that are not Baton's too)."""
+    lines, inside = [], False
+    for line in README.read_text().splitlines():
+        if line.startswith("```"):
+            inside = line.strip() == "```sh"
+        elif inside:
+            lines.append(line)
+    return lines
 
 
 def _meta(event: Any) -> str:
