@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
 import subprocess
 import sys
 from collections import Counter
@@ -24,7 +25,7 @@ import msgspec
 import pytest
 
 from bus.server import PARENT_ENV, die_with_parent
-from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service.api import RunControlRequest
 from tests.cluster import Cluster, baton, cluster
 
@@ -61,10 +62,11 @@ def test_a2a_agents_serve_steps_under_baton(tmp_path: Path) -> None:
             logs.mkdir()
             # the failing one's id sorts first, so it gets the first attempt (least load, id)
             for agent_id, role, url in [
-                ("w-a", "write", failing), ("w-b", "write", polled),
-                ("q-1", "ask", asking), ("d-1", "dawdle", slow),
+                ("w-a", "write", failing), ("w-b", "write", polled), ("d-1", "dawdle", slow),
             ]:  # fmt: skip
                 bridge(c, agent_id, role, url, logs / f"{agent_id}.log")
+            # as a workflow's [[agents]] names one, started as `baton run` starts it
+            await c.add_agents([AgentSpec("ask", f"a2a:{asking}")], wait=False)
             await c.orchestrator.wait_for_agents(
                 Counter({"write": 2, "ask": 1, "dawdle": 1}), timeout=30
             )
@@ -154,3 +156,63 @@ def test_a_card_that_does_not_fit_the_role_stops_the_bridge(tmp_path: Path) -> N
     assert "offers no skill for review (its skills: write)" in wrong_skill.stderr
     assert no_card.returncode == 2
     assert "no usable Agent Card" in no_card.stderr
+
+
+def test_a_reply_that_is_not_a2a_fails_the_attempt_with_the_reason() -> None:
+    """A card that parses, then answers that are not A2A (a task-less result, then not
+    JSON at all): each fails the attempt (retryable, with what was wrong), at once."""
+    from a2a.utils.constants import AGENT_CARD_WELL_KNOWN_PATH
+    from google.protobuf.json_format import MessageToDict
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
+    from starlette.routing import Route
+
+    from agents.a2a_bridge import A2ABridge
+    from agents.sdk import TaskContext, TaskError
+    from tests.a2a_agents import card
+    from tests.asgi import loopback
+
+    replies = iter(
+        [
+            JSONResponse({"jsonrpc": "2.0", "id": 1, "result": {"nonsense": True}}),
+            PlainTextResponse("<html>gateway timeout</html>", status_code=504),
+        ]
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    async def the_card(request: Request) -> Response:
+        return JSONResponse(MessageToDict(card(url, ["write"], streaming=False)))
+
+    async def rpc(request: Request) -> Response:
+        return next(replies)
+
+    app = Starlette(
+        routes=[Route(AGENT_CARD_WELL_KNOWN_PATH, the_card), Route("/", rpc, methods=["POST"])]
+    )
+
+    async def scenario() -> list[TaskError]:
+        async with loopback(app, sock=sock):
+            bridge = A2ABridge(url, request_timeout_s=10)
+            await bridge.start(["write"])
+            errors = []
+            try:
+                for attempt in (1, 2):
+                    task = TaskContext("r1", "t1", "t1", attempt, "write", "w-1", {"q": 1})
+                    with pytest.raises(TaskError) as raised:
+                        async with asyncio.timeout(10):
+                            await bridge(task)
+                    errors.append(raised.value)
+            finally:
+                await bridge.close()
+            return errors
+
+    not_a_task, not_json = asyncio.run(scenario())
+    for error in (not_a_task, not_json):
+        assert str(error).startswith(f"A2A agent {url}: "), error
+        assert error.retryable
+        assert not error.escalate
+    assert "neither task nor message" in str(not_a_task)
+    assert "HTTP Error 504" in str(not_json)

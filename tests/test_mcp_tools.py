@@ -15,9 +15,14 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from agents.errors import ToolRefused
+from agents.gateway import PolicyApprover, ToolGateway
 from agents.mcp_tools import McpServer, McpServerError
 from agents.tools import ToolRegistry
+from bus.contracts import RoleContract
+from bus.protocol import ToolCallRecord
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
+from tests.asgi import loopback
 from tests.cluster import REPO, cluster
 
 pytestmark = pytest.mark.interop
@@ -80,3 +85,50 @@ def test_an_mcp_server_that_dies_is_a_clear_error_not_a_hang() -> None:
         asyncio.run(registry.resolve())
     assert time.monotonic() - started < 10, "failed at once, not at its timeout"
     assert registry.names() == []
+
+
+class Records:
+    """The gateway's records, kept in order (a recorder is all the gateway needs)."""
+
+    def __init__(self) -> None:
+        self.records: list[ToolCallRecord] = []
+
+    async def record(self, record: ToolCallRecord) -> None:
+        self.records.append(record)
+
+
+def test_an_mcp_server_over_streamable_http_under_the_gateway(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same server over streamable HTTP, its tools renamed with a prefix: the contract
+    names the Baton name; the refused call never reaches the server."""
+    monkeypatch.setenv("MCP_CALLS_DIR", str(tmp_path))
+    from tests import mcp_server
+
+    async def scenario() -> tuple[object, Records, list[str]]:
+        app = mcp_server.server.streamable_http_app()
+        async with loopback(app, lifespan="on") as url:
+            registry = ToolRegistry()
+            registry.mcp(McpServer(url=f"{url}/mcp", prefix="web_", timeout_s=20))
+            await registry.resolve()
+            contract = RoleContract(name="reader", tools=["web_lookup"])
+            records = Records()
+            gateway = ToolGateway(
+                registry, contract, PolicyApprover(), records,
+                run_id="r1", task_id="t1", attempt=1, agent_id="reader-1",
+            )  # fmt: skip
+            result = await gateway.call("web_lookup", {"term": "fence", "limit": 2})
+            with pytest.raises(ToolRefused, match="not allowed"):
+                await gateway.call("web_wipe", {"path": "/"})
+            return result, records, registry.names()
+
+    result, records, names = asyncio.run(scenario())
+    assert names == ["web_lookup", "web_wipe"]
+    assert result == {"result": "fence: a word (2 senses)"}
+    assert sorted(p.name.split("-")[0] for p in tmp_path.iterdir()) == ["lookup"]
+    assert [(r.tool, r.phase) for r in records.records] == [
+        ("web_lookup", "requested"),
+        ("web_lookup", "succeeded"),
+        ("web_wipe", "requested"),
+        ("web_wipe", "refused"),
+    ]

@@ -177,7 +177,7 @@ class RunExecutor(AgentExecutor):
                     requested_by=self.identity, request_id=request_id,
                     inbox_prefix=inbox_prefix(self.identity) if self.offered.where.identity else "",
                 )  # fmt: skip
-            except OrchestratorError as exc:
+            except (OrchestratorError, BusError) as exc:  # refused, or nobody answered
                 await updater.failed(updater.new_agent_message([new_text_part(str(exc))]))
                 return
             meta = {"baton_run": run_id}
