@@ -19,8 +19,8 @@ task (over the stream when the card offers streaming, else by polling) and maps 
   cancelled over A2A.
 
 A card or a reply that is not A2A is a typed error (`A2ABridgeError` at start, a failed
-attempt later), never a hang: every request is bounded by `request_timeout_s`, and the
-whole attempt by its lease.
+attempt later), never a hang: every request is bounded by `request_timeout_s` (a stream's
+reads excepted), and the whole attempt, stream included, by its lease.
 """
 
 from __future__ import annotations
@@ -139,9 +139,9 @@ class A2ABridge:
     token: str = ""
     poll_s: float = 0.5
     request_timeout_s: float = 30.0
-    card: AgentCard | None = None
-    _http: httpx.AsyncClient | None = None
-    _client: Client | None = None
+    card: AgentCard | None = field(default=None, init=False)
+    _http: httpx.AsyncClient | None = field(default=None, init=False, repr=False)
+    _client: Client | None = field(default=None, init=False, repr=False)
 
     async def start(self, capabilities: list[str]) -> AgentCard:
         """Fetch the card and check it against the role's capabilities."""
