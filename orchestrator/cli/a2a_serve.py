@@ -23,6 +23,7 @@ import hashlib
 import hmac
 import logging
 import socket
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -77,6 +78,8 @@ log = logging.getLogger("baton.a2a")
 _batch: Decoder[ProgressBatch | Progress] = Decoder(ProgressBatch | Progress)
 _control: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 ENDS = frozenset(("run.completed", "run.failed", "run.stopped"))
+KEPT = 10_000
+"""Task ids remembered, newest first: a long-lived server must not grow without bound."""
 CHECK_LOG_S = 1.0
 """How often a followed run is looked up in the log too: progress is core NATS, at most
 once, so a lost `run.completed` line must not leave the A2A task working forever."""
@@ -89,8 +92,14 @@ class Offered:
         self.workflows = {w.name: w for w in workflows}
         self.where = where
         self.store = store
-        self.runs: dict[str, str] = {}
-        """A2A task id → the Baton run it follows."""
+        self.runs: OrderedDict[str, str] = OrderedDict()
+        """A2A task id → the Baton run it follows (the newest `KEPT`; an older task's
+        run is found by its run id, from the log)."""
+
+    def follow(self, task_id: str, run_id: str) -> None:
+        self.runs[task_id] = run_id
+        while len(self.runs) > KEPT:
+            self.runs.popitem(last=False)
 
     def card(self, url: str) -> AgentCard:
         bearer = SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="bearer"))
@@ -158,7 +167,7 @@ class RunExecutor(AgentExecutor):
         workflow, run_input = asked
         request_id = hashlib.sha256(context.message.message_id.encode()).hexdigest()[:32]
         run_id = request_run_id(self.identity, request_id)
-        self.offered.runs[task.id] = run_id
+        self.offered.follow(task.id, run_id)
         lines: asyncio.Queue[Progress] = asyncio.Queue()
 
         async def on_progress(msg: Incoming) -> None:
