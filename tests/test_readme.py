@@ -26,6 +26,7 @@ import pytest
 
 from agents import cli as agent_cli
 from bus.server import find_binary
+from orchestrator.cli import a2a_cli
 from orchestrator.cli import main as baton_cli
 from orchestrator.cli import tool as tool_cli
 from tests.cluster import REPO, baton
@@ -389,6 +390,8 @@ def _help(command: tuple[str, ...]) -> str:
         parser, argv = agent_cli.parser(), [*command[1:], "--help"]
     elif command[0] == "tool":
         parser, argv = tool_cli.parser(), [*command[1:], "--help"]
+    elif command[0] == "a2a":
+        parser, argv = a2a_cli.parser(), [*command[1:], "--help"]
     else:
         parser, argv = baton_cli._parser(), [*command, "--help"]
     printed = io.StringIO()
