@@ -346,7 +346,8 @@ async def run_server(
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    url = public_url or f"http://{host}:{sock.getsockname()[1]}/"
+    shown_host = f"[{host}]" if ":" in host else host
+    url = public_url or f"http://{shown_host}:{sock.getsockname()[1]}/"
     offered = Offered(workflows, where, store)
     identity = where.identity or "a2a"
     prefix = inbox_prefix(where.identity) if where.identity else ""
