@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from agents.errors import ToolRefused
+from agents.errors import ToolFailed, ToolRefused
 from agents.gateway import PolicyApprover, ToolGateway
 from agents.mcp_tools import McpServer, McpServerError
 from agents.tools import ToolRegistry
@@ -85,6 +85,45 @@ def test_an_mcp_server_that_dies_is_a_clear_error_not_a_hang() -> None:
         asyncio.run(registry.resolve())
     assert time.monotonic() - started < 10, "failed at once, not at its timeout"
     assert registry.names() == []
+
+
+CRASHING = "\n".join(
+    [
+        "import os",
+        "from mcp.server.mcpserver import MCPServer",
+        "server = MCPServer('crashing')",
+        "@server.tool()",
+        "def crash(why: str) -> str:",
+        "    os._exit(1)  # the server's process ends in the middle of the call",
+        "server.run()",
+    ]
+)
+
+
+def test_an_mcp_server_that_dies_mid_call_fails_that_call_and_it_is_recorded() -> None:
+    crashing = McpServer(command=sys.executable, args=["-c", CRASHING], timeout_s=20)
+
+    async def scenario() -> tuple[ToolFailed, Records, float]:
+        registry = ToolRegistry()
+        registry.mcp(crashing)
+        await registry.resolve()
+        records = Records()
+        gateway = ToolGateway(
+            registry, RoleContract(name="r", tools=["crash"]), PolicyApprover(), records,
+            run_id="r1", task_id="t1", attempt=1, agent_id="a-1",
+        )  # fmt: skip
+        started = time.monotonic()
+        with pytest.raises(ToolFailed) as failed:
+            await gateway.call("crash", {"why": "test"})
+        return failed.value, records, time.monotonic() - started
+
+    failed, records, took = asyncio.run(scenario())
+    assert "McpServerError" in failed.reason
+    assert took < 20, "failed when the server died, not at its timeout"
+    assert [(r.tool, r.phase) for r in records.records] == [
+        ("crash", "requested"),
+        ("crash", "failed"),
+    ]
 
 
 class Records:
