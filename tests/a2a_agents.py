@@ -24,7 +24,7 @@ from starlette.applications import Starlette
 
 from tests.asgi import loopback
 
-Behaviour = Literal["complete", "fail", "input", "hang"]
+Behaviour = Literal["complete", "fail", "reject", "input", "auth", "hang"]
 
 
 @dataclass
@@ -64,6 +64,10 @@ class Executor(AgentExecutor):
             )
         elif self.behaviour == "fail":
             await updater.failed(updater.new_agent_message([new_text_part("the index is down")]))
+        elif self.behaviour == "reject":
+            await updater.reject(updater.new_agent_message([new_text_part("not my kind of task")]))
+        elif self.behaviour == "auth":
+            await updater.requires_auth(updater.new_agent_message([new_text_part("log in first")]))
         elif self.behaviour == "input":
             await updater.requires_input(
                 updater.new_agent_message([new_text_part("which year do you mean?")])

@@ -19,7 +19,7 @@ import sys
 from collections import Counter
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import msgspec
 import pytest
@@ -216,3 +216,41 @@ def test_a_reply_that_is_not_a2a_fails_the_attempt_with_the_reason() -> None:
         assert not error.escalate
     assert "neither task nor message" in str(not_a_task)
     assert "HTTP Error 504" in str(not_json)
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "streaming", "said", "escalate"),
+    [
+        ("fail", True, "failed: the index is down", False),
+        ("reject", False, "rejected: not my kind of task", False),
+        ("input", False, "is input-required: which year do you mean?", True),
+        ("auth", True, "is auth-required: log in first", True),
+    ],
+)
+def test_each_way_an_a2a_task_ends_maps_onto_an_attempt(
+    behaviour: str, streaming: bool, said: str, escalate: bool
+) -> None:
+    """Failed and rejected fail the attempt (retryable, with the remote's reason); input-
+    and auth-required ask for a person; over the stream or by polling alike."""
+    from agents.a2a_bridge import A2ABridge
+    from agents.sdk import TaskContext, TaskError
+    from tests.a2a_agents import Behaviour, a2a_agent
+
+    async def scenario() -> TaskError:
+        ends = cast(Behaviour, behaviour)
+        async with a2a_agent(ends, ["write"], streaming=streaming) as (url, _):
+            bridge = A2ABridge(url, poll_s=0.05, request_timeout_s=10)
+            await bridge.start(["write"])
+            try:
+                task = TaskContext("r1", "t1", "t1", 1, "write", "w-1", {"q": 1})
+                with pytest.raises(TaskError) as ended:
+                    async with asyncio.timeout(10):
+                        await bridge(task)
+                return ended.value
+            finally:
+                await bridge.close()
+
+    error = asyncio.run(scenario())
+    assert said in str(error), error
+    assert error.escalate is escalate
+    assert error.retryable
