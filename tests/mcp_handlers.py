@@ -1,5 +1,6 @@
 """A handler whose tools are an MCP server's (tests/mcp_server.py, over stdio): it calls
-both, as its role's contract may allow or not, and says what each call came to."""
+both, as its role's contract may allow or not, one with bad arguments, then the first
+again, and says what each call came to."""
 
 from __future__ import annotations
 
@@ -36,4 +37,5 @@ async def use_both(task: TaskContext) -> dict[str, Any]:
         await task.tools.call("lookup", {"term": 7})
     except ToolError as exc:
         said["bad"] = f"{type(exc).__name__}: {exc.reason}"
+    said["again"] = await task.tools.call("lookup", {"term": "fence", "limit": 1})
     return said

@@ -64,8 +64,14 @@ def test_an_mcp_tool_outside_the_contract_never_reaches_the_server(
     assert output["lookup"] == {"result": "lease: a word (3 senses)"}
     assert str(output["wipe"]).startswith("ToolRefused: not allowed by the 'librarian' contract")
     assert "invalid arguments at term" in str(output["bad"])
-    ran = sorted(p.name.split("-")[0] for p in calls.iterdir())
-    assert ran == ["lookup"], "one call reached the server: the allowed one with good arguments"
+    assert output["again"] == {"result": "fence: a word (1 senses)"}
+    ran = {p.name.split("-")[0]: p.read_text().split()[0] for p in calls.iterdir()}
+    served = [p.read_text() for p in calls.iterdir()]
+    assert sorted(p.split()[1] for p in served) == ["fence", "lease"], (
+        "only the allowed calls with good arguments reached the server"
+    )
+    assert set(ran) == {"lookup"}
+    assert len({p.split()[0] for p in served}) == 1, "one server process served both"
     assert [(tool, phase) for tool, phase, _ in records] == [
         ("lookup", "requested"),
         ("lookup", "succeeded"),
@@ -73,6 +79,8 @@ def test_an_mcp_tool_outside_the_contract_never_reaches_the_server(
         ("wipe", "refused"),
         ("lookup", "requested"),
         ("lookup", "refused"),
+        ("lookup", "requested"),
+        ("lookup", "succeeded"),
     ]
 
 
@@ -95,34 +103,45 @@ CRASHING = "\n".join(
         "@server.tool()",
         "def crash(why: str) -> str:",
         "    os._exit(1)  # the server's process ends in the middle of the call",
+        "@server.tool()",
+        "def pid() -> int:",
+        "    return os.getpid()",
         "server.run()",
     ]
 )
 
 
-def test_an_mcp_server_that_dies_mid_call_fails_that_call_and_it_is_recorded() -> None:
+def test_an_mcp_server_that_dies_mid_call_fails_that_call_and_the_next_starts_anew() -> None:
     crashing = McpServer(command=sys.executable, args=["-c", CRASHING], timeout_s=20)
 
-    async def scenario() -> tuple[ToolFailed, Records, float]:
+    async def scenario() -> tuple[ToolFailed, Records, float, list[object]]:
         registry = ToolRegistry()
         registry.mcp(crashing)
         await registry.resolve()
         records = Records()
         gateway = ToolGateway(
-            registry, RoleContract(name="r", tools=["crash"]), PolicyApprover(), records,
-            run_id="r1", task_id="t1", attempt=1, agent_id="a-1",
+            registry, RoleContract(name="r", tools=["crash", "pid"]), PolicyApprover(),
+            records, run_id="r1", task_id="t1", attempt=1, agent_id="a-1",
         )  # fmt: skip
+        before = await gateway.call("pid", {})
         started = time.monotonic()
         with pytest.raises(ToolFailed) as failed:
             await gateway.call("crash", {"why": "test"})
-        return failed.value, records, time.monotonic() - started
+        took = time.monotonic() - started
+        after = await gateway.call("pid", {})  # a new session, a new server process
+        return failed.value, records, took, [before, after]
 
-    failed, records, took = asyncio.run(scenario())
+    failed, records, took, pids = asyncio.run(scenario())
     assert "McpServerError" in failed.reason
     assert took < 20, "failed when the server died, not at its timeout"
+    assert pids[0] != pids[1], "the next call started the server again"
     assert [(r.tool, r.phase) for r in records.records] == [
+        ("pid", "requested"),
+        ("pid", "succeeded"),
         ("crash", "requested"),
         ("crash", "failed"),
+        ("pid", "requested"),
+        ("pid", "succeeded"),
     ]
 
 
