@@ -2,8 +2,9 @@
 serve` (a real process, on a loopback port, against a real cluster): it discovers the
 card (a skill per workflow, a bearer scheme), is refused without the token, starts the
 research example and streams its progress, gets the outputs as artifacts, sends the same
-message again and gets the same run, reads a run's task from the log by its run id, and
-cancels a second run, which the orchestrator then stops."""
+message again and gets the same run, reads a run's task from the log by its run id,
+answers a run whose step escalated (`input-required`, then the approval as its answer),
+and cancels another run, which the orchestrator then stops."""
 
 from __future__ import annotations
 
@@ -34,6 +35,16 @@ timeout_s = 120
 params = { seconds = 60 }
 """
 
+ASK = """
+name = "ask"
+description = "A step that gives up at once and waits for a person."
+[[steps]]
+id = "guess"
+role = "guesser"
+max_attempts = 1
+on_exhausted = "escalate"
+"""
+
 
 def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> None:
     from a2a.client import A2ACardResolver, ClientConfig, ClientFactory
@@ -51,6 +62,8 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     state_dir = tmp_path / "state"
     slow = tmp_path / "slow.toml"
     slow.write_text(SLOW)
+    asking = tmp_path / "ask.toml"
+    asking.write_text(ASK)
 
     def message(message_id: str, skill: str, run_input: dict[str, Any]) -> SendMessageRequest:
         part = new_data_part({"skill": skill, "input": run_input})
@@ -62,13 +75,17 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
         async with cluster(state_dir) as c:
             research = load(EXAMPLE)
             await c.add_agents(
-                [*research.agents, AgentSpec("sleeper", "agents.builtin:sleep")],
+                [
+                    *research.agents,
+                    AgentSpec("sleeper", "agents.builtin:sleep"),
+                    AgentSpec("guesser", "agents.builtin:fail"),
+                ],
                 base=EXAMPLE.parent,
             )
             # the README's command, with the test's workflow added and any free port
             [serve_line] = [c for c in readme_commands() if " a2a serve " in c]
             command = argv(serve_line)
-            command.insert(command.index("--port"), str(slow))
+            command[command.index("--port") : command.index("--port")] = [str(slow), str(asking)]
             server = await asyncio.create_subprocess_exec(
                 *command, "--port", "0", "--state-dir", str(state_dir),
                 cwd=REPO,
@@ -104,6 +121,20 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 got["run"] = c.orchestrator.run(run_id)
                 got["from_log"] = await client.get_task(GetTaskRequest(id=run_id))
 
+                # a step that escalates: input-required, and the answer is the decision
+                asked = [e async for e in client.send_message(message("m-ask-1", "ask", {}))]
+                waiting = asked[-1].status_update
+                answer = Message(
+                    message_id="m-ask-2", task_id=waiting.task_id, context_id=waiting.context_id,
+                    role=Role.ROLE_USER,
+                    parts=[new_data_part({"decision": "approve", "output": {"guess": 7}})],
+                )  # fmt: skip
+                answered = [
+                    e async for e in client.send_message(SendMessageRequest(message=answer))
+                ]
+                got["asked"], got["answered"] = asked, answered
+                got["guessed"] = c.orchestrator.run(_run_of(asked))
+
                 napping = cast(
                     AsyncGenerator[StreamResponse, None],
                     client.send_message(message("m-slow-1", "slow", {})),
@@ -131,7 +162,7 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     curl = got["curl"]["result"]["task"]
     assert curl["status"]["state"] == "TASK_STATE_COMPLETED", got["curl"]
     assert [a["name"] for a in curl["artifacts"]] == ["write"], "the run's result: its last step"
-    assert got["skills"] == ["research-brief", "slow"]
+    assert got["skills"] == ["ask", "research-brief", "slow"]
     assert got["schemes"] == ["bearer"]
 
     events = got["events"]
@@ -158,6 +189,18 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     from_log = got["from_log"]
     assert from_log.status.state == TaskState.TASK_STATE_COMPLETED
     assert sorted(a.name for a in from_log.artifacts) == sorted(run.result)
+
+    waiting = got["asked"][-1].status_update.status
+    assert waiting.state == TaskState.TASK_STATE_INPUT_REQUIRED
+    assert "escalated" in get_text_parts(waiting.message.parts)[0]
+    answered = got["answered"]
+    assert answered[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
+    [guess] = [e.artifact_update.artifact for e in answered
+               if e.WhichOneof("payload") == "artifact_update"]  # fmt: skip
+    assert (guess.name, get_data_parts(guess.parts)) == ("guess", [{"guess": 7}])
+    guessed = got["guessed"]
+    assert guessed.status == "completed"
+    assert guessed.tasks["guess"].status == "succeeded"
 
     assert got["cancel"].status.state == TaskState.TASK_STATE_CANCELED
     stopped = got["stopped"]

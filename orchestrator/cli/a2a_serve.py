@@ -8,8 +8,10 @@ the orchestrator serving the bus, as the person whose credentials this command h
 again is the same run, never a second one. The A2A task follows the run's progress
 (`baton.events.<run>`, streamed as `working` status updates with each line) and ends with
 the run, its state, outputs (one artifact per task that produced the result) and reason
-read from the event log, not from the stream. Cancelling the A2A task cancels the run
-(`baton cancel`). `GetTask` knows the tasks this process served, and takes a Baton run id
+read from the event log, not from the stream. A task of the run that waits for a person
+(escalated) makes the A2A task `input-required`; the client's answer on that task is the
+person's decision (`baton approve`, with the output it gives; `reject`; `retry`), and the
+task follows the run again. Cancelling the A2A task cancels the run (`baton cancel`). `GetTask` knows the tasks this process served, and takes a Baton run id
 as a task id too, answered from the log.
 
 This module is the only one of the orchestrator that imports the A2A SDK (and uvicorn):
@@ -78,6 +80,8 @@ log = logging.getLogger("baton.a2a")
 _batch: Decoder[ProgressBatch | Progress] = Decoder(ProgressBatch | Progress)
 _control: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 ENDS = frozenset(("run.completed", "run.failed", "run.stopped"))
+Begin = Callable[[], Awaitable[str]]
+"""Starts what a message asks for (a run, a decision); '' once done, else why not."""
 KEPT = 10_000
 """Task ids remembered, newest first: a long-lived server must not grow without bound."""
 CHECK_LOG_S = 1.0
@@ -95,11 +99,14 @@ class Offered:
         self.runs: OrderedDict[str, str] = OrderedDict()
         """A2A task id → the Baton run it follows (the newest `KEPT`; an older task's
         run is found by its run id, from the log)."""
+        self.waiting: OrderedDict[str, str] = OrderedDict()
+        """A2A task id → the escalated Baton task its `input-required` waits on."""
 
-    def follow(self, task_id: str, run_id: str) -> None:
-        self.runs[task_id] = run_id
-        while len(self.runs) > KEPT:
-            self.runs.popitem(last=False)
+    @staticmethod
+    def remember(links: OrderedDict[str, str], key: str, value: str) -> None:
+        links[key] = value
+        while len(links) > KEPT:
+            links.popitem(last=False)
 
     def card(self, url: str) -> AgentCard:
         bearer = SecurityScheme(http_auth_security_scheme=HTTPAuthSecurityScheme(scheme="bearer"))
@@ -148,7 +155,9 @@ class Offered:
 
 
 class RunExecutor(AgentExecutor):
-    """An A2A task is one Baton run: started, followed and cancelled on the bus."""
+    """An A2A task is one Baton run: started, followed and cancelled on the bus. A task of
+    the run that waits for a person makes the A2A task `input-required`; the client's
+    answer (a message on that task) is the person's decision."""
 
     def __init__(self, offered: Offered, bus: Bus, identity: str) -> None:
         self.offered = offered
@@ -157,17 +166,19 @@ class RunExecutor(AgentExecutor):
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         assert context.message is not None
-        task = context.current_task or new_task_from_user_message(context.message)
-        await event_queue.enqueue_event(task)
+        task = context.current_task
+        if task is None:
+            task = new_task_from_user_message(context.message)
+            await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
-        asked = self.offered.request(context.message)
-        if isinstance(asked, str):
-            await updater.reject(updater.new_agent_message([new_text_part(asked)]))
+        if task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+            begun = self._answer(task.id, context.message)
+        else:
+            begun = self._start(task.id, context.message)
+        if isinstance(begun, str):
+            await updater.reject(updater.new_agent_message([new_text_part(begun)]))
             return
-        workflow, run_input = asked
-        request_id = hashlib.sha256(context.message.message_id.encode()).hexdigest()[:32]
-        run_id = request_run_id(self.identity, request_id)
-        self.offered.follow(task.id, run_id)
+        run_id, begin = begun
         lines: asyncio.Queue[Progress] = asyncio.Queue()
 
         async def on_progress(msg: Incoming) -> None:
@@ -180,26 +191,80 @@ class RunExecutor(AgentExecutor):
 
         watching = await self.bus.subscribe(subjects.progress(run_id), on_progress, inline=True)
         try:
-            try:
-                await serve.submit(
-                    self.offered.where.url, workflow, run_input,
-                    requested_by=self.identity, request_id=request_id,
-                    inbox_prefix=inbox_prefix(self.identity) if self.offered.where.identity else "",
-                )  # fmt: skip
-            except (OrchestratorError, BusError) as exc:  # refused, or nobody answered
-                await updater.failed(updater.new_agent_message([new_text_part(str(exc))]))
+            refused = await begin()
+            if refused:
+                await updater.failed(updater.new_agent_message([new_text_part(refused)]))
                 return
             meta = {"baton_run": run_id}
             await updater.start_work(updater.new_agent_message([new_text_part(run_id)], meta))
-            await self._follow(run_id, lines, updater)
+            ended = await self._follow(task.id, run_id, lines, updater)
         finally:
             await watching.unsubscribe()
-        await _finish(updater, await journal.load_run(self.offered.store, run_id))
+        if ended:
+            await _finish(updater, await journal.load_run(self.offered.store, run_id))
+
+    def _start(self, task_id: str, message: Message) -> tuple[str, Begin] | str:
+        """The run a first message asks for, and how to start it (idempotent on the
+        message id: the request id, and so the run id, derive from it)."""
+        asked = self.offered.request(message)
+        if isinstance(asked, str):
+            return asked
+        workflow, run_input = asked
+        request_id = hashlib.sha256(message.message_id.encode()).hexdigest()[:32]
+        run_id = request_run_id(self.identity, request_id)
+        self.offered.remember(self.offered.runs, task_id, run_id)
+        where = self.offered.where
+
+        async def begin() -> str:
+            try:
+                await serve.submit(
+                    where.url, workflow, run_input, requested_by=self.identity,
+                    request_id=request_id,
+                    inbox_prefix=inbox_prefix(self.identity) if where.identity else "",
+                )  # fmt: skip
+            except (OrchestratorError, BusError) as exc:  # refused, or nobody answered
+                return str(exc)
+            return ""
+
+        return run_id, begin
+
+    def _answer(self, task_id: str, message: Message) -> tuple[str, Begin] | str:
+        """A message on an `input-required` task: the decision on the escalated Baton task
+        (a data part `{"decision": "approve"|"reject"|"retry", "output": {...}, "note"}`;
+        approve by default, a text part is the note)."""
+        run_id = self.offered.runs.get(task_id, "")
+        waiting = self.offered.waiting.get(task_id, "")
+        if not run_id or not waiting:
+            return f"task {task_id} waits for nothing this server knows of"
+        data = [d for d in get_data_parts(message.parts) if isinstance(d, dict)]
+        said = data[0] if data else {}
+        decision = said.get("decision", "approve")
+        output = said.get("output", {})
+        if decision not in ("approve", "reject", "retry") or not isinstance(output, dict):
+            return 'answer with {"decision": "approve"|"reject"|"retry", "output": {...}}'
+        note = str(said.get("note", "")) or "\n".join(get_text_parts(message.parts))
+        request = RunControlRequest(run_id, decision, waiting, note, _whole(output))
+
+        async def begin() -> str:
+            try:
+                data = await self.bus.request(
+                    subjects.run_control(self.identity), encode(request), 10
+                )
+                reply = _control.decode(data)
+            except BusError as exc:
+                return str(exc)
+            if isinstance(reply, ErrorReply):
+                return f"{reply.error}: {reply.detail}"
+            self.offered.waiting.pop(task_id, None)
+            return ""
+
+        return run_id, begin
 
     async def _follow(
-        self, run_id: str, lines: asyncio.Queue[Progress], updater: TaskUpdater
-    ) -> None:
-        """Stream the run's progress lines until it ends (by its lines, or by the log)."""
+        self, task_id: str, run_id: str, lines: asyncio.Queue[Progress], updater: TaskUpdater
+    ) -> bool:
+        """Stream the run's progress lines until it ends (by its lines, or by the log):
+        True; or until a task of it waits for a person: `input-required`, and False."""
         stream = journal.run_stream(run_id)
         while True:
             try:
@@ -207,16 +272,20 @@ class RunExecutor(AgentExecutor):
                     line = await lines.get()
             except TimeoutError:
                 if await journal.has_ended(self.offered.store, stream):
-                    return
+                    return True
                 continue
             text = progress_line(line, line.elapsed_s).strip()
             meta = {"baton_run": run_id, "event": line.event, "task": line.task_id}
-            await updater.update_status(
-                TaskState.TASK_STATE_WORKING, updater.new_agent_message([new_text_part(text)]),
-                metadata=meta,
-            )  # fmt: skip
+            said = updater.new_agent_message([new_text_part(text)])
+            if line.event == "task.escalated":
+                self.offered.remember(self.offered.waiting, task_id, line.task_id)
+                asks = f"{text}; answer with approve (and its output), reject or retry"
+                said = updater.new_agent_message([new_text_part(asks)], meta)
+                await updater.requires_input(said)
+                return False
+            await updater.update_status(TaskState.TASK_STATE_WORKING, said, metadata=meta)
             if line.event in ENDS:
-                return
+                return True
 
     async def cancel(self, context: RequestContext, event_queue: EventQueue) -> None:
         task_id = context.task_id or ""
