@@ -11,8 +11,9 @@ the run, its state, outputs (one artifact per task that produced the result) and
 read from the event log, not from the stream. A task of the run that waits for a person
 (escalated) makes the A2A task `input-required`; the client's answer on that task is the
 person's decision (`baton approve`, with the output it gives; `reject`; `retry`), and the
-task follows the run again. Cancelling the A2A task cancels the run (`baton cancel`). `GetTask` knows the tasks this process served, and takes a Baton run id
-as a task id too, answered from the log.
+task follows the run again. Cancelling the A2A task cancels the run (`baton cancel`).
+`GetTask` knows the tasks this process served, and takes a Baton run id as a task id
+too, answered from the log.
 
 This module is the only one of the orchestrator that imports the A2A SDK (and uvicorn):
 `baton a2a` loads it only when asked (the `interop` extra).
