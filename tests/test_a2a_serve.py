@@ -124,14 +124,20 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 # a step that escalates: input-required, and the answer is the decision
                 asked = [e async for e in client.send_message(message("m-ask-1", "ask", {}))]
                 waiting = asked[-1].status_update
-                answer = Message(
-                    message_id="m-ask-2", task_id=waiting.task_id, context_id=waiting.context_id,
-                    role=Role.ROLE_USER,
-                    parts=[new_data_part({"decision": "approve", "output": {"guess": 7}})],
-                )  # fmt: skip
-                answered = [
-                    e async for e in client.send_message(SendMessageRequest(message=answer))
-                ]
+
+                def answer_with(message_id: str, said: dict[str, Any]) -> SendMessageRequest:
+                    return SendMessageRequest(
+                        message=Message(
+                            message_id=message_id, task_id=waiting.task_id,
+                            context_id=waiting.context_id, role=Role.ROLE_USER,
+                            parts=[new_data_part(said)],
+                        )
+                    )  # fmt: skip
+
+                unclear = answer_with("m-ask-2", {"decision": "maybe"})
+                got["unclear"] = [e async for e in client.send_message(unclear)]
+                answer = answer_with("m-ask-3", {"decision": "approve", "output": {"guess": 7}})
+                answered = [e async for e in client.send_message(answer)]
                 got["asked"], got["answered"] = asked, answered
                 got["guessed"] = c.orchestrator.run(_run_of(asked))
 
@@ -193,6 +199,9 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     waiting = got["asked"][-1].status_update.status
     assert waiting.state == TaskState.TASK_STATE_INPUT_REQUIRED
     assert "escalated" in get_text_parts(waiting.message.parts)[0]
+    unclear = got["unclear"][-1].status_update.status
+    assert unclear.state == TaskState.TASK_STATE_INPUT_REQUIRED, "asked again"
+    assert '"decision": "approve"' in get_text_parts(unclear.message.parts)[0]
     answered = got["answered"]
     assert answered[-1].status_update.status.state == TaskState.TASK_STATE_COMPLETED
     [guess] = [e.artifact_update.artifact for e in answered

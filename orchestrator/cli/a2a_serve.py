@@ -71,7 +71,7 @@ from eventstore import EventStore
 from orchestrator.cli.reach import Reach
 from orchestrator.cli.render import progress_line
 from orchestrator.core.errors import OrchestratorError
-from orchestrator.core.run_state import RunState
+from orchestrator.core.run_state import TERMINAL_RUN, RunState
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service import journal, serve
 from orchestrator.service.api import ControlAccepted, RunControlRequest
@@ -172,12 +172,18 @@ class RunExecutor(AgentExecutor):
             task = new_task_from_user_message(context.message)
             await event_queue.enqueue_event(task)
         updater = TaskUpdater(event_queue, task.id, task.context_id)
-        if task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED:
+        answering = task.status.state == TaskState.TASK_STATE_INPUT_REQUIRED
+        waiting = self.offered.waiting.get(task.id, "")
+        if answering:
             begun = self._answer(task.id, context.message)
         else:
             begun = self._start(task.id, context.message)
         if isinstance(begun, str):
-            await updater.reject(updater.new_agent_message([new_text_part(begun)]))
+            said = updater.new_agent_message([new_text_part(begun)])
+            if answering and waiting:
+                await updater.requires_input(said)  # an answer it cannot take: ask again
+            else:
+                await updater.reject(said)
             return
         run_id, begin = begun
         lines: asyncio.Queue[Progress] = asyncio.Queue()
@@ -193,16 +199,34 @@ class RunExecutor(AgentExecutor):
         watching = await self.bus.subscribe(subjects.progress(run_id), on_progress, inline=True)
         try:
             refused = await begin()
+            over = False
             if refused:
-                await updater.failed(updater.new_agent_message([new_text_part(refused)]))
-                return
-            meta = {"baton_run": run_id}
-            await updater.start_work(updater.new_agent_message([new_text_part(run_id)], meta))
-            ended = await self._follow(task.id, run_id, lines, updater)
+                state = await self._logged(run_id) if answering else None
+                said = updater.new_agent_message([new_text_part(refused)])
+                if state is None:
+                    await updater.failed(said)  # the run could not start (or is not known)
+                    return
+                over = state.status in TERMINAL_RUN
+                if not over and _escalated(state, waiting):
+                    await updater.requires_input(said)  # still waiting: say why not
+                    return
+                # else it ended, or someone decided elsewhere (`baton approve`): go on
+            if not over:
+                meta = {"baton_run": run_id}
+                said = updater.new_agent_message([new_text_part(run_id)], meta)
+                await updater.start_work(said)
+            ended = over or await self._follow(task.id, run_id, lines, updater)
         finally:
             await watching.unsubscribe()
         if ended:
             await _finish(updater, await journal.load_run(self.offered.store, run_id))
+
+    async def _logged(self, run_id: str) -> RunState | None:
+        """The run as the log has it, or None if the log does not know it."""
+        try:
+            return await journal.load_run(self.offered.store, run_id)
+        except OrchestratorError:
+            return None
 
     def _start(self, task_id: str, message: Message) -> tuple[str, Begin] | str:
         """The run a first message asks for, and how to start it (idempotent on the
@@ -335,6 +359,11 @@ async def _finish(updater: TaskUpdater, state: RunState) -> None:
         await updater.cancel(said)
     else:
         await updater.failed(said)
+
+
+def _escalated(state: RunState, task_id: str) -> bool:
+    task = state.tasks.get(task_id)
+    return task is not None and task.status == "escalated"
 
 
 def _artifacts(state: RunState) -> list[Artifact]:
