@@ -161,7 +161,7 @@ class TaskResult(_Message, frozen=True, tag="task.result", omit_defaults=True):
     handoff_to: str = ""
 
 
-class TaskFailure(_Message, frozen=True, tag="task.failure"):
+class TaskFailure(_Message, frozen=True, tag="task.failure", omit_defaults=True):
     """Agent → orchestrator's durable inbox: the attempt failed."""
 
     run_id: str
