@@ -63,11 +63,14 @@ _PERSON = {
     TaskState.TASK_STATE_AUTH_REQUIRED: "auth-required",
 }
 _ENDED = _DONE | set(_FAILED) | set(_PERSON)
+BINDINGS = ("JSONRPC", "HTTP+JSON")
+"""The A2A transports the bridge speaks (gRPC is not among them)."""
 
 
 class A2ABridgeError(AgentError):
     """The remote A2A agent cannot serve the role: its card could not be fetched or read,
-    it offers no skill for one of the role's capabilities, or no transport Baton speaks."""
+    it offers no skill for one of the role's capabilities, or no transport the bridge
+    speaks (`BINDINGS`)."""
 
     def __init__(self, url: str, reason: str) -> None:
         super().__init__(f"A2A agent {url}: {reason}")
@@ -163,7 +166,12 @@ class A2ABridge:
                 f"offers no skill for {', '.join(missing)} (its skills: {', '.join(skills)})",
             )
         streaming = card.capabilities.streaming
-        config = ClientConfig(streaming=streaming, polling=not streaming, httpx_client=self._http)
+        config = ClientConfig(
+            streaming=streaming,
+            polling=not streaming,
+            httpx_client=self._http,
+            supported_protocol_bindings=list(BINDINGS),  # the card's preference among them
+        )
         try:
             self._client = ClientFactory(config).create(card)
         except ValueError as exc:

@@ -17,7 +17,11 @@ from a2a.helpers.proto_helpers import new_text_message
 from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes import (
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import AgentCapabilities, AgentCard, AgentInterface, AgentSkill, TaskState
 from starlette.applications import Starlette
@@ -83,13 +87,13 @@ class Executor(AgentExecutor):
         await updater.cancel(new_text_message("stopped as asked"))
 
 
-def card(url: str, skills: list[str], streaming: bool) -> AgentCard:
+def card(url: str, skills: list[str], streaming: bool, binding: str = "JSONRPC") -> AgentCard:
     return AgentCard(
         name="test agent",
         description="an A2A agent for Baton's tests",
         version="1.0",
         supported_interfaces=[
-            AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
+            AgentInterface(url=url, protocol_binding=binding, protocol_version="1.0")
         ],
         capabilities=AgentCapabilities(streaming=streaming),
         default_input_modes=["application/json"],
@@ -100,17 +104,22 @@ def card(url: str, skills: list[str], streaming: bool) -> AgentCard:
 
 @contextlib.asynccontextmanager
 async def a2a_agent(
-    behaviour: Behaviour, skills: list[str], *, streaming: bool = True
+    behaviour: Behaviour, skills: list[str], *, streaming: bool = True, binding: str = "JSONRPC"
 ) -> AsyncIterator[tuple[str, Seen]]:
-    """An A2A agent served on a free loopback port, in this event loop: its base URL."""
+    """An A2A agent served on a free loopback port, in this event loop, over JSON-RPC or
+    HTTP+JSON (`binding`): its base URL."""
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"
     seen = Seen()
-    agent_card = card(url, skills, streaming)
+    agent_card = card(url, skills, streaming, binding)
     handler = DefaultRequestHandler(Executor(behaviour, seen), InMemoryTaskStore(), agent_card)
+    served = create_rest_routes(handler) if binding == "HTTP+JSON" else None
     app = Starlette(
-        routes=[*create_agent_card_routes(agent_card), *create_jsonrpc_routes(handler, "/")]
+        routes=[
+            *create_agent_card_routes(agent_card),
+            *(served or create_jsonrpc_routes(handler, "/")),
+        ]
     )
     async with loopback(app, sock=sock):
         yield url, seen

@@ -219,26 +219,27 @@ def test_a_reply_that_is_not_a2a_fails_the_attempt_with_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    ("behaviour", "streaming", "said", "escalate"),
+    ("behaviour", "streaming", "binding", "said", "escalate"),
     [
-        ("fail", True, "failed: the index is down", False),
-        ("reject", False, "rejected: not my kind of task", False),
-        ("input", False, "is input-required: which year do you mean?", True),
-        ("auth", True, "is auth-required: log in first", True),
+        ("fail", True, "JSONRPC", "failed: the index is down", False),
+        ("reject", False, "HTTP+JSON", "rejected: not my kind of task", False),
+        ("input", False, "JSONRPC", "is input-required: which year do you mean?", True),
+        ("auth", True, "HTTP+JSON", "is auth-required: log in first", True),
     ],
 )
 def test_each_way_an_a2a_task_ends_maps_onto_an_attempt(
-    behaviour: str, streaming: bool, said: str, escalate: bool
+    behaviour: str, streaming: bool, binding: str, said: str, escalate: bool
 ) -> None:
     """Failed and rejected fail the attempt (retryable, with the remote's reason); input-
-    and auth-required ask for a person; over the stream or by polling alike."""
+    and auth-required ask for a person; over the stream or by polling, over JSON-RPC or
+    HTTP+JSON alike."""
     from agents.a2a_bridge import A2ABridge
     from agents.sdk import TaskContext, TaskError
     from tests.a2a_agents import Behaviour, a2a_agent
 
     async def scenario() -> TaskError:
         ends = cast(Behaviour, behaviour)
-        async with a2a_agent(ends, ["write"], streaming=streaming) as (url, _):
+        async with a2a_agent(ends, ["write"], streaming=streaming, binding=binding) as (url, _):
             bridge = A2ABridge(url, poll_s=0.05, request_timeout_s=10)
             await bridge.start(["write"])
             try:
