@@ -2,7 +2,8 @@
 serve` (a real process, on a loopback port, against a real cluster): it discovers the
 card (a skill per workflow, a bearer scheme), is refused without the token, starts the
 research example and streams its progress, gets the outputs as artifacts, sends the same
-message again and gets the same run, reads a run's task from the log by its run id,
+message again and gets the same run, reads a run's task from the log by its run id (over
+HTTP+JSON, the card's other binding),
 answers a run whose step escalated (`input-required`, then the approval as its answer),
 and cancels another run, which the orchestrator then stops."""
 
@@ -119,7 +120,9 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 got["events"], got["again"] = events, again
                 run_id = _run_of(events)
                 got["run"] = c.orchestrator.run(run_id)
-                got["from_log"] = await client.get_task(GetTaskRequest(id=run_id))
+                rest = ClientConfig(httpx_client=http, supported_protocol_bindings=["HTTP+JSON"])
+                over_rest = ClientFactory(rest).create(card)
+                got["from_log"] = await over_rest.get_task(GetTaskRequest(id=run_id))
 
                 # a step that escalates: input-required, and the answer is the decision
                 asked = [e async for e in client.send_message(message("m-ask-1", "ask", {}))]
@@ -192,7 +195,7 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
     assert run.input["topic"] == "leases"
     assert _run_of(got["again"]) == run.run_id, "the same message is the same run"
 
-    from_log = got["from_log"]
+    from_log = got["from_log"]  # asked over HTTP+JSON, answered from the log
     assert from_log.status.state == TaskState.TASK_STATE_COMPLETED
     assert sorted(a.name for a in from_log.artifacts) == sorted(run.result)
 

@@ -1,7 +1,8 @@
 """`baton a2a serve`: Baton's workflows offered to the agent ecosystem as one A2A agent.
 
 Its Agent Card (at `/.well-known/agent-card.json`, the one path open to anyone) has one
-skill per workflow offered and a bearer-token security scheme; every other request needs
+skill per workflow offered, JSON-RPC (at `/`) and HTTP+JSON (at `/rest`) interfaces, and a
+bearer-token security scheme; every other request needs
 `Authorization: Bearer <token>`. A `SendMessage` starts a run of the skill's workflow on
 the orchestrator serving the bus, as the person whose credentials this command has
 (`baton submit`'s path), with the message id as the request id: the same message sent
@@ -37,7 +38,11 @@ from a2a.server.agent_execution import AgentExecutor, RequestContext
 from a2a.server.context import ServerCallContext
 from a2a.server.events import EventQueue
 from a2a.server.request_handlers import DefaultRequestHandler
-from a2a.server.routes import create_agent_card_routes, create_jsonrpc_routes
+from a2a.server.routes import (
+    create_agent_card_routes,
+    create_jsonrpc_routes,
+    create_rest_routes,
+)
 from a2a.server.tasks import InMemoryTaskStore, TaskUpdater
 from a2a.types import (
     AgentCapabilities,
@@ -83,6 +88,8 @@ _control: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | Erro
 ENDS = frozenset(("run.completed", "run.failed", "run.stopped"))
 Begin = Callable[[], Awaitable[str]]
 """Starts what a message asks for (a run, a decision); '' once done, else why not."""
+REST = "/rest"
+"""Where the HTTP+JSON binding is served (JSON-RPC is at the root)."""
 KEPT = 10_000
 """Task ids remembered, newest first: a long-lived server must not grow without bound."""
 CHECK_LOG_S = 1.0
@@ -116,7 +123,10 @@ class Offered:
             description="Baton workflows: supervised multi-agent runs with an audit log",
             version="1.0",
             supported_interfaces=[
-                AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0")
+                AgentInterface(url=url, protocol_binding="JSONRPC", protocol_version="1.0"),
+                AgentInterface(
+                    url=url.rstrip("/") + REST, protocol_binding="HTTP+JSON", protocol_version="1.0"
+                ),
             ],
             capabilities=AgentCapabilities(streaming=True),
             security_schemes={"bearer": bearer},
@@ -457,7 +467,11 @@ async def run_server(
             RunExecutor(offered, bus, identity), LogTaskStore(store), card
         )
         app = Starlette(
-            routes=[*create_agent_card_routes(card), *create_jsonrpc_routes(handler, "/")]
+            routes=[
+                *create_agent_card_routes(card),
+                *create_jsonrpc_routes(handler, "/"),
+                *create_rest_routes(handler, path_prefix=REST),  # last: it mounts /{tenant}
+            ]
         )
         app.add_middleware(BaseHTTPMiddleware, dispatch=bearer_only(token))
         server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
