@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 import private
-from agents.errors import AgentError, LlmConfigError
+from agents.errors import AgentError, InteropMissing, LlmConfigError
 from agents.gateway import ApprovalPolicy, BusRecorder
 from agents.runtime import AgentRuntime
 from agents.sdk import Handler, HandlerNotFound, load_bidder, load_handler, load_object
@@ -31,6 +31,7 @@ from bus.permissions import inbox_prefix
 from bus.server import PARENT_ENV, parent_gone
 
 if TYPE_CHECKING:
+    from agents.a2a_bridge import A2ABridge
     from agents.localmodel import LocalModel
 from bus import loop
 from bus.subjects import token
@@ -52,6 +53,20 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
         help="who approves tool calls that need it: policy[:low|medium|high], "
         "human[:timeout_s] (baton tool approve|deny) or deny (default: $BATON_TOOL_APPROVAL "
         "or %(default)s)",
+    )
+    p.add_argument(
+        "--a2a",
+        default="",
+        metavar="URL",
+        help="bridge a remote A2A agent: its Agent Card's base URL (instead of --handler; "
+        "a workflow's [[agents]] says handler = 'a2a:URL'); its skills must cover the role's "
+        "capabilities; a bearer token is read from --a2a-token-env",
+    )
+    p.add_argument(
+        "--a2a-token-env",
+        default="BATON_A2A_TOKEN",
+        metavar="NAME",
+        help="environment variable holding the A2A agent's bearer token (default: %(default)s)",
     )
     p.add_argument("--id", dest="agent_id", help="agent id (default: <role>-<random>)")
     p.add_argument(
@@ -97,6 +112,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
     telemetry.install_global()  # handler code may use opentelemetry.trace.get_tracer
     make: Callable[[Bus], Handler]
     local: LocalModel | None = None
+    bridge: A2ABridge | None = None
     if args.handler.endswith(".toml"):
         # imported only here: the openai client alone takes ~0.3 s to import
         from agents.llm import LlmAgent, load_registry, load_spec
@@ -106,6 +122,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             raise LlmConfigError("--contracts", "an LLM agent runs only under a role contract")
         spec = load_spec(args.handler)
         llm_tools = load_registry(spec.tools)
+        await llm_tools.resolve()  # the tools of the MCP servers it declares
         policy = ApprovalPolicy.parse(args.approval)
         if not (spec.base_url or os.environ.get("OPENAI_BASE_URL")):
             gguf_path()  # no endpoint: the embedded model, if it is installed
@@ -119,9 +136,28 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus), bus=bus)
 
         registry = None
+    elif args.a2a:
+        try:  # imported only here: the interop extra
+            from agents.a2a_bridge import A2ABridge
+        except ImportError as exc:
+            raise InteropMissing(f"--a2a needs the interop extra (a2a-sdk): {exc}") from exc
+
+        capabilities = contract.capabilities if contract else None
+        wanted = capabilities or [c for c in args.capabilities.split(",") if c] or [args.role]
+        bridge = A2ABridge(args.a2a, token=os.environ.get(args.a2a_token_env, ""))
+        card = await bridge.start(wanted)
+        print(f"agent {agent_id}: bridging A2A agent {card.name!r} at {args.a2a}",
+              file=sys.stderr)  # fmt: skip
+
+        def make(bus: Bus) -> Handler:
+            return bridge
+
+        registry = None
     else:
         loaded = load_handler(args.handler)
         registry = handler_tools(args.handler)
+        if registry is not None:
+            await registry.resolve()  # the tools of the MCP servers it declares
 
         def make(bus: Bus) -> Handler:
             return loaded
@@ -154,6 +190,8 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
         telemetry.shutdown()
         if local is not None:
             local.stop()
+        if bridge is not None:
+            await bridge.close()
     return 0
 
 
@@ -180,6 +218,8 @@ def handler_tools(ref: str) -> ToolRegistry | None:
 def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     private.restrict_umask()  # whatever this process or a library makes: never for others
     args = parser(prog).parse_args(argv)
+    if args.handler.startswith("a2a:"):  # a workflow's [[agents]] handler = "a2a:URL"
+        args.a2a = args.handler.removeprefix("a2a:")
     try:  # ./baton.toml, then the environment, then --nats (see bus.config)
         config = config_files.load([Path(".")], {"nats": args.nats})
     except ConfigError as exc:

@@ -49,6 +49,10 @@ class LlmConfigError(AgentError):
         self.message = message
 
 
+class InteropMissing(AgentError):
+    """An A2A or MCP feature was asked for without the `interop` extra installed."""
+
+
 class AgentIdTaken(AgentError):
     """The orchestrator refused this process its agent id: another live process has it."""
 

@@ -351,7 +351,7 @@ class AgentRuntime:
                         reply.handoff_to,
                     )
                 except TaskError as exc:
-                    outcome = self._failure(a, str(exc), exc.retryable)
+                    outcome = self._failure(a, str(exc), exc.retryable, exc.escalate)
                 except TimeoutError:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
@@ -364,11 +364,14 @@ class AgentRuntime:
         finally:
             self._held.pop(key, None)
 
-    def _failure(self, a: Assignment, error: str, retryable: bool) -> TaskFailure:
+    def _failure(
+        self, a: Assignment, error: str, retryable: bool, escalate: bool = False
+    ) -> TaskFailure:
         self._telemetry.failed(error, retryable)  # called in the `except`: records it
         return TaskFailure(
-            a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable
-        )
+            a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable,
+            escalate,
+        )  # fmt: skip
 
 
 def _memory(bus: Bus, contract: RoleContract | None, agent_id: str, a: Assignment) -> Memory | None:

@@ -120,11 +120,14 @@ def load_bidder(ref: str) -> Bidder:
 
 
 class TaskError(Exception):
-    """A handler's way to fail an attempt on purpose, saying whether a retry could help."""
+    """A handler's way to fail an attempt on purpose, saying whether a retry could help,
+    or that a person must decide (`escalate`: the task waits for `baton approve`,
+    `reject` or `retry`)."""
 
-    def __init__(self, message: str, *, retryable: bool = True) -> None:
+    def __init__(self, message: str, *, retryable: bool = True, escalate: bool = False) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.escalate = escalate
 
 
 class HandlerNotFound(Exception):

@@ -5,6 +5,10 @@ A tool's arguments come from a model, so they are untrusted input: they decode s
 into a Struct generated from the function's signature (unknown or missing fields and
 wrong types are refused, naming the bad field), and only then is the function called.
 Who may call what is not decided here but by the gateway (`agents.gateway`).
+
+A tool can also be another server's (an MCP server's, `ToolRegistry.mcp`): then its schema
+is the JSON Schema that server gives, the arguments are checked against it here, and the
+call goes to that server only after the gateway's checks.
 """
 
 from __future__ import annotations
@@ -13,8 +17,9 @@ import inspect
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal, get_type_hints
+from typing import Any, Literal, Protocol, get_type_hints
 
+import jsonschema
 import msgspec
 
 from agents.errors import ToolArgumentsInvalid, ToolDefinitionError, ToolRefused
@@ -38,10 +43,16 @@ class Tool:
     remote: bool = False
     """Served on the bus by a `ToolService` (`baton.tool.call.<name>`): the function here
     only declares the arguments; the gateway sends the call over NATS."""
+    schema: dict[str, Any] | None = None
+    """The JSON Schema of the arguments as the tool's own server gives it (an MCP tool):
+    arguments are checked against it, not against `arguments`, and the function takes
+    them as keywords."""
 
     def parameters(self) -> dict[str, Any]:
         """The JSON Schema of the arguments object, self-contained (nested types inlined
         under `$defs`), as OpenAI's `function.parameters` wants it."""
+        if self.schema is not None:
+            return dict(self.schema)
         (ref,), components = msgspec.json.schema_components(
             [self.arguments], ref_template="#/$defs/{name}"
         )
@@ -62,16 +73,64 @@ class Tool:
             },
         }
 
-    def decode(self, raw: str | bytes) -> msgspec.Struct:
-        """The arguments, decoded strictly from a JSON object, or `ToolArgumentsInvalid`."""
+    def decode(self, raw: str | bytes) -> msgspec.Struct | dict[str, Any]:
+        """The arguments, decoded strictly from a JSON object (a dict checked against
+        `schema` for a tool that has one), or `ToolArgumentsInvalid`."""
+        if self.schema is not None:
+            return _checked(self.name, self.schema, raw)
         try:
             return msgspec.json.decode(raw, type=self.arguments)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise ToolArgumentsInvalid(self.name, f"invalid arguments: {exc}") from None
 
-    async def run(self, arguments: msgspec.Struct) -> Any:
+    async def run(self, arguments: msgspec.Struct | dict[str, Any]) -> Any:
+        if isinstance(arguments, dict):
+            return await self.function(**arguments)
         fields = {f: getattr(arguments, f) for f in arguments.__struct_fields__}
         return await self.function(**fields)
+
+
+def _checked(name: str, schema: dict[str, Any], raw: str | bytes) -> dict[str, Any]:
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError as exc:
+        raise ToolArgumentsInvalid(name, f"invalid arguments: {exc}") from None
+    if not isinstance(value, dict):
+        raise ToolArgumentsInvalid(name, "invalid arguments: expected a JSON object")
+    error = jsonschema.exceptions.best_match(
+        jsonschema.Draft202012Validator(schema).iter_errors(value)
+    )
+    if error is not None:
+        where = "/".join(str(p) for p in error.absolute_path) or "(the arguments)"
+        raise ToolArgumentsInvalid(name, f"invalid arguments at {where}: {error.message}")
+    return value
+
+
+def checked_schema(name: str, schema: object) -> dict[str, Any]:
+    """A tool's argument schema given by its server, if it is a JSON Schema of an object;
+    else `ToolDefinitionError` naming the tool."""
+    if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+        raise ToolDefinitionError(f"tool {name!r}: its input schema is not an object schema")
+    try:
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except jsonschema.SchemaError as exc:
+        raise ToolDefinitionError(f"tool {name!r}: bad input schema: {exc.message}") from None
+    return schema
+
+
+class ToolSource(Protocol):
+    """Another server's tools (an MCP server: `agents.mcp_tools.McpServer`)."""
+
+    async def offered(self) -> list[Tool]:
+        """Its tools, each with the argument schema the server gives."""
+        ...
+
+
+def check_name(name: str) -> str:
+    """A tool name: 1-64 letters, digits, '-' or '_' (it is a NATS subject token)."""
+    if not _NAME.match(name):
+        raise ToolDefinitionError(f"{name!r}: 1-64 letters, digits, '-' or '_'")
+    return name
 
 
 def _arguments_struct(name: str, function: ToolFunction) -> type[msgspec.Struct]:
@@ -98,6 +157,24 @@ class ToolRegistry:
 
     def __init__(self) -> None:
         self._tools: dict[str, Tool] = {}
+        self._servers: list[ToolSource] = []
+
+    def mcp(self, server: ToolSource) -> ToolSource:
+        """Declare an MCP server whose tools join this registry (no I/O here: `await
+        resolve()` asks the server for its tools and their schemas; the agent does that
+        as it starts). Needs the `interop` extra."""
+        self._servers.append(server)
+        return server
+
+    async def resolve(self) -> None:
+        """Register the tools of every declared MCP server (`McpServerError` if one
+        cannot be reached or gives a tool that cannot be governed)."""
+        servers, self._servers = self._servers, []
+        for server in servers:
+            for tool in await server.offered():
+                if tool.name in self._tools:
+                    raise ToolDefinitionError(f"tool {tool.name!r} is already registered")
+                self._tools[tool.name] = tool
 
     def add(
         self,
@@ -110,8 +187,7 @@ class ToolRegistry:
         remote: bool = False,
     ) -> Tool:
         name = name or function.__name__
-        if not _NAME.match(name):
-            raise ToolDefinitionError(f"{name!r}: 1-64 letters, digits, '-' or '_'")
+        check_name(name)
         if name in self._tools:
             raise ToolDefinitionError(f"tool {name!r} is already registered")
         if not inspect.iscoroutinefunction(function):

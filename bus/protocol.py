@@ -161,7 +161,7 @@ class TaskResult(_Message, frozen=True, tag="task.result", omit_defaults=True):
     handoff_to: str = ""
 
 
-class TaskFailure(_Message, frozen=True, tag="task.failure"):
+class TaskFailure(_Message, frozen=True, tag="task.failure", omit_defaults=True):
     """Agent → orchestrator's durable inbox: the attempt failed."""
 
     run_id: str
@@ -171,6 +171,9 @@ class TaskFailure(_Message, frozen=True, tag="task.failure"):
     agent_id: str
     error: str
     retryable: bool = True
+    escalate: bool = False
+    """The attempt needs a person (a remote A2A agent asked for input): the task is
+    escalated at once, whatever its step's `on_exhausted`, and waits for a decision."""
 
 
 class CallForProposals(_Message, frozen=True, tag="task.cfp"):

@@ -161,6 +161,10 @@ task handed off have more, `round` in all of them:
   `timeout_s` (or its role's `budget.seconds`, if shorter) after it started it, and
   reports a retryable failure. Cancels are plain NATS messages (at most once): an agent
   must not rely on getting one.
+- A `task.failure` with `escalate` true says the attempt needs a person, not a retry (an
+  A2A agent behind a bridge asked for input): the task is escalated at once
+  (`task.escalated`, whatever its step's `on_exhausted`) and waits for `baton approve`,
+  `reject` or `retry`; a subtask's fails instead. `retryable` is then ignored.
 """
 
 CONTROL = """

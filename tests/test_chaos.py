@@ -55,13 +55,16 @@ def _workflows(folder: Path) -> list[Path]:
     return paths
 
 
-def _successes(state: Path, run_id: str) -> Counter[str]:
+def _successes(state: Path, runs: list[str]) -> dict[str, Counter[str]]:
+    """How often each task of each run succeeded, as `baton audit` shows the log."""
     out = subprocess.run(
-        baton("audit", "--run", run_id, "--type", "task.succeeded", "--json",
-              "--state-dir", str(state)),
+        baton("audit", "--type", "task.succeeded", "--json", "--state-dir", str(state)),
         capture_output=True, text=True, cwd=REPO, timeout=60, check=True,
     ).stdout  # fmt: skip
-    return Counter(json.loads(line)["data"]["task_id"] for line in out.splitlines())
+    succeeded: dict[str, Counter[str]] = {run: Counter() for run in runs}
+    for event in map(json.loads, out.splitlines()):
+        succeeded[event["correlation_id"]][event["data"]["task_id"]] += 1
+    return succeeded
 
 
 def test_runs_of_every_pattern_survive_random_kills(tmp_path: Path) -> None:
@@ -113,7 +116,7 @@ def test_runs_of_every_pattern_survive_random_kills(tmp_path: Path) -> None:
         terminate(serve)
         agents.stop()
     ended = Counter(next(t for t in event_types(state, r) if t in ENDED) for r in runs)
-    succeeded = {run: _successes(state, run) for run in runs}
+    succeeded = _successes(state, runs)
     twice = {(run, task): n for run in runs for task, n in succeeded[run].items() if n > 1}
     tasks = sum(len(s) for s in succeeded.values())
     print(f"chaos seed {SEED}: kills {dict(kills)}, runs {len(runs)} {dict(ended)}, "

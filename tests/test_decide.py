@@ -259,6 +259,20 @@ def test_a_non_retryable_failure_ends_the_task_at_once() -> None:
     assert isinstance(events[-1], RunFailed)
 
 
+def test_a_failure_that_needs_a_person_escalates_at_once_whatever_the_step_says() -> None:
+    """A bridged A2A agent asking for input: attempts were left and the step's policy is
+    `fail`, yet the task waits for a person, and nothing else runs or fails."""
+    run = Run()
+    t = run.state.tasks["a"]
+    asks = TaskFailure("run1", "a", t.attempt, t.lease_token, t.agent_id, "input-required: "
+                       "which year?", True, escalate=True)  # fmt: skip
+    events = run.do(ReportFailure(asks, t.agent_id))
+    assert kinds(events) == ["TaskAttemptFailed", "TaskEscalated"]
+    assert run.state.tasks["a"].status == "escalated"
+    assert run.state.tasks["a"].error == "input-required: which year?"
+    assert run.state.status == "running"
+
+
 @pytest.mark.parametrize(
     ("change", "reason"),
     [

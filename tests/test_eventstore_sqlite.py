@@ -564,10 +564,16 @@ CRASH_CHILD = textwrap.dedent(
 
 
 def kill_while_appending(
-    script: Path, path: Path, cycle: int, rng: random.Random, window_s: float = 0.15
+    script: Path,
+    path: Path,
+    cycle: int,
+    rng: random.Random,
+    window_s: float = 0.15,
+    after: bytes | None = None,
 ) -> list[str]:
-    """Run the child until it has acknowledged something, then SIGKILL it at a random
-    moment within `window_s`; return every line it wrote (what it acknowledged)."""
+    """Run the child until it has acknowledged something (or written the line `after`),
+    then SIGKILL it at a random moment within `window_s`; return every line it wrote
+    (what it acknowledged)."""
     errors = path.parent / f"child-{cycle}.err"
     with errors.open("wb") as stderr:
         child = subprocess.Popen(
@@ -584,7 +590,8 @@ def kill_while_appending(
     def pump() -> None:
         for line in iter(out.readline, b""):
             lines.append(line)
-            first.set()
+            if after is None or line == after:
+                first.set()
 
     reader = threading.Thread(target=pump, daemon=True)
     reader.start()
@@ -688,18 +695,20 @@ def test_projection_output_and_checkpoint_survive_kill_9_together(tmp_path: Path
     path = tmp_path / "events.db"
     total = len(asyncio.run(fill(path, 8_000, batch=100)))
     rng = random.Random(20261126)
-    kills = 0
     checkpoint = 0
-    while checkpoint < total:
-        lines = kill_while_appending(script, path, kills, rng, window_s=0.04)
-        kills += 1
+    for kill in range(13):  # 12 kills mid-run, then one after the projector said done
+        last = kill == 12
+        lines = kill_while_appending(
+            script, path, kill, rng, window_s=0.04, after=b"done\n" if last else None
+        )
         assert integrity(path) == "ok"
         checkpoint, count, seen = projection_state(path)
         reported = [int(line) for line in lines if line != "done"]
         assert checkpoint >= max(reported, default=0), "a reported commit was lost"
         assert count == checkpoint
         assert seen == [f"seen/{p:06d}" for p in range(1, checkpoint + 1)]
-    assert kills >= 10, f"only {kills} kills: the fault did not land mid-run"
+        assert last or checkpoint < total, f"kill {kill} came after the end: not mid-run"
+    assert checkpoint == total
 
 
 # -- upgrading a file of schema 1 ----------------------------------------------------------

@@ -22,7 +22,7 @@ STORE_COMMANDS = frozenset(
 ) | {"status", "ui"}
 """The commands that open the event log (and `baton tool pending`); the others only talk
 to a running orchestrator over NATS."""
-OWN_BUS = frozenset(("agent", "tool", "admit", "creds"))
+OWN_BUS = frozenset(("agent", "tool", "a2a", "admit", "creds"))
 """Commands that parse their own flags, or reach only the state directory's embedded
 server (admit, creds): no configuration flags, though a bad configuration stops them too."""
 

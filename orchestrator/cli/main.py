@@ -26,7 +26,14 @@ from bus.errors import BusError, ContractError
 from bus.protocol import ProgressBatch
 from bus.telemetry import TelemetryConfigError, configure_logging
 from eventstore import EventStoreError
-from orchestrator.cli import approvals, audit_verify, liveness_options, log_commands, render
+from orchestrator.cli import (
+    a2a_cli,
+    approvals,
+    audit_verify,
+    liveness_options,
+    log_commands,
+    render,
+)
 from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import contracts as contracts_cli
 from orchestrator.cli import control as control_cli
@@ -112,6 +119,8 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",
                    add_help=False)  # fmt: skip
     sub.add_parser("tool", help="approve, deny or list governed tool calls (baton tool --help)",
+                   add_help=False)  # fmt: skip
+    sub.add_parser("a2a", help="serve workflows as an A2A agent (baton a2a serve --help)",
                    add_help=False)  # fmt: skip
 
     replay = sub.add_parser("replay", help="rebuild a run's state from the event log")
@@ -443,6 +452,8 @@ def main(argv: list[str] | None = None) -> int:
         return _agent(argv[1:])
     if argv[:1] == ["tool"]:
         return toolcli.main(argv[1:])
+    if argv[:1] == ["a2a"]:
+        return a2a_cli.main(argv[1:])
     args = _parser().parse_args(argv)
     command: Callable[[argparse.Namespace], Awaitable[int]]
     command = {

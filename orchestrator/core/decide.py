@@ -109,7 +109,15 @@ def _on_report(
     task = state.tasks[report.task_id]
     if isinstance(report, TaskResult):
         return _on_result(state, task, report, ctx, memory_refs)
-    return _attempt_failed(state, task, "error", report.error, report.retryable, ctx)
+    if report.escalate and not state.graph[task.task_id].parent:  # a subtask fails instead
+        return [
+            TaskAttemptFailed(
+                task.task_id, task.attempt, task.agent_id, "error", report.error, None, ctx.wall
+            ),
+            TaskEscalated(task.task_id, report.error, ctx.wall),
+        ]
+    retryable = report.retryable and not report.escalate
+    return _attempt_failed(state, task, "error", report.error, retryable, ctx)
 
 
 def _on_result(
