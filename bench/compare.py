@@ -15,6 +15,11 @@ Both sides have `--workers` worker processes on uvloop that run the same handler
 size (those of a Baton assignment and result). Both are warmed up first. Prints each
 workload's medians, the median of the per-round ratios Baton / floor, and one JSON line.
 
+Each round also times the one thing a Baton step does that the floor does not: a durable
+commit (SQLite, WAL, `synchronous=FULL`, two rows of a step's size), back to back and
+after `--slow-s` idle, so the part of a slow step's overhead that is the disk waking up
+shows on the machine at hand.
+
     python -m bench.compare [--rounds 10]
 """
 
@@ -24,6 +29,7 @@ import argparse
 import asyncio
 import json
 import os
+import sqlite3
 import statistics
 import struct
 import subprocess
@@ -180,7 +186,32 @@ def _start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
 
 
 Figures = dict[str, dict[str, list[float]]]
-"""Per workload, per side ("floor", "baton", "ratio"), one figure per round."""
+"""Per workload, per side ("floor", "baton", "ratio"), one figure per round; and for
+"commit", the median commit of each round "back_to_back" and "after_idle" (µs)."""
+
+
+def commit_probe(path: Path, idle_s: float, back_to_back: int = 50, idle: int = 5) -> list[float]:
+    """Median µs of a durable commit of two step-sized rows: back to back, after idle."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, data BLOB)")
+    row = os.urandom(REQUEST_BYTES + REPLY_BYTES)
+    figures = []
+    try:
+        for count, pause in ((back_to_back, 0.0), (idle, idle_s)):
+            took = []
+            for _ in range(count):
+                time.sleep(pause)
+                began = time.perf_counter_ns()
+                conn.execute("BEGIN IMMEDIATE")
+                conn.executemany("INSERT INTO t (data) VALUES (?)", [(row,), (row,)])
+                conn.execute("COMMIT")
+                took.append(time.perf_counter_ns() - began)
+            figures.append(statistics.median(took) / 1000)
+    finally:
+        conn.close()
+    return figures
 
 
 async def compare(args: argparse.Namespace, directory: Path) -> Figures:
@@ -190,6 +221,7 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
     nc = await nats.connect(url)
     todo = workloads(args)
     figures: Figures = {w.name: {"floor": [], "baton": [], "ratio": []} for w in todo}
+    figures["commit"] = {"back_to_back": [], "after_idle": []}
     try:
         async with agents_stack(
             directory / "baton", "worker", "agents.builtin:sleep", args.workers, 64
@@ -206,6 +238,10 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
                     for name, value in got.items():
                         figures[w.name][name].append(value)
                     figures[w.name]["ratio"].append(got["baton"] / got["floor"])
+                probe = directory / "commit.db"
+                busy, idle = await asyncio.to_thread(commit_probe, probe, args.slow_s)
+                figures["commit"]["back_to_back"].append(busy)
+                figures["commit"]["after_idle"].append(idle)
                 ratios = [f"{w.name} {figures[w.name]['ratio'][-1]:.2f}x" for w in todo]
                 print(f"  round {r + 1}/{args.rounds}: {', '.join(ratios)}", flush=True)
     finally:
@@ -258,10 +294,15 @@ def main() -> None:
             "ratio_median": round(ratio, 3),
             "ratios": [round(x, 3) for x in f["ratio"]],
         }
+    commit = {k: round(statistics.median(v), 1) for k, v in figures["commit"].items()}
+    idle_ms = args.slow_s * 1000
+    print(f"\ndurable commit (SQLite FULL), median: {commit['back_to_back']:,.0f} µs back to "
+          f"back, {commit['after_idle']:,.0f} µs after {idle_ms:.0f} ms idle")  # fmt: skip
     load_after = os.getloadavg()
     print(json.dumps({"bench": "compare", "rounds": args.rounds, "workers": args.workers,
                       "load_before": round(load_before[0], 2),
-                      "load_after": round(load_after[0], 2), **result}))  # fmt: skip
+                      "load_after": round(load_after[0], 2), **result,
+                      "sqlite_commit_us": commit}))  # fmt: skip
 
 
 if __name__ == "__main__":
