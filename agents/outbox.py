@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
-from bus.connection import Bus
+from bus.connection import Bus, Incoming
 from bus.errors import BusError, MessageIdTaken
 from bus.protocol import (
     ReportAck,
@@ -73,6 +73,10 @@ IN_FLIGHT = {"direct": 2, "durable": 1}
 
 REPORT_TIMEOUT_S = 2.0
 """How long an outcome waits for the orchestrator's answer before it goes durable."""
+ACK_WAIT_S = 0.002
+"""How long an accepted assignment's ack may wait to leave with the next outcome, so a
+quick attempt's ack and outcome cost one write (and one wake-up of the server and of the
+orchestrator), not two; the orchestrator waits seconds for an ack."""
 Outcome = TaskResult | TaskFailure
 _reply_decoder: Decoder[ReportReply] = Decoder(ReportReply)
 
@@ -174,6 +178,39 @@ class Outbox:
         self._direct: list[_Pending] = []
         self._durable: list[_Pending] = []
         self._senders: dict[str, set[asyncio.Task[None]]] = {"direct": set(), "durable": set()}
+        self._acks: list[tuple[Incoming, bytes]] = []
+        self._acks_due: asyncio.TimerHandle | None = None
+        self._ack_tasks: set[asyncio.Task[None]] = set()
+
+    async def acknowledge(self, msg: Incoming, answer: bytes, *, wait: bool) -> None:
+        """Answer an assignment message: at once unless `wait` (a refusal, which the
+        orchestrator acts on, never waits), else with the next outcome sent or after
+        `ACK_WAIT_S`, whichever comes first."""
+        if not wait:
+            await msg.reply(answer)
+            return
+        self._acks.append((msg, answer))
+        if self._acks_due is None:
+            self._acks_due = asyncio.get_running_loop().call_later(ACK_WAIT_S, self._acks_up)
+
+    def _acks_up(self) -> None:
+        self._acks_due = None
+        task = asyncio.create_task(self.send_acks())
+        self._ack_tasks.add(task)
+        task.add_done_callback(self._ack_tasks.discard)
+
+    async def send_acks(self) -> None:
+        """Send the waiting acks now, in order (publishing never waits: what is sent
+        right after them goes in the same write)."""
+        if self._acks_due is not None:
+            self._acks_due.cancel()
+            self._acks_due = None
+        acks, self._acks = self._acks, []
+        for msg, answer in acks:
+            try:
+                await msg.reply(answer)
+            except Exception as exc:  # the orchestrator's request times out: it retries
+                log.warning("ack on %s not sent: %s", msg.subject, exc)
 
     async def send(
         self, outcome: Outcome, trace: TraceContext | None = None, *, durable: bool = False
@@ -221,6 +258,7 @@ class Outbox:
         """Ask the orchestrator to record `group`; what it does not answer goes durably."""
         subject = subjects.report(group[0].outcome.run_id, self._agent_id)
         unanswered: list[_Pending] = []
+        await self.send_acks()  # ahead of the report, in the same write
         for data, _, members in _messages(group, ""):
             try:
                 reply = await self._bus.request(subject, data, self._timeout, members[0].trace)
@@ -239,6 +277,7 @@ class Outbox:
     async def _send_durable(self, group: list[_Pending]) -> None:
         subject = subjects.inbox(group[0].outcome.run_id, self._agent_id)
         batch_id = f"{self._agent_id}:batch:{secrets.token_hex(8)}"
+        await self.send_acks()
         for data, msg_id, members in _messages(group, batch_id):
             trace = members[0].trace
             try:

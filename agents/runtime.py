@@ -170,6 +170,7 @@ class AgentRuntime:
         beat = asyncio.create_task(self.loops.run("heartbeat", self._beat))
         await self._stopping.wait()
         await self._drain()
+        await self._outbox.send_acks()
         await self.discovery.stop()
         beat.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -265,9 +266,11 @@ class AgentRuntime:
                 self._accept(a, tracecontext.parse(a.traceparent) or msg.trace)
                 for a in message.assignments
             ]
-            await msg.reply(encode(AssignAcks(acks)))
+            taken = all(ack.accepted for ack in acks)
+            await self._outbox.acknowledge(msg, encode(AssignAcks(acks)), wait=taken)
             return
-        await msg.reply(encode(self._accept(message, msg.trace)))
+        ack = self._accept(message, msg.trace)
+        await self._outbox.acknowledge(msg, encode(ack), wait=ack.accepted)
 
     async def _on_cfp(self, msg: Incoming) -> None:
         """Contract net: bid for the attempt (by default: cost = load, confidence 1),

@@ -65,6 +65,7 @@ run's clock, see `run.clock_rebased`), never on the wall clock.
 | attempt timeout | `timeout_s` of the step (60.0 by default) | the workflow | see *Leases and timeouts* |
 | retry backoff | 0.25 × 2^(attempt − 1), at most 5.0, × a random 0.5–1.5 | the orchestrator | how long a failed attempt's task waits before its next attempt |
 | assignment reply | 5.0 | the orchestrator | an assignment (or batch) not answered within this is undeliverable |
+| assignment ack wait | 0.002 | Baton's agent (`agents.outbox.ACK_WAIT_S`) | an accepted assignment's `task.assign.ack` waits at most this long to leave in the same write as the agent's next outcome (a quick task's ack and result cost one write, and one wake-up of the orchestrator); a refusal goes at once. Any agent may answer at once; the orchestrator only needs the ack within the assignment reply time |
 | report reply | 2.0 | the agent (Baton's: `agents.outbox.REPORT_TIMEOUT_S`) | how long a direct report waits for `task.report.ack` before the agent sends it to the durable inbox. The orchestrator answers only once what the report caused is durable, so under load the answer can take a while: do not choose less than about a second |
 | inbox redelivery | ack wait 30; 0.5 after a failed append; 0.1 × 2^(n − 1), at most 5.0, after a failed handling | the orchestrator's inbox consumer | a durable message is redelivered until recorded; after 5 failed handlings it is dead-lettered (`message.dead_lettered`) |
 | inbox duplicate window | 120 | JetStream's default for `BATON_INBOX` | a second message with the same `Nats-Msg-Id` within it is dropped as a duplicate |
@@ -77,6 +78,8 @@ and one `run.progress.batch` per decision. Baton's agent sends an outcome at onc
 outcomes that finish while up to 2 direct reports (1 durable message) are on their way
 leave together in the next `task.reports` (at most 256 per message, one run per message).
 The orchestrator decides what arrived together in one batch (up to 512 inbox messages).
+Baton's agent holds an accepted assignment's ack up to the *assignment ack wait*, to send
+it in one write with the outcome; it never holds an outcome.
 """
 
 JOINING = """

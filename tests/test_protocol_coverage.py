@@ -254,6 +254,7 @@ _REDELIVERY = [
         ("attempt timeout", [_step_default("timeout_s")]),
         ("retry backoff", [decide.BACKOFF_BASE_S, decide.BACKOFF_CAP_S]),
         ("assignment reply", [_default(service.Orchestrator, "assign_timeout")]),
+        ("assignment ack wait", [outbox.ACK_WAIT_S]),
         ("report reply", [outbox.REPORT_TIMEOUT_S]),
         ("inbox redelivery", _REDELIVERY),
         ("contract-net bid window", [_step_default("bid_window_s")]),

@@ -53,28 +53,42 @@ def nesting(where: str, data: Any) -> None:
 def check(spec: msgspec.Struct) -> None:
     """`WorkflowError` naming the first number of `spec` (a workflow) out of bounds."""
     totals: Counter[str] = Counter()
-    _walk("", spec, totals)
+    _walk((), spec, totals)
     for field, (limit, what) in TOTALS.items():
         if totals[field] > limit:
             raise WorkflowError(field, f"{totals[field]} {what} in all, over the limit of {limit}")
 
 
-def _walk(where: str, struct: msgspec.Struct, totals: Counter[str]) -> None:
+Path = tuple[str | int, ...]
+"""Where a value is: field names, and list indexes."""
+
+
+def _where(path: Path) -> str:
+    """A path as the errors name it (`steps[3].timeout_s`); made only for an error."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else part
+    return out
+
+
+def _walk(where: Path, struct: msgspec.Struct, totals: Counter[str]) -> None:
     for name in struct.__struct_fields__:
         value = getattr(struct, name)
-        at = f"{where}.{name}" if where else name
         if isinstance(value, msgspec.Struct):
-            _walk(at, value, totals)
+            _walk((*where, name), value, totals)
         elif isinstance(value, list):
             if len(value) > LENGTHS.get(name, len(value)):
-                raise WorkflowError(at, f"at most {LENGTHS[name]} entries")
+                raise WorkflowError(_where((*where, name)), f"at most {LENGTHS[name]} entries")
             for i, item in enumerate(value):
                 if isinstance(item, msgspec.Struct):
-                    _walk(f"{at}[{i}]", item, totals)
+                    _walk((*where, name, i), item, totals)
         elif isinstance(value, int | float) and not isinstance(value, bool):
             if not math.isfinite(value):
-                raise WorkflowError(at, "must be a finite number")
+                raise WorkflowError(_where((*where, name)), "must be a finite number")
             if value > UPPER.get(name, math.inf):
-                raise WorkflowError(at, f"must be at most {UPPER[name]:g}")
+                raise WorkflowError(_where((*where, name)), f"must be at most {UPPER[name]:g}")
             if name in TOTALS:
                 totals[name] += int(value)

@@ -267,14 +267,25 @@ def _check_steps(spec: WorkflowSpec) -> None:
 
 
 def _check_acyclic(spec: WorkflowSpec) -> None:
-    needs = {s.id: set(s.needs) for s in spec.steps}
+    """Kahn's algorithm, linear in steps and needs (a chain of n steps is no n² scan):
+    the steps never freed are those on a cycle or after one."""
+    waiting = {s.id: len(set(s.needs)) for s in spec.steps}
+    needed_by: dict[str, list[str]] = {s.id: [] for s in spec.steps}
+    for step in spec.steps:
+        for dep in set(step.needs):
+            needed_by[dep].append(step.id)
+    free = [step_id for step_id, count in waiting.items() if not count]
     done: set[str] = set()
-    while len(done) < len(needs):
-        ready = [s for s, deps in needs.items() if s not in done and deps <= done]
-        if not ready:
-            cycle = sorted(s for s in needs if s not in done)
-            raise WorkflowError("steps", f"dependency cycle among {cycle}")
-        done.update(ready)
+    while free:
+        step_id = free.pop()
+        done.add(step_id)
+        for after in needed_by[step_id]:
+            waiting[after] -= 1
+            if not waiting[after]:
+                free.append(after)
+    if len(done) < len(waiting):
+        cycle = sorted(s for s in waiting if s not in done)
+        raise WorkflowError("steps", f"dependency cycle among {cycle}")
 
 
 def ancestors(spec: WorkflowSpec) -> dict[str, set[str]]:
