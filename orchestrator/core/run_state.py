@@ -99,6 +99,8 @@ class RunState(msgspec.Struct, frozen=True):
     """The host boot whose monotonic clock the run's clock is read from ('' if unknown)."""
     clock_shift: float = 0.0
     """The run's clock is that boot's monotonic clock minus this (see `ClockRebased`)."""
+    owner: str = ""
+    """The orchestrator that took the run over last ('' if none did: its starter decides)."""
 
     @property
     def steps(self) -> int:

@@ -1,0 +1,133 @@
+"""Who decides for a run when several orchestrators share the runs: the rules, pure.
+
+The runs are split by a stable hash of the run id into a fixed number of partitions;
+each partition is owned through a lease, a key in a JetStream KV bucket that its owner
+renews by compare-and-set on the key's revision. An observer that sees a lease's revision
+unchanged for `ttl` seconds of its own monotonic clock takes it to be expired and may
+claim it, again by compare-and-set; of two racing claims (or a claim racing a late
+renewal) exactly one succeeds. No clock is compared across machines.
+
+A lease alone cannot fence a stale owner (a paused process wakes up believing it still
+holds it), so the run's log does: the new owner first appends `RunTakenOver` with the
+expected version, after which the previous owner's next append fails, it reloads the
+run, finds another owner recorded, and steps down (`after_conflict`). Everything here is
+a function of values the shell passes in (revisions, readings of its clock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+PARTITIONS = 16
+"""How many partitions the runs are split into (fixed for a deployment: changing it
+moves runs between partitions, so every orchestrator of one bus must agree on it)."""
+LEASE_TTL_S = 3.0
+"""A lease whose revision no observer saw change for this long has expired."""
+RENEW_S = 0.5
+"""How often an owner renews its leases (well inside `LEASE_TTL_S`)."""
+
+
+def partition_of(run_id: str, partitions: int = PARTITIONS) -> int:
+    """The partition of a run: the same on every machine and every Python (no `hash()`)."""
+    if partitions < 1:
+        raise ValueError(f"partitions must be at least 1, not {partitions}")
+    digest = hashlib.sha256(run_id.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % partitions
+
+
+@dataclass(frozen=True)
+class Lease:
+    """One key of the lease bucket as one observer saw it: who holds it, its revision,
+    and when (on the observer's own monotonic clock) that revision was first seen."""
+
+    owner: str
+    revision: int
+    seen_at: float
+
+    def expired(self, now: float, ttl: float = LEASE_TTL_S) -> bool:
+        """Whether the holder let `ttl` pass without renewing (as this observer saw it)."""
+        return now - self.seen_at >= ttl
+
+
+def observe(before: Lease | None, owner: str, revision: int, now: float) -> Lease:
+    """A key read now: the lease seen before if its revision is the same (its age keeps
+    counting), else a new one, first seen now."""
+    if before is not None and before.revision == revision and before.owner == owner:
+        return before
+    return Lease(owner, revision, now)
+
+
+def fair_share(partitions: int, members: int) -> int:
+    """How many partitions each of `members` live orchestrators should own."""
+    return -(-partitions // max(1, members))
+
+
+def _spread(me: str, partition: int) -> bytes:
+    """An order of the partitions that differs per orchestrator, so that ones starting
+    together mostly claim different partitions instead of racing for the same."""
+    return hashlib.sha256(f"{me}\0{partition}".encode()).digest()
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What an orchestrator does with the lease bucket in one round."""
+
+    renew: tuple[int, ...]
+    """Partitions it holds and keeps: renewed (compare-and-set on the seen revision)."""
+    claim: tuple[int, ...]
+    """Partitions free or expired: claimed (compare-and-set; create if absent)."""
+    release: tuple[int, ...]
+    """Partitions it holds beyond its fair share: it stops serving their runs, then
+    deletes their keys (compare-and-set), for another orchestrator to claim."""
+
+
+def plan(
+    me: str,
+    leases: Mapping[int, Lease],
+    members: int,
+    now: float,
+    *,
+    partitions: int = PARTITIONS,
+    ttl: float = LEASE_TTL_S,
+) -> Plan:
+    """One round of lease upkeep for `me`, given the leases it sees and how many live
+    orchestrators there are (itself included): keep its own up to its fair share, release
+    the rest, and claim free or expired partitions until it has its share."""
+    share = fair_share(partitions, members)
+    mine = sorted(p for p, lease in leases.items() if lease.owner == me)
+    keep, release = mine[:share], mine[share:]
+    free = [
+        p
+        for p in range(partitions)
+        if p not in leases or (leases[p].owner != me and leases[p].expired(now, ttl))
+    ]
+    free.sort(key=lambda p: _spread(me, p))
+    claim = free[: max(0, share - len(keep))]
+    return Plan(tuple(keep), tuple(claim), tuple(release))
+
+
+def may_decide(run_owner: str, me: str, holds_partition: bool) -> bool:
+    """Whether `me` may decide for a run whose log names `run_owner` as its last taker
+    ('' if none took it over: its starter's): only while it holds the run's partition
+    and no other orchestrator took the run over since."""
+    return holds_partition and run_owner in ("", me)
+
+
+def needs_takeover(run_owner: str, me: str) -> bool:
+    """Whether `me`, now holding the run's partition, must record `RunTakenOver` before
+    its first decision for the run (it is not the owner the log names)."""
+    return run_owner != me
+
+
+Verdict = Literal["serve", "step down"]
+
+
+def after_conflict(run_owner: str, me: str, holds_partition: bool) -> Verdict:
+    """What `me` does after its append to a run failed (the stream was not at the
+    version it expected) and it reloaded the run: go on if it may still decide for it;
+    step down (drop the run, decide nothing more for it) if another orchestrator took it
+    over or its lease of the partition is gone."""
+    return "serve" if may_decide(run_owner, me, holds_partition) else "step down"
