@@ -53,8 +53,8 @@ class Ownership(RuleBasedStateMachine):
         self.revision = 0
         self.bucket: dict[int, tuple[str, int]] = {}
         """partition → (owner, revision): the KV bucket, compare-and-set on revision."""
-        self.logs: dict[str, list[tuple[str, str]]] = {}
-        """run → its events as (kind, writer): start, takeover, decision."""
+        self.logs: dict[str, list[tuple[str, str, int]]] = {}
+        """run → its events as (kind, writer, lease): start, takeover, decision."""
         self.nodes = {name: Node() for name in ORCHESTRATORS}
         self.lost: dict[str, set[int]] = {name: set() for name in ORCHESTRATORS}
 
@@ -74,20 +74,39 @@ class Ownership(RuleBasedStateMachine):
 
     # -- the logs (expected version) ----------------------------------------------------
 
-    def _append(self, run_id: str, expected: int, kind: str, writer: str) -> bool:
+    def _append(self, run_id: str, expected: int, kind: str, writer: str, lease: int = 0) -> bool:
         log = self.logs.setdefault(run_id, [])
         if len(log) != expected:
             return False
-        log.append((kind, writer))
+        log.append((kind, writer, lease))
         return True
 
-    def _owner_in_log(self, run_id: str) -> str:
-        """The owner the log names, as `RunState.owner` folds it ('' before a takeover)."""
-        owner = ""
-        for kind, writer in self.logs.get(run_id, []):
+    def _read(self, run_id: str) -> tuple[int, str, int]:
+        """The run as the log gives it: version, and owner and lease as `RunState.owner`
+        and `owner_lease` fold them ('' and 0 before any takeover)."""
+        owner, lease = "", 0
+        for kind, writer, revision in self.logs.get(run_id, []):
             if kind == "takeover":
-                owner = writer
-        return owner
+                owner, lease = writer, revision
+        return len(self.logs.get(run_id, [])), owner, lease
+
+    def _judge(self, name: str, run_id: str) -> None:
+        """Read the run from the log and do what the core's verdict says."""
+        node = self.nodes[name]
+        version, owner, lease = self._read(run_id)
+        mine = node.held.get(_partition(run_id))
+        match parts.verdict(owner, lease, name, mine):
+            case "serve":
+                node.served[run_id] = (version, owner)
+            case "take over":
+                assert mine is not None
+                taken = self._append(run_id, version, "takeover", name, mine)
+                if taken:
+                    node.served[run_id] = (version + 1, name)
+                else:
+                    node.served.pop(run_id, None)
+            case "step down":
+                node.served.pop(run_id, None)
 
     def _step_down(self, name: str, partition: int) -> None:
         node = self.nodes[name]
@@ -151,11 +170,7 @@ class Ownership(RuleBasedStateMachine):
         partition = _partition(run_id)
         if partition not in node.held or run_id in node.served or run_id not in self.logs:
             return
-        version, owner = len(self.logs[run_id]), self._owner_in_log(run_id)
-        if not parts.needs_takeover(owner, name):
-            node.served[run_id] = (version, owner)
-        elif self._append(run_id, version, "takeover", name):
-            node.served[run_id] = (version + 1, name)
+        self._judge(name, run_id)
 
     @rule(name=st.sampled_from(ORCHESTRATORS), run_id=st.sampled_from(RUNS))
     def decide(self, name: str, run_id: str) -> None:
@@ -171,12 +186,8 @@ class Ownership(RuleBasedStateMachine):
             if self._append(run_id, version, "decision", name):
                 node.served[run_id] = (version + 1, owner)
                 return
-            reloaded = (len(self.logs[run_id]), self._owner_in_log(run_id))
-            holds = _partition(run_id) in node.held
-            if parts.after_conflict(reloaded[1], name, holds) == "serve":
-                node.served[run_id] = reloaded
-            else:
-                del node.served[run_id]
+            del node.served[run_id]
+            self._judge(name, run_id)  # reloaded: serve, take over or step down
 
     @rule(name=st.sampled_from(ORCHESTRATORS))
     def crash(self, name: str) -> None:
@@ -188,8 +199,11 @@ class Ownership(RuleBasedStateMachine):
     @invariant()
     def one_decider_between_takeovers(self) -> None:
         for run_id, log in self.logs.items():
-            decider = ""
-            for kind, writer in log:
+            decider, newest = "", 0
+            for kind, writer, lease in log:
+                if kind == "takeover":
+                    assert lease > newest, f"{run_id}: taken over under an older lease"
+                    newest = lease
                 if kind in ("start", "takeover"):
                     decider = writer
                 else:
@@ -271,10 +285,12 @@ def test_a_takeover_is_an_event_that_names_the_new_owner() -> None:
     taken = fold(state, events)
     assert taken.owner == "orch-b"
     assert decide(taken, Resume("orch-b", 5, 43), _ctx(3.0)) == [], "its owner already"
+    assert taken.owner_lease == 42
     assert not parts.may_decide(taken.owner, "orch-a", holds_partition=True)
-    assert parts.after_conflict(taken.owner, "orch-a", True) == "step down"
-    assert parts.after_conflict(taken.owner, "orch-b", True) == "serve"
-    assert parts.after_conflict(taken.owner, "orch-b", False) == "step down"
+    assert parts.verdict(taken.owner, 42, "orch-a", 40) == "step down", "an older lease"
+    assert parts.verdict(taken.owner, 42, "orch-a", 44) == "take over", "a newer lease"
+    assert parts.verdict(taken.owner, 42, "orch-a", None) == "step down", "no lease"
+    assert parts.verdict(taken.owner, 42, "orch-b", 44) == "serve"
 
 
 def test_a_stale_owner_that_wakes_after_a_takeover_decides_nothing() -> None:
@@ -288,10 +304,10 @@ def test_a_stale_owner_that_wakes_after_a_takeover_decides_nothing() -> None:
     machine.lease_round("b", members=2, wait=0.0)
     machine.lease_round("b", members=2, wait=3.5)
     assert _partition("run-0") in machine.nodes["b"].held
-    assert machine.logs["run-0"] == [("start", "a"), ("takeover", "b")]
+    assert [kind for kind, _, _ in machine.logs["run-0"]] == ["start", "takeover"]
     assert _partition("run-0") in machine.nodes["a"].held, "a has not noticed yet"
     machine.decide("a", "run-0")
     assert "run-0" not in machine.nodes["a"].served, "a stepped down"
     machine.decide("b", "run-0")
-    assert machine.logs["run-0"][-1] == ("decision", "b")
+    assert machine.logs["run-0"][-1][:2] == ("decision", "b")
     machine.one_decider_between_takeovers()

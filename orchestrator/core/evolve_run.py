@@ -51,7 +51,7 @@ def clock_rebased(d: Draft, e: ClockRebased) -> None:
 
 
 def taken_over(d: Draft, e: RunTakenOver) -> None:
-    d.changes["owner"] = e.owner
+    d.changes.update(owner=e.owner, owner_lease=e.lease)
 
 
 def forked(d: Draft, e: RunForked) -> None:

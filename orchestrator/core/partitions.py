@@ -10,7 +10,7 @@ renewal) exactly one succeeds. No clock is compared across machines.
 A lease alone cannot fence a stale owner (a paused process wakes up believing it still
 holds it), so the run's log does: the new owner first appends `RunTakenOver` with the
 expected version, after which the previous owner's next append fails, it reloads the
-run, finds another owner recorded, and steps down (`after_conflict`). Everything here is
+run, finds another owner recorded, and steps down (`verdict`). Everything here is
 a function of values the shell passes in (revisions, readings of its clock).
 """
 
@@ -110,24 +110,29 @@ def plan(
 
 
 def may_decide(run_owner: str, me: str, holds_partition: bool) -> bool:
-    """Whether `me` may decide for a run whose log names `run_owner` as its last taker
-    ('' if none took it over: its starter's): only while it holds the run's partition
-    and no other orchestrator took the run over since."""
+    """Whether `me` may decide for a run it serves, whose log names `run_owner` as its
+    last taker ('' if none took it over: then its starter, which `me` is if it serves a
+    run it did not take over): only while it holds the run's partition and no other
+    orchestrator took the run over since."""
     return holds_partition and run_owner in ("", me)
 
 
-def needs_takeover(run_owner: str, me: str) -> bool:
-    """Whether `me`, now holding the run's partition, must record `RunTakenOver` before
-    its first decision for the run (it is not the owner the log names)."""
-    return run_owner != me
+Verdict = Literal["serve", "take over", "step down"]
 
 
-Verdict = Literal["serve", "step down"]
+def verdict(run_owner: str, run_lease: int, me: str, my_lease: int | None) -> Verdict:
+    """What `me` does with a run it read from the log (on claiming its partition, looking
+    for runs it does not serve, or reloading after an append of its own failed because
+    the stream had moved on): `run_owner` took the run over last under lease revision
+    `run_lease` ('' and 0: none did), and `me` holds the run's partition at revision
+    `my_lease` (None: it does not).
 
-
-def after_conflict(run_owner: str, me: str, holds_partition: bool) -> Verdict:
-    """What `me` does after its append to a run failed (the stream was not at the
-    version it expected) and it reloaded the run: go on if it may still decide for it;
-    step down (drop the run, decide nothing more for it) if another orchestrator took it
-    over or its lease of the partition is gone."""
-    return "serve" if may_decide(run_owner, me, holds_partition) else "step down"
+    Revisions of one key only grow, and a claim is a compare-and-set, so a holder whose
+    revision is newer than the run's last takeover is the rightful one: it takes the run
+    over. One whose revision is older is stale (someone claimed the partition after its
+    last write): it steps down, as does one that holds no lease at all."""
+    if my_lease is None:
+        return "step down"
+    if run_owner == me:
+        return "serve"
+    return "take over" if my_lease > run_lease else "step down"
