@@ -11,6 +11,7 @@ makes comes from `orchestrator.core.partitions`, the rules the service follows."
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -311,3 +312,10 @@ def test_a_stale_owner_that_wakes_after_a_takeover_decides_nothing() -> None:
     machine.decide("b", "run-0")
     assert machine.logs["run-0"][-1][:2] == ("decision", "b")
     machine.one_decider_between_takeovers()
+
+
+def test_the_protocol_document_says_the_partitioning_the_core_does() -> None:
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+    assert f"modulo {parts.PARTITIONS}) into {parts.PARTITIONS} partitions" in doc
+    assert f"every {parts.RENEW_S:g} s" in doc
+    assert f"once it went {parts.LEASE_TTL_S:.1f} s unrenewed" in doc

@@ -46,6 +46,10 @@ class Lease:
     owner: str
     revision: int
     seen_at: float
+    renewed: bool = False
+    """Whether this observer saw the key change (one only ever seen as it was when first
+    read may be long dead: a presence key counts as a live orchestrator only once seen
+    renewed)."""
 
     def expired(self, now: float, ttl: float = LEASE_TTL_S) -> bool:
         """Whether the holder let `ttl` pass without renewing (as this observer saw it)."""
@@ -57,7 +61,7 @@ def observe(before: Lease | None, owner: str, revision: int, now: float) -> Leas
     counting), else a new one, first seen now."""
     if before is not None and before.revision == revision and before.owner == owner:
         return before
-    return Lease(owner, revision, now)
+    return Lease(owner, revision, now, renewed=before is not None)
 
 
 def fair_share(partitions: int, members: int) -> int:
