@@ -65,8 +65,10 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
     try:
+        shared = stack.orchestrator.partitioned.sharing
+        sharing = f", sharing the runs as orchestrator {shared.me}" if shared else ""
         print(f"baton: serving on NATS {shown_url(stack.nats_url)}, "
-              f"event store {store_name(directory, config)}", flush=True)  # fmt: skip
+              f"event store {store_name(directory, config)}{sharing}", flush=True)  # fmt: skip
         await stop.wait()
     finally:
         await stack.close()
