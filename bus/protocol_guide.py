@@ -257,7 +257,7 @@ request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`,
 (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`,
-`RunElsewhere` (an in-process start of a run whose partition another orchestrator
+`AlreadyServed` (a second `baton serve` on a SQLite log), `RunElsewhere` (an in-process start of a run whose partition another orchestrator
 serves; on the bus that one answers instead)
 (orchestrator errors); `EventStoreError`, `DuplicateEventError`, `InvalidEventError`,
 `AnchorError`, `CheckpointConflictError` (event store errors). `baton.api.status` and

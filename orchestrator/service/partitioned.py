@@ -31,6 +31,7 @@ from orchestrator.service.registry import Registry
 from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
 from orchestrator.service.sharing import Sharing
+from orchestrator.service.tool_prompts import ToolPrompts
 
 log = logging.getLogger("baton.orchestrator.sharing")
 
@@ -58,7 +59,13 @@ class Partitioned:
         """Seconds each takeover of partitions took, from claim to serving (newest last)."""
 
     async def start(
-        self, bus: Bus, me: str, replicas: int, reports: Reports, requests: RunRequests
+        self,
+        bus: Bus,
+        me: str,
+        replicas: int,
+        reports: Reports,
+        requests: RunRequests,
+        prompts: ToolPrompts,
     ) -> Sharing:
         """Open the lease bucket, bind the hooks, and do the first round (returns with
         this orchestrator's first partitions served); run `sharing.loop` and
@@ -72,7 +79,7 @@ class Partitioned:
             lost=self._lost,
             rescan=self._rescan,
         )
-        reports.elsewhere = sharing.elsewhere
+        reports.elsewhere = prompts.elsewhere = sharing.elsewhere
         requests.sharing = sharing
         self._pipeline.after_reload = self._after_reload
         return sharing

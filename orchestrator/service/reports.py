@@ -152,7 +152,7 @@ class Reports:
         self.recorded = Recorded(RECORDED_LIMIT)
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
-        self.elsewhere: Callable[[str], bool] = lambda run_id: False
+        self.elsewhere: Callable[[str], bool] | None = None
         """Whether a run is another orchestrator's to decide for (sharing the runs)."""
 
     async def serve(self, intake: Intake) -> None:
@@ -193,6 +193,8 @@ class Reports:
     async def _passed_on(self, delivery: Delivery) -> bool:
         """Whether the message is for a run another orchestrator serves: then a fast copy
         is left to it (it answers), a durable one handed back for it to take."""
+        if self.elsewhere is None:  # one orchestrator: every run is its own
+            return False
         msg, durable = delivery
         try:
             run_id, _ = (subjects.inbox_sender if durable else subjects.report_sender)(msg.subject)
