@@ -78,6 +78,7 @@ class Partitioned:
             gained=self._gained,
             lost=self._lost,
             rescan=self._rescan,
+            spawn=self._spawn,
         )
         reports.elsewhere = prompts.elsewhere = sharing.elsewhere
         requests.sharing = sharing
@@ -88,7 +89,7 @@ class Partitioned:
         assert self.sharing is not None
         began = time.perf_counter()
         sharing = self.sharing
-        resume = take_over(sharing.me, leases, sharing.partitions)
+        resume = take_over(sharing.me, leases, sharing.partitions, sharing.holds)
         runs = await recover(self._store, self._pipeline, self._registry, self._act, resume)
         took = time.perf_counter() - began
         self.takeovers.append(took)
@@ -103,7 +104,7 @@ class Partitioned:
         """Open runs of held partitions this one does not serve (started by a stale holder
         after the claim): taken over like the rest."""
         assert self.sharing is not None
-        resume = take_over(self.sharing.me, leases, self.sharing.partitions)
+        resume = take_over(self.sharing.me, leases, self.sharing.partitions, self.sharing.holds)
         runs = await recover(self._store, self._pipeline, self._registry, self._act, resume)
         if runs:
             log.warning("orchestrator %s took over runs %s", self.sharing.me, ", ".join(runs))

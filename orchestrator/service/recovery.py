@@ -56,15 +56,15 @@ async def recover(
 
 
 def take_over(
-    me: str, leases: dict[int, int], count: int
+    me: str, leases: dict[int, int], count: int, holds: Callable[[int, int], bool]
 ) -> Callable[[str, RunState], Resume | None]:
-    """For `recover`: the runs of the partitions `me` holds (partition → lease revision,
-    of `count` partitions), each resumed as the core's verdict says."""
+    """For `recover`: the runs of the partitions `me` claimed (partition → lease revision,
+    of `count` partitions) and `holds` still, each resumed as the core's verdict says."""
 
     def resume(run_id: str, state: RunState) -> Resume | None:
         partition = partitions.partition_of(run_id, count)
         lease = leases.get(partition)
-        if lease is None:
+        if lease is None or not holds(partition, lease):
             return None
         match partitions.verdict(state.owner, state.owner_lease, me, lease):
             case "serve":

@@ -4,7 +4,8 @@ Each round (every `RENEW_S`) it marks itself present in the lease bucket, reads 
 bucket (a watcher's copy, see `bus.leases`), and does what `orchestrator.core.partitions`
 plans: renew its leases, release those beyond its fair share, claim free or expired
 ones, each by compare-and-set. A partition claimed is handed to `gained` (the
-orchestrator takes over its open runs from the log) before this one serves it; one lost
+orchestrator takes over its open runs from the log, in a task of its own while the
+renewals go on) before this one serves it; one lost
 (a renewal found another revision, or it was released) to `lost` at once (the
 orchestrator drops its runs). A lease this one could not renew for `ttl` (the bus gone)
 counts as lost for serving, though it is kept until someone else claims it.
@@ -24,6 +25,7 @@ from bus.leases import LeaseBucket, LeaseLost
 from orchestrator.core import partitions as parts
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.partitions import Lease
+from orchestrator.service.background import Spawn
 
 log = logging.getLogger("baton.orchestrator.sharing")
 
@@ -54,6 +56,7 @@ class Sharing:
         gained: Callable[[dict[int, int]], Awaitable[None]],
         lost: Callable[[set[int]], None],
         rescan: Callable[[dict[int, int]], Awaitable[None]],
+        spawn: Spawn,
         partitions: int = parts.PARTITIONS,
         ttl: float = parts.LEASE_TTL_S,
         renew_s: float = parts.RENEW_S,
@@ -65,10 +68,14 @@ class Sharing:
         self._gained = gained
         self._lost = lost
         self._rescan = rescan
+        self._spawn = spawn
+        self._rescanning = False
         self._ttl = ttl
         self._renew_s = renew_s
         self.held: dict[int, int] = {}
         """Partition → the revision of this one's last successful write of its lease."""
+        self._claims: dict[int, int] = {}
+        """Partition → the revision its claim wrote (renewals do not change it)."""
         self._renewed_at: dict[int, float] = {}
         self._ready: set[int] = set()
         """Held partitions whose open runs were taken over: served."""
@@ -106,14 +113,15 @@ class Sharing:
         return sorted(self._ready)
 
     async def start(self) -> None:
-        """Wait for the bucket's contents, then do the first round (a lone orchestrator
-        claims every partition in it)."""
+        """Wait for the bucket's contents, then do the first round and take over the runs
+        of what it claimed (a lone orchestrator claims every partition in it)."""
         try:
             async with asyncio.timeout(READY_WAIT_S):
                 await self.bucket.ready.wait()
         except TimeoutError:
             raise BusError(f"the lease bucket was not read within {READY_WAIT_S:g}s") from None
-        await self.round()
+        async with self._turn:
+            await self._round(inline=True)
 
     async def loop(self) -> None:
         """A round every `renew_s`, for ever (run it supervised)."""
@@ -127,7 +135,7 @@ class Sharing:
             if not self._closed:
                 await self._round()
 
-    async def _round(self) -> None:
+    async def _round(self, inline: bool = False) -> None:
         now = self._clock()
         try:
             await self.bucket.put(f"m.{self.me}", self.me)
@@ -169,16 +177,36 @@ class Sharing:
             if self._closed:  # stopped meanwhile: let it go again
                 await self.bucket.release(_key(partition), revision)
                 break
-            self.held[partition] = revision
+            self.held[partition] = self._claims[partition] = revision
             self._renewed_at[partition] = now
             claimed[partition] = revision
-        if claimed and not self._closed:
-            await self._gained(claimed)
-            self._ready.update(claimed)
-            self.serving.set()
-        if now - self._rescanned_at >= RESCAN_S and self._ready:
+        if claimed and not self._closed and inline:
+            await self._take(claimed)
+        elif claimed and not self._closed:  # the renewals go on while the runs are read
+            self._spawn(self._take(claimed))
+        if now - self._rescanned_at >= RESCAN_S and self._ready and not self._rescanning:
             self._rescanned_at = now
-            await self._rescan({p: self.held[p] for p in self._ready})
+            self._spawn(self._look_again({p: self.held[p] for p in self._ready}))
+
+    def holds(self, partition: int, claimed: int) -> bool:
+        """Whether this one still holds `partition` by the claim that wrote revision
+        `claimed` (renewed since or not; not lost and claimed again)."""
+        return partition in self.held and self._claims.get(partition) == claimed
+
+    async def _take(self, claimed: dict[int, int]) -> None:
+        """Take the claimed partitions' runs over, then serve those still held."""
+        await self._gained(claimed)
+        taken = {p for p, revision in claimed.items() if self.holds(p, revision)}
+        if taken and not self._closed:
+            self._ready.update(taken)
+            self.serving.set()
+
+    async def _look_again(self, leases: dict[int, int]) -> None:
+        self._rescanning = True
+        try:
+            await self._rescan(leases)
+        finally:
+            self._rescanning = False
 
     async def release_all(self) -> None:
         """Stop serving every partition and delete its lease, so that the others take
@@ -229,6 +257,7 @@ class Sharing:
     def _lose(self, lost: set[int], why: str) -> None:
         for partition in lost:
             self.held.pop(partition, None)
+            self._claims.pop(partition, None)
             self._renewed_at.pop(partition, None)
             self._ready.discard(partition)
         if not self._ready:
