@@ -18,11 +18,12 @@ import time
 from collections.abc import Callable
 
 from bus.connection import Bus
-from eventstore import EventStore
+from eventstore import EventStore, EventStoreError
 from orchestrator.core import partitions
 from orchestrator.core.commands import Resume
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.state import RunState
+from orchestrator.service import journal
 from orchestrator.service.background import Spawn
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.pipeline import Act, Pipeline
@@ -81,6 +82,7 @@ class Partitioned:
             spawn=self._spawn,
         )
         reports.elsewhere = prompts.elsewhere = sharing.elsewhere
+        reports.unserved = self._unserved
         requests.sharing = sharing
         self._pipeline.after_reload = self._after_reload
         return sharing
@@ -108,6 +110,21 @@ class Partitioned:
         runs = await recover(self._store, self._pipeline, self._registry, self._act, resume)
         if runs:
             log.warning("orchestrator %s took over runs %s", self.sharing.me, ", ".join(runs))
+
+    async def _unserved(self, run_id: str) -> bool:
+        """Whether a run of a partition this one serves, not in memory, is open in the log
+        (then it is looked for at the next round: `Sharing.look_soon`)."""
+        assert self.sharing is not None
+        stream = journal.run_stream(run_id)
+        try:
+            if not await self._store.stream_version(stream) or await journal.has_ended(
+                self._store, stream
+            ):
+                return False
+        except EventStoreError:
+            return True  # not known either way: kept (redelivered), not refused
+        self.sharing.look_soon()
+        return run_id not in self._pipeline.runs
 
     def _lost(self, lost: set[int]) -> None:
         assert self.sharing is not None

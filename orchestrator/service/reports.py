@@ -153,6 +153,9 @@ class Reports:
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
         self.elsewhere: Callable[[str], bool] | None = None
+        self.unserved: Callable[[str], Awaitable[bool]] | None = None
+        """Sharing the runs: whether a run of this one's partitions, not in memory, is open
+        in the log (a stale holder started it after the claim: taken over soon)."""
         """Whether a run is another orchestrator's to decide for (sharing the runs)."""
 
     async def serve(self, intake: Intake) -> None:
@@ -200,10 +203,14 @@ class Reports:
             run_id, _ = (subjects.inbox_sender if durable else subjects.report_sender)(msg.subject)
         except BusError:
             return False  # refused below, by each of them
-        if not self.elsewhere(run_id):
+        if self.elsewhere(run_id):
+            if durable:
+                await _settle(msg.nak(PASS_S), msg.subject)
+            return True
+        if run_id in self._runs or self.unserved is None or not await self.unserved(run_id):
             return False
-        if durable:
-            await _settle(msg.nak(PASS_S), msg.subject)
+        if durable:  # kept for when its run is served here
+            await _settle(msg.nak(_RETRY_S), msg.subject)
         return True
 
     def _read(self, msg: Incoming, durable: bool) -> tuple[str, str, InboxMessage]:

@@ -188,6 +188,10 @@ class Sharing:
             self._rescanned_at = now
             self._spawn(self._look_again({p: self.held[p] for p in self._ready}))
 
+    def look_soon(self) -> None:
+        """Look for open runs of the held partitions at the next round."""
+        self._rescanned_at = float("-inf")
+
     def holds(self, partition: int, claimed: int) -> bool:
         """Whether this one still holds `partition` by the claim that wrote revision
         `claimed` (renewed since or not; not lost and claimed again)."""
