@@ -26,6 +26,7 @@ from orchestrator.core.state import RunState
 from orchestrator.service import journal
 from orchestrator.service.background import Spawn
 from orchestrator.service.journal import ORCHESTRATOR, Cause
+from orchestrator.service.memory import MemoryService
 from orchestrator.service.pipeline import Act, Pipeline
 from orchestrator.service.recovery import recover, take_over
 from orchestrator.service.registry import Registry
@@ -67,6 +68,7 @@ class Partitioned:
         reports: Reports,
         requests: RunRequests,
         prompts: ToolPrompts,
+        memory: MemoryService,
     ) -> Sharing:
         """Open the lease bucket, bind the hooks, and do the first round (returns with
         this orchestrator's first partitions served); run `sharing.loop` and
@@ -81,7 +83,7 @@ class Partitioned:
             rescan=self._rescan,
             spawn=self._spawn,
         )
-        reports.elsewhere = prompts.elsewhere = sharing.elsewhere
+        reports.elsewhere = prompts.elsewhere = memory.elsewhere = sharing.elsewhere
         reports.unserved = self._unserved
         requests.sharing = sharing
         self._pipeline.after_reload = self._after_reload

@@ -221,7 +221,13 @@ class Orchestrator:
         spawn, run, watch = self._background.spawn, self.loops.run, self._health.watch
         if self._shared:  # the runs of the partitions it claims, as it claims them
             sharing = await self.partitioned.start(
-                self._bus, self.id, self._replicas, self._reports, self._requests, self._prompts
+                self._bus,
+                self.id,
+                self._replicas,
+                self._reports,
+                self._requests,
+                self._prompts,
+                self.memory,
             )
             watch("lease-watch", spawn(run("lease-watch", sharing.bucket.watch)))
             await sharing.start()
