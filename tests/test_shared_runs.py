@@ -17,14 +17,18 @@ from pathlib import Path
 
 from agents.runtime import AgentRuntime
 from agents.sdk import TaskContext
+from bus import subjects
+from bus.codec import Decoder, encode
 from bus.config import Config
 from bus.connection import Bus
+from bus.protocol import ErrorReply
 from bus.server import EmbeddedNats
 from eventstore import EventStore
 from orchestrator.core import partitions
 from orchestrator.core.events import TaskSucceeded
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from orchestrator.service import journal
+from orchestrator.service.api import StatusReply, StatusRequest
 from orchestrator.service.bootstrap import open_store
 from orchestrator.service.serve import submit
 from orchestrator.service.service import Orchestrator
@@ -38,6 +42,7 @@ WORKFLOW = WorkflowSpec(
     ],
 )
 TASKS = 5
+_status: Decoder[StatusReply | ErrorReply] = Decoder(StatusReply | ErrorReply)
 RUNS_PER_KILL = 4
 KILLS = 4
 
@@ -84,6 +89,25 @@ async def _until(check: object, what: str, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def store_of(nodes: list[Node]) -> EventStore:
+    return nodes[0].store
+
+
+async def _every_open_run_in_status(url: str, store: EventStore, run_ids: list[str]) -> None:
+    """`baton status` asks whichever orchestrator answers first: it lists every run that
+    was open, whoever serves it."""
+    bus = await Bus.connect(url, name="status")
+    try:
+        reply = _status.decode(await bus.request(subjects.API_STATUS, encode(StatusRequest()), 10))
+    finally:
+        await bus.close()
+    assert isinstance(reply, StatusReply), reply
+    listed = {run.run_id for run in reply.runs}
+    for run_id in run_ids:
+        if run_id not in listed:
+            assert await journal.has_ended(store, journal.run_stream(run_id)), run_id
+
+
 def test_three_orchestrators_share_the_runs_and_take_over_each_others(tmp_path: Path) -> None:
     ran: Counter[tuple[str, str]] = Counter()
 
@@ -121,6 +145,8 @@ def test_three_orchestrators_share_the_runs_and_take_over_each_others(tmp_path: 
                 for n in range(RUNS_PER_KILL):  # on whichever orchestrators own them now
                     request = f"shared-{kill}-{n}"
                     run_ids.append((await submit(url, WORKFLOW, request_id=request)).run_id)
+                if kill == 0:
+                    await _every_open_run_in_status(url, store_of(nodes), run_ids)
                 await asyncio.sleep(rng.uniform(0.1, 0.6))  # a random moment of the runs
                 victim = max(nodes, key=lambda n: (n.open_runs(), len(n.owned())))
                 busy += victim.open_runs() > 0

@@ -13,6 +13,7 @@ the requests; `Orchestrator.start` builds both when several orchestrators share 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from eventstore import EventStore, EventStoreError
 from orchestrator.core import partitions
 from orchestrator.core.commands import Resume
 from orchestrator.core.effects import pending_effects
+from orchestrator.core.errors import UnknownRun
 from orchestrator.core.state import RunState
 from orchestrator.service import journal
 from orchestrator.service.background import Spawn
@@ -127,6 +129,16 @@ class Partitioned:
             return True  # not known either way: kept (redelivered), not refused
         self.sharing.look_soon()
         return run_id not in self._pipeline.runs
+
+    async def others(self) -> list[RunState]:
+        """The unfinished runs this one does not serve, as the log has them now."""
+        found = []
+        for stream in await self._store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
+            run_id = journal.run_id_of(stream)
+            if run_id not in self._pipeline.runs:
+                with contextlib.suppress(UnknownRun):  # gone meanwhile (not in v1)
+                    found.append(await journal.load_run(self._store, run_id))
+        return found
 
     def _lost(self, lost: set[int]) -> None:
         assert self.sharing is not None

@@ -216,7 +216,10 @@ class Orchestrator:
             await serve("bids", subjects.BIDS_ALL, self._requests.on_bid),
             await serve("tool-approval", subjects.TOOL_APPROVALS_ALL, self._prompts.on_request),
         ]
-        self._subscriptions += await live_api.serve(self._bus, self, self._wall, self.discovery)
+        others = self.partitioned.others if self._shared else None
+        self._subscriptions += await live_api.serve(
+            self._bus, self, self._wall, self.discovery, others
+        )
         await self.discovery.start(self._bus)
         spawn, run, watch = self._background.spawn, self.loops.run, self._health.watch
         if self._shared:  # the runs of the partitions it claims, as it claims them
