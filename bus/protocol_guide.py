@@ -301,10 +301,12 @@ machines) share the runs; nothing changes for an agent, and this is what it sees
   `m.<orchestrator id>` for each one present), renewed by compare-and-set every 0.5 s
   and taken over by another once it went 3.0 s unrenewed. Only orchestrators use the
   bucket.
-- Every orchestrator hears `baton.report.*`, `baton.bids.*` and `baton.api.run.*`; only
-  the owner of the run's partition answers (a start request that names no run is
-  answered by the owner of the run id derived from its `request_id`, or else from its
-  reply subject). No answer in time (an owner just died) is what it always was: send the
+- Every orchestrator hears `baton.report.*`, `baton.bids.*`, `baton.tool.approval.*`,
+  `baton.memory.*.search` and `baton.api.run.*`; only the owner of the run's partition
+  answers or acts (a start request that names no run is answered by the owner of the run
+  id derived from its `request_id`, or else from its reply subject). `baton.api.status`
+  is answered by each with every unfinished run, its own and the others' (from the log);
+  `baton.api.health` and `baton.api.agents` by each for itself. No answer in time (an owner just died) is what it always was: send the
   report to the durable inbox. The inbox's one consumer is shared: an orchestrator hands
   a message of another's run back (`nak`, redelivered within a second), and its owner
   takes it.
