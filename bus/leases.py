@@ -64,18 +64,20 @@ class LeaseBucket:
         the watcher raises, and the next call starts a new one from the bucket's state)."""
         try:
             self._watcher = await self._kv.watchall()
+            entries: dict[str, tuple[str, int]] = {}  # the bucket as it is: swapped in whole
             while True:
                 try:
                     entry = await self._watcher.updates(timeout=5.0)
                 except (nats.errors.TimeoutError, TimeoutError):
                     continue
                 if entry is None:  # the initial values are all delivered
+                    self.entries = entries  # (keys deleted while no watcher ran are gone)
                     self.ready.set()
                     continue
                 if entry.operation in ("DEL", "PURGE") or entry.value is None:
-                    self.entries.pop(entry.key, None)
+                    entries.pop(entry.key, None)
                 else:
-                    self.entries[entry.key] = (entry.value.decode(), entry.revision)
+                    entries[entry.key] = (entry.value.decode(), entry.revision)
         except nats.errors.Error as exc:
             raise BusError(f"watching {LEASES_BUCKET} failed: {exc}") from exc
         finally:
