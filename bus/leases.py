@@ -116,15 +116,14 @@ class LeaseBucket:
     async def release(self, key: str, expected: int) -> None:
         """Delete `key` if it is still at revision `expected` (else someone else holds it
         now, which is as good)."""
-        with contextlib.suppress(LeaseLost):
-            try:
-                await self._kv.delete(key, last=expected)
-            except nats.js.errors.KeyWrongLastSequenceError as exc:
-                raise LeaseLost(key) from exc
-            except nats.js.errors.APIError as exc:
-                if exc.err_code == 10071:
-                    raise LeaseLost(key) from exc
-                raise BusError(f"cannot delete {key} in {LEASES_BUCKET}: {exc}") from exc
-            except (nats.errors.Error, TimeoutError) as exc:
-                raise BusError(f"cannot delete {key} in {LEASES_BUCKET}: {exc}") from exc
+        try:
+            await self._kv.delete(key, last=expected)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return
+        except nats.js.errors.APIError as exc:
+            if exc.err_code == 10071:  # wrong last sequence
+                return
+            raise BusError(f"cannot delete {key} in {LEASES_BUCKET}: {exc}") from exc
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise BusError(f"cannot delete {key} in {LEASES_BUCKET}: {exc}") from exc
         self.entries.pop(key, None)

@@ -15,12 +15,15 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import pytest
+
 from agents.runtime import AgentRuntime
 from agents.sdk import TaskContext
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.config import Config
 from bus.connection import Bus
+from bus.leases import LeaseLost
 from bus.protocol import ErrorReply
 from bus.server import EmbeddedNats
 from eventstore import EventStore
@@ -212,3 +215,38 @@ def test_three_orchestrators_share_the_runs_and_take_over_each_others(tmp_path: 
     shown = [round(t, 2) for t in takeovers]
     print(f"takeovers {shown}: median {ordered[len(ordered) // 2]:.2f}s, worst {ordered[-1]:.2f}s")
     assert ordered[-1] < partitions.LEASE_TTL_S + 4.0, takeovers
+
+
+def test_the_lease_bucket_writes_only_at_the_revision_expected(tmp_path: Path) -> None:
+    """Compare-and-set on a real server: a claim of a held key, a renewal at a stale
+    revision and a release of another's holding all change nothing; a key let go can be
+    claimed again; the watcher's copy follows every write."""
+
+    async def scenario() -> None:
+        server = EmbeddedNats(tmp_path / "nats")
+        url = await server.start()
+        a, b = await Bus.connect(url, name="a"), await Bus.connect(url, name="b")
+        try:
+            mine, theirs = await a.lease_bucket(), await b.lease_bucket()
+            watching = asyncio.create_task(theirs.watch())
+            async with asyncio.timeout(5):
+                await theirs.ready.wait()
+            first = await mine.write("p.1", "a", None)
+            with pytest.raises(LeaseLost):
+                await theirs.write("p.1", "b", None)  # held: a claim of it fails
+            renewed = await mine.write("p.1", "a", first)
+            with pytest.raises(LeaseLost):
+                await theirs.write("p.1", "b", first)  # a stale revision
+            await theirs.release("p.1", first)  # not theirs to let go: nothing happens
+            await _until(lambda: theirs.entries.get("p.1") == ("a", renewed), "the watcher")
+            await mine.release("p.1", renewed)
+            await _until(lambda: "p.1" not in theirs.entries, "the watcher sees it go")
+            claimed = await theirs.write("p.1", "b", None)
+            assert claimed > renewed, "revisions of a key only grow"
+            watching.cancel()
+        finally:
+            await a.close()
+            await b.close()
+            server.stop()
+
+    asyncio.run(scenario())
