@@ -1,5 +1,6 @@
-"""The only module that touches nats-py: a connection with exactly the operations Baton
-needs, trace context in headers, and driver errors turned into `BusError`s.
+"""The only module that touches nats-py (with `bus.leases`, its key-value part): a
+connection with exactly the operations Baton needs, trace context in headers, and driver
+errors turned into `BusError`s.
 
 Subscription handlers run each message in its own asyncio task, because nats-py runs one
 subscription's callbacks one at a time and an agent must not serialise its work (unless
@@ -33,6 +34,7 @@ from nats.js.api import (
 from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
 from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
+from bus.leases import LeaseBucket
 from bus.nats_options import (
     NOT_CLUSTERED,
     STREAM_WAIT_S,
@@ -385,6 +387,10 @@ class Bus:
             if exc.err_code == NOT_CLUSTERED:
                 raise
             await self._js.update_stream(config)  # it is there, made otherwise
+
+    async def lease_bucket(self, replicas: int = 1) -> LeaseBucket:
+        """The lease bucket of orchestrators sharing the runs (see `bus.leases`)."""
+        return await LeaseBucket.open(self._js, replicas)
 
     async def purge_inbox(self, run_id: str) -> None:
         """Drop whatever the durable inbox holds for one run (a run no orchestrator will

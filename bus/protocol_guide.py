@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES
+from bus.leases import LEASES_BUCKET
 from bus.protocol import PROTOCOL_VERSION, REPORT_CODES
 
 
@@ -258,10 +259,13 @@ says why, for people. The codes:
 
 Other names can appear because they share a base class with the above, though no
 request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`,
-`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`
+`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`,
+`LeaseLost`
 (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
-`LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`
+`LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`,
+`AlreadyServed` (a second `baton serve` on a SQLite log), `RunElsewhere` (an in-process start of a run whose partition another orchestrator
+serves; on the bus that one answers instead)
 (orchestrator errors); `EventStoreError`, `DuplicateEventError`, `InvalidEventError`,
 `AnchorError`, `CheckpointConflictError` (event store errors). `baton.api.status` and
 `baton.api.agents` answer any unexpected failure with the exception's class name (a bug,
@@ -292,7 +296,35 @@ The orchestrator itself listens on `{subjects.HEARTBEAT_ALL}`, `{subjects.REPORT
 tool services on `{subjects.TOOL_CALL_ALL}`.
 """
 
+SHARING = f"""
+## Several orchestrators on one bus
+
+With the event log on JetStream, several orchestrators (`baton serve` on several
+machines) share the runs; nothing changes for an agent, and this is what it sees:
+
+- The runs are split by the first 8 bytes of the SHA-256 of the run id (big-endian,
+  modulo 16) into 16 partitions; one orchestrator owns each partition at a time, through
+  a lease in the JetStream key-value bucket `{LEASES_BUCKET}` (keys `p.<partition>`, and
+  `m.<orchestrator id>` for each one present), renewed by compare-and-set every 0.5 s
+  and taken over by another once it went 3.0 s unrenewed. Only orchestrators use the
+  bucket.
+- Every orchestrator hears `baton.report.*`, `baton.bids.*`, `baton.tool.approval.*`,
+  `baton.memory.*.search` and `baton.api.run.*`; only the owner of the run's partition
+  answers or acts (a start request that names no run is answered by the owner of the run
+  id derived from its `request_id`, or else from its reply subject). `baton.api.status`
+  is answered by each with every unfinished run, its own and the others' (from the log);
+  `baton.api.health` and `baton.api.agents` by each for itself. No answer in time (an owner just died) is what it always was: send the
+  report to the durable inbox. The inbox's one consumer is shared: an orchestrator hands
+  a message of another's run back (`nak`, redelivered within a second), and its owner
+  takes it.
+- A run taken over records `run.taken_over` (`owner`, `partition`, `lease`), published as
+  progress like any event; its new owner re-sends the assignments still running, which
+  an agent deduplicates by `(task_id, attempt)` as always. Reports for an attempt go to
+  `baton.report.<run_id>.<agent_id>` whoever owns the run: the lease token and attempt
+  still fence them.
+"""
+
 
 def render() -> str:
     """The prose sections after the subjects and logins (`VERSION` goes first)."""
-    return "".join([TIMINGS, JOINING, ASSIGNMENTS, CONTROL, REPORTS, ERRORS, API])
+    return "".join([TIMINGS, JOINING, ASSIGNMENTS, CONTROL, REPORTS, SHARING, ERRORS, API])

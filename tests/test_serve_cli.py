@@ -1,5 +1,6 @@
 """`baton serve` and `baton submit` as the README shows them: a serving orchestrator
-takes a workflow file and records the run; a submit with nobody serving is a clear error."""
+takes a workflow file and records the run; a submit with nobody serving is a clear error,
+and so is a second `baton serve` on the same SQLite log."""
 
 from __future__ import annotations
 
@@ -48,6 +49,14 @@ def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> Non
                 assert first["type"] == "run.started"
                 assert first["data"]["input"]["topic"] == "x", "the input given to submit"
                 assert first["data"]["workflow"]["name"] == "research-brief"
+
+                second = subprocess.run(
+                    baton("serve", "--nats", url, "--state-dir", str(state)),
+                    capture_output=True, text=True, cwd=REPO, timeout=60,
+                )  # fmt: skip
+                assert second.returncode == 2, "a SQLite log takes one orchestrator"
+                assert "another baton serve already serves the event store" in second.stderr
+                assert 'store = "jetstream"' in second.stderr, "and says what takes several"
             finally:
                 serving.terminate()
                 assert serving.wait(15) == 0, "SIGTERM stops the service cleanly"

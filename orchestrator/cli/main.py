@@ -97,7 +97,14 @@ def _parser() -> argparse.ArgumentParser:
             "file's `contracts`, else $BATON_CONTRACTS)",
         )
 
-    serve = sub.add_parser("serve", help="run the orchestrator alone as a service")
+    serve = sub.add_parser(
+        "serve",
+        help="run the orchestrator alone as a service",
+        description="Run the orchestrator alone as a service. On a SQLite log one may serve "
+        'it; on a JetStream log (store = "jetstream") several, on several machines, '
+        "share the runs by partition and take over each other's when one dies "
+        "(docs/deploy.md).",
+    )
     serve.add_argument("--nats", default=None,
                        help=SERVE_NATS_HELP)  # fmt: skip
     console_cli.add_serve_flags(serve)

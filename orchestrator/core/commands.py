@@ -50,7 +50,13 @@ class DeliveryFailed(msgspec.Struct, frozen=True):
 
 class Resume(msgspec.Struct, frozen=True):
     """An orchestrator took the run over after a start: if its times were recorded on
-    another boot of the host (or another host), they are moved onto this boot's clock."""
+    another boot of the host (or another host), they are moved onto this boot's clock.
+    With an `owner` (orchestrators sharing the runs by partition), the run is taken over
+    by it under its lease of the run's partition (`RunTakenOver`), unless it owns it."""
+
+    owner: str = ""
+    partition: int = 0
+    lease: int = 0
 
 
 class Tick(msgspec.Struct, frozen=True):

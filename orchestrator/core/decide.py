@@ -34,6 +34,7 @@ from orchestrator.core.events import (
     RunEvent,
     RunFailed,
     RunStarted,
+    RunTakenOver,
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
@@ -420,15 +421,18 @@ def decide_into(folding: Folding, command: Command, ctx: Context) -> list[RunEve
                 return []
             events = _expire_leases(state, ctx) if command.check_leases else []
         case Resume():
-            if (
-                state.status != "running"
-                or not (state.boot and ctx.boot)
-                or (state.boot == ctx.boot)
-            ):
-                return []  # the same clock (or one that cannot be told apart)
-            rebased = _rebased(state, ctx, host_now)
-            ctx = dataclasses.replace(ctx, now=host_now - rebased.clock_shift)
-            events = [rebased]
+            if state.status != "running":
+                return []
+            events = []
+            if command.owner and command.owner != state.owner:
+                owner, partition, lease = command.owner, command.partition, command.lease
+                events.append(RunTakenOver(owner, partition, lease, ctx.wall))
+            if state.boot and ctx.boot and state.boot != ctx.boot:
+                rebased = _rebased(state, ctx, host_now)
+                ctx = dataclasses.replace(ctx, now=host_now - rebased.clock_shift)
+                events.append(rebased)
+            if not events:
+                return []  # its owner already, on the same clock (or one not told apart)
         case HumanDecision():
             events = human_decision(state, command, ctx)
         case CancelRun():

@@ -30,6 +30,7 @@ from orchestrator.core.events import (
     RunEvent,
     RunFailed,
     RunStopped,
+    RunTakenOver,
     TaskAssigned,
     TaskAttemptFailed,
     TaskCancelled,
@@ -198,6 +199,9 @@ def pattern_progress(state: RunState, event: RunEvent) -> Progress:
             return Progress(
                 run_id, kind, event.task_id, detail=f"{event.decision} by {event.actor}"
             )
+        case RunTakenOver():
+            detail = f"taken over by {event.owner} (partition {event.partition})"
+            return Progress(run_id, kind, detail=detail)
         case ClockRebased():
             detail = f"taken over on boot {event.boot}: run clock {event.clock_shift:+.3f}s off"
             return Progress(run_id, kind, detail=detail)

@@ -41,6 +41,17 @@ class ClockRebased(_Event, frozen=True, tag="run.clock_rebased"):
     at: float
 
 
+class RunTakenOver(_Event, frozen=True, tag="run.taken_over"):
+    """Another orchestrator decides for the run from now on: it holds the lease of the
+    run's partition (`lease`: the lease's revision). Appended with the expected version,
+    so the previous owner's next append fails, and it steps down from the run."""
+
+    owner: str
+    partition: int
+    lease: int
+    at: float
+
+
 class RunForked(_Event, frozen=True, tag="run.forked"):
     """This run began as a copy of another run's history up to a global position."""
 
@@ -294,6 +305,7 @@ class PlanRejected(_Event, frozen=True, tag="plan.rejected"):
 RunEvent = (
     RunStarted
     | ClockRebased
+    | RunTakenOver
     | RunForked
     | TaskAssigned
     | TaskSucceeded

@@ -1,5 +1,6 @@
 """The evolve rules of a run's lifecycle: it starts (its graph compiled from the workflow),
-is moved onto another boot's clock or forked, counts the results it rejected, and ends.
+is moved onto another boot's clock, taken over by another orchestrator or forked, counts
+the results it rejected, and ends.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from orchestrator.core.events import (
     RunForked,
     RunStarted,
     RunStopped,
+    RunTakenOver,
 )
 from orchestrator.core.run_state import TaskState
 from orchestrator.core.workflow import compile_graph
@@ -48,6 +50,10 @@ def clock_rebased(d: Draft, e: ClockRebased) -> None:
     d.changes.update(boot=e.boot, clock_shift=e.clock_shift)
 
 
+def taken_over(d: Draft, e: RunTakenOver) -> None:
+    d.changes.update(owner=e.owner, owner_lease=e.lease)
+
+
 def forked(d: Draft, e: RunForked) -> None:
     d.changes["forked_from"] = f"{e.origin_run_id}@{e.origin_position}"
 
@@ -74,6 +80,7 @@ RULES: dict[type, Rule] = dict(
     [
         rule(RunStarted, started),
         rule(ClockRebased, clock_rebased),
+        rule(RunTakenOver, taken_over),
         rule(RunForked, forked),
         rule(ResultRejected, result_rejected),
         rule(LimitReached, recorded_only),  # what the limit ends follows

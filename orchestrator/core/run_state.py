@@ -99,6 +99,10 @@ class RunState(msgspec.Struct, frozen=True):
     """The host boot whose monotonic clock the run's clock is read from ('' if unknown)."""
     clock_shift: float = 0.0
     """The run's clock is that boot's monotonic clock minus this (see `ClockRebased`)."""
+    owner: str = ""
+    """The orchestrator that took the run over last ('' if none did: its starter decides)."""
+    owner_lease: int = 0
+    """The revision of the partition lease it took the run over under."""
 
     @property
     def steps(self) -> int:

@@ -144,8 +144,9 @@ async def bootstrap(
     config: Config = DEFAULT_CONFIG,
 ) -> Stack:
     """Open the store `config` names, start the embedded NATS unless `nats_url` is given,
-    start serving (the inbox with `config.replicas`). Telemetry comes from the `OTEL_*` /
-    `BATON_*` environment unless one is given."""
+    start serving (the inbox with `config.replicas`); with the log on JetStream, share
+    the runs by partition with every other orchestrator serving that log. Telemetry
+    comes from the `OTEL_*` / `BATON_*` environment unless one is given."""
     owned = telemetry is None
     telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
     if not config.jetstream:
@@ -174,6 +175,7 @@ async def bootstrap(
             contracts=contracts,
             checkpoints=checkpoints,
             replicas=config.replicas,
+            shared=config.jetstream,  # a log on the bus: other orchestrators may share it
         )
         await orchestrator.start()
         await checkpoints.start()

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import Counter
 from collections.abc import Sequence
@@ -228,6 +229,21 @@ async def has_ended(store: EventStore, stream: str) -> bool:
     """Whether a run stream's last event ends the run (read without replaying it)."""
     last = await store.read_stream(stream, from_version=await store.stream_version(stream))
     return bool(last) and last[-1].type in ENDINGS
+
+
+async def until_ended(
+    store: EventStore, run_id: str, served: dict[str, RunState], every_s: float = 0.1
+) -> RunState:
+    """A run's final state, however many orchestrators decided for it on the way (for
+    those sharing the runs): as served here once it ends, else as the log says, looked
+    at every `every_s` (bound it with a timeout)."""
+    while True:
+        state = served.get(run_id)
+        if state is not None and state.terminal:
+            return state
+        if await has_ended(store, run_stream(run_id)):
+            return await load_run(store, run_id)
+        await asyncio.sleep(every_s)
 
 
 def running_agents(state: RunState) -> Counter[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Protocol, get_args
 
 from bus import discovery, subjects
@@ -15,6 +15,7 @@ from bus.codec import Decoder, encode
 from bus.connection import Bus, Handler, Incoming, Subscription
 from bus.errors import BusError
 from bus.protocol import ErrorReply, Heartbeat
+from eventstore import EventStoreError
 from orchestrator.core.run_state import TaskStatus
 from orchestrator.core.state import RunState
 from orchestrator.service.api import (
@@ -72,8 +73,13 @@ def progress(state: RunState, now: float) -> RunProgress:
     )
 
 
-def status_reply(view: LiveView, request: StatusRequest, now: float) -> StatusReply:
-    runs = [s for s in view.runs() if request.all or not s.terminal]
+def status_reply(
+    view: LiveView, request: StatusRequest, now: float, others: Sequence[RunState] = ()
+) -> StatusReply:
+    served = view.runs()
+    mine = {s.run_id for s in served}
+    known = [*served, *(s for s in others if s.run_id not in mine)]
+    runs = [s for s in known if request.all or not s.terminal]
     return StatusReply(
         sorted((progress(s, now) for s in runs), key=lambda p: p.started_at), view.health()
     )
@@ -110,9 +116,12 @@ async def serve(
     view: LiveView,
     wall: Callable[[], float] = time.time,
     service: discovery.Service | None = None,
+    others: Callable[[], Awaitable[list[RunState]]] | None = None,
 ) -> list[Subscription]:
     """Answer status and agents requests until the subscriptions are dropped; with a
-    discovery `service`, as its endpoints (counted)."""
+    discovery `service`, as its endpoints (counted). `others`: when orchestrators share
+    the runs, the unfinished runs the others serve (read from the log), so that whichever
+    answers a status request answers with every run."""
 
     def counted(name: str, subject: str, handler: Handler) -> Handler:
         return service.endpoint(name, subject, handler) if service is not None else handler
@@ -130,7 +139,15 @@ async def serve(
         await msg.reply(encode(reply))
 
     async def on_status(msg: Incoming) -> None:
-        await answer(msg, lambda: status_reply(view, _status.decode(msg.data), wall()))
+        if others is None:
+            await answer(msg, lambda: status_reply(view, _status.decode(msg.data), wall()))
+            return
+        try:
+            more = await others()
+        except EventStoreError as exc:
+            await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        await answer(msg, lambda: status_reply(view, _status.decode(msg.data), wall(), more))
 
     async def on_health(msg: Incoming) -> None:
         try:

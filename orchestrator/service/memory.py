@@ -207,6 +207,8 @@ class MemoryService:
         self._lock = asyncio.Lock()
         self._version = 0
         self._subscription: Subscription | None = None
+        self.elsewhere: Callable[[str], bool] | None = None
+        """Sharing the runs: whether a run is another orchestrator's (it answers)."""
         self._pending: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -415,8 +417,13 @@ class MemoryService:
         try:
             searcher = subjects.memory_searcher(msg.subject)
             request = _search.decode(msg.data)
+            if self.elsewhere is not None:  # sharing the runs: the run's owner answers,
+                if self.elsewhere(request.run_id):  # having read what the others wrote
+                    return
+                async with self._lock:
+                    await self._catch_up()
             answer: MemoryHits | ErrorReply = await self.search(request, searcher)
-        except (BusError, EmbeddingError) as exc:
+        except (BusError, EmbeddingError, EventStoreError) as exc:
             answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
 

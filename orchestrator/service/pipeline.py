@@ -148,6 +148,9 @@ class Pipeline:
         """Per run, decisions made and not yet committed: a run is forgotten only at 0."""
         self.on_forget: list[Callable[[str], None]] = []
         """Called with the id of each finished run forgotten, to drop what others keep."""
+        self.after_reload: Callable[[RunState], Awaitable[None]] | None = None
+        """Orchestrators sharing the runs: told of a run reloaded after a failed append,
+        to serve it on, take it over again, or step down from it (see `Sharing`)."""
 
     def run(self, run_id: str) -> RunState:
         """A run this orchestrator is serving, or one of the newest it finished."""
@@ -284,7 +287,10 @@ class Pipeline:
         self._health.storage.ok()
         self._health.progressed(d.run_id)
         self._obs.appended("run", time.perf_counter() - d.appending_since)
-        if d.state.version > self.runs[d.run_id].version:
+        served = self.runs.get(d.run_id)
+        if served is None:
+            return True  # stepped down meanwhile: its new owner acts on what is durable
+        if d.state.version > served.version:
             self.runs[d.run_id] = d.state
         self._obs.recorded(d.before, d.state, d.events, d.span_ids)
         self._act(d.state, effects(d.state, d.events))
@@ -302,12 +308,26 @@ class Pipeline:
         async with self._locks.setdefault(run_id, asyncio.Lock()):
             await self.settled(run_id)
             self._ahead.pop(run_id, None)
+            if run_id not in self.runs:
+                return  # stepped down from it meanwhile
             with contextlib.suppress(EventStoreError):
                 if await self._store.stream_version(journal.run_stream(run_id)):
                     self.runs[run_id] = await journal.load_run(self._store, run_id)
                 else:
                     self.runs[run_id] = RunState(run_id)
             self._registry.set_inflight(run_id, journal.running_agents(self.runs[run_id]))
+        if self.after_reload is not None and run_id in self.runs:
+            await self.after_reload(self.runs[run_id])
+
+    def drop(self, run_id: str) -> None:
+        """Stop serving a run another orchestrator decides for now: it leaves memory with
+        all kept for it (appends in flight still land, or fail and are not retried)."""
+        if self.runs.pop(run_id, None) is None:
+            return
+        self._ahead.pop(run_id, None)
+        self._registry.set_inflight(run_id, {})
+        for forget in self.on_forget:
+            forget(run_id)
 
     async def _snapshot(self, state: RunState, position: int) -> None:
         try:

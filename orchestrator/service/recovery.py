@@ -4,26 +4,73 @@ boot's clock when it was recorded on another), and performs the effects still ow
 
 Only unfinished runs are read: the store names them (`open_streams`) without reading the
 finished ones, so startup does not grow with the finished history; a finished run is
-read from the log when someone asks for it."""
+read from the log when someone asks for it.
+
+Orchestrators that share the runs take over the open runs of each partition they claim
+the same way (`take_over`): each run is resumed with `RunTakenOver` unless the core's
+verdict says this one is stale, appended with the expected version."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from eventstore import EventStore
+from orchestrator.core import partitions
 from orchestrator.core.commands import Resume
 from orchestrator.core.effects import pending_effects
+from orchestrator.core.state import RunState
 from orchestrator.service import journal
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.pipeline import Act, Pipeline
 from orchestrator.service.registry import Registry
 
 
-async def recover(store: EventStore, pipeline: Pipeline, registry: Registry, act: Act) -> None:
-    """Serve again every run the log holds that has not ended."""
+async def recover(
+    store: EventStore,
+    pipeline: Pipeline,
+    registry: Registry,
+    act: Act,
+    resume: Callable[[str, RunState], Resume | None] = lambda run_id, state: Resume(),
+) -> list[str]:
+    """Serve again every run the log holds that has not ended (and that `resume` gives
+    a command for: None skips the run); the ids of the runs served."""
+    served: list[str] = []
     for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
         run_id = journal.run_id_of(stream)
+        if run_id in pipeline.runs:
+            continue  # started (or taken over) meanwhile: served already
         state = await journal.load_run(store, run_id)
+        command = resume(run_id, state)
+        if command is None or run_id in pipeline.runs:
+            continue
         pipeline.runs[run_id] = state
         registry.set_inflight(run_id, journal.running_agents(state))
         # on another boot its times are moved onto this clock first (ClockRebased)
-        await pipeline.execute(run_id, [(Resume(), Cause(f"resume:{run_id}", ORCHESTRATOR))])
-        act(pipeline.runs[run_id], pending_effects(pipeline.runs[run_id]))
+        lease = f":{command.lease}" if command.lease else ""
+        cause = Cause(f"resume:{run_id}{lease}", ORCHESTRATOR)
+        await pipeline.execute(run_id, [(command, cause)])
+        if run_id in pipeline.runs:
+            act(pipeline.runs[run_id], pending_effects(pipeline.runs[run_id]))
+            served.append(run_id)
+    return served
+
+
+def take_over(
+    me: str, leases: dict[int, int], count: int, holds: Callable[[int, int], bool]
+) -> Callable[[str, RunState], Resume | None]:
+    """For `recover`: the runs of the partitions `me` claimed (partition → lease revision,
+    of `count` partitions) and `holds` still, each resumed as the core's verdict says."""
+
+    def resume(run_id: str, state: RunState) -> Resume | None:
+        partition = partitions.partition_of(run_id, count)
+        lease = leases.get(partition)
+        if lease is None or not holds(partition, lease):
+            return None
+        match partitions.verdict(state.owner, state.owner_lease, me, lease):
+            case "serve":
+                return Resume()
+            case "take over":
+                return Resume(me, partition, lease)
+        return None
+
+    return resume

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Literal, NamedTuple
 
 from bus import subjects, tracecontext
@@ -52,6 +52,9 @@ _inbox_decoder: Decoder[InboxMessage] = Decoder(InboxMessage)
 
 _RETRY_S = 0.5
 """A durable report whose events could not be stored comes back after this long."""
+PASS_S = 0.2
+"""A durable message for a run another orchestrator serves is handed back for this long
+(orchestrators sharing the runs share one inbox consumer: its owner takes it)."""
 MAX_DELIVERIES = 5
 """A durable message whose handling failed this many times is dead-lettered."""
 RECORDED_LIMIT = 50_000
@@ -149,6 +152,11 @@ class Reports:
         self.recorded = Recorded(RECORDED_LIMIT)
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
+        self.elsewhere: Callable[[str], bool] | None = None
+        self.unserved: Callable[[str], Awaitable[bool]] | None = None
+        """Sharing the runs: whether a run of this one's partitions, not in memory, is open
+        in the log (a stale holder started it after the claim: taken over soon)."""
+        """Whether a run is another orchestrator's to decide for (sharing the runs)."""
 
     async def serve(self, intake: Intake) -> None:
         """Handle the intake's batches, one after another, forever."""
@@ -163,6 +171,8 @@ class Reports:
         taken: set[str] = set()
         for delivery in batch:
             msg, durable = delivery
+            if await self._passed_on(delivery):
+                continue
             try:
                 run_id, sender, decoded = self._read(msg, durable)
             except BusError as exc:
@@ -182,6 +192,26 @@ class Reports:
             if not await self._decide(run_id, members) and len(members) > 1:
                 for member in members:  # one of them fails the decision: find which
                     await self._decide(run_id, [member])
+
+    async def _passed_on(self, delivery: Delivery) -> bool:
+        """Whether the message is for a run another orchestrator serves: then a fast copy
+        is left to it (it answers), a durable one handed back for it to take."""
+        if self.elsewhere is None:  # one orchestrator: every run is its own
+            return False
+        msg, durable = delivery
+        try:
+            run_id, _ = (subjects.inbox_sender if durable else subjects.report_sender)(msg.subject)
+        except BusError:
+            return False  # refused below, by each of them
+        if self.elsewhere(run_id):
+            if durable:
+                await _settle(msg.nak(PASS_S), msg.subject)
+            return True
+        if run_id in self._runs or self.unserved is None or not await self.unserved(run_id):
+            return False
+        if durable:  # kept for when its run is served here
+            await _settle(msg.nak(_RETRY_S), msg.subject)
+        return True
 
     def _read(self, msg: Incoming, durable: bool) -> tuple[str, str, InboxMessage]:
         """(run, sender, message) of a delivery, or the `BusError` it is refused for."""

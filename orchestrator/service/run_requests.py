@@ -43,6 +43,7 @@ from orchestrator.service.api import (
 )
 from orchestrator.service.journal import Cause
 from orchestrator.service.pipeline import Pipeline
+from orchestrator.service.sharing import READY_WAIT_S, RunElsewhere, Sharing
 from orchestrator.service.system_journal import SystemJournal
 
 _start_decoder: Decoder[StartRunRequest] = Decoder(StartRunRequest)
@@ -75,6 +76,10 @@ class RunRequests:
         self._new_run_id = new_run_id
         self._starting: dict[str, asyncio.Future[None]] = {}
         """Run ids a request with a request id is starting now (its retries wait)."""
+        self.sharing: Sharing | None = None
+        """Set when several orchestrators share the runs: each request is answered by the
+        orchestrator that serves the run it names (or, for one that names none yet, that
+        its reply subject falls to); the others leave it."""
 
     async def start_run(
         self,
@@ -108,6 +113,8 @@ class RunRequests:
         if request_id and not run_id:
             run_id = request_run_id(requested_by, request_id)
         chosen = bool(run_id)
+        if self.sharing is not None:
+            run_id = await self._here(run_id)
         run_id = subjects.token(run_id or self._new_run_id())
         merged = {**workflow.input, **(input or {})}
         if not request_id:
@@ -124,6 +131,33 @@ class RunRequests:
         finally:
             del self._starting[run_id]
             claim.set_result(None)
+
+    async def _here(self, run_id: str) -> str:
+        """Sharing the runs: `run_id` if this orchestrator serves its partition (else
+        `RunElsewhere`), or, for none, a new id of a partition it serves."""
+        assert self.sharing is not None
+        if run_id:
+            if not self.sharing.serves(run_id):
+                partition = self.sharing.partition(run_id)
+                raise RunElsewhere(
+                    f"run {run_id} is in partition {partition}, which another orchestrator "
+                    "serves: submit it on the bus (baton submit), where that one takes it"
+                )
+            return run_id
+        try:
+            async with asyncio.timeout(READY_WAIT_S):
+                await self.sharing.serving.wait()
+        except TimeoutError:
+            raise RunElsewhere(f"no partition served here within {READY_WAIT_S:g}s") from None
+        for _ in range(100 * self.sharing.partitions):  # about 1 in partitions/share fits
+            if self.sharing.serves(run_id := self._new_run_id()):
+                return run_id
+        raise RunElsewhere("no partition served here now (its leases could not be renewed)")
+
+    def _leaves(self, msg: Incoming, run_id: str) -> bool:
+        """Sharing the runs: whether another orchestrator answers this request (the one
+        that serves `run_id`, or if none is known, the one its reply subject falls to)."""
+        return self.sharing is not None and not self.sharing.serves(run_id or msg.reply_to)
 
     async def _earlier(
         self, run_id: str, workflow: WorkflowSpec, input: dict[str, Any], request_id: str
@@ -198,10 +232,21 @@ class RunRequests:
         try:
             requester = subjects.run_starter(msg.subject)  # the sender, as the server knows
             request = _start_decoder.decode(msg.data)
+        except BusError as exc:
+            if not self._leaves(msg, ""):
+                await self._system.reject(msg.subject, str(exc), len(msg.data))
+                await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        run_id = request.run_id
+        if self.sharing is not None and not run_id:  # the same id for each orchestrator
+            run_id = request_run_id(requester, request.request_id or f"reply:{msg.reply_to}")
+        if self._leaves(msg, run_id):
+            return
+        try:
             run_id, earlier = await self.start(
                 request.workflow,
                 request.input,
-                run_id=request.run_id,
+                run_id=run_id,
                 requested_by=requester,
                 request_id=request.request_id,
             )
@@ -209,6 +254,8 @@ class RunRequests:
             await self._system.reject(msg.subject, str(exc), len(msg.data))
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
+        except RunElsewhere:
+            return  # its partition moved meanwhile: its new owner answers the retry
         except RunNotRecorded as exc:  # the store refused: the client may retry
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
@@ -217,7 +264,15 @@ class RunRequests:
     async def on_control(self, msg: Incoming) -> None:
         try:
             actor = subjects.run_controller(msg.subject)  # the sender, as the server knows
-            state = await self.control(_control_decoder.decode(msg.data), actor)
+            request = _control_decoder.decode(msg.data)
+        except BusError as exc:
+            if not self._leaves(msg, ""):
+                await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
+            return
+        if self._leaves(msg, request.run_id):
+            return
+        try:
+            state = await self.control(request, actor)
         except (BusError, OrchestratorError, EventStoreError) as exc:
             await msg.reply(encode(ErrorReply(type(exc).__name__, str(exc))))
             return
@@ -228,6 +283,8 @@ class RunRequests:
         runs = self._pipeline.runs
         try:
             run_id, sender = subjects.bid_sender(msg.subject)
+            if self._leaves(msg, run_id):
+                return
             bid = _bid_decoder.decode(msg.data)
             if bid.run_id != run_id or run_id not in runs:
                 raise MalformedMessage(f"bid for run {bid.run_id} sent on {msg.subject}")

@@ -28,6 +28,7 @@ from typing import Any
 from bus import discovery, subjects
 from bus.connection import Bus, Subscription
 from bus.contracts import Contracts
+from bus.errors import BusError
 from bus.protocol import Heartbeat
 from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
@@ -47,6 +48,7 @@ from orchestrator.service.intake import Intake
 from orchestrator.service.liveness import Liveness
 from orchestrator.service.memory import Embedder, MemoryService
 from orchestrator.service.outbound import Outbound
+from orchestrator.service.partitioned import Partitioned
 from orchestrator.service.pipeline import Pipeline
 from orchestrator.service.recovery import recover
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S, Registry
@@ -92,8 +94,12 @@ class Orchestrator:
         stuck_after_s: float = STUCK_AFTER_S,
         checkpoints: Checkpointer | None = None,
         replicas: int = 1,
+        shared: bool = False,
     ) -> None:
         self._bus = bus
+        self._shared = shared
+        self.id = secrets.token_hex(8)
+        """This orchestrator among those of one bus (its discovery id, its lease holder name)."""
         self._replicas = replicas
         self._store = store
         self._fetch_batch = fetch_batch
@@ -169,11 +175,15 @@ class Orchestrator:
             send=self._outbound.send,
             connected=lambda: bus.connected,
         )
+        self.partitioned = Partitioned(
+            store, self._pipeline, self._registry, self._outbound.perform, spawn, clock
+        )
+        """With `shared`: this orchestrator's share of the runs of a bus several serve."""
         self._intake: Intake | None = None
         self._subscriptions: list[Subscription] = []
         self.discovery = discovery.Service(
             discovery.ORCHESTRATOR,
-            secrets.token_hex(8),
+            self.id,
             self._described,
             description="Baton orchestrator",
         )
@@ -206,11 +216,28 @@ class Orchestrator:
             await serve("bids", subjects.BIDS_ALL, self._requests.on_bid),
             await serve("tool-approval", subjects.TOOL_APPROVALS_ALL, self._prompts.on_request),
         ]
-        self._subscriptions += await live_api.serve(self._bus, self, self._wall, self.discovery)
+        others = self.partitioned.others if self._shared else None
+        self._subscriptions += await live_api.serve(
+            self._bus, self, self._wall, self.discovery, others
+        )
         await self.discovery.start(self._bus)
-        await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
-        await self.memory.start()
         spawn, run, watch = self._background.spawn, self.loops.run, self._health.watch
+        if self._shared:  # the runs of the partitions it claims, as it claims them
+            sharing = await self.partitioned.start(
+                self._bus,
+                self.id,
+                self._replicas,
+                self._reports,
+                self._requests,
+                self._prompts,
+                self.memory,
+            )
+            watch("lease-watch", spawn(run("lease-watch", sharing.bucket.watch)))
+            await sharing.start()
+            watch("leases", spawn(run("leases", sharing.loop)))
+        else:
+            await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
+        await self.memory.start()
         intake, reports, liveness = self._intake, self._reports, self._liveness
         watch("intake", spawn(run("inbox", intake.fetch_durable)))
         watch("reports", spawn(run("reports", lambda: reports.serve(intake))))
@@ -226,6 +253,9 @@ class Orchestrator:
                 await subscription.unsubscribe()
         self._subscriptions = []
         await self.discovery.stop()
+        if self.partitioned.sharing is not None:  # its runs dropped, the others take them
+            with contextlib.suppress(BusError):  # else the leases expire
+                await self.partitioned.sharing.release_all()
         await self.memory.stop()
         if self._intake is not None:
             await self._intake.close()
@@ -254,11 +284,13 @@ class Orchestrator:
         state = self._runs.get(run_id)
         if state is None:
             state = await journal.load_run(self._store, run_id)
-            if not state.terminal:
+            if not state.terminal and not self._shared:
                 raise UnknownRun(run_id)  # not served here: nobody would end it
         if state.terminal:
             return state
         async with asyncio.timeout(timeout):
+            if self._shared:  # another orchestrator may end it: the log says when
+                return await journal.until_ended(self._store, run_id, self._runs)
             return await self._pipeline.finished.until(run_id)
 
     def health(self) -> list[HealthIssue]:

@@ -1,6 +1,7 @@
 """The `system` stream as the shell writes it: agents joining, lost or refused, messages
 rejected or dead-lettered. One writer per orchestrator, appending one event at a time
-with the expected version, so these events never race each other.
+with the expected version, so its events never race each other (those of another
+orchestrator sharing the log may: an append that finds the stream moved on is made again).
 
 Bad input must not become an amplifier: one event per bad message would let anyone who
 can publish fill the log as fast as they can send. So the audit of bad input (rejected
@@ -17,7 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from eventstore import EventStore, EventStoreError, StorageError
+from eventstore import ConcurrencyError, EventStore, EventStoreError, StorageError
 from orchestrator.core.events import (
     AgentRefused,
     MessageDeadLettered,
@@ -32,6 +33,8 @@ from orchestrator.service.telemetry import OrchestratorTelemetry
 
 log = logging.getLogger("baton.orchestrator")
 
+CONFLICT_TRIES = 3
+"""How often an append to the `system` stream is made again on another orchestrator's."""
 MAX_REASON = 1000
 """Characters of a rejection's reason kept in its record."""
 DEAD_LETTER_BYTES = 64 * 1024
@@ -210,28 +213,48 @@ class SystemJournal:
             await self.record(summary, "unknown")
 
     async def record(self, event: SystemEvent, actor: str) -> bool:
-        """Append `event`; True once it is durable (a failure is logged)."""
+        """Append `event`; True once it is durable (a failure is logged). Another
+        orchestrator sharing the log may have appended meanwhile: then the append is made
+        again on the stream's new version (a few times)."""
         async with self._lock:
-            version = self._version + 1
+            for _ in range(CONFLICT_TRIES - 1):
+                try:
+                    return await self._append(event, actor)
+                except ConcurrencyError:
+                    await self._learn_version()
             try:
-                began_s = time.perf_counter()
-                await self._store.append(
-                    journal.SYSTEM_STREAM,
-                    [journal.system_envelope(version, event, actor)],
-                    self._version,
+                return await self._append(event, actor)
+            except ConcurrencyError:
+                log.warning(
+                    "could not record %s: the system stream kept moving", type(event).__name__
                 )
-                self._obs.appended("system", time.perf_counter() - began_s)
-            except StorageError as exc:
-                self._health.storage_failed(f"recording {type(event).__name__}", exc)
                 await self._learn_version()
                 return False
-            except EventStoreError:
-                log.exception("could not record %s", type(event).__name__)
-                await self._learn_version()
-                return False
-            self._health.storage.ok()
-            self._version = version
-            return True
+
+    async def _append(self, event: SystemEvent, actor: str) -> bool:
+        """One try of `record` (`ConcurrencyError` raised, any other failure logged)."""
+        version = self._version + 1
+        try:
+            began_s = time.perf_counter()
+            await self._store.append(
+                journal.SYSTEM_STREAM,
+                [journal.system_envelope(version, event, actor)],
+                self._version,
+            )
+            self._obs.appended("system", time.perf_counter() - began_s)
+        except ConcurrencyError:
+            raise
+        except StorageError as exc:
+            self._health.storage_failed(f"recording {type(event).__name__}", exc)
+            await self._learn_version()
+            return False
+        except EventStoreError:
+            log.exception("could not record %s", type(event).__name__)
+            await self._learn_version()
+            return False
+        self._health.storage.ok()
+        self._version = version
+        return True
 
     async def _learn_version(self) -> None:
         """After a failed append: the version the next one expects, if the store says."""

@@ -58,6 +58,8 @@ class ToolPrompts:
         self._bus = bus
         self._check = check
         self._refuse = refuse
+        self.elsewhere: Callable[[str], bool] | None = None
+        """Sharing the runs: whether a run is another orchestrator's (it passes it on)."""
 
     async def on_request(self, msg: Incoming) -> None:
         """One agent's approval request (never raises: a bad one is refused)."""
@@ -66,6 +68,8 @@ class ToolPrompts:
             record = _record.decode(msg.data)
         except BusError as exc:
             await self._refuse(msg.subject, str(exc), len(msg.data), "")
+            return
+        if self.elsewhere is not None and self.elsewhere(run_id):
             return
         reason = self._check(sender, run_id, record)
         if reason:
