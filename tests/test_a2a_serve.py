@@ -10,8 +10,11 @@ and cancels another run, which the orchestrator then stops."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shlex
+import signal
+import time
 from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any, cast
@@ -156,6 +159,35 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 stopped = _meta(event)
                 got["stopped"] = await c.until(stopped, lambda s: s.status != "running")
                 await napping.aclose()
+
+                # a client still waiting on a run does not hold up the server's SIGTERM
+                before = {run.run_id for run in c.orchestrator.runs()}
+                blocking = {
+                    "jsonrpc": "2.0",
+                    "id": 2,
+                    "method": "SendMessage",
+                    "params": {
+                        "message": {
+                            "messageId": "m-slow-2",
+                            "role": "ROLE_USER",
+                            "parts": [{"data": {"skill": "slow", "input": {}}}],
+                        }
+                    },
+                }
+                waiting_on = asyncio.create_task(
+                    http.post(url, json=blocking, headers={"A2A-Version": "1.0"}, timeout=60)
+                )  # fmt: skip
+                deadline = time.monotonic() + 30
+                while not any(
+                    r.run_id not in before and r.status == "running" for r in c.orchestrator.runs()
+                ):
+                    assert time.monotonic() < deadline, "the second slow run never started"
+                    await asyncio.sleep(0.02)
+                server.terminate()
+                got["terminated"] = await asyncio.wait_for(server.wait(), 20)
+                waiting_on.cancel()
+                with contextlib.suppress(BaseException):
+                    await waiting_on
                 await client.close()
                 await http.aclose()
                 return got
@@ -166,6 +198,8 @@ def test_the_a2a_sdk_client_runs_and_cancels_baton_workflows(tmp_path: Path) -> 
                 print(err.decode()[-3000:])
 
     got = asyncio.run(scenario())
+    # within the 20 s wait though a client still waited (it hung before), and by the signal
+    assert got["terminated"] in (0, -signal.SIGTERM), got["terminated"]
     assert got["url"].startswith("http://127.0.0.1:")
     assert got["no_token"] == 401
     curl = got["curl"]["result"]["task"]

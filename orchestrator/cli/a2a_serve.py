@@ -474,7 +474,9 @@ async def run_server(
             ]
         )
         app.add_middleware(BaseHTTPMiddleware, dispatch=bearer_only(token))
-        server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+        server = uvicorn.Server(  # a client waiting on a run must not hold up SIGTERM
+            uvicorn.Config(app, log_level="warning", lifespan="off", timeout_graceful_shutdown=2)
+        )
         serving = asyncio.create_task(server.serve(sockets=[sock]))
         while not server.started and not serving.done():
             await asyncio.sleep(0.01)
