@@ -10,9 +10,10 @@ import pytest
 
 pytest.importorskip("starlette", reason="the console needs the ui extra (pip install '.[ui]')")
 
-from orchestrator.cli.console.command import bind, is_loopback
+from orchestrator.cli.console.command import bind
 from orchestrator.cli.console.errors import UnsafeBind
 from orchestrator.cli.console.guard import SESSION_S, Guard
+from orchestrator.cli.listening import is_loopback
 from tests.cluster import baton
 
 

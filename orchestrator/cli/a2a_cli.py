@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import argparse
-import ipaddress
 import os
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from bus import loop
 from bus.errors import BusError
 from eventstore import EventStoreError
 from orchestrator.cli import configured
+from orchestrator.cli.listening import is_loopback
 from orchestrator.cli.reach import reach
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.service.bootstrap import open_store, state_dir, store_exists, store_path
@@ -65,7 +65,7 @@ async def _serve(args: argparse.Namespace) -> int:
         print(f"baton a2a: error: ${args.token_env} is empty: set the bearer token clients "
               "must send", file=sys.stderr)  # fmt: skip
         return 2
-    if not args.allow_remote and not _loopback(args.host):
+    if not args.allow_remote and not is_loopback(args.host):
         print(f"baton a2a: error: --host {args.host} is not a loopback address; pass "
               "--allow-remote to listen there", file=sys.stderr)  # fmt: skip
         return 2
@@ -94,15 +94,6 @@ async def _serve(args: argparse.Namespace) -> int:
     finally:
         await store.close()
     return 0
-
-
-def _loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def main(argv: list[str]) -> int:

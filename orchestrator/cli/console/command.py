@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ipaddress
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -20,6 +19,7 @@ from eventstore import EventStore
 from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.control import actor_of
+from orchestrator.cli.listening import is_loopback
 from orchestrator.cli.log_commands import existing_store
 from orchestrator.cli.reach import Reach, me, reach
 from orchestrator.service.bootstrap import Stack, state_dir, store_name
@@ -72,15 +72,6 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
                             "one)")  # fmt: skip
     serve.add_argument("--allow-remote", action="store_true",
                        help="let the console listen on an address other than loopback")  # fmt: skip
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def bind(host: str, port: int, allow_remote: bool) -> socket.socket:
