@@ -231,7 +231,8 @@ class Bus:
                     reconnected_cb=outage.ended,
                     **options,
                 )
-            except (OSError, TimeoutError, nats.errors.Error) as exc:
+            except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
+                # ValueError: a URL nats-py cannot use at all (nats-py 2.14: no host in it)
                 failed[0] = 0
                 if attempt == tries - 1:
                     raise BusError(
