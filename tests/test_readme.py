@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -169,8 +170,13 @@ def test_the_governed_example_and_the_tool_commands(readme: tuple[User, list[str
     assert "completed" in user.run(policy)
     asking = user.start(human)  # nobody answers at its prompt: the call is decided elsewhere
     asking.until(r"approve\? \[y/N\] $")
-    waiting = user.run(pending.replace("tool pending", "tool pending --json"))
-    [call] = [json.loads(line) for line in waiting.splitlines() if line.startswith("{")]
+    # the prompt comes on the approval request; the log's "awaiting" record through the
+    # durable inbox, a moment later on a loaded machine: ask until the log shows it
+    deadline = time.monotonic() + 30
+    while not (calls := _json_lines(user.run(pending.replace("pending", "pending --json")))):
+        assert time.monotonic() < deadline, "the call asked about never showed as pending"
+        time.sleep(0.2)
+    [call] = calls
     assert call["tool"] == "publish"
     assert "approved" in user.run(approve, call_id=call["call_id"])
     assert "approved elsewhere" in asking.finish()
@@ -181,6 +187,10 @@ def test_the_governed_example_and_the_tool_commands(readme: tuple[User, list[str
     [approved] = [d for d in decided if d["phase"] == "approved" and d["tool"] == "publish"][-1:]
     assert (approved["by"], approved["detail"]) == ("human:" + getpass.getuser(), "looks fine")
     assert re.search(r"memory\.written +editor-", user.run(memory)), "the editor's draft"
+
+
+def _json_lines(output: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 def test_a_run_and_what_the_readme_does_with_its_id(
