@@ -13,6 +13,7 @@ import contextlib
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -85,9 +86,9 @@ class Node:
         await self.store.close()
 
 
-async def _until(check: object, what: str, timeout: float = 30.0) -> None:
+async def _until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
-    while not check():  # type: ignore[operator]
+    while not check():
         assert time.monotonic() < deadline, f"never: {what}"
         await asyncio.sleep(0.02)
 
@@ -162,7 +163,7 @@ def test_three_orchestrators_share_the_runs_and_take_over_each_others(tmp_path: 
                 else:
                     await victim.stop()
                 await _until(
-                    lambda: lost <= {p for n in nodes for p in n.owned()},  # noqa: B023
+                    lambda: lost <= {p for n in nodes for p in n.owned()},  # noqa: B023 (awaited here)
                     f"the partitions {sorted(lost)} taken over",
                 )
                 takeovers.append(time.monotonic() - began)
