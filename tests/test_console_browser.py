@@ -8,7 +8,6 @@ saved in the test's temporary directory."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import statistics
 import subprocess
@@ -22,19 +21,14 @@ pytest.importorskip("starlette", reason="the console needs the ui extra (pip ins
 
 from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+from tests.programs import CHROMIUM, need_browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("BATON_REQUIRE_BROWSER") == "1"
 WAIT_MS = 30_000
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleEnv]:
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)"
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{missing}; BATON_REQUIRE_BROWSER=1 says the browser tests must run")
-        pytest.skip(f"{missing} to run the browser tests")
+    need_browser()
     started = ConsoleEnv(tmp_path_factory.mktemp("console-browser") / "state").start()
     try:
         yield started

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import re
 import subprocess
 import tempfile
@@ -27,9 +26,7 @@ from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from orchestrator.service.api import StatusReply
 from tests.cluster import REPO, baton, cluster
-
-CHROMIUM = Path("/usr/bin/chromium")
-REQUIRE_BROWSER = os.environ.get("BATON_REQUIRE_BROWSER") == "1"
+from tests.programs import CHROMIUM, need_browser
 
 FLAKY = WorkflowSpec(
     name="flaky",
@@ -49,11 +46,7 @@ FLAKY = WorkflowSpec(
 
 def _dump_dom(page: Path) -> str:
     """The DOM after the page's scripts ran, from Debian's headless Chromium."""
-    if not CHROMIUM.exists():
-        missing = f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)"
-        if REQUIRE_BROWSER:
-            pytest.fail(f"{missing}; BATON_REQUIRE_BROWSER=1 says the browser tests must run")
-        pytest.skip(f"{missing} to run the browser tests")
+    need_browser()
     with tempfile.TemporaryDirectory(prefix="baton-chromium-") as profile:
         done = subprocess.run(
             [
