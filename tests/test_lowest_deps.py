@@ -73,7 +73,7 @@ def test_the_suite_passes_on_the_lowest_supported_releases(tmp_path: Path) -> No
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     suite = subprocess.run(
         [
-            python, "-m", "pytest", "-q", "-x", "-n", "2", "-p", "no:cacheprovider",
+            python, "-m", "pytest", "-q", "-x", "-n", "4", "-p", "no:cacheprovider",
             "-m", "not local_llm and not lowest_deps and not interop",
             "--deselect", "tests/test_lint.py",
         ],
