@@ -1,13 +1,16 @@
 """Real nats-servers for the tests, on free loopback ports: one server, or a cluster of
 three with JetStream whose nodes a test can SIGKILL and start again (same ports, same
-data), and ask which node leads a stream. The servers' configuration is the one
-docs/deploy.md gives (routes between all nodes, JetStream synced on every message)."""
+data), and ask which node leads a stream. A cluster node's configuration is the one
+docs/deploy.md gives, read from the page (its machines n1, n2, n3 become loopback ports,
+its directories the test's), and so is `baton.toml` (`deploy_baton_toml`): a change to
+either on the page changes what the tests run, or fails them where it no longer fits."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -23,6 +26,47 @@ import nats.js.errors
 
 from bus.server import find_binary
 
+DEPLOY = Path(__file__).resolve().parent.parent / "docs" / "deploy.md"
+NAMES = ("n1", "n2", "n3")
+"""The machines of docs/deploy.md."""
+
+
+def _deploy_block(section: str, fence: str) -> str:
+    """The first code block fenced with `fence` in the docs/deploy.md section whose
+    heading starts with `section`."""
+    page = DEPLOY.read_text()
+    start = page.index(f"\n## {section}")
+    found = re.search(rf"^{re.escape(fence)}\n(.*?)^```$", page[start:], re.M | re.S)
+    assert found is not None, f"docs/deploy.md: no {fence} block under '## {section}'"
+    return found.group(1)
+
+
+def _sub(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, f"docs/deploy.md changed: {old!r} is not there once"
+    return text.replace(old, new)
+
+
+def deploy_server_conf(name: str, directory: Path, port: int, routes: dict[str, int]) -> str:
+    """docs/deploy.md's nats-server.conf for machine `name` (n1, n2, n3), on loopback:
+    client port `port`, cluster ports `routes` (machine → port), JetStream in
+    `directory`."""
+    conf = _deploy_block("1. The NATS cluster", "```")
+    conf = _sub(conf, "server_name: n1", f"server_name: {name}")
+    conf = _sub(conf, "listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
+    conf = _sub(conf, "store_dir: /var/lib/nats", f"store_dir: {json.dumps(str(directory))}")
+    conf = _sub(conf, "listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{routes[name]}")
+    for machine, route in routes.items():
+        conf = _sub(conf, f"nats://{machine}:6222", f"nats://127.0.0.1:{route}")
+    return conf
+
+
+def deploy_baton_toml(urls: dict[str, str]) -> str:
+    """docs/deploy.md's baton.toml, its machines' NATS URLs replaced by `urls`."""
+    toml = _deploy_block("2. One configuration", "```toml")
+    for machine, url in urls.items():
+        toml = _sub(toml, f"nats://{machine}:4222", url)
+    return toml
+
 
 def free_port() -> int:
     with socket.socket() as probe:
@@ -33,7 +77,9 @@ def free_port() -> int:
 class Node:
     """One nats-server process, its configuration in `directory/server.conf`."""
 
-    def __init__(self, directory: Path, extra: str = "", port: int = 0) -> None:
+    def __init__(self, directory: Path, extra: str = "", port: int = 0, conf: str = "") -> None:
+        """A server named after `directory`, listening on `port` (0: a free one), with
+        JetStream (synced) and `extra` configuration; or exactly `conf`."""
         directory.mkdir(parents=True, exist_ok=True)
         self.name = directory.name
         self.directory = directory
@@ -41,7 +87,8 @@ class Node:
         self.url = f"nats://127.0.0.1:{self.port}"
         store = json.dumps(str(directory / "js"))
         (directory / "server.conf").write_text(
-            f"listen: 127.0.0.1:{self.port}\nserver_name: {self.name}\n"
+            conf
+            or f"listen: 127.0.0.1:{self.port}\nserver_name: {self.name}\n"
             f"jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n{extra}"
         )
         self.process: subprocess.Popen[bytes] | None = None
@@ -103,23 +150,24 @@ class StreamCluster(NamedTuple):
 
 
 class NatsCluster:
-    """Three (or `size`) clustered nats-servers named n0, n1, ... under one folder."""
+    """docs/deploy.md's three machines n1, n2, n3 as nats-servers on loopback ports, each
+    in its own folder under `directory`."""
 
-    def __init__(self, directory: Path, size: int = 3) -> None:
-        routes_ports = [free_port() for _ in range(size)]
-        routes = ", ".join(f"nats://127.0.0.1:{p}" for p in routes_ports)
-        self.nodes = [
-            Node(
-                directory / f"n{i}",
-                f"cluster {{\n  name: baton\n  listen: 127.0.0.1:{routes_ports[i]}\n"
-                f"  routes: [{routes}]\n}}\n",
-            )
-            for i in range(size)
-        ]
+    def __init__(self, directory: Path) -> None:
+        routes = {name: free_port() for name in NAMES}
+        self.nodes = []
+        for name in NAMES:
+            port = free_port()
+            conf = deploy_server_conf(name, directory / name / "js", port, routes)
+            self.nodes.append(Node(directory / name, port=port, conf=conf))
 
     @property
     def urls(self) -> list[str]:
         return [node.url for node in self.nodes]
+
+    def baton_toml(self) -> str:
+        """docs/deploy.md's baton.toml for this cluster."""
+        return deploy_baton_toml({node.name: node.url for node in self.nodes})
 
     def node(self, name: str) -> Node:
         return next(node for node in self.nodes if node.name == name)
@@ -181,9 +229,9 @@ class NatsCluster:
 
 
 @contextmanager
-def nats_cluster(directory: Path, size: int = 3) -> Iterator[NatsCluster]:
+def nats_cluster(directory: Path) -> Iterator[NatsCluster]:
     """A running cluster; every node is stopped at the end, whatever state it is in."""
-    cluster = NatsCluster(directory, size)
+    cluster = NatsCluster(directory)
     try:
         for node in cluster.nodes:
             node.start()

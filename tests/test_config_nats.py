@@ -209,10 +209,7 @@ def test_a_cluster_without_quorum_is_waited_for_within_the_bound(
 def test_on_a_three_node_cluster_every_stream_gets_three_replicas(tmp_path: Path) -> None:
     with nats_cluster(tmp_path / "nats") as servers:
         urls = servers.urls
-        servers_list = ", ".join(json.dumps(u) for u in urls)
-        (tmp_path / "baton.toml").write_text(
-            f'store = "jetstream"\nreplicas = 3\nnats = [{servers_list}]\n'
-        )
+        (tmp_path / "baton.toml").write_text(servers.baton_toml())  # docs/deploy.md's
         done = _baton(tmp_path, "run", str(EXAMPLE), "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
         streams = _streams(urls[1])

@@ -16,15 +16,14 @@ before they elect another, a bound it does not let us configure) and a reconnect
 another node are ridden out here: an append that found no leader, or whose reply was
 lost, is tried again, every `FAILOVER_PAUSE_S`, for up to `FAILOVER_WAIT_S`, and the
 caller only sees a slow append. Retrying is safe: the retry names the same expected tail,
-so at most one copy lands, and one that did land is found by its event ids. When appends
-work again after such a pause, one line says how long it lasted.
+so at most one copy lands, and one that did land is found by its event ids. The pause
+leaves one line (`failover.FailoverNotes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -42,6 +41,7 @@ from eventstore.errors import (
     InvalidEventError,
     StorageError,
 )
+from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
 from eventstore.jetstream.schema import VERSION_HEADER, body_of
@@ -59,7 +59,6 @@ FAILOVER_PAUSE_S: Final = 0.1
 _WRONG_LAST_SEQUENCE: Final = 10071
 _UNAVAILABLE: Final = 503
 _MAX_TAIL_RETRIES: Final = 1000
-log = logging.getLogger("baton.eventstore")
 
 
 class LogWriter:
@@ -72,8 +71,10 @@ class LogWriter:
         index: LogIndex,
         notifier: Notifier,
         is_closed: Callable[[], bool],
+        notes: FailoverNotes,
     ) -> None:
         self._log = log
+        self._notes = notes
         self._index = index
         self._notifier = notifier
         self._is_closed = is_closed
@@ -97,12 +98,11 @@ class LogWriter:
         index = self._index
         refreshed = False
         paused_at: float | None = None  # since when the log has had no leader, or no reply
-        retries = 0
         for _ in range(_MAX_TAIL_RETRIES):
             known = [e.event_id for e in batch if e.event_id in index.ids]
             if known:
                 stored = await self._stored_retry(stream, batch, known)
-                self._resumed(paused_at, retries)
+                self._notes.resumed()
                 return stored
             positions = index.positions.get(stream, [])
             if len(positions) != expected_version:
@@ -123,7 +123,7 @@ class LogWriter:
                 # go round again: either its ids are now in the log (a retry that returns
                 # them) or the same expected tail makes exactly one of the tries land.
                 paused_at = time.monotonic() if paused_at is None else paused_at
-                retries += 1
+                self._notes.paused()
                 if self._is_closed():
                     raise unknown.error from unknown.error.__cause__
                 if time.monotonic() - paused_at >= FAILOVER_WAIT_S:
@@ -139,18 +139,9 @@ class LogWriter:
                     continue  # not readable either yet: the retry's expected tail is the guard
                 refreshed = True
                 continue
-            self._resumed(paused_at, retries)
+            self._notes.resumed()
             return stored
         raise StorageError(f"append to {stream!r}: the log's tail kept moving; try again")
-
-    def _resumed(self, paused_at: float | None, retries: int) -> None:
-        """The one line a pause of the appends (a failover, a reconnect) leaves."""
-        if paused_at is not None:
-            log.warning(
-                "event log %s: leader failover or reconnect, appends paused %.2fs "
-                "(%d retried), resumed", self._log.layout.name,
-                time.monotonic() - paused_at, retries,
-            )  # fmt: skip
 
     async def _stored_retry(
         self, stream: str, batch: tuple[NewEvent, ...], known: list[str]
