@@ -52,19 +52,21 @@ class Kill(NamedTuple):
     said: int
 
 
-def _elected(cluster: NatsCluster, stream: str, after: float) -> float:
-    """When a node first said it leads `stream` after `after` (nats-server's own log)."""
+def _elections(cluster: NatsCluster, after: float, before: float) -> dict[str, float]:
+    """The raft groups Baton uses (the log, the inbox and its consumer, the lease bucket)
+    that elected a leader between `after` and `before` (wall clock), with when: each
+    node's own log line, first one kept."""
     said = re.compile(
-        r"\] (\S+ \S+) \[INF\] JetStream cluster new stream leader for '\$G > "
-        + re.escape(stream)
-        + "'"
+        r"\] (\S+ \S+) \[INF\] JetStream cluster new (?:stream|consumer) leader for "
+        r"'\$G > ([^']+)'"
     )
-    times = [
-        datetime.strptime(found.group(1), "%Y/%m/%d %H:%M:%S.%f").timestamp()
-        for node in cluster.nodes
-        for found in said.finditer((node.directory / "server.log").read_text())
-    ]
-    return min(t for t in times if t > after)
+    found: dict[str, float] = {}
+    for node in cluster.nodes:
+        for line in said.finditer((node.directory / "server.log").read_text()):
+            at = datetime.strptime(line.group(1), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            if after < at < before:
+                found[line.group(2)] = min(at, found.get(line.group(2), at))
+    return found
 
 
 def _workflow(seconds: float) -> str:
@@ -235,6 +237,7 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
             return done
 
         killed = asyncio.run(kills())
+        kills_ended = time.time()
         kills_said = len(serve.err.read_text())  # before the stepdowns of the check below
         deadline = time.monotonic() + 180
         while not _ended(work, run_id):
@@ -272,26 +275,23 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
             figure = {"killed": kill.what, "node": kill.node, "stall_s": round(stall, 2)}
             if kill.led_events:
                 assert len(lines) == 1, said[kill.said : end]
-                elected = _elected(cluster, EVENTS, kill.at)
-                resumed = next(t for t in times if t > elected)
-                figure["election_s"] = round(elected - kill.at, 2)
-                figure["baton_after_election_s"] = round(resumed - elected, 2)
-                assert resumed - elected <= 2.0, figure  # the issue's bound, on Baton's part
+                elected = _elections(cluster, kill.at, min(upto, kills_ended))
+                whole = max(elected.values())  # every group Baton uses has a leader again
+                resumed = next(t for t in times if t > elected[EVENTS])
+                figure["elections_s"] = {k: round(t - kill.at, 2) for k, t in elected.items()}
+                figure["baton_after_elections_s"] = round(max(0.0, resumed - whole), 2)
+                # the issue's bound (a short pause), on what is Baton's: resuming once
+                # nats-server has elected the leaders it needs (the election itself is
+                # nats-server's 4-9 s raft timeout, not configurable)
+                assert resumed - whole <= 2.0, (figure, said[kill.said : end])
             figures.append(figure)
         rate = len(times) / (times[-1] - times[0])
-        print(
-            "\n".join(
-                f"killed the {f['killed']} ({f['node']}): runs stalled {f['stall_s']}s"
-                + (
-                    f" (nats-server elected a new leader after {f['election_s']}s, "
-                    f"Baton appended again {f['baton_after_election_s']}s later)"
-                    if "election_s" in f
-                    else ""
-                )
-                for f in figures
-            )
-            + f"\n{len(times)} events in {times[-1] - times[0]:.1f}s, {rate:.0f} a second"
-        )
+        for f in figures:
+            print(f"killed the {f['killed']} ({f['node']}): runs stalled {f['stall_s']}s")
+            if "elections_s" in f:
+                print(f"  nats-server elected new leaders after {f['elections_s']}, Baton "
+                      f"appended {f['baton_after_elections_s']}s after the last")  # fmt: skip
+        print(f"{len(times)} events in {times[-1] - times[0]:.1f}s, {rate:.0f} a second")
         print(json.dumps({"failovers": figures}))
 
 
