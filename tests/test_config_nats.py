@@ -205,6 +205,20 @@ def test_a_cluster_without_quorum_is_waited_for_within_the_bound(
         with pytest.raises(StorageError, match="no JetStream quorum within 3s"):
             asyncio.run(open_log())
 
+        async def open_leases() -> None:
+            bus = await Bus.connect(url, name="no-quorum", tries=1)
+            try:
+                await bus.lease_bucket(3, wait_s=3.0)
+            finally:
+                await bus.close()
+
+        with (
+            caplog.at_level(logging.WARNING, logger="baton.bus"),
+            pytest.raises(BusError, match=r"BATON_LEASES: .*no JetStream quorum within 3s"),
+        ):
+            asyncio.run(open_leases())
+        assert any("to open the lease bucket" in r.getMessage() for r in caplog.records)
+
 
 def test_on_a_three_node_cluster_every_stream_gets_three_replicas(tmp_path: Path) -> None:
     with nats_cluster(tmp_path / "nats") as servers:
