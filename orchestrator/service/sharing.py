@@ -73,6 +73,7 @@ class Sharing:
         self._rescanning = False
         self._taking: set[int] = set()
         """Claimed partitions whose runs are being taken over now."""
+        self._take_said_at = float("-inf")
         self._ttl = ttl
         self._renew_s = renew_s
         self.held: dict[int, int] = {}
@@ -209,11 +210,13 @@ class Sharing:
         self._taking.update(claimed)
         try:
             await self._gained(claimed)
-        except (EventStoreError, BusError) as exc:
-            log.warning(
-                "orchestrator %s could not take over partitions %s yet (%s); trying again",
-                self.me, ",".join(map(str, sorted(claimed))), exc,
-            )  # fmt: skip
+        except (EventStoreError, BusError) as exc:  # one line per outage, not per round
+            if self._clock() - self._take_said_at >= RESCAN_S:
+                self._take_said_at = self._clock()
+                log.warning(
+                    "orchestrator %s could not take over partitions %s yet (%s); trying "
+                    "again every round", self.me, ",".join(map(str, sorted(claimed))), exc,
+                )  # fmt: skip
             return
         finally:
             self._taking.difference_update(claimed)
