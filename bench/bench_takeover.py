@@ -7,6 +7,9 @@ lease bucket says), median and worst; then that every run completed with each ta
 succeeded exactly once. Prints figures and one JSON line.
 
     python -m bench.bench_takeover [--kills 10]
+
+`measure` also runs on servers it is given (tests/test_cluster.py: a three-node cluster
+with every stream at 3 replicas).
 """
 
 from __future__ import annotations
@@ -84,7 +87,11 @@ async def _holders(js: object) -> dict[int, str]:
     return held
 
 
-async def measure(kills: int, seed: int) -> dict[str, object]:
+async def measure(
+    kills: int, seed: int, servers: list[str] | None = None, replicas: int = 1
+) -> dict[str, object]:
+    """SIGKILL one of three `baton serve` `kills` times, on `servers` (default: an
+    embedded nats-server started here) with every stream at `replicas`."""
     rng = random.Random(seed)
     ran: Counter[tuple[str, str]] = Counter()
 
@@ -96,12 +103,16 @@ async def measure(kills: int, seed: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         server = EmbeddedNats(work / "nats")
-        url = await server.start()
-        (work / "baton.toml").write_text(f'store = "jetstream"\nnats = ["{url}"]\n')
+        urls = servers or [await server.start()]
+        url = ",".join(urls)
+        listed = ", ".join(json.dumps(u) for u in urls)
+        (work / "baton.toml").write_text(
+            f'store = "jetstream"\nreplicas = {replicas}\nnats = [{listed}]\n'
+        )
         serving = [Serving(work, f"o{n}") for n in range(3)]
         for s in serving:
             await s.ready()
-        nc = await nats.connect(url)
+        nc = await nats.connect(servers=urls)
         js = nc.jetstream()
         agents = []
         for n in range(3):
@@ -110,6 +121,7 @@ async def measure(kills: int, seed: int) -> dict[str, object]:
             agents.append((bus, agent, asyncio.create_task(agent.run())))
         run_ids: list[str] = []
         takeovers: list[float] = []
+        killed_logs: list[Path] = []
         try:
             for kill in range(kills):
                 for n in range(3):
@@ -128,10 +140,12 @@ async def measure(kills: int, seed: int) -> dict[str, object]:
                         break
                     await asyncio.sleep(0.02)
                 takeovers.append(time.monotonic() - began)
+                killed_logs.append(victim.log)
                 serving.remove(victim)
                 serving.append(Serving(work, f"new{kill}"))
                 await serving[-1].ready()
-            store = await open_store(work, Config(store="jetstream", nats=(url,)))
+            config = Config(store="jetstream", nats=tuple(urls), replicas=replicas)
+            store = await open_store(work, config)
             deadline = time.monotonic() + 120
             for run_id in run_ids:
                 while not await journal.has_ended(store, journal.run_stream(run_id)):
@@ -161,12 +175,16 @@ async def measure(kills: int, seed: int) -> dict[str, object]:
                 s.process.send_signal(signal.SIGTERM)
                 s.process.wait(20)
             server.stop()
+            tracebacks = sum(
+                "Traceback" in log.read_text() for log in [*killed_logs, *(s.log for s in serving)]
+            )
     return {
         "kills": kills,
         "runs": len(run_ids),
         "completed": completed,
         "each_task_succeeded_once": once,
         "runs_taken_over": taken,
+        "logs_with_a_traceback": tracebacks,
         "takeover_median_s": round(statistics.median(takeovers), 2),
         "takeover_worst_s": round(max(takeovers), 2),
         "takeovers_s": [round(t, 2) for t in takeovers],

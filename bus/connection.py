@@ -389,9 +389,10 @@ class Bus:
                 raise
             await self._js.update_stream(config)  # it is there, made otherwise
 
-    async def lease_bucket(self, replicas: int = 1) -> LeaseBucket:
-        """The lease bucket of orchestrators sharing the runs (see `bus.leases`)."""
-        return await LeaseBucket.open(self._js, replicas)
+    async def lease_bucket(self, replicas: int = 1, wait_s: float = STREAM_WAIT_S) -> LeaseBucket:
+        """The lease bucket of orchestrators sharing the runs (see `bus.leases`), waiting
+        up to `wait_s` for a cluster's quorum."""
+        return await LeaseBucket.open(self._js, replicas, wait_s)
 
     async def purge_inbox(self, run_id: str) -> None:
         """Drop whatever the durable inbox holds for one run (a run no orchestrator will

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
 from typing import Any
 
 import nats.errors
@@ -18,6 +20,9 @@ import nats.js.errors
 from nats.js.api import KeyValueConfig, StorageType
 
 from bus.errors import BusError
+from bus.nats_options import STREAM_WAIT_S, quorum_wait
+
+log = logging.getLogger("baton.bus")
 
 LEASES_BUCKET = "BATON_LEASES"
 """The key-value bucket of partition leases and orchestrator presence."""
@@ -41,8 +46,10 @@ class LeaseBucket:
         """Set once the watcher delivered the bucket as it was when it started."""
 
     @classmethod
-    async def open(cls, js: Any, replicas: int) -> LeaseBucket:
-        """The bucket, created with `replicas` copies if it is not there."""
+    async def open(cls, js: Any, replicas: int, wait_s: float = STREAM_WAIT_S) -> LeaseBucket:
+        """The bucket, created with `replicas` copies if it is not there. A cluster
+        without a JetStream quorum yet (just started, electing) is waited for, with one
+        line saying so, for at most `wait_s` seconds."""
         config = KeyValueConfig(
             bucket=LEASES_BUCKET,
             history=1,
@@ -50,14 +57,29 @@ class LeaseBucket:
             storage=StorageType.FILE,
             replicas=replicas,
         )
-        try:
+        deadline = time.monotonic() + wait_s
+        said = False
+        while True:
             try:
-                kv = await js.key_value(LEASES_BUCKET)
-            except nats.js.errors.BucketNotFoundError:
-                kv = await js.create_key_value(config)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise BusError(f"cannot open the lease bucket {LEASES_BUCKET}: {exc}") from exc
-        return cls(kv)
+                try:
+                    kv = await js.key_value(LEASES_BUCKET)
+                except nats.js.errors.BucketNotFoundError:
+                    kv = await js.create_key_value(config)
+                return cls(kv)
+            except (nats.errors.Error, TimeoutError) as exc:
+                left = deadline - time.monotonic()
+                if not quorum_wait(exc) or left <= 0:
+                    waited = f"; no JetStream quorum within {wait_s:g}s" if left <= 0 else ""
+                    raise BusError(
+                        f"cannot open the lease bucket {LEASES_BUCKET}: {exc}{waited}"
+                    ) from exc
+                if not said:
+                    log.warning(
+                        "waiting up to %gs for a JetStream quorum to open the lease bucket "
+                        "%s (%s)", wait_s, LEASES_BUCKET, exc or type(exc).__name__,
+                    )  # fmt: skip
+                    said = True
+                await asyncio.sleep(min(1.0, left))
 
     async def watch(self) -> None:
         """Keep `entries` up to date, until cancelled (run it supervised: a failure of

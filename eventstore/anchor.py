@@ -42,7 +42,7 @@ from nacl.signing import SigningKey, VerifyKey
 
 import private
 from eventstore._common import log
-from eventstore.errors import AnchorError
+from eventstore.errors import AnchorError, StorageError
 from eventstore.model import VerifyReport
 from eventstore.store import EventStore
 
@@ -371,6 +371,9 @@ class Checkpointer:
             try:
                 if asked or await self._due():
                     await self.checkpoint()
+            except StorageError as exc:  # the log unreadable a moment (a failover): one line
+                self.failures += 1
+                log.warning("a checkpoint of the event log to %s failed: %s", self._anchor, exc)
             except Exception:  # supervised: logged, counted, and the loop goes on
                 self.failures += 1
                 log.exception("a checkpoint of the event log to %s failed", self._anchor)

@@ -11,11 +11,8 @@ import json
 import logging
 import os
 import re
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import nats
@@ -23,48 +20,11 @@ import pytest
 
 from bus.connection import Bus
 from bus.errors import BusError
-from bus.server import find_binary
 from bus.subjects import INBOX_STREAM
 from eventstore import JetStreamEventStore, StorageError
 from tests.cluster import EXAMPLE, baton
+from tests.nats_cluster import free_port, nats_cluster, nats_server
 from tests.programs import need
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@contextmanager
-def _server(directory: Path, extra: str = "", port: int = 0) -> Iterator[str]:
-    """A nats-server with JetStream (synced, as Baton wants it) on loopback; its URL."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port = port or _free_port()
-    store = json.dumps(str(directory / "js"))
-    (directory / "server.conf").write_text(
-        f"listen: 127.0.0.1:{port}\nserver_name: {directory.name}\n"
-        f"jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n{extra}"
-    )
-    process = subprocess.Popen(
-        [str(find_binary()), "-c", str(directory / "server.conf")],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while True:
-            assert process.poll() is None, "nats-server refused its config"
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "nats-server did not start"
-                time.sleep(0.05)
-        yield f"nats://127.0.0.1:{port}"
-    finally:
-        process.terminate()
-        process.wait(10)
 
 
 def _baton(
@@ -97,7 +57,7 @@ def _streams(url: str) -> dict[str, int]:
 
 
 def test_a_run_keeps_its_log_on_jetstream_as_baton_toml_says(tmp_path: Path) -> None:
-    with _server(tmp_path / "nats") as url:
+    with nats_server(tmp_path / "nats") as url:
         work = tmp_path / "work"
         work.mkdir()
         (work / "baton.toml").write_text(f'store = "jetstream"\nnats = ["{url}"]\n')
@@ -166,8 +126,8 @@ def test_the_state_dirs_baton_toml_comes_before_the_working_dirs(tmp_path: Path)
 
 
 def test_several_urls_connect_while_one_is_dead(tmp_path: Path) -> None:
-    dead = f"nats://127.0.0.1:{_free_port()}"
-    with _server(tmp_path / "nats") as url:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    with nats_server(tmp_path / "nats") as url:
 
         async def both_orders() -> None:
             for urls in (f"{dead},{url}", f"{url},{dead}", f" {dead} , {url} "):
@@ -178,7 +138,7 @@ def test_several_urls_connect_while_one_is_dead(tmp_path: Path) -> None:
                         await bus.ensure_inbox()
                     finally:
                         await bus.close()
-            other = f"nats://127.0.0.1:{_free_port()}"
+            other = f"nats://127.0.0.1:{free_port()}"
             with pytest.raises(BusError, match="cannot connect"):
                 await Bus.connect(f"{dead},{other}", name="x", tries=1)
             for _ in range(3):  # beside a URL nats-py cannot use at all, in either order
@@ -194,7 +154,7 @@ def test_several_urls_connect_while_one_is_dead(tmp_path: Path) -> None:
 
 
 def test_replicas_a_single_server_cannot_hold_are_refused_at_once(tmp_path: Path) -> None:
-    with _server(tmp_path / "nats") as url:
+    with nats_server(tmp_path / "nats") as url:
         (tmp_path / "baton.toml").write_text(f'nats = "{url}"\nreplicas = 2\n')
         began = time.monotonic()
         inbox = _baton(tmp_path, "run", str(EXAMPLE), "--timeout", "60", timeout=60)
@@ -216,10 +176,10 @@ def test_a_cluster_without_quorum_is_waited_for_within_the_bound(
 ) -> None:
     """A clustered server whose two peers never come: no JetStream meta leader, so
     creating a stream times out; it is retried, said once, and given up on in time."""
-    routes = ", ".join(f"nats://127.0.0.1:{_free_port()}" for _ in range(2))
-    listen = f"127.0.0.1:{_free_port()}"
+    routes = ", ".join(f"nats://127.0.0.1:{free_port()}" for _ in range(2))
+    listen = f"127.0.0.1:{free_port()}"
     cluster = f"cluster {{\n  name: c\n  listen: {listen}\n  routes: [{routes}]\n}}\n"
-    with _server(tmp_path / "n1", cluster) as url:
+    with nats_server(tmp_path / "n1", cluster) as url:
 
         async def create() -> None:
             bus = await Bus.connect(url, name="no-quorum", tries=1)
@@ -245,27 +205,25 @@ def test_a_cluster_without_quorum_is_waited_for_within_the_bound(
         with pytest.raises(StorageError, match="no JetStream quorum within 3s"):
             asyncio.run(open_log())
 
+        async def open_leases() -> None:
+            bus = await Bus.connect(url, name="no-quorum", tries=1)
+            try:
+                await bus.lease_bucket(3, wait_s=3.0)
+            finally:
+                await bus.close()
+
+        with (
+            caplog.at_level(logging.WARNING, logger="baton.bus"),
+            pytest.raises(BusError, match=r"BATON_LEASES: .*no JetStream quorum within 3s"),
+        ):
+            asyncio.run(open_leases())
+        assert any("to open the lease bucket" in r.getMessage() for r in caplog.records)
+
 
 def test_on_a_three_node_cluster_every_stream_gets_three_replicas(tmp_path: Path) -> None:
-    client_ports = [_free_port() for _ in range(3)]
-    route_ports = [_free_port() for _ in range(3)]
-    routes = ", ".join(f"nats://127.0.0.1:{p}" for p in route_ports)
-    with ExitStack() as servers:
-        urls = [
-            servers.enter_context(
-                _server(
-                    tmp_path / f"n{i}",
-                    f"cluster {{\n  name: c\n  listen: 127.0.0.1:{route_ports[i]}\n"
-                    f"  routes: [{routes}]\n}}\n",
-                    port=client_ports[i],
-                )
-            )
-            for i in range(3)
-        ]
-        servers_list = ", ".join(json.dumps(u) for u in urls)
-        (tmp_path / "baton.toml").write_text(
-            f'store = "jetstream"\nreplicas = 3\nnats = [{servers_list}]\n'
-        )
+    with nats_cluster(tmp_path / "nats") as servers:
+        urls = servers.urls
+        (tmp_path / "baton.toml").write_text(servers.baton_toml())  # docs/deploy.md's
         done = _baton(tmp_path, "run", str(EXAMPLE), "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
         streams = _streams(urls[1])
@@ -278,8 +236,8 @@ def test_serve_agent_and_submit_all_take_the_cluster_from_baton_toml(tmp_path: P
     """`baton serve`, `baton agent` and `baton submit` started with no NATS flag in a
     directory whose baton.toml lists a dead server before the live one: all three reach
     the live one, and the run's log is on JetStream."""
-    dead = f"nats://127.0.0.1:{_free_port()}"
-    with _server(tmp_path / "nats") as url:
+    dead = f"nats://127.0.0.1:{free_port()}"
+    with nats_server(tmp_path / "nats") as url:
         work = tmp_path / "work"
         work.mkdir()
         (work / "baton.toml").write_text(f'store = "jetstream"\nnats = ["{dead}", "{url}"]\n')
@@ -356,7 +314,7 @@ def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificat
         f"  key_file: {json.dumps(str(pki / 'server.key'))}\n"
         f"  ca_file: {json.dumps(str(pki / 'ca.pem'))}\n  verify: true\n}}\n"
     )
-    with _server(tmp_path / "nats", tls) as url:
+    with nats_server(tmp_path / "nats", tls) as url:
         tls_url = url.replace("nats://", "tls://")
         work = tmp_path / "work"
         work.mkdir()

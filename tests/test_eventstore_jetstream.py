@@ -340,3 +340,38 @@ def test_server_restart_mid_appends_loses_nothing_acknowledged(
             server.stop()
 
     asyncio.run(main())
+
+
+def test_an_append_while_the_server_is_away_waits_for_it_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a leader failover looks like from one client, on one server: the server is
+    SIGKILLed and started again on the same port a second later; an append made while it
+    is away is not an error but a pause, it lands once, and one line says so."""
+
+    async def main() -> None:
+        server = EmbeddedNats(tmp_path)
+        url = await server.start()
+        store = await JetStreamEventStore.open(url, timeout=1.0)
+        try:
+            await store.append("s", [ev("s-0")], 0)
+            assert server.pid is not None
+            os.kill(server.pid, signal.SIGKILL)
+            server.stop()  # reaps it
+            pending = asyncio.create_task(store.append("s", [ev("s-1"), ev("s-2")], 1))
+            await asyncio.sleep(1.0)
+            assert not pending.done()
+            assert await server.start() == url  # the state directory keeps its port
+            stored = await asyncio.wait_for(pending, 20)
+            assert [e.version for e in stored] == [2, 3]
+            assert [e.event_id for e in await store.read_stream("s")] == ["s-0", "s-1", "s-2"]
+            assert (await store.verify()).ok
+        finally:
+            await store.close()
+            server.stop()
+
+    with caplog.at_level("WARNING", logger="baton.eventstore"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "appends paused" in r.getMessage()]
+    assert len(said) == 1, said
+    assert said[0].startswith("event log BATON_EVENTS: no leader or no connection")

@@ -58,7 +58,10 @@ The modules, one job each
     * `schema`: the streams' names and configuration, subjects, the messages' format.
     * `log`: the connection to the log: creating its stream, direct gets, NATS errors.
     * `index`: what this store knows of the log (tail, event ids, streams' positions).
-    * `writer`: the append path (atomic batch publish with expected sequences).
+    * `writer`: the append path (atomic batch publish with expected sequences), which
+      rides out a leader failover (tries again for up to 20 s).
+    * `failover`: one log line per leader failover of the log's stream (the server's
+      election announcements) or pause of the appends.
     * `reader`: reads, queries, subscriptions and the chain audit.
     * `snapshots`: the snapshot stream.
 """

@@ -35,6 +35,9 @@ def storage_error(action: str, error: BaseException) -> StorageError:
     return failure
 
 
+UNAVAILABLE_WAIT_S: Final = 20.0
+"""How long a read waits for a stream no replica can serve yet (just created, or while
+its cluster elects a leader: 4-9 s)."""
 STREAM_WAIT_S: Final = 30.0
 """How long creating a stream waits for a JetStream cluster to have a quorum."""
 _NOT_CLUSTERED: Final = 10074
@@ -88,6 +91,10 @@ async def until_quorum(
         await asyncio.sleep(min(1.0, left))
 
 
+class _Unavailable(Exception):
+    """A direct get found no replica able to answer (503): try again shortly."""
+
+
 class JetStreamLog:
     """The connection `nc` to the log named by `layout`; every request waits at most
     `timeout` seconds."""
@@ -128,6 +135,18 @@ class JetStreamLog:
     ) -> list[Msg]:
         """Up to `batch` stored messages on `subject` (wildcards allowed) from sequence
         `start` on, in one direct-get request."""
+        deadline = time.monotonic() + UNAVAILABLE_WAIT_S
+        while True:
+            try:
+                return await self._direct_batch(stream_name, start, subject, batch)
+            except _Unavailable as unavailable:
+                if time.monotonic() >= deadline:
+                    raise StorageError(str(unavailable)) from None
+                await asyncio.sleep(0.1)
+
+    async def _direct_batch(
+        self, stream_name: str, start: int, subject: str, batch: int
+    ) -> list[Msg]:
         inbox = self.nc.new_inbox()
         request = {
             "seq": max(start, 1),
@@ -149,6 +168,8 @@ class JetStreamLog:
                         found.append(msg)
                     elif status in ("204", "404"):  # end of batch / nothing there
                         return found
+                    elif status == "503" and not found:  # no replica can answer yet
+                        raise _Unavailable(f"direct get on {stream_name}: 503")
                     else:
                         description = (msg.headers or {}).get("Description", "")
                         raise StorageError(f"direct get on {stream_name}: {status} {description}")
@@ -160,20 +181,25 @@ class JetStreamLog:
 
     async def last_by_subject(self, stream_name: str, subject: str) -> Msg | None:
         """The newest message on `subject`, `None` if there is none."""
-        try:
-            msg = await self.nc.request(
-                f"$JS.API.DIRECT.GET.{stream_name}.{subject}", b"", timeout=self.timeout
-            )
-        except nats.errors.NoRespondersError:
-            return None
-        except NATS_ERRORS as error:
-            raise storage_error(f"reading JetStream stream {stream_name}", error) from error
-        status = msg.headers.get("Status") if msg.headers else None
-        if status == "404":
-            return None
-        if status is not None:
-            raise StorageError(f"direct get on {stream_name}: {status}")
-        return msg
+        deadline = time.monotonic() + UNAVAILABLE_WAIT_S
+        while True:
+            try:
+                msg = await self.nc.request(
+                    f"$JS.API.DIRECT.GET.{stream_name}.{subject}", b"", timeout=self.timeout
+                )
+            except nats.errors.NoRespondersError:
+                return None
+            except NATS_ERRORS as error:
+                raise storage_error(f"reading JetStream stream {stream_name}", error) from error
+            status = msg.headers.get("Status") if msg.headers else None
+            if status == "404":
+                return None
+            if status == "503" and time.monotonic() < deadline:  # no replica can answer yet
+                await asyncio.sleep(0.1)
+                continue
+            if status is not None:
+                raise StorageError(f"direct get on {stream_name}: {status}")
+            return msg
 
     async def server_tail(self) -> int:
         """The log stream's last sequence, as the server has it now."""

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from eventstore._common import check_append, check_open
 from eventstore._subscription import Notifier
 from eventstore.errors import InvalidEventError
+from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
 from eventstore.jetstream.reader import LogReader
@@ -88,7 +89,8 @@ class JetStreamEventStore:
         is_closed = self._is_closed
         self._log = JetStreamLog(nc, self._layout, timeout)
         self._index = LogIndex(self._log)
-        self._writer = LogWriter(self._log, self._index, self._notifier, is_closed)
+        self._failovers = FailoverNotes(stream_name)
+        self._writer = LogWriter(self._log, self._index, self._notifier, is_closed, self._failovers)
         self._reads = LogReader(self._log, self._index, self._notifier, is_closed)
         self._snapshots = Snapshots(self._log, replicas, is_closed, self._event_at)
 
@@ -139,6 +141,7 @@ class JetStreamEventStore:
         )
         try:
             await store._log.ensure_stream(replicas, wait_s)
+            await store._failovers.listen(nc)
             await store._index.refresh()
         except BaseException:
             await store.close()
@@ -155,6 +158,7 @@ class JetStreamEventStore:
         self._closed = True
         self._notifier.notify()
         self._index.clear()
+        await self._failovers.close()
         if self._owns_connection:
             with contextlib.suppress(*NATS_ERRORS):
                 await asyncio.wait_for(self._nc.close(), self._timeout)

@@ -10,6 +10,14 @@ nats-server >= 2.12): the server stores all of it or none of it. When the server
 "wrong last sequence", the writer catches the index up with the log and decides again: a
 changed stream is a `ConcurrencyError`, a moved tail (another stream was appended to) is
 retried with the fresh tail.
+
+A leader failover (the stream's leader node died: nats-server's followers wait 4-9 s
+before they elect another, a bound it does not let us configure) and a reconnect to
+another node are ridden out here: an append that found no leader, or whose reply was
+lost, is tried again, every `FAILOVER_PAUSE_S`, for up to `FAILOVER_WAIT_S`, and the
+caller only sees a slow append. Retrying is safe: the retry names the same expected tail,
+so at most one copy lands, and one that did land is found by its event ids. The pause
+leaves one line (`failover.FailoverNotes`).
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ from eventstore.errors import (
     InvalidEventError,
     StorageError,
 )
+from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
 from eventstore.jetstream.schema import VERSION_HEADER, body_of
@@ -41,7 +50,14 @@ from eventstore.model import NewEvent, StoredEvent
 MAX_BATCH: Final = 1000
 """The most events one append may carry: nats-server's limit for one atomic batch."""
 
+FAILOVER_WAIT_S: Final = 20.0
+"""How long an append waits for the log's stream to have a leader (and this client a
+connection) again: a whole nats-server election (4-9 s) with room for a second one."""
+FAILOVER_PAUSE_S: Final = 0.1
+"""Between two tries of an append during a failover."""
+
 _WRONG_LAST_SEQUENCE: Final = 10071
+_UNAVAILABLE: Final = 503
 _MAX_TAIL_RETRIES: Final = 1000
 
 
@@ -55,8 +71,10 @@ class LogWriter:
         index: LogIndex,
         notifier: Notifier,
         is_closed: Callable[[], bool],
+        notes: FailoverNotes,
     ) -> None:
         self._log = log
+        self._notes = notes
         self._index = index
         self._notifier = notifier
         self._is_closed = is_closed
@@ -79,11 +97,13 @@ class LogWriter:
     ) -> list[StoredEvent]:
         index = self._index
         refreshed = False
-        unknown_outcomes = 0
+        paused_at: float | None = None  # since when the log has had no leader, or no reply
         for _ in range(_MAX_TAIL_RETRIES):
             known = [e.event_id for e in batch if e.event_id in index.ids]
             if known:
-                return await self._stored_retry(stream, batch, known)
+                stored = await self._stored_retry(stream, batch, known)
+                self._notes.resumed()
+                return stored
             positions = index.positions.get(stream, [])
             if len(positions) != expected_version:
                 if not refreshed:  # the index may be behind another process's appends
@@ -92,26 +112,35 @@ class LogWriter:
                     continue
                 raise ConcurrencyError(stream, expected_version, len(positions))
             try:
-                return await self._publish(stream, batch, positions)
+                stored = await self._publish(stream, batch, positions)
             except _TailMoved:
                 await index.refresh()
                 refreshed = True
+                continue
             except _Unknown as unknown:
-                # The reply was lost: the batch may or may not be stored (or may still land).
-                # Catch up and go round again: either its ids are now in the log (a retry
-                # that returns them) or the same expected tail makes exactly one of the
-                # two attempts land.
-                unknown_outcomes += 1
-                try:
-                    if unknown_outcomes > 2:
-                        raise unknown.error
-                    await index.refresh()
-                except StorageError as error:
+                # No leader, no connection, or the reply was lost: the batch may or may
+                # not be stored (or may still land). Catch up if the log can be read, and
+                # go round again: either its ids are now in the log (a retry that returns
+                # them) or the same expected tail makes exactly one of the tries land.
+                paused_at = time.monotonic() if paused_at is None else paused_at
+                self._notes.paused()
+                if self._is_closed():
+                    raise unknown.error from unknown.error.__cause__
+                if time.monotonic() - paused_at >= FAILOVER_WAIT_S:
                     raise StorageError(
-                        f"{error}; the append's outcome is unknown: retry it with the same "
-                        "event ids, which returns the stored events if it landed"
-                    ) from error
+                        f"{unknown.error} (for {FAILOVER_WAIT_S:g}s); the append's outcome is "
+                        "unknown: retry it with the same event ids, which returns the stored "
+                        "events if it landed"
+                    ) from unknown.error
+                await asyncio.sleep(FAILOVER_PAUSE_S)
+                try:
+                    await index.refresh()
+                except StorageError:
+                    continue  # not readable either yet: the retry's expected tail is the guard
                 refreshed = True
+                continue
+            self._notes.resumed()
+            return stored
         raise StorageError(f"append to {stream!r}: the log's tail kept moving; try again")
 
     async def _stored_retry(
@@ -205,5 +234,7 @@ def _parse_ack(reply: Msg, stream: str) -> int:
     if failure:
         if failure.get("err_code") == _WRONG_LAST_SEQUENCE:
             raise _TailMoved()
+        if failure.get("code") == _UNAVAILABLE:  # no leader (an election): try again
+            raise _Unknown(StorageError(f"append to {stream!r}: JetStream unavailable: {failure}"))
         raise StorageError(f"append to {stream!r}: JetStream refused it: {failure}")
     return int(answer["seq"])

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import OrderedDict
 from typing import NamedTuple
 
@@ -24,6 +25,11 @@ log = logging.getLogger("baton.orchestrator.intake")
 
 CLOSE_WAIT_S = 1.5
 """How long closing waits for the inbox fetch in progress (it ends within 1 s)."""
+FETCH_PAUSE_S = 0.25
+"""Between two fetches of the durable inbox that failed."""
+OUTAGE_SAID_S = 20.0
+"""A failing inbox fetch is said at once only after this long; shorter (a leader
+failover of the inbox, a reconnect) it leaves one line when fetches work again."""
 
 
 class Delivery(NamedTuple):
@@ -120,14 +126,25 @@ class Intake:
         """Pull the durable inbox until closed, queueing what comes. A message that does
         not decode is queued like any other (to be refused), so no message can stop it."""
         self._pulling.set()
+        failing_since: float | None = None
+        said = False
         try:
             while not self._closed:
                 try:
                     batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
                 except BusError as exc:
-                    log.warning("%s; retrying", exc)
-                    await asyncio.sleep(0.5)
+                    failing_since = failing_since or time.monotonic()
+                    if not said and time.monotonic() - failing_since >= OUTAGE_SAID_S:
+                        said = True
+                        log.warning("%s, for %gs; retrying", exc, OUTAGE_SAID_S)
+                    await asyncio.sleep(FETCH_PAUSE_S)
                     continue
+                if failing_since is not None:
+                    log.warning(
+                        "durable inbox: leader failover or reconnect, fetches paused %.2fs, "
+                        "resumed", time.monotonic() - failing_since,
+                    )  # fmt: skip
+                    failing_since, said = None, False
                 for incoming in batch:
                     if self._closed:
                         await _hand_back(incoming)

@@ -166,6 +166,8 @@ class Partitioned:
                     me, run_id, state.owner or "its starter",
                 )  # fmt: skip
                 self._pipeline.drop(run_id)
+                if lease is None:  # its own lease lapsed (no renewal): looked for once back
+                    self.sharing.look_soon()
 
     async def _take_again(self, run_id: str, command: Resume) -> None:
         cause = Cause(f"resume:{run_id}:{command.lease}", ORCHESTRATOR)

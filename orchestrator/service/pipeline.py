@@ -27,7 +27,7 @@ from typing import Any
 from msgspec.structs import replace
 
 from bus.protocol import ReportVerdict
-from eventstore import EventStore, EventStoreError, StorageError, StoredEvent
+from eventstore import ConcurrencyError, EventStore, EventStoreError, StorageError, StoredEvent
 from eventstore.anchor import Checkpointer
 from orchestrator.core import report_check
 from orchestrator.core.commands import (
@@ -278,6 +278,10 @@ class Pipeline:
             stored = await d.append
         except StorageError as exc:  # a full disk refuses every append: one line, counted
             self._health.storage_failed(f"append to run {d.run_id}", exc)
+            await self._reload(d.run_id)
+            return False
+        except ConcurrencyError as exc:  # another writer moved the run on: no traceback
+            log.warning("append to run %s refused (%s); reloading it from the store", d.run_id, exc)
             await self._reload(d.run_id)
             return False
         except EventStoreError:

@@ -22,6 +22,7 @@ from collections.abc import Awaitable, Callable
 
 from bus.errors import BusError
 from bus.leases import LeaseBucket, LeaseLost
+from eventstore import EventStoreError
 from orchestrator.core import partitions as parts
 from orchestrator.core.errors import OrchestratorError
 from orchestrator.core.partitions import Lease
@@ -70,6 +71,9 @@ class Sharing:
         self._rescan = rescan
         self._spawn = spawn
         self._rescanning = False
+        self._taking: set[int] = set()
+        """Claimed partitions whose runs are being taken over now."""
+        self._take_said_at = float("-inf")
         self._ttl = ttl
         self._renew_s = renew_s
         self.held: dict[int, int] = {}
@@ -180,6 +184,9 @@ class Sharing:
             self.held[partition] = self._claims[partition] = revision
             self._renewed_at[partition] = now
             claimed[partition] = revision
+        for partition, revision in self._claims.items():  # a takeover that failed: again
+            if partition not in self._ready and partition not in self._taking:
+                claimed.setdefault(partition, revision)
         if claimed and not self._closed and inline:
             await self._take(claimed)
         elif claimed and not self._closed:  # the renewals go on while the runs are read
@@ -198,8 +205,21 @@ class Sharing:
         return partition in self.held and self._claims.get(partition) == claimed
 
     async def _take(self, claimed: dict[int, int]) -> None:
-        """Take the claimed partitions' runs over, then serve those still held."""
-        await self._gained(claimed)
+        """Take the claimed partitions' runs over, then serve those still held. If the
+        log cannot be read now (a failover), the next round tries again."""
+        self._taking.update(claimed)
+        try:
+            await self._gained(claimed)
+        except (EventStoreError, BusError) as exc:  # one line per outage, not per round
+            if self._clock() - self._take_said_at >= RESCAN_S:
+                self._take_said_at = self._clock()
+                log.warning(
+                    "orchestrator %s could not take over partitions %s yet (%s); trying "
+                    "again every round", self.me, ",".join(map(str, sorted(claimed))), exc,
+                )  # fmt: skip
+            return
+        finally:
+            self._taking.difference_update(claimed)
         taken = {p for p, revision in claimed.items() if self.holds(p, revision)}
         if taken and not self._closed:
             self._ready.update(taken)
@@ -209,6 +229,9 @@ class Sharing:
         self._rescanning = True
         try:
             await self._rescan(leases)
+        except (EventStoreError, BusError) as exc:  # the log unreadable now: at the next round
+            log.warning("looking for open runs to take over failed (%s); trying again", exc)
+            self.look_soon()
         finally:
             self._rescanning = False
 
