@@ -61,6 +61,7 @@ The modules, one job each
     * `writer`: the append path (atomic batch publish with expected sequences).
     * `reader`: reads, queries, subscriptions and the chain audit.
     * `snapshots`: the snapshot stream.
+    * `blobs`: the blob port, an Object Store bucket (`BATON_BLOBS`) with the log's replicas.
 """
 
 from eventstore.jetstream.schema import decode_stream_token, encode_stream_token
