@@ -20,6 +20,9 @@ import signal
 import time
 from collections import OrderedDict
 
+import msgspec
+
+from agents.blobs import AgentBlobs, BlobError, BlobForged, threshold_from_env
 from agents.errors import AgentIdTaken
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
@@ -97,8 +100,12 @@ class AgentRuntime:
         contract: RoleContract | None = None,
         tools: ToolRegistry | None = None,
         approver: Approver | None = None,
+        blob_threshold: int | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
+        self.blob_threshold = threshold_from_env() if blob_threshold is None else blob_threshold
+        """Output values encoded larger than this many bytes leave as blob references
+        (`bus.blobs`); default `$BATON_BLOB_THRESHOLD`, else `BLOB_THRESHOLD`."""
         self.role = role
         self.contract = contract
         self._digest = contract.digest if contract else ""
@@ -333,21 +340,26 @@ class AgentRuntime:
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
         inbox_writes = track_inbox_writes()
+        blobs = AgentBlobs(self._bus, self.agent_id, a.run_id, threshold=self.blob_threshold)
         try:
             async with self._slots:
                 started = time.monotonic()
                 try:
                     async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
+                        given = await blobs.inflate(a.input)
+                        if given is not a.input:
+                            ctx = msgspec.structs.replace(ctx, input=given)
                         output = await self._handler(ctx)
-                    reply = output if isinstance(output, Reply) else Reply(output)
-                    refuse_handoff(self.contract, reply.handoff_to)
+                        reply = output if isinstance(output, Reply) else Reply(output)
+                        refuse_handoff(self.contract, reply.handoff_to)
+                        sent = await blobs.deflate(reply.output)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
                         a.attempt,
                         a.lease_token,
                         self.agent_id,
-                        reply.output,
+                        sent,
                         time.monotonic() - started,
                         ctx.usage.report(reply.tokens),
                         reply.subtasks,
@@ -355,6 +367,10 @@ class AgentRuntime:
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable, exc.escalate)
+                except BlobForged as exc:
+                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", False)
+                except BlobError as exc:
+                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
                 except TimeoutError:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:

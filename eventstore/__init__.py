@@ -8,8 +8,8 @@ and a chain rewritten with its hashes recomputed. Snapshots are bound to the cha
 used only while they still fit it. Callers depend on the
 `EventStore` protocol; `SqliteEventStore` is the durable embedded backend and
 `MemoryEventStore` the in-memory one for pure tests. Each keeps large values beside the
-log as content-addressed blobs (`store.blobs`, see `eventstore.blobs`). This package imports nothing else
-from the project.
+log as content-addressed blobs (`store.blobs`, see `eventstore.blobs`). This package
+imports nothing else from the project.
 """
 
 from eventstore.blobs import (

@@ -83,7 +83,7 @@ def checked_put(data: object, media_type: object, digest: object | None) -> tupl
     check_media_type(media_type)
     actual = digest_of(raw)
     if digest is not None and check_digest(digest) != actual:
-        raise BlobMismatchError(digest, actual)
+        raise BlobMismatchError(str(digest), actual)
     return raw, actual
 
 

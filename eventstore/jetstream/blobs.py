@@ -100,7 +100,9 @@ class ObjectBlobs:
                         storage=api.StorageType.FILE,
                         replicas=self._replicas,
                     )
-                    stream = api.StreamConfig(name=f"OBJ_{self._bucket}", num_replicas=self._replicas)
+                    stream = api.StreamConfig(
+                        name=f"OBJ_{self._bucket}", num_replicas=self._replicas
+                    )
 
                     async def make() -> None:
                         self._store = await self._js.create_object_store(self._bucket, config)
@@ -146,7 +148,9 @@ class ObjectBlobs:
         except _GONE as error:
             raise BlobNotFoundError(digest) from error
         except nats.js.errors.DigestMismatchError as error:
-            raise BlobMismatchError(digest, "content the object store's own digest refuses") from error
+            raise BlobMismatchError(
+                digest, "content the object store's own digest refuses"
+            ) from error
         except NATS_ERRORS as error:
             raise storage_error(f"reading blob {digest}", error) from error
         return checked_get(digest, bytes(result.data or b""))

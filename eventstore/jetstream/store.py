@@ -118,8 +118,9 @@ class JetStreamEventStore:
         log once to build the event-id index.
 
         Large values go to the Object Store `blob_bucket` (made on the first put, with
-        `replicas`). A client passed in stays the caller's: `close()` leaves it open. The server must
-        run JetStream with `sync_interval: always` for acknowledged appends to be durable.
+        `replicas`). A client passed in stays the caller's: `close()` leaves it open. The
+        server must run JetStream with `sync_interval: always` for acknowledged appends to
+        be durable.
         """
         if not stream_name or any(c in stream_name for c in ".*> \t\r\n/\\"):
             raise InvalidEventError(f"invalid JetStream stream name {stream_name!r}")

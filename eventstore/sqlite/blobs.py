@@ -183,7 +183,9 @@ class SqliteBlobs:
         if threads is None:
             raise BlobNotFoundError(digest)
         row = await threads[1].call(
-            lambda conn: conn.execute("SELECT data FROM blobs WHERE digest = ?", (digest,)).fetchone()
+            lambda conn: conn.execute(
+                "SELECT data FROM blobs WHERE digest = ?", (digest,)
+            ).fetchone()
         )
         if row is None:
             raise BlobNotFoundError(digest)
@@ -228,4 +230,3 @@ class SqliteBlobs:
                 if worker is not None:
                     with contextlib.suppress(Exception):
                         await worker.stop()
-

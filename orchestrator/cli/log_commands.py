@@ -5,6 +5,7 @@ directory's event store, does its one job and closes it."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -62,11 +63,13 @@ async def _fork(args: argparse.Namespace, store: EventStore) -> int:
 
 
 async def _export(args: argparse.Namespace, store: EventStore) -> int:
-    stored = await history.run_events(store, args.run_id)
-    lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
+    exported = await history.export_run(store, args.run_id)
+    lines = "\n".join(exported) + "\n"
     if args.output:
         private.write(Path(args.output), lines.encode())  # 0600 if new: it is the log
-        print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
+        header = json.loads(exported[0])
+        print(f"exported {header['events']} events and {header['blobs']} blobs of run "
+              f"{args.run_id} to {args.output}")  # fmt: skip
     else:
         sys.stdout.write(lines)
     return 0

