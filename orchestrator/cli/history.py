@@ -15,6 +15,7 @@ import msgspec
 from msgspec.structs import replace
 
 from bus import blobs
+from bus.protocol import BlobRef
 from eventstore import BlobInfo, EventQuery, EventStore, NewEvent, StoredEvent, digest_of
 from eventstore.chain import hash_of
 from orchestrator.core.errors import OrchestratorError, UnknownEvent, UnknownRun
@@ -185,7 +186,7 @@ async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:
     return await store.query(EventQuery(correlation_id=run_id))
 
 
-def refs_of(data: bytes) -> list[blobs.BlobRef]:
+def refs_of(data: bytes) -> list[BlobRef]:
     """The blob references in one event's (or a msgpack blob's) encoded data."""
     if not blobs.may_hold_refs(data):
         return []
