@@ -31,7 +31,7 @@ from bus.server import EmbeddedNats
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, digest_of
 from orchestrator.cli import history
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
-from orchestrator.service import journal
+from orchestrator.service import blob_gc, journal
 from orchestrator.service.bootstrap import Stack, bootstrap
 
 REPORT_BYTES = 20 * 1024 * 1024
@@ -119,7 +119,7 @@ async def run_and_check(
     stored = await store.read_stream(journal.run_stream(run_id))
     log_bytes = sum(len(s.data) for s in stored)
     assert log_bytes < 64 * 1024, log_bytes
-    refs = [r for s in stored for r in history.refs_of(s.data)]
+    refs = [r for s in stored for r in blob_gc.refs_of(s.data)]
     assert refs, "the outputs are recorded as references"
     stored_blobs = {b.digest: b for b in await store.blobs.list()}
     assert {r.digest for r in refs} <= set(stored_blobs)

@@ -15,13 +15,13 @@ import msgspec
 from msgspec.structs import replace
 
 from bus import blobs
-from bus.protocol import BlobRef
 from eventstore import BlobInfo, EventQuery, EventStore, NewEvent, StoredEvent, digest_of
 from eventstore.chain import hash_of
 from orchestrator.core.errors import OrchestratorError, UnknownEvent, UnknownRun
 from orchestrator.core.events import RunForked, RunStarted, TaskAssigned
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal, memory
+from orchestrator.service.blob_gc import refs_of
 from orchestrator.service.journal import Cause
 
 EXPORT_FORMAT = "baton-run-export/3"
@@ -184,16 +184,6 @@ async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:
     if not await store.stream_version(journal.run_stream(run_id)):
         raise UnknownRun(run_id)
     return await store.query(EventQuery(correlation_id=run_id))
-
-
-def refs_of(data: bytes) -> list[BlobRef]:
-    """The blob references in one event's (or a msgpack blob's) encoded data."""
-    if not blobs.may_hold_refs(data):
-        return []
-    try:
-        return blobs.refs_in(msgspec.msgpack.decode(data))
-    except msgspec.DecodeError:
-        return []
 
 
 async def run_blobs(
