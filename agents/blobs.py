@@ -38,7 +38,7 @@ THRESHOLD_ENV = "BATON_BLOB_THRESHOLD"
 
 class BlobError(AgentError):
     """A blob that could not be stored or read; `code` is the orchestrator's error code
-    (`bus.protocol.BLOB_ERRORS`), or `unavailable` when the bus failed."""
+    (`bus.protocol.BLOB_ERRORS`), or `BlobUnavailable` when the bus failed."""
 
     def __init__(self, code: str, detail: str) -> None:
         super().__init__(f"{code}: {detail}")
@@ -50,6 +50,10 @@ class BlobForged(BlobError):
     """A blob whose bytes do not hash to the digest that names them: refused, never used."""
 
 
+class BlobConfigError(AgentError):
+    """A blob threshold that is not a whole number of bytes of at least 1."""
+
+
 def threshold_from_env(default: int = BLOB_THRESHOLD) -> int:
     """`$BATON_BLOB_THRESHOLD` (bytes, at least 1), else `default`."""
     text = os.environ.get(THRESHOLD_ENV, "").strip()
@@ -58,14 +62,16 @@ def threshold_from_env(default: int = BLOB_THRESHOLD) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise BlobError("malformed", f"{THRESHOLD_ENV}={text!r} is not a number of bytes") from None
+        raise BlobError(
+            "BadBlobRequest", f"{THRESHOLD_ENV}={text!r} is not a number of bytes"
+        ) from None
     if value < 1:
-        raise BlobError("malformed", f"{THRESHOLD_ENV} must be at least 1, got {value}")
+        raise BlobError("BadBlobRequest", f"{THRESHOLD_ENV} must be at least 1, got {value}")
     return value
 
 
 def _refused(reply: ErrorReply) -> BlobError:
-    kind = BlobForged if reply.error == "blob_mismatch" else BlobError
+    kind = BlobForged if reply.error == "BlobMismatch" else BlobError
     return kind(reply.error, reply.detail)
 
 
@@ -101,11 +107,11 @@ class AgentBlobs:
                 raise _refused(reply)
             if reply.ref is not None:
                 if reply.ref.digest != digest or reply.ref.size != len(data):
-                    raise BlobForged("blob_mismatch", f"stored as {reply.ref}, sent {digest}")
+                    raise BlobForged("BlobMismatch", f"stored as {reply.ref}, sent {digest}")
                 ref: BlobRef = reply.ref
                 return ref
             if reply.received <= offset or reply.received >= len(data):
-                raise BlobError("blob_upload", f"acknowledged {reply.received} of {len(data)}")
+                raise BlobError("BlobUploadBroken", f"acknowledged {reply.received} of {len(data)}")
             offset = reply.received
 
     async def get(self, ref: BlobRef) -> bytes:
@@ -118,7 +124,7 @@ class AgentBlobs:
             if isinstance(reply, ErrorReply):
                 raise _refused(reply)
             if reply.offset != offset or reply.digest != ref.digest:
-                raise BlobError("blob_upload", f"asked for {offset}, got {reply.offset}")
+                raise BlobError("BlobUploadBroken", f"asked for {offset}, got {reply.offset}")
             parts.append(reply.data)
             offset += len(reply.data)
             if offset >= reply.size or not reply.data:
@@ -127,19 +133,19 @@ class AgentBlobs:
         try:
             return blobs.check(ref, data)
         except blobs.BlobMismatch as exc:
-            raise BlobForged("blob_mismatch", str(exc)) from exc
+            raise BlobForged("BlobMismatch", str(exc)) from exc
 
     async def _ask(self, subject: str, payload: bytes, decoder: Decoder[Any]) -> Any:
         try:
             return decoder.decode(await self._bus.request(subject, payload, self._timeout_s))
         except BusError as exc:
-            raise BlobError("unavailable", f"{subject}: {exc}") from exc
+            raise BlobError("BlobUnavailable", f"{subject}: {exc}") from exc
 
     async def inflate(self, payload: Payload) -> Payload:
         """`payload` with each reference replaced by its value."""
         value = await blobs.internalize(payload, self.get)
         if not isinstance(value, dict):
-            raise BlobError("malformed", "a payload whose blob is not a map")
+            raise BlobError("BadBlobRequest", "a payload whose blob is not a map")
         return value
 
     async def deflate(self, payload: Payload) -> Payload:

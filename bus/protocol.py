@@ -423,7 +423,7 @@ class BlobPut(_Message, frozen=True, tag="blob.put"):
     """Agent → orchestrator (request/reply on `baton.blob.<agent_id>.put`): one chunk of an
     upload of a blob for a run the agent has work in, in order, each at most
     `BLOB_CHUNK_BYTES`. The last chunk's ack holds the reference once the blob is durable;
-    content that does not hash to `digest` is refused (`blob_mismatch`), nothing stored."""
+    content that does not hash to `digest` is refused (`BlobMismatch`), nothing stored."""
 
     run_id: str
     upload_id: str
@@ -469,16 +469,18 @@ class BlobChunk(_Message, frozen=True, tag="blob.chunk"):
 
 
 BLOB_ERRORS: dict[str, str] = {
-    "blob_mismatch": "the uploaded content does not hash to the digest it came with; "
-    "nothing was stored",
-    "blob_not_found": "no blob with this digest is stored",
-    "blob_refused": "not the sender's to read or write: no run it works in refers to the "
-    "blob, or the upload is not its own",
-    "blob_too_large": "over the orchestrator's largest blob, or too many open uploads",
-    "blob_upload": "a chunk that does not continue its upload (unknown upload, wrong offset "
-    "or size, or the upload expired): start it again",
-    "malformed": "the request does not decode, or names a digest that is not sha256:<hex>",
-    "unavailable": "the blob store failed; try again",
+    "BlobMismatch": "the uploaded content does not hash to the digest it came with (nothing "
+    "was stored), or a stored blob no longer does (it is not served)",
+    "BlobNotFound": "no blob with this digest is stored",
+    "BlobRefused": "not the sender's: it has no task in the run, or the run's log refers to "
+    "no such blob (nor does a blob it refers to)",
+    "BlobTooLarge": "over the orchestrator's largest blob, or too many uploads open at once",
+    "BlobUploadBroken": "a chunk that does not continue its upload (no such upload, another "
+    "offset, size or digest, or the upload expired): start it again from offset 0",
+    "BlobUnavailable": "the blob store failed: try again",
+    "BadBlobRequest": "a digest that is not `sha256:<64 hex>`, or a media type that is not "
+    "1 to 127 printable ASCII characters",
+    "MalformedMessage": "the request does not decode",
 }
 """Every `ErrorReply.error` a blob request may get, with its meaning."""
 

@@ -49,6 +49,10 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.Bid, "agent → orchestrator", "`baton.bids.<run_id>.<agent_id>`"),
     (protocol.MemorySearch, "agent → memory service (request)", "`baton.memory.<agent_id>.search`"),
     (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
+    (protocol.BlobPut, "agent → orchestrator (request)", "`baton.blob.<agent_id>.put`"),
+    (protocol.BlobPutAck, "orchestrator → agent (reply)", "reply to a blob put"),
+    (protocol.BlobGet, "agent → orchestrator (request)", "`baton.blob.<agent_id>.get`"),
+    (protocol.BlobChunk, "orchestrator → agent (reply)", "reply to a blob get"),
     (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
     (protocol.ToolOutcome, "tool service → agent (reply)", "reply to a tool invocation"),
     (
@@ -96,6 +100,8 @@ needs to join a Baton bus with an ordinary NATS client, in any language, is here
 | `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
+| `baton.blob.<agent_id>.put` | agent → orchestrator | one chunk of an upload of a large value (request/reply; see *Large values by reference*) |
+| `baton.blob.<agent_id>.get` | agent → orchestrator | a range of a large value a run of the agent's refers to (request/reply) |
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
 | `baton.tool.approval.<run_id>.<agent_id>` | agent → orchestrator | a tool call waits for a human (a `tool.call` record in phase `awaiting`): passed on to the run's watchers only if the agent holds that attempt of that task now; else refused and recorded as a `message.rejected` event |
 | `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |

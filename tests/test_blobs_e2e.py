@@ -168,13 +168,13 @@ async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     reply = _put_reply.decode(await producer.request(subjects.blob_put("producer-1"),
                                                      encode(forged), 10))  # fmt: skip
     assert isinstance(reply, ErrorReply), reply
-    assert reply.error == "blob_mismatch", reply
+    assert reply.error == "BlobMismatch", reply
     assert await stack.store.blobs.info(claimed) is None
     assert await stack.store.blobs.info(digest_of(b"something else")) is None
     # a blob no run of the agent's refers to is not its to read, even by its digest
     guessed = blobs.digest_of(REPORT.encode())
     other = AgentBlobs(consumer, "consumer-1", "some-other-run")
-    with pytest.raises(BlobError, match="blob_refused"):
+    with pytest.raises(BlobError, match="BlobRefused"):
         await other.get(BlobRef(guessed, len(REPORT), blobs.TEXT))
     if stack.logins is None:
         return  # an outside server without logins: anyone may publish anywhere

@@ -6,7 +6,7 @@ that agent may publish to), never from a claim in the payload:
 
 - **put**: an agent that has work in the run (`works_in`) may upload a blob for it, in
   order, chunk by chunk; the whole is hashed as it arrives and stored only if it hashes
-  to the digest it came with (else `blob_mismatch`, nothing stored). Uploads are bounded:
+  to the digest it came with (else `BlobMismatch`, nothing stored). Uploads are bounded:
   `max_bytes` each, `MAX_OPEN_UPLOADS` open per agent, forgotten after `UPLOAD_IDLE_S`
   without a chunk.
 - **get**: an agent that has work in the run may read a blob the run's log refers to
@@ -68,13 +68,38 @@ _put: Decoder[BlobPut] = Decoder(BlobPut)
 _get: Decoder[BlobGet] = Decoder(BlobGet)
 
 
-class Refused(Exception):
-    """A blob request refused with one of `bus.protocol.BLOB_ERRORS`' codes."""
+class BlobRequestRefused(Exception):
+    """A blob request refused; the class's name is the `error` of its reply (one of
+    `bus.protocol.BLOB_ERRORS`)."""
 
-    def __init__(self, code: str, detail: str) -> None:
-        super().__init__(detail)
-        self.code = code
-        self.detail = detail
+
+class BlobMismatch(BlobRequestRefused):
+    """Uploaded content that does not hash to its digest (or a stored blob that no
+    longer does): nothing stored, nothing served."""
+
+
+class BlobNotFound(BlobRequestRefused):
+    """No blob with this digest is stored."""
+
+
+class BlobRefused(BlobRequestRefused):
+    """Not the sender's: no task in the run, or the run refers to no such blob."""
+
+
+class BlobTooLarge(BlobRequestRefused):
+    """Over the largest blob, or too many uploads open."""
+
+
+class BlobUploadBroken(BlobRequestRefused):
+    """A chunk that does not continue its upload: start it again."""
+
+
+class BlobUnavailable(BlobRequestRefused):
+    """The blob store failed: try again."""
+
+
+class BadBlobRequest(BlobRequestRefused):
+    """A request naming a digest that is not `sha256:<hex>`, or a bad media type."""
 
 
 @dataclass
@@ -163,10 +188,8 @@ class BlobService:
             if self.elsewhere is not None and self.elsewhere(request.run_id):
                 return
             answer: BlobPutAck | ErrorReply = await self.put(request, agent)
-        except Refused as exc:
-            answer = ErrorReply(exc.code, exc.detail)
-        except BusError as exc:
-            answer = ErrorReply("malformed", str(exc))
+        except (BlobRequestRefused, BusError) as exc:
+            answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
 
     async def _on_get(self, msg: Incoming) -> None:
@@ -176,10 +199,8 @@ class BlobService:
             if self.elsewhere is not None and self.elsewhere(request.run_id):
                 return
             answer: BlobChunk | ErrorReply = await self.get(request, agent)
-        except Refused as exc:
-            answer = ErrorReply(exc.code, exc.detail)
-        except BusError as exc:
-            answer = ErrorReply("malformed", str(exc))
+        except (BlobRequestRefused, BusError) as exc:
+            answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
 
     # -- uploads ---------------------------------------------------------------------
@@ -194,14 +215,11 @@ class BlobService:
         upload = self._uploads.get(key)
         if upload is None:
             if request.offset != 0:
-                raise Refused("blob_upload", f"no open upload {request.upload_id!r}")
+                raise BlobUploadBroken(f"no open upload {request.upload_id!r}")
             if request.size > self.max_bytes:
-                raise Refused(
-                    "blob_too_large",
-                    f"{request.size} bytes is over the {self.max_bytes}-byte limit",
-                )
+                raise BlobTooLarge(f"{request.size} bytes is over the {self.max_bytes}-byte limit")
             if sum(a == agent for a, _ in self._uploads) >= MAX_OPEN_UPLOADS:
-                raise Refused("blob_too_large", f"{MAX_OPEN_UPLOADS} uploads open already")
+                raise BlobTooLarge(f"{MAX_OPEN_UPLOADS} uploads open already")
             upload = _Upload(request.run_id, request.digest, request.size, request.media_type, now)
             self._uploads[key] = upload
         elif (upload.run_id, upload.digest, upload.size, upload.media_type) != (
@@ -210,15 +228,15 @@ class BlobService:
             request.size,
             request.media_type,
         ):
-            raise Refused("blob_upload", "a chunk that names another blob than its upload")
+            raise BlobUploadBroken("a chunk that names another blob than its upload")
         return upload
 
     async def put(self, request: BlobPut, agent: str) -> BlobPutAck:
         """Take one chunk of an agent's upload; store the blob once it is whole."""
         if not blobs.is_digest(request.digest):
-            raise Refused("malformed", f"not a digest: {request.digest!r}")
+            raise BadBlobRequest(f"not a digest: {request.digest!r}")
         if not self._works_in(request.run_id, agent):
-            raise Refused("blob_refused", f"{agent} has no task in run {request.run_id!r}")
+            raise BlobRefused(f"{agent} has no task in run {request.run_id!r}")
         now = self._clock()
         self._expire(now)
         upload = self._upload(request, agent, now)
@@ -227,8 +245,7 @@ class BlobService:
         if end <= held and request.offset < held:  # a chunk sent again: already held
             return BlobPutAck(held)
         if request.offset != held or len(request.data) > BLOB_CHUNK_BYTES or end > upload.size:
-            raise Refused(
-                "blob_upload",
+            raise BlobUploadBroken(
                 f"a chunk at {request.offset} of {len(request.data)} bytes does not continue "
                 f"the {held} bytes held of {upload.size}",
             )
@@ -241,16 +258,16 @@ class BlobService:
         actual = "sha256:" + upload.hasher.hexdigest()
         if actual != upload.digest:
             log.warning("blob upload by %s refused: %s is not %s", agent, actual, upload.digest)
-            raise Refused("blob_mismatch", f"the content hashes to {actual}, not {upload.digest}")
+            raise BlobMismatch(f"the content hashes to {actual}, not {upload.digest}")
         data = bytes(upload.data)
         try:
             info = await self._store.blobs.put(data, upload.media_type, digest=upload.digest)
         except BlobMismatchError as exc:
-            raise Refused("blob_mismatch", str(exc)) from exc
+            raise BlobMismatch(str(exc)) from exc
         except InvalidEventError as exc:
-            raise Refused("malformed", str(exc)) from exc
+            raise BadBlobRequest(str(exc)) from exc
         except EventStoreError as exc:
-            raise Refused("unavailable", str(exc)) from exc
+            raise BlobUnavailable(str(exc)) from exc
         self._cache.put(info.digest, data, upload.media_type)
         return BlobPutAck(info.size, BlobRef(info.digest, info.size, upload.media_type))
 
@@ -273,14 +290,14 @@ class BlobService:
         try:
             info = await self._store.blobs.info(digest)
             if info is None:
-                raise Refused("blob_not_found", f"no blob {digest}")
+                raise BlobNotFound(f"no blob {digest}")
             data = await self._store.blobs.get(digest)
         except BlobNotFoundError as exc:
-            raise Refused("blob_not_found", str(exc)) from exc
+            raise BlobNotFound(str(exc)) from exc
         except BlobMismatchError as exc:
-            raise Refused("blob_mismatch", f"the stored blob is damaged: {exc}") from exc
+            raise BlobMismatch(f"the stored blob is damaged: {exc}") from exc
         except EventStoreError as exc:
-            raise Refused("unavailable", str(exc)) from exc
+            raise BlobUnavailable(str(exc)) from exc
         self._cache.put(digest, data, info.media_type)
         return data, info.media_type
 
@@ -288,11 +305,9 @@ class BlobService:
         """A range of a blob the agent may read."""
         digest = request.digest
         if not blobs.is_digest(digest):
-            raise Refused("malformed", f"not a digest: {digest!r}")
+            raise BadBlobRequest(f"not a digest: {digest!r}")
         if not await self._may_read(agent, request.run_id, digest):
-            raise Refused(
-                "blob_refused", f"run {request.run_id!r} refers to no blob {digest} for {agent}"
-            )
+            raise BlobRefused(f"run {request.run_id!r} refers to no blob {digest} for {agent}")
         data, media_type = await self._read(digest)
         if request.offset == 0 and media_type == blobs.MSGPACK and blobs.may_hold_refs(data):
             # what this blob refers to is the run's too (a large list of large values)
