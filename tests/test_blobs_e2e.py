@@ -7,6 +7,7 @@ agent with no work in the run, a blob damaged at rest, an export whose blob was 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import json
@@ -125,7 +126,8 @@ async def run_and_check(
     assert {r.digest for r in refs} <= set(stored_blobs)
     report_ref = blobs.digest_of(REPORT.encode())
     assert stored_blobs[report_ref].size == len(REPORT)
-    assert len(stored_blobs) == 2, "the transcript passed on is the same blob, stored once"
+    # the report, the transcript (passed on: the same blob, stored once), the JSON put
+    assert len(stored_blobs) == 3, sorted(stored_blobs)
     assert consumed["report_sha"] == REPORT_SHA
     assert consumed["turns"] == len(TRANSCRIPT)
     assert consumed["note"] == "small values stay inline"
@@ -171,6 +173,19 @@ async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     assert reply.error == "BlobMismatch", reply
     assert await stack.store.blobs.info(claimed) is None
     assert await stack.store.blobs.info(digest_of(b"something else")) is None
+    # an agent speaking JSON sends the bytes as base64 and gets base64 back
+    text = b"a value put by an agent that speaks JSON"
+    put = {"kind": "blob.put", "run_id": run_id, "upload_id": "j1", "offset": 0,
+           "data": base64.b64encode(text).decode(), "size": len(text),
+           "digest": digest_of(text), "media_type": "text/plain"}  # fmt: skip
+    answer, encoding, _ = await producer.request_as(
+        subjects.blob_put("producer-1"), json.dumps(put).encode(), 10, "json"
+    )
+    acked = _put_reply.decode(answer)
+    assert encoding == "json"
+    assert isinstance(acked, BlobPutAck), acked
+    assert acked.ref == BlobRef(digest_of(text), len(text), "text/plain")
+    assert await stack.store.blobs.get(digest_of(text)) == text
     # a blob no run of the agent's refers to is not its to read, even by its digest
     guessed = blobs.digest_of(REPORT.encode())
     other = AgentBlobs(consumer, "consumer-1", "some-other-run")

@@ -28,10 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
+import msgspec
+
 from bus import blobs, subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
-from bus.errors import BusError
+from bus.errors import BusError, MalformedMessage
 from bus.protocol import (
     BLOB_CHUNK_BYTES,
     BlobChunk,
@@ -66,6 +68,17 @@ GRANTS: Final = 100_000
 
 _put: Decoder[BlobPut] = Decoder(BlobPut)
 _get: Decoder[BlobGet] = Decoder(BlobGet)
+
+
+def _decode_put(msg: Incoming) -> BlobPut:
+    """A `blob.put`; sent as JSON, its `data` is base64 text (JSON has no bytes), which
+    the strict msgpack decoder would refuse as a string."""
+    if msg.encoding != "json":
+        return _put.decode(msg.data)
+    try:
+        return msgspec.convert(msgspec.msgpack.decode(msg.data), BlobPut)
+    except (msgspec.ValidationError, msgspec.DecodeError) as exc:
+        raise MalformedMessage(str(exc)) from exc
 
 
 class BlobRequestRefused(Exception):
@@ -184,7 +197,7 @@ class BlobService:
     async def _on_put(self, msg: Incoming) -> None:
         try:
             agent = subjects.blob_sender(msg.subject)
-            request = _put.decode(msg.data)
+            request = _decode_put(msg)
             if self.elsewhere is not None and self.elsewhere(request.run_id):
                 return
             answer: BlobPutAck | ErrorReply = await self.put(request, agent)
