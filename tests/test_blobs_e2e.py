@@ -62,7 +62,11 @@ REPORT, TRANSCRIPT = large_values()
 REPORT_SHA = hashlib.sha256(REPORT.encode()).hexdigest()
 
 
+DOCUMENT = "the run's own input, large too. " * 40_000
+
+
 async def produce(task: TaskContext) -> Payload:
+    assert task.input["input"]["document"] == DOCUMENT  # the run's input, whole
     return {"report": REPORT, "transcript": TRANSCRIPT, "note": "small values stay inline"}
 
 
@@ -108,7 +112,7 @@ async def run_and_check(
 ) -> None:
     orchestrator = stack.orchestrator
     async with agents(stack) as buses:
-        run_id = await orchestrator.start_run(WORKFLOW)
+        run_id = await orchestrator.start_run(WORKFLOW, {"document": DOCUMENT})
         live = await orchestrator.wait(run_id, timeout=120)
         assert live.status == "completed", live
         await refusals(stack, buses, run_id)
@@ -126,8 +130,9 @@ async def run_and_check(
     assert {r.digest for r in refs} <= set(stored_blobs)
     report_ref = blobs.digest_of(REPORT.encode())
     assert stored_blobs[report_ref].size == len(REPORT)
-    # the report, the transcript (passed on: the same blob, stored once), the JSON put
-    assert len(stored_blobs) == 3, sorted(stored_blobs)
+    # the input document, the report, the transcript (passed on: the same blob, stored
+    # once), the JSON put
+    assert len(stored_blobs) == 4, sorted(stored_blobs)
     assert consumed["report_sha"] == REPORT_SHA
     assert consumed["turns"] == len(TRANSCRIPT)
     assert consumed["note"] == "small values stay inline"
@@ -140,7 +145,7 @@ async def run_and_check(
     # export with its blobs, import elsewhere: the blobs come along, checked
     lines = await history.export_run(store, run_id)
     header = json.loads(lines[0])
-    assert header["blobs"] == 2
+    assert header["blobs"] == 3
     assert await history.import_lines(elsewhere, lines) == run_id
     assert await journal.load_run(elsewhere, run_id) == live
     assert await elsewhere.blobs.get(report_ref) == REPORT.encode()
