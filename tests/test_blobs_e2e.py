@@ -70,6 +70,14 @@ async def produce(task: TaskContext) -> Payload:
     return {"report": REPORT, "transcript": TRANSCRIPT, "note": "small values stay inline"}
 
 
+async def lie(task: TaskContext) -> Payload:
+    """An output that refers to a blob it never uploaded."""
+    return {"report": {"$blob": digest_of(b"never uploaded"), "size": 14, "media_type": "t/x"}}
+
+
+LYING = WorkflowSpec("lying", [StepSpec("lie", role="liar", max_attempts=1)])
+
+
 async def consume(task: TaskContext) -> Payload:
     given = task.deps["produce"]
     # the handler sees the values themselves, never a reference
@@ -89,7 +97,8 @@ async def agents(stack: Stack) -> AsyncIterator[list[Bus]]:
     buses: list[Bus] = []
     runtimes: list[AgentRuntime] = []
     for agent_id, role, handler in (("producer-1", "producer", produce),
-                                    ("consumer-1", "consumer", consume)):  # fmt: skip
+                                    ("consumer-1", "consumer", consume),
+                                    ("liar-1", "liar", lie)):  # fmt: skip
         url = stack.agent_url(agent_id, role)
         bus = await Bus.connect(url, name=agent_id, inbox_prefix=inbox_prefix(agent_id))
         buses.append(bus)
@@ -97,7 +106,9 @@ async def agents(stack: Stack) -> AsyncIterator[list[Bus]]:
                                      heartbeat_s=0.2))  # fmt: skip
     serving = [asyncio.create_task(r.run()) for r in runtimes]
     try:
-        await stack.orchestrator.wait_for_agents(Counter(producer=1, consumer=1), timeout=30)
+        await stack.orchestrator.wait_for_agents(
+            Counter(producer=1, consumer=1, liar=1), timeout=30
+        )
         yield buses
     finally:
         for runtime in runtimes:
@@ -168,7 +179,11 @@ async def run_and_check(
 
 async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     """What the orchestrator refuses while the run is live."""
-    producer, consumer = buses
+    producer, consumer, _ = buses
+    # a result that refers to a blob never stored is not recorded as a result
+    lying = await stack.orchestrator.wait(await stack.orchestrator.start_run(LYING), 30)
+    assert lying.status == "failed", lying
+    assert "never stored" in lying.tasks["lie"].error, lying.tasks["lie"]
     # an upload whose content does not hash to its digest: refused, typed, nothing stored
     claimed = digest_of(b"what was promised")
     forged = BlobPut(run_id, "u1", 0, b"something else", 14, claimed, "text/plain")

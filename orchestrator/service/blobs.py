@@ -42,6 +42,7 @@ from bus.protocol import (
     BlobPutAck,
     BlobRef,
     ErrorReply,
+    Payload,
 )
 from eventstore import (
     BlobMismatchError,
@@ -215,6 +216,20 @@ class BlobService:
         except (BlobRequestRefused, BusError) as exc:
             answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
+
+    async def unstored(self, output: Payload) -> str:
+        """Why `output` refers to a blob no one could read: not stored, or stored with
+        another size; '' if every blob it refers to is there."""
+        for ref in blobs.refs_in(output):
+            try:
+                info = await self._store.blobs.info(ref.digest)
+            except EventStoreError as exc:
+                return f"blob {ref.digest} cannot be looked up: {exc}"
+            if info is None:
+                return f"its output refers to blob {ref.digest}, which was never stored"
+            if info.size != ref.size:
+                return f"its output says blob {ref.digest} has {ref.size} bytes, not {info.size}"
+        return ""
 
     # -- uploads ---------------------------------------------------------------------
 

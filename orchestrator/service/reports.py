@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Literal, NamedTuple
 
-from bus import subjects, tracecontext
+from bus import blobs, subjects, tracecontext
 from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.errors import BusError, MalformedMessage
@@ -29,6 +29,7 @@ from bus.protocol import (
     ErrorReply,
     InboxMessage,
     MemoryWrite,
+    Payload,
     ReportAck,
     ReportBatch,
     ReportVerdict,
@@ -153,6 +154,9 @@ class Reports:
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
         self.elsewhere: Callable[[str], bool] | None = None
+        self.unstored: Callable[[Payload], Awaitable[str]] | None = None
+        """Why an output refers to a blob that cannot be read ('' if it does not): set
+        by the orchestrator to its blob service's check."""
         self.unserved: Callable[[str], Awaitable[bool]] | None = None
         """Sharing the runs: whether a run of this one's partitions, not in memory, is open
         in the log (a stale holder started it after the claim: taken over soon)."""
@@ -184,6 +188,8 @@ class Reports:
             if isinstance(decoded, ToolCallRecord | MemoryWrite):
                 await self._record_agent(delivery, decoded, sender)
                 continue
+            if self.unstored is not None and blobs.may_hold_refs(msg.data):
+                decoded = await self._blobs_checked(decoded)
             try:
                 by_run[run_id].append(self._member(delivery, decoded, sender, taken))
             except Exception as exc:
@@ -192,6 +198,27 @@ class Reports:
             if not await self._decide(run_id, members) and len(members) > 1:
                 for member in members:  # one of them fails the decision: find which
                     await self._decide(run_id, [member])
+
+    async def _blobs_checked(
+        self, decoded: TaskResult | TaskFailure | ReportBatch
+    ) -> TaskResult | TaskFailure | ReportBatch:
+        """`decoded` with each result whose output refers to a blob the store lacks (or
+        holds with another size) made a retryable failure that says so: the log never
+        refers to a value no one can read."""
+        assert self.unstored is not None
+        reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+        checked: list[TaskResult | TaskFailure] = []
+        for report in reports:
+            why = await self.unstored(report.output) if isinstance(report, TaskResult) else ""
+            if why:
+                report = TaskFailure(
+                    report.run_id, report.task_id, report.attempt, report.lease_token,
+                    report.agent_id, f"result refused: {why}", True,
+                )  # fmt: skip
+            checked.append(report)
+        if isinstance(decoded, ReportBatch):
+            return ReportBatch(checked, decoded.traceparents)
+        return checked[0]
 
     async def _passed_on(self, delivery: Delivery) -> bool:
         """Whether the message is for a run another orchestrator serves: then a fast copy

@@ -158,6 +158,7 @@ class Orchestrator:
         )
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
+        self._reports.unstored = self.blobs.unstored
         self._pipeline.on_forget += [
             self._reports.forget,
             agentlog.forget,
