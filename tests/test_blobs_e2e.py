@@ -120,7 +120,7 @@ async def agents(stack: Stack) -> AsyncIterator[list[Bus]]:
 
 async def run_and_check(
     stack: Stack, store: EventStore, elsewhere: EventStore, scratch: Path
-) -> None:
+) -> str:
     orchestrator = stack.orchestrator
     async with agents(stack) as buses:
         run_id = await orchestrator.start_run(WORKFLOW, {"document": DOCUMENT})
@@ -175,6 +175,7 @@ async def run_and_check(
         assert await fresh.blobs.list() == []
     finally:
         await fresh.close()
+    return run_id
 
 
 async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
@@ -219,13 +220,29 @@ async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
 
 
 def test_large_values_travel_by_reference_on_sqlite(tmp_path: Path) -> None:
+    """... and a fork taken between the two steps, carried on by a restarted
+    orchestrator: its consumer reads the references the fork copied."""
+
     async def scenario() -> None:
         stack = await bootstrap(tmp_path / "state", tick_s=0.05)
         elsewhere = await SqliteEventStore.open(tmp_path / "other" / "events.db")
         try:
-            await run_and_check(stack, stack.store, elsewhere, tmp_path)
+            run_id = await run_and_check(stack, stack.store, elsewhere, tmp_path)
+            stored = await stack.store.read_stream(journal.run_stream(run_id))
+            produced = next(s for s in stored if s.type == "task.succeeded")
+            forked = await history.fork(stack.store, run_id, produced.position, "fork-1", "cli")
+            assert forked.tasks["consume"].status != "succeeded"
         finally:
             await elsewhere.close()
+            await stack.close()
+        stack = await bootstrap(tmp_path / "state", tick_s=0.05)  # as `baton resume` does
+        try:
+            async with agents(stack):
+                resumed = await stack.orchestrator.wait("fork-1", timeout=60)
+            assert resumed.status == "completed", resumed
+            assert resumed.result is not None
+            assert resumed.result["consume"]["report_sha"] == REPORT_SHA
+        finally:
             await stack.close()
 
     asyncio.run(scenario())
