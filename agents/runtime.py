@@ -353,6 +353,10 @@ class AgentRuntime:
                         reply = output if isinstance(output, Reply) else Reply(output)
                         refuse_handoff(self.contract, reply.handoff_to)
                         sent = await blobs.deflate(reply.output)
+                        subtasks = [
+                            msgspec.structs.replace(ask, params=await blobs.deflate(ask.params))
+                            for ask in reply.subtasks
+                        ]
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
@@ -362,7 +366,7 @@ class AgentRuntime:
                         sent,
                         time.monotonic() - started,
                         ctx.usage.report(reply.tokens),
-                        reply.subtasks,
+                        subtasks,
                         reply.handoff_to,
                     )
                 except TaskError as exc:

@@ -291,8 +291,10 @@ the digest pins the content; replay, fork, audit and export keep the reference, 
   acknowledged again (`received` unchanged). A blob of 0 bytes is one empty chunk. The
   orchestrator hashes what arrives and refuses content that does not hash to `digest`
   (`BlobMismatch`, nothing stored); an upload with no chunk for 60 s is forgotten.
-  Storing a value already stored costs the upload and stores nothing new. A result
-  whose output refers to a blob the store lacks (or holds at another size) is recorded
+  Storing a value already stored costs the upload and stores nothing new. Baton's agent
+  does the same for the `params` of the subtasks a result asks for. A result whose
+  output (or a subtask's `params`) refers to a blob the store lacks (or holds at another
+  size) is recorded
   as a retryable failure of the attempt (`result refused: ...`), never as its result;
   its `task.report.ack` is an acceptance of that failure. In JSON
   (`Baton-Encoding: json`) `data` is base64 text, both ways.

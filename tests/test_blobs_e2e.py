@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from agents import AgentRuntime, TaskContext
+from agents import AgentRuntime, Reply, TaskContext
 from agents.blobs import AgentBlobs, BlobError
 from bus import blobs, subjects
 from bus.codec import Decoder, encode
@@ -27,7 +27,7 @@ from bus.config import Config
 from bus.connection import Bus
 from bus.errors import BusError
 from bus.permissions import inbox_prefix
-from bus.protocol import BlobPut, BlobPutAck, BlobRef, ErrorReply, Payload
+from bus.protocol import BlobPut, BlobPutAck, BlobRef, ErrorReply, Payload, SubtaskRequest
 from bus.server import EmbeddedNats
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, digest_of
 from orchestrator.cli import history
@@ -78,6 +78,16 @@ async def lie(task: TaskContext) -> Payload:
 LYING = WorkflowSpec("lying", [StepSpec("lie", role="liar", max_attempts=1)])
 
 
+async def delegate(task: TaskContext) -> Payload | Reply:
+    """Asks for a subtask whose params hold a large value; the subtask measures it."""
+    if task.input.get("parent"):
+        return {"doc_len": len(task.params["doc"])}
+    return Reply({"asked": 1}, subtasks=[SubtaskRequest("lead", {"doc": DOCUMENT})])
+
+
+DELEGATING = WorkflowSpec("delegating", [StepSpec("lead", role="lead", max_subtasks=1)])
+
+
 async def consume(task: TaskContext) -> Payload:
     given = task.deps["produce"]
     # the handler sees the values themselves, never a reference
@@ -98,7 +108,8 @@ async def agents(stack: Stack) -> AsyncIterator[list[Bus]]:
     runtimes: list[AgentRuntime] = []
     for agent_id, role, handler in (("producer-1", "producer", produce),
                                     ("consumer-1", "consumer", consume),
-                                    ("liar-1", "liar", lie)):  # fmt: skip
+                                    ("liar-1", "liar", lie),
+                                    ("lead-1", "lead", delegate)):  # fmt: skip
         url = stack.agent_url(agent_id, role)
         bus = await Bus.connect(url, name=agent_id, inbox_prefix=inbox_prefix(agent_id))
         buses.append(bus)
@@ -180,7 +191,12 @@ async def run_and_check(
 
 async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     """What the orchestrator refuses while the run is live."""
-    producer, consumer, _ = buses
+    producer, consumer, *_ = buses
+    # a subtask's params travel by reference too
+    delegated = await stack.orchestrator.wait(await stack.orchestrator.start_run(DELEGATING), 30)
+    assert delegated.status == "completed", delegated
+    measured = [t.output for t in delegated.tasks.values() if t.output and "doc_len" in t.output]
+    assert measured == [{"doc_len": len(DOCUMENT)}]
     # a result that refers to a blob never stored is not recorded as a result
     lying = await stack.orchestrator.wait(await stack.orchestrator.start_run(LYING), 30)
     assert lying.status == "failed", lying

@@ -217,18 +217,19 @@ class BlobService:
             answer = ErrorReply(type(exc).__name__, str(exc))
         await msg.reply(encode(answer))
 
-    async def unstored(self, output: Payload) -> str:
-        """Why `output` refers to a blob no one could read: not stored, or stored with
-        another size; '' if every blob it refers to is there."""
-        for ref in blobs.refs_in(output):
+    async def unstored(self, payloads: list[Payload]) -> str:
+        """Why a result's payloads (its output, its subtasks' params) refer to a blob no
+        one could read: not stored, or stored with another size; '' if every blob they
+        refer to is there."""
+        for ref in blobs.refs_in(payloads):
             try:
                 info = await self._store.blobs.info(ref.digest)
             except EventStoreError as exc:
                 return f"blob {ref.digest} cannot be looked up: {exc}"
             if info is None:
-                return f"its output refers to blob {ref.digest}, which was never stored"
+                return f"it refers to blob {ref.digest}, which was never stored"
             if info.size != ref.size:
-                return f"its output says blob {ref.digest} has {ref.size} bytes, not {info.size}"
+                return f"it says blob {ref.digest} has {ref.size} bytes, not {info.size}"
         return ""
 
     # -- uploads ---------------------------------------------------------------------

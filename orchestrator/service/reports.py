@@ -154,7 +154,7 @@ class Reports:
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
         self.elsewhere: Callable[[str], bool] | None = None
-        self.unstored: Callable[[Payload], Awaitable[str]] | None = None
+        self.unstored: Callable[[list[Payload]], Awaitable[str]] | None = None
         """Why an output refers to a blob that cannot be read ('' if it does not): set
         by the orchestrator to its blob service's check."""
         self.unserved: Callable[[str], Awaitable[bool]] | None = None
@@ -209,7 +209,9 @@ class Reports:
         reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
         checked: list[TaskResult | TaskFailure] = []
         for report in reports:
-            why = await self.unstored(report.output) if isinstance(report, TaskResult) else ""
+            why = ""
+            if isinstance(report, TaskResult):
+                why = await self.unstored([report.output, *(s.params for s in report.subtasks)])
             if why:
                 report = TaskFailure(
                     report.run_id, report.task_id, report.attempt, report.lease_token,
