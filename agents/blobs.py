@@ -55,7 +55,9 @@ class BlobConfigError(AgentError):
 
 
 def threshold_from_env(default: int = BLOB_THRESHOLD) -> int:
-    """`$BATON_BLOB_THRESHOLD` (bytes, at least 1), else `default`."""
+    """`$BATON_BLOB_THRESHOLD` (bytes, at least 1), else `default`: an agent's output
+    values encoded larger than this leave as blob references (`AgentRuntime`'s
+    `blob_threshold` when none is given)."""
     text = os.environ.get(THRESHOLD_ENV, "").strip()
     if not text:
         return default

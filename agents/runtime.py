@@ -21,6 +21,7 @@ import time
 from collections import OrderedDict
 
 import msgspec
+from msgspec.structs import replace
 
 from agents.blobs import AgentBlobs, BlobError, BlobForged, threshold_from_env
 from agents.errors import AgentIdTaken
@@ -83,7 +84,7 @@ def _sent_to(message: AgentInbound) -> str:
 
 
 class AgentRuntime:
-    """One agent process's service loop around one handler."""
+    """One agent process's service loop around one handler (`blob_threshold`: agents.blobs)."""
 
     def __init__(
         self,
@@ -104,8 +105,6 @@ class AgentRuntime:
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.blob_threshold = threshold_from_env() if blob_threshold is None else blob_threshold
-        """Output values encoded larger than this many bytes leave as blob references
-        (`bus.blobs`); default `$BATON_BLOB_THRESHOLD`, else `BLOB_THRESHOLD`."""
         self.role = role
         self.contract = contract
         self._digest = contract.digest if contract else ""
@@ -346,35 +345,24 @@ class AgentRuntime:
                 started = time.monotonic()
                 try:
                     async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
-                        given = await blobs.inflate(a.input)
-                        if given is not a.input:
-                            ctx = msgspec.structs.replace(ctx, input=given)
-                        output = await self._handler(ctx)
-                        reply = output if isinstance(output, Reply) else Reply(output)
-                        refuse_handoff(self.contract, reply.handoff_to)
-                        sent = await blobs.deflate(reply.output)
-                        subtasks = [
-                            msgspec.structs.replace(ask, params=await blobs.deflate(ask.params))
-                            for ask in reply.subtasks
-                        ]
+                        ctx, reply = await _answer(self._handler, ctx, blobs)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
                         a.attempt,
                         a.lease_token,
                         self.agent_id,
-                        sent,
+                        reply.output,
                         time.monotonic() - started,
                         ctx.usage.report(reply.tokens),
-                        subtasks,
+                        reply.subtasks,
                         reply.handoff_to,
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable, exc.escalate)
-                except BlobForged as exc:
-                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", False)
-                except BlobError as exc:
-                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", True)
+                except BlobError as exc:  # a forged blob will not be better next time
+                    retry = not isinstance(exc, BlobForged)
+                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", retry)
                 except TimeoutError:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
@@ -395,6 +383,21 @@ class AgentRuntime:
             a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable,
             escalate,
         )  # fmt: skip
+
+
+async def _answer(
+    handler: Handler, ctx: TaskContext, blobs: AgentBlobs
+) -> tuple[TaskContext, Reply]:
+    """The handler's reply to an attempt: run on its input with the blobs it refers to
+    fetched, and with the large values of its output and subtasks' params stored."""
+    given = await blobs.inflate(ctx.input)
+    if given is not ctx.input:
+        ctx = msgspec.structs.replace(ctx, input=given)
+    output = await handler(ctx)
+    reply = output if isinstance(output, Reply) else Reply(output)
+    refuse_handoff(ctx.contract, reply.handoff_to)
+    asks = [replace(ask, params=await blobs.deflate(ask.params)) for ask in reply.subtasks]
+    return ctx, replace(reply, output=await blobs.deflate(reply.output), subtasks=asks)
 
 
 def _memory(bus: Bus, contract: RoleContract | None, agent_id: str, a: Assignment) -> Memory | None:

@@ -9,17 +9,27 @@ import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import private
 from bus import subjects
 from eventstore import EventQuery, EventStore
-from orchestrator.cli import audit_verify, history, render
+from orchestrator.cli import audit_verify, blobs_cli, history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun, UnknownStore, WorkflowError
-from orchestrator.service import blob_gc, journal
+from orchestrator.service import journal
 from orchestrator.service.bootstrap import open_store, state_dir, store_exists, store_path
 from orchestrator.service.service import new_run_id
+
+
+def add_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parsers of `import` and `blobs`, under `sub` (the `baton` subparsers)."""
+    import_: argparse.ArgumentParser = sub.add_parser(
+        "import", help="add an exported run's log to this state directory"
+    )
+    import_.add_argument("file", help="a file written by baton export ('-' for standard input)")
+    return import_, blobs_cli.add_parser(sub)
 
 
 async def existing_store(args: argparse.Namespace) -> EventStore:
@@ -119,30 +129,6 @@ async def _audit(args: argparse.Namespace, store: EventStore) -> int:
     return 0
 
 
-async def _blobs(args: argparse.Namespace, store: EventStore) -> int:
-    if args.action == "ls":
-        wanted = await blob_gc.referenced(store)
-        for info in await store.blobs.list():
-            mark = "referenced" if info.digest in wanted else "unreferenced"
-            print(f"{info.digest}  {info.size:>12}  {info.media_type:<28}  {mark}")
-        return 0
-    if args.grace < 0:
-        raise WorkflowError("--grace", "must be at least 0 seconds")
-    done = await blob_gc.collect(store, grace_s=args.grace, dry_run=args.dry_run)
-    verb = "would remove" if args.dry_run else "removed"
-    print(f"{verb} {len(done.removed)} unreferenced blob(s), {done.freed_bytes} bytes; kept "
-          f"{done.referenced - len(done.missing)} referenced and {done.kept_young} stored "
-          f"within the last {args.grace:g}s")  # fmt: skip
-    for digest in done.removed:
-        print(f"  {digest}")
-    if done.missing:
-        print(f"the log refers to {len(done.missing)} blob(s) the store lacks:", file=sys.stderr)
-        for digest in done.missing:
-            print(f"  {digest}", file=sys.stderr)
-        return 1
-    return 0
-
-
 _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[int]]] = {
     "replay": _replay,
     "fork": _fork,
@@ -150,7 +136,7 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[in
     "import": _import,
     "audit": _audit,
     "trace": obs_cli.trace,
-    "blobs": _blobs,
+    "blobs": blobs_cli.blobs,
 }
 
 

@@ -145,25 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("-o", "--output", help="file (default: standard output)")
 
-    import_ = sub.add_parser("import", help="add an exported run's log to this state directory")
-    import_.add_argument("file", help="a file written by baton export ('-' for standard input)")
-
-    blobs = sub.add_parser(
-        "blobs",
-        help="list the large values kept beside the log, or collect the unreferenced",
-        description="Large values (over 256 KiB by default) are kept once, by SHA-256, "
-        "beside the log (a SQLite file beside events.db, or the JetStream Object Store "
-        "bucket BATON_BLOBS), and events refer to them by digest. The log is append-only, "
-        "so a run's blobs stay as long as its events; 'gc' removes the blobs no event "
-        "refers to (uploads whose result was refused, timed out or never sent) that were "
-        "stored more than --grace seconds ago. 'ls' lists every blob and whether the log "
-        "refers to it. Exit 1 if the log refers to a blob the store lacks.",
-    )
-    blobs.add_argument("action", choices=["ls", "gc"], help="'ls' list, 'gc' collect")
-    blobs.add_argument("--grace", type=float, default=3600.0, metavar="SECONDS",
-                       help="keep blobs stored this recently, referenced or not (default "
-                            "3600: an upload's result may still be on its way)")  # fmt: skip
-    blobs.add_argument("--dry-run", action="store_true", help="only say what would be removed")
+    import_, blobs = log_commands.add_parsers(sub)
 
     audit = sub.add_parser("audit", help="list events, walk causes, verify the hash chain")
     audit.add_argument("action", nargs="?", choices=["verify"],

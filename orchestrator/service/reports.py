@@ -133,6 +133,30 @@ async def _answer(delivery: Delivery, recorded: bool, ack: bytes = _RECORDED) ->
         await _settle(msg.reply(ack if recorded else _NOT_RECORDED), msg.subject)
 
 
+async def blobs_checked(
+    decoded: TaskResult | TaskFailure | ReportBatch,
+    unstored: Callable[[list[Payload]], Awaitable[str]],
+) -> TaskResult | TaskFailure | ReportBatch:
+    """`decoded` with each result whose output (or a subtask's params) refers to a blob the
+    store lacks (or holds at another size, `unstored` says why) made a retryable failure
+    that says so: the log never refers to a value no one can read."""
+    reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+    checked: list[TaskResult | TaskFailure] = []
+    for report in reports:
+        why = ""
+        if isinstance(report, TaskResult):
+            why = await unstored([report.output, *(s.params for s in report.subtasks)])
+        if why:
+            report = TaskFailure(
+                report.run_id, report.task_id, report.attempt, report.lease_token,
+                report.agent_id, f"result refused: {why}", True,
+            )  # fmt: skip
+        checked.append(report)
+    if isinstance(decoded, ReportBatch):
+        return ReportBatch(checked, decoded.traceparents)
+    return checked[0]
+
+
 class Reports:
     """Decides what agents report and answers them once it is durable."""
 
@@ -189,7 +213,7 @@ class Reports:
                 await self._record_agent(delivery, decoded, sender)
                 continue
             if self.unstored is not None and blobs.may_hold_refs(msg.data):
-                decoded = await self._blobs_checked(decoded)
+                decoded = await blobs_checked(decoded, self.unstored)
             try:
                 by_run[run_id].append(self._member(delivery, decoded, sender, taken))
             except Exception as exc:
@@ -198,29 +222,6 @@ class Reports:
             if not await self._decide(run_id, members) and len(members) > 1:
                 for member in members:  # one of them fails the decision: find which
                     await self._decide(run_id, [member])
-
-    async def _blobs_checked(
-        self, decoded: TaskResult | TaskFailure | ReportBatch
-    ) -> TaskResult | TaskFailure | ReportBatch:
-        """`decoded` with each result whose output refers to a blob the store lacks (or
-        holds with another size) made a retryable failure that says so: the log never
-        refers to a value no one can read."""
-        assert self.unstored is not None
-        reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
-        checked: list[TaskResult | TaskFailure] = []
-        for report in reports:
-            why = ""
-            if isinstance(report, TaskResult):
-                why = await self.unstored([report.output, *(s.params for s in report.subtasks)])
-            if why:
-                report = TaskFailure(
-                    report.run_id, report.task_id, report.attempt, report.lease_token,
-                    report.agent_id, f"result refused: {why}", True,
-                )  # fmt: skip
-            checked.append(report)
-        if isinstance(decoded, ReportBatch):
-            return ReportBatch(checked, decoded.traceparents)
-        return checked[0]
 
     async def _passed_on(self, delivery: Delivery) -> bool:
         """Whether the message is for a run another orchestrator serves: then a fast copy
