@@ -34,6 +34,8 @@ from bus.protocol import (
 _put_reply: Decoder[BlobPutAck | ErrorReply] = Decoder(BlobPutAck | ErrorReply)
 _get_reply: Decoder[BlobChunk | ErrorReply] = Decoder(BlobChunk | ErrorReply)
 THRESHOLD_ENV = "BATON_BLOB_THRESHOLD"
+STORE_BYTES_PER_S = 10_000_000
+"""The slowest store a whole blob's last chunk waits for (it is stored before its ack)."""
 
 
 class BlobError(AgentError):
@@ -104,7 +106,9 @@ class AgentBlobs:
         while True:
             chunk = data[offset : offset + BLOB_CHUNK_BYTES]
             message = BlobPut(self._run_id, upload_id, offset, chunk, len(data), digest, media_type)
-            reply = await self._ask(self._put_subject, encode(message), _put_reply)
+            last = offset + len(chunk) >= len(data)  # stored whole before it is answered
+            wait = self._timeout_s + (len(data) / STORE_BYTES_PER_S if last else 0.0)
+            reply = await self._ask(self._put_subject, encode(message), _put_reply, wait)
             if isinstance(reply, ErrorReply):
                 raise _refused(reply)
             if reply.ref is not None:
@@ -122,7 +126,7 @@ class AgentBlobs:
         offset = 0
         while True:
             message = BlobGet(self._run_id, ref.digest, offset, BLOB_CHUNK_BYTES)
-            reply = await self._ask(self._get_subject, encode(message), _get_reply)
+            reply = await self._ask(self._get_subject, encode(message), _get_reply, self._timeout_s)
             if isinstance(reply, ErrorReply):
                 raise _refused(reply)
             if reply.offset != offset or reply.digest != ref.digest:
@@ -137,9 +141,11 @@ class AgentBlobs:
         except blobs.BlobMismatch as exc:
             raise BlobForged("BlobMismatch", str(exc)) from exc
 
-    async def _ask(self, subject: str, payload: bytes, decoder: Decoder[Any]) -> Any:
+    async def _ask(
+        self, subject: str, payload: bytes, decoder: Decoder[Any], timeout_s: float
+    ) -> Any:
         try:
-            return decoder.decode(await self._bus.request(subject, payload, self._timeout_s))
+            return decoder.decode(await self._bus.request(subject, payload, timeout_s))
         except BusError as exc:
             raise BlobError("BlobUnavailable", f"{subject}: {exc}") from exc
 

@@ -474,7 +474,8 @@ BLOB_ERRORS: dict[str, str] = {
     "BlobNotFound": "no blob with this digest is stored",
     "BlobRefused": "not the sender's: it has no task in the run, or the run's log refers to "
     "no such blob (nor does a blob it refers to)",
-    "BlobTooLarge": "over the orchestrator's largest blob, or too many uploads open at once",
+    "BlobTooLarge": "over the orchestrator's largest blob, or too many uploads (or bytes of "
+    "uploads) open at once",
     "BlobUploadBroken": "a chunk that does not continue its upload (no such upload, another "
     "offset, size or digest, or the upload expired): start it again from offset 0",
     "BlobUnavailable": "the blob store failed: try again",

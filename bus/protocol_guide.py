@@ -306,7 +306,7 @@ the digest pins the content; replay, fork, audit and export keep the reference, 
   digest it guessed: `BlobRefused`. Sharing the runs, the owner of the run answers.
 - **Errors** (`error` replies, see *Error codes*): `BlobMismatch`, `BlobNotFound`,
   `BlobRefused`, `BlobTooLarge` (over the orchestrator's largest blob, 256 MiB by
-  default, or 4 uploads open at once), `BlobUploadBroken` (start again from 0),
+  default, or 4 uploads of the agent open at once, or 1 GiB of uploads open in all), `BlobUploadBroken` (start again from 0),
   `BlobUnavailable`, `BadBlobRequest`, `MalformedMessage`.
 - **Keeping them.** The log is append-only, so a run's blobs stay as long as its log.
   Uploads whose event never came (a refused or lost result) are collected by

@@ -16,6 +16,7 @@ from bus import blobs
 from bus.connection import Bus
 from bus.protocol import BLOB_CHUNK_BYTES, BlobGet, BlobPut, BlobRef
 from eventstore import MemoryEventStore, NewEvent, digest_of
+from orchestrator.service import blobs as blob_service_module
 from orchestrator.service.blobs import (
     UPLOAD_IDLE_S,
     BadBlobRequest,
@@ -234,5 +235,20 @@ def test_only_an_agent_with_work_in_the_run_may_upload() -> None:
         with pytest.raises(BlobRefused):
             await blob_service.put(chunks(b"data")[0], "a1")
         assert await store.blobs.list() == []
+
+    asyncio.run(scenario())
+
+
+def test_the_open_uploads_are_bounded_in_all(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(blob_service_module, "MAX_HELD_BYTES", 3 * BLOB_CHUNK_BYTES)
+
+    async def scenario() -> None:
+        blob_service, _, _ = service()
+        data = b"h" * (2 * BLOB_CHUNK_BYTES)
+        await blob_service.put(chunks(data, upload_id="first")[0], "a1")
+        with pytest.raises(BlobTooLarge, match="try later"):  # another's, over the total
+            await blob_service.put(chunks(data, upload_id="second")[0], "a2")
+        await blob_service.put(chunks(data, upload_id="first")[1], "a1")  # done: room again
+        await blob_service.put(chunks(data, upload_id="second")[0], "a2")
 
     asyncio.run(scenario())

@@ -7,8 +7,8 @@ that agent may publish to), never from a claim in the payload:
 - **put**: an agent that has work in the run (`works_in`) may upload a blob for it, in
   order, chunk by chunk; the whole is hashed as it arrives and stored only if it hashes
   to the digest it came with (else `BlobMismatch`, nothing stored). Uploads are bounded:
-  `max_bytes` each, `MAX_OPEN_UPLOADS` open per agent, forgotten after `UPLOAD_IDLE_S`
-  without a chunk.
+  `max_bytes` each, `MAX_OPEN_UPLOADS` open per agent, `MAX_HELD_BYTES` in all,
+  forgotten after `UPLOAD_IDLE_S` without a chunk.
 - **get**: an agent that has work in the run may read a blob the run's log refers to
   (its input, a dependency's output, a chat's transcript...), and the blobs that such a
   blob refers to in turn. Nothing else: not another run's blobs, not a digest it guessed.
@@ -60,6 +60,8 @@ MAX_BLOB_BYTES: Final = 256 * 1024 * 1024
 """The largest blob an agent may upload, by default (`BATON_BLOB_MAX_BYTES`)."""
 MAX_OPEN_UPLOADS: Final = 4
 """Uploads one agent may have open at once."""
+MAX_HELD_BYTES: Final = 1024 * 1024 * 1024
+"""The bytes all open uploads may come to, together (their declared sizes)."""
 UPLOAD_IDLE_S: Final = 60.0
 """An upload with no chunk for this long is forgotten (the agent must start it again)."""
 CACHE_BYTES: Final = 64 * 1024 * 1024
@@ -249,6 +251,9 @@ class BlobService:
                 raise BlobTooLarge(f"{request.size} bytes is over the {self.max_bytes}-byte limit")
             if sum(a == agent for a, _ in self._uploads) >= MAX_OPEN_UPLOADS:
                 raise BlobTooLarge(f"{MAX_OPEN_UPLOADS} uploads open already")
+            held = sum(up.size for up in self._uploads.values())
+            if held + request.size > MAX_HELD_BYTES:
+                raise BlobTooLarge(f"the open uploads come to {held} bytes already: try later")
             upload = _Upload(request.run_id, request.digest, request.size, request.media_type, now)
             self._uploads[key] = upload
         elif (upload.run_id, upload.digest, upload.size, upload.media_type) != (
