@@ -274,13 +274,21 @@ class Driver:
         self._reply_timeout = reply_timeout
         self._result_timeout = result_timeout
 
-    def assignment(self, case: str, seconds: float = 0.0, timeout_s: float = 30.0) -> Assignment:
-        """A new attempt for the agent's current instance, asked to take `seconds`."""
+    def assignment(
+        self,
+        case: str,
+        seconds: float = 0.0,
+        timeout_s: float = 30.0,
+        extra: dict[str, object] | None = None,
+    ) -> Assignment:
+        """A new attempt for the agent's current instance, asked to take `seconds` (with
+        `extra` params besides)."""
         run_id = f"{self.session}-{case}"
         if run_id not in self.runs:
             self.runs.append(run_id)
         self._tasks += 1
         params: dict[str, object] = {"seconds": seconds} if seconds else {}
+        params.update(extra or {})
         a = Assignment(
             run_id=run_id,
             task_id=f"t{self._tasks}",
