@@ -26,9 +26,9 @@ from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from bus import blobs, subjects
-from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
-from bus.connection import Bus, Incoming
+from bus import blobs
+from bus.codec import MAX_MESSAGE_BYTES, Decoder
+from bus.connection import Bus
 from bus.contracts import Contracts
 from bus.errors import BusError, RequestFailed
 from bus.permissions import inbox_prefix
@@ -36,11 +36,9 @@ from bus.protocol import (
     BLOB_CHUNK_BYTES,
     AssignAck,
     AssignBatch,
-    BlobChunk,
     BlobGet,
     BlobRef,
     Control,
-    ErrorReply,
     ReportVerdict,
     TaskFailure,
     TaskResult,
@@ -51,6 +49,7 @@ from orchestrator.service.conformance_wire import (
     Driver,
     accepted,
     key_of,
+    serve_blobs,
 )
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 
@@ -202,24 +201,7 @@ class Kit:
         forged = BlobRef(blobs.digest_of(b"promised" * 99), len(good), blobs.BINARY)
         served: dict[str, bytes] = {blobs.digest_of(good): good, forged.digest: good}
         asked: list[tuple[str, int]] = []
-
-        async def on_get(msg: Incoming) -> None:
-            try:
-                get = _blob_get.decode(msg.data)
-            except BusError as exc:
-                await msg.reply(encode(ErrorReply("MalformedMessage", str(exc))))
-                return
-            data = served.get(get.digest)
-            if data is None:
-                await msg.reply(encode(ErrorReply("BlobNotFound", get.digest)))
-                return
-            asked.append((get.digest, get.offset))
-            part = data[get.offset : get.offset + (get.length or BLOB_CHUNK_BYTES)]
-            chunk = BlobChunk(get.digest, get.offset, len(data), blobs.BINARY, part)
-            await msg.reply(encode(chunk))
-
-        bus = self.watch.bus
-        sub = await bus.subscribe(subjects.blob_get(self.watch.agent_id), on_get)
+        sub = await serve_blobs(self.watch.bus, self.watch.agent_id, served, asked)
         try:
             ref = BlobRef(blobs.digest_of(good), len(good), blobs.BINARY)
             a = self.send.assignment("blobs", extra={"document": blobs.ref_value(ref)})
