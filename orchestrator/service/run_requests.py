@@ -217,10 +217,9 @@ class RunRequests:
         command: HumanDecision | CancelRun
         if request.action == "cancel":
             command = CancelRun(request.task_id, actor, request.note)
-        else:
-            command = HumanDecision(
-                request.task_id, request.action, actor, request.note, request.output
-            )
+        else:  # an approval's output is recorded like an agent's: large values by reference
+            output = await self._by_reference(request.output) if request.output else {}
+            command = HumanDecision(request.task_id, request.action, actor, request.note, output)
         if request.run_id not in self._pipeline.runs:
             # a run that ended and is no longer in memory is refused for what the log says
             # it is; a run with no log at all is `UnknownRun`
