@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -47,6 +48,7 @@ WORKFLOW = WorkflowSpec(
 _put_reply: Decoder[BlobPutAck | ErrorReply] = Decoder(BlobPutAck | ErrorReply)
 
 
+@functools.cache
 def large_values() -> tuple[str, list[dict[str, Any]]]:
     """A 20 MB report (one string) and a 5 MB transcript (many small turns)."""
     report = os.urandom(REPORT_BYTES // 2).hex()
@@ -58,8 +60,16 @@ def large_values() -> tuple[str, list[dict[str, Any]]]:
     return report, transcript
 
 
-REPORT, TRANSCRIPT = large_values()
-REPORT_SHA = hashlib.sha256(REPORT.encode()).hexdigest()
+def report() -> str:
+    return large_values()[0]
+
+
+def transcript() -> list[dict[str, Any]]:
+    return large_values()[1]
+
+
+def report_sha() -> str:
+    return hashlib.sha256(report().encode()).hexdigest()
 
 
 DOCUMENT = "the run's own input, large too. " * 40_000
@@ -67,7 +77,7 @@ DOCUMENT = "the run's own input, large too. " * 40_000
 
 async def produce(task: TaskContext) -> Payload:
     assert task.input["input"]["document"] == DOCUMENT  # the run's input, whole
-    return {"report": REPORT, "transcript": TRANSCRIPT, "note": "small values stay inline"}
+    return {"report": report(), "transcript": transcript(), "note": "small values stay inline"}
 
 
 async def lie(task: TaskContext) -> Payload:
@@ -92,7 +102,7 @@ async def consume(task: TaskContext) -> Payload:
     given = task.deps["produce"]
     # the handler sees the values themselves, never a reference
     assert isinstance(given["report"], str)
-    assert given["transcript"] == TRANSCRIPT
+    assert given["transcript"] == transcript()
     return {
         "report_sha": hashlib.sha256(given["report"].encode()).hexdigest(),
         "turns": len(given["transcript"]),
@@ -150,13 +160,13 @@ async def run_and_check(
     assert refs, "the outputs are recorded as references"
     stored_blobs = {b.digest: b for b in await store.blobs.list()}
     assert {r.digest for r in refs} <= set(stored_blobs)
-    report_ref = blobs.digest_of(REPORT.encode())
-    assert stored_blobs[report_ref].size == len(REPORT)
+    report_ref = blobs.digest_of(report().encode())
+    assert stored_blobs[report_ref].size == len(report())
     # the input document, the report, the transcript (passed on: the same blob, stored
     # once), the JSON put
     assert len(stored_blobs) == 4, sorted(stored_blobs)
-    assert consumed["report_sha"] == REPORT_SHA
-    assert consumed["turns"] == len(TRANSCRIPT)
+    assert consumed["report_sha"] == report_sha()
+    assert consumed["turns"] == len(transcript())
     assert consumed["note"] == "small values stay inline"
     assert blobs.as_ref(consumed["transcript"]) is not None
 
@@ -170,7 +180,7 @@ async def run_and_check(
     assert header["blobs"] == 3
     assert await history.import_lines(elsewhere, lines) == run_id
     assert await journal.load_run(elsewhere, run_id) == live
-    assert await elsewhere.blobs.get(report_ref) == REPORT.encode()
+    assert await elsewhere.blobs.get(report_ref) == report().encode()
     # an export whose blob was changed is refused, and nothing of it is stored
     changed = list(lines)
     for n, line in enumerate(changed):
@@ -224,10 +234,10 @@ async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     assert acked.ref == BlobRef(digest_of(text), len(text), "text/plain")
     assert await stack.store.blobs.get(digest_of(text)) == text
     # a blob no run of the agent's refers to is not its to read, even by its digest
-    guessed = blobs.digest_of(REPORT.encode())
+    guessed = blobs.digest_of(report().encode())
     other = AgentBlobs(consumer, "consumer-1", "some-other-run")
     with pytest.raises(BlobError, match="BlobRefused"):
-        await other.get(BlobRef(guessed, len(REPORT), blobs.TEXT))
+        await other.get(BlobRef(guessed, len(report()), blobs.TEXT))
     if stack.logins is None:
         return  # an outside server without logins: anyone may publish anywhere
     # on the embedded server an agent may upload only as itself
@@ -257,7 +267,7 @@ def test_large_values_travel_by_reference_on_sqlite(tmp_path: Path) -> None:
                 resumed = await stack.orchestrator.wait("fork-1", timeout=60)
             assert resumed.status == "completed", resumed
             assert resumed.result is not None
-            assert resumed.result["consume"]["report_sha"] == REPORT_SHA
+            assert resumed.result["consume"]["report_sha"] == report_sha()
         finally:
             await stack.close()
 
