@@ -57,7 +57,7 @@ from orchestrator.service.bounded import Lru
 log = logging.getLogger("baton.blobs")
 
 MAX_BLOB_BYTES: Final = 256 * 1024 * 1024
-"""The largest blob an agent may upload, by default (`BATON_BLOB_MAX_BYTES`)."""
+"""The largest blob an agent may upload, by default (`Orchestrator(max_blob_bytes=)`)."""
 MAX_OPEN_UPLOADS: Final = 4
 """Uploads one agent may have open at once."""
 MAX_HELD_BYTES: Final = 1024 * 1024 * 1024
