@@ -12,7 +12,8 @@ import pytest
 
 from bus import blobs
 from bus.protocol import BlobRef
-from eventstore import BlobInfo, NewEvent, SqliteEventStore
+from bus.server import EmbeddedNats
+from eventstore import BlobInfo, JetStreamEventStore, NewEvent, SqliteEventStore
 from orchestrator.cli.main import main
 from orchestrator.service import blob_gc
 
@@ -79,3 +80,35 @@ def test_gc_removes_only_old_unreferenced_blobs(
     assert len(listed) == 3
     assert all(line.endswith(" referenced") for line in listed)
     assert main(["blobs", "gc", "--grace", "-1", "--state-dir", str(tmp_path)]) == 2
+
+
+def test_gc_on_the_jetstream_object_store(tmp_path: Path) -> None:
+    """The same collection on the distributed store: the log in a JetStream stream, the
+    blobs in its Object Store bucket."""
+
+    async def scenario() -> None:
+        server = EmbeddedNats(tmp_path / "nats")
+        url = await server.start()
+        store = await JetStreamEventStore.open(
+            url, "GC", subject_prefix="gc", blob_bucket="GC_BLOBS"
+        )
+        try:
+            kept = await _put_js(store, "referenced")
+            orphan = await _put_js(store, "never referred to")
+            data = msgspec.msgpack.encode({"output": _ref(kept)})
+            await store.append("run-y", [NewEvent(event_id="run-y@1", type="t", data=data)], 0)
+            young = await blob_gc.collect(store, grace_s=3600)
+            assert (young.removed, young.kept_young) == ([], 1)
+            done = await blob_gc.collect(store, grace_s=0, now=time.time() + 1)
+            assert done.removed == [orphan.digest]
+            assert [b.digest for b in await store.blobs.list()] == [kept.digest]
+        finally:
+            await store.close()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+async def _put_js(store: JetStreamEventStore, value: object) -> BlobInfo:
+    data, media_type = blobs.encode_value(value)
+    return await store.blobs.put(data, media_type)
