@@ -34,6 +34,7 @@ from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, digest
 from orchestrator.cli import history
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from orchestrator.service import blob_gc, journal
+from orchestrator.service.api import RunControlRequest
 from orchestrator.service.bootstrap import Stack, bootstrap
 
 REPORT_BYTES = 20 * 1024 * 1024
@@ -86,6 +87,9 @@ async def lie(task: TaskContext) -> Payload:
 
 
 LYING = WorkflowSpec("lying", [StepSpec("lie", role="liar", max_attempts=1)])
+ESCALATING = WorkflowSpec(
+    "escalating", [StepSpec("lie", role="liar", max_attempts=1, on_exhausted="escalate")]
+)
 
 
 async def delegate(task: TaskContext) -> Payload | Reply:
@@ -211,6 +215,16 @@ async def refusals(stack: Stack, buses: list[Bus], run_id: str) -> None:
     lying = await stack.orchestrator.wait(await stack.orchestrator.start_run(LYING), 30)
     assert lying.status == "failed", lying
     assert "never stored" in lying.tasks["lie"].error, lying.tasks["lie"]
+    # a person's approval with a large output: recorded by reference too
+    escalated = await stack.orchestrator.start_run(ESCALATING)
+    async with asyncio.timeout(30):
+        while stack.orchestrator.run(escalated).tasks["lie"].status != "escalated":
+            await asyncio.sleep(0.02)
+    approval = RunControlRequest(escalated, "approve", "lie", output={"doc": DOCUMENT})
+    await stack.orchestrator.control(approval, "human:tester")
+    approved = await stack.orchestrator.wait(escalated, 30)
+    assert approved.status == "completed", approved
+    assert blobs.as_ref((approved.tasks["lie"].output or {})["doc"]) is not None
     # an upload whose content does not hash to its digest: refused, typed, nothing stored
     claimed = digest_of(b"what was promised")
     forged = BlobPut(run_id, "u1", 0, b"something else", 14, claimed, "text/plain")
