@@ -20,6 +20,10 @@ import signal
 import time
 from collections import OrderedDict
 
+import msgspec
+from msgspec.structs import replace
+
+from agents.blobs import AgentBlobs, BlobError, BlobForged, threshold_from_env
 from agents.errors import AgentIdTaken
 from agents.gateway import Approver, BusRecorder, PolicyApprover, ToolGateway
 from agents.memory import Memory
@@ -80,7 +84,7 @@ def _sent_to(message: AgentInbound) -> str:
 
 
 class AgentRuntime:
-    """One agent process's service loop around one handler."""
+    """One agent process's service loop around one handler (`blob_threshold`: agents.blobs)."""
 
     def __init__(
         self,
@@ -97,8 +101,10 @@ class AgentRuntime:
         contract: RoleContract | None = None,
         tools: ToolRegistry | None = None,
         approver: Approver | None = None,
+        blob_threshold: int | None = None,
     ) -> None:
         self.agent_id = subjects.token(agent_id)
+        self.blob_threshold = threshold_from_env() if blob_threshold is None else blob_threshold
         self.role = role
         self.contract = contract
         self._digest = contract.digest if contract else ""
@@ -333,14 +339,13 @@ class AgentRuntime:
         timeout_s = min(a.timeout_s, budget_s) if budget_s else a.timeout_s
         outcome: TaskResult | TaskFailure
         inbox_writes = track_inbox_writes()
+        blobs = AgentBlobs(self._bus, self.agent_id, a.run_id, threshold=self.blob_threshold)
         try:
             async with self._slots:
                 started = time.monotonic()
                 try:
                     async with asyncio.timeout(timeout_s):  # no extra task, unlike wait_for
-                        output = await self._handler(ctx)
-                    reply = output if isinstance(output, Reply) else Reply(output)
-                    refuse_handoff(self.contract, reply.handoff_to)
+                        ctx, reply = await _answer(self._handler, ctx, blobs)
                     outcome = TaskResult(
                         a.run_id,
                         a.task_id,
@@ -355,6 +360,9 @@ class AgentRuntime:
                     )
                 except TaskError as exc:
                     outcome = self._failure(a, str(exc), exc.retryable, exc.escalate)
+                except BlobError as exc:  # a forged blob will not be better next time
+                    retry = not isinstance(exc, BlobForged)
+                    outcome = self._failure(a, f"{type(exc).__name__}: {exc}", retry)
                 except TimeoutError:
                     outcome = self._failure(a, f"handler exceeded {timeout_s}s", True)
                 except Exception as exc:
@@ -375,6 +383,21 @@ class AgentRuntime:
             a.run_id, a.task_id, a.attempt, a.lease_token, self.agent_id, error, retryable,
             escalate,
         )  # fmt: skip
+
+
+async def _answer(
+    handler: Handler, ctx: TaskContext, blobs: AgentBlobs
+) -> tuple[TaskContext, Reply]:
+    """The handler's reply to an attempt: run on its input with the blobs it refers to
+    fetched, and with the large values of its output and subtasks' params stored."""
+    given = await blobs.inflate(ctx.input)
+    if given is not ctx.input:
+        ctx = msgspec.structs.replace(ctx, input=given)
+    output = await handler(ctx)
+    reply = output if isinstance(output, Reply) else Reply(output)
+    refuse_handoff(ctx.contract, reply.handoff_to)
+    asks = [replace(ask, params=await blobs.deflate(ask.params)) for ask in reply.subtasks]
+    return ctx, replace(reply, output=await blobs.deflate(reply.output), subtasks=asks)
 
 
 def _memory(bus: Bus, contract: RoleContract | None, agent_id: str, a: Assignment) -> Memory | None:

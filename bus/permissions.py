@@ -6,7 +6,8 @@ the CLI) into subject permissions and renders the server's `authorization` block
 agent gets its own user, so it can publish results only on its own inbox subject (never
 as another agent), heartbeat and ask for a tool call's approval only as itself, call only
 the tool subjects its contract lists, receive only its own assignments and the decisions
-on its own tool calls, and read no run's progress or other agents' results. Replies go to
+on its own tool calls, put and get blobs only as itself (the orchestrator then checks
+the run), and read no run's progress or other agents' results. Replies go to
 a per-user inbox prefix, so no one reads another's replies.
 """
 
@@ -86,6 +87,8 @@ def agent_permissions(agent_id: str, contract: RoleContract | None) -> Permissio
             f"baton.bids.*.{agent_id}",
             subjects.heartbeat(agent_id),
             subjects.memory_search(agent_id),
+            subjects.blob_put(agent_id),
+            subjects.blob_get(agent_id),
             *tools,
             f"baton.tool.approval.*.{agent_id}",
         ],

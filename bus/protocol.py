@@ -393,7 +393,102 @@ class ProgressBatch(_Message, frozen=True, tag="run.progress.batch"):
     lines: list[Progress]
 
 
+BLOB_KEY = "$blob"
+"""The key that makes a map in a payload a `BlobRef` (see `bus.blobs`)."""
+BLOB_THRESHOLD = 256 * 1024
+"""The default size (bytes, encoded) above which a value in a payload travels as a
+`BlobRef` (Baton's agent: `BATON_BLOB_THRESHOLD`, `AgentRuntime(blob_threshold=)`)."""
+BLOB_CHUNK_BYTES = 512 * 1024
+"""The most bytes one `blob.put` carries or one `blob.get` is answered with."""
+
+
+class BlobRef(msgspec.Struct, frozen=True, forbid_unknown_fields=True, rename={"digest": BLOB_KEY}):
+    """A large value stored once in the blob store, by content, in place of the value in
+    a payload (a task's input or output, anywhere inside it, or the whole of it): a map
+    with exactly these three keys, `{"$blob": "sha256:<hex>", "size": n, "media_type":
+    t}`. The SDK swaps values above the threshold for these on the way out and back on
+    the way in (`bus.blobs`); the log keeps the map, so the hash chain covers the digest."""
+
+    digest: str
+    """`sha256:` and the 64 lowercase hex digits of the SHA-256 of the stored bytes."""
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    """The stored bytes' length."""
+    media_type: str
+    """How the bytes encode the value: `text/plain; charset=utf-8` (a string, UTF-8),
+    `application/octet-stream` (bytes), `application/msgpack` (any other value, which may
+    hold more references)."""
+
+
+class BlobPut(_Message, frozen=True, tag="blob.put"):
+    """Agent → orchestrator (request/reply on `baton.blob.<agent_id>.put`): one chunk of an
+    upload of a blob for a run the agent has work in, in order, each at most
+    `BLOB_CHUNK_BYTES`. The last chunk's ack holds the reference once the blob is durable;
+    content that does not hash to `digest` is refused (`BlobMismatch`), nothing stored."""
+
+    run_id: str
+    upload_id: str
+    """Chosen by the agent, unique among its open uploads."""
+    offset: Annotated[int, msgspec.Meta(ge=0)]
+    """Where `data` starts in the blob: the bytes acknowledged so far."""
+    data: bytes
+    size: Annotated[int, msgspec.Meta(ge=0)]
+    """The whole blob's length (the same in every chunk)."""
+    digest: str
+    """The whole blob's `sha256:<hex>` (the same in every chunk)."""
+    media_type: str
+
+
+class BlobPutAck(_Message, frozen=True, tag="blob.put.ack", omit_defaults=True):
+    """The orchestrator's reply to a `blob.put`: the bytes it holds of the upload and,
+    after the last chunk, the stored blob's reference."""
+
+    received: int
+    ref: BlobRef | None = None
+
+
+class BlobGet(_Message, frozen=True, tag="blob.get", omit_defaults=True):
+    """Agent → orchestrator (request/reply on `baton.blob.<agent>.get`): up to `length`
+    bytes (at most `BLOB_CHUNK_BYTES`; 0: that many) of a blob from `offset`. Answered
+    only if a run the agent has been assigned work in (`run_id`) refers to the blob."""
+
+    run_id: str
+    digest: str
+    offset: Annotated[int, msgspec.Meta(ge=0)] = 0
+    length: Annotated[int, msgspec.Meta(ge=0)] = 0
+
+
+class BlobChunk(_Message, frozen=True, tag="blob.chunk"):
+    """The orchestrator's reply to a `blob.get`: the bytes from `offset`, with the whole
+    blob's size and media type (a read is done at `offset + len(data) == size`)."""
+
+    digest: str
+    offset: int
+    size: int
+    media_type: str
+    data: bytes
+
+
+BLOB_ERRORS: dict[str, str] = {
+    "BlobMismatch": "the uploaded content does not hash to the digest it came with (nothing "
+    "was stored), or a stored blob no longer does (it is not served)",
+    "BlobNotFound": "no blob with this digest is stored",
+    "BlobRefused": "not the sender's: it has no task in the run, or the run's log refers to "
+    "no such blob (nor does a blob it refers to)",
+    "BlobTooLarge": "over the orchestrator's largest blob, or too many uploads (or bytes of "
+    "uploads) open at once",
+    "BlobUploadBroken": "a chunk that does not continue its upload (no such upload, another "
+    "offset, size or digest, or the upload expired): start it again from offset 0",
+    "BlobUnavailable": "the blob store failed: try again",
+    "BadBlobRequest": "a digest that is not `sha256:<64 hex>`, or a media type that is not "
+    "1 to 127 printable ASCII characters",
+    "MalformedMessage": "the request does not decode",
+}
+"""Every `ErrorReply.error` a blob request may get, with its meaning."""
+
+
 AgentInbound = Assignment | AssignBatch | Control
 InboxMessage = TaskResult | TaskFailure | ReportBatch | ToolCallRecord | MemoryWrite
 AssignReply = AssignAck | AssignAcks | ErrorReply
 ReportReply = ReportAck | ErrorReply
+BlobRequest = BlobPut | BlobGet
+BlobReply = BlobPutAck | BlobChunk | ErrorReply

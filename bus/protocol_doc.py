@@ -49,6 +49,10 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.Bid, "agent → orchestrator", "`baton.bids.<run_id>.<agent_id>`"),
     (protocol.MemorySearch, "agent → memory service (request)", "`baton.memory.<agent_id>.search`"),
     (protocol.MemoryHits, "memory service → agent (reply)", "reply to a memory search"),
+    (protocol.BlobPut, "agent → orchestrator (request)", "`baton.blob.<agent_id>.put`"),
+    (protocol.BlobPutAck, "orchestrator → agent (reply)", "reply to a blob put"),
+    (protocol.BlobGet, "agent → orchestrator (request)", "`baton.blob.<agent_id>.get`"),
+    (protocol.BlobChunk, "orchestrator → agent (reply)", "reply to a blob get"),
     (protocol.ToolInvocation, "agent → tool service (request)", "`baton.tool.call.<tool>`"),
     (protocol.ToolOutcome, "tool service → agent (reply)", "reply to a tool invocation"),
     (
@@ -96,6 +100,8 @@ needs to join a Baton bus with an ordinary NATS client, in any language, is here
 | `baton.cfp.<role>` | orchestrator → agents of a role | contract net: a call for proposals |
 | `baton.bids.<run_id>.<agent_id>` | agent → orchestrator | contract net: a bid |
 | `baton.memory.<agent_id>.search` | agent → memory service | shared-memory search (request/reply) |
+| `baton.blob.<agent_id>.put` | agent → orchestrator | one chunk of an upload of a large value (request/reply; see *Large values by reference*) |
+| `baton.blob.<agent_id>.get` | agent → orchestrator | a range of a large value a run of the agent's refers to (request/reply) |
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
 | `baton.tool.approval.<run_id>.<agent_id>` | agent → orchestrator | a tool call waits for a human (a `tool.call` record in phase `awaiting`): passed on to the run's watchers only if the agent holds that attempt of that task now; else refused and recorded as a `message.rejected` event |
 | `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |
@@ -150,6 +156,7 @@ an oversized one).
 | `single` | a `task.assign` is acked (`accepted`), and its result echoes `run_id`, `task_id`, `attempt`, `lease_token` and the sender's `agent_id`, on the report subject or the inbox; the same assignment sent again is acked and not run again |
 | `batch` | a `task.assign.batch` of 3 gets one `task.assign.acks` with 3 accepted acks, and 3 results (alone or in a `task.reports`) |
 | `json` | a JSON assignment (`{ENCODING_HEADER}: json`) gets a JSON ack with that header, and a result |
+| `blobs` | an assignment whose `params.document` is a blob reference (one and a half times `BLOB_CHUNK_BYTES` of bytes, `application/octet-stream`): the agent fetches all of it on `baton.blob.<agent_id>.get` (the kit answers there) and reports a result; a second one, whose served bytes do not hash to its digest, gets a `task.failure`, never a result |
 | `cancel` | after `agent.control` cancel, the attempt is no longer in the heartbeats' `held` (within `ttl_s`) and no result comes: nothing should (a `task.failure` sent anyway is refused, `attempt_ended`, and must not be sent again) |
 | `lease-expiry` | an attempt given `timeout_s` 0.5 and asked to take 1.5 s is no longer held soon after its timeout (the kit sends a cancel one tick after it, as the orchestrator does; the reason says whether the agent stopped by itself); an outcome sent for it is refused (`task.report.ack` with `accepted` false, code `stale_attempt`) and not sent again |
 | `refused-report` | a result refused in its `task.report.ack` (code `run_ended`) is not sent again, neither to the report subject nor to the inbox |

@@ -15,7 +15,14 @@ from __future__ import annotations
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES
 from bus.leases import LEASES_BUCKET
-from bus.protocol import PROTOCOL_VERSION, REPORT_CODES
+from bus.protocol import (
+    BLOB_CHUNK_BYTES,
+    BLOB_ERRORS,
+    BLOB_KEY,
+    BLOB_THRESHOLD,
+    PROTOCOL_VERSION,
+    REPORT_CODES,
+)
 
 
 def _report_codes() -> str:
@@ -234,6 +241,78 @@ REPORTS = f"""
   someone else took the id: send the message again under a new id.
 """
 
+
+def _blob_errors() -> str:
+    return "\n".join(
+        f"| `{code}` | `baton.blob.*` | {what} |"
+        for code, what in BLOB_ERRORS.items()
+        if code != "MalformedMessage"
+    )
+
+
+LARGE_VALUES = f"""
+## Large values by reference
+
+A value too large for a message (an LLM transcript, a tool's output, a document) travels
+as a **blob**: stored once, named by its SHA-256, kept beside the log (the SQLite store's
+`events.blobs.db`, or the JetStream Object Store bucket `BATON_BLOBS` with the log's
+replicas). In a payload (an assignment's `input`, a result's `output`, anywhere inside
+them, or the whole of one) it is replaced by a **reference**, a map of exactly three keys:
+
+```json
+{{"{BLOB_KEY}": "sha256:<64 lowercase hex>", "size": 20971520, "media_type": "text/plain; charset=utf-8"}}
+```
+
+(`BlobRef` below). The log records the map, so the hash chain covers the digest, and
+the digest pins the content; replay, fork, audit and export keep the reference, and
+`baton export` carries the blobs along (`baton import` checks each against its digest).
+
+- **Which values.** Baton's agent replaces a value whose msgpack encoding is over
+  {BLOB_THRESHOLD} bytes (`BLOB_THRESHOLD`; `BATON_BLOB_THRESHOLD` or
+  `AgentRuntime(blob_threshold=)` to change it): first the large values inside a map or
+  list, then the map or list itself if it is still over. Below it, values stay inline.
+  A value the orchestrator must read to decide (a planner's plan, a router's choice)
+  must stay under the threshold.
+- **The bytes of a value**, by `media_type`: a string is its UTF-8 bytes
+  (`text/plain; charset=utf-8`); bytes are themselves (`application/octet-stream`);
+  anything else is its msgpack (`application/msgpack`), which may hold references of its
+  own. Any other media type is bytes.
+- **Reading one** (`baton.blob.<agent_id>.get`, request/reply): send `blob.get` with the
+  attempt's `run_id`, the `digest`, `offset` 0 and `length` 0; the `blob.chunk` reply
+  carries up to {BLOB_CHUNK_BYTES} bytes (`BLOB_CHUNK_BYTES`) from `offset`, and the whole
+  blob's `size` and `media_type`. Ask again from `offset + len(data)` until `size`.
+  **Check the SHA-256 of what you assembled against the digest** and refuse the value if
+  it differs (Baton's agent fails the attempt for good: `BlobForged`).
+- **Writing one** (`baton.blob.<agent_id>.put`, request/reply): compute the SHA-256 of
+  the whole value, choose an `upload_id`, and send it in order in `blob.put` chunks of at
+  most {BLOB_CHUNK_BYTES} bytes, each with the whole `size`, `digest` and `media_type`
+  and its `offset` (the `received` of the previous ack). The ack of the last chunk holds
+  `ref` once the blob is durable: put that map in your output. A chunk sent again is
+  acknowledged again (`received` unchanged). A blob of 0 bytes is one empty chunk. The
+  orchestrator hashes what arrives and refuses content that does not hash to `digest`
+  (`BlobMismatch`, nothing stored); an upload with no chunk for 60 s is forgotten.
+  Storing a value already stored costs the upload and stores nothing new. Baton's agent
+  does the same for the `params` of the subtasks a result asks for. A result whose
+  output (or a subtask's `params`) refers to a blob the store lacks (or holds at another
+  size) is recorded
+  as a retryable failure of the attempt (`result refused: ...`), never as its result;
+  its `task.report.ack` is an acceptance of that failure. In JSON
+  (`Baton-Encoding: json`) `data` is base64 text, both ways.
+- **Who may.** Only the agent itself, on its own subjects (on the embedded server no
+  other login may publish there); the orchestrator takes the sender from the subject.
+  An agent may upload for a run in which it holds (or held last) a task, and read a blob
+  the run's log refers to (or a blob so referred to refers to): its input, a
+  dependency's output, a transcript, a handed-off context. Not another run's blob, not a
+  digest it guessed: `BlobRefused`. Sharing the runs, the owner of the run answers.
+- **Errors** (`error` replies, see *Error codes*): `BlobMismatch`, `BlobNotFound`,
+  `BlobRefused`, `BlobTooLarge` (over the orchestrator's largest blob, 256 MiB by
+  default, or 4 uploads of the agent open at once, or 1 GiB of uploads open in all), `BlobUploadBroken` (start again from 0),
+  `BlobUnavailable`, `BadBlobRequest`, `MalformedMessage`.
+- **Keeping them.** The log is append-only, so a run's blobs stay as long as its log.
+  Uploads whose event never came (a refused or lost result) are collected by
+  `baton blobs gc` once older than its `--grace` (default one hour).
+"""
+
 ERRORS = """
 ## Error codes
 
@@ -256,18 +335,19 @@ says why, for people. The codes:
 | `ControlRefused` | `baton.api.run.control.*` | the decision does not apply (no such task, not escalated, the run already over) |
 | `AdmissionRefused` | `baton.api.admit`, `baton.api.creds.*` | not a valid agent id, the id already has credentials, or no role contract for the role |
 | `ConcurrencyError`, `StorageError` | `baton.api.run.control.*` | the event store refused the decision: retry |
+BLOB_ROWS
 
 Other names can appear because they share a base class with the above, though no
 request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`,
 `MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`,
-`LeaseLost`
-(bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
+`LeaseLost`, `BlobMismatch` (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`,
 `AlreadyServed` (a second `baton serve` on a SQLite log), `RunElsewhere` (an in-process start of a run whose partition another orchestrator
 serves; on the bus that one answers instead)
 (orchestrator errors); `EventStoreError`, `DuplicateEventError`, `InvalidEventError`,
-`AnchorError`, `CheckpointConflictError` (event store errors). `baton.api.status` and
+`AnchorError`, `CheckpointConflictError`, `BlobMismatchError`, `BlobNotFoundError` (event
+store errors); `BlobRequestRefused` (the root of the `baton.blob.*` refusals above). `baton.api.status` and
 `baton.api.agents` answer any unexpected failure with the exception's class name (a bug,
 logged). Treat an unknown code as a refusal with its `detail`.
 """
@@ -290,6 +370,7 @@ publish here (agents may not). Each reply is the listed kind or an `error`.
 
 The orchestrator itself listens on `{subjects.HEARTBEAT_ALL}`, `{subjects.REPORT_ALL}`,
 `{subjects.BIDS_ALL}`, `{subjects.TOOL_APPROVALS_ALL}`, `{subjects.MEMORY_SEARCH_ALL}`,
+`{subjects.BLOB_PUT_ALL}`, `{subjects.BLOB_GET_ALL}`,
 `{subjects.API_START_RUN_ALL}`, `{subjects.API_RUN_CONTROL_ALL}`, `{subjects.API_CREDS_ALL}` and consumes
 `{subjects.INBOX_ALL}`; agents listen on their own `baton.agent.<agent_id>.>`,
 `{subjects.CFP_ALL}` (their role's) and `{subjects.TOOL_DECISIONS_ALL}` (their own);
@@ -309,7 +390,7 @@ machines) share the runs; nothing changes for an agent, and this is what it sees
   and taken over by another once it went 3.0 s unrenewed. Only orchestrators use the
   bucket.
 - Every orchestrator hears `baton.report.*`, `baton.bids.*`, `baton.tool.approval.*`,
-  `baton.memory.*.search` and `baton.api.run.*`; only the owner of the run's partition
+  `baton.memory.*.search`, `baton.blob.*` and `baton.api.run.*`; only the owner of the run's partition
   answers or acts (a start request that names no run is answered by the owner of the run
   id derived from its `request_id`, or else from its reply subject). `baton.api.status`
   is answered by each with every unfinished run, its own and the others' (from the log);
@@ -327,4 +408,6 @@ machines) share the runs; nothing changes for an agent, and this is what it sees
 
 def render() -> str:
     """The prose sections after the subjects and logins (`VERSION` goes first)."""
-    return "".join([TIMINGS, JOINING, ASSIGNMENTS, CONTROL, REPORTS, SHARING, ERRORS, API])
+    errors = ERRORS.replace("BLOB_ROWS\n", _blob_errors() + "\n")
+    sections = [TIMINGS, JOINING, ASSIGNMENTS, CONTROL, REPORTS, LARGE_VALUES, SHARING, errors, API]
+    return "".join(sections)

@@ -166,6 +166,29 @@ def tool_prompt(run_id: str) -> str:
     return f"baton.tool.prompt.{token(run_id)}"
 
 
+BLOB_PUT_ALL = "baton.blob.*.put"
+BLOB_GET_ALL = "baton.blob.*.get"
+
+
+def blob_put(agent_id: str) -> str:
+    """Agent → orchestrator: a chunk of a blob upload (request/reply), on a subject only
+    that agent may publish to, so the orchestrator knows the uploader from the server."""
+    return f"baton.blob.{token(agent_id)}.put"
+
+
+def blob_get(agent_id: str) -> str:
+    """Agent → orchestrator: a range of a blob (request/reply), as `blob_put`."""
+    return f"baton.blob.{token(agent_id)}.get"
+
+
+def blob_sender(subject: str) -> str:
+    """The agent id of a blob subject, or `InvalidSubjectToken`."""
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[:2] != ["baton", "blob"] or parts[3] not in ("put", "get"):
+        raise InvalidSubjectToken(subject)
+    return token(parts[2])
+
+
 MEMORY_SEARCH_ALL = "baton.memory.*.search"
 
 

@@ -7,10 +7,18 @@ signed checkpoints `eventstore.anchor` keeps outside the store, it also catches 
 and a chain rewritten with its hashes recomputed. Snapshots are bound to the chain and
 used only while they still fit it. Callers depend on the
 `EventStore` protocol; `SqliteEventStore` is the durable embedded backend and
-`MemoryEventStore` the in-memory one for pure tests. This package imports nothing else
-from the project.
+`MemoryEventStore` the in-memory one for pure tests. Each keeps large values beside the
+log as content-addressed blobs (`store.blobs`, see `eventstore.blobs`). This package
+imports nothing else from the project.
 """
 
+from eventstore.blobs import (
+    BlobInfo,
+    BlobMismatchError,
+    BlobNotFoundError,
+    BlobStore,
+    digest_of,
+)
 from eventstore.chain import GENESIS, verify_chain
 from eventstore.errors import (
     AnchorError,
@@ -39,6 +47,10 @@ from eventstore.store import EventStore
 __all__ = [
     "GENESIS",
     "AnchorError",
+    "BlobInfo",
+    "BlobMismatchError",
+    "BlobNotFoundError",
+    "BlobStore",
     "CheckpointConflictError",
     "ConcurrencyError",
     "DuplicateEventError",
@@ -60,5 +72,6 @@ __all__ = [
     "StorageError",
     "StoredEvent",
     "VerifyReport",
+    "digest_of",
     "verify_chain",
 ]

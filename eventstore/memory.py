@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 
 from eventstore._common import (
     check_append,
@@ -23,6 +23,14 @@ from eventstore._common import (
     snapshot_usable,
 )
 from eventstore._subscription import Notifier, catch_up
+from eventstore.blobs import (
+    DEFAULT_MEDIA_TYPE,
+    BlobInfo,
+    BlobNotFoundError,
+    check_digest,
+    checked_get,
+    checked_put,
+)
 from eventstore.chain import GENESIS, SnapshotSeal, seal, seal_snapshot, verify_chain
 from eventstore.errors import (
     CheckpointConflictError,
@@ -56,6 +64,8 @@ class MemoryEventStore:
         self._notifier = Notifier()
         self.projections = MemoryProjections(self)
         """The projection port (`ProjectionStore`), kept beside the log."""
+        self.blobs = MemoryBlobs(lambda: self._closed)
+        """The blob port (`BlobStore`), kept beside the log."""
 
     def _check_open(self) -> None:
         check_open(self._closed)
@@ -287,3 +297,56 @@ class MemoryProjections:
         self._store._check_open()
         rows = self._rows.get(name, {})
         return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))
+
+
+class MemoryBlobs:
+    """The blob port (`BlobStore`) in a dict, with the durable backends' rules."""
+
+    def __init__(self, is_closed: Callable[[], bool]) -> None:
+        self._blobs: dict[str, tuple[BlobInfo, bytes]] = {}
+        self._is_closed = is_closed
+
+    async def put(
+        self, data: bytes, media_type: str = DEFAULT_MEDIA_TYPE, *, digest: str | None = None
+    ) -> BlobInfo:
+        raw, actual = checked_put(data, media_type, digest)
+        check_open(self._is_closed())
+        found = self._blobs.get(actual)
+        info = BlobInfo(
+            digest=actual,
+            size=len(raw),
+            media_type=found[0].media_type if found else media_type,
+            stored_at=time.time(),
+        )
+        self._blobs[actual] = (info, found[1] if found else raw)
+        return info
+
+    async def get(self, digest: str) -> bytes:
+        check_digest(digest)
+        check_open(self._is_closed())
+        found = self._blobs.get(digest)
+        if found is None:
+            raise BlobNotFoundError(digest)
+        return checked_get(digest, found[1])
+
+    async def info(self, digest: str) -> BlobInfo | None:
+        check_digest(digest)
+        check_open(self._is_closed())
+        found = self._blobs.get(digest)
+        return None if found is None else found[0]
+
+    async def list(self) -> list[BlobInfo]:
+        check_open(self._is_closed())
+        return [self._blobs[d][0] for d in sorted(self._blobs)]
+
+    async def delete(self, digest: str, stored_before: float | None = None) -> bool:
+        check_digest(digest)
+        check_open(self._is_closed())
+        found = self._blobs.get(digest)
+        if found is None or (stored_before is not None and found[0].stored_at >= stored_before):
+            return False
+        del self._blobs[digest]
+        return True
+
+    async def close(self) -> None:
+        """Nothing to release: the blobs go with the store."""

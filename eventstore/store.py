@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Protocol
 
+from eventstore.blobs import BlobStore
 from eventstore.model import (
     EventQuery,
     EventRow,
@@ -18,6 +19,12 @@ from eventstore.model import (
 
 class EventStore(Protocol):
     """Append-only, globally ordered, hash-chained log of streams."""
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The content-addressed blobs beside the log (`eventstore.blobs`): where the
+        large values its events refer to by digest are kept; closed with the store."""
+        ...
 
     async def append(
         self, stream: str, events: Sequence[NewEvent], expected_version: int

@@ -11,6 +11,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -21,11 +22,14 @@ import nkeys
 import pytest
 from nats.aio.msg import Msg
 
+from bus import blobs
 from bus.contract_files import load_contracts
 from bus.nats_options import NKEY_ENV
 from bus.permissions import User, agent_permissions, new_user, url_for
 from bus.protocol import Heartbeat, HeartbeatAck
 from bus.server import EmbeddedNats
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
+from orchestrator.service.bootstrap import bootstrap
 from orchestrator.service.conformance import CASES
 from tests.cluster import REPO, baton
 from tests.processes import admitted, event_types, start_baton, terminate, until
@@ -451,6 +455,34 @@ def test_the_node_agent_does_a_real_run(tmp_path: Path, node_agent: Path, govern
         joined = [e for e in events if e["type"] == "agent.joined"]
         assert joined, events
         assert all("node-bad" not in json.dumps(e) for e in joined), events
+
+
+def test_the_node_agent_reads_and_writes_large_values(tmp_path: Path, node_agent: Path) -> None:
+    """Written from docs/protocol.md alone: the Node agent fetches the blob its input
+    refers to (in chunks, checked against its digest) and uploads its large output, on
+    the embedded server with its own login."""
+    document = "a document larger than any message. " * 40_000
+    echo = WorkflowSpec("echo", [StepSpec("echo", role="worker", params={"echo": "document"})])
+
+    async def scenario() -> None:
+        stack = await bootstrap(tmp_path / "state", tick_s=0.05)
+        try:
+            url = stack.agent_url("node-1", "worker")
+            command = [*node_command(node_agent, "node-1"), "--nats", url]
+            with process(tmp_path / "agent.log", command, {"BATON_NATS_URL": ""}):
+                await stack.orchestrator.wait_for_agents(Counter(worker=1), timeout=60)
+                run_id = await stack.orchestrator.start_run(echo, {"document": document})
+                state = await stack.orchestrator.wait(run_id, timeout=60)
+            assert state.status == "completed", (state, (tmp_path / "agent.log").read_text())
+            output = state.tasks["echo"].output or {}
+            assert output["echo_length"] == len(document)
+            ref = blobs.as_ref(output["echo"])
+            assert ref is not None, output
+            assert await stack.store.blobs.get(ref.digest) == document.encode()
+        finally:
+            await stack.close()
+
+    asyncio.run(scenario())
 
 
 def test_every_case_is_documented_and_offered() -> None:

@@ -17,11 +17,12 @@ PINNED = {
         "die_with_parent encode find_binary new_trace subjects"
     ),
     "eventstore": (
-        "AnchorError CheckpointConflictError ConcurrencyError DuplicateEventError EventQuery "
+        "AnchorError BlobInfo BlobMismatchError BlobNotFoundError BlobStore "
+        "CheckpointConflictError ConcurrencyError DuplicateEventError EventQuery "
         "EventRow EventStore EventStoreError GENESIS InvalidEventError JetStreamEventStore "
         "MemoryEventStore NewEvent Projection ProjectionStore ProjectionView Projector "
         "Snapshot SnapshotCheck SqliteEventStore StorageError StoredEvent VerifyReport "
-        "verify_chain"
+        "digest_of verify_chain"
     ),
     "orchestrator": (
         "AgentSpec Orchestrator OrchestratorError RunState Stack StepSpec TaskState "

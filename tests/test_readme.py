@@ -231,6 +231,7 @@ def test_a_run_and_what_the_readme_does_with_its_id(
     assert "completed" in out[".venv/bin/baton resume <run-id>"]
     assert (user.home / "run.jsonl").exists()
     assert f"imported run {run_id}" in out[".venv/bin/baton import run.jsonl"]
+    assert "unreferenced blob(s)" in out[".venv/bin/baton blobs gc --dry-run"]
 
 
 def test_every_example_of_the_patterns_block_and_the_people_block(
@@ -344,6 +345,7 @@ def test_every_readme_command_is_run() -> None:
         ".venv/bin/baton serve", ".venv/bin/baton admit", ".venv/bin/baton agent",
         ".venv/bin/baton submit", ".venv/bin/baton conformance", ".venv/bin/nats-server",
         ".venv/bin/baton trace", ".venv/bin/baton status", ".venv/bin/baton agents",
+        ".venv/bin/baton blobs",
         ".venv/bin/python -m bench.", ".venv/bin/baton a2a serve",  # tests/test_a2a_serve.py
     ]  # fmt: skip
     assert [c for c in readme_commands() if not c.startswith(tuple(covered))] == []

@@ -64,6 +64,7 @@ The modules, one job each
       election announcements) or pause of the appends.
     * `reader`: reads, queries, subscriptions and the chain audit.
     * `snapshots`: the snapshot stream.
+    * `blobs`: the blob port, an Object Store bucket (`BATON_BLOBS`) with the log's replicas.
 """
 
 from eventstore.jetstream.schema import decode_stream_token, encode_stream_token

@@ -14,6 +14,7 @@ from nats.aio.client import Client as NATS
 from eventstore._common import check_append, check_open
 from eventstore._subscription import Notifier
 from eventstore.errors import InvalidEventError
+from eventstore.jetstream.blobs import DEFAULT_BUCKET, ObjectBlobs
 from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
@@ -78,6 +79,7 @@ class JetStreamEventStore:
         subject_prefix: str,
         timeout: float,
         replicas: int = 1,
+        blob_bucket: str = DEFAULT_BUCKET,
     ) -> None:
         """Use `open()`; this only wires the parts onto a connected client."""
         self._nc = nc
@@ -93,6 +95,9 @@ class JetStreamEventStore:
         self._writer = LogWriter(self._log, self._index, self._notifier, is_closed, self._failovers)
         self._reads = LogReader(self._log, self._index, self._notifier, is_closed)
         self._snapshots = Snapshots(self._log, replicas, is_closed, self._event_at)
+        self.blobs = ObjectBlobs(nc, bucket=blob_bucket, replicas=replicas, timeout=timeout)
+        """The blob port (`BlobStore`): a JetStream Object Store bucket with the log's
+        replicas (`eventstore.jetstream.blobs`), made on the first put."""
 
     # -- opening and closing ----------------------------------------------------------
 
@@ -107,14 +112,17 @@ class JetStreamEventStore:
         timeout: float = 5.0,
         connect_options: Mapping[str, Any] | None = None,
         wait_s: float = STREAM_WAIT_S,
+        blob_bucket: str = DEFAULT_BUCKET,
     ) -> JetStreamEventStore:
         """Connect (to a URL, or the first of several that answers, with
         `connect_options` added: a login, TLS; or use the given connected client), create
         the stream if missing (waiting up to `wait_s` for a cluster's quorum) and read the
         log once to build the event-id index.
 
-        A client passed in stays the caller's: `close()` leaves it open. The server must
-        run JetStream with `sync_interval: always` for acknowledged appends to be durable.
+        Large values go to the Object Store `blob_bucket` (made on the first put, with
+        `replicas`). A client passed in stays the caller's: `close()` leaves it open. The
+        server must run JetStream with `sync_interval: always` for acknowledged appends to
+        be durable.
         """
         if not stream_name or any(c in stream_name for c in ".*> \t\r\n/\\"):
             raise InvalidEventError(f"invalid JetStream stream name {stream_name!r}")
@@ -138,6 +146,7 @@ class JetStreamEventStore:
             subject_prefix=subject_prefix,
             timeout=timeout,
             replicas=replicas,
+            blob_bucket=blob_bucket,
         )
         try:
             await store._log.ensure_stream(replicas, wait_s)
@@ -159,6 +168,7 @@ class JetStreamEventStore:
         self._notifier.notify()
         self._index.clear()
         await self._failovers.close()
+        await self.blobs.close()
         if self._owns_connection:
             with contextlib.suppress(*NATS_ERRORS):
                 await asyncio.wait_for(self._nc.close(), self._timeout)

@@ -26,6 +26,7 @@ The modules, one job each:
 - `writer`: the writer thread (group commit, savepoints) and the SQL of one append.
 - `reader`: reads, queries, subscriptions and the chain audit.
 - `snapshots`, `projections`: the snapshot table and the projection port.
+- `blobs`: the blob port, in a SQLite file of its own beside the log's.
 """
 
 from eventstore.sqlite.projections import SqliteProjections

@@ -19,13 +19,13 @@ def connect(
     writer: sqlite3.Connection | None = None
     reader: sqlite3.Connection | None = None
     try:
-        writer = _configured(path, busy_timeout_ms)
+        writer = configured(path, busy_timeout_ms)
         if max_size_bytes is not None:
             page_size = int(writer.execute("PRAGMA page_size").fetchone()[0])
             pages = max(1, -(-max_size_bytes // page_size))
             writer.execute(f"PRAGMA max_page_count = {pages}")
         ensure_schema(writer, path)
-        reader = _configured(path, busy_timeout_ms)
+        reader = configured(path, busy_timeout_ms)
         reader.execute("PRAGMA query_only = ON")
     except BaseException as e:
         for conn in (reader, writer):
@@ -38,7 +38,7 @@ def connect(
     return writer, reader
 
 
-def _configured(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
+def configured(path: Path, busy_timeout_ms: int) -> sqlite3.Connection:
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     try:
         # busy_timeout first, so the statements after it wait for another process's lock.

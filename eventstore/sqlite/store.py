@@ -21,6 +21,7 @@ from eventstore.model import (
     StoredEvent,
     VerifyReport,
 )
+from eventstore.sqlite.blobs import SqliteBlobs, blob_path
 from eventstore.sqlite.connection import connect
 from eventstore.sqlite.projections import SqliteProjections
 from eventstore.sqlite.reader import LogReader
@@ -40,7 +41,13 @@ class SqliteEventStore:
     appends reach this store's subscribers within a second.
     """
 
-    def __init__(self, path: Path, writer: sqlite3.Connection, reader: sqlite3.Connection) -> None:
+    def __init__(
+        self,
+        path: Path,
+        writer: sqlite3.Connection,
+        reader: sqlite3.Connection,
+        busy_timeout_ms: int = 5_000,
+    ) -> None:
         """Use `open()`; this only wires connections that are already set up."""
         self._path = path
         self._closed = False
@@ -54,6 +61,9 @@ class SqliteEventStore:
         self._snapshots = Snapshots(self._writer, self._reader)
         self.projections = SqliteProjections(self._writer, self._reader)
         """The projection port (`ProjectionStore`), in the same file as the log."""
+        self.blobs = SqliteBlobs(blob_path(path), busy_timeout_ms)
+        """The blob port (`BlobStore`): a file of its own beside the log's
+        (`eventstore.sqlite.blobs`), made on the first put."""
 
     @property
     def path(self) -> Path:
@@ -87,7 +97,7 @@ class SqliteEventStore:
         except OSError as e:
             raise StorageError(f"cannot open event store {path}: {e}") from e
         writer, reader = await asyncio.to_thread(connect, path, busy_timeout_ms, max_size_bytes)
-        return cls(path, writer, reader)
+        return cls(path, writer, reader, busy_timeout_ms)
 
     # -- writing -------------------------------------------------------------------------
 
@@ -187,3 +197,4 @@ class SqliteEventStore:
         self._notifier.notify()
         for worker in (self._writer, self._reader):
             await worker.stop()
+        await self.blobs.close()

@@ -2,7 +2,8 @@
 // A Baton agent in Node.js, written from docs/protocol.md alone: it heartbeats, takes
 // single and batched assignments (acking each), runs them, returns each outcome as a
 // direct report (request/reply) and, unanswered, through the durable inbox, obeys
-// cancel and drain, and speaks msgpack or JSON. See README.md.
+// cancel and drain, speaks msgpack or JSON, and reads and writes large values by
+// reference (blobs). See README.md.
 "use strict";
 
 const crypto = require("node:crypto");
@@ -118,16 +119,125 @@ function connectOptions() {
   return options;
 }
 
+// -- large values by reference (docs/protocol.md, "Large values by reference") --------
+//
+// A map of exactly `$blob`, `size` and `media_type` in an input stands for a value kept
+// in the blob store: it is fetched in chunks on `baton.blob.<id>.get`, checked against
+// its SHA-256, and decoded by its media type before the handler sees the input. A string
+// or bytes of the output over the threshold is uploaded in chunks on
+// `baton.blob.<id>.put` and replaced by the reference the last chunk's ack holds. (Baton's
+// Python SDK also stores a large map or list made of small parts; this example does not.)
+// Blob requests go in msgpack, whatever this agent sends otherwise.
+
+const BLOB_THRESHOLD = Number(option("blob-threshold", "BATON_BLOB_THRESHOLD", String(256 * 1024)));
+const BLOB_CHUNK_BYTES = 512 * 1024;
+const BLOB_TIMEOUT_MS = 10000;
+const sha256 = (data) => `sha256:${crypto.createHash("sha256").update(data).digest("hex")}`;
+
+function isRef(value) {
+  if (!value || typeof value !== "object" || Array.isArray(value) || value instanceof Uint8Array) return false;
+  const keys = Object.keys(value).sort();
+  return keys.length === 3 && keys[0] === "$blob" && keys[1] === "media_type" && keys[2] === "size"
+    && /^sha256:[0-9a-f]{64}$/.test(value.$blob) && Number.isInteger(value.size);
+}
+
+async function blobRequest(verb, message) {
+  const msg = await nc.request(`baton.blob.${agentId}.${verb}`, packEncode(message),
+    { timeout: BLOB_TIMEOUT_MS });
+  const answer = packDecode(msg.data);
+  if (answer.kind === "error") throw new Error(`${answer.error}: ${answer.detail}`);
+  return answer;
+}
+
+async function getBlob(runId, ref) {
+  const parts = [];
+  let offset = 0;
+  for (;;) {
+    const chunk = await blobRequest("get",
+      { kind: "blob.get", run_id: runId, digest: ref.$blob, offset, length: 0 });
+    parts.push(Buffer.from(chunk.data));
+    offset += chunk.data.length;
+    if (offset >= chunk.size || chunk.data.length === 0) break;
+  }
+  const data = Buffer.concat(parts);
+  if (sha256(data) !== ref.$blob || data.length !== ref.size) { // never hand it on
+    const error = new Error(`BlobForged: blob ${ref.$blob} hashes to ${sha256(data)}`);
+    error.retryable = false;
+    throw error;
+  }
+  return data;
+}
+
+async function putBlob(runId, data, mediaType) {
+  const digest = sha256(data);
+  const uploadId = crypto.randomBytes(8).toString("hex");
+  let offset = 0;
+  for (;;) {
+    const ack = await blobRequest("put", {
+      kind: "blob.put", run_id: runId, upload_id: uploadId, offset,
+      data: data.subarray(offset, offset + BLOB_CHUNK_BYTES), size: data.length, digest,
+      media_type: mediaType,
+    });
+    if (ack.ref) return ack.ref;
+    if (!(ack.received > offset)) throw new Error(`blob upload stuck at ${offset}`);
+    offset = ack.received;
+  }
+}
+
+async function inflate(value, runId) {
+  if (Array.isArray(value)) {
+    const out = [];
+    for (const item of value) out.push(await inflate(item, runId));
+    return out;
+  }
+  if (!value || typeof value !== "object" || value instanceof Uint8Array) return value;
+  if (isRef(value)) {
+    const data = await getBlob(runId, value);
+    const kind = value.media_type.split(";")[0].trim().toLowerCase();
+    if (kind === "text/plain") return data.toString("utf8");
+    if (kind === "application/msgpack") return inflate(packDecode(data), runId);
+    return data;
+  }
+  const out = {};
+  for (const [key, item] of Object.entries(value)) out[key] = await inflate(item, runId);
+  return out;
+}
+
+async function deflate(value, runId) {
+  if (typeof value === "string" && Buffer.byteLength(value) > BLOB_THRESHOLD) {
+    return putBlob(runId, Buffer.from(value, "utf8"), "text/plain; charset=utf-8");
+  }
+  if (value instanceof Uint8Array) {
+    return value.length > BLOB_THRESHOLD
+      ? putBlob(runId, Buffer.from(value), "application/octet-stream") : value;
+  }
+  if (Array.isArray(value)) {
+    const out = [];
+    for (const item of value) out.push(await deflate(item, runId));
+    return out;
+  }
+  if (!value || typeof value !== "object" || isRef(value)) return value;
+  const out = {};
+  for (const [key, item] of Object.entries(value)) out[key] = await deflate(item, runId);
+  return out;
+}
+
 // -- the work itself ------------------------------------------------------------------
 
-// The handler: waits `params.seconds` (so cancel and drain can be seen), then greets.
+// The handler: waits `params.seconds` (so cancel and drain can be seen), then greets;
+// with `params.echo`, it hands back the run's input of that name, and its length.
 async function handle(assignment, signal) {
   const input = assignment.input || {};
   const params = input.params || {};
   const seconds = Number(params.seconds || 0);
   if (seconds > 0) await sleep(seconds * 1000, signal);
   const deps = Object.keys(input.deps || {});
-  return { said: `hello ${params.name || "world"} from node`, by: agentId, deps };
+  const said = { said: `hello ${params.name || "world"} from node`, by: agentId, deps };
+  if (params.echo) {
+    const echoed = (input.input || {})[params.echo];
+    return { ...said, echo: echoed, echo_length: echoed ? echoed.length : 0 };
+  }
+  return said;
 }
 
 function sleep(ms, signal) {
@@ -244,14 +354,16 @@ async function work(a, abort) {
   };
   let outcome;
   try {
-    const output = await handle(a, abort.signal);
+    const given = { ...a, input: await inflate(a.input || {}, a.run_id) };
+    const output = await deflate(await handle(given, abort.signal), a.run_id);
     outcome = { kind: "task.result", ...base, output, elapsed_s: (Date.now() - started) / 1000 };
   } catch (e) {
     if (abort.signal.aborted && String(abort.signal.reason.message) === "cancelled") {
       console.error(`attempt ${a.attempt} of ${a.task_id} cancelled`);
       return; // a cancelled attempt reports nothing
     }
-    outcome = { kind: "task.failure", ...base, error: String(e.message || e), retryable: true };
+    outcome = { kind: "task.failure", ...base, error: String(e.message || e),
+      retryable: e.retryable !== false };
   } finally {
     clearTimeout(timer);
   }

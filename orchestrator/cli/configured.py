@@ -18,7 +18,7 @@ SERVE_NATS_HELP = (
 
 
 STORE_COMMANDS = frozenset(
-    ("run", "resume", "serve", "replay", "fork", "export", "import", "audit", "trace")
+    ("run", "resume", "serve", "replay", "fork", "export", "import", "audit", "trace", "blobs")
 ) | {"status", "ui"}
 """The commands that open the event log (and `baton tool pending`); the others only talk
 to a running orchestrator over NATS."""

@@ -14,18 +14,21 @@ from typing import Any, NamedTuple
 import msgspec
 from msgspec.structs import replace
 
-from eventstore import EventQuery, EventStore, NewEvent, StoredEvent
+from bus import blobs
+from eventstore import BlobInfo, EventQuery, EventStore, NewEvent, StoredEvent, digest_of
 from eventstore.chain import hash_of
 from orchestrator.core.errors import OrchestratorError, UnknownEvent, UnknownRun
 from orchestrator.core.events import RunForked, RunStarted, TaskAssigned
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal, memory
+from orchestrator.service.blob_gc import refs_of
 from orchestrator.service.journal import Cause
 
-EXPORT_FORMAT = "baton-run-export/2"
-"""An export holds every stream's events that concern the run (`run_events`)."""
-FORMATS = ("baton-run-export/1", EXPORT_FORMAT)
-"""What `import` reads: /1 held the run's own stream only."""
+EXPORT_FORMAT = "baton-run-export/3"
+"""An export holds every stream's events that concern the run (`run_events`), then every
+blob they refer to (`run_blobs`)."""
+FORMATS = ("baton-run-export/1", "baton-run-export/2", EXPORT_FORMAT)
+"""What `import` reads: /1 held the run's own stream only, /2 no blobs."""
 
 
 class BadPoint(OrchestratorError):
@@ -183,12 +186,44 @@ async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:
     return await store.query(EventQuery(correlation_id=run_id))
 
 
-def export_lines(run_id: str, stored: Sequence[StoredEvent]) -> Iterator[str]:
+async def run_blobs(
+    store: EventStore, stored: Sequence[StoredEvent]
+) -> list[tuple[BlobInfo, bytes]]:
+    """Every blob the events refer to, and those they refer to in turn, by digest; a
+    blob the store lacks is `BadExport` (the export would not replay elsewhere)."""
+    wanted = [ref for s in stored for ref in refs_of(s.data)]
+    found: dict[str, tuple[BlobInfo, bytes]] = {}
+    while wanted:
+        ref = wanted.pop()
+        if ref.digest in found:
+            continue
+        info = await store.blobs.info(ref.digest)
+        if info is None:
+            raise BadExport(f"the log refers to blob {ref.digest}, which the store lacks")
+        data = await store.blobs.get(ref.digest)
+        found[ref.digest] = (info, data)
+        if info.media_type == blobs.MSGPACK:
+            wanted += refs_of(data)
+    return [found[digest] for digest in sorted(found)]
+
+
+def export_lines(
+    run_id: str,
+    stored: Sequence[StoredEvent],
+    stored_blobs: Sequence[tuple[BlobInfo, bytes]] = (),
+) -> Iterator[str]:
     """A run's events (`run_events`) as JSON lines: a header, then each envelope with its
-    exact bytes (`data_b64`) and, for people, the decoded event (`event`)."""
+    exact bytes (`data_b64`) and, for people, the decoded event (`event`); then each blob
+    they refer to (`run_blobs`): its digest (`blob`), `size`, `media_type` and bytes."""
     streams = sorted({s.stream for s in stored})
     yield json.dumps(
-        {"format": EXPORT_FORMAT, "run_id": run_id, "events": len(stored), "streams": streams}
+        {
+            "format": EXPORT_FORMAT,
+            "run_id": run_id,
+            "events": len(stored),
+            "streams": streams,
+            "blobs": len(stored_blobs),
+        }
     )
     for s in stored:
         record: dict[str, Any] = msgspec.to_builtins(replace(s, data=b""))
@@ -196,6 +231,46 @@ def export_lines(run_id: str, stored: Sequence[StoredEvent]) -> Iterator[str]:
         record["data_b64"] = base64.b64encode(s.data).decode()
         record["event"] = msgspec.to_builtins(journal.decode_any(s))
         yield json.dumps(record, separators=(",", ":"))
+    for info, data in stored_blobs:
+        yield json.dumps(
+            {
+                "blob": info.digest,
+                "size": info.size,
+                "media_type": info.media_type,
+                "data_b64": base64.b64encode(data).decode(),
+            },
+            separators=(",", ":"),
+        )
+
+
+async def export_run(store: EventStore, run_id: str) -> list[str]:
+    """The JSON lines of a run's export, its blobs included (see `export_lines`)."""
+    stored = await run_events(store, run_id)
+    return list(export_lines(run_id, stored, await run_blobs(store, stored)))
+
+
+class _Blob(NamedTuple):
+    digest: str
+    media_type: str
+    data: bytes
+
+
+def _blob(text: str) -> _Blob:
+    """One exported blob back, checked: its bytes must hash to its digest."""
+    fields = json.loads(text)
+    if not isinstance(fields, dict) or set(fields) != {"blob", "size", "media_type", "data_b64"}:
+        raise BadExport("a blob line must hold exactly blob, size, media_type and data_b64")
+    digest, media_type = fields["blob"], fields["media_type"]
+    if not blobs.is_digest(digest) or not isinstance(media_type, str):
+        raise BadExport(f"a blob line names no digest or media type: {digest!r}")
+    try:
+        data = base64.b64decode(fields["data_b64"], validate=True)
+    except (ValueError, TypeError) as exc:
+        raise BadExport(f"blob {digest}: its bytes are not base64: {exc}") from exc
+    actual = digest_of(data)
+    if actual != digest or fields["size"] != len(data):
+        raise BadExport(f"blob {digest} was changed: its bytes hash to {actual}")
+    return _Blob(digest, media_type, data)
 
 
 class _Line(NamedTuple):
@@ -232,10 +307,11 @@ def _checked(header: dict[str, Any], lines: list[_Line]) -> str:
     fmt = header.get("format")
     if fmt not in FORMATS or len(lines) != header.get("events"):
         raise BadExport(f"expected a {EXPORT_FORMAT} header and {header.get('events')} events")
-    named = header.get("run_id") if fmt == EXPORT_FORMAT else header.get("stream")
+    whole = fmt != FORMATS[0]  # /2 and later: every stream's events that concern the run
+    named = header.get("run_id") if whole else header.get("stream")
     if not isinstance(named, str) or not named:
         raise BadExport("the header names no run")
-    run_id = named if fmt == EXPORT_FORMAT else journal.run_id_of(named)
+    run_id = named if whole else journal.run_id_of(named)
     own = journal.run_stream(run_id)
     versions: dict[str, int] = {}
     for n, line in enumerate(lines, start=1):
@@ -244,7 +320,7 @@ def _checked(header: dict[str, Any], lines: list[_Line]) -> str:
             raise BadExport(f"{said} was changed: its hash no longer matches it")
         if not _reads_as_its_data(line):
             raise BadExport(f"{said} was changed: its readable `event` differs from its data")
-        ours = r.stream == own or (fmt == EXPORT_FORMAT and r.correlation_id == run_id)
+        ours = r.stream == own or (whole and r.correlation_id == run_id)
         before = versions.get(r.stream, 0)
         # the memory stream is shared by every run: an export holds the run's part of it
         follows = (
@@ -276,21 +352,36 @@ async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
     """Append an exported run to `store` and return its run id.
 
     Every event is checked before anything is stored: its hash must still match its
-    content and its readable copy its bytes, so an export edited anywhere is refused. The
-    streams are then appended in the export's order (the run's own and its agents' from
+    content and its readable copy its bytes, and every blob must hash to its digest, so
+    an export edited anywhere is refused. The blobs are stored first, then the
+    streams are appended in the export's order (the run's own and its agents' from
     version 1, its memory writes after whatever memory the store holds); importing the
     same export again changes nothing.
     """
     rows = [line for line in lines if line.strip()]
     try:
         header = json.loads(rows[0]) if rows else {}
-        parsed = [_line(r) for r in rows[1:]]
+        if not isinstance(header, dict):
+            raise BadExport("not a Baton run export: the first line is not a header object")
+        count = header.get("blobs", 0) if header.get("format") == EXPORT_FORMAT else 0
+        if not isinstance(count, int) or not 0 <= count < len(rows):
+            raise BadExport(f"not a Baton run export: {count!r} blobs")
+        split = len(rows) - count
+        parsed = [_line(r) for r in rows[1:split]]
+        carried = {blob.digest: blob for blob in map(_blob, rows[split:])}
     except (ValueError, msgspec.ValidationError) as exc:
         raise BadExport(f"not a Baton run export: {exc}") from exc
-    if not isinstance(header, dict):
-        raise BadExport("not a Baton run export: the first line is not a header object")
     run_id = _checked(header, parsed)
     records = [line.stored for line in parsed]
+    wanted = [ref for r in records for ref in refs_of(r.data)]
+    wanted += [ref for b in carried.values() if b.media_type == blobs.MSGPACK
+               for ref in refs_of(b.data)]  # fmt: skip
+    missing = sorted({ref.digest for ref in wanted} - set(carried))
+    for digest in missing:
+        if await store.blobs.info(digest) is None:
+            raise BadExport(f"the export refers to blob {digest} but does not hold it")
+    for blob in carried.values():  # the blobs first: no event refers to one not stored
+        await store.blobs.put(blob.data, blob.media_type, digest=blob.digest)
     for _, chunk in groupby(records, key=lambda r: r.stream):
         batch = list(chunk)
         stream = batch[0].stream

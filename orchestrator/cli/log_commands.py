@@ -1,24 +1,35 @@
 """The commands that look into the log, with no orchestrator running: replay, fork,
-export, import, audit (with `verify` and `--why`) and trace. Each opens the state
-directory's event store, does its one job and closes it."""
+export, import, audit (with `verify` and `--why`), trace and blobs (`ls`, `gc`). Each
+opens the state directory's event store, does its one job and closes it."""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import private
 from bus import subjects
 from eventstore import EventQuery, EventStore
-from orchestrator.cli import audit_verify, history, render
+from orchestrator.cli import audit_verify, blobs_cli, history, render
 from orchestrator.cli import observe as obs_cli
 from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun, UnknownStore, WorkflowError
 from orchestrator.service import journal
 from orchestrator.service.bootstrap import open_store, state_dir, store_exists, store_path
 from orchestrator.service.service import new_run_id
+
+
+def add_parsers(sub: Any) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """The parsers of `import` and `blobs`, under `sub` (the `baton` subparsers)."""
+    import_: argparse.ArgumentParser = sub.add_parser(
+        "import", help="add an exported run's log to this state directory"
+    )
+    import_.add_argument("file", help="a file written by baton export ('-' for standard input)")
+    return import_, blobs_cli.add_parser(sub)
 
 
 async def existing_store(args: argparse.Namespace) -> EventStore:
@@ -62,11 +73,13 @@ async def _fork(args: argparse.Namespace, store: EventStore) -> int:
 
 
 async def _export(args: argparse.Namespace, store: EventStore) -> int:
-    stored = await history.run_events(store, args.run_id)
-    lines = "\n".join(history.export_lines(args.run_id, stored)) + "\n"
+    exported = await history.export_run(store, args.run_id)
+    lines = "\n".join(exported) + "\n"
     if args.output:
         private.write(Path(args.output), lines.encode())  # 0600 if new: it is the log
-        print(f"exported {len(stored)} events of run {args.run_id} to {args.output}")
+        header = json.loads(exported[0])
+        print(f"exported {header['events']} events and {header['blobs']} blobs of run "
+              f"{args.run_id} to {args.output}")  # fmt: skip
     else:
         sys.stdout.write(lines)
     return 0
@@ -123,6 +136,7 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[in
     "import": _import,
     "audit": _audit,
     "trace": obs_cli.trace,
+    "blobs": blobs_cli.blobs,
 }
 
 

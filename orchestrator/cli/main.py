@@ -145,8 +145,7 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("run_id")
     export.add_argument("-o", "--output", help="file (default: standard output)")
 
-    import_ = sub.add_parser("import", help="add an exported run's log to this state directory")
-    import_.add_argument("file", help="a file written by baton export ('-' for standard input)")
+    import_, blobs = log_commands.add_parsers(sub)
 
     audit = sub.add_parser("audit", help="list events, walk causes, verify the hash chain")
     audit.add_argument("action", nargs="?", choices=["verify"],
@@ -176,7 +175,7 @@ def _parser() -> argparse.ArgumentParser:
     for serving in (run, resume, serve):
         liveness_options.add_arguments(serving)
 
-    for command in (run, resume, serve, submit, replay, fork, export, import_, audit):
+    for command in (run, resume, serve, submit, replay, fork, export, import_, audit, blobs):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
         )

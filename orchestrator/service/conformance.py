@@ -5,8 +5,9 @@ docs/protocol.md asks, and if not, what it did instead.
 It expects what the orchestrator does: it answers heartbeats (`agent.heartbeat.ack`,
 verdict `owner`), sends assignments and batches as requests on the agent's subject (in
 msgpack, and once in JSON), takes outcomes on the direct report subject (answering
-`task.report.ack`, or a refusal for a stale lease) and on the durable inbox, and sends
-cancel and drain as `agent.control`. Run it on a bus where no orchestrator serves: it
+`task.report.ack`, or a refusal for a stale lease) and on the durable inbox, serves the
+blob an input refers to (`baton.blob.<agent_id>.get`), and sends cancel and drain as
+`agent.control`. Run it on a bus where no orchestrator serves: it
 would answer the same heartbeats and reports.
 
 The agent under test must serve the role asked for, with a handler that waits
@@ -19,27 +20,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from bus.codec import MAX_MESSAGE_BYTES
+from bus import blobs
+from bus.codec import MAX_MESSAGE_BYTES, Decoder
 from bus.connection import Bus
 from bus.contracts import Contracts
 from bus.errors import BusError, RequestFailed
 from bus.permissions import inbox_prefix
-from bus.protocol import AssignAck, AssignBatch, Control, ReportVerdict, TaskFailure, TaskResult
+from bus.protocol import (
+    BLOB_CHUNK_BYTES,
+    AssignAck,
+    AssignBatch,
+    BlobGet,
+    BlobRef,
+    Control,
+    ReportVerdict,
+    TaskFailure,
+    TaskResult,
+)
 from orchestrator.service.conformance_wire import (
     AgentWatch,
     CaseFailed,
     Driver,
     accepted,
     key_of,
+    serve_blobs,
 )
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 
 Status = Literal["pass", "fail", "skip"]
+_blob_get: Decoder[BlobGet] = Decoder(BlobGet)
 
 CASES = (
     "join",
@@ -47,6 +62,7 @@ CASES = (
     "single",
     "batch",
     "json",
+    "blobs",
     "cancel",
     "lease-expiry",
     "refused-report",
@@ -177,6 +193,37 @@ class Kit:
         accepted(await self.send.ask(a, "json"), 1)
         seen = await self.send.result(a)
         return f"a JSON assignment got a JSON ack; result through the {seen.via}"
+
+    async def _blobs(self) -> str:
+        """An input that refers to a blob: fetched whole (in chunks), and a result; one
+        whose served bytes do not match its digest: a failure, never a result."""
+        good = secrets.token_bytes(BLOB_CHUNK_BYTES + BLOB_CHUNK_BYTES // 2)
+        forged = BlobRef(blobs.digest_of(b"promised" * 99), len(good), blobs.BINARY)
+        served: dict[str, bytes] = {blobs.digest_of(good): good, forged.digest: good}
+        asked: list[tuple[str, int]] = []
+        sub = await serve_blobs(self.watch.bus, self.watch.agent_id, served, asked)
+        try:
+            ref = BlobRef(blobs.digest_of(good), len(good), blobs.BINARY)
+            a = self.send.assignment("blobs", extra={"document": blobs.ref_value(ref)})
+            accepted(await self.send.ask(a), 1)
+            await self.send.result(a)
+            offsets = sorted(o for d, o in asked if d == ref.digest)
+            if offsets[:2] != [0, BLOB_CHUNK_BYTES]:
+                raise CaseFailed(f"it reported a result but fetched {offsets} of the blob its "
+                                 f"input refers to, not all {len(good)} bytes")  # fmt: skip
+            bad = self.send.assignment("blobs", extra={"document": blobs.ref_value(forged)})
+            accepted(await self.send.ask(bad), 1)
+            seen = await self.send.outcome(bad, self.settings.result_timeout)
+            if isinstance(seen.outcome, TaskResult):
+                raise CaseFailed("it reported a result for an input whose blob does not hash "
+                                 "to its digest (check the SHA-256 of what you fetch)")  # fmt: skip
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+        return (
+            f"fetched the {len(good)}-byte blob in {len(offsets)} chunks and reported a "
+            "result; a blob that did not match its digest gave a failure"
+        )
 
     async def _cancel(self) -> str:
         """A cancelled attempt is let go of, and reports no result."""
@@ -309,7 +356,8 @@ class Kit:
         await self.watch.bus.ensure_inbox()
         steps: dict[str, Callable[[], Awaitable[str]]] = {
             "join": self._join, "single": self._single, "batch": self._batch,
-            "json": self._json, "cancel": self._cancel, "lease-expiry": self._lease_expiry,
+            "json": self._json, "blobs": self._blobs, "cancel": self._cancel,
+            "lease-expiry": self._lease_expiry,
             "refused-report": self._refused_report, "credentials": self._credentials,
             "heartbeat": self._heartbeat, "reply-size": self._reply_size, "drain": self._drain,
         }  # fmt: skip

@@ -15,15 +15,18 @@ from typing import Literal, TypeVar
 
 import msgspec
 
-from bus import subjects
+from bus import blobs, subjects
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, MalformedMessage
 from bus.protocol import (
+    BLOB_CHUNK_BYTES,
     AssignAcks,
     AssignBatch,
     Assignment,
     AssignReply,
+    BlobChunk,
+    BlobGet,
     Control,
     ErrorReply,
     Heartbeat,
@@ -274,13 +277,21 @@ class Driver:
         self._reply_timeout = reply_timeout
         self._result_timeout = result_timeout
 
-    def assignment(self, case: str, seconds: float = 0.0, timeout_s: float = 30.0) -> Assignment:
-        """A new attempt for the agent's current instance, asked to take `seconds`."""
+    def assignment(
+        self,
+        case: str,
+        seconds: float = 0.0,
+        timeout_s: float = 30.0,
+        extra: dict[str, object] | None = None,
+    ) -> Assignment:
+        """A new attempt for the agent's current instance, asked to take `seconds` (with
+        `extra` params besides)."""
         run_id = f"{self.session}-{case}"
         if run_id not in self.runs:
             self.runs.append(run_id)
         self._tasks += 1
         params: dict[str, object] = {"seconds": seconds} if seconds else {}
+        params.update(extra or {})
         a = Assignment(
             run_id=run_id,
             task_id=f"t{self._tasks}",
@@ -355,3 +366,29 @@ class Driver:
         for run_id in self.runs:
             with contextlib.suppress(BusError):
                 await self.watch.bus.purge_inbox(run_id)
+
+
+_blob_get: Decoder[BlobGet] = Decoder(BlobGet)
+
+
+async def serve_blobs(
+    bus: Bus, agent_id: str, served: dict[str, bytes], asked: list[tuple[str, int]]
+) -> Subscription:
+    """Answer the agent's `blob.get`s as the orchestrator would, from `served` (digest ->
+    the bytes to hand out, which need not hash to it), noting each (digest, offset)."""
+
+    async def on_get(msg: Incoming) -> None:
+        try:
+            get = _blob_get.decode(msg.data)
+        except BusError as exc:
+            await msg.reply(encode(ErrorReply("MalformedMessage", str(exc))))
+            return
+        data = served.get(get.digest)
+        if data is None:
+            await msg.reply(encode(ErrorReply("BlobNotFound", get.digest)))
+            return
+        asked.append((get.digest, get.offset))
+        part = data[get.offset : get.offset + (get.length or BLOB_CHUNK_BYTES)]
+        await msg.reply(encode(BlobChunk(get.digest, get.offset, len(data), blobs.BINARY, part)))
+
+    return await bus.subscribe(subjects.blob_get(agent_id), on_get)

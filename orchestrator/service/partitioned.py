@@ -27,6 +27,7 @@ from orchestrator.core.errors import UnknownRun
 from orchestrator.core.state import RunState
 from orchestrator.service import journal
 from orchestrator.service.background import Spawn
+from orchestrator.service.blobs import BlobService
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.memory import MemoryService
 from orchestrator.service.pipeline import Act, Pipeline
@@ -71,6 +72,7 @@ class Partitioned:
         requests: RunRequests,
         prompts: ToolPrompts,
         memory: MemoryService,
+        blobs: BlobService,
     ) -> Sharing:
         """Open the lease bucket, bind the hooks, and do the first round (returns with
         this orchestrator's first partitions served); run `sharing.loop` and
@@ -86,6 +88,7 @@ class Partitioned:
             spawn=self._spawn,
         )
         reports.elsewhere = prompts.elsewhere = memory.elsewhere = sharing.elsewhere
+        blobs.elsewhere = sharing.elsewhere
         reports.unserved = self._unserved
         requests.sharing = sharing
         self._pipeline.after_reload = self._after_reload

@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import Literal, NamedTuple
 
-from bus import subjects, tracecontext
+from bus import blobs, subjects, tracecontext
 from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.errors import BusError, MalformedMessage
@@ -29,6 +29,7 @@ from bus.protocol import (
     ErrorReply,
     InboxMessage,
     MemoryWrite,
+    Payload,
     ReportAck,
     ReportBatch,
     ReportVerdict,
@@ -132,6 +133,30 @@ async def _answer(delivery: Delivery, recorded: bool, ack: bytes = _RECORDED) ->
         await _settle(msg.reply(ack if recorded else _NOT_RECORDED), msg.subject)
 
 
+async def blobs_checked(
+    decoded: TaskResult | TaskFailure | ReportBatch,
+    unstored: Callable[[list[Payload]], Awaitable[str]],
+) -> TaskResult | TaskFailure | ReportBatch:
+    """`decoded` with each result whose output (or a subtask's params) refers to a blob the
+    store lacks (or holds at another size, `unstored` says why) made a retryable failure
+    that says so: the log never refers to a value no one can read."""
+    reports = decoded.reports if isinstance(decoded, ReportBatch) else [decoded]
+    checked: list[TaskResult | TaskFailure] = []
+    for report in reports:
+        why = ""
+        if isinstance(report, TaskResult):
+            why = await unstored([report.output, *(s.params for s in report.subtasks)])
+        if why:
+            report = TaskFailure(
+                report.run_id, report.task_id, report.attempt, report.lease_token,
+                report.agent_id, f"result refused: {why}", True,
+            )  # fmt: skip
+        checked.append(report)
+    if isinstance(decoded, ReportBatch):
+        return ReportBatch(checked, decoded.traceparents)
+    return checked[0]
+
+
 class Reports:
     """Decides what agents report and answers them once it is durable."""
 
@@ -153,6 +178,9 @@ class Reports:
         """Ids of reports whose events are durable (see `RECORDED_LIMIT`)."""
         self._window = asyncio.Semaphore(8)
         self.elsewhere: Callable[[str], bool] | None = None
+        self.unstored: Callable[[list[Payload]], Awaitable[str]] | None = None
+        """Why an output refers to a blob that cannot be read ('' if it does not): set
+        by the orchestrator to its blob service's check."""
         self.unserved: Callable[[str], Awaitable[bool]] | None = None
         """Sharing the runs: whether a run of this one's partitions, not in memory, is open
         in the log (a stale holder started it after the claim: taken over soon)."""
@@ -184,6 +212,8 @@ class Reports:
             if isinstance(decoded, ToolCallRecord | MemoryWrite):
                 await self._record_agent(delivery, decoded, sender)
                 continue
+            if self.unstored is not None and blobs.may_hold_refs(msg.data):
+                decoded = await blobs_checked(decoded, self.unstored)
             try:
                 by_run[run_id].append(self._member(delivery, decoded, sender, taken))
             except Exception as exc:

@@ -16,11 +16,11 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from bus import subjects
+from bus import blobs, subjects
 from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.errors import BusError, MalformedMessage
-from bus.protocol import Bid, ErrorReply
+from bus.protocol import BLOB_THRESHOLD, Bid, BlobRef, ErrorReply
 from bus.tracecontext import new_trace_id
 from eventstore import EventStore, EventStoreError
 from orchestrator.core import contract_net, human
@@ -97,6 +97,19 @@ class RunRequests:
         )
         return started
 
+    async def _by_reference(self, values: dict[str, Any]) -> dict[str, Any]:
+        """A run's input with each value over the blob threshold stored in the blob store
+        and replaced by its reference (`bus.blobs`), as an agent's output would be: the
+        log and the assignments then carry the reference, and the agents' SDK the value.
+        The same input gives the same references, so a retried start still matches."""
+
+        async def put(data: bytes, media_type: str) -> BlobRef:
+            info = await self._store.blobs.put(data, media_type)
+            return BlobRef(info.digest, info.size, media_type)
+
+        shrunk: dict[str, Any] = await blobs.externalize(values, put, BLOB_THRESHOLD)
+        return shrunk
+
     async def start(
         self,
         workflow: WorkflowSpec,
@@ -116,7 +129,7 @@ class RunRequests:
         if self.sharing is not None:
             run_id = await self._here(run_id)
         run_id = subjects.token(run_id or self._new_run_id())
-        merged = {**workflow.input, **(input or {})}
+        merged = await self._by_reference({**workflow.input, **(input or {})})
         if not request_id:
             await self._record(run_id, chosen, workflow, merged, requested_by, "")
             return run_id, False
@@ -204,10 +217,9 @@ class RunRequests:
         command: HumanDecision | CancelRun
         if request.action == "cancel":
             command = CancelRun(request.task_id, actor, request.note)
-        else:
-            command = HumanDecision(
-                request.task_id, request.action, actor, request.note, request.output
-            )
+        else:  # an approval's output is recorded like an agent's: large values by reference
+            output = await self._by_reference(request.output) if request.output else {}
+            command = HumanDecision(request.task_id, request.action, actor, request.note, output)
         if request.run_id not in self._pipeline.runs:
             # a run that ended and is no longer in memory is refused for what the log says
             # it is; a run with no log at all is `UnknownRun`

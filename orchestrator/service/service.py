@@ -42,6 +42,7 @@ from orchestrator.service import journal, live_api, tool_prompts
 from orchestrator.service.agentlog import AgentLog
 from orchestrator.service.api import HealthIssue, RunControlRequest
 from orchestrator.service.background import Background
+from orchestrator.service.blobs import MAX_BLOB_BYTES, BlobService
 from orchestrator.service.finished import KEEP_FINISHED
 from orchestrator.service.health import STUCK_AFTER_S, Health
 from orchestrator.service.intake import Intake
@@ -95,6 +96,7 @@ class Orchestrator:
         checkpoints: Checkpointer | None = None,
         replicas: int = 1,
         shared: bool = False,
+        max_blob_bytes: int = MAX_BLOB_BYTES,
     ) -> None:
         self._bus = bus
         self._shared = shared
@@ -116,6 +118,8 @@ class Orchestrator:
             works_in=self._works_in,
             embedder=Embedder.from_env(),
         )
+        self.blobs = BlobService(store, bus, works_in=self._works_in, max_bytes=max_blob_bytes)
+        """Agents' blob uploads and downloads (large values by reference)."""
         telemetry = telemetry or Telemetry("baton-orchestrator", enabled=False)
         obs = OrchestratorTelemetry(telemetry, self._registry, self._runs, clock)
         self.loops = Supervisor(telemetry.meter)
@@ -154,10 +158,12 @@ class Orchestrator:
         )
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
+        self._reports.unstored = self.blobs.unstored
         self._pipeline.on_forget += [
             self._reports.forget,
             agentlog.forget,
             self.memory.forget_run,
+            self.blobs.forget_run,
             self._health.forget,
         ]
         self._requests = RunRequests(store, self._pipeline, self._system, new_run_id)
@@ -231,6 +237,7 @@ class Orchestrator:
                 self._requests,
                 self._prompts,
                 self.memory,
+                self.blobs,
             )
             watch("lease-watch", spawn(run("lease-watch", sharing.bucket.watch)))
             await sharing.start()
@@ -238,6 +245,7 @@ class Orchestrator:
         else:
             await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
         await self.memory.start()
+        await self.blobs.start()
         intake, reports, liveness = self._intake, self._reports, self._liveness
         watch("intake", spawn(run("inbox", intake.fetch_durable)))
         watch("reports", spawn(run("reports", lambda: reports.serve(intake))))
@@ -257,6 +265,7 @@ class Orchestrator:
             with contextlib.suppress(BusError):  # else the leases expire
                 await self.partitioned.sharing.release_all()
         await self.memory.stop()
+        await self.blobs.stop()
         if self._intake is not None:
             await self._intake.close()
         await self._background.stop()
