@@ -2,7 +2,9 @@
 transaction as their output.
 
 A `Projection` is a name and a deterministic `apply(event, view)`: it reads current rows
-through the view and stages upserts and deletes on it, nothing else. The `Projector`
+through the view and stages upserts and deletes on it, nothing else. One that folds many
+events into one row may also have `flush(view)`, called once after each batch's last
+`apply`, to stage the rows the batch changed once rather than after every event. The `Projector`
 follows `store.subscribe(checkpoint + 1)`, applies a batch of events, then hands the
 staged rows *and* the batch's last position to `ProjectionStore.commit` in one atomic
 step. A crash between two batches therefore leaves either both the output and the
@@ -180,6 +182,9 @@ class Projector:
                 )
             await self._projection.apply(event, view)
             self.position = event.position
+        flush = getattr(self._projection, "flush", None)
+        if flush is not None:
+            await flush(view)
         upserts, deletes = view.changes()
         expected = batch[0].position - 1
         try:

@@ -29,7 +29,7 @@ from orchestrator.cli import history
 from orchestrator.cli.console import reads
 from orchestrator.cli.console.command import serving
 from orchestrator.cli.console.guard import HEADERS
-from orchestrator.service import journal
+from orchestrator.service import journal, run_summaries
 from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
 
@@ -278,6 +278,33 @@ def test_the_runs_list_filters_and_pages(env: ConsoleEnv, escalated: str) -> Non
     older = env.get(f"/?size=1&before={second}").text
     assert escalated in older
     assert "older runs" not in older
+
+
+def test_the_run_summaries_the_runs_list_reads_are_the_fold_of_each_run(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    """The console's projector keeps the rows beside the log; once it has caught up, each
+    is exactly the fold of its run, and the runs list folds none."""
+    store = env.cluster.stack.store
+    summaries = env.running.console.summaries
+    assert summaries.port is not None
+
+    async def caught_up() -> dict[str, run_summaries.RunSummary]:
+        assert summaries.port is not None
+        async with asyncio.timeout(30):
+            while await summaries.port.checkpoint(summaries.name) < await store.last_position():
+                await asyncio.sleep(0.05)
+        rows = await summaries.port.items(summaries.name)
+        return {k: run_summaries.decode(v) for k, v in rows}
+
+    rows = env.call(caught_up())
+    runs = [journal.run_id_of(s) for s in env.call(store.streams(journal.RUN_PREFIX))]
+    assert escalated in runs
+    folded = {r: run_summaries.summary_of(env.call(journal.load_run(store, r))) for r in runs}
+    assert rows == folded
+    before = summaries.folded
+    assert escalated in env.get("/").text
+    assert summaries.folded == before, "every row read from the projection"
 
 
 def test_baton_serve_ui_serves_the_console_beside_the_orchestrator(tmp_path: Path) -> None:
