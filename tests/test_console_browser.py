@@ -44,7 +44,8 @@ def page(env: ConsoleEnv) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            tab = context.new_page()  # the context can open a second tab on this session
             env.running.console.guard.renew()
             tab.goto(env.running.login_url)
             assert tab.url == f"{env.running.base}/", "the login lands on the runs list"
@@ -113,6 +114,11 @@ def test_an_escalated_task_is_approved_from_the_page(
     env: ConsoleEnv, page: Any, tmp_path: Path
 ) -> None:
     env.start_agents(ESCALATION)
+    # the approvals inbox, open before the run starts, shows the escalation when it comes
+    inbox = page.context.new_page()
+    inbox.goto(f"{env.running.base}/approvals")
+    inbox.wait_for_selector('#follow[data-live="following"]', timeout=WAIT_MS)
+    inbox.evaluate("window.sameDocument = true")
     run_id = env.start_run(ESCALATION)
     page.goto(f"{env.running.base}/runs/{run_id}")
     page.evaluate("window.sameDocument = true")
@@ -123,19 +129,22 @@ def test_an_escalated_task_is_approved_from_the_page(
     assert page.evaluate("window.sameDocument === true"), "no reload"
     assert _statuses(page)["flaky"] == "escalated"
     page.screenshot(path=str(tmp_path / "escalated.png"), full_page=True)
-    page.goto(f"{env.running.base}/approvals")
-    row = page.locator(f'table.escalated tr:has(a[href="/runs/{run_id}"])')
+    row = inbox.locator(f'table.escalated tr[data-key="{run_id}/flaky"]')
+    row.wait_for(timeout=WAIT_MS)
+    assert inbox.evaluate("window.sameDocument === true"), "the inbox was not reloaded"
     approve = row.locator("form.approve")
     approve.locator('input[name="note"]').fill("looked at it: fine")
     approve.locator('input[name="output"]').fill('{"fixed": true}')
-    page.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
+    inbox.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
     approve.locator("button").click()
-    page.wait_for_url(f"{env.running.base}/runs/{run_id}", timeout=WAIT_MS)
-    said = page.locator(".said").text_content() or ""
+    inbox.wait_for_url(f"{env.running.base}/runs/{run_id}", timeout=WAIT_MS)
+    said = inbox.locator(".said").text_content() or ""
     assert re.match(r"approve of task flaky recorded by human:\S+; run \S+ is running", said)
     _until_completed(page)
+    _until_completed(inbox)
     assert _statuses(page) == {"flaky": "succeeded", "finish": "succeeded"}
     page.screenshot(path=str(tmp_path / "approved.png"), full_page=True)
+    inbox.close()
 
 
 def _replayed(env: ConsoleEnv, run_id: str, at: int) -> dict[str, str]:

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import queue
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ pytest.importorskip(
     "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
 )
 
+from bus import subjects
 from bus.connection import Bus
 from bus.protocol import ToolCallRecord
 from bus.server import EmbeddedNats
@@ -34,7 +37,7 @@ from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
 
 PAGES = ("/", "/runs/{run}", "/runs/{run}/live", "/approvals", "/agents", "/audit",
-         "/why?ref=1")  # fmt: skip
+         "/why?ref=1", "/live/runs", "/live/approvals", "/live/agents")  # fmt: skip
 ACTIONS = {
     "/runs/{run}/tasks/flaky/decide": {"action": "approve", "note": "x", "output": "{}"},
     "/runs/{run}/cancel": {"note": "x"},
@@ -69,6 +72,48 @@ def _version(env: ConsoleEnv, run_id: str) -> int:
 
 def _fill(path: str, run_id: str) -> str:
     return path.replace("{run}", run_id)
+
+
+class Following:
+    """A page's live stream (server-sent events), read on a thread of its own: each
+    event's kind and data, in order."""
+
+    def __init__(self, env: ConsoleEnv, path: str) -> None:
+        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._connection = http.client.HTTPConnection("127.0.0.1", env.running.port, timeout=60)
+        headers = {"Host": f"127.0.0.1:{env.running.port}", "Cookie": f"baton_console={env.cookie}"}
+        self._connection.request("GET", path, headers=headers)
+        self._response = self._connection.getresponse()
+        assert self._response.status == 200, self._response.read()
+        assert self._response.getheader("content-type", "").startswith("text/event-stream")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        kind = ""
+        try:
+            for raw in self._response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.put((kind, json.loads(line[6:])))
+        except (OSError, ValueError, AttributeError):
+            return  # closed (http.client drops its file at close: AttributeError)
+
+    def until(self, kind: str, test: Callable[[Any], bool], timeout: float = 30) -> Any:
+        """The first event of `kind` whose data passes `test` (AssertionError after
+        `timeout` seconds without one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, data = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {kind} event passing the test in {timeout}s") from None
+            if got == kind and test(data):
+                return data
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 def test_the_login_token_works_once_and_nothing_is_served_without_a_session(
@@ -181,6 +226,8 @@ BAD_PAGES = {
     "/why": "ref: an event id or a global position",
     "/why?ref=999999": "no event '999999'",
     "/runs/no-such-run/live": "no run 'no-such-run'",
+    "/live/runs?status=bogus": "status: one of",
+    "/live/runs?since=yesterday": "neither a position",
 }
 
 
@@ -230,6 +277,11 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     approvals = env.get("/approvals").text
     assert 'data-task="flaky"' in approvals
     assert escalated in approvals
+    inbox = Following(env, "/live/approvals")
+    runs = Following(env, "/live/runs")
+    key = f"{escalated}/flaky"
+    inbox.until("approvals", lambda d: key in [k for k, _ in d["tasks"]])
+    runs.until("rows", lambda rows: any(r["run"] == escalated for r in rows))
     reply = env.post(
         f"/runs/{escalated}/tasks/flaky/decide",
         {"action": "approve", "note": "checked by hand", "output": '{"fixed": true}'},
@@ -238,6 +290,13 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     assert reply.headers["location"] == f"/runs/{escalated}"
     state = env.call(env.cluster.until(escalated, lambda s: s.status == "completed"))
     assert state.tasks["flaky"].output == {"fixed": True}
+    # the pages that follow what moves saw it, pushed from the bus
+    inbox.until("approvals", lambda d: key not in [k for k, _ in d["tasks"]])
+    ended = runs.until("rows", lambda rows: any(
+        r["run"] == escalated and ">completed<" in r["html"] for r in rows))  # fmt: skip
+    assert any(">2/2<" in r["html"] for r in ended if r["run"] == escalated)
+    inbox.close()
+    runs.close()
     page = env.get(f"/runs/{escalated}").text
     assert f"approve of task flaky recorded by {person}" in page
     assert page.count('<g class="failed" data-task="flaky">') == 2, "two failed attempts drawn"
@@ -443,6 +502,34 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         assert again.status in (409, 503), "decided once: no second decision is taken"
     finally:
         env.call(agent.close())
+
+
+def test_the_agents_page_follows_agents_joining(env: ConsoleEnv, escalated: str) -> None:
+    """An agent that joins (or is refused: the escalation example's contracts may not
+    know its role) reaches an open agents page from the bus, with its record."""
+    from bus.codec import encode
+    from bus.protocol import Heartbeat
+
+    agents = Following(env, "/live/agents")
+    try:
+        first = agents.until("agents", lambda d: "data-agent=" in d["agents"])
+        assert "agent-joining" not in first["agents"] + first["system"]
+
+        async def join() -> None:
+            url = env.cluster.stack.agent_url("agent-joining", "checker")
+            agent = await Bus.connect(url, "agent-joining")
+            try:
+                beat = Heartbeat("agent-joining", "checker", [], 1, 0, instance="i1")
+                await agent.publish(subjects.heartbeat("agent-joining"), encode(beat))
+                await agent.flush()
+            finally:
+                await agent.close()
+
+        env.call(join())
+        joined = agents.until("agents", lambda d: "agent-joining" in d["system"])
+        assert "agent.joined" in joined["system"] or "agent.refused" in joined["system"]
+    finally:
+        agents.close()
 
 
 def test_a_console_started_before_the_orchestrator_connects_when_it_appears(

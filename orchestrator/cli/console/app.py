@@ -5,9 +5,11 @@ would; a bad value is a 400 page naming it, and changes nothing."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
+import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from starlette.staticfiles import StaticFiles
 
 from bus import subjects
 from bus.errors import BusError, InvalidSubjectToken
+from bus.protocol import ToolCallRecord
 from eventstore import EventStore, EventStoreError
 from orchestrator.cli import history
 from orchestrator.cli.console import pages, reads, waterfall
@@ -40,7 +43,7 @@ from orchestrator.cli.console.guard import (
     Session,
     cookie_header,
 )
-from orchestrator.cli.console.live import Live
+from orchestrator.cli.console.live import Changes, Live
 from orchestrator.cli.trace_model import build as build_timeline
 from orchestrator.core.errors import ControlRefused, OrchestratorError, UnknownRun, WorkflowError
 from orchestrator.core.state import RunState
@@ -54,6 +57,8 @@ BODY_MAX = 64 * 1024
 PASTS = 32
 KEEPALIVE_S = 15.0
 """A comment line on an idle live stream this often, so proxies and the browser keep it."""
+GAP_S = 0.1
+"""A page that follows what moves gets at most one push this often."""
 
 
 @dataclass
@@ -184,6 +189,9 @@ def routes(console: Console) -> list[Route | Mount]:
         Route("/approvals", bound(approvals)),
         Route("/tools/{call_id}/decide", bound(decide_tool), methods=["POST"]),
         Route("/agents", bound(agents)),
+        Route("/live/runs", bound(runs_live)),
+        Route("/live/approvals", bound(approvals_live)),
+        Route("/live/agents", bound(agents_live)),
         Route("/audit", bound(audit)),
         Route("/audit/verify", bound(verify), methods=["POST"]),
         Route("/why", bound(why)),
@@ -205,25 +213,30 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def runs_list(console: Console, request: Request) -> Response:
-    q = request.query_params
+def _run_filter(q: Any) -> reads.RunFilter:
     status = _text(q, "status", 20)
     if status and status not in reads.RUN_STATUSES:
         raise BadInput("status", f"one of {', '.join(reads.RUN_STATUSES)}")
     since = _text(q, "since", 40)
     until = _text(q, "until", 40)
-    wanted = reads.RunFilter(
+    return reads.RunFilter(
         status=status,  # type: ignore[arg-type]  # checked against RUN_STATUSES above
         workflow=_text(q, "workflow", 200),
         text=_text(q, "text", 200),
         since=history.parse_time(since) if since else 0.0,
         until=history.parse_time(until) if until else 0.0,
     )
+
+
+async def runs_list(console: Console, request: Request) -> Response:
+    q = request.query_params
+    wanted = _run_filter(q)
     size = _number(q, "size", 50)
-    page = await reads.runs_page(
-        console.store, console.summaries, wanted, _text(q, "before", 200), size
-    )
-    return _page(console, request, "Runs", pages.runs(page, wanted, size))
+    before = _text(q, "before", 200)
+    page = await reads.runs_page(console.store, console.summaries, wanted, before, size)
+    await console.live.ensure()
+    follow = console.live.bus is not None
+    return _page(console, request, "Runs", pages.runs(page, wanted, size, before, follow))
 
 
 def _run_id(request: Request) -> str:
@@ -308,6 +321,133 @@ async def run_live(console: Console, request: Request) -> Response:
     return StreamingResponse(stream(), media_type="text/event-stream")
 
 
+Push = Callable[[Changes], Awaitable[bytes]]
+
+
+def _following(console: Console, first: Callable[[], Awaitable[bytes]], push: Push) -> Response:
+    """Server-sent events for a page that follows what moves (the runs list, the
+    approvals inbox, the agents page): `first` once, then `push` each time the bus says
+    something moved, at most every `GAP_S` (what moves meanwhile goes in the next one);
+    nothing is polled."""
+    if console.live.bus is None:
+        raise NotReachable(console.live.problem)
+
+    async def stream() -> AsyncIterator[bytes]:
+        with console.live.follow() as changes:
+            work: Callable[[], Awaitable[bytes]] = first
+            while True:
+                try:
+                    sent = await work()
+                except (OrchestratorError, EventStoreError, NotReachable) as exc:
+                    yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
+                    return
+                if sent:
+                    yield sent
+                await asyncio.sleep(GAP_S)
+                try:
+                    async with asyncio.timeout(KEEPALIVE_S):
+                        await changes.moved.wait()
+                except TimeoutError:
+                    yield b": keepalive\n\n"
+                    work = _nothing
+                    continue
+                work = functools.partial(push, changes)
+
+    return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+async def _nothing() -> bytes:
+    return b""
+
+
+def _sse(kind: str, data: object) -> bytes:
+    return f"event: {kind}\ndata: ".encode() + json.dumps(data).encode() + b"\n\n"
+
+
+async def runs_live(console: Console, request: Request) -> Response:
+    """The runs list's rows of the runs that move, as they move: each run that
+    progressed (its row folded from the log as it is now), and at first every run still
+    open (what moved between the page and this stream)."""
+    wanted = _run_filter(request.query_params)
+    await console.live.ensure()
+    store = console.store
+
+    async def rows(run_ids: Iterable[str]) -> bytes:
+        now = time.time()
+        sent = []
+        for run_id in sorted(run_ids, reverse=True):
+            if not await store.stream_version(journal.run_stream(run_id)):
+                continue  # not a run of this log
+            row = reads.row_of(await console.summaries.row(store, run_id), now)
+            sent.append({"run": row.run_id, "html": pages.run_row(row),
+                         "match": wanted.matches(row)})  # fmt: skip
+        return _sse("rows", sent) if sent else b""
+
+    async def first() -> bytes:
+        open_runs = await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS)
+        return await rows(journal.run_id_of(s) for s in open_runs)
+
+    async def push(changes: Changes) -> bytes:
+        return await rows(changes.take()[0])
+
+    return _following(console, first, push)
+
+
+async def approvals_live(console: Console, request: Request) -> Response:
+    """The approvals inbox as it changes: the escalated tasks of each run that moved are
+    read again (the others' are kept), and the tool calls waiting whenever one is passed
+    on for approval, decided, or a run moved; the page adds and removes rows."""
+    await console.live.ensure()
+    store = console.store
+    live = console.live
+    csrf = _session(request).csrf
+    escalated: dict[str, list[reads.Escalated]] = {}
+
+    def sent(calls: list[ToolCallRecord]) -> bytes:
+        tasks = [t for waiting in escalated.values() for t in waiting]
+        return _sse("approvals", {
+            "tasks": [[f"{t.run_id}/{t.task_id}", pages.escalated_row(t, csrf)] for t in tasks],
+            "calls": [[c.call_id, pages.call_row(c, csrf)] for c in calls],
+        })  # fmt: skip
+
+    async def first() -> bytes:
+        found = await reads.approvals(store, list(live.prompted.values()), list(live.decided))
+        for t in found.tasks:
+            escalated.setdefault(t.run_id, []).append(t)
+        return sent(found.calls)
+
+    async def push(changes: Changes) -> bytes:
+        runs, _calls, _agents = changes.take()
+        for run_id in runs:
+            if await store.stream_version(journal.run_stream(run_id)):
+                escalated[run_id] = await reads.escalated_in(store, run_id)
+                if not escalated[run_id]:
+                    del escalated[run_id]
+        calls = await reads.waiting_calls(store, list(live.prompted.values()), list(live.decided))
+        return sent(calls)
+
+    return _following(console, first, push)
+
+
+async def agents_live(console: Console, request: Request) -> Response:
+    """The agents page as it changes: asked of the orchestrator again (`baton agents`)
+    when an agent joins, is lost or refused, or a run moved (its load); the newest
+    joins, losses and refusals with it."""
+    await console.live.ensure()
+
+    async def first() -> bytes:
+        reply = await console.live.agents()
+        system = await reads.system_events(console.store)
+        return _sse("agents", {"agents": "".join(pages.agent_rows(reply)),
+                               "system": "".join(pages.event_rows(system))})  # fmt: skip
+
+    async def push(changes: Changes) -> bytes:
+        changes.take()
+        return await first()
+
+    return _following(console, first, push)
+
+
 async def decide_task(console: Console, request: Request) -> Response:
     form = await _form(console, request)
     run_id = _run_id(request)
@@ -352,8 +492,12 @@ async def fork_run(console: Console, request: Request) -> Response:
 
 
 async def approvals(console: Console, request: Request) -> Response:
-    found = await reads.approvals(console.store)
-    return _page(console, request, "Approvals", pages.approvals(found, _session(request).csrf))
+    await console.live.ensure()
+    live = console.live
+    found = await reads.approvals(console.store, list(live.prompted.values()), list(live.decided))
+    follow = console.live.bus is not None
+    body = pages.approvals(found, _session(request).csrf, follow)
+    return _page(console, request, "Approvals", body)
 
 
 async def decide_tool(console: Console, request: Request) -> Response:
@@ -378,7 +522,8 @@ async def agents(console: Console, request: Request) -> Response:
         except NotReachable as exc:
             problem = str(exc)
     system = await reads.system_events(console.store)
-    return _page(console, request, "Agents", pages.agents(reply, problem, system))
+    body = pages.agents(reply, problem, system, follow=True)
+    return _page(console, request, "Agents", body)
 
 
 def _audit_query(values: Any) -> reads.AuditQuery:

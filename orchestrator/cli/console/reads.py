@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -288,22 +289,43 @@ class Approvals(msgspec.Struct, frozen=True):
     calls: list[ToolCallRecord]
 
 
-async def approvals(store: EventStore) -> Approvals:
+async def escalated_in(store: EventStore, run_id: str) -> list[Escalated]:
+    """The tasks of one run that wait for a person (none once the run has ended)."""
+    state = await journal.load_run(store, run_id)
+    if state.terminal:
+        return []
+    name = state.workflow.name if state.workflow else "?"
+    return [
+        Escalated(state.run_id, t.task_id, name, t.error, t.attempt)
+        for t in state.tasks.values()
+        if t.status == "escalated"
+    ]
+
+
+async def waiting_calls(
+    store: EventStore, prompted: Iterable[ToolCallRecord] = (), decided: Iterable[str] = ()
+) -> list[ToolCallRecord]:
+    """Tool calls recorded as awaiting approval with no decision recorded (`baton tool
+    pending`), and those the orchestrator just passed on for approval (`prompted`: their
+    awaiting record may not have reached the log yet) that the log has no decision for;
+    none of those in `decided` (decided here: their record of it may not be in the log
+    yet)."""
+    records = agentlog.tool_calls(await store.query(EventQuery(type_glob="tool.call")))
+    decided = set(decided) | {r.call_id for r in records if r.phase in ("approved", "denied")}
+    calls = [r for r in records if r.phase == "awaiting" and r.call_id not in decided]
+    known = {r.call_id for r in calls}
+    return calls + [r for r in prompted if r.call_id not in decided | known]
+
+
+async def approvals(
+    store: EventStore, prompted: Iterable[ToolCallRecord] = (), decided: Iterable[str] = ()
+) -> Approvals:
     """What waits for a person now: escalated tasks of runs still open, and tool calls
-    recorded as awaiting approval with no decision recorded (`baton tool pending`)."""
+    waiting for a decision (`waiting_calls`)."""
     tasks: list[Escalated] = []
     for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
-        state = await journal.load_run(store, journal.run_id_of(stream))
-        name = state.workflow.name if state.workflow else "?"
-        tasks += [
-            Escalated(state.run_id, t.task_id, name, t.error, t.attempt)
-            for t in state.tasks.values()
-            if t.status == "escalated"
-        ]
-    records = agentlog.tool_calls(await store.query(EventQuery(type_glob="tool.call")))
-    decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
-    calls = [r for r in records if r.phase == "awaiting" and r.call_id not in decided]
-    return Approvals(tasks, calls)
+        tasks += await escalated_in(store, journal.run_id_of(stream))
+    return Approvals(tasks, await waiting_calls(store, prompted, decided))
 
 
 def caller_of(records: list[ToolCallRecord], call_id: str) -> ToolCallRecord | None:

@@ -1,6 +1,7 @@
 // The console's one script: a run's page follows the run live (server-sent events the
-// console pushes when the bus says the run moved), and the time-travel slider shows the
-// run at the position it is moved to. Everything else is plain HTML forms.
+// console pushes when the bus says the run moved), the runs list, the approvals inbox
+// and the agents page follow what moves the same way, and the time-travel slider shows
+// the run at the position it is moved to. Everything else is plain HTML forms.
 "use strict";
 
 window.batonDelays = [];
@@ -106,8 +107,81 @@ function travel() {
   slider.addEventListener("change", () => { slider.form.submit(); });
 }
 
+// One row made from the HTML the console rendered (every value escaped there).
+function rowOf(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html;
+  return template.content.firstElementChild;
+}
+
+// The runs list: a pushed row replaces the run's row; a run not listed yet is added at
+// the top of the first page if it matches the list's filters.
+function placeRuns(section, rows) {
+  const body = section.querySelector("table.runs tbody");
+  for (const pushed of rows) {
+    const row = rowOf(pushed.html);
+    const shown = body.querySelector('tr[data-run="' + CSS.escape(pushed.run) + '"]');
+    if (shown) shown.replaceWith(row);
+    else if (section.dataset.fresh === "1" && pushed.match) body.prepend(row);
+  }
+}
+
+// An inbox table holds the pushed rows in their order: rows gone are removed, new ones
+// added, and rows still there are left as they are (a reason being typed stays).
+function reconcile(section, cls, items) {
+  const table = section.querySelector("table." + cls);
+  const body = table.querySelector("tbody");
+  const keys = new Set(items.map((item) => item[0]));
+  for (const row of Array.from(body.children)) {
+    if (!keys.has(row.dataset.key)) row.remove();
+  }
+  let previous = null;
+  for (const [key, html] of items) {
+    let row = body.querySelector('tr[data-key="' + CSS.escape(key) + '"]');
+    if (!row) {
+      row = rowOf(html);
+      if (previous) previous.after(row);
+      else body.prepend(row);
+    }
+    previous = row;
+  }
+  table.hidden = items.length === 0;
+  const none = table.nextElementSibling;
+  if (none && none.classList.contains("none")) none.hidden = items.length !== 0;
+}
+
+function followPage(section) {
+  const source = new EventSource(section.dataset.follow);
+  const pushed = () => { section.dataset.pushes = String(Number(section.dataset.pushes || 0) + 1); };
+  source.onopen = () => { section.dataset.live = "following"; };
+  source.addEventListener("rows", (message) => {
+    placeRuns(section, JSON.parse(message.data));
+    pushed();
+  });
+  source.addEventListener("approvals", (message) => {
+    const found = JSON.parse(message.data);
+    reconcile(section, "escalated", found.tasks);
+    reconcile(section, "calls", found.calls);
+    pushed();
+  });
+  source.addEventListener("agents", (message) => {
+    const found = JSON.parse(message.data);
+    section.querySelector("table.agents tbody").innerHTML = found.agents;
+    section.querySelector("table.system tbody").innerHTML = found.system;
+    pushed();
+  });
+  source.addEventListener("problem", (message) => {
+    source.close();
+    section.dataset.live = "lost";
+    section.dataset.problem = JSON.parse(message.data);
+  });
+  source.onerror = () => { section.dataset.live = "lost"; };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const section = runSection();
   if (section && section.dataset.live === "1") followRun(section);
+  const follow = document.getElementById("follow");
+  if (follow && follow.dataset.follow) followPage(follow);
   travel();
 });
