@@ -66,6 +66,8 @@ class Watched(NamedTuple):
     statuses: dict[str, str]
     reloaded: bool
     delays: list[float]
+    pushed: dict[str, int]
+    """Event lines and waterfalls the live pushes brought (`window.batonPushed`)."""
 
 
 def _statuses(page: Any) -> dict[str, str]:
@@ -93,7 +95,9 @@ def watched(env: ConsoleEnv, page: Any, tmp_path_factory: pytest.TempPathFactory
     page.screenshot(path=str(shots / "run-live.png"), full_page=True)
     reloaded = page.evaluate("window.sameDocument !== true")
     delays = [float(d) for d in page.evaluate("window.batonDelays")]
-    return Watched(run_id, _statuses(page), reloaded, delays)
+    page.wait_for_function("window.batonPushed.succeededDrawn === 5", timeout=WAIT_MS)
+    pushed = page.evaluate("window.batonPushed")
+    return Watched(run_id, _statuses(page), reloaded, delays, pushed)
 
 
 def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path: Path) -> None:
@@ -101,6 +105,8 @@ def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path:
     assert len(watched.statuses) == 5
     assert set(watched.statuses.values()) == {"succeeded"}
     assert watched.delays, "states were pushed after the page opened"
+    assert watched.pushed["events"] > 0, "the run's new events came with the pushes"
+    assert watched.pushed["waterfalls"] > 0, "so did its waterfall"
     figures = {
         "pushes": len(watched.delays),
         "median_append_to_page_ms": round(statistics.median(watched.delays) * 1000, 1),

@@ -226,6 +226,7 @@ BAD_PAGES = {
     "/why": "ref: an event id or a global position",
     "/why?ref=999999": "no event '999999'",
     "/runs/no-such-run/live": "no run 'no-such-run'",
+    "/runs/{run}/live?after=abc": "after: 'abc' is not a whole number",
     "/live/runs?status=bogus": "status: one of",
     "/live/runs?since=yesterday": "neither a position",
 }
@@ -280,6 +281,11 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     inbox = Following(env, "/live/approvals")
     runs = Following(env, "/live/runs")
     key = f"{escalated}/flaky"
+    run_page = Following(env, f"/runs/{escalated}/live?after=0")
+    first = run_page.until("extras", lambda d: True)
+    assert ">task.escalated<" in first["events"]
+    assert '<svg class="waterfall"' in first["waterfall"]
+    assert first["ended"] is False
     inbox.until("approvals", lambda d: key in [k for k, _ in d["tasks"]])
     runs.until("rows", lambda rows: any(r["run"] == escalated for r in rows))
     reply = env.post(
@@ -295,8 +301,12 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     ended = runs.until("rows", lambda rows: any(
         r["run"] == escalated and ">completed<" in r["html"] for r in rows))  # fmt: skip
     assert any(">2/2<" in r["html"] for r in ended if r["run"] == escalated)
+    last = run_page.until("extras", lambda d: d["ended"])
+    assert ">human.decided<" in last["events"] or ">run.completed<" in last["events"]
+    assert '<g class="succeeded" data-task="finish">' in last["waterfall"]
     inbox.close()
     runs.close()
+    run_page.close()
     page = env.get(f"/runs/{escalated}").text
     assert f"approve of task flaky recorded by {person}" in page
     assert page.count('<g class="failed" data-task="flaky">') == 2, "two failed attempts drawn"

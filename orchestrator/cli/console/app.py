@@ -30,8 +30,8 @@ from starlette.staticfiles import StaticFiles
 from bus import subjects
 from bus.errors import BusError, InvalidSubjectToken
 from bus.protocol import ToolCallRecord
-from eventstore import EventStore, EventStoreError
-from orchestrator.cli import history
+from eventstore import EventQuery, EventStore, EventStoreError
+from orchestrator.cli import history, trace_model
 from orchestrator.cli.console import pages, reads, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
@@ -59,6 +59,8 @@ KEEPALIVE_S = 15.0
 """A comment line on an idle live stream this often, so proxies and the browser keep it."""
 GAP_S = 0.1
 """A page that follows what moves gets at most one push this often."""
+DRAW_GAP_S = 0.5
+"""A live run's waterfall is sent at most this often (and at the run's end)."""
 
 
 @dataclass
@@ -263,7 +265,7 @@ async def run_page(console: Console, request: Request) -> Response:
 
 async def live_state(
     store: EventStore, run_id: str, before: RunState | None = None
-) -> tuple[RunState, bytes]:
+) -> tuple[RunState, dict[str, Any]]:
     """What a run's page updates itself with: the run's state now (folded on from
     `before`, the state last sent, by the events appended since: the log only grows) with
     the tasks that changed since `before` (all of them the first time), and when the
@@ -288,7 +290,47 @@ async def live_state(
         "recorded_at": last[0].recorded_at if last else 0.0,
         "tasks": tasks,
     }
-    return state, json.dumps(sent).encode()
+    return state, sent
+
+
+class RunExtras:
+    """What else a run's live page shows, brought up to date at each push from only the
+    events appended since the last one: the events' lines (those after `after`, the
+    newest the page has), the token use, and the waterfall (its timeline grows by the
+    new events of the run's own stream; drawn at most every `DRAW_GAP_S`, and at the
+    run's end)."""
+
+    def __init__(self, store: EventStore, run_id: str, after: int) -> None:
+        self._store = store
+        self._run_id = run_id
+        self._after = after
+        self._growing = trace_model.Growing(run_id)
+        self._drawn_at = 0.0
+
+    async def add_to(self, sent: dict[str, Any], state: RunState, moved: bool) -> None:
+        """Put what changed in `sent`: new lines, the token use if a task `moved`, the
+        waterfall if due."""
+        store, own = self._store, journal.run_stream(self._run_id)
+        if not self._growing.count:  # the first push: the stream so far, once
+            for stored in await store.read_stream(own):
+                self._growing.add(stored)
+        found = await store.query(
+            EventQuery(correlation_id=self._run_id, from_position=self._after + 1)
+        )
+        for stored in found:
+            if stored.stream == own and stored.version == self._growing.count + 1:
+                self._growing.add(stored)
+        if found:
+            self._after = found[-1].position
+            sent["recorded_at"] = found[-1].recorded_at
+            lines = found[-reads.EVENTS_MAX :]
+            sent["events"] = "".join(pages.event_rows(reads.line_of(s) for s in lines))
+        if moved:
+            sent["usage"] = pages.usage(state)
+        now = time.monotonic()
+        if state.terminal or now - self._drawn_at >= DRAW_GAP_S:
+            self._drawn_at = now
+            sent["waterfall"] = waterfall.render(self._growing.timeline())
 
 
 async def run_live(console: Console, request: Request) -> Response:
@@ -301,6 +343,8 @@ async def run_live(console: Console, request: Request) -> Response:
     if console.live.bus is None:
         raise NotReachable(console.live.problem)
 
+    extras = RunExtras(console.store, run_id, _number(request.query_params, "after", 0))
+
     async def stream() -> AsyncIterator[bytes]:
         state: RunState | None = None
         with console.live.watch(run_id) as changed:
@@ -311,7 +355,15 @@ async def run_live(console: Console, request: Request) -> Response:
                 except (OrchestratorError, EventStoreError) as exc:  # said, then the end
                     yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
                     return
-                yield b"event: state\ndata: " + sent + b"\n\n"
+                yield b"event: state\ndata: " + json.dumps(sent).encode() + b"\n\n"
+                # the tasks first (they matter most), then the rest of the page
+                more: dict[str, Any] = {"ended": state.terminal}
+                try:
+                    await extras.add_to(more, state, bool(sent["tasks"]))
+                except (OrchestratorError, EventStoreError) as exc:
+                    yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
+                    return
+                yield b"event: extras\ndata: " + json.dumps(more).encode() + b"\n\n"
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         await changed.wait()

@@ -150,7 +150,7 @@ def _task_rows(state: RunState) -> list[str]:
     return rows
 
 
-def _usage(state: RunState) -> str:
+def usage(state: RunState) -> str:
     by_agent: Counter[str] = Counter()
     by_role: Counter[str] = Counter()
     for task_id, task in state.tasks.items():
@@ -293,12 +293,12 @@ def run(
     live_attr = "1" if live and not at and not state.terminal else "0"
     return (
         f'<section id="run" data-run="{_e(run_id)}" data-live="{live_attr}" '
-        f'data-version="{state.version}">'
+        f'data-version="{state.version}" data-after="{events[-1].position if events else 0}">'
         + facts + as_of + slider + fork + decide + cancel
         + "<h2>Timeline</h2>"
-        + drawn
-        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + _usage(state) + result
-        + f"<h2>Events ({len(events)})</h2>"
+        + f'<div id="waterfall">{drawn}</div>'
+        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + usage(state) + result
+        + f'<h2>Events (<span id="events-count">{len(events)}</span>)</h2>'
         + (
             f'<p>the newest {len(events)}; every one in <a href="/audit?run={quote(run_id)}">'
             "audit search</a></p>"

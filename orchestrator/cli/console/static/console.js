@@ -5,6 +5,10 @@
 "use strict";
 
 window.batonDelays = [];
+// The same for the event lines that follow each state (the newest line's age).
+window.batonLineDelays = [];
+// What the pushes of a live run brought besides its tasks: event lines, waterfalls.
+window.batonPushed = { events: 0, waterfalls: 0, succeededDrawn: 0 };
 
 const ENDED = ["completed", "failed", "stopped"];
 
@@ -77,17 +81,59 @@ function refreshSection(live) {
     });
 }
 
+const EVENTS_MAX = 500;
+
+// The rest of a run's page from one push: its new events' lines (the newest
+// EVENTS_MAX kept), its token use, and its waterfall when one was sent.
+function updateExtras(state) {
+  const section = runSection();
+  if (state.events) {
+    if (section.dataset.seen && state.recorded_at) {
+      window.batonLineDelays.push(Date.now() / 1000 - state.recorded_at);
+    }
+    const body = section.querySelector("table.events tbody");
+    const lines = document.createElement("template");
+    lines.innerHTML = state.events;
+    for (const row of Array.from(lines.content.children)) {
+      if (document.getElementById(row.id)) continue; // shown already (a refresh read it)
+      body.appendChild(row);
+      window.batonPushed.events += 1;
+    }
+    while (body.children.length > EVENTS_MAX) body.firstElementChild.remove();
+    const count = document.getElementById("events-count");
+    if (count) count.textContent = body.children.length;
+  }
+  if (state.usage) {
+    const usage = section.querySelector("table.usage");
+    if (usage) usage.outerHTML = state.usage;
+  }
+  if (state.waterfall) {
+    const drawn = document.getElementById("waterfall");
+    if (drawn) {
+      drawn.innerHTML = state.waterfall;
+      window.batonPushed.succeededDrawn = drawn.querySelectorAll("g.succeeded").length;
+    }
+    window.batonPushed.waterfalls += 1;
+  }
+}
+
 function followRun(section) {
-  const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) + "/live");
+  const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) +
+    "/live?after=" + encodeURIComponent(section.dataset.after || "0"));
   source.addEventListener("state", (message) => {
     const state = JSON.parse(message.data);
     const escalated = updateRun(state);
-    if (ENDED.includes(state.status)) {
+    if (escalated && !ENDED.includes(state.status)) refreshSection("following");
+  });
+  // each state is followed by the rest of the page it changed; after the last one's
+  // (the run ended), the whole section is read again once (its result)
+  source.addEventListener("extras", (message) => {
+    const extras = JSON.parse(message.data);
+    updateExtras(extras);
+    if (extras.ended) {
       source.close();
       runSection().dataset.live = "ended";
       refreshSection("ended");
-    } else if (escalated) {
-      refreshSection("following");
     }
   });
   source.addEventListener("problem", (message) => {
