@@ -19,8 +19,9 @@ import pytest
 
 pytest.importorskip("starlette", reason="the console needs the ui extra (pip install '.[ui]')")
 
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from tests.cluster import baton
-from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, JetStreamConsoleEnv
 from tests.programs import CHROMIUM, need_browser
 
 WAIT_MS = 30_000
@@ -218,3 +219,38 @@ def test_audit_search_verify_and_the_agents_page(
     page.goto(f"{env.running.base}/")
     assert watched.run_id in (page.locator("table.runs").text_content() or "")
     page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+
+
+CHAIN = WorkflowSpec(
+    "chain",
+    [StepSpec(f"s{i}", role="worker", needs=[f"s{i - 1}"] if i else []) for i in range(4)],
+)
+
+
+def test_a_live_run_on_the_jetstream_store_turns_succeeded_without_a_reload(
+    page: Any, tmp_path: Path
+) -> None:
+    """The same live run page with the log on JetStream: the console folds the run from
+    that store and follows its progress on the bus."""
+    jet = JetStreamConsoleEnv(tmp_path / "state").start()
+    try:
+        tab = page.context.browser.new_context().new_page()
+        jet.running.console.guard.renew()  # start() spent the first login link
+        tab.goto(jet.running.login_url)
+        run_id = jet.start_workflow(CHAIN)
+        tab.goto(f"{jet.running.base}/runs/{run_id}")
+        tab.wait_for_selector('#run[data-live="following"]', timeout=WAIT_MS)
+        assert set(_statuses(tab).values()) <= {"pending"}, "no agent serves the role yet"
+        tab.evaluate("window.sameDocument = true")
+        jet.start_worker(step_s=0.1)
+        _until_completed(tab)
+        tab.wait_for_selector('#run[data-live="ended"] svg.waterfall g.succeeded', timeout=WAIT_MS)
+        assert tab.evaluate("window.sameDocument === true"), "updated in place"
+        assert _statuses(tab) == {f"s{i}": "succeeded" for i in range(4)}
+        assert "jetstream" in (tab.locator("header .where").text_content() or "")
+        tab.goto(f"{jet.running.base}/")
+        assert "<td>4/4</td>" in tab.content(), "the runs list, from the projection or the fold"
+        tab.screenshot(path=str(tmp_path / "jetstream-run.png"), full_page=True)
+        tab.context.close()
+    finally:
+        jet.close()
