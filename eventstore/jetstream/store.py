@@ -16,6 +16,7 @@ from eventstore._subscription import Notifier
 from eventstore.errors import InvalidEventError
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
+from eventstore.jetstream.projections import JetStreamProjections
 from eventstore.jetstream.reader import LogReader
 from eventstore.jetstream.schema import Layout
 from eventstore.jetstream.snapshots import Snapshots
@@ -91,6 +92,9 @@ class JetStreamEventStore:
         self._writer = LogWriter(self._log, self._index, self._notifier, is_closed)
         self._reads = LogReader(self._log, self._index, self._notifier, is_closed)
         self._snapshots = Snapshots(self._log, replicas, is_closed, self._event_at)
+        self.projections = JetStreamProjections(self._log, replicas, is_closed, self._event_at)
+        """The projection port (`ProjectionStore`): rows in memory, saved beside the log
+        now and then and at close (`eventstore.jetstream.projections`)."""
 
     # -- opening and closing ----------------------------------------------------------
 
@@ -152,6 +156,7 @@ class JetStreamEventStore:
         """Stop subscriptions and, if the store opened the connection, close it."""
         if self._closed:
             return
+        await self.projections.save_all()  # what moved since the last save, kept
         self._closed = True
         self._notifier.notify()
         self._index.clear()

@@ -5,10 +5,11 @@ truth: the rows are a cache that a replay rebuilds (drop them, or start on a sto
 none, and the projector folds them again from position 1), and a row is exactly what
 `summary_of` makes of the run's folded state at the row's version (the tests compare).
 
-`held_port` is where the rows live: the store's own projection port where it has one
-(SQLite: in the log's file, committed with the checkpoint in one transaction), else a
-port in this process's memory, folded from the start of the log when the process starts
-(the JetStream store has no projection port)."""
+`held_port` is where the rows live: the store's own projection port (SQLite: in the
+log's file, committed with the checkpoint in one transaction; JetStream: in memory,
+saved with the checkpoint beside the log every few seconds and at close, bound to the
+hash chain, so a restart folds only what came after the last save), else a port in this
+process's memory, folded from the start of the log when the process starts."""
 
 from __future__ import annotations
 
@@ -131,8 +132,8 @@ class RunSummaries:
 
 
 class HeldProjections:
-    """The projection port in this process's memory, for a store without one of its own
-    (JetStream): it starts empty, so the projector folds it from the start of the log."""
+    """The projection port in this process's memory, for a store without one of its own:
+    it starts empty, so the projector folds it from the start of the log."""
 
     def __init__(self) -> None:
         self._rows: dict[str, dict[str, bytes]] = {}
