@@ -1,15 +1,16 @@
 """Console benchmark (not a test): the server time of the runs list and of one big run's
 page on a large SQLite log, over real HTTP to `baton ui`'s server (read-only: no bus).
 The console is started twice: first on a log without the run summaries projection (the
-list is folded while the projector builds it), then again with it stored beside the log
-(the cold start a console has from then on).
+list is folded while the projector builds it), then again, on a new store object, with
+it stored beside the log (the cold start a console has from then on). `--store
+jetstream` measures the same on a JetStream log (a nats-server of its own).
 
 The log holds `--runs` runs of `--tasks` tasks each (a fan-out, every task assigned and
 succeeded), recorded by the pure core and appended one run per batch, with the
 snapshots the orchestrator would have taken: 500 runs of 1,000 tasks is about
 1,000,000 events.
 
-    python -m bench.bench_console [--runs 500] [--tasks 1000] [--repeats 5]
+    python -m bench.bench_console [--runs 500] [--tasks 1000] [--repeats 5] [--store jetstream]
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ import time
 from pathlib import Path
 
 from bus.protocol import TaskResult
-from eventstore import SqliteEventStore
+from bus.server import EmbeddedNats
+from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, StoredEvent
+from eventstore.jetstream.writer import MAX_BATCH
 from orchestrator.cli.console import reads
 from orchestrator.cli.console.command import Running, serving
 from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
@@ -39,8 +42,9 @@ from orchestrator.service import journal, run_summaries
 from orchestrator.service.journal import Cause
 
 
-async def record_run(store: SqliteEventStore, run_id: str, tasks: int, name: str) -> int:
-    """One run of `tasks` tasks, appended in one batch; returns its events."""
+async def record_run(store: EventStore, run_id: str, tasks: int, name: str) -> int:
+    """One run of `tasks` tasks, appended in one batch (JetStream: batches of at most
+    `MAX_BATCH`); returns its events."""
     workflow = WorkflowSpec(name=name, steps=[StepSpec(id="t", role="r", fan_out=tasks)])
     tokens = itertools.count()
     rng = random.Random(1)
@@ -63,7 +67,10 @@ async def record_run(store: SqliteEventStore, run_id: str, tasks: int, name: str
         apply(decide(state, ReportResult(result, "a"), ctx))
     cause = Cause("bench", "bench")
     envelopes = journal.run_envelopes(run_id, 1, events, [cause] * len(events))
-    stored = await store.append(journal.run_stream(run_id), envelopes, 0)
+    stored: list[StoredEvent] = []
+    step = MAX_BATCH if isinstance(store, JetStreamEventStore) else len(envelopes)
+    for at in range(0, len(envelopes), step):
+        stored += await store.append(journal.run_stream(run_id), envelopes[at : at + step], at)
     for snap in snapshots:
         await store.save_snapshot(journal.snapshot_of(snap, stored[snap.version - 1].position))
     return len(stored)
@@ -94,8 +101,41 @@ def _ms(samples: list[float]) -> float:
     return round(statistics.median(samples) * 1000, 1)
 
 
-async def measure(runs: int, tasks: int, repeats: int, directory: Path) -> dict[str, object]:
-    store = await SqliteEventStore.open(directory / "events.db")
+class Log:
+    """The log measured: the SQLite file in the directory, or a JetStream log on a
+    nats-server of its own there; `open` gives a new store object on it each time."""
+
+    def __init__(self, kind: str, directory: Path) -> None:
+        self.kind = kind
+        self.directory = directory
+        self.server: EmbeddedNats | None = None
+        self.url = ""
+
+    async def open(self) -> EventStore:
+        if self.kind == "sqlite":
+            return await SqliteEventStore.open(self.directory / "events.db")
+        if self.server is None:
+            self.server = EmbeddedNats(self.directory / "nats")
+            self.url = await self.server.start()
+        return await JetStreamEventStore.open(self.url, timeout=30.0)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+
+
+async def measure(
+    runs: int, tasks: int, repeats: int, directory: Path, kind: str = "sqlite"
+) -> dict[str, object]:
+    log = Log(kind, directory)
+    try:
+        return await _measure(log, runs, tasks, repeats)
+    finally:
+        log.close()
+
+
+async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, object]:
+    store = await log.open()
     try:
         began = time.perf_counter()
         events = await store.last_position()  # a log kept with --dir is measured again
@@ -116,6 +156,11 @@ async def measure(runs: int, tasks: int, repeats: int, directory: Path) -> dict[
                     raise SystemExit("the run summaries were not projected in 900 s")
                 await asyncio.sleep(0.05)
             projected_s = time.perf_counter() - began + first
+    finally:
+        await store.close()  # JetStream: the rows are saved beside the log at close
+    store = await log.open()
+    try:
+        port = run_summaries.held_port(store)
         # a console started again: the rows are stored beside the log
         async with serving(store, None, "human:bench", shown_store="bench") as running:
             cookie = await _cookie(running)
@@ -139,6 +184,7 @@ async def measure(runs: int, tasks: int, repeats: int, directory: Path) -> dict[
     finally:
         await store.close()
     return {
+        "store": log.kind,
         "runs": runs,
         "tasks_per_run": tasks,
         "events": events,
@@ -185,6 +231,12 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=5, help="at least 2")
     parser.add_argument(
+        "--store",
+        choices=("sqlite", "jetstream"),
+        default="sqlite",
+        help="the log's store (jetstream: on a nats-server of its own)",
+    )
+    parser.add_argument(
         "--dir",
         default="",
         help="keep the log here, or measure the one an earlier run with the same --runs and "
@@ -193,10 +245,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.dir:
         Path(args.dir).mkdir(parents=True, exist_ok=True)
-        result = asyncio.run(measure(args.runs, args.tasks, args.repeats, Path(args.dir)))
+        result = asyncio.run(
+            measure(args.runs, args.tasks, args.repeats, Path(args.dir), args.store)
+        )
     else:
         with tempfile.TemporaryDirectory(prefix="baton-console-") as directory:
-            result = asyncio.run(measure(args.runs, args.tasks, args.repeats, Path(directory)))
+            result = asyncio.run(
+                measure(args.runs, args.tasks, args.repeats, Path(directory), args.store)
+            )
     for key, value in result.items():
         print(f"{key:>32}: {value}")
     print(json.dumps(result))

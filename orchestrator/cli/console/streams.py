@@ -28,6 +28,8 @@ KEEPALIVE_S = 15.0
 """A comment line on an idle live stream this often, so proxies and the browser keep it."""
 GAP_S = 0.1
 """A page that follows what moves gets at most one push this often."""
+AGENTS_GAP_S = 0.5
+"""The agents page at most this often: each push asks the orchestrator again."""
 DRAW_GAP_S = 0.5
 """A live run's waterfall is sent at most this often (and at the run's end)."""
 
@@ -145,10 +147,12 @@ async def run_live(store: EventStore, live: Live, run_id: str, after: int) -> Re
 Push = Callable[[Changes], Awaitable[bytes]]
 
 
-def _following(live: Live, first: Callable[[], Awaitable[bytes]], push: Push) -> Response:
+def _following(
+    live: Live, first: Callable[[], Awaitable[bytes]], push: Push, gap_s: float = GAP_S
+) -> Response:
     """Server-sent events for a page that follows what moves (the runs list, the
     approvals inbox, the agents page): `first` once, then `push` each time the bus says
-    something moved, at most every `GAP_S` (what moves meanwhile goes in the next one);
+    something moved, at most every `gap_s` (what moves meanwhile goes in the next one);
     nothing is polled."""
     if live.bus is None:
         raise NotReachable(live.problem)
@@ -164,7 +168,7 @@ def _following(live: Live, first: Callable[[], Awaitable[bytes]], push: Push) ->
                     return
                 if sent:
                     yield sent
-                await asyncio.sleep(GAP_S)
+                await asyncio.sleep(gap_s)
                 try:
                     async with asyncio.timeout(KEEPALIVE_S):
                         await changes.moved.wait()
@@ -263,4 +267,4 @@ async def agents_live(store: EventStore, live: Live) -> Response:
         changes.take()
         return await first()
 
-    return _following(live, first, push)
+    return _following(live, first, push, AGENTS_GAP_S)
