@@ -116,3 +116,20 @@ def test_the_runs_list_reads_current_rows_and_folds_only_the_runs_not_reached() 
         assert len(page.rows) == len(runs) + 1
 
     asyncio.run(scenario())
+
+
+def test_rows_that_do_not_decode_are_folded_from_the_log_instead() -> None:
+    store, runs = _store()
+
+    async def scenario() -> None:
+        last = await store.last_position()
+        await store.projections.commit(run_summaries.NAME, 0, last, {runs[0]: b"\xc1 not a row"})
+        summaries = reads.Summaries(store.projections)
+        page = await reads.runs_page(store, summaries, reads.RunFilter(), size=200)
+        assert summaries.folded == len(runs), "every row folded from the log"
+        folded = await _folded(store, runs)
+        assert {r.run_id: (r.status, r.done, r.total) for r in page.rows} == {
+            r: (s.status, s.done, s.total) for r, s in folded.items()
+        }
+
+    asyncio.run(scenario())

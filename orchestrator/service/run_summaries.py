@@ -37,14 +37,17 @@ from orchestrator.service import journal
 
 log = logging.getLogger("baton.summaries")
 
-NAME = "run-summaries"
-"""The projection's name (its rows and checkpoint in the port)."""
+NAME = "run-summaries.v1"
+"""The projection's name (its rows and checkpoint in the port). Another shape of
+`RunSummary` takes another name: its rows are then folded again from the log."""
 HELD = 64
 """Runs whose folded state the projection keeps between events (the least recently
 touched are dropped, and folded again from the log if they move on)."""
 BATCH = 1000
 RESTART_S = 1.0
-"""How long the projector waits before it starts again after a failure."""
+"""How long the projector waits before it starts again after a failure (doubled after
+each, up to `RESTART_MAX_S`): the runs list folds meanwhile."""
+RESTART_MAX_S = 60.0
 
 
 class RunSummary(msgspec.Struct, frozen=True):
@@ -179,6 +182,7 @@ async def follow(store: EventStore, port: ProjectionStore, name: str = NAME) -> 
     projector starts from the stored checkpoint, and again after a failure (another
     process moved the checkpoint first, the log could not be read), with a new
     projection (it holds no state from before)."""
+    wait_s = RESTART_S
     while True:
         try:
             await Projector(store, port, RunSummaries(store, name), batch_size=BATCH).run()
@@ -186,5 +190,6 @@ async def follow(store: EventStore, port: ProjectionStore, name: str = NAME) -> 
         except CheckpointConflictError:
             continue  # another console on this log committed first: carry on from there
         except (EventStoreError, OrchestratorError) as exc:
-            log.warning("the run summaries stopped (%s); starting again", exc)
-            await asyncio.sleep(RESTART_S)
+            log.warning("the run summaries stopped (%s); starting again in %gs", exc, wait_s)
+            await asyncio.sleep(wait_s)
+            wait_s = min(RESTART_MAX_S, 2 * wait_s)

@@ -20,7 +20,7 @@ from typing import Literal
 import msgspec
 
 from bus.protocol import ToolCallRecord
-from eventstore import EventQuery, EventStore, ProjectionStore, StoredEvent
+from eventstore import EventQuery, EventStore, EventStoreError, ProjectionStore, StoredEvent
 from orchestrator.cli import history
 from orchestrator.cli.console.errors import BadInput
 from orchestrator.core.errors import UnknownRun
@@ -93,7 +93,10 @@ class Summaries:
         checkpoint moved (none while it is far behind, being rebuilt)."""
         if self.port is None:
             return {}
-        checkpoint = await self.port.checkpoint(self.name)
+        try:
+            checkpoint = await self.port.checkpoint(self.name)
+        except EventStoreError:  # the rows cannot be read now: the log can
+            return {}
         if not checkpoint:
             return {}
         last = await store.last_position()
@@ -103,8 +106,11 @@ class Summaries:
             if len(newer) > LAG_MAX:
                 return {}
             stale = {journal.run_id_of(e.stream) for e in newer}
-        rows = await self.port.items(self.name)
-        return {k: run_summaries.decode(v) for k, v in rows if k not in stale}
+        try:
+            rows = await self.port.items(self.name)
+            return {k: run_summaries.decode(v) for k, v in rows if k not in stale}
+        except (EventStoreError, msgspec.DecodeError):  # the log can still be folded
+            return {}
 
     async def row(self, store: EventStore, run_id: str) -> RunSummary:
         """A run's row as the log has it now, folded (see `projected` for the fast way)."""
