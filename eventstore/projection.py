@@ -116,13 +116,21 @@ class Projector:
         projection: Projection,
         *,
         batch_size: int = 500,
+        pace_s: float = 0.0,
     ) -> None:
+        """`pace_s`: after a batch smaller than `batch_size` (it caught up with the log),
+        wait this long before the next one, so the events appended meanwhile are
+        committed together (one commit per pause, not one per append, while the log is
+        busy); 0 commits each as it comes."""
         if batch_size < 1:
             raise InvalidEventError("batch_size must be >= 1")
+        if not pace_s >= 0:
+            raise InvalidEventError("pace_s must be >= 0")
         self._store = store
         self._port = port
         self._projection = projection
         self._batch_size = batch_size
+        self._pace_s = pace_s
         self.position = 0
         """The checkpoint this projector last read or committed."""
 
@@ -155,6 +163,8 @@ class Projector:
                     await self._commit(view, batch)
                 if until_position is not None and self.position >= until_position:
                     break
+                if self._pace_s and len(batch) < self._batch_size:
+                    await asyncio.sleep(self._pace_s)
         finally:
             pump.cancel()
             # The subscription's own failure (not our cancelling it) reaches the caller.

@@ -8,6 +8,8 @@ are current and folds only the runs the projection has not reached yet."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from typing import Any
 
 import pytest
 
@@ -16,6 +18,7 @@ from orchestrator.cli import history
 from orchestrator.cli.console import reads
 from orchestrator.service import journal, run_summaries
 from orchestrator.service.run_summaries import HeldProjections, RunSummaries, RunSummary
+from tests.test_eventstore_contract import ev
 from tests.test_golden import LOGS
 
 
@@ -131,5 +134,41 @@ def test_rows_that_do_not_decode_are_folded_from_the_log_instead() -> None:
         assert {r.run_id: (r.status, r.done, r.total) for r in page.rows} == {
             r: (s.status, s.done, s.total) for r, s in folded.items()
         }
+
+    asyncio.run(scenario())
+
+
+class CountingCommits(HeldProjections):
+    """The in-memory port, counting its commits."""
+
+    commits = 0
+
+    async def commit(self, *args: Any, **kwargs: Any) -> None:
+        await super().commit(*args, **kwargs)
+        self.commits += 1
+
+
+def test_a_paced_projector_commits_what_came_during_its_pause_together() -> None:
+    """Caught up, the projector pauses before its next batch: appends made meanwhile
+    are committed in one commit, not one each (the log's fsyncs are not doubled)."""
+    store, _ = _store()
+
+    async def scenario() -> None:
+        port = CountingCommits()
+        last = await store.last_position()
+        projector = Projector(store, port, RunSummaries(store), batch_size=10_000, pace_s=1.0)
+        task = asyncio.create_task(projector.run())
+        async with asyncio.timeout(30):
+            while await port.checkpoint(run_summaries.NAME) < last:
+                await asyncio.sleep(0.01)
+            before = port.commits
+            for n in range(5):  # during the pause that follows the catching up
+                await store.append(f"other-{n}", [ev(f"x{n}")], 0)
+            while await port.checkpoint(run_summaries.NAME) < last + 5:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert port.commits == before + 1
 
     asyncio.run(scenario())

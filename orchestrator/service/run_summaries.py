@@ -44,6 +44,10 @@ HELD = 64
 """Runs whose folded state the projection keeps between events (the least recently
 touched are dropped, and folded again from the log if they move on)."""
 BATCH = 1000
+PACE_S = 0.5
+"""Once caught up, the projector commits at most about this often (what was appended
+meanwhile, together): a commit per append would double the log's fsyncs beside a busy
+orchestrator. The runs list folds the few runs moved since (see `reads.Summaries`)."""
 RESTART_S = 1.0
 """How long the projector waits before it starts again after a failure (doubled after
 each, up to `RESTART_MAX_S`): the runs list folds meanwhile."""
@@ -185,7 +189,8 @@ async def follow(store: EventStore, port: ProjectionStore, name: str = NAME) -> 
     wait_s = RESTART_S
     while True:
         try:
-            await Projector(store, port, RunSummaries(store, name), batch_size=BATCH).run()
+            projection = RunSummaries(store, name)
+            await Projector(store, port, projection, batch_size=BATCH, pace_s=PACE_S).run()
             return  # the store closed
         except CheckpointConflictError:
             continue  # another console on this log committed first: carry on from there
