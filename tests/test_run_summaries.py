@@ -172,3 +172,23 @@ def test_a_paced_projector_commits_what_came_during_its_pause_together() -> None
         assert port.commits == before + 1
 
     asyncio.run(scenario())
+
+
+def test_a_seeded_projection_is_the_fold_and_the_projector_goes_on_from_it() -> None:
+    """An empty projection is filled at once from each run's state at the log's last
+    position (snapshots, then events); the projector folds what comes after."""
+    store, runs = _store()
+
+    async def scenario() -> None:
+        port = HeldProjections()
+        seeded_at = await store.last_position()
+        assert await run_summaries.seed(store, port) == seeded_at
+        assert await _rows(port, run_summaries.NAME) == await _folded(store, runs)
+        assert await run_summaries.seed(store, port) == seeded_at, "seeded once"
+        await history.fork(store, runs[2], seeded_at, "after-seed", actor="human:tester")
+        last = await store.last_position()
+        await Projector(store, port, RunSummaries(store)).run(until_position=last)
+        rows = await _rows(port, run_summaries.NAME)
+        assert rows == await _folded(store, [*runs, "after-seed"])
+
+    asyncio.run(scenario())

@@ -30,7 +30,7 @@ from eventstore import (
     StoredEvent,
 )
 from eventstore.projection import check_commit, check_projection_name
-from orchestrator.core.errors import OrchestratorError
+from orchestrator.core.errors import OrchestratorError, UnknownRun
 from orchestrator.core.run_state import TERMINAL_RUN
 from orchestrator.core.state import Folding, RunState
 from orchestrator.service import journal
@@ -181,14 +181,39 @@ def held_port(store: EventStore) -> ProjectionStore:
     return port if isinstance(port, ProjectionStore) else HeldProjections()
 
 
+async def seed(store: EventStore, port: ProjectionStore, name: str = NAME) -> int:
+    """Fill an empty projection at once, as of the log's last position P: each run's row
+    from its state at P (`load_run`, from its newest snapshot bound to the log, then its
+    events), committed with the checkpoint P; the projector folds on from P + 1. A
+    rebuild that replays snapshots, not every event of every run. Returns the checkpoint
+    (the one already there if the projection was not empty)."""
+    found = await port.checkpoint(name)
+    if found:
+        return found
+    last = await store.last_position()
+    if not last:
+        return 0
+    rows: dict[str, bytes] = {}
+    for stream in await store.streams(journal.RUN_PREFIX):
+        run_id = journal.run_id_of(stream)
+        try:
+            state = await journal.load_run(store, run_id, last)
+        except UnknownRun:  # its first event came after `last`: the projector folds it
+            continue
+        rows[run_id] = _encoder.encode(summary_of(state))
+    await port.commit(name, 0, last, rows)
+    return last
+
+
 async def follow(store: EventStore, port: ProjectionStore, name: str = NAME) -> None:
-    """Keep the rows up to date with the log until cancelled or the store closes: the
-    projector starts from the stored checkpoint, and again after a failure (another
-    process moved the checkpoint first, the log could not be read), with a new
-    projection (it holds no state from before)."""
+    """Keep the rows up to date with the log until cancelled or the store closes: an
+    empty projection is seeded (`seed`), then the projector goes on from the checkpoint;
+    the same again after a failure (another process moved the checkpoint first, the log
+    could not be read), with a new projection (it holds no state from before)."""
     wait_s = RESTART_S
     while True:
         try:
+            await seed(store, port, name)
             projection = RunSummaries(store, name)
             await Projector(store, port, projection, batch_size=BATCH, pace_s=PACE_S).run()
             return  # the store closed
