@@ -487,6 +487,7 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
     agent receives the console's person as the one who decided."""
     from agents.gateway import HumanApprover, Verdict
     from agents.tools import ToolRegistry
+    from bus.codec import encode
 
     tools = ToolRegistry()
 
@@ -501,6 +502,15 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         asked = HumanApprover(agent, timeout_s=30).decide(record, tools.get("publish"))
         return agent, asyncio.create_task(asked)
 
+    inbox = Following(env, "/live/approvals")
+    inbox.until("approvals", lambda d: "call-t1" not in [k for k, _ in d["calls"]])
+
+    async def prompted() -> None:  # as the orchestrator passes a checked request on
+        await env.cluster.stack.bus.publish(subjects.tool_prompt("run-t"), encode(record))
+
+    env.call(prompted())
+    shown = inbox.until("approvals", lambda d: "call-t1" in [k for k, _ in d["calls"]])
+    assert "publish (high)" in dict(shown["calls"])["call-t1"], "pushed to the open inbox"
     agent, verdict = env.call(waiting())
     try:
         form = {"agent": "agent-t", "approve": "1", "reason": "fine by me"}
@@ -517,7 +527,10 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         assert "tool call call-t1 approved" in env.get("/approvals").text
         again = env.post("/tools/call-t1/decide", form)
         assert again.status in (409, 503), "decided once: no second decision is taken"
+        inbox.until("approvals", lambda d: "call-t1" not in [k for k, _ in d["calls"]])
+        assert 'data-call="call-t1"' not in env.get("/approvals").text, "gone once decided"
     finally:
+        inbox.close()
         env.call(agent.close())
 
 
