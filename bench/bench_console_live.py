@@ -3,7 +3,8 @@ appearance in a real browser. A chain of `--tasks` steps (each sleeps `--step-s`
 agent) runs on the real stack while headless Chromium (Debian's, through Playwright)
 follows the run's page; for each state the page receives after it opened, the page
 records its clock minus the `recorded_at` of the newest event in that state (both
-clocks are this machine's). Needs the ui extra, playwright and /usr/bin/chromium.
+clocks are this machine's); the same for the event lines pushed after each state (the
+page's events table), `event_lines_*`. Needs the ui extra, playwright and /usr/bin/chromium.
 
     python -m bench.bench_console_live [--tasks 200] [--step-s 0.02]
 """
@@ -53,6 +54,7 @@ async def measure(tasks: int, step_s: float, directory: Path) -> dict[str, Any]:
                 await stack.orchestrator.wait(run_id, timeout=600)
                 await page.wait_for_selector('#run[data-status="completed"]', timeout=60_000)
                 delays = [float(d) for d in await page.evaluate("window.batonDelays")]
+                lines = [float(d) for d in await page.evaluate("window.batonLineDelays")]
                 await browser.close()
         finally:
             await store.close()
@@ -63,6 +65,8 @@ async def measure(tasks: int, step_s: float, directory: Path) -> dict[str, Any]:
         "median_ms": round(statistics.median(delays) * 1000, 1),
         "p90_ms": round(delays[int(len(delays) * 0.9)] * 1000, 1),
         "max_ms": round(delays[-1] * 1000, 1),
+        "event_lines_median_ms": round(statistics.median(lines) * 1000, 1),
+        "event_lines_p90_ms": round(sorted(lines)[int(len(lines) * 0.9)] * 1000, 1),
     }
 
 

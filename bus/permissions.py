@@ -108,9 +108,9 @@ def human_permissions(person: str) -> Permissions:
     `agents`, `health`), start runs (`submit`), get credentials for an agent started by
     hand (`admit`), decide on a run as this person and no one else (`approve`, `reject`,
     `retry`, `cancel`), issue, revoke and list agents' credentials as this person
-    (`creds`), decide tool calls (`baton tool approve|deny`), watch progress and the
-    tool calls the orchestrator passes on for approval, and ask Baton's micro services
-    who is there (`nats micro ls`, `DISCOVERY_ASKS`); no more."""
+    (`creds`), decide tool calls (`baton tool approve|deny`), watch progress, the tool
+    calls the orchestrator passes on for approval and agents joining or lost, and ask
+    Baton's micro services who is there (`nats micro ls`, `DISCOVERY_ASKS`); no more."""
     return Permissions(
         publish=[
             subjects.API_STATUS,
@@ -123,7 +123,12 @@ def human_permissions(person: str) -> Permissions:
             subjects.TOOL_DECISIONS_ALL,
             *DISCOVERY_ASKS,
         ],
-        subscribe=["baton.events.*", "baton.tool.prompt.*", f"{inbox_prefix(person)}.>"],
+        subscribe=[
+            subjects.PROGRESS_ALL,
+            subjects.TOOL_PROMPT_ALL,
+            subjects.AGENT_CHANGES,
+            f"{inbox_prefix(person)}.>",
+        ],
     )
 
 

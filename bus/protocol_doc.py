@@ -63,7 +63,11 @@ MESSAGES: list[tuple[type[msgspec.Struct], str, str]] = [
     (protocol.ToolDecisionAck, "agent → human (reply)", "reply to a tool decision"),
     (protocol.ErrorReply, "any replier", "reply to a refused request"),
     (protocol.ProgressBatch, "orchestrator → watchers", "`baton.events.<run_id>`"),
-    (protocol.Progress, "orchestrator → watchers", "one line of a `run.progress.batch`"),
+    (
+        protocol.Progress,
+        "orchestrator → watchers",
+        "one line of a `run.progress.batch`; alone on `baton.agents.changed`",
+    ),
 ]
 
 INTRO = f"""# Baton wire protocol
@@ -104,9 +108,10 @@ needs to join a Baton bus with an ordinary NATS client, in any language, is here
 | `baton.blob.<agent_id>.get` | agent → orchestrator | a range of a large value a run of the agent's refers to (request/reply) |
 | `baton.tool.call.<tool>` | agent → tool service | a governed tool served on the bus |
 | `baton.tool.approval.<run_id>.<agent_id>` | agent → orchestrator | a tool call waits for a human (a `tool.call` record in phase `awaiting`): passed on to the run's watchers only if the agent holds that attempt of that task now; else refused and recorded as a `message.rejected` event |
-| `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human |
+| `baton.tool.prompt.<run_id>` | orchestrator → watchers | a checked tool call that waits for a human (of every run: `baton.tool.prompt.*`) |
 | `baton.tool.decision.<agent_id>.<call_id>` | human → agent | approve or deny that agent's call (request/reply); on the embedded server an agent receives only its own |
-| `baton.events.<run_id>` | orchestrator → watchers | live progress of a run |
+| `baton.events.<run_id>` | orchestrator → watchers | live progress of a run (of every run: `baton.events.*`) |
+| `baton.agents.changed` | orchestrator → watchers | an agent joined, was lost or was refused, once the `system` stream records it: one `run.progress` line, `event` `agent.joined`, `agent.lost` or `agent.refused`, with its `agent_id` and a `detail` (role, silence, or why) |
 
 An agent id is owned by one process at a time. Send a random `instance` (new at each
 start) in every heartbeat, subscribe to `baton.agent.<agent_id>.registry`, and act on the

@@ -166,6 +166,9 @@ def tool_prompt(run_id: str) -> str:
     return f"baton.tool.prompt.{token(run_id)}"
 
 
+TOOL_PROMPT_ALL = "baton.tool.prompt.*"
+
+
 BLOB_PUT_ALL = "baton.blob.*.put"
 BLOB_GET_ALL = "baton.blob.*.get"
 
@@ -224,6 +227,12 @@ def report_sender(subject: str) -> tuple[str, str]:
 def progress(run_id: str) -> str:
     """Orchestrator → anyone watching: live progress of one run."""
     return f"baton.events.{token(run_id)}"
+
+
+PROGRESS_ALL = "baton.events.*"
+AGENT_CHANGES = "baton.agents.changed"
+"""Orchestrator → anyone watching: an agent joined, was lost or was refused (a `Progress`
+line, already recorded in the `system` stream)."""
 
 
 CFP_ALL = "baton.cfp.*"

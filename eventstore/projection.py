@@ -2,7 +2,9 @@
 transaction as their output.
 
 A `Projection` is a name and a deterministic `apply(event, view)`: it reads current rows
-through the view and stages upserts and deletes on it, nothing else. The `Projector`
+through the view and stages upserts and deletes on it, nothing else. One that folds many
+events into one row may also have `flush(view)`, called once after each batch's last
+`apply`, to stage the rows the batch changed once rather than after every event. The `Projector`
 follows `store.subscribe(checkpoint + 1)`, applies a batch of events, then hands the
 staged rows *and* the batch's last position to `ProjectionStore.commit` in one atomic
 step. A crash between two batches therefore leaves either both the output and the
@@ -114,13 +116,21 @@ class Projector:
         projection: Projection,
         *,
         batch_size: int = 500,
+        pace_s: float = 0.0,
     ) -> None:
+        """`pace_s`: after a batch smaller than `batch_size` (it caught up with the log),
+        wait this long before the next one, so the events appended meanwhile are
+        committed together (one commit per pause, not one per append, while the log is
+        busy); 0 commits each as it comes."""
         if batch_size < 1:
             raise InvalidEventError("batch_size must be >= 1")
+        if not pace_s >= 0:
+            raise InvalidEventError("pace_s must be >= 0")
         self._store = store
         self._port = port
         self._projection = projection
         self._batch_size = batch_size
+        self._pace_s = pace_s
         self.position = 0
         """The checkpoint this projector last read or committed."""
 
@@ -153,6 +163,8 @@ class Projector:
                     await self._commit(view, batch)
                 if until_position is not None and self.position >= until_position:
                     break
+                if self._pace_s and len(batch) < self._batch_size:
+                    await asyncio.sleep(self._pace_s)
         finally:
             pump.cancel()
             # The subscription's own failure (not our cancelling it) reaches the caller.
@@ -180,6 +192,9 @@ class Projector:
                 )
             await self._projection.apply(event, view)
             self.position = event.position
+        flush = getattr(self._projection, "flush", None)
+        if flush is not None:
+            await flush(view)
         upserts, deletes = view.changes()
         expected = batch[0].position - 1
         try:

@@ -9,17 +9,24 @@ import asyncio
 import http.client
 import re
 import threading
+from collections import Counter
 from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, NamedTuple, Self, TypeVar
 from urllib.parse import urlencode
 
 from msgspec.structs import replace
 
+from agents.runtime import AgentRuntime
+from agents.sdk import TaskContext
+from bus.config import Config
+from bus.connection import Bus
+from bus.server import EmbeddedNats
 from orchestrator.cli.console.command import Running, serving
-from orchestrator.cli.reach import reach
+from orchestrator.cli.reach import Reach, reach
 from orchestrator.core.workflow import WorkflowSpec
 from orchestrator.service.bootstrap import open_store, store_name
+from orchestrator.service.service import Orchestrator
 from orchestrator.service.workflow_files import load
 from tests.cluster import REPO, Cluster, cluster
 
@@ -89,7 +96,7 @@ class ConsoleEnv:
         """Run `work` in the stack's loop and wait for its result (bounded)."""
         return asyncio.run_coroutine_threadsafe(work, self.loop).result(timeout)
 
-    def start(self) -> ConsoleEnv:
+    def start(self) -> Self:
         self._thread.start()
         asyncio.run_coroutine_threadsafe(self._ready(), self.loop).result(60)
         self.cookie = self.login(self.running.login_url)
@@ -176,3 +183,62 @@ class ConsoleEnv:
     def start_run(self, folder: Path) -> str:
         workflow = self.example(folder)
         return self.call(self.cluster.orchestrator.start_run(workflow, workflow.input))
+
+
+class JetStreamConsoleEnv(ConsoleEnv):
+    """The console on a JetStream log: its own nats-server (JetStream on, no accounts),
+    one orchestrator keeping its log there, agents of role `worker` served in this
+    process (`start_worker`), and `baton ui`'s server on that store and bus."""
+
+    def __init__(self, directory: Path) -> None:
+        super().__init__(directory)
+        self.orchestrator: Orchestrator
+        self.url = ""
+        self._workers: list[tuple[Bus, AgentRuntime, asyncio.Task[None]]] = []
+
+    async def _serve(self, started: asyncio.Event) -> None:
+        assert self._stop is not None
+        server = EmbeddedNats(self.directory / "nats")
+        self.url = await server.start()
+        try:
+            store = await open_store(self.directory, Config(store="jetstream", nats=(self.url,)))
+            bus = await Bus.connect(self.url, name="baton-orchestrator")
+            self.orchestrator = Orchestrator(bus, store, tick_s=0.05, agent_ttl=2.0)
+            await self.orchestrator.start()
+            try:
+                where = Reach(self.url, "human:tester")
+                async with serving(store, where, where.identity, shown_store="jetstream") as r:
+                    self.running = r
+                    started.set()
+                    await self._stop.wait()
+            finally:
+                for worker_bus, agent, served in self._workers:
+                    agent.stop()  # it drains (holds nothing by now) and ends
+                    await asyncio.wait_for(served, 30)
+                    await worker_bus.close()
+                await self.orchestrator.stop()
+                await bus.close()
+                await store.close()
+        finally:
+            server.stop()
+
+    def start_worker(self, step_s: float) -> None:
+        """One agent of role `worker` whose every task takes `step_s` seconds."""
+
+        async def handler(ctx: TaskContext) -> dict[str, str]:
+            await asyncio.sleep(step_s)
+            return {"done": ctx.task_id}
+
+        async def start() -> None:
+            bus = await Bus.connect(self.url, name="worker")
+            agent = AgentRuntime(
+                bus, agent_id=f"worker-{len(self._workers)}", role="worker", handler=handler,
+                capacity=4, heartbeat_s=0.2,
+            )  # fmt: skip
+            self._workers.append((bus, agent, asyncio.create_task(agent.run())))
+            await self.orchestrator.wait_for_agents(Counter({"worker": 1}), timeout=30)
+
+        self.call(start())
+
+    def start_workflow(self, workflow: WorkflowSpec) -> str:
+        return self.call(self.orchestrator.start_run(workflow))

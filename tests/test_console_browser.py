@@ -19,8 +19,9 @@ import pytest
 
 pytest.importorskip("starlette", reason="the console needs the ui extra (pip install '.[ui]')")
 
+from orchestrator.core.workflow import StepSpec, WorkflowSpec
 from tests.cluster import baton
-from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv
+from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, JetStreamConsoleEnv
 from tests.programs import CHROMIUM, need_browser
 
 WAIT_MS = 30_000
@@ -44,7 +45,8 @@ def page(env: ConsoleEnv) -> Iterator[Any]:
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"])
         try:
-            tab = browser.new_page(viewport={"width": 1400, "height": 1000})
+            context = browser.new_context(viewport={"width": 1400, "height": 1000})
+            tab = context.new_page()  # the context can open a second tab on this session
             env.running.console.guard.renew()
             tab.goto(env.running.login_url)
             assert tab.url == f"{env.running.base}/", "the login lands on the runs list"
@@ -65,6 +67,8 @@ class Watched(NamedTuple):
     statuses: dict[str, str]
     reloaded: bool
     delays: list[float]
+    pushed: dict[str, int]
+    """Event lines and waterfalls the live pushes brought (`window.batonPushed`)."""
 
 
 def _statuses(page: Any) -> dict[str, str]:
@@ -92,7 +96,9 @@ def watched(env: ConsoleEnv, page: Any, tmp_path_factory: pytest.TempPathFactory
     page.screenshot(path=str(shots / "run-live.png"), full_page=True)
     reloaded = page.evaluate("window.sameDocument !== true")
     delays = [float(d) for d in page.evaluate("window.batonDelays")]
-    return Watched(run_id, _statuses(page), reloaded, delays)
+    page.wait_for_function("window.batonPushed.succeededDrawn === 5", timeout=WAIT_MS)
+    pushed = page.evaluate("window.batonPushed")
+    return Watched(run_id, _statuses(page), reloaded, delays, pushed)
 
 
 def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path: Path) -> None:
@@ -100,6 +106,8 @@ def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path:
     assert len(watched.statuses) == 5
     assert set(watched.statuses.values()) == {"succeeded"}
     assert watched.delays, "states were pushed after the page opened"
+    assert watched.pushed["events"] > 0, "the run's new events came with the pushes"
+    assert watched.pushed["waterfalls"] > 0, "so did its waterfall"
     figures = {
         "pushes": len(watched.delays),
         "median_append_to_page_ms": round(statistics.median(watched.delays) * 1000, 1),
@@ -113,6 +121,11 @@ def test_an_escalated_task_is_approved_from_the_page(
     env: ConsoleEnv, page: Any, tmp_path: Path
 ) -> None:
     env.start_agents(ESCALATION)
+    # the approvals inbox, open before the run starts, shows the escalation when it comes
+    inbox = page.context.new_page()
+    inbox.goto(f"{env.running.base}/approvals")
+    inbox.wait_for_selector('#follow[data-live="following"]', timeout=WAIT_MS)
+    inbox.evaluate("window.sameDocument = true")
     run_id = env.start_run(ESCALATION)
     page.goto(f"{env.running.base}/runs/{run_id}")
     page.evaluate("window.sameDocument = true")
@@ -123,19 +136,22 @@ def test_an_escalated_task_is_approved_from_the_page(
     assert page.evaluate("window.sameDocument === true"), "no reload"
     assert _statuses(page)["flaky"] == "escalated"
     page.screenshot(path=str(tmp_path / "escalated.png"), full_page=True)
-    page.goto(f"{env.running.base}/approvals")
-    row = page.locator(f'table.escalated tr:has(a[href="/runs/{run_id}"])')
+    row = inbox.locator(f'table.escalated tr[data-key="{run_id}/flaky"]')
+    row.wait_for(timeout=WAIT_MS)
+    assert inbox.evaluate("window.sameDocument === true"), "the inbox was not reloaded"
     approve = row.locator("form.approve")
     approve.locator('input[name="note"]').fill("looked at it: fine")
     approve.locator('input[name="output"]').fill('{"fixed": true}')
-    page.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
+    inbox.screenshot(path=str(tmp_path / "approvals.png"), full_page=True)
     approve.locator("button").click()
-    page.wait_for_url(f"{env.running.base}/runs/{run_id}", timeout=WAIT_MS)
-    said = page.locator(".said").text_content() or ""
+    inbox.wait_for_url(f"{env.running.base}/runs/{run_id}", timeout=WAIT_MS)
+    said = inbox.locator(".said").text_content() or ""
     assert re.match(r"approve of task flaky recorded by human:\S+; run \S+ is running", said)
     _until_completed(page)
+    _until_completed(inbox)
     assert _statuses(page) == {"flaky": "succeeded", "finish": "succeeded"}
     page.screenshot(path=str(tmp_path / "approved.png"), full_page=True)
+    inbox.close()
 
 
 def _replayed(env: ConsoleEnv, run_id: str, at: int) -> dict[str, str]:
@@ -203,3 +219,38 @@ def test_audit_search_verify_and_the_agents_page(
     page.goto(f"{env.running.base}/")
     assert watched.run_id in (page.locator("table.runs").text_content() or "")
     page.screenshot(path=str(tmp_path / "runs.png"), full_page=True)
+
+
+CHAIN = WorkflowSpec(
+    "chain",
+    [StepSpec(f"s{i}", role="worker", needs=[f"s{i - 1}"] if i else []) for i in range(4)],
+)
+
+
+def test_a_live_run_on_the_jetstream_store_turns_succeeded_without_a_reload(
+    page: Any, tmp_path: Path
+) -> None:
+    """The same live run page with the log on JetStream: the console folds the run from
+    that store and follows its progress on the bus."""
+    jet = JetStreamConsoleEnv(tmp_path / "state").start()
+    try:
+        tab = page.context.browser.new_context().new_page()
+        jet.running.console.guard.renew()  # start() spent the first login link
+        tab.goto(jet.running.login_url)
+        run_id = jet.start_workflow(CHAIN)
+        tab.goto(f"{jet.running.base}/runs/{run_id}")
+        tab.wait_for_selector('#run[data-live="following"]', timeout=WAIT_MS)
+        assert set(_statuses(tab).values()) <= {"pending"}, "no agent serves the role yet"
+        tab.evaluate("window.sameDocument = true")
+        jet.start_worker(step_s=0.1)
+        _until_completed(tab)
+        tab.wait_for_selector('#run[data-live="ended"] svg.waterfall g.succeeded', timeout=WAIT_MS)
+        assert tab.evaluate("window.sameDocument === true"), "updated in place"
+        assert _statuses(tab) == {f"s{i}": "succeeded" for i in range(4)}
+        assert "jetstream" in (tab.locator("header .where").text_content() or "")
+        tab.goto(f"{jet.running.base}/")
+        assert "<td>4/4</td>" in tab.content(), "the runs list, from the projection or the fold"
+        tab.screenshot(path=str(tmp_path / "jetstream-run.png"), full_page=True)
+        tab.context.close()
+    finally:
+        jet.close()

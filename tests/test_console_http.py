@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import json
 import queue
 import re
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,7 @@ pytest.importorskip(
     "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
 )
 
+from bus import subjects
 from bus.connection import Bus
 from bus.protocol import ToolCallRecord
 from bus.server import EmbeddedNats
@@ -29,12 +32,12 @@ from orchestrator.cli import history
 from orchestrator.cli.console import reads
 from orchestrator.cli.console.command import serving
 from orchestrator.cli.console.guard import HEADERS
-from orchestrator.service import journal
+from orchestrator.service import journal, run_summaries
 from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
 
 PAGES = ("/", "/runs/{run}", "/runs/{run}/live", "/approvals", "/agents", "/audit",
-         "/why?ref=1")  # fmt: skip
+         "/why?ref=1", "/live/runs", "/live/approvals", "/live/agents")  # fmt: skip
 ACTIONS = {
     "/runs/{run}/tasks/flaky/decide": {"action": "approve", "note": "x", "output": "{}"},
     "/runs/{run}/cancel": {"note": "x"},
@@ -69,6 +72,48 @@ def _version(env: ConsoleEnv, run_id: str) -> int:
 
 def _fill(path: str, run_id: str) -> str:
     return path.replace("{run}", run_id)
+
+
+class Following:
+    """A page's live stream (server-sent events), read on a thread of its own: each
+    event's kind and data, in order."""
+
+    def __init__(self, env: ConsoleEnv, path: str) -> None:
+        self.events: queue.Queue[tuple[str, object]] = queue.Queue()
+        self._connection = http.client.HTTPConnection("127.0.0.1", env.running.port, timeout=60)
+        headers = {"Host": f"127.0.0.1:{env.running.port}", "Cookie": f"baton_console={env.cookie}"}
+        self._connection.request("GET", path, headers=headers)
+        self._response = self._connection.getresponse()
+        assert self._response.status == 200, self._response.read()
+        assert self._response.getheader("content-type", "").startswith("text/event-stream")
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        kind = ""
+        try:
+            for raw in self._response:
+                line = raw.decode().rstrip("\n")
+                if line.startswith("event: "):
+                    kind = line[7:]
+                elif line.startswith("data: "):
+                    self.events.put((kind, json.loads(line[6:])))
+        except (OSError, ValueError, AttributeError):
+            return  # closed (http.client drops its file at close: AttributeError)
+
+    def until(self, kind: str, test: Callable[[Any], bool], timeout: float = 30) -> Any:
+        """The first event of `kind` whose data passes `test` (AssertionError after
+        `timeout` seconds without one)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                got, data = self.events.get(timeout=max(0.01, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"no {kind} event passing the test in {timeout}s") from None
+            if got == kind and test(data):
+                return data
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 def test_the_login_token_works_once_and_nothing_is_served_without_a_session(
@@ -181,6 +226,9 @@ BAD_PAGES = {
     "/why": "ref: an event id or a global position",
     "/why?ref=999999": "no event '999999'",
     "/runs/no-such-run/live": "no run 'no-such-run'",
+    "/runs/{run}/live?after=abc": "after: 'abc' is not a whole number",
+    "/live/runs?status=bogus": "status: one of",
+    "/live/runs?since=yesterday": "neither a position",
 }
 
 
@@ -230,6 +278,16 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     approvals = env.get("/approvals").text
     assert 'data-task="flaky"' in approvals
     assert escalated in approvals
+    inbox = Following(env, "/live/approvals")
+    runs = Following(env, "/live/runs")
+    key = f"{escalated}/flaky"
+    run_page = Following(env, f"/runs/{escalated}/live?after=0")
+    first = run_page.until("extras", lambda d: True)
+    assert ">task.escalated<" in first["events"]
+    assert '<svg class="waterfall"' in first["waterfall"]
+    assert first["ended"] is False
+    inbox.until("approvals", lambda d: key in [k for k, _ in d["tasks"]])
+    runs.until("rows", lambda rows: any(r["run"] == escalated for r in rows))
     reply = env.post(
         f"/runs/{escalated}/tasks/flaky/decide",
         {"action": "approve", "note": "checked by hand", "output": '{"fixed": true}'},
@@ -238,6 +296,24 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     assert reply.headers["location"] == f"/runs/{escalated}"
     state = env.call(env.cluster.until(escalated, lambda s: s.status == "completed"))
     assert state.tasks["flaky"].output == {"fixed": True}
+    # the pages that follow what moves saw it, pushed from the bus
+    inbox.until("approvals", lambda d: key not in [k for k, _ in d["tasks"]])
+    ended = runs.until("rows", lambda rows: any(
+        r["run"] == escalated and ">completed<" in r["html"] for r in rows))  # fmt: skip
+    assert any(">2/2<" in r["html"] for r in ended if r["run"] == escalated)
+    lines: list[str] = []
+
+    def the_end(extras: Any) -> bool:
+        lines.append(extras.get("events", ""))  # each push brings the lines after the last
+        return bool(extras["ended"])
+
+    last = run_page.until("extras", the_end)
+    assert ">human.decided<" in "".join(lines)
+    assert ">run.completed<" in "".join(lines)
+    assert '<g class="succeeded" data-task="finish">' in last["waterfall"]
+    inbox.close()
+    runs.close()
+    run_page.close()
     page = env.get(f"/runs/{escalated}").text
     assert f"approve of task flaky recorded by {person}" in page
     assert page.count('<g class="failed" data-task="flaky">') == 2, "two failed attempts drawn"
@@ -278,6 +354,33 @@ def test_the_runs_list_filters_and_pages(env: ConsoleEnv, escalated: str) -> Non
     older = env.get(f"/?size=1&before={second}").text
     assert escalated in older
     assert "older runs" not in older
+
+
+def test_the_run_summaries_the_runs_list_reads_are_the_fold_of_each_run(
+    env: ConsoleEnv, escalated: str
+) -> None:
+    """The console's projector keeps the rows beside the log; once it has caught up, each
+    is exactly the fold of its run, and the runs list folds none."""
+    store = env.cluster.stack.store
+    summaries = env.running.console.summaries
+    assert summaries.port is not None
+
+    async def caught_up() -> dict[str, run_summaries.RunSummary]:
+        assert summaries.port is not None
+        async with asyncio.timeout(30):
+            while await summaries.port.checkpoint(summaries.name) < await store.last_position():
+                await asyncio.sleep(0.05)
+        rows = await summaries.port.items(summaries.name)
+        return {k: run_summaries.decode(v) for k, v in rows}
+
+    rows = env.call(caught_up())
+    runs = [journal.run_id_of(s) for s in env.call(store.streams(journal.RUN_PREFIX))]
+    assert escalated in runs
+    folded = {r: run_summaries.summary_of(env.call(journal.load_run(store, r))) for r in runs}
+    assert rows == folded
+    before = summaries.folded
+    assert escalated in env.get("/").text
+    assert summaries.folded == before, "every row read from the projection"
 
 
 def test_baton_serve_ui_serves_the_console_beside_the_orchestrator(tmp_path: Path) -> None:
@@ -384,6 +487,7 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
     agent receives the console's person as the one who decided."""
     from agents.gateway import HumanApprover, Verdict
     from agents.tools import ToolRegistry
+    from bus.codec import encode
 
     tools = ToolRegistry()
 
@@ -398,6 +502,15 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         asked = HumanApprover(agent, timeout_s=30).decide(record, tools.get("publish"))
         return agent, asyncio.create_task(asked)
 
+    inbox = Following(env, "/live/approvals")
+    inbox.until("approvals", lambda d: "call-t1" not in [k for k, _ in d["calls"]])
+
+    async def prompted() -> None:  # as the orchestrator passes a checked request on
+        await env.cluster.stack.bus.publish(subjects.tool_prompt("run-t"), encode(record))
+
+    env.call(prompted())
+    shown = inbox.until("approvals", lambda d: "call-t1" in [k for k, _ in d["calls"]])
+    assert "publish (high)" in dict(shown["calls"])["call-t1"], "pushed to the open inbox"
     agent, verdict = env.call(waiting())
     try:
         form = {"agent": "agent-t", "approve": "1", "reason": "fine by me"}
@@ -414,8 +527,39 @@ def test_a_tool_call_is_approved_from_the_console_as_the_person(env: ConsoleEnv)
         assert "tool call call-t1 approved" in env.get("/approvals").text
         again = env.post("/tools/call-t1/decide", form)
         assert again.status in (409, 503), "decided once: no second decision is taken"
+        inbox.until("approvals", lambda d: "call-t1" not in [k for k, _ in d["calls"]])
+        assert 'data-call="call-t1"' not in env.get("/approvals").text, "gone once decided"
     finally:
+        inbox.close()
         env.call(agent.close())
+
+
+def test_the_agents_page_follows_agents_joining(env: ConsoleEnv, escalated: str) -> None:
+    """An agent that joins (or is refused: the escalation example's contracts may not
+    know its role) reaches an open agents page from the bus, with its record."""
+    from bus.codec import encode
+    from bus.protocol import Heartbeat
+
+    agents = Following(env, "/live/agents")
+    try:
+        first = agents.until("agents", lambda d: "data-agent=" in d["agents"])
+        assert "agent-joining" not in first["agents"] + first["system"]
+
+        async def join() -> None:
+            url = env.cluster.stack.agent_url("agent-joining", "checker")
+            agent = await Bus.connect(url, "agent-joining")
+            try:
+                beat = Heartbeat("agent-joining", "checker", [], 1, 0, instance="i1")
+                await agent.publish(subjects.heartbeat("agent-joining"), encode(beat))
+                await agent.flush()
+            finally:
+                await agent.close()
+
+        env.call(join())
+        joined = agents.until("agents", lambda d: "agent-joining" in d["system"])
+        assert "agent.joined" in joined["system"] or "agent.refused" in joined["system"]
+    finally:
+        agents.close()
 
 
 def test_a_console_started_before_the_orchestrator_connects_when_it_appears(

@@ -914,7 +914,7 @@ class EventStoreContract:
 
 class ProjectionContract(EventStoreContract):
     """The contract of backends that also keep projections (output and checkpoint
-    committed together): the in-memory and SQLite ones."""
+    committed together): the in-memory, SQLite and JetStream ones."""
 
     # -- projections ---------------------------------------------------------------------
 

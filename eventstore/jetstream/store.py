@@ -18,6 +18,7 @@ from eventstore.jetstream.blobs import DEFAULT_BUCKET, ObjectBlobs
 from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
+from eventstore.jetstream.projections import JetStreamProjections
 from eventstore.jetstream.reader import LogReader
 from eventstore.jetstream.schema import Layout
 from eventstore.jetstream.snapshots import Snapshots
@@ -98,6 +99,9 @@ class JetStreamEventStore:
         self.blobs = ObjectBlobs(nc, bucket=blob_bucket, replicas=replicas, timeout=timeout)
         """The blob port (`BlobStore`): a JetStream Object Store bucket with the log's
         replicas (`eventstore.jetstream.blobs`), made on the first put."""
+        self.projections = JetStreamProjections(self._log, replicas, is_closed, self._event_at)
+        """The projection port (`ProjectionStore`): rows in memory, saved beside the log
+        now and then and at close (`eventstore.jetstream.projections`)."""
 
     # -- opening and closing ----------------------------------------------------------
 
@@ -164,6 +168,7 @@ class JetStreamEventStore:
         """Stop subscriptions and, if the store opened the connection, close it."""
         if self._closed:
             return
+        await self.projections.save_all()  # what moved since the last save, kept
         self._closed = True
         self._notifier.notify()
         self._index.clear()

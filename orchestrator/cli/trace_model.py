@@ -274,6 +274,26 @@ class _Builder:
         return t
 
 
+class Growing:
+    """A run's timeline built as its events come (the console's live run page): `add`
+    each new event of the run's own stream in version order, and take `timeline()`
+    whenever it is to be drawn; each event is folded once, however often it is drawn."""
+
+    def __init__(self, run_id: str) -> None:
+        self._builder = _Builder(run_id)
+        self.count = 0
+        """Events added so far (the stream's version they reached)."""
+
+    def add(self, stored: StoredEvent) -> None:
+        self._builder.add(stored)
+        self.count += 1
+
+    def timeline(self) -> Timeline:
+        """The timeline as of the events added so far (the same object, brought up to
+        date: draw it before adding more)."""
+        return self._builder.finish(self.count)
+
+
 def build(run_id: str, stored: Sequence[StoredEvent]) -> Timeline:
     """The timeline of a run from its stream's stored events (in version order)."""
     if not stored:

@@ -20,7 +20,7 @@ from bus.codec import Decoder, encode
 from bus.connection import Incoming
 from bus.contracts import Contracts
 from bus.errors import BusError, MalformedMessage
-from bus.protocol import Heartbeat, HeartbeatAck
+from bus.protocol import Heartbeat, HeartbeatAck, Progress
 from orchestrator.core.commands import Tick
 from orchestrator.core.events import AgentJoined, AgentLost, AgentRefused
 from orchestrator.service.bounded import Lru
@@ -116,6 +116,7 @@ class Liveness:
             now = self._clock()
             for agent_id, silent in self._registry.lapsed(now):
                 await self._system.record(AgentLost(agent_id, silent, self._wall()), ORCHESTRATOR)
+                await self._changed("agent.lost", agent_id, f"silent {silent:.1f}s")
             warm = self._registry.settled(now)
             cause = Cause("tick", ORCHESTRATOR)
             for run_id, state in list(self._pipeline.runs.items()):
@@ -155,6 +156,14 @@ class Liveness:
                 hb.agent_id, hb.role, hb.capabilities, hb.capacity, self._wall()
             )
             await self._system.record(joined_event, hb.agent_id)
+            await self._changed("agent.joined", hb.agent_id, hb.role)
+
+    async def _changed(self, what: str, agent_id: str, detail: str) -> None:
+        """Tell whoever watches the agents (the console's agents page) that one joined,
+        was lost or refused, once it is recorded."""
+        await self._send(
+            subjects.AGENT_CHANGES, encode(Progress("", what, agent_id=agent_id, detail=detail))
+        )
 
     async def _refuse(self, hb: Heartbeat, why: str, what: tuple[str, str] | None = None) -> None:
         """Never route to an agent serving a contract we do not know, nor to a second
@@ -166,6 +175,7 @@ class Liveness:
             self._refused.set(key, None)
             event = AgentRefused(hb.agent_id, hb.role, hb.contract_digest, why, self._wall())
             await self._system.refuse(event)
+            await self._changed("agent.refused", hb.agent_id, why)
 
     def refused_tracked(self) -> int:
         """How many refused (agent, role, digest) are remembered (at most `REFUSED_LIMIT`)."""

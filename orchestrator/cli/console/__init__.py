@@ -3,4 +3,4 @@ approvals, agents, audit search and time travel, read from the same event store 
 acting through the same `baton.api.*` subjects as the CLI. Its web stack (Starlette,
 uvicorn) is the optional `ui` extra: nothing else in Baton imports this package."""
 
-__all__ = ["app", "command", "guard", "live", "pages", "reads"]
+__all__ = ["app", "command", "guard", "live", "pages", "reads", "streams"]

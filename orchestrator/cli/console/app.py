@@ -4,10 +4,8 @@ would; a bad value is a 400 page naming it, and changes nothing."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,6 @@ from starlette.responses import (
     PlainTextResponse,
     RedirectResponse,
     Response,
-    StreamingResponse,
 )
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
@@ -29,7 +26,7 @@ from bus import subjects
 from bus.errors import BusError, InvalidSubjectToken
 from eventstore import EventStore, EventStoreError
 from orchestrator.cli import history
-from orchestrator.cli.console import pages, reads, waterfall
+from orchestrator.cli.console import pages, reads, streams, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
     COOKIE,
@@ -43,8 +40,6 @@ from orchestrator.cli.console.guard import (
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.trace_model import build as build_timeline
 from orchestrator.core.errors import ControlRefused, OrchestratorError, UnknownRun, WorkflowError
-from orchestrator.core.state import RunState
-from orchestrator.service import journal
 from orchestrator.service.api import RunControlRequest
 from orchestrator.service.service import new_run_id
 from orchestrator.service.workflow_files import parse_input
@@ -52,8 +47,6 @@ from orchestrator.service.workflow_files import parse_input
 STATIC = Path(__file__).parent / "static"
 BODY_MAX = 64 * 1024
 PASTS = 32
-KEEPALIVE_S = 15.0
-"""A comment line on an idle live stream this often, so proxies and the browser keep it."""
 
 
 @dataclass
@@ -184,6 +177,9 @@ def routes(console: Console) -> list[Route | Mount]:
         Route("/approvals", bound(approvals)),
         Route("/tools/{call_id}/decide", bound(decide_tool), methods=["POST"]),
         Route("/agents", bound(agents)),
+        Route("/live/runs", bound(runs_live)),
+        Route("/live/approvals", bound(approvals_live)),
+        Route("/live/agents", bound(agents_live)),
         Route("/audit", bound(audit)),
         Route("/audit/verify", bound(verify), methods=["POST"]),
         Route("/why", bound(why)),
@@ -205,25 +201,30 @@ async def login(request: Request) -> Response:
     return response
 
 
-async def runs_list(console: Console, request: Request) -> Response:
-    q = request.query_params
+def _run_filter(q: Any) -> reads.RunFilter:
     status = _text(q, "status", 20)
     if status and status not in reads.RUN_STATUSES:
         raise BadInput("status", f"one of {', '.join(reads.RUN_STATUSES)}")
     since = _text(q, "since", 40)
     until = _text(q, "until", 40)
-    wanted = reads.RunFilter(
+    return reads.RunFilter(
         status=status,  # type: ignore[arg-type]  # checked against RUN_STATUSES above
         workflow=_text(q, "workflow", 200),
         text=_text(q, "text", 200),
         since=history.parse_time(since) if since else 0.0,
         until=history.parse_time(until) if until else 0.0,
     )
+
+
+async def runs_list(console: Console, request: Request) -> Response:
+    q = request.query_params
+    wanted = _run_filter(q)
     size = _number(q, "size", 50)
-    page = await reads.runs_page(
-        console.store, console.summaries, wanted, _text(q, "before", 200), size
-    )
-    return _page(console, request, "Runs", pages.runs(page, wanted, size))
+    before = _text(q, "before", 200)
+    page = await reads.runs_page(console.store, console.summaries, wanted, before, size)
+    await console.live.ensure()
+    follow = console.live.bus is not None
+    return _page(console, request, "Runs", pages.runs(page, wanted, size, before, follow))
 
 
 def _run_id(request: Request) -> str:
@@ -248,64 +249,22 @@ async def run_page(console: Console, request: Request) -> Response:
     return _page(console, request, f"Run {run_id}", body)
 
 
-async def live_state(
-    store: EventStore, run_id: str, before: RunState | None = None
-) -> tuple[RunState, bytes]:
-    """What a run's page updates itself with: the run's state now (folded on from
-    `before`, the state last sent, by the events appended since: the log only grows) with
-    the tasks that changed since `before` (all of them the first time), and when the
-    newest event it folds was recorded."""
-    if before is None:
-        state = await journal.load_run(store, run_id)
-        changed = list(state.tasks.items())
-    else:
-        state = await journal.fold_run(store, before, None)
-        changed = [(i, t) for i, t in state.tasks.items() if before.tasks.get(i) is not t]
-    last = await store.read_stream(journal.run_stream(run_id), from_version=state.version)
-    tasks = {
-        task_id: {"status": t.status, "attempt": t.attempt, "agent": t.agent_id,
-                  "tokens": t.tokens, "role": t.role or (state.graph[task_id].role
-                                                         if task_id in state.graph else "")}
-        for task_id, t in changed
-    }  # fmt: skip
-    sent = {
-        "status": state.status,
-        "version": state.version,
-        "tokens": state.tokens_spent,
-        "recorded_at": last[0].recorded_at if last else 0.0,
-        "tasks": tasks,
-    }
-    return state, json.dumps(sent).encode()
-
-
 async def run_live(console: Console, request: Request) -> Response:
-    """Server-sent events: the run's state once, then again each time the bus says the
-    run moved (its `baton.events.<run>` progress); nothing is polled."""
-    run_id = _run_id(request)
-    if not await console.store.stream_version(journal.run_stream(run_id)):
-        raise UnknownRun(run_id)
-    await console.live.ensure()
-    if console.live.bus is None:
-        raise NotReachable(console.live.problem)
+    after = _number(request.query_params, "after", 0)
+    return await streams.run_live(console.store, console.live, _run_id(request), after)
 
-    async def stream() -> AsyncIterator[bytes]:
-        state: RunState | None = None
-        with console.live.watch(run_id) as changed:
-            while True:
-                changed.clear()
-                try:
-                    state, sent = await live_state(console.store, run_id, state)
-                except (OrchestratorError, EventStoreError) as exc:  # said, then the end
-                    yield b"event: problem\ndata: " + json.dumps(str(exc)).encode() + b"\n\n"
-                    return
-                yield b"event: state\ndata: " + sent + b"\n\n"
-                try:
-                    async with asyncio.timeout(KEEPALIVE_S):
-                        await changed.wait()
-                except TimeoutError:
-                    yield b": keepalive\n\n"
 
-    return StreamingResponse(stream(), media_type="text/event-stream")
+async def runs_live(console: Console, request: Request) -> Response:
+    wanted = _run_filter(request.query_params)
+    return await streams.runs_live(console.store, console.live, console.summaries, wanted)
+
+
+async def approvals_live(console: Console, request: Request) -> Response:
+    return await streams.approvals_live(console.store, console.live, _session(request).csrf)
+
+
+async def agents_live(console: Console, request: Request) -> Response:
+    return await streams.agents_live(console.store, console.live)
 
 
 async def decide_task(console: Console, request: Request) -> Response:
@@ -352,8 +311,12 @@ async def fork_run(console: Console, request: Request) -> Response:
 
 
 async def approvals(console: Console, request: Request) -> Response:
-    found = await reads.approvals(console.store)
-    return _page(console, request, "Approvals", pages.approvals(found, _session(request).csrf))
+    await console.live.ensure()
+    live = console.live
+    found = await reads.approvals(console.store, list(live.prompted.values()), list(live.decided))
+    follow = console.live.bus is not None
+    body = pages.approvals(found, _session(request).csrf, follow)
+    return _page(console, request, "Approvals", body)
 
 
 async def decide_tool(console: Console, request: Request) -> Response:
@@ -378,7 +341,8 @@ async def agents(console: Console, request: Request) -> Response:
         except NotReachable as exc:
             problem = str(exc)
     system = await reads.system_events(console.store)
-    return _page(console, request, "Agents", pages.agents(reply, problem, system))
+    body = pages.agents(reply, problem, system, follow=True)
+    return _page(console, request, "Agents", body)
 
 
 def _audit_query(values: Any) -> reads.AuditQuery:

@@ -16,12 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from eventstore import EventStore
+from orchestrator.cli.console import reads
 from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.control import actor_of
 from orchestrator.cli.listening import is_loopback
 from orchestrator.cli.log_commands import existing_store
 from orchestrator.cli.reach import Reach, me, reach
+from orchestrator.service import run_summaries
 from orchestrator.service.bootstrap import Stack, state_dir, store_name
 
 if TYPE_CHECKING:
@@ -100,8 +102,9 @@ class Running:
     port: int
     task: asyncio.Task[None]
     """The server; it ends when it is told to stop (Ctrl-C, or the block's end)."""
-    warming: asyncio.Task[None]
-    """Folds every run's row once, in the background (`Summaries.warm`)."""
+    projecting: asyncio.Task[None]
+    """Keeps the run summaries the runs list reads up to date with the log
+    (`run_summaries.follow`)."""
 
     @property
     def base(self) -> str:
@@ -139,7 +142,8 @@ async def serving(
     live = Live(where, actor, find)
     await live.start()
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
-    console = Console(store, live, guard, store_name=shown_store)
+    rows = run_summaries.held_port(store)
+    console = Console(store, live, guard, reads.Summaries(rows), store_name=shown_store)
     config = uvicorn.Config(
         secured(console),
         lifespan="off",
@@ -149,7 +153,7 @@ async def serving(
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    warming = asyncio.create_task(console.summaries.warm(store))
+    projecting = asyncio.create_task(run_summaries.follow(store, rows))
     try:
         deadline = time.monotonic() + START_S
         while not server.started:  # uvicorn says so only by this flag
@@ -158,11 +162,11 @@ async def serving(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the console did not start in {START_S:g}s")
             await asyncio.sleep(0.01)
-        yield Running(console, host, bound, task, warming)
+        yield Running(console, host, bound, task, projecting)
     finally:
-        warming.cancel()
+        projecting.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
-            await warming
+            await projecting
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Iterator
 
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, RequestFailed
-from bus.protocol import ErrorReply, ToolDecision, ToolDecisionAck
+from bus.protocol import ErrorReply, ToolCallRecord, ToolDecision, ToolDecisionAck
 from orchestrator.cli.console.errors import NotReachable
 from orchestrator.cli.observe import connect
 from orchestrator.cli.reach import Reach, shown
@@ -26,7 +26,30 @@ from orchestrator.service.api import AgentsReply, AgentsRequest, ControlAccepted
 _control: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 _agents: Decoder[AgentsReply | ErrorReply] = Decoder(AgentsReply | ErrorReply)
 _ack: Decoder[ToolDecisionAck | ErrorReply] = Decoder(ToolDecisionAck | ErrorReply)
+_prompt: Decoder[ToolCallRecord] = Decoder(ToolCallRecord)
 TIMEOUT_S = 10.0
+PROMPTED_MAX = 1000
+"""Tool calls passed on for approval that the console remembers (the oldest are dropped:
+the log's awaiting record of each still shows it)."""
+
+
+class Changes:
+    """What the bus said moved since a page's live stream last looked: the runs that
+    progressed, whether a tool call was passed on for approval, whether an agent joined,
+    was lost or refused."""
+
+    def __init__(self) -> None:
+        self.runs: set[str] = set()
+        self.calls = False
+        self.agents = False
+        self.moved = asyncio.Event()
+
+    def take(self) -> tuple[set[str], bool, bool]:
+        """What moved, forgotten now (the next change sets `moved` again)."""
+        taken = (self.runs, self.calls, self.agents)
+        self.runs, self.calls, self.agents = set(), False, False
+        self.moved.clear()
+        return taken
 
 
 class Live:
@@ -46,7 +69,14 @@ class Live:
         self.bus: Bus | None = None
         self.problem = "" if where is not None else "no running orchestrator found"
         self._watchers: dict[str, set[asyncio.Event]] = defaultdict(set)
-        self._subscription: Subscription | None = None
+        self._followers: set[Changes] = set()
+        self._subscriptions: list[Subscription] = []
+        self.prompted: OrderedDict[str, ToolCallRecord] = OrderedDict()
+        """Tool calls passed on for approval (`baton.tool.prompt.*`), newest last: the
+        approvals inbox shows one at once, before its awaiting record reaches the log."""
+        self.decided: OrderedDict[str, None] = OrderedDict()
+        """Tool calls decided from this console: gone from its inbox at once, before the
+        agent's record of the decision reaches the log."""
 
     @property
     def url(self) -> str:
@@ -57,9 +87,11 @@ class Live:
             return
         try:
             self.bus = await connect(self.where, "baton-ui", TIMEOUT_S)
-            self._subscription = await self.bus.subscribe(
-                "baton.events.*", self._on_progress, inline=True
-            )
+            self._subscriptions = [
+                await self.bus.subscribe(subjects.PROGRESS_ALL, self._on_progress, inline=True),
+                await self.bus.subscribe(subjects.TOOL_PROMPT_ALL, self._on_prompt, inline=True),
+                await self.bus.subscribe(subjects.AGENT_CHANGES, self._on_agents, inline=True),
+            ]
         except (BusError, OrchestratorError, OSError) as exc:
             self.problem = f"cannot reach the orchestrator's NATS at {self.url}: {exc}"
             self.bus = None
@@ -78,9 +110,9 @@ class Live:
         await self.start()
 
     async def close(self) -> None:
-        if self._subscription is not None:
+        for subscription in self._subscriptions:
             with contextlib.suppress(Exception):
-                await self._subscription.unsubscribe()
+                await subscription.unsubscribe()
         if self.bus is not None:
             await self.bus.close()
 
@@ -90,6 +122,37 @@ class Live:
         if watchers:
             for changed in watchers:
                 changed.set()
+        for follower in self._followers:
+            follower.runs.add(run_id)
+            follower.moved.set()
+
+    async def _on_prompt(self, msg: Incoming) -> None:
+        try:
+            record = _prompt.decode(msg.data)
+        except BusError:
+            return  # only the orchestrator publishes here; nothing to show of a bad one
+        self.prompted[record.call_id] = record
+        while len(self.prompted) > PROMPTED_MAX:
+            self.prompted.popitem(last=False)
+        for follower in self._followers:
+            follower.calls = True
+            follower.moved.set()
+
+    async def _on_agents(self, msg: Incoming) -> None:
+        for follower in self._followers:
+            follower.agents = True
+            follower.moved.set()
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[Changes]:
+        """What moves anywhere (runs, tool calls for approval, agents), while the block
+        runs: the runs list, the approvals inbox and the agents page follow it."""
+        changes = Changes()
+        self._followers.add(changes)
+        try:
+            yield changes
+        finally:
+            self._followers.discard(changes)
 
     @contextlib.contextmanager
     def watch(self, run_id: str) -> Iterator[asyncio.Event]:
@@ -140,6 +203,13 @@ class Live:
             raise ControlRefused(f"{reply.error}: {reply.detail}")
         if not reply.taken:
             raise ControlRefused(f"{call_id}: {reply.detail}")
+        self.prompted.pop(call_id, None)
+        self.decided[call_id] = None
+        while len(self.decided) > PROMPTED_MAX:
+            self.decided.popitem(last=False)
+        for follower in self._followers:  # the inboxes open elsewhere drop it at once
+            follower.calls = True
+            follower.moved.set()
         return reply
 
     async def agents(self) -> AgentsReply:

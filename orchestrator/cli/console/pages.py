@@ -12,14 +12,17 @@ from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote, urlencode
 
+from bus.protocol import ToolCallRecord
 from eventstore import VerifyReport
 from orchestrator.cli.console.reads import (
     EVENTS_MAX,
     RUN_STATUSES,
     Approvals,
     AuditQuery,
+    Escalated,
     EventLine,
     RunFilter,
+    RunRow,
     RunsPage,
 )
 from orchestrator.core.state import RunState
@@ -73,7 +76,8 @@ def _table(head: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
     )
 
 
-def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
+def runs(page: RunsPage, wanted: RunFilter, size: int, before: str = "",
+         follow: bool = False) -> str:  # fmt: skip
     options = "".join(
         f'<option value="{s}"{" selected" if s == wanted.status else ""}>{s or "any"}</option>'
         for s in ("", *RUN_STATUSES)
@@ -90,17 +94,9 @@ def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
         f'<label>before <input name="until" value="{_e(until)}" '
         'placeholder="ISO 8601 or Unix s"></label><button>Filter</button></form>'
     )
-    rows = [
-        f'<tr data-run="{_e(r.run_id)}">'
-        f'<td><a href="/runs/{quote(r.run_id)}">{_e(r.run_id)}</a></td>'
-        f'<td>{_e(r.workflow)}</td><td class="st {_e(r.status)}">{_e(r.status)}</td>'
-        f"<td>{clock(r.started_at)}</td><td>{r.duration_s:.3f}s</td>"
-        f"<td>{r.done}/{r.total}</td><td>{r.tokens}</td></tr>"
-        for r in page.rows
-    ]
     table = _table(
         ("run", "workflow", "status", "started (UTC)", "duration", "tasks done", "tokens"),
-        rows,
+        [run_row(r) for r in page.rows],
         "runs",
     )
     more = ""
@@ -116,7 +112,24 @@ def runs(page: RunsPage, wanted: RunFilter, size: int) -> str:
         }
         more = f'<p><a class="next" href="/?{_e(urlencode(query))}">older runs</a></p>'
     empty = "" if page.rows else "<p>no run matches</p>"
-    return form + table + empty + more
+    live = ""
+    if follow:
+        # the first page also shows the runs that start while it is open
+        same = urlencode({"status": wanted.status, "workflow": wanted.workflow,
+                          "text": wanted.text, "since": since, "until": until})  # fmt: skip
+        live = f' data-follow="/live/runs?{_e(same)}" data-fresh="{"0" if before else "1"}"'
+    return f'<section id="follow"{live}>' + form + table + empty + more + "</section>"
+
+
+def run_row(r: RunRow) -> str:
+    """One line of the runs list (also pushed to an open list when the run moves)."""
+    return (
+        f'<tr data-run="{_e(r.run_id)}">'
+        f'<td><a href="/runs/{quote(r.run_id)}">{_e(r.run_id)}</a></td>'
+        f'<td>{_e(r.workflow)}</td><td class="st {_e(r.status)}">{_e(r.status)}</td>'
+        f"<td>{clock(r.started_at)}</td><td>{r.duration_s:.3f}s</td>"
+        f"<td>{r.done}/{r.total}</td><td>{r.tokens}</td></tr>"
+    )
 
 
 def _task_rows(state: RunState) -> list[str]:
@@ -137,7 +150,7 @@ def _task_rows(state: RunState) -> list[str]:
     return rows
 
 
-def _usage(state: RunState) -> str:
+def usage(state: RunState) -> str:
     by_agent: Counter[str] = Counter()
     by_role: Counter[str] = Counter()
     for task_id, task in state.tasks.items():
@@ -280,12 +293,12 @@ def run(
     live_attr = "1" if live and not at and not state.terminal else "0"
     return (
         f'<section id="run" data-run="{_e(run_id)}" data-live="{live_attr}" '
-        f'data-version="{state.version}">'
+        f'data-version="{state.version}" data-after="{events[-1].position if events else 0}">'
         + facts + as_of + slider + fork + decide + cancel
         + "<h2>Timeline</h2>"
-        + drawn
-        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + _usage(state) + result
-        + f"<h2>Events ({len(events)})</h2>"
+        + f'<div id="waterfall">{drawn}</div>'
+        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + usage(state) + result
+        + f'<h2>Events (<span id="events-count">{len(events)}</span>)</h2>'
         + (
             f'<p>the newest {len(events)}; every one in <a href="/audit?run={quote(run_id)}">'
             "audit search</a></p>"
@@ -297,87 +310,91 @@ def run(
     )  # fmt: skip
 
 
-def approvals(found: Approvals, csrf: str) -> str:
-    tasks = [
-        f'<tr data-task="{_e(t.task_id)}">'
+def escalated_row(t: Escalated, csrf: str) -> str:
+    return (
+        f'<tr data-key="{_e(t.run_id)}/{_e(t.task_id)}" data-task="{_e(t.task_id)}">'
         f'<td><a href="/runs/{quote(t.run_id)}">{_e(t.run_id)}</a></td>'
         f"<td>{_e(t.workflow)}</td><td>{_e(t.task_id)}</td><td>{t.attempt}</td>"
         f"<td>{_e(t.error[:200])}</td><td>{decide_task(t.run_id, t.task_id, csrf)}</td></tr>"
-        for t in found.tasks
-    ]
-    calls = []
-    for c in found.calls:
-        action = f"/tools/{quote(c.call_id)}/decide"
-        fields = (
-            '<input name="reason" placeholder="reason" required>'
-            f'<input type="hidden" name="agent" value="{_e(c.agent_id)}">'
-        )
-        calls.append(
-            f'<tr data-call="{_e(c.call_id)}"><td>{_e(c.call_id)}</td>'
-            f'<td><a href="/runs/{quote(c.run_id)}">{_e(c.run_id)}</a></td>'
-            f"<td>{_e(c.task_id)}</td><td>{_e(c.agent_id)}</td><td>{_e(c.tool)} ({_e(c.risk)})</td>"
-            f"<td><code>{_e(c.arguments[:300])}</code></td><td>"
-            + _form(
-                action,
-                csrf,
-                fields + '<input type="hidden" name="approve" value="1">',
-                "Approve",
-                "approve",
-            )
-            + _form(
-                action,
-                csrf,
-                fields + '<input type="hidden" name="approve" value="0">',
-                "Deny",
-                "deny",
-            )
-            + "</td></tr>"
-        )
-    return (
-        "<h2>Escalated tasks</h2>"
-        + (
-            _table(("run", "workflow", "task", "attempts", "error", "decide"), tasks, "escalated")
-            if tasks
-            else "<p>no task waits for a person</p>"
-        )
-        + "<h2>Tool calls awaiting approval</h2>"
-        + (
-            _table(("call", "run", "task", "agent", "tool", "arguments", "decide"), calls, "calls")
-            if calls
-            else "<p>no tool call waits for a decision</p>"
-        )
     )
 
 
-def agents(reply: AgentsReply | None, problem: str, system: list[EventLine]) -> str:
+def call_row(c: ToolCallRecord, csrf: str) -> str:
+    action = f"/tools/{quote(c.call_id)}/decide"
+    fields = (
+        '<input name="reason" placeholder="reason" required>'
+        f'<input type="hidden" name="agent" value="{_e(c.agent_id)}">'
+    )
+    return (
+        f'<tr data-key="{_e(c.call_id)}" data-call="{_e(c.call_id)}"><td>{_e(c.call_id)}</td>'
+        f'<td><a href="/runs/{quote(c.run_id)}">{_e(c.run_id)}</a></td>'
+        f"<td>{_e(c.task_id)}</td><td>{_e(c.agent_id)}</td><td>{_e(c.tool)} ({_e(c.risk)})</td>"
+        f"<td><code>{_e(c.arguments[:300])}</code></td><td>"
+        + _form(
+            action, csrf, fields + '<input type="hidden" name="approve" value="1">', "Approve",
+            "approve",
+        )
+        + _form(
+            action, csrf, fields + '<input type="hidden" name="approve" value="0">', "Deny",
+            "deny",
+        )
+        + "</td></tr>"
+    )  # fmt: skip
+
+
+def _inbox_table(head: tuple[str, ...], rows: list[str], cls: str, none: str) -> str:
+    """A table of what waits, shown even empty (a live page fills it), and what to say
+    while it is."""
+    table = _table(head, rows, cls)
+    if not rows:
+        table = table.replace(f'<table class="{cls}">', f'<table class="{cls}" hidden>', 1)
+    return table + f'<p class="none"{" hidden" if rows else ""}>{_e(none)}</p>'
+
+
+def approvals(found: Approvals, csrf: str, follow: bool = False) -> str:
+    tasks = [escalated_row(t, csrf) for t in found.tasks]
+    calls = [call_row(c, csrf) for c in found.calls]
+    live = ' data-follow="/live/approvals"' if follow else ""
+    return (
+        f'<section id="follow"{live}>'
+        "<h2>Escalated tasks</h2>"
+        + _inbox_table(("run", "workflow", "task", "attempts", "error", "decide"), tasks,
+                       "escalated", "no task waits for a person")
+        + "<h2>Tool calls awaiting approval</h2>"
+        + _inbox_table(("call", "run", "task", "agent", "tool", "arguments", "decide"), calls,
+                       "calls", "no tool call waits for a decision")
+        + "</section>"
+    )  # fmt: skip
+
+
+def agent_rows(reply: AgentsReply) -> list[str]:
+    return [
+        f'<tr data-agent="{_e(a.agent_id)}"><td>{_e(a.agent_id)}</td><td>{_e(a.role)}</td>'
+        f"<td>{_e(a.contract_digest[:12] or '-')}</td>"
+        f"<td>{a.load}/{a.capacity}</td><td>{a.reported_load}</td>"
+        f"<td>{a.heartbeat_age_s:.3f}s</td>"
+        f"<td>{_e(', '.join(f'{h.run_id}/{h.task_id}#{h.attempt}' for h in a.held))}</td></tr>"
+        for a in reply.agents
+    ]
+
+
+AGENT_HEAD = ("agent", "role", "contract", "load/capacity", "reported load", "heartbeat age",
+              "holds")  # fmt: skip
+
+
+def agents(reply: AgentsReply | None, problem: str, system: list[EventLine],
+           follow: bool = False) -> str:  # fmt: skip
     if reply is None:
         live = f"<p>live agents are known only to a running orchestrator: {_e(problem)}</p>"
     else:
-        rows = [
-            f'<tr data-agent="{_e(a.agent_id)}"><td>{_e(a.agent_id)}</td><td>{_e(a.role)}</td>'
-            f"<td>{_e(a.contract_digest[:12] or '-')}</td>"
-            f"<td>{a.load}/{a.capacity}</td><td>{a.reported_load}</td>"
-            f"<td>{a.heartbeat_age_s:.3f}s</td>"
-            f"<td>{_e(', '.join(f'{h.run_id}/{h.task_id}#{h.attempt}' for h in a.held))}</td></tr>"
-            for a in reply.agents
-        ]
-        live = _table(
-            (
-                "agent",
-                "role",
-                "contract",
-                "load/capacity",
-                "reported load",
-                "heartbeat age",
-                "holds",
-            ),
-            rows,
-            "agents",
-        )
+        live = _table(AGENT_HEAD, agent_rows(reply), "agents")
+    attr = ' data-follow="/live/agents"' if follow and reply is not None else ""
     return (
-        live
+        f'<section id="follow"{attr}>'
+        + live
         + "<h2>Joins, losses and refusals (newest first)</h2>"
-        + _table(EVENT_HEAD, event_rows(system), "events")
+        + _table(EVENT_HEAD, event_rows(system), "events system")
+        + "</section>"
     )
 
 

@@ -4,27 +4,29 @@ filtered), one run's state at its head or at any position (`baton replay [--unti
 its events with their causes (`baton audit --run`, `--why`), the approvals that wait
 (`baton tool pending`, escalated tasks) and audit search (`baton audit`).
 
-The only thing kept between requests is `Summaries`: the row of each run that has
-ended, which can no longer change (a bounded cache, never a second source of truth:
-an evicted row is folded again from the log)."""
+The runs list reads the run summaries (`orchestrator.service.run_summaries`), a projection
+of the log kept beside it; a row the projection has not caught up with yet is folded from
+the log, so a page is always what the log says now."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
 
 import msgspec
 
 from bus.protocol import ToolCallRecord
-from eventstore import EventQuery, EventStore, StoredEvent
+from eventstore import EventQuery, EventStore, EventStoreError, ProjectionStore, StoredEvent
 from orchestrator.cli import history
 from orchestrator.cli.console.errors import BadInput
 from orchestrator.core.errors import UnknownRun
 from orchestrator.core.state import RunState
-from orchestrator.service import agentlog, journal
+from orchestrator.service import agentlog, journal, run_summaries
+from orchestrator.service.run_summaries import RunSummary
 
 RUN_STATUSES = ("new", "running", "completed", "failed", "stopped")
 StatusFilter = Literal["", "new", "running", "completed", "failed", "stopped"]
@@ -49,37 +51,72 @@ class RunRow(msgspec.Struct, frozen=True):
     forked_from: str = ""
 
 
-def row_of(state: RunState, now: float) -> RunRow:
-    """A run's line, from its folded state; a run not ended has lasted until `now`."""
-    end = state.finished_at or now
+def row_of(summary: RunSummary, now: float) -> RunRow:
+    """A run's line, from its summary; a run not ended has lasted until `now`."""
+    end = summary.finished_at or now
     return RunRow(
-        run_id=state.run_id,
-        workflow=state.workflow.name if state.workflow else "?",
-        status=state.status,
-        started_at=state.started_at,
-        duration_s=max(0.0, end - state.started_at) if state.started_at else 0.0,
-        done=sum(t.status == "succeeded" for t in state.tasks.values()),
-        total=len(state.tasks),
-        tokens=state.tokens_spent,
-        forked_from=state.forked_from,
+        run_id=summary.run_id,
+        workflow=summary.workflow,
+        status=summary.status,
+        started_at=summary.started_at,
+        duration_s=max(0.0, end - summary.started_at) if summary.started_at else 0.0,
+        done=summary.done,
+        total=summary.total,
+        tokens=summary.tokens,
+        forked_from=summary.forked_from,
     )
+
+
+LAG_MAX = 5000
+"""Past this many events behind the log (the projection is being rebuilt), the runs list
+folds its rows from the log rather than look for the runs those events moved."""
+HELD = 64
 
 
 @dataclass
 class Summaries:
-    """The rows of ended runs (they never change again), newest use last, at most
-    `limit`; a run still going is folded from the log on every read."""
+    """The runs' rows: from the run summaries projection in `port` where it is current,
+    else folded from the log (the states of runs still going are kept, `HELD` of them,
+    and folded on from where they were; the rows of ended runs are kept, `limit`)."""
 
+    port: ProjectionStore | None = None
+    name: str = run_summaries.NAME
     limit: int = 20000
-    rows: OrderedDict[str, RunRow] = field(default_factory=OrderedDict)
-    folding: dict[str, asyncio.Future[RunRow]] = field(default_factory=dict)
-    warmed: int = 0
-    """Runs folded by `warm` so far."""
+    ended: OrderedDict[str, RunSummary] = field(default_factory=OrderedDict)
+    states: OrderedDict[str, RunState] = field(default_factory=OrderedDict)
+    folding: dict[str, asyncio.Future[RunSummary]] = field(default_factory=dict)
+    folded: int = 0
+    """Rows folded from the log so far (not read from the projection)."""
 
-    async def row(self, store: EventStore, run_id: str) -> RunRow:
-        kept = self.rows.get(run_id)
+    async def projected(self, store: EventStore) -> dict[str, RunSummary]:
+        """The projection's rows that are current: those of runs no event after its
+        checkpoint moved (none while it is far behind, being rebuilt)."""
+        if self.port is None:
+            return {}
+        try:
+            checkpoint = await self.port.checkpoint(self.name)
+        except EventStoreError:  # the rows cannot be read now: the log can
+            return {}
+        if not checkpoint:
+            return {}
+        last = await store.last_position()
+        stale: set[str] = set()
+        if last > checkpoint:
+            newer = await store.query(EventQuery(from_position=checkpoint + 1, limit=LAG_MAX + 1))
+            if len(newer) > LAG_MAX:
+                return {}
+            stale = {journal.run_id_of(e.stream) for e in newer}
+        try:
+            rows = await self.port.items(self.name)
+            return {k: run_summaries.decode(v) for k, v in rows if k not in stale}
+        except (EventStoreError, msgspec.DecodeError):  # the log can still be folded
+            return {}
+
+    async def row(self, store: EventStore, run_id: str) -> RunSummary:
+        """A run's row as the log has it now, folded (see `projected` for the fast way)."""
+        kept = self.ended.get(run_id)
         if kept is not None:
-            self.rows.move_to_end(run_id)
+            self.ended.move_to_end(run_id)
             return kept
         folding = self.folding.get(run_id)
         if folding is None:  # one fold per run at a time, however many pages ask
@@ -88,22 +125,23 @@ class Summaries:
             folding.add_done_callback(lambda _: self.folding.pop(run_id, None))
         return await asyncio.shield(folding)
 
-    async def _fold(self, store: EventStore, run_id: str) -> RunRow:
-        made = row_of(await journal.load_run(store, run_id), time.time())
-        if made.status in ("completed", "failed", "stopped"):
-            self.rows[run_id] = made
-            while len(self.rows) > self.limit:
-                self.rows.popitem(last=False)
+    async def _fold(self, store: EventStore, run_id: str) -> RunSummary:
+        before = self.states.pop(run_id, None)
+        if before is None:
+            state = await journal.load_run(store, run_id)
+        else:
+            state = await journal.fold_run(store, before, None)
+        made = run_summaries.summary_of(state)
+        self.folded += 1
+        if made.ended:
+            self.ended[run_id] = made
+            while len(self.ended) > self.limit:
+                self.ended.popitem(last=False)
+        else:
+            self.states[run_id] = state
+            while len(self.states) > HELD:
+                self.states.popitem(last=False)
         return made
-
-    async def warm(self, store: EventStore) -> None:
-        """Fold every run once, newest first (up to `limit`), so that the runs list, its
-        filters and its older pages are answered from rows already made; a page asked
-        for meanwhile folds the rows it needs itself."""
-        names = await store.streams(journal.RUN_PREFIX)
-        for run_id in sorted((journal.run_id_of(n) for n in names), reverse=True)[: self.limit]:
-            await self.row(store, run_id)
-            self.warmed += 1
 
 
 class RunFilter(msgspec.Struct, frozen=True):
@@ -155,8 +193,11 @@ async def runs_page(
     if before:
         ids = [i for i in ids if i < before]
     rows: list[RunRow] = []
+    projected = await summaries.projected(store)
+    now = time.time()
     for scanned, run_id in enumerate(ids, start=1):
-        row = await summaries.row(store, run_id)
+        summary = projected.get(run_id) or await summaries.row(store, run_id)
+        row = row_of(summary, now)
         if wanted.matches(row):
             rows.append(row)
             if len(rows) == size:
@@ -254,22 +295,43 @@ class Approvals(msgspec.Struct, frozen=True):
     calls: list[ToolCallRecord]
 
 
-async def approvals(store: EventStore) -> Approvals:
+async def escalated_in(store: EventStore, run_id: str) -> list[Escalated]:
+    """The tasks of one run that wait for a person (none once the run has ended)."""
+    state = await journal.load_run(store, run_id)
+    if state.terminal:
+        return []
+    name = state.workflow.name if state.workflow else "?"
+    return [
+        Escalated(state.run_id, t.task_id, name, t.error, t.attempt)
+        for t in state.tasks.values()
+        if t.status == "escalated"
+    ]
+
+
+async def waiting_calls(
+    store: EventStore, prompted: Iterable[ToolCallRecord] = (), decided: Iterable[str] = ()
+) -> list[ToolCallRecord]:
+    """Tool calls recorded as awaiting approval with no decision recorded (`baton tool
+    pending`), and those the orchestrator just passed on for approval (`prompted`: their
+    awaiting record may not have reached the log yet) that the log has no decision for;
+    none of those in `decided` (decided here: their record of it may not be in the log
+    yet)."""
+    records = agentlog.tool_calls(await store.query(EventQuery(type_glob="tool.call")))
+    decided = set(decided) | {r.call_id for r in records if r.phase in ("approved", "denied")}
+    calls = [r for r in records if r.phase == "awaiting" and r.call_id not in decided]
+    known = {r.call_id for r in calls}
+    return calls + [r for r in prompted if r.call_id not in decided | known]
+
+
+async def approvals(
+    store: EventStore, prompted: Iterable[ToolCallRecord] = (), decided: Iterable[str] = ()
+) -> Approvals:
     """What waits for a person now: escalated tasks of runs still open, and tool calls
-    recorded as awaiting approval with no decision recorded (`baton tool pending`)."""
+    waiting for a decision (`waiting_calls`)."""
     tasks: list[Escalated] = []
     for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
-        state = await journal.load_run(store, journal.run_id_of(stream))
-        name = state.workflow.name if state.workflow else "?"
-        tasks += [
-            Escalated(state.run_id, t.task_id, name, t.error, t.attempt)
-            for t in state.tasks.values()
-            if t.status == "escalated"
-        ]
-    records = agentlog.tool_calls(await store.query(EventQuery(type_glob="tool.call")))
-    decided = {r.call_id for r in records if r.phase in ("approved", "denied")}
-    calls = [r for r in records if r.phase == "awaiting" and r.call_id not in decided]
-    return Approvals(tasks, calls)
+        tasks += await escalated_in(store, journal.run_id_of(stream))
+    return Approvals(tasks, await waiting_calls(store, prompted, decided))
 
 
 def caller_of(records: list[ToolCallRecord], call_id: str) -> ToolCallRecord | None:

@@ -1,9 +1,14 @@
 // The console's one script: a run's page follows the run live (server-sent events the
-// console pushes when the bus says the run moved), and the time-travel slider shows the
-// run at the position it is moved to. Everything else is plain HTML forms.
+// console pushes when the bus says the run moved), the runs list, the approvals inbox
+// and the agents page follow what moves the same way, and the time-travel slider shows
+// the run at the position it is moved to. Everything else is plain HTML forms.
 "use strict";
 
 window.batonDelays = [];
+// The same for the event lines that follow each state (the newest line's age).
+window.batonLineDelays = [];
+// What the pushes of a live run brought besides its tasks: event lines, waterfalls.
+window.batonPushed = { events: 0, waterfalls: 0, succeededDrawn: 0 };
 
 const ENDED = ["completed", "failed", "stopped"];
 
@@ -76,17 +81,59 @@ function refreshSection(live) {
     });
 }
 
+const EVENTS_MAX = 500;
+
+// The rest of a run's page from one push: its new events' lines (the newest
+// EVENTS_MAX kept), its token use, and its waterfall when one was sent.
+function updateExtras(state) {
+  const section = runSection();
+  if (state.events) {
+    if (section.dataset.seen && state.recorded_at) {
+      window.batonLineDelays.push(Date.now() / 1000 - state.recorded_at);
+    }
+    const body = section.querySelector("table.events tbody");
+    const lines = document.createElement("template");
+    lines.innerHTML = state.events;
+    for (const row of Array.from(lines.content.children)) {
+      if (document.getElementById(row.id)) continue; // shown already (a refresh read it)
+      body.appendChild(row);
+      window.batonPushed.events += 1;
+    }
+    while (body.children.length > EVENTS_MAX) body.firstElementChild.remove();
+    const count = document.getElementById("events-count");
+    if (count) count.textContent = body.children.length;
+  }
+  if (state.usage) {
+    const usage = section.querySelector("table.usage");
+    if (usage) usage.outerHTML = state.usage;
+  }
+  if (state.waterfall) {
+    const drawn = document.getElementById("waterfall");
+    if (drawn) {
+      drawn.innerHTML = state.waterfall;
+      window.batonPushed.succeededDrawn = drawn.querySelectorAll("g.succeeded").length;
+    }
+    window.batonPushed.waterfalls += 1;
+  }
+}
+
 function followRun(section) {
-  const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) + "/live");
+  const source = new EventSource("/runs/" + encodeURIComponent(section.dataset.run) +
+    "/live?after=" + encodeURIComponent(section.dataset.after || "0"));
   source.addEventListener("state", (message) => {
     const state = JSON.parse(message.data);
     const escalated = updateRun(state);
-    if (ENDED.includes(state.status)) {
+    if (escalated && !ENDED.includes(state.status)) refreshSection("following");
+  });
+  // each state is followed by the rest of the page it changed; after the last one's
+  // (the run ended), the whole section is read again once (its result)
+  source.addEventListener("extras", (message) => {
+    const extras = JSON.parse(message.data);
+    updateExtras(extras);
+    if (extras.ended) {
       source.close();
       runSection().dataset.live = "ended";
       refreshSection("ended");
-    } else if (escalated) {
-      refreshSection("following");
     }
   });
   source.addEventListener("problem", (message) => {
@@ -106,8 +153,81 @@ function travel() {
   slider.addEventListener("change", () => { slider.form.submit(); });
 }
 
+// One row made from the HTML the console rendered (every value escaped there).
+function rowOf(html) {
+  const template = document.createElement("template");
+  template.innerHTML = html;
+  return template.content.firstElementChild;
+}
+
+// The runs list: a pushed row replaces the run's row; a run not listed yet is added at
+// the top of the first page if it matches the list's filters.
+function placeRuns(section, rows) {
+  const body = section.querySelector("table.runs tbody");
+  for (const pushed of rows) {
+    const row = rowOf(pushed.html);
+    const shown = body.querySelector('tr[data-run="' + CSS.escape(pushed.run) + '"]');
+    if (shown) shown.replaceWith(row);
+    else if (section.dataset.fresh === "1" && pushed.match) body.prepend(row);
+  }
+}
+
+// An inbox table holds the pushed rows in their order: rows gone are removed, new ones
+// added, and rows still there are left as they are (a reason being typed stays).
+function reconcile(section, cls, items) {
+  const table = section.querySelector("table." + cls);
+  const body = table.querySelector("tbody");
+  const keys = new Set(items.map((item) => item[0]));
+  for (const row of Array.from(body.children)) {
+    if (!keys.has(row.dataset.key)) row.remove();
+  }
+  let previous = null;
+  for (const [key, html] of items) {
+    let row = body.querySelector('tr[data-key="' + CSS.escape(key) + '"]');
+    if (!row) {
+      row = rowOf(html);
+      if (previous) previous.after(row);
+      else body.prepend(row);
+    }
+    previous = row;
+  }
+  table.hidden = items.length === 0;
+  const none = table.nextElementSibling;
+  if (none && none.classList.contains("none")) none.hidden = items.length !== 0;
+}
+
+function followPage(section) {
+  const source = new EventSource(section.dataset.follow);
+  const pushed = () => { section.dataset.pushes = String(Number(section.dataset.pushes || 0) + 1); };
+  source.onopen = () => { section.dataset.live = "following"; };
+  source.addEventListener("rows", (message) => {
+    placeRuns(section, JSON.parse(message.data));
+    pushed();
+  });
+  source.addEventListener("approvals", (message) => {
+    const found = JSON.parse(message.data);
+    reconcile(section, "escalated", found.tasks);
+    reconcile(section, "calls", found.calls);
+    pushed();
+  });
+  source.addEventListener("agents", (message) => {
+    const found = JSON.parse(message.data);
+    section.querySelector("table.agents tbody").innerHTML = found.agents;
+    section.querySelector("table.system tbody").innerHTML = found.system;
+    pushed();
+  });
+  source.addEventListener("problem", (message) => {
+    source.close();
+    section.dataset.live = "lost";
+    section.dataset.problem = JSON.parse(message.data);
+  });
+  source.onerror = () => { section.dataset.live = "lost"; };
+}
+
 document.addEventListener("DOMContentLoaded", () => {
   const section = runSection();
   if (section && section.dataset.live === "1") followRun(section);
+  const follow = document.getElementById("follow");
+  if (follow && follow.dataset.follow) followPage(follow);
   travel();
 });

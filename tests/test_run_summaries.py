@@ -1,0 +1,194 @@
+"""The run summaries projection (`orchestrator.service.run_summaries`) checked against the
+fold: on the golden logs (every pattern and ending) and a fork, each row is exactly
+`summary_of` the run's replayed state, whatever the batch size, however few run states
+the projection keeps, and when the projector is stopped half-way and started again; a
+rebuild into an empty port gives the same rows; and the runs list reads the rows that
+are current and folds only the runs the projection has not reached yet."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import pytest
+
+from eventstore import CheckpointConflictError, MemoryEventStore, ProjectionStore, Projector
+from orchestrator.cli import history
+from orchestrator.cli.console import reads
+from orchestrator.service import journal, run_summaries
+from orchestrator.service.run_summaries import HeldProjections, RunSummaries, RunSummary
+from tests.test_eventstore_contract import ev
+from tests.test_golden import LOGS
+
+
+def _store() -> tuple[MemoryEventStore, list[str]]:
+    async def made() -> tuple[MemoryEventStore, list[str]]:
+        store = MemoryEventStore()
+        runs = [await history.import_lines(store, log.read_text().splitlines()) for log in LOGS]
+        positions = await reads.run_positions(store, runs[0])
+        middle = positions[len(positions) // 2]
+        await history.fork(store, runs[0], middle, "fork-of-first", actor="human:tester")
+        return store, [*runs, "fork-of-first"]
+
+    return asyncio.run(made())
+
+
+async def _folded(store: MemoryEventStore, runs: list[str]) -> dict[str, RunSummary]:
+    return {r: run_summaries.summary_of(await journal.load_run(store, r)) for r in runs}
+
+
+async def _rows(port: ProjectionStore, name: str) -> dict[str, RunSummary]:
+    return {k: run_summaries.decode(v) for k, v in await port.items(name)}
+
+
+@pytest.mark.parametrize(("batch", "held"), [(1, 1), (3, 2), (1000, 64)])
+def test_every_row_is_the_fold_of_its_run(batch: int, held: int) -> None:
+    store, runs = _store()
+
+    async def scenario() -> None:
+        last = await store.last_position()
+        projection = RunSummaries(store, held=held)
+        done = await Projector(store, store.projections, projection, batch_size=batch).run(
+            until_position=last
+        )
+        assert done == last
+        rows = await _rows(store.projections, run_summaries.NAME)
+        assert rows == await _folded(store, runs), "one row per run, each the fold"
+        statuses = {r.status for r in rows.values()}
+        assert {"completed", "failed", "stopped"} <= statuses, "the logs end every way"
+        assert any(r.done < r.total for r in rows.values())
+        assert rows["fork-of-first"].forked_from.startswith(f"{runs[0]}@")
+
+    asyncio.run(scenario())
+
+
+def test_a_projector_stopped_half_way_carries_on_and_a_rebuild_gives_the_same_rows() -> None:
+    store, runs = _store()
+
+    async def scenario() -> None:
+        last = await store.last_position()
+        half = last // 2
+        port = HeldProjections()
+        first = Projector(store, port, RunSummaries(store, held=1), batch_size=7)
+        assert await first.run(until_position=half) == half
+        assert await port.checkpoint(run_summaries.NAME) == half
+        # a new projection holds no run's state: it loads the runs it meets mid-way
+        again = Projector(store, port, RunSummaries(store, held=1), batch_size=7)
+        assert await again.run(until_position=last) == last
+        folded = await _folded(store, runs)
+        assert await _rows(port, run_summaries.NAME) == folded
+        rebuilt = HeldProjections()
+        await Projector(store, rebuilt, RunSummaries(store)).run(until_position=last)
+        assert await _rows(rebuilt, run_summaries.NAME) == folded
+
+    asyncio.run(scenario())
+
+
+def test_the_held_port_is_fenced_by_its_checkpoint() -> None:
+    async def scenario() -> None:
+        port = HeldProjections()
+        await port.commit("p", 0, 5, {"a": b"1"})
+        with pytest.raises(CheckpointConflictError):
+            await port.commit("p", 0, 6, {"a": b"2", "b": b"3"})
+        assert await port.items("p") == [("a", b"1")], "a refused commit changes nothing"
+        assert await port.checkpoint("p") == 5
+        await port.commit("p", 5, 6, {"b": b"3"}, ["a"])
+        assert await port.items("p") == [("b", b"3")]
+
+    asyncio.run(scenario())
+
+
+def test_the_runs_list_reads_current_rows_and_folds_only_the_runs_not_reached() -> None:
+    store, runs = _store()
+
+    async def scenario() -> None:
+        projected_until = await store.last_position()
+        await Projector(store, store.projections, RunSummaries(store)).run(
+            until_position=projected_until
+        )
+        # the log moves on past the projection: a run it has not seen
+        await history.fork(store, runs[1], projected_until, "late-fork", actor="human:tester")
+        summaries = reads.Summaries(store.projections)
+        page = await reads.runs_page(store, summaries, reads.RunFilter(), size=200)
+        assert summaries.folded == 1, "only the run the projection has not reached is folded"
+        by_fold = await reads.runs_page(store, reads.Summaries(), reads.RunFilter(), size=200)
+        assert [(r.run_id, r.status, r.done, r.total, r.tokens) for r in page.rows] == [
+            (r.run_id, r.status, r.done, r.total, r.tokens) for r in by_fold.rows
+        ]
+        assert len(page.rows) == len(runs) + 1
+
+    asyncio.run(scenario())
+
+
+def test_rows_that_do_not_decode_are_folded_from_the_log_instead() -> None:
+    store, runs = _store()
+
+    async def scenario() -> None:
+        last = await store.last_position()
+        await store.projections.commit(run_summaries.NAME, 0, last, {runs[0]: b"\xc1 not a row"})
+        summaries = reads.Summaries(store.projections)
+        page = await reads.runs_page(store, summaries, reads.RunFilter(), size=200)
+        assert summaries.folded == len(runs), "every row folded from the log"
+        folded = await _folded(store, runs)
+        assert {r.run_id: (r.status, r.done, r.total) for r in page.rows} == {
+            r: (s.status, s.done, s.total) for r, s in folded.items()
+        }
+
+    asyncio.run(scenario())
+
+
+class CountingCommits(HeldProjections):
+    """The in-memory port, counting its commits."""
+
+    commits = 0
+
+    async def commit(self, *args: Any, **kwargs: Any) -> None:
+        await super().commit(*args, **kwargs)
+        self.commits += 1
+
+
+def test_a_paced_projector_commits_what_came_during_its_pause_together() -> None:
+    """Caught up, the projector pauses before its next batch: appends made meanwhile
+    are committed in one commit, not one each (the log's fsyncs are not doubled)."""
+    store, _ = _store()
+
+    async def scenario() -> None:
+        port = CountingCommits()
+        last = await store.last_position()
+        projector = Projector(store, port, RunSummaries(store), batch_size=10_000, pace_s=1.0)
+        task = asyncio.create_task(projector.run())
+        async with asyncio.timeout(30):
+            while await port.checkpoint(run_summaries.NAME) < last:
+                await asyncio.sleep(0.01)
+            before = port.commits
+            for n in range(5):  # during the pause that follows the catching up
+                await store.append(f"other-{n}", [ev(f"x{n}")], 0)
+            while await port.checkpoint(run_summaries.NAME) < last + 5:
+                await asyncio.sleep(0.01)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        assert port.commits == before + 1
+
+    asyncio.run(scenario())
+
+
+def test_a_seeded_projection_is_the_fold_and_the_projector_goes_on_from_it() -> None:
+    """An empty projection is filled at once from each run's state at the log's last
+    position (snapshots, then events); the projector folds what comes after."""
+    store, runs = _store()
+
+    async def scenario() -> None:
+        port = HeldProjections()
+        seeded_at = await store.last_position()
+        assert await run_summaries.seed(store, port) == seeded_at
+        assert await _rows(port, run_summaries.NAME) == await _folded(store, runs)
+        assert await run_summaries.seed(store, port) == seeded_at, "seeded once"
+        await history.fork(store, runs[2], seeded_at, "after-seed", actor="human:tester")
+        last = await store.last_position()
+        await Projector(store, port, RunSummaries(store)).run(until_position=last)
+        rows = await _rows(port, run_summaries.NAME)
+        assert rows == await _folded(store, [*runs, "after-seed"])
+
+    asyncio.run(scenario())
