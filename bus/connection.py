@@ -249,6 +249,12 @@ class Bus:
         """Whether the connection is up now (not reconnecting, not closed)."""
         return bool(self._nc.is_connected)
 
+    @property
+    def closed(self) -> bool:
+        """Whether the connection is closed for good (closed here, or given up on): nothing
+        sent on it will arrive, whoever listens."""
+        return bool(self._nc.is_closed)
+
     async def flush(self, timeout: int = 5) -> None:
         """Until the server has processed everything sent so far (subscriptions too).
 

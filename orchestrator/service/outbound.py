@@ -162,6 +162,15 @@ class Outbound:
                     raise MalformedMessage(f"{len(acks)} answers to {len(batch)} assignments")
                 errors = ["" if ack.accepted else ack.reason or "refused" for ack in acks]
         except (RequestFailed, MalformedMessage) as exc:
+            if self._bus.closed:
+                # This orchestrator's own connection is gone (it is stopping, or was cut
+                # off and is a stale owner): not the agent's doing, so nothing is recorded
+                # against the attempt; whoever serves the run next sends it again from the
+                # log.
+                log.warning("assignments to %s not sent: the connection is closed", agent_id)
+                for d in batch:
+                    self._obs.dispatched(d.span, "connection closed")
+                return
             errors = [str(exc)] * len(batch)
         failed: list[tuple[Command, Cause]] = []
         for d, error in zip(batch, errors, strict=True):
