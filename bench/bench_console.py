@@ -145,7 +145,7 @@ async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, o
                 events += await record_run(store, f"20261201-{i:06d}-bench", tasks, name)
         built_s = time.perf_counter() - began
         print(f"log: {runs} runs of {tasks} tasks, {events} events, built in {built_s:.1f}s")
-        port = run_summaries.held_port(store)
+        port = store.projections
         had = await port.checkpoint(run_summaries.NAME)  # a kept log may hold the rows
         async with serving(store, None, "human:bench", shown_store="bench") as running:
             cookie = await _cookie(running)
@@ -160,7 +160,7 @@ async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, o
         await store.close()  # JetStream: the rows are saved beside the log at close
     store = await log.open()
     try:
-        port = run_summaries.held_port(store)
+        port = store.projections
         # a console started again: the rows are stored beside the log
         async with serving(store, None, "human:bench", shown_store="bench") as running:
             cookie = await _cookie(running)

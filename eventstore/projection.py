@@ -17,43 +17,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Collection, Mapping
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from eventstore.errors import InvalidEventError, StorageError
 from eventstore.model import StoredEvent
-from eventstore.store import EventStore
+from eventstore.store import EventStore, ProjectionStore
 
 __all__ = ["Projection", "ProjectionStore", "ProjectionView", "Projector"]
-
-
-@runtime_checkable
-class ProjectionStore(Protocol):
-    """Where projections keep their rows and checkpoints (the port each backend offers)."""
-
-    async def commit(
-        self,
-        name: str,
-        expected_checkpoint: int,
-        new_checkpoint: int,
-        upserts: Mapping[str, bytes],
-        deletes: Collection[str] = (),
-    ) -> None:
-        """Write `upserts`, remove `deletes` and set the checkpoint to `new_checkpoint`, all
-        in one transaction; raise `CheckpointConflictError` (changing nothing) if the
-        stored checkpoint is not `expected_checkpoint`."""
-        ...
-
-    async def checkpoint(self, name: str) -> int:
-        """The position of the last event the projection applied, 0 if none."""
-        ...
-
-    async def get(self, name: str, key: str) -> bytes | None:
-        """One row, `None` if absent."""
-        ...
-
-    async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
-        """The rows whose key starts with `prefix`, sorted by key."""
-        ...
 
 
 class ProjectionView:

@@ -1,9 +1,10 @@
-"""The one port every backend implements; callers depend on this, never on a backend."""
+"""The ports every backend implements (the log, and the rows its projections keep beside
+it); callers depend on these, never on a backend."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from eventstore.blobs import BlobStore
 from eventstore.model import (
@@ -17,6 +18,36 @@ from eventstore.model import (
 )
 
 
+@runtime_checkable
+class ProjectionStore(Protocol):
+    """Where projections keep their rows and checkpoints (the port each backend offers)."""
+
+    async def commit(
+        self,
+        name: str,
+        expected_checkpoint: int,
+        new_checkpoint: int,
+        upserts: Mapping[str, bytes],
+        deletes: Collection[str] = (),
+    ) -> None:
+        """Write `upserts`, remove `deletes` and set the checkpoint to `new_checkpoint`, all
+        in one transaction; raise `CheckpointConflictError` (changing nothing) if the
+        stored checkpoint is not `expected_checkpoint`."""
+        ...
+
+    async def checkpoint(self, name: str) -> int:
+        """The position of the last event the projection applied, 0 if none."""
+        ...
+
+    async def get(self, name: str, key: str) -> bytes | None:
+        """One row, `None` if absent."""
+        ...
+
+    async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
+        """The rows whose key starts with `prefix`, sorted by key."""
+        ...
+
+
 class EventStore(Protocol):
     """Append-only, globally ordered, hash-chained log of streams."""
 
@@ -24,6 +55,13 @@ class EventStore(Protocol):
     def blobs(self) -> BlobStore:
         """The content-addressed blobs beside the log (`eventstore.blobs`): where the
         large values its events refer to by digest are kept; closed with the store."""
+        ...
+
+    @property
+    def projections(self) -> ProjectionStore:
+        """Where projections keep their rows and checkpoints beside the log
+        (`eventstore.projection`): SQLite in the log's file, JetStream in memory saved
+        beside the stream, the memory store in dicts."""
         ...
 
     async def append(

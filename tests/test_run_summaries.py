@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
-from eventstore import CheckpointConflictError, MemoryEventStore, ProjectionStore, Projector
+from eventstore import MemoryEventStore, ProjectionStore, Projector
+from eventstore.memory import MemoryProjections
 from orchestrator.cli import history
 from orchestrator.cli.console import reads
 from orchestrator.service import journal, run_summaries
-from orchestrator.service.run_summaries import HeldProjections, RunSummaries, RunSummary
+from orchestrator.service.run_summaries import RunSummaries, RunSummary
 from tests.test_eventstore_contract import ev
 from tests.test_golden import LOGS
 
@@ -69,7 +70,7 @@ def test_a_projector_stopped_half_way_carries_on_and_a_rebuild_gives_the_same_ro
     async def scenario() -> None:
         last = await store.last_position()
         half = last // 2
-        port = HeldProjections()
+        port = MemoryEventStore().projections
         first = Projector(store, port, RunSummaries(store, held=1), batch_size=7)
         assert await first.run(until_position=half) == half
         assert await port.checkpoint(run_summaries.NAME) == half
@@ -78,23 +79,9 @@ def test_a_projector_stopped_half_way_carries_on_and_a_rebuild_gives_the_same_ro
         assert await again.run(until_position=last) == last
         folded = await _folded(store, runs)
         assert await _rows(port, run_summaries.NAME) == folded
-        rebuilt = HeldProjections()
+        rebuilt = MemoryEventStore().projections
         await Projector(store, rebuilt, RunSummaries(store)).run(until_position=last)
         assert await _rows(rebuilt, run_summaries.NAME) == folded
-
-    asyncio.run(scenario())
-
-
-def test_the_held_port_is_fenced_by_its_checkpoint() -> None:
-    async def scenario() -> None:
-        port = HeldProjections()
-        await port.commit("p", 0, 5, {"a": b"1"})
-        with pytest.raises(CheckpointConflictError):
-            await port.commit("p", 0, 6, {"a": b"2", "b": b"3"})
-        assert await port.items("p") == [("a", b"1")], "a refused commit changes nothing"
-        assert await port.checkpoint("p") == 5
-        await port.commit("p", 5, 6, {"b": b"3"}, ["a"])
-        assert await port.items("p") == [("b", b"3")]
 
     asyncio.run(scenario())
 
@@ -138,7 +125,7 @@ def test_rows_that_do_not_decode_are_folded_from_the_log_instead() -> None:
     asyncio.run(scenario())
 
 
-class CountingCommits(HeldProjections):
+class CountingCommits(MemoryProjections):
     """The in-memory port, counting its commits."""
 
     commits = 0
@@ -154,7 +141,7 @@ def test_a_paced_projector_commits_what_came_during_its_pause_together() -> None
     store, _ = _store()
 
     async def scenario() -> None:
-        port = CountingCommits()
+        port = CountingCommits(MemoryEventStore())
         last = await store.last_position()
         projector = Projector(store, port, RunSummaries(store), batch_size=10_000, pace_s=1.0)
         task = asyncio.create_task(projector.run())
@@ -180,7 +167,7 @@ def test_a_seeded_projection_is_the_fold_and_the_projector_goes_on_from_it() -> 
     store, runs = _store()
 
     async def scenario() -> None:
-        port = HeldProjections()
+        port = MemoryEventStore().projections
         seeded_at = await store.last_position()
         assert await run_summaries.seed(store, port) == seeded_at
         assert await _rows(port, run_summaries.NAME) == await _folded(store, runs)

@@ -5,18 +5,16 @@ truth: the rows are a cache that a replay rebuilds (drop them, or start on a sto
 none, and the projector folds them again from position 1), and a row is exactly what
 `summary_of` makes of the run's folded state at the row's version (the tests compare).
 
-`held_port` is where the rows live: the store's own projection port (SQLite: in the
+The rows live in the store's projection port (`EventStore.projections`; SQLite: in the
 log's file, committed with the checkpoint in one transaction; JetStream: in memory,
 saved with the checkpoint beside the log every few seconds and at close, bound to the
-hash chain, so a restart folds only what came after the last save), else a port in this
-process's memory, folded from the start of the log when the process starts."""
+hash chain, so a restart folds only what came after the last save)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Collection, Mapping
 
 import msgspec
 
@@ -29,7 +27,7 @@ from eventstore import (
     Projector,
     StoredEvent,
 )
-from eventstore.projection import check_commit, check_projection_name
+from eventstore.projection import check_projection_name
 from orchestrator.core.errors import OrchestratorError, UnknownRun
 from orchestrator.core.run_state import TERMINAL_RUN
 from orchestrator.core.state import Folding, RunState
@@ -136,49 +134,6 @@ class RunSummaries:
         self._moved = {}
         while len(self._folding) > self._held:
             self._folding.popitem(last=False)
-
-
-class HeldProjections:
-    """The projection port in this process's memory, for a store without one of its own:
-    it starts empty, so the projector folds it from the start of the log."""
-
-    def __init__(self) -> None:
-        self._rows: dict[str, dict[str, bytes]] = {}
-        self._checkpoints: dict[str, int] = {}
-
-    async def commit(
-        self,
-        name: str,
-        expected_checkpoint: int,
-        new_checkpoint: int,
-        upserts: Mapping[str, bytes],
-        deletes: Collection[str] = (),
-    ) -> None:
-        check_commit(name, expected_checkpoint, new_checkpoint, upserts, deletes)
-        actual = self._checkpoints.get(name, 0)
-        if actual != expected_checkpoint:
-            raise CheckpointConflictError(name, expected_checkpoint, actual)
-        rows = self._rows.setdefault(name, {})
-        rows.update(upserts)
-        for key in deletes:
-            rows.pop(key, None)
-        self._checkpoints[name] = new_checkpoint
-
-    async def checkpoint(self, name: str) -> int:
-        return self._checkpoints.get(check_projection_name(name), 0)
-
-    async def get(self, name: str, key: str) -> bytes | None:
-        return self._rows.get(check_projection_name(name), {}).get(key)
-
-    async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
-        rows = self._rows.get(check_projection_name(name), {})
-        return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))
-
-
-def held_port(store: EventStore) -> ProjectionStore:
-    """The store's own projection port (rows kept with the log), else one in memory."""
-    port = getattr(store, "projections", None)
-    return port if isinstance(port, ProjectionStore) else HeldProjections()
 
 
 async def seed(store: EventStore, port: ProjectionStore, name: str = NAME) -> int:

@@ -142,7 +142,7 @@ async def serving(
     live = Live(where, actor, find)
     await live.start()
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
-    rows = run_summaries.held_port(store)
+    rows = store.projections
     console = Console(store, live, guard, reads.Summaries(rows), store_name=shown_store)
     config = uvicorn.Config(
         secured(console),
