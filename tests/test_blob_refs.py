@@ -71,10 +71,14 @@ def test_large_values_leave_as_references_and_come_back_whole() -> None:
         }
         sent = await blobs.externalize(payload, store.put, threshold=600)
         assert sent["small"] == "stays"
-        assert blobs.as_ref(sent["text"]) is not None
-        assert blobs.as_ref(sent["text"]).media_type == blobs.TEXT  # type: ignore[union-attr]
-        assert blobs.as_ref(sent["raw"]).media_type == blobs.BINARY  # type: ignore[union-attr]
-        assert blobs.as_ref(sent["many"]).media_type == blobs.MSGPACK  # type: ignore[union-attr]
+        for key, media_type in (
+            ("text", blobs.TEXT),
+            ("raw", blobs.BINARY),
+            ("many", blobs.MSGPACK),
+        ):
+            ref = blobs.as_ref(sent[key])
+            assert ref is not None, f"{key} stayed inline"
+            assert ref.media_type == media_type, key
         assert blobs.as_ref(sent["nested"]["deep"][0]) is not None
         assert len(msgspec.msgpack.encode(sent)) < 1000
         assert await blobs.internalize(sent, store.get) == payload
