@@ -33,7 +33,6 @@ from eventstore.blobs import (
 )
 from eventstore.chain import GENESIS, SnapshotSeal, seal, seal_snapshot, verify_chain
 from eventstore.errors import (
-    CheckpointConflictError,
     ConcurrencyError,
     DuplicateEventError,
 )
@@ -46,7 +45,7 @@ from eventstore.model import (
     StoredEvent,
     VerifyReport,
 )
-from eventstore.projection import check_commit, check_projection_name
+from eventstore.projection import HeldRows, check_commit, check_projection_name
 
 __all__ = ["MemoryEventStore"]
 
@@ -250,12 +249,10 @@ class MemoryProjections:
 
     def __init__(self, store: MemoryEventStore) -> None:
         self._store = store
-        self._rows: dict[str, dict[str, bytes]] = {}
-        self._checkpoints: dict[str, int] = {}
+        self._held = HeldRows()
 
     def clear(self) -> None:
-        self._rows = {}
-        self._checkpoints = {}
+        self._held = HeldRows()
 
     async def commit(
         self,
@@ -270,33 +267,25 @@ class MemoryProjections:
         self._store._check_open()
         await asyncio.sleep(0)
         self._store._check_open()
-        actual = self._checkpoints.get(name, 0)
-        if actual != expected_checkpoint:
-            raise CheckpointConflictError(name, expected_checkpoint, actual)
-        rows = self._rows.setdefault(name, {})
-        rows.update(upserts)
-        for key in deletes:
-            rows.pop(key, None)
-        self._checkpoints[name] = new_checkpoint
+        self._held.apply(name, expected_checkpoint, new_checkpoint, upserts, deletes)
 
     async def checkpoint(self, name: str) -> int:
         """The last position the projection has applied, 0 if none."""
         check_projection_name(name)
         self._store._check_open()
-        return self._checkpoints.get(name, 0)
+        return self._held.checkpoint(name)
 
     async def get(self, name: str, key: str) -> bytes | None:
         """One row of the projection's output, `None` if absent."""
         check_projection_name(name)
         self._store._check_open()
-        return self._rows.get(name, {}).get(key)
+        return self._held.get(name, key)
 
     async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
         """The projection's rows whose key starts with `prefix`, sorted by key."""
         check_projection_name(name)
         self._store._check_open()
-        rows = self._rows.get(name, {})
-        return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))
+        return self._held.items(name, prefix)
 
 
 class MemoryBlobs:

@@ -19,11 +19,49 @@ import contextlib
 from collections.abc import Collection, Mapping
 from typing import Protocol
 
-from eventstore.errors import InvalidEventError, StorageError
+from eventstore.errors import CheckpointConflictError, InvalidEventError, StorageError
 from eventstore.model import StoredEvent
 from eventstore.store import EventStore, ProjectionStore
 
 __all__ = ["Projection", "ProjectionStore", "ProjectionView", "Projector"]
+
+
+class HeldRows:
+    """Projections' rows and checkpoints held in dicts: the memory store's port, and the
+    JetStream store's between its saves. `apply` is the fenced commit both make."""
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict[str, bytes]] = {}
+        self.checkpoints: dict[str, int] = {}
+
+    def apply(
+        self,
+        name: str,
+        expected_checkpoint: int,
+        new_checkpoint: int,
+        upserts: Mapping[str, bytes],
+        deletes: Collection[str],
+    ) -> None:
+        """Change the rows and move the checkpoint, or raise `CheckpointConflictError`
+        (changing nothing) if the checkpoint is not `expected_checkpoint`."""
+        actual = self.checkpoints.get(name, 0)
+        if actual != expected_checkpoint:
+            raise CheckpointConflictError(name, expected_checkpoint, actual)
+        rows = self.rows.setdefault(name, {})
+        rows.update(upserts)
+        for key in deletes:
+            rows.pop(key, None)
+        self.checkpoints[name] = new_checkpoint
+
+    def checkpoint(self, name: str) -> int:
+        return self.checkpoints.get(name, 0)
+
+    def get(self, name: str, key: str) -> bytes | None:
+        return self.rows.get(name, {}).get(key)
+
+    def items(self, name: str, prefix: str) -> list[tuple[str, bytes]]:
+        rows = self.rows.get(name, {})
+        return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))
 
 
 class ProjectionView:

@@ -22,10 +22,10 @@ from nats.js import api
 from nats.js.object_store import ObjectStore
 
 from eventstore._common import check_open, log
-from eventstore.errors import CheckpointConflictError, StorageError
+from eventstore.errors import StorageError
 from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
 from eventstore.model import StoredEvent
-from eventstore.projection import check_commit, check_projection_name
+from eventstore.projection import HeldRows, check_commit, check_projection_name
 
 SAVE_S = 10.0
 """A projection's rows are saved at most this often (at a commit), and at close."""
@@ -63,8 +63,7 @@ class JetStreamProjections:
         self._save_s = save_s
         self._bucket_name = f"{log_.layout.name}_PROJECTIONS"
         self._bucket: ObjectStore | None = None
-        self._rows: dict[str, dict[str, bytes]] = {}
-        self._checkpoints: dict[str, int] = {}
+        self._held = HeldRows()
         self._loading: dict[str, asyncio.Future[None]] = {}
         self._saved: dict[str, int] = {}
         """The checkpoint of each projection's last save (or load)."""
@@ -123,8 +122,8 @@ class JetStreamProjections:
                 saved.checkpoint,
             )
             return
-        self._rows[name] = dict(saved.rows)
-        self._checkpoints[name] = saved.checkpoint
+        self._held.rows[name] = dict(saved.rows)
+        self._held.checkpoints[name] = saved.checkpoint
         self._saved[name] = saved.checkpoint
 
     async def commit(
@@ -139,14 +138,7 @@ class JetStreamProjections:
         `ProjectionStore.commit`); saved if the last save is `SAVE_S` old."""
         check_commit(name, expected_checkpoint, new_checkpoint, upserts, deletes)
         await self._ready(name)
-        actual = self._checkpoints.get(name, 0)
-        if actual != expected_checkpoint:
-            raise CheckpointConflictError(name, expected_checkpoint, actual)
-        rows = self._rows.setdefault(name, {})
-        rows.update(upserts)
-        for key in deletes:
-            rows.pop(key, None)
-        self._checkpoints[name] = new_checkpoint
+        self._held.apply(name, expected_checkpoint, new_checkpoint, upserts, deletes)
         if time.monotonic() - self._saved_at.get(name, 0.0) >= self._save_s:
             try:
                 await self.save(name)
@@ -155,14 +147,14 @@ class JetStreamProjections:
 
     async def save(self, name: str) -> None:
         """Save the projection's rows and checkpoint now (if they moved since the last)."""
-        checkpoint = self._checkpoints.get(name, 0)
+        checkpoint = self._held.checkpoint(name)
         self._saved_at[name] = time.monotonic()
         if not checkpoint or self._saved.get(name) == checkpoint:
             return
         event = await self._event_at(checkpoint)
         if event is None:
             return  # not in the log (yet): nothing to bind to
-        body = _encoder.encode(SavedRows(checkpoint, event.hash, self._rows.get(name, {})))
+        body = _encoder.encode(SavedRows(checkpoint, event.hash, self._held.rows.get(name, {})))
         try:
             await (await self._objects()).put(name, body)
         except NATS_ERRORS as error:
@@ -171,7 +163,7 @@ class JetStreamProjections:
 
     async def save_all(self) -> None:
         """Save every projection that moved (at close; a failure is logged)."""
-        for name in list(self._checkpoints):
+        for name in list(self._held.checkpoints):
             try:
                 await self.save(name)
             except Exception as error:  # the log is the truth: the rows can be folded again
@@ -180,15 +172,14 @@ class JetStreamProjections:
     async def checkpoint(self, name: str) -> int:
         """The position of the last event the projection applied, 0 if none."""
         await self._ready(name)
-        return self._checkpoints.get(name, 0)
+        return self._held.checkpoint(name)
 
     async def get(self, name: str, key: str) -> bytes | None:
         """One row, `None` if absent."""
         await self._ready(name)
-        return self._rows.get(name, {}).get(key)
+        return self._held.get(name, key)
 
     async def items(self, name: str, prefix: str = "") -> list[tuple[str, bytes]]:
         """The rows whose key starts with `prefix`, sorted by key."""
         await self._ready(name)
-        rows = self._rows.get(name, {})
-        return sorted((k, v) for k, v in rows.items() if k.startswith(prefix))
+        return self._held.items(name, prefix)
