@@ -11,16 +11,22 @@ Hypothesis profiles for the pattern state machine (tests/test_pattern_properties
 `ci` (the default) runs 1,500 stateful examples, `dev` (HYPOTHESIS_PROFILE=dev) a quick
 sample while editing, `mutants` the same examples as `ci` without shrinking (a mutant that
 makes a decision hang fails each shrink step only after its 5 s guard). They are registered,
-not loaded, so no other test's settings change."""
+not loaded, so no other test's settings change.
+
+`nats_url`: one nats-server with JetStream per test module that asks for it."""
 
 from __future__ import annotations
 
+import asyncio
 import compileall
 import re
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import Phase, settings
+
+from bus.server import EmbeddedNats
 
 REPO = Path(__file__).resolve().parent.parent
 _NOT_OURS = re.compile(r"[/\\]\.(venv|git|mypy_cache|ruff_cache|pytest_cache|hypothesis)[/\\]")
@@ -34,3 +40,15 @@ settings.register_profile(
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     compileall.compile_dir(REPO, rx=_NOT_OURS, quiet=2)
+
+
+@pytest.fixture(scope="module")
+def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One nats-server (JetStream, sync_interval: always) shared by a module's tests."""
+    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
+    assert server.sync_always
+    url = asyncio.run(server.start())
+    try:
+        yield url
+    finally:
+        server.stop()

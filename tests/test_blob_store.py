@@ -10,7 +10,7 @@ import sqlite3
 import stat
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
@@ -18,7 +18,6 @@ import nats
 import pytest
 from nats.js import api
 
-from bus.server import EmbeddedNats
 from eventstore import (
     BlobMismatchError,
     BlobNotFoundError,
@@ -201,16 +200,6 @@ def test_a_file_that_is_not_a_blob_store_is_refused(tmp_path: Path) -> None:
             await store.close()
 
     asyncio.run(scenario())
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    url = asyncio.run(server.start())
-    try:
-        yield url
-    finally:
-        server.stop()
 
 
 class TestJetStreamBlobs(BlobStoreContract):

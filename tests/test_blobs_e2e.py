@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,6 @@ from bus.connection import Bus
 from bus.errors import BusError
 from bus.permissions import inbox_prefix
 from bus.protocol import BlobPut, BlobPutAck, BlobRef, ErrorReply, Payload, SubtaskRequest
-from bus.server import EmbeddedNats
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, digest_of
 from orchestrator.cli import history
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
@@ -286,16 +285,6 @@ def test_large_values_travel_by_reference_on_sqlite(tmp_path: Path) -> None:
             await stack.close()
 
     asyncio.run(scenario())
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    url = asyncio.run(server.start())
-    try:
-        yield url
-    finally:
-        server.stop()
 
 
 def test_large_values_travel_by_reference_on_jetstream(tmp_path: Path, nats_url: str) -> None:

@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import msgspec
@@ -46,18 +46,6 @@ from tests.test_eventstore_contract import (
 
 _saved = msgspec.msgpack.Decoder(SavedRows)
 _saved_encoder = msgspec.msgpack.Encoder()
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One nats-server (JetStream, sync_interval: always) shared by this module's tests."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    assert server.sync_always
-    url = asyncio.run(server.start())
-    try:
-        yield url
-    finally:
-        server.stop()
 
 
 @contextlib.asynccontextmanager

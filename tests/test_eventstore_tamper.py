@@ -16,7 +16,7 @@ import logging
 import sqlite3
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +26,6 @@ import pytest
 from nacl.signing import SigningKey
 from nats.aio.client import Client as NATS
 
-from bus.server import EmbeddedNats
 from eventstore import (
     GENESIS,
     EventStore,
@@ -325,17 +324,6 @@ class TestSqliteAttacks(Attacks):
         self._edit(
             store, (f"{sql} WHERE stream = ? AND version = ?", (data, digest, stream, version))
         )
-
-
-@pytest.fixture(scope="module")
-def nats_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One nats-server (JetStream, sync_interval: always) for this module's tests."""
-    server = EmbeddedNats(tmp_path_factory.mktemp("nats"))
-    url = asyncio.run(server.start())
-    try:
-        yield url
-    finally:
-        server.stop()
 
 
 class TestJetStreamAttacks(Attacks):
