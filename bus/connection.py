@@ -33,7 +33,14 @@ from nats.js.api import (
 
 from bus import subjects, tracecontext
 from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
-from bus.errors import BusError, MalformedMessage, MessageIdTaken, NoResponders, RequestFailed
+from bus.errors import (
+    BusError,
+    ConnectionClosed,
+    MalformedMessage,
+    MessageIdTaken,
+    NoResponders,
+    RequestFailed,
+)
 from bus.leases import LeaseBucket
 from bus.nats_options import (
     NOT_CLUSTERED,
@@ -249,12 +256,6 @@ class Bus:
         """Whether the connection is up now (not reconnecting, not closed)."""
         return bool(self._nc.is_connected)
 
-    @property
-    def closed(self) -> bool:
-        """Whether the connection is closed for good (closed here, or given up on): nothing
-        sent on it will arrive, whoever listens."""
-        return bool(self._nc.is_closed)
-
     async def flush(self, timeout: int = 5) -> None:
         """Until the server has processed everything sent so far (subscriptions too).
 
@@ -303,6 +304,8 @@ class Bus:
             return await self._nc.request(subject, payload, timeout=timeout, headers=headers)
         except nats.errors.NoRespondersError as exc:
             raise NoResponders(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.ConnectionClosedError as exc:
+            raise ConnectionClosed(f"{subject}: {exc}") from exc
         except nats.errors.TimeoutError as exc:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
         except nats.errors.Error as exc:

@@ -57,6 +57,11 @@ class NoResponders(RequestFailed):
     """Nobody listens on the subject right now (a service restarting, say)."""
 
 
+class ConnectionClosed(RequestFailed):
+    """This side's own connection is closed for good (closed here, or given up on): the
+    request did not go out, and nobody on the other side is to blame."""
+
+
 class ContractError(BusError):
     """A role contract that does not load or does not hold together; names where."""
 

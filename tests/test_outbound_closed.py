@@ -1,8 +1,9 @@
-"""An assignment this orchestrator cannot send because its own connection is closed is not
-the agent's failure: nothing is recorded against the attempt, and whoever serves the run
-next sends it again from the log (`pending_effects`). A stale owner cut off from the bus
-once recorded such a failure three times over and failed a shared run's task so
-(tests/test_shared_runs.py). An agent that does not answer is still recorded."""
+"""An assignment this orchestrator cannot send because its own connection is closed
+(`ConnectionClosed`) is not the agent's failure: nothing is recorded against the attempt,
+and whoever serves the run next sends it again from the log (`pending_effects`). A stale
+owner cut off from the bus once recorded such a failure three times over and failed a
+shared run's task so (tests/test_shared_runs.py). An agent that does not answer is still
+recorded."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from opentelemetry.trace import Span
 from bus import subjects, tracecontext
 from bus.codec import MAX_MESSAGE_BYTES, Decoder, encode
 from bus.connection import Bus
-from bus.errors import BusError, MalformedMessage, RequestFailed
+from bus.errors import BusError, ConnectionClosed, MalformedMessage, RequestFailed
 from bus.protocol import (
     AssignAcks,
     AssignBatch,
@@ -161,16 +161,15 @@ class Outbound:
                 if len(acks) != len(batch):
                     raise MalformedMessage(f"{len(acks)} answers to {len(batch)} assignments")
                 errors = ["" if ack.accepted else ack.reason or "refused" for ack in acks]
+        except ConnectionClosed:
+            # This orchestrator's own connection is gone (it is stopping, or was cut off
+            # and is a stale owner): not the agent's doing, so nothing is recorded against
+            # the attempt; whoever serves the run next sends it again from the log.
+            log.warning("assignments to %s not sent: the connection is closed", agent_id)
+            for d in batch:
+                self._obs.dispatched(d.span, "connection closed")
+            return
         except (RequestFailed, MalformedMessage) as exc:
-            if self._bus.closed:
-                # This orchestrator's own connection is gone (it is stopping, or was cut
-                # off and is a stale owner): not the agent's doing, so nothing is recorded
-                # against the attempt; whoever serves the run next sends it again from the
-                # log.
-                log.warning("assignments to %s not sent: the connection is closed", agent_id)
-                for d in batch:
-                    self._obs.dispatched(d.span, "connection closed")
-                return
             errors = [str(exc)] * len(batch)
         failed: list[tuple[Command, Cause]] = []
         for d, error in zip(batch, errors, strict=True):
