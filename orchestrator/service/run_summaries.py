@@ -70,6 +70,12 @@ class RunSummary(msgspec.Struct, frozen=True):
     def ended(self) -> bool:
         return self.status in TERMINAL_RUN
 
+    def duration_s(self, now: float) -> float:
+        """How long the run took, or has taken until `now` if it has not ended."""
+        if not self.started_at:
+            return 0.0
+        return max(0.0, (self.finished_at or now) - self.started_at)
+
 
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(RunSummary)

@@ -6,6 +6,7 @@ and no secret but the session's CSRF token, which every form sends back."""
 from __future__ import annotations
 
 import json
+import time
 from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -22,11 +23,11 @@ from orchestrator.cli.console.reads import (
     Escalated,
     EventLine,
     RunFilter,
-    RunRow,
     RunsPage,
 )
 from orchestrator.core.state import RunState
 from orchestrator.service.api import AgentsReply
+from orchestrator.service.run_summaries import RunSummary
 
 NAV = (("/", "Runs"), ("/approvals", "Approvals"), ("/agents", "Agents"), ("/audit", "Audit"))
 
@@ -78,6 +79,7 @@ def _table(head: Iterable[str], rows: Iterable[str], cls: str = "") -> str:
 
 def runs(page: RunsPage, wanted: RunFilter, size: int, before: str = "",
          follow: bool = False) -> str:  # fmt: skip
+    now = time.time()
     options = "".join(
         f'<option value="{s}"{" selected" if s == wanted.status else ""}>{s or "any"}</option>'
         for s in ("", *RUN_STATUSES)
@@ -96,7 +98,7 @@ def runs(page: RunsPage, wanted: RunFilter, size: int, before: str = "",
     )
     table = _table(
         ("run", "workflow", "status", "started (UTC)", "duration", "tasks done", "tokens"),
-        [run_row(r) for r in page.rows],
+        [run_row(r, now) for r in page.rows],
         "runs",
     )
     more = ""
@@ -121,13 +123,14 @@ def runs(page: RunsPage, wanted: RunFilter, size: int, before: str = "",
     return f'<section id="follow"{live}>' + form + table + empty + more + "</section>"
 
 
-def run_row(r: RunRow) -> str:
-    """One line of the runs list (also pushed to an open list when the run moves)."""
+def run_row(r: RunSummary, now: float) -> str:
+    """One line of the runs list (also pushed to an open list when the run moves); a run
+    not ended has lasted until `now`."""
     return (
         f'<tr data-run="{_e(r.run_id)}">'
         f'<td><a href="/runs/{quote(r.run_id)}">{_e(r.run_id)}</a></td>'
         f'<td>{_e(r.workflow)}</td><td class="st {_e(r.status)}">{_e(r.status)}</td>'
-        f"<td>{clock(r.started_at)}</td><td>{r.duration_s:.3f}s</td>"
+        f"<td>{clock(r.started_at)}</td><td>{r.duration_s(now):.3f}s</td>"
         f"<td>{r.done}/{r.total}</td><td>{r.tokens}</td></tr>"
     )
 

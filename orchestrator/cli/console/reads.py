@@ -11,7 +11,6 @@ the log, so a page is always what the log says now."""
 from __future__ import annotations
 
 import asyncio
-import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -35,36 +34,6 @@ SECRET_FIELDS = frozenset({"lease_token"})
 """Fields a page never shows: an attempt's lease token fences its ownership."""
 EVENTS_MAX = 500
 """At most this many of a run's events on its page (then a link to audit search)."""
-
-
-class RunRow(msgspec.Struct, frozen=True):
-    """One line of the runs list."""
-
-    run_id: str
-    workflow: str
-    status: str
-    started_at: float
-    duration_s: float
-    done: int
-    total: int
-    tokens: int
-    forked_from: str = ""
-
-
-def row_of(summary: RunSummary, now: float) -> RunRow:
-    """A run's line, from its summary; a run not ended has lasted until `now`."""
-    end = summary.finished_at or now
-    return RunRow(
-        run_id=summary.run_id,
-        workflow=summary.workflow,
-        status=summary.status,
-        started_at=summary.started_at,
-        duration_s=max(0.0, end - summary.started_at) if summary.started_at else 0.0,
-        done=summary.done,
-        total=summary.total,
-        tokens=summary.tokens,
-        forked_from=summary.forked_from,
-    )
 
 
 LAG_MAX = 5000
@@ -156,7 +125,7 @@ class RunFilter(msgspec.Struct, frozen=True):
     until: float = 0.0
     """Only runs started before this Unix time (0: no bound)."""
 
-    def matches(self, row: RunRow) -> bool:
+    def matches(self, row: RunSummary) -> bool:
         return (
             (not self.status or row.status == self.status)
             and (not self.workflow or row.workflow == self.workflow)
@@ -167,7 +136,7 @@ class RunFilter(msgspec.Struct, frozen=True):
 
 
 class RunsPage(msgspec.Struct, frozen=True):
-    rows: list[RunRow]
+    rows: list[RunSummary]
     next_before: str
     """The cursor of the next (older) page: pass it as `before`; '' on the last page."""
     scanned: int
@@ -192,12 +161,10 @@ async def runs_page(
     ids = sorted((journal.run_id_of(n) for n in names), reverse=True)
     if before:
         ids = [i for i in ids if i < before]
-    rows: list[RunRow] = []
+    rows: list[RunSummary] = []
     projected = await summaries.projected(store)
-    now = time.time()
     for scanned, run_id in enumerate(ids, start=1):
-        summary = projected.get(run_id) or await summaries.row(store, run_id)
-        row = row_of(summary, now)
+        row = projected.get(run_id) or await summaries.row(store, run_id)
         if wanted.matches(row):
             rows.append(row)
             if len(rows) == size:

@@ -203,8 +203,8 @@ async def runs_live(
         for run_id in sorted(run_ids, reverse=True):
             if not await store.stream_version(journal.run_stream(run_id)):
                 continue  # not a run of this log
-            row = reads.row_of(await summaries.row(store, run_id), now)
-            sent.append({"run": row.run_id, "html": pages.run_row(row),
+            row = await summaries.row(store, run_id)
+            sent.append({"run": row.run_id, "html": pages.run_row(row, now),
                          "match": wanted.matches(row)})  # fmt: skip
         return _sse("rows", sent) if sent else b""
 
