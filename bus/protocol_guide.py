@@ -273,6 +273,16 @@ the digest pins the content; replay, fork, audit and export keep the reference, 
   list, then the map or list itself if it is still over. Below it, values stay inline.
   A value the orchestrator must read to decide (a planner's plan, a router's choice)
   must stay under the threshold.
+- **Inputs the orchestrator assembles.** An assignment's `input` is made of the run's
+  values (the run's input, the dependencies' outputs, a handed-off context, a chat's
+  transcript), each of which may be under the threshold while together they are far over
+  the message limit (a join over many outputs). When an assignment would be over half
+  the limit, the orchestrator stores the large parts of its input as blobs and sends
+  references instead, the same walk as above; the log keeps the values where they were
+  recorded. Only the agent the assignment is for may read those blobs (the grant lives
+  in the orchestrator that sent it; an orchestrator that serves the run next sends the
+  assignment again, with the grant). Nothing is asked of an agent beyond reading
+  references.
 - **The bytes of a value**, by `media_type`: a string is its UTF-8 bytes
   (`text/plain; charset=utf-8`); bytes are themselves (`application/octet-stream`);
   anything else is its msgpack (`application/msgpack`), which may hold references of its
@@ -302,15 +312,17 @@ the digest pins the content; replay, fork, audit and export keep the reference, 
   other login may publish there); the orchestrator takes the sender from the subject.
   An agent may upload for a run in which it holds (or held last) a task, and read a blob
   the run's log refers to (or a blob so referred to refers to): its input, a
-  dependency's output, a transcript, a handed-off context. Not another run's blob, not a
+  dependency's output, a transcript, a handed-off context; and the blobs of an input
+  assembled for it (above). Not another run's blob, not a
   digest it guessed: `BlobRefused`. Sharing the runs, the owner of the run answers.
 - **Errors** (`error` replies, see *Error codes*): `BlobMismatch`, `BlobNotFound`,
   `BlobRefused`, `BlobTooLarge` (over the orchestrator's largest blob, 256 MiB by
   default, or 4 uploads of the agent open at once, or 1 GiB of uploads open in all), `BlobUploadBroken` (start again from 0),
   `BlobUnavailable`, `BadBlobRequest`, `MalformedMessage`.
 - **Keeping them.** The log is append-only, so a run's blobs stay as long as its log.
-  Uploads whose event never came (a refused or lost result) are collected by
-  `baton blobs gc` once older than its `--grace` (default one hour).
+  Uploads whose event never came (a refused or lost result), and assembled inputs (their
+  values are in the log already), are collected by `baton blobs gc` once older than its
+  `--grace` (default one hour).
 """
 
 ERRORS = """

@@ -36,6 +36,8 @@ from bus.connection import Bus, Incoming, Subscription
 from bus.errors import BusError, MalformedMessage
 from bus.protocol import (
     BLOB_CHUNK_BYTES,
+    BLOB_THRESHOLD,
+    Assignment,
     BlobChunk,
     BlobGet,
     BlobPut,
@@ -304,6 +306,25 @@ class BlobService:
             raise BlobUnavailable(str(exc)) from exc
         self._cache.put(info.digest, data, upload.media_type)
         return BlobPutAck(info.size, BlobRef(info.digest, info.size, upload.media_type))
+
+    # -- assignments -----------------------------------------------------------------
+
+    async def by_reference(self, agent_id: str, assignment: Assignment) -> Assignment:
+        """`assignment` with the large parts of its input stored as blobs and replaced by
+        their references, which `agent_id` (and only an agent the run's log refers them
+        to) may then read. For an input assembled from many values that are each under the
+        threshold but together too large for one message (a join over many outputs, a long
+        handoff context). The same input gives the same blobs, so a re-send stores nothing
+        new; the log keeps the values themselves, in the events that produced them."""
+
+        async def put(data: bytes, media_type: str) -> BlobRef:
+            info = await self._store.blobs.put(data, media_type)
+            self._cache.put(info.digest, data, media_type)
+            self._grants.set((agent_id, assignment.run_id, info.digest), True)
+            return BlobRef(info.digest, info.size, media_type)
+
+        shrunk = await blobs.externalize(assignment.input, put, BLOB_THRESHOLD)
+        return msgspec.structs.replace(assignment, input=shrunk)
 
     # -- downloads -------------------------------------------------------------------
 

@@ -29,6 +29,7 @@ from bus.protocol import (
     ProgressBatch,
 )
 from bus.tracecontext import TraceContext, new_span_id, new_trace_id
+from eventstore import EventStoreError
 from orchestrator.core.commands import Command, DeliveryFailed
 from orchestrator.core.effects import (
     Effect,
@@ -49,6 +50,8 @@ _reply_decoder: Decoder[AssignReply] = Decoder(AssignReply)
 
 Undeliverable = Callable[[str, list[tuple[Command, Cause]]], Awaitable[Any]]
 """Takes a run's `DeliveryFailed` commands, for assignments their agents did not take."""
+ByReference = Callable[[str, Assignment], Awaitable[Assignment]]
+"""An assignment for an agent with its input's large parts sent as blob references."""
 
 
 @dataclass(frozen=True)
@@ -87,8 +90,12 @@ class Outbound:
         undeliverable: Undeliverable,
         assign_timeout: float,
         instance_of: Callable[[str], str] = lambda agent_id: "",
+        by_reference: ByReference | None = None,
     ) -> None:
         self._bus = bus
+        self._by_reference = by_reference
+        """Stores the large parts of an assignment's input as blobs (for an input too large
+        to travel in one message); without it, such an assignment is undeliverable."""
         self._instance_of = instance_of
         """The process that owns an agent id: only it may act on what is sent to the id."""
         self._obs = obs
@@ -150,8 +157,13 @@ class Outbound:
             message = AssignBatch([d.assignment for d in batch])
         errors: list[str]
         try:
+            data = encode(message)
+            large = len(data) > MAX_MESSAGE_BYTES // 2  # a lone one: batches are cut smaller
+            if large and isinstance(message, Assignment) and self._by_reference is not None:
+                message = await self._by_reference(agent_id, message)
+                data = encode(message)
             reply = await self._bus.request(
-                subjects.assign(agent_id), encode(message), self._assign_timeout, trace
+                subjects.assign(agent_id), data, self._assign_timeout, trace
             )
             answer = _reply_decoder.decode(reply)
             if isinstance(answer, ErrorReply):
@@ -169,7 +181,7 @@ class Outbound:
             for d in batch:
                 self._obs.dispatched(d.span, "connection closed")
             return
-        except (RequestFailed, MalformedMessage) as exc:
+        except (RequestFailed, MalformedMessage, EventStoreError) as exc:
             errors = [str(exc)] * len(batch)
         failed: list[tuple[Command, Cause]] = []
         for d, error in zip(batch, errors, strict=True):

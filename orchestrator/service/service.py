@@ -141,6 +141,7 @@ class Orchestrator:
             undeliverable=lambda run_id, failed: self._pipeline.execute(run_id, failed),
             assign_timeout=assign_timeout,
             instance_of=self._registry.instance_of,
+            by_reference=self.blobs.by_reference,
         )
         self._pipeline = Pipeline(
             store,
