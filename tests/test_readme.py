@@ -7,6 +7,7 @@ a case here fails `test_every_readme_command_is_run`."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import getpass
 import io
@@ -26,7 +27,9 @@ from typing import Any
 import pytest
 
 from agents import cli as agent_cli
+from bus import blobs
 from bus.server import find_binary
+from eventstore import SqliteEventStore
 from orchestrator.cli import a2a_cli
 from orchestrator.cli import main as baton_cli
 from orchestrator.cli import tool as tool_cli
@@ -193,6 +196,18 @@ def _json_lines(output: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
+LARGE = "a value over the blob threshold. " * 10_000
+
+
+async def _store_blob(path: Path, value: str) -> str:
+    """Store `value` as a blob beside the log at `path`, as a large output would be."""
+    store = await SqliteEventStore.open(path)
+    try:
+        return (await store.blobs.put(value.encode(), blobs.TEXT)).digest
+    finally:
+        await store.close()
+
+
 def test_a_run_and_what_the_readme_does_with_its_id(
     readme: tuple[User, list[str]], tmp_path: Path
 ) -> None:
@@ -221,6 +236,10 @@ def test_a_run_and_what_the_readme_does_with_its_id(
             out[command] = user.run(command, run_id=fork.group(1))
         elif command.startswith(".venv/bin/baton import"):
             out[command] = user.run(command, state=tmp_path / "elsewhere")
+        elif command.startswith(".venv/bin/baton blobs get"):
+            digest = asyncio.run(_store_blob(user.home / ".baton" / "events.db", LARGE))
+            out[command] = user.run(command, digest=digest)
+            assert (user.home / "FILE").read_text() == LARGE
         else:
             out[command] = user.run(command, run_id=run_id)
     assert "completed" in out[".venv/bin/baton replay <run-id>"]
