@@ -12,6 +12,8 @@ import contextlib
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from eventstore import MemoryEventStore, ProjectionStore, Projector
 from eventstore.memory import MemoryProjections
@@ -177,5 +179,84 @@ def test_a_seeded_projection_is_the_fold_and_the_projector_goes_on_from_it() -> 
         await Projector(store, port, RunSummaries(store)).run(until_position=last)
         rows = await _rows(port, run_summaries.NAME)
         assert rows == await _folded(store, [*runs, "after-seed"])
+
+    asyncio.run(scenario())
+
+
+def _shown(page: reads.RunsPage) -> list[tuple[str, str, int, int, int]]:
+    return [(r.run_id, r.status, r.done, r.total, r.tokens) for r in page.rows]
+
+
+async def _every_page(
+    store: MemoryEventStore, summaries: reads.Summaries, wanted: reads.RunFilter, size: int
+) -> list[tuple[str, str, int, int, int]]:
+    """Every page of the runs list, following each page's cursor to the end."""
+    shown: list[tuple[str, str, int, int, int]] = []
+    before = ""
+    while True:
+        page = await reads.runs_page(store, summaries, wanted, before, size)
+        shown += _shown(page)
+        if not page.next_before:
+            return shown
+        before = page.next_before
+
+
+FORK_IDS = st.sampled_from(["0-first", "zz-last", "20261204-120000-aaaaaa", "m-middle", "fk1"])
+STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("fork"), st.integers(0, 100), st.integers(1, 99), FORK_IDS),
+        st.tuples(st.just("project"), st.integers(0, 100)),
+        st.tuples(
+            st.just("page"),
+            st.integers(1, 7),
+            st.sampled_from(["", "completed", "failed", "stopped"]),
+        ),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(steps=STEPS, lag_max=st.sampled_from([2, 40, reads.LAG_MAX]))
+def test_a_kept_runs_list_shows_what_a_fold_shows_as_the_log_and_projection_move(
+    steps: list[tuple[Any, ...]], lag_max: int
+) -> None:
+    """One console's `Summaries`, kept across pages while runs are forked (ids before,
+    among and after the others) and the projection is caught up in jumps (small ones read
+    only the moved rows again, large ones every row): every page, followed to the end
+    through its cursors, is what a runs list folded from the log alone shows."""
+    store, runs = _store()
+
+    async def scenario() -> None:
+        port = MemoryEventStore().projections
+        kept = reads.Summaries(port, lag_max=lag_max)
+        projected = 0
+        made = 0
+        for step in steps:
+            last = await store.last_position()
+            if step[0] == "fork":
+                _, which, at, new_id = step
+                source = runs[which % len(runs)]
+                positions = await reads.run_positions(store, source)
+                new_id = f"{new_id}-{made}"
+                made += 1
+                await history.fork(
+                    store, source, positions[at * len(positions) // 100], new_id, "human:t"
+                )
+                runs.append(new_id)
+            elif step[0] == "project":
+                target = projected + (last - projected) * step[1] // 100
+                if target > projected:
+                    projector = Projector(store, port, RunSummaries(store))
+                    projected = await projector.run(until_position=target)
+            else:
+                _, size, status = step
+                wanted = reads.RunFilter(status=status)
+                shown = await _every_page(store, kept, wanted, size)
+                assert shown == await _every_page(store, reads.Summaries(), wanted, size)
+                assert len({row[0] for row in shown}) == len(shown), "a run shown twice"
+        everything = await _every_page(store, kept, reads.RunFilter(), 5)
+        assert sorted(row[0] for row in everything) == sorted(runs)
 
     asyncio.run(scenario())

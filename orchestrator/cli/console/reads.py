@@ -11,6 +11,8 @@ the log, so a page is always what the log says now."""
 from __future__ import annotations
 
 import asyncio
+import bisect
+import heapq
 from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -43,10 +45,37 @@ HELD = 64
 
 
 @dataclass
+class Projected:
+    """The run summaries projection's rows, decoded, as of its checkpoint `at`, with their
+    run ids sorted; and `moved`, the runs events after `at` moved (their rows are folded
+    from the log instead)."""
+
+    at: int = 0
+    rows: dict[str, RunSummary] = field(default_factory=dict)
+    ids: list[str] = field(default_factory=list)
+    moved: frozenset[str] = frozenset()
+
+    def current(self, run_id: str) -> RunSummary | None:
+        return None if run_id in self.moved else self.rows.get(run_id)
+
+    def newest_first(self, before: str) -> tuple[Iterable[str], int]:
+        """The run ids older than `before` ('' none), newest first, and how many."""
+        upto = bisect.bisect_left(self.ids, before) if before else len(self.ids)
+        new = (i for i in self.moved if i not in self.rows and (not before or i < before))
+        unseen = sorted(new, reverse=True)
+        older = (self.ids[n] for n in range(upto - 1, -1, -1))
+        return heapq.merge(older, unseen, reverse=True), upto + len(unseen)
+
+
+@dataclass
 class Summaries:
     """The runs' rows: from the run summaries projection in `port` where it is current,
     else folded from the log (the states of runs still going are kept, `HELD` of them,
-    and folded on from where they were; the rows of ended runs are kept, `limit`)."""
+    and folded on from where they were; the rows of ended runs are kept, `limit`).
+
+    The projection's rows are decoded once and kept (`kept`); as its checkpoint moves on,
+    only the rows of the runs the events in between moved are read again, so a page of a
+    log with a hundred thousand runs does not decode a hundred thousand rows."""
 
     port: ProjectionStore | None = None
     name: str = run_summaries.NAME
@@ -56,30 +85,60 @@ class Summaries:
     folding: dict[str, asyncio.Future[RunSummary]] = field(default_factory=dict)
     folded: int = 0
     """Rows folded from the log so far (not read from the projection)."""
+    lag_max: int = LAG_MAX
+    kept: Projected = field(default_factory=Projected)
+    reading: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    async def projected(self, store: EventStore) -> dict[str, RunSummary]:
-        """The projection's rows that are current: those of runs no event after its
-        checkpoint moved (none while it is far behind, being rebuilt)."""
+    async def projected(self, store: EventStore) -> Projected | None:
+        """The projection's rows and the runs moved since its checkpoint; `None` while
+        it has none or is far behind (being rebuilt), or its rows cannot be read."""
         if self.port is None:
-            return {}
+            return None
         try:
-            checkpoint = await self.port.checkpoint(self.name)
-        except EventStoreError:  # the rows cannot be read now: the log can
-            return {}
-        if not checkpoint:
-            return {}
-        last = await store.last_position()
-        stale: set[str] = set()
-        if last > checkpoint:
-            newer = await store.query(EventQuery(from_position=checkpoint + 1, limit=LAG_MAX + 1))
-            if len(newer) > LAG_MAX:
-                return {}
-            stale = {journal.run_id_of(e.stream) for e in newer}
-        try:
-            rows = await self.port.items(self.name)
-            return {k: run_summaries.decode(v) for k, v in rows if k not in stale}
+            async with self.reading:
+                checkpoint = await self.port.checkpoint(self.name)
+                if not checkpoint:
+                    return None
+                kept = await self._catch_up(store, self.port, checkpoint)
+            last = await store.last_position()
+            moved: frozenset[str] = frozenset()
+            if last > checkpoint:
+                newer = await store.query(
+                    EventQuery(from_position=checkpoint + 1, limit=self.lag_max + 1)
+                )
+                if len(newer) > self.lag_max:
+                    return None
+                moved = frozenset(_runs_of(newer))
         except (EventStoreError, msgspec.DecodeError):  # the log can still be folded
-            return {}
+            self.kept = Projected()
+            return None
+        return Projected(kept.at, kept.rows, kept.ids, moved)
+
+    async def _catch_up(
+        self, store: EventStore, port: ProjectionStore, checkpoint: int
+    ) -> Projected:
+        """`kept` brought to `checkpoint`: the rows of the runs moved in between read
+        again, or every row when that is more than `lag_max` events (or the first time)."""
+        kept = self.kept
+        if kept.at == checkpoint:
+            return kept
+        if kept.at and kept.at < checkpoint <= kept.at + self.lag_max:
+            between = await store.query(
+                EventQuery(from_position=kept.at + 1, to_position=checkpoint)
+            )
+            rows, ids = dict(kept.rows), kept.ids
+            for run_id in _runs_of(between):
+                raw = await port.get(self.name, run_id)
+                if raw is None:
+                    continue
+                if run_id not in rows:
+                    ids = [*ids[: (at := bisect.bisect_left(ids, run_id))], run_id, *ids[at:]]
+                rows[run_id] = run_summaries.decode(raw)
+            self.kept = Projected(checkpoint, rows, ids)
+        else:
+            decoded = {k: run_summaries.decode(v) for k, v in await port.items(self.name)}
+            self.kept = Projected(checkpoint, decoded, sorted(decoded))
+        return self.kept
 
     async def row(self, store: EventStore, run_id: str) -> RunSummary:
         """A run's row as the log has it now, folded (see `projected` for the fast way)."""
@@ -111,6 +170,10 @@ class Summaries:
             while len(self.states) > HELD:
                 self.states.popitem(last=False)
         return made
+
+
+def _runs_of(events: Iterable[StoredEvent]) -> set[str]:
+    return {journal.run_id_of(e.stream) for e in events if e.stream.startswith(journal.RUN_PREFIX)}
 
 
 class RunFilter(msgspec.Struct, frozen=True):
@@ -150,26 +213,33 @@ async def runs_page(
     size: int = 50,
 ) -> RunsPage:
     """Newest runs first (run ids begin with their start time), `size` of those that
-    match, older than the run `before`. Runs still open are found without reading the
-    ended ones (`open_streams`), so a status filter of `running` costs what is running."""
+    match, older than the run `before`: the projection's rows, kept in memory, and the
+    rows of the runs it has not reached, folded. Without a current projection, every run
+    is folded (runs still open found with `open_streams` for a `running` or `new` filter,
+    without reading the ended ones)."""
     if not 1 <= size <= PAGE_MAX:
         raise BadInput("size", f"must be 1 to {PAGE_MAX}")
-    if wanted.status in ("running", "new"):
-        names = await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS)
-    else:
-        names = await store.streams(journal.RUN_PREFIX)
-    ids = sorted((journal.run_id_of(n) for n in names), reverse=True)
-    if before:
-        ids = [i for i in ids if i < before]
-    rows: list[RunSummary] = []
     projected = await summaries.projected(store)
+    ids: Iterable[str]
+    if projected is None:
+        if wanted.status in ("running", "new"):
+            names = await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS)
+        else:
+            names = await store.streams(journal.RUN_PREFIX)
+        listed = sorted((journal.run_id_of(n) for n in names), reverse=True)
+        if before:
+            listed = [i for i in listed if i < before]
+        ids, count = listed, len(listed)
+    else:  # every run has a row, or has moved since the projection's checkpoint
+        ids, count = projected.newest_first(before)
+    rows: list[RunSummary] = []
     for scanned, run_id in enumerate(ids, start=1):
-        row = projected.get(run_id) or await summaries.row(store, run_id)
+        row = (projected and projected.current(run_id)) or await summaries.row(store, run_id)
         if wanted.matches(row):
             rows.append(row)
             if len(rows) == size:
-                return RunsPage(rows, run_id if scanned < len(ids) else "", scanned)
-    return RunsPage(rows, "", len(ids))
+                return RunsPage(rows, run_id if scanned < count else "", scanned)
+    return RunsPage(rows, "", count)
 
 
 async def run_state(store: EventStore, run_id: str, at: str = "") -> tuple[RunState, int]:
