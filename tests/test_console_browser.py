@@ -69,6 +69,8 @@ class Watched(NamedTuple):
     delays: list[float]
     pushed: dict[str, int]
     """Event lines and waterfalls the live pushes brought (`window.batonPushed`)."""
+    graph: dict[str, str]
+    """Each task graph node's state at the end."""
 
 
 def _statuses(page: Any) -> dict[str, str]:
@@ -98,7 +100,12 @@ def watched(env: ConsoleEnv, page: Any, tmp_path_factory: pytest.TempPathFactory
     delays = [float(d) for d in page.evaluate("window.batonDelays")]
     page.wait_for_function("window.batonPushed.succeededDrawn === 5", timeout=WAIT_MS)
     pushed = page.evaluate("window.batonPushed")
-    return Watched(run_id, _statuses(page), reloaded, delays, pushed)
+    graph: dict[str, str] = page.eval_on_selector_all(
+        "svg.graph g[data-node]",
+        "nodes => Object.fromEntries(nodes.map(n => [n.dataset.node, "
+        "n.getAttribute('class').replace('node st ', '')]))",
+    )
+    return Watched(run_id, _statuses(page), reloaded, delays, pushed, graph)
 
 
 def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path: Path) -> None:
@@ -108,6 +115,8 @@ def test_a_live_run_turns_succeeded_without_a_reload(watched: Watched, tmp_path:
     assert watched.delays, "states were pushed after the page opened"
     assert watched.pushed["events"] > 0, "the run's new events came with the pushes"
     assert watched.pushed["waterfalls"] > 0, "so did its waterfall"
+    assert watched.pushed["graphSucceeded"] == 5, "the graph's nodes turned with the pushes"
+    assert watched.graph == watched.statuses, "and the graph drawn at the end agrees"
     figures = {
         "pushes": len(watched.delays),
         "median_append_to_page_ms": round(statistics.median(watched.delays) * 1000, 1),

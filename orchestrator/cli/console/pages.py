@@ -15,6 +15,7 @@ from urllib.parse import quote, urlencode
 
 from bus.protocol import ToolCallRecord
 from eventstore import VerifyReport
+from orchestrator.cli.console import graph
 from orchestrator.cli.console.reads import (
     EVENTS_MAX,
     RUN_STATUSES,
@@ -141,8 +142,9 @@ def _task_rows(state: RunState) -> list[str]:
         spec = state.graph.get(task_id)
         needs = ", ".join(spec.deps) if spec is not None else ""
         shown = json.dumps(task.output, default=str)[:200] if task.output is not None else ""
+        step = f' data-step="{_e(spec.step)}"' if spec is not None else ""
         rows.append(
-            f'<tr data-task="{_e(task_id)}"><td>{_e(task_id)}</td>'
+            f'<tr data-task="{_e(task_id)}"{step}><td>{_e(task_id)}</td>'
             f"<td>{_e(state.role_of(task_id) if spec else task.role)}</td>"
             f"<td>{_e(needs)}</td>"
             f'<td class="st {_e(task.status)}">{_e(task.status)}</td>'
@@ -300,7 +302,8 @@ def run(
         + facts + as_of + slider + fork + decide + cancel
         + "<h2>Timeline</h2>"
         + f'<div id="waterfall">{drawn}</div>'
-        + "<h2>Tasks</h2>" + tasks + "<h2>Token usage</h2>" + usage(state) + result
+        + "<h2>Tasks</h2>" + f'<div id="graph">{graph.draw(state)}</div>' + tasks
+        + "<h2>Token usage</h2>" + usage(state) + result
         + f'<h2>Events (<span id="events-count">{len(events)}</span>)</h2>'
         + (
             f'<p>the newest {len(events)}; every one in <a href="/audit?run={quote(run_id)}">'

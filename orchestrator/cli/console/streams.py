@@ -50,9 +50,10 @@ async def live_state(
     last = await store.read_stream(journal.run_stream(run_id), from_version=state.version)
     tasks = {
         task_id: {"status": t.status, "attempt": t.attempt, "agent": t.agent_id,
-                  "tokens": t.tokens, "role": t.role or (state.graph[task_id].role
-                                                         if task_id in state.graph else "")}
+                  "tokens": t.tokens, "role": t.role or (spec.role if spec else ""),
+                  "step": spec.step if spec else ""}
         for task_id, t in changed
+        for spec in [state.graph.get(task_id)]
     }  # fmt: skip
     sent = {
         "status": state.status,

@@ -8,7 +8,7 @@ window.batonDelays = [];
 // The same for the event lines that follow each state (the newest line's age).
 window.batonLineDelays = [];
 // What the pushes of a live run brought besides its tasks: event lines, waterfalls.
-window.batonPushed = { events: 0, waterfalls: 0, succeededDrawn: 0 };
+window.batonPushed = { events: 0, waterfalls: 0, succeededDrawn: 0, graphSucceeded: 0 };
 
 const ENDED = ["completed", "failed", "stopped"];
 
@@ -40,6 +40,7 @@ function updateRun(state) {
     if (!row) {
       row = document.createElement("tr");
       row.dataset.task = taskId;
+      if (task.step) row.dataset.step = task.step;
       row.innerHTML = "<td>" + esc(taskId) + "</td><td>" + esc(task.role) + "</td><td></td>" +
         '<td class="st"></td><td class="attempt"></td><td class="agent"></td>' +
         '<td class="tokens"></td><td class="out"></td>';
@@ -52,7 +53,12 @@ function updateRun(state) {
     row.querySelector("td.attempt").textContent = task.attempt;
     row.querySelector("td.agent").textContent = task.agent;
     row.querySelector("td.tokens").textContent = task.tokens;
+    const node = section.querySelector('svg.graph g[data-node="' + CSS.escape(taskId) + '"]');
+    if (node) node.setAttribute("class", "node st " + task.status);
   }
+  recountSteps(section);
+  window.batonPushed.graphSucceeded =
+    section.querySelectorAll("svg.graph g.node.succeeded").length;
   section.dataset.version = state.version;
   section.dataset.status = state.status;
   // the first state is the one at connection: its event may be old; each later one is
@@ -62,6 +68,31 @@ function updateRun(state) {
   }
   section.dataset.seen = "1";
   return escalated;
+}
+
+// A large run's graph has a node per step: its tasks, counted again from the task table
+// (graph.py draws the same colour and title).
+const STEP_ORDER = ["succeeded", "running", "active", "pending", "escalated", "failed",
+                    "skipped", "cancelled"];
+const STEP_SHOWN = ["failed", "escalated", "running", "active", "pending", "succeeded",
+                    "skipped"];
+
+function recountSteps(section) {
+  for (const node of section.querySelectorAll("svg.graph g[data-step]")) {
+    const step = node.dataset.step;
+    const counted = {};
+    let total = 0;
+    for (const row of section.querySelectorAll('table.tasks tbody tr[data-step="' +
+                                               CSS.escape(step) + '"]')) {
+      const status = row.querySelector("td.st").textContent;
+      counted[status] = (counted[status] || 0) + 1;
+      total += 1;
+    }
+    const shown = STEP_SHOWN.find((s) => counted[s]) || "cancelled";
+    node.setAttribute("class", "node st " + shown);
+    const said = STEP_ORDER.filter((s) => counted[s]).map((s) => counted[s] + " " + s);
+    node.querySelector("title").textContent = step + " (" + total + "): " + said.join(", ");
+  }
 }
 
 // The run's section read again from the console (its timeline, token use, result,
