@@ -79,6 +79,16 @@ class TestJetStreamEventStore(ProjectionContract):
         async with fresh_store(self.url) as store:
             yield store
 
+    @contextlib.asynccontextmanager
+    async def second_view(self, store: EventStore) -> AsyncIterator[EventStore]:
+        assert isinstance(store, JetStreamEventStore)
+        layout = store._layout
+        other = await JetStreamEventStore.open(self.url, layout.name, subject_prefix=layout.prefix)
+        try:
+            yield other
+        finally:
+            await other.close()
+
 
 # -- what only this backend can get wrong ------------------------------------------------
 
