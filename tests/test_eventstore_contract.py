@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -128,6 +129,47 @@ ops = st.one_of(
 )
 # Each round's operations run concurrently; rounds run one after the other.
 histories = st.lists(st.lists(ops, min_size=1, max_size=4), max_size=8)
+
+
+# -- queries against a plain filter (the property test) ---------------------------------
+
+QUERY_STREAMS = ["run-a", "run-b", "agent-x"]
+QUERY_TYPES = ["task.assigned", "task.done", "run.started", "tool.call", "odd[1]*"]
+QUERY_RUNS = ["r1", "r2", "r3", ""]
+QUERY_ACTORS = ["orchestrator", "agent:a", "agent:b"]
+QUERY_WORDS = ["disk full", "all good", "full stop", "{}"]
+
+event_queries = st.builds(
+    EventQuery,
+    stream=st.none() | st.sampled_from([*QUERY_STREAMS, "nowhere"]),
+    correlation_id=st.none() | st.sampled_from([*QUERY_RUNS, "r9"]),
+    actor=st.none() | st.sampled_from([*QUERY_ACTORS, "nobody"]),
+    type_glob=st.none()
+    | st.sampled_from(["task.*", "*", "run.*", "tool.call", "*.d?ne", "odd[1]?", "nothing"]),
+    text=st.none() | st.sampled_from(["full", "good", "absent"]),
+    from_position=st.integers(-2, 140),
+    to_position=st.none() | st.integers(0, 140),
+    limit=st.none() | st.integers(0, 12),
+)
+
+
+def plainly_matches(query: EventQuery, event: StoredEvent) -> bool:
+    """`query`'s filters, written out independently of any store's code."""
+    glob = query.type_glob
+    pattern = None
+    if glob is not None:
+        pattern = "".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in glob)
+    return (
+        event.position >= query.from_position
+        and (query.to_position is None or event.position <= query.to_position)
+        and query.stream in (None, event.stream)
+        and query.correlation_id in (None, event.correlation_id)
+        and query.actor in (None, event.actor)
+        and (pattern is None or re.fullmatch(pattern, event.type, re.DOTALL) is not None)
+        and (query.text is None or query.text.encode() in event.data)
+        and (query.since is None or event.recorded_at >= query.since)
+        and (query.until is None or event.recorded_at < query.until)
+    )
 
 
 class EventStoreContract:
@@ -714,6 +756,64 @@ class EventStoreContract:
             assert await ids(text="full", to_position=5, limit=2) == ["1", "3"]
 
         self.run(scenario)
+
+    def second_view(self, store: EventStore) -> AbstractAsyncContextManager[EventStore]:
+        """Another store object on `store`'s log (a second process's view), closed when the
+        context ends; by default `store` itself."""
+        return contextlib.nullcontext(store)
+
+    def test_queries_equal_a_filtered_read_of_the_whole_log(self) -> None:
+        """Every query answers exactly what filtering the whole log in Python gives (order,
+        bounds, limit), also after another store object on the log appended more."""
+
+        async def grow(writer: EventStore, rng: random.Random, count: int) -> None:
+            for _ in range(count):
+                stream = rng.choice(QUERY_STREAMS)
+                version = await writer.stream_version(stream)
+                batch = [
+                    ev(
+                        f"q{rng.getrandbits(64):x}",
+                        rng.choice(QUERY_TYPES),
+                        rng.choice(QUERY_WORDS).encode(),
+                        correlation_id=rng.choice(QUERY_RUNS),
+                        actor=rng.choice(QUERY_ACTORS),
+                    )
+                    for _ in range(rng.randint(1, 4))
+                ]
+                await writer.append(stream, batch, version)
+
+        loop = asyncio.new_event_loop()
+        context = self.make_store()
+        store = loop.run_until_complete(context.__aenter__())
+        try:
+            view = self.second_view(store)
+            writer = loop.run_until_complete(view.__aenter__())
+            try:
+                loop.run_until_complete(grow(store, random.Random(7), 30))
+
+                @settings(
+                    max_examples=self.max_examples,
+                    deadline=None,
+                    suppress_health_check=[HealthCheck.too_slow],
+                )
+                @given(query=event_queries, more=st.integers(0, 3), seed=st.integers(0, 2**32))
+                def check(query: EventQuery, more: int, seed: int) -> None:
+                    async def scenario() -> None:
+                        await grow(writer, random.Random(seed), more)
+                        log = await store.read_all()
+                        expected = [e for e in log if plainly_matches(query, e)]
+                        if query.limit is not None:
+                            expected = expected[: query.limit]
+                        assert await store.query(query) == expected
+
+                    loop.run_until_complete(scenario())
+
+                check()
+            finally:
+                loop.run_until_complete(view.__aexit__(None, None, None))
+        finally:
+            loop.run_until_complete(context.__aexit__(None, None, None))
+            loop.close()
 
     # -- subscriptions -------------------------------------------------------------------
 

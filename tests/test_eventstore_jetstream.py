@@ -23,6 +23,7 @@ import pytest
 from bus.server import EmbeddedNats
 from eventstore import (
     ConcurrencyError,
+    EventQuery,
     EventStore,
     NewEvent,
     Projector,
@@ -78,6 +79,16 @@ class TestJetStreamEventStore(ProjectionContract):
     async def make_store(self) -> AsyncIterator[EventStore]:
         async with fresh_store(self.url) as store:
             yield store
+
+    @contextlib.asynccontextmanager
+    async def second_view(self, store: EventStore) -> AsyncIterator[EventStore]:
+        assert isinstance(store, JetStreamEventStore)
+        layout = store._layout
+        other = await JetStreamEventStore.open(self.url, layout.name, subject_prefix=layout.prefix)
+        try:
+            yield other
+        finally:
+            await other.close()
 
 
 # -- what only this backend can get wrong ------------------------------------------------
@@ -416,3 +427,63 @@ def test_an_append_while_the_server_is_away_waits_for_it_and_says_so_once(
     said = [r.getMessage() for r in caplog.records if "appends paused" in r.getMessage()]
     assert len(said) == 1, said
     assert said[0].startswith("event log BATON_EVENTS: no leader or no connection")
+
+
+def test_queries_during_own_appends_neither_break_the_index_nor_miss_events(
+    nats_url: str,
+) -> None:
+    """A query catches the index up with the log while this store's appends are in
+    flight, so it may learn a batch before the writer does: the writer must take that in
+    its stride, and every query answers a prefix of the log that holds every append
+    acknowledged before the query began."""
+
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            acknowledged: list[StoredEvent] = []
+
+            async def append(k: int) -> None:
+                for n in range(8):
+                    stored = await store.append(
+                        f"s{k}",
+                        [ev(f"{k}-{n}-{m}", "task.done", correlation_id="r") for m in range(2)],
+                        2 * n,
+                    )
+                    acknowledged.extend(stored)
+
+            async def query() -> None:
+                for _ in range(30):
+                    known = {e.event_id for e in acknowledged}
+                    found = await store.query(EventQuery(type_glob="task.*", correlation_id="r"))
+                    assert [e.position for e in found] == list(range(1, len(found) + 1))
+                    assert known <= {e.event_id for e in found}
+
+            await asyncio.gather(*(append(k) for k in range(3)), *(query() for _ in range(3)))
+            log = await store.read_all()
+            assert len(log) == 48
+            assert await store.query(EventQuery(correlation_id="r")) == log
+            assert (await store.verify()).ok
+
+    asyncio.run(main())
+
+
+def test_the_index_takes_an_event_it_already_learned_but_no_other_at_a_known_position(
+    nats_url: str,
+) -> None:
+    """A query's catch-up may learn this store's batch before its writer does (the race
+    the test above cannot force): learning it again changes nothing, while another event
+    at a known position is still a gap in the log."""
+
+    async def main() -> None:
+        async with fresh_store(nats_url) as store:
+            stored = await store.append("s", [ev("a", correlation_id="r"), ev("b")], 0)
+            index = store._index
+            before = (index.tail, index.tail_hash, dict(index.ids), list(index.correlations["r"]))
+            for event in stored:
+                index.learn(event)
+            after = (index.tail, index.tail_hash, dict(index.ids), list(index.correlations["r"]))
+            assert after == before == (2, stored[-1].hash, {"a": 1, "b": 2}, [1])
+            stranger = msgspec.structs.replace(stored[0], event_id="c")
+            with pytest.raises(StorageError, match="gap"):
+                index.learn(stranger)
+
+    asyncio.run(main())

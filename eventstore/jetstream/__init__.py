@@ -43,8 +43,11 @@ Durability
 Limits (see also the notes on `JetStreamEventStore`)
     * One atomic batch holds at most 1000 messages (a server limit), so an append of more
       than `MAX_BATCH` events is refused with `InvalidEventError`.
-    * The event-id index and the per-stream position lists are held in memory (a few
-      dozen bytes per event) and opening reads the whole log once.
+    * The event-id index and the position lists (per stream, correlation id, actor and
+      type) are held in memory (a few dozen bytes per event) and opening reads the whole
+      log once. A query naming a correlation id, an actor or a type catches the index up
+      and reads only the positions it allows (`lookup`); one with only text, time or
+      position filters (or only a stream: read by its subject) reads the log in order.
     * Reads use direct gets; with replicas > 1 a follower may answer and lag behind the
       leader, so a read is guaranteed to include this store's own acknowledged appends
       (it waits for them) but may miss another process's newest ones for a moment.
@@ -57,7 +60,9 @@ The modules, one job each
     * `store`: `JetStreamEventStore`, the public face, composing the parts below.
     * `schema`: the streams' names and configuration, subjects, the messages' format.
     * `log`: the connection to the log: creating its stream, direct gets, NATS errors.
-    * `index`: what this store knows of the log (tail, event ids, streams' positions).
+    * `index`: what this store knows of the log (tail, event ids, positions per stream,
+      correlation id, actor and type).
+    * `lookup`: which positions a query can match, from the index alone.
     * `writer`: the append path (atomic batch publish with expected sequences), which
       rides out a leader failover (tries again for up to 20 s).
     * `failover`: one log line per leader failover of the log's stream (the server's

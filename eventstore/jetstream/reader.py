@@ -11,7 +11,8 @@ import asyncio
 import bisect
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Mapping
+from typing import Final
 
 from nats.aio.msg import Msg
 
@@ -28,8 +29,28 @@ from eventstore.chain import ChainVerifier
 from eventstore.errors import StorageError
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, JetStreamLog, storage_error
+from eventstore.jetstream.lookup import candidates, narrows
 from eventstore.jetstream.schema import VERSION_HEADER, decode_stream_token
 from eventstore.model import EventQuery, EventRow, StoredEvent, VerifyReport
+
+_SPAN_GAP: Final = 64
+"""Wanted positions at most this far apart are read in one request, through the events
+between them, rather than in one request each."""
+_SPAN_MAX: Final = 1000
+"""The most positions one request reads (a direct-get batch)."""
+
+
+def _spans(wanted: Iterator[int]) -> Iterator[list[int]]:
+    """`wanted` (ascending) cut into runs read by one request each, pulled lazily so a
+    query that reaches its limit stops early."""
+    span: list[int] = []
+    for position in wanted:
+        if span and (position - span[-1] > _SPAN_GAP or position - span[0] >= _SPAN_MAX):
+            yield span
+            span = []
+        span.append(position)
+    if span:
+        yield span
 
 
 class LogReader:
@@ -150,18 +171,58 @@ class LogReader:
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         self._check_open()
         check_query(query)
+        if query.stream is not None:
+            check_stream(query.stream)
         if query.limit == 0:
             return []
-        subject = None
-        if query.stream is not None:
-            subject = self._log.layout.subject(check_stream(query.stream))
         matches = matcher(query)
         found: list[StoredEvent] = []
-        async for event in self._log.scan(query.from_position, subject, query.to_position):
+        async for event in self._query_events(query):
             if matches(event):
                 found.append(event)
                 if query.limit is not None and len(found) >= query.limit:
                     break
+        return found
+
+    async def _query_events(self, query: EventQuery) -> AsyncIterator[StoredEvent]:
+        """Events in position order, among them every one `query` matches: only the
+        positions the index allows when the query has an indexed filter (the index caught
+        up first, so the answer is the log's as of now, as a scan's would be), else the log
+        from `from_position` on."""
+        if not narrows(query):
+            subject = None if query.stream is None else self._log.layout.subject(query.stream)
+            async for event in self._log.scan(query.from_position, subject, query.to_position):
+                yield event
+            return
+        await self._index.refresh()
+        for span in _spans(candidates(self._index, query)):
+            for event in await self._read_span(span):
+                yield event
+
+    async def _read_span(self, span: list[int]) -> list[StoredEvent]:
+        """The events at the ascending positions `span` (all known to the index), read
+        through from its first to its last position with direct gets."""
+        wanted = set(span)
+        last = span[-1]
+        position = span[0]
+        found: list[StoredEvent] = []
+        deadline = time.monotonic() + self._log.timeout
+        layout = self._log.layout
+        while position <= last:
+            msgs = await self._log.direct_batch(
+                layout.name, position, f"{layout.log_prefix}>", last - position + 1
+            )
+            moved = False
+            for msg in msgs:
+                event = self._log.decode(msg)
+                if event.position > last:
+                    break
+                if event.position in wanted:
+                    found.append(event)
+                position = event.position + 1
+                moved = True
+            if not moved:  # a replica behind the index answered
+                await self._lagging(deadline, last)
         return found
 
     async def last_position(self) -> int:
