@@ -5,7 +5,6 @@ value of a result."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import os
@@ -17,7 +16,8 @@ import pytest
 from bus import blobs
 from bus.protocol import BlobRef
 from eventstore import BlobInfo, SqliteEventStore
-from orchestrator.cli.main import blob_hint, main
+from orchestrator.cli import render
+from orchestrator.cli.main import main
 
 TEXT = "a long transcript\n" * 20_000
 BINARY = bytes(range(256)) * 1000
@@ -95,10 +95,10 @@ def test_blobs_ls_says_when_there_are_none(
 
 def test_the_run_hint_names_each_large_value_once() -> None:
     ref = blobs.ref_value(BlobRef(blobs.digest_of(b"x"), 1, blobs.TEXT))
-    args = argparse.Namespace(state_dir="/srv/my state", nats=None)
-    hint = blob_hint(args, {"a": {"report": ref}, "b": {"again": ref, "small": "inline"}})
+    where = " --state-dir '/srv/my state'"
+    hint = render.blob_hint({"a": {"report": ref}, "b": {"again": ref, "small": "inline"}}, where)
     assert hint.splitlines() == [
         "the result refers to 1 large value(s) kept beside the log; read one with:",
         f"  baton blobs get {ref['$blob']} -o FILE --state-dir '/srv/my state'",
     ]
-    assert blob_hint(args, {"a": {"small": "inline"}}) == ""
+    assert render.blob_hint({"a": {"small": "inline"}}, where) == ""

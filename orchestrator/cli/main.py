@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shlex
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 from msgspec.structs import replace
 
 import private
-from bus import blobs, loop, subjects
+from bus import loop, subjects
 from bus.codec import Decoder
 from bus.connection import Incoming
 from bus.contract_files import load_contracts
@@ -235,16 +234,6 @@ def _where(args: argparse.Namespace) -> str:
     return where + (f" --nats {shown(args.nats)}" if args.nats else "")
 
 
-def blob_hint(args: argparse.Namespace, value: object) -> str:
-    """How to read the large values `value` refers to (kept beside the log), if any."""
-    refs = list(dict.fromkeys(ref.digest for ref in blobs.refs_in(value)))
-    if not refs:
-        return ""
-    lines = [f"the result refers to {len(refs)} large value(s) kept beside the log; read one with:"]
-    lines += [f"  baton blobs get {digest} -o FILE{_where(args)}" for digest in refs]
-    return "\n".join(lines) + "\n"
-
-
 def escalation_hint(args: argparse.Namespace, run_id: str, task_id: str) -> str:
     """The commands a person runs (from another terminal) to decide an escalated task."""
     target = f"{run_id} {shlex.quote(task_id)}{_where(args)}"
@@ -337,15 +326,7 @@ async def _serve(
         grace = AGENT_GRACE_S
         await asyncio.sleep(0.05)  # let the last progress lines print before the summary
         print()
-        if state.status in ("completed", "stopped"):
-            if state.status == "completed":
-                print(f"run {run_id} completed; result:")
-            else:
-                print(f"run {run_id} stopped ({state.limit}): {state.reason}; finished so far:")
-            print(json.dumps(state.result, indent=2, default=str))
-            print(blob_hint(args, state.result), end="")
-        else:
-            print(f"run {run_id} failed: {state.reason}")
+        print(render.ended(state, _where(args)), end="")
         print(f"\nreplay it: baton replay {run_id}   audit it: baton audit --run {run_id}")
         return EXIT_CODES[state.status]
     finally:

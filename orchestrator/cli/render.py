@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from bus import blobs
 from bus.protocol import Progress
 from eventstore import StoredEvent
 from orchestrator.core.effects import SendAssignment
@@ -115,3 +116,29 @@ def pending(state: RunState, resend: list[SendAssignment]) -> str:
     if waiting:
         lines.append(f"  then, as dependencies finish: {', '.join(waiting)}")
     return "\n".join(lines) or "  nothing yet"
+
+
+def ended(state: RunState, where: str) -> str:
+    """What `baton run` says of a run that ended: how, its result, and how to read the
+    large values it refers to (`where`: the options that find the store)."""
+    if state.status == "failed":
+        return f"run {state.run_id} failed: {state.reason}\n"
+    said = (
+        f"run {state.run_id} completed; result:"
+        if state.status == "completed"
+        else f"run {state.run_id} stopped ({state.limit}): {state.reason}; finished so far:"
+    )
+    return f"{said}\n{json.dumps(state.result, indent=2, default=str)}\n" + blob_hint(
+        state.result, where
+    )
+
+
+def blob_hint(value: object, where: str = "") -> str:
+    """How to read the large values `value` refers to (kept beside the log), if any;
+    `where` is the options that find the store (`--state-dir ...`)."""
+    refs = list(dict.fromkeys(ref.digest for ref in blobs.refs_in(value)))
+    if not refs:
+        return ""
+    lines = [f"the result refers to {len(refs)} large value(s) kept beside the log; read one with:"]
+    lines += [f"  baton blobs get {digest} -o FILE{where}" for digest in refs]
+    return "\n".join(lines) + "\n"
