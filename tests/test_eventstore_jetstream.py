@@ -34,7 +34,9 @@ from eventstore.jetstream import (
     JetStreamEventStore,
     decode_stream_token,
     encode_stream_token,
+    saved_index,
 )
+from eventstore.jetstream.log import JetStreamLog
 from eventstore.jetstream.projections import SavedRows
 from eventstore.model import Snapshot
 from tests.test_eventstore_contract import (
@@ -61,7 +63,7 @@ async def fresh_store(url: str) -> AsyncIterator[JetStreamEventStore]:
     finally:
         await store.close()
         js = nc.jetstream()
-        for stream in (name, f"{name}_SNAPSHOTS", f"OBJ_{name}_PROJECTIONS"):
+        for stream in (name, f"{name}_SNAPSHOTS", f"OBJ_{name}_PROJECTIONS", f"OBJ_{name}_INDEX"):
             with contextlib.suppress(Exception):
                 await js.delete_stream(stream)
         await nc.close()
@@ -92,6 +94,90 @@ class TestJetStreamEventStore(ProjectionContract):
 
 
 # -- what only this backend can get wrong ------------------------------------------------
+
+
+def _index_of(store: JetStreamEventStore) -> tuple[object, ...]:
+    index = store._index
+    return (
+        index.tail,
+        index.tail_hash,
+        index.ids,
+        index.positions,
+        {k: v.tolist() for k, v in index.correlations.items()},
+        {k: v.tolist() for k, v in index.actors.items()},
+        {k: v.tolist() for k, v in index.types.items()},
+    )
+
+
+def test_the_index_saved_beside_the_log_spares_the_next_open_reading_it(
+    nats_url: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that learned `SAVE_EVENTS` saves its index at close; the next open adopts
+    it and reads only the events after it (an index equal to one read from the whole
+    log, and an append retried with stored ids is still known); a saved index that does
+    not fit the log (another hash at its tail) or does not decode is ignored, and the
+    whole log is read."""
+    monkeypatch.setattr(saved_index, "SAVE_EVENTS", 5)
+    read: list[int] = []  # the positions of the events read from the whole log
+    scan = JetStreamLog.scan
+
+    async def counted(
+        log: JetStreamLog, start: int, subject: str | None = None, stop: int | None = None
+    ) -> AsyncIterator[StoredEvent]:
+        async for event in scan(log, start, subject, stop):
+            if subject is None:
+                read.append(event.position)
+            yield event
+
+    monkeypatch.setattr(JetStreamLog, "scan", counted)
+
+    async def scenario() -> None:
+        async with fresh_store(nats_url) as first:
+            name, prefix = first._layout.name, first._layout.prefix
+            for k in range(4):
+                events = [ev(f"e{k}-{n}", correlation_id=f"run{k % 2}", actor=f"a{n}")
+                          for n in range(3)]  # fmt: skip
+                await first.append(f"s{k % 2}", events, 3 * (k // 2))
+            nc = await nats.connect(nats_url)
+            try:
+                await first._index_saves.close()  # saved as at close (12 events >= 5)
+                await first.append("late", [ev("late-1"), ev("late-2")], 0)  # after the save
+                read.clear()
+                second = await JetStreamEventStore.open(nc, name, subject_prefix=prefix)
+                # the saved index's last event (its binding), then the two after it
+                assert read == [12, 13, 14], "only the events after the saved index are read"
+                assert _index_of(second) == _index_of(first)
+                stored = await second.read_stream("s0")
+                retried = await second.append("s0", [ev("e0-0", correlation_id="run0",
+                                                        actor="a0")], 0)  # fmt: skip
+                assert retried == stored[:1], "a retry of stored ids is still recognised"
+                found = await second.query(EventQuery(correlation_id="run1"))
+                assert [e.event_id for e in found] == [
+                    f"e{k}-{n}" for k in (1, 3) for n in range(3)
+                ]
+                await second.close()
+                # a saved index whose tail hash is not the log's: ignored, all read again
+                objects = await nc.jetstream().object_store(f"{name}_INDEX")
+                saved = saved_index._decoder.decode((await objects.get("index")).data or b"")
+                forged = msgspec.structs.replace(saved, tail_hash="0" * 64)
+                await objects.put("index", msgspec.msgpack.encode(forged))
+                read.clear()
+                with caplog.at_level("WARNING", logger="baton.eventstore"):
+                    third = await JetStreamEventStore.open(nc, name, subject_prefix=prefix)
+                assert read == [12, *range(1, 15)], "the whole log read"
+                assert "is not the one it indexed" in caplog.text
+                assert _index_of(third) == _index_of(first)
+                await third.close()
+                await objects.put("index", b"\xc1 not an index")
+                read.clear()
+                fourth = await JetStreamEventStore.open(nc, name, subject_prefix=prefix)
+                assert read == list(range(1, 15)), "the whole log read"
+                assert _index_of(fourth) == _index_of(first)
+                await fourth.close()
+            finally:
+                await nc.close()
+
+    asyncio.run(scenario())
 
 
 def test_projections_are_saved_bound_to_the_log_and_folded_again_when_they_do_not_fit(

@@ -44,8 +44,9 @@ Limits (see also the notes on `JetStreamEventStore`)
     * One atomic batch holds at most 1000 messages (a server limit), so an append of more
       than `MAX_BATCH` events is refused with `InvalidEventError`.
     * The event-id index and the position lists (per stream, correlation id, actor and
-      type) are held in memory (a few dozen bytes per event) and opening reads the whole
-      log once. A query naming a correlation id, an actor or a type catches the index up
+      type) are held in memory (a few dozen bytes per event). Opening adopts the index
+      saved beside the log (`saved_index`, bucket `<name>_INDEX`) if it still fits the
+      log, and reads only the events after it; without one it reads the whole log once. A query naming a correlation id, an actor or a type catches the index up
       and reads only the positions it allows (`lookup`); one with only text, time or
       position filters (or only a stream: read by its subject) reads the log in order.
     * Reads use direct gets; with replicas > 1 a follower may answer and lag behind the
@@ -62,6 +63,7 @@ The modules, one job each
     * `log`: the connection to the log: creating its stream, direct gets, NATS errors.
     * `index`: what this store knows of the log (tail, event ids, positions per stream,
       correlation id, actor and type).
+    * `saved_index`: that index saved beside the log, so that an open need not read it all.
     * `lookup`: which positions a query can match, from the index alone.
     * `writer`: the append path (atomic batch publish with expected sequences), which
       rides out a leader failover (tries again for up to 20 s).

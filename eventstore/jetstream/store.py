@@ -11,15 +11,16 @@ from typing import Any
 import nats
 from nats.aio.client import Client as NATS
 
-from eventstore._common import check_append, check_open
+from eventstore._common import check_append, check_open, log
 from eventstore._subscription import Notifier
-from eventstore.errors import InvalidEventError
+from eventstore.errors import InvalidEventError, StorageError
 from eventstore.jetstream.blobs import DEFAULT_BUCKET, ObjectBlobs
 from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.index import LogIndex
 from eventstore.jetstream.log import NATS_ERRORS, STREAM_WAIT_S, JetStreamLog, storage_error
 from eventstore.jetstream.projections import JetStreamProjections
 from eventstore.jetstream.reader import LogReader
+from eventstore.jetstream.saved_index import IndexSaves
 from eventstore.jetstream.schema import Layout
 from eventstore.jetstream.snapshots import Snapshots
 from eventstore.jetstream.writer import LogWriter
@@ -102,6 +103,7 @@ class JetStreamEventStore:
         self.projections = JetStreamProjections(self._log, replicas, is_closed, self._event_at)
         """The projection port (`ProjectionStore`): rows in memory, saved beside the log
         now and then and at close (`eventstore.jetstream.projections`)."""
+        self._index_saves = IndexSaves(self._log, self._index, replicas, self._event_at)
 
     # -- opening and closing ----------------------------------------------------------
 
@@ -120,8 +122,9 @@ class JetStreamEventStore:
     ) -> JetStreamEventStore:
         """Connect (to a URL, or the first of several that answers, with
         `connect_options` added: a login, TLS; or use the given connected client), create
-        the stream if missing (waiting up to `wait_s` for a cluster's quorum) and read the
-        log once to build the event-id index.
+        the stream if missing (waiting up to `wait_s` for a cluster's quorum) and build
+        the event-id index: from the index saved beside the log and the events after it,
+        or by reading the whole log (`eventstore.jetstream.saved_index`).
 
         Large values go to the Object Store `blob_bucket` (made on the first put, with
         `replicas`). A client passed in stays the caller's: `close()` leaves it open. The
@@ -155,7 +158,14 @@ class JetStreamEventStore:
         try:
             await store._log.ensure_stream(replicas, wait_s)
             await store._failovers.listen(nc)
+            await store._index_saves.load()
             await store._index.refresh()
+            if store._index_saves.due():  # this open read many events: the next need not
+                try:
+                    await store._index_saves.save()
+                except StorageError as error:
+                    log.warning("index not saved after open: %s", error)
+            store._index_saves.start()
         except BaseException:
             await store.close()
             raise
@@ -169,6 +179,7 @@ class JetStreamEventStore:
         if self._closed:
             return
         await self.projections.save_all()  # what moved since the last save, kept
+        await self._index_saves.close()
         self._closed = True
         self._notifier.notify()
         self._index.clear()
