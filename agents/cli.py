@@ -113,9 +113,10 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
     make: Callable[[Bus], Handler]
     local: LocalModel | None = None
     bridge: A2ABridge | None = None
+    model = ""  # an LLM agent's, announced in its heartbeats (`model:<name>`)
     if args.handler.endswith(".toml"):
         # imported only here: the openai client alone takes ~0.3 s to import
-        from agents.llm import LlmAgent, load_registry, load_spec
+        from agents.llm import LlmAgent, load_registry, load_spec, model_for
         from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
 
         if contract is None:
@@ -131,6 +132,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             model = spec.model or os.environ.get("BATON_LLM_MODEL") or MODEL_ALIAS
             spec = msgspec.structs.replace(spec, base_url=base_url, model=model)
             print(f"agent {agent_id}: local model {model} at {base_url}", file=sys.stderr)
+        model = model_for(spec)
 
         def make(bus: Bus) -> Handler:
             return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus), bus=bus)
@@ -178,6 +180,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             contract=contract,
             tools=registry,
             approver=ApprovalPolicy.parse(args.approval).approver(bus),
+            model=model,
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         watch = asyncio.create_task(_stop_with_parent(runtime))
