@@ -20,11 +20,12 @@ from typing import Literal
 
 import msgspec
 
-from bus.protocol import ToolCallRecord
+from bus.protocol import ToolCallRecord, model_of
 from eventstore import EventQuery, EventStore, EventStoreError, ProjectionStore, StoredEvent
-from orchestrator.cli import history
+from orchestrator.cli import costs, history
 from orchestrator.cli.console.errors import BadInput
 from orchestrator.core.errors import UnknownRun
+from orchestrator.core.events import AgentJoined
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal, run_summaries
 from orchestrator.service.run_summaries import RunSummary
@@ -422,3 +423,26 @@ async def system_events(store: EventStore, limit: int = 50) -> list[EventLine]:
     version = await store.stream_version(journal.SYSTEM_STREAM)
     found = await store.read_stream(journal.SYSTEM_STREAM, from_version=max(1, version - limit + 1))
     return [line_of(s) for s in reversed(found)]
+
+
+CHARGING = frozenset(("task.assigned", "task.handed_off", "usage.charged"))
+"""The run events its usage per agent, role and model is derived from (`costs.usage`)."""
+
+
+async def run_usage(store: EventStore, state: RunState, until: int = 0) -> list[costs.Usage]:
+    """The run's token use per agent, role and model, up to `until` if given. The
+    models are those of the agents' joins anywhere in the log (`costs.model_at` picks
+    the one each attempt ran with), so a past position prices an attempt as the head
+    does."""
+    stored = await store.read_stream(journal.run_stream(state.run_id), until_position=until or None)
+    events = [(s.position, journal.decode_run_event(s)) for s in stored if s.type in CHARGING]
+    agents = {getattr(e, "agent_id", "") for _, e in events} - {""}
+    joins: list[costs.Joined] = []
+    for agent_id in sorted(agents):
+        query = EventQuery(stream=journal.SYSTEM_STREAM, type_glob="agent.joined", actor=agent_id)
+        for found in await store.query(query):
+            joined = journal.decode_any(found)
+            if isinstance(joined, AgentJoined) and joined.agent_id == agent_id:
+                joins.append(costs.Joined(found.position, agent_id, model_of(joined.capabilities)))
+    step_roles = {task_id: spec.role for task_id, spec in state.graph.items()}
+    return costs.usage(events, step_roles, joins)
