@@ -141,7 +141,7 @@ class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
-    prices: dict[str, Any] | None = None
+    prices: Any = None
 
 
 _FIELD: Final = re.compile(r"at `\$\.([A-Za-z0-9_]+)|unknown field `([^`]*)`")
