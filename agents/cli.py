@@ -26,6 +26,7 @@ from bus.connection import Bus
 from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
+from bus.model_capability import announcing
 from bus.nats_options import NKEY_ENV
 from bus.permissions import inbox_prefix
 from bus.server import PARENT_ENV, parent_gone
@@ -172,7 +173,9 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             agent_id=agent_id,
             role=args.role,
             handler=handler,
-            capabilities=[c for c in args.capabilities.split(",") if c] or None,
+            capabilities=announcing(
+                [c for c in args.capabilities.split(",") if c] or [args.role], model
+            ),
             capacity=args.capacity or (contract.concurrency if contract else 4),
             heartbeat_s=args.heartbeat,
             bidder=load_bidder(args.bidder) if args.bidder else None,
@@ -180,7 +183,6 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             contract=contract,
             tools=registry,
             approver=ApprovalPolicy.parse(args.approval).approver(bus),
-            model=model,
         )
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         watch = asyncio.create_task(_stop_with_parent(runtime))

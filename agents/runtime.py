@@ -37,7 +37,6 @@ from bus.connection import Bus, Incoming
 from bus.contracts import RoleContract
 from bus.errors import BusError
 from bus.protocol import (
-    MODEL_CAPABILITY,
     AgentInbound,
     AssignAck,
     AssignAcks,
@@ -53,7 +52,6 @@ from bus.protocol import (
     IdVerdict,
     TaskFailure,
     TaskResult,
-    model_capability,
 )
 from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
@@ -104,7 +102,6 @@ class AgentRuntime:
         tools: ToolRegistry | None = None,
         approver: Approver | None = None,
         blob_threshold: int | None = None,
-        model: str = "",
     ) -> None:
         self.agent_id = subjects.token(agent_id)
         self.blob_threshold = threshold_from_env() if blob_threshold is None else blob_threshold
@@ -115,15 +112,7 @@ class AgentRuntime:
         self._approver = approver or PolicyApprover()
         self._bus = bus
         self._handler = handler
-        given = capabilities or [role]
-        self._capabilities = (
-            [c for c in given if not c.startswith(MODEL_CAPABILITY)] + [model_capability(model)]
-            if model
-            else given
-        )
-        """What it serves, and `model:<name>` when it calls `model` (in place of any model
-        capability given): the orchestrator records it with the agent's join, and the
-        console prices the agent's usage by it."""
+        self._capabilities = capabilities or [role]
         self._capacity = capacity
         self._heartbeat_s = heartbeat_s or HEARTBEAT_S
         self._follow = heartbeat_s is None

@@ -50,27 +50,6 @@ class Heartbeat(_Message, frozen=True, tag="agent.heartbeat"):
     another process with its id, and gets assignments sent to any of them."""
 
 
-MODEL_CAPABILITY = "model:"
-"""A capability `model:<name>` in a heartbeat says which model the agent calls (its
-first such capability counts). It is an open string like any capability, so an
-orchestrator that does not read it routes as before; the orchestrator records it with
-the agent's join (`agent.joined`), and the cost of the agent's attempts is derived
-from it (see docs/protocol.md, *Joining*)."""
-
-
-def model_capability(model: str) -> str:
-    """The capability that announces `model`."""
-    return MODEL_CAPABILITY + model
-
-
-def model_of(capabilities: list[str] | tuple[str, ...]) -> str:
-    """The model the first `model:<name>` capability names ('' if none names one)."""
-    for capability in capabilities:
-        if capability.startswith(MODEL_CAPABILITY) and len(capability) > len(MODEL_CAPABILITY):
-            return capability[len(MODEL_CAPABILITY) :]
-    return ""
-
-
 IdVerdict = Literal["owner", "waiting", "refused"]
 """`owner`: the id is this process's, it is routed to. `waiting`: another live process
 owns the id; nothing is routed to this one, it keeps heartbeating, and gets the id once

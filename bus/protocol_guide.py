@@ -15,12 +15,12 @@ from __future__ import annotations
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES
 from bus.leases import LEASES_BUCKET
+from bus.model_capability import MODEL_CAPABILITY
 from bus.protocol import (
     BLOB_CHUNK_BYTES,
     BLOB_ERRORS,
     BLOB_KEY,
     BLOB_THRESHOLD,
-    MODEL_CAPABILITY,
     PROTOCOL_VERSION,
     REPORT_CODES,
 )

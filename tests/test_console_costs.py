@@ -24,7 +24,7 @@ pytest.importorskip(
     "starlette", reason="the console's tests need the ui extra (pip install '.[ui]')"
 )
 
-from bus.protocol import model_capability
+from bus.model_capability import model_capability
 from eventstore import EventQuery
 from orchestrator.core.events import AgentJoined
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bus.config import Price
-from bus.protocol import model_capability, model_of
+from bus.model_capability import announcing, model_capability, model_of
 from orchestrator.cli import costs
 from orchestrator.cli.costs import Joined, Usage
 from orchestrator.core.events import RunEvent, TaskAssigned, TaskHandedOff, UsageCharged
@@ -36,6 +36,8 @@ def test_the_model_capability_round_trips_and_the_first_counts() -> None:
     assert model_of(["research", "model:a", "model:b"]) == "a"
     assert model_of(["research", "model:"]) == ""
     assert model_of([]) == ""
+    assert announcing(["r", "model:old"], "new") == ["r", "model:new"]
+    assert announcing(["r", "model:given"], "") == ["r", "model:given"]
 
 
 def test_attempts_of_several_agents_are_charged_to_each_with_its_model() -> None:

@@ -3,7 +3,7 @@ view of a run (the console's run page, at its head or at a past position) says t
 
 Which agent ran an attempt is its `task.assigned`; the role is the task's step role, or
 the role it was handed off to (`task.handed_off`) before that attempt; the model is what
-the agent announced (`model:<name>` in its heartbeat capabilities, `bus.protocol`) in its
+the agent announced (`model:<name>` in its heartbeat capabilities, `bus.model_capability`) in its
 join (`agent.joined`, the `system` stream) last recorded before the assignment, else its
 first join after it (the join may be recorded just after the agent's first routing).
 What an attempt used is its `usage.charged`. The cost is the model's configured price

@@ -20,7 +20,8 @@ from typing import Literal
 
 import msgspec
 
-from bus.protocol import ToolCallRecord, model_of
+from bus.model_capability import model_of
+from bus.protocol import ToolCallRecord
 from eventstore import EventQuery, EventStore, EventStoreError, ProjectionStore, StoredEvent
 from orchestrator.cli import costs, history
 from orchestrator.cli.console.errors import BadInput
