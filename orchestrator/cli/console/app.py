@@ -63,6 +63,8 @@ class Console:
     store_name: str = ""
     prices: Mapping[str, Price] = field(default_factory=dict)
     """Each model's price (`prices` in baton.toml or `$BATON_PRICES`), for the costs."""
+    joins: reads.Joins = field(default_factory=reads.Joins)
+    """The agents' joins (the models they announced), read as the log grows."""
     pasts: OrderedDict[tuple[str, int], tuple[list[reads.EventLine], str]] = field(
         default_factory=OrderedDict
     )
@@ -248,7 +250,8 @@ async def run_page(console: Console, request: Request) -> Response:
             console.remember((run_id, at), (events, drawn))
     await console.live.ensure()
     live = console.live.bus is not None
-    used = pages.usage(await reads.run_usage(console.store, state, at), console.prices)
+    rows = await reads.run_usage(console.store, state, console.joins, at)
+    used = pages.usage(rows, console.prices)
     body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn, used)
     return _page(console, request, f"Run {run_id}", body)
 
@@ -256,7 +259,7 @@ async def run_page(console: Console, request: Request) -> Response:
 async def run_live(console: Console, request: Request) -> Response:
     after = _number(request.query_params, "after", 0)
     return await streams.run_live(
-        console.store, console.live, _run_id(request), after, console.prices
+        console.store, console.live, _run_id(request), after, (console.prices, console.joins)
     )
 
 
