@@ -37,8 +37,9 @@ START_S = 10.0
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ui = sub.add_parser(
         "ui",
-        help="the operator's console: runs, a run live, approvals, agents, audit, time travel "
-        "in a browser (needs the ui extra)",
+        help="the operator's console: runs, a run live (its tokens and their cost per agent, "
+        "role and model, priced by `prices` in baton.toml or $BATON_PRICES), approvals, "
+        "agents, audit, time travel in a browser (needs the ui extra)",
     )
     ui.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; another needs "
