@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import http.client
 import json
+import os
 import queue
 import re
 import subprocess
@@ -158,3 +159,32 @@ def test_the_run_page_shows_an_llm_agents_model_tokens_and_cost(
         str(tokens_in + tokens_out), f"{format(cost.normalize(), 'f')} USD",
     ]  # fmt: skip
     assert "EUR" not in usage[0], "a price no usage ran on is not shown"
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "said"),
+    [
+        ('[prices.m]\ninput = -1\noutput = 1\ncurrency = "USD"\n', "",
+         "baton.toml: prices: model 'm' input: -1.0 is not a price"),
+        ("", '{"m": {"input": 1, "output": 1}}',
+         "$BATON_PRICES: model 'm': Object missing required field `currency`"),
+    ],
+)  # fmt: skip
+def test_a_bad_price_stops_baton_ui_with_exit_2_and_says_which(
+    tmp_path: Path, toml: str, env: str, said: str
+) -> None:
+    state_dir = tmp_path / "state"
+    state_dir.mkdir()
+    if toml:
+        (state_dir / "baton.toml").write_text(toml)
+    environ = {k: v for k, v in os.environ.items() if k != "BATON_PRICES"}
+    if env:
+        environ["BATON_PRICES"] = env
+    done = subprocess.run(
+        baton("ui", "--port", "0", "--state-dir", str(state_dir)),
+        capture_output=True, text=True, timeout=60, env=environ,
+    )  # fmt: skip
+    assert done.returncode == 2, done
+    assert said in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
+    assert sorted(p.name for p in state_dir.iterdir()) == (["baton.toml"] if toml else [])
