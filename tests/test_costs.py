@@ -1,20 +1,33 @@
 """Token use and cost per agent, role and model (`orchestrator.cli.costs`), from events
 alone: which agent ran each attempt, the model of its join nearest that attempt, the
 role after handoffs, and a cost only where the model has a configured price. Pure: no
-store, no bus."""
+store, no bus (but the console's reading of the joins, on a real SQLite log)."""
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bus.config import Price
 from bus.model_capability import announcing, model_capability, model_of
+from eventstore import SqliteEventStore
 from orchestrator.cli import costs
+from orchestrator.cli.console import reads
 from orchestrator.cli.costs import Joined, Usage
-from orchestrator.core.events import RunEvent, TaskAssigned, TaskHandedOff, UsageCharged
+from orchestrator.core.events import (
+    AgentJoined,
+    AgentLost,
+    RunEvent,
+    SystemEvent,
+    TaskAssigned,
+    TaskHandedOff,
+    UsageCharged,
+)
+from orchestrator.service import journal
 
 PRICES = {"big": Price(2.5, 10.0, "USD"), "small": Price(0.15, 0.6, "USD")}
 
@@ -173,3 +186,37 @@ def test_every_charged_token_is_in_exactly_one_row_and_costs_add_up(
         / costs.MILLION
     )
     assert costs.totals(rows, prices).get("USD", Decimal(0)) == expected
+
+
+def test_the_consoles_joins_are_read_once_then_only_as_the_log_grows(tmp_path: Path) -> None:
+    """`reads.Joins` on a real SQLite log: each join once, with its model, in log order,
+    however often it is asked and whatever else the system stream holds."""
+
+    async def scenario() -> tuple[list[Joined], list[Joined], int]:
+        store = await SqliteEventStore.open(tmp_path / "events.db")
+        try:
+            version = 0
+
+            async def record(event: SystemEvent, actor: str) -> None:
+                nonlocal version
+                envelope = journal.system_envelope(version + 1, event, actor)
+                await store.append(journal.SYSTEM_STREAM, [envelope], version)
+                version += 1
+
+            joins = reads.Joins()
+            await record(AgentJoined("w1", "r", ["r", model_capability("small")], 1, 1.0), "w1")
+            await record(AgentLost("w1", 3.0, 2.0), "w1")
+            first = list(await joins.all(store))
+            await record(AgentJoined("w2", "r", ["r"], 1, 3.0), "w2")
+            await record(AgentJoined("w1", "r", ["r", model_capability("big")], 1, 4.0), "w1")
+            second = list(await joins.all(store))
+            again = await joins.all(store)
+            return first, second, len(again)
+        finally:
+            await store.close()
+
+    first, second, again = asyncio.run(scenario())
+    assert [(j.agent_id, j.model) for j in first] == [("w1", "small")]
+    assert [(j.agent_id, j.model) for j in second] == [("w1", "small"), ("w2", ""), ("w1", "big")]
+    assert [j.position for j in second] == sorted(j.position for j in second)
+    assert again == 3, "nothing read twice"
