@@ -26,6 +26,7 @@ from bus.connection import Bus
 from bus.contract_files import load_contracts
 from bus.contracts import RoleContract
 from bus.errors import BusError, InvalidSubjectToken
+from bus.model_capability import announcing
 from bus.nats_options import NKEY_ENV
 from bus.permissions import inbox_prefix
 from bus.server import PARENT_ENV, parent_gone
@@ -113,9 +114,10 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
     make: Callable[[Bus], Handler]
     local: LocalModel | None = None
     bridge: A2ABridge | None = None
+    model = ""  # an LLM agent's, announced in its heartbeats (`model:<name>`)
     if args.handler.endswith(".toml"):
         # imported only here: the openai client alone takes ~0.3 s to import
-        from agents.llm import LlmAgent, load_registry, load_spec
+        from agents.llm import LlmAgent, load_registry, load_spec, model_for
         from agents.localmodel import MODEL_ALIAS, LocalModel, gguf_path
 
         if contract is None:
@@ -131,6 +133,7 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             model = spec.model or os.environ.get("BATON_LLM_MODEL") or MODEL_ALIAS
             spec = msgspec.structs.replace(spec, base_url=base_url, model=model)
             print(f"agent {agent_id}: local model {model} at {base_url}", file=sys.stderr)
+        model = model_for(spec)
 
         def make(bus: Bus) -> Handler:
             return LlmAgent(spec, llm_tools, policy.approver(bus), BusRecorder(bus), bus=bus)
@@ -170,7 +173,9 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             agent_id=agent_id,
             role=args.role,
             handler=handler,
-            capabilities=[c for c in args.capabilities.split(",") if c] or None,
+            capabilities=announcing(
+                [c for c in args.capabilities.split(",") if c] or [args.role], model
+            ),
             capacity=args.capacity or (contract.concurrency if contract else 4),
             heartbeat_s=args.heartbeat,
             bidder=load_bidder(args.bidder) if args.bidder else None,

@@ -153,6 +153,11 @@ def load_registry(ref: str) -> ToolRegistry:
     return registry
 
 
+def model_for(spec: LlmSpec) -> str:
+    """The model an agent of `spec` calls: the spec's, else `$BATON_LLM_MODEL` ('' none)."""
+    return spec.model or os.environ.get("BATON_LLM_MODEL", "")
+
+
 def client_for(spec: LlmSpec) -> openai.AsyncOpenAI:
     """The OpenAI client a spec asks for, endpoint and key from the spec or environment."""
     return openai.AsyncOpenAI(
@@ -197,7 +202,7 @@ class LlmAgent:
         bus: Bus | None = None,
     ) -> None:
         self.spec = validate_spec(spec)
-        self.model = spec.model or os.environ.get("BATON_LLM_MODEL", "")
+        self.model = model_for(spec)
         if not self.model:
             raise LlmConfigError("model", "no model: set it in the spec or $BATON_LLM_MODEL")
         self.registry = registry

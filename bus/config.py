@@ -15,6 +15,10 @@ The keys (the same name in the file, `BATON_<KEY>` in the environment as `ENV` s
   `BATON_NATS_NKEY`.
 - `tls_ca`, `tls_cert`, `tls_key`: the authority to trust, a client certificate and its
   key; `BATON_TLS_CA`, `BATON_TLS_CERT`, `BATON_TLS_KEY`.
+- `prices`: what each model's tokens cost, a table by model name, each with `input` and
+  `output` (per million tokens, 0 or more) and `currency` (letters, e.g. `USD`); in
+  `BATON_PRICES` the same table as a JSON object, which replaces the file's whole table.
+  No default: a model without a price has no cost (the console says so).
 
 Bad input of any source is a `ConfigError` naming the source (the file and line, the
 variable, the flag) and the key; nothing is merged from a configuration that has one.
@@ -22,6 +26,8 @@ variable, the flag) and the key; nothing is merged from a configuration that has
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
@@ -31,7 +37,7 @@ import msgspec
 
 from bus.errors import BusError
 
-__all__ = ["ENV", "FLAGS", "Config", "ConfigError", "FileSource", "merge", "parse_file"]
+__all__ = ["ENV", "FLAGS", "Config", "ConfigError", "FileSource", "Price", "merge", "parse_file"]
 
 MAX_REPLICAS: Final = 5
 """JetStream's own limit on a stream's replicas."""
@@ -46,6 +52,7 @@ ENV: Final[Mapping[str, str]] = {
     "tls_ca": "BATON_TLS_CA",
     "tls_cert": "BATON_TLS_CERT",
     "tls_key": "BATON_TLS_KEY",
+    "prices": "BATON_PRICES",
 }
 """The environment variable of each key."""
 FLAGS: Final[Mapping[str, str]] = {"store": "--store", "replicas": "--replicas", "nats": "--nats"}
@@ -65,6 +72,18 @@ class ConfigError(BusError):
         self.reason = reason
 
 
+class Price(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What a model's tokens cost: `input` and `output` per million tokens, in `currency`."""
+
+    input: float
+    output: float
+    currency: str
+
+
+MODEL_NAME_MAX: Final = 200
+_CURRENCY: Final = re.compile(r"[A-Za-z]{1,16}")
+
+
 class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
     """The merged configuration: where the event log is, which NATS, and how to log in."""
 
@@ -79,6 +98,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     tls_ca: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    prices: dict[str, Price] = {}
+    """Each model's price, by the model's name (as its agents announce it)."""
 
     @property
     def jetstream(self) -> bool:
@@ -120,6 +141,7 @@ class _File(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tru
     tls_ca: str | None = None
     tls_cert: str | None = None
     tls_key: str | None = None
+    prices: Any = None
 
 
 _FIELD: Final = re.compile(r"at `\$\.([A-Za-z0-9_]+)|unknown field `([^`]*)`")
@@ -160,6 +182,8 @@ def parse_file(source: FileSource) -> dict[str, tuple[str, object]]:
         where = f"{source.name} line {line}" if line else source.name
         if key == "nats":
             value = _urls(where, [value] if isinstance(value, str) else value)
+        if key == "prices":
+            value = _prices(where, value)
         values[key] = (where, value)
     return values
 
@@ -176,6 +200,43 @@ def _urls(where: str, given: Iterable[str]) -> tuple[str, ...]:
     return urls
 
 
+def _prices(where: str, given: object) -> dict[str, Price]:
+    """A price table, each entry checked: a model name, two finite prices of 0 or more,
+    a currency."""
+    if not isinstance(given, dict):
+        raise ConfigError(where, "prices", "must be a table of models, each with its price")
+    table: dict[str, Price] = {}
+    for model, raw in given.items():
+        named = f"model {model!r}"
+        if not model.strip() or len(model) > MODEL_NAME_MAX or not model.isprintable():
+            raise ConfigError(
+                where,
+                "prices",
+                f"{model!r} is not a model name (1 to {MODEL_NAME_MAX} printable characters)",
+            )
+        try:
+            price = msgspec.convert(raw, Price)
+        except msgspec.ValidationError as exc:
+            field = str(exc).rpartition("$.")[2].rstrip("`") if "$." in str(exc) else ""
+            reason = str(exc).split(" - at ")[0]
+            if reason.startswith("Object contains unknown field"):
+                reason = f"{reason} (known: input, output, currency)"
+            at = f" {field}" if field else ""
+            raise ConfigError(where, "prices", f"{named}{at}: {reason}") from None
+        for name in ("input", "output"):
+            value = getattr(price, name)
+            if not math.isfinite(value) or value < 0:
+                raise ConfigError(
+                    where, "prices", f"{named} {name}: {value} is not a price (0 or more)"
+                )
+        if not _CURRENCY.fullmatch(price.currency):
+            raise ConfigError(
+                where, "prices", f"{named} currency: {price.currency!r} is not 1 to 16 letters"
+            )
+        table[model] = price
+    return table
+
+
 def _from_text(where: str, key: str, text: str) -> object:
     """A value given as text (a variable, a flag) as its key's type."""
     if key == "replicas":
@@ -185,6 +246,12 @@ def _from_text(where: str, key: str, text: str) -> object:
             raise ConfigError(where, key, f"{text!r} is not a whole number") from None
     if key == "nats":
         return _urls(where, [text])
+    if key == "prices":
+        try:
+            decoded = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(where, key, f"not a JSON object: {exc}") from None
+        return _prices(where, decoded)
     return text
 
 

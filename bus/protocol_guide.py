@@ -15,6 +15,7 @@ from __future__ import annotations
 from bus import subjects
 from bus.codec import MAX_MESSAGE_BYTES
 from bus.leases import LEASES_BUCKET
+from bus.model_capability import MODEL_CAPABILITY
 from bus.protocol import (
     BLOB_CHUNK_BYTES,
     BLOB_ERRORS,
@@ -90,7 +91,7 @@ Baton's agent holds an accepted assignment's ack up to the *assignment ack wait*
 it in one write with the outcome; it never holds an outcome.
 """
 
-JOINING = """
+JOINING = f"""
 ## Joining: heartbeats
 
 - The first `agent.heartbeat` that is accepted makes the agent routable: the orchestrator
@@ -103,6 +104,15 @@ JOINING = """
   attempts it has out on the agent itself (`baton agents` shows both).
 - `capabilities`: recorded (in `agent.joined`) and shown; routing does **not** use them
   in v1 (it routes by role, then liveness, then the least load by its own count).
+- **The model** an agent calls is the capability `{MODEL_CAPABILITY}<name>` (e.g.
+  `{MODEL_CAPABILITY}gpt-4o-mini`; the first such capability counts). It is an open string, so
+  it is v1: an orchestrator that does not read it routes as before, and nothing else in
+  the message changes. The orchestrator records it with the join, when an agent id is
+  first heard or another process (`instance`) takes it over, not at each heartbeat: to
+  change its model an agent restarts. Each attempt's usage (the `usage` of its
+  `task.result`) is counted against the model its agent announced, and priced by the
+  configured table (`prices`, docs/operations.md); an agent that announces none has its
+  tokens shown with no cost. Baton's LLM agent announces its configured model.
 - `held`: the attempts the agent is working on, shown by `baton agents`. Listing an
   attempt does not extend it (see below).
 - `contract_digest`: the role contract the agent enforces on itself; with role contracts

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bus.config import ENV, FLAGS, Config, ConfigError, FileSource, merge
+from bus.config import ENV, FLAGS, Config, ConfigError, FileSource, Price, merge
 
 FILE = "/srv/baton/baton.toml"
 
@@ -156,3 +156,54 @@ def test_flags_over_environment_over_file_over_defaults(
         return
     config = merge(source, environ, given_flags)
     assert {key: getattr(config, key) for key in FLAGS} == expected
+
+
+PRICES = '[prices."gpt-4o-mini"]\ninput = 0.15\noutput = 0.6\ncurrency = "USD"\n'
+
+
+def test_prices_from_the_file_and_the_environment_which_replaces_the_files_table() -> None:
+    config = merge(_file(PRICES), {}, {})
+    assert config.prices == {"gpt-4o-mini": Price(0.15, 0.6, "USD")}
+    env = {"BATON_PRICES": '{"local": {"input": 0, "output": 2, "currency": "EUR"}}'}
+    assert merge(_file(PRICES), env, {}).prices == {"local": Price(0.0, 2.0, "EUR")}
+    assert merge(None, {}, {}).prices == {}
+
+
+@pytest.mark.parametrize(
+    ("table", "said"),
+    [
+        ('{"m": {"input": -1, "output": 1, "currency": "USD"}}', "model 'm' input: -1.0 is not"),
+        ('{"m": {"input": 1, "output": NaN, "currency": "USD"}}', "model 'm' output: nan is not"),
+        ('{"m": {"input": 1e999, "output": 1, "currency": "USD"}}', "model 'm' input: inf"),
+        ('{"m": {"input": true, "output": 1, "currency": "USD"}}', "Expected `float`, got `bool`"),
+        ('{"m": {"input": "1", "output": 1, "currency": "USD"}}', "model 'm' input: Expected"),
+        ('{"m": {"input": 1, "output": 1}}', "missing required field `currency`"),
+        ('{"m": {"input": 1, "output": 1, "currency": "U$"}}', "model 'm' currency: 'U$'"),
+        ('{"m": {"input": 1, "output": 1, "currency": "USD", "per": 1}}', "unknown field `per`"),
+        ('{"": {"input": 1, "output": 1, "currency": "USD"}}', "'' is not a model name"),
+        ('{"m": 3}', "model 'm': Expected `object`, got `int`"),
+        ("[1]", "must be a table of models"),
+        ("prices", "not a JSON object"),
+    ],
+)
+def test_a_bad_price_is_a_config_error_naming_the_model_and_what(table: str, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        merge(_file(PRICES), {"BATON_PRICES": table}, {})
+    assert caught.value.source == "$BATON_PRICES"
+    assert said in str(caught.value), str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("prices = 3\n", "must be a table of models"),
+        ('[prices.m]\ninput = "x"\noutput = 1\ncurrency = "USD"\n', "model 'm' input: Expected"),
+        ("[prices.m]\ninput = 1\noutput = -2\ncurrency = 'USD'\n", "model 'm' output: -2.0"),
+    ],
+)
+def test_a_bad_price_in_the_file_names_the_file(text: str, said: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        merge(_file(text), {}, {})
+    assert caught.value.source.startswith(FILE)
+    assert caught.value.key == "prices"
+    assert said in str(caught.value), str(caught.value)

@@ -286,6 +286,7 @@ def test_approving_an_escalated_task_goes_through_the_api_as_the_person(
     assert ">task.escalated<" in first["events"]
     assert '<svg class="waterfall"' in first["waterfall"]
     assert first["ended"] is False
+    assert first["usage"].startswith('<table class="usage">'), "the tokens and their cost"
     inbox.until("approvals", lambda d: key in [k for k, _ in d["tasks"]])
     runs.until("rows", lambda rows: any(r["run"] == escalated for r in rows))
     reply = env.post(

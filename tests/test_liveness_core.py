@@ -9,7 +9,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from bus.protocol import IdVerdict
+from bus.protocol import Heartbeat, IdVerdict
 from orchestrator.core.errors import LivenessConfigError
 from orchestrator.core.liveness import (
     IdOwner,
@@ -22,6 +22,7 @@ from orchestrator.core.liveness import (
     settled,
     stalled,
 )
+from orchestrator.service.registry import Registry
 
 TTL = 2.0
 HEARTBEAT = 0.5
@@ -180,3 +181,23 @@ def test_an_orchestrator_that_did_not_run_for_a_while_gives_the_agents_a_grace_a
     assert not lost(90.0, 100.0 + GRACE, TTL, link, GRACE)
     assert lost(90.0, 100.0 + GRACE + 0.01, TTL, link, GRACE)
     assert observe_link(UP, True, 100.0) == UP
+
+
+def test_a_process_that_takes_an_id_over_joins_again_with_what_it_announces() -> None:
+    """The join records the capabilities (the model, `model:<name>`): a new process that
+    took the id over before the old one was found lost is recorded as joining again, so
+    the model of its attempts is its own; one process changing them is not (no log
+    write per heartbeat)."""
+    registry = Registry(TTL, HEARTBEAT)
+    registry.connection(True, 0.0)
+
+    def beat(instance: str, capabilities: list[str], now: float) -> tuple[bool, IdVerdict]:
+        return registry.observe(Heartbeat("w", "r", capabilities, 1, 0, instance=instance), now)
+
+    start = GRACE + 1.0
+    assert beat("one", ["r", "model:a"], start) == (True, "owner")
+    assert beat("one", ["r", "model:b"], start + 0.5) == (False, "owner")
+    assert beat("two", ["r", "model:c"], start + 1.0) == (False, "waiting")
+    taken = start + 0.5 + TTL + 0.1  # "one" silent past the TTL, not yet found lost
+    assert beat("two", ["r", "model:c"], taken) == (True, "owner")
+    assert beat("two", ["r", "model:c"], taken + 0.5) == (False, "owner")

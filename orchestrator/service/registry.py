@@ -68,8 +68,9 @@ class Registry:
         return link_settled(self._link, now, self.grace)
 
     def observe(self, heartbeat: Heartbeat, now: float) -> tuple[bool, IdVerdict]:
-        """Record a heartbeat: whether the agent joined (its id was not known), and the
-        sender's verdict; only the owner's heartbeats count."""
+        """Record a heartbeat: whether the agent joined (its id was not known, or another
+        process now owns it: what it serves, and the model it calls, may have changed),
+        and the sender's verdict; only the owner's heartbeats count."""
         agent_id = heartbeat.agent_id
         current = self._owners.get(agent_id)
         gone = current is not None and self._lost(current.last_seen, now)
@@ -80,8 +81,9 @@ class Registry:
         if seen is None:
             self._agents[agent_id] = _Seen(heartbeat, now)
             return True, verdict
+        took_over = seen.heartbeat.instance != heartbeat.instance
         seen.heartbeat, seen.last_seen = heartbeat, now
-        return False, verdict
+        return took_over, verdict
 
     def instance_of(self, agent_id: str) -> str:
         """The instance that owns the id ('' if none, or an agent that sends none)."""

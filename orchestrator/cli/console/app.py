@@ -5,7 +5,7 @@ would; a bad value is a 400 page naming it, and changes nothing."""
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from bus import subjects
+from bus.config import Price
 from bus.errors import BusError, InvalidSubjectToken
 from eventstore import EventStore, EventStoreError
 from orchestrator.cli import history
@@ -60,6 +61,10 @@ class Console:
     said: dict[str, str] = field(default_factory=dict)
     """A message for each session's next page (what its last action did)."""
     store_name: str = ""
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    """Each model's price (`prices` in baton.toml or `$BATON_PRICES`), for the costs."""
+    joins: reads.Joins = field(default_factory=reads.Joins)
+    """The agents' joins (the models they announced), read as the log grows."""
     pasts: OrderedDict[tuple[str, int], tuple[list[reads.EventLine], str]] = field(
         default_factory=OrderedDict
     )
@@ -245,13 +250,17 @@ async def run_page(console: Console, request: Request) -> Response:
             console.remember((run_id, at), (events, drawn))
     await console.live.ensure()
     live = console.live.bus is not None
-    body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn)
+    rows = await reads.run_usage(console.store, state, console.joins, at)
+    used = pages.usage(rows, console.prices)
+    body = pages.run(state, at, positions, events, _session(request).csrf, live, drawn, used)
     return _page(console, request, f"Run {run_id}", body)
 
 
 async def run_live(console: Console, request: Request) -> Response:
     after = _number(request.query_params, "after", 0)
-    return await streams.run_live(console.store, console.live, _run_id(request), after)
+    return await streams.run_live(
+        console.store, console.live, _run_id(request), after, (console.prices, console.joins)
+    )
 
 
 async def runs_live(console: Console, request: Request) -> Response:

@@ -10,11 +10,12 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bus.config import Price
 from eventstore import EventStore
 from orchestrator.cli.console import reads
 from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
@@ -36,8 +37,9 @@ START_S = 10.0
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ui = sub.add_parser(
         "ui",
-        help="the operator's console: runs, a run live, approvals, agents, audit, time travel "
-        "in a browser (needs the ui extra)",
+        help="the operator's console: runs, a run live (its tokens and their cost per agent, "
+        "role and model, priced by `prices` in baton.toml or $BATON_PRICES), approvals, "
+        "agents, audit, time travel in a browser (needs the ui extra)",
     )
     ui.add_argument("--host", default="127.0.0.1",
                     help="address to listen on (default 127.0.0.1; another needs "
@@ -126,6 +128,7 @@ async def serving(
     allow_remote: bool = False,
     shown_store: str = "",
     find: Callable[[], Reach | None] | None = None,
+    prices: Mapping[str, Price] | None = None,
 ) -> AsyncIterator[Running]:
     """The console served in this event loop until the block ends."""
     try:
@@ -143,7 +146,9 @@ async def serving(
     await live.start()
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
     rows = store.projections
-    console = Console(store, live, guard, reads.Summaries(rows), store_name=shown_store)
+    console = Console(
+        store, live, guard, reads.Summaries(rows), store_name=shown_store, prices=prices or {}
+    )
     config = uvicorn.Config(
         secured(console),
         lifespan="off",
@@ -190,6 +195,7 @@ async def ui(args: argparse.Namespace) -> int:
             args.allow_remote,
             store_name(directory, args.config),
             find=lambda: reach(args.nats, directory),
+            prices=args.config.prices,
         ) as running:
             print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)
@@ -210,7 +216,14 @@ def beside_serve(args: argparse.Namespace) -> Callable[[Stack], Awaitable[object
         actor = where.identity or me()  # as baton approve decides on this bus
         shown = store_name(directory, args.config)
         async with serving(
-            stack.store, where, actor, args.ui_host, args.ui_port, args.allow_remote, shown
+            stack.store,
+            where,
+            actor,
+            args.ui_host,
+            args.ui_port,
+            args.allow_remote,
+            shown,
+            prices=args.config.prices,
         ) as running:
             print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)

@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from html import escape
 from urllib.parse import quote, urlencode
 
+from bus.config import Price
 from bus.protocol import ToolCallRecord
 from eventstore import VerifyReport
+from orchestrator.cli import costs
 from orchestrator.cli.console import graph
 from orchestrator.cli.console.reads import (
     EVENTS_MAX,
@@ -155,15 +156,33 @@ def _task_rows(state: RunState) -> list[str]:
     return rows
 
 
-def usage(state: RunState) -> str:
-    by_agent: Counter[str] = Counter()
-    by_role: Counter[str] = Counter()
-    for task_id, task in state.tasks.items():
-        by_agent[task.agent_id or "-"] += task.tokens
-        by_role[state.role_of(task_id) if task_id in state.graph else task.role] += task.tokens
-    rows = [f"<tr><td>agent</td><td>{_e(a)}</td><td>{n}</td></tr>" for a, n in by_agent.items()]
-    rows += [f"<tr><td>role</td><td>{_e(r)}</td><td>{n}</td></tr>" for r, n in by_role.items()]
-    return _table(("by", "who", "tokens"), rows, "usage")
+USAGE_HEAD = ("agent", "role", "model", "attempts", "input tokens", "output tokens", "tokens",
+              "cost")  # fmt: skip
+
+
+def usage(rows: list[costs.Usage], prices: Mapping[str, Price]) -> str:
+    """The run's tokens and their cost per agent, role and model (`costs`), and the
+    totals: the cost only of what has a price, per currency."""
+    body = []
+    for r in rows:
+        cost = costs.cost(r, prices)
+        priced = "cost" if cost.amount is not None else "cost none"
+        body.append(
+            f'<tr data-agent="{_e(r.agent_id)}" data-model="{_e(r.model)}">'
+            f"<td>{_e(r.agent_id)}</td><td>{_e(r.role)}</td><td>{_e(r.model or 'unknown')}</td>"
+            f"<td>{r.attempts}</td><td>{r.input_tokens}</td><td>{r.output_tokens}</td>"
+            f'<td>{r.tokens}</td><td class="{priced}">{_e(cost.shown())}</td></tr>'
+        )
+    summed = costs.totals(rows, prices)
+    priced = ", ".join(costs.Cost(a, c).shown() for c, a in sorted(summed.items())) or "—"
+    if summed and any(costs.cost(r, prices).amount is None for r in rows):
+        priced += " (and usage without a price)"
+    foot = (
+        f'<tfoot><tr><td colspan="3">total</td><td>{sum(r.attempts for r in rows)}</td>'
+        f"<td>{sum(r.input_tokens for r in rows)}</td><td>{sum(r.output_tokens for r in rows)}</td>"
+        f'<td>{sum(r.tokens for r in rows)}</td><td class="cost">{_e(priced)}</td></tr></tfoot>'
+    )
+    return _table(USAGE_HEAD, body, "usage").replace("</table>", foot + "</table>")
 
 
 def _decide_forms(state: RunState, csrf: str) -> str:
@@ -233,7 +252,9 @@ def run(
     csrf: str,
     live: bool,
     drawn: str = "",
+    used: str = "",
 ) -> str:
+    """A run's page; `used` is its `usage` table."""
     run_id = state.run_id
     head_pos = positions[-1] if positions else 0
     first_pos = positions[0] if positions else 0
@@ -303,7 +324,7 @@ def run(
         + "<h2>Timeline</h2>"
         + f'<div id="waterfall">{drawn}</div>'
         + "<h2>Tasks</h2>" + f'<div id="graph">{graph.draw(state)}</div>' + tasks
-        + "<h2>Token usage</h2>" + usage(state) + result
+        + "<h2>Token usage and cost</h2>" + used + result
         + f'<h2>Events (<span id="events-count">{len(events)}</span>)</h2>'
         + (
             f'<p>the newest {len(events)}; every one in <a href="/audit?run={quote(run_id)}">'

@@ -20,11 +20,13 @@ from typing import Literal
 
 import msgspec
 
+from bus.model_capability import model_of
 from bus.protocol import ToolCallRecord
 from eventstore import EventQuery, EventStore, EventStoreError, ProjectionStore, StoredEvent
-from orchestrator.cli import history
+from orchestrator.cli import costs, history
 from orchestrator.cli.console.errors import BadInput
 from orchestrator.core.errors import UnknownRun
+from orchestrator.core.events import AgentJoined
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal, run_summaries
 from orchestrator.service.run_summaries import RunSummary
@@ -422,3 +424,46 @@ async def system_events(store: EventStore, limit: int = 50) -> list[EventLine]:
     version = await store.stream_version(journal.SYSTEM_STREAM)
     found = await store.read_stream(journal.SYSTEM_STREAM, from_version=max(1, version - limit + 1))
     return [line_of(s) for s in reversed(found)]
+
+
+CHARGING = frozenset(("task.assigned", "task.handed_off", "usage.charged"))
+"""The run events its usage per agent, role and model is derived from (`costs.usage`)."""
+
+
+@dataclass
+class Joins:
+    """Every agent's joins, with the model each named (`costs.Joined`), read from the
+    `system` stream once and then only as it grows (the log is only appended to)."""
+
+    found: list[costs.Joined] = field(default_factory=list)
+    read_to: int = 0
+    """The global position read up to."""
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    async def all(self, store: EventStore) -> list[costs.Joined]:
+        async with self.lock:
+            query = EventQuery(
+                stream=journal.SYSTEM_STREAM,
+                type_glob="agent.joined",
+                from_position=self.read_to + 1,
+            )
+            for stored in await store.query(query):
+                joined = journal.decode_any(stored)
+                if isinstance(joined, AgentJoined):
+                    model = model_of(joined.capabilities)
+                    self.found.append(costs.Joined(stored.position, joined.agent_id, model))
+                self.read_to = stored.position
+            return self.found
+
+
+async def run_usage(
+    store: EventStore, state: RunState, joins: Joins, until: int = 0
+) -> list[costs.Usage]:
+    """The run's token use per agent, role and model, up to `until` if given. The
+    models are those of the agents' joins anywhere in the log (`costs.model_at` picks
+    the one each attempt ran with), so a past position prices an attempt as the head
+    does."""
+    stored = await store.read_stream(journal.run_stream(state.run_id), until_position=until or None)
+    events = [(s.position, journal.decode_run_event(s)) for s in stored if s.type in CHARGING]
+    step_roles = {task_id: spec.role for task_id, spec in state.graph.items()}
+    return costs.usage(events, step_roles, await joins.all(store))

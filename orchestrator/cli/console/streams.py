@@ -9,11 +9,12 @@ import asyncio
 import functools
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
+from bus.config import Price
 from bus.protocol import ToolCallRecord
 from eventstore import EventQuery, EventStore, EventStoreError
 from orchestrator.cli import trace_model
@@ -65,6 +66,10 @@ async def live_state(
     return state, sent
 
 
+Pricing = tuple[Mapping[str, Price], reads.Joins]
+"""The configured prices, and the agents' joins that name their models."""
+
+
 class RunExtras:
     """What else a run's live page shows, brought up to date at each push from only the
     events appended since the last one: the events' lines (those after `after`, the
@@ -72,8 +77,9 @@ class RunExtras:
     new events of the run's own stream; drawn at most every `DRAW_GAP_S`, and at the
     run's end)."""
 
-    def __init__(self, store: EventStore, run_id: str, after: int) -> None:
+    def __init__(self, store: EventStore, run_id: str, after: int, pricing: Pricing) -> None:
         self._store = store
+        self._prices, self._joins = pricing
         self._run_id = run_id
         self._after = after
         self._growing = trace_model.Growing(run_id)
@@ -98,14 +104,17 @@ class RunExtras:
             lines = found[-reads.EVENTS_MAX :]
             sent["events"] = "".join(pages.event_rows(reads.line_of(s) for s in lines))
         if moved:
-            sent["usage"] = pages.usage(state)
+            used = await reads.run_usage(store, state, self._joins)
+            sent["usage"] = pages.usage(used, self._prices)
         now = time.monotonic()
         if state.terminal or now - self._drawn_at >= DRAW_GAP_S:
             self._drawn_at = now
             sent["waterfall"] = waterfall.render(self._growing.timeline())
 
 
-async def run_live(store: EventStore, live: Live, run_id: str, after: int) -> Response:
+async def run_live(
+    store: EventStore, live: Live, run_id: str, after: int, pricing: Pricing
+) -> Response:
     """Server-sent events: the run's state once, then again each time the bus says the
     run moved (its `baton.events.<run>` progress), each followed by the rest of the page
     it changed (`RunExtras`, from the events after `after`); nothing is polled."""
@@ -115,7 +124,7 @@ async def run_live(store: EventStore, live: Live, run_id: str, after: int) -> Re
     if live.bus is None:
         raise NotReachable(live.problem)
 
-    extras = RunExtras(store, run_id, after)
+    extras = RunExtras(store, run_id, after, pricing)
 
     async def stream() -> AsyncIterator[bytes]:
         state: RunState | None = None
