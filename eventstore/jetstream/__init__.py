@@ -46,8 +46,9 @@ Limits (see also the notes on `JetStreamEventStore`)
     * The event-id index and the position lists (per stream, correlation id, actor and
       type) are held in memory (a few dozen bytes per event). Opening adopts the index
       saved beside the log (`saved_index`, bucket `<name>_INDEX`) if it still fits the
-      log, and reads only the events after it; without one it reads the whole log once. A query naming a correlation id, an actor or a type catches the index up
-      and reads only the positions it allows (`lookup`); one with only text, time or
+      log, and reads only the events after it; without one it reads the whole log once.
+      A query naming a correlation id, an actor or a type catches the index up and reads
+      only the positions it allows (`lookup`); one with only text, time or
       position filters (or only a stream: read by its subject) reads the log in order.
     * Reads use direct gets; with replicas > 1 a follower may answer and lag behind the
       leader, so a read is guaranteed to include this store's own acknowledged appends
