@@ -39,6 +39,7 @@ from bus.errors import (
     MalformedMessage,
     MessageIdTaken,
     NoResponders,
+    OversizedMessage,
     RequestFailed,
 )
 from bus.leases import LeaseBucket
@@ -308,6 +309,8 @@ class Bus:
             raise ConnectionClosed(f"{subject}: {exc}") from exc
         except nats.errors.TimeoutError as exc:
             raise RequestFailed(f"{subject}: {type(exc).__name__}") from exc
+        except nats.errors.MaxPayloadError as exc:  # never sent: sending again cannot help
+            raise OversizedMessage(len(payload), self._nc.max_payload) from exc
         except nats.errors.Error as exc:
             raise RequestFailed(f"{subject}: {exc}") from exc
 

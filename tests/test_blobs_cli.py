@@ -102,3 +102,30 @@ def test_the_run_hint_names_each_large_value_once() -> None:
         f"  baton blobs get {ref['$blob']} -o FILE --state-dir '/srv/my state'",
     ]
     assert render.blob_hint({"a": {"small": "inline"}}, where) == ""
+
+
+def test_an_input_file_too_large_for_a_command_line_starts_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`baton run --input @FILE`: a 600 KB document (a command line takes 128 KiB) is the
+    run's input, stored by reference; the result names the command that reads it back."""
+    workflow = tmp_path / "wf.toml"
+    workflow.write_text(
+        'name = "big-echo"\n[[agents]]\nrole = "echoer"\nhandler = "agents.builtin:echo"\n'
+        '[[steps]]\nid = "say"\nrole = "echoer"\n'
+    )
+    document = "lorem ipsum " * 50_000
+    given = tmp_path / "input.json"
+    given.write_text(json.dumps({"doc": document}))
+    where = ["--state-dir", str(tmp_path / "state")]
+    assert main(["run", str(workflow), "--input", f"@{given}", *where]) == 0
+    out = capsys.readouterr().out
+    [digest] = [line.split()[3] for line in out.splitlines() if "baton blobs get" in line]
+    assert main(["blobs", "get", digest, "-o", str(tmp_path / "doc.txt"), *where]) == 0
+    assert (tmp_path / "doc.txt").read_text() == document
+    capsys.readouterr()
+    assert main(["run", str(workflow), "--input", f"@{tmp_path / 'missing.json'}", *where]) == 2
+    assert "--input: cannot read" in capsys.readouterr().err
+    given.write_text("[1, 2]")
+    assert main(["run", str(workflow), "--input", f"@{given}", *where]) == 2
+    assert "must be a JSON object" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """`baton serve` and `baton submit` as the README shows them: a serving orchestrator
-takes a workflow file and records the run; a submit with nobody serving is a clear error,
-and so is a second `baton serve` on the same SQLite log."""
+takes a workflow file (its input read from a file) and records the run; a submit with
+nobody serving is a clear error, and so are an input over the bus's message limit and a
+second `baton serve` on the same SQLite log."""
 
 from __future__ import annotations
 
@@ -34,8 +35,10 @@ def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> Non
             try:
                 assert serving.stdout is not None
                 assert "serving on NATS" in serving.stdout.readline()
+                given = tmp_path / "input.json"
+                given.write_text('{"topic": "x"}')
                 submitted = subprocess.run(
-                    baton("submit", str(EXAMPLE), "--nats", url, "--input", '{"topic": "x"}'),
+                    baton("submit", str(EXAMPLE), "--nats", url, "--input", f"@{given}"),
                     capture_output=True, text=True, cwd=REPO, timeout=60,
                 )  # fmt: skip
                 assert submitted.returncode == 0, submitted.stderr
@@ -49,6 +52,17 @@ def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> Non
                 assert first["type"] == "run.started"
                 assert first["data"]["input"]["topic"] == "x", "the input given to submit"
                 assert first["data"]["workflow"]["name"] == "research-brief"
+
+                # an input over the bus's message limit is never sent: a clear refusal,
+                # not "no answer, retry"
+                given.write_text(json.dumps({"topic": "y" * 2_000_000}))
+                too_large = subprocess.run(
+                    baton("submit", str(EXAMPLE), "--nats", url, "--input", f"@{given}"),
+                    capture_output=True, text=True, cwd=REPO, timeout=60,
+                )  # fmt: skip
+                assert too_large.returncode == 2
+                assert "over the bus's 1048576-byte message limit" in too_large.stderr
+                assert "retry" not in too_large.stderr
 
                 second = subprocess.run(
                     baton("serve", "--nats", url, "--state-dir", str(state)),

@@ -16,7 +16,7 @@ from orchestrator.cli.reach import Reach, me, reach
 from orchestrator.core.errors import ControlRefused, WorkflowError
 from orchestrator.service.api import ControlAccepted, RunControlRequest
 from orchestrator.service.bootstrap import state_dir
-from orchestrator.service.workflow_files import parse_input
+from orchestrator.service.workflow_files import input_arg
 
 _reply: Decoder[ControlAccepted | ErrorReply] = Decoder(ControlAccepted | ErrorReply)
 ACTIONS = ("approve", "reject", "retry", "cancel")
@@ -37,7 +37,12 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         else:
             p.add_argument("task_id")
         if action == "approve":
-            p.add_argument("--output", default="{}", help="the task's output, a JSON object")
+            p.add_argument(
+                "--output",
+                default="{}",
+                help="the task's output, a JSON object "
+                "(or @FILE to read it from a file, @- standard input)",
+            )
         p.add_argument("--note", default="", help="why (recorded with the decision)")
         p.add_argument("--as", dest="actor", default="",
                        help="who decides (default human:<login name>); on the embedded "
@@ -62,7 +67,7 @@ def actor_of(args: argparse.Namespace, where: Reach) -> str:
 
 
 def request_of(args: argparse.Namespace) -> RunControlRequest:
-    output = parse_input(getattr(args, "output", "{}"), "--output")
+    output = input_arg(getattr(args, "output", "{}"), "--output")
     task_id = args.task if args.command == "cancel" else args.task_id
     return RunControlRequest(args.run_id, args.command, task_id, args.note, output)
 

@@ -55,9 +55,10 @@ from orchestrator.service import journal, serve
 from orchestrator.service.bootstrap import Stack, bootstrap, state_dir, store_name
 from orchestrator.service.launcher import AgentProcesses, resolve_handler
 from orchestrator.service.service import Orchestrator, new_run_id
-from orchestrator.service.workflow_files import contracts_file, load, parse_input
+from orchestrator.service.workflow_files import contracts_file, input_arg, load
 
 _progress: Decoder[ProgressBatch] = Decoder(ProgressBatch)
+INPUT_HELP = "run input as a JSON object, or @FILE to read it from a file (@- standard input)"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -70,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
         "run", help="run a workflow file, starting its agents and NATS", epilog=EXITS
     )
     run.add_argument("workflow", help="workflow file: TOML, or YAML (.yaml/.yml)")
-    run.add_argument("--input", default="{}", help="run input as a JSON object")
+    run.add_argument("--input", default="{}", help=INPUT_HELP)
 
     resume = sub.add_parser("resume", help="carry on an unfinished (or forked) run", epilog=EXITS)
     resume.add_argument("run_id")
@@ -110,7 +111,7 @@ def _parser() -> argparse.ArgumentParser:
 
     submit = sub.add_parser("submit", help="hand a workflow file to a serving orchestrator")
     submit.add_argument("workflow", help="workflow TOML file")
-    submit.add_argument("--input", default="{}", help="run input as a JSON object")
+    submit.add_argument("--input", default="{}", help=INPUT_HELP)
     submit.add_argument("--nats", default=None,
                         help="the NATS servers the orchestrator serves on (default: "
                              "$BATON_NATS_URL, baton.toml's nats, else the embedded "
@@ -364,7 +365,7 @@ async def _serve_only(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     path = Path(args.workflow)
     workflow = load(path)
-    run_input = parse_input(args.input)
+    run_input = input_arg(args.input)
     # handler files are recorded by absolute path, so `baton resume` can restart agents
     specs = [
         replace(

@@ -12,7 +12,7 @@ from orchestrator.cli.reach import me, reach
 from orchestrator.core.errors import WorkflowError
 from orchestrator.service import serve
 from orchestrator.service.bootstrap import state_dir
-from orchestrator.service.workflow_files import load, parse_input
+from orchestrator.service.workflow_files import input_arg, load
 
 
 async def submit(args: argparse.Namespace) -> int:
@@ -21,7 +21,7 @@ async def submit(args: argparse.Namespace) -> int:
         raise WorkflowError("--nats", "no orchestrator's NATS running for the state directory: "
                             "give its URL (or $BATON_NATS_URL)")  # fmt: skip
     workflow = load(Path(args.workflow))
-    run_input = parse_input(args.input)
+    run_input = input_arg(args.input)
     answer = await serve.submit(
         where.url,
         workflow,

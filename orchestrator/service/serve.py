@@ -24,7 +24,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.config import Config
 from bus.connection import Bus
-from bus.errors import BusError, RequestFailed
+from bus.errors import BusError, OversizedMessage, RequestFailed
 from bus.permissions import shown_url
 from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
@@ -174,6 +174,12 @@ async def submit(
                             nats_url, name="baton-submit", inbox_prefix=inbox_prefix
                         )
                 reply = await bus.request(subject, request, min(left, ATTEMPT_S))
+            except OversizedMessage as exc:
+                raise RunRefused(
+                    f"the request is {exc.size} bytes, over the bus's {exc.limit}-byte message "
+                    "limit: a submitted input must fit in one message (baton run stores a "
+                    "large input by reference)"
+                ) from exc
             except (BusError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             else:

@@ -6,6 +6,7 @@ allows) is a `WorkflowError` like any other, never a `RecursionError`."""
 from __future__ import annotations
 
 import json
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,31 @@ def _read(path: Path) -> Any:
         raise WorkflowError(str(path), f"nested more than {MAX_DEPTH} deep") from exc
     bounds.nesting(str(path), data)
     return data
+
+
+MAX_INPUT_FILE_BYTES = 256 * 1024 * 1024
+"""The largest JSON file `@FILE` may name (a run's large values become blobs of at most
+this size)."""
+
+
+def input_arg(value: str, where: str = "--input") -> dict[str, Any]:
+    """A JSON object given on the command line, or read from the file `@PATH` (`@-`:
+    standard input): an input too large for a command line (its limit is 128 KiB)."""
+    if not value.startswith("@"):
+        return parse_input(value, where)
+    path = value[1:]
+    try:
+        if path == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_FILE_BYTES + 1)
+        else:
+            with open(path, "rb") as f:
+                data = f.read(MAX_INPUT_FILE_BYTES + 1)
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise WorkflowError(where, f"cannot read {path}: {exc}") from exc
+    if len(data) > MAX_INPUT_FILE_BYTES:
+        raise WorkflowError(where, f"{path} is over {MAX_INPUT_FILE_BYTES} bytes")
+    return parse_input(text, f"{where} {value}")
 
 
 def parse_input(text: str, where: str = "--input") -> dict[str, Any]:
