@@ -17,6 +17,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
+from nats.js.object_store import ObjectStore
 
 from eventstore.errors import StorageError
 from eventstore.jetstream.schema import Layout, decode_event
@@ -126,6 +127,20 @@ class JetStreamLog:
             await until_quorum(ensure, config, wait_s)
         except NATS_ERRORS as error:
             raise storage_error("creating the JetStream stream", error) from error
+
+    async def object_store(self, bucket: str, description: str, replicas: int) -> ObjectStore:
+        """The object store `bucket` beside the log, made (file storage, `replicas`) if
+        it is missing; NATS errors as they come."""
+        try:
+            return await self.js.object_store(bucket)
+        except nats.js.errors.NotFoundError:
+            config = api.ObjectStoreConfig(
+                bucket=bucket,
+                description=description,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            )
+            return await self.js.create_object_store(bucket, config=config)
 
     def decode(self, msg: Msg) -> StoredEvent:
         return decode_event(msg, self.layout.name)

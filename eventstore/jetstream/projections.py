@@ -18,7 +18,6 @@ from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import msgspec
 import nats.js.errors
-from nats.js import api
 from nats.js.object_store import ObjectStore
 
 from eventstore._common import check_open, log
@@ -71,17 +70,11 @@ class JetStreamProjections:
 
     async def _objects(self) -> ObjectStore:
         if self._bucket is None:
-            js = self._log.js
-            try:
-                self._bucket = await js.object_store(self._bucket_name)
-            except nats.js.errors.NotFoundError:
-                config = api.ObjectStoreConfig(
-                    bucket=self._bucket_name,
-                    description="Baton projections: rows and checkpoint, bound to the log",
-                    storage=api.StorageType.FILE,
-                    replicas=self._replicas,
-                )
-                self._bucket = await js.create_object_store(self._bucket_name, config=config)
+            self._bucket = await self._log.object_store(
+                self._bucket_name,
+                "Baton projections: rows and checkpoint, bound to the log",
+                self._replicas,
+            )
         return self._bucket
 
     async def _ready(self, name: str) -> None:

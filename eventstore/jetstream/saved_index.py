@@ -27,7 +27,6 @@ from typing import Final
 
 import msgspec
 import nats.js.errors
-from nats.js import api
 from nats.js.object_store import ObjectStore
 
 from eventstore._common import log
@@ -116,17 +115,9 @@ class IndexSaves:
 
     async def _objects(self) -> ObjectStore:
         if self._bucket is None:
-            js = self._log.js
-            try:
-                self._bucket = await js.object_store(self._bucket_name)
-            except nats.js.errors.NotFoundError:
-                config = api.ObjectStoreConfig(
-                    bucket=self._bucket_name,
-                    description="Baton: the event log's index, bound to the log",
-                    storage=api.StorageType.FILE,
-                    replicas=self._replicas,
-                )
-                self._bucket = await js.create_object_store(self._bucket_name, config=config)
+            self._bucket = await self._log.object_store(
+                self._bucket_name, "Baton: the event log's index, bound to the log", self._replicas
+            )
         return self._bucket
 
     async def load(self) -> None:
