@@ -10,11 +10,8 @@ import asyncio
 import http.client
 import json
 import os
-import queue
 import re
 import subprocess
-import threading
-import time
 from collections.abc import Iterator
 from decimal import Decimal
 from pathlib import Path
@@ -31,6 +28,7 @@ from orchestrator.core.events import AgentJoined
 from orchestrator.core.workflow import AgentSpec, StepSpec, WorkflowSpec
 from orchestrator.service import journal
 from tests.cluster import baton, cluster
+from tests.console_login import console_login
 from tests.fake_openai import FakeOpenAI, prompt_tokens, words
 
 MODEL = "fake-model"
@@ -73,30 +71,8 @@ def _console(state_dir: Path) -> tuple[subprocess.Popen[str], int, str]:
         baton("ui", "--port", "0", "--state-dir", str(state_dir)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
-    assert process.stdout is not None
-    heard: queue.Queue[str] = queue.Queue()
-    out = process.stdout
-
-    def read() -> None:
-        for line in out:
-            heard.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while not any(line.startswith("open http") for line in lines):
-        assert process.poll() is None, f"baton ui exited: {lines}"
-        lines.append(heard.get(timeout=max(0.0, deadline - time.monotonic())))
-    url = re.search(r"open (http://127\.0\.0\.1:(\d+)/login\?token=\S+)", "".join(lines))
-    assert url, lines
-    port = int(url.group(2))
-    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-    connection.request("GET", url.group(1).partition(f":{port}")[2])
-    login = connection.getresponse()
-    login.read()
-    connection.close()
-    assert login.status == 303
-    return process, port, (login.getheader("set-cookie") or "").partition(";")[0]
+    _, port, cookie = console_login(process)
+    return process, port, cookie
 
 
 def _get(port: int, path: str, cookie: str) -> str:

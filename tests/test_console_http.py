@@ -35,6 +35,7 @@ from orchestrator.cli.console.guard import HEADERS
 from orchestrator.service import journal, run_summaries
 from tests.cluster import baton
 from tests.console_env import ESCALATION, RESEARCH, ConsoleEnv, Reply, fetch, login
+from tests.console_login import console_login
 
 PAGES = ("/", "/runs/{run}", "/runs/{run}/live", "/approvals", "/agents", "/audit",
          "/why?ref=1", "/live/runs", "/live/approvals", "/live/agents")  # fmt: skip
@@ -390,32 +391,10 @@ def test_baton_serve_ui_serves_the_console_beside_the_orchestrator(tmp_path: Pat
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     try:
-        assert server.stdout is not None
-        lines: list[str] = []
-        heard: queue.Queue[str] = queue.Queue()
-        out = server.stdout
-
-        def read() -> None:
-            for line in out:
-                heard.put(line)
-
-        threading.Thread(target=read, daemon=True).start()
-        deadline = time.monotonic() + 60
-        while not any(line.startswith("open http") for line in lines):
-            assert server.poll() is None, f"baton serve --ui exited: {lines}"
-            lines.append(heard.get(timeout=max(0.0, deadline - time.monotonic())))
-        said = "".join(lines)
+        said, port, cookie = console_login(server)
         assert "baton: serving on NATS" in said
         assert re.search(r"acting as human:\S+ on nats://127\.0\.0\.1:\d+\n", said), said
-        url = re.search(r"open (http://127\.0\.0\.1:(\d+)/login\?token=\S+)", said)
-        assert url, said
-        port = int(url.group(2))
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
-        connection.request("GET", url.group(1).partition(f":{port}")[2])
-        login = connection.getresponse()
-        login.read()
-        assert login.status == 303
-        cookie = (login.getheader("set-cookie") or "").partition(";")[0]
         connection.request("GET", "/agents", headers={"Cookie": cookie})
         page = connection.getresponse()
         assert page.status == 200
