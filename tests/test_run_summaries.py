@@ -260,3 +260,49 @@ def test_a_kept_runs_list_shows_what_a_fold_shows_as_the_log_and_projection_move
         assert sorted(row[0] for row in everything) == sorted(runs)
 
     asyncio.run(scenario())
+
+
+class GatedReads(MemoryEventStore):
+    """The in-memory store whose next stream read, once `hold` is called, waits for
+    `gate` (the reads after it do not)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = asyncio.Event()
+        self.held = False
+
+    def hold(self) -> None:
+        self.held = True
+
+    async def read_stream(self, *args: Any, **kwargs: Any) -> Any:
+        if self.held:
+            self.held = False
+            await self.gate.wait()
+        return await super().read_stream(*args, **kwargs)
+
+
+def test_seeding_waits_while_a_page_folds_the_rows_it_shows() -> None:
+    """On a log with no projection yet, a page's rows are folded from the log while the
+    projection is seeded: the seed yields to them (`Summaries.quiet`), so the first page
+    does not wait for the whole seed's folds."""
+
+    async def scenario() -> None:
+        store = GatedReads()
+        runs = [await history.import_lines(store, log.read_text().splitlines()) for log in LOGS]
+        port = MemoryEventStore().projections
+        summaries = reads.Summaries(port)
+        store.hold()  # the page's fold is under way, and waits
+        folding = asyncio.ensure_future(summaries.row(store, runs[0]))
+        await asyncio.sleep(0.01)
+        assert not summaries.idle.is_set()
+        seeding = asyncio.ensure_future(run_summaries.seed(store, port, quiet=summaries.quiet))
+        await asyncio.sleep(0.05)
+        assert not seeding.done(), "the seed waits for the page"
+        store.gate.set()
+        row = await folding
+        assert row.run_id == runs[0]
+        assert summaries.idle.is_set()
+        assert await seeding == await store.last_position()
+        assert await _rows(port, run_summaries.NAME) == await _folded(store, runs)
+
+    asyncio.run(scenario())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 
 import msgspec
 
@@ -142,12 +143,22 @@ class RunSummaries:
             self._folding.popitem(last=False)
 
 
-async def seed(store: EventStore, port: ProjectionStore, name: str = NAME) -> int:
+async def _always() -> None:
+    return None
+
+
+async def seed(
+    store: EventStore,
+    port: ProjectionStore,
+    name: str = NAME,
+    quiet: Callable[[], Awaitable[None]] = _always,
+) -> int:
     """Fill an empty projection at once, as of the log's last position P: each run's row
     from its state at P (`load_run`, from its newest snapshot bound to the log, then its
     events), committed with the checkpoint P; the projector folds on from P + 1. A
     rebuild that replays snapshots, not every event of every run. Returns the checkpoint
-    (the one already there if the projection was not empty)."""
+    (the one already there if the projection was not empty). Before each run it awaits
+    `quiet` (a console lets the rows a person waits for be folded first)."""
     found = await port.checkpoint(name)
     if found:
         return found
@@ -156,6 +167,7 @@ async def seed(store: EventStore, port: ProjectionStore, name: str = NAME) -> in
         return 0
     rows: dict[str, bytes] = {}
     for stream in await store.streams(journal.RUN_PREFIX):
+        await quiet()
         run_id = journal.run_id_of(stream)
         try:
             state = await journal.load_run(store, run_id, last)
@@ -166,15 +178,21 @@ async def seed(store: EventStore, port: ProjectionStore, name: str = NAME) -> in
     return last
 
 
-async def follow(store: EventStore, port: ProjectionStore, name: str = NAME) -> None:
+async def follow(
+    store: EventStore,
+    port: ProjectionStore,
+    name: str = NAME,
+    quiet: Callable[[], Awaitable[None]] = _always,
+) -> None:
     """Keep the rows up to date with the log until cancelled or the store closes: an
-    empty projection is seeded (`seed`), then the projector goes on from the checkpoint;
+    empty projection is seeded (`seed`, yielding to `quiet`), then the projector goes on
+    from the checkpoint;
     the same again after a failure (another process moved the checkpoint first, the log
     could not be read), with a new projection (it holds no state from before)."""
     wait_s = RESTART_S
     while True:
         try:
-            await seed(store, port, name)
+            await seed(store, port, name, quiet)
             projection = RunSummaries(store, name)
             await Projector(store, port, projection, batch_size=BATCH, pace_s=PACE_S).run()
             return  # the store closed

@@ -158,7 +158,9 @@ async def serving(
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    projecting = asyncio.create_task(run_summaries.follow(store, rows))
+    projecting = asyncio.create_task(
+        run_summaries.follow(store, rows, quiet=console.summaries.quiet)
+    )
     try:
         deadline = time.monotonic() + START_S
         while not server.started:  # uvicorn says so only by this flag

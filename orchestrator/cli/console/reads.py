@@ -90,6 +90,16 @@ class Summaries:
     lag_max: int = LAG_MAX
     kept: Projected = field(default_factory=Projected)
     reading: asyncio.Lock = field(default_factory=asyncio.Lock)
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set while no row is being folded for a page (`quiet` waits for it)."""
+
+    def __post_init__(self) -> None:
+        self.idle.set()
+
+    async def quiet(self) -> None:
+        """Return once no page waits for a row being folded: the projection's seeding
+        yields to them (on a log it has not projected yet, the first page is folded)."""
+        await self.idle.wait()
 
     async def projected(self, store: EventStore) -> Projected | None:
         """The projection's rows and the runs moved since its checkpoint; `None` while
@@ -152,8 +162,14 @@ class Summaries:
         if folding is None:  # one fold per run at a time, however many pages ask
             folding = asyncio.ensure_future(self._fold(store, run_id))
             self.folding[run_id] = folding
-            folding.add_done_callback(lambda _: self.folding.pop(run_id, None))
+            self.idle.clear()
+            folding.add_done_callback(lambda _: self._folded(run_id))
         return await asyncio.shield(folding)
+
+    def _folded(self, run_id: str) -> None:
+        self.folding.pop(run_id, None)
+        if not self.folding:
+            self.idle.set()
 
     async def _fold(self, store: EventStore, run_id: str) -> RunSummary:
         before = self.states.pop(run_id, None)
