@@ -92,9 +92,12 @@ class Node:
             f"jetstream {{\n  store_dir: {store}\n  sync_interval: always\n}}\n{extra}"
         )
         self.process: subprocess.Popen[bytes] | None = None
+        self.leaving = False
+        """Told to stop in order (SIGTERM, lame duck) and not gone yet: not asked."""
 
     def start(self) -> None:
         """Start the server and wait until it accepts connections (bounded)."""
+        self.leaving = False
         log = (self.directory / "server.log").open("ab")
         self.process = subprocess.Popen(
             [str(find_binary()), "-c", str(self.directory / "server.conf")],
@@ -121,6 +124,19 @@ class Node:
         assert self.process is not None
         os.kill(self.process.pid, signal.SIGKILL)
         self.process.wait()
+
+    def leave(self, how: signal.Signals) -> None:
+        """Stop in order, without waiting: SIGTERM (shut down: its raft leaderships are
+        stepped down first) or SIGUSR2 (lame-duck mode: leaderships moved to the others,
+        no new clients, the connected ones closed over its grace period, then exit)."""
+        assert self.process is not None
+        self.leaving = True
+        self.process.send_signal(how)
+
+    def gone(self, timeout: float) -> int:
+        """Wait until the process has exited (bounded); its exit status."""
+        assert self.process is not None
+        return self.process.wait(timeout)
 
     def stop(self) -> None:
         if self.alive:
@@ -173,7 +189,8 @@ class NatsCluster:
         return next(node for node in self.nodes if node.name == name)
 
     def alive(self) -> list[Node]:
-        return [node for node in self.nodes if node.alive]
+        """The nodes running and not told to stop."""
+        return [node for node in self.nodes if node.alive and not node.leaving]
 
     async def stream_cluster(self, stream: str, timeout: float = 30.0) -> StreamCluster:
         """The stream's cluster as the live nodes' JetStream API has it once it has a

@@ -1,13 +1,15 @@
 """Baton on a three-node NATS cluster, driven only through the command line as
 docs/deploy.md says a user does: a `baton.toml` naming the three servers and 3 replicas,
 `baton serve`, `baton agent`s, `baton submit`; then `baton audit` and `baton audit
-verify` to check. While a 200-task workflow runs, nodes are SIGKILLed one at a time (a
-follower, the event log's stream leader, the inbox's leader), each started again before
-the next (3 replicas keep a quorum with 2 of 3 up). Every run completes, each task
-succeeded exactly once, the log is the same on every node, and the orchestrator logged
-each leader failover in one line, with no traceback. The stall each failover caused is
-measured and printed. Then three `baton serve` on the cluster, one SIGKILLed ten times
-(bench/bench_takeover.py's measure): every run completes, each task once.
+verify` to check. While a 500-task workflow runs, nodes are stopped one at a time, each
+started again before the next (3 replicas keep a quorum with 2 of 3 up): in order first
+(the event log's stream leader in lame-duck mode, the inbox's leader by SIGTERM: the run
+stalls at most 2 s), then SIGKILLed (a follower, the log's leader, the inbox's leader).
+Every run completes, each task succeeded exactly once, the log is the same on every
+node, and the orchestrator logged each leader failover in one line, with no traceback.
+The stall each stop caused is measured and printed. Then three `baton serve` on the
+cluster, one SIGKILLed ten times (bench/bench_takeover.py's measure): every run
+completes, each task once.
 
 Marked `cluster` (both tests together about 90 s on 2 cores): `pytest -m cluster`."""
 
@@ -18,6 +20,7 @@ import itertools
 import json
 import os
 import re
+import signal
 import subprocess
 import time
 from collections import Counter
@@ -38,19 +41,37 @@ from tests.nats_cluster import NatsCluster, Node, nats_cluster
 pytestmark = pytest.mark.cluster
 
 EVENTS = "BATON_EVENTS"
-TASKS = 200
+TASKS = 500
 FAILOVER = re.compile(rf"event log {EVENTS}: leader failover, \S+ leads it now")
 
 
+STOPS: tuple[tuple[str, signal.Signals], ...] = (
+    ("events leader", signal.SIGUSR2),  # lame-duck mode: nats-server's own unit stops so
+    ("inbox leader", signal.SIGTERM),  # a service manager's stop
+    ("follower", signal.SIGKILL),
+    ("events leader", signal.SIGKILL),
+    ("inbox leader", signal.SIGKILL),
+)
+"""The nodes stopped during the run, one at a time, and how: in order first, then dead."""
+ORDERLY_STALL_S = 2.0
+"""The issue's bound on the run's stall when a node is stopped in order."""
+
+
 class Kill(NamedTuple):
-    """One SIGKILL of a node: why it was chosen, which, when (wall clock), whether it led
-    the log's stream then, and how much the orchestrator had logged before it."""
+    """One stop of a node: why it was chosen, how (the signal), which, when (wall clock),
+    whether it led the log's stream then, and how much the orchestrator had logged
+    before it."""
 
     what: str
+    how: signal.Signals
     node: str
     at: float
     led_events: bool
     said: int
+
+    @property
+    def orderly(self) -> bool:
+        return self.how != signal.SIGKILL
 
 
 def _elections(cluster: NatsCluster, after: float, before: float) -> dict[str, float]:
@@ -72,7 +93,7 @@ def _elections(cluster: NatsCluster, after: float, before: float) -> dict[str, f
 
 def _workflow(seconds: float) -> str:
     return (
-        'name = "two-hundred"\n'
+        'name = "five-hundred"\n'
         '[[agents]]\nrole = "worker"\nhandler = "agents.builtin:sleep"\n'
         '[[steps]]\nid = "split"\nrole = "worker"\n'
         f'[[steps]]\nid = "work"\nrole = "worker"\nneeds = ["split"]\nfan_out = {TASKS - 2}\n'
@@ -199,12 +220,12 @@ async def _log_on(node: Node, stream: str) -> list[tuple[int, str]]:
         await nc.close()
 
 
-def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_node(
+def test_a_500_task_run_outlives_stopping_and_killing_the_leaders_and_a_follower(
     tmp_path: Path,
 ) -> None:
     work = tmp_path / "work"
     work.mkdir()
-    (work / "wf.toml").write_text(_workflow(seconds=1.0))
+    (work / "wf.toml").write_text(_workflow(seconds=0.5))
     with nats_cluster(tmp_path / "nats") as cluster, services() as running:
         _configure(work, cluster)
         serve = Service(work, "serve", "serve", "--state-dir", str(work / "state"))  # step 3
@@ -215,7 +236,7 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
         )
         for n in range(2):  # step 4: agents, with the same baton.toml
             agent = ("agent", "--role", "worker", "--handler", "agents.builtin:sleep")
-            running.append(Service(work, f"agent{n}", *agent, "--capacity", "4"))
+            running.append(Service(work, f"agent{n}", *agent, "--capacity", "2"))
         submitted = _baton(work, "submit", "wf.toml", "--timeout", "60")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
@@ -223,18 +244,24 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
         async def kills() -> list[Kill]:
             done: list[Kill] = []
             tail = await _until_progress(cluster, 20)
-            for what in ("follower", "events leader", "inbox leader"):
+            for what, how in STOPS:
                 leader = await cluster.leader(EVENTS)
                 inbox = await cluster.leader(INBOX_STREAM)
                 if what == "follower":
                     victim = next(n for n in cluster.nodes if n.name not in (leader, inbox))
                 else:
                     victim = cluster.node(leader if what == "events leader" else inbox)
-                assert not _ended(work, run_id), f"the run ended before the {what} was killed"
+                assert not _ended(work, run_id), f"the run ended before the {what} was stopped"
                 said = len(serve.err.read_text())
-                victim.kill()
-                done.append(Kill(what, victim.name, time.time(), victim.name == leader, said))
+                at = time.time()
+                if how == signal.SIGKILL:
+                    victim.kill()
+                else:
+                    victim.leave(how)
+                done.append(Kill(what, how, victim.name, at, victim.name == leader, said))
                 tail = await _until_progress(cluster, tail + 10)  # on, without it
+                if how != signal.SIGKILL:  # lame duck: its clients closed over 10 s, then exit
+                    assert await asyncio.to_thread(victim.gone, 60) == 0
                 victim.start()
                 await cluster.until_current(EVENTS)
                 await cluster.until_current(INBOX_STREAM)
@@ -276,7 +303,12 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
             upto = killed[n + 1].at if n + 1 < len(killed) else kill.at + 30
             during = [kill.at, *(t for t in times if kill.at < t <= upto)]
             stall = max(b - a for a, b in itertools.pairwise(during))
-            figure = {"killed": kill.what, "node": kill.node, "stall_s": round(stall, 2)}
+            figure = {
+                "stopped": kill.what,
+                "by": kill.how.name,
+                "node": kill.node,
+                "stall_s": round(stall, 2),
+            }
             if kill.led_events:
                 assert len(lines) == 1, said[kill.said : end]
                 elected = _elections(cluster, kill.at, min(upto, kills_ended))
@@ -288,10 +320,12 @@ def test_a_200_task_run_outlives_killing_a_follower_the_leader_and_the_inbox_nod
                 # nats-server has elected the leaders it needs (the election itself is
                 # nats-server's 4-9 s raft timeout, not configurable)
                 assert resumed - whole <= 2.0, (figure, said[kill.said : end])
+            if kill.orderly:  # the issue's bound, on the whole stall: nothing to wait out
+                assert stall <= ORDERLY_STALL_S, (figure, said[kill.said : end])
             figures.append(figure)
         rate = len(times) / (times[-1] - times[0])
         for f in figures:
-            print(f"killed the {f['killed']} ({f['node']}): runs stalled {f['stall_s']}s")
+            print(f"{f['by']} to the {f['stopped']} ({f['node']}): runs stalled {f['stall_s']}s")
             if "elections_s" in f:
                 print(f"  nats-server elected new leaders after {f['elections_s']}, Baton "
                       f"appended {f['baton_after_elections_s']}s after the last")  # fmt: skip
