@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -202,7 +203,9 @@ class Bus:
         port), re-subscribing and sending what was queued meanwhile.
 
         nats-py retries a failed first connect forever when reconnects are unlimited, so
-        an error during the first connect is raised from its error callback instead.
+        an error during the first connect is raised from its error callback instead (once
+        every server failed, or at once for a server certificate the configured authority
+        does not vouch for).
         While it reconnects, one line says so, and one more when it is back, not a line
         per try.
         """
@@ -216,6 +219,8 @@ class Bus:
                 failed[0] += 1
                 if failed[0] >= len(urls):  # each server tried (nats-py goes round them)
                     raise exc
+                if isinstance(exc, ssl.SSLCertVerificationError):  # stays so; and nats-py
+                    raise exc  # 2.16 hangs on the next server after one
                 return
             outage.error(exc)
 

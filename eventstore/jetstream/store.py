@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
@@ -38,8 +39,9 @@ __all__ = ["JetStreamEventStore"]
 
 async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
     """A client that reconnects forever once connected, but whose first connect fails
-    (with the last error) once every server has refused it: nats-py would otherwise retry
-    a wrong address or login forever."""
+    (with the last error) once every server has refused it, or at once on a server
+    certificate that the configured authority does not vouch for: nats-py would
+    otherwise retry a wrong address or login forever."""
     failed = 0
     connected = False
 
@@ -47,7 +49,9 @@ async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any
         nonlocal failed
         if not connected:
             failed += 1
-            if failed >= len(servers):
+            # a certificate the configured authority does not vouch for stays so (and
+            # nats-py 2.16 hangs on the next server after one)
+            if failed >= len(servers) or isinstance(error, ssl.SSLCertVerificationError):
                 raise error
 
     client = await nats.connect(
