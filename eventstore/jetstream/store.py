@@ -44,15 +44,20 @@ async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any
     otherwise retry a wrong address or login forever."""
     failed = 0
     connected = False
+    telling: list[Exception] = []  # a refused login: not the broken pipe that may follow
 
     async def on_error(error: Exception) -> None:
         nonlocal failed
         if not connected:
             failed += 1
+            if "Authorization Violation" in str(error):
+                telling.append(error)
             # a certificate the configured authority does not vouch for stays so (and
             # nats-py 2.16 hangs on the next server after one)
-            if failed >= len(servers) or isinstance(error, ssl.SSLCertVerificationError):
+            if isinstance(error, ssl.SSLCertVerificationError):
                 raise error
+            if failed >= len(servers):
+                raise telling[-1] if telling else error
 
     client = await nats.connect(
         servers,
