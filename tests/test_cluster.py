@@ -11,7 +11,7 @@ The stall each stop caused is measured and printed. Then three `baton serve` on 
 cluster, one SIGKILLed ten times (bench/bench_takeover.py's measure): every run
 completes, each task once.
 
-Marked `cluster` (both tests together about 90 s on 2 cores): `pytest -m cluster`."""
+Marked `cluster` (both tests together 130-138 s on 2 cores): `pytest -m cluster`."""
 
 from __future__ import annotations
 
