@@ -37,6 +37,7 @@ from agents.sdk import TaskContext
 from bus.config import Config
 from bus.connection import Bus
 from bus.leases import LEASES_BUCKET
+from bus.nats_options import login_options
 from bus.server import EmbeddedNats
 from orchestrator.core.events import TaskSucceeded
 from orchestrator.core.workflow import StepSpec, WorkflowSpec
@@ -88,10 +89,12 @@ async def _holders(js: object) -> dict[int, str]:
 
 
 async def measure(
-    kills: int, seed: int, servers: list[str] | None = None, replicas: int = 1
+    kills: int, seed: int, servers: list[str] | None = None, replicas: int = 1, settings: str = ""
 ) -> dict[str, object]:
     """SIGKILL one of three `baton serve` `kills` times, on `servers` (default: an
-    embedded nats-server started here) with every stream at `replicas`."""
+    embedded nats-server started here) with every stream at `replicas`; `settings`, if
+    given, is the `baton.toml` the services read (its login and TLS files; this process
+    logs in with those `$BATON_NATS_*` / `$BATON_TLS_*` name)."""
     rng = random.Random(seed)
     ran: Counter[tuple[str, str]] = Counter()
 
@@ -107,12 +110,12 @@ async def measure(
         url = ",".join(urls)
         listed = ", ".join(json.dumps(u) for u in urls)
         (work / "baton.toml").write_text(
-            f'store = "jetstream"\nreplicas = {replicas}\nnats = [{listed}]\n'
+            settings or f'store = "jetstream"\nreplicas = {replicas}\nnats = [{listed}]\n'
         )
         serving = [Serving(work, f"o{n}") for n in range(3)]
         for s in serving:
             await s.ready()
-        nc = await nats.connect(servers=urls)
+        nc = await nats.connect(servers=urls, **login_options())
         js = nc.jetstream()
         agents = []
         for n in range(3):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -141,6 +142,15 @@ CLOSE_TIMEOUT_S = 1.0
 """How long `Bus.close` waits to flush and say goodbye; a server that is gone gets none."""
 
 
+def says_why(exc: BaseException) -> bool:
+    """Whether a failed connect says why the server will not have this client (its login
+    refused, its certificate not trusted), unlike the broken pipe or reset that may
+    follow when the server closes the connection."""
+    return isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError)) or (
+        "Authorization Violation" in str(exc)
+    )
+
+
 class _Outage:
     """Logs a connection's outages: one line when it is lost (with the first error), one
     when it is back (how long, how many errors); the errors between are only counted."""
@@ -203,7 +213,9 @@ class Bus:
         port), re-subscribing and sending what was queued meanwhile.
 
         nats-py retries a failed first connect forever when reconnects are unlimited, so
-        an error during the first connect is raised from its error callback instead.
+        an error during the first connect is raised from its error callback instead (once
+        every server failed, or at once for a server certificate the configured authority
+        does not vouch for).
         While it reconnects, one line says so, and one more when it is back, not a line
         per try.
         """
@@ -211,12 +223,17 @@ class Bus:
         outage = _Outage(name)
         urls = servers(url)
         failed = [0]
+        telling: list[Exception] = []  # a refused login, a certificate not trusted
 
         async def on_error(exc: Exception) -> None:
             if not connected:
                 failed[0] += 1
+                if says_why(exc):
+                    telling.append(exc)
                 if failed[0] >= len(urls):  # each server tried (nats-py goes round them)
-                    raise exc
+                    raise telling[-1] if telling else exc
+                if isinstance(exc, ssl.SSLCertVerificationError):  # stays so; and nats-py
+                    raise exc  # 2.16 hangs on the next server after one
                 return
             outage.error(exc)
 
@@ -243,8 +260,9 @@ class Bus:
                 # ValueError: a URL nats-py cannot use at all (nats-py 2.14: no host in it)
                 failed[0] = 0
                 if attempt == tries - 1:
+                    why = telling[-1] if telling else exc  # not the broken pipe after it
                     raise BusError(
-                        f"cannot connect to {shown}: {exc or type(exc).__name__}"
+                        f"cannot connect to {shown}: {why or type(why).__name__}"
                     ) from exc
                 await asyncio.sleep(0.3)
                 continue

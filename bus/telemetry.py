@@ -321,11 +321,21 @@ class JsonLogFormatter(logging.Formatter):
         return json.dumps(line, default=str)
 
 
+SSL_EOF_NOTE = "returning true from eof_received() has no effect when using ssl"
+"""What asyncio warns each time a TLS connection of nats-py's ends (its protocol's
+`eof_received` returns True): nothing a user can act on."""
+
+
+def _not_the_ssl_eof_note(record: logging.LogRecord) -> bool:
+    return not (record.name == "asyncio" and record.getMessage() == SSL_EOF_NOTE)
+
+
 def configure_logging(
     env: Mapping[str, str] | None = None, *, default_level: str = "WARNING"
 ) -> logging.Handler:
     """Install the root log handler `BATON_LOG_FORMAT` (text|json), `BATON_LOG_FILE` and
-    `BATON_LOG_LEVEL` ask for; returns it so a caller can remove it again."""
+    `BATON_LOG_LEVEL` ask for (without asyncio's `SSL_EOF_NOTE`); returns it so a caller
+    can remove it again."""
     env = os.environ if env is None else env
     form = env.get(LOG_FORMAT_ENV, "text").strip().lower()
     if form not in {"text", "json"}:
@@ -344,6 +354,7 @@ def configure_logging(
         if form == "json"
         else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
     )
+    handler.addFilter(_not_the_ssl_eof_note)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level)

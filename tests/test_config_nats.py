@@ -14,6 +14,7 @@ import re
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -24,7 +25,7 @@ from bus.subjects import INBOX_STREAM
 from eventstore import JetStreamEventStore, StorageError
 from tests.cluster import EXAMPLE, baton
 from tests.nats_cluster import free_port, nats_cluster, nats_server
-from tests.programs import need
+from tests.pki import certificates
 
 
 def _baton(
@@ -41,11 +42,12 @@ def _baton(
     )
 
 
-def _streams(url: str) -> dict[str, int]:
-    """Every stream on the server at `url` and its configured replicas."""
+def _streams(url: str, **options: Any) -> dict[str, int]:
+    """Every stream on the server at `url` and its configured replicas (nats-py's
+    connect `options`: TLS, a login)."""
 
     async def ask() -> dict[str, int]:
-        nc = await nats.connect(url)
+        nc = await nats.connect(url, **options)
         try:
             js = nc.jetstream()
             found = await js.streams_info()
@@ -226,7 +228,7 @@ def test_on_a_three_node_cluster_every_stream_gets_three_replicas(tmp_path: Path
         (tmp_path / "baton.toml").write_text(servers.baton_toml())  # docs/deploy.md's
         done = _baton(tmp_path, "run", str(EXAMPLE), "--timeout", "120")
         assert done.returncode == 0, done.stdout + done.stderr
-        streams = _streams(urls[1])
+        streams = _streams(urls[1], **servers.options)
         assert streams["BATON_EVENTS"] == 3
         assert streams[INBOX_STREAM] == 3
         assert all(replicas == 3 for replicas in streams.values()), streams
@@ -285,30 +287,11 @@ def test_serve_agent_and_submit_all_take_the_cluster_from_baton_toml(tmp_path: P
         assert not (work / ".baton" / "events.db").exists()
 
 
-def _certificates(directory: Path) -> None:
-    """A CA, a server certificate for 127.0.0.1 and a client certificate, by openssl."""
-    directory.mkdir()
-    key = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run(["openssl", *args], cwd=directory, check=True, capture_output=True)
-
-    run("req", "-x509", *key, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
-        "-subj", "/CN=baton-test-ca")  # fmt: skip
-    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
-    for name in ("server", "client"):
-        run("req", *key, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", f"{name}.pem", "-days", "2",
-            *(["-extfile", "san.ext"] if name == "server" else []))  # fmt: skip
-
-
 def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificate(
     tmp_path: Path,
 ) -> None:
-    need("openssl", "the test certificates cannot be made here")
     pki = tmp_path / "pki"
-    _certificates(pki)
+    certificates(pki)
     tls = (
         f"tls {{\n  cert_file: {json.dumps(str(pki / 'server.pem'))}\n"
         f"  key_file: {json.dumps(str(pki / 'server.key'))}\n"

@@ -25,7 +25,8 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.config import Config
 from bus.connection import Bus
-from bus.leases import LeaseLost
+from bus.errors import BusError
+from bus.leases import LEASES_BUCKET, LeaseBucket, LeaseLost
 from bus.protocol import ErrorReply
 from bus.server import EmbeddedNats
 from eventstore import EventStore
@@ -37,6 +38,7 @@ from orchestrator.service.api import StatusReply, StatusRequest
 from orchestrator.service.bootstrap import open_store
 from orchestrator.service.serve import submit
 from orchestrator.service.service import Orchestrator
+from orchestrator.service.sharing import Sharing
 
 WORKFLOW = WorkflowSpec(
     "shared",
@@ -254,6 +256,66 @@ def test_the_lease_bucket_writes_only_at_the_revision_expected(tmp_path: Path) -
         finally:
             await a.close()
             await b.close()
+            server.stop()
+
+    asyncio.run(scenario())
+
+
+class _ReplyLost(LeaseBucket):
+    """The real lease bucket, whose write of the key `lose` (once) lands but reports what
+    a lost reply does: no revision, a `BusError` (a stream leader stepping down in an
+    orderly stop never answers what it had in flight)."""
+
+    lose = ""
+
+    async def write(self, key: str, value: str, expected: int | None) -> int:
+        before = self.entries.get(key)
+        revision = await super().write(key, value, expected)
+        if key != self.lose:
+            return revision
+        self.lose = ""
+        if before is not None:  # only the watcher may tell of the write
+            self.entries[key] = before
+        raise BusError(f"cannot write {key} in {LEASES_BUCKET}: nats: timeout")
+
+
+def test_a_renewal_that_landed_without_a_reply_keeps_the_partition(tmp_path: Path) -> None:
+    """A renewal whose reply was lost but which was stored shows in the bucket as a newer
+    revision in this orchestrator's own name: that is its renewal, not a claim by
+    another, so it keeps serving the partition instead of stepping down from it."""
+
+    async def scenario() -> None:
+        server = EmbeddedNats(tmp_path / "nats")
+        url = await server.start()
+        bus = await Bus.connect(url, name="o")
+        lost: list[set[int]] = []
+        try:
+            bucket = _ReplyLost((await bus.lease_bucket())._kv)
+            watching = asyncio.create_task(bucket.watch())
+
+            async def nothing(_: dict[int, int]) -> None:
+                return None
+
+            sharing = Sharing(
+                bucket, "o1", clock=time.monotonic, gained=nothing, lost=lost.append,
+                rescan=nothing, spawn=asyncio.ensure_future, partitions=2,
+            )  # fmt: skip
+            await sharing.start()
+            assert set(sharing.held) == {0, 1}
+            before = sharing.held[0]
+            bucket.lose = "p.0"
+            await sharing.round()  # the renewal of p.0 lands; its reply does not come
+            assert not bucket.lose, "the renewal was not tried"
+            assert sharing.held[0] == before
+            await _until(lambda: bucket.entries["p.0"][1] > before, "the watcher sees it")
+            landed = bucket.entries["p.0"][1]
+            await sharing.round()
+            assert lost == []
+            assert sharing.held[0] > landed  # adopted, then renewed from it
+            assert sharing.owned() == [0, 1]
+            watching.cancel()
+        finally:
+            await bus.close()
             server.stop()
 
     asyncio.run(scenario())

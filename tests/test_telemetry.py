@@ -24,6 +24,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 
 from bus.connection import Bus
 from bus.telemetry import (
+    SSL_EOF_NOTE,
     JsonLogFormatter,
     Telemetry,
     TelemetryConfigError,
@@ -562,3 +563,19 @@ def test_a_run_finished_by_a_restarted_orchestrator_is_still_one_tree(
     assert {s["name"] for s in first} >= {"decide StartRun", "dispatch fan[0]#1"}
     assert {s["name"] for s in second} >= {"task fan[0]", "task join", "dispatch join#1"}
     second_telemetry.shutdown()
+
+
+def test_the_log_leaves_out_asyncios_note_on_each_tls_connection_closed(tmp_path: Path) -> None:
+    path = tmp_path / "baton.log"
+    handler = configure_logging({"BATON_LOG_FILE": str(path)})
+    try:
+        logging.getLogger("asyncio").warning(SSL_EOF_NOTE)
+        logging.getLogger("asyncio").warning("another asyncio warning")
+        logging.getLogger("baton.x").warning(SSL_EOF_NOTE)  # only asyncio's is left out
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    lines = path.read_text().splitlines()
+    assert len(lines) == 2, lines
+    assert lines[0].endswith("WARNING asyncio another asyncio warning")
+    assert lines[1].endswith(f"WARNING baton.x {SSL_EOF_NOTE}")

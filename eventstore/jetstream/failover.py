@@ -8,6 +8,11 @@ expose). Meanwhile appends find no leader and the writer tries them again (see
 it in one line, with how long appends waited for it. A pause with no election (a
 reconnect to another node) gets its own line when appends resume. A client whose login
 may not subscribe to the advisory still rides the failover out, only without the line.
+
+The announcement also ends the wait of an append sent to the leader before it stepped
+down (a node stopped in order hands its leaderships over at once, but what its old
+leader had not stored gets no reply): the writer sends it again at once instead of
+waiting for the reply's timeout (`next_election`).
 """
 
 from __future__ import annotations
@@ -43,6 +48,7 @@ class FailoverNotes:
         self._unsaid: asyncio.TimerHandle | None = None
         self._last_pause = 0.0
         self._subscription: Subscription | None = None
+        self._election: asyncio.Future[None] | None = None
 
     async def listen(self, nc: NATS) -> None:
         """Hear the server's election announcements for the stream (best effort)."""
@@ -56,6 +62,12 @@ class FailoverNotes:
         if self._subscription is not None:
             with contextlib.suppress(*NATS_ERRORS):
                 await self._subscription.unsubscribe()
+
+    def next_election(self) -> asyncio.Future[None]:
+        """Done when the server announces the next election of the stream's leader."""
+        if self._election is None or self._election.done():
+            self._election = asyncio.get_running_loop().create_future()
+        return self._election
 
     def paused(self) -> None:
         """An append found no leader, or had no reply: the pause begins (if it had not)."""
@@ -74,6 +86,8 @@ class FailoverNotes:
             self._unsaid = asyncio.get_running_loop().call_later(GRACE_S, self._say_pause)
 
     async def _announced(self, msg: Msg) -> None:
+        if self._election is not None and not self._election.done():
+            self._election.set_result(None)
         try:
             leader = str(json.loads(msg.data).get("leader", "?"))
         except (ValueError, AttributeError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
@@ -39,17 +40,25 @@ __all__ = ["JetStreamEventStore"]
 
 async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
     """A client that reconnects forever once connected, but whose first connect fails
-    (with the last error) once every server has refused it: nats-py would otherwise retry
-    a wrong address or login forever."""
+    (with the last error) once every server has refused it, or at once on a server
+    certificate that the configured authority does not vouch for: nats-py would
+    otherwise retry a wrong address or login forever."""
     failed = 0
     connected = False
+    telling: list[Exception] = []  # a refused login: not the broken pipe that may follow
 
     async def on_error(error: Exception) -> None:
         nonlocal failed
         if not connected:
             failed += 1
-            if failed >= len(servers):
+            if "Authorization Violation" in str(error):
+                telling.append(error)
+            # a certificate the configured authority does not vouch for stays so (and
+            # nats-py 2.16 hangs on the next server after one)
+            if isinstance(error, ssl.SSLCertVerificationError):
                 raise error
+            if failed >= len(servers):
+                raise telling[-1] if telling else error
 
     client = await nats.connect(
         servers,

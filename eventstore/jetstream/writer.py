@@ -15,7 +15,10 @@ A leader failover (the stream's leader node died: nats-server's followers wait 4
 before they elect another, a bound it does not let us configure) and a reconnect to
 another node are ridden out here: an append that found no leader, or whose reply was
 lost, is tried again, every `FAILOVER_PAUSE_S`, for up to `FAILOVER_WAIT_S`, and the
-caller only sees a slow append. Retrying is safe: the retry names the same expected tail,
+caller only sees a slow append. An append still waiting for its reply when the server
+announces a new leader is sent again at once: the leader that stepped down (a node
+stopped in order) does not answer what it had not stored, and waiting for the reply's
+timeout would stall the log for that long. Retrying is safe: the retry names the same expected tail,
 so at most one copy lands, and one that did land is found by its event ids. The pause
 leaves one line (`failover.FailoverNotes`).
 """
@@ -26,7 +29,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, Final
 
 import nats.errors
@@ -118,6 +121,8 @@ class LogWriter:
                 refreshed = True
                 continue
             except _Unknown as unknown:
+                if unknown.elected:
+                    continue  # the same expected tail: at most one of the two lands
                 # No leader, no connection, or the reply was lost: the batch may or may
                 # not be stored (or may still land). Catch up if the log can be read, and
                 # go round again: either its ids are now in the log (a retry that returns
@@ -196,7 +201,9 @@ class LogWriter:
             for data, headers in payloads[:-1]:
                 await nc.publish(subject, data, headers=headers)
             data, headers = payloads[-1]
-            reply = await nc.request(subject, data, headers=headers, timeout=self._log.timeout)
+            reply = await self._reply(
+                nc.request(subject, data, headers=headers, timeout=self._log.timeout), stream
+            )
         except nats.errors.MaxPayloadError as error:
             raise storage_error(f"append to {stream!r} (an event is too large)", error) from error
         except NATS_ERRORS as error:
@@ -212,6 +219,23 @@ class LogWriter:
         self._notifier.notify()
         return stored
 
+    async def _reply(self, request: Coroutine[Any, Any, Msg], stream: str) -> Msg:
+        """The append's reply, unless a new leader of the log is announced first."""
+        election = self._notes.next_election()
+        asking = asyncio.ensure_future(request)
+        try:
+            await asyncio.wait((asking, election), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not asking.done():
+                asking.cancel()
+                await asyncio.wait((asking,))
+        if asking.cancelled():
+            raise _Unknown(
+                StorageError(f"append to {stream!r}: a new leader was elected meanwhile"),
+                elected=True,
+            )
+        return asking.result()
+
 
 class _TailMoved(Exception):
     """JetStream refused an append because the log or the stream moved on."""
@@ -220,9 +244,11 @@ class _TailMoved(Exception):
 class _Unknown(Exception):
     """The append's outcome is unknown (the reply was lost)."""
 
-    def __init__(self, error: StorageError) -> None:
+    def __init__(self, error: StorageError, *, elected: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.elected = elected
+        """It waited for a reply when a new leader was announced (send it again now)."""
 
 
 def _parse_ack(reply: Msg, stream: str) -> int:

@@ -81,6 +81,9 @@ class Sharing:
         self._claims: dict[int, int] = {}
         """Partition → the revision its claim wrote (renewals do not change it)."""
         self._renewed_at: dict[int, float] = {}
+        self._unsure: dict[int, tuple[int, float]] = {}
+        """Partition → (the revision its renewal expected, when it was sent) for a renewal
+        that got no reply: it may have landed (a leader stepping down drops the reply)."""
         self._ready: set[int] = set()
         """Held partitions whose open runs were taken over: served."""
         self._leases: dict[int, Lease] = {}
@@ -150,6 +153,7 @@ class Sharing:
             return
         self._unreachable = False
         self._observe(now)
+        self._settle_unsure()
         live = 1 + sum(
             lease.renewed and not lease.expired(now, self._ttl)
             for name, lease in self._members.items()
@@ -273,13 +277,31 @@ class Sharing:
                 _key(partition), self.me, self._leases[partition].revision
             )
         except LeaseLost:
+            self._unsure.pop(partition, None)
             self._lose({partition}, "its renewal found another holder")
             return
         except BusError as exc:  # kept until someone claims it; not served after ttl
             log.warning("could not renew the lease of partition %d: %s", partition, exc)
+            self._unsure[partition] = (self._leases[partition].revision, now)
             return
+        self._unsure.pop(partition, None)
         self.held[partition] = revision
         self._renewed_at[partition] = now
+
+    def _settle_unsure(self) -> None:
+        """A renewal without a reply that the bucket shows landed (a newer revision in
+        this one's name: only its own compare-and-set at the expected revision can have
+        written it) counts as renewed when it was sent, instead of reading as a claim by
+        another orchestrator."""
+        for partition, (expected, sent_at) in list(self._unsure.items()):
+            lease = self._leases.get(partition)
+            if lease is not None and lease.revision == expected:
+                continue  # it did not land, or the watcher has not said so yet
+            del self._unsure[partition]
+            mine = lease is not None and lease.owner == self.me
+            if mine and lease is not None and self.held.get(partition) == expected:
+                self.held[partition] = lease.revision
+                self._renewed_at[partition] = sent_at
 
     def _lose(self, lost: set[int], why: str) -> None:
         for partition in lost:
