@@ -283,8 +283,8 @@ class GatedReads(MemoryEventStore):
 
 def test_seeding_waits_while_a_page_folds_the_rows_it_shows() -> None:
     """On a log with no projection yet, a page's rows are folded from the log while the
-    projection is seeded: the seed yields to them (`Summaries.quiet`), so the first page
-    does not wait for the whole seed's folds."""
+    projection is seeded: the seed yields to the page (`Summaries.quiet`), so the first
+    page does not wait for the seed's folds."""
 
     async def scenario() -> None:
         store = GatedReads()
@@ -304,5 +304,8 @@ def test_seeding_waits_while_a_page_folds_the_rows_it_shows() -> None:
         assert summaries.idle.is_set()
         assert await seeding == await store.last_position()
         assert await _rows(port, run_summaries.NAME) == await _folded(store, runs)
+        with summaries.paging():  # a whole page, not only each of its folds
+            assert not summaries.idle.is_set()
+        assert summaries.idle.is_set()
 
     asyncio.run(scenario())

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import heapq
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -91,15 +92,31 @@ class Summaries:
     kept: Projected = field(default_factory=Projected)
     reading: asyncio.Lock = field(default_factory=asyncio.Lock)
     idle: asyncio.Event = field(default_factory=asyncio.Event)
-    """Set while no row is being folded for a page (`quiet` waits for it)."""
+    """Set while no page is being put together and no row folded (`quiet` waits for it)."""
+    pages: int = 0
 
     def __post_init__(self) -> None:
         self.idle.set()
 
     async def quiet(self) -> None:
-        """Return once no page waits for a row being folded: the projection's seeding
-        yields to them (on a log it has not projected yet, the first page is folded)."""
+        """Return once no page is being put together: the projection's seeding yields to
+        pages (on a log it has not projected yet, the first page's rows are folded)."""
         await self.idle.wait()
+
+    @contextlib.contextmanager
+    def paging(self) -> Iterator[None]:
+        """While a page is put together (`quiet` waits)."""
+        self.pages += 1
+        self.idle.clear()
+        try:
+            yield
+        finally:
+            self.pages -= 1
+            self._settle()
+
+    def _settle(self) -> None:
+        if not self.pages and not self.folding:
+            self.idle.set()
 
     async def projected(self, store: EventStore) -> Projected | None:
         """The projection's rows and the runs moved since its checkpoint; `None` while
@@ -168,8 +185,7 @@ class Summaries:
 
     def _folded(self, run_id: str) -> None:
         self.folding.pop(run_id, None)
-        if not self.folding:
-            self.idle.set()
+        self._settle()
 
     async def _fold(self, store: EventStore, run_id: str) -> RunSummary:
         before = self.states.pop(run_id, None)
@@ -237,6 +253,13 @@ async def runs_page(
     without reading the ended ones)."""
     if not 1 <= size <= PAGE_MAX:
         raise BadInput("size", f"must be 1 to {PAGE_MAX}")
+    with summaries.paging():
+        return await _runs_page(store, summaries, wanted, before, size)
+
+
+async def _runs_page(
+    store: EventStore, summaries: Summaries, wanted: RunFilter, before: str, size: int
+) -> RunsPage:
     projected = await summaries.projected(store)
     ids: Iterable[str]
     if projected is None:
