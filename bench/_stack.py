@@ -1,5 +1,6 @@
-"""What the dispatch benchmarks share: the real stack (embedded nats-server, SQLite log,
-the orchestrator) with N agent processes of one role, and a run timed to its end."""
+"""What the dispatch benchmarks share: the real stack (embedded nats-server, the SQLite
+log or a JetStream one, the orchestrator) with N agent processes of one role, and a run
+timed to its end."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from bus.config import Config
+from bus.server import EmbeddedNats
 from orchestrator.core.workflow import AgentSpec, WorkflowSpec
 from orchestrator.service.bootstrap import Stack, bootstrap
 from orchestrator.service.launcher import AgentProcesses
@@ -15,9 +18,17 @@ from orchestrator.service.launcher import AgentProcesses
 
 @asynccontextmanager
 async def agents_stack(
-    directory: Path, role: str, handler: str, count: int, capacity: int
+    directory: Path, role: str, handler: str, count: int, capacity: int, store: str = "sqlite"
 ) -> AsyncIterator[Stack]:
-    stack = await bootstrap(directory)
+    """The stack with `count` agent processes; `store` "jetstream": the log in JetStream
+    (one replica) on a nats-server of its own, which the orchestrator and agents use."""
+    server: EmbeddedNats | None = None
+    if store == "jetstream":
+        server = EmbeddedNats(directory / "nats")
+        url = await server.start()
+        stack = await bootstrap(directory, url, config=Config(store="jetstream", nats=(url,)))
+    else:
+        stack = await bootstrap(directory)
     agents = AgentProcesses(directory / "logs")
     spec = AgentSpec(role=role, handler=handler, count=count, capacity=capacity)
     try:
@@ -27,6 +38,8 @@ async def agents_stack(
     finally:
         agents.stop()
         await stack.close()
+        if server is not None:
+            server.stop()
 
 
 async def timed_run(stack: Stack, workflow: WorkflowSpec) -> float:

@@ -31,7 +31,7 @@ from bus.protocol import TaskResult
 from bus.server import EmbeddedNats
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore, StoredEvent
 from eventstore.jetstream.writer import MAX_BATCH
-from orchestrator.cli.console import reads
+from orchestrator.cli.console import runs_list
 from orchestrator.cli.console.command import Running, serving
 from orchestrator.core.commands import AgentView, Context, ReportResult, StartRun
 from orchestrator.core.decide import decide
@@ -165,7 +165,7 @@ async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, o
         async with serving(store, None, "human:bench", shown_store="bench") as running:
             cookie = await _cookie(running)
             restarted = (await timed(running, cookie, "/", 1))[0]
-            runs_list = await timed(running, cookie, "/", repeats)
+            listed = await timed(running, cookie, "/", repeats)
             page_two = await timed(running, cookie, f"/?before=20261201-{runs - 50:06d}-bench", 1)
             running_only = await timed(running, cookie, "/?status=running", repeats)
             big = f"/runs/20261201-{runs - 1:06d}-bench"
@@ -179,10 +179,10 @@ async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, o
         cold_fold: list[float] = []
         for _ in range(repeats):
             started = time.perf_counter()
-            await reads.runs_page(store, reads.Summaries(port), reads.RunFilter())
+            await runs_list.runs_page(store, runs_list.Summaries(port), runs_list.RunFilter())
             cold_projected.append(time.perf_counter() - started)
             started = time.perf_counter()
-            await reads.runs_page(store, reads.Summaries(), reads.RunFilter())
+            await runs_list.runs_page(store, runs_list.Summaries(), runs_list.RunFilter())
             cold_fold.append(time.perf_counter() - started)
     finally:
         await store.close()
@@ -196,7 +196,7 @@ async def _measure(log: Log, runs: int, tasks: int, repeats: int) -> dict[str, o
         "rows_projected_in_s": round(projected_s, 1),
         "runs_list_after_restart_ms": round(restarted * 1000, 1),
         "rows_folded_after_restart": folded,
-        "runs_list_ms": _ms(runs_list),
+        "runs_list_ms": _ms(listed),
         "runs_list_cold_projected_ms": _ms(cold_projected),
         "runs_list_cold_fold_ms": _ms(cold_fold),
         "runs_list_older_page_ms": _ms(page_two),

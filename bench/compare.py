@@ -20,7 +20,11 @@ commit (SQLite, WAL, `synchronous=FULL`, two rows of a step's size), back to bac
 after `--slow-s` idle, so the part of a slow step's overhead that is the disk waking up
 shows on the machine at hand.
 
-    python -m bench.compare [--rounds 10]
+`--store jetstream` puts Baton's log in JetStream instead (one replica, `sync_interval:
+always`, on a nats-server of its own; the orchestrator shares the runs by partition, as
+`baton serve` does on JetStream), for its figures next to SQLite's.
+
+    python -m bench.compare [--rounds 10] [--store jetstream]
 """
 
 from __future__ import annotations
@@ -224,7 +228,7 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
     figures["commit"] = {"back_to_back": [], "after_idle": []}
     try:
         async with agents_stack(
-            directory / "baton", "worker", "agents.builtin:sleep", args.workers, 64
+            directory / "baton", "worker", "agents.builtin:sleep", args.workers, 64, args.store
         ) as stack:
             sides: dict[str, Floor | Baton] = {"floor": Floor(nc), "baton": Baton(stack)}
             for w in todo:  # warm-up: connections, first-use imports, caches
@@ -265,6 +269,9 @@ def main() -> None:
     p.add_argument("--slow", type=int, default=20, help="tasks of the two slow workloads")
     p.add_argument("--slow-s", type=float, default=0.1, help="seconds each slow task takes")
     p.add_argument("--workers", type=int, default=4, help="worker (agent) processes per side")
+    p.add_argument("--store", choices=("sqlite", "jetstream"), default="sqlite",
+                   help="Baton's log: SQLite FULL, or JetStream (sync_interval always, one "
+                        "replica, on a nats-server of its own)")  # fmt: skip
     p.add_argument("--floor-worker", default="", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.floor_worker:
@@ -272,8 +279,9 @@ def main() -> None:
         return
     os.environ.setdefault("BATON_TELEMETRY", "off")  # as `baton run` with no exporter
     load_before = os.getloadavg()
+    on = "SQLite FULL" if args.store == "sqlite" else "JetStream (sync always, 1 replica)"
     print(f"baton vs raw nats-py: {args.workers} worker processes a side, uvloop, Baton on "
-          f"SQLite FULL; {args.rounds} rounds; messages {REQUEST_BYTES} B / {REPLY_BYTES} B; "
+          f"{on}; {args.rounds} rounds; messages {REQUEST_BYTES} B / {REPLY_BYTES} B; "
           f"load average {load_before[0]:.2f}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="baton-compare-") as tmp:
         figures = loop.run(compare(args, Path(tmp)))
@@ -299,7 +307,8 @@ def main() -> None:
     print(f"\ndurable commit (SQLite FULL), median: {commit['back_to_back']:,.0f} µs back to "
           f"back, {commit['after_idle']:,.0f} µs after {idle_ms:.0f} ms idle")  # fmt: skip
     load_after = os.getloadavg()
-    print(json.dumps({"bench": "compare", "rounds": args.rounds, "workers": args.workers,
+    print(json.dumps({"bench": "compare", "store": args.store, "rounds": args.rounds,
+                      "workers": args.workers,
                       "load_before": round(load_before[0], 2),
                       "load_after": round(load_after[0], 2), **result,
                       "sqlite_commit_us": commit}))  # fmt: skip

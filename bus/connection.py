@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -51,6 +50,7 @@ from bus.nats_options import (
     quorum_wait,
     servers,
 )
+from bus.outage import FirstConnect, Outage
 from bus.protocol import ErrorReply
 from bus.tracecontext import TraceContext
 
@@ -142,50 +142,6 @@ CLOSE_TIMEOUT_S = 1.0
 """How long `Bus.close` waits to flush and say goodbye; a server that is gone gets none."""
 
 
-def says_why(exc: BaseException) -> bool:
-    """Whether a failed connect says why the server will not have this client (its login
-    refused, its certificate not trusted), unlike the broken pipe or reset that may
-    follow when the server closes the connection."""
-    return isinstance(exc, (nats.errors.AuthorizationError, ssl.SSLError)) or (
-        "Authorization Violation" in str(exc)
-    )
-
-
-class _Outage:
-    """Logs a connection's outages: one line when it is lost (with the first error), one
-    when it is back (how long, how many errors); the errors between are only counted."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._since = 0.0
-        self._errors = 0
-        self.closing = False
-        """Set by `Bus.close`: the disconnection that follows is no outage."""
-
-    def error(self, exc: Exception) -> None:
-        if self._since:
-            self._errors += 1
-            return
-        log.warning("nats (%s): %s", self._name, exc or type(exc).__name__)
-
-    async def began(self) -> None:
-        if not self._since and not self.closing:
-            self._since = time.monotonic()
-            self._errors = 0
-            log.warning("nats (%s): disconnected; reconnecting", self._name)
-
-    async def ended(self) -> None:
-        if self._since:
-            took = time.monotonic() - self._since
-            log.warning(
-                "nats (%s): reconnected after %.1f s (%d failed tries)",
-                self._name,
-                took,
-                self._errors,
-            )
-        self._since = 0.0
-
-
 def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) -> dict[str, str]:
     headers = dict(extra or {})
     if trace is not None:
@@ -196,7 +152,7 @@ def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) ->
 class Bus:
     """A live NATS connection with JetStream, used by the orchestrator and by agents."""
 
-    def __init__(self, nc: Client, outage: _Outage | None = None) -> None:
+    def __init__(self, nc: Client, outage: Outage | None = None) -> None:
         self._nc = nc
         self._outage = outage
         self._js = nc.jetstream()
@@ -210,33 +166,12 @@ class Bus:
         answers), trying `tries` times (a server may be reloading its users), failing
         with `BusError` if it cannot; once connected, it reconnects forever by itself
         (every `RECONNECT_WAIT_S`, to the same URL: an embedded server comes back on its
-        port), re-subscribing and sending what was queued meanwhile.
-
-        nats-py retries a failed first connect forever when reconnects are unlimited, so
-        an error during the first connect is raised from its error callback instead (once
-        every server failed, or at once for a server certificate the configured authority
-        does not vouch for).
-        While it reconnects, one line says so, and one more when it is back, not a line
-        per try.
-        """
-        connected = False
-        outage = _Outage(name)
+        port), re-subscribing and sending what was queued meanwhile. A failed first
+        connect names why (`bus.outage.FirstConnect`); an outage is two lines
+        (`bus.outage.Outage`)."""
+        outage = Outage(name)
         urls = servers(url)
-        failed = [0]
-        telling: list[Exception] = []  # a refused login, a certificate not trusted
-
-        async def on_error(exc: Exception) -> None:
-            if not connected:
-                failed[0] += 1
-                if says_why(exc):
-                    telling.append(exc)
-                if failed[0] >= len(urls):  # each server tried (nats-py goes round them)
-                    raise telling[-1] if telling else exc
-                if isinstance(exc, ssl.SSLCertVerificationError):  # stays so; and nats-py
-                    raise exc  # 2.16 hangs on the next server after one
-                return
-            outage.error(exc)
-
+        first = FirstConnect(len(urls), outage)
         options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
         if login:  # False: nothing but what the URL carries (to probe a server)
             options |= login_options()
@@ -251,22 +186,22 @@ class Bus:
                     reconnect_time_wait=RECONNECT_WAIT_S,
                     allow_reconnect=True,
                     pending_size=64 * 1024 * 1024,
-                    error_cb=on_error,
+                    error_cb=first.on_error,
                     disconnected_cb=outage.began,
                     reconnected_cb=outage.ended,
                     **options,
                 )
             except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
                 # ValueError: a URL nats-py cannot use at all (nats-py 2.14: no host in it)
-                failed[0] = 0
+                first.failed = 0
                 if attempt == tries - 1:
-                    why = telling[-1] if telling else exc  # not the broken pipe after it
+                    why = first.why(exc)
                     raise BusError(
                         f"cannot connect to {shown}: {why or type(why).__name__}"
                     ) from exc
                 await asyncio.sleep(0.3)
                 continue
-            connected = True
+            first.connected = True
             return cls(nc, outage)
         raise BusError(f"cannot connect to {shown}: no tries")
 

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 from eventstore import MemoryEventStore, ProjectionStore, Projector
 from eventstore.memory import MemoryProjections
 from orchestrator.cli import history
-from orchestrator.cli.console import reads
+from orchestrator.cli.console import reads, runs_list
 from orchestrator.service import journal, run_summaries
 from orchestrator.service.run_summaries import RunSummaries, RunSummary
 from tests.test_eventstore_contract import ev
@@ -98,10 +98,12 @@ def test_the_runs_list_reads_current_rows_and_folds_only_the_runs_not_reached() 
         )
         # the log moves on past the projection: a run it has not seen
         await history.fork(store, runs[1], projected_until, "late-fork", actor="human:tester")
-        summaries = reads.Summaries(store.projections)
-        page = await reads.runs_page(store, summaries, reads.RunFilter(), size=200)
+        summaries = runs_list.Summaries(store.projections)
+        page = await runs_list.runs_page(store, summaries, runs_list.RunFilter(), size=200)
         assert summaries.folded == 1, "only the run the projection has not reached is folded"
-        by_fold = await reads.runs_page(store, reads.Summaries(), reads.RunFilter(), size=200)
+        by_fold = await runs_list.runs_page(
+            store, runs_list.Summaries(), runs_list.RunFilter(), size=200
+        )
         assert [(r.run_id, r.status, r.done, r.total, r.tokens) for r in page.rows] == [
             (r.run_id, r.status, r.done, r.total, r.tokens) for r in by_fold.rows
         ]
@@ -116,8 +118,8 @@ def test_rows_that_do_not_decode_are_folded_from_the_log_instead() -> None:
     async def scenario() -> None:
         last = await store.last_position()
         await store.projections.commit(run_summaries.NAME, 0, last, {runs[0]: b"\xc1 not a row"})
-        summaries = reads.Summaries(store.projections)
-        page = await reads.runs_page(store, summaries, reads.RunFilter(), size=200)
+        summaries = runs_list.Summaries(store.projections)
+        page = await runs_list.runs_page(store, summaries, runs_list.RunFilter(), size=200)
         assert summaries.folded == len(runs), "every row folded from the log"
         folded = await _folded(store, runs)
         assert {r.run_id: (r.status, r.done, r.total) for r in page.rows} == {
@@ -183,18 +185,18 @@ def test_a_seeded_projection_is_the_fold_and_the_projector_goes_on_from_it() -> 
     asyncio.run(scenario())
 
 
-def _shown(page: reads.RunsPage) -> list[tuple[str, str, int, int, int]]:
+def _shown(page: runs_list.RunsPage) -> list[tuple[str, str, int, int, int]]:
     return [(r.run_id, r.status, r.done, r.total, r.tokens) for r in page.rows]
 
 
 async def _every_page(
-    store: MemoryEventStore, summaries: reads.Summaries, wanted: reads.RunFilter, size: int
+    store: MemoryEventStore, summaries: runs_list.Summaries, wanted: runs_list.RunFilter, size: int
 ) -> list[tuple[str, str, int, int, int]]:
     """Every page of the runs list, following each page's cursor to the end."""
     shown: list[tuple[str, str, int, int, int]] = []
     before = ""
     while True:
-        page = await reads.runs_page(store, summaries, wanted, before, size)
+        page = await runs_list.runs_page(store, summaries, wanted, before, size)
         shown += _shown(page)
         if not page.next_before:
             return shown
@@ -218,7 +220,7 @@ STEPS = st.lists(
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(steps=STEPS, lag_max=st.sampled_from([2, 40, reads.LAG_MAX]))
+@given(steps=STEPS, lag_max=st.sampled_from([2, 40, runs_list.LAG_MAX]))
 def test_a_kept_runs_list_shows_what_a_fold_shows_as_the_log_and_projection_move(
     steps: list[tuple[Any, ...]], lag_max: int
 ) -> None:
@@ -230,7 +232,7 @@ def test_a_kept_runs_list_shows_what_a_fold_shows_as_the_log_and_projection_move
 
     async def scenario() -> None:
         port = MemoryEventStore().projections
-        kept = reads.Summaries(port, lag_max=lag_max)
+        kept = runs_list.Summaries(port, lag_max=lag_max)
         projected = 0
         made = 0
         for step in steps:
@@ -252,11 +254,11 @@ def test_a_kept_runs_list_shows_what_a_fold_shows_as_the_log_and_projection_move
                     projected = await projector.run(until_position=target)
             else:
                 _, size, status = step
-                wanted = reads.RunFilter(status=status)
+                wanted = runs_list.RunFilter(status=status)
                 shown = await _every_page(store, kept, wanted, size)
-                assert shown == await _every_page(store, reads.Summaries(), wanted, size)
+                assert shown == await _every_page(store, runs_list.Summaries(), wanted, size)
                 assert len({row[0] for row in shown}) == len(shown), "a run shown twice"
-        everything = await _every_page(store, kept, reads.RunFilter(), 5)
+        everything = await _every_page(store, kept, runs_list.RunFilter(), 5)
         assert sorted(row[0] for row in everything) == sorted(runs)
 
     asyncio.run(scenario())
@@ -290,7 +292,7 @@ def test_seeding_waits_while_a_page_folds_the_rows_it_shows() -> None:
         store = GatedReads()
         runs = [await history.import_lines(store, log.read_text().splitlines()) for log in LOGS]
         port = MemoryEventStore().projections
-        summaries = reads.Summaries(port)
+        summaries = runs_list.Summaries(port)
         store.hold()  # the page's fold is under way, and waits
         folding = asyncio.ensure_future(summaries.row(store, runs[0]))
         await asyncio.sleep(0.01)

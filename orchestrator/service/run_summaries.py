@@ -46,7 +46,7 @@ BATCH = 1000
 PACE_S = 0.5
 """Once caught up, the projector commits at most about this often (what was appended
 meanwhile, together): a commit per append would double the log's fsyncs beside a busy
-orchestrator. The runs list folds the few runs moved since (see `reads.Summaries`)."""
+orchestrator. The runs list folds the few runs moved since (see `runs_list.Summaries`)."""
 RESTART_S = 1.0
 """How long the projector waits before it starts again after a failure (doubled after
 each, up to `RESTART_MAX_S`): the runs list folds meanwhile."""

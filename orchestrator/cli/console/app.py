@@ -27,7 +27,7 @@ from bus.config import Price
 from bus.errors import BusError, InvalidSubjectToken
 from eventstore import EventStore, EventStoreError
 from orchestrator.cli import history
-from orchestrator.cli.console import pages, reads, streams, waterfall
+from orchestrator.cli.console import pages, reads, runs_list, streams, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
     COOKIE,
@@ -57,7 +57,7 @@ class Console:
     store: EventStore
     live: Live
     guard: Guard
-    summaries: reads.Summaries = field(default_factory=reads.Summaries)
+    summaries: runs_list.Summaries = field(default_factory=runs_list.Summaries)
     said: dict[str, str] = field(default_factory=dict)
     """A message for each session's next page (what its last action did)."""
     store_name: str = ""
@@ -173,7 +173,7 @@ def routes(console: Console) -> list[Route | Mount]:
 
     return [
         Route("/login", login),
-        Route("/", bound(runs_list)),
+        Route("/", bound(runs_page)),
         Route("/runs/{run_id}", bound(run_page)),
         Route("/runs/{run_id}/live", bound(run_live)),
         Route("/runs/{run_id}/tasks/{task_id}/decide", bound(decide_task), methods=["POST"]),
@@ -206,13 +206,13 @@ async def login(request: Request) -> Response:
     return response
 
 
-def _run_filter(q: Any) -> reads.RunFilter:
+def _run_filter(q: Any) -> runs_list.RunFilter:
     status = _text(q, "status", 20)
-    if status and status not in reads.RUN_STATUSES:
-        raise BadInput("status", f"one of {', '.join(reads.RUN_STATUSES)}")
+    if status and status not in runs_list.RUN_STATUSES:
+        raise BadInput("status", f"one of {', '.join(runs_list.RUN_STATUSES)}")
     since = _text(q, "since", 40)
     until = _text(q, "until", 40)
-    return reads.RunFilter(
+    return runs_list.RunFilter(
         status=status,  # type: ignore[arg-type]  # checked against RUN_STATUSES above
         workflow=_text(q, "workflow", 200),
         text=_text(q, "text", 200),
@@ -221,12 +221,12 @@ def _run_filter(q: Any) -> reads.RunFilter:
     )
 
 
-async def runs_list(console: Console, request: Request) -> Response:
+async def runs_page(console: Console, request: Request) -> Response:
     q = request.query_params
     wanted = _run_filter(q)
     size = _number(q, "size", 50)
     before = _text(q, "before", 200)
-    page = await reads.runs_page(console.store, console.summaries, wanted, before, size)
+    page = await runs_list.runs_page(console.store, console.summaries, wanted, before, size)
     await console.live.ensure()
     follow = console.live.bus is not None
     return _page(console, request, "Runs", pages.runs(page, wanted, size, before, follow))

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from bus.config import Price
 from eventstore import EventStore
-from orchestrator.cli.console import reads
+from orchestrator.cli.console import runs_list
 from orchestrator.cli.console.errors import NotInstalled, UnsafeBind
 from orchestrator.cli.console.live import Live
 from orchestrator.cli.control import actor_of
@@ -147,7 +147,7 @@ async def serving(
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
     rows = store.projections
     console = Console(
-        store, live, guard, reads.Summaries(rows), store_name=shown_store, prices=prices or {}
+        store, live, guard, runs_list.Summaries(rows), store_name=shown_store, prices=prices or {}
     )
     config = uvicorn.Config(
         secured(console),

@@ -19,14 +19,12 @@ from orchestrator.cli import costs
 from orchestrator.cli.console import graph
 from orchestrator.cli.console.reads import (
     EVENTS_MAX,
-    RUN_STATUSES,
     Approvals,
     AuditQuery,
     Escalated,
     EventLine,
-    RunFilter,
-    RunsPage,
 )
+from orchestrator.cli.console.runs_list import RUN_STATUSES, RunFilter, RunsPage
 from orchestrator.core.state import RunState
 from orchestrator.service.api import AgentsReply
 from orchestrator.service.run_summaries import RunSummary

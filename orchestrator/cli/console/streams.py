@@ -18,7 +18,7 @@ from bus.config import Price
 from bus.protocol import ToolCallRecord
 from eventstore import EventQuery, EventStore, EventStoreError
 from orchestrator.cli import trace_model
-from orchestrator.cli.console import pages, reads, waterfall
+from orchestrator.cli.console import pages, reads, runs_list, waterfall
 from orchestrator.cli.console.errors import NotReachable
 from orchestrator.cli.console.live import Changes, Live
 from orchestrator.core.errors import OrchestratorError, UnknownRun
@@ -200,7 +200,7 @@ def _sse(kind: str, data: object) -> bytes:
 
 
 async def runs_live(
-    store: EventStore, live: Live, summaries: reads.Summaries, wanted: reads.RunFilter
+    store: EventStore, live: Live, summaries: runs_list.Summaries, wanted: runs_list.RunFilter
 ) -> Response:
     """The runs list's rows of the runs that move, as they move: each run that
     progressed (its row folded from the log as it is now), and at first every run still
