@@ -299,9 +299,19 @@ class Orchestrator:
         if state.terminal:
             return state
         async with asyncio.timeout(timeout):
-            if self._shared:  # another orchestrator may end it: the log says when
-                return await journal.until_ended(self._store, run_id, self._runs)
-            return await self._pipeline.finished.until(run_id)
+            if not self._shared:
+                return await self._pipeline.finished.until(run_id)
+            # ended here (at once), or by another orchestrator: the log says when
+            ways = [
+                asyncio.ensure_future(self._pipeline.finished.until(run_id)),
+                asyncio.ensure_future(journal.until_ended(self._store, run_id, self._runs)),
+            ]
+            try:
+                done, _ = await asyncio.wait(ways, return_when=asyncio.FIRST_COMPLETED)
+                return done.pop().result()
+            finally:
+                for way in ways:
+                    way.cancel()
 
     def health(self) -> list[HealthIssue]:
         """What is wrong now (storage, bus, loops, stuck runs), with since-when; and what
