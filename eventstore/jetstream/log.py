@@ -142,6 +142,18 @@ class JetStreamLog:
             )
             return await self.js.create_object_store(bucket, config=config)
 
+    async def read_object(self, bucket: str, name: str, what: str) -> bytes | None:
+        """The object `name` in the object store `bucket`; `None` if either is missing, or
+        if it cannot be read (one line naming `what`: the caller does without it)."""
+        try:
+            found = await (await self.js.object_store(bucket)).get(name)
+        except nats.js.errors.NotFoundError:
+            return None
+        except NATS_ERRORS as error:  # e.g. not allowed
+            log.warning("%s not read (%s): doing without it", what, error)
+            return None
+        return found.data or b""
+
     def decode(self, msg: Msg) -> StoredEvent:
         return decode_event(msg, self.layout.name)
 

@@ -17,7 +17,6 @@ import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 
 import msgspec
-import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from eventstore._common import check_open, log
@@ -94,15 +93,11 @@ class JetStreamProjections:
 
     async def _load(self, name: str) -> None:
         self._saved_at[name] = time.monotonic()
+        found = await self._log.read_object(self._bucket_name, name, f"saved projection {name!r}")
+        if found is None:
+            return  # folded from the log
         try:
-            found = await (await self._objects()).get(name)
-        except nats.js.errors.NotFoundError:
-            return
-        except NATS_ERRORS as error:  # e.g. not allowed: the rows are folded from the log
-            log.warning("saved projection %r not loaded (%s): folding it again", name, error)
-            return
-        try:
-            saved = _decoder.decode(found.data or b"")
+            saved = _decoder.decode(found)
         except msgspec.DecodeError as error:
             log.warning("saved projection %r ignored: it does not decode (%s)", name, error)
             return

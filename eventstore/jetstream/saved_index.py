@@ -26,7 +26,6 @@ from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
-import nats.js.errors
 from nats.js.object_store import ObjectStore
 
 from eventstore._common import log
@@ -124,16 +123,11 @@ class IndexSaves:
         """Adopt the saved index if it fits the log (then `refresh` reads only what came
         after it); anything else is logged and leaves the index empty."""
         name = self._bucket_name
+        found = await self._log.read_object(name, OBJECT, f"saved index {name}")
+        if found is None:
+            return  # the whole log is read
         try:
-            bucket = await self._log.js.object_store(name)
-            found = await bucket.get(OBJECT)
-        except nats.js.errors.NotFoundError:
-            return
-        except NATS_ERRORS as error:
-            log.warning("saved index %s not read (%s): reading the whole log", name, error)
-            return
-        try:
-            saved = _decoder.decode(found.data or b"")
+            saved = _decoder.decode(found)
         except msgspec.DecodeError as error:
             log.warning("saved index %s ignored: it does not decode (%s)", name, error)
             return
