@@ -90,6 +90,7 @@ class BlobStoreContract:
     def test_bad_digests_media_types_and_missing_blobs_are_typed_errors(self) -> None:
         async def scenario() -> None:
             async with self.make_store() as store:
+                # wrong types on purpose, as a caller without type checks could pass them
                 for bad in ("", "sha256:xyz", "md5:" + "0" * 32, "sha256:" + "A" * 64, 3):
                     with pytest.raises(InvalidEventError):
                         await store.blobs.get(bad)  # type: ignore[arg-type]
@@ -97,6 +98,7 @@ class BlobStoreContract:
                     await store.blobs.put(b"x", "bad\ntype")
                 with pytest.raises(InvalidEventError):
                     await store.blobs.put("text", "text/plain")  # type: ignore[arg-type]
+                assert await store.blobs.list() == [], "a refused put stores nothing"
                 missing = digest_of(b"never stored")
                 with pytest.raises(BlobNotFoundError):
                     await store.blobs.get(missing)

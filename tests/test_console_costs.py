@@ -40,8 +40,12 @@ concurrency = 1
 """
 SPEC = """
 system_prompt = "You are an analyst. Answer in JSON."
-output_schema = { type = "object", properties = { summary = { type = "string" } }, required = ["summary"] }
-"""  # noqa: E501
+
+[output_schema]
+type = "object"
+required = ["summary"]
+properties.summary.type = "string"
+"""
 ANSWER = json.dumps({"summary": "NATS is well studied"})
 PRICES = f"""
 [prices."{MODEL}"]

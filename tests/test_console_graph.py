@@ -29,6 +29,13 @@ def _parsed(drawn: str) -> ET.Element:
     return ET.fromstring(drawn.replace("<svg ", f'<svg xmlns="{SVG[1:-1]}" ', 1))
 
 
+def _title(node: ET.Element) -> str:
+    title = node.find(f"{SVG}title")
+    assert title is not None, "a node without its title"
+    assert title.text is not None
+    return title.text
+
+
 def _x(node: ET.Element) -> int:
     return int(node.attrib["transform"].removeprefix("translate(").split(",")[0])
 
@@ -53,7 +60,7 @@ def test_each_task_is_a_node_in_its_state_with_an_edge_per_dependency(state: Run
     for task_id, node in nodes.items():
         status = state.tasks[task_id].status if task_id in state.tasks else "pending"
         assert node.attrib["class"] == f"node st {status}"
-        assert node.find(f"{SVG}title").text == f"{task_id}: {status}"  # type: ignore[union-attr]
+        assert _title(node) == f"{task_id}: {status}"
         for dep in state.graph[task_id].deps:
             assert _x(nodes[dep]) < _x(node), f"{task_id} is drawn before {dep}"
     edges = [e for e in svg.iter(f"{SVG}line")]
@@ -85,8 +92,7 @@ def test_a_large_run_is_drawn_as_its_steps_with_their_tasks_counted() -> None:
     assert set(counted) == {"running", "pending"}, "30 taken by the one agent, the rest wait"
     fetch = steps["fetch"]
     assert fetch.attrib["class"] == "node st running"
-    title = fetch.find(f"{SVG}title").text  # type: ignore[union-attr]
-    assert title == (
+    assert _title(fetch) == (
         f"fetch ({graph.TASKS_MAX}): {counted['running']} running, {counted['pending']} pending"
     )
     assert steps["report"].attrib["class"] == "node st pending"
