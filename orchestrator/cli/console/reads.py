@@ -20,7 +20,7 @@ from eventstore import EventQuery, EventStore, StoredEvent
 from orchestrator.cli import costs, history
 from orchestrator.cli.console.errors import BadInput
 from orchestrator.core.errors import UnknownRun
-from orchestrator.core.events import AgentJoined
+from orchestrator.core.events import AgentJoined, RunEvent
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal
 
@@ -243,14 +243,26 @@ class Joins:
             return self.found
 
 
-async def run_usage(
-    store: EventStore, state: RunState, joins: Joins, until: int = 0
+def charging(stored: Iterable[StoredEvent]) -> list[tuple[int, RunEvent]]:
+    """The events among the run's `stored` ones its usage is derived from, decoded, with
+    their global positions."""
+    return [(s.position, journal.decode_run_event(s)) for s in stored if s.type in CHARGING]
+
+
+async def usage_of(
+    store: EventStore, state: RunState, joins: Joins, events: list[tuple[int, RunEvent]]
 ) -> list[costs.Usage]:
-    """The run's token use per agent, role and model, up to `until` if given. The
+    """The run's token use per agent, role and model from its `charging` events. The
     models are those of the agents' joins anywhere in the log (`costs.model_at` picks
     the one each attempt ran with), so a past position prices an attempt as the head
     does."""
-    stored = await store.read_stream(journal.run_stream(state.run_id), until_position=until or None)
-    events = [(s.position, journal.decode_run_event(s)) for s in stored if s.type in CHARGING]
     step_roles = {task_id: spec.role for task_id, spec in state.graph.items()}
     return costs.usage(events, step_roles, await joins.all(store))
+
+
+async def run_usage(
+    store: EventStore, state: RunState, joins: Joins, until: int = 0
+) -> list[costs.Usage]:
+    """`usage_of` the run's events up to `until` if given, read from its stream."""
+    stored = await store.read_stream(journal.run_stream(state.run_id), until_position=until or None)
+    return await usage_of(store, state, joins, charging(stored))

@@ -16,12 +16,13 @@ from starlette.responses import Response, StreamingResponse
 
 from bus.config import Price
 from bus.protocol import ToolCallRecord
-from eventstore import EventQuery, EventStore, EventStoreError
+from eventstore import EventQuery, EventStore, EventStoreError, StoredEvent
 from orchestrator.cli import trace_model
 from orchestrator.cli.console import pages, reads, runs_list, waterfall
 from orchestrator.cli.console.errors import NotReachable
 from orchestrator.cli.console.live import Changes, Live
 from orchestrator.core.errors import OrchestratorError, UnknownRun
+from orchestrator.core.events import RunEvent
 from orchestrator.core.state import RunState
 from orchestrator.service import journal
 
@@ -83,7 +84,13 @@ class RunExtras:
         self._run_id = run_id
         self._after = after
         self._growing = trace_model.Growing(run_id)
+        self._charging: list[tuple[int, RunEvent]] = []
+        """The run's events its usage is derived from (`reads.charging`), as they grow."""
         self._drawn_at = 0.0
+
+    def _add(self, stored: StoredEvent) -> None:
+        self._growing.add(stored)
+        self._charging += reads.charging((stored,))
 
     async def add_to(self, sent: dict[str, Any], state: RunState, moved: bool) -> None:
         """Put what changed in `sent`: new lines, the token use if a task `moved`, the
@@ -91,20 +98,20 @@ class RunExtras:
         store, own = self._store, journal.run_stream(self._run_id)
         if not self._growing.count:  # the first push: the stream so far, once
             for stored in await store.read_stream(own):
-                self._growing.add(stored)
+                self._add(stored)
         found = await store.query(
             EventQuery(correlation_id=self._run_id, from_position=self._after + 1)
         )
         for stored in found:
             if stored.stream == own and stored.version == self._growing.count + 1:
-                self._growing.add(stored)
+                self._add(stored)
         if found:
             self._after = found[-1].position
             sent["recorded_at"] = found[-1].recorded_at
             lines = found[-reads.EVENTS_MAX :]
             sent["events"] = "".join(pages.event_rows(reads.line_of(s) for s in lines))
         if moved:
-            used = await reads.run_usage(store, state, self._joins)
+            used = await reads.usage_of(store, state, self._joins, self._charging)
             sent["usage"] = pages.usage(used, self._prices)
         now = time.monotonic()
         if state.terminal or now - self._drawn_at >= DRAW_GAP_S:
