@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from array import array
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -164,13 +163,10 @@ class IndexSaves:
     async def _keep(self) -> None:
         while True:
             await asyncio.sleep(SAVE_S)
-            started = time.monotonic()
             try:
                 await self.save()
             except Exception as error:  # the log is the truth: the index is read again
                 log.warning("index not saved now (%s): tried again in %.0fs", error, SAVE_S)
-            if time.monotonic() - started > SAVE_S:
-                log.warning("saving the index took %.1fs", time.monotonic() - started)
 
     async def close(self) -> None:
         """Stop saving now and then; save what moved (a failure is logged)."""
