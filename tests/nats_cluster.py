@@ -91,8 +91,11 @@ def deploy_server_conf(
     conf = _deploy_block("1. The NATS cluster", "```")
     conf = _sub(conf, "server_name: n1", f"server_name: {name}")
     conf = _sub(conf, "listen: 0.0.0.0:4222", f"listen: 127.0.0.1:{port}")
-    for file in ("server.pem", "server.key"):
-        conf = _sub(conf, f"/etc/nats/{file}", json.dumps(str(login.pki / file)))
+    for file in ("server.pem", "server.key"):  # the clients' TLS and the routes'
+        path = f"/etc/nats/{file}"
+        assert conf.count(path) == 2, f"docs/deploy.md changed: {path!r} is not there twice"
+        conf = conf.replace(path, json.dumps(str(login.pki / file)))
+    conf = _sub(conf, "/etc/nats/ca.pem", json.dumps(str(login.pki / "ca.pem")))
     conf = _sub(conf, "<the public key of /etc/baton/baton.nk>", login.public)
     conf = _sub(conf, "store_dir: /var/lib/nats", f"store_dir: {json.dumps(str(directory))}")
     conf = _sub(conf, "listen: 0.0.0.0:6222", f"listen: 127.0.0.1:{routes[name]}")
@@ -217,6 +220,8 @@ class NatsCluster:
 
     def __init__(self, directory: Path) -> None:
         routes = {name: free_port() for name in NAMES}
+        self.routes = routes
+        """Machine → its cluster (route) port."""
         self.login = Login.make(directory)
         self.options = self.login.options()
         """How a client connects to the cluster (TLS, the login), for nats-py."""
