@@ -343,7 +343,7 @@ def test_a_500_task_run_outlives_stopping_and_killing_the_leaders_and_a_follower
                 "stall_s": round(stall, 2),
             }
             if kill.led_events:
-                assert len(lines) == 1, said[kill.said : end]
+                assert len(lines) == 1, (kill, said[kill.said : end])
                 elected = _elections(cluster, kill.at, min(upto, kills_ended))
                 whole = max(elected.values())  # every group Baton uses has a leader again
                 resumed = next(t for t in times if t > elected[EVENTS])

@@ -36,6 +36,7 @@ from eventstore.jetstream import (
     encode_stream_token,
     saved_index,
 )
+from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.log import JetStreamLog
 from eventstore.jetstream.projections import SavedRows
 from eventstore.model import Snapshot
@@ -573,3 +574,51 @@ def test_the_index_takes_an_event_it_already_learned_but_no_other_at_a_known_pos
                 index.learn(stranger)
 
     asyncio.run(main())
+
+
+def test_an_election_announced_while_the_client_reconnected_is_said_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client reconnecting to another node when the log's new leader is announced does
+    not hear the announcement: after the reconnect the leader is asked for, and a new one
+    is said in one line; its announcement heard afterwards is not said again, the next
+    election is."""
+    leaders = ["n1", "n2"]
+
+    async def leader() -> str:
+        return leaders[0]
+
+    async def main() -> None:
+        server = EmbeddedNats(tmp_path)
+        url = await server.start()
+        nc = await nats.connect(url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+        notes = FailoverNotes("BATON_EVENTS")
+        try:
+            await notes.listen(nc, leader)
+            notes.reconnected(nc, leader)  # no reconnect yet: nothing asked, nothing said
+            server.stop()
+            leaders.pop(0)  # elected while this client was away
+            assert await server.start() == url
+            while not nc.stats["reconnects"]:
+                await asyncio.sleep(0.05)
+            notes.reconnected(nc, leader)
+            notes.reconnected(nc, leader)  # asked once per reconnect
+            await asyncio.sleep(0.2)
+            subject = "$JS.EVENT.ADVISORY.STREAM.LEADER_ELECTED.BATON_EVENTS"
+            for announced in ("n2", "n3"):
+                await nc.publish(subject, msgspec.json.encode({"leader": announced}))
+            await nc.flush()
+            await asyncio.sleep(0.2)
+        finally:
+            await notes.close()
+            await nc.close()
+            server.stop()
+
+    with caplog.at_level("WARNING", logger="baton.eventstore"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "leader failover" in r.getMessage()]
+    assert said == [
+        "event log BATON_EVENTS: leader failover, n2 leads it now; announced while this "
+        "client reconnected",
+        "event log BATON_EVENTS: leader failover, n3 leads it now; no append was waiting",
+    ]

@@ -9,6 +9,11 @@ it in one line, with how long appends waited for it. A pause with no election (a
 reconnect to another node) gets its own line when appends resume. A client whose login
 may not subscribe to the advisory still rides the failover out, only without the line.
 
+A client that was reconnecting to another node when the announcement went out does not
+hear it: the writer asks for the stream's leader before its first append after each
+reconnect (`reconnected`), and a leader other than the last one known is said the same
+way. An announcement of the leader already said is not said again.
+
 The announcement also ends the wait of an append sent to the leader before it stepped
 down (a node stopped in order hands its leaderships over at once, but what its old
 leader had not stored gets no reply): the writer sends it again at once instead of
@@ -21,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from nats.aio.client import Client as NATS
@@ -49,13 +55,43 @@ class FailoverNotes:
         self._last_pause = 0.0
         self._subscription: Subscription | None = None
         self._election: asyncio.Future[None] | None = None
+        self._leader = ""
+        """The stream's leader last heard of ('' before the first)."""
+        self._reconnects = 0
+        """The client's reconnect count when the leader was last asked for."""
+        self._asking: asyncio.Future[None] | None = None
 
-    async def listen(self, nc: NATS) -> None:
-        """Hear the server's election announcements for the stream (best effort)."""
+    async def listen(self, nc: NATS, leader: Callable[[], Awaitable[str]]) -> None:
+        """Hear the server's election announcements for the stream (best effort), and
+        learn its leader now."""
         with contextlib.suppress(*NATS_ERRORS):
             self._subscription = await nc.subscribe(ELECTED.format(self._name), cb=self._announced)
+        self._reconnects = nc.stats["reconnects"]
+        self._leader = await leader()
+
+    def reconnected(self, nc: NATS, leader: Callable[[], Awaitable[str]]) -> None:
+        """If the client reconnected since the leader was last asked for, ask again (in a
+        task of its own: during an election the answer can take the request's timeout,
+        which no append should wait for): an election announced meanwhile was not heard."""
+        if nc.stats["reconnects"] == self._reconnects:
+            return
+        self._reconnects = nc.stats["reconnects"]
+        if self._asking is None or self._asking.done():
+            self._asking = asyncio.ensure_future(self._ask(leader))
+
+    async def _ask(self, leader: Callable[[], Awaitable[str]]) -> None:
+        now = await leader()
+        if now and self._leader and now != self._leader:
+            self._leader = now
+            log.warning(
+                "event log %s: leader failover, %s leads it now; announced while this "
+                "client reconnected",
+                self._name, now,
+            )  # fmt: skip
 
     async def close(self) -> None:
+        if self._asking is not None:
+            self._asking.cancel()
         if self._unsaid is not None:
             self._unsaid.cancel()
             self._say_pause()
@@ -92,6 +128,9 @@ class FailoverNotes:
             leader = str(json.loads(msg.data).get("leader", "?"))
         except (ValueError, AttributeError):
             leader = "?"
+        if leader == self._leader:
+            return  # said already (asked for after a reconnect)
+        self._leader = leader
         if self._unsaid is not None:  # the pause just ended: this election was its cause
             self._unsaid.cancel()
             self._unsaid = None

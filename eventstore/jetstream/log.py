@@ -236,6 +236,15 @@ class JetStreamLog:
             raise storage_error("reading the JetStream stream's state", error) from error
         return int(info.state.last_seq)
 
+    async def leader(self) -> str:
+        """The node that leads the log's stream now ('' when unknown: no cluster, or the
+        server could not say)."""
+        try:
+            info = await self.js.stream_info(self.layout.name)
+        except NATS_ERRORS:
+            return ""
+        return str(info.cluster.leader or "") if info.cluster is not None else ""
+
     async def scan(
         self, start: int, subject: str | None = None, stop: int | None = None
     ) -> AsyncIterator[StoredEvent]:

@@ -166,7 +166,7 @@ class JetStreamEventStore:
         )
         try:
             await store._log.ensure_stream(replicas, wait_s)
-            await store._failovers.listen(nc)
+            await store._failovers.listen(nc, store._log.leader)
             await store._index_saves.load()
             await store._index.refresh()
             if store._index_saves.due():  # this open read many events: the next need not

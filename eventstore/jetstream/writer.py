@@ -93,6 +93,7 @@ class LogWriter:
             )
         async with self._append_lock:
             check_open(self._is_closed())
+            self._notes.reconnected(self._log.nc, self._log.leader)
             return await self._append_locked(stream, batch, expected_version)
 
     async def _append_locked(
