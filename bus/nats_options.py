@@ -67,11 +67,17 @@ NOT_CLUSTERED = 10074
 """JetStream's error code for replicas > 1 on a server that is not clustered."""
 INSUFFICIENT_RESOURCES = 10023
 """JetStream's error code for a stream no set of servers can hold now (too few of them)."""
+NOT_ENABLED_FOR_ACCOUNT = 10039
+"""JetStream's error code for an account without JetStream (in operator mode: an account
+JWT without JetStream limits); its 503 is no quorum to wait for."""
 
 
 def quorum_wait(exc: BaseException) -> bool:
     """Whether a failed stream creation may succeed later: a timeout (no meta leader, no
-    quorum yet) or too few servers up for the replicas."""
+    quorum yet) or too few servers up for the replicas; not JetStream missing from the
+    login's account."""
     if isinstance(exc, nats.js.errors.APIError):
+        if exc.err_code == NOT_ENABLED_FOR_ACCOUNT:
+            return False
         return exc.err_code == INSUFFICIENT_RESOURCES or exc.code == 503
     return isinstance(exc, (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError))
