@@ -36,6 +36,7 @@ from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack,
 from bus.errors import (
     BusError,
     ConnectionClosed,
+    ConnectRefused,
     MalformedMessage,
     MessageIdTaken,
     NoResponders,
@@ -50,7 +51,7 @@ from bus.nats_options import (
     quorum_wait,
     servers,
 )
-from bus.outage import FirstConnect, Outage
+from bus.outage import FirstConnect, Outage, says_why
 from bus.protocol import ErrorReply
 from bus.tracecontext import TraceContext
 
@@ -196,9 +197,8 @@ class Bus:
                 first.failed = 0
                 if attempt == tries - 1:
                     why = first.why(exc)
-                    raise BusError(
-                        f"cannot connect to {shown}: {why or type(why).__name__}"
-                    ) from exc
+                    error = ConnectRefused if says_why(why) else BusError
+                    raise error(f"cannot connect to {shown}: {why or type(why).__name__}") from exc
                 await asyncio.sleep(0.3)
                 continue
             first.connected = True

@@ -38,6 +38,11 @@ class ServerStartError(BusError):
     """The embedded nats-server could not be found or did not come up."""
 
 
+class ConnectRefused(BusError):
+    """The server will not have this client: its login refused, or its certificate not
+    trusted. Trying again later would be refused again."""
+
+
 class RequestFailed(BusError):
     """A request got no reply (nobody listening, or a timeout) or an error reply."""
 

@@ -12,6 +12,7 @@ import nats.errors
 import nats.js.errors
 
 from bus.config import ENV
+from bus.config_files import read_login
 from bus.errors import BusError
 
 CREDS_ENV = ENV["creds"]
@@ -30,10 +31,10 @@ def login_options() -> dict[str, Any]:
     if tls := _tls_context():
         options["tls"] = tls
     if creds := os.environ.get(CREDS_ENV):
-        _check_login_file(CREDS_ENV, creds, (b"BEGIN NATS USER JWT", b"BEGIN USER NKEY SEED"))
+        read_login("creds", creds, f"${CREDS_ENV}")
         options["user_credentials"] = creds
     if nkey := os.environ.get(NKEY_ENV):
-        seed = _check_login_file(NKEY_ENV, nkey, (b"SU",))
+        seed = read_login("nkey", nkey, f"${NKEY_ENV}")
         # the seed itself, not the path: nats-py 2.14 hands the file's bytes, newline and
         # all, to nkeys, which refuses a seed that ends in one
         options["nkeys_seed_str"] = seed.strip().decode()
@@ -60,31 +61,23 @@ def servers(url: str) -> list[str]:
     return [u.strip() for u in url.split(",") if u.strip()]
 
 
-def _check_login_file(variable: str, path: str, marks: tuple[bytes, ...]) -> bytes:
-    """The login file's text, or a clear error for a file that is missing or not of its
-    kind (nats-py would wait forever for a JWT line that never comes)."""
-    try:
-        with open(path, "rb") as f:
-            text = f.read(64 * 1024)
-    except OSError as exc:
-        raise BusError(f"${variable}: cannot read {path}: {exc.strerror}") from exc
-    if not all(mark in text for mark in marks):
-        kind = "a NATS creds file" if variable == CREDS_ENV else "a user nkey seed (SU...)"
-        raise BusError(f"${variable}: {path} is not {kind}")
-    return text
-
-
 STREAM_WAIT_S = 30.0
 """How long creating a stream waits for a JetStream cluster to have a quorum."""
 NOT_CLUSTERED = 10074
 """JetStream's error code for replicas > 1 on a server that is not clustered."""
 INSUFFICIENT_RESOURCES = 10023
 """JetStream's error code for a stream no set of servers can hold now (too few of them)."""
+NOT_ENABLED_FOR_ACCOUNT = 10039
+"""JetStream's error code for an account without JetStream (in operator mode: an account
+JWT without JetStream limits); its 503 is no quorum to wait for."""
 
 
 def quorum_wait(exc: BaseException) -> bool:
     """Whether a failed stream creation may succeed later: a timeout (no meta leader, no
-    quorum yet) or too few servers up for the replicas."""
+    quorum yet) or too few servers up for the replicas; not JetStream missing from the
+    login's account."""
     if isinstance(exc, nats.js.errors.APIError):
+        if exc.err_code == NOT_ENABLED_FOR_ACCOUNT:
+            return False
         return exc.err_code == INSUFFICIENT_RESOURCES or exc.code == 503
     return isinstance(exc, (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError))

@@ -1,14 +1,12 @@
 """A bus the operator runs (`--nats URL`) takes the NATS ecosystem's own logins: a user
 nkey seed (`$BATON_NATS_NKEY`) or a creds file with a user JWT (`$BATON_NATS_CREDS`, as
-`nsc` writes it, for a server in operator mode). Both against a real nats-server
-configured here; a missing or wrong file is a clear error, never a hang."""
+`nsc` writes it, for a server in operator mode: `tests.operator_mode`). Both against a
+real nats-server configured here; a missing or wrong file is a clear error, never a hang."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
-import os
 import subprocess
 import time
 from collections.abc import Iterator
@@ -22,29 +20,7 @@ from bus.connection import Bus
 from bus.errors import BusError
 from bus.nats_options import CREDS_ENV, NKEY_ENV
 from bus.server import find_binary
-
-
-def _keypair(prefix: int) -> nkeys.KeyPair:
-    return nkeys.from_seed(nkeys.encode_seed(os.urandom(32), prefix))
-
-
-def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).decode().rstrip("=")
-
-
-def _jwt(issuer: nkeys.KeyPair, subject: str, nats: dict[str, object]) -> str:
-    """A NATS JWT (ed25519-nkey), signed by `issuer`."""
-    header = _b64(json.dumps({"typ": "JWT", "alg": "ed25519-nkey"}).encode())
-    claims = {
-        "jti": _b64(os.urandom(16)),
-        "iat": int(time.time()),
-        "iss": issuer.public_key.decode(),
-        "name": subject[:8],
-        "sub": subject,
-        "nats": {"version": 2, **nats},
-    }
-    body = _b64(json.dumps(claims).encode())
-    return f"{header}.{body}.{_b64(issuer.sign(f'{header}.{body}'.encode()))}"
+from tests.operator_mode import Operator, keypair
 
 
 @contextmanager
@@ -89,7 +65,7 @@ async def _round_trip(url: str) -> bytes:
 
 
 def test_a_user_nkey_seed_logs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    user = _keypair(nkeys.PREFIX_BYTE_USER)
+    user = keypair(nkeys.PREFIX_BYTE_USER)
     seed = tmp_path / "user.nk"
     seed.write_bytes(user.seed)
     config = f'authorization {{ users = [ {{ nkey: "{user.public_key.decode()}" }} ] }}\n'
@@ -100,7 +76,7 @@ def test_a_user_nkey_seed_logs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         monkeypatch.setenv(NKEY_ENV, str(seed))
         assert asyncio.run(_round_trip(url)) == b"in"
         other = tmp_path / "other.nk"
-        other.write_bytes(_keypair(nkeys.PREFIX_BYTE_USER).seed)
+        other.write_bytes(keypair(nkeys.PREFIX_BYTE_USER).seed)
         monkeypatch.setenv(NKEY_ENV, str(other))
         with pytest.raises(BusError, match=r"(?i)authorization"):
             asyncio.run(_round_trip(url))
@@ -109,29 +85,9 @@ def test_a_user_nkey_seed_logs_in(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_a_creds_file_logs_in_to_a_server_in_operator_mode(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    operator = _keypair(nkeys.PREFIX_BYTE_OPERATOR)
-    account = _keypair(nkeys.PREFIX_BYTE_ACCOUNT)
-    user = _keypair(nkeys.PREFIX_BYTE_USER)
-    unlimited = {"subs": -1, "data": -1, "payload": -1, "conn": -1, "leaf": -1,
-                 "imports": -1, "exports": -1, "wildcards": True}  # fmt: skip
-    operator_jwt = _jwt(operator, operator.public_key.decode(), {"type": "operator"})
-    account_jwt = _jwt(
-        operator, account.public_key.decode(), {"type": "account", "limits": unlimited}
-    )
-    user_jwt = _jwt(
-        account,
-        user.public_key.decode(),
-        {"type": "user", "pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1},
-    )
-    creds = tmp_path / "user.creds"
-    creds.write_text(
-        f"-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n"
-        f"-----BEGIN USER NKEY SEED-----\n{user.seed.decode()}\n------END USER NKEY SEED------\n"
-    )
-    config = (
-        f"operator: {operator_jwt}\nresolver: MEMORY\n"
-        f"resolver_preload: {{ {account.public_key.decode()}: {account_jwt} }}\n"
-    )
+    operator = Operator.make()
+    creds = operator.app.user_creds(tmp_path / "user.creds")
+    config = operator.server_conf()
     with nats_server(tmp_path / "nats", config) as url:
         monkeypatch.delenv(CREDS_ENV, raising=False)
         with pytest.raises(BusError):

@@ -43,6 +43,9 @@ STREAM_WAIT_S: Final = 30.0
 """How long creating a stream waits for a JetStream cluster to have a quorum."""
 _NOT_CLUSTERED: Final = 10074
 _INSUFFICIENT_RESOURCES: Final = 10023
+_NOT_ENABLED_FOR_ACCOUNT: Final = 10039
+"""JetStream's error code for an account without JetStream (in operator mode: an account
+JWT without JetStream limits); its 503 is no quorum to wait for."""
 log = logging.getLogger("baton.eventstore")
 
 
@@ -57,8 +60,8 @@ async def until_quorum(
     """Do `action` (look up, create the stream `config` describes). A cluster without a
     JetStream quorum, or with fewer servers up than its replicas, is waited for (one log
     line says so) for at most `wait_s` seconds; replicas a server can never hold (it is
-    not clustered) are refused at once. Both with a `StorageError` that says so; any
-    other failure is raised as it is."""
+    not clustered), and an account without JetStream, are refused at once. All with a
+    `StorageError` that says so; any other failure is raised as it is."""
     deadline = time.monotonic() + wait_s
     said = False  # the one line that says it waits
     while True:
@@ -70,6 +73,11 @@ async def until_quorum(
                 raise StorageError(
                     f"cannot create stream {config.name} with {config.num_replicas} "
                     f"replicas: the NATS server is not a JetStream cluster ({error.description})"
+                ) from error
+            if error.err_code == _NOT_ENABLED_FOR_ACCOUNT:
+                raise StorageError(
+                    f"cannot create stream {config.name}: JetStream is not enabled for the "
+                    f"account this login belongs to ({error.description})"
                 ) from error
             waitable = error.err_code == _INSUFFICIENT_RESOURCES or error.code == 503
             failure: BaseException = error

@@ -24,7 +24,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.config import Config
 from bus.connection import Bus
-from bus.errors import BusError, OversizedMessage, RequestFailed
+from bus.errors import BusError, ConnectRefused, OversizedMessage, RequestFailed
 from bus.permissions import shown_url
 from bus.protocol import ErrorReply
 from orchestrator.core.errors import OrchestratorError, RunNotRecorded
@@ -155,6 +155,8 @@ async def submit(
     again, and it is, until `timeout`, whenever no answer came: nobody serving yet, an
     orchestrator paused or restarting, a store that refused the append. A try that did
     start the run is answered with that run. `SubmitUnanswered` names the id to retry with.
+    A server that refuses this client's login (`ConnectRefused`) is not asked again: no
+    run was asked for, and none can start.
     `requested_by` is the requester's subject token: on the embedded server, the identity
     of the login (`human:<login>`), the only one it may publish as.
     """
@@ -180,6 +182,8 @@ async def submit(
                     "limit: a submitted input must fit in one message (baton run stores a "
                     "large input by reference)"
                 ) from exc
+            except ConnectRefused:
+                raise
             except (BusError, TimeoutError) as exc:
                 why = str(exc) or type(exc).__name__
             else:
