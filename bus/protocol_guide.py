@@ -361,7 +361,7 @@ BLOB_ROWS
 
 Other names can appear because they share a base class with the above, though no
 request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`, `ConnectionClosed`,
-`MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`,
+`ConnectRefused`, `MessageIdTaken`, `ServerStartError`, `SubmitUnanswered`, `ContractError`, `NotAnNkey`, `ConfigError`,
 `LeaseLost`, `BlobMismatch` (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`,
