@@ -282,6 +282,10 @@ def test_two_store_objects_on_one_log_stay_consistent(nats_url: str) -> None:
                 assert len(log) == 4 + 20
                 assert await first.read_all() == log
                 assert (await first.verify()).ok
+                # open streams are named from the index: caught up with the other's appends
+                assert await first.open_streams("", ["end"]) == ["s", "t", "w0", "w1"]
+                await second.append("t", [ev("t2", "end")], 1)
+                assert await first.open_streams("", ["end"]) == ["s", "w0", "w1"]
             finally:
                 await second.close()
                 await nc.close()

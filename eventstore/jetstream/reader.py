@@ -155,18 +155,19 @@ class LogReader:
         return sorted(name for name in names if name.startswith(prefix))
 
     async def open_streams(self, prefix: str, closed_by: Collection[str]) -> list[str]:
-        # One direct get per stream (its newest message): a closed stream usually ends
-        # with its closing event; only the others are read whole.
-        closing = frozenset(closed_by)
-        layout = self._log.layout
-        found: list[str] = []
-        for name in await self.streams(prefix):
-            last = await self._log.last_by_subject(layout.name, layout.subject(name))
-            if last is not None and self._log.decode(last).type in closing:
-                continue
-            if not any(e.type in closing for e in await self.read_stream(name)):
-                found.append(name)
-        return found
+        # From the index, once caught up: it keeps the positions of each type's events,
+        # so a stream is closed when one of its positions is a closing event's. Nothing is
+        # read per stream (a log of many finished runs costs no round trip per run).
+        self._check_open()
+        await self._index.refresh()
+        closing: set[int] = set()
+        for kind in closed_by:
+            closing.update(self._index.types.get(kind, ()))
+        return sorted(
+            name
+            for name, positions in self._index.positions.items()
+            if name.startswith(prefix) and not any(p in closing for p in reversed(positions))
+        )
 
     async def query(self, query: EventQuery) -> list[StoredEvent]:
         self._check_open()

@@ -31,7 +31,7 @@ from orchestrator.service.blobs import BlobService
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.memory import MemoryService
 from orchestrator.service.pipeline import Act, Pipeline
-from orchestrator.service.recovery import recover, take_over
+from orchestrator.service.recovery import TakeOver, recover, take_over
 from orchestrator.service.registry import Registry
 from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
@@ -98,8 +98,8 @@ class Partitioned:
         assert self.sharing is not None
         began = time.perf_counter()
         sharing = self.sharing
-        resume = take_over(sharing.me, leases, sharing.partitions, sharing.holds)
-        runs = await recover(self._store, self._pipeline, self._registry, self._act, resume)
+        taking = take_over(sharing.me, leases, sharing.partitions, sharing.holds)
+        runs = await self._recover(taking)
         took = time.perf_counter() - began
         self.takeovers.append(took)
         log.warning(
@@ -113,10 +113,15 @@ class Partitioned:
         """Open runs of held partitions this one does not serve (started by a stale holder
         after the claim): taken over like the rest."""
         assert self.sharing is not None
-        resume = take_over(self.sharing.me, leases, self.sharing.partitions, self.sharing.holds)
-        runs = await recover(self._store, self._pipeline, self._registry, self._act, resume)
+        sharing = self.sharing
+        runs = await self._recover(take_over(sharing.me, leases, sharing.partitions, sharing.holds))
         if runs:
             log.warning("orchestrator %s took over runs %s", self.sharing.me, ", ".join(runs))
+
+    async def _recover(self, taking: TakeOver) -> list[str]:
+        return await recover(
+            self._store, self._pipeline, self._registry, self._act, taking.resume, taking.wanted
+        )
 
     async def _unserved(self, run_id: str) -> bool:
         """Whether a run of a partition this one serves, not in memory, is open in the log

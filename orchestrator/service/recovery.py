@@ -13,6 +13,7 @@ verdict says this one is stale, appended with the expected version."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 from eventstore import EventStore
 from orchestrator.core import partitions
@@ -31,14 +32,16 @@ async def recover(
     registry: Registry,
     act: Act,
     resume: Callable[[str, RunState], Resume | None] = lambda run_id, state: Resume(),
+    wanted: Callable[[str], bool] = lambda run_id: True,
 ) -> list[str]:
-    """Serve again every run the log holds that has not ended (and that `resume` gives
-    a command for: None skips the run); the ids of the runs served."""
+    """Serve again every run the log holds that has not ended, that is `wanted` (asked
+    before it is read) and that `resume` gives a command for (None skips the run); the
+    ids of the runs served."""
     served: list[str] = []
     for stream in await store.open_streams(journal.RUN_PREFIX, journal.ENDINGS):
         run_id = journal.run_id_of(stream)
-        if run_id in pipeline.runs:
-            continue  # started (or taken over) meanwhile: served already
+        if run_id in pipeline.runs or not wanted(run_id):
+            continue  # served already (started or taken over meanwhile), or not ours
         state = await journal.load_run(store, run_id)
         command = resume(run_id, state)
         if command is None or run_id in pipeline.runs:
@@ -55,22 +58,34 @@ async def recover(
     return served
 
 
+class TakeOver(NamedTuple):
+    """For `recover`: which runs to read (`wanted`) and how to resume each (`resume`)."""
+
+    wanted: Callable[[str], bool]
+    resume: Callable[[str, RunState], Resume | None]
+
+
 def take_over(
     me: str, leases: dict[int, int], count: int, holds: Callable[[int, int], bool]
-) -> Callable[[str, RunState], Resume | None]:
-    """For `recover`: the runs of the partitions `me` claimed (partition → lease revision,
-    of `count` partitions) and `holds` still, each resumed as the core's verdict says."""
+) -> TakeOver:
+    """The runs of the partitions `me` claimed (partition → lease revision, of `count`
+    partitions) and `holds` still, each resumed as the core's verdict says. The runs of
+    other partitions are not read at all."""
 
-    def resume(run_id: str, state: RunState) -> Resume | None:
+    def wanted(run_id: str) -> bool:
         partition = partitions.partition_of(run_id, count)
         lease = leases.get(partition)
-        if lease is None or not holds(partition, lease):
+        return lease is not None and holds(partition, lease)
+
+    def resume(run_id: str, state: RunState) -> Resume | None:
+        if not wanted(run_id):  # lost since it was read
             return None
-        match partitions.verdict(state.owner, state.owner_lease, me, lease):
+        partition = partitions.partition_of(run_id, count)
+        match partitions.verdict(state.owner, state.owner_lease, me, leases[partition]):
             case "serve":
                 return Resume()
             case "take over":
-                return Resume(me, partition, lease)
+                return Resume(me, partition, leases[partition])
         return None
 
-    return resume
+    return TakeOver(wanted, resume)
