@@ -305,7 +305,7 @@ def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificat
         (work / "baton.toml").write_text(settings)
         without = _baton(work, "audit", timeout=60)  # the server wants a client certificate
         assert without.returncode == 2, without.stdout + without.stderr
-        assert "error: connecting to ['tls://" in without.stderr
+        assert "error: connecting to tls://" in without.stderr
         assert "Traceback" not in without.stderr
         (work / "baton.toml").write_text(
             settings + f'tls_cert = "{pki / "client.pem"}"\ntls_key = "{pki / "client.key"}"\n'
@@ -317,3 +317,15 @@ def test_tls_files_from_baton_toml_reach_a_server_that_wants_a_client_certificat
         served = _baton(work, "status", timeout=60)  # the bus too: no orchestrator answers
         assert served.returncode == 2
         assert "no orchestrator answered" in served.stderr, served.stderr  # not a TLS error
+
+
+def test_a_server_that_cannot_be_reached_is_named_without_its_password(tmp_path: Path) -> None:
+    closed = free_port()
+    (tmp_path / "baton.toml").write_text(
+        f'store = "jetstream"\nnats = ["nats://alice:s3cret@127.0.0.1:{closed}"]\n'
+    )
+    for command in (("audit", "verify"), ("audit",)):
+        refused = _baton(tmp_path, *command, timeout=60)
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        assert f"connecting to nats://127.0.0.1:{closed} failed" in refused.stderr
+        assert "s3cret" not in refused.stdout + refused.stderr

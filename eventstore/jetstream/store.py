@@ -38,6 +38,14 @@ from eventstore.model import (
 __all__ = ["JetStreamEventStore"]
 
 
+def _shown(servers: list[str]) -> str:
+    """The servers fit to print: never with the user and password a URL may carry."""
+    return ", ".join(
+        f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
+        for scheme, _, rest in (url.rpartition("://") for url in servers)
+    )
+
+
 async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
     """A client that reconnects forever once connected, but whose first connect fails
     (with the last error) once every server has refused it, or at once on a server
@@ -147,14 +155,14 @@ class JetStreamEventStore:
         if replicas < 1:
             raise InvalidEventError(f"replicas must be >= 1, got {replicas!r}")
         owns = not isinstance(url_or_client, NATS)
-        try:
-            if not isinstance(url_or_client, NATS):
-                servers = [url_or_client] if isinstance(url_or_client, str) else url_or_client
-                nc = await _connect(list(servers), timeout, connect_options or {})
-            else:
-                nc = url_or_client
-        except NATS_ERRORS as error:
-            raise storage_error(f"connecting to {url_or_client!r}", error) from error
+        if isinstance(url_or_client, NATS):
+            nc = url_or_client
+        else:
+            servers = [url_or_client] if isinstance(url_or_client, str) else list(url_or_client)
+            try:
+                nc = await _connect(servers, timeout, connect_options or {})
+            except NATS_ERRORS as error:
+                raise storage_error(f"connecting to {_shown(servers)}", error) from error
         store = cls(
             nc,
             owns_connection=owns,
