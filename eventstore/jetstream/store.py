@@ -39,7 +39,8 @@ __all__ = ["JetStreamEventStore"]
 
 
 def _shown(servers: list[str]) -> str:
-    """The servers fit to print: never with the user and password a URL may carry."""
+    """The servers fit to print: never with the user and password a URL may carry (as
+    `bus.permissions.shown_url`, which the event store does not import)."""
     return ", ".join(
         f"{scheme or 'nats'}://{rest.rpartition('@')[2]}"
         for scheme, _, rest in (url.rpartition("://") for url in servers)
