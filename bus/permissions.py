@@ -163,7 +163,8 @@ def shown_url(url: str) -> str:
 
 
 def authorization_block(users: list[User]) -> str:
-    """The nats-server `authorization { users = [...] }` config for these users."""
+    """The nats-server `authorization { users = [...] }` config for these users; an nkey
+    user, which the server knows only by its key, is named (and its role) in a comment."""
     lines = ["authorization {", "  users = ["]
     for user in users:
         entry: dict[str, object] = (
@@ -178,6 +179,7 @@ def authorization_block(users: list[User]) -> str:
             if p.allow_responses:
                 permissions["allow_responses"] = True
             entry["permissions"] = permissions
-        lines.append(f"    {json.dumps(entry)}")
+        named = f"  # {user.name}" + (f", role {user.role}" if user.role else "")
+        lines.append(f"    {json.dumps(entry)}" + (named if user.nkey else ""))
     lines += ["  ]", "}"]
     return "\n".join(lines) + "\n"

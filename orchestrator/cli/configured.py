@@ -22,9 +22,10 @@ STORE_COMMANDS = frozenset(
 ) | {"status", "ui"}
 """The commands that open the event log (and `baton tool pending`); the others only talk
 to a running orchestrator over NATS."""
-OWN_BUS = frozenset(("agent", "tool", "a2a", "admit", "creds"))
-"""Commands that parse their own flags, or reach only the state directory's embedded
-server (admit, creds): no configuration flags, though a bad configuration stops them too."""
+OWN_BUS = frozenset(("agent", "tool", "a2a", "admit", "creds", "nats-users"))
+"""Commands that parse their own flags, reach only the state directory's embedded server
+(admit, creds), or no bus at all (nats-users): no configuration flags, though a bad
+configuration stops them too."""
 
 
 def add_flags_to(commands: Mapping[str, argparse.ArgumentParser]) -> None:

@@ -37,6 +37,7 @@ from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import contracts as contracts_cli
 from orchestrator.cli import control as control_cli
 from orchestrator.cli import creds as creds_cli
+from orchestrator.cli import nats_users as nats_users_cli
 from orchestrator.cli import observe as obs_cli
 from orchestrator.cli import submit as submit_cli
 from orchestrator.cli import tool as toolcli
@@ -168,6 +169,7 @@ def _parser() -> argparse.ArgumentParser:
 
     control_cli.add_parsers(sub)
     creds_cli.add_parser(sub)
+    nats_users_cli.add_parser(sub)
     conformance_cli.add_parser(sub)
     contracts_cli.add_parser(sub)
     console_cli.add_parser(sub)
@@ -465,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
         "agents": obs_cli.agents,
         "admit": creds_cli.admit,
         "creds": creds_cli.creds,
+        "nats-users": nats_users_cli.nats_users,
         "conformance": conformance_cli.conformance,
         "contracts": contracts_cli.contracts,
         "ui": console_cli.ui,

@@ -47,6 +47,25 @@ def _kept(saved: dict[str, User], fresh: User) -> User:
     return User(fresh.name, known.password, fresh.permissions) if known else fresh
 
 
+def agent_login(
+    agent_id: str, role: str, contract: RoleContract | None, public_key: str = ""
+) -> User:
+    """A user for `agent_id` serving `role` with the permissions `agent_permissions` gives
+    it under `contract` (None: open mode), logging in with the user nkey `public_key` if
+    given, else a new password; `AdmissionRefused` if the id is not a valid subject token
+    or the key not a public user nkey. The embedded server's agents are made so, and so
+    are the ones `baton nats-users` writes out for an external server."""
+    try:
+        permissions = agent_permissions(agent_id, contract)
+        if public_key:
+            return nkey_user(agent_id, public_key, permissions, role)
+        return replace(new_user(agent_id, permissions), role=role)
+    except InvalidSubjectToken as exc:
+        raise AdmissionRefused(f"{agent_id!r} is not a valid agent id: {exc}") from exc
+    except NotAnNkey as exc:
+        raise AdmissionRefused(str(exc)) from exc
+
+
 class Logins:
     """The users of one embedded server, and the admission of agents started by hand."""
 
@@ -80,16 +99,7 @@ class Logins:
         `public_key` if given, else a new password), not yet let in; `AdmissionRefused`
         if the id is not valid, already has a login here, or (admitted by hand under
         contracts) the role has no contract."""
-        try:
-            permissions = agent_permissions(agent_id, self._contract(role))
-            if public_key:
-                user = nkey_user(agent_id, public_key, permissions, role)
-            else:
-                user = replace(new_user(agent_id, permissions), role=role)
-        except InvalidSubjectToken as exc:
-            raise AdmissionRefused(f"{agent_id!r} is not a valid agent id: {exc}") from exc
-        except NotAnNkey as exc:
-            raise AdmissionRefused(str(exc)) from exc
+        user = agent_login(agent_id, role, self._contract(role), public_key)
         for known in self.server.users:
             if known.name == user.name:
                 raise AdmissionRefused(f"agent id {agent_id} already has credentials here")
