@@ -286,3 +286,10 @@ def test_agents_from_a_file_an_id_given_twice_and_a_bad_services_key(
         err == "baton nats-users: error: --services: 'UBAD' is not a public user nkey (U "
         "followed by 55 base32)\n"
     )
+    missing = tmp_path / "none.txt"
+    code, out, err = _cli(capsys, "--services", services, "--agents-file", str(missing))
+    assert (code, out) == (2, "")
+    assert err == (
+        f"baton nats-users: error: --agents-file: cannot read {missing}: No such file or "
+        "directory\n"
+    )

@@ -81,7 +81,11 @@ def _specs(args: argparse.Namespace) -> list[tuple[str, str]]:
     """Each agent given as (where it was given, AGENT_ID:ROLE:PUBLIC_NKEY)."""
     given = [(f"argument {n}", spec) for n, spec in enumerate(args.agents, 1)]
     if args.agents_file:
-        lines = Path(args.agents_file).read_text().splitlines()
+        try:
+            lines = Path(args.agents_file).read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise AdmissionRefused(f"--agents-file: cannot read {args.agents_file}: {why}") from exc
         for n, line in enumerate(lines, 1):
             line = line.partition("#")[0].strip()
             if line:
