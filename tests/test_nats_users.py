@@ -31,7 +31,7 @@ from orchestrator.service.logins import agent_login
 from private import write
 from tests.cluster import baton
 from tests.nats_cluster import Login, Node
-from tests.test_operator_mode import _baton, _env, _until_logged
+from tests.test_operator_mode import baton_in, clean_env, until_logged
 
 WORKFLOW = """\
 name = "own-logins"
@@ -72,7 +72,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Node, Login, dict[str, Path]]]:
     listed = [f"{agent}:{AGENTS[agent][0]}:{_seed(seeds[agent])}" for agent in AGENTS]
     printed = subprocess.run(
         baton("nats-users", "--services", login.public, *listed),
-        capture_output=True, text=True, timeout=60, env=_env(), cwd=tmp_path,
+        capture_output=True, text=True, timeout=60, env=clean_env(), cwd=tmp_path,
     )  # fmt: skip
     assert printed.returncode == 0, printed.stderr
     tls = (
@@ -134,7 +134,7 @@ async def _as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> 
 
 def _until_audited(cwd: Path, run_id: str, text: str, timeout: float = 90) -> str:
     deadline = time.monotonic() + timeout
-    while text not in (audit := _baton(cwd, "audit", "--run", run_id)).stdout:
+    while text not in (audit := baton_in(cwd, "audit", "--run", run_id)).stdout:
         assert audit.returncode == 0, audit.stderr
         assert time.monotonic() < deadline, audit.stdout
         time.sleep(0.2)
@@ -159,9 +159,13 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
         return baton("agent", "--id", name, "--role", role, "--handler", handler)
 
     commands = {
-        "serve": (work, baton("serve"), _env()),
-        "worker-a": (a_dir, agent("worker-a"), _env()),
-        "worker-b": (b_dir, agent("worker-b"), _env({"BATON_NATS_NKEY": str(seeds["worker-b"])})),
+        "serve": (work, baton("serve"), clean_env()),
+        "worker-a": (a_dir, agent("worker-a"), clean_env()),
+        "worker-b": (
+            b_dir,
+            agent("worker-b"),
+            clean_env({"BATON_NATS_NKEY": str(seeds["worker-b"])}),
+        ),
     }
     started: dict[str, subprocess.Popen[bytes]] = {}
     try:
@@ -170,18 +174,18 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
                 started[name] = subprocess.Popen(
                     argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
                 )
-        _until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
+        until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
         for name in AGENTS:
-            _until_logged(tmp_path / f"{name}.log", started[name], "serving role")
-        submitted = _baton(work, "submit", "wf.toml")
+            until_logged(tmp_path / f"{name}.log", started[name], "serving role")
+        submitted = baton_in(work, "submit", "wf.toml")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
         held = _until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
         assert "run.completed" not in held, "b (6 s long) ended before A could try it"
         refused = asyncio.run(_as_a_acting_as_b(node.url, login, seeds["worker-a"], run_id))
         audit = _until_audited(work, run_id, "run.completed")
-        rejected = _baton(work, "audit", "--type", "*.rejected")
-        verify = _baton(work, "audit", "verify")
+        rejected = baton_in(work, "audit", "--type", "*.rejected")
+        verify = baton_in(work, "audit", "verify")
     finally:
         for process in started.values():
             process.terminate()

@@ -68,16 +68,16 @@ def _toml(url: str, creds: Path | None = None) -> str:
     return text + (f"creds = {json.dumps(str(creds))}\n" if creds else "")
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+def clean_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BATON_")}
     return {**clean, **(extra or {})}
 
 
-def _baton(
+def baton_in(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        baton(*args), cwd=cwd, capture_output=True, text=True, timeout=120, env=_env(env)
+        baton(*args), cwd=cwd, capture_output=True, text=True, timeout=120, env=clean_env(env)
     )
 
 
@@ -113,7 +113,7 @@ def _seen(server: Server) -> Seen:
     return asyncio.run(look())
 
 
-def _until_logged(log: Path, process: subprocess.Popen[bytes], text: str) -> str:
+def until_logged(log: Path, process: subprocess.Popen[bytes], text: str) -> str:
     deadline = time.monotonic() + 60
     while text not in (logged := log.read_text()):
         assert process.poll() is None, logged
@@ -134,9 +134,9 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
     (work / "wf.toml").write_text(WORKFLOW)
     (elsewhere / "baton.toml").write_text(_toml(server.url))
     (elsewhere / "producer.py").write_text(PRODUCER)
-    by_env = _env({"BATON_NATS_CREDS": str(server.creds)})
+    by_env = clean_env({"BATON_NATS_CREDS": str(server.creds)})
     commands = {
-        "serve": (work, baton("serve"), _env()),
+        "serve": (work, baton("serve"), clean_env()),
         "producer-1": (elsewhere, baton("agent", "--id", "producer-1", "--role", "producer",
                        "--handler", f"{elsewhere / 'producer.py'}:large"), by_env),
         "worker-1": (elsewhere, baton("agent", "--id", "worker-1", "--role", "worker",
@@ -149,17 +149,17 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
                 started[name] = subprocess.Popen(
                     argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
                 )
-        serving = _until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
+        serving = until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
         assert f"event store JetStream stream BATON_EVENTS (1 replica) on {server.url}" in serving
         orchestrator = re.findall(r"as orchestrator (\S+)", serving)
         for agent in ("producer-1", "worker-1"):
-            _until_logged(tmp_path / f"{agent}.log", started[agent], "serving role")
+            until_logged(tmp_path / f"{agent}.log", started[agent], "serving role")
 
-        submitted = _baton(work, "submit", "wf.toml")
+        submitted = baton_in(work, "submit", "wf.toml")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
         deadline = time.monotonic() + 90
-        while "run.completed" not in (audit := _baton(work, "audit", "--run", run_id)).stdout:
+        while "run.completed" not in (audit := baton_in(work, "audit", "--run", run_id)).stdout:
             assert audit.returncode == 0, audit.stderr
             assert time.monotonic() < deadline, audit.stdout
             time.sleep(0.3)
@@ -180,17 +180,17 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
     made = {"BATON_EVENTS", "BATON_INBOX", "KV_BATON_LEASES", "OBJ_BATON_BLOBS"}
     assert made <= seen.streams.keys(), seen.streams
     assert seen.streams["OBJ_BATON_BLOBS"] > 0, seen.streams
-    verify = _baton(work, "audit", "verify")
+    verify = baton_in(work, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "hash chain: ok" in verify.stdout
 
 
 def test_baton_run_hands_the_creds_to_the_agents_it_starts(server: Server, tmp_path: Path) -> None:
     (tmp_path / "baton.toml").write_text(_toml(server.url, server.creds))
-    ran = _baton(tmp_path, "run", str(EXAMPLE), "--timeout", "120")
+    ran = baton_in(tmp_path, "run", str(EXAMPLE), "--timeout", "120")
     assert ran.returncode == 0, ran.stdout + ran.stderr
     assert re.search(r"^run \S+ completed; result:", ran.stdout, re.M), ran.stdout
-    verify = _baton(tmp_path, "audit", "verify")
+    verify = baton_in(tmp_path, "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
@@ -230,7 +230,7 @@ def test_a_refused_or_wrong_login_is_one_line_and_exit_2(
         ("audit", "verify"),
     ):
         began = time.monotonic()
-        done = _baton(tmp_path, *args, env=env)
+        done = baton_in(tmp_path, *args, env=env)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert done.stdout == "", (args, done.stdout)
         assert len(done.stderr.splitlines()) == 1, (args, done.stderr)
@@ -246,7 +246,7 @@ def test_an_account_without_jetstream_is_said_at_once(server: Server, tmp_path: 
     (tmp_path / "baton.toml").write_text(_toml(server.url, creds))
     for args in (("serve",), ("audit", "verify"), ("serve", "--store", "sqlite:events.db")):
         began = time.monotonic()
-        done = _baton(tmp_path, *args)
+        done = baton_in(tmp_path, *args)
         assert done.returncode == 2, (args, done.stdout, done.stderr)
         assert len(done.stderr.splitlines()) == 1, (args, done.stderr)
         assert "JetStream not enabled for account" in done.stderr, (args, done.stderr)
