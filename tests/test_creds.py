@@ -80,6 +80,7 @@ def test_an_issued_nkey_acts_only_as_its_agent_in_its_role_until_revoked(
 ) -> None:
     seed, key = seed_file(tmp_path / "w1.nk")
     other_seed, other_key = seed_file(tmp_path / "stranger.nk")
+    bent = key[:-1] + ("A" if key[-1] != "A" else "B")  # its last character changed
 
     async def ask(person: Bus, me: str, request: CredsRequest) -> CredsReply | ErrorReply:
         return _reply.decode(await person.request(subjects.creds(me), encode(request), 10))
@@ -92,7 +93,7 @@ def test_an_issued_nkey_acts_only_as_its_agent_in_its_role_until_revoked(
             me, person = await as_person(tmp_path / "state")
             found["me"] = me
             refusals = [
-                CredsRequest("issue", "w1", "writer", key[:-1] + "A"),  # a broken checksum
+                CredsRequest("issue", "w1", "writer", bent),  # a broken checksum
                 CredsRequest("issue", "w1", "nobody", key),  # a role without a contract
                 CredsRequest("issue", "w.1", "writer", key),  # not an agent id
                 CredsRequest("issue", "w1", "writer", ""),  # no key
