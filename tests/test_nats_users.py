@@ -13,7 +13,6 @@ import asyncio
 import json
 import ssl
 import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from orchestrator.service.logins import agent_login
 from private import write
 from tests.cluster import baton
 from tests.nats_cluster import Login, Node
-from tests.test_operator_mode import baton_in, clean_env, until_logged
+from tests.test_operator_mode import baton_in, clean_env, until_audited, until_logged
 
 WORKFLOW = """\
 name = "own-logins"
@@ -132,15 +131,6 @@ async def _as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> 
         await nc.close()
 
 
-def _until_audited(cwd: Path, run_id: str, text: str, timeout: float = 90) -> str:
-    deadline = time.monotonic() + timeout
-    while text not in (audit := baton_in(cwd, "audit", "--run", run_id)).stdout:
-        assert audit.returncode == 0, audit.stderr
-        assert time.monotonic() < deadline, audit.stdout
-        time.sleep(0.2)
-    return audit.stdout
-
-
 def test_each_agent_has_its_own_login_and_cannot_act_as_another(
     server: tuple[Node, Login, dict[str, Path]], tmp_path: Path
 ) -> None:
@@ -180,10 +170,10 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
         submitted = baton_in(work, "submit", "wf.toml")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
-        held = _until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
+        held = until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
         assert "run.completed" not in held, "b (6 s long) ended before A could try it"
         refused = asyncio.run(_as_a_acting_as_b(node.url, login, seeds["worker-a"], run_id))
-        audit = _until_audited(work, run_id, "run.completed")
+        audit = until_audited(work, run_id, "run.completed")
         rejected = baton_in(work, "audit", "--type", "*.rejected")
         verify = baton_in(work, "audit", "verify")
     finally:

@@ -113,6 +113,16 @@ def _seen(server: Server) -> Seen:
     return asyncio.run(look())
 
 
+def until_audited(cwd: Path, run_id: str, text: str, timeout: float = 90) -> str:
+    """The run's audit once it holds `text` (bounded)."""
+    deadline = time.monotonic() + timeout
+    while text not in (audit := baton_in(cwd, "audit", "--run", run_id)).stdout:
+        assert audit.returncode == 0, audit.stderr
+        assert time.monotonic() < deadline, audit.stdout
+        time.sleep(0.2)
+    return audit.stdout
+
+
 def until_logged(log: Path, process: subprocess.Popen[bytes], text: str) -> str:
     deadline = time.monotonic() + 60
     while text not in (logged := log.read_text()):
@@ -158,11 +168,7 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
         submitted = baton_in(work, "submit", "wf.toml")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
-        deadline = time.monotonic() + 90
-        while "run.completed" not in (audit := baton_in(work, "audit", "--run", run_id)).stdout:
-            assert audit.returncode == 0, audit.stderr
-            assert time.monotonic() < deadline, audit.stdout
-            time.sleep(0.3)
+        audited = until_audited(work, run_id, "run.completed")
         seen = _seen(server)
     finally:
         for process in started.values():
@@ -170,11 +176,11 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
             process.wait(15)
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
     assert all("Traceback" not in log for log in logs.values()), logs
-    succeeded = [line for line in audit.stdout.splitlines() if "task.succeeded" in line]
+    succeeded = [line for line in audited.splitlines() if "task.succeeded" in line]
     assert [("producer-1" in line, "worker-1" in line) for line in succeeded] == [
         (True, False),
         (False, True),
-    ], audit.stdout
+    ], audited
     assert '"$blob"' in succeeded[0]  # the large output went by the Object Store
     assert {"producer-1", "worker-1", *orchestrator} <= seen.services
     made = {"BATON_EVENTS", "BATON_INBOX", "KV_BATON_LEASES", "OBJ_BATON_BLOBS"}
