@@ -150,6 +150,19 @@ def _headers(trace: TraceContext | None, extra: dict[str, str] | None = None) ->
     return headers
 
 
+async def _drop(nc: Client) -> None:
+    """Close the socket of a connect that failed. `FirstConnect` stops nats-py's connect
+    by raising from its error callback, which skips nats-py's own close; the server's
+    reset of that socket then lands in a future nobody awaits, and asyncio may print it
+    to stderr when the process exits ("Future exception was never retrieved")."""
+    transport: Any = nc._transport
+    if transport:
+        transport.close()
+        with contextlib.suppress(Exception):  # TLS: a peer that is gone sends no close_notify
+            async with asyncio.timeout(1):
+                await transport.wait_closed()
+
+
 class Bus:
     """A live NATS connection with JetStream, used by the orchestrator and by agents."""
 
@@ -173,27 +186,29 @@ class Bus:
         outage = Outage(name)
         urls = servers(url)
         first = FirstConnect(len(urls), outage)
-        options: dict[str, Any] = {"inbox_prefix": inbox_prefix} if inbox_prefix else {}
+        options: dict[str, Any] = {
+            "name": name,
+            "connect_timeout": 5,
+            "max_reconnect_attempts": -1,
+            "reconnect_time_wait": RECONNECT_WAIT_S,
+            "allow_reconnect": True,
+            "pending_size": 64 * 1024 * 1024,
+            "error_cb": first.on_error,
+            "disconnected_cb": outage.began,
+            "reconnected_cb": outage.ended,
+        }
+        if inbox_prefix:
+            options["inbox_prefix"] = inbox_prefix
         if login:  # False: nothing but what the URL carries (to probe a server)
             options |= login_options()
         shown = ",".join(u.rpartition("@")[2] for u in servers(url))  # never echo a password
         for attempt in range(tries):
+            nc = Client()
             try:
-                nc = await nats.connect(
-                    urls,
-                    name=name,
-                    connect_timeout=5,
-                    max_reconnect_attempts=-1,
-                    reconnect_time_wait=RECONNECT_WAIT_S,
-                    allow_reconnect=True,
-                    pending_size=64 * 1024 * 1024,
-                    error_cb=first.on_error,
-                    disconnected_cb=outage.began,
-                    reconnected_cb=outage.ended,
-                    **options,
-                )
+                await nc.connect(urls, **options)
             except (OSError, TimeoutError, ValueError, nats.errors.Error) as exc:
                 # ValueError: a URL nats-py cannot use at all (nats-py 2.14: no host in it)
+                await _drop(nc)
                 first.failed = 0
                 if attempt == tries - 1:
                     why = first.why(exc)

@@ -329,3 +329,46 @@ def test_a_server_that_cannot_be_reached_is_named_without_its_password(tmp_path:
         assert refused.returncode == 2, refused.stdout + refused.stderr
         assert f"connecting to nats://127.0.0.1:{closed} failed" in refused.stderr
         assert "s3cret" not in refused.stdout + refused.stderr
+
+
+async def _bus(url: str) -> object:
+    return await Bus.connect(url, name="refused", tries=1)
+
+
+async def _store(url: str) -> object:
+    return await JetStreamEventStore.open(url)
+
+
+@pytest.mark.parametrize("connect", [_bus, _store], ids=["bus", "event store"])
+def test_a_refused_login_leaves_no_socket_open(connect: Any) -> None:
+    """A server that answers the login with -ERR and keeps its end open: the client
+    closes its own at once. Left open, the server's later reset of it lands in a future
+    nobody awaits, which asyncio may print to stderr as the process exits (a CLI's one
+    line of error became four that way)."""
+
+    async def scenario() -> tuple[str, bytes]:
+        hung_up = asyncio.get_running_loop().create_future()
+
+        async def refuse(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b'INFO {"server_id":"fake","version":"2.10.0","max_payload":1048576}\r\n')
+            await writer.drain()
+            await reader.readline()  # CONNECT
+            writer.write(b"-ERR 'Authorization Violation'\r\n")
+            await writer.drain()
+            rest = await reader.read()  # until the client closes its end
+            if not hung_up.done():
+                hung_up.set_result(rest)
+            writer.close()
+
+        server = await asyncio.start_server(refuse, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            with pytest.raises((BusError, StorageError)) as refused:
+                await connect(f"nats://127.0.0.1:{port}")
+            async with asyncio.timeout(2):
+                rest = await hung_up
+        return str(refused.value), rest
+
+    said, rest = asyncio.run(scenario())
+    assert "Authorization Violation" in said
+    assert rest.startswith(b"PING")  # what the client sent after CONNECT, then its close

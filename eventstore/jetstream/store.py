@@ -9,7 +9,6 @@ import ssl
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
-import nats
 from nats.aio.client import Client as NATS
 
 from eventstore._common import check_append, check_open, log
@@ -69,15 +68,26 @@ async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any
             if failed >= len(servers):
                 raise telling[-1] if telling else error
 
-    client = await nats.connect(
-        servers,
-        connect_timeout=max(1, int(timeout)),
-        allow_reconnect=True,
-        max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5,
-        error_cb=on_error,
-        **options,
-    )
+    client = NATS()
+    settings: dict[str, Any] = {
+        "connect_timeout": max(1, int(timeout)),
+        "allow_reconnect": True,
+        "max_reconnect_attempts": -1,
+        "reconnect_time_wait": 0.5,
+        "error_cb": on_error,
+    }
+    try:
+        await client.connect(servers, **settings, **options)
+    except Exception:
+        # raising from on_error skips nats-py's own close: the socket is closed here, or
+        # the server's reset of it may be printed as the process exits (as `bus.connection`)
+        transport: Any = client._transport
+        if transport:
+            transport.close()
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(1):
+                    await transport.wait_closed()
+        raise
     connected = True
     return client
 
