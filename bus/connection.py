@@ -1,6 +1,7 @@
-"""The only module that touches nats-py (with `bus.leases`, its key-value part): a
-connection with exactly the operations Baton needs, trace context in headers, and driver
-errors turned into `BusError`s.
+"""The only module that touches nats-py (with `bus.leases`, its key-value part, and
+`bus.incoming` and `bus.inbox`, the messages it hands on): a connection with exactly
+the operations Baton needs, trace context in headers, and driver errors turned into
+`BusError`s.
 
 Subscription handlers run each message in its own asyncio task, because nats-py runs one
 subscription's callbacks one at a time and an agent must not serialise its work (unless
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import nats
@@ -32,17 +32,20 @@ from nats.js.api import (
 )
 
 from bus import subjects, tracecontext
-from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, Decoder, from_msgpack, to_msgpack
+from bus.codec import ENCODING_HEADER, MAX_MESSAGE_BYTES, to_msgpack
 from bus.errors import (
     BusError,
     ConnectionClosed,
     ConnectRefused,
-    MalformedMessage,
     MessageIdTaken,
     NoResponders,
     OversizedMessage,
     RequestFailed,
 )
+from bus.inbox import ACK_WAIT_S
+from bus.inbox import InboxConsumer as InboxConsumer
+from bus.incoming import Handler as Handler
+from bus.incoming import Incoming as Incoming
 from bus.leases import LeaseBucket
 from bus.nats_options import (
     NOT_CLUSTERED,
@@ -52,89 +55,9 @@ from bus.nats_options import (
     servers,
 )
 from bus.outage import FirstConnect, Outage, says_why
-from bus.protocol import ErrorReply
 from bus.tracecontext import TraceContext
 
 log = logging.getLogger("baton.bus")
-
-
-class Incoming:
-    """A received message: its bytes, where it came from, its trace, and how to answer it.
-
-    A message sent as JSON (header `Baton-Encoding: json`) is handed on as msgpack, so
-    every decoder stays one strict msgpack decoder, and its reply goes back as JSON.
-    """
-
-    __slots__ = ("_msg", "data", "encoding", "refused", "subject", "trace")
-
-    def __init__(self, msg: Msg) -> None:
-        self._msg = msg
-        self.refused = ""
-        """Set once this message was answered with an `error` reply: what was refused
-        (discovery counts it as the endpoint's error)."""
-        self.subject: str = msg.subject
-        headers = msg.headers or {}
-        self.encoding: str = headers.get(ENCODING_HEADER, "")
-        try:
-            self.data: bytes = to_msgpack(msg.data, self.encoding)
-        except MalformedMessage:
-            self.data = msg.data  # left as is: the decoder refuses it, naming why
-        self.trace = tracecontext.parse(headers.get(tracecontext.HEADER))
-
-    @property
-    def reply_to(self) -> str:
-        """The subject a request wants its answer on ('' for a plain message): under the
-        sender's own inbox prefix on a server that enforces one."""
-        return self._msg.reply or ""
-
-    @property
-    def deliveries(self) -> int:
-        """How often JetStream has delivered this message (1 the first time); 0 for a
-        message that did not come from a stream."""
-        try:
-            return int(self._msg.metadata.num_delivered)
-        except Exception:  # a core NATS message has no stream metadata
-            return 0
-
-    async def reply(self, payload: bytes) -> None:
-        if payload[1:12] == _ERROR_MARK:
-            self.refused = _refusal(payload)
-        if self._msg.reply:
-            await self._msg.respond(from_msgpack(payload, self.encoding))
-
-    async def answer(self, data: bytes) -> None:
-        """Reply with exactly these bytes, whatever Baton encoding was asked for: the
-        answer of another protocol (NATS micro's JSON)."""
-        if self._msg.reply:
-            await self._msg.respond(data)
-
-    async def ack(self) -> None:
-        await self._msg.ack()
-
-    async def nak(self, delay: float) -> None:
-        """Ask JetStream to redeliver this message after `delay` seconds (it could not be
-        handled now), instead of waiting out the consumer's whole ack wait."""
-        await self._msg.nak(delay=delay)
-
-    async def term(self) -> None:
-        """Tell JetStream never to redeliver this message (it was refused, not lost)."""
-        await self._msg.term()
-
-
-Handler = Callable[[Incoming], Awaitable[None]]
-
-_ERROR_MARK = b"\xa4kind\xa5error"
-"""What follows the map header of an encoded `error` reply (its tag comes first)."""
-_error: Decoder[ErrorReply] = Decoder(ErrorReply)
-
-
-def _refusal(payload: bytes) -> str:
-    """`<error>: <detail>` of an encoded `error` reply."""
-    try:
-        refused = _error.decode(payload)
-    except MalformedMessage:
-        return "error"
-    return f"{refused.error}: {refused.detail}" if refused.detail else refused.error
 
 
 RECONNECT_WAIT_S = 0.5
@@ -414,15 +337,17 @@ class Bus:
             return
 
     async def inbox_consumer(self, durable: str) -> InboxConsumer:
-        """The orchestrator's durable pull consumer on the inbox stream."""
+        """The orchestrator's durable pull consumer on the inbox stream: made, or brought
+        to this configuration if an older Baton made it otherwise (its ack wait)."""
         config = ConsumerConfig(
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             deliver_policy=DeliverPolicy.ALL,
-            ack_wait=30,
+            ack_wait=ACK_WAIT_S,
             max_ack_pending=50_000,
         )
         try:
+            await self._js.add_consumer(subjects.INBOX_STREAM, config=config)
             sub = await self._js.pull_subscribe(
                 subjects.INBOX_ALL, durable=durable, stream=subjects.INBOX_STREAM, config=config
             )
@@ -444,26 +369,3 @@ class Bus:
         with contextlib.suppress(Exception):
             async with asyncio.timeout(CLOSE_TIMEOUT_S):
                 await self._nc.close()
-
-
-class InboxConsumer:
-    """Batches of durable inbox messages; a message is redelivered until acked or termed."""
-
-    def __init__(self, sub: Any) -> None:
-        self._sub = sub
-
-    async def close(self) -> None:
-        """Unbind: a pull still waiting on the server gets nothing more (the durable
-        consumer stays, for the next orchestrator)."""
-        with contextlib.suppress(Exception):
-            await self._sub.unsubscribe()
-
-    async def fetch(self, batch: int, timeout: float) -> list[Incoming]:
-        """Up to `batch` messages, returning as soon as any are there; [] after `timeout`."""
-        try:
-            msgs = await self._sub.fetch(batch, timeout=timeout)
-        except (TimeoutError, nats.errors.TimeoutError):
-            return []
-        except nats.errors.Error as exc:
-            raise BusError(f"inbox fetch failed: {exc}") from exc
-        return [Incoming(m) for m in msgs]

@@ -19,7 +19,7 @@ import msgspec
 import pytest
 
 from agents import outbox, runtime
-from bus import connection, protocol, subjects
+from bus import connection, inbox, protocol, subjects
 from orchestrator.core import decide, effects, evolve_attempts, patterns, replan, report_check
 from orchestrator.core.workflow import StepSpec
 from orchestrator.service import api, bootstrap, registry, reports, service
@@ -279,8 +279,10 @@ def test_each_timing_in_the_document_is_the_code_s(row: str, values: list[object
 
 
 def test_the_batching_and_redelivery_figures_are_the_code_s() -> None:
-    assert "ack_wait=30," in inspect.getsource(connection)
-    assert "ack wait 30;" in _row("inbox redelivery")
+    assert "ack_wait=ACK_WAIT_S," in inspect.getsource(connection)
+    redelivery = _row("inbox redelivery")
+    assert f"ack wait {inbox.ACK_WAIT_S:g}, kept alive after {inbox.KEEP_AFTER_S:g}" in redelivery
+    assert f"for at most {inbox.KEEP_AT_MOST_S:g};" in redelivery
     batching = DOC.split("**Batching windows.**", 1)[1].split("\n\n", 1)[0]
     assert f"at most {outbox.MAX_BATCH} per message" in batching
     direct, durable = outbox.IN_FLIGHT["direct"], outbox.IN_FLIGHT["durable"]

@@ -27,6 +27,12 @@ CLOSE_WAIT_S = 1.5
 """How long closing waits for the inbox fetch in progress (it ends within 1 s)."""
 FETCH_PAUSE_S = 0.25
 """Between two fetches of the durable inbox that failed."""
+QUEUED_AT_MOST = 4
+"""The durable inbox is not pulled while this many fetch batches wait in the queue: a
+pulled message is kept alive while it waits (`bus.inbox`), so pulling far ahead of the
+decisions would only cost keeping it."""
+FULL_PAUSE_S = 0.02
+"""Between two looks at a queue too full to pull more."""
 OUTAGE_SAID_S = 20.0
 """A failing inbox fetch is said at once only after this long; shorter (a leader
 failover of the inbox, a reconnect) it leaves one line when fetches work again."""
@@ -123,13 +129,18 @@ class Intake:
         self._queue.put_nowait(Delivery(incoming, False))
 
     async def fetch_durable(self) -> None:
-        """Pull the durable inbox until closed, queueing what comes. A message that does
-        not decode is queued like any other (to be refused), so no message can stop it."""
+        """Pull the durable inbox until closed, queueing what comes, and keep alive what
+        is pulled and not answered yet (see `bus.inbox`). A message that does not decode
+        is queued like any other (to be refused), so no message can stop it."""
         self._pulling.set()
         failing_since: float | None = None
         said = False
         try:
             while not self._closed:
+                await self._consumer.keep_alive()
+                if self._queue.qsize() >= QUEUED_AT_MOST * self._fetch_batch:
+                    await asyncio.sleep(FULL_PAUSE_S)  # what it pulls waits: its holder lives
+                    continue
                 try:
                     batch = await self._consumer.fetch(self._fetch_batch, timeout=1.0)
                 except BusError as exc:
