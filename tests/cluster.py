@@ -143,11 +143,12 @@ async def cluster(
     agent_ttl: float = 1.0,
     telemetry: Telemetry | None = None,
     contracts: str = "",
+    tick_s: float = 0.05,
 ) -> AsyncIterator[Cluster]:
     """A running stack; with a `contracts` file the orchestrator governs by its roles."""
     known = load_contracts(contracts) if contracts else None
     stack = await bootstrap(
-        directory, agent_ttl=agent_ttl, tick_s=0.05, telemetry=telemetry, contracts=known
+        directory, agent_ttl=agent_ttl, tick_s=tick_s, telemetry=telemetry, contracts=known
     )
     agents = AgentProcesses(directory / "logs")
     try:

@@ -148,6 +148,9 @@ class Pipeline:
         """Per run, decisions made and not yet committed: a run is forgotten only at 0."""
         self.on_forget: list[Callable[[str], None]] = []
         """Called with the id of each finished run forgotten, to drop what others keep."""
+        self.on_decided: Callable[[str, RunState, Counter[str]], None] | None = None
+        """Told of each decision that changed a run: its id, its state after, and how it
+        changed agents' load (see `Offers`)."""
         self.after_reload: Callable[[RunState], Awaitable[None]] | None = None
         """Orchestrators sharing the runs: told of a run reloaded after a failed append,
         to serve it on, take it over again, or step down from it (see `Sharing`)."""
@@ -185,11 +188,15 @@ class Pipeline:
         decision = self.decide(run_id, items)
         return await self.commit(decision) if decision is not None else True
 
+    def reloading(self, run_id: str) -> bool:
+        """Whether the run is being reloaded after a failed append (no decision now)."""
+        lock = self._locks.get(run_id)
+        return lock is not None and lock.locked()
+
     async def unblocked(self, run_id: str) -> None:
         """Wait while the run is being reloaded after a failed append."""
-        lock = self._locks.get(run_id)
-        if lock is not None and lock.locked():
-            async with lock:
+        if self.reloading(run_id):
+            async with self._locks[run_id]:
                 pass
 
     def settled(self, run_id: str) -> Awaitable[list[Any]]:
@@ -236,7 +243,10 @@ class Pipeline:
         if not events:
             return None
         self._ahead[run_id] = state
-        self._registry.add_inflight(run_id, journal.load_change(before, state, events))
+        load = journal.load_change(before, state, events)
+        self._registry.add_inflight(run_id, load)
+        if self.on_decided is not None:
+            self.on_decided(run_id, state, load)
         envelopes = journal.run_envelopes(run_id, before.version + 1, events, causes, span_ids)
         append = asyncio.ensure_future(
             self._store.append(journal.run_stream(run_id), envelopes, before.version)

@@ -128,6 +128,11 @@ class Registry:
         """Attempts the agent holds, over every run."""
         return self._load[agent_id]
 
+    def has_room(self, agent_id: str) -> bool:
+        """Whether a known agent holds fewer attempts than its capacity."""
+        seen = self._agents.get(agent_id)
+        return seen is not None and self._load[agent_id] < seen.heartbeat.capacity
+
     def live(self, now: float) -> list[AgentView]:
         """Routable agents, sorted by id, with the load the orchestrator gave them."""
         views = []

@@ -48,6 +48,7 @@ from orchestrator.service.health import STUCK_AFTER_S, Health
 from orchestrator.service.intake import Intake
 from orchestrator.service.liveness import Liveness
 from orchestrator.service.memory import Embedder, MemoryService
+from orchestrator.service.offers import Offers
 from orchestrator.service.outbound import Outbound
 from orchestrator.service.partitioned import Partitioned
 from orchestrator.service.pipeline import Pipeline
@@ -157,6 +158,7 @@ class Orchestrator:
             keep_finished=keep_finished,
             checkpoints=checkpoints,
         )
+        Offers(self._pipeline, self._registry, spawn)
         agentlog = AgentLog(store, self._works_in)
         self._reports = Reports(self._pipeline, self._system, self.memory, agentlog, spawn)
         self._reports.unstored = self.blobs.unstored
