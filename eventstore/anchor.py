@@ -292,7 +292,8 @@ class Checkpointer:
 
     Every `poll_s` seconds it reads the head's position (one cheap read); it signs when
     `every_events` events or `every_s` seconds have passed since its last checkpoint (and
-    the log moved), when asked (`request`, e.g. at a run's end) and when closed. Signing
+    the log moved), when asked (`request`, e.g. at a run's end; the asks that come within
+    `asked_gap_s` of the last checkpoint share the next one) and when closed. Signing
     reads one event, signs 80 bytes and appends one line with an fsync, in a thread. A
     failure is logged and counted, and the loop carries on.
     """
@@ -306,6 +307,7 @@ class Checkpointer:
         every_events: int = 1000,
         every_s: float = 10.0,
         poll_s: float = 1.0,
+        asked_gap_s: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -315,6 +317,7 @@ class Checkpointer:
         self._every_events = every_events
         self._every_s = every_s
         self._poll_s = poll_s
+        self._asked_gap_s = asked_gap_s
         self._clock = clock
         self._wall = wall
         self._signed = 0
@@ -367,6 +370,8 @@ class Checkpointer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._asked.wait(), self._poll_s)
             asked = self._asked.is_set()
+            if asked:  # the runs ending in the meanwhile share the checkpoint
+                await asyncio.sleep(max(0.0, self._since + self._asked_gap_s - self._clock()))
             self._asked.clear()
             try:
                 if asked or await self._due():

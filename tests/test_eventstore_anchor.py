@@ -184,6 +184,32 @@ def test_the_checkpointer_signs_by_count_by_time_on_request_and_at_close(tmp_pat
     asyncio.run(scenario())
 
 
+def test_asks_that_come_close_together_share_one_checkpoint(tmp_path: Path) -> None:
+    """Fifty runs ending within a moment ask for fifty checkpoints, each an fsync: those
+    asked within `asked_gap_s` of the last one are signed together, covering the head."""
+
+    async def scenario() -> None:
+        store = MemoryEventStore()
+        anchor = tmp_path / "checkpoints.jsonl"
+        key = SigningKey.generate()
+        checkpoints = Checkpointer(store, anchor, key, poll_s=0.005, asked_gap_s=2.0)
+        await checkpoints.start()
+        await append(store, 1)
+        checkpoints.request()
+        await wait_for(lambda: lines(anchor) == 1)
+        for _ in range(5):  # within the gap
+            await append(store, 1)
+            checkpoints.request()
+            await asyncio.sleep(0.01)
+        await wait_for(lambda: lines(anchor) >= 2)
+        await asyncio.sleep(0.1)
+        assert lines(anchor) == 2, "the asks within the gap got one checkpoint"
+        await checkpoints.close()
+        assert sorted(read_checkpoints(anchor, key.verify_key).hashes) == [1, 6]
+
+    asyncio.run(scenario())
+
+
 def test_a_failing_checkpoint_is_logged_counted_and_the_loop_goes_on(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
