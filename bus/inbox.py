@@ -75,7 +75,7 @@ class InboxConsumer:
         with contextlib.suppress(Exception):
             await self._sub.unsubscribe()
 
-    async def fetch(self, batch: int, timeout: float) -> list[Incoming]:
+    async def fetch(self, batch: int, timeout: float) -> list[Held]:
         """Up to `batch` messages, returning as soon as any are there; [] after `timeout`."""
         try:
             msgs = await self._sub.fetch(batch, timeout=timeout)
@@ -86,7 +86,7 @@ class InboxConsumer:
         now = time.monotonic()
         pulled = [Held(m, self, now) for m in msgs]
         self._held.update((id(m), m) for m in pulled)
-        return list(pulled)
+        return pulled
 
     def settled(self, message: Held) -> None:
         """`message` was answered: no longer this consumer's to keep."""
