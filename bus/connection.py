@@ -347,13 +347,24 @@ class Bus:
             max_ack_pending=50_000,
         )
         try:
-            await self._js.add_consumer(subjects.INBOX_STREAM, config=config)
+            await self._update_inbox_consumer(durable, config)
             sub = await self._js.pull_subscribe(
                 subjects.INBOX_ALL, durable=durable, stream=subjects.INBOX_STREAM, config=config
             )
         except nats.errors.Error as exc:
             raise BusError(f"cannot bind inbox consumer {durable}: {exc}") from exc
         return InboxConsumer(sub)
+
+    async def _update_inbox_consumer(self, durable: str, config: ConsumerConfig) -> None:
+        """Bring an inbox consumer an older Baton made to `config`'s ack wait; one that is
+        missing is made by the pull subscription, one that is right is left alone (so that
+        orchestrators starting together do not all update one replicated consumer)."""
+        try:
+            info = await self._js.consumer_info(subjects.INBOX_STREAM, durable)
+        except nats.js.errors.NotFoundError:
+            return
+        if info.config.ack_wait != config.ack_wait:
+            await self._js.add_consumer(subjects.INBOX_STREAM, config=config)
 
     async def close(self) -> None:
         """Close within about `CLOSE_TIMEOUT_S`, connected or not: what is queued is
