@@ -8,7 +8,7 @@ import json
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from itertools import groupby
+from itertools import groupby, takewhile
 from typing import Any, NamedTuple
 
 import msgspec
@@ -153,6 +153,8 @@ async def fork(
     origin = await store.read_stream(journal.run_stream(run_id), until_position=at)
     if not origin:
         raise UnknownRun(run_id)
+    origin += await rest_of_decision(store, run_id, origin)
+    at = origin[-1].position
     events = [journal.decode_run_event(s) for s in origin]
     if await store.stream_version(journal.run_stream(new_run_id)):
         raise OrchestratorError(f"run {new_run_id} already exists")
@@ -168,13 +170,37 @@ async def fork(
     copied = [started, linked, *events[1:]]
     causes = [Cause(origin[0].event_id, actor), Cause(origin[-1].event_id, actor)]
     causes += [Cause(s.event_id, s.actor, s.trace_id) for s in origin[1:]]
-    envelopes = journal.run_envelopes(new_run_id, 1, copied, causes)
+    spans = [origin[0].span_id, origin[0].span_id] + [s.span_id for s in origin[1:]]
+    envelopes = journal.run_envelopes(new_run_id, 1, copied, causes, spans)
     envelopes = [
         replace(env, actor=cause.actor) if i > 1 else env
         for i, (env, cause) in enumerate(zip(envelopes, causes, strict=True))
     ]
     await store.append(journal.run_stream(new_run_id), envelopes, 0)
     return await journal.load_run(store, new_run_id)
+
+
+def forked_at(fork: RunState, asked: int) -> str:
+    """Where a fork starts, as `fork` made it from the position `asked` for: the end of
+    the decision that position falls inside, said if it is not the position itself."""
+    at = int(fork.forked_from.rpartition("@")[2])
+    if at == asked:
+        return str(at)
+    return f"{at} (position {asked} falls inside one decision, recorded whole up to {at})"
+
+
+async def rest_of_decision(
+    store: EventStore, run_id: str, origin: list[StoredEvent]
+) -> list[StoredEvent]:
+    """The events after `origin` (a run's events up to a point) that one decision appended
+    together with its last event. The log never held part of a decision, so a point inside
+    one means the whole of it: a fork from the middle would decide its rest again (a loop
+    round added once more, say). A decision's events share one span id
+    (`journal.run_envelopes`; traced, each command's events have one of their own)."""
+    span = origin[-1].span_id
+    rest = await store.read_stream(journal.run_stream(run_id), from_version=origin[-1].version + 1)
+    whole = list(takewhile(lambda stored: stored.span_id == span, rest)) if span else []
+    return whole
 
 
 async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:

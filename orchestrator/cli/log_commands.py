@@ -66,7 +66,7 @@ async def _fork(args: argparse.Namespace, store: EventStore) -> int:
         raise WorkflowError("--new-id", f"run {new_id} already exists")
     state = await history.fork(store, args.run_id, at, new_id, actor="cli")
     done = sum(t.status == "succeeded" for t in state.tasks.values())
-    print(f"forked run {new_id} from {args.run_id} at position {at}: "
+    print(f"forked run {new_id} from {args.run_id} at position {history.forked_at(state, at)}: "
           f"{done}/{len(state.tasks)} tasks done, status {state.status}")  # fmt: skip
     print(f"carry it on: baton resume {new_id}")
     return 0

@@ -313,7 +313,8 @@ async def fork_run(console: Console, request: Request) -> Response:
     state = await history.fork(console.store, run_id, at, new_id, actor=console.live.actor)
     done = sum(t.status == "succeeded" for t in state.tasks.values())
     said = (
-        f"forked run {new_id} from {run_id} at position {at}: {done}/{len(state.tasks)} tasks "
+        f"forked run {new_id} from {run_id} at position {history.forked_at(state, at)}: "
+        f"{done}/{len(state.tasks)} tasks "
         f"done; carry it on with baton resume {new_id}"
     )
     return _back(console, request, f"/runs/{quote(new_id)}", said)
