@@ -137,12 +137,15 @@ def test_baton_serve_killed_and_started_again_keeps_its_port_and_the_run_complet
         began = time.monotonic()
         second = start_baton(tmp_path / "serve-2.log", "serve", "--state-dir", str(state))
         assert serving_url(tmp_path / "serve-2.log", second) == url
-        until(
-            lambda: "run.completed" in event_types(state, run_id),
-            90,
-            f"run {run_id} to complete after the restart ({time.monotonic() - began:.1f}s)",
-        )
+        try:
+            until(lambda: "run.completed" in event_types(state, run_id), 90, f"run {run_id} "
+                  f"to complete after the restart ({time.monotonic() - began:.1f}s)")  # fmt: skip
+        except AssertionError as exc:
+            raise AssertionError(_what_happened(exc, tmp_path, event_types(state, run_id))) from exc
         assert not agents.exited(), "an agent gave up on the bus"
+        # the agents kept the attempts they held through the restart: the orchestrator's
+        # re-sends found them reconnecting and waited for them to join, failing none
+        assert "task.attempt_failed" not in event_types(state, run_id)
     finally:
         if second is not None:
             terminate(second)
@@ -150,3 +153,10 @@ def test_baton_serve_killed_and_started_again_keeps_its_port_and_the_run_complet
         agents.stop()
     verified = audit_verify(state)
     assert verified.returncode == 0, verified.stdout + verified.stderr
+
+
+def _what_happened(failure: AssertionError, folder: Path, events: list[str]) -> str:
+    """The failure, the run's events and the end of each process's log."""
+    logs = sorted(folder.glob("serve-*.log")) + sorted((folder / "agents").glob("*.log"))
+    tails = [f"--- {log.name}:\n" + "\n".join(log.read_text().splitlines()[-15:]) for log in logs]
+    return "\n".join([str(failure), f"events: {events}", *tails])

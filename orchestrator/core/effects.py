@@ -234,8 +234,13 @@ def effects(state: RunState, events: Sequence[RunEvent]) -> list[Effect]:
     return out
 
 
-def pending_effects(state: RunState) -> list[SendAssignment]:
-    """After a restart: re-send every assignment still running; nothing else is owed."""
+def pending_effects(state: RunState, agent_id: str = "") -> list[SendAssignment]:
+    """After a restart: re-send every assignment still running (given `agent_id`, those
+    of that agent only); nothing else is owed."""
     if state.terminal:
         return []
-    return [_assignment(state, t) for t in state.tasks.values() if t.status == "running"]
+    return [
+        _assignment(state, t)
+        for t in state.tasks.values()
+        if t.status == "running" and (not agent_id or t.agent_id == agent_id)
+    ]

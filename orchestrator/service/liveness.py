@@ -53,8 +53,11 @@ class Liveness:
         tick_s: float,
         send: Send,
         connected: Callable[[], bool],
+        joined: Callable[[str], None] = lambda agent_id: None,
     ) -> None:
         self._registry = registry
+        self._joined = joined
+        """Told of each agent that joins (or whose id another process took over)."""
         self._send = send
         self._connected = connected
         self._looked: float | None = None
@@ -157,6 +160,7 @@ class Liveness:
             )
             await self._system.record(joined_event, hb.agent_id)
             await self._changed("agent.joined", hb.agent_id, hb.role)
+            self._joined(hb.agent_id)
 
     async def _changed(self, what: str, agent_id: str, detail: str) -> None:
         """Tell whoever watches the agents (the console's agents page) that one joined,

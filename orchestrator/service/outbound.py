@@ -90,9 +90,15 @@ class Outbound:
         undeliverable: Undeliverable,
         assign_timeout: float,
         instance_of: Callable[[str], str] = lambda agent_id: "",
+        heard: Callable[[str], bool] = lambda agent_id: True,
         by_reference: ByReference | None = None,
     ) -> None:
         self._bus = bus
+        self._heard = heard
+        """Whether an agent's heartbeats reach this orchestrator: an assignment re-sent
+        from the log to one not heard yet (this orchestrator just started, the agent is
+        reconnecting) that finds no one waits for the agent to join (it is sent again
+        then), or for its loss, which fails the attempt; it is not failed at once."""
         self._by_reference = by_reference
         """Stores the large parts of an assignment's input as blobs (for an input too large
         to travel in one message); without it, such an assignment is undeliverable."""
@@ -181,7 +187,14 @@ class Outbound:
             for d in batch:
                 self._obs.dispatched(d.span, "connection closed")
             return
-        except (RequestFailed, MalformedMessage, EventStoreError) as exc:
+        except RequestFailed as exc:
+            if not self._heard(agent_id):
+                log.info("assignments to %s wait for it to join: %s", agent_id, exc)
+                for d in batch:
+                    self._obs.dispatched(d.span, "waiting for the agent to join")
+                return
+            errors = [str(exc)] * len(batch)
+        except (MalformedMessage, EventStoreError) as exc:
             errors = [str(exc)] * len(batch)
         failed: list[tuple[Command, Cause]] = []
         for d, error in zip(batch, errors, strict=True):

@@ -85,6 +85,11 @@ class Registry:
         seen.heartbeat, seen.last_seen = heartbeat, now
         return took_over, verdict
 
+    def heard(self, agent_id: str) -> bool:
+        """Whether the agent's heartbeats reach this orchestrator (since it started, and
+        not lost since)."""
+        return agent_id in self._agents
+
     def instance_of(self, agent_id: str) -> str:
         """The instance that owns the id ('' if none, or an agent that sends none)."""
         owner = self._owners.get(agent_id)

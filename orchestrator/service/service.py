@@ -34,6 +34,7 @@ from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
 from eventstore import EventStore
 from eventstore.anchor import Checkpointer
+from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun
 from orchestrator.core.events import SystemEvent
 from orchestrator.core.state import RunState
@@ -142,6 +143,7 @@ class Orchestrator:
             undeliverable=lambda run_id, failed: self._pipeline.execute(run_id, failed),
             assign_timeout=assign_timeout,
             instance_of=self._registry.instance_of,
+            heard=self._registry.heard,
             by_reference=self.blobs.by_reference,
         )
         self._pipeline = Pipeline(
@@ -183,6 +185,7 @@ class Orchestrator:
             tick_s=tick_s,
             send=self._outbound.send,
             connected=lambda: bus.connected,
+            joined=self._joined,
         )
         self.partitioned = Partitioned(
             store, self._pipeline, self._registry, self._outbound.perform, spawn, clock
@@ -207,6 +210,14 @@ class Orchestrator:
             "runs": str(sum(not state.terminal for state in self._runs.values())),
             "agents": str(len(self._registry.live(now))),
         }
+
+    def _joined(self, agent_id: str) -> None:
+        """An agent joined: send it again what the log says it holds, in case it never got
+        it (this orchestrator restarted, or it did, between the append and the send); it
+        takes an attempt once, so one it holds already costs nothing."""
+        for state in self._pipeline.runs.values():
+            if held := pending_effects(state, agent_id):
+                self._outbound.perform(state, held)
 
     # -- lifecycle -------------------------------------------------------------------
 
