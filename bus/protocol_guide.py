@@ -135,6 +135,12 @@ ASSIGNMENTS = """
   against the step's `max_attempts`, and the task is retried after the backoff, on
   another agent if one is free. The agent is also sent a cancel for it (the ack may have
   been lost while it took the work).
+- **Re-sent after a restart.** An orchestrator that starts (or takes runs over) sends
+  each running attempt again, from the log, to the agent holding it. No answer or no
+  responder from an agent whose heartbeat it has not heard yet costs nothing: the
+  attempt is sent again when the agent's heartbeat comes (answer `already taken` if you
+  hold it), and fails as `agent_lost` only if none comes within the agent TTL and one
+  heartbeat interval of the orchestrator's start.
 - `traceparent` (field) is the W3C context of this assignment's dispatch span. Every
   assignment carries it; a lone `task.assign` also has it in the message's
   `traceparent` header. Make the attempt's span a child of the field (in a batch the

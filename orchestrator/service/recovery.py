@@ -58,6 +58,16 @@ async def recover(
     return served
 
 
+def resend_held(pipeline: Pipeline, act: Act, agent_id: str) -> None:
+    """An agent joined: send it again what the log says it holds, in case it never got it
+    (this orchestrator restarted, or it did, between the append and the send; see
+    `outbound.Outbound`); it takes an attempt once, so one it holds already costs
+    nothing."""
+    for state in pipeline.runs.values():
+        if held := pending_effects(state, agent_id):
+            act(state, held)
+
+
 class TakeOver(NamedTuple):
     """For `recover`: which runs to read (`wanted`) and how to resume each (`resume`)."""
 

@@ -34,7 +34,6 @@ from bus.supervise import Supervisor
 from bus.telemetry import Telemetry
 from eventstore import EventStore
 from eventstore.anchor import Checkpointer
-from orchestrator.core.effects import pending_effects
 from orchestrator.core.errors import UnknownRun
 from orchestrator.core.events import SystemEvent
 from orchestrator.core.state import RunState
@@ -53,7 +52,7 @@ from orchestrator.service.offers import Offers
 from orchestrator.service.outbound import Outbound
 from orchestrator.service.partitioned import Partitioned
 from orchestrator.service.pipeline import Pipeline
-from orchestrator.service.recovery import recover
+from orchestrator.service.recovery import recover, resend_held
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S, Registry
 from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
@@ -185,7 +184,7 @@ class Orchestrator:
             tick_s=tick_s,
             send=self._outbound.send,
             connected=lambda: bus.connected,
-            joined=self._joined,
+            joined=partial(resend_held, self._pipeline, self._outbound.perform),
         )
         self.partitioned = Partitioned(
             store, self._pipeline, self._registry, self._outbound.perform, spawn, clock
@@ -210,14 +209,6 @@ class Orchestrator:
             "runs": str(sum(not state.terminal for state in self._runs.values())),
             "agents": str(len(self._registry.live(now))),
         }
-
-    def _joined(self, agent_id: str) -> None:
-        """An agent joined: send it again what the log says it holds, in case it never got
-        it (this orchestrator restarted, or it did, between the append and the send); it
-        takes an attempt once, so one it holds already costs nothing."""
-        for state in self._pipeline.runs.values():
-            if held := pending_effects(state, agent_id):
-                self._outbound.perform(state, held)
 
     # -- lifecycle -------------------------------------------------------------------
 
