@@ -194,3 +194,41 @@ def test_an_agent_refuses_a_handoff_its_contract_does_not_allow(tmp_path: Path) 
     assert "role 'drafter' may not hand off to 'checker'" in state.tasks["desk"].error
     assert not [e for e in events if isinstance(e, TaskHandedOff)]
     assert state.tasks["desk"].attempt == 1, "not retried: the contract will not change"
+
+
+def test_a_fork_after_a_handoff_passes_the_receiver_the_forks_own_memory(
+    tmp_path: Path,
+) -> None:
+    roles = tmp_path / "roles.toml"
+    roles.write_text(ROLES)
+    state_dir = tmp_path / "state"
+    agents = [AgentSpec("drafter", f"{HANDLERS}:draft"), AgentSpec("checker", f"{HANDLERS}:check")]
+
+    async def scenario() -> tuple[list[str], Any, list[str]]:
+        async with cluster(state_dir, contracts=str(roles)) as c:
+            await c.add_agents(agents)
+            run_id = await c.orchestrator.start_run(_workflow())
+            assert (await c.orchestrator.wait(run_id, timeout=60)).status == "completed"
+            log = await c.stack.store.read_stream(journal.run_stream(run_id))
+            handed = next(s for s in log if s.type == "task.handed_off")
+            # the checker's assignment comes with the handoff: the fork's resume sends it
+            await history.fork(c.stack.store, run_id, handed.position, "fork-handed", "test")
+            forked = await c.stack.store.read_stream(journal.run_stream("fork-handed"))
+            [copy] = [journal.decode_run_event(s) for s in forked if s.type == "task.handed_off"]
+            assert isinstance(copy, TaskHandedOff)
+        # a new orchestrator serves the fork (its checker is gone: a new one takes it over)
+        async with cluster(state_dir, contracts=str(roles)) as again:
+            await again.add_agents(agents)
+            state = await again.orchestrator.wait("fork-handed", timeout=60)
+            assert state.status == "completed", state.reason
+            copies = [
+                w for w in await memory.recorded(again.stack.store) if w.run_id == "fork-handed"
+            ]
+            stored = await again.stack.store.query(EventQuery(stream=memory.STREAM))
+            ids = [s.event_id for s in stored if s.correlation_id == "fork-handed"]
+            assert len(ids) == len(copies) == 2
+            return copy.memory_refs, state.result, ids
+
+    refs, result, copy_ids = asyncio.run(scenario())
+    assert sorted(refs) == sorted(copy_ids), "the handoff passes the fork's copies"
+    assert result["desk"]["read"] == NOTES, "the receiver read them"

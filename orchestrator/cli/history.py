@@ -18,7 +18,7 @@ from bus import blobs
 from eventstore import BlobInfo, EventQuery, EventStore, NewEvent, StoredEvent, digest_of
 from eventstore.chain import hash_of
 from orchestrator.core.errors import OrchestratorError, UnknownEvent, UnknownRun
-from orchestrator.core.events import RunForked, RunStarted, TaskAssigned
+from orchestrator.core.events import RunEvent, RunForked, RunStarted, TaskAssigned, TaskHandedOff
 from orchestrator.core.state import RunState
 from orchestrator.service import agentlog, journal, memory
 from orchestrator.service.blob_gc import refs_of
@@ -160,14 +160,14 @@ async def fork(
         raise OrchestratorError(f"run {new_run_id} already exists")
     # memory first: its copies then precede the fork's events, so a fork of the fork
     # at any of its positions carries them too
-    await memory.copy_run_memory(store, run_id, at, new_run_id)
+    copies = await memory.copy_run_memory(store, run_id, at, new_run_id)
     first = events[0]
     assert isinstance(first, RunStarted)
     now = time.time() if now is None else now
     moved = (first.mono + now - first.at) if first.mono else 0.0
     started = replace(first, run_id=new_run_id, requested_by=actor, at=now, mono=moved)
     linked = RunForked(run_id, at, now)
-    copied = [started, linked, *events[1:]]
+    copied = [started, linked, *(_passing_copies(e, copies) for e in events[1:])]
     causes = [Cause(origin[0].event_id, actor), Cause(origin[-1].event_id, actor)]
     causes += [Cause(s.event_id, s.actor, s.trace_id) for s in origin[1:]]
     spans = [origin[0].span_id, origin[0].span_id] + [s.span_id for s in origin[1:]]
@@ -187,6 +187,15 @@ def forked_at(fork: RunState, asked: int) -> str:
     if at == asked:
         return str(at)
     return f"{at} (position {asked} falls inside one decision, recorded whole up to {at})"
+
+
+def _passing_copies(event: RunEvent, copies: dict[str, str]) -> RunEvent:
+    """A handoff of the origin as the fork records it: passing the fork's copies of the
+    memory it passed (the origin's own belong to the origin run, which the fork's agents
+    may not read)."""
+    if not isinstance(event, TaskHandedOff) or not event.memory_refs:
+        return event
+    return replace(event, memory_refs=[copies.get(ref, ref) for ref in event.memory_refs])
 
 
 async def rest_of_decision(

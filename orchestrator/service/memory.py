@@ -441,16 +441,17 @@ def write_event_id(entry: MemoryWrite) -> str:
 
 async def copy_run_memory(
     store: EventStore, origin: str, until_position: int, run_id: str, attempts: int = 5
-) -> int:
+) -> dict[str, str]:
     """Give `run_id` (a fork) the `run`-scope memory `origin` had at global position
     `until_position`: each write up to there is recorded again, as a `memory.written`
     event of the new run caused by the original, so replay rebuilds the fork's memory.
     The copies keep the original ids' parts, so copying twice changes nothing. Returns
-    how many writes were copied."""
+    each copied write's id in the origin and its copy's id."""
     stored = await store.query(
         EventQuery(stream=STREAM, correlation_id=origin, to_position=until_position)
     )
     copies: list[NewEvent] = []
+    ids: dict[str, str] = {}
     for original in stored:
         entry = _written.decode(original.data)
         if entry.scope != "run" or entry.run_id != origin:
@@ -468,8 +469,9 @@ async def copy_run_memory(
                 span_id=new_span_id(),
             )
         )
+        ids[original.event_id] = copies[-1].event_id
     if not copies:
-        return 0
+        return ids
     for tried in range(1, attempts + 1):  # a live memory service may append meanwhile
         try:
             await store.append(STREAM, copies, await store.stream_version(STREAM))
@@ -477,4 +479,4 @@ async def copy_run_memory(
         except ConcurrencyError:
             if tried == attempts:
                 raise
-    return len(copies)
+    return ids
