@@ -195,9 +195,12 @@ def test_the_time_travel_slider_shows_what_replay_until_shows_and_forks_from_the
     page.wait_for_url(re.compile(r"/runs/(?!" + watched.run_id + r")[\w-]+$"), timeout=WAIT_MS)
     forked = page.url.rpartition("/")[2]
     said = page.locator(".said").text_content() or ""
-    assert said.startswith(f"forked run {forked} from {watched.run_id} at position {middle}")
-    assert f"{watched.run_id}@{middle}" in (page.locator(".facts").text_content() or "")
-    assert _statuses(page) == shown, "the fork starts as the run was at that position"
+    start = re.match(rf"forked run {forked} from {watched.run_id} at position (\d+)", said)
+    assert start is not None, said
+    at = int(start[1])  # the end of the decision `middle` falls inside, if it does
+    assert at == middle or f"(position {middle} falls inside one decision" in said, said
+    assert f"{watched.run_id}@{at}" in (page.locator(".facts").text_content() or "")
+    assert _statuses(page) == _replayed(env, watched.run_id, at), "the run as it was at `at`"
     page.screenshot(path=str(tmp_path / "forked.png"), full_page=True)
 
 
