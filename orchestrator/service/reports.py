@@ -344,8 +344,9 @@ class Reports:
     async def _record_agent(
         self, delivery: Delivery, record: ToolCallRecord | MemoryWrite, sender: str
     ) -> None:
-        """An agent's tool record or memory write: acked once durable, termed if forged
-        or outside its contract (and audited as a rejected message)."""
+        """An agent's tool record or memory write: acked once durable (redelivered soon
+        if its append failed), termed if forged or outside its contract (and audited as
+        a rejected message)."""
         msg = delivery.incoming
         trace_id = msg.trace.trace_id if msg.trace else ""
         try:
@@ -359,8 +360,7 @@ class Reports:
         except Exception as exc:
             await self._failed(delivery, exc)
             return
-        if durable:
-            await _settle(msg.ack(), msg.subject)
+        await _settle(msg.ack() if durable else msg.nak(_RETRY_S), msg.subject)
 
     async def _refuse(self, delivery: Delivery, exc: BusError) -> None:
         """A message that is not allowed: audited, and terminated (durable) or answered
