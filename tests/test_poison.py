@@ -191,6 +191,50 @@ def test_a_message_whose_handling_keeps_failing_is_dead_lettered(
     asyncio.run(scenario())
 
 
+def test_a_message_whose_blob_check_fails_is_redelivered_then_dead_lettered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The check that an output's blob references name stored blobs is handling too: when
+    it raises (the blob store failing), that message is redelivered with a backoff, and
+    the rest of its batch is decided."""
+
+    async def scenario() -> None:
+        async with cluster(tmp_path) as c:
+            [agent_id] = await c.add_agents(WORKER)
+            run_id = await c.orchestrator.start_run(SLOW)
+            await c.until(run_id, lambda s: s.tasks["wait"].status == "running")
+            reports = c.orchestrator._reports
+            unstored = reports.unstored
+            assert unstored is not None
+
+            async def failing(payloads: list[Any]) -> str:
+                if any("poison" in p for p in payloads):
+                    raise OSError("the blob store is failing")
+                return await unstored(payloads)
+
+            monkeypatch.setattr(reports, "unstored", failing)
+            inbox = subjects.inbox(run_id, agent_id)
+            output = {"poison": {"$blob": "sha256:" + "0" * 64, "size": 1}}
+            poisoned = encode(TaskResult(run_id, "wait", 1, "x", agent_id, output, 0.1))
+            stale = encode(TaskResult(run_id, "wait", 0, "x", agent_id, {}, 0.1))
+            await publish_raw(c.stack.nats_url, inbox, poisoned, {"Nats-Msg-Id": "poisoned"})
+            await publish_raw(c.stack.nats_url, inbox, stale, {"Nats-Msg-Id": "stale"})
+            events = await until_system(
+                c, lambda es: any(isinstance(e, MessageDeadLettered) for e in es)
+            )
+            final = await c.orchestrator.wait(run_id, timeout=30)
+            await inbox_drained(c.stack.nats_url)
+            assert_loops_healthy(c.orchestrator)
+
+        [dead] = [e for e in events if isinstance(e, MessageDeadLettered)]
+        assert (dead.subject, dead.deliveries, dead.data) == (inbox, MAX_DELIVERIES, poisoned)
+        assert "OSError: the blob store is failing" in dead.reason
+        assert final.status == "completed"
+        assert final.rejected == 1, "the stale report of the same batch was still decided"
+
+    asyncio.run(scenario())
+
+
 def test_an_orchestrator_starts_and_serves_with_poison_waiting_in_its_inbox(
     tmp_path: Path,
 ) -> None:

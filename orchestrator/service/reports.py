@@ -212,9 +212,9 @@ class Reports:
             if isinstance(decoded, ToolCallRecord | MemoryWrite):
                 await self._record_agent(delivery, decoded, sender)
                 continue
-            if self.unstored is not None and blobs.may_hold_refs(msg.data):
-                decoded = await blobs_checked(decoded, self.unstored)
             try:
+                if self.unstored is not None and blobs.may_hold_refs(msg.data):
+                    decoded = await blobs_checked(decoded, self.unstored)
                 by_run[run_id].append(self._member(delivery, decoded, sender, taken))
             except Exception as exc:
                 await self._failed(delivery, exc)
