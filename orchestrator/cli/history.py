@@ -208,8 +208,7 @@ async def rest_of_decision(
     (`journal.run_envelopes`; traced, each command's events have one of their own)."""
     span = origin[-1].span_id
     rest = await store.read_stream(journal.run_stream(run_id), from_version=origin[-1].version + 1)
-    whole = list(takewhile(lambda stored: stored.span_id == span, rest)) if span else []
-    return whole
+    return list(takewhile(lambda stored: stored.span_id == span, rest)) if span else []
 
 
 async def run_events(store: EventStore, run_id: str) -> list[StoredEvent]:
