@@ -145,31 +145,68 @@ def test_a_body_the_decoder_chokes_on_is_refused_and_the_inbox_keeps_flowing(
     asyncio.run(scenario())
 
 
+def _fail_deciding(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug in deciding, that only a poisoned report triggers."""
+    pipeline = c.orchestrator._pipeline
+    decide = pipeline.decide
+
+    def failing(
+        run: str,
+        items: Sequence[tuple[Command, Cause]],
+        verdicts: list[ReportVerdict] | None = None,
+    ) -> Decision | None:
+        for command, _ in items:
+            if isinstance(command, ReportResult) and command.result.output.get("poison"):
+                raise RuntimeError("boom")
+        return decide(run, items, verdicts)
+
+    monkeypatch.setattr(pipeline, "decide", failing)
+
+
+def _fail_blob_check(c: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check that an output's blob references name stored blobs is handling too: the
+    blob store failing, for a poisoned report's."""
+    reports = c.orchestrator._reports
+    unstored = reports.unstored
+    assert unstored is not None
+
+    async def failing(payloads: list[Any]) -> str:
+        if any("poison" in p for p in payloads):
+            raise OSError("the blob store is failing")
+        return await unstored(payloads)
+
+    monkeypatch.setattr(reports, "unstored", failing)
+
+
+@pytest.mark.parametrize(
+    ("sabotage", "output", "reason"),
+    [
+        (_fail_deciding, {"poison": 1}, "RuntimeError: boom"),
+        (
+            _fail_blob_check,
+            {"poison": {"$blob": "sha256:" + "0" * 64, "size": 1}},
+            "OSError: the blob store is failing",
+        ),
+    ],
+    ids=["deciding", "blob check"],
+)
 def test_a_message_whose_handling_keeps_failing_is_dead_lettered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sabotage: Callable[[Cluster, pytest.MonkeyPatch], None],
+    output: dict[str, Any],
+    reason: str,
 ) -> None:
+    """Redelivered with a backoff, then dead-lettered; the rest of its batch is decided."""
+
     async def scenario() -> None:
         async with cluster(tmp_path) as c:
             [agent_id] = await c.add_agents(WORKER)
             run_id = await c.orchestrator.start_run(SLOW)
             await c.until(run_id, lambda s: s.tasks["wait"].status == "running")
-            pipeline = c.orchestrator._pipeline
-            decide = pipeline.decide
-
-            def failing(
-                run: str,
-                items: Sequence[tuple[Command, Cause]],
-                verdicts: list[ReportVerdict] | None = None,
-            ) -> Decision | None:
-                """A bug in deciding, that only a poisoned report triggers."""
-                for command, _ in items:
-                    if isinstance(command, ReportResult) and command.result.output.get("poison"):
-                        raise RuntimeError("boom")
-                return decide(run, items, verdicts)
-
-            monkeypatch.setattr(pipeline, "decide", failing)
+            sabotage(c, monkeypatch)
             inbox = subjects.inbox(run_id, agent_id)
-            poisoned = encode(TaskResult(run_id, "wait", 1, "x", agent_id, {"poison": 1}, 0.1))
+            poisoned = encode(TaskResult(run_id, "wait", 1, "x", agent_id, output, 0.1))
             stale = encode(TaskResult(run_id, "wait", 0, "x", agent_id, {}, 0.1))
             # published together, so they are likely fetched and decided as one batch:
             # the stale one is still decided (rejected) however they come
@@ -184,51 +221,7 @@ def test_a_message_whose_handling_keeps_failing_is_dead_lettered(
 
         [dead] = [e for e in events if isinstance(e, MessageDeadLettered)]
         assert (dead.subject, dead.deliveries, dead.data) == (inbox, MAX_DELIVERIES, poisoned)
-        assert "RuntimeError: boom" in dead.reason
-        assert final.status == "completed"
-        assert final.rejected == 1, "the stale report of the same batch was still decided"
-
-    asyncio.run(scenario())
-
-
-def test_a_message_whose_blob_check_fails_is_redelivered_then_dead_lettered(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The check that an output's blob references name stored blobs is handling too: when
-    it raises (the blob store failing), that message is redelivered with a backoff, and
-    the rest of its batch is decided."""
-
-    async def scenario() -> None:
-        async with cluster(tmp_path) as c:
-            [agent_id] = await c.add_agents(WORKER)
-            run_id = await c.orchestrator.start_run(SLOW)
-            await c.until(run_id, lambda s: s.tasks["wait"].status == "running")
-            reports = c.orchestrator._reports
-            unstored = reports.unstored
-            assert unstored is not None
-
-            async def failing(payloads: list[Any]) -> str:
-                if any("poison" in p for p in payloads):
-                    raise OSError("the blob store is failing")
-                return await unstored(payloads)
-
-            monkeypatch.setattr(reports, "unstored", failing)
-            inbox = subjects.inbox(run_id, agent_id)
-            output = {"poison": {"$blob": "sha256:" + "0" * 64, "size": 1}}
-            poisoned = encode(TaskResult(run_id, "wait", 1, "x", agent_id, output, 0.1))
-            stale = encode(TaskResult(run_id, "wait", 0, "x", agent_id, {}, 0.1))
-            await publish_raw(c.stack.nats_url, inbox, poisoned, {"Nats-Msg-Id": "poisoned"})
-            await publish_raw(c.stack.nats_url, inbox, stale, {"Nats-Msg-Id": "stale"})
-            events = await until_system(
-                c, lambda es: any(isinstance(e, MessageDeadLettered) for e in es)
-            )
-            final = await c.orchestrator.wait(run_id, timeout=30)
-            await inbox_drained(c.stack.nats_url)
-            assert_loops_healthy(c.orchestrator)
-
-        [dead] = [e for e in events if isinstance(e, MessageDeadLettered)]
-        assert (dead.subject, dead.deliveries, dead.data) == (inbox, MAX_DELIVERIES, poisoned)
-        assert "OSError: the blob store is failing" in dead.reason
+        assert reason in dead.reason
         assert final.status == "completed"
         assert final.rejected == 1, "the stale report of the same batch was still decided"
 
