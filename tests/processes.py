@@ -158,6 +158,13 @@ def _baton_ok(*args: str) -> str:
     return done.stdout
 
 
+def failed_attempts(state: Path, run_id: str) -> list[str]:
+    """Why each of the run's failed attempts failed, as `baton audit` shows it."""
+    out = _baton_ok("audit", "--run", run_id, "--type", "task.attempt_failed", "--json",
+                    "--state-dir", str(state))  # fmt: skip
+    return [json.loads(line)["data"]["reason"] for line in out.splitlines()]
+
+
 def admitted(state: Path, agent_id: str, role: str) -> str:
     """The agent's own login (`baton admit`), kept across restarts of the server."""
     out = state.parent / f"{agent_id}.url"

@@ -22,7 +22,7 @@ WORKER = AgentSpec(role="worker", handler="agents.builtin:sleep", count=1, capac
 ONE_STEP = WorkflowSpec(
     name="one-step", steps=[StepSpec(id="t", role="worker", timeout_s=60, params={"seconds": 1})]
 )
-TTL_S = 10.0
+TTL_S = 20.0
 """Long enough that no agent is lost while the orchestrators change: only the join may
 send the attempt again."""
 
