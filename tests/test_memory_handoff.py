@@ -35,6 +35,7 @@ handoff_to = ["checker"]
 name = "checker"
 memory = { read = ["run"] }
 """
+AGENTS = [AgentSpec("drafter", f"{HANDLERS}:draft"), AgentSpec("checker", f"{HANDLERS}:check")]
 NOTES = {
     "claim": "The event log is the single source of truth",
     "source": "DESIGN section three says so",
@@ -109,12 +110,7 @@ def test_the_receiver_of_a_handoff_reads_the_memory_it_was_passed_and_forks_carr
     async def scenario() -> dict[str, Any]:
         seen: dict[str, Any] = {}
         async with cluster(state_dir, contracts=str(roles)) as c:
-            await c.add_agents(
-                [
-                    AgentSpec("drafter", f"{HANDLERS}:draft"),
-                    AgentSpec("checker", f"{HANDLERS}:check"),
-                ]
-            )
+            await c.add_agents(AGENTS)
             run_id = await c.orchestrator.start_run(_workflow())
             state = await c.orchestrator.wait(run_id, timeout=60)
             assert state.status == "completed", state.reason
@@ -202,11 +198,10 @@ def test_a_fork_after_a_handoff_passes_the_receiver_the_forks_own_memory(
     roles = tmp_path / "roles.toml"
     roles.write_text(ROLES)
     state_dir = tmp_path / "state"
-    agents = [AgentSpec("drafter", f"{HANDLERS}:draft"), AgentSpec("checker", f"{HANDLERS}:check")]
 
     async def scenario() -> tuple[list[str], Any, list[str]]:
         async with cluster(state_dir, contracts=str(roles)) as c:
-            await c.add_agents(agents)
+            await c.add_agents(AGENTS)
             run_id = await c.orchestrator.start_run(_workflow())
             assert (await c.orchestrator.wait(run_id, timeout=60)).status == "completed"
             log = await c.stack.store.read_stream(journal.run_stream(run_id))
@@ -218,7 +213,7 @@ def test_a_fork_after_a_handoff_passes_the_receiver_the_forks_own_memory(
             assert isinstance(copy, TaskHandedOff)
         # a new orchestrator serves the fork (its checker is gone: a new one takes it over)
         async with cluster(state_dir, contracts=str(roles)) as again:
-            await again.add_agents(agents)
+            await again.add_agents(AGENTS)
             state = await again.orchestrator.wait("fork-handed", timeout=60)
             assert state.status == "completed", state.reason
             copies = [

@@ -43,15 +43,14 @@ def test_an_agent_that_joins_after_a_restart_is_sent_the_attempt_it_never_got(
                 "--handler", "agents.builtin:sleep", "--heartbeat", "0.2",
             ]  # fmt: skip
             env = {**os.environ, "BATON_NATS_URL": second.stack.agent_url(agent_id, "worker")}
-            log = (tmp_path / "again.log").open("wb")
-            second.agents.processes[agent_id] = subprocess.Popen(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+            with (tmp_path / "again.log").open("wb") as log:  # the child keeps its copy
+                second.agents.processes[agent_id] = subprocess.Popen(
+                    command, stdout=log, stderr=subprocess.STDOUT, env=env
+                )
             began = time.monotonic()
             state = await second.orchestrator.wait(run_id, timeout=TTL_S)
             took = time.monotonic() - began
             stored = await second.stack.store.read_stream(journal.run_stream(run_id))
-            log.close()
         return (
             state.tasks["t"].status + f"#{state.tasks['t'].attempt}",
             [s.type for s in stored],
