@@ -1,7 +1,8 @@
 """What a NATS connection says when it fails: during its first connect, the error that
 tells why a server will not have the client (its login refused, its certificate not
 trusted), not the broken pipe that may follow; once connected, one line when it is lost
-and one when it is back, not a line per try."""
+and one when it is back, not a line per try, and one more if a server refuses it while
+it tries (its login revoked: it would otherwise try on in silence)."""
 
 from __future__ import annotations
 
@@ -25,18 +26,25 @@ def says_why(exc: BaseException) -> bool:
 
 class Outage:
     """Logs a connection's outages: one line when it is lost (with the first error), one
-    when it is back (how long, how many errors); the errors between are only counted."""
+    when it is back (how long, how many errors); the errors between are only counted,
+    but the first that says why a server will not have it is logged too."""
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._since = 0.0
         self._errors = 0
+        self._refused = False
         self.closing = False
         """Set by `Bus.close`: the disconnection that follows is no outage."""
 
     def error(self, exc: Exception) -> None:
         if self._since:
             self._errors += 1
+            if says_why(exc) and not self._refused:
+                self._refused = True
+                log.warning(
+                    "nats (%s): refused while reconnecting: %s; still trying", self._name, exc
+                )
             return
         log.warning("nats (%s): %s", self._name, exc or type(exc).__name__)
 
@@ -44,6 +52,7 @@ class Outage:
         if not self._since and not self.closing:
             self._since = time.monotonic()
             self._errors = 0
+            self._refused = False
             log.warning("nats (%s): disconnected; reconnecting", self._name)
 
     async def ended(self) -> None:

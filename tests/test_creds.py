@@ -76,7 +76,7 @@ async def as_nkey(url: str, agent_id: str, seed: Path, monkeypatch: pytest.Monke
 
 
 def test_an_issued_nkey_acts_only_as_its_agent_in_its_role_until_revoked(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     seed, key = seed_file(tmp_path / "w1.nk")
     other_seed, other_key = seed_file(tmp_path / "stranger.nk")
@@ -137,8 +137,12 @@ def test_an_issued_nkey_acts_only_as_its_agent_in_its_role_until_revoked(
             async with asyncio.timeout(10):  # the server closes its connection as it reloads
                 while agent.connected:
                     await asyncio.sleep(0.02)
+            async with asyncio.timeout(10):  # its reconnects are refused: it says so, once
+                while "refused while reconnecting" not in caplog.text:
+                    await asyncio.sleep(0.05)
             with pytest.raises(BusError, match=r"(?i)authorization"):
                 await as_nkey(url, "w1", seed, monkeypatch)
+            found["refusals said"] = caplog.text.count("refused while reconnecting")
             found["listed"] = await ask(person, me, CredsRequest("list"))
             found["saved_after"] = [u.name for u in load_logins(tmp_path / "state")]
             stored = await stack.store.read_stream(journal.SYSTEM_STREAM)
@@ -177,6 +181,7 @@ def test_an_issued_nkey_acts_only_as_its_agent_in_its_role_until_revoked(
         subjects.heartbeat("w1"),
     ]
     assert isinstance(found["revoked"], CredsReply)
+    assert found["refusals said"] == 1
     listed = found["listed"]
     assert isinstance(listed, CredsReply)
     assert listed.credentials == []

@@ -49,7 +49,7 @@ AGENTS = {
 }
 
 
-def _seed(path: Path) -> str:
+def new_seed(path: Path) -> str:
     """A new user nkey seed in `path` (0600); its public key."""
     seed = new_user_seed()
     write(path, seed)
@@ -68,7 +68,7 @@ def server(tmp_path: Path) -> Iterator[tuple[Node, Login, dict[str, Path]]]:
     (that of docs/deploy.md) and worker-a, worker-b, each with its own seed file."""
     login = Login.make(tmp_path)
     seeds = {agent: tmp_path / f"{agent}.nk" for agent in AGENTS}
-    listed = [f"{agent}:{AGENTS[agent][0]}:{_seed(seeds[agent])}" for agent in AGENTS]
+    listed = [f"{agent}:{AGENTS[agent][0]}:{new_seed(seeds[agent])}" for agent in AGENTS]
     printed = subprocess.run(
         baton("nats-users", "--services", login.public, *listed),
         capture_output=True, text=True, timeout=60, env=clean_env(), cwd=tmp_path,
@@ -106,7 +106,7 @@ class Refusals:
         return self.said
 
 
-async def _as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> list[str]:
+async def as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> list[str]:
     """Agent A's login tries B's assignments, report and result subjects; the server's
     answers, once it has answered all three (or 10 s have passed)."""
     refusals = Refusals()
@@ -172,7 +172,7 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
         run_id = submitted.stdout.strip().splitlines()[-1]
         held = until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
         assert "run.completed" not in held, "b (6 s long) ended before A could try it"
-        refused = asyncio.run(_as_a_acting_as_b(node.url, login, seeds["worker-a"], run_id))
+        refused = asyncio.run(as_a_acting_as_b(node.url, login, seeds["worker-a"], run_id))
         audit = until_audited(work, run_id, "run.completed")
         rejected = baton_in(work, "audit", "--type", "*.rejected")
         verify = baton_in(work, "audit", "verify")
@@ -211,7 +211,7 @@ def test_the_block_gives_each_agent_its_embedded_permissions_under_contracts(
     roles = tmp_path / "roles.toml"
     roles.write_text('[[roles]]\nname = "researcher"\ntools = ["web_search"]\n')
     (tmp_path / "wf.toml").write_text('name = "w"\ncontracts = "roles.toml"\n')
-    services, agent = _seed(tmp_path / "s.nk"), _seed(tmp_path / "a.nk")
+    services, agent = new_seed(tmp_path / "s.nk"), new_seed(tmp_path / "a.nk")
     contract = load_contracts(roles).get("researcher")
     expected = authorization_block(
         [
@@ -246,7 +246,7 @@ def test_the_block_gives_each_agent_its_embedded_permissions_under_contracts(
 def test_bad_input_is_one_line_and_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], given: str, said: str
 ) -> None:
-    services, key = _seed(tmp_path / "s.nk"), _seed(tmp_path / "a.nk")
+    services, key = new_seed(tmp_path / "s.nk"), new_seed(tmp_path / "a.nk")
     bent = key[:-1] + ("A" if key[-1] != "A" else "B")  # its checksum no longer matches
     spec = given.format(key=key, services=services, bent=bent)
     governed = ["--contracts", str(tmp_path / "roles.toml")] if "nobody" in given else []
@@ -260,7 +260,7 @@ def test_bad_input_is_one_line_and_exit_2(
 def test_agents_from_a_file_an_id_given_twice_and_a_bad_services_key(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    services, one, two = (_seed(tmp_path / f"{n}.nk") for n in ("s", "1", "2"))
+    services, one, two = (new_seed(tmp_path / f"{n}.nk") for n in ("s", "1", "2"))
     listed = tmp_path / "agents.txt"
     listed.write_text(f"# the workers\nw-1:worker:{one}\n\nw-2:worker:{two}  # the second\n")
     code, out, _ = _cli(capsys, "--services", services, "--agents-file", str(listed))

@@ -1,0 +1,196 @@
+"""docs/deploy.md's "One login per agent" on its three-node cluster (step 1's
+configuration, TLS and routes included): `baton nats-users` prints the users, the block
+replaces each node's `authorization` block and each node reloads, and Baton runs a
+workflow through the CLI, `baton serve` with the services' login on n1, agent A with its
+own seed on n2, agent B with its own on n3, so every assignment and report crosses a
+route. While B holds its task, A (logged in as itself, with nats-py, on n2) tries B's
+assignments, report and result subjects: n2 refuses each, the log records no rejected
+result and B's own result is kept. Then the users are printed again without A and every
+node reloads: A's agent is cut off and its login refused on every node, while B's still
+logs in.
+
+Marked `cluster` (about 15 s on 2 cores): `pytest -m cluster`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import signal
+import ssl
+import subprocess
+import time
+from pathlib import Path
+
+import nats
+import nats.errors
+import pytest
+
+from bus import subjects
+from bus.connection import RECONNECT_WAIT_S
+from tests.cluster import baton
+from tests.nats_cluster import Login, NatsCluster, Node, nats_cluster
+from tests.test_nats_users import AGENTS, WORKFLOW, as_a_acting_as_b, new_seed
+from tests.test_operator_mode import baton_in, clean_env, until_audited, until_logged
+
+pytestmark = pytest.mark.cluster
+
+_AUTHORIZATION = re.compile(r"^authorization \{.*?^\}\n", re.M | re.S)
+
+
+def _users(cluster: NatsCluster, cwd: Path, agents: dict[str, str]) -> str:
+    """What `baton nats-users` prints for the services' login and `agents` (id → public
+    key, each in its role of `AGENTS`)."""
+    listed = [f"{agent}:{AGENTS[agent][0]}:{key}" for agent, key in agents.items()]
+    printed = subprocess.run(
+        baton("nats-users", "--services", cluster.login.public, *listed),
+        capture_output=True, text=True, timeout=60, env=clean_env(), cwd=cwd,
+    )  # fmt: skip
+    assert printed.returncode == 0, printed.stderr
+    return printed.stdout
+
+
+def _reload_with(node: Node, users: str) -> None:
+    """Put `users` in place of the node's authorization block and have it reload
+    (SIGHUP, what `nats-server --signal reload` sends); return once its log says so."""
+    conf_path = node.directory / "server.conf"
+    conf, found = _AUTHORIZATION.subn(users.replace("\\", "\\\\"), conf_path.read_text())
+    assert found == 1, "the node's configuration has no one authorization block"
+    conf_path.write_text(conf)
+    log = node.directory / "server.log"
+    offset = log.stat().st_size
+    assert node.process is not None
+    node.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while b"Reloaded server configuration" not in log.read_bytes()[offset:]:
+        assert time.monotonic() < deadline, log.read_text()[offset:]
+        time.sleep(0.05)
+
+
+def _toml_on(cluster: NatsCluster, node: str, nkey: Path | None) -> str:
+    """docs/deploy.md's baton.toml, on one node of the cluster, logged in with `nkey`
+    (none: the login comes from $BATON_NATS_NKEY)."""
+    toml = cluster.baton_toml()
+    toml, named = re.subn(
+        r"^nats = \[.*\]$", f'nats = ["{cluster.node(node).url}"]', toml, flags=re.M
+    )
+    assert named == 1, toml
+    login = "" if nkey is None else f"nkey = {json.dumps(str(nkey))}"
+    toml, logins = re.subn(r"^nkey = .*$", login, toml, flags=re.M)
+    assert logins == 1, toml
+    return toml
+
+
+async def _logs_in(url: str, login: Login, seed: Path) -> str:
+    """'' if the seed logs in on `url`, else what the server said."""
+    try:
+        nc = await nats.connect(
+            url,
+            tls=ssl.create_default_context(cafile=str(login.pki / "ca.pem")),
+            nkeys_seed_str=seed.read_text().strip(),
+            connect_timeout=5,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+        )
+    except (nats.errors.Error, OSError) as error:
+        return str(error) or type(error).__name__
+    await nc.close()
+    return ""
+
+
+def _last_outage(log: Path, text: str) -> str:
+    """What a process logged since its connection was last lost, once that holds `text`
+    (bounded)."""
+    deadline = time.monotonic() + 30
+    while text not in log.read_text().rpartition("disconnected; reconnecting")[2]:
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(2 * RECONNECT_WAIT_S)  # room for a reconnect, which must not come
+    return log.read_text().rpartition("disconnected; reconnecting")[2]
+
+
+def test_one_login_per_agent_on_the_three_nodes(tmp_path: Path) -> None:
+    work, a_dir, b_dir = (tmp_path / name for name in ("work", "a", "b"))
+    for folder in (work, a_dir, b_dir):
+        folder.mkdir()
+    seeds = {agent: tmp_path / f"{agent}.nk" for agent in AGENTS}
+    keys = {agent: new_seed(seeds[agent]) for agent in AGENTS}
+    with nats_cluster(tmp_path / "nats") as cluster:
+        users = _users(cluster, tmp_path, keys)
+        for node in cluster.nodes:
+            _reload_with(node, users)
+        (work / "baton.toml").write_text(_toml_on(cluster, "n1", cluster.login.nkey))
+        (work / "wf.toml").write_text(WORKFLOW)
+        (a_dir / "baton.toml").write_text(_toml_on(cluster, "n2", seeds["worker-a"]))
+        (b_dir / "baton.toml").write_text(_toml_on(cluster, "n3", None))
+
+        def agent(name: str) -> list[str]:
+            role, handler = AGENTS[name]
+            return baton("agent", "--id", name, "--role", role, "--handler", handler)
+
+        commands = {
+            "serve": (work, baton("serve"), clean_env()),
+            "worker-a": (a_dir, agent("worker-a"), clean_env()),
+            "worker-b": (
+                b_dir,
+                agent("worker-b"),
+                clean_env({"BATON_NATS_NKEY": str(seeds["worker-b"])}),
+            ),
+        }
+        started: dict[str, subprocess.Popen[bytes]] = {}
+        try:
+            for name, (cwd, argv, env) in commands.items():
+                with (tmp_path / f"{name}.log").open("wb") as out:
+                    started[name] = subprocess.Popen(
+                        argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+                    )
+            until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
+            for name in AGENTS:
+                until_logged(tmp_path / f"{name}.log", started[name], "serving role")
+            submitted = baton_in(work, "submit", "wf.toml")
+            assert submitted.returncode == 0, submitted.stderr
+            run_id = submitted.stdout.strip().splitlines()[-1]
+            held = until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
+            assert "run.completed" not in held, "b (6 s long) ended before A could try it"
+            n2 = cluster.node("n2").url
+            refused = asyncio.run(as_a_acting_as_b(n2, cluster.login, seeds["worker-a"], run_id))
+            audit = until_audited(work, run_id, "run.completed")
+            rejected = baton_in(work, "audit", "--type", "*.rejected")
+            verify = baton_in(work, "audit", "verify")
+
+            users = _users(cluster, tmp_path, {"worker-b": keys["worker-b"]})
+            for node in cluster.nodes:
+                _reload_with(node, users)
+            a_refused = [
+                asyncio.run(_logs_in(node.url, cluster.login, seeds["worker-a"]))
+                for node in cluster.nodes
+            ]
+            b_refused = [
+                asyncio.run(_logs_in(node.url, cluster.login, seeds["worker-b"]))
+                for node in cluster.nodes
+            ]
+            cut_off = _last_outage(tmp_path / "worker-a.log", "refused while reconnecting")
+        finally:
+            for process in started.values():
+                process.terminate()
+                process.wait(15)
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
+    assert all("Traceback" not in log for log in logs.values()), logs
+    assert [said.lower() for said in refused] == [
+        f'nats: permissions violation for subscription to "{subjects.assign("worker-b")}"',
+        f'nats: permissions violation for publish to "{subjects.report(run_id, "worker-b")}"',
+        f'nats: permissions violation for publish to "{subjects.inbox(run_id, "worker-b")}"',
+    ]
+    succeeded = [line for line in audit.splitlines() if "task.succeeded" in line]
+    assert len(succeeded) == 2, audit
+    assert "worker-a" in succeeded[0], audit
+    assert "worker-b" in succeeded[1], audit
+    assert "forged" not in audit, audit
+    assert rejected.returncode == 0, rejected.stderr
+    assert "rejected" not in rejected.stdout, "a forgery reached the orchestrator"
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "hash chain: ok" in verify.stdout
+    assert all("authorization violation" in said.lower() for said in a_refused), a_refused
+    assert b_refused == ["", "", ""]
+    assert "'Authorization Violation'; still trying" in cut_off, cut_off
+    assert "reconnected after" not in cut_off, cut_off
