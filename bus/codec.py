@@ -9,10 +9,12 @@ must also survive being encoded again later, from a deeper stack (into an event)
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from typing import Any, Generic, TypeVar
 
 import msgspec
+import msgspec.inspect
 
 from bus.errors import MalformedMessage, OversizedMessage
 
@@ -33,17 +35,27 @@ _JSON_OTHERS = bytes(b for b in range(256) if b not in b"[{")
 
 
 _CONTAINERS = (dict, list, tuple, msgspec.Struct)
+_SCALARS = (
+    msgspec.inspect.StrType, msgspec.inspect.IntType, msgspec.inspect.FloatType,
+    msgspec.inspect.BoolType, msgspec.inspect.NoneType, msgspec.inspect.LiteralType,
+    msgspec.inspect.EnumType, msgspec.inspect.BytesType,
+)  # fmt: skip
 
 
-def _children(node: Any) -> list[Any]:
-    """The containers directly inside one container."""
-    if isinstance(node, dict):
-        inner: Iterable[Any] = node.values()
-    elif isinstance(node, list | tuple):
-        inner = node
-    else:
-        inner = (getattr(node, f) for f in node.__struct_fields__)
-    return [c for c in inner if isinstance(c, _CONTAINERS)]
+def _holds_no_container(kind: msgspec.inspect.Type) -> bool:
+    if isinstance(kind, msgspec.inspect.UnionType):
+        return all(_holds_no_container(member) for member in kind.types)
+    return isinstance(kind, _SCALARS)
+
+
+@functools.cache
+def _nesting_fields(struct: type[msgspec.Struct]) -> tuple[str, ...]:
+    """The fields of a Struct type that may hold a container: the others are declared
+    scalars, which its decoder enforced, so the walk skips them."""
+    info = msgspec.inspect.type_info(struct)
+    if not isinstance(info, msgspec.inspect.StructType):
+        return struct.__struct_fields__
+    return tuple(f.name for f in info.fields if not _holds_no_container(f.type))
 
 
 def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
@@ -52,9 +64,18 @@ def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
     stops at the first level too many."""
     level = [value] if isinstance(value, _CONTAINERS) else []
     for _ in range(limit):
-        level = [child for node in level for child in _children(node)]
-        if not level:
+        below: list[Any] = []
+        for node in level:
+            if isinstance(node, dict):
+                inner: Iterable[Any] = node.values()
+            elif isinstance(node, list | tuple):
+                inner = node
+            else:
+                inner = [getattr(node, name) for name in _nesting_fields(type(node))]
+            below += [child for child in inner if isinstance(child, _CONTAINERS)]
+        if not below:
             return False
+        level = below
     return bool(level)
 
 
