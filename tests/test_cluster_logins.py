@@ -98,11 +98,15 @@ async def _logs_in(url: str, login: Login, seed: Path) -> str:
     return ""
 
 
-def _last_outage(log: Path, text: str) -> str:
-    """What a process logged since its connection was last lost, once that holds `text`
+def _cut_off(log: Path) -> str:
+    """What a process logged since its connection was last lost, once that says its
+    login was refused and it has not reconnected, then again two reconnect waits later
     (bounded)."""
     deadline = time.monotonic() + 30
-    while text not in log.read_text().rpartition("disconnected; reconnecting")[2]:
+    while True:
+        since = log.read_text().rpartition("disconnected; reconnecting")[2]
+        if "refused while reconnecting" in since and "reconnected after" not in since:
+            break
         assert time.monotonic() < deadline, log.read_text()
         time.sleep(0.1)
     time.sleep(2 * RECONNECT_WAIT_S)  # room for a reconnect, which must not come
@@ -169,7 +173,7 @@ def test_one_login_per_agent_on_the_three_nodes(tmp_path: Path) -> None:
                 asyncio.run(_logs_in(node.url, cluster.login, seeds["worker-b"]))
                 for node in cluster.nodes
             ]
-            cut_off = _last_outage(tmp_path / "worker-a.log", "refused while reconnecting")
+            cut_off = _cut_off(tmp_path / "worker-a.log")
         finally:
             for process in started.values():
                 process.terminate()
