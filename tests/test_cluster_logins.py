@@ -1,5 +1,7 @@
-"""docs/deploy.md's "One login per agent" on its three-node cluster (step 1's
-configuration, TLS and routes included): `baton nats-users` prints the users, the block
+"""Logins other than step 1's on docs/deploy.md's three-node cluster (its configuration,
+TLS and routes included).
+
+"One login per agent": `baton nats-users` prints the users, the block
 replaces each node's `authorization` block and each node reloads, and Baton runs a
 workflow through the CLI, `baton serve` with the services' login on n1, agent A with its
 own seed on n2, agent B with its own on n3, so every assignment and report crosses a
@@ -9,7 +11,13 @@ result and B's own result is kept. Then the users are printed again without A an
 node reloads: A's agent is cut off and its login refused on every node, while B's still
 logs in.
 
-Marked `cluster` (about 15 s on 2 cores): `pytest -m cluster`."""
+Operator mode: each node trusts an operator (made as `nsc` makes one, `resolver:
+MEMORY`) in place of its `authorization` block; `baton serve` with `creds` in its
+`baton.toml` and two agents with `$BATON_NATS_CREDS` run a workflow whose large output
+goes to the Object Store; every stream Baton made has three replicas, in the account
+of the creds, and `baton audit verify` is ok.
+
+Marked `cluster` (about 30 s on 2 cores): `pytest -m cluster`."""
 
 from __future__ import annotations
 
@@ -30,8 +38,10 @@ from bus import subjects
 from bus.connection import RECONNECT_WAIT_S
 from tests.cluster import baton
 from tests.nats_cluster import Login, NatsCluster, Node, nats_cluster
+from tests.operator_mode import Operator
 from tests.test_nats_users import AGENTS, WORKFLOW, as_a_acting_as_b, new_seed
-from tests.test_operator_mode import baton_in, clean_env, until_audited, until_logged
+from tests.test_operator_mode import PRODUCER, baton_in, clean_env, until_audited, until_logged
+from tests.test_operator_mode import WORKFLOW as LARGE_WORKFLOW
 
 pytestmark = pytest.mark.cluster
 
@@ -50,13 +60,18 @@ def _users(cluster: NatsCluster, cwd: Path, agents: dict[str, str]) -> str:
     return printed.stdout
 
 
+def _authorized_by(node: Node, block: str) -> None:
+    """Put `block` in place of the node's authorization block, in its configuration."""
+    conf_path = node.directory / "server.conf"
+    conf, found = _AUTHORIZATION.subn(block.replace("\\", "\\\\"), conf_path.read_text())
+    assert found == 1, "the node's configuration has no one authorization block"
+    conf_path.write_text(conf)
+
+
 def _reload_with(node: Node, users: str) -> None:
     """Put `users` in place of the node's authorization block and have it reload
     (SIGHUP, what `nats-server --signal reload` sends); return once its log says so."""
-    conf_path = node.directory / "server.conf"
-    conf, found = _AUTHORIZATION.subn(users.replace("\\", "\\\\"), conf_path.read_text())
-    assert found == 1, "the node's configuration has no one authorization block"
-    conf_path.write_text(conf)
+    _authorized_by(node, users)
     log = node.directory / "server.log"
     offset = log.stat().st_size
     assert node.process is not None
@@ -198,3 +213,83 @@ def test_one_login_per_agent_on_the_three_nodes(tmp_path: Path) -> None:
     assert b_refused == ["", "", ""]
     assert "'Authorization Violation'; still trying" in cut_off, cut_off
     assert "reconnected after" not in cut_off, cut_off
+
+
+async def _replicas(cluster: NatsCluster, creds: Path) -> dict[str, int]:
+    """Each stream of the creds' account and its replicas, as the cluster has them."""
+    nc = await nats.connect(
+        servers=cluster.urls,
+        tls=ssl.create_default_context(cafile=str(cluster.login.pki / "ca.pem")),
+        user_credentials=str(creds),
+    )
+    try:
+        return {
+            info.config.name: info.config.num_replicas or 1
+            for info in await nc.jetstream().streams_info()
+            if info.config.name
+        }
+    finally:
+        await nc.close()
+
+
+def test_creds_in_operator_mode_on_the_three_nodes(tmp_path: Path) -> None:
+    operator = Operator.make()
+    creds = operator.app.user_creds(tmp_path / "baton.creds")
+    work, elsewhere = tmp_path / "work", tmp_path / "agents"
+    for folder in (work, elsewhere):
+        folder.mkdir()
+    cluster = NatsCluster(tmp_path / "nats")
+    for node in cluster.nodes:
+        _authorized_by(node, operator.server_conf())
+    toml, logins = re.subn(r"^nkey = .*$", "", cluster.baton_toml(), flags=re.M)
+    assert logins == 1, toml
+    (work / "baton.toml").write_text(f"{toml}creds = {json.dumps(str(creds))}\n")
+    (work / "wf.toml").write_text(LARGE_WORKFLOW)
+    (elsewhere / "baton.toml").write_text(toml)
+    (elsewhere / "producer.py").write_text(PRODUCER)
+    by_env = clean_env({"BATON_NATS_CREDS": str(creds)})
+    commands = {
+        "serve": (work, baton("serve"), clean_env()),
+        "producer-1": (elsewhere, baton("agent", "--id", "producer-1", "--role", "producer",
+                       "--handler", f"{elsewhere / 'producer.py'}:large"), by_env),
+        "worker-1": (elsewhere, baton("agent", "--id", "worker-1", "--role", "worker",
+                     "--handler", "agents.builtin:echo"), by_env),
+    }  # fmt: skip
+    started: dict[str, subprocess.Popen[bytes]] = {}
+    try:
+        for node in cluster.nodes:
+            node.start()
+        for name, (cwd, argv, env) in commands.items():
+            with (tmp_path / f"{name}.log").open("wb") as out:
+                started[name] = subprocess.Popen(
+                    argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
+                )
+        serving = until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
+        for agent in ("producer-1", "worker-1"):
+            until_logged(tmp_path / f"{agent}.log", started[agent], "serving role")
+        submitted = baton_in(work, "submit", "wf.toml")
+        assert submitted.returncode == 0, submitted.stderr
+        run_id = submitted.stdout.strip().splitlines()[-1]
+        audited = until_audited(work, run_id, "run.completed")
+        replicas = asyncio.run(_replicas(cluster, creds))
+        verify = baton_in(work, "audit", "verify")
+    finally:
+        for process in started.values():
+            process.terminate()
+            process.wait(15)
+        for node in cluster.nodes:
+            node.stop()
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
+    assert all("Traceback" not in log for log in logs.values()), logs
+    assert "BATON_EVENTS (3 replicas)" in serving, serving
+    succeeded = [line for line in audited.splitlines() if "task.succeeded" in line]
+    assert [("producer-1" in line, "worker-1" in line) for line in succeeded] == [
+        (True, False),
+        (False, True),
+    ], audited
+    assert '"$blob"' in succeeded[0]  # the large output went by the Object Store
+    made = {"BATON_EVENTS", "BATON_INBOX", "KV_BATON_LEASES", "OBJ_BATON_BLOBS"}
+    assert made <= replicas.keys(), replicas
+    assert set(replicas.values()) == {3}, replicas
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "hash chain: ok" in verify.stdout
