@@ -138,6 +138,11 @@ class Registry:
         seen = self._agents.get(agent_id)
         return seen is not None and self._load[agent_id] < seen.heartbeat.capacity
 
+    def roles_with_room(self) -> set[str]:
+        """The roles of the known agents holding fewer attempts than their capacity."""
+        load = self._load
+        return {s.heartbeat.role for a, s in self._agents.items() if load[a] < s.heartbeat.capacity}
+
     def live(self, now: float) -> list[AgentView]:
         """Routable agents, sorted by id, with the load the orchestrator gave them."""
         views = []
