@@ -180,6 +180,18 @@ def test_bad_points_and_ids_are_clear_errors(recorded: tuple[Path, str]) -> None
     assert "invalid subject token" in bad_id.stderr
 
 
+def test_a_fork_past_the_runs_end_says_it_starts_at_its_last_event(
+    recorded: tuple[Path, str], tmp_path: Path
+) -> None:
+    state, run_id = recorded
+    shutil.copytree(state, tmp_path / "state")
+    where = ["--state-dir", str(tmp_path / "state")]
+    last = _events(tmp_path / "state", run_id)[-1]["position"]
+    forked = _baton("fork", run_id, "--at", "99999", "--new-id", "past", *where)
+    assert f"at position {last} (the run's last event up to position 99999)" in forked.stdout
+    assert "5/5 tasks done, status completed" in forked.stdout
+
+
 # A fork from a position inside one decision starts at the end of that decision: the log
 # never held part of one, and a fork that copied only part of it would decide the rest
 # again. In the review loop, the decision on a rejecting review appends the next round's
@@ -246,7 +258,11 @@ def test_a_fork_of_a_fork_keeps_the_decisions_it_copied(
     inside = next(e for e in copied if e["type"] == "tasks.added")
     said = _baton("fork", "whole", "--at", str(inside["position"]), "--new-id", "again",
                   "--state-dir", str(state)).stdout  # fmt: skip
-    assert "falls inside one decision" in said
+    moved = re.search(r"from whole at position (\d+) \(position (\d+) falls inside one", said)
+    assert moved, said  # the fork's own link is to `whole`, not the copy of whole's to its origin
+    assert int(moved.group(1)) > int(moved.group(2)) == inside["position"]
+    traced = _baton("trace", "again", "--state-dir", str(state)).stdout
+    assert f"forked from whole@{moved.group(1)}" in traced, traced
     again = _own_events(state, "again")
     assert again[-1]["type"] == "task.assigned"
     # its own start and link, then a copy of `whole`'s link and events

@@ -181,11 +181,14 @@ async def fork(
 
 
 def forked_at(fork: RunState, asked: int) -> str:
-    """Where a fork starts, as `fork` made it from the position `asked` for: the end of
-    the decision that position falls inside, said if it is not the position itself."""
+    """Where a fork starts, as `fork` made it from the position `asked` for, said if it is
+    not the position itself: the run's last event before it (`asked` is another run's
+    event, or after the run's end), or the end of the decision `asked` falls inside."""
     at = int(fork.forked_from.rpartition("@")[2])
     if at == asked:
         return str(at)
+    if at < asked:
+        return f"{at} (the run's last event up to position {asked})"
     return f"{at} (position {asked} falls inside one decision, recorded whole up to {at})"
 
 

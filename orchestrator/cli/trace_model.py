@@ -212,8 +212,10 @@ class _Builder:
                 self.t.workflow = event.workflow.name
                 self.t.trace_id = event.trace_id
                 self.t.started = event.at
-            case RunForked():
-                self.t.forked_from = f"{event.origin_run_id}@{event.origin_position}"
+            case RunForked():  # the first link is the run's own (see `evolve_run.forked`)
+                self.t.forked_from = (
+                    self.t.forked_from or f"{event.origin_run_id}@{event.origin_position}"
+                )
             case TaskAssigned():
                 attempt = Attempt(
                     attempt=event.attempt, agent_id=event.agent_id, start=at, reason=event.reason

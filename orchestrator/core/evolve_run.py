@@ -55,7 +55,9 @@ def taken_over(d: Draft, e: RunTakenOver) -> None:
 
 
 def forked(d: Draft, e: RunForked) -> None:
-    d.changes["forked_from"] = f"{e.origin_run_id}@{e.origin_position}"
+    # A fork of a fork copies its origin's own link too: the first link is this run's.
+    if not d.changes.get("forked_from", d.base.forked_from):
+        d.changes["forked_from"] = f"{e.origin_run_id}@{e.origin_position}"
 
 
 def result_rejected(d: Draft, e: ResultRejected) -> None:
