@@ -15,10 +15,14 @@ import signal
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import cast
+from urllib.parse import urlparse
 
 import msgspec
 import nats
 import pytest
+from nats.aio.client import Client as NATS
+from nats.aio.client import ServerVersion
 
 from bus.server import EmbeddedNats
 from eventstore import (
@@ -39,6 +43,7 @@ from eventstore.jetstream import (
 from eventstore.jetstream.failover import FailoverNotes
 from eventstore.jetstream.log import JetStreamLog
 from eventstore.jetstream.projections import SavedRows
+from eventstore.jetstream.store import check_server
 from eventstore.model import Snapshot
 from tests.test_eventstore_contract import (
     Counting,
@@ -626,3 +631,28 @@ def test_an_election_announced_while_the_client_reconnected_is_said_once(
         "client reconnected",
         "event log BATON_EVENTS: leader failover, n3 leads it now; no append was waiting",
     ]
+
+
+class _Connected:
+    """What `check_server` reads of a client: the server's release and its URL."""
+
+    def __init__(self, release: str) -> None:
+        self.connected_server_version = ServerVersion(release)
+        self.connected_url = urlparse("nats://user:secret@127.0.0.1:4999")
+
+
+@pytest.mark.parametrize(
+    ("release", "refused"),
+    [("2.9.10", True), ("2.11.4", True), ("2.12.0", False), ("2.15.1", False), ("3.0.0", False)],
+)
+def test_a_server_older_than_2_12_is_refused_by_name(release: str, refused: bool) -> None:
+    client = cast(NATS, _Connected(release))
+    if not refused:
+        check_server(client)
+        return
+    with pytest.raises(StorageError) as caught:
+        check_server(client)
+    assert str(caught.value) == (
+        f"the JetStream event store needs nats-server 2.12 or newer; "
+        f"nats://127.0.0.1:4999 runs {release}"
+    )

@@ -46,6 +46,28 @@ def _shown(servers: list[str]) -> str:
     )
 
 
+OLDEST_SERVER = (2, 12)
+"""The oldest nats-server release the store runs on: its appends are atomic batches
+(`Nats-Batch-*`, 2.12) and it reads with batched direct gets (2.11); on an older server
+those wait for replies that never come."""
+
+
+def check_server(nc: NATS) -> None:
+    """`StorageError` if the server `nc` is connected to is older than `OLDEST_SERVER`
+    (a release it does not name in a form nats-py can read is let through)."""
+    version = nc.connected_server_version
+    try:
+        found = (version.major, version.minor)
+    except ValueError:
+        return
+    if found < OLDEST_SERVER:
+        where = _shown([nc.connected_url.geturl()]) if nc.connected_url else "the server"
+        raise StorageError(
+            f"the JetStream event store needs nats-server {'.'.join(map(str, OLDEST_SERVER))} "
+            f"or newer; {where} runs {version.major}.{version.minor}.{version.patch}"
+        )
+
+
 async def _connect(servers: list[str], timeout: float, options: Mapping[str, Any]) -> NATS:
     """A client that reconnects forever once connected, but whose first connect fails
     (with the last error) once every server has refused it, or at once on a server
@@ -184,6 +206,7 @@ class JetStreamEventStore:
             blob_bucket=blob_bucket,
         )
         try:
+            check_server(nc)
             await store._log.ensure_stream(replicas, wait_s)
             await store._failovers.listen(nc, store._log.leader)
             await store._index_saves.load()
