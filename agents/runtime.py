@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import secrets
 import signal
@@ -393,7 +394,20 @@ async def _answer(
     given = await blobs.inflate(ctx.input)
     if given is not ctx.input:
         ctx = msgspec.structs.replace(ctx, input=given)
-    output = await handler(ctx)
+    pending = handler(ctx)
+    if not inspect.isawaitable(pending):
+        raise TaskError(
+            f"the handler returned {type(pending).__name__}, not an awaitable: a handler is "
+            "an async function (async def)",
+            retryable=False,
+        )
+    output = await pending
+    if not isinstance(output, Reply | dict):
+        raise TaskError(
+            f"the handler returned {type(output).__name__}: it returns a dict (the output, "
+            "a JSON object) or a Reply",
+            retryable=False,
+        )
     reply = output if isinstance(output, Reply) else Reply(output)
     refuse_handoff(ctx.contract, reply.handoff_to)
     asks = [replace(ask, params=await blobs.deflate(ask.params)) for ask in reply.subtasks]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -139,6 +140,8 @@ def load_handler(ref: str) -> Handler:
     handler = load_object(ref)
     if not callable(handler):
         raise HandlerNotFound(f"{ref!r}: {handler!r} is not callable")
+    if inspect.isfunction(handler) and not inspect.iscoroutinefunction(handler):
+        raise HandlerNotFound(f"{ref!r}: a handler is an async function (async def)")
     return cast(Handler, handler)
 
 
