@@ -371,7 +371,7 @@ request path raises them in v1: `BusError`, `RequestFailed`, `NoResponders`, `Co
 `LeaseLost`, `BlobMismatch` (bus errors; a bad key in `baton.api.creds.*` is answered `AdmissionRefused`);
 `OrchestratorError`, `UnknownEvent`, `VersionGap`, `UnknownStore`, `AgentStartError`,
 `LivenessConfigError`, `RunRefused`, `StateDirNotPrivate`, `StateDirUnwritable`,
-`AlreadyServed` (a second `baton serve` on a SQLite log), `RunElsewhere` (an in-process start of a run whose partition another orchestrator
+`AlreadyServed` (a second orchestrator on a SQLite log: `baton serve`, `run` or `resume`), `RunElsewhere` (an in-process start of a run whose partition another orchestrator
 serves; on the bus that one answers instead)
 (orchestrator errors); `EventStoreError`, `DuplicateEventError`, `InvalidEventError`,
 `AnchorError`, `CheckpointConflictError`, `BlobMismatchError`, `BlobNotFoundError` (event

@@ -69,7 +69,7 @@ def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> Non
                     capture_output=True, text=True, cwd=REPO, timeout=60,
                 )  # fmt: skip
                 assert second.returncode == 2, "a SQLite log takes one orchestrator"
-                assert "another baton serve already serves the event store" in second.stderr
+                assert "another orchestrator (baton serve, run or resume)" in second.stderr
                 assert 'store = "jetstream"' in second.stderr, "and says what takes several"
             finally:
                 serving.terminate()
@@ -78,3 +78,49 @@ def test_submit_to_a_serving_orchestrator_records_the_run(tmp_path: Path) -> Non
             server.stop()
 
     asyncio.run(scenario())
+
+
+def test_run_and_resume_on_a_state_directory_being_served_are_refused(tmp_path: Path) -> None:
+    """`baton run` and `baton resume` start an orchestrator of their own: on the state
+    directory of a running `baton serve` (its embedded NATS, its SQLite log) they are
+    refused before they start anything, and the serve goes on as it was: its NATS port
+    is still the directory's, so `baton submit --state-dir` reaches it."""
+    state = tmp_path / "state"
+    where = ["--state-dir", str(state)]
+    serving = subprocess.Popen(baton("serve", *where), stdout=subprocess.PIPE, text=True, cwd=REPO)
+    try:
+        assert serving.stdout is not None
+        assert "serving on NATS" in serving.stdout.readline()
+        port = (state / "nats" / "port").read_text()
+        first = subprocess.run(
+            baton("submit", str(EXAMPLE), *where),
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+        assert first.returncode == 0, first.stderr
+        open_run = first.stdout.strip()  # no agents: it stays open, the serve's to decide
+        refused = {
+            command: subprocess.run(
+                baton(*argv, *where), capture_output=True, text=True, cwd=REPO, timeout=60
+            )
+            for command, argv in {
+                "run": ["run", str(EXAMPLE)],
+                "resume": ["resume", open_run],
+            }.items()
+        }
+        submitted = subprocess.run(
+            baton("submit", str(EXAMPLE), *where),
+            capture_output=True, text=True, cwd=REPO, timeout=60,
+        )  # fmt: skip
+    finally:
+        serving.terminate()
+        assert serving.wait(15) == 0
+    for command, done in refused.items():
+        assert done.returncode == 2, (command, done.stdout, done.stderr)
+        assert done.stderr.startswith(
+            f"baton {command}: error: another orchestrator (baton serve, run or resume) "
+            "already serves the event store"
+        ), done.stderr
+        assert "baton submit" in done.stderr
+        assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert (state / "nats" / "port").read_text() == port
+    assert submitted.returncode == 0, submitted.stderr

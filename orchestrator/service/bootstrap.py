@@ -20,6 +20,7 @@ from bus.telemetry import Telemetry
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore
 from eventstore.anchor import Checkpointer, load_signing_key
 from orchestrator.service.credentials import Credentials
+from orchestrator.service.log_lock import hold_log
 from orchestrator.service.logins import Logins
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 from orchestrator.service.service import Orchestrator
@@ -109,6 +110,8 @@ class Stack:
     """Who may log in to the embedded server (None on an external bus)."""
     server_watch: asyncio.Task[None] | None = None
     """Restarts the embedded server whenever it exits (`EmbeddedNats.supervise`)."""
+    log_lock: int | None = None
+    """On a SQLite log, the lock that keeps other orchestrators off it (`log_lock`)."""
 
     def agent_url(self, agent_id: str, role: str) -> str:
         """The URL an agent process connects with: on the embedded server, with its own
@@ -130,6 +133,9 @@ class Stack:
             self.server.stop(timeout=2.0)
         if self.telemetry is not None:
             self.telemetry.shutdown()
+        if self.log_lock is not None:
+            os.close(self.log_lock)
+            self.log_lock = None
 
 
 async def bootstrap(
@@ -143,17 +149,25 @@ async def bootstrap(
     contracts: Contracts | None = None,
     config: Config = DEFAULT_CONFIG,
 ) -> Stack:
-    """Open the store `config` names, start the embedded NATS unless `nats_url` is given,
+    """Open the store `config` names (a SQLite log only if no other orchestrator has it:
+    `AlreadyServed`), start the embedded NATS unless `nats_url` is given,
     start serving (the inbox with `config.replicas`); with the log on JetStream, share
     the runs by partition with every other orchestrator serving that log. Telemetry
     comes from the `OTEL_*` / `BATON_*` environment unless one is given."""
-    owned = telemetry is None
-    telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
+    held: int | None = None
     if not config.jetstream:
         store_file = store_path(directory, config)
         wal = [store_file.with_name(store_file.name + end) for end in ("-wal", "-shm")]
         check_writable(directory, [store_file, *wal])
-    store = await open_store(directory, config)
+        held = hold_log(store_file)
+    owned = telemetry is None
+    telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
+    try:
+        store = await open_store(directory, config)
+    except BaseException:
+        if held is not None:
+            os.close(held)
+        raise
     server = None
     logins: Logins | None = None
     checkpoints: Checkpointer | None = None
@@ -187,6 +201,8 @@ async def bootstrap(
         await store.close()
         if server is not None:
             server.stop()
+        if held is not None:
+            os.close(held)
         raise
     # the stack shuts down (flushes) only the telemetry it made itself
     return Stack(
@@ -200,4 +216,5 @@ async def bootstrap(
         checkpoints,
         logins,
         asyncio.create_task(server.supervise()) if server is not None else None,
+        held,
     )

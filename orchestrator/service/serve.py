@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
 import secrets
 import signal
 import time
@@ -35,10 +33,8 @@ from orchestrator.service.bootstrap import (
     Stack,
     bootstrap,
     store_name,
-    store_path,
 )
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
-from orchestrator.service.writable import check_writable
 
 _answer: Decoder[RunAccepted | ErrorReply] = Decoder(RunAccepted | ErrorReply)
 
@@ -59,16 +55,10 @@ async def serve(
     """Serve until SIGTERM/SIGINT; prints one line with the NATS URL once serving. With
     `beside`, that runs too once the stack is up (`baton serve --ui`: the console), and
     is stopped first; if it ends on its own, serving ends too. On a SQLite log,
-    `AlreadyServed` if another `baton serve` serves it (one may)."""
-    held = _hold(directory, config)
-    try:
-        stack = await bootstrap(
-            directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s, config=config
-        )
-    except BaseException:
-        if held is not None:
-            os.close(held)
-        raise
+    `AlreadyServed` if another orchestrator serves it (one may)."""
+    stack = await bootstrap(
+        directory, nats_url, agent_ttl=agent_ttl, heartbeat_s=heartbeat_s, config=config
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,8 +75,6 @@ async def serve(
             await _with(beside(stack), stop)
     finally:
         await stack.close()
-        if held is not None:
-            os.close(held)
     return 0
 
 
@@ -103,31 +91,6 @@ async def _with(work: Awaitable[object], stop: asyncio.Event) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-
-
-class AlreadyServed(OrchestratorError):
-    """Another `baton serve` serves this SQLite log: one orchestrator at a time may."""
-
-
-def _hold(directory: Path, config: Config) -> int | None:
-    """On a SQLite log, an exclusive lock beside it for as long as this process serves it
-    (the system drops it when the process ends, however it ends); None on JetStream,
-    where several orchestrators share the runs."""
-    if config.jetstream:
-        return None
-    check_writable(directory)
-    store = store_path(directory, config)
-    fd = os.open(store.with_name(store.name + ".serve.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        raise AlreadyServed(
-            f"another baton serve already serves the event store {store}: a SQLite log takes "
-            'one orchestrator; for several, keep the log on JetStream (store = "jetstream", '
-            "see docs/deploy.md)"
-        ) from None
-    return fd
 
 
 ATTEMPT_S = 2.0
