@@ -91,7 +91,7 @@ def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p.add_argument(
         "--capacity",
         type=int,
-        default=0,
+        default=None,
         help="tasks run at once (default: the contract's concurrency, else 4)",
     )
     p.add_argument("--capabilities", default="", help="comma-separated; default: the role")
@@ -254,7 +254,7 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
     if args.heartbeat is not None and not 0 < args.heartbeat < 3600:
         print(f"{prog}: error: --heartbeat must be between 0 and 3600 seconds", file=sys.stderr)
         return 2
-    if args.capacity < 0:
+    if args.capacity is not None and args.capacity < 1:
         print(f"{prog}: error: --capacity must be at least 1", file=sys.stderr)
         return 2
     try:
@@ -263,7 +263,7 @@ def main(argv: list[str] | None = None, prog: str = "baton agent") -> int:
         if args.agent_id:
             token(args.agent_id)
         contract = load_contracts(args.contracts).get(args.role) if args.contracts else None
-        if contract is not None and args.capacity > contract.concurrency:
+        if contract is not None and (args.capacity or 0) > contract.concurrency:
             print(
                 f"{prog}: error: --capacity {args.capacity} is over the contract's "
                 f"concurrency {contract.concurrency}",

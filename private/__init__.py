@@ -14,6 +14,7 @@ The lowest layer: it imports nothing of the project, and everything may import i
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import secrets
@@ -70,6 +71,8 @@ def make_dir(path: Path) -> Path:
     for level in reversed(missing):
         with contextlib.suppress(FileExistsError):  # made meanwhile by someone else
             os.mkdir(level, DIR_MODE)
+    if not path.is_dir():  # a file (or a link to one) is in the way: it is left as it is
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
     return path
 
 

@@ -12,6 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
+
 from agents.gateway import HumanApprover, Verdict
 from agents.tools import ToolRegistry
 from bus import subjects
@@ -42,6 +44,29 @@ def test_exit_codes_are_distinct_and_documented() -> None:
         assert f"{code} " in EXITS
         for shown in helps:
             assert " ".join(EXITS.split()[:6]) in " ".join(shown.split()), status
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "wf.toml", "--timeout", "-1"], "baton run: error: argument --timeout: '-1': "
+         "give a number of seconds above 0"),
+        (["resume", "r", "--timeout", "0"], "baton resume: error: argument --timeout: '0': "
+         "give a number of seconds above 0"),
+        (["submit", "wf.toml", "--timeout", "soon"], "baton submit: error: argument "
+         "--timeout: 'soon' is not a number of seconds"),
+        (["status", "--timeout", "nan"], "baton status: error: argument --timeout: 'nan': "
+         "give a number of seconds above 0"),
+        (["agent", "--role", "w", "--capacity", "0", "--nats", "nats://127.0.0.1:1"],
+         "baton agent: error: --capacity must be at least 1"),
+    ],
+)  # fmt: skip
+def test_a_timeout_or_capacity_that_cannot_work_is_refused_by_name(
+    argv: list[str], said: str
+) -> None:
+    done = _baton(*argv)
+    assert (done.returncode, done.stdout) == (2, "")
+    assert done.stderr.splitlines()[-1] == said
 
 
 def test_a_run_past_its_timeout_says_so_and_prints_how_to_decide_it(tmp_path: Path) -> None:

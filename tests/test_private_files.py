@@ -80,6 +80,26 @@ def test_a_state_directory_open_to_others_is_tightened(tmp_path: Path) -> None:
     assert mode(tmp_path / "new") == 0o700
 
 
+def test_a_file_given_as_the_state_directory_is_refused_and_left_as_it_was(
+    tmp_path: Path,
+) -> None:
+    given = tmp_path / "notes.txt"
+    given.write_text("mine")
+    given.chmod(0o644)
+    with pytest.raises(NotADirectoryError):
+        private.make_state_dir(given)
+    done = subprocess.run(
+        baton("run", str(EXAMPLE), "--state-dir", str(given)),
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert (
+        done.stderr
+        == f"baton run: error: state directory {given} is not writable: Not a directory\n"
+    )
+    assert (mode(given), given.read_text()) == (0o644, "mine")
+
+
 def test_files_are_0600_from_their_creation(tmp_path: Path) -> None:
     os.close(private.create(tmp_path / "created"))
     private.touch(tmp_path / "touched")

@@ -11,6 +11,7 @@ import argparse
 from bus import subjects
 from bus.codec import Decoder, encode
 from bus.protocol import ErrorReply
+from orchestrator.cli.durations import seconds
 from orchestrator.cli.observe import NoOrchestrator, connect
 from orchestrator.cli.reach import Reach, me, reach
 from orchestrator.core.errors import ControlRefused, WorkflowError
@@ -51,7 +52,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        help="orchestrator NATS (default: $BATON_NATS_URL, else "
                             "baton.toml's nats, else that of --state-dir)")  # fmt: skip
         p.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
-        p.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+        p.add_argument("--timeout", type=seconds, default=10.0, help="seconds (default 10)")
 
 
 def actor_of(args: argparse.Namespace, where: Reach) -> str:

@@ -29,6 +29,7 @@ from bus import subjects
 from bus.codec import Decoder, encode
 from bus.nkey import new_user_seed, public_key
 from bus.protocol import ErrorReply
+from orchestrator.cli.durations import seconds
 from orchestrator.cli.observe import NoOrchestrator, ask
 from orchestrator.cli.reach import Reach, reach
 from orchestrator.service.api import AdmitRequest, Admitted, CredsReply, CredsRequest
@@ -41,7 +42,7 @@ _creds: Decoder[CredsReply | ErrorReply] = Decoder(CredsReply | ErrorReply)
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)")
-    p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait (default 5)")
+    p.add_argument("--timeout", type=seconds, default=5.0, help="seconds to wait (default 5)")
 
 
 def _login_for_one(p: argparse.ArgumentParser, writes: str) -> None:

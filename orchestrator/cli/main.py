@@ -43,6 +43,7 @@ from orchestrator.cli import submit as submit_cli
 from orchestrator.cli import tool as toolcli
 from orchestrator.cli.configured import SERVE_NATS_HELP, add_flags_to, configure
 from orchestrator.cli.console import command as console_cli
+from orchestrator.cli.durations import seconds
 from orchestrator.cli.reach import shown
 from orchestrator.core.contract_check import check_roles
 from orchestrator.core.errors import (
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                              help=SERVE_NATS_HELP)  # fmt: skip
         serving.add_argument("--no-agents", action="store_true",
                              help="start no agents; use agents already on the bus")  # fmt: skip
-        serving.add_argument("--timeout", type=float, default=300.0,
+        serving.add_argument("--timeout", type=seconds, default=300.0,
                              help="seconds for all of it, agents' start included (default "
                                   "300); an unfinished run exits 4")  # fmt: skip
         serving.add_argument(
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
                         help="makes the submit idempotent: sent again with the same id, it is "
                              "answered with the run it started (default: a new id, which the "
                              "command's own retries reuse)")  # fmt: skip
-    submit.add_argument("--timeout", type=float, default=10.0,
+    submit.add_argument("--timeout", type=seconds, default=10.0,
                         help="seconds to keep trying for an answer (default 10)")  # fmt: skip
 
     sub.add_parser("agent", help="run one agent as a service (see baton agent --help)",

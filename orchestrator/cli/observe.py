@@ -22,6 +22,7 @@ from bus.permissions import inbox_prefix
 from bus.protocol import ErrorReply
 from eventstore import EventStore
 from orchestrator.cli import live_render, trace_html, trace_view
+from orchestrator.cli.durations import seconds
 from orchestrator.cli.reach import Reach, reach, shown
 from orchestrator.cli.trace_model import build
 from orchestrator.core.errors import OrchestratorError
@@ -67,7 +68,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                                   "baton.toml's nats, else "
                                   "the embedded server running for --state-dir)")  # fmt: skip
         command.add_argument("--json", action="store_true", help="JSON instead of a table")
-        command.add_argument("--timeout", type=float, default=3.0, help="seconds to wait")
+        command.add_argument("--timeout", type=seconds, default=3.0, help="seconds to wait")
     for command in (trace, status, agents, health):
         command.add_argument(
             "--state-dir", help="state directory (default $BATON_STATE_DIR or .baton)"
