@@ -34,14 +34,22 @@ import nats
 import nats.errors
 import pytest
 
-from bus import subjects
 from bus.connection import RECONNECT_WAIT_S
 from tests.cluster import baton
 from tests.nats_cluster import Login, NatsCluster, Node, nats_cluster
 from tests.operator_mode import Operator
-from tests.test_nats_users import AGENTS, WORKFLOW, as_a_acting_as_b, new_seed
-from tests.test_operator_mode import PRODUCER, baton_in, clean_env, until_audited, until_logged
-from tests.test_operator_mode import WORKFLOW as LARGE_WORKFLOW
+from tests.test_nats_users import (
+    AGENTS,
+    assert_each_acted_only_as_itself,
+    new_seed,
+    own_logins_run,
+)
+from tests.test_operator_mode import (
+    assert_each_task_by_its_agent_the_large_output_by_blob,
+    baton_in,
+    clean_env,
+    creds_run,
+)
 
 pytestmark = pytest.mark.cluster
 
@@ -129,54 +137,19 @@ def _cut_off(log: Path) -> str:
 
 
 def test_one_login_per_agent_on_the_three_nodes(tmp_path: Path) -> None:
-    work, a_dir, b_dir = (tmp_path / name for name in ("work", "a", "b"))
-    for folder in (work, a_dir, b_dir):
-        folder.mkdir()
     seeds = {agent: tmp_path / f"{agent}.nk" for agent in AGENTS}
     keys = {agent: new_seed(seeds[agent]) for agent in AGENTS}
     with nats_cluster(tmp_path / "nats") as cluster:
         users = _users(cluster, tmp_path, keys)
         for node in cluster.nodes:
             _reload_with(node, users)
-        (work / "baton.toml").write_text(_toml_on(cluster, "n1", cluster.login.nkey))
-        (work / "wf.toml").write_text(WORKFLOW)
-        (a_dir / "baton.toml").write_text(_toml_on(cluster, "n2", seeds["worker-a"]))
-        (b_dir / "baton.toml").write_text(_toml_on(cluster, "n3", None))
-
-        def agent(name: str) -> list[str]:
-            role, handler = AGENTS[name]
-            return baton("agent", "--id", name, "--role", role, "--handler", handler)
-
-        commands = {
-            "serve": (work, baton("serve"), clean_env()),
-            "worker-a": (a_dir, agent("worker-a"), clean_env()),
-            "worker-b": (
-                b_dir,
-                agent("worker-b"),
-                clean_env({"BATON_NATS_NKEY": str(seeds["worker-b"])}),
-            ),
+        tomls = {
+            "work": _toml_on(cluster, "n1", cluster.login.nkey),
+            "a": _toml_on(cluster, "n2", seeds["worker-a"]),
+            "b": _toml_on(cluster, "n3", None),
         }
-        started: dict[str, subprocess.Popen[bytes]] = {}
-        try:
-            for name, (cwd, argv, env) in commands.items():
-                with (tmp_path / f"{name}.log").open("wb") as out:
-                    started[name] = subprocess.Popen(
-                        argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
-                    )
-            until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
-            for name in AGENTS:
-                until_logged(tmp_path / f"{name}.log", started[name], "serving role")
-            submitted = baton_in(work, "submit", "wf.toml")
-            assert submitted.returncode == 0, submitted.stderr
-            run_id = submitted.stdout.strip().splitlines()[-1]
-            held = until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
-            assert "run.completed" not in held, "b (6 s long) ended before A could try it"
-            n2 = cluster.node("n2").url
-            refused = asyncio.run(as_a_acting_as_b(n2, cluster.login, seeds["worker-a"], run_id))
-            audit = until_audited(work, run_id, "run.completed")
-            rejected = baton_in(work, "audit", "--type", "*.rejected")
-            verify = baton_in(work, "audit", "verify")
-
+        n2 = cluster.node("n2").url
+        with own_logins_run(tmp_path, n2, cluster.login, seeds, tomls) as seen:
             users = _users(cluster, tmp_path, {"worker-b": keys["worker-b"]})
             for node in cluster.nodes:
                 _reload_with(node, users)
@@ -189,26 +162,7 @@ def test_one_login_per_agent_on_the_three_nodes(tmp_path: Path) -> None:
                 for node in cluster.nodes
             ]
             cut_off = _cut_off(tmp_path / "worker-a.log")
-        finally:
-            for process in started.values():
-                process.terminate()
-                process.wait(15)
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
-    assert all("Traceback" not in log for log in logs.values()), logs
-    assert [said.lower() for said in refused] == [
-        f'nats: permissions violation for subscription to "{subjects.assign("worker-b")}"',
-        f'nats: permissions violation for publish to "{subjects.report(run_id, "worker-b")}"',
-        f'nats: permissions violation for publish to "{subjects.inbox(run_id, "worker-b")}"',
-    ]
-    succeeded = [line for line in audit.splitlines() if "task.succeeded" in line]
-    assert len(succeeded) == 2, audit
-    assert "worker-a" in succeeded[0], audit
-    assert "worker-b" in succeeded[1], audit
-    assert "forged" not in audit, audit
-    assert rejected.returncode == 0, rejected.stderr
-    assert "rejected" not in rejected.stdout, "a forgery reached the orchestrator"
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "hash chain: ok" in verify.stdout
+    assert_each_acted_only_as_itself(tmp_path, seen)
     assert all("authorization violation" in said.lower() for said in a_refused), a_refused
     assert b_refused == ["", "", ""]
     assert "'Authorization Violation'; still trying" in cut_off, cut_off
@@ -235,59 +189,22 @@ async def _replicas(cluster: NatsCluster, creds: Path) -> dict[str, int]:
 def test_creds_in_operator_mode_on_the_three_nodes(tmp_path: Path) -> None:
     operator = Operator.make()
     creds = operator.app.user_creds(tmp_path / "baton.creds")
-    work, elsewhere = tmp_path / "work", tmp_path / "agents"
-    for folder in (work, elsewhere):
-        folder.mkdir()
     cluster = NatsCluster(tmp_path / "nats")
     for node in cluster.nodes:
         _authorized_by(node, operator.server_conf())
     toml, logins = re.subn(r"^nkey = .*$", "", cluster.baton_toml(), flags=re.M)
     assert logins == 1, toml
-    (work / "baton.toml").write_text(f"{toml}creds = {json.dumps(str(creds))}\n")
-    (work / "wf.toml").write_text(LARGE_WORKFLOW)
-    (elsewhere / "baton.toml").write_text(toml)
-    (elsewhere / "producer.py").write_text(PRODUCER)
-    by_env = clean_env({"BATON_NATS_CREDS": str(creds)})
-    commands = {
-        "serve": (work, baton("serve"), clean_env()),
-        "producer-1": (elsewhere, baton("agent", "--id", "producer-1", "--role", "producer",
-                       "--handler", f"{elsewhere / 'producer.py'}:large"), by_env),
-        "worker-1": (elsewhere, baton("agent", "--id", "worker-1", "--role", "worker",
-                     "--handler", "agents.builtin:echo"), by_env),
-    }  # fmt: skip
-    started: dict[str, subprocess.Popen[bytes]] = {}
     try:
         for node in cluster.nodes:
             node.start()
-        for name, (cwd, argv, env) in commands.items():
-            with (tmp_path / f"{name}.log").open("wb") as out:
-                started[name] = subprocess.Popen(
-                    argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
-                )
-        serving = until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
-        for agent in ("producer-1", "worker-1"):
-            until_logged(tmp_path / f"{agent}.log", started[agent], "serving role")
-        submitted = baton_in(work, "submit", "wf.toml")
-        assert submitted.returncode == 0, submitted.stderr
-        run_id = submitted.stdout.strip().splitlines()[-1]
-        audited = until_audited(work, run_id, "run.completed")
-        replicas = asyncio.run(_replicas(cluster, creds))
-        verify = baton_in(work, "audit", "verify")
+        with creds_run(tmp_path, toml, creds) as seen:
+            replicas = asyncio.run(_replicas(cluster, creds))
+            verify = baton_in(tmp_path / "work", "audit", "verify")
     finally:
-        for process in started.values():
-            process.terminate()
-            process.wait(15)
         for node in cluster.nodes:
             node.stop()
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
-    assert all("Traceback" not in log for log in logs.values()), logs
-    assert "BATON_EVENTS (3 replicas)" in serving, serving
-    succeeded = [line for line in audited.splitlines() if "task.succeeded" in line]
-    assert [("producer-1" in line, "worker-1" in line) for line in succeeded] == [
-        (True, False),
-        (False, True),
-    ], audited
-    assert '"$blob"' in succeeded[0]  # the large output went by the Object Store
+    assert "BATON_EVENTS (3 replicas)" in seen.serving, seen.serving
+    assert_each_task_by_its_agent_the_large_output_by_blob(seen.audited)
     made = {"BATON_EVENTS", "BATON_INBOX", "KV_BATON_LEASES", "OBJ_BATON_BLOBS"}
     assert made <= replicas.keys(), replicas
     assert set(replicas.values()) == {3}, replicas

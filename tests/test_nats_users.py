@@ -14,7 +14,9 @@ import json
 import ssl
 import subprocess
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import nats
 import pytest
@@ -106,7 +108,7 @@ class Refusals:
         return self.said
 
 
-async def as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> list[str]:
+async def _as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> list[str]:
     """Agent A's login tries B's assignments, report and result subjects; the server's
     answers, once it has answered all three (or 10 s have passed)."""
     refusals = Refusals()
@@ -131,18 +133,33 @@ async def as_a_acting_as_b(url: str, login: Login, seed: Path, run_id: str) -> l
         await nc.close()
 
 
-def test_each_agent_has_its_own_login_and_cannot_act_as_another(
-    server: tuple[Node, Login, dict[str, Path]], tmp_path: Path
-) -> None:
-    """Agent A names its seed in its baton.toml, agent B by $BATON_NATS_NKEY."""
-    node, login, seeds = server
+class OwnLogins(NamedTuple):
+    """What `own_logins_run` saw: the run, what the server said to A acting as B, the
+    run's audit once completed, `audit --type *.rejected` and `audit verify`; and the
+    processes, still running inside the `with`."""
+
+    run_id: str
+    refused: list[str]
+    audit: str
+    rejected: subprocess.CompletedProcess[str]
+    verify: subprocess.CompletedProcess[str]
+    started: dict[str, subprocess.Popen[bytes]]
+
+
+@contextmanager
+def own_logins_run(
+    tmp_path: Path, url: str, login: Login, seeds: dict[str, Path], tomls: dict[str, str]
+) -> Iterator[OwnLogins]:
+    """`baton serve` in `tmp_path/work`, agent A in `tmp_path/a` (its seed named in its
+    baton.toml), agent B in `tmp_path/b` (its seed in $BATON_NATS_NKEY), each folder's
+    baton.toml `tomls[folder]`; the workflow submitted, and while B holds its 6 s task, A
+    (its login, nats-py, on `url`) tries B's subjects. The processes are stopped when
+    the `with` ends."""
     work, a_dir, b_dir = (tmp_path / name for name in ("work", "a", "b"))
     for folder in (work, a_dir, b_dir):
         folder.mkdir()
-    (work / "baton.toml").write_text(_toml(node.url, login, login.nkey))
+        (folder / "baton.toml").write_text(tomls[folder.name])
     (work / "wf.toml").write_text(WORKFLOW)
-    (a_dir / "baton.toml").write_text(_toml(node.url, login, seeds["worker-a"]))
-    (b_dir / "baton.toml").write_text(_toml(node.url, login, None))
 
     def agent(name: str) -> list[str]:
         role, handler = AGENTS[name]
@@ -172,17 +189,24 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
         run_id = submitted.stdout.strip().splitlines()[-1]
         held = until_audited(work, run_id, '"task_id":"b","attempt":1,"agent_id":"worker-b"')
         assert "run.completed" not in held, "b (6 s long) ended before A could try it"
-        refused = asyncio.run(as_a_acting_as_b(node.url, login, seeds["worker-a"], run_id))
+        refused = asyncio.run(_as_a_acting_as_b(url, login, seeds["worker-a"], run_id))
         audit = until_audited(work, run_id, "run.completed")
         rejected = baton_in(work, "audit", "--type", "*.rejected")
         verify = baton_in(work, "audit", "verify")
+        yield OwnLogins(run_id, refused, audit, rejected, verify, started)
     finally:
         for process in started.values():
             process.terminate()
             process.wait(15)
-    logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
+
+
+def assert_each_acted_only_as_itself(tmp_path: Path, seen: OwnLogins) -> None:
+    """No traceback logged; A was refused each of B's subjects; each task succeeded once,
+    by its own agent; nothing forged reached the log, which verifies."""
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("serve", *AGENTS)}
     assert all("Traceback" not in log for log in logs.values()), logs
-    assert [said.lower() for said in refused] == [
+    run_id, audit = seen.run_id, seen.audit
+    assert [said.lower() for said in seen.refused] == [
         f'nats: permissions violation for subscription to "{subjects.assign("worker-b")}"',
         f'nats: permissions violation for publish to "{subjects.report(run_id, "worker-b")}"',
         f'nats: permissions violation for publish to "{subjects.inbox(run_id, "worker-b")}"',
@@ -193,10 +217,25 @@ def test_each_agent_has_its_own_login_and_cannot_act_as_another(
     assert "worker-b" in succeeded[1], audit
     assert '"slept_s"' in succeeded[1], audit
     assert "forged" not in audit, audit
-    assert rejected.returncode == 0, rejected.stderr
-    assert "rejected" not in rejected.stdout, "a forgery reached the orchestrator"
-    assert verify.returncode == 0, verify.stdout + verify.stderr
-    assert "hash chain: ok" in verify.stdout
+    assert seen.rejected.returncode == 0, seen.rejected.stderr
+    assert "rejected" not in seen.rejected.stdout, "a forgery reached the orchestrator"
+    assert seen.verify.returncode == 0, seen.verify.stdout + seen.verify.stderr
+    assert "hash chain: ok" in seen.verify.stdout
+
+
+def test_each_agent_has_its_own_login_and_cannot_act_as_another(
+    server: tuple[Node, Login, dict[str, Path]], tmp_path: Path
+) -> None:
+    """Agent A names its seed in its baton.toml, agent B by $BATON_NATS_NKEY."""
+    node, login, seeds = server
+    tomls = {
+        "work": _toml(node.url, login, login.nkey),
+        "a": _toml(node.url, login, seeds["worker-a"]),
+        "b": _toml(node.url, login, None),
+    }
+    with own_logins_run(tmp_path, node.url, login, seeds, tomls) as seen:
+        pass
+    assert_each_acted_only_as_itself(tmp_path, seen)
 
 
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

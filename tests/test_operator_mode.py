@@ -17,6 +17,7 @@ import re
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
@@ -132,19 +133,29 @@ def until_logged(log: Path, process: subprocess.Popen[bytes], text: str) -> str:
     return logged
 
 
-def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
-    server: Server, tmp_path: Path
-) -> None:
-    """The orchestrator takes the creds from baton.toml, the agents (in a folder whose
-    baton.toml names none) from $BATON_NATS_CREDS."""
+class CredsRun(NamedTuple):
+    """What `creds_run` saw: `baton serve`'s first lines, the orchestrator id it serves
+    as, and the run's audit once completed."""
+
+    serving: str
+    orchestrator: list[str]
+    audited: str
+
+
+@contextmanager
+def creds_run(tmp_path: Path, toml: str, creds: Path) -> Iterator[CredsRun]:
+    """`baton serve` in `tmp_path/work` with `creds` in its baton.toml (`toml` plus the
+    creds), and the producer and a worker in `tmp_path/agents` (`toml` alone) with
+    $BATON_NATS_CREDS; the workflow submitted and completed. Inside the `with` they
+    still run; after it, each process's log is checked for tracebacks."""
     work, elsewhere = tmp_path / "work", tmp_path / "agents"
     for folder in (work, elsewhere):
         folder.mkdir()
-    (work / "baton.toml").write_text(_toml(server.url, server.creds))
+    (work / "baton.toml").write_text(f"{toml}creds = {json.dumps(str(creds))}\n")
     (work / "wf.toml").write_text(WORKFLOW)
-    (elsewhere / "baton.toml").write_text(_toml(server.url))
+    (elsewhere / "baton.toml").write_text(toml)
     (elsewhere / "producer.py").write_text(PRODUCER)
-    by_env = clean_env({"BATON_NATS_CREDS": str(server.creds)})
+    by_env = clean_env({"BATON_NATS_CREDS": str(creds)})
     commands = {
         "serve": (work, baton("serve"), clean_env()),
         "producer-1": (elsewhere, baton("agent", "--id", "producer-1", "--role", "producer",
@@ -160,33 +171,44 @@ def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
                     argv, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT
                 )
         serving = until_logged(tmp_path / "serve.log", started["serve"], "serving on NATS")
-        assert f"event store JetStream stream BATON_EVENTS (1 replica) on {server.url}" in serving
         orchestrator = re.findall(r"as orchestrator (\S+)", serving)
         for agent in ("producer-1", "worker-1"):
             until_logged(tmp_path / f"{agent}.log", started[agent], "serving role")
-
         submitted = baton_in(work, "submit", "wf.toml")
         assert submitted.returncode == 0, submitted.stderr
         run_id = submitted.stdout.strip().splitlines()[-1]
-        audited = until_audited(work, run_id, "run.completed")
-        seen = _seen(server)
+        yield CredsRun(serving, orchestrator, until_audited(work, run_id, "run.completed"))
     finally:
         for process in started.values():
             process.terminate()
             process.wait(15)
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in commands}
     assert all("Traceback" not in log for log in logs.values()), logs
+
+
+def assert_each_task_by_its_agent_the_large_output_by_blob(audited: str) -> None:
     succeeded = [line for line in audited.splitlines() if "task.succeeded" in line]
     assert [("producer-1" in line, "worker-1" in line) for line in succeeded] == [
         (True, False),
         (False, True),
     ], audited
     assert '"$blob"' in succeeded[0]  # the large output went by the Object Store
-    assert {"producer-1", "worker-1", *orchestrator} <= seen.services
+
+
+def test_serve_agents_and_submit_run_a_workflow_logged_in_with_creds(
+    server: Server, tmp_path: Path
+) -> None:
+    """The orchestrator takes the creds from baton.toml, the agents (in a folder whose
+    baton.toml names none) from $BATON_NATS_CREDS."""
+    with creds_run(tmp_path, _toml(server.url), server.creds) as seen:
+        found = _seen(server)
+    assert f"event store JetStream stream BATON_EVENTS (1 replica) on {server.url}" in seen.serving
+    assert_each_task_by_its_agent_the_large_output_by_blob(seen.audited)
+    assert {"producer-1", "worker-1", *seen.orchestrator} <= found.services
     made = {"BATON_EVENTS", "BATON_INBOX", "KV_BATON_LEASES", "OBJ_BATON_BLOBS"}
-    assert made <= seen.streams.keys(), seen.streams
-    assert seen.streams["OBJ_BATON_BLOBS"] > 0, seen.streams
-    verify = baton_in(work, "audit", "verify")
+    assert made <= found.streams.keys(), found.streams
+    assert found.streams["OBJ_BATON_BLOBS"] > 0, found.streams
+    verify = baton_in(tmp_path / "work", "audit", "verify")
     assert verify.returncode == 0, verify.stdout + verify.stderr
     assert "hash chain: ok" in verify.stdout
 
