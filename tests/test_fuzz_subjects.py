@@ -411,7 +411,7 @@ def test_fuzzing_every_reachable_subject_during_a_run(fuzzed: Fuzzed) -> None:
         assert (await f.c.orchestrator.wait(again, timeout=30)).status == "completed"
 
         health = f.c.orchestrator.loops.health()
-        assert set(health) == {"inbox", "reports", "tick", "link"}
+        assert set(health) == {"inbox", "reports", "tick", "link", "look-again"}
         assert all(h.running and h.crashes == 0 for h in health.values()), health
         assert all(p.poll() is None for p in f.c.agents.processes.values()), "agents alive"
         assert set(f.agents) <= {a.agent_id for a in f.c.orchestrator.agents()}

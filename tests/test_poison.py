@@ -107,7 +107,7 @@ async def inbox_drained(url: str, durable: str = "orchestrator") -> None:
 
 def assert_loops_healthy(orchestrator: Orchestrator) -> None:
     health = orchestrator.loops.health()
-    assert set(health) == {"inbox", "reports", "tick", "link"}
+    assert set(health) == {"inbox", "reports", "tick", "link", "look-again"}
     assert all(h.running and h.crashes == 0 for h in health.values()), health
 
 

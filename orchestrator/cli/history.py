@@ -180,6 +180,11 @@ async def fork(
     return await journal.load_run(store, new_run_id)
 
 
+SERVED_FORKS = "a baton serve on this log carries it on by itself within 10 s"
+"""What `baton fork` and the console add to "carry it on with baton resume": an open run
+in a served log is found and served (`recovery.look_again`; shared: `sharing.RESCAN_S`)."""
+
+
 def forked_at(fork: RunState, asked: int) -> str:
     """Where a fork starts, as `fork` made it from the position `asked` for, said if it is
     not the position itself: the run's last event before it (`asked` is another run's

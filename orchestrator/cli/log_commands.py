@@ -68,7 +68,7 @@ async def _fork(args: argparse.Namespace, store: EventStore) -> int:
     done = sum(t.status == "succeeded" for t in state.tasks.values())
     print(f"forked run {new_id} from {args.run_id} at position {history.forked_at(state, at)}: "
           f"{done}/{len(state.tasks)} tasks done, status {state.status}")  # fmt: skip
-    print(f"carry it on: baton resume {new_id}")
+    print(f"carry it on: baton resume {new_id} ({history.SERVED_FORKS})")
     return 0
 
 

@@ -28,8 +28,8 @@ def hold_log(store: Path) -> int:
         os.close(fd)
         raise AlreadyServed(
             f"another orchestrator (baton serve, run or resume) already serves the event "
-            f"store {store}: a SQLite log takes one; give it runs with baton submit, or, for "
-            'several orchestrators, keep the log on JetStream (store = "jetstream", see '
-            "docs/deploy.md)"
+            f"store {store}: a SQLite log takes one, which carries on the log's open runs by "
+            "itself (give it new ones with baton submit); for several orchestrators, keep "
+            'the log on JetStream (store = "jetstream", see docs/deploy.md)'
         ) from None
     return fd

@@ -6,12 +6,17 @@ Only unfinished runs are read: the store names them (`open_streams`) without rea
 finished ones, so startup does not grow with the finished history; a finished run is
 read from the log when someone asks for it.
 
+The one orchestrator of a SQLite log looks again every ten seconds for open runs it does
+not serve (a fork or an import made beside it), and serves them the same way.
+
 Orchestrators that share the runs take over the open runs of each partition they claim
 the same way (`take_over`): each run is resumed with `RunTakenOver` unless the core's
 verdict says this one is stale, appended with the expected version."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -24,6 +29,8 @@ from orchestrator.service import journal
 from orchestrator.service.journal import ORCHESTRATOR, Cause
 from orchestrator.service.pipeline import Act, Pipeline
 from orchestrator.service.registry import Registry
+
+log = logging.getLogger("baton.orchestrator")
 
 
 async def recover(
@@ -56,6 +63,21 @@ async def recover(
             act(pipeline.runs[run_id], pending_effects(pipeline.runs[run_id]))
             served.append(run_id)
     return served
+
+
+LOOK_AGAIN_S = 10.0
+"""How often the one orchestrator of a SQLite log looks for open runs it does not serve."""
+
+
+async def look_again(store: EventStore, pipeline: Pipeline, registry: Registry, act: Act) -> None:
+    """For ever (run it supervised), every `LOOK_AGAIN_S`: serve the open runs that a
+    command appended to the log beside this orchestrator, the one a SQLite log takes
+    (`baton fork`, `baton import`; `baton resume` is refused while it serves), as a
+    start would have; one log line names them."""
+    while True:
+        await asyncio.sleep(LOOK_AGAIN_S)
+        if served := await recover(store, pipeline, registry, act):
+            log.warning("carrying on run(s) %s, found open in the log", ", ".join(served))
 
 
 def resend_held(pipeline: Pipeline, act: Act, agent_id: str) -> None:

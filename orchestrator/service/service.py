@@ -52,7 +52,7 @@ from orchestrator.service.offers import Offers
 from orchestrator.service.outbound import Outbound
 from orchestrator.service.partitioned import Partitioned
 from orchestrator.service.pipeline import Pipeline
-from orchestrator.service.recovery import recover, resend_held
+from orchestrator.service.recovery import look_again, recover, resend_held
 from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S, Registry
 from orchestrator.service.reports import Reports
 from orchestrator.service.run_requests import RunRequests
@@ -248,7 +248,9 @@ class Orchestrator:
             await sharing.start()
             watch("leases", spawn(run("leases", sharing.loop)))
         else:
-            await recover(self._store, self._pipeline, self._registry, self._outbound.perform)
+            mine = (self._store, self._pipeline, self._registry, self._outbound.perform)
+            await recover(*mine)
+            watch("look-again", spawn(run("look-again", partial(look_again, *mine))))
         await self.memory.start()
         await self.blobs.start()
         intake, reports, liveness = self._intake, self._reports, self._liveness

@@ -315,7 +315,7 @@ async def fork_run(console: Console, request: Request) -> Response:
     said = (
         f"forked run {new_id} from {run_id} at position {history.forked_at(state, at)}: "
         f"{done}/{len(state.tasks)} tasks "
-        f"done; carry it on with baton resume {new_id}"
+        f"done; carry it on with baton resume {new_id} ({history.SERVED_FORKS})"
     )
     return _back(console, request, f"/runs/{quote(new_id)}", said)
 
