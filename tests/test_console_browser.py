@@ -200,7 +200,11 @@ def test_the_time_travel_slider_shows_what_replay_until_shows_and_forks_from_the
     at = int(start[1])  # the end of the decision `middle` falls inside, if it does
     assert at == middle or f"(position {middle} falls inside one decision" in said, said
     assert f"{watched.run_id}@{at}" in (page.locator(".facts").text_content() or "")
-    assert _statuses(page) == _replayed(env, watched.run_id, at), "the run as it was at `at`"
+    # what the fork copied: the run as it was at `at` (the serving orchestrator carries the
+    # fork on within seconds, so the page may already show it further on)
+    then = _replayed(env, watched.run_id, at)
+    done = sum(status == "succeeded" for status in then.values())
+    assert f": {done}/{len(then)} tasks done;" in said, said
     page.screenshot(path=str(tmp_path / "forked.png"), full_page=True)
 
 
