@@ -173,6 +173,30 @@ def _replayed(env: ConsoleEnv, run_id: str, at: int) -> dict[str, str]:
     return {line.split()[0]: line.split()[1] for line in table.splitlines() if line.strip()}
 
 
+def _run_events(env: ConsoleEnv, run_id: str) -> list[dict[str, Any]]:
+    """The run's own stream's events, as `baton audit --json` lists them."""
+    where = ["--state-dir", str(env.directory)]
+    out = subprocess.run(
+        baton("audit", "--run", run_id, "--json", "--limit", "100000", *where),
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    stream = next(e["stream"] for e in events if e["type"] == "run.started")
+    return [e for e in events if e["stream"] == stream]
+
+
+def _last_copy(env: ConsoleEnv, origin: str, at: int, forked: str) -> int:
+    """The global position of the fork's copy of the origin's last event up to `at` (the
+    fork starts with the origin's `run.started`, then its `run.forked` link, then the
+    copies of the rest, in one append)."""
+    copied = [e for e in _run_events(env, origin) if e["position"] <= at]
+    fork = _run_events(env, forked)
+    assert [e["type"] for e in fork[:2]] == ["run.started", "run.forked"]
+    assert [e["type"] for e in fork[2 : len(copied) + 1]] == [e["type"] for e in copied[1:]]
+    return int(fork[len(copied)]["position"])
+
+
 def test_the_time_travel_slider_shows_what_replay_until_shows_and_forks_from_there(
     env: ConsoleEnv, page: Any, watched: Watched, tmp_path: Path
 ) -> None:
@@ -200,9 +224,10 @@ def test_the_time_travel_slider_shows_what_replay_until_shows_and_forks_from_the
     at = int(start[1])  # the end of the decision `middle` falls inside, if it does
     assert at == middle or f"(position {middle} falls inside one decision" in said, said
     assert f"{watched.run_id}@{at}" in (page.locator(".facts").text_content() or "")
-    # what the fork copied: the run as it was at `at` (the serving orchestrator carries the
-    # fork on within seconds, so the page may already show it further on)
+    # what the fork copied is the run as it was at `at`: the fork replayed to its last copy
+    # (the serving orchestrator carries the fork on within seconds, past what it copied)
     then = _replayed(env, watched.run_id, at)
+    assert _replayed(env, forked, _last_copy(env, watched.run_id, at, forked)) == then
     done = sum(status == "succeeded" for status in then.values())
     assert f": {done}/{len(then)} tasks done;" in said, said
     page.screenshot(path=str(tmp_path / "forked.png"), full_page=True)
