@@ -162,16 +162,12 @@ async def bootstrap(
         held = hold_log(store_file)
     owned = telemetry is None
     telemetry = telemetry or Telemetry.from_env("baton-orchestrator")
-    try:
-        store = await open_store(directory, config)
-    except BaseException:
-        if held is not None:
-            os.close(held)
-        raise
+    store: EventStore | None = None
     server = None
     logins: Logins | None = None
     checkpoints: Checkpointer | None = None
     try:
+        store = await open_store(directory, config)
         key = load_signing_key(anchor_key_path(directory))
         checkpoints = Checkpointer(store, anchor_path(directory), key)
         if not nats_url:
@@ -198,7 +194,8 @@ async def bootstrap(
     except BaseException:
         if checkpoints is not None:
             await checkpoints.close()
-        await store.close()
+        if store is not None:
+            await store.close()
         if server is not None:
             server.stop()
         if held is not None:
