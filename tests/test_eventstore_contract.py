@@ -1089,6 +1089,8 @@ class ProjectionContract(EventStoreContract):
             for k in range(10):
                 await store.append("s", [ev(f"e{k}")], k)
             while await port.checkpoint("counter") < 10:
+                if task.done():  # it stopped: its failure, not a wait until the timeout
+                    pytest.fail(f"the projector stopped at {projector.position}: {task!r}")
                 await asyncio.sleep(0.01)
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
