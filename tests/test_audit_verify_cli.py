@@ -88,29 +88,53 @@ def test_the_orchestrator_anchors_the_log_in_private_files(recorded: tuple[Path,
 
 
 def test_an_intact_log_verifies_with_and_without_its_anchor(work: Path) -> None:
-    plain = verify(work)
+    kept = work / "checkpoints.jsonl"
+    for full in (verify(work), anchored(work)):  # the state directory's, or named
+        assert full.returncode == 0, full.stdout + full.stderr
+        assert "hash chain: ok" in full.stdout
+        assert f"anchor: ok (1 signed checkpoint(s) in {kept} by key" in full.stdout
+        assert "0 newer event(s) are covered by the hash chain alone" in full.stdout
+        assert "snapshots: ok (0 checked)" in full.stdout
+
+    plain = verify(work, "--no-anchor")
     assert plain.returncode == 0, plain.stdout + plain.stderr
     assert "hash chain: ok" in plain.stdout
-    assert "anchor: not checked (give --anchor PATH)" in plain.stdout
-    assert "snapshots: ok (0 checked)" in plain.stdout
+    assert "anchor: not checked (--no-anchor)" in plain.stdout
+    (work / "anchor.key").unlink()  # checkpoints whose key is kept elsewhere
+    keyless = verify(work)
+    assert keyless.returncode == 0, keyless.stdout + keyless.stderr
+    assert (
+        f"anchor: not checked (no checkpoint key at {work / 'anchor.key'}; give --anchor-key KEY)"
+    ) in keyless.stdout
+    kept.write_bytes(b"")  # made by an orchestrator killed before it wrote a checkpoint
+    for _ in ("empty", "none"):
+        none = verify(work)
+        assert none.returncode == 0, none.stdout + none.stderr
+        assert f"anchor: not checked (no checkpoints at {kept}; give --anchor PATH)" in none.stdout
+        kept.unlink(missing_ok=True)
 
-    full = anchored(work)
-    assert full.returncode == 0, full.stdout + full.stderr
-    assert "anchor: ok (1 signed checkpoint(s) by key" in full.stdout
-    assert "0 newer event(s) are covered by the hash chain alone" in full.stdout
 
+def test_the_anchor_options(work: Path) -> None:
     public = json.loads((work / "checkpoints.jsonl").read_text().splitlines()[0])["key"]
     assert anchored(work, "--anchor-key", public).returncode == 0
-    stranger = anchored(work, "--anchor-key", "ab" * 32)
-    assert stranger.returncode == 1
-    assert "not the trusted key" in stranger.stdout
+    assert verify(work, "--anchor-key", public).returncode == 0
+    for stranger in (
+        anchored(work, "--anchor-key", "ab" * 32),
+        verify(work, "--anchor-key", "ab" * 32),
+    ):
+        assert stranger.returncode == 1
+        assert "not the trusted key" in stranger.stdout
 
     missing = verify(work, "--anchor", str(work / "nowhere.jsonl"))
     assert missing.returncode == 1
     assert f"anchor: BAD: no checkpoints at {work / 'nowhere.jsonl'}" in missing.stdout
-    misuse = _baton("audit", "--anchor", str(work), "--state-dir", str(work))
-    assert misuse.returncode == 2
-    assert "is used with `baton audit verify`" in misuse.stderr
+    for misused in (("--anchor", str(work)), ("--no-anchor",)):
+        misuse = _baton("audit", *misused, "--state-dir", str(work))
+        assert misuse.returncode == 2
+        assert f"{misused[0]}: is used with `baton audit verify`" in misuse.stderr
+    both = anchored(work, "--no-anchor")
+    assert both.returncode == 2
+    assert "--no-anchor: cannot be used with --anchor" in both.stderr, both.stderr
 
 
 def test_a_cut_tail_is_caught_only_with_the_anchor(work: Path) -> None:
@@ -118,31 +142,31 @@ def test_a_cut_tail_is_caught_only_with_the_anchor(work: Path) -> None:
     with closing(sqlite3.connect(work / "events.db")) as db, db:
         db.execute("DELETE FROM events WHERE position > ?", (head - 3,))
 
-    plain = verify(work)
+    plain = verify(work, "--no-anchor")
     assert plain.returncode == 0, "the keyless chain cannot tell a shorter log"
     assert f"hash chain: ok ({head - 3} events checked)" in plain.stdout
 
-    full = anchored(work)
-    assert full.returncode == 1
-    assert (
-        f"hash chain: BROKEN at position {head - 2}: truncated: the log ends at position "
-        f"{head - 3}, but a signed checkpoint recorded position {head}"
-    ) in full.stdout
+    for full in (verify(work), anchored(work)):  # a restored backup: the plain command says so
+        assert full.returncode == 1
+        assert (
+            f"hash chain: BROKEN at position {head - 2}: truncated: the log ends at position "
+            f"{head - 3}, but a signed checkpoint recorded position {head}"
+        ) in full.stdout
 
 
 def test_a_rewrite_with_recomputed_hashes_is_caught_only_with_the_anchor(work: Path) -> None:
     log = log_of(work)
     write_log(work, reseal(log, 5, b'{"forged": true}'))
 
-    plain = verify(work)
+    plain = verify(work, "--no-anchor")
     assert plain.returncode == 0, "every hash after the change was recomputed"
 
-    full = anchored(work)
-    assert full.returncode == 1
     head = log[-1].position
-    assert f"hash chain: BROKEN at position {head}: rewritten: the hash at position {head}" in (
-        full.stdout
-    )
+    for full in (verify(work), anchored(work)):
+        assert full.returncode == 1
+        assert (
+            f"hash chain: BROKEN at position {head}: rewritten: the hash at position {head}"
+        ) in full.stdout
 
 
 def test_an_append_forged_after_the_newest_checkpoint_is_not_caught(

@@ -2,10 +2,13 @@
 
 It walks the whole hash chain; checks every snapshot (bound to the chain by the store, and
 equal to the fold of its run's events, which also catches a snapshot edited with its
-digest recomputed); and, with `--anchor PATH`, checks the log against the signed
-checkpoints there, which is what catches a cut tail or a chain rewritten with its hashes
-recomputed. docs/security.md says what each check does and does not detect. Exit status:
-0 when everything holds, 1 when something does not, 2 when it cannot be checked.
+digest recomputed); and checks the log against signed checkpoints, which is what catches
+a cut tail or a chain rewritten with its hashes recomputed: those of `--anchor PATH`, else
+those the orchestrator keeps for the state directory (`$BATON_ANCHOR`, else its
+`checkpoints.jsonl`) when there are any, unless `--no-anchor`. A restored backup of the
+database, or one cut short, is then caught by the plain command. docs/security.md says
+what each check does and does not detect. Exit status: 0 when everything holds, 1 when
+something does not, 2 when it cannot be checked.
 """
 
 from __future__ import annotations
@@ -14,13 +17,22 @@ import argparse
 from collections import defaultdict
 from pathlib import Path
 
+from nacl.signing import VerifyKey
+
 from eventstore import EventStore, VerifyReport
-from eventstore.anchor import AnchorReport, load_signing_key, read_verify_key, verify_anchored
+from eventstore.anchor import (
+    AnchorReport,
+    anchor_file,
+    load_signing_key,
+    read_verify_key,
+    verify_anchored,
+)
+from eventstore.errors import AnchorError
 from eventstore.model import SnapshotCheck
 from orchestrator.core.errors import OrchestratorError, WorkflowError
 from orchestrator.core.state import RunState
 from orchestrator.service import journal
-from orchestrator.service.bootstrap import anchor_key_path, state_dir
+from orchestrator.service.bootstrap import anchor_key_path, anchor_path, state_dir
 
 
 def add_arguments(audit: argparse.ArgumentParser) -> None:
@@ -29,7 +41,14 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
         "--anchor",
         metavar="PATH",
         help="with verify: check the log against the signed checkpoints in PATH (a file, "
-        "or a directory holding checkpoints.jsonl); detects a cut tail and a rewritten chain",
+        "or a directory holding checkpoints.jsonl); detects a cut tail and a rewritten "
+        "chain (default: those kept for the state directory, $BATON_ANCHOR, else its "
+        "checkpoints.jsonl, when there are any)",
+    )
+    audit.add_argument(
+        "--no-anchor",
+        action="store_true",
+        help="with verify: check the hash chain and snapshots only, not the checkpoints",
     )
     audit.add_argument(
         "--anchor-key",
@@ -41,34 +60,60 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse the anchor options outside `audit verify`, where they would check nothing."""
-    if args.anchor_key and not args.anchor:
-        raise WorkflowError("--anchor-key", "is used with --anchor")
-    if args.anchor and args.action != "verify":
-        raise WorkflowError("--anchor", "is used with `baton audit verify`")
+    if args.anchor and args.no_anchor:
+        raise WorkflowError("--no-anchor", "cannot be used with --anchor")
+    if args.anchor_key and args.no_anchor:
+        raise WorkflowError("--anchor-key", "checks the checkpoints, which --no-anchor skips")
+    for given, name in ((args.anchor, "--anchor"), (args.no_anchor, "--no-anchor")):
+        if given and args.action != "verify":
+            raise WorkflowError(name, "is used with `baton audit verify`")
+    if args.anchor_key and args.action != "verify":
+        raise WorkflowError("--anchor-key", "is used with `baton audit verify`")
+
+
+def _verify_key(args: argparse.Namespace) -> VerifyKey:
+    """`--anchor-key`, else the public half of the state directory's signing key."""
+    if args.anchor_key:
+        return read_verify_key(args.anchor_key)
+    own = anchor_key_path(state_dir(args.state_dir))
+    return load_signing_key(own, create=False).verify_key
+
+
+def _anchoring(args: argparse.Namespace) -> tuple[Path, VerifyKey] | str:
+    """What to check the log against (checkpoints and their key), or why nothing:
+    `--anchor`, else the checkpoints kept for the state directory when it has any."""
+    if args.no_anchor:
+        return "--no-anchor"
+    if args.anchor:
+        return Path(args.anchor), _verify_key(args)
+    kept = anchor_path(state_dir(args.state_dir))
+    file = anchor_file(kept)
+    if not file.is_file() or not file.stat().st_size:  # none signed yet (or made, not written)
+        return f"no checkpoints at {file}; give --anchor PATH"
+    try:
+        return kept, _verify_key(args)
+    except AnchorError as error:  # its checkpoints, without their key
+        return f"{error}; give --anchor-key KEY"
 
 
 async def verify(args: argparse.Namespace, store: EventStore) -> int:
-    """Check the chain, the anchor (when given) and every snapshot; print what holds."""
+    """Check the chain, the anchor (given, or the state directory's) and every snapshot;
+    print what holds."""
     check_options(args)
+    anchoring = _anchoring(args)
     anchored: AnchorReport | None = None
-    if args.anchor:
-        if args.anchor_key:
-            key = read_verify_key(args.anchor_key)
-        else:
-            own = anchor_key_path(state_dir(args.state_dir))
-            key = load_signing_key(own, create=False).verify_key
-        anchored = await verify_anchored(store, Path(args.anchor), key)
-        chain = anchored.chain
-    else:
+    if isinstance(anchoring, str):
         chain = await store.verify()
-    _print_chain(chain)
-    if anchored is None:
+        _print_chain(chain)
         print(
-            "anchor: not checked (give --anchor PATH): without signed checkpoints, a cut tail "
+            f"anchor: not checked ({anchoring}): without signed checkpoints, a cut tail "
             "or a chain rewritten with its hashes recomputed still verifies"
         )
     else:
-        _print_anchor(anchored)
+        anchored = await verify_anchored(store, *anchoring)
+        chain = anchored.chain
+        _print_chain(chain)
+        _print_anchor(anchored, anchor_file(anchoring[0]))
     count, bad = await _check_snapshots(store)
     if bad:
         print(f"snapshots: BAD: {len(bad)} of {count} must not be used")
@@ -87,14 +132,14 @@ def _print_chain(report: VerifyReport) -> None:
         print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
 
 
-def _print_anchor(report: AnchorReport) -> None:
+def _print_anchor(report: AnchorReport, file: Path) -> None:
     anchor = report.anchor
     for problem in anchor.problems:
         print(f"anchor: BAD: {problem}")
     if not anchor.count:
         return
     signed = (
-        f"{anchor.count} signed checkpoint(s) by key {report.key[:16]}..., "
+        f"{anchor.count} signed checkpoint(s) in {file} by key {report.key[:16]}..., "
         f"the newest at position {anchor.newest}"
     )
     if report.ok:
