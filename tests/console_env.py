@@ -121,7 +121,11 @@ class ConsoleEnv:
                 assert where is not None, "the embedded server runs"
                 assert where.identity, "the person's credentials"
                 async with serving(
-                    store, where, where.identity, shown_store=store_name(self.directory)
+                    store,
+                    where,
+                    where.identity,
+                    shown_store=store_name(self.directory),
+                    directory=self.directory,
                 ) as running:
                     self.cluster, self.running = c, running
                     started.set()

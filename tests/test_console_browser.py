@@ -249,8 +249,15 @@ def test_audit_search_verify_and_the_agents_page(
     assert "task.succeeded" in types
     page.screenshot(path=str(tmp_path / "audit.png"), full_page=True)
     page.locator("form.verify button").click()
-    verdict = page.locator(".verdict").text_content() or ""
-    assert re.match(r"hash chain: ok \(\d+ events checked\)", verdict)
+    page.wait_for_selector(".verdict", timeout=WAIT_MS)
+    chain, anchor = page.eval_on_selector_all(".verdict", "ps => ps.map(p => p.textContent)")
+    assert re.match(r"hash chain: ok \(\d+ events checked\)", chain)
+    kept = env.directory / "checkpoints.jsonl"  # signed by the orchestrator at each run's end
+    signed = re.match(
+        rf"anchor: ok \((\d+) signed checkpoint\(s\) in {re.escape(str(kept))} ", anchor
+    )
+    assert signed is not None, anchor
+    assert 1 <= int(signed[1]) <= len(kept.read_text().splitlines()), "(a run may end meanwhile)"
     page.goto(f"{env.running.base}/agents")
     roles = page.eval_on_selector_all(
         "table.agents tbody tr", "rows => rows.map(r => r.children[1].textContent)"

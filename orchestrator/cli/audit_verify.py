@@ -71,49 +71,57 @@ def check_options(args: argparse.Namespace) -> None:
         raise WorkflowError("--anchor-key", "is used with `baton audit verify`")
 
 
-def _verify_key(args: argparse.Namespace) -> VerifyKey:
-    """`--anchor-key`, else the public half of the state directory's signing key."""
-    if args.anchor_key:
-        return read_verify_key(args.anchor_key)
-    own = anchor_key_path(state_dir(args.state_dir))
-    return load_signing_key(own, create=False).verify_key
+def _verify_key(directory: Path, anchor_key: str | None) -> VerifyKey:
+    """`anchor_key`, else the public half of the state directory's signing key."""
+    if anchor_key:
+        return read_verify_key(anchor_key)
+    return load_signing_key(anchor_key_path(directory), create=False).verify_key
 
 
-def _anchoring(args: argparse.Namespace) -> tuple[Path, VerifyKey] | str:
+def anchoring(
+    directory: Path, anchor: str | None = None, anchor_key: str | None = None
+) -> tuple[Path, VerifyKey] | str:
     """What to check the log against (checkpoints and their key), or why nothing:
-    `--anchor`, else the checkpoints kept for the state directory when it has any."""
-    if args.no_anchor:
-        return "--no-anchor"
-    if args.anchor:
-        return Path(args.anchor), _verify_key(args)
-    kept = anchor_path(state_dir(args.state_dir))
+    `anchor`, else the checkpoints kept for the state directory when it has any."""
+    if anchor:
+        return Path(anchor), _verify_key(directory, anchor_key)
+    kept = anchor_path(directory)
     file = anchor_file(kept)
     if not file.is_file() or not file.stat().st_size:  # none signed yet (or made, not written)
         return f"no checkpoints at {file}; give --anchor PATH"
     try:
-        return kept, _verify_key(args)
+        return kept, _verify_key(directory, anchor_key)
     except AnchorError as error:  # its checkpoints, without their key
         return f"{error}; give --anchor-key KEY"
+
+
+async def check_log(
+    store: EventStore, against: tuple[Path, VerifyKey] | str
+) -> tuple[bool, list[str]]:
+    """Walk the hash chain, and check it `against` signed checkpoints unless that says
+    why not: whether both hold, and one line for each (the anchor's problems each too)."""
+    if isinstance(against, str):
+        chain = await store.verify()
+        return chain.ok, [
+            _chain_line(chain),
+            f"anchor: not checked ({against}): without signed checkpoints, a cut tail "
+            "or a chain rewritten with its hashes recomputed still verifies",
+        ]
+    anchored = await verify_anchored(store, *against)
+    lines = [_chain_line(anchored.chain), *_anchor_lines(anchored, anchor_file(against[0]))]
+    return anchored.chain.ok and anchored.ok, lines
 
 
 async def verify(args: argparse.Namespace, store: EventStore) -> int:
     """Check the chain, the anchor (given, or the state directory's) and every snapshot;
     print what holds."""
     check_options(args)
-    anchoring = _anchoring(args)
-    anchored: AnchorReport | None = None
-    if isinstance(anchoring, str):
-        chain = await store.verify()
-        _print_chain(chain)
-        print(
-            f"anchor: not checked ({anchoring}): without signed checkpoints, a cut tail "
-            "or a chain rewritten with its hashes recomputed still verifies"
-        )
-    else:
-        anchored = await verify_anchored(store, *anchoring)
-        chain = anchored.chain
-        _print_chain(chain)
-        _print_anchor(anchored, anchor_file(anchoring[0]))
+    directory = state_dir(args.state_dir)
+    against = (
+        "--no-anchor" if args.no_anchor else anchoring(directory, args.anchor, args.anchor_key)
+    )
+    holds, lines = await check_log(store, against)
+    print("\n".join(lines))
     count, bad = await _check_snapshots(store)
     if bad:
         print(f"snapshots: BAD: {len(bad)} of {count} must not be used")
@@ -121,35 +129,33 @@ async def verify(args: argparse.Namespace, store: EventStore) -> int:
             print(f"  {line}")
     else:
         print(f"snapshots: ok ({count} checked)")
-    holds = chain.ok and not bad and (anchored is None or anchored.ok)
-    return 0 if holds else 1
+    return 0 if holds and not bad else 1
 
 
-def _print_chain(report: VerifyReport) -> None:
+def _chain_line(report: VerifyReport) -> str:
     if report.ok:
-        print(f"hash chain: ok ({report.checked} events checked)")
-    else:
-        print(f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}")
+        return f"hash chain: ok ({report.checked} events checked)"
+    return f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}"
 
 
-def _print_anchor(report: AnchorReport, file: Path) -> None:
+def _anchor_lines(report: AnchorReport, file: Path) -> list[str]:
     anchor = report.anchor
-    for problem in anchor.problems:
-        print(f"anchor: BAD: {problem}")
+    lines = [f"anchor: BAD: {problem}" for problem in anchor.problems]
     if not anchor.count:
-        return
+        return lines
     signed = (
         f"{anchor.count} signed checkpoint(s) in {file} by key {report.key[:16]}..., "
         f"the newest at position {anchor.newest}"
     )
     if report.ok:
         newer = report.chain.checked - anchor.newest
-        print(
+        lines.append(
             f"anchor: ok ({signed}); {newer} newer event(s) are covered by the hash chain "
             "alone: an event appended after the newest checkpoint cannot be told from a forgery"
         )
     else:
-        print(f"anchor: {signed}")
+        lines.append(f"anchor: {signed}")
+    return lines
 
 
 async def _check_snapshots(store: EventStore) -> tuple[int, list[str]]:

@@ -26,7 +26,7 @@ from bus import subjects
 from bus.config import Price
 from bus.errors import BusError, InvalidSubjectToken
 from eventstore import EventStore, EventStoreError
-from orchestrator.cli import history
+from orchestrator.cli import audit_verify, history
 from orchestrator.cli.console import pages, reads, runs_list, streams, waterfall
 from orchestrator.cli.console.errors import BadInput, NotReachable
 from orchestrator.cli.console.guard import (
@@ -61,6 +61,8 @@ class Console:
     said: dict[str, str] = field(default_factory=dict)
     """A message for each session's next page (what its last action did)."""
     store_name: str = ""
+    directory: Path | None = None
+    """The state directory: Audit's verify checks the log against its signed checkpoints."""
     prices: Mapping[str, Price] = field(default_factory=dict)
     """Each model's price (`prices` in baton.toml or `$BATON_PRICES`), for the costs."""
     joins: reads.Joins = field(default_factory=reads.Joins)
@@ -377,8 +379,11 @@ async def audit(console: Console, request: Request) -> Response:
 
 async def verify(console: Console, request: Request) -> Response:
     await _form(console, request)
-    report = await console.store.verify()
-    body = pages.audit(reads.AuditQuery(), [], 0, report, _session(request).csrf)
+    against = (
+        audit_verify.anchoring(console.directory) if console.directory else "no state directory"
+    )
+    verdict = await audit_verify.check_log(console.store, against)
+    body = pages.audit(reads.AuditQuery(), [], 0, verdict, _session(request).csrf)
     return _page(console, request, "Audit", body)
 
 

@@ -129,8 +129,10 @@ async def serving(
     shown_store: str = "",
     find: Callable[[], Reach | None] | None = None,
     prices: Mapping[str, Price] | None = None,
+    directory: Path | None = None,
 ) -> AsyncIterator[Running]:
-    """The console served in this event loop until the block ends."""
+    """The console served in this event loop until the block ends; with `directory` (the
+    state directory), Audit's verify checks the log against its signed checkpoints."""
     try:
         import uvicorn
 
@@ -147,7 +149,13 @@ async def serving(
     guard = Guard.for_address(host, bound, remote=not is_loopback(host))
     rows = store.projections
     console = Console(
-        store, live, guard, runs_list.Summaries(rows), store_name=shown_store, prices=prices or {}
+        store,
+        live,
+        guard,
+        runs_list.Summaries(rows),
+        store_name=shown_store,
+        directory=directory,
+        prices=prices or {},
     )
     config = uvicorn.Config(
         secured(console),
@@ -198,6 +206,7 @@ async def ui(args: argparse.Namespace) -> int:
             store_name(directory, args.config),
             find=lambda: reach(args.nats, directory),
             prices=args.config.prices,
+            directory=directory,
         ) as running:
             print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)
@@ -226,6 +235,7 @@ def beside_serve(args: argparse.Namespace) -> Callable[[Stack], Awaitable[object
             args.allow_remote,
             shown,
             prices=args.config.prices,
+            directory=directory,
         ) as running:
             print(f"baton ui: {running.console.where()}")
             print(f"open {running.login_url}  (the link logs in once)", flush=True)

@@ -14,7 +14,6 @@ from urllib.parse import quote, urlencode
 
 from bus.config import Price
 from bus.protocol import ToolCallRecord
-from eventstore import VerifyReport
 from orchestrator.cli import costs
 from orchestrator.cli.console import graph
 from orchestrator.cli.console.reads import (
@@ -423,8 +422,10 @@ def agents(reply: AgentsReply | None, problem: str, system: list[EventLine],
     )
 
 
-def audit(q: AuditQuery, lines: list[EventLine], next_after: int, report: VerifyReport | None,
-          csrf: str) -> str:  # fmt: skip
+def audit(q: AuditQuery, lines: list[EventLine], next_after: int,
+          verdict: tuple[bool, list[str]] | None, csrf: str) -> str:  # fmt: skip
+    """The audit page; with `verdict`, what `audit_verify.check_log` found."""
+
     def field(name: str, value: object, hint: str = "") -> str:
         return (
             f'<label>{name} <input name="{name}" value="{_e(value)}" placeholder="{hint}"></label>'
@@ -437,14 +438,12 @@ def audit(q: AuditQuery, lines: list[EventLine], next_after: int, report: Verify
         + field("until", q.until, "ISO 8601 or Unix s") + field("limit", q.limit)
         + "<button>Search</button></form>"
     )  # fmt: skip
-    verify = _form("/audit/verify", csrf, "", "Verify the hash chain", "verify")
-    if report is not None:
-        verdict = (
-            f"hash chain: ok ({report.checked} events checked)"
-            if report.ok
-            else f"hash chain: BROKEN at position {report.first_bad_position}: {report.reason}"
+    verify = _form("/audit/verify", csrf, "", "Verify the log", "verify")
+    if verdict is not None:
+        holds, said = verdict
+        verify += "".join(
+            f'<p class="verdict {"ok" if holds else "bad"}">{_e(line)}</p>' for line in said
         )
-        verify += f'<p class="verdict {"ok" if report.ok else "bad"}">{_e(verdict)}</p>'
     more = ""
     if next_after:
         query = {
