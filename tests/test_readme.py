@@ -98,6 +98,13 @@ class User:
         assert done.returncode == code, f"{command}\n{done.stdout}\n{done.stderr}"
         return done.stdout + done.stderr
 
+    def until_replayed(self, run_id: str, status: str, timeout: float = 60) -> None:
+        """Until `baton replay` says the run has `status`."""
+        deadline = time.monotonic() + timeout
+        while f"status {status}" not in (said := self.run(f".venv/bin/baton replay {run_id}")):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.2)
+
     def start(self, command: str, **fill: str) -> Running:
         process = subprocess.Popen(
             argv(command, **fill), cwd=self.home, env=self.env, text=True, bufsize=0,
@@ -289,12 +296,21 @@ def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> No
         user.run(admit_line)
         url_file = user.home / "researcher-1.url"
         assert url_file.stat().st_mode & 0o077 == 0, "the agent's login is private"
-        agent = user.start(agent_line)
+        agents = [user.start(agent_line)]
         try:
             submitted = user.run(submit_line)
-            assert re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M), submitted
+            run_id = re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M)
+            assert run_id is not None, submitted
+            status = user.run(".venv/bin/baton status")
+            assert re.search(rf"{run_id[0]} +research-brief +running .* 0/5 ", status), status
+            for role, handler in (("planner", "plan"), ("writer", "write")):  # as the text says
+                user.run(admit_line.replace("researcher", role))
+                same_way = agent_line.replace("researcher", role)
+                agents.append(user.start(same_way.replace(":research", f":{handler}")))
+            user.until_replayed(run_id[0], "completed")
         finally:
-            agent.stop()
+            for agent in agents:
+                agent.stop()
     finally:
         embedded.stop()
 
