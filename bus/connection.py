@@ -144,6 +144,11 @@ class Bus:
         raise BusError(f"cannot connect to {shown}: no tries")
 
     @property
+    def needs_no_login(self) -> bool:
+        """Whether the server let this client in without a login (its INFO asks for none)."""
+        return not (getattr(self._nc, "_server_info", None) or {}).get("auth_required", False)
+
+    @property
     def connected(self) -> bool:
         """Whether the connection is up now (not reconnecting, not closed)."""
         return bool(self._nc.is_connected)

@@ -212,10 +212,12 @@ def _serve(state: Path, *options: str, env: dict[str, str]) -> tuple[subprocess.
         preexec_fn=die_with_parent,
     )
     assert process.stdout is not None
-    line = process.stdout.readline()
-    if "serving on NATS" not in line:
-        process.kill()
-        raise AssertionError(f"baton serve did not start: {line}{process.stdout.read()}")
+    said = ""  # a warning may come first (the test's bus asks for no login)
+    while "serving on NATS" not in (line := process.stdout.readline()):
+        said += line
+        if not line or said.count("\n") > 20:
+            process.kill()
+            raise AssertionError(f"baton serve did not start: {said}{process.stdout.read()}")
     return process, line.split("serving on NATS ", 1)[1].split(",", 1)[0]
 
 

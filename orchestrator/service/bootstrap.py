@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +15,8 @@ from bus import config_files
 from bus.config import Config
 from bus.connection import Bus
 from bus.contracts import Contracts
-from bus.nats_options import login_options
+from bus.nats_options import login_options, servers
+from bus.permissions import shown_url
 from bus.server import EmbeddedNats
 from bus.telemetry import Telemetry
 from eventstore import EventStore, JetStreamEventStore, SqliteEventStore
@@ -77,6 +79,15 @@ async def open_store(directory: Path, config: Config = DEFAULT_CONFIG) -> EventS
             connect_options=login_options(),
         )
     return await SqliteEventStore.open(store_path(directory, config))
+
+
+log = logging.getLogger("baton.orchestrator")
+
+OPEN_BUS = (
+    "the NATS server %s let the orchestrator in without a login: whoever reaches it may "
+    "act as any agent or person (report results, approve, submit); give each client a "
+    "login there (docs/deploy.md, baton nats-users) or use the embedded server"
+)
 
 
 def anchor_path(directory: Path) -> Path:
@@ -175,6 +186,8 @@ async def bootstrap(
             server = logins.server
             nats_url = await logins.start()
         bus = await Bus.connect(nats_url, name="baton-orchestrator")
+        if bus.needs_no_login:  # never the embedded server: it asks every client for one
+            log.warning(OPEN_BUS, ",".join(map(shown_url, servers(nats_url))))
         orchestrator = Orchestrator(
             bus,
             store,
