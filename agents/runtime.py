@@ -410,8 +410,17 @@ async def _answer(
         )
     reply = output if isinstance(output, Reply) else Reply(output)
     refuse_handoff(ctx.contract, reply.handoff_to)
-    asks = [replace(ask, params=await blobs.deflate(ask.params)) for ask in reply.subtasks]
-    return ctx, replace(reply, output=await blobs.deflate(reply.output), subtasks=asks)
+    try:
+        asks = [replace(ask, params=await blobs.deflate(ask.params)) for ask in reply.subtasks]
+        shown = await blobs.deflate(reply.output)
+    except (TypeError, msgspec.EncodeError) as exc:  # it would not encode the next time either
+        raise TaskError(
+            f"the handler's output cannot be sent: {exc} (an output, and a subtask's params, "
+            "hold only JSON values: objects with string keys, arrays, strings, numbers, "
+            "true, false, null)",
+            retryable=False,
+        ) from exc
+    return ctx, replace(reply, output=shown, subtasks=asks)
 
 
 def _memory(bus: Bus, contract: RoleContract | None, agent_id: str, a: Assignment) -> Memory | None:

@@ -2,7 +2,8 @@
 once: a plain `def` is refused when the agent starts; one whose result is not awaitable
 (a callable object, say) or that returns something other than a dict or a Reply fails
 its attempt as not retryable, naming what it returned (it used to fail every attempt
-with an empty `AssertionError:` or a `TypeError` from deep in the runtime)."""
+with an empty `AssertionError:` or a `TypeError` from deep in the runtime), and so does
+one whose output holds a value JSON has no form for (it was tried `max_attempts` times)."""
 
 from __future__ import annotations
 
@@ -35,6 +36,10 @@ not_awaiting = NotAwaiting()
 
 def plain(task):
     return {"x": 1}
+
+
+async def returns_an_object(task):
+    return {"x": object()}
 """
 
 
@@ -50,6 +55,7 @@ def test_a_plain_function_is_refused_when_loaded(tmp_path: Path) -> None:
         ("returns_a_list", "the handler returned list: it returns a dict"),
         ("returns_nothing", "the handler returned NoneType: it returns a dict"),
         ("not_awaiting", "the handler returned dict, not an awaitable"),
+        ("returns_an_object", "the handler's output cannot be sent: Encoding objects of type"),
     ],
 )
 def test_a_handler_returning_the_wrong_thing_fails_once_saying_what(
