@@ -128,13 +128,13 @@ def test_the_anchor_options(work: Path) -> None:
     missing = verify(work, "--anchor", str(work / "nowhere.jsonl"))
     assert missing.returncode == 1
     assert f"anchor: BAD: no checkpoints at {work / 'nowhere.jsonl'}" in missing.stdout
-    for misused in (("--anchor", str(work)), ("--no-anchor",)):
+    for misused in (("--anchor", str(work)), ("--no-anchor",), ("--anchor-key", "ab" * 32)):
         misuse = _baton("audit", *misused, "--state-dir", str(work))
         assert misuse.returncode == 2
         assert f"{misused[0]}: is used with `baton audit verify`" in misuse.stderr
     both = anchored(work, "--no-anchor")
     assert both.returncode == 2
-    assert "--no-anchor: cannot be used with --anchor" in both.stderr, both.stderr
+    assert "--no-anchor: skips the checkpoints --anchor and --anchor-key name" in both.stderr
 
 
 def test_a_cut_tail_is_caught_only_with_the_anchor(work: Path) -> None:

@@ -60,15 +60,11 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
 
 def check_options(args: argparse.Namespace) -> None:
     """Refuse the anchor options outside `audit verify`, where they would check nothing."""
-    if args.anchor and args.no_anchor:
-        raise WorkflowError("--no-anchor", "cannot be used with --anchor")
-    if args.anchor_key and args.no_anchor:
-        raise WorkflowError("--anchor-key", "checks the checkpoints, which --no-anchor skips")
-    for given, name in ((args.anchor, "--anchor"), (args.no_anchor, "--no-anchor")):
-        if given and args.action != "verify":
-            raise WorkflowError(name, "is used with `baton audit verify`")
-    if args.anchor_key and args.action != "verify":
-        raise WorkflowError("--anchor-key", "is used with `baton audit verify`")
+    if args.no_anchor and (args.anchor or args.anchor_key):
+        raise WorkflowError("--no-anchor", "skips the checkpoints --anchor and --anchor-key name")
+    for name in ("anchor", "no_anchor", "anchor_key"):
+        if getattr(args, name) and args.action != "verify":
+            raise WorkflowError(f"--{name.replace('_', '-')}", "is used with `baton audit verify`")
 
 
 def _verify_key(directory: Path, anchor_key: str | None) -> VerifyKey:
