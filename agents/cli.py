@@ -38,6 +38,11 @@ from bus import loop
 from bus.subjects import token
 from bus.telemetry import Telemetry, TelemetryConfigError, configure_logging
 
+OPEN_BUS = (
+    "the NATS server let this agent in without a login: whoever reaches it may send it "
+    "work or act as it; give it a login there (docs/deploy.md, baton nats-users)"
+)
+
 
 def parser(prog: str = "baton agent") -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=prog, description="Run one Baton agent as a service.")
@@ -184,6 +189,8 @@ async def _serve(args: argparse.Namespace, contract: RoleContract | None) -> int
             tools=registry,
             approver=ApprovalPolicy.parse(args.approval).approver(bus),
         )
+        if bus.needs_no_login:  # never on the embedded server: it asks every client for one
+            print(f"agent {agent_id}: {OPEN_BUS}", file=sys.stderr, flush=True)
         print(f"agent {agent_id} serving role {args.role}", file=sys.stderr, flush=True)
         watch = asyncio.create_task(_stop_with_parent(runtime))
         try:
