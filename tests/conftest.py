@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import compileall
 import re
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,6 +41,11 @@ settings.register_profile(
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     compileall.compile_dir(REPO, rx=_NOT_OURS, quiet=2)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        # Started in the background by a script (`cmd &`), the suite has Ctrl-C ignored,
+        # and every process it starts would inherit that (a handler does not cross exec):
+        # the tests that interrupt `baton run` need it as at a terminal.
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="module")
