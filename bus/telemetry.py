@@ -334,8 +334,9 @@ def configure_logging(
     env: Mapping[str, str] | None = None, *, default_level: str = "WARNING"
 ) -> logging.Handler:
     """Install the root log handler `BATON_LOG_FORMAT` (text|json), `BATON_LOG_FILE` and
-    `BATON_LOG_LEVEL` ask for (without asyncio's `SSL_EOF_NOTE`); returns it so a caller
-    can remove it again."""
+    `BATON_LOG_LEVEL` ask for (without asyncio's `SSL_EOF_NOTE`), in place of the one an
+    earlier call installed (a command run again in one process logs each line once, and
+    never to the standard error of before); returns it so a caller can remove it again."""
     env = os.environ if env is None else env
     form = env.get(LOG_FORMAT_ENV, "text").strip().lower()
     if form not in {"text", "json"}:
@@ -356,6 +357,13 @@ def configure_logging(
     )
     handler.addFilter(_not_the_ssl_eof_note)
     root = logging.getLogger()
+    while _installed:
+        root.removeHandler(_installed.pop())
     root.addHandler(handler)
+    _installed.append(handler)
     root.setLevel(level)
     return handler
+
+
+_installed: list[logging.Handler] = []
+"""The root handler `configure_logging` installed last (none, or one)."""

@@ -579,3 +579,22 @@ def test_the_log_leaves_out_asyncios_note_on_each_tls_connection_closed(tmp_path
     assert len(lines) == 2, lines
     assert lines[0].endswith("WARNING asyncio another asyncio warning")
     assert lines[1].endswith(f"WARNING baton.x {SSL_EOF_NOTE}")
+
+
+def test_logging_configured_again_replaces_its_handler(tmp_path: Path) -> None:
+    """A command run twice in one process (as tests do) logs each line once, to the newer
+    destination only."""
+    root = logging.getLogger()
+    before = list(root.handlers)
+    first, second = tmp_path / "first.log", tmp_path / "second.log"
+    configure_logging({"BATON_LOG_FILE": str(first)})
+    handler = configure_logging({"BATON_LOG_FILE": str(second)})
+    try:
+        assert [h for h in root.handlers if h not in before] == [handler]
+        logging.getLogger("baton.test").warning("once")
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+        root.setLevel(logging.WARNING)
+    assert first.read_text() == ""
+    assert second.read_text().count("once") == 1
