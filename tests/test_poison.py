@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,10 +68,15 @@ async def system_events(c: Cluster) -> list[SystemEvent]:
 async def until_system(
     c: Cluster, check: Callable[[list[SystemEvent]], bool], timeout: float = 30.0
 ) -> list[SystemEvent]:
-    """Wait until the `system` stream satisfies `check` (bounded, no fixed sleeps)."""
-    async with asyncio.timeout(timeout):
-        while not check(events := await system_events(c)):
-            await asyncio.sleep(0.05)
+    """Wait until the `system` stream satisfies `check` (bounded, no fixed sleeps); past
+    `timeout`, fail saying what the stream held."""
+    deadline = time.monotonic() + timeout
+    while not check(events := await system_events(c)):
+        if time.monotonic() > deadline:
+            held = [(type(e).__name__, getattr(e, "subject", ""), getattr(e, "reason", ""))
+                    for e in events]  # fmt: skip
+            raise AssertionError(f"the system stream held {held}")
+        await asyncio.sleep(0.05)
     return events
 
 
