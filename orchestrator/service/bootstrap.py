@@ -28,6 +28,14 @@ from orchestrator.service.registry import AGENT_TTL, HEARTBEAT_S
 from orchestrator.service.service import Orchestrator
 from orchestrator.service.writable import check_writable
 
+log = logging.getLogger("baton.orchestrator")
+
+OPEN_BUS = (
+    "the NATS server %s let the orchestrator in without a login: whoever reaches it may "
+    "act as any agent or person (report results, approve, submit); give each client a "
+    "login there (docs/deploy.md, baton nats-users) or use the embedded server"
+)
+
 DEFAULT_STATE_DIR = ".baton"
 DEFAULT_CONFIG = Config()
 JETSTREAM_STREAM = "BATON_EVENTS"
@@ -79,15 +87,6 @@ async def open_store(directory: Path, config: Config = DEFAULT_CONFIG) -> EventS
             connect_options=login_options(),
         )
     return await SqliteEventStore.open(store_path(directory, config))
-
-
-log = logging.getLogger("baton.orchestrator")
-
-OPEN_BUS = (
-    "the NATS server %s let the orchestrator in without a login: whoever reaches it may "
-    "act as any agent or person (report results, approve, submit); give each client a "
-    "login there (docs/deploy.md, baton nats-users) or use the embedded server"
-)
 
 
 def anchor_path(directory: Path) -> Path:
