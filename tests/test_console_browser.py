@@ -250,8 +250,10 @@ def test_audit_search_verify_and_the_agents_page(
     page.screenshot(path=str(tmp_path / "audit.png"), full_page=True)
     page.locator("form.verify button").click()
     page.wait_for_selector(".verdict", timeout=WAIT_MS)
-    chain, anchor = page.eval_on_selector_all(".verdict", "ps => ps.map(p => p.textContent)")
+    said = page.eval_on_selector_all(".verdict", "ps => ps.map(p => p.textContent)")
+    chain, anchor, snapshots = said  # what baton audit verify prints, line for line
     assert re.match(r"hash chain: ok \(\d+ events checked\)", chain)
+    assert re.match(r"snapshots: ok \(\d+ checked\)", snapshots)
     kept = env.directory / "checkpoints.jsonl"  # signed by the orchestrator at each run's end
     signed = re.match(
         rf"anchor: ok \((\d+) signed checkpoint\(s\) in {re.escape(str(kept))} ", anchor

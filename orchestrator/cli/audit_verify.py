@@ -94,18 +94,30 @@ def anchoring(
 async def check_log(
     store: EventStore, against: tuple[Path, VerifyKey] | str
 ) -> tuple[bool, list[str]]:
-    """Walk the hash chain, and check it `against` signed checkpoints unless that says
-    why not: whether both hold, and one line for each (the anchor's problems each too)."""
+    """Walk the hash chain, check it `against` signed checkpoints unless that says why
+    not, and check every snapshot: whether all of it holds, and one line for each check
+    (the anchor's problems and the bad snapshots each too)."""
     if isinstance(against, str):
         chain = await store.verify()
-        return chain.ok, [
-            _chain_line(chain),
-            f"anchor: not checked ({against}): without signed checkpoints, a cut tail "
-            "or a chain rewritten with its hashes recomputed still verifies",
-        ]
-    anchored = await verify_anchored(store, *against)
-    lines = [_chain_line(anchored.chain), *_anchor_lines(anchored, anchor_file(against[0]))]
-    return anchored.chain.ok and anchored.ok, lines
+        holds, lines = (
+            chain.ok,
+            [
+                _chain_line(chain),
+                f"anchor: not checked ({against}): without signed checkpoints, a cut tail "
+                "or a chain rewritten with its hashes recomputed still verifies",
+            ],
+        )
+    else:
+        anchored = await verify_anchored(store, *against)
+        holds = anchored.chain.ok and anchored.ok
+        lines = [_chain_line(anchored.chain), *_anchor_lines(anchored, anchor_file(against[0]))]
+    count, bad = await _check_snapshots(store)
+    if bad:
+        lines.append(f"snapshots: BAD: {len(bad)} of {count} must not be used")
+        lines += [f"  {line}" for line in bad]
+    else:
+        lines.append(f"snapshots: ok ({count} checked)")
+    return holds and not bad, lines
 
 
 async def verify(args: argparse.Namespace, store: EventStore) -> int:
@@ -118,14 +130,7 @@ async def verify(args: argparse.Namespace, store: EventStore) -> int:
     )
     holds, lines = await check_log(store, against)
     print("\n".join(lines))
-    count, bad = await _check_snapshots(store)
-    if bad:
-        print(f"snapshots: BAD: {len(bad)} of {count} must not be used")
-        for line in bad:
-            print(f"  {line}")
-    else:
-        print(f"snapshots: ok ({count} checked)")
-    return 0 if holds and not bad else 1
+    return 0 if holds else 1
 
 
 def _chain_line(report: VerifyReport) -> str:
