@@ -60,9 +60,11 @@ def test_export_import_round_trip_and_tampering_is_refused(
     lines[3] = json.dumps(record)
     forged = tmp_path / "forged.jsonl"
     forged.write_text("\n".join(lines))
-    refused = _baton("import", str(forged), "--state-dir", str(tmp_path / "third"), check=False)
-    assert refused.returncode == 2
-    assert "was changed" in refused.stderr
+    for bad, said in ((forged, "was changed"), (Path("/etc/hostname"), "not a Baton run export")):
+        refused = _baton("import", str(bad), "--state-dir", str(tmp_path / "third"), check=False)
+        assert refused.returncode == 2
+        assert said in refused.stderr, refused.stderr
+        assert not (tmp_path / "third").exists(), "a refused import leaves no store behind"
 
 
 def test_time_travel_shows_the_past_state_and_what_would_happen_next(

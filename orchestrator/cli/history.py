@@ -390,16 +390,19 @@ def _new(r: StoredEvent) -> NewEvent:
     )
 
 
-async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
-    """Append an exported run to `store` and return its run id.
+class Export(NamedTuple):
+    """An exported run, read and checked (`read_export`), ready to import."""
 
-    Every event is checked before anything is stored: its hash must still match its
-    content and its readable copy its bytes, and every blob must hash to its digest, so
-    an export edited anywhere is refused. The blobs are stored first, then the
-    streams are appended in the export's order (the run's own and its agents' from
-    version 1, its memory writes after whatever memory the store holds); importing the
-    same export again changes nothing.
-    """
+    run_id: str
+    records: list[StoredEvent]
+    carried: dict[str, _Blob]
+    """The blobs it carries, by digest."""
+
+
+def read_export(lines: Iterable[str]) -> Export:
+    """An export's lines read and checked, touching no store: every event's hash must
+    still match its content and its readable copy its bytes, and every blob must hash to
+    its digest, so an export edited anywhere is refused (`BadExport`)."""
     rows = [line for line in lines if line.strip()]
     try:
         header = json.loads(rows[0]) if rows else {}
@@ -414,7 +417,21 @@ async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
     except (ValueError, msgspec.ValidationError) as exc:
         raise BadExport(f"not a Baton run export: {exc}") from exc
     run_id = _checked(header, parsed)
-    records = [line.stored for line in parsed]
+    return Export(run_id, [line.stored for line in parsed], carried)
+
+
+async def import_lines(store: EventStore, lines: Iterable[str]) -> str:
+    """Append an exported run to `store` and return its run id (see `import_export`)."""
+    return await import_export(store, read_export(lines))
+
+
+async def import_export(store: EventStore, export: Export) -> str:
+    """Append a checked export to `store` and return its run id. The blobs are stored
+    first, then the streams are appended in the export's order (the run's own and its
+    agents' from version 1, its memory writes after whatever memory the store holds);
+    importing the same export again changes nothing.
+    """
+    run_id, records, carried = export
     wanted = [ref for r in records for ref in refs_of(r.data)]
     wanted += [ref for b in carried.values() if b.media_type == blobs.MSGPACK
                for ref in refs_of(b.data)]  # fmt: skip

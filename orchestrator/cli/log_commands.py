@@ -85,9 +85,19 @@ async def _export(args: argparse.Namespace, store: EventStore) -> int:
     return 0
 
 
-async def _import(args: argparse.Namespace, store: EventStore) -> int:
+async def _import(args: argparse.Namespace) -> int:
+    """Read and check the export first: one refused leaves no state directory or store
+    behind (the log goes into the state directory unless the configuration names one)."""
     text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
-    run_id = await history.import_lines(store, text.splitlines())
+    export = history.read_export(text.splitlines())
+    directory = state_dir(args.state_dir)
+    if not args.config.store:
+        private.make_state_dir(directory)
+    store = await open_store(directory, args.config)
+    try:
+        run_id = await history.import_export(store, export)
+    finally:
+        await store.close()
     print(f"imported run {run_id}; see baton replay {run_id}")
     return 0
 
@@ -133,7 +143,6 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[in
     "replay": _replay,
     "fork": _fork,
     "export": _export,
-    "import": _import,
     "audit": _audit,
     "trace": obs_cli.trace,
     "blobs": blobs_cli.blobs,
@@ -142,12 +151,8 @@ _LOG_COMMANDS: dict[str, Callable[[argparse.Namespace, EventStore], Awaitable[in
 
 async def with_store(args: argparse.Namespace) -> int:
     if args.command == "import":
-        directory = state_dir(args.state_dir)
-        if not args.config.store:  # the log goes into the state directory
-            private.make_state_dir(directory)
-        store = await open_store(directory, args.config)
-    else:
-        store = await existing_store(args)
+        return await _import(args)
+    store = await existing_store(args)
     try:
         return await _LOG_COMMANDS[args.command](args, store)
     finally:
