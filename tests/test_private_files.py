@@ -100,6 +100,21 @@ def test_a_file_given_as_the_state_directory_is_refused_and_left_as_it_was(
     assert (mode(given), given.read_text()) == (0o644, "mine")
 
 
+def test_a_store_in_a_directory_that_does_not_exist_is_refused_by_name(tmp_path: Path) -> None:
+    store = tmp_path / "no-such-dir" / "events.db"
+    for command in ("run", "serve"):
+        args = [str(EXAMPLE)] if command == "run" else []
+        done = subprocess.run(
+            baton(command, *args, "--store", f"sqlite:{store}", "--state-dir", str(tmp_path / "s")),
+            capture_output=True, text=True, timeout=60, cwd=tmp_path,
+        )  # fmt: skip
+        assert done.returncode == 2
+        assert done.stderr == (
+            f"baton {command}: error: {store}: its directory {store.parent} does not exist\n"
+        )
+        assert not store.parent.exists()
+
+
 def test_files_are_0600_from_their_creation(tmp_path: Path) -> None:
     os.close(private.create(tmp_path / "created"))
     private.touch(tmp_path / "touched")

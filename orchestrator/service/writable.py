@@ -27,7 +27,8 @@ class StateDirNotPrivate(OrchestratorError):
 
 def check_writable(directory: Path, files: Iterable[Path] = ()) -> None:
     """Create the directory (0700) if need be, or tighten it to 0700, write and remove a
-    file in it, and open each of `files` that exists for writing; `StateDirNotPrivate` or
+    file in it, and open each of `files` that exists for writing (each in a directory that
+    exists: a store named elsewhere is not given one); `StateDirNotPrivate` or
     `StateDirUnwritable` names the first that fails."""
     probe = directory / f".baton-write-check-{os.getpid()}-{secrets.token_hex(4)}"
     try:
@@ -51,6 +52,8 @@ def check_writable(directory: Path, files: Iterable[Path] = ()) -> None:
             f"state directory {directory} is not writable: {exc.strerror or exc}"
         ) from exc
     for path in files:
+        if not path.parent.is_dir():  # a store named outside the state directory
+            raise StateDirUnwritable(f"{path}: its directory {path.parent} does not exist")
         try:
             os.close(os.open(path, os.O_RDWR))
         except FileNotFoundError:
