@@ -78,12 +78,24 @@ def test_a_run_past_its_timeout_says_so_and_prints_how_to_decide_it(tmp_path: Pa
     assert done.stderr == ""
     run_id = done.stdout.split("\nrun ", 1)[1].split(":", 1)[0]
     assert f"run {run_id} had not ended after 5s (--timeout)" in done.stdout
+    assert "no agent serves" not in done.stdout, "it waits for a person, not for an agent"
     assert f"baton resume {run_id} --state-dir {state}" in done.stdout
     assert f"    baton approve {run_id} flaky --state-dir {state} --output '{{}}'" in done.stdout
     assert f"    baton retry {run_id} flaky --state-dir {state}" in done.stdout
     assert took < 5 + 15, f"took {took:.1f}s for a 5 s timeout"
     resumed = _baton("resume", run_id, "--state-dir", str(state), "--timeout", "3")
     assert resumed.returncode == EXIT_UNFINISHED, resumed.stdout + resumed.stderr
+
+
+def test_a_run_past_its_timeout_names_the_roles_no_agent_serves(tmp_path: Path) -> None:
+    workflow = tmp_path / "no-agents.toml"  # a step, and no [[agents]] entry to serve it
+    workflow.write_text('name = "w"\n[[steps]]\nid = "a"\nrole = "checker"\n')
+    done = _baton("run", str(workflow), "--state-dir", str(tmp_path / "s"), "--timeout", "2")
+    assert done.returncode == EXIT_UNFINISHED, done.stdout + done.stderr
+    assert (
+        "its ready tasks wait for a role no agent serves: checker (an [[agents]] entry of "
+        "the workflow starts one, or baton agent --role ROLE)"
+    ) in done.stdout
 
 
 def test_agents_that_never_come_up_are_waited_for_no_longer_than_the_timeout(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import shlex
 import sys
@@ -347,6 +348,14 @@ def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
         if stack.bus.connected
         else f"; NATS at {shown(stack.nats_url)} is unreachable (it was being reconnected)"
     )
+    with contextlib.suppress(OrchestratorError):  # ended meanwhile, or handed on
+        ready = stack.orchestrator.run(run_id).ready
+        served = {heartbeat.role for heartbeat in stack.orchestrator.agents()}
+        if idle := sorted(role for role, tasks in ready.items() if tasks and role not in served):
+            why += (
+                f"; its ready tasks wait for a role no agent serves: {', '.join(idle)} (an "
+                "[[agents]] entry of the workflow starts one, or baton agent --role ROLE)"
+            )
     return (
         f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout){why}; it stays "
         f"recorded: carry it on with baton resume {run_id}{_where(args)}"
