@@ -92,6 +92,10 @@ def test_a_run_past_its_timeout_names_the_roles_no_agent_serves(tmp_path: Path) 
     workflow.write_text('name = "w"\n[[steps]]\nid = "a"\nrole = "checker"\n')
     done = _baton("run", str(workflow), "--state-dir", str(tmp_path / "s"), "--timeout", "2")
     assert done.returncode == EXIT_UNFINISHED, done.stdout + done.stderr
+    assert done.stdout.startswith(
+        "baton: no [[agents]] entry of no-agents.toml serves checker: its tasks wait for such "
+        "an agent to join the bus (baton agent --role ROLE)\n"
+    ), done.stdout
     assert (
         "its ready tasks wait for a role no agent serves: checker (an [[agents]] entry of "
         "the workflow starts one, or baton agent --role ROLE)"

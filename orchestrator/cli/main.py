@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import shlex
 import sys
@@ -33,6 +32,7 @@ from orchestrator.cli import (
     liveness_options,
     log_commands,
     render,
+    unserved,
 )
 from orchestrator.cli import conformance as conformance_cli
 from orchestrator.cli import contracts as contracts_cli
@@ -348,14 +348,7 @@ def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
         if stack.bus.connected
         else f"; NATS at {shown(stack.nats_url)} is unreachable (it was being reconnected)"
     )
-    with contextlib.suppress(OrchestratorError):  # ended meanwhile, or handed on
-        ready = stack.orchestrator.run(run_id).ready
-        served = {heartbeat.role for heartbeat in stack.orchestrator.agents()}
-        if idle := sorted(role for role, tasks in ready.items() if tasks and role not in served):
-            why += (
-                f"; its ready tasks wait for a role no agent serves: {', '.join(idle)} (an "
-                "[[agents]] entry of the workflow starts one, or baton agent --role ROLE)"
-            )
+    why += unserved.waiting(stack, run_id)
     return (
         f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout){why}; it stays "
         f"recorded: carry it on with baton resume {run_id}{_where(args)}"
@@ -395,6 +388,8 @@ async def _run(args: argparse.Namespace) -> int:
         governing = ContractsRef(str(Path(contracts).resolve()), known.digest)
         workflow = replace(check_roles(workflow, known), governed_by=governing)
 
+    if (unlisted := unserved.unlisted(workflow, path)) and not args.no_agents:
+        print(unlisted)
     run_id = new_run_id()
 
     async def start(stack: Stack) -> str:
