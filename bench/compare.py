@@ -1,7 +1,7 @@
 """Baton against its floor (not a test): four workloads on raw nats-py request/reply
 between processes (no orchestration, nothing durable: the floor) and on Baton (the
 orchestrator, real agent processes, the SQLite log with `synchronous=FULL`), in one
-interleaved run: every round runs each workload on both, the order rotated from round to
+interleaved run: every round runs each workload on each side, the order rotated from round to
 round, so a busy moment of a shared machine lands on both sides alike.
 
 - fan-out: `--fan-out` no-op tasks at once, per task;
@@ -15,8 +15,15 @@ Both sides have `--workers` worker processes on uvloop that run the same handler
 size (those of a Baton assignment and result). Both are warmed up first. Prints each
 workload's medians, the median of the per-round ratios Baton / floor, and one JSON line.
 
-Each round also times the one thing a Baton step does that the floor does not: a durable
-commit (SQLite, WAL, `synchronous=FULL`, two rows of a step's size), back to back and
+A third side, the durable floor, is the floor plus the one thing append-before-act asks of
+any durable orchestrator: each decision committed (SQLite, WAL, `synchronous=FULL`) before
+the message it leads to leaves. A chain step commits its result and the next assignment
+(two rows of their sizes), then asks; a fan-out commits every assignment, asks them all,
+then commits every result. The commit runs inline on the asking loop: no thread hop, no
+decoding, deciding or hashing. No durable system's step can cost less on this machine, so
+its ratio to the floor is the least any target can ask.
+
+Each round also times a durable commit alone (two rows of a step's size), back to back and
 after `--slow-s` idle, so the part of a slow step's overhead that is the disk waking up
 shows on the machine at hand.
 
@@ -121,6 +128,52 @@ class Floor:
         return time.perf_counter() - started
 
 
+def _log(path: Path) -> sqlite3.Connection:
+    """A table on SQLite, WAL, `synchronous=FULL`: what Baton's log commits to."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = FULL")
+    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, data BLOB)")
+    return conn
+
+
+def _commit(conn: sqlite3.Connection, rows: list[tuple[bytes]]) -> None:
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany("INSERT INTO t (data) VALUES (?)", rows)
+    conn.execute("COMMIT")
+
+
+class DurableFloor(Floor):
+    """The floor with each decision committed before the message it leads to leaves (see
+    the module docstring)."""
+
+    def __init__(self, nc: Client, path: Path) -> None:
+        super().__init__(nc)
+        self.conn = _log(path)
+        self.assignment = [(os.urandom(REQUEST_BYTES),)]
+        self.result = [(os.urandom(REPLY_BYTES),)]
+
+    async def parallel(self, n: int, seconds: float) -> float:
+        data = _request(seconds)
+        started = time.perf_counter()
+        _commit(self.conn, self.assignment * n)
+        await asyncio.gather(*(self.nc.request(SUBJECT, data, timeout=60) for _ in range(n)))
+        _commit(self.conn, self.result * n)
+        return time.perf_counter() - started
+
+    async def sequence(self, n: int, seconds: float) -> float:
+        data = _request(seconds)
+        step = self.result + self.assignment
+        started = time.perf_counter()
+        for _ in range(n):
+            _commit(self.conn, step)
+            await self.nc.request(SUBJECT, data, timeout=60)
+        return time.perf_counter() - started
+
+    def close(self) -> None:
+        self.conn.close()
+
+
 # -- Baton ---------------------------------------------------------------------------------
 
 
@@ -190,17 +243,17 @@ def _start_workers(url: str, count: int) -> list[subprocess.Popen[bytes]]:
 
 
 Figures = dict[str, dict[str, list[float]]]
-"""Per workload, per side ("floor", "baton", "ratio"), one figure per round; and for
-"commit", the median commit of each round "back_to_back" and "after_idle" (µs)."""
+"""Per workload, per side ("floor", "durable", "baton") and per ratio to the floor
+("ratio": Baton's, "durable_ratio"), one figure per round; and for "commit", the median
+commit of each round "back_to_back" and "after_idle" (µs)."""
+
+SIDES = ("floor", "durable", "baton")
 
 
 def commit_probe(path: Path, idle_s: float, back_to_back: int = 50, idle: int = 5) -> list[float]:
     """Median µs of a durable commit of two step-sized rows: back to back, after idle."""
-    conn = sqlite3.connect(path, isolation_level=None)
-    conn.execute("PRAGMA journal_mode = WAL")
-    conn.execute("PRAGMA synchronous = FULL")
-    conn.execute("CREATE TABLE IF NOT EXISTS t (id INTEGER PRIMARY KEY, data BLOB)")
-    row = os.urandom(REQUEST_BYTES + REPLY_BYTES)
+    conn = _log(path)
+    rows = [(os.urandom(REQUEST_BYTES + REPLY_BYTES),)] * 2
     figures = []
     try:
         for count, pause in ((back_to_back, 0.0), (idle, idle_s)):
@@ -208,9 +261,7 @@ def commit_probe(path: Path, idle_s: float, back_to_back: int = 50, idle: int = 
             for _ in range(count):
                 time.sleep(pause)
                 began = time.perf_counter_ns()
-                conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT INTO t (data) VALUES (?)", [(row,), (row,)])
-                conn.execute("COMMIT")
+                _commit(conn, rows)
                 took.append(time.perf_counter_ns() - began)
             figures.append(statistics.median(took) / 1000)
     finally:
@@ -224,24 +275,28 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
     workers = _start_workers(url, args.workers)
     nc = await nats.connect(url)
     todo = workloads(args)
-    figures: Figures = {w.name: {"floor": [], "baton": [], "ratio": []} for w in todo}
+    figures: Figures = {w.name: {k: [] for k in (*SIDES, "ratio", "durable_ratio")} for w in todo}
     figures["commit"] = {"back_to_back": [], "after_idle": []}
+    durable = DurableFloor(nc, directory / "durable-floor.db")
     try:
         async with agents_stack(
             directory / "baton", "worker", "agents.builtin:sleep", args.workers, 64, args.store
         ) as stack:
-            sides: dict[str, Floor | Baton] = {"floor": Floor(nc), "baton": Baton(stack)}
+            sides: dict[str, Floor | Baton] = {
+                "floor": Floor(nc), "durable": durable, "baton": Baton(stack)
+            }  # fmt: skip
             for w in todo:  # warm-up: connections, first-use imports, caches
                 for side in sides.values():
                     await w.measure(side)
             for r in range(args.rounds):
                 order = todo[r % len(todo) :] + todo[: r % len(todo)]
-                names = ["floor", "baton"] if r % 2 == 0 else ["baton", "floor"]
+                names = SIDES[r % len(SIDES) :] + SIDES[: r % len(SIDES)]
                 for w in order:
                     got = {name: w.figure(await w.measure(sides[name])) for name in names}
                     for name, value in got.items():
                         figures[w.name][name].append(value)
                     figures[w.name]["ratio"].append(got["baton"] / got["floor"])
+                    figures[w.name]["durable_ratio"].append(got["durable"] / got["floor"])
                 probe = directory / "commit.db"
                 busy, idle = await asyncio.to_thread(commit_probe, probe, args.slow_s)
                 figures["commit"]["back_to_back"].append(busy)
@@ -249,6 +304,7 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
                 ratios = [f"{w.name} {figures[w.name]['ratio'][-1]:.2f}x" for w in todo]
                 print(f"  round {r + 1}/{args.rounds}: {', '.join(ratios)}", flush=True)
     finally:
+        durable.close()
         await nc.close()
         for worker in workers:
             worker.kill()
@@ -259,6 +315,10 @@ async def compare(args: argparse.Namespace, directory: Path) -> Figures:
 
 def _fmt(value: float, unit: str) -> str:
     return f"{value:,.1f} {unit}" if unit == "ms" or value < 100 else f"{value:,.0f} {unit}"
+
+
+def _spread(ratios: list[float]) -> str:
+    return f"{min(ratios):.2f}-{max(ratios):.2f}"
 
 
 def main() -> None:
@@ -286,21 +346,23 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="baton-compare-") as tmp:
         figures = loop.run(compare(args, Path(tmp)))
     result: dict[str, object] = {}
-    print("\n| workload | raw NATS (floor) | Baton | Baton / floor (median of rounds) |")
-    print("| --- | --- | --- | --- |")
+    print("\n| workload | raw NATS (floor) | durable floor | Baton | durable floor / floor "
+          "| Baton / floor (median of rounds) |")  # fmt: skip
+    print("| --- | --- | --- | --- | --- | --- |")
     for w in workloads(args):
         f = figures[w.name]
-        floor, baton = statistics.median(f["floor"]), statistics.median(f["baton"])
-        ratio = statistics.median(f["ratio"])
-        spread = f"{min(f['ratio']):.2f}-{max(f['ratio']):.2f}"
-        print(f"| {w.label} | {_fmt(floor, w.unit)} | {_fmt(baton, w.unit)} | "
-              f"{ratio:.2f}x ({spread}) |")  # fmt: skip
+        medians = {side: statistics.median(f[side]) for side in SIDES}
+        ratio, least = statistics.median(f["ratio"]), statistics.median(f["durable_ratio"])
+        print(f"| {w.label} | {' | '.join(_fmt(medians[s], w.unit) for s in SIDES)} | "
+              f"{least:.2f}x ({_spread(f['durable_ratio'])}) | "
+              f"{ratio:.2f}x ({_spread(f['ratio'])}) |")  # fmt: skip
         result[w.name] = {
             "unit": w.unit,
-            "floor_median": round(floor, 2),
-            "baton_median": round(baton, 2),
+            **{f"{side}_median": round(medians[side], 2) for side in SIDES},
             "ratio_median": round(ratio, 3),
             "ratios": [round(x, 3) for x in f["ratio"]],
+            "durable_ratio_median": round(least, 3),
+            "durable_ratios": [round(x, 3) for x in f["durable_ratio"]],
         }
     commit = {k: round(statistics.median(v), 1) for k, v in figures["commit"].items()}
     idle_ms = args.slow_s * 1000
