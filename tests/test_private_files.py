@@ -113,6 +113,7 @@ def test_a_store_in_a_directory_that_does_not_exist_is_refused_by_name(tmp_path:
             f"baton {command}: error: {store}: its directory {store.parent} does not exist\n"
         )
         assert not store.parent.exists()
+        assert not (tmp_path / "s").exists()  # refused before the state directory is made
 
 
 def test_files_are_0600_from_their_creation(tmp_path: Path) -> None:

@@ -27,9 +27,14 @@ class StateDirNotPrivate(OrchestratorError):
 
 def check_writable(directory: Path, files: Iterable[Path] = ()) -> None:
     """Create the directory (0700) if need be, or tighten it to 0700, write and remove a
-    file in it, and open each of `files` that exists for writing (each in a directory that
-    exists: a store named elsewhere is not given one); `StateDirNotPrivate` or
-    `StateDirUnwritable` names the first that fails."""
+    file in it, and open each of `files` that exists for writing; `StateDirNotPrivate` or
+    `StateDirUnwritable` names the first that fails. A file named in a directory that does
+    not exist (a store named elsewhere is not given one) is refused before anything is
+    made."""
+    files = list(files)
+    for path in files:
+        if path.parent.resolve() != directory.resolve() and not path.parent.is_dir():
+            raise StateDirUnwritable(f"{path}: its directory {path.parent} does not exist")
     probe = directory / f".baton-write-check-{os.getpid()}-{secrets.token_hex(4)}"
     try:
         private.make_state_dir(directory)
@@ -52,8 +57,6 @@ def check_writable(directory: Path, files: Iterable[Path] = ()) -> None:
             f"state directory {directory} is not writable: {exc.strerror or exc}"
         ) from exc
     for path in files:
-        if not path.parent.is_dir():  # a store named outside the state directory
-            raise StateDirUnwritable(f"{path}: its directory {path.parent} does not exist")
         try:
             os.close(os.open(path, os.O_RDWR))
         except FileNotFoundError:
