@@ -1,8 +1,8 @@
 """Baton against its floor (not a test): four workloads on raw nats-py request/reply
 between processes (no orchestration, nothing durable: the floor) and on Baton (the
 orchestrator, real agent processes, the SQLite log with `synchronous=FULL`), in one
-interleaved run: every round runs each workload on each side, the order rotated from round to
-round, so a busy moment of a shared machine lands on both sides alike.
+interleaved run: every round runs each workload on each side, the order rotated from round
+to round, so a busy moment of a shared machine lands on every side alike.
 
 - fan-out: `--fan-out` no-op tasks at once, per task;
 - chain: `--chain` no-op steps, each after the one before, per step;
@@ -10,18 +10,19 @@ round, so a busy moment of a shared machine lands on both sides alike.
 - sequence: `--slow` tasks of `--slow-s` one after another, overhead per step (the run's
   time less the tasks' own, over the steps).
 
-Both sides have `--workers` worker processes on uvloop that run the same handler (an
+Both have `--workers` worker processes on uvloop that run the same handler (an
 `asyncio.sleep` of the task's seconds, 0 for a no-op) and exchange messages of the same
 size (those of a Baton assignment and result). Both are warmed up first. Prints each
-workload's medians, the median of the per-round ratios Baton / floor, and one JSON line.
+workload's medians, the medians of the per-round ratios to the floor, and one JSON line.
 
 A third side, the durable floor, is the floor plus the one thing append-before-act asks of
 any durable orchestrator: each decision committed (SQLite, WAL, `synchronous=FULL`) before
 the message it leads to leaves. A chain step commits its result and the next assignment
 (two rows of their sizes), then asks; a fan-out commits every assignment, asks them all,
 then commits every result. The commit runs inline on the asking loop: no thread hop, no
-decoding, deciding or hashing. No durable system's step can cost less on this machine, so
-its ratio to the floor is the least any target can ask.
+decoding, deciding or hashing. No step made durable by such a commit can cost less on the
+machine at hand, so its ratio to the floor is the least a target can ask. (It commits to
+SQLite whichever store Baton uses.)
 
 Each round also times a durable commit alone (two rows of a step's size), back to back and
 after `--slow-s` idle, so the part of a slow step's overhead that is the disk waking up
