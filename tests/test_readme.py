@@ -299,15 +299,16 @@ def test_the_service_block(readme: tuple[User, list[str]], tmp_path: Path) -> No
         agents = [user.start(agent_line)]
         try:
             submitted = user.run(submit_line)
-            run_id = re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M)
-            assert run_id is not None, submitted
+            found = re.search(r"^(req-\w+|\d{8}-\d{6}-\w+)$", submitted, re.M)
+            assert found is not None, submitted
+            run_id = found[0]
             status = user.run(".venv/bin/baton status")
-            assert re.search(rf"{run_id[0]} +research-brief +running .* 0/5 ", status), status
+            assert re.search(rf"{run_id} +research-brief +running .* 0/5 ", status), status
             for role, handler in (("planner", "plan"), ("writer", "write")):  # as the text says
                 user.run(admit_line.replace("researcher", role))
                 same_way = agent_line.replace("researcher", role)
                 agents.append(user.start(same_way.replace(":research", f":{handler}")))
-            user.until_replayed(run_id[0], "completed")
+            user.until_replayed(run_id, "completed")
         finally:
             for agent in agents:
                 agent.stop()

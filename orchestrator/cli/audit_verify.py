@@ -99,14 +99,12 @@ async def check_log(
     (the anchor's problems and the bad snapshots each too)."""
     if isinstance(against, str):
         chain = await store.verify()
-        holds, lines = (
-            chain.ok,
-            [
-                _chain_line(chain),
-                f"anchor: not checked ({against}): without signed checkpoints, a cut tail "
-                "or a chain rewritten with its hashes recomputed still verifies",
-            ],
-        )
+        holds = chain.ok
+        lines = [
+            _chain_line(chain),
+            f"anchor: not checked ({against}): without signed checkpoints, a cut tail or a "
+            "chain rewritten with its hashes recomputed still verifies",
+        ]
     else:
         anchored = await verify_anchored(store, *against)
         holds = anchored.chain.ok and anchored.ok
