@@ -159,6 +159,20 @@ def test_a_stopped_run_is_shown_stopped_with_its_limit() -> None:
     assert f"stopped: {state.reason}" in text
 
 
+def test_replay_names_a_stopped_run_stopped_and_a_fork_born_ended_says_so() -> None:
+    *_, (_, _, state) = [p for p in POINTS if p[0] == "budget-stopped"]
+    table = render.run_table(state)
+    assert f"\nstopped: {state.reason}" in table
+    assert "failed:" not in table
+    assert f", finished after {state.finished_at - state.started_at:.3f}s" in table
+    # forked after its origin's end: the fork starts later than the end it copied
+    fork = msgspec.structs.replace(
+        state, started_at=state.finished_at + 5.0, forked_from=f"{state.run_id}@17"
+    )
+    header = render.run_table(fork).splitlines()[1]
+    assert header.endswith(f"UTC, ended in {state.run_id}@17 before it was forked"), header
+
+
 def test_the_html_page_has_a_legend_and_styles_every_status() -> None:
     *_, (_, stored, state) = [p for p in POINTS if p[0] == "branch-skipped"]
     page = trace_html.render(build(state.run_id, stored))

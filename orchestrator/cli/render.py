@@ -55,12 +55,17 @@ def progress_line(p: Progress, since_start: float) -> str:
 def run_table(state: RunState) -> str:
     """A replayed run: header, one row per task, result or failure."""
     name = state.workflow.name if state.workflow else "?"
-    took = state.finished_at - state.started_at if state.finished_at else 0.0
+    took = state.finished_at - state.started_at
+    if not state.finished_at:
+        ended = ""
+    elif took >= 0:
+        ended = f", finished after {took:.3f}s"
+    else:  # a fork made past its origin's end holds that end, from before the fork
+        ended = f", ended in {state.forked_from or 'its origin'} before it was forked"
     lines = [
         f"run {state.run_id}  workflow {name}  status {state.status}  "
         f"events {state.version}  trace {state.trace_id}",
-        f"started {clock(state.started_at)} UTC"
-        + (f", finished after {took:.3f}s" if state.finished_at else ""),
+        f"started {clock(state.started_at)} UTC{ended}",
         "",
         f"{'task':<18} {'status':<10} {'agent':<24} {'att':>3} {'start':>9} {'took':>8}  output",
     ]
@@ -78,7 +83,7 @@ def run_table(state: RunState) -> str:
     if state.result is not None:
         lines += ["", "result:", json.dumps(state.result, indent=2, default=str)]
     if state.reason:
-        lines += ["", f"failed: {state.reason}"]
+        lines += ["", f"{state.status}: {state.reason}"]  # as the trace says it
     return "\n".join(lines)
 
 
