@@ -85,6 +85,9 @@ def test_a_run_past_its_timeout_says_so_and_prints_how_to_decide_it(tmp_path: Pa
     assert took < 5 + 15, f"took {took:.1f}s for a 5 s timeout"
     resumed = _baton("resume", run_id, "--state-dir", str(state), "--timeout", "3")
     assert resumed.returncode == EXIT_UNFINISHED, resumed.stdout + resumed.stderr
+    # escalated before the resume: it says at once how to decide it, as the run did
+    ahead = resumed.stdout.split("had not ended", 1)[0]
+    assert f"    baton approve {run_id} flaky --state-dir {state} --output '{{}}'" in ahead
 
 
 def test_a_run_past_its_timeout_names_the_roles_no_agent_serves(tmp_path: Path) -> None:

@@ -320,6 +320,8 @@ async def _serve(
             state = stack.orchestrator.run(run_id)
             name = state.workflow.name if state.workflow else "?"
             print(f"run {run_id}: workflow {name}, {len(state.tasks)} tasks")
+            for task_id in (t for t, task in state.tasks.items() if task.status == "escalated"):
+                print(escalation_hint(args, run_id, task_id))  # escalated before a resume
             state = await stack.orchestrator.wait(run_id, timeout=_remaining(deadline))
         except TimeoutError:
             print(_unfinished(args, run_id, stack), flush=True)
@@ -343,12 +345,8 @@ async def _serve(
 
 def _unfinished(args: argparse.Namespace, run_id: str, stack: Stack) -> str:
     """What a run past `--timeout` tells: that, why it may be so, and what to run next."""
-    why = (
-        ""
-        if stack.bus.connected
-        else f"; NATS at {shown(stack.nats_url)} is unreachable (it was being reconnected)"
-    )
-    why += unserved.waiting(stack, run_id)
+    down = f"; NATS at {shown(stack.nats_url)} is unreachable (it was being reconnected)"
+    why = ("" if stack.bus.connected else down) + unserved.waiting(stack, run_id)
     return (
         f"\nrun {run_id} had not ended after {args.timeout:g}s (--timeout){why}; it stays "
         f"recorded: carry it on with baton resume {run_id}{_where(args)}"
