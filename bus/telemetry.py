@@ -344,12 +344,11 @@ def configure_logging(
     level = env.get(LOG_LEVEL_ENV, default_level).strip().upper()
     if level not in logging.getLevelNamesMapping():
         raise TelemetryConfigError(f"{LOG_LEVEL_ENV}={level!r}: not a log level")
-    stream: IO[str] = (
-        private.append_text(Path(env[LOG_FILE_ENV]))  # lives as long as the process
+    handler = (
+        logging.StreamHandler(private.append_text(Path(env[LOG_FILE_ENV])))  # as the process
         if env.get(LOG_FILE_ENV)
-        else sys.stderr
+        else _StandardError()
     )
-    handler = logging.StreamHandler(stream)
     handler.setFormatter(
         JsonLogFormatter()
         if form == "json"
@@ -363,6 +362,19 @@ def configure_logging(
     _installed.append(handler)
     root.setLevel(level)
     return handler
+
+
+class _StandardError(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each line to the standard error of the moment (`sys.stderr` as it is then,
+    not as it was when logging was set up, which may be closed since)."""
+
+    @property
+    def stream(self) -> IO[str]:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _: object) -> None:
+        pass
 
 
 _installed: list[logging.Handler] = []

@@ -6,8 +6,10 @@ exception recorded; token metrics equal the usage the log charged."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
+import sys
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -598,3 +600,22 @@ def test_logging_configured_again_replaces_its_handler(tmp_path: Path) -> None:
         root.setLevel(logging.WARNING)
     assert first.read_text() == ""
     assert second.read_text().count("once") == 1
+
+
+def test_logging_to_standard_error_writes_to_the_one_of_the_moment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Set up while one standard error was in place (a test's capture, since closed), it
+    writes to the one in place when a line is logged, never to the closed one."""
+    root = logging.getLogger()
+    first, second = io.StringIO(), io.StringIO()
+    monkeypatch.setattr(sys, "stderr", first)
+    handler = configure_logging({})
+    try:
+        first.close()
+        monkeypatch.setattr(sys, "stderr", second)
+        logging.getLogger("baton.test").warning("now")
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(logging.WARNING)
+    assert second.getvalue().endswith("WARNING baton.test now\n"), second.getvalue()
